@@ -1,0 +1,53 @@
+"""Speed and memory benchmarks, run by `zoo bench`: ratios against a baseline measured in the same run.
+
+Each benchmark module exposes `run(quick: bool) -> list[dict]` (one row per measurement) and
+`SUMMARY`, a sentence saying what the ratios mean. Register it under its paper slug below.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+
+from launch.errors import UserError
+
+REGISTRY: dict[str, str] = {
+    "lightgcn": "benchmarks.recsys_speed",
+    "ultragcn": "benchmarks.recsys_speed",
+}
+
+
+def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path) -> dict[str, list[dict]]:
+    from rich.console import Console
+    from rich.table import Table
+
+    if slug is not None and slug not in REGISTRY:
+        raise UserError(f"no benchmark for '{slug}' (have: {', '.join(sorted(REGISTRY))})")
+    modules = sorted({REGISTRY[slug]} if slug else set(REGISTRY.values()))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name in modules:
+        module = importlib.import_module(name)
+        rows = module.run(quick=quick)
+        results[name] = rows
+        short = name.rsplit(".", 1)[-1]
+        payload = {"benchmark": short, "quick": quick, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   "summary": getattr(module, "SUMMARY", ""), "rows": rows}
+        (out_dir / f"{short}.json").write_text(json.dumps(payload, indent=2))
+        table = Table(title=f"{short}{' (quick)' if quick else ''}")
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*[_fmt(row.get(c)) for c in columns])
+        Console().print(table)
+        if getattr(module, "SUMMARY", ""):
+            print(module.SUMMARY)
+    return results
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

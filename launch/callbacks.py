@@ -1,0 +1,117 @@
+"""Callbacks and plugins every run gets: figures, a finite-loss guard, atomic checkpoints."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+
+from launch.errors import UserError
+
+
+class NonFiniteLossError(UserError):
+    """Training produced a NaN/inf loss."""
+
+
+class FiniteLossGuard(L.Callback):
+    """Stop at the first non-finite training loss, naming the step and the last finite value."""
+
+    def __init__(self) -> None:
+        self.last_finite: tuple[int, float] | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        value = float(loss.detach())
+        if math.isfinite(value):
+            self.last_finite = (trainer.global_step, value)
+            return
+        before = (f"last finite value {self.last_finite[1]:.6g} at step {self.last_finite[0]}"
+                  if self.last_finite else "no finite loss before it")
+        raise NonFiniteLossError(f"loss became {value} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                                 f"{before}. Lower the learning rate or check the data.")
+
+
+class FiguresCallback(L.Callback):
+    """Save each module's `figures()` as PNG under the run dir and log them to W&B (rank zero)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    @rank_zero_only
+    def _save(self, trainer, pl_module, stage: str) -> None:
+        make = getattr(pl_module, "figures", None)
+        if make is None:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+
+        figures = make() or {}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for name, fig in figures.items():
+            path = self.directory / f"{name}.png"
+            tmp = path.with_name(path.name + ".tmp.png")
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+            os.replace(tmp, path)
+            for logger in trainer.loggers:
+                if hasattr(logger, "log_image"):
+                    logger.log_image(key=f"{stage}/{name}", images=[str(path)], step=trainer.global_step)
+            plt.close(fig)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module, "test")
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._save(trainer, pl_module, "val")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary name and rename, so a killed job never leaves a torn last.ckpt."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto`: bf16-mixed on GPUs that support bf16, 16-mixed on older GPUs, 32-true elsewhere.
+
+    The GPU's compute capability is read through NVML so that no CUDA context exists before the Trainer.
+    """
+    if str(precision) != "auto":
+        return str(precision)
+    if accelerator not in ("gpu", "cuda", "auto"):
+        return "32-true"
+    major = _nvml_compute_major()
+    if major is None:
+        return "32-true"
+    return "bf16-mixed" if major >= 8 else "16-mixed"
+
+
+def _nvml_compute_major() -> int | None:
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            if pynvml.nvmlDeviceGetCount() == 0:
+                return None
+            major, _ = pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(0))
+            return int(major)
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return None

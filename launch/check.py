@@ -1,0 +1,165 @@
+"""`zoo check`: rerun each paper's small-scale claims (the `claims:` block of its experiment config).
+
+A claim names the runs it needs (override lists on top of `experiment=<slug>`; an `experiment=` entry
+switches the base experiment) and boolean expressions over their final metric:
+
+    claims:
+      beats_mf:
+        text: LightGCN K=3 Recall@20 >= 0.31 and >= 0.03 above MF-BPR
+        metric: test/recall@20
+        runs: {lightgcn: [], mf_30: [model.num_layers=0]}
+        expect: ["lightgcn >= 0.31", "lightgcn >= mf_30 + 0.03"]
+        baseline: {lightgcn: [model.num_layers=0]}   # the method swapped for its baseline: must fail
+
+Runs are cached per process by their overrides, so runs shared between claims train once.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import operator
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from launch import config as zconfig
+from launch.errors import UserError
+
+CHECK_OVERRIDES = ["logger=none", "launcher=local", "progress_bar=false", "stage=fit_test"]
+_RUN_CACHE: dict[tuple[str, ...], dict[str, float]] = {}
+
+
+@dataclass
+class ClaimResult:
+    slug: str
+    claim: str
+    text: str
+    metric: str
+    measured: dict[str, float]
+    expect: list[str]
+    outcomes: list[bool]
+    seconds: float
+    swapped: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(self.outcomes)
+
+    def report(self) -> str:
+        values = ", ".join(f"{k}={v:.4f}" for k, v in self.measured.items())
+        checks = "; ".join(f"{e} [{'ok' if ok else 'FAIL'}]" for e, ok in zip(self.expect, self.outcomes))
+        return f"{self.slug}/{self.claim}: {'PASS' if self.passed else 'FAIL'} ({values}) {checks}"
+
+
+def claims_of(slug: str) -> DictConfig:
+    cfg = zconfig.compose([f"experiment={slug}"])
+    return cfg.get("claims") or OmegaConf.create({})
+
+
+def train_once(slug: str, overrides: list[str], extra: list[str] = ()) -> dict[str, float]:
+    """Final metrics of `experiment=<slug>` + overrides, trained without a run directory (cached)."""
+    from launch import train
+
+    base = [f"experiment={slug}"]
+    if any(o.startswith("experiment=") for o in overrides):
+        base = []
+    key = tuple(base + list(overrides) + list(extra))
+    if key not in _RUN_CACHE:
+        cfg = zconfig.compose(CHECK_OVERRIDES + list(key))
+        _RUN_CACHE[key] = train.run(cfg, make_run_dir=False)
+    return _RUN_CACHE[key]
+
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
+        ast.USub: operator.neg}
+_FUNCS = {"max": max, "min": min, "abs": abs}
+
+
+def evaluate(expression: str, names: dict[str, float]):
+    """Evaluate a claim expression: numbers, run names, + - * /, comparisons, max/min/abs. Nothing else."""
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.Name):
+            if node.id not in names:
+                raise UserError(f"claim expression '{expression}' uses unknown run '{node.id}'")
+            return names[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.operand))
+        if isinstance(node, ast.Compare):
+            left, result = ev(node.left), True
+            for op, comp in zip(node.ops, node.comparators):
+                right = ev(comp)
+                result = result and _OPS[type(op)](left, right)
+                left = right
+            return result
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
+            return _FUNCS[node.func.id](*[ev(a) for a in node.args])
+        raise UserError(f"claim expression '{expression}' has an unsupported part: {ast.dump(node)[:80]}")
+
+    try:
+        return ev(ast.parse(expression, mode="eval"))
+    except SyntaxError:
+        raise UserError(f"claim expression '{expression}' is not valid") from None
+
+
+def run_claim(slug: str, name: str, *, swap_baseline: bool = False, extra: list[str] = ()) -> ClaimResult:
+    """Measure one claim. With `swap_baseline`, the runs listed under `baseline:` replace the method's
+    runs: a correct claim must then fail."""
+    claims = claims_of(slug)
+    if name not in claims:
+        raise UserError(f"experiment '{slug}' has no claim '{name}' (has: {', '.join(claims) or 'none'})")
+    claim = claims[name]
+    runs = {k: list(v) for k, v in claim.runs.items()}
+    swapped = {}
+    if swap_baseline:
+        if not claim.get("baseline"):
+            raise UserError(f"claim {slug}/{name} names no baseline to swap in")
+        swapped = {k: list(v) for k, v in claim.baseline.items()}
+        runs.update(swapped)
+    start = time.perf_counter()
+    measured = {run_name: train_once(slug, overrides, extra)[claim.metric] for run_name, overrides in runs.items()}
+    expect = list(claim.expect)
+    outcomes = [bool(evaluate(e, measured)) for e in expect]
+    return ClaimResult(slug, name, claim.get("text", name), claim.metric, measured, expect, outcomes,
+                       time.perf_counter() - start, swapped)
+
+
+def check(slug: str, out_dir: Path | None = None) -> list[ClaimResult]:
+    results = [run_claim(slug, name) for name in claims_of(slug)]
+    if out_dir is not None:
+        write_results(slug, results, out_dir)
+    return results
+
+
+def write_results(slug: str, results: list[ClaimResult], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"slug": slug, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "passed": all(r.passed for r in results),
+               "claims": [asdict(r) | {"passed": r.passed} for r in results]}
+    (out_dir / f"{slug}.json").write_text(json.dumps(payload, indent=2))
+    lines = [f"# zoo check {slug}", "", "| claim | measured | expected | result | seconds |", "|---|---|---|---|---|"]
+    for r in results:
+        measured = ", ".join(f"{k}={v:.4f}" for k, v in r.measured.items())
+        lines.append(f"| {r.claim} | {measured} | {'; '.join(r.expect)} | {'PASS' if r.passed else 'FAIL'} "
+                     f"| {r.seconds:.1f} |")
+    (out_dir / f"{slug}.md").write_text("\n".join(lines) + "\n")
+
+
+def status(slug: str, out_dir: Path) -> str:
+    """Claim status for `zoo list`: from the last `zoo check` results written under out_dir."""
+    path = out_dir / f"{slug}.json"
+    if not path.exists():
+        return "not checked"
+    data = json.loads(path.read_text())
+    n = len(data["claims"])
+    ok = sum(c["passed"] for c in data["claims"])
+    return f"{ok}/{n} pass ({data['when'][:10]})"

@@ -1,0 +1,259 @@
+"""The `zoo` command: train, eval, list, check, bench, status."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from launch.errors import UserError
+
+USAGE = """zoo <command> [args]
+
+  zoo train experiment=<slug> [group=option] [key=value ...]   train locally or (launcher=slurm) on SLURM
+  zoo train -m experiment=<slug> key=a,b,c                     a sweep (one SLURM job array with launcher=slurm)
+  zoo eval ckpt=<path/to/ckpt> [key=value ...]                 test metrics from a checkpoint and its saved config
+  zoo list                                                     every paper, its data and the state of its claims
+  zoo check <slug> | --all                                     rerun the papers' small-scale claims
+  zoo bench <slug> | --all [--quick]                           speed and memory benchmarks (ratios)
+  zoo status <run_id | run_dir>                                progress, checkpoint, metrics, SLURM jobs of a run
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    handlers = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "check": cmd_check, "bench": cmd_bench,
+                "status": cmd_status}
+    if command not in handlers:
+        import difflib
+
+        close = difflib.get_close_matches(command, list(handlers), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        print(f"zoo: unknown command '{command}'{hint}; run `zoo --help`", file=sys.stderr)
+        return 2
+    try:
+        return handlers[command](rest) or 0
+    except UserError as err:
+        print(f"zoo {command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"zoo {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _is_rank_zero() -> bool:
+    from launch.runs import global_rank
+
+    return global_rank() == 0
+
+
+def print_metrics(title: str, metrics: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in sorted(metrics):
+        value = metrics[key]
+        table.add_row(key, f"{value:.0f}" if key in ("global_step", "epoch") else f"{value:.4f}")
+    Console(stderr=False).print(table)
+
+
+def cmd_train(args: list[str]) -> int:
+    from launch import config as zconfig
+    from launch import runs
+
+    multirun = bool(args) and args[0] in ("-m", "--multirun")
+    overrides = args[1:] if multirun else args
+    combos = zconfig.expand_sweep(overrides)
+    if len(combos) > 1 and not multirun:
+        raise UserError("overrides with several values (a,b) need `zoo train -m ...` to run as a sweep")
+    cfgs = [zconfig.compose(c) for c in combos]
+    if len(cfgs) > 1:
+        sweep_id = runs.new_run_id()
+        for i, cfg in enumerate(cfgs):
+            cfg.run_id = cfg.run_id or f"{sweep_id}-{i}"
+    else:
+        sweep_id = None
+    cfgs = [_resume_or_new(cfg) for cfg in cfgs]
+    if cfgs[0].launcher.name == "slurm":
+        return _submit(cfgs, sweep_id)
+    from launch import train
+
+    for cfg in cfgs:
+        metrics = train.run(cfg)
+        if _is_rank_zero():
+            run = runs.run_of(cfg)
+            print_metrics(f"{run.experiment} / {run.run_id}", metrics)
+            print(f"run directory: {run.dir}")
+    return 0
+
+
+def _resume_or_new(cfg):
+    """An existing run id resumes that run with its saved config; otherwise a new run is created."""
+    from launch import runs
+
+    if cfg.run_id:
+        saved = runs.saved_config(runs.run_of(runs.assign_run_id(cfg)))
+        if saved is not None:
+            if _is_rank_zero():
+                print(f"resuming run {cfg.run_id} with its saved config", file=sys.stderr)
+            saved.launcher = cfg.launcher
+            return saved
+    return runs.assign_run_id(cfg)
+
+
+def _submit(cfgs, sweep_id) -> int:
+    from launch import runs, slurm
+
+    for cfg in cfgs:
+        runs.create(cfg)
+    jobs = slurm.submit(cfgs, sweep_id)
+    for cfg, job in zip(cfgs, jobs):
+        run = runs.run_of(cfg)
+        (run.slurm).mkdir(parents=True, exist_ok=True)
+        with open(run.slurm / "jobs.txt", "a") as fh:
+            fh.write(f"{job.job_id}\n")
+        print(f"submitted job {job.job_id}: run {run.run_id}  dir {run.dir}  logs {job.paths.stdout}")
+    if cfgs[0].launcher.wait:
+        for cfg, job in zip(cfgs, jobs):
+            metrics = job.result()
+            print_metrics(f"{cfg.experiment_name} / {cfg.run_id} (job {job.job_id})", metrics)
+    return 0
+
+
+def cmd_eval(args: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from launch import train
+
+    ckpt = next((a.split("=", 1)[1] for a in args if a.startswith("ckpt=")), None)
+    if not ckpt:
+        raise UserError("usage: zoo eval ckpt=<path/to/checkpoint.ckpt> [key=value ...]")
+    ckpt_path = Path(ckpt).expanduser()
+    if not ckpt_path.is_file():
+        raise UserError(f"no checkpoint at {ckpt_path}")
+    run_dir = ckpt_path.absolute().parent.parent
+    config_file = run_dir / "config.yaml"
+    if not config_file.exists():
+        raise UserError(f"no saved config next to the checkpoint (expected {config_file})")
+    cfg = OmegaConf.load(config_file)
+    others = [a for a in args if not a.startswith("ckpt=")]
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(others), {"stage": "test", "logger": {"wandb": None}})
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"bad override in {others}: {err}") from None
+    metrics = train.run(cfg, make_run_dir=False, test_ckpt=str(ckpt_path))
+    print_metrics(f"eval {ckpt_path}", metrics)
+    return 0
+
+
+def cmd_list(args: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from launch import check
+    from launch import config as zconfig
+
+    out_dir = Path(os.environ.get("PAPERZOO_CHECKS", "runs/checks"))
+    table = Table(title="paperzoo")
+    for col in ("slug", "paper", "domain", "data (offline default / real)", "claims"):
+        table.add_column(col)
+    for slug in zconfig.experiments():
+        cfg = zconfig.compose([f"experiment={slug}"])
+        paper = cfg.get("paper") or {}
+        variants = [v.split("/", 1)[1] for v in zconfig.options("experiment") if v.startswith(slug + "/")]
+        data = f"{cfg.data.get('name', '?')} / {', '.join(variants) or '-'}"
+        table.add_row(slug, str(paper.get("title", "?"))[:60], str(paper.get("domain", "?")), data,
+                      f"{len(cfg.get('claims') or {})}: {check.status(slug, out_dir)}")
+    Console().print(table)
+    return 0
+
+
+def cmd_check(args: list[str]) -> int:
+    from launch import check
+    from launch import config as zconfig
+
+    parser = argparse.ArgumentParser(prog="zoo check")
+    parser.add_argument("slug", nargs="?")
+    parser.add_argument("--all", action="store_true")
+    parser.add_argument("--out", default="runs/checks", help="where the JSON and markdown results go")
+    opts = parser.parse_args(args)
+    slugs = zconfig.experiments() if opts.all else [opts.slug]
+    if not opts.all and not opts.slug:
+        raise UserError("usage: zoo check <slug> | --all")
+    for slug in slugs:
+        if slug not in zconfig.experiments():
+            raise UserError(f"unknown experiment '{slug}'{zconfig._closest(slug, zconfig.experiments())}")
+    failed = 0
+    for slug in slugs:
+        results = check.check(slug, Path(opts.out))
+        for r in results:
+            print(r.report())
+        failed += sum(not r.passed for r in results)
+    print(f"results written to {opts.out}/")
+    return 1 if failed else 0
+
+
+def cmd_bench(args: list[str]) -> int:
+    from benchmarks import run_benchmarks
+
+    parser = argparse.ArgumentParser(prog="zoo bench")
+    parser.add_argument("slug", nargs="?")
+    parser.add_argument("--all", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--out", default="runs/bench")
+    opts = parser.parse_args(args)
+    if not opts.all and not opts.slug:
+        raise UserError("usage: zoo bench <slug> | --all [--quick]")
+    run_benchmarks(None if opts.all else opts.slug, quick=opts.quick, out_dir=Path(opts.out))
+    return 0
+
+
+def cmd_status(args: list[str]) -> int:
+    import subprocess
+
+    from omegaconf import OmegaConf
+
+    from launch import runs
+
+    if len(args) != 1:
+        raise UserError("usage: zoo status <run_id | run_dir>")
+    run_dir = runs.find(args[0])
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    print(f"run {cfg.run_id}  experiment {cfg.experiment_name}  dir {run_dir}")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        import torch
+
+        try:
+            ckpt = torch.load(last, map_location="cpu", weights_only=False)
+            print(f"last.ckpt: epoch {ckpt.get('epoch')} global_step {ckpt.get('global_step')} "
+                  f"of max_epochs {cfg.trainer.max_epochs}")
+        except Exception as err:  # noqa: BLE001
+            print(f"last.ckpt unreadable: {type(err).__name__}")
+    else:
+        print("no checkpoint yet")
+    final = run_dir / "final_metrics.json"
+    if final.exists():
+        print_metrics("final metrics", json.loads(final.read_text()))
+    jobs_file = run_dir / "slurm" / "jobs.txt"
+    if jobs_file.exists():
+        for job in jobs_file.read_text().split():
+            try:
+                state = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], capture_output=True,
+                                       text=True, timeout=10).stdout.split()
+            except (OSError, subprocess.SubprocessError):
+                state = []
+            print(f"slurm job {job}: {' '.join(state) or 'unknown'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

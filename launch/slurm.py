@@ -1,0 +1,111 @@
+"""SLURM through submitit: derived resources, Checkpointable requeue, sweeps as one job array."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import submitit
+from omegaconf import DictConfig, OmegaConf
+
+from launch import runs
+from launch.errors import UserError
+
+
+def resources(cfg: DictConfig) -> dict:
+    """sbatch resources derived from the trainer: tasks_per_node = gpus_per_node = devices, nodes = num_nodes."""
+    devices, nodes = cfg.trainer.devices, cfg.trainer.num_nodes
+    if not isinstance(devices, int) or devices < 1:
+        raise UserError(f"launcher=slurm needs trainer.devices to be a positive integer per node, got {devices!r}")
+    if not isinstance(nodes, int) or nodes < 1:
+        raise UserError(f"launcher=slurm needs trainer.num_nodes to be a positive integer, got {nodes!r}")
+    accelerator = cfg.trainer.accelerator
+    on_gpu = accelerator in ("gpu", "cuda")
+    if accelerator == "auto":
+        raise UserError("launcher=slurm needs an explicit trainer.accelerator (trainer=gpu or trainer=cpu)")
+    launcher = cfg.launcher
+    params = {
+        "nodes": nodes,
+        "tasks_per_node": devices,
+        "slurm_time": int(launcher.time_min),
+        "slurm_signal_delay_s": int(launcher.signal_delay_s),
+        "slurm_job_name": launcher.job_name or f"zoo-{cfg.experiment_name}",
+        "slurm_array_parallelism": int(launcher.array_parallelism),
+    }
+    if on_gpu:
+        params["gpus_per_node"] = devices
+    optional = {"partition": "slurm_partition", "account": "slurm_account", "qos": "slurm_qos",
+                "constraint": "slurm_constraint", "exclude": "slurm_exclude", "cpus_per_task": "cpus_per_task",
+                "mem_gb": "mem_gb"}
+    for key, name in optional.items():
+        if launcher.get(key) is not None:
+            params[name] = launcher[key]
+    if launcher.additional_parameters:
+        params["slurm_additional_parameters"] = dict(launcher.additional_parameters)
+    if launcher.setup:
+        params["slurm_setup"] = list(launcher.setup)
+    if launcher.srun_args:
+        params["slurm_srun_args"] = list(launcher.srun_args)
+    return params
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """The submitted callable: trains one resolved config; on preemption or timeout it resubmits itself
+    with the same config (same run id), and the new job resumes from `last.ckpt`."""
+
+    def __init__(self, config: dict) -> None:
+        self.config = config
+
+    def __call__(self) -> dict[str, float]:
+        from launch import train
+
+        cfg = OmegaConf.create(self.config)
+        check_allocation(cfg)
+        return train.run(cfg)
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        # State lives in the periodic last.ckpt; the resubmission only has to carry the same config.
+        return submitit.helpers.DelayedSubmission(TrainJob(self.config))
+
+
+def check_allocation(cfg: DictConfig) -> None:
+    """Inside the job: the allocation SLURM gave must be the one derived from the trainer config."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return
+    expected = {"SLURM_NTASKS_PER_NODE": cfg.trainer.devices, "SLURM_JOB_NUM_NODES": cfg.trainer.num_nodes}
+    for var, want in expected.items():
+        got = env.get(var)
+        if got is not None and int(got.split("(")[0]) != int(want):
+            raise UserError(f"SLURM allocation mismatch: {var}={got} but the config asks for {want}")
+
+
+def executor(folder: Path, cfg: DictConfig) -> submitit.AutoExecutor:
+    ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
+                               slurm_max_num_timeout=int(cfg.launcher.max_num_timeout))
+    ex.update_parameters(**resources(cfg))
+    return ex
+
+
+def submit(cfgs: list[DictConfig], sweep_id: str | None = None) -> list[submitit.Job]:
+    """Submit one run, or a sweep as a single job array. Each config already has its run id and dir."""
+    if not cfgs:
+        return []
+    first = runs.run_of(cfgs[0])
+    if len(cfgs) == 1:
+        folder = first.slurm
+    else:
+        folder = first.root / first.experiment / f"sweep-{sweep_id}" / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    if any(resources(c) != resources(cfgs[0]) for c in cfgs[1:]):
+        raise UserError("a sweep submitted as one job array must keep the same resources in every element; "
+                        "sweep trainer.devices/num_nodes/launcher.* with separate `zoo train` calls")
+    ex = executor(folder, cfgs[0])
+    jobs_args = [TrainJob(OmegaConf.to_container(c, resolve=True)) for c in cfgs]
+    try:
+        if len(cfgs) == 1:
+            return [ex.submit(jobs_args[0])]
+        with ex.batch():
+            jobs = [ex.submit(job) for job in jobs_args]
+        return jobs
+    except submitit.core.utils.FailedJobError as err:
+        raise UserError(f"sbatch refused the job: {' '.join(str(err).split())[:300]}") from None

@@ -1,0 +1,196 @@
+"""compose -> instantiate -> fit/test: the one code path for local runs, SLURM jobs, checks and tests."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from launch import runs
+from launch.errors import UserError
+
+log = logging.getLogger("paperzoo")
+
+
+def _quiet_known_warnings() -> None:
+    for pattern in (
+        ".*Experiment logs directory .* exists and is not empty.*",
+        ".*does not have many workers which may be a bottleneck.*",
+        ".*The number of training batches .* is smaller than the logging interval.*",
+        ".*Checkpoint directory .* exists and is not empty.*",
+        ".*srun.*command is available on your system but is not used.*",
+        ".*LeafSpec.*is deprecated.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def wandb_mode(requested: str) -> str:
+    """`auto`: online when W&B credentials exist (env key or ~/.netrc), otherwise offline."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+def build_loggers(cfg: DictConfig, run: runs.Run) -> list:
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    loggers = []
+    wb = cfg.logger.get("wandb")
+    if wb:
+        mode = wandb_mode(wb.mode)
+        if mode != "disabled":
+            loggers.append(WandbLogger(
+                project=wb.project, entity=wb.entity, id=run.run_id, name=f"{run.experiment}/{run.run_id}",
+                save_dir=str(run.dir), resume="allow", mode=mode, tags=list(wb.tags), group=wb.group,
+                config=OmegaConf.to_container(cfg, resolve=True), log_model=False))
+    if cfg.logger.get("csv"):
+        loggers.append(CSVLogger(save_dir=str(run.dir), name="", version=""))
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list | None = None):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    from launch.callbacks import AtomicCheckpointIO, FiguresCallback, FiniteLossGuard, resolve_precision
+
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"), kwargs.get("accelerator", "cpu"))
+    callbacks = [FiniteLossGuard(), *(extra_callbacks or [])]
+    plugins = [AtomicCheckpointIO()]
+    if run is not None:
+        ck = cfg.checkpoint
+        callbacks.append(ModelCheckpoint(
+            dirpath=str(run.checkpoints), save_last=True, save_top_k=1 if ck.monitor else 0,
+            monitor=ck.monitor, mode=ck.mode, every_n_epochs=ck.every_n_epochs,
+            every_n_train_steps=ck.every_n_train_steps, save_on_train_epoch_end=True,
+            enable_version_counter=False))
+        callbacks.append(FiguresCallback(run.figures))
+    if cfg.get("early_stopping"):
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        callbacks.append(EarlyStopping(**OmegaConf.to_container(cfg.early_stopping, resolve=True)))
+    show_bar = cfg.progress_bar if cfg.progress_bar != "auto" else True
+    if show_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 50))
+    if "SLURM_JOB_ID" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit owns requeueing
+    return L.Trainer(
+        **kwargs, callbacks=callbacks, plugins=plugins,
+        logger=build_loggers(cfg, run) if run is not None else False,
+        enable_checkpointing=run is not None, enable_progress_bar=bool(show_bar),
+        default_root_dir=str(run.dir) if run is not None else None)
+
+
+def instantiate(cfg: DictConfig):
+    """Build (datamodule, module) from the config, turning constructor errors into one line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        datamodule = hydra_instantiate(cfg.data, _convert_="partial")
+        model = hydra_instantiate(cfg.model, _convert_="partial")
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        raise UserError(f"cannot build the experiment: {' '.join(str(cause).split())[:300]}") from None
+    return datamodule, model
+
+
+def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | None = None,
+        test_ckpt: str | None = None) -> dict[str, float]:
+    """Train and/or test one resolved config; return the final metrics as floats.
+
+    Every (re)start calls `fit(ckpt_path="last")`, so a requeued or restarted run resumes from its
+    periodic `last.ckpt` and ends with the same global step as an uninterrupted run.
+    """
+    import lightning as L
+    import torch
+
+    _quiet_known_warnings()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    run_dir = None
+    if make_run_dir:
+        cfg = runs.assign_run_id(cfg)
+        run_dir = runs.create(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, model = instantiate(cfg)
+    trainer = build_trainer(cfg, run_dir, extra_callbacks)
+    metrics: dict[str, float] = {}
+    if cfg.stage in ("fit", "fit_test"):
+        ckpt = "last" if run_dir is not None else None
+        _guard_checkpoint(run_dir)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+        metrics.update(_floats(trainer.callback_metrics))
+    if cfg.stage in ("test", "fit_test"):
+        if test_ckpt is not None:
+            _load_checkpoint(test_ckpt)
+        try:
+            trainer.test(model, datamodule=datamodule, verbose=False, ckpt_path=test_ckpt)
+        except RuntimeError as err:
+            if test_ckpt is None or "state_dict" not in str(err):
+                raise
+            raise UserError(f"checkpoint {test_ckpt} does not fit this model: {str(err).splitlines()[0][:200]}") \
+                from None
+        metrics.update(_floats(trainer.callback_metrics))
+    metrics["global_step"] = float(trainer.global_step)
+    metrics["epoch"] = float(trainer.current_epoch)
+    if run_dir is not None and trainer.is_global_zero:
+        _finish(trainer, run_dir, metrics)
+    return metrics
+
+
+def _guard_checkpoint(run: runs.Run | None) -> None:
+    """A torn or foreign last.ckpt is a clear error, not a stack trace deep inside Lightning."""
+    if run is not None and run.last_checkpoint.exists():
+        _load_checkpoint(run.last_checkpoint, hint="; move it away to restart the run from scratch")
+
+
+def _load_checkpoint(path, hint: str = "") -> dict:
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}){hint}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"checkpoint {path} is not a Lightning checkpoint{hint}")
+    return ckpt
+
+
+def _floats(metrics) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _finish(trainer, run: runs.Run, metrics: dict[str, float]) -> None:
+    import json
+
+    (run.dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment  # noqa: B018 - make sure the run exists before finishing
+            import wandb
+
+            offline = wandb.run is not None and wandb.run.settings.mode == "offline"
+            wandb.finish()
+            if offline:
+                print(f"W&B run saved offline; upload it with: wandb sync {run.dir / 'wandb'}/offline-run-*-{run.run_id}",
+                      file=sys.stderr)
