@@ -113,6 +113,8 @@ def _submit(cfgs, sweep_id) -> int:
     from launch import runs, slurm
 
     for cfg in cfgs:
+        slurm.resources(cfg)  # bad resources fail before anything is written
+    for cfg in cfgs:
         runs.create(cfg)
     jobs = slurm.submit(cfgs, sweep_id)
     for cfg, job in zip(cfgs, jobs):

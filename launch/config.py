@@ -50,7 +50,7 @@ def _all_keys(cfg, prefix: str = "") -> list[str]:
 def _check_overrides(overrides: list[str]) -> None:
     """Validate group choices before Hydra, so that the error names the closest valid options."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
+    from hydra.errors import HydraException as OverrideParseException
 
     parser = OverridesParser.create()
     for text in overrides:
@@ -122,7 +122,7 @@ def _safe_base(overrides: list[str]):
 def expand_sweep(overrides: list[str]) -> list[list[str]]:
     """Cartesian product of sweep overrides (`key=a,b`, `key=range(...)`), as Hydra's basic sweeper."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
+    from hydra.errors import HydraException as OverrideParseException
 
     parser = OverridesParser.create()
     axes: list[list[str]] = []

@@ -80,8 +80,9 @@ def check_allocation(cfg: DictConfig) -> None:
 
 
 def executor(folder: Path, cfg: DictConfig) -> submitit.AutoExecutor:
+    extra = {"slurm_python": cfg.launcher.python} if cfg.launcher.get("python") else {}
     ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
-                               slurm_max_num_timeout=int(cfg.launcher.max_num_timeout))
+                               slurm_max_num_timeout=int(cfg.launcher.max_num_timeout), **extra)
     ex.update_parameters(**resources(cfg))
     return ex
 

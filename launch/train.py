@@ -70,11 +70,15 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
     plugins = [AtomicCheckpointIO()]
     if run is not None:
         ck = cfg.checkpoint
+        # Periodic state for resume/requeue: one file named last.ckpt, overwritten (atomically) each period.
         callbacks.append(ModelCheckpoint(
-            dirpath=str(run.checkpoints), save_last=True, save_top_k=1 if ck.monitor else 0,
-            monitor=ck.monitor, mode=ck.mode, every_n_epochs=ck.every_n_epochs,
-            every_n_train_steps=ck.every_n_train_steps, save_on_train_epoch_end=True,
-            enable_version_counter=False))
+            dirpath=str(run.checkpoints), filename="last", save_top_k=1, monitor=None,
+            every_n_epochs=ck.every_n_epochs, every_n_train_steps=ck.every_n_train_steps,
+            save_on_train_epoch_end=True, enable_version_counter=False))
+        if ck.monitor:
+            callbacks.append(ModelCheckpoint(
+                dirpath=str(run.checkpoints), filename="best-{epoch}", monitor=ck.monitor, mode=ck.mode,
+                save_top_k=1, enable_version_counter=False))
         callbacks.append(FiguresCallback(run.figures))
     if cfg.get("early_stopping"):
         from lightning.pytorch.callbacks import EarlyStopping

@@ -1,0 +1,426 @@
+"""The one place that fetches files: URL -> verified file in the cache, archive -> safely extracted dir.
+
+Every datamodule that needs real data calls :func:`fetch` (and :func:`extract` for archives); nothing
+else in paperzoo opens a network connection.
+
+Guarantees
+----------
+* Atomic: a download streams into a temporary file in the destination directory and is renamed with
+  ``os.replace`` only after it is complete and verified; an extraction happens in a temporary directory
+  beside the destination that is renamed into place. Nothing half-written is ever left behind, also
+  not when the download fails.
+* Verified: ``sha256=`` / ``md5=`` are checked on every call. A cached file whose checksum matches is
+  returned without touching the network; one whose checksum does not match is downloaded again.
+* Trust on first use: when no checksum is given, the sha256 of the first successful download (or of
+  an already present file) is recorded in a ``<file>.sha256`` sidecar next to it; later calls verify
+  the file against that sidecar, and a re-download that does not match it is an error (the source
+  changed). Delete the file and its sidecar to accept a new upstream version.
+* Errors (HTTP/URL errors, truncated bodies, checksum mismatches, unsafe archives) raise
+  :class:`DownloadError`, a :class:`~launch.errors.UserError`, with a single-line message.
+
+The cache root is ``$PAPERZOO_DATA`` if set, else ``~/.cache/paperzoo``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import posixpath
+import shutil
+import socket
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from contextlib import nullcontext
+from pathlib import Path, PurePosixPath
+
+from launch.errors import UserError
+
+__all__ = ["DownloadError", "cache_dir", "fetch", "extract", "file_sha256"]
+
+CHUNK = 1 << 20
+SIDECAR_SUFFIX = ".sha256"
+EXTRACTED_MARKER = ".paperzoo-extracted"
+_USER_AGENT = "paperzoo-download/1"
+
+
+class DownloadError(UserError):
+    """A download or extraction failed (network, HTTP status, truncated body, checksum, unsafe archive)."""
+
+
+def cache_dir() -> Path:
+    """Root of the download cache: ``$PAPERZOO_DATA`` if set (and non-empty), else ``~/.cache/paperzoo``."""
+    env = os.environ.get("PAPERZOO_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "paperzoo"
+
+
+# --------------------------------------------------------------------------------------------------
+# checksums
+
+
+def _digests(path: Path, algos: tuple[str, ...]) -> dict[str, str]:
+    hashers = {a: hashlib.new(a) for a in algos}
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            for h in hashers.values():
+                h.update(chunk)
+    return {a: h.hexdigest() for a, h in hashers.items()}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file."""
+    return _digests(Path(path), ("sha256",))["sha256"]
+
+
+def _expected(sha256: str | None, md5: str | None) -> dict[str, str]:
+    want = {}
+    if sha256:
+        want["sha256"] = sha256.strip().lower()
+    if md5:
+        want["md5"] = md5.strip().lower()
+    return want
+
+
+def _mismatch(want: dict[str, str], got: dict[str, str]) -> str | None:
+    for algo, value in want.items():
+        if got.get(algo) != value:
+            return f"expected {algo} {value}, got {got.get(algo)}"
+    return None
+
+
+def _read_sidecar(sidecar: Path) -> str | None:
+    try:
+        text = sidecar.read_text().split()
+    except FileNotFoundError:
+        return None
+    return text[0].lower() if text else None
+
+
+def _write_atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(Path(tmp))
+        raise
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------------
+# progress
+
+
+def _progress(total: int | None, label: str):
+    """A rich progress bar on stderr when stderr is a TTY, else a silent no-op context."""
+    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        return nullcontext(None)
+    try:
+        from rich.console import Console
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
+    except ImportError:  # pragma: no cover - rich is a dependency
+        return nullcontext(None)
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True)
+
+    class _Bar:
+        def __enter__(self):
+            prog.__enter__()
+            self.task = prog.add_task(label, total=total)
+            return self
+
+        def advance(self, n: int) -> None:
+            prog.update(self.task, advance=n)
+
+        def __exit__(self, *exc):
+            return prog.__exit__(*exc)
+
+    return _Bar()
+
+
+# --------------------------------------------------------------------------------------------------
+# fetch
+
+
+def _default_filename(url: str) -> str:
+    path = urllib.parse.urlsplit(url).path
+    name = posixpath.basename(urllib.parse.unquote(path.rstrip("/")))
+    if not name:
+        raise DownloadError(f"cannot derive a file name from URL {url!r}; pass filename=")
+    return name
+
+
+def _check_name(name: str, what: str) -> None:
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts:
+        raise DownloadError(f"unsafe {what} {name!r}: must be a relative path without '..'")
+
+
+def _download(url: str, dest: Path, algos: tuple[str, ...], timeout: float
+              ) -> tuple[Path, dict[str, str]]:
+    """Stream ``url`` into a temp file beside ``dest``; return it and the digests of its content.
+
+    The caller verifies and renames it. On any failure here nothing is left behind.
+    """
+    hashers = {a: hashlib.new(a) for a in algos}
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        try:
+            req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+            with urllib.request.urlopen(req, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
+                fd = None
+                length = resp.headers.get("Content-Length")
+                expected_len = int(length) if length and length.strip().isdigit() else None
+                received = 0
+                with _progress(expected_len, dest.name) as bar:
+                    while chunk := resp.read(CHUNK):
+                        out.write(chunk)
+                        received += len(chunk)
+                        for h in hashers.values():
+                            h.update(chunk)
+                        if bar is not None:
+                            bar.advance(len(chunk))
+                if expected_len is not None and received < expected_len:
+                    raise DownloadError(f"download of {url} truncated: received {received} of "
+                                        f"{expected_len} bytes")
+                out.flush()
+                os.fsync(out.fileno())
+        except DownloadError:
+            raise
+        except urllib.error.HTTPError as e:
+            e.close()
+            raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+        except urllib.error.URLError as e:
+            raise DownloadError(f"download of {url} failed: {_one_line(e.reason)}") from None
+        except http.client.IncompleteRead as e:
+            raise DownloadError(f"download of {url} truncated: received {len(e.partial)} bytes, "
+                                f"{e.expected} more expected") from None
+        except (socket.timeout, TimeoutError):
+            raise DownloadError(f"download of {url} failed: timed out after {timeout:g} s") from None
+        except (http.client.HTTPException, OSError, ValueError) as e:
+            raise DownloadError(f"download of {url} failed: {type(e).__name__}: {_one_line(e)}") \
+                from None
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        _unlink(tmp)
+        raise
+    return tmp, {a: h.hexdigest() for a, h in hashers.items()}
+
+
+def _one_line(x) -> str:
+    return " ".join(str(x).split()) or type(x).__name__
+
+
+def fetch(url: str, *, sha256: str | None = None, md5: str | None = None,
+          filename: str | None = None, subdir: str = "", timeout: float = 60) -> Path:
+    """Download ``url`` into ``cache_dir()/subdir/filename`` and return the path.
+
+    ``filename`` defaults to the last component of the URL path. ``http(s)://`` and ``file://`` URLs
+    are supported (anything ``urllib`` opens).
+
+    * With ``sha256`` and/or ``md5``: a cached file whose checksums match is returned without any
+      network access; a cached file that does not match is downloaded again; a download that does not
+      match raises :class:`DownloadError` and is deleted.
+    * Without a checksum (trust on first use): the first download's sha256 is recorded in a
+      ``<file>.sha256`` sidecar (a file already present without a sidecar is trusted as is and its
+      sidecar written). Later calls verify the file against the sidecar: a match returns without
+      network access, a mismatch (corrupt file) triggers a re-download, and a re-download that still
+      differs from the recorded sha256 raises :class:`DownloadError` (upstream changed; delete the file
+      and its sidecar to accept the new version, or pass ``sha256=``).
+
+    The body streams into a temporary file in the target directory and is renamed into place only
+    when complete and verified; on an HTTP/URL error, a truncated body (fewer bytes than
+    ``Content-Length``) or a checksum mismatch nothing is left behind.
+    """
+    name = filename if filename is not None else _default_filename(url)
+    _check_name(name, "filename")
+    if subdir:
+        _check_name(subdir, "subdir")
+    folder = cache_dir() / subdir if subdir else cache_dir()
+    dest = folder / name
+    sidecar = dest.with_name(dest.name + SIDECAR_SUFFIX)
+    want = _expected(sha256, md5)
+    tofu = not want
+    if tofu:
+        recorded = _read_sidecar(sidecar)
+        if recorded:
+            want = {"sha256": recorded}
+
+    if dest.is_file():
+        got = _digests(dest, tuple(want) or ("sha256",))
+        if not want:  # present, never recorded: trust it now
+            _write_atomic_text(sidecar, f"{got['sha256']}  {dest.name}\n")
+            return dest
+        if _mismatch(want, got) is None:
+            return dest
+        # stale or corrupt copy: fall through and download again (replaced atomically)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    algos = tuple(dict.fromkeys((*want, "sha256")))
+    tmp, got = _download(url, dest, algos, timeout)
+    problem = _mismatch(want, got)
+    if problem is not None:
+        _unlink(tmp)
+        _unlink(dest)  # a stale copy that failed verification above
+        hint = ("the source changed since it was first recorded in "
+                f"{sidecar.name}; delete it to accept the new file" if tofu
+                else "the file may be corrupt or the source may have changed")
+        raise DownloadError(f"checksum mismatch for {url}: {problem} ({hint})")
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    if tofu and not sidecar.is_file():
+        _write_atomic_text(sidecar, f"{got['sha256']}  {dest.name}\n")
+    return dest
+
+
+# --------------------------------------------------------------------------------------------------
+# extract
+
+
+def _archive_kind(archive: Path) -> str:
+    name = archive.name.lower()
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")):
+        return "tar"
+    if zipfile.is_zipfile(archive):
+        return "zip"
+    if tarfile.is_tarfile(archive):
+        return "tar"
+    raise DownloadError(f"cannot extract {archive}: not a .zip or .tar(.gz) archive")
+
+
+def _normalized_member(archive: Path, name: str) -> PurePosixPath:
+    raw = name.replace("\\", "/")
+    p = PurePosixPath(raw)
+    drive = len(raw) > 1 and raw[0].isalpha() and raw[1] == ":" and raw[2:3] in ("", "/")
+    if p.is_absolute() or drive:
+        raise DownloadError(f"unsafe archive {archive.name}: member {name!r} has an absolute path")
+    if ".." in p.parts:
+        raise DownloadError(f"unsafe archive {archive.name}: member {name!r} contains '..'")
+    return p
+
+
+def _inside(rel: str) -> bool:
+    norm = posixpath.normpath(rel)
+    return not (norm == ".." or norm.startswith("../") or norm.startswith("/"))
+
+
+def _validate_tar(archive: Path, tf: tarfile.TarFile) -> None:
+    links: set[PurePosixPath] = set()
+    members = tf.getmembers()
+    for m in members:
+        p = _normalized_member(archive, m.name)
+        if m.issym():
+            target = m.linkname.replace("\\", "/")
+            if target.startswith("/") or not _inside(posixpath.join(str(p.parent), target)):
+                raise DownloadError(f"unsafe archive {archive.name}: symlink {m.name!r} -> "
+                                    f"{m.linkname!r} points outside the destination")
+            links.add(p)
+        elif m.islnk():
+            target = m.linkname.replace("\\", "/")
+            if target.startswith("/") or not _inside(target):
+                raise DownloadError(f"unsafe archive {archive.name}: hardlink {m.name!r} -> "
+                                    f"{m.linkname!r} points outside the destination")
+        elif not (m.isfile() or m.isdir()):
+            raise DownloadError(f"unsafe archive {archive.name}: member {m.name!r} is a device "
+                                "or fifo")
+    # writing through a symlink of the archive could escape even with relative targets
+    for m in members:
+        p = PurePosixPath(m.name.replace("\\", "/"))
+        for parent in p.parents:
+            if parent in links:
+                raise DownloadError(f"unsafe archive {archive.name}: member {m.name!r} lies "
+                                    f"under symlink {str(parent)!r}")
+
+
+def _validate_zip(archive: Path, zf: zipfile.ZipFile) -> None:
+    for info in zf.infolist():
+        _normalized_member(archive, info.filename)
+
+
+def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Safely extract a .zip / .tar / .tar.gz / .tgz (also .tar.bz2/.tar.xz) ``archive`` into ``dest``.
+
+    Every member is checked before anything is written: absolute paths, ``..`` components, symlinks
+    or hardlinks pointing outside ``dest``, members under an archived symlink, and device/fifo
+    entries raise :class:`DownloadError`. Extraction happens in a temporary directory beside ``dest``
+    that is renamed into place, with a ``.paperzoo-extracted`` marker inside; when ``dest`` already
+    holds that marker nothing is done (idempotent). An incomplete ``dest`` without the marker is
+    replaced.
+    """
+    archive, dest = Path(archive), Path(dest)
+    marker = dest / EXTRACTED_MARKER
+    if marker.is_file():
+        return dest
+    if not archive.is_file():
+        raise DownloadError(f"cannot extract {archive}: no such file")
+    kind = _archive_kind(archive)
+    try:
+        if kind == "zip":
+            ctx = zipfile.ZipFile(archive)
+        else:
+            ctx = tarfile.open(archive, "r:*")
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as e:
+        raise DownloadError(f"cannot extract {archive.name}: corrupt archive ({_one_line(e)})") \
+            from None
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with ctx as arc:
+        try:
+            if kind == "zip":
+                _validate_zip(archive, arc)
+            else:
+                _validate_tar(archive, arc)
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+            raise DownloadError(f"cannot extract {archive.name}: corrupt archive "
+                                f"({_one_line(e)})") from None
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"))
+        try:
+            try:
+                if kind == "zip":
+                    arc.extractall(tmp)
+                elif hasattr(tarfile, "data_filter"):
+                    arc.extractall(tmp, filter="data")
+                else:  # pragma: no cover - old Python without extraction filters
+                    arc.extractall(tmp)
+            except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+                raise DownloadError(f"cannot extract {archive.name}: {_one_line(e)}") from None
+            (tmp / EXTRACTED_MARKER).write_text(f"{archive.name}\n")
+            if dest.exists() and not marker.is_file():
+                # leftover of an interrupted extraction by an older version / by hand
+                if dest.is_dir() and not dest.is_symlink():
+                    shutil.rmtree(dest)
+                else:
+                    dest.unlink()
+            try:
+                os.rename(tmp, dest)
+            except OSError:
+                if not marker.is_file():  # not a concurrent extraction that finished first
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return dest

@@ -1,0 +1,89 @@
+"""The `zoo` command's contract: bad input is one clear line and exit status 2; good input composes."""
+from __future__ import annotations
+
+import pytest
+
+from launch import config as zconfig
+from launch.callbacks import resolve_precision
+from launch.check import evaluate
+from launch.errors import UserError
+from tests.conftest import zoo_in_process, zoo_subprocess
+
+
+def one_line_error(code: int, err: str) -> str:
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got:\n{err}"
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_unknown_experiment_names_closest():
+    line = one_line_error(*zoo_in_process("train", "experiment=lightgcm")[::2])
+    assert "unknown experiment 'lightgcm'" in line and "lightgcn" in line
+
+
+def test_unknown_group_option():
+    line = one_line_error(*zoo_in_process("train", "experiment=lightgcn", "trainer=gpus")[::2])
+    assert "unknown trainer 'gpus'" in line and "gpu" in line
+
+
+def test_unknown_key_names_closest():
+    line = one_line_error(*zoo_in_process("train", "experiment=lightgcn", "model.num_layer=2")[::2])
+    assert "unknown config key 'model.num_layer'" in line and "model.num_layers" in line
+
+
+def test_malformed_override():
+    line = one_line_error(*zoo_in_process("train", "experiment=lightgcn", "model.lr==")[::2])
+    assert "override" in line
+
+
+def test_sweep_needs_multirun_flag():
+    line = one_line_error(*zoo_in_process("train", "experiment=lightgcn", "seed=1,2")[::2])
+    assert "-m" in line
+
+
+def test_unknown_command_and_missing_experiment():
+    code, _, err = zoo_in_process("trian")
+    assert code == 2 and "train" in err
+    line = one_line_error(*zoo_in_process("train")[::2])
+    assert "experiment=" in line
+
+
+def test_slurm_resources_must_map():
+    line = one_line_error(*zoo_in_process("train", "experiment=lightgcn", "launcher=slurm",
+                                          "trainer.devices=auto")[::2])
+    assert "trainer.devices" in line
+
+
+def test_cli_subprocess_error_is_one_line():
+    """The installed console script, not just `main()`: exit 2, no traceback."""
+    proc = zoo_subprocess("train", "experiment=nope")
+    one_line_error(proc.returncode, proc.stderr)
+
+
+def test_sweep_expansion():
+    combos = zconfig.expand_sweep(["experiment=lightgcn", "seed=1,2", "model.num_layers=0,3"])
+    assert len(combos) == 4
+    assert ["experiment=lightgcn", "seed=2", "model.num_layers=3"] in combos
+
+
+def test_list_shows_every_experiment():
+    code, out, _ = zoo_in_process("list")
+    assert code == 0
+    for slug in zconfig.experiments():
+        assert slug in out
+
+
+def test_precision_auto_is_fp32_on_cpu():
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+def test_claim_expressions_are_safe():
+    assert evaluate("a >= max(b, c) + 0.03", {"a": 0.34, "b": 0.27, "c": 0.25})
+    assert not evaluate("a >= b + 0.012", {"a": 0.28, "b": 0.28})
+    with pytest.raises(UserError):
+        evaluate("__import__('os')", {})
+    with pytest.raises(UserError):
+        evaluate("a > zzz", {"a": 1.0})

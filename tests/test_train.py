@@ -1,0 +1,129 @@
+"""End-to-end local runs: run directories, W&B offline, checkpoints, resume, DDP, precision, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch import config as zconfig
+from launch import train
+from tests.conftest import ZOO, zoo_in_process, zoo_subprocess
+
+# A tiny LightGCN run on the generated interaction graph: seconds on one CPU thread.
+TINY = ["experiment=lightgcn", "data=synthetic_graph", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1",
+        "data.batch_size=256"]
+
+
+def run_dir_of(runs_root: Path, experiment: str = "lightgcn") -> Path:
+    dirs = [p for p in (runs_root / experiment).iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+@pytest.mark.wandb
+def test_local_run_writes_complete_run_dir(runs_root):
+    proc = zoo_subprocess("train", *TINY, f"runs_root={runs_root}", "logger=wandb", check=True)
+    run = run_dir_of(runs_root)
+    assert (run / "config.yaml").exists() and (run / "meta.json").exists()
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["versions"]["torch"] and meta["git_commit"]
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert (run / "metrics.csv").read_text().count("\n") > 2
+    assert list((run / "figures").glob("*.png")), "figures() must be saved as PNG"
+    # the W&B run id is the run id (offline here), and the sync command is printed
+    wandb_runs = list((run / "wandb").glob(f"offline-run-*-{run.name}"))
+    assert wandb_runs, list((run / "wandb").iterdir())
+    assert "wandb sync" in proc.stderr
+    assert "test/recall@20" in proc.stdout  # metrics table
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["global_step"] > 0 and 0.0 <= final["test/recall@20"] <= 1.0
+    # zoo status and zoo eval work from the run directory alone
+    code, out, _ = zoo_in_process("status", str(run))
+    assert code == 0 and "global_step" in out
+    code, out, _ = zoo_in_process("eval", f"ckpt={run / 'checkpoints' / 'last.ckpt'}")
+    assert code == 0
+    assert f"{final['test/recall@20']:.4f}" in out
+
+
+def _uninterrupted(runs_root: Path, overrides: list[str]) -> dict:
+    cfg = zconfig.compose([*overrides, f"runs_root={runs_root / 'reference'}", "logger=csv", "progress_bar=false"])
+    return train.run(cfg)
+
+
+def test_resume_after_killed_run_matches_uninterrupted(runs_root):
+    """Kill -9 a run after its first checkpoint; rerunning with the same run id resumes from last.ckpt and
+    ends at the same global step with the same metrics as an uninterrupted run with the same seed."""
+    overrides = ["experiment=lightgcn", "data=synthetic_graph", "trainer.max_epochs=12", "data.batch_size=64",
+                 "trainer.check_val_every_n_epoch=6", "seed=3"]
+    args = [*overrides, f"runs_root={runs_root}", "run_id=killme", "logger=csv"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([ZOO, "train", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True)
+    ckpt = runs_root / "lightgcn" / "killme" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the run never wrote a checkpoint"
+    killed_at = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    resumed = zoo_subprocess("train", *args, check=True)
+    assert "resuming run killme" in resumed.stderr
+    assert "Restoring states from the checkpoint" in resumed.stderr + resumed.stdout
+    final = json.loads((runs_root / "lightgcn" / "killme" / "final_metrics.json").read_text())
+    reference = _uninterrupted(runs_root, overrides)
+    assert 0 < killed_at < reference["global_step"], "the kill must land mid-run for this test to mean anything"
+    assert final["global_step"] == reference["global_step"]
+    assert final["test/recall@20"] == pytest.approx(reference["test/recall@20"], abs=1e-6)
+    assert final["test/ndcg@20"] == pytest.approx(reference["test/ndcg@20"], abs=1e-6)
+
+
+def test_ddp_two_cpu_processes_match_single_process_eval(runs_root):
+    """DDP with 2 CPU ranks (gloo): both ranks train; evaluation splits users across ranks without double
+    counting, so the DDP test metrics equal a single-process evaluation of the same checkpoint."""
+    proc = zoo_subprocess("train", *TINY, f"runs_root={runs_root}", "trainer=ddp", "trainer.devices=2",
+                          "trainer.accelerator=cpu", "logger=csv", check=True, timeout=400)
+    log = proc.stdout + proc.stderr
+    assert "GLOBAL_RANK: 0" in log and "GLOBAL_RANK: 1" in log
+    run = run_dir_of(runs_root)
+    final = json.loads((run / "final_metrics.json").read_text())
+    code, out, err = zoo_in_process("eval", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "trainer.devices=1",
+                                    "trainer.strategy=auto")
+    assert code == 0, err
+    assert f"{final['test/recall@20']:.4f}" in out and f"{final['test/ndcg@20']:.4f}" in out
+
+
+def test_bf16_mixed_cpu_run():
+    cfg = zconfig.compose([*TINY, "trainer.precision=bf16-mixed", "logger=none", "progress_bar=false"])
+    metrics = train.run(cfg, make_run_dir=False)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert metrics["test/recall@20"] > 0
+
+
+def test_nan_loss_stops_with_clear_message(runs_root):
+    code, _, err = zoo_in_process("train", *TINY, f"runs_root={runs_root}", "logger=none", "progress_bar=false",
+                                  "model.optimizer.lr=1e30", "model.l2_weight=1.0")
+    assert code == 2, err
+    assert "loss became" in err and "last finite value" in err
+
+
+def test_corrupt_and_incompatible_checkpoints_are_clear_errors(runs_root, tmp_path):
+    zoo_in_process("train", *TINY, "trainer.max_epochs=1", f"runs_root={runs_root}", "run_id=r1", "logger=none",
+                   "progress_bar=false")
+    ckpt = runs_root / "lightgcn" / "r1" / "checkpoints" / "last.ckpt"
+    good = ckpt.read_bytes()
+    code, _, err = zoo_in_process("eval", f"ckpt={ckpt}", "model.embedding_dim=8")
+    assert code == 2 and "does not fit this model" in err, err
+    ckpt.write_bytes(good[: len(good) // 2])
+    code, _, err = zoo_in_process("eval", f"ckpt={ckpt}")
+    assert code == 2 and "corrupt" in err, err
+    code, _, err = zoo_in_process("train", *TINY, f"runs_root={runs_root}", "run_id=r1", "logger=none")
+    assert code == 2 and "corrupt" in err and "move it away" in err, err
+    code, _, err = zoo_in_process("eval", f"ckpt={tmp_path / 'missing.ckpt'}")
+    assert code == 2 and "no checkpoint" in err
