@@ -509,7 +509,10 @@ class InteractionDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return 0, 0, 1
-        return int(trainer.current_epoch), int(trainer.global_rank), int(trainer.world_size)
+        # Lightning's own epoch for samplers: on a resume from an end-of-epoch checkpoint the iterator is created
+        # before `current_epoch` catches up, while `processed` already counts the finished epoch.
+        epoch = int(trainer.fit_loop.epoch_progress.current.processed)
+        return epoch, int(trainer.global_rank), int(trainer.world_size)
 
     def _train_dataset(self) -> TrainBatches:
         self.setup()

@@ -15,7 +15,8 @@ from launch.errors import UserError
 
 
 def fake_trainer(epoch: int = 0, rank: int = 0, world: int = 1) -> SimpleNamespace:
-    return SimpleNamespace(current_epoch=epoch, global_rank=rank, world_size=world)
+    progress = SimpleNamespace(epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=epoch)))
+    return SimpleNamespace(current_epoch=epoch, fit_loop=progress, global_rank=rank, world_size=world)
 
 
 def attach(dm: InteractionDataModule, **kw) -> InteractionDataModule:
