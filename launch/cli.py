@@ -123,11 +123,21 @@ def _submit(cfgs, sweep_id) -> int:
         with open(run.slurm / "jobs.txt", "a") as fh:
             fh.write(f"{job.job_id}\n")
         print(f"submitted job {job.job_id}: run {run.run_id}  dir {run.dir}  logs {job.paths.stdout}")
-    if cfgs[0].launcher.wait:
-        for cfg, job in zip(cfgs, jobs):
-            metrics = job.result()
-            print_metrics(f"{cfg.experiment_name} / {cfg.run_id} (job {job.job_id})", metrics)
-    return 0
+    if not cfgs[0].launcher.wait:
+        return 0
+    import submitit
+
+    failed = 0
+    for cfg, job in zip(cfgs, jobs):
+        try:
+            metrics = job.results()[0]  # one result per task; rank 0's holds the metrics
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:
+            failed += 1
+            print(f"job {job.job_id} failed: {str(err).strip().splitlines()[0][:200]} (logs: {job.paths.stderr})",
+                  file=sys.stderr)
+            continue
+        print_metrics(f"{cfg.experiment_name} / {cfg.run_id} (job {job.job_id})", metrics)
+    return 1 if failed else 0
 
 
 def cmd_eval(args: list[str]) -> int:
