@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import operator
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from launch import config as zconfig
 from launch.errors import UserError
 
-CHECK_OVERRIDES = ["logger=none", "launcher=local", "progress_bar=false", "stage=fit_test"]
+CHECK_OVERRIDES = ["logger=none", "launcher=local", "progress_bar=false", "stage=fit_test",
+                   "trainer.enable_model_summary=false"]
 _RUN_CACHE: dict[tuple[str, ...], dict[str, float]] = {}
 
 
@@ -67,6 +69,7 @@ def train_once(slug: str, overrides: list[str], extra: list[str] = ()) -> dict[s
         base = []
     key = tuple(base + list(overrides) + list(extra))
     if key not in _RUN_CACHE:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         cfg = zconfig.compose(CHECK_OVERRIDES + list(key))
         _RUN_CACHE[key] = train.run(cfg, make_run_dir=False)
     return _RUN_CACHE[key]

@@ -182,9 +182,10 @@ def cmd_list(args: list[str]) -> int:
         paper = cfg.get("paper") or {}
         variants = [v.split("/", 1)[1] for v in zconfig.options("experiment") if v.startswith(slug + "/")]
         data = f"{cfg.data.get('name', '?')} / {', '.join(variants) or '-'}"
-        table.add_row(slug, str(paper.get("title", "?"))[:60], str(paper.get("domain", "?")), data,
+        title = str(paper.get("title", "?")).split(":")[0]
+        table.add_row(slug, f"{title} ({paper.get('venue', paper.get('arxiv', '?'))})", str(paper.get("domain", "?")), data,
                       f"{len(cfg.get('claims') or {})}: {check.status(slug, out_dir)}")
-    Console().print(table)
+    Console(width=max(Console().width, 140)).print(table)
     return 0
 
 

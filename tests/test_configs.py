@@ -27,3 +27,28 @@ def test_configs_ship_as_package_data():
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert "**/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["configs"]
     assert (zconfig.config_root() / "train.yaml").exists()
+
+
+def test_plain_wheel_install_runs_zoo(tmp_path):
+    """Build the wheel and run `zoo list` from it, away from the checkout: configs travel as package data."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation",
+                            "-q", "-w", str(tmp_path / "wheel")], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (tmp_path / "wheel").glob("paperzoo-*.whl")
+    target = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                              str(wheel)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    code = ("import launch, sys; from launch.cli import main; "
+            "assert launch.__file__.startswith(sys.argv[1]), launch.__file__; sys.exit(main(['list']))")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], cwd=tmp_path, capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "lightgcn" in proc.stdout and "ultragcn" in proc.stdout

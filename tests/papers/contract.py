@@ -1,0 +1,63 @@
+"""The paper contract's fast test, shared by every `tests/papers/test_<slug>.py`: build the experiment from its
+config, train a few steps on CPU, and check finite losses and that every parameter receives a gradient."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import lightning as L
+
+from launch import config as zconfig
+from launch import train
+
+FAST = ["logger=none", "progress_bar=false", "trainer.enable_model_summary=false", "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0"]
+
+
+@dataclass
+class GradientCoverage(L.Callback):
+    """Records training losses and which parameters ever received a nonzero gradient."""
+
+    losses: list[float] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+    names: set[str] = field(default_factory=set)
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        for name, p in pl_module.named_parameters():
+            if not p.requires_grad:
+                continue
+            self.names.add(name)
+            if p.grad is not None and float(p.grad.abs().sum()) > 0:
+                self.touched.add(name)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss.detach()))
+
+
+@dataclass
+class FastRun:
+    metrics: dict[str, float]
+    coverage: GradientCoverage
+    model: L.LightningModule
+
+    def assert_contract(self) -> None:
+        assert self.coverage.losses and all(math.isfinite(v) for v in self.coverage.losses), self.coverage.losses
+        untouched = self.coverage.names - self.coverage.touched
+        assert self.coverage.names and not untouched, f"parameters without gradient: {sorted(untouched)}"
+        for key, value in self.metrics.items():
+            assert math.isfinite(value), f"{key} = {value}"
+
+
+def fast_run(experiment: str, *overrides: str, steps: int = 3) -> FastRun:
+    cfg = zconfig.compose([f"experiment={experiment}", *FAST, f"trainer.max_steps={steps}",
+                           f"trainer.limit_train_batches={steps}", *overrides])
+    coverage = GradientCoverage()
+    captured = {}
+
+    class Capture(L.Callback):
+        def on_fit_start(self, trainer, pl_module) -> None:
+            captured["model"] = pl_module
+
+    metrics = train.run(cfg, make_run_dir=False, extra_callbacks=[coverage, Capture()])
+    return FastRun(metrics, coverage, captured["model"])
