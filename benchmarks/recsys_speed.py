@@ -195,6 +195,11 @@ def _maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _recorder():
     """A Lightning callback recording train time per epoch (validation excluded), validation results and
     per-step times; module.setup is wrapped to time the set-up (A_hat / item-item neighbours + eval CSR)."""
@@ -205,6 +210,7 @@ def _recorder():
             self.target, self.metric = target, metric
             self.epochs: list[dict] = []
             self.step_ends: list[float] = []
+            self.step_cpu: list[float] = []  # process CPU seconds at each step end (contention check)
             self.setup_s = 0.0
             self.rss = {}
             self._epoch_start = self._last_batch_end = self._val_start = 0.0
@@ -231,6 +237,7 @@ def _recorder():
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self._last_batch_end = time.perf_counter()
             self.step_ends.append(self._last_batch_end)
+            self.step_cpu.append(_cpu_s())
 
         def on_validation_start(self, trainer, pl_module) -> None:
             self.rss["before_eval"] = _maxrss_mib()
@@ -387,8 +394,11 @@ def case_gowalla(model: str, quick: bool, data_dir: str | None = None, **_) -> d
     if len(ends) < steps:
         raise RuntimeError(f"only {len(ends)} of {steps} train steps ran")
     step_s = (ends[steps - 1] - ends[warmup - 1]) / timed
+    cpu = recorder.step_cpu
+    cores_used = (cpu[steps - 1] - cpu[warmup - 1]) / (ends[steps - 1] - ends[warmup - 1])
     result = {"model": model, "step_s": step_s, "warmup_steps": warmup, "timed_steps": timed,
               "steps_per_epoch": steps_per_epoch, "epoch_s": step_s * steps_per_epoch,
+              "cores_used": cores_used,
               "eval_s": recorder.epochs[-1]["eval_s"] if recorder.epochs else float("nan"),
               "setup_s": recorder.setup_s, "before_setup_s": recorder.t_before_setup, "wall_s": wall,
               "rss_phases_mib": recorder.rss, "val_recall": metrics.get("val/recall@20"),
@@ -651,7 +661,8 @@ def build_rows(results: dict[str, dict], graph: dict, quick: bool) -> list[dict]
         rows.append(_row(
             f"gowalla_{model}", f"{name} train s/epoch (extrapolated)", res["epoch_s"], ref["epoch_s"], ratio, "s",
             f"{res['timed_steps']} steps timed after {res['warmup_steps']} warm-up, x {res['steps_per_epoch']} "
-            f"steps/epoch; {cfgtxt}; {where}; graph {shape}",
+            f"steps/epoch; {cfgtxt}; {where}; CPU time / wall while timed {res['cores_used']:.2f} (2 = both cores "
+            f"ours), load {res['load1']:.1f}; graph {shape}",
             target=f">= {TARGETS['epoch']:g}x", met=_met(ratio, TARGETS["epoch"])))
         ratio = _ratio(ref["eval_s"], res["eval_s"])
         rows.append(_row(

@@ -209,7 +209,7 @@ def cmd_check(args: list[str]) -> int:
         results = check.check(slug, Path(opts.out))
         for r in results:
             print(r.report())
-        failed += sum(not r.passed for r in results)
+        failed += sum(r.verdict == "FAIL" for r in results)
     print(f"results written to {opts.out}/")
     return 1 if failed else 0
 

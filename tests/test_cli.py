@@ -87,3 +87,18 @@ def test_claim_expressions_are_safe():
         evaluate("__import__('os')", {})
     with pytest.raises(UserError):
         evaluate("a > zzz", {"a": 1.0})
+
+
+def test_check_results_files_and_list_status(tmp_path):
+    from launch.check import ClaimResult, status, write_results
+
+    ok = ClaimResult("demo", "a", "text", "test/recall@20", {"m": 0.34, "b": 0.27}, ["m >= b + 0.03"], [True], 1.0)
+    gap = ClaimResult("demo", "b", "text", "test/recall@20", {"m": 0.31, "l": 0.34}, ["m >= l"], [False], 1.0,
+                      known_gap="not reproduced at CPU scale")
+    bad = ClaimResult("demo", "c", "text", "test/recall@20", {"m": 0.2}, ["m >= 0.3"], [False], 1.0)
+    assert (ok.verdict, gap.verdict, bad.verdict) == ("PASS", "KNOWN GAP", "FAIL")
+    assert "known gap: not reproduced" in gap.report()
+    write_results("demo", [ok, gap, bad], tmp_path)
+    assert "| a | m=0.3400, b=0.2700 | m >= b + 0.03 | PASS" in (tmp_path / "demo.md").read_text()
+    assert status("demo", tmp_path).startswith("1/3 pass, 1 known gap")
+    assert status("other", tmp_path) == "not checked"

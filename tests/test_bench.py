@@ -1,0 +1,51 @@
+"""`zoo bench lightgcn --quick`: the recsys speed benchmark runs end to end (no timing assertions)."""
+from __future__ import annotations
+
+import json
+import math
+
+from tests.conftest import zoo_in_process
+
+
+def _numbers(row: dict) -> dict[str, float]:
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def test_bench_lightgcn_quick(tmp_path):
+    out = tmp_path / "bench"
+    code, stdout, stderr = zoo_in_process("bench", "lightgcn", "--quick", "--out", str(out))
+    assert code == 0, stderr[-2000:]
+    payload = json.loads((out / "recsys_speed.json").read_text())
+    assert payload["quick"] is True and payload["summary"]
+    rows = payload["rows"]
+    assert not [r for r in rows if r.get("error")], [r["error"] for r in rows if r.get("error")]
+    assert "recsys_speed" in stdout
+
+    cases = {r["case"] for r in rows}
+    assert {"ml100k", "prop_ml100k", "prop_gowalla", "gowalla_lightgcn", "gowalla_ultragcn"} <= cases
+    for row in rows:
+        assert row["what"] and row["unit"], row
+        for key, value in _numbers(row).items():
+            assert math.isfinite(value), (key, row)
+            if row["unit"] == "max abs diff" or key == "grad_diff":
+                assert value >= 0, (key, row)
+            else:
+                assert value > 0, (key, row)
+
+    # every speed / memory measurement has a number; ratios exist wherever a baseline does
+    for row in rows:
+        if row["unit"] in ("s", "MiB") and "time to LightGCN's best" not in row["what"]:
+            assert row["ours"] is not None, row
+        if row["baseline"] is not None and row["ours"] is not None:
+            assert row["ratio"] is not None, row
+
+    # our propagation agrees with torch-geometric's LightGCN on the same graph, K and E0
+    diffs = [r for r in rows if r["unit"] == "max abs diff"]
+    assert {r["case"] for r in diffs} == {"prop_ml100k", "prop_gowalla"}
+    for row in diffs:
+        assert row["ours"] <= 1e-4 and row["grad_diff"] <= 1e-4, row
+
+    # the Gowalla-scale rows say what they are measured against
+    gowalla = [r for r in rows if r["case"].startswith("gowalla_")]
+    assert len(gowalla) == 8
+    assert all("met" in r for r in gowalla if r["what"].endswith("(extrapolated)"))
