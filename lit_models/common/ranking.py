@@ -203,7 +203,20 @@ class RankingModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
+        self.build_for(int(dm.num_users), int(dm.num_items))
         self.setup_ranking(dm.train_matrix, dm.test_matrix)
+
+    def build_for(self, num_users: int, num_items: int) -> None:
+        """Build the subclass's tables (`_build`) for the data's sizes, or check that loaded ones fit them."""
+        model = getattr(self, "model", None)
+        if model is None:
+            self._build(num_users, num_items)
+        elif (model.num_users, model.num_items) != (num_users, num_items):
+            raise ValueError(f"model was built for {model.num_users} users x {model.num_items} items, "
+                             f"datamodule has {num_users} x {num_items}")
+
+    def _build(self, num_users: int, num_items: int) -> None:
+        raise NotImplementedError
 
     # -- evaluation ---------------------------------------------------------------------------------
     def _start_eval(self) -> None:

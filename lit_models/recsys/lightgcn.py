@@ -163,16 +163,9 @@ class LightGCNModule(RankingModule):
         self._register_data_buffer("a_hat", a_hat.to(self.device))
 
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
-        if self.model is None:
-            self._build(int(dm.num_users), int(dm.num_items))
-        elif (self.model.num_users, self.model.num_items) != (int(dm.num_users), int(dm.num_items)):
-            raise ValueError(
-                f"model was built for {self.model.num_users} users x {self.model.num_items} items, "
-                f"datamodule has {dm.num_users} x {dm.num_items}"
-            )
-        self.setup_graph(dm.train_user, dm.train_item)
         super().setup(stage)
+        dm = self.trainer.datamodule
+        self.setup_graph(dm.train_user, dm.train_item)
 
     def final_embeddings(self) -> tuple[Tensor, Tensor]:
         if self.model is None:

@@ -215,17 +215,10 @@ class UltraGCNModule(RankingModule):
             self._register_data_buffer("ii_omega", omega.to(device))
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         dm = self.trainer.datamodule
-        if self.model is None:
-            self._build(int(dm.num_users), int(dm.num_items))
-        elif (self.model.num_users, self.model.num_items) != (int(dm.num_users), int(dm.num_items)):
-            raise ValueError(
-                f"model was built for {self.model.num_users} users x {self.model.num_items} items, "
-                f"datamodule has {dm.num_users} x {dm.num_items}"
-            )
         if stage == "fit":  # eval needs only the tables
             self.setup_constraints(dm.user_degree, dm.item_degree, dm.train_matrix)
-        super().setup(stage)
 
     def final_embeddings(self) -> tuple[Tensor, Tensor]:
         if self.model is None:
