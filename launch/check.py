@@ -77,6 +77,8 @@ def train_once(slug: str, overrides: list[str], extra: list[str] = ()) -> dict[s
         base = []
     key = tuple(base + list(overrides) + list(extra))
     if key not in _RUN_CACHE:
+        import lightning  # noqa: F401 - it sets its loggers to INFO on import; quiet them after that
+
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         cfg = zconfig.compose(CHECK_OVERRIDES + list(key))
         _RUN_CACHE[key] = train.run(cfg, make_run_dir=False)
