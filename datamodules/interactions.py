@@ -35,6 +35,7 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from datamodules.context import sampling_context
 from launch.errors import UserError
 
 # Lightning warns about any IterableDataset with __len__ because of multi-worker loading; these
@@ -505,14 +506,7 @@ class InteractionDataModule(L.LightningDataModule):
     # ---- loaders -----------------------------------------------------------------------------
 
     def _context(self) -> tuple[int, int, int]:
-        """(epoch, global rank, world size) from the attached trainer, else (0, 0, 1)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0, 0, 1
-        # Lightning's own epoch for samplers: on a resume from an end-of-epoch checkpoint the iterator is created
-        # before `current_epoch` catches up, while `processed` already counts the finished epoch.
-        epoch = int(trainer.fit_loop.epoch_progress.current.processed)
-        return epoch, int(trainer.global_rank), int(trainer.world_size)
+        return sampling_context(self)
 
     def _train_dataset(self) -> TrainBatches:
         self.setup()
