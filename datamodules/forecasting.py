@@ -1,0 +1,380 @@
+"""Long-horizon multivariate forecasting data (iTransformer and other thuml-style forecasters).
+
+The standard CSV format: a ``date`` column followed by one column per variate (ETT, Weather, ECL, Traffic,
+Exchange, ILI as distributed with Autoformer / Time-Series-Library). One ``ForecastingDataModule`` serves every
+dataset by ``name``; all of them, including the offline default, go through the same CSV reader:
+
+- ``leader_follower`` (offline default, paper card `itransformer`): N = 8 variates, T = 8000 hourly steps.
+  Leaders l_k (k = 0..3) are AR(1): l_t = 0.8 l_{t-1} + 0.6 eps_t, eps ~ N(0, 1) (numpy seed 0);
+  followers f_k(t) = l_k(t - 24). With L = 96, S = 24 a follower's future is an exact copy of its leader's last
+  24 observed values (cross-variate information), while leaders are unpredictable beyond a few steps.
+  The series is written once as a CSV (``date, leader_0..3, follower_0..3``) into the download cache and read
+  back through the CSV path. Train windows lie in t < 6000, test windows in t >= 6000 (stride 4); there is
+  no separate validation range, validation (monitoring only) uses the test windows.
+- ``ETTh1``/``ETTh2`` (hourly) and ``ETTm1``/``ETTm2`` (15 min): 12/4/4-month chronological borders as in
+  thuml's ``Dataset_ETT_hour`` / ``Dataset_ETT_minute``: train [0, 8640), val [8640 - L, 11520), test
+  [11520 - L, 14400) rows for ETTh, all four numbers x4 for ETTm (the rest of the file is unused).
+- ``weather``, ``electricity``, ``traffic``, ``exchange_rate``, ``national_illness``: ``Dataset_Custom``
+  borders, 70/10/20 chronological: n_train = int(0.7 T), n_test = int(0.2 T), n_val = T - n_train - n_test;
+  train [0, n_train), val [n_train - L, n_train + n_val), test [T - n_test - L, T). Column order: the
+  ``target`` column (``OT``) is moved last as in ``Dataset_Custom`` (irrelevant to iTransformer, which is
+  permutation-equivariant in the variates).
+
+The scaler (per-variate mean / std, numpy std with ddof=0 as sklearn's StandardScaler) is fitted on the train
+rows only and applied to the whole series; losses and metrics are in these z-scored units (card: "Report
+metrics on z-scored data"). Windows: x = rows [s, s + L), y = rows [s + L, s + L + S), stride 1 (offline
+default: eval stride 4), every window is evaluated (no ``drop_last`` on val/test; the thuml loaders drop the
+last incomplete test batch, which slightly changes their reported numbers).
+
+Optional timestamp covariates (``time_features=true``): thuml's ``timeF`` encoding for ``freq='h'``
+(HourOfDay, DayOfWeek, DayOfMonth, DayOfYear, each scaled to [-0.5, 0.5]; ``freq='t'`` adds MinuteOfHour
+first), returned as ``x_mark`` (B x L x 4); iTransformer turns them into extra tokens.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from launch.errors import UserError
+
+__all__ = [
+    "DATASETS",
+    "ForecastingDataModule",
+    "WindowDataset",
+    "generate_leader_follower",
+    "read_csv",
+    "split_borders",
+    "time_features",
+]
+
+ETT_BASE = "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    file: str
+    split: str  # "ett_hour" | "ett_minute" | "ratio" | "offline"
+    url: str | None  # None: only through data_dir (or url=); no stable direct link known
+    num_variates: int | None  # expected, checked when set
+    target: str = "OT"
+
+
+# name -> spec. URLs without checksum: trust on first use (download.fetch records the sha256 in a sidecar).
+# The Weather/ECL/Traffic/Exchange/ILI csv files come from the Autoformer / Time-Series-Library Google-Drive
+# bundle linked in the thuml/iTransformer README (no direct URL): download it and pass data.data_dir (or data.url).
+DATASETS: dict[str, DatasetSpec] = {
+    "leader_follower": DatasetSpec("leader_follower.csv", "offline", None, 8),
+    "ETTh1": DatasetSpec("ETTh1.csv", "ett_hour", f"{ETT_BASE}/ETTh1.csv", 7),
+    "ETTh2": DatasetSpec("ETTh2.csv", "ett_hour", f"{ETT_BASE}/ETTh2.csv", 7),
+    "ETTm1": DatasetSpec("ETTm1.csv", "ett_minute", f"{ETT_BASE}/ETTm1.csv", 7),
+    "ETTm2": DatasetSpec("ETTm2.csv", "ett_minute", f"{ETT_BASE}/ETTm2.csv", 7),
+    "weather": DatasetSpec("weather.csv", "ratio", None, 21),
+    "electricity": DatasetSpec("electricity.csv", "ratio", None, 321),
+    "traffic": DatasetSpec("traffic.csv", "ratio", None, 862),
+    "exchange_rate": DatasetSpec("exchange_rate.csv", "ratio", None, 8),
+    "national_illness": DatasetSpec("national_illness.csv", "ratio", None, 7),
+}
+
+LEADER_FOLLOWER_DEFAULTS: dict[str, Any] = {
+    "length": 8000,  # T
+    "num_leaders": 4,  # N = 2 * num_leaders
+    "lag": 24,  # f_k(t) = l_k(t - lag)
+    "phi": 0.8,  # AR(1) coefficient
+    "sigma": 0.6,  # innovation scale
+    "train_end": 6000,  # train windows in t < train_end, test windows in t >= train_end
+    "eval_stride": 4,
+    "seed": 0,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# reading and splitting
+
+
+def read_csv(path: Path, target: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(values T x N float32, dates as datetime64[s] (T,), variate names) from a ``date, v1, ...`` CSV.
+
+    With ``target`` present among the columns it is moved last (``Dataset_Custom``).
+    """
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
+    if "date" not in df.columns:
+        raise UserError(f"{path}: expected a 'date' column followed by the variates, got {list(df.columns)[:8]}")
+    cols = [c for c in df.columns if c != "date"]
+    if target is not None and target in cols:
+        cols = [c for c in cols if c != target] + [target]
+    if not cols:
+        raise UserError(f"{path}: no variate columns besides 'date'")
+    try:
+        values = df[cols].to_numpy(dtype=np.float32)
+    except ValueError as e:
+        raise UserError(f"{path}: non-numeric variate values ({' '.join(str(e).split())[:120]})") from None
+    dates = pd.to_datetime(df["date"]).to_numpy().astype("datetime64[s]")
+    return values, dates, cols
+
+
+def split_borders(split: str, length: int, seq_len: int, train_end: int | None = None
+                  ) -> list[tuple[int, int]]:
+    """Row ranges [begin, end) of train / val / test; val and test begin L rows early (their first lookback)."""
+    if split in ("ett_hour", "ett_minute"):
+        k = 1 if split == "ett_hour" else 4
+        a, b, c = 12 * 30 * 24 * k, (12 + 4) * 30 * 24 * k, (12 + 8) * 30 * 24 * k
+        if length < c:
+            raise UserError(f"ETT split needs at least {c} rows, the file has {length}")
+        return [(0, a), (a - seq_len, b), (b - seq_len, c)]
+    if split == "ratio":
+        n_train, n_test = int(length * 0.7), int(length * 0.2)
+        n_val = length - n_train - n_test
+        return [(0, n_train), (n_train - seq_len, n_train + n_val), (length - n_test - seq_len, length)]
+    if split == "offline":
+        end = int(train_end)
+        return [(0, end), (end, length), (end, length)]
+    raise ValueError(f"unknown split {split!r}")
+
+
+def time_features(dates: np.ndarray, freq: str = "h") -> np.ndarray:
+    """thuml ``timeF`` covariates (T x F, each in [-0.5, 0.5]): [MinuteOfHour (freq 't'),] HourOfDay,
+    DayOfWeek, DayOfMonth, DayOfYear."""
+    import pandas as pd
+
+    idx = pd.DatetimeIndex(dates)
+    feats = [idx.hour / 23.0 - 0.5, idx.dayofweek / 6.0 - 0.5, (idx.day - 1) / 30.0 - 0.5,
+             (idx.dayofyear - 1) / 365.0 - 0.5]
+    if freq in ("t", "min"):
+        feats = [idx.minute / 59.0 - 0.5, *feats]
+    elif freq != "h":
+        raise UserError(f"data.freq must be 'h' or 't', got {freq!r}")
+    return np.stack([np.asarray(f, dtype=np.float32) for f in feats], axis=1)
+
+
+def generate_leader_follower(length: int = 8000, num_leaders: int = 4, lag: int = 24, phi: float = 0.8,
+                             sigma: float = 0.6, seed: int = 0, **_: Any) -> tuple[np.ndarray, list[str]]:
+    """(T x 2K float32, names): K AR(1) leaders, then K followers f_k(t) = l_k(t - lag) (card `itransformer`)."""
+    rng = np.random.default_rng(seed)
+    total = length + lag  # burn the lag so every follower value is a real leader value
+    eps = rng.standard_normal((total, num_leaders))
+    lead = np.zeros((total, num_leaders))
+    lead[0] = sigma * eps[0] / math.sqrt(1.0 - phi**2)  # stationary start
+    for t in range(1, total):
+        lead[t] = phi * lead[t - 1] + sigma * eps[t]
+    leaders, followers = lead[lag:], lead[:-lag] if lag > 0 else lead
+    values = np.concatenate([leaders, followers], axis=1).astype(np.float32)
+    names = [f"leader_{k}" for k in range(num_leaders)] + [f"follower_{k}" for k in range(num_leaders)]
+    return values, names
+
+
+def write_csv(path: Path, values: np.ndarray, names: list[str], start: str = "2016-07-01 00:00:00",
+              freq: str = "h") -> None:
+    """Write the standard CSV atomically (temporary name, then rename)."""
+    import os
+    import tempfile
+
+    import pandas as pd
+
+    dates = pd.date_range(start, periods=len(values), freq=freq.replace("t", "min"))
+    df = pd.DataFrame(values, columns=names)
+    df.insert(0, "date", dates.strftime("%Y-%m-%d %H:%M:%S"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        df.to_csv(tmp, index=False, float_format="%.7g")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------------
+# windows
+
+
+class WindowDataset(Dataset):
+    """Sliding windows over a scaled (T x N) series: x = [s, s+L), y = [s+L, s+L+S), s = 0, stride, ..."""
+
+    def __init__(self, data: np.ndarray, seq_len: int, pred_len: int, stride: int = 1,
+                 marks: np.ndarray | None = None) -> None:
+        self.data = torch.as_tensor(np.ascontiguousarray(data), dtype=torch.float32)
+        self.marks = None if marks is None else torch.as_tensor(np.ascontiguousarray(marks), dtype=torch.float32)
+        self.seq_len, self.pred_len, self.stride = int(seq_len), int(pred_len), int(stride)
+        n = len(self.data) - self.seq_len - self.pred_len + 1
+        self.starts = torch.arange(0, max(n, 0), self.stride)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        s = int(self.starts[i])
+        m = s + self.seq_len
+        item = {"x": self.data[s:m], "y": self.data[m:m + self.pred_len]}
+        if self.marks is not None:
+            item["x_mark"] = self.marks[s:m]
+        return item
+
+
+# --------------------------------------------------------------------------------------------------
+# datamodule
+
+
+class ForecastingDataModule(L.LightningDataModule):
+    """Lookback/horizon windows of a multivariate CSV series, z-scored with train-split statistics.
+
+    Args:
+        name: a key of ``DATASETS``; ``leader_follower`` (default) needs no network.
+        seq_len: lookback L. pred_len: horizon S.
+        batch_size / eval_batch_size: windows per train / val-test batch (train is shuffled, drop_last as thuml).
+        data_dir: folder holding ``<file>.csv`` (the bundle's file names, e.g. ``ETTh1.csv``) to read instead
+            of downloading; for ``leader_follower`` the generated CSV is written there.
+        url: download URL overriding the table (no checksum: trust on first use).
+        time_features: also return thuml ``timeF`` covariates as ``x_mark``; ``freq``: ``h`` or ``t``.
+        eval_stride: stride of val/test windows (null: 1 for real data, 4 for the offline default).
+        scale: z-score with train statistics (always on in the papers).
+        offline: overrides of ``LEADER_FOLLOWER_DEFAULTS``.
+    """
+
+    def __init__(
+        self,
+        name: str = "leader_follower",
+        seq_len: int = 96,
+        pred_len: int = 96,
+        batch_size: int = 32,
+        eval_batch_size: int = 256,
+        data_dir: str | None = None,
+        url: str | None = None,
+        time_features: bool = False,
+        freq: str = "h",
+        eval_stride: int | None = None,
+        scale: bool = True,
+        num_workers: int = 0,
+        seed: int = 0,
+        offline: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if name not in DATASETS:
+            close = difflib.get_close_matches(str(name), DATASETS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"data.name: unknown dataset {name!r}{hint}; known: {', '.join(DATASETS)}")
+        if int(seq_len) < 1 or int(pred_len) < 1 or int(batch_size) < 1 or int(eval_batch_size) < 1:
+            raise UserError("data: seq_len, pred_len, batch_size and eval_batch_size must be >= 1")
+        self.name, self.spec = name, DATASETS[name]
+        self.seq_len, self.pred_len = int(seq_len), int(pred_len)
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.data_dir = Path(data_dir).expanduser() if data_dir else None
+        self.url = url
+        self.use_time_features, self.freq = bool(time_features), freq
+        self.offline = {**LEADER_FOLLOWER_DEFAULTS, **(offline or {})}
+        default_stride = self.offline["eval_stride"] if self.spec.split == "offline" else 1
+        self.eval_stride = int(eval_stride) if eval_stride else int(default_stride)
+        self.scale, self.num_workers, self.seed = bool(scale), int(num_workers), int(seed)
+        self._loaded = False
+
+    # ---- where the file comes from ------------------------------------------------------------
+
+    def csv_path(self) -> Path:
+        if self.spec.split == "offline":
+            from datamodules.download import cache_dir
+
+            folder = self.data_dir or cache_dir() / "forecasting"
+            cfg = self.offline
+            tag = "_".join(str(cfg[k]) for k in ("length", "num_leaders", "lag", "phi", "sigma", "seed"))
+            path = folder / f"leader_follower_{tag}.csv"
+            if not path.is_file():
+                values, names = generate_leader_follower(**cfg)
+                write_csv(path, values, names)
+            return path
+        if self.data_dir is not None:
+            path = self.data_dir / self.spec.file
+            if not path.is_file():
+                raise UserError(f"data.data_dir: {path} does not exist")
+            return path
+        url = self.url or self.spec.url
+        if url is None:
+            raise UserError(f"dataset {self.name!r} has no direct download link: get {self.spec.file} from the "
+                            "Autoformer/Time-Series-Library bundle (thuml/iTransformer README) and pass "
+                            "data.data_dir=<folder>, or data.url=<url>")
+        from datamodules.download import DownloadError, fetch
+
+        try:
+            return fetch(url, filename=self.spec.file, subdir="forecasting")
+        except DownloadError as e:
+            raise UserError(str(e)) from None
+
+    def prepare_data(self) -> None:
+        self.csv_path()
+
+    # ---- splits -------------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._loaded:
+            return
+        values, dates, names = read_csv(self.csv_path(), target=None if self.spec.split == "offline"
+                                        else self.spec.target)
+        if self.spec.num_variates is not None and values.shape[1] != self.spec.num_variates:
+            raise UserError(f"{self.name}: expected {self.spec.num_variates} variates, the file has "
+                            f"{values.shape[1]}")
+        self.borders = split_borders(self.spec.split, len(values), self.seq_len, self.offline["train_end"])
+        b0, b1 = self.borders[0]
+        train = values[b0:b1]
+        self.mean = train.mean(axis=0)
+        self.std = train.std(axis=0)
+        self.std = np.where(self.std > 0, self.std, 1.0).astype(np.float32)
+        data = (values - self.mean) / self.std if self.scale else values
+        marks = time_features(dates, self.freq) if self.use_time_features else None
+        self.variate_names = names
+        self.num_variates = len(names)
+        self.num_time_features = 0 if marks is None else marks.shape[1]
+        # groups of variates with their own metrics (card: follower MSE); empty for real data
+        groups = {}
+        for prefix in ("leader", "follower"):
+            idx = [i for i, n in enumerate(names) if n.startswith(prefix + "_")]
+            if idx:
+                groups[prefix] = idx
+        self.variate_groups = groups
+        self.datasets = {}
+        for split, (a, b), stride in zip(("train", "val", "test"), self.borders,
+                                         (1, self.eval_stride, self.eval_stride)):
+            ds = WindowDataset(data[a:b], self.seq_len, self.pred_len, stride,
+                               None if marks is None else marks[a:b])
+            if len(ds) == 0:
+                raise UserError(f"{self.name}: the {split} split ({b - a} rows) is shorter than "
+                                f"seq_len + pred_len = {self.seq_len + self.pred_len}")
+            self.datasets[split] = ds
+        self._loaded = True
+
+    def inverse_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Back to raw units (last dim = variates)."""
+        return x * torch.as_tensor(self.std, device=x.device) + torch.as_tensor(self.mean, device=x.device)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed) if train else None
+        return DataLoader(self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size,
+                          shuffle=train, drop_last=train, generator=gen, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def describe(self) -> dict[str, Any]:
+        self.setup()
+        return {"name": self.name, "num_variates": self.num_variates, "seq_len": self.seq_len,
+                "pred_len": self.pred_len, "borders": self.borders,
+                **{f"num_{k}_windows": len(v) for k, v in self.datasets.items()},
+                "variate_groups": self.variate_groups}
