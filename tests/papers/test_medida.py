@@ -1,0 +1,86 @@
+"""MEDIDA (arXiv 2309.13211): the paper contract's fast test, the KS solver against exact invariants, the card's
+check 1 (full observations: ARD selects exactly -0.2 u_xx) and the spectral-bias claim (RFF-MLP vs plain MLP)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.medida_data import KSETDRK4, MedidaDataModule, ks_wavenumbers, spectral_derivatives
+from lit_models.dynamics.medida import Interpolant, build_library, discover, interpolant_derivatives
+from tests.papers.contract import fast_run
+
+
+@pytest.mark.parametrize("rff", [True, False])
+def test_fast_contract(rff):
+    run = fast_run("medida", f"model.rff={str(rff).lower()}", "data.n_snapshots=3", "data.spinup=20")
+    run.assert_contract()
+    for key in ("test/uxxxx_rel_l2", "test/coef_error", "test/c_uxx", "test/n_wrong_terms"):
+        assert key in run.metrics, sorted(run.metrics)
+    assert run.model(torch.rand(5, 1)).shape == (5, 3)
+    figs = run.model.figures()
+    assert set(figs) == {"derivatives", "coefficients"}
+    import matplotlib.pyplot as plt
+
+    for fig in figs.values():
+        plt.close(fig)
+
+
+def test_ks_linear_part_decays_exactly():
+    """Without the nonlinear term ETDRK4 is exact: each Fourier mode evolves as exp((k^2 - k^4) t)."""
+    n, length, h, steps = 64, 22.0, 0.05, 40
+    rng = np.random.default_rng(0)
+    u0 = rng.standard_normal((2, n))
+    u = KSETDRK4(n, length, h, nonlinear=False).step(u0, steps)
+    k = ks_wavenumbers(n, length)
+    exact = np.fft.irfft(np.fft.rfft(u0, axis=-1) * np.exp((k**2 - k**4) * h * steps), n=n, axis=-1)
+    np.testing.assert_allclose(u, exact, atol=1e-10)
+
+
+def test_ks_conserves_the_mean_and_stays_bounded():
+    n, length = 128, 22.0
+    x = length * np.arange(n) / n
+    u0 = np.cos(2 * np.pi * x / length) + 0.3 + 0.1 * np.sin(4 * np.pi * x / length)
+    u = KSETDRK4(n, length, 0.05).step(u0[None], 2000)
+    assert abs(u.mean() - u0.mean()) < 1e-10
+    assert np.isfinite(u).all() and np.abs(u).max() < 10
+
+
+def test_spectral_derivatives_of_a_sine():
+    length, n = 22.0, 128
+    x = length * np.arange(n) / n
+    k = 2 * np.pi * 3 / length
+    d = spectral_derivatives(np.sin(k * x), length)
+    np.testing.assert_allclose(d[4], k**4 * np.sin(k * x), atol=1e-9)
+    np.testing.assert_allclose(d[3], -k**3 * np.cos(k * x), atol=1e-9)
+
+
+def test_autograd_derivatives_match_analytic():
+    torch.manual_seed(0)
+    net = Interpolant(n_outputs=2, width=16, depth=2, rff=True, sigma=1.0)
+    s = torch.rand(7, 1, dtype=torch.float64)
+    d = interpolant_derivatives(net, s, length=2.0)
+    eps = 1e-4
+    f = lambda t: net.double()(t).detach()  # noqa: E731
+    fd = (f(s + eps) - f(s - eps)) / (2 * eps) / 2.0
+    torch.testing.assert_close(d[1], fd, atol=1e-6, rtol=1e-5)
+
+
+def test_check1_full_observations_select_exactly_uxx():
+    """Card check 1: with full observations (exact spectral derivatives) ARD selects only u_xx with coefficient
+    -0.2 +- 5% and every other |c| < 0.01. Measured: u_xx -0.2024, u_xxxx -0.0064, the rest exactly 0."""
+    dm = MedidaDataModule()
+    dm.setup()
+    d = dm.data
+    coef = discover(build_library(d["derivs"]), d["increment"])
+    assert coef[2] == pytest.approx(-0.2, rel=0.05), coef
+    assert np.all(np.abs(np.delete(coef, 2)) < 0.01), coef
+    # a wrong increment sign or missing division by dt fails
+    assert not discover(build_library(d["derivs"]), -d["increment"])[2] == pytest.approx(-0.2, rel=0.05)
+    assert not discover(build_library(d["derivs"]), d["increment"] * dm.h)[2] == pytest.approx(-0.2, rel=0.05)
+
+
+# Card check 2 (spectral bias, RFF-MLP u_xxxx error <= 0.15 vs plain MLP >= 0.5) does not separate at CPU scale:
+# measured u_xxxx error RFF sigma=1: 2.31, sigma=2: 1.55, sigma=3: 2.60, sigma=5: 12.2, sigma=10: 342; plain MLP 1.57
+# (32 sensors, 4x128 tanh, Adam 1e-3, 2000 steps). It is a `known_gap` claim in configs/experiment/medida.yaml,
+# reported by `zoo check medida`; no test asserts it.
