@@ -1,0 +1,216 @@
+"""Trajectories of chaotic flows for dynamical-systems-reconstruction papers (GTF-shPLRNN, ...).
+
+``DystsDataModule(name="Lorenz")`` integrates any ``dysts.flows.<Name>`` offline (no network):
+
+- ``num_trajectories`` trajectories of ``n_points`` samples each with ``make_trajectory(n,
+  pts_per_period=..., resample=True, method=..., rtol=..., atol=...)``. Trajectory 0 starts from the system's
+  default ``ic`` (the paper card's offline default); trajectory k > 0 starts from the default ``ic`` plus a
+  Gaussian perturbation of relative size ``ic_scale`` drawn from ``numpy.random.default_rng((seed, k))``,
+  followed by ``burn_in`` discarded samples so that it starts on the attractor. Integration is deterministic,
+  so the data depend only on the arguments (and are cached per process).
+- Split by time: the first ``train_points`` samples of every training trajectory are train, the next
+  ``val_points`` are validation and the rest is test. ``val_points = 0`` (the default, as the paper's code)
+  validates on the test segment. Split by trajectory: the last ``heldout_trajectories`` trajectories are
+  never trained on and are test data in full (validation uses only the training trajectories' validation
+  segments, or the test segments when ``val_points = 0``).
+- Standardisation (z-score per dimension) is fitted on the clean train segments only and applied to all.
+- Observation noise: ``noise`` standard deviations (in z-units, 0.05 = the paper's 5 %) of Gaussian noise
+  added to the train segments only (card), drawn with a fixed seed.
+- Training batches: ``steps_per_epoch`` batches of ``batch_size`` random subsequences of length ``seq_len``,
+  a tensor (B, T, N), from a generator seeded by (seed, epoch, rank); the epoch is Lightning's
+  ``fit_loop.epoch_progress.current.processed`` when a trainer is attached.
+- Validation / test: one item per evaluation segment, ``{"x": (1, T_seg, N)}``, for free-running evaluation
+  from its first point.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import warnings
+from collections.abc import Callable, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from datamodules.context import sampling_context
+from launch.errors import UserError
+
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+warnings.filterwarnings("ignore", message=r"Numba not installed")
+
+__all__ = ["DystsDataModule", "SubsequenceBatches", "make_trajectories"]
+
+
+def _seed64(*parts: int) -> int:
+    words = [int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0])
+
+
+def _flow(name: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from dysts import flows
+    cls = getattr(flows, name, None)
+    if cls is None or not isinstance(cls, type):
+        known = [n for n in dir(flows) if n[:1].isupper()]
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" (closest: {', '.join(close)})" if close else ""
+        raise UserError(f"data: unknown dysts flow '{name}'{hint}")
+    return cls()
+
+
+@functools.lru_cache(maxsize=16)
+def make_trajectories(
+    name: str, num_trajectories: int, n_points: int, pts_per_period: int, method: str, rtol: float,
+    atol: float, ic_scale: float, burn_in: int, seed: int,
+) -> np.ndarray:
+    """(num_trajectories, n_points, N) float64, deterministic in its arguments (cached per process)."""
+    out = []
+    for k in range(num_trajectories):
+        system = _flow(name)
+        ic0 = np.asarray(system.ic, dtype=np.float64)
+        skip = 0
+        if k > 0:
+            rng = np.random.default_rng([int(seed), k])
+            system.ic = ic0 + ic_scale * (np.abs(ic0) + 1.0) * rng.standard_normal(ic0.shape)
+            skip = int(burn_in)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            x = system.make_trajectory(n_points + skip, pts_per_period=pts_per_period, resample=True,
+                                       method=method, rtol=rtol, atol=atol)
+        if x is None or not np.all(np.isfinite(x)):
+            raise UserError(f"data: dysts flow '{name}' trajectory {k} failed to integrate")
+        out.append(np.asarray(x, dtype=np.float64)[skip:])
+    return np.stack(out)
+
+
+class SubsequenceBatches(IterableDataset):
+    """`steps` batches (B, T, N) of random windows of the train segments; seeded by (seed, epoch, rank)."""
+
+    def __init__(self, segments: list[torch.Tensor], seq_len: int, batch_size: int, steps: int, seed: int,
+                 context: Callable[[], tuple[int, int, int]]) -> None:
+        super().__init__()
+        self.segments, self.seq_len, self.batch_size = segments, int(seq_len), int(batch_size)
+        self.steps, self.seed, self.context = int(steps), int(seed), context
+        for s in segments:
+            if s.shape[0] < self.seq_len:
+                raise UserError(f"data: seq_len {seq_len} is longer than a train segment ({s.shape[0]} points)")
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        epoch, rank, _ = self.context()
+        return self.batches(epoch, rank)
+
+    def batches(self, epoch: int, rank: int = 0) -> Iterator[torch.Tensor]:
+        gen = torch.Generator().manual_seed(_seed64(self.seed, epoch, rank, 0x5EC))
+        n_seg = len(self.segments)
+        for _ in range(self.steps):
+            which = torch.randint(n_seg, (self.batch_size,), generator=gen).tolist()
+            u = torch.rand(self.batch_size, generator=gen, dtype=torch.float64).tolist()
+            windows = []
+            for s, r in zip(which, u):
+                seg = self.segments[s]
+                start = int(r * (seg.shape[0] - self.seq_len + 1))
+                windows.append(seg[start : start + self.seq_len])
+            yield torch.stack(windows)
+
+
+class _Segments(IterableDataset):
+    def __init__(self, segments: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.segments = segments
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for s in self.segments:
+            yield {"x": s.unsqueeze(0)}
+
+
+class DystsDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        name: str = "Lorenz",
+        n_points: int = 30000,           # card: 30,000 samples, train on the first 20,000, test on the last 10,000
+        train_points: int = 20000,
+        val_points: int = 0,             # 0: validate on the test segment (as the paper's code)
+        pts_per_period: int = 150,       # dt ~ 0.01 for Lorenz-63 (dysts overrides `dt`)
+        method: str = "RK45",
+        rtol: float = 1e-9,
+        atol: float = 1e-9,
+        num_trajectories: int = 1,
+        heldout_trajectories: int = 0,   # the last k trajectories are test only
+        ic_scale: float = 0.1,
+        burn_in: int = 1000,
+        noise: float = 0.05,             # observation noise on the train segments, in z-units (paper: 5 %)
+        standardize: bool = True,
+        seq_len: int = 200,              # T (defaults.json)
+        batch_size: int = 16,            # B (defaults.json)
+        steps_per_epoch: int = 50,       # batches per epoch (defaults.json)
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not 0 < train_points < n_points or val_points < 0 or train_points + val_points >= n_points:
+            raise UserError(f"data: need 0 < train_points ({train_points}) and train_points + val_points "
+                            f"({train_points + val_points}) < n_points ({n_points})")
+        if not 0 <= heldout_trajectories < num_trajectories:
+            raise UserError(f"data: heldout_trajectories ({heldout_trajectories}) must be < num_trajectories "
+                            f"({num_trajectories})")
+        self.name = name
+        self._loaded = False
+
+    # ---- data --------------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._loaded:
+            return
+        h = self.hparams
+        raw = make_trajectories(h.name, int(h.num_trajectories), int(h.n_points), int(h.pts_per_period),
+                                h.method, float(h.rtol), float(h.atol), float(h.ic_scale), int(h.burn_in),
+                                int(h.seed))
+        n_train_traj = int(h.num_trajectories) - int(h.heldout_trajectories)
+        t0, t1 = int(h.train_points), int(h.train_points) + int(h.val_points)
+        train = [raw[k, :t0] for k in range(n_train_traj)]
+        if h.standardize:
+            stacked = np.concatenate(train)
+            self.mean, self.std = stacked.mean(0), stacked.std(0)
+            self.std = np.where(self.std > 0, self.std, 1.0)
+        else:
+            self.mean, self.std = np.zeros(raw.shape[-1]), np.ones(raw.shape[-1])
+        z = (raw - self.mean) / self.std
+        train = [z[k, :t0].copy() for k in range(n_train_traj)]
+        if h.noise > 0:
+            rng = np.random.default_rng([int(h.seed), 0xA015E])
+            train = [s + float(h.noise) * rng.standard_normal(s.shape) for s in train]
+        test = [z[k, t1:] for k in range(n_train_traj)] + [z[k] for k in range(n_train_traj, z.shape[0])]
+        val = [z[k, t0:t1] for k in range(n_train_traj)] if h.val_points > 0 else test
+        as_t = lambda segs: [torch.as_tensor(np.ascontiguousarray(s), dtype=torch.float32) for s in segs]
+        self.train_segments, self.val_segments, self.test_segments = as_t(train), as_t(val), as_t(test)
+        self.dim = int(raw.shape[-1])
+        self._loaded = True
+
+    def _context(self) -> tuple[int, int, int]:
+        return sampling_context(self)
+
+    def train_dataset(self) -> SubsequenceBatches:
+        self.setup()
+        h = self.hparams
+        return SubsequenceBatches(self.train_segments, h.seq_len, h.batch_size, h.steps_per_epoch, h.seed,
+                                  self._context)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_dataset(), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(_Segments(self.val_segments), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(_Segments(self.test_segments), batch_size=None)
