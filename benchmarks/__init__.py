@@ -15,6 +15,7 @@ from launch.errors import UserError
 REGISTRY: dict[str, str] = {
     "lightgcn": "benchmarks.recsys_speed",
     "ultragcn": "benchmarks.recsys_speed",
+    "dysts_benchmark": "benchmarks.dysts_runner",
 }
 
 

@@ -1,0 +1,105 @@
+"""Univariate forecasting windows over dysts trajectories (paper card `dysts_benchmark`, offline default).
+
+``DystsWindowsDataModule(name="Rossler")`` integrates one ``dysts.flows.<name>`` trajectory with timescale-aligned
+resampling (``make_trajectory(n_points, pts_per_period=..., resample=True, method="RK45", rtol=atol=1e-9)``, through
+``datamodules.dynamics.make_trajectories``: deterministic and cached per process), keeps one coordinate
+(``coordinate``, default 0) and splits it by time: the first ``train_points`` samples are train, the rest test.
+
+- Train: every window of ``lags`` inputs followed by ``horizon`` targets lying wholly inside the train segment
+  (stride 1), shuffled with a generator seeded by ``seed``.
+- Test (and validation, as there is no separate segment): windows of ``lags`` -> ``horizon`` starting every
+  ``eval_stride`` points, lying wholly inside the test segment, so no test value is ever seen in training.
+- Items are ``{"x": (lags,), "y": (horizon,)}`` in the raw units of the system (sMAPE is computed on raw values,
+  as in the paper); ``self.mean`` / ``self.std`` (train segment) are exposed for models that standardise.
+"""
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from datamodules.dynamics import make_trajectories
+from launch.errors import UserError
+
+__all__ = ["DystsWindowsDataModule", "sliding_windows", "load_series"]
+
+
+def load_series(name: str, n_points: int = 3000, pts_per_period: int = 50, coordinate: int = 0,
+                method: str = "RK45", rtol: float = 1e-9, atol: float = 1e-9) -> np.ndarray:
+    """One coordinate of the system's default-ic trajectory, float64 (n_points,)."""
+    traj = make_trajectories(name, 1, int(n_points), int(pts_per_period), method, float(rtol), float(atol),
+                             0.0, 0, 0)[0]
+    if not 0 <= coordinate < traj.shape[1]:
+        raise UserError(f"data: coordinate {coordinate} out of range for '{name}' ({traj.shape[1]} dimensions)")
+    return traj[:, coordinate].copy()
+
+
+def sliding_windows(series: np.ndarray, lags: int, horizon: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(W, lags) inputs and (W, horizon) targets of every window inside `series` starting every `stride` points."""
+    total = lags + horizon
+    if len(series) < total:
+        raise UserError(f"data: segment of {len(series)} points is shorter than lags + horizon ({total})")
+    starts = np.arange(0, len(series) - total + 1, stride)
+    idx = starts[:, None] + np.arange(total)[None, :]
+    w = series[idx]
+    return w[:, :lags], w[:, lags:]
+
+
+class DystsWindowsDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        name: str = "Rossler",
+        n_points: int = 3000,        # card offline default: make_trajectory(3000, pts_per_period=50)
+        train_points: int = 2000,    # first 2000 train, rest test
+        pts_per_period: int = 50,
+        coordinate: int = 0,         # univariate: keep coordinate 0
+        method: str = "RK45",        # dysts' default Radau/1e-12 is ~100x slower (card pitfall)
+        rtol: float = 1e-9,
+        atol: float = 1e-9,
+        lags: int = 30,              # 30 lags
+        horizon: int = 25,           # 25-step (half-period) forecast
+        eval_stride: int = 20,       # a test window every 20 points
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not 0 < train_points < n_points:
+            raise UserError(f"data: need 0 < train_points ({train_points}) < n_points ({n_points})")
+        self.name = name
+        self._loaded = False
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._loaded:
+            return
+        h = self.hparams
+        series = load_series(h.name, h.n_points, h.pts_per_period, h.coordinate, h.method, h.rtol, h.atol)
+        train, test = series[: h.train_points], series[h.train_points:]
+        self.series = series
+        self.mean, self.std = float(train.mean()), float(train.std() or 1.0)
+        as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
+        xtr, ytr = sliding_windows(train, h.lags, h.horizon, 1)
+        xte, yte = sliding_windows(test, h.lags, h.horizon, h.eval_stride)
+        self.train_set = TensorDataset(as_t(xtr), as_t(ytr))
+        self.test_set = TensorDataset(as_t(xte), as_t(yte))
+        self._loaded = True
+
+    @staticmethod
+    def _collate(items):
+        x, y = zip(*items)
+        return {"x": torch.stack(x), "y": torch.stack(y)}
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        gen = torch.Generator().manual_seed(int(self.hparams.seed))
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, generator=gen,
+                          drop_last=True, collate_fn=self._collate)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(self.test_set, batch_size=self.hparams.eval_batch_size, collate_fn=self._collate)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

@@ -1,0 +1,177 @@
+"""Chaos as an interpretable benchmark for forecasting (Gilpin, NeurIPS 2021 D&B, arXiv 2110.05266).
+
+The paper is a benchmark: univariate forecasts of each dysts system's timescale-aligned trajectory, scored by
+sMAPE = 200/H * sum_h |y_h - yhat_h| / (|y_h| + |yhat_h|), the error then correlated with the degree of chaos.
+N-BEATS ranked best on average, so the framework's learned forecaster is an N-BEATS-lite (generic architecture,
+Oreshkin et al. 2020): ``num_blocks`` residual blocks, each an MLP (``num_layers`` ReLU layers of ``width``) whose
+last hidden state is projected to a backcast (``lags``) and a forecast (``horizon``); the block input minus its
+backcast feeds the next block and the forecasts are summed (doubly residual stacking). Inputs are z-scored with
+the train-segment mean/std of the datamodule (standardise per system, card pitfall); outputs are mapped back and
+the metrics are computed on raw values.
+
+``forecaster="naive"`` replaces the network by the last observed value repeated over the horizon (the paper's
+naive baseline; the card's claim baseline). It has no trainable effect (its forward ignores the network), so use
+it with ``trainer.max_steps=0``. The classical ridge AR(30) reference lives in ``benchmarks/dysts_runner.py``.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+__all__ = ["DystsForecastModule", "NBeatsBlock", "NBeatsLite", "smape"]
+
+
+def smape(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+    """Per-window sMAPE in percent (0..200): 200/H * sum |y - yhat| / (|y| + |yhat|); shape (B,)."""
+    return 200.0 * ((pred - target).abs() / (pred.abs() + target.abs()).clamp_min(eps)).mean(-1)
+
+
+class NBeatsBlock(nn.Module):
+    def __init__(self, lags: int, horizon: int, width: int, num_layers: int, backcast: bool = True) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = lags
+        for _ in range(num_layers):
+            layers += [nn.Linear(d, width), nn.ReLU()]
+            d = width
+        self.mlp = nn.Sequential(*layers)
+        self.backcast = nn.Linear(width, lags) if backcast else None
+        self.forecast = nn.Linear(width, horizon)
+
+    def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
+        h = self.mlp(x)
+        return (self.backcast(h) if self.backcast is not None else None), self.forecast(h)
+
+
+class NBeatsLite(nn.Module):
+    """(B, lags) -> (B, horizon), generic N-BEATS with doubly residual stacking."""
+
+    def __init__(self, lags: int = 30, horizon: int = 25, width: int = 128, num_layers: int = 3,
+                 num_blocks: int = 3) -> None:
+        super().__init__()
+        # the last block's backcast would feed nothing, so it has none (every parameter gets a gradient)
+        self.blocks = nn.ModuleList(NBeatsBlock(lags, horizon, width, num_layers, backcast=i < num_blocks - 1)
+                                    for i in range(num_blocks))
+        self.horizon = horizon
+
+    def forward(self, x: Tensor) -> Tensor:
+        residual, out = x, x.new_zeros(x.shape[0], self.horizon)
+        for block in self.blocks:
+            back, fore = block(residual)
+            if back is not None:
+                residual = residual - back
+            out = out + fore
+        return out
+
+
+DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-3)
+
+
+class DystsForecastModule(L.LightningModule):
+    """N-BEATS-lite (or the naive last-value forecaster) on univariate dysts windows; MSE loss in z-units,
+    metrics `train/loss`, `val/smape`, `test/smape` (raw units, percent), `val/smape_naive`, `test/smape_naive`
+    (the last-value forecast of the same windows) and `test/nrmse` (RMSE over the train std)."""
+
+    def __init__(
+        self,
+        lags: int = 30,
+        horizon: int = 25,
+        width: int = 128,
+        num_layers: int = 3,
+        num_blocks: int = 3,
+        forecaster: str = "nbeats",
+        optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        if forecaster not in ("nbeats", "naive"):
+            raise ValueError(f"forecaster must be 'nbeats' or 'naive', got {forecaster!r}")
+        self.optimizer_factory = optimizer
+        self.model = NBeatsLite(lags, horizon, width, num_layers, num_blocks)
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("std", torch.ones(()))
+        self.metrics = nn.ModuleDict({f"{s}_{m}": MeanMetric() for s in ("val", "test")
+                                      for m in ("smape", "smape_naive", "mse")})
+        self._sample: dict[str, Tensor] | None = None
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "setup"):
+            dm.setup(stage)
+            if getattr(dm, "mean", None) is not None:
+                self.mean.fill_(float(dm.mean))
+                self.std.fill_(float(dm.std))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, lags) raw values -> (B, horizon) raw forecast."""
+        if self.hparams.forecaster == "naive":
+            return x[:, -1:].expand(-1, self.hparams.horizon)
+        z = (x - self.mean) / self.std
+        return self.model(z) * self.std + self.mean
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
+        z = (batch["x"] - self.mean) / self.std
+        target = (batch["y"] - self.mean) / self.std
+        loss = F.mse_loss(self.model(z), target)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(z), sync_dist=True)
+        return loss
+
+    def _evaluate(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> None:
+        x, y = batch["x"], batch["y"]
+        pred = self(x)
+        naive = x[:, -1:].expand_as(y)
+        n = len(x)
+        for key, value in (("smape", smape(pred, y)), ("smape_naive", smape(naive, y)),
+                           ("mse", ((pred - y) ** 2).mean(-1))):
+            metric = self.metrics[f"{split}_{key}"]
+            metric.update(value)
+            if key != "mse":
+                self.log(f"{split}/{key}", metric, on_step=False, on_epoch=True, batch_size=n,
+                         prog_bar=split == "val" and key == "smape")
+        if batch_idx == 0:
+            self._sample = {"x": x[:1].detach().cpu(), "y": y[:1].detach().cpu(), "pred": pred[:1].detach().cpu()}
+
+    def _log_nrmse(self, split: str) -> None:
+        metric = self.metrics[f"{split}_mse"]
+        if metric.update_count:
+            self.log(f"{split}/nrmse", metric.compute().sqrt() / self.std, sync_dist=True)
+            metric.reset()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "val", batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_nrmse("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "test", batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_nrmse("test")
+
+    def configure_optimizers(self) -> Any:
+        return self.optimizer_factory(self.parameters())
+
+    def figures(self) -> dict[str, Any]:
+        """{"forecast": lookback, truth and forecast of the first held-out window}."""
+        if self._sample is None:
+            return {}
+        import matplotlib.pyplot as plt
+
+        x, y, pred = self._sample["x"][0], self._sample["y"][0], self._sample["pred"][0]
+        fig, ax = plt.subplots(figsize=(7, 2.5))
+        t_in, t_out = torch.arange(-len(x), 0), torch.arange(0, len(y))
+        ax.plot(t_in, x, color="0.5", lw=1, label="lookback")
+        ax.plot(t_out, y, color="k", lw=1.2, label="truth")
+        ax.plot(t_out, pred, color="C3", lw=1.2, label=self.hparams.forecaster)
+        ax.set_xlabel("sample (0 = forecast start)")
+        ax.legend(loc="upper left", fontsize=7, ncol=3)
+        fig.tight_layout()
+        return {"forecast": fig}
