@@ -24,7 +24,6 @@
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import warnings
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.context import sampling_context
-from launch.errors import UserError
+from launch.errors import UserError, check_choice
 
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 warnings.filterwarnings("ignore", message=r"Numba not installed")
@@ -52,13 +51,9 @@ def _flow(name: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from dysts import flows
-    cls = getattr(flows, name, None)
-    if cls is None or not isinstance(cls, type):
-        known = [n for n in dir(flows) if n[:1].isupper()]
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f" (closest: {', '.join(close)})" if close else ""
-        raise UserError(f"data: unknown dysts flow '{name}'{hint}")
-    return cls()
+    known = [n for n in dir(flows) if n[:1].isupper() and isinstance(getattr(flows, n), type)]
+    check_choice("data", "dysts flow", name, known, list_known=False)
+    return getattr(flows, name)()
 
 
 @functools.lru_cache(maxsize=16)

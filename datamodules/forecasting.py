@@ -32,7 +32,6 @@ first), returned as ``x_mark`` (B x L x 4); iTransformer turns them into extra t
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from launch.errors import UserError
+from launch.errors import UserError, check_choice
 
 __all__ = [
     "DATASETS",
@@ -262,10 +261,7 @@ class ForecastingDataModule(L.LightningDataModule):
         offline: dict | None = None,
     ) -> None:
         super().__init__()
-        if name not in DATASETS:
-            close = difflib.get_close_matches(str(name), DATASETS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"data.name: unknown dataset {name!r}{hint}; known: {', '.join(DATASETS)}")
+        check_choice("data.name", "dataset", name, DATASETS)
         if int(seq_len) < 1 or int(pred_len) < 1 or int(batch_size) < 1 or int(eval_batch_size) < 1:
             raise UserError("data: seq_len, pred_len, batch_size and eval_batch_size must be >= 1")
         self.name, self.spec = name, DATASETS[name]

@@ -22,7 +22,6 @@ Validation uses the test split, as the papers' code does.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import math
 import warnings
@@ -36,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.context import sampling_context
-from launch.errors import UserError
+from launch.errors import UserError, check_choice
 
 # Lightning warns about any IterableDataset with __len__ because of multi-worker loading; these
 # loaders always use num_workers=0, so the length is exact.
@@ -371,10 +370,7 @@ class InteractionDataModule(L.LightningDataModule):
         synthetic: dict | None = None,
     ) -> None:
         super().__init__()
-        if name not in NAMES:
-            close = difflib.get_close_matches(str(name), NAMES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"data.name: unknown dataset {name!r}{hint}; known: {', '.join(NAMES)}")
+        check_choice("data.name", "dataset", name, NAMES)
         if int(batch_size) < 1 or int(eval_batch_size) < 1 or int(num_negatives) < 1:
             raise UserError("data: batch_size, eval_batch_size and num_negatives must be >= 1")
         if not 0.0 <= float(test_fraction) < 1.0:
