@@ -9,8 +9,9 @@ so a DDP run in which every user is evaluated on exactly one rank reproduces the
 """
 from __future__ import annotations
 
+import functools
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import numpy as np
@@ -156,8 +157,10 @@ class RankingModule(L.LightningModule):
     # Buffers built from the data: identical on every rank, never broadcast by DDP, never checkpointed.
     _data_buffers: tuple[str, ...] = ("_train_crow", "_train_col", "_test_crow", "_test_col", "_user_degree_bin")
 
-    def __init__(self, eval_k: int = 20) -> None:
+    def __init__(self, eval_k: int = 20, optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> None:
         super().__init__()
+        # the optimizer factory is not a hyperparameter: checkpoints stay loadable with weights_only=True
+        self.optimizer_factory = optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
         self.eval_k = int(eval_k)
         self.val_recall = RecallAtK(self.eval_k)
         self.val_ndcg = NDCGAtK(self.eval_k)
@@ -217,6 +220,9 @@ class RankingModule(L.LightningModule):
 
     def _build(self, num_users: int, num_items: int) -> None:
         raise NotImplementedError
+
+    def configure_optimizers(self) -> Any:
+        return self.optimizer_factory(self.parameters())
 
     # -- evaluation ---------------------------------------------------------------------------------
     def _start_eval(self) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -142,10 +142,8 @@ class LightGCNModule(RankingModule):
         num_items: int | None = None,
         eval_k: int = 20,
     ) -> None:
-        super().__init__(eval_k=eval_k)
-        # the optimizer factory stays out of the checkpoint: checkpoints load with weights_only=True
+        super().__init__(eval_k=eval_k, optimizer=optimizer)
         self.save_hyperparameters(ignore=["optimizer"])
-        self.optimizer_factory = optimizer
         self.model: LightGCN | None = None
         self.register_buffer("a_hat", None, persistent=False)  # set in setup(); data, not state
         if num_users is not None and num_items is not None:
@@ -186,6 +184,3 @@ class LightGCNModule(RankingModule):
         self.log("train/bpr", bpr, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         self.log("train/reg", reg, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         return loss
-
-    def configure_optimizers(self) -> Any:
-        return self.optimizer_factory(self.parameters())

@@ -12,7 +12,7 @@ Name clash: here `gamma` weights the L2 term and `lambda_` weights L_I (the code
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -187,12 +187,10 @@ class UltraGCNModule(RankingModule):
         num_items: int | None = None,
         eval_k: int = 20,
     ) -> None:
-        super().__init__(eval_k=eval_k)
+        super().__init__(eval_k=eval_k, optimizer=optimizer)
         if omega_variant not in ("paper", "code"):
             raise ValueError(f"omega_variant must be 'paper' or 'code', got {omega_variant!r}")
-        # the optimizer factory stays out of the checkpoint: checkpoints load with weights_only=True
         self.save_hyperparameters(ignore=["optimizer"])
-        self.optimizer_factory = optimizer
         self.model: UltraGCN | None = None
         for name in ("user_degree", "item_degree", "ii_neighbours", "ii_omega"):
             self.register_buffer(name, None, persistent=False)  # filled from the data in setup()
@@ -262,6 +260,3 @@ class UltraGCNModule(RankingModule):
         for name in ("loss_O_C", "loss_I", "l2"):
             self.log(f"train/{name}", terms[name], on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         return terms["loss"]
-
-    def configure_optimizers(self) -> Any:
-        return self.optimizer_factory(self.parameters())
