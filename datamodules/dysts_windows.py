@@ -11,6 +11,8 @@ resampling (``make_trajectory(n_points, pts_per_period=..., resample=True, metho
   ``eval_stride`` points, lying wholly inside the test segment, so no test value is ever seen in training.
 - Items are ``{"x": (lags,), "y": (horizon,)}`` in the raw units of the system (sMAPE is computed on raw values,
   as in the paper); ``self.mean`` / ``self.std`` (train segment) are exposed for models that standardise.
+- ``self.lyapunov_per_step`` = lambda_max * period / pts_per_period (dysts' estimated largest Lyapunov exponent and
+  dominant period): the lead time of one sample in Lyapunov times, for valid prediction times.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from datamodules.dynamics import make_trajectories
 from launch.errors import UserError
 
-__all__ = ["DystsWindowsDataModule", "sliding_windows", "load_series"]
+__all__ = ["DystsWindowsDataModule", "load_series", "lyapunov_per_step", "sliding_windows"]
 
 
 def load_series(name: str, n_points: int = 3000, pts_per_period: int = 50, coordinate: int = 0,
@@ -33,6 +35,14 @@ def load_series(name: str, n_points: int = 3000, pts_per_period: int = 50, coord
     if not 0 <= coordinate < traj.shape[1]:
         raise UserError(f"data: coordinate {coordinate} out of range for '{name}' ({traj.shape[1]} dimensions)")
     return traj[:, coordinate].copy()
+
+
+def lyapunov_per_step(name: str, pts_per_period: int) -> float:
+    """lambda_max * dt of a timescale-aligned dysts trajectory (dt = period / pts_per_period), from dysts' metadata."""
+    import dysts.flows
+
+    system = getattr(dysts.flows, name)()
+    return float(system.maximum_lyapunov_estimated) * float(system.period) / int(pts_per_period)
 
 
 def sliding_windows(series: np.ndarray, lags: int, horizon: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +89,7 @@ class DystsWindowsDataModule(L.LightningDataModule):
         train, test = series[: h.train_points], series[h.train_points:]
         self.series = series
         self.mean, self.std = float(train.mean()), float(train.std() or 1.0)
+        self.lyapunov_per_step = lyapunov_per_step(h.name, h.pts_per_period)
         as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
         xtr, ytr = sliding_windows(train, h.lags, h.horizon, 1)
         xte, yte = sliding_windows(test, h.lags, h.horizon, h.eval_stride)

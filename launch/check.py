@@ -11,6 +11,12 @@ switches the base experiment) and boolean expressions over their final metric:
         expect: ["lightgcn >= 0.31", "lightgcn >= mf_30 + 0.03"]
         baseline: {lightgcn: [model.num_layers=0]}   # the method swapped for its baseline: must fail
 
+A run may also be `{train: [...], eval: [model.<hparam>=<value>, ...]}`: the model trained with the `train`
+overrides, tested again with those hyperparameters changed (for settings the module reads at test time, e.g. the
+fraction of frames that carry measurements). The claim then compares one trained model under two settings:
+
+        runs: {noda: [], prediction_only: {train: [], eval: [model.alpha=0.0]}}
+
 Runs are cached per process by their overrides, so runs shared between claims train once.
 """
 from __future__ import annotations
@@ -31,6 +37,8 @@ from launch.errors import UserError
 CHECK_OVERRIDES = ["logger=none", "launcher=local", "progress_bar=false", "stage=fit_test",
                    "trainer.enable_model_summary=false"]
 _RUN_CACHE: dict[tuple[str, ...], dict[str, float]] = {}
+_TRAINED: dict[tuple[str, ...], dict] = {}  # trainer, model, datamodule of each cached run
+_EVAL_CACHE: dict[tuple, dict[str, float]] = {}
 
 
 @dataclass
@@ -72,17 +80,71 @@ def train_once(slug: str, overrides: list[str], extra: list[str] = ()) -> dict[s
     """Final metrics of `experiment=<slug>` + overrides, trained without a run directory (cached)."""
     from launch import train
 
-    base = [f"experiment={slug}"]
-    if any(o.startswith("experiment=") for o in overrides):
-        base = []
-    key = tuple(base + list(overrides) + list(extra))
+    key = _run_key(slug, overrides, extra)
     if key not in _RUN_CACHE:
         import lightning  # noqa: F401 - it sets its loggers to INFO on import; quiet them after that
 
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         cfg = zconfig.compose(CHECK_OVERRIDES + list(key))
-        _RUN_CACHE[key] = train.run(cfg, make_run_dir=False)
+        kept: dict = {}
+        _RUN_CACHE[key] = train.run(cfg, make_run_dir=False, keep=kept)
+        _TRAINED[key] = kept
     return _RUN_CACHE[key]
+
+
+def _run_key(slug: str, overrides: list[str], extra: list[str] = ()) -> tuple[str, ...]:
+    base = [f"experiment={slug}"]
+    if any(o.startswith("experiment=") for o in overrides):
+        base = []
+    return tuple(base + list(overrides) + list(extra))
+
+
+def _hparam_updates(eval_overrides: list[str], hparams) -> dict:
+    import yaml
+
+    updates = {}
+    for item in eval_overrides:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("model."):
+            raise UserError(f"eval override '{item}' must look like model.<hyperparameter>=<value>")
+        hp = name[len("model."):]
+        if hp not in hparams:
+            raise UserError(f"eval override '{item}': the model has no hyperparameter '{hp}'")
+        updates[hp] = yaml.safe_load(value)
+    return updates
+
+
+def eval_once(slug: str, train_overrides: list[str], eval_overrides: list[str],
+              extra: list[str] = ()) -> dict[str, float]:
+    """Test metrics of the model trained with `train_overrides` (cached) after setting `eval_overrides` on its
+    hyperparameters; the hyperparameters are restored afterwards."""
+    from launch import train
+
+    key = _run_key(slug, train_overrides, extra)
+    ekey = (key, tuple(eval_overrides))
+    if ekey not in _EVAL_CACHE:
+        train_once(slug, train_overrides, extra)
+        kept = _TRAINED[key]
+        model, trainer = kept["model"], kept["trainer"]
+        updates = _hparam_updates(list(eval_overrides), model.hparams)
+        saved = {k: model.hparams[k] for k in updates}
+        model.hparams.update(updates)
+        try:
+            trainer.test(model, datamodule=kept["datamodule"], verbose=False)
+            _EVAL_CACHE[ekey] = train._floats(trainer.callback_metrics)
+        finally:
+            model.hparams.update(saved)
+    return _EVAL_CACHE[ekey]
+
+
+def measure(slug: str, spec, extra: list[str] = ()) -> dict[str, float]:
+    """Metrics of one claim run: a list of overrides, or {train: [...], eval: [...]}."""
+    if isinstance(spec, (dict, DictConfig)):
+        unknown = set(spec) - {"train", "eval"}
+        if unknown:
+            raise UserError(f"claim run {dict(spec)} has unknown keys {sorted(unknown)} (allowed: train, eval)")
+        return eval_once(slug, list(spec.get("train", [])), list(spec.get("eval", [])), extra)
+    return train_once(slug, list(spec), extra)
 
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -131,19 +193,29 @@ def run_claim(slug: str, name: str, *, swap_baseline: bool = False, extra: list[
     if name not in claims:
         raise UserError(f"experiment '{slug}' has no claim '{name}' (has: {', '.join(claims) or 'none'})")
     claim = claims[name]
-    runs = {k: list(v) for k, v in claim.runs.items()}
+    runs = {k: _plain(v) for k, v in claim.runs.items()}
     swapped = {}
     if swap_baseline:
         if not claim.get("baseline"):
             raise UserError(f"claim {slug}/{name} names no baseline to swap in")
-        swapped = {k: list(v) for k, v in claim.baseline.items()}
+        swapped = {k: _plain(v) for k, v in claim.baseline.items()}
         runs.update(swapped)
     start = time.perf_counter()
-    measured = {run_name: train_once(slug, overrides, extra)[claim.metric] for run_name, overrides in runs.items()}
+    measured = {}
+    for run_name, spec in runs.items():
+        metrics = measure(slug, spec, extra)
+        if claim.metric not in metrics:
+            raise UserError(f"claim {slug}/{name}: run '{run_name}' logged no '{claim.metric}' "
+                            f"(has: {', '.join(sorted(metrics))})")
+        measured[run_name] = metrics[claim.metric]
     expect = list(claim.expect)
     outcomes = [bool(evaluate(e, measured)) for e in expect]
     return ClaimResult(slug, name, claim.get("text", name), claim.metric, measured, expect, outcomes,
                        time.perf_counter() - start, swapped, claim.get("known_gap"))
+
+
+def _plain(spec):
+    return OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else list(spec)
 
 
 def check(slug: str, out_dir: Path | None = None) -> list[ClaimResult]:

@@ -113,8 +113,11 @@ def instantiate(cfg: DictConfig):
 
 
 def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | None = None,
-        test_ckpt: str | None = None) -> dict[str, float]:
+        test_ckpt: str | None = None, keep: dict | None = None) -> dict[str, float]:
     """Train and/or test one resolved config; return the final metrics as floats.
+
+    `keep`, when given, receives the trainer, model and datamodule (so `zoo check` can evaluate the same trained
+    model again under other test-time settings).
 
     Every (re)start calls `fit(ckpt_path="last")`, so a requeued or restarted run resumes from its
     periodic `last.ckpt` and ends with the same global step as an uninterrupted run.
@@ -151,6 +154,8 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
         metrics.update(_floats(trainer.callback_metrics))
     metrics["global_step"] = float(trainer.global_step)
     metrics["epoch"] = float(trainer.current_epoch)
+    if keep is not None:
+        keep.update(trainer=trainer, model=model, datamodule=datamodule)
     if run_dir is not None and trainer.is_global_zero:
         _finish(trainer, run_dir, metrics)
     return metrics

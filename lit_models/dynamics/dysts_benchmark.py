@@ -25,12 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from lit_models.common.forecast_metrics import ValidPredictionTime, smape
+
 __all__ = ["DystsForecastModule", "NBeatsBlock", "NBeatsLite", "smape"]
-
-
-def smape(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
-    """Per-window sMAPE in percent (0..200): 200/H * sum |y - yhat| / (|y| + |yhat|); shape (B,)."""
-    return 200.0 * ((pred - target).abs() / (pred.abs() + target.abs()).clamp_min(eps)).mean(-1)
 
 
 class NBeatsBlock(nn.Module):
@@ -77,7 +74,9 @@ DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-3)
 class DystsForecastModule(L.LightningModule):
     """N-BEATS-lite (or the naive last-value forecaster) on univariate dysts windows; MSE loss in z-units,
     metrics `train/loss`, `val/smape`, `test/smape` (raw units, percent), `val/smape_naive`, `test/smape_naive`
-    (the last-value forecast of the same windows) and `test/nrmse` (RMSE over the train std)."""
+    (the last-value forecast of the same windows), `test/nrmse` (RMSE over the train std) and `test/vpt` (valid
+    prediction time in Lyapunov times: normalised error <= 0.4, see `common.forecast_metrics`; needs the
+    datamodule's `lyapunov_per_step`)."""
 
     def __init__(
         self,
@@ -97,6 +96,8 @@ class DystsForecastModule(L.LightningModule):
         self.model = NBeatsLite(lags, horizon, width, num_layers, num_blocks)
         self.register_buffer("mean", torch.zeros(()))
         self.register_buffer("std", torch.ones(()))
+        self.lyapunov_per_step: float | None = None
+        self.vpt = nn.ModuleDict({s: ValidPredictionTime() for s in ("val", "test")})
         self.metrics = nn.ModuleDict({f"{s}_{m}": MeanMetric() for s in ("val", "test")
                                       for m in ("smape", "smape_naive", "mse")})
         self._sample: dict[str, Tensor] | None = None
@@ -108,6 +109,7 @@ class DystsForecastModule(L.LightningModule):
             if getattr(dm, "mean", None) is not None:
                 self.mean.fill_(float(dm.mean))
                 self.std.fill_(float(dm.std))
+            self.lyapunov_per_step = getattr(dm, "lyapunov_per_step", None)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, lags) raw values -> (B, horizon) raw forecast."""
@@ -135,6 +137,9 @@ class DystsForecastModule(L.LightningModule):
             if key != "mse":
                 self.log(f"{split}/{key}", metric, on_step=False, on_epoch=True, batch_size=n,
                          prog_bar=split == "val" and key == "smape")
+        if self.lyapunov_per_step is not None:
+            self.vpt[split].update(pred, y, self.std, self.lyapunov_per_step)
+            self.log(f"{split}/vpt", self.vpt[split], on_step=False, on_epoch=True, batch_size=n)
         if batch_idx == 0:
             self._sample = {"x": x[:1].detach().cpu(), "y": y[:1].detach().cpu(), "pred": pred[:1].detach().cpu()}
 

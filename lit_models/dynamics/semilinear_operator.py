@@ -1,0 +1,344 @@
+"""NODA: Neural Operator with Data Assimilation (Singh et al., "Learning Semilinear Neural Operators: A Unified
+Recursive Framework For Prediction And Data Assimilation", ICLR 2024, arXiv 2402.15656). No official code is public.
+
+Semilinear evolution u_t = L u + N(u), measured as y_k = C u(t_k) + noise. The observer u_t = L u + N(u) +
+K [y - C u] has a mild solution = prediction part + correction part; NODA discretises it as a learned recursive
+filter:
+- prediction (residual neural operator, FNO backbone):   u^f_k = u^a_{k-1} + W_theta(u^a_{k-1})
+- correction (only when a measurement arrives):          u^a_k = u^f_k + K_theta(u^f_k) (.) [y_k - E_theta(u^f_k)]
+  with E_theta a learned observation operator (state -> measurement space) and K_theta a gated, bounded gain.
+- alpha = fraction of the frames that carry a measurement; alpha = 0 is a pure autoregressive neural operator.
+  A warm-up of H frames with measurements initialises the state (from zero) before a rollout.
+- loss along unrolled predict/correct sequences: ||u^a_k - u_k||^2 + obs_weight * ||E_theta(u^f_k) - y_k||^2 (at
+  the sensors of measured frames). The truth never enters the filter; its inputs are the noisy y only.
+
+NODA-lite (the card's small-scale check): W_theta = 1D FNO (2 Fourier layers, 12 modes, width 32);
+E_theta = 1x1 conv then the sensor mask; K_theta(u^f) d = sigmoid(conv_k5([u^f, d])) * conv(d) summed over
+`gain_channels` channels, d = mask (.) (y - E_theta(u^f)) the masked innovation. The paper's gate (Eq. 15) was not
+verified; this sigmoid-gated convolution is the card's stand-in. The gate in (0, 1) keeps K bounded.
+FFTs run in float32 with autocast disabled.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+
+class SpectralConv(nn.Module):
+    """Fourier layer kernel in 1 or 2 space dimensions: FFT, multiply the lowest `modes` coefficients per axis by
+    learned complex matrices (in 2D: both signs of the first axis' modes, as in FNO), inverse FFT.
+    Always float32 (autocast off)."""
+
+    def __init__(self, in_channels: int, out_channels: int, modes: int, dim: int = 1) -> None:
+        super().__init__()
+        if dim not in (1, 2):
+            raise ValueError(f"SpectralConv: dim must be 1 or 2, got {dim}")
+        self.modes, self.dim = modes, dim
+        scale = 1.0 / (in_channels * out_channels)
+        shape = (in_channels, out_channels, modes, 2) if dim == 1 else (2, in_channels, out_channels, modes, modes, 2)
+        self.weight = nn.Parameter(scale * torch.rand(*shape))
+
+    def forward(self, x: Tensor) -> Tensor:  # B x C x N  or  B x C x H x W
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            if self.dim == 1:
+                n = x.shape[-1]
+                xh = torch.fft.rfft(x, dim=-1)
+                m = min(self.modes, xh.shape[-1])
+                w = torch.view_as_complex(self.weight[:, :, :m].contiguous())
+                out = torch.zeros(x.shape[0], w.shape[1], xh.shape[-1], dtype=xh.dtype, device=x.device)
+                out[..., :m] = torch.einsum("bim,iom->bom", xh[..., :m], w)
+                return torch.fft.irfft(out, n=n, dim=-1)
+            h, w_ = x.shape[-2:]
+            xh = torch.fft.rfft2(x)
+            m1, m2 = min(self.modes, h // 2), min(self.modes, xh.shape[-1])
+            weight = torch.view_as_complex(self.weight[..., :m1, :m2, :].contiguous())
+            out = torch.zeros(x.shape[0], weight.shape[2], h, xh.shape[-1], dtype=xh.dtype, device=x.device)
+            out[..., :m1, :m2] = torch.einsum("bixy,ioxy->boxy", xh[..., :m1, :m2], weight[0])
+            out[..., -m1:, :m2] = torch.einsum("bixy,ioxy->boxy", xh[..., -m1:, :m2], weight[1])
+            return torch.fft.irfft2(out, s=(h, w_))
+
+
+SpectralConv1d = functools.partial(SpectralConv, dim=1)
+
+
+class FNO(nn.Module):
+    """Fourier neural operator on a periodic 1D or 2D grid: lift (pointwise) -> n_layers x [spectral + pointwise,
+    GELU between] -> project (pointwise, proj_width, pointwise). Input and output B x N (or B x H x W). No grid
+    coordinate, so it is translation-equivariant. Pointwise maps are nn.Linear over channels (= 1x1 convolutions,
+    faster on CPU)."""
+
+    def __init__(self, modes: int = 12, width: int = 32, n_layers: int = 2, proj_width: int = 128,
+                 dim: int = 1) -> None:
+        super().__init__()
+        self.lift = nn.Linear(1, width)
+        self.spectral = nn.ModuleList(SpectralConv(width, width, modes, dim) for _ in range(n_layers))
+        self.pointwise = nn.ModuleList(nn.Linear(width, width) for _ in range(n_layers))
+        self.proj1 = nn.Linear(width, proj_width)
+        self.proj2 = nn.Linear(proj_width, 1)
+
+    def forward(self, u: Tensor) -> Tensor:
+        v = self.lift(u[..., None])  # B x (space) x C (channel-last)
+        for i, (spec, pw) in enumerate(zip(self.spectral, self.pointwise)):
+            v = spec(v.movedim(-1, 1)).movedim(1, -1) + pw(v)
+            if i < len(self.spectral) - 1:
+                v = F.gelu(v)
+        return self.proj2(F.gelu(self.proj1(v)))[..., 0]
+
+
+FNO1d = functools.partial(FNO, dim=1)
+
+
+def _conv(dim: int, *args, **kwargs) -> nn.Module:
+    return (nn.Conv1d if dim == 1 else nn.Conv2d)(*args, **kwargs)
+
+
+class ResidualPredictor(nn.Module):
+    """u^f_k = u^a_{k-1} + W_theta(u^a_{k-1}); `persistence=True` drops W_theta (u^f = u^a, a baseline)."""
+
+    def __init__(self, modes: int = 12, width: int = 32, n_layers: int = 2, persistence: bool = False,
+                 dim: int = 1) -> None:
+        super().__init__()
+        self.operator = None if persistence else FNO(modes, width, n_layers, dim=dim)
+
+    def forward(self, u: Tensor) -> Tensor:
+        return u if self.operator is None else u + self.operator(u)
+
+
+class ObservationOperator(nn.Module):
+    """E_theta: a 1x1 convolution of the state, then the sensor mask (measurement space = the masked grid)."""
+
+    def __init__(self, dim: int = 1) -> None:
+        super().__init__()
+        self.conv = _conv(dim, 1, 1, 1)
+        with torch.no_grad():  # start at the identity observation
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.zero_()
+
+    def forward(self, u: Tensor, mask: Tensor) -> Tensor:
+        return self.conv(u[:, None])[:, 0] * mask
+
+
+class GatedGain(nn.Module):
+    """K_theta applied to the masked innovation d: sum_c sigmoid(conv_k5([u^f, d]))_c * conv(d)_c.
+    Linear in d (the innovation sign is never flipped by the gate), bounded by the sigmoid gate."""
+
+    def __init__(self, channels: int = 8, gate_kernel: int = 5, gain_kernel: int = 9, dim: int = 1) -> None:
+        super().__init__()
+        self.gate = _conv(dim, 2, channels, gate_kernel, padding=gate_kernel // 2, padding_mode="circular")
+        self.gain = _conv(dim, 1, channels, gain_kernel, padding=gain_kernel // 2, padding_mode="circular",
+                          bias=False)
+        self.mix = _conv(dim, channels, 1, 1, bias=False)
+
+    def forward(self, u_f: Tensor, innovation: Tensor) -> Tensor:
+        gate = torch.sigmoid(self.gate(torch.stack([u_f, innovation], dim=1)))
+        return self.mix(gate * self.gain(innovation[:, None]))[:, 0]
+
+
+class NODA(nn.Module):
+    """The recursive filter. `forward(y, mask, frame_mask)` runs from a zero state and returns (u^a, u^f, E(u^f)),
+    each B x T x (space); frames with frame_mask[k] = False get no correction (pure prediction). `dim` = 1 (B x T x N
+    states) or 2 (B x T x H x W, e.g. Navier-Stokes vorticity)."""
+
+    def __init__(self, modes: int = 12, width: int = 32, n_layers: int = 2, gain_channels: int = 8,
+                 gate_kernel: int = 5, gain_kernel: int = 9, persistence: bool = False, dim: int = 1) -> None:
+        super().__init__()
+        self.predictor = ResidualPredictor(modes, width, n_layers, persistence, dim)
+        self.observation = ObservationOperator(dim)
+        self.gain = GatedGain(gain_channels, gate_kernel, gain_kernel, dim)
+
+    def correct(self, u_f: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(u^a, E(u^f)): u^a = u^f + K(u^f) [y - E(u^f)], the innovation masked to the sensors."""
+        y_hat = self.observation(u_f, mask)
+        innovation = (y - y_hat) * mask
+        return u_f + self.gain(u_f, innovation), y_hat
+
+    def forward(self, y: Tensor, mask: Tensor, frame_mask: Tensor,
+                u0: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        t = y.shape[1]
+        u = torch.zeros_like(y[:, 0]) if u0 is None else u0
+        analyses, forecasts, y_hats = [], [], []
+        for k in range(t):
+            u_f = u if (k == 0 and u0 is None) else self.predictor(u)
+            if bool(frame_mask[k]):
+                u, y_hat = self.correct(u_f, y[:, k], mask)
+            else:
+                u, y_hat = u_f, self.observation(u_f, mask)
+            analyses.append(u)
+            forecasts.append(u_f)
+            y_hats.append(y_hat)
+        return torch.stack(analyses, 1), torch.stack(forecasts, 1), torch.stack(y_hats, 1)
+
+
+def alpha_frame_mask(alpha: float, warmup: int, rollout: int, seed: int = 0) -> Tensor:
+    """Bool (warmup + rollout,): all warm-up frames measured, then round(alpha * rollout) rollout frames drawn at
+    random (fixed seed) carry a measurement."""
+    mask = torch.zeros(warmup + rollout, dtype=torch.bool)
+    mask[:warmup] = True
+    n = round(alpha * rollout)
+    g = torch.Generator().manual_seed(seed)
+    mask[warmup + torch.randperm(rollout, generator=g)[:n]] = True
+    return mask
+
+
+DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-3)
+
+
+class SemilinearOperatorModule(L.LightningModule):
+    """NODA trained on unrolls of the data's window length (measurements at a `train_alpha` fraction of frames),
+    evaluated on test rollouts: `warmup` frames with measurements from a zero state, then `rollout` frames with
+    measurements at an `alpha` fraction of them.
+
+    Metrics: `train/loss` (state + obs_weight * measurement reconstruction), `val/rel_l2` and `test/rel_l2`: relative
+    L2 error ||u^a - u|| / ||u|| of the full state, per frame, averaged over rollout frames error_start..error_end
+    (rollout frame 0 = the last warm-up frame) and trajectories; `*/rel_l2_all`: over rollout frames 1..rollout;
+    `*/one_step_rel_l2`: the predictor alone from true states, one frame ahead.
+    """
+
+    def __init__(
+        self,
+        modes: int = 12,
+        width: int = 32,
+        n_layers: int = 2,
+        gain_channels: int = 8,
+        gate_kernel: int = 5,
+        gain_kernel: int = 9,
+        predictor: str = "fno",
+        obs_weight: float = 1.0,
+        train_alpha: float = 1.0,
+        alpha: float = 1.0,
+        warmup: int = 5,
+        rollout: int = 100,
+        error_start: int = 50,
+        error_end: int = 100,
+        eval_seed: int = 0,
+        dim: int = 1,
+        optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
+    ) -> None:
+        super().__init__()
+        if predictor not in ("fno", "persistence"):
+            raise ValueError(f"predictor must be 'fno' or 'persistence', got {predictor!r}")
+        if not (0.0 <= alpha <= 1.0 and 0.0 <= train_alpha <= 1.0):
+            raise ValueError(f"alpha and train_alpha must be in [0, 1], got {alpha}, {train_alpha}")
+        if not 1 <= error_start <= error_end <= rollout:
+            raise ValueError(f"need 1 <= error_start <= error_end <= rollout, got {error_start}, {error_end}, {rollout}")
+        if dim not in (1, 2):
+            raise ValueError(f"dim must be 1 (e.g. KS, KdV) or 2 (e.g. Navier-Stokes), got {dim}")
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
+        self.model = NODA(modes, width, n_layers, gain_channels, gate_kernel, gain_kernel,
+                          persistence=predictor == "persistence", dim=dim)
+        self.metrics = nn.ModuleDict({f"{s}_{m}": MeanMetric() for s in ("val", "test")
+                                      for m in ("rel_l2", "rel_l2_all", "one_step_rel_l2")})
+        self._sample: dict[str, Tensor] | None = None
+
+    def forward(self, y: Tensor, mask: Tensor, frame_mask: Tensor) -> Tensor:
+        return self.model(y, mask, frame_mask)[0]
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
+        u, y = batch["u"].float(), batch["y"].float()
+        mask = batch["mask"].float()
+        t = u.shape[1]
+        frame_mask = torch.ones(t, dtype=torch.bool)
+        if self.hparams.train_alpha < 1.0:
+            frame_mask = torch.rand(t) < self.hparams.train_alpha
+            frame_mask[0] = True
+        u_a, _, y_hat = self.model(y, mask, frame_mask)
+        state = F.mse_loss(u_a, u)
+        fm = frame_mask.to(u.device, u.dtype).view(1, t, *([1] * self.hparams.dim))
+        sensors = mask[:, None] * fm
+        obs = ((y_hat - y) ** 2 * sensors).sum() / sensors.sum().clamp_min(1.0)
+        loss = state + self.hparams.obs_weight * obs
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(u), sync_dist=True)
+        self.log("train/state_mse", state, on_step=False, on_epoch=True, batch_size=len(u), sync_dist=True)
+        return loss
+
+    def relative_l2(self, pred: Tensor, truth: Tensor) -> Tensor:
+        """Per frame: ||pred - truth||_2 / ||truth||_2 over the grid (the last `dim` axes)."""
+        pred, truth = pred.flatten(-self.hparams.dim), truth.flatten(-self.hparams.dim)
+        return (pred - truth).norm(dim=-1) / truth.norm(dim=-1).clamp_min(1e-12)
+
+    def rollout_errors(self, batch: dict[str, Tensor], alpha: float | None = None) -> tuple[Tensor, Tensor]:
+        """(errors B x (rollout + 1) for rollout frames 0..rollout, assimilated states B x T x N)."""
+        hp = self.hparams
+        alpha = hp.alpha if alpha is None else alpha
+        u, y, mask = batch["u"].float(), batch["y"].float(), batch["mask"].float()
+        t = hp.warmup + hp.rollout
+        if u.shape[1] < t:
+            raise ValueError(f"test trajectories have {u.shape[1]} frames, warm-up + rollout needs {t}")
+        frame_mask = alpha_frame_mask(alpha, hp.warmup, hp.rollout, hp.eval_seed)
+        u_a = self(y[:, :t], mask, frame_mask)
+        err = self.relative_l2(u_a, u[:, :t])[:, hp.warmup - 1:]
+        return err, u_a
+
+    def _evaluate(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> None:
+        hp = self.hparams
+        err, u_a = self.rollout_errors(batch)
+        u = batch["u"].float()
+        window = err[:, hp.error_start: hp.error_end + 1].mean(1)
+        space = u.shape[2:]
+        one_step = self.relative_l2(self.model.predictor(u[:, :-1].reshape(-1, *space)),
+                                    u[:, 1:].reshape(-1, *space))
+        for name, value in (("rel_l2", window), ("rel_l2_all", err[:, 1:].mean(1)), ("one_step_rel_l2", one_step)):
+            metric = self.metrics[f"{split}_{name}"]
+            metric.update(value)
+            self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "rel_l2")
+        if batch_idx == 0:
+            t = u_a.shape[1]
+            self._sample = {"truth": u[0, :t].detach().cpu(), "assimilated": u_a[0].detach().float().cpu()}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "val", batch_idx)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "test", batch_idx)
+
+    def configure_optimizers(self) -> Any:
+        return self.optimizer_factory(self.parameters())
+
+    def figures(self) -> dict[str, Any]:
+        """1D: {"space_time": truth | assimilated | error of the first held-out trajectory (x vs frame)};
+        2D: {"snapshots": truth, assimilated and error fields at four rollout frames}."""
+        if self._sample is None:
+            return {}
+        import matplotlib.pyplot as plt
+
+        truth, est = self._sample["truth"], self._sample["assimilated"]
+        if self.hparams.dim == 2:
+            return {"snapshots": self._snapshot_figure(truth, est)}
+        err = est - truth
+        vmax = float(truth.abs().max())
+        fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharey=True)
+        panels = [(truth, "truth", "RdBu_r", vmax), (est, f"NODA (alpha={self.hparams.alpha:g})", "RdBu_r", vmax),
+                  (err, "error", "RdBu_r", vmax)]
+        for ax, (field, title, cmap, vm) in zip(axes, panels):
+            im = ax.imshow(field.numpy(), aspect="auto", origin="lower", cmap=cmap, vmin=-vm, vmax=vm)
+            ax.axhline(self.hparams.warmup - 0.5, color="k", lw=0.8, ls="--")
+            ax.set_title(title)
+            ax.set_xlabel("grid point")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        axes[0].set_ylabel("frame (dashed: end of warm-up)")
+        fig.tight_layout()
+        return {"space_time": fig}
+
+    def _snapshot_figure(self, truth: Tensor, est: Tensor):
+        import matplotlib.pyplot as plt
+
+        t = truth.shape[0]
+        frames = sorted({self.hparams.warmup - 1, t // 3, (2 * t) // 3, t - 1})
+        vmax = float(truth.abs().max())
+        fig, axes = plt.subplots(3, len(frames), figsize=(3 * len(frames), 9), squeeze=False)
+        for j, k in enumerate(frames):
+            for i, (field, name) in enumerate(((truth[k], "truth"), (est[k], "NODA"), (est[k] - truth[k], "error"))):
+                axes[i, j].imshow(field.numpy(), origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+                axes[i, j].set_title(f"{name}, frame {k}")
+                axes[i, j].axis("off")
+        fig.tight_layout()
+        return fig

@@ -1,0 +1,167 @@
+"""NODA / semilinear neural operators (arXiv 2402.15656): the paper contract's fast test, deterministic checks of the
+filter (innovation sign and masking, bounded gain, alpha masks, data module) and the card's small-scale claims."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from datamodules.semilinear_data import SemilinearDataModule
+from launch.check import run_claim
+from lit_models.dynamics.semilinear_operator import (
+    NODA,
+    SpectralConv,
+    SpectralConv1d,
+    alpha_frame_mask,
+)
+from tests.papers.contract import fast_run
+
+SMALL_DATA = ["data.n_train=8", "data.n_test=4", "data.steps_per_epoch=3", "data.batch_size=4"]
+
+
+def test_fast_contract():
+    run = fast_run("semilinear_operator", *SMALL_DATA, "model.rollout=20", "model.error_start=10",
+                   "model.error_end=20")
+    run.assert_contract()
+    for key in ("test/rel_l2", "test/rel_l2_all", "test/one_step_rel_l2"):
+        assert key in run.metrics, sorted(run.metrics)
+    y, mask = torch.zeros(2, 7, 64), torch.ones(64)
+    assert run.model(y, mask, torch.ones(7, dtype=torch.bool)).shape == (2, 7, 64)
+    figs = run.model.figures()
+    assert set(figs) == {"space_time"}
+    import matplotlib.pyplot as plt
+
+    plt.close(figs["space_time"])
+
+
+def test_fast_contract_partial_training_measurements():
+    fast_run("semilinear_operator", *SMALL_DATA, "model.train_alpha=0.5", "model.alpha=0.5", "model.rollout=20",
+             "model.error_start=10", "model.error_end=20").assert_contract()
+
+
+def test_datamodule_is_seeded_masked_and_noisy_only_at_sensors():
+    dm = SemilinearDataModule(n_train=6, n_test=3, n_frames=40, steps_per_epoch=2, batch_size=5, seed=0)
+    dm.setup("fit")
+    assert dm.u_train.shape == (6, 40, 64) and dm.u_test.shape == (3, 40, 64)
+    assert int(dm.mask.sum()) == 16  # 25 % of 64 grid points
+    assert dm.sigma == pytest.approx(0.1 * float(dm.u_train.double().std()), rel=1e-3)
+    batches = list(dm.train_dataloader())
+    again = list(dm.train_dataloader())
+    assert len(batches) == 2 and torch.equal(batches[0]["y"], again[0]["y"])  # same epoch -> same batches
+    b = batches[0]
+    assert b["u"].shape == (5, 10, 64) and b["y"].shape == (5, 10, 64)
+    off = dm.mask == 0
+    assert torch.all(b["y"][..., off] == 0)
+    noise = (b["y"] - b["u"])[..., ~off]
+    assert 0.5 * dm.sigma < float(noise.std()) < 1.5 * dm.sigma
+    item = next(iter(dm.test_dataloader()))
+    assert item["u"].shape == (3, 40, 64) and torch.all(item["y"][..., off] == 0)
+
+
+def test_alpha_frame_masks():
+    m1, m0, mh = alpha_frame_mask(1.0, 5, 100), alpha_frame_mask(0.0, 5, 100), alpha_frame_mask(0.5, 5, 100)
+    assert m1.all() and m0[:5].all() and not m0[5:].any()
+    assert mh[:5].all() and int(mh[5:].sum()) == 50 and torch.equal(mh, alpha_frame_mask(0.5, 5, 100))
+
+
+def test_correction_pulls_toward_measurements_only_through_the_masked_innovation():
+    torch.manual_seed(0)
+    noda = NODA(modes=8, width=8)
+    mask = torch.zeros(32)
+    mask[::4] = 1.0
+    u_f = torch.randn(3, 32)
+    y = noda.observation(u_f, mask)  # measurements that agree with the forecast: zero innovation
+    u_a, _ = noda.correct(u_f, y, mask)
+    torch.testing.assert_close(u_a, u_f)
+    # values of y off the sensors are ignored (masked innovation)
+    u_a2, _ = noda.correct(u_f, y + 5.0 * (1 - mask), mask)
+    torch.testing.assert_close(u_a2, u_f)
+    # the correction is linear in the innovation y - E(u^f) (sign and scale follow the innovation)
+    d = torch.randn(3, 32) * mask
+    plus, _ = noda.correct(u_f, y + d, mask)
+    assert float((plus - u_f).abs().max()) > 0
+    # bounded gain: |K d| <= sum_c |mix_c| * |gain_c * d| pointwise, whatever u^f
+    big, _ = noda.correct(1e3 * u_f, noda.observation(1e3 * u_f, mask) + d, mask)
+    bound = (noda.gain.mix.weight.abs().squeeze()[None, :, None]
+             * torch.nn.functional.conv1d(torch.nn.functional.pad(d[:, None], (4, 4), mode="circular"),
+                                          noda.gain.gain.weight).abs()).sum(1)
+    assert torch.all((big - 1e3 * u_f).abs() <= bound + 1e-3)
+
+
+def test_spectral_conv_is_translation_equivariant_and_float32_under_autocast():
+    torch.manual_seed(0)
+    conv = SpectralConv1d(3, 4, modes=6)
+    x = torch.randn(2, 3, 32)
+    shifted = conv(torch.roll(x, 5, dims=-1))
+    torch.testing.assert_close(shifted, torch.roll(conv(x), 5, dims=-1), atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x.bfloat16()).dtype == torch.float32
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("semilinear_claims")  # one worker: the three claims share one trained model
+def test_claim_assimilation_bounds_error_and_fails_with_baseline():
+    """Card check 1 (KS L=22, 1,500 steps, 1 thread): rel. L2 over rollout frames 50-100 with measurements at every
+    frame (alpha=1) <= 0.3, the same trained model with the correction disabled (alpha=0, `zoo check`'s
+    {train: [], eval: [model.alpha=0.0]}) >= 0.8.
+    Measured (seed 0): alpha=1 0.130, alpha=0 1.302 (alpha=0 error per rollout frame: 0.16 at frame 1, 0.73 at 10,
+    1.33 at 50, 1.37 at 100; the card expects saturation near sqrt(2)); the card's thresholds separate them with a
+    wide margin and are kept. The swap (alpha=0 in place of alpha=1) must fail: measured 1.302 > 0.3."""
+    torch.set_num_threads(1)
+    result = run_claim("semilinear_operator", "assimilation_bounds_error")
+    assert result.passed, result.report()
+    swapped = run_claim("semilinear_operator", "assimilation_bounds_error", swap_baseline=True)
+    assert not swapped.passed, swapped.report()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("semilinear_claims")  # one worker: the three claims share one trained model
+def test_claim_monotone_in_alpha_and_fails_with_baseline():
+    """Card check 2: error(alpha=1) < error(alpha=0.5) < error(alpha=0), one trained model evaluated three ways.
+    Measured: alpha=1 0.130 < alpha=0.5 0.226 < alpha=0 1.302 (alpha=0.25: 0.377). The swap (alpha=0 for
+    alpha=1) must fail."""
+    torch.set_num_threads(1)
+    result = run_claim("semilinear_operator", "monotone_in_alpha")
+    assert result.passed, result.report()
+    swapped = run_claim("semilinear_operator", "monotone_in_alpha", swap_baseline=True)
+    assert not swapped.passed, swapped.report()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("semilinear_claims")  # one worker: the three claims share one trained model
+def test_claim_predictor_sanity_and_fails_with_persistence():
+    """Card check 3: one-frame relative error of the trained predictor alone <= 0.05; persistence (u^f = u^a, no
+    trainable predictor, so its one-frame error does not depend on training: run for one step) must fail.
+    Measured: 0.130 after 1,500 steps, persistence 0.344 on the same test frames: the card's 0.05 is NOT reached at
+    CPU scale (the predictor learns only through the unrolled filter loss). The threshold is kept and the claim
+    carries a `known_gap`; this test xfails while the gap stands and still requires the baseline to fail."""
+    torch.set_num_threads(1)
+    swapped = run_claim("semilinear_operator", "predictor_sanity", swap_baseline=True)
+    assert not swapped.passed, swapped.report()
+    result = run_claim("semilinear_operator", "predictor_sanity")
+    if not result.passed:
+        assert result.known_gap, result.report()
+        pytest.xfail(result.report())
+
+
+def test_fast_contract_two_dimensional_navier_stokes():
+    """NODA in 2D (paper Sec. 4, Navier-Stokes vorticity): the offline generated data at a tiny size."""
+    run = fast_run("semilinear_operator", "data.name=ns", "data.grid=16", "data.solver_dt=0.01", "data.save_every=50",
+                   "data.burn_in_time=0.0", "data.n_frames=12", "data.n_train=4", "data.n_test=2",
+                   "data.steps_per_epoch=3", "data.batch_size=2", "data.unroll=4", "model.dim=2", "model.modes=4",
+                   "model.width=8", "model.warmup=2", "model.rollout=8", "model.error_start=4", "model.error_end=8")
+    run.assert_contract()
+    assert run.model(torch.zeros(2, 5, 16, 16), torch.ones(16, 16), torch.ones(5, dtype=torch.bool)).shape == \
+        (2, 5, 16, 16)
+    figs = run.model.figures()
+    assert set(figs) == {"snapshots"}
+    import matplotlib.pyplot as plt
+
+    plt.close(figs["snapshots"])
+
+
+def test_spectral_conv_2d_is_translation_equivariant():
+    torch.manual_seed(0)
+    conv = SpectralConv(2, 3, modes=4, dim=2)
+    x = torch.randn(2, 2, 16, 16)
+    torch.testing.assert_close(conv(torch.roll(x, (3, 5), dims=(-2, -1))), torch.roll(conv(x), (3, 5), dims=(-2, -1)),
+                               atol=1e-5, rtol=1e-5)

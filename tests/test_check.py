@@ -1,0 +1,34 @@
+"""`zoo check` runs of the form {train: [...], eval: [...]}: one trained model, tested again under other test-time
+hyperparameters, trained once and restored afterwards."""
+from __future__ import annotations
+
+import pytest
+
+from launch import check
+from launch.errors import UserError
+
+TINY = ["data.n_train=4", "data.n_test=2", "data.steps_per_epoch=2", "data.batch_size=2", "trainer.max_steps=2",
+        "model.rollout=12", "model.error_start=6", "model.error_end=12", "model.width=8", "model.modes=4"]
+
+
+def test_eval_variant_reuses_the_trained_model_and_restores_hparams():
+    trained = check.measure("semilinear_operator", [], TINY)
+    n_runs = len(check._RUN_CACHE)
+    variant = check.measure("semilinear_operator", {"train": [], "eval": ["model.alpha=0.0"]}, TINY)
+    assert len(check._RUN_CACHE) == n_runs  # no second training
+    model = check._TRAINED[check._run_key("semilinear_operator", [], TINY)]["model"]
+    assert model.hparams.alpha == 1.0  # restored
+    # one-step error of the predictor does not depend on alpha; the assimilated rollout does
+    assert variant["test/one_step_rel_l2"] == pytest.approx(trained["test/one_step_rel_l2"])
+    assert variant["test/rel_l2"] != pytest.approx(trained["test/rel_l2"])
+
+
+@pytest.mark.parametrize("bad", [["alpha=0"], ["model.no_such_hparam=1"]])
+def test_eval_override_errors_are_one_line(bad):
+    with pytest.raises(UserError):
+        check.measure("semilinear_operator", {"train": [], "eval": bad}, TINY)
+
+
+def test_unknown_run_keys_are_rejected():
+    with pytest.raises(UserError, match="unknown keys"):
+        check.measure("semilinear_operator", {"train": [], "evaluate": []}, TINY)
