@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "lightgcn": "benchmarks.recsys_speed",
     "ultragcn": "benchmarks.recsys_speed",
     "dysts_benchmark": "benchmarks.dysts_runner",
+    "causal_pinn": "benchmarks.pinn_residuals",
 }
 
 

@@ -1,0 +1,408 @@
+"""Collocation data and reference solutions for physics-informed networks (cards `causal_pinn`, `lagrangian_pinn`).
+
+Reference solvers (numpy, float64):
+- `etdrk4_semilinear(u0, lin, nonlinear, dt, n_steps, save_every)`: ETDRK4 (Cox & Matthews 2002) for
+  u_t = L u + N(u) on a periodic grid with any nonlinearity N (given in Fourier space); coefficients by the
+  Kassam-Trefethen contour average (`datamodules.pde_solvers.etdrk4_coefficients`).
+- `allen_cahn_reference`: u_t = 1e-4 u_xx + 5 u - 5 u^3 on [-1, 1) periodic, u0 = x^2 cos(pi x)
+  (the causal-PINN / original-PINN Allen-Cahn problem); linear part 1e-4 k^2 stiff diffusion + 5u, N = -5u^3.
+- `ks_causal_reference`: u_t + 5 u u_x + 0.5 u_xx + 0.005 u_xxxx = 0 on [-1, 1) periodic (the causal-PINN KS form).
+- `burgers_reference`: viscous Burgers v_t + v v_x = nu v_xx on [0, 2 pi) periodic, pseudo-spectral with the 2/3
+  rule and ETDRK4; `galilean_shift` gives the solution for u0 = v0 + C as u(x, t) = C + v(x - C t, t) (exact
+  Fourier phase shift, no interpolation error).
+- `burgers_cole_hopf`: the exact Cole-Hopf solution for v0 = sin x (heat-kernel integral), used to test the solver.
+- `oscillator_exact`, `convection_exact`: closed forms.
+
+Datamodules (batches are dicts, DataLoader(batch_size=None); each epoch has `steps_per_epoch` training batches):
+- `CausalPINNDataModule(name=oscillator | allen_cahn | ks | allen_cahn_mat | ks_mat)`: training batches
+  {"t": (n_t,) sorted slice times, "x": (n_x,) spatial points, "x_ic", "u_ic": the initial condition} (the network
+  is evaluated on the n_t x n_x grid);
+  `sampling=grid` keeps the same linspace grid every step (AC notebook, card oscillator check), `random` draws
+  sorted uniform t and uniform x per step (KS script).
+  val/test: {"t": (T,), "x": (X,), "u": (T, X) or (T, 1, 2) reference,
+  "t_col", "x_col": the collocation grid}.
+  The `*_mat` names read the paper's files (AC.mat from maziarraissi/PINNs, ks_simple.mat from CausalPINNs)
+  through `datamodules.download.fetch` (checksums not verified: trust on first use).
+- `LagrangianPINNDataModule(name=convection | burgers)`: the full collocation grid (N x M, x in [0, 2 pi),
+  t in [0, 1]) as {"x": (N*M,), "t": (N*M,)} every step; val/test: evaluation grid {"x", "t", "u"} with the
+  reference (exact for convection(-diffusion), spectral + Galilean shift for Burgers with u0 = sin x + C).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.pde_solvers import etdrk4_coefficients
+
+# ------------------------------------------------------------------------------------------------ solvers
+
+
+def etdrk4_semilinear(u0: np.ndarray, lin: np.ndarray, nonlinear: Callable[[np.ndarray], np.ndarray], dt: float,
+                      n_steps: int, save_every: int = 1) -> np.ndarray:
+    """u_t = L u + N(u), periodic, rfft coefficients. `lin`: (N//2+1,) symbol; `nonlinear(v_hat) -> N_hat`.
+    Returns (n_steps // save_every + 1, N): the initial state followed by every `save_every`-th state."""
+    u0 = np.asarray(u0, dtype=np.float64)
+    n = u0.shape[-1]
+    if save_every < 1 or n_steps < save_every or n_steps % save_every:
+        raise ValueError(f"need n_steps a positive multiple of save_every, got {n_steps}, {save_every}")
+    e, e2, q, f1, f2, f3 = etdrk4_coefficients(lin, dt)
+    v = np.fft.rfft(u0)
+    out = [u0.copy()]
+    for step in range(1, n_steps + 1):
+        nv = nonlinear(v)
+        a = e2 * v + q * nv
+        na = nonlinear(a)
+        b = e2 * v + q * na
+        nb = nonlinear(b)
+        c = e2 * a + q * (2.0 * nb - nv)
+        nc = nonlinear(c)
+        v = e * v + nv * f1 + 2.0 * (na + nb) * f2 + nc * f3
+        if step % save_every == 0:
+            out.append(np.fft.irfft(v, n=n))
+    return np.stack(out)
+
+
+def _k(n: int, length: float) -> np.ndarray:
+    return 2.0 * np.pi / length * np.arange(n // 2 + 1)
+
+
+def allen_cahn_reference(n: int = 512, dt: float = 1e-4, t_end: float = 1.0, n_snapshots: int = 201,
+                         diffusion: float = 1e-4, reaction: float = 5.0,
+                         u0: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Allen-Cahn u_t = d u_xx + r (u - u^3) on [-1, 1) periodic (d = 1e-4, r = 5), ETDRK4 with `n` modes.
+    Returns {"x": (n,), "t": (n_snapshots,), "u": (n_snapshots, n)}."""
+    x = -1.0 + 2.0 * np.arange(n) / n
+    steps = int(round(t_end / dt))
+    every = steps // (n_snapshots - 1)
+    if every * (n_snapshots - 1) != steps:
+        raise ValueError(f"t_end/dt = {steps} steps is not divisible into {n_snapshots - 1} intervals")
+    k = _k(n, 2.0)
+    lin = (reaction - diffusion * k ** 2).astype(np.complex128)
+
+    def nonlinear(v: np.ndarray) -> np.ndarray:
+        u = np.fft.irfft(v, n=n)
+        return -reaction * np.fft.rfft(u ** 3)
+
+    init = x ** 2 * np.cos(np.pi * x) if u0 is None else u0(x)
+    u = etdrk4_semilinear(init, lin, nonlinear, dt, steps, every)
+    return {"x": x, "t": np.linspace(0.0, t_end, n_snapshots), "u": u}
+
+
+def allen_cahn_energy(u: np.ndarray, length: float = 2.0, diffusion: float = 1e-4, reaction: float = 5.0) -> np.ndarray:
+    """Lyapunov functional E[u] = ∫ d/2 u_x^2 + r/4 (u^2 - 1)^2 dx (non-increasing along Allen-Cahn solutions)."""
+    n = u.shape[-1]
+    ux = np.fft.irfft(1j * _k(n, length) * np.fft.rfft(u, axis=-1), n=n, axis=-1)
+    return (diffusion / 2 * ux ** 2 + reaction / 4 * (u ** 2 - 1) ** 2).mean(-1) * length
+
+
+def ks_causal_reference(n: int = 512, dt: float = 1e-4, t_end: float = 1.0, n_snapshots: int = 251,
+                        u0: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """u_t + 5 u u_x + 0.5 u_xx + 0.005 u_xxxx = 0 on [-1, 1) periodic, ETDRK4. Default IC: cos(pi x)(1 + sin(pi x))
+    (the card's fallback when the official ks_simple.mat is not used)."""
+    x = -1.0 + 2.0 * np.arange(n) / n
+    steps = int(round(t_end / dt))
+    every = steps // (n_snapshots - 1)
+    if every * (n_snapshots - 1) != steps:
+        raise ValueError(f"t_end/dt = {steps} steps is not divisible into {n_snapshots - 1} intervals")
+    k = _k(n, 2.0)
+    k_odd = k.copy()
+    k_odd[-1] = 0.0
+    lin = (0.5 * k ** 2 - 0.005 * k ** 4).astype(np.complex128)
+    dealias = np.arange(n // 2 + 1) < n / 3
+
+    def nonlinear(v: np.ndarray) -> np.ndarray:  # -5 u u_x = -5/2 (u^2)_x
+        u = np.fft.irfft(v * dealias, n=n)
+        return -2.5j * k_odd * np.fft.rfft(u * u)
+
+    init = np.cos(np.pi * x) * (1 + np.sin(np.pi * x)) if u0 is None else u0(x)
+    u = etdrk4_semilinear(init, lin, nonlinear, dt, steps, every)
+    return {"x": x, "t": np.linspace(0.0, t_end, n_snapshots), "u": u}
+
+
+def burgers_reference(nu: float = 0.01, n: int = 512, dt: float = 1e-3, t_end: float = 1.0, n_snapshots: int = 101,
+                      u0: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Viscous Burgers v_t + v v_x = nu v_xx on [0, 2 pi) periodic: pseudo-spectral, 2/3-rule dealiasing, ETDRK4.
+    Default v0 = sin x. Returns {"x": (n,), "t": (n_snapshots,), "u": (n_snapshots, n)}."""
+    x = 2.0 * np.pi * np.arange(n) / n
+    steps = int(round(t_end / dt))
+    every = steps // (n_snapshots - 1)
+    if every * (n_snapshots - 1) != steps:
+        raise ValueError(f"t_end/dt = {steps} steps is not divisible into {n_snapshots - 1} intervals")
+    k = _k(n, 2.0 * np.pi)
+    k_odd = k.copy()
+    k_odd[-1] = 0.0
+    dealias = np.arange(n // 2 + 1) < n / 3
+    lin = (-nu * k ** 2).astype(np.complex128)
+
+    def nonlinear(v: np.ndarray) -> np.ndarray:  # -v v_x = -1/2 (v^2)_x
+        u = np.fft.irfft(v * dealias, n=n)
+        return -0.5j * k_odd * np.fft.rfft(u * u) * dealias
+
+    init = np.sin(x) if u0 is None else u0(x)
+    u = etdrk4_semilinear(init, lin, nonlinear, dt, steps, every)
+    return {"x": x, "t": np.linspace(0.0, t_end, n_snapshots), "u": u}
+
+
+def galilean_shift(v: np.ndarray, t: np.ndarray, shift_speed: float, length: float = 2.0 * np.pi) -> np.ndarray:
+    """u(x, t) = C + v(x - C t, t) on a periodic grid (rows of v are times t), by an exact Fourier phase shift."""
+    n = v.shape[-1]
+    k = _k(n, length)
+    phase = np.exp(-1j * k[None, :] * shift_speed * np.asarray(t)[:, None])
+    vh = np.fft.rfft(v, axis=-1) * phase  # (the Nyquist mode keeps its real part: negligible after dealiasing)
+    return shift_speed + np.fft.irfft(vh, n=n, axis=-1)
+
+
+def burgers_cole_hopf(x: np.ndarray, t: float, nu: float, n_quad: int = 20001, chunk: int = 64) -> np.ndarray:
+    """Exact solution of v_t + v v_x = nu v_xx with v0 = sin x (Cole-Hopf): v = -2 nu phi_x / phi with
+    phi = heat kernel * exp(cos x / (2 nu)), i.e.
+        v(x, t) = int sin(x - s) w(s) ds / int w(s) ds,   log w(s) = cos(x - s) / (2 nu) - s^2 / (4 nu t),
+    evaluated by the trapezoid rule on |s| <= 12 sqrt(nu t) + 2 pi with the weights normalised by their maximum
+    (no overflow, no cancellation; the Bessel-series form loses all digits for small nu)."""
+    x = np.asarray(x, dtype=np.float64)
+    if t == 0:
+        return np.sin(x)
+    half = 12.0 * np.sqrt(nu * t) + 2.0 * np.pi
+    s = np.linspace(-half, half, n_quad)
+    out = np.empty_like(x)
+    for start in range(0, x.size, chunk):
+        xc = x.reshape(-1)[start:start + chunk, None]
+        logw = np.cos(xc - s[None]) / (2.0 * nu) - s[None] ** 2 / (4.0 * nu * t)
+        w = np.exp(logw - logw.max(axis=1, keepdims=True))
+        out.reshape(-1)[start:start + chunk] = np.trapezoid(np.sin(xc - s[None]) * w, s, axis=1) / \
+            np.trapezoid(w, s, axis=1)
+    return out
+
+
+def oscillator_exact(t: np.ndarray, omega: float = 2.0 * np.pi) -> np.ndarray:
+    """x' = omega y, y' = -omega x, x(0) = 1, y(0) = 0: (T, 2) = (cos(omega t), -sin(omega t))."""
+    return np.stack([np.cos(omega * t), -np.sin(omega * t)], -1)
+
+
+def convection_exact(x: np.ndarray, t: np.ndarray, c: float, nu: float = 0.0) -> np.ndarray:
+    """u_t + c u_x = nu u_xx, u0 = sin x: u = exp(-nu t) sin(x - c t) (broadcasting x and t)."""
+    return np.exp(-nu * t) * np.sin(x - c * t)
+
+
+# ------------------------------------------------------------------------------------------------ real files
+PAPER_FILES = {
+    # the original PINNs Allen-Cahn reference: keys tt (1, 201), x (512, 1), uu (512, 201); checksum not verified
+    "allen_cahn_mat": ("https://github.com/maziarraissi/PINNs/raw/master/main/Data/AC.mat", None, "AC.mat"),
+    # official CausalPINNs KS (regular): keys usol (nx, nt), t (1, nt), x (1, nx); checksum not verified
+    "ks_mat": ("https://github.com/PredictiveIntelligenceLab/CausalPINNs/raw/main/data/ks_simple.mat", None,
+               "ks_simple.mat"),
+}
+
+
+def load_mat_reference(path: str | Path, name: str) -> dict[str, np.ndarray]:
+    """{"x": (X,), "t": (T,), "u": (T, X)} from AC.mat (`tt`, `x`, `uu`) or ks_simple.mat (`t`, `x`, `usol`)."""
+    from scipy.io import loadmat
+
+    d = loadmat(str(path))
+    if name == "allen_cahn_mat":
+        keys = ("tt", "x", "uu")
+    elif name == "ks_mat":
+        keys = ("t", "x", "usol")
+    else:
+        raise ValueError(f"no .mat layout for {name!r}")
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing} for {name} (has {sorted(k for k in d if k[0] != '_')})")
+    t, x, u = (np.asarray(d[k], dtype=np.float64) for k in keys)
+    t, x = t.reshape(-1), x.reshape(-1)
+    if u.shape != (x.size, t.size):
+        raise ValueError(f"{path}: {keys[2]} has shape {u.shape}, expected ({x.size}, {t.size})")
+    return {"x": x, "t": t, "u": u.T}
+
+
+# ------------------------------------------------------------------------------------------------ datamodules
+class _Batches(Dataset):
+    """`length` items from `make(i)` (index-seeded, so an epoch is reproducible)."""
+
+    def __init__(self, make: Callable[[int], dict[str, torch.Tensor]], length: int) -> None:
+        self.make, self.length = make, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.make(i)
+
+
+CAUSAL_DOMAINS = {  # (t_end, x_low, x_high); x range None for ODEs
+    "oscillator": (2.0, None, None),
+    "allen_cahn": (1.0, -1.0, 1.0),
+    "allen_cahn_mat": (1.0, -1.0, 1.0),
+    "ks": (1.0, -1.0, 1.0),
+    "ks_mat": (1.0, -1.0, 1.0),
+}
+
+
+class CausalPINNDataModule(L.LightningDataModule):
+    """Collocation slices for causal training (card `causal_pinn`) and the reference solution for evaluation.
+
+    t_end: the training window [0, t_end] (KS time-marching trains on windows of 0.1; the reference is cut to it).
+    """
+
+    def __init__(self, name: str = "oscillator", n_t: int = 128, n_x: int = 1, sampling: str = "grid",
+                 t_end: float | None = None, steps_per_epoch: int = 100, n_modes: int = 512, dt: float = 1e-4,
+                 n_snapshots: int = 201, data_dir: str | None = None, seed: int = 0) -> None:
+        super().__init__()
+        if name not in CAUSAL_DOMAINS:
+            raise ValueError(f"unknown causal-PINN dataset {name!r}; available: {', '.join(CAUSAL_DOMAINS)}")
+        if sampling not in ("grid", "random"):
+            raise ValueError(f"sampling must be 'grid' or 'random', got {sampling!r}")
+        if n_t < 2 or n_x < 1:
+            raise ValueError(f"need n_t >= 2 and n_x >= 1, got n_t={n_t}, n_x={n_x}")
+        if name == "oscillator" and n_x != 1:
+            raise ValueError("the oscillator is an ODE: n_x must be 1")
+        self.save_hyperparameters()
+        self.name, self.n_t, self.n_x, self.sampling, self.seed = name, n_t, n_x, sampling, seed
+        default_end, self.x_low, self.x_high = CAUSAL_DOMAINS[name]
+        self.t_end = float(t_end if t_end is not None else default_end)
+        self.steps_per_epoch = steps_per_epoch
+        self.reference: dict[str, np.ndarray] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.reference is not None:
+            return
+        hp = self.hparams
+        if self.name == "oscillator":
+            t = np.linspace(0.0, self.t_end, 201)
+            ref = {"t": t, "x": np.zeros(1), "u": oscillator_exact(t)[:, None, :]}  # (T, 1, 2)
+        elif self.name in PAPER_FILES:
+            from datamodules.download import fetch
+
+            url, sha, fname = PAPER_FILES[self.name]
+            path = Path(hp.data_dir) / fname if hp.data_dir and (Path(hp.data_dir) / fname).exists() else \
+                fetch(url, sha256=sha)
+            ref = load_mat_reference(path, self.name)
+        elif self.name == "allen_cahn":
+            ref = allen_cahn_reference(hp.n_modes, hp.dt, 1.0, hp.n_snapshots)
+        else:
+            ref = ks_causal_reference(hp.n_modes, hp.dt, 1.0, hp.n_snapshots)
+        keep = ref["t"] <= self.t_end + 1e-9
+        self.reference = {"t": ref["t"][keep], "x": ref["x"], "u": ref["u"][keep]}
+
+    @property
+    def initial_condition(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x, u0) of the reference (the IC loss points)."""
+        self.setup()
+        return self.reference["x"], self.reference["u"][0]
+
+    def _train_batch(self, i: int) -> dict[str, torch.Tensor]:
+        if self.sampling == "grid":
+            t = torch.linspace(0.0, self.t_end, self.n_t)
+            x = torch.zeros(1) if self.x_low is None else torch.linspace(self.x_low, self.x_high, self.n_x)
+        else:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + i + 1)
+            t = torch.sort(torch.rand(self.n_t, generator=g) * self.t_end).values  # sorted before weighting
+            x = torch.zeros(1) if self.x_low is None else \
+                self.x_low + (self.x_high - self.x_low) * torch.rand(self.n_x, generator=g)
+        return {"t": t, "x": x, **self._ic}
+
+    @property
+    def _ic(self) -> dict[str, torch.Tensor]:
+        x0, u0 = self.initial_condition
+        return {"x_ic": torch.tensor(x0, dtype=torch.float32), "u_ic": torch.tensor(u0, dtype=torch.float32)}
+
+    def _eval_item(self) -> dict[str, torch.Tensor]:
+        r = self.reference
+        t_col = torch.linspace(0.0, self.t_end, self.n_t, dtype=torch.float64)
+        x_col = torch.zeros(1, dtype=torch.float64) if self.x_low is None else \
+            torch.linspace(self.x_low, self.x_high, self.n_x, dtype=torch.float64)
+        return {"t": torch.tensor(r["t"]), "x": torch.tensor(r["x"]), "u": torch.tensor(r["u"]),
+                "t_col": t_col, "x_col": x_col}
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(_Batches(self._train_batch, self.steps_per_epoch), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(_Batches(lambda i: self._eval_item(), 1), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+class LagrangianPINNDataModule(L.LightningDataModule):
+    """Full-grid collocation on [0, 2 pi) x [0, t_end] (card `lagrangian_pinn`) and the Eulerian reference.
+
+    name=convection: u_t + c u_x = nu u_xx, u0 = sin x, exact reference exp(-nu t) sin(x - c t).
+    name=burgers: u_t + u u_x = nu u_xx, u0 = sin x + shift (moving shock), reference C + v(x - C t, t) with v the
+    512-mode spectral solution for v0 = sin x.
+    """
+
+    def __init__(self, name: str = "convection", c: float = 30.0, nu: float = 0.0, shift: float = 0.0,
+                 n_x: int = 256, n_t: int = 100, t_end: float = 1.0, eval_n_x: int = 256, eval_n_t: int = 100,
+                 steps_per_epoch: int = 100, solver_modes: int = 512, solver_dt: float = 1e-3) -> None:
+        super().__init__()
+        if name not in ("convection", "burgers"):
+            raise ValueError(f"unknown Lagrangian-PINN dataset {name!r}; available: convection, burgers")
+        if nu < 0:
+            raise ValueError(f"viscosity nu must be >= 0, got {nu}")
+        if name == "burgers" and nu <= 0:
+            raise ValueError("the Burgers reference solver needs nu > 0")
+        if min(n_x, n_t, eval_n_x, eval_n_t) < 2:
+            raise ValueError("grid sizes must be >= 2")
+        self.save_hyperparameters()
+        self.name, self.c, self.nu, self.shift, self.t_end = name, c, nu, shift, t_end
+        self.steps_per_epoch = steps_per_epoch
+        self.length = 2.0 * math.pi
+        self.reference: dict[str, np.ndarray] | None = None
+
+    def _grid(self, n_x: int, n_t: int) -> tuple[np.ndarray, np.ndarray]:
+        x = self.length * np.arange(n_x) / n_x
+        t = np.linspace(0.0, self.t_end, n_t)
+        return x, t
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.reference is not None:
+            return
+        hp = self.hparams
+        x, t = self._grid(hp.eval_n_x, hp.eval_n_t)
+        if self.name == "convection":
+            u = convection_exact(x[None, :], t[:, None], self.c, self.nu)
+        else:
+            n_snap = 101
+            ref = burgers_reference(self.nu, hp.solver_modes, hp.solver_dt, self.t_end, n_snap)
+            v = galilean_shift(ref["u"], ref["t"], self.shift)
+            # spectral interpolation onto the evaluation grid (x) and linear in time (t)
+            vh = np.fft.rfft(v - self.shift, axis=-1) / v.shape[-1]
+            m = np.arange(vh.shape[-1])
+            w = np.where((m == 0) | ((v.shape[-1] % 2 == 0) & (m == vh.shape[-1] - 1)), 1.0, 2.0)
+            basis = np.exp(1j * np.outer(m, x))  # (modes, X)
+            on_x = self.shift + np.real((vh * w) @ basis)  # (n_snap, X)
+            u = np.stack([np.interp(t, ref["t"], on_x[:, j]) for j in range(x.size)], -1)
+        self.reference = {"x": x, "t": t, "u": u}
+
+    def u0(self, x: np.ndarray) -> np.ndarray:
+        return np.sin(x) + (self.shift if self.name == "burgers" else 0.0)
+
+    def _train_item(self) -> dict[str, torch.Tensor]:
+        x, t = self._grid(self.hparams.n_x, self.hparams.n_t)
+        X, T = np.meshgrid(x, t, indexing="ij")
+        return {"x": torch.tensor(X.reshape(-1), dtype=torch.float32),
+                "t": torch.tensor(T.reshape(-1), dtype=torch.float32)}
+
+    def _eval_item(self) -> dict[str, torch.Tensor]:
+        r = self.reference
+        return {"x": torch.tensor(r["x"]), "t": torch.tensor(r["t"]), "u": torch.tensor(r["u"])}
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        item = self._train_item()
+        return DataLoader(_Batches(lambda i: item, self.steps_per_epoch), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(_Batches(lambda i: self._eval_item(), 1), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

@@ -1,0 +1,360 @@
+"""Respecting causality is all you need for training physics-informed neural networks
+(Wang, Sankaran, Perdikaris; arXiv 2203.07404). Official code: PredictiveIntelligenceLab/CausalPINNs (JAX).
+
+Causal training (paper Sec. 3, Eq. (3.3)-(3.5)): the temporal domain is split into N_t ordered slices
+t_1 < ... < t_Nt; L_i = mean over the spatial points of the squared residual at t_i, and
+
+    L_r = (1/N_t) sum_i w_i L_i,   w_i = exp(-eps sum_{k<i} L_k),  w_1 = 1   (w = exp(-eps M L), M strictly lower
+                                                                           triangular ones; w is stop-gradient)
+    loss = lambda_ic L_ic + L_r.
+
+eps is annealed over `epsilons` (paper [1e-2, 1e-1, 1, 10, 100]); the run moves to the next value once
+min_i w_i > `tol` (0.99) or after `max_steps_per_epsilon` steps at the current value (the cap the paper's
+scripts set with nIter). The IC loss stays outside the exponent (Allen-Cahn notebook); `ic_in_weights=True`
+uses the KS script's variant w = exp(-eps (M L + lambda_ic L_ic)). `causal=False` is the vanilla PINN (eps = 0).
+
+Networks (paper Sec. 4 / repo): inputs [t / t_scale, 1, cos(k w x), sin(k w x)], w = 2 pi / L, k = 1..M (exact
+periodicity, no BC loss), then a tanh MLP or the "modified MLP" (U = tanh(z W_u), V = tanh(z W_v),
+h <- s * U + (1 - s) * V with s = tanh(h W + b)); Xavier-normal weights, zero biases. ODE problems (the card's
+oscillator) take t / t_scale alone. Problems and residuals:
+- oscillator: x' = 2 pi y, y' = -2 pi x on [0, 2], x(0) = 1, y(0) = 0; residual divided by `residual_scale` (2 pi);
+- allen_cahn: u_t - 1e-4 u_xx + 5 u^3 - 5 u = 0 on [-1, 1] periodic, u0 = x^2 cos(pi x);
+- ks: u_t + 5 u u_x + 0.5 u_xx + 0.005 u_xxxx = 0 on [-1, 1] periodic (4th derivative by nested reverse-mode
+  autograd; the paper uses JAX's Taylor-mode `jet`, which gives the same numbers faster).
+Derivatives come from `lit_models.common.pde.partial` with autocast off (`no_autocast`), in the parameters' dtype
+(float32, or float64 with trainer.precision=64-true).
+Not implemented: the paper's time-marching over windows (KS, Lorenz, NS) - a run trains one window [0, t_end].
+"""
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lit_models.common.pde import RelativeL2, no_autocast, partial
+
+PROBLEMS = ("oscillator", "allen_cahn", "ks")
+
+
+def causal_weights(slice_losses: Tensor, epsilon: float) -> Tensor:
+    """w_i = exp(-eps * sum_{k<i} L_k) for the time-ordered per-slice losses L (shape (N_t,)), detached:
+    w_1 = 1 exactly and w is non-increasing (equal to exp(-eps * M @ L), M strictly lower-triangular ones)."""
+    losses = slice_losses.detach()
+    previous = torch.cumsum(losses, 0) - losses  # exclusive cumulative sum
+    previous[0] = 0.0
+    return torch.exp(-epsilon * previous)
+
+
+def causal_residual_loss(slice_losses: Tensor, epsilon: float, causal: bool = True) -> tuple[Tensor, Tensor]:
+    """(1/N_t) sum_i w_i L_i and the weights w (all ones when causal=False: the vanilla PINN loss)."""
+    w = causal_weights(slice_losses, epsilon) if causal else torch.ones_like(slice_losses)
+    return torch.mean(w * slice_losses), w
+
+
+class FourierEncoding(nn.Module):
+    """z = [t / t_scale, 1, cos(k 2 pi x / L), sin(k 2 pi x / L)], k = 1..M (exactly L-periodic in x);
+    with M = 0 (an ODE) z = [t / t_scale]."""
+
+    def __init__(self, modes: int = 1, length: float = 2.0, t_scale: float = 1.0) -> None:
+        super().__init__()
+        self.modes, self.length, self.t_scale = modes, length, t_scale
+        self.register_buffer("k", torch.arange(1, modes + 1, dtype=torch.float32), persistent=False)
+
+    @property
+    def out_dim(self) -> int:
+        return 1 if self.modes == 0 else 2 * self.modes + 2
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        tt = t[..., None] / self.t_scale
+        if self.modes == 0:
+            return tt
+        arg = 2 * math.pi / self.length * x[..., None] * self.k.to(x.dtype)
+        return torch.cat([tt, torch.ones_like(tt), torch.cos(arg), torch.sin(arg)], -1)
+
+
+def _xavier(layer: nn.Linear) -> nn.Linear:
+    nn.init.xavier_normal_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class MLP(nn.Module):
+    """tanh MLP: `depth` hidden layers of `width`, linear output."""
+
+    def __init__(self, in_dim: int, width: int, depth: int, out_dim: int) -> None:
+        super().__init__()
+        dims = [in_dim] + [width] * depth
+        self.hidden = nn.ModuleList(_xavier(nn.Linear(a, b)) for a, b in zip(dims[:-1], dims[1:]))
+        self.out = _xavier(nn.Linear(dims[-1], out_dim))
+
+    def forward(self, z: Tensor) -> Tensor:
+        for layer in self.hidden:
+            z = torch.tanh(layer(z))
+        return self.out(z)
+
+
+class ModifiedMLP(nn.Module):
+    """Modified MLP (Wang, Teng, Perdikaris 2021; used throughout the causal-PINN paper): two encoders
+    U = tanh(z W_u + b_u), V = tanh(z W_v + b_v); each hidden layer s = tanh(h W + b), h <- s * U + (1 - s) * V."""
+
+    def __init__(self, in_dim: int, width: int, depth: int, out_dim: int) -> None:
+        super().__init__()
+        self.enc_u, self.enc_v = _xavier(nn.Linear(in_dim, width)), _xavier(nn.Linear(in_dim, width))
+        dims = [in_dim] + [width] * depth
+        self.hidden = nn.ModuleList(_xavier(nn.Linear(a, b)) for a, b in zip(dims[:-1], dims[1:]))
+        self.out = _xavier(nn.Linear(width, out_dim))
+
+    def forward(self, z: Tensor) -> Tensor:
+        u, v = torch.tanh(self.enc_u(z)), torch.tanh(self.enc_v(z))
+        h = z
+        for layer in self.hidden:
+            s = torch.tanh(layer(h))
+            h = s * u + (1 - s) * v
+        return self.out(h)
+
+
+class CausalPINN(nn.Module):
+    """u(t, x) = net(encoding(t, x)); outputs `out_dim` fields (2 for the oscillator's (x, y))."""
+
+    def __init__(self, arch: str = "modified_mlp", width: int = 128, depth: int = 4, fourier_modes: int = 1,
+                 length: float = 2.0, t_scale: float = 1.0, out_dim: int = 1) -> None:
+        super().__init__()
+        self.encoding = FourierEncoding(fourier_modes, length, t_scale)
+        net = {"mlp": MLP, "modified_mlp": ModifiedMLP}[arch]
+        self.net = net(self.encoding.out_dim, width, depth, out_dim)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.net(self.encoding(t, x))
+
+
+def slice_residuals(model: CausalPINN, problem: str, t: Tensor, x: Tensor, residual_scale: float = 1.0) -> Tensor:
+    """Squared residuals on the n_t x n_x grid of sorted slice times t (n_t,) and points x (n_x,): (n_t, n_x)
+    (the oscillator sums the squares of its two components)."""
+    dtype = next(model.parameters()).dtype
+    tg, xg = torch.meshgrid(t.to(dtype), x.to(dtype), indexing="ij")
+    tx = torch.stack([tg.reshape(-1), xg.reshape(-1)], -1).requires_grad_(True)
+    with no_autocast(tx.device.type):
+        out = model(tx[:, 0], tx[:, 1])
+        if problem == "oscillator":
+            omega = 2 * math.pi
+            px, py = out[:, 0], out[:, 1]
+            rx = partial(px, tx, 0) - omega * py
+            ry = partial(py, tx, 0) + omega * px
+            r2 = (rx / residual_scale) ** 2 + (ry / residual_scale) ** 2
+        else:
+            u = out[:, 0]
+            u_t = partial(u, tx, 0)
+            u_x = partial(u, tx, 1)
+            u_xx = partial(u_x, tx, 1)
+            if problem == "allen_cahn":
+                r = u_t - 1e-4 * u_xx + 5 * u ** 3 - 5 * u
+            elif problem == "ks":
+                u_xxxx = partial(u_xx, tx, 1, 1)
+                r = u_t + 5 * u * u_x + 0.5 * u_xx + 0.005 * u_xxxx
+            else:
+                raise ValueError(f"unknown problem {problem!r}")
+            r2 = (r / residual_scale) ** 2
+    return r2.reshape(tg.shape)
+
+
+DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-3)
+DEFAULT_SCHEDULER = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=5000, gamma=0.9)
+
+
+class CausalPINNModule(L.LightningModule):
+    """Causal training of a PINN (Sec. 3): loss = ic_weight * L_ic + (1/N_t) sum_i w_i L_i with annealed eps.
+
+    Batches (datamodules.pinn_data.CausalPINNDataModule): train {"t": (n_t,) sorted, "x": (n_x,), "x_ic", "u_ic"};
+    val/test {"t", "x", "u": reference (T, X[, 2]), "t_col", "x_col": the collocation grid}.
+    Metrics: `rel_l2` (prediction vs reference), `causality_ratio` (mean L_i over the first quarter of the slices /
+    mean over the last quarter, on the collocation grid: > 1 means early times are fitted worse than late ones),
+    `min_weight` (min_i w_i at the current eps), `epsilon`.
+    """
+
+    def __init__(self, problem: str = "allen_cahn", arch: str = "modified_mlp", width: int = 128, depth: int = 4,
+                 fourier_modes: int = 1, length: float = 2.0, t_scale: float = 1.0, causal: bool = True,
+                 epsilons: list[float] | tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0), tol: float = 0.99,
+                 max_steps_per_epsilon: int = 200_000, ic_weight: float = 100.0, ic_in_weights: bool = False,
+                 residual_scale: float = 1.0, ratio_fraction: float = 0.25, weight_snapshot_every: int = 10000,
+                 optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
+                 scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER) -> None:
+        super().__init__()
+        if problem not in PROBLEMS:
+            raise ValueError(f"unknown problem {problem!r}; available: {', '.join(PROBLEMS)}")
+        if arch not in ("mlp", "modified_mlp"):
+            raise ValueError(f"arch must be 'mlp' or 'modified_mlp', got {arch!r}")
+        epsilons = [float(e) for e in epsilons]
+        if not epsilons or any(e <= 0 for e in epsilons):
+            raise ValueError(f"epsilons must be a non-empty list of positive values, got {epsilons}")
+        if not 0 < tol < 1:
+            raise ValueError(f"tol must lie in (0, 1), got {tol}")
+        if not 0 < ratio_fraction <= 0.5:
+            raise ValueError(f"ratio_fraction must lie in (0, 0.5], got {ratio_fraction}")
+        if problem == "oscillator" and fourier_modes != 0:
+            raise ValueError("the oscillator is an ODE in t: set fourier_modes=0")
+        if problem != "oscillator" and fourier_modes < 1:
+            raise ValueError("PDE problems need fourier_modes >= 1 (exact periodicity in x)")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.problem, self.causal, self.epsilons = problem, causal, epsilons
+        out_dim = 2 if problem == "oscillator" else 1
+        self.model = CausalPINN(arch, width, depth, fourier_modes, length, t_scale, out_dim)
+        self.register_buffer("eps_index", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps_at_eps", torch.zeros((), dtype=torch.long))
+        self.rel_l2 = RelativeL2()
+        self.weight_history: list[tuple[float, np.ndarray, np.ndarray]] = []  # (eps, t, w) when eps advances
+        self.weight_snapshots: list[tuple[int, np.ndarray, np.ndarray]] = []  # (step, t, w) during training
+        self._last: dict[str, Any] | None = None
+
+    @property
+    def epsilon(self) -> float:
+        return self.epsilons[int(self.eps_index)]
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.model(t, x)
+
+    def slice_losses(self, t: Tensor, x: Tensor) -> Tensor:
+        """L_i = mean over x of the squared residual at slice t_i: (n_t,)."""
+        return slice_residuals(self.model, self.problem, t, x, self.hparams.residual_scale).mean(1)
+
+    def ic_loss(self, x_ic: Tensor, u_ic: Tensor) -> Tensor:
+        dtype = next(self.model.parameters()).dtype
+        with no_autocast(x_ic.device.type):
+            pred = self.model(torch.zeros_like(x_ic, dtype=dtype), x_ic.to(dtype))
+        return torch.mean((pred.reshape(u_ic.shape) - u_ic.to(dtype)) ** 2)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
+        t, x = batch["t"], batch["x"]
+        if not bool(torch.all(t[1:] >= t[:-1])):
+            raise ValueError("causal training needs the slice times sorted")
+        losses = self.slice_losses(t, x)
+        l_ic = self.ic_loss(batch["x_ic"], batch["u_ic"])
+        eps = self.epsilon
+        if self.causal and self.hparams.ic_in_weights:
+            previous = torch.cumsum(losses.detach(), 0) - losses.detach()
+            w = torch.exp(-eps * (previous + self.hparams.ic_weight * l_ic.detach()))
+            l_r = torch.mean(w * losses)
+        else:
+            l_r, w = causal_residual_loss(losses, eps, self.causal)
+        loss = self.hparams.ic_weight * l_ic + l_r
+        min_w = float(causal_weights(losses, eps).min())
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=1, sync_dist=True)
+        self.log("train/ic_loss", l_ic, on_step=True, on_epoch=False, batch_size=1, sync_dist=True)
+        self.log("train/residual_loss", losses.mean(), on_step=True, on_epoch=False, batch_size=1, sync_dist=True)
+        self.log("train/min_weight", min_w, on_step=True, on_epoch=False, prog_bar=self.causal, batch_size=1,
+                 sync_dist=True)
+        self.log("train/epsilon", eps, on_step=True, on_epoch=False, batch_size=1, sync_dist=True)
+        every = self.hparams.weight_snapshot_every
+        if every and self.global_step % every == 0:
+            self.weight_snapshots.append((int(self.global_step), t.detach().cpu().numpy(),
+                                          causal_weights(losses, eps).cpu().numpy()))
+        if self.causal:
+            self._anneal(min_w, t, w)
+        return loss
+
+    def _anneal(self, min_w: float, t: Tensor, w: Tensor) -> None:
+        """Move to the next eps once min w > tol or after max_steps_per_epsilon steps (stays at the last value)."""
+        self.steps_at_eps += 1
+        done = min_w > self.hparams.tol or int(self.steps_at_eps) >= self.hparams.max_steps_per_epsilon
+        if done and int(self.eps_index) < len(self.epsilons) - 1:
+            self.weight_history.append((self.epsilon, t.detach().cpu().numpy(), w.detach().cpu().numpy()))
+            self.eps_index += 1
+            self.steps_at_eps.zero_()
+
+    @torch.no_grad()
+    def predict_grid(self, t: Tensor, x: Tensor) -> Tensor:
+        """Prediction on the (T, X) reference grid: (T, X) for PDEs, (T, 1, 2) for the oscillator."""
+        dtype = next(self.model.parameters()).dtype
+        tg, xg = torch.meshgrid(t.to(dtype), x.to(dtype), indexing="ij")
+        with no_autocast(t.device.type):
+            out = self.model(tg.reshape(-1), xg.reshape(-1))
+        if self.problem == "oscillator":
+            return out.reshape(*tg.shape, 2)
+        return out[:, 0].reshape(tg.shape)
+
+    def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
+        pred = self.predict_grid(batch["t"], batch["x"])
+        ref = batch["u"].to(pred)
+        self.rel_l2.reset()
+        self.rel_l2.update(pred.reshape(1, -1), ref.reshape(1, -1))
+        with torch.enable_grad(), torch.inference_mode(False):
+            t_col, x_col = batch["t_col"].clone(), batch["x_col"].clone()
+            losses = self.slice_losses(t_col, x_col).detach()
+        q = max(1, int(round(self.hparams.ratio_fraction * losses.numel())))
+        ratio = losses[:q].mean() / losses[-q:].mean().clamp_min(1e-30)
+        w = causal_weights(losses, self.epsilon)
+        metrics = {"rel_l2": self.rel_l2.compute(), "causality_ratio": float(ratio), "min_weight": float(w.min()),
+                   "epsilon": self.epsilon, "residual_loss": float(losses.mean())}
+        for k, v in metrics.items():
+            self.log(f"{split}/{k}", v, on_step=False, on_epoch=True, batch_size=1, sync_dist=True,
+                     prog_bar=k == "rel_l2")
+        self._last = {"t": batch["t"].cpu().numpy(), "x": batch["x"].cpu().numpy(), "pred": pred.cpu().numpy(),
+                      "ref": ref.cpu().numpy(), "t_col": t_col.cpu().numpy(), "losses": losses.cpu().numpy(),
+                      "weights": w.cpu().numpy(), "epsilon": self.epsilon}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+    def figures(self) -> dict[str, Any]:
+        """{"field": prediction vs reference vs error, "causal_weights": w_i over time (snapshots every
+        `weight_snapshot_every` steps, at each eps change, final) and the final slice losses L_i}."""
+        if self._last is None:
+            return {}
+        import matplotlib.pyplot as plt
+
+        d = self._last
+        t, x, pred, ref = d["t"], d["x"], d["pred"], d["ref"]
+        if self.problem == "oscillator":
+            fig, axes = plt.subplots(3, 1, figsize=(7, 6), sharex=True)
+            for c, name in enumerate(("x", "y")):
+                axes[c].plot(t, ref[:, 0, c], "k", lw=1.2, label="exact")
+                axes[c].plot(t, pred[:, 0, c], "C3--", lw=1.2, label="causal PINN" if self.causal else "PINN")
+                axes[c].set_ylabel(name)
+            axes[2].plot(t, np.abs(pred - ref)[:, 0].max(-1), "C0")
+            axes[2].set_ylabel("|error|")
+            axes[0].legend(fontsize=7)
+            axes[-1].set_xlabel("t")
+        else:
+            fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+            ext = (t[0], t[-1], x[0], x[-1])
+            for ax, field, title in zip(axes, (pred, ref, np.abs(pred - ref)), ("prediction", "reference", "|error|")):
+                im = ax.imshow(field.T, aspect="auto", origin="lower", extent=ext,
+                               cmap="viridis" if title == "|error|" else "RdBu_r")
+                fig.colorbar(im, ax=ax)
+                ax.set_title(title)
+                ax.set_xlabel("t")
+            axes[0].set_ylabel("x")
+        fig.tight_layout()
+        fig2, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+        cmap = plt.get_cmap("viridis")
+        n_snap = max(1, len(self.weight_snapshots) - 1)
+        for j, (step, tw, w) in enumerate(self.weight_snapshots):
+            ax1.plot(tw, w, color=cmap(j / n_snap), lw=0.9, label=f"step {step}" if j in (0, n_snap) else None)
+        for eps, tw, w in self.weight_history:
+            ax1.plot(tw, w, "--", lw=1, label=f"eps={eps:g} done")
+        ax1.plot(d["t_col"], d["weights"], "k", lw=1.5, label=f"final, eps={d['epsilon']:g}")
+        ax1.set_title("causal weights during training" + ("" if self.causal else " (vanilla: not used in the loss)"),
+                      fontsize=9)
+        ax1.set_ylabel("causal weight w_i")
+        ax1.set_ylim(-0.05, 1.05)
+        ax1.legend(fontsize=7)
+        ax2.semilogy(d["t_col"], d["losses"], "C3")
+        ax2.set_ylabel("slice residual L_i")
+        ax2.set_xlabel("t")
+        fig2.tight_layout()
+        return {"field": fig, "causal_weights": fig2}

@@ -1,0 +1,154 @@
+"""Reference solvers and collocation datamodules for the PINN papers (datamodules.pinn_data): Allen-Cahn ETDRK4 against
+the exact spatially uniform solution and its energy law, the KS form of the causal-PINN paper against the standard
+KS solver after rescaling, Burgers against the exact Cole-Hopf solution and Galilean invariance, the datamodules."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.pde_solvers import ks_etdrk4
+from datamodules.pinn_data import (
+    CausalPINNDataModule,
+    LagrangianPINNDataModule,
+    allen_cahn_energy,
+    allen_cahn_reference,
+    burgers_cole_hopf,
+    burgers_reference,
+    convection_exact,
+    galilean_shift,
+    ks_causal_reference,
+    load_mat_reference,
+    oscillator_exact,
+)
+
+
+def test_allen_cahn_uniform_state_follows_the_exact_logistic_solution():
+    """A spatially uniform u0 = a stays uniform and solves u' = 5u - 5u^3 exactly:
+    u(t) = a e^{5t} / sqrt(1 + a^2 (e^{10t} - 1))."""
+    for a in (0.3, -0.7):
+        ref = allen_cahn_reference(n=16, dt=1e-3, t_end=1.0, n_snapshots=11, u0=lambda x, a=a: a + 0 * x)
+        t = ref["t"][:, None]
+        exact = a * np.exp(5 * t) / np.sqrt(1 + a ** 2 * (np.exp(10 * t) - 1))
+        np.testing.assert_allclose(ref["u"], exact * np.ones((1, 16)), atol=1e-9)
+
+
+def test_allen_cahn_reference_energy_decreases_and_states_stay_bounded():
+    ref = allen_cahn_reference()  # the paper's problem: 512 modes, dt = 1e-4, 201 snapshots
+    assert ref["u"].shape == (201, 512) and ref["x"][0] == -1.0
+    np.testing.assert_allclose(ref["u"][0], ref["x"] ** 2 * np.cos(np.pi * ref["x"]))
+    energy = allen_cahn_energy(ref["u"])
+    assert np.all(np.diff(energy) <= 1e-10), np.diff(energy).max()
+    assert np.abs(ref["u"]).max() <= 1.0 + 1e-6
+    # metastable plateaus at +-1 by t = 1 (the known AC.mat picture): most of the domain sits near +-1
+    assert np.mean(np.abs(np.abs(ref["u"][-1]) - 1) < 0.05) > 0.6
+
+
+def test_allen_cahn_etdrk4_converges_in_the_time_step():
+    fine = allen_cahn_reference(n=128, dt=1e-4, t_end=0.5, n_snapshots=2)["u"][-1]
+    errors = [np.abs(allen_cahn_reference(n=128, dt=dt, t_end=0.5, n_snapshots=2)["u"][-1] - fine).max()
+              for dt in (2e-3, 1e-3)]
+    assert errors[1] < 1e-6 and errors[0] / errors[1] > 8  # fourth order: ratio ~16
+
+
+def test_causal_ks_form_matches_the_standard_ks_solver_after_rescaling():
+    """u_t + 5uu_x + 0.5u_xx + 0.005u_xxxx = 0 on [-1, 1) is v_tau + v v_xi + v_xixi + v_xixixixi = 0 with
+    x = 0.1 xi, t = 0.02 tau, u = v (period 20 in xi): compare with datamodules.pde_solvers.ks_etdrk4."""
+    n, dt, t_end = 128, 1e-4, 0.2
+    ours = ks_causal_reference(n=n, dt=dt, t_end=t_end, n_snapshots=3)
+    theirs = ks_etdrk4(ours["u"][0], L=20.0, dt=dt / 0.02, n_steps=int(round(t_end / dt)),
+                       save_every=int(round(t_end / dt)) // 2)
+    np.testing.assert_allclose(ours["u"][1:], theirs, atol=1e-7)
+    assert abs(ours["u"][-1].mean() - ours["u"][0].mean()) < 1e-12
+
+
+@pytest.mark.parametrize("nu,t,atol", [(0.1, 1.0, 1e-11), (0.01, 0.5, 1e-11), (0.01, 1.0, 1e-6)])
+def test_burgers_solver_matches_cole_hopf(nu, t, atol):
+    n_snap = 3
+    ref = burgers_reference(nu=nu, n=512, dt=1e-3, t_end=t, n_snapshots=n_snap)
+    for i, ti in enumerate(ref["t"]):
+        np.testing.assert_allclose(ref["u"][i], burgers_cole_hopf(ref["x"], ti, nu), atol=atol)
+
+
+def test_galilean_shift_is_exact_and_matches_solving_with_the_shifted_ic():
+    x = 2 * np.pi * np.arange(64) / 64
+    t = np.linspace(0, 1, 5)
+    v = np.sin(x)[None] * np.exp(-t)[:, None]
+    exact = 1.7 + np.exp(-t)[:, None] * np.sin(x[None] - 1.7 * t[:, None])
+    np.testing.assert_allclose(galilean_shift(v, t, 1.7), exact, atol=1e-12)
+    base = burgers_reference(nu=0.05, n=128, dt=1e-3, t_end=0.5, n_snapshots=6)
+    direct = burgers_reference(nu=0.05, n=128, dt=1e-3, t_end=0.5, n_snapshots=6, u0=lambda x: np.sin(x) + 2.0)
+    np.testing.assert_allclose(galilean_shift(base["u"], base["t"], 2.0), direct["u"], atol=1e-8)
+
+
+def test_closed_forms():
+    t = np.linspace(0, 2, 20001)
+    osc = oscillator_exact(t)
+    np.testing.assert_allclose(np.gradient(osc[:, 0], t, edge_order=2), 2 * np.pi * osc[:, 1], atol=1e-5)
+    np.testing.assert_allclose(np.gradient(osc[:, 1], t, edge_order=2), -2 * np.pi * osc[:, 0], atol=1e-5)
+    np.testing.assert_allclose(osc[:, 0] ** 2 + osc[:, 1] ** 2, 1.0)
+    np.testing.assert_allclose(convection_exact(np.array([0.5]), np.array([0.1]), 30.0), np.sin(0.5 - 3.0))
+
+
+def test_causal_datamodule_batches_and_reference():
+    dm = CausalPINNDataModule(name="oscillator", n_t=16, steps_per_epoch=3)
+    dm.setup()
+    b = next(iter(dm.train_dataloader()))
+    assert b["t"].shape == (16,) and b["x"].shape == (1,) and torch.all(b["t"][1:] > b["t"][:-1])
+    assert b["u_ic"].tolist() == [[1.0, 0.0]]
+    e = next(iter(dm.test_dataloader()))
+    assert e["u"].shape == (201, 1, 2) and e["t_col"].shape == (16,)
+    rnd = CausalPINNDataModule(name="ks", n_t=8, n_x=5, sampling="random", t_end=0.1, n_modes=64, dt=1e-3,
+                               n_snapshots=101, steps_per_epoch=2)
+    rnd.setup()
+    batches = list(rnd.train_dataloader())
+    again = list(rnd.train_dataloader())
+    assert torch.equal(batches[0]["t"], again[0]["t"]) and not torch.equal(batches[0]["t"], batches[1]["t"])
+    for b in batches:
+        assert torch.all(b["t"][1:] >= b["t"][:-1]) and float(b["t"].max()) <= 0.1
+        assert float(b["x"].min()) >= -1 and float(b["x"].max()) <= 1
+    assert rnd.reference["t"][-1] == pytest.approx(0.1) and rnd.reference["u"].shape == (11, 64)
+
+
+def test_paper_mat_files_load_from_a_local_folder(tmp_path):
+    from scipy.io import savemat
+
+    x, t = np.linspace(-1, 1, 8), np.linspace(0, 1, 5)
+    uu = np.outer(x ** 2 * np.cos(np.pi * x), np.ones(5))
+    savemat(tmp_path / "AC.mat", {"tt": t[None], "x": x[:, None], "uu": uu})
+    savemat(tmp_path / "ks_simple.mat", {"t": t[None], "x": x[None], "usol": uu})
+    for name in ("allen_cahn_mat", "ks_mat"):
+        dm = CausalPINNDataModule(name=name, n_t=4, n_x=4, data_dir=str(tmp_path))
+        dm.setup()
+        assert dm.reference["u"].shape == (5, 8)
+        np.testing.assert_allclose(dm.initial_condition[1], x ** 2 * np.cos(np.pi * x))
+    savemat(tmp_path / "bad.mat", {"t": t[None], "x": x[None], "u": uu})
+    with pytest.raises(ValueError, match="missing keys"):
+        load_mat_reference(tmp_path / "bad.mat", "ks_mat")
+
+
+def test_lagrangian_datamodule_grid_and_references():
+    dm = LagrangianPINNDataModule(name="convection", c=10.0, nu=0.01, n_x=8, n_t=5, eval_n_x=16, eval_n_t=4)
+    dm.setup()
+    b = next(iter(dm.train_dataloader()))
+    assert b["x"].shape == (40,) and int((b["t"] == 0).sum()) == 8 and float(b["x"].max()) < 2 * np.pi
+    r = dm.reference
+    np.testing.assert_allclose(r["u"], np.exp(-0.01 * r["t"][:, None]) * np.sin(r["x"][None] - 10 * r["t"][:, None]))
+    bg = LagrangianPINNDataModule(name="burgers", nu=0.05, shift=1.0, eval_n_x=32, eval_n_t=11, solver_modes=128)
+    bg.setup()
+    np.testing.assert_allclose(bg.reference["u"][0], np.sin(bg.reference["x"]) + 1.0, atol=1e-10)
+    exact = burgers_cole_hopf(bg.reference["x"] - 1.0 * 0.5, 0.5, 0.05) + 1.0
+    np.testing.assert_allclose(bg.reference["u"][5], exact, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [{"name": "heat"}, {"sampling": "sobol"}, {"n_t": 1}, {"name": "oscillator",
+                                                                                         "n_x": 4}])
+def test_causal_datamodule_rejects_bad_config(kwargs):
+    with pytest.raises(ValueError):
+        CausalPINNDataModule(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"name": "kdv"}, {"nu": -1.0}, {"name": "burgers", "nu": 0.0}, {"n_x": 1}])
+def test_lagrangian_datamodule_rejects_bad_config(kwargs):
+    with pytest.raises(ValueError):
+        LagrangianPINNDataModule(**kwargs)
