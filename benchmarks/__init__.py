@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "ultragcn": "benchmarks.recsys_speed",
     "dysts_benchmark": "benchmarks.dysts_runner",
     "causal_pinn": "benchmarks.pinn_residuals",
+    "pig": "benchmarks.pig_speed",
 }
 
 
