@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "dysts_benchmark": "benchmarks.dysts_runner",
     "causal_pinn": "benchmarks.pinn_residuals",
     "pig": "benchmarks.pig_speed",
+    "mgno": "benchmarks.mgno_speed",
 }
 
 

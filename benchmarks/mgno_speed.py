@@ -1,0 +1,138 @@
+"""MgNO vs an FNO-style baseline of (about) equal parameter count on the offline Darcy data: time per training step
+and test relative L2 error, as ratios measured in the same run (`zoo bench mgno`).
+
+Both models train with the same loop (Adam + OneCycle, max lr 2e-3, div_factor 2, final_div_factor 100, relative-L2
+loss, batch 8, 1 torch thread) on the same data (the `mgno` experiment's 32 x 32 offline Darcy set; `--full`: the
+card's 64 x 64 reference scale). The baseline is a plain FNO-2d written here (Li et al. 2021: lifting 1x1 -> 4
+Fourier layers GELU(K v + W v), K truncated to `modes` x `modes` corner modes -> projection MLP), its width chosen so
+that its parameter count is the closest to MgNO's. `--quick`: a few steps only (timings valid, errors not converged).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+SUMMARY = ("mgno_speed: `step_ms` is the median wall time of one training step (forward + backward + Adam) with 1 "
+           "torch thread; `test_rel_l2` after the same number of steps. Ratios are FNO / MgNO, so > 1 means MgNO is faster "
+           "(time_ratio) or more accurate (error_ratio). On a shared CPU the absolute times are inflated; the ratio is "
+           "what to read.")
+
+
+class SpectralConv2d(nn.Module):
+    """FNO Fourier layer: keep the lowest `modes` x `modes` (both signs of the first axis) Fourier coefficients and
+    multiply them by learned complex weights."""
+
+    def __init__(self, cin: int, cout: int, modes: int) -> None:
+        super().__init__()
+        scale = 1.0 / (cin * cout)
+        self.modes = modes
+        self.w1 = nn.Parameter(scale * torch.randn(cin, cout, modes, modes, dtype=torch.cfloat))
+        self.w2 = nn.Parameter(scale * torch.randn(cin, cout, modes, modes, dtype=torch.cfloat))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        m = self.modes
+        xf = torch.fft.rfft2(x.float())
+        out = torch.zeros(b, self.w1.shape[1], h, w // 2 + 1, dtype=torch.cfloat, device=x.device)
+        out[:, :, :m, :m] = torch.einsum("bixy,ioxy->boxy", xf[:, :, :m, :m], self.w1)
+        out[:, :, -m:, :m] = torch.einsum("bixy,ioxy->boxy", xf[:, :, -m:, :m], self.w2)
+        return torch.fft.irfft2(out, s=(h, w))
+
+
+class FNO2d(nn.Module):
+    """Lifting (input + grid coordinates) -> `layers` x GELU(SpectralConv + 1x1) -> projection MLP (width 128)."""
+
+    def __init__(self, modes: int = 8, width: int = 32, layers: int = 4) -> None:
+        super().__init__()
+        self.lift = nn.Conv2d(3, width, 1)
+        self.spectral = nn.ModuleList([SpectralConv2d(width, width, modes) for _ in range(layers)])
+        self.local = nn.ModuleList([nn.Conv2d(width, width, 1) for _ in range(layers)])
+        self.proj = nn.Sequential(nn.Conv2d(width, 128, 1), nn.GELU(), nn.Conv2d(128, 1, 1))
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        gy, gx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+        v = self.lift(torch.cat([x, gx.expand(b, 1, h, w), gy.expand(b, 1, h, w)], 1))
+        for i, (k, lin) in enumerate(zip(self.spectral, self.local)):
+            v = k(v) + lin(v)
+            if i < len(self.spectral) - 1:
+                v = self.act(v)
+        return self.proj(v)
+
+
+def n_params(model: nn.Module) -> int:
+    """Real parameter count (a complex weight counts twice)."""
+    return sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
+
+
+def matched_fno(target: int, modes: int) -> FNO2d:
+    best = min(range(4, 129), key=lambda w: abs(n_params(FNO2d(modes, w)) - target))
+    return FNO2d(modes, best)
+
+
+def _train(model: nn.Module, dm, steps: int, timed: int) -> tuple[float, float]:
+    from lit_models.common.pde import relative_l2
+
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=max(steps, 2), div_factor=2.0,
+                                                final_div_factor=100.0)
+    times: list[float] = []
+    step = 0
+    while step < steps:
+        for batch in dm.train_dataloader():
+            if step >= steps:
+                break
+            t0 = time.perf_counter()
+            loss = relative_l2(model(batch["x"]), batch["y"]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step >= steps - timed:
+                times.append(time.perf_counter() - t0)
+            step += 1
+    model.eval()
+    with torch.no_grad():
+        errs = [relative_l2(model(b["x"]), b["y"]) for b in dm.test_dataloader()]
+    return statistics.median(times) * 1e3, float(torch.cat(errs).mean())
+
+
+def run(quick: bool = True) -> list[dict]:
+    from datamodules.darcy import DarcyDataModule
+    from lit_models.pde.mgno import MgNO
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    if quick:
+        res, levels, c_u, steps, timed, n_train = 32, ["10"] * 4, 12, 12, 8, 200
+    else:
+        res, levels, c_u, steps, timed, n_train = 64, ["10"] * 5, 16, 700, 100, 1000
+    dm = DarcyDataModule(resolution=res, n_train=n_train, n_test=100, batch_size=8, eval_batch_size=50)
+    dm.setup()
+    mg = MgNO(1, 1, num_layer=3, num_channel_u=c_u, levels=levels, resolution=res)
+    fno = matched_fno(n_params(mg), modes=min(12, res // 4))
+    rows = []
+    results = {}
+    for name, model in (("mgno", mg), ("fno", fno)):
+        torch.manual_seed(0)
+        ms, err = _train(model, dm, steps, timed)
+        results[name] = (ms, err)
+        rows.append({"model": name, "grid": res, "params": n_params(model), "steps": steps, "step_ms": ms,
+                     "test_rel_l2": err})
+    rows.append({"model": "fno / mgno", "grid": res, "params": n_params(fno) / n_params(mg), "steps": steps,
+                 "time_ratio": results["fno"][0] / results["mgno"][0],
+                 "error_ratio": results["fno"][1] / results["mgno"][1]})
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--full", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(run(quick=not args.full), indent=1))

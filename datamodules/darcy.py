@@ -1,0 +1,253 @@
+"""Darcy flow data (card `mgno`): -div(a grad u) = f on (0, 1)^2, u = 0 on the boundary.
+
+Offline default (`name="offline"`, no network):
+- coefficient a = a_high where a Gaussian random field is >= 0, else a_low (FNO convention: the field has the
+  spectrum (4 pi^2 |k|^2 + tau^2)^(-alpha), alpha = 2, tau = 3, zero mean; a_high = 12, a_low = 3);
+- 5-point cell-centred finite-volume discretisation on an n x n grid of cells (h = 1/n): the flux through an interior
+  face uses the harmonic mean 2 a_P a_N / (a_P + a_N) of the two cell values, a boundary face the cell value with the
+  half-cell distance h/2 (u = 0 on the wall); the sparse system is solved with `scipy.sparse.linalg.spsolve`.
+  The card writes a vertex grid with 63^2 interior unknowns; a cell-centred grid gives the network the n x n
+  (n = 64) array the multigrid needs directly, with the Dirichlet wall exactly where zero padding puts it.
+- samples are generated once and cached as .npz under `cache_dir` (default `$PAPERZOO_DATA/darcy`, i.e. the
+  download cache of `datamodules/download.py`).
+
+Real data (`name="piececonst_smooth"`): the FNO Darcy files `piececonst_r421_N1024_smooth1.mat` (train) and
+`..._smooth2.mat` (test), keys `coeff` and `sol` (N x 421 x 421, vertex grid including the boundary), fetched through
+`datamodules.download.fetch` (checksum not verified: trust on first use) and subsampled by `sampling_rate`
+(2 -> 211 x 211, as MgNO's `--sample_x`).
+
+Both: inputs z-scored with the training mean/std of a, outputs divided by the training std of u.
+Batches: {"x": (B, 1, H, W) normalised coefficient, "y": (B, 1, H, W) normalised solution}.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+FNO_DARCY_URL = "https://pde-xd.s3.amazonaws.com/{file}"  # NAS-Bench-360 mirror of the FNO Google-Drive files
+FNO_DARCY_FILES = {"train": "piececonst_r421_N1024_smooth1.mat", "test": "piececonst_r421_N1024_smooth2.mat"}
+DATASETS = ("offline", "piececonst_smooth")
+
+
+# ------------------------------------------------------------------------------------------------- solver
+def face_transmissibilities(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Harmonic-mean face coefficients of an (n, n) cell array: (tx (n-1, n) between rows i, i+1;
+    ty (n, n-1) between columns j, j+1)."""
+    tx = 2.0 * a[1:, :] * a[:-1, :] / (a[1:, :] + a[:-1, :])
+    ty = 2.0 * a[:, 1:] * a[:, :-1] / (a[:, 1:] + a[:, :-1])
+    return tx, ty
+
+
+def darcy_matrix(a: np.ndarray):
+    """Sparse (n^2, n^2) CSR matrix of the cell-centred FV operator -div(a grad .) with u = 0 on the wall
+    (row-major cell index i * n + j; divided by h^2, so A u = f)."""
+    import scipy.sparse as sp
+
+    a = np.asarray(a, dtype=np.float64)
+    n = a.shape[0]
+    if a.shape != (n, n):
+        raise ValueError(f"coefficient must be square, got {a.shape}")
+    if np.any(a <= 0):
+        raise ValueError("coefficient must be positive")
+    h2 = (1.0 / n) ** 2
+    tx, ty = face_transmissibilities(a)
+    idx = np.arange(n * n).reshape(n, n)
+    diag = np.zeros((n, n))
+    diag[1:, :] += tx
+    diag[:-1, :] += tx
+    diag[:, 1:] += ty
+    diag[:, :-1] += ty
+    # boundary faces: flux a_P (u_P - 0) / (h/2) -> coefficient 2 a_P
+    diag[0, :] += 2 * a[0, :]
+    diag[-1, :] += 2 * a[-1, :]
+    diag[:, 0] += 2 * a[:, 0]
+    diag[:, -1] += 2 * a[:, -1]
+    rows = [idx.ravel(), idx[1:, :].ravel(), idx[:-1, :].ravel(), idx[:, 1:].ravel(), idx[:, :-1].ravel()]
+    cols = [idx.ravel(), idx[:-1, :].ravel(), idx[1:, :].ravel(), idx[:, :-1].ravel(), idx[:, 1:].ravel()]
+    vals = [diag.ravel(), -tx.ravel(), -tx.ravel(), -ty.ravel(), -ty.ravel()]
+    mat = sp.coo_matrix((np.concatenate(vals) / h2, (np.concatenate(rows), np.concatenate(cols))), shape=(n * n,) * 2)
+    return mat.tocsr()
+
+
+def solve_darcy(a: np.ndarray, f: np.ndarray | float = 1.0) -> np.ndarray:
+    """u (n, n) on the cell centres solving the FV system for coefficient a and source f (array or constant)."""
+    from scipy.sparse.linalg import spsolve
+
+    n = a.shape[0]
+    rhs = np.broadcast_to(np.asarray(f, dtype=np.float64), (n, n)).ravel()
+    return spsolve(darcy_matrix(a).tocsc(), rhs).reshape(n, n)
+
+
+def gaussian_random_field(n: int, rng: np.random.Generator, alpha: float = 2.0, tau: float = 3.0) -> np.ndarray:
+    """Periodic zero-mean GRF on an n x n grid with spectrum (4 pi^2 |k|^2 + tau^2)^(-alpha) (FNO `GaussianRF`);
+    only its sign is used, so the overall scale is left out."""
+    k = np.fft.fftfreq(n, d=1.0 / n)
+    kx, ky = np.meshgrid(k, k, indexing="ij")
+    amp = (4 * np.pi**2 * (kx**2 + ky**2) + tau**2) ** (-alpha / 2)
+    amp[0, 0] = 0.0
+    xi = rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))
+    return np.real(np.fft.ifft2(amp * xi))
+
+
+def piecewise_coefficient(n: int, rng: np.random.Generator, a_high: float = 12.0, a_low: float = 3.0,
+                          alpha: float = 2.0, tau: float = 3.0) -> np.ndarray:
+    return np.where(gaussian_random_field(n, rng, alpha, tau) >= 0, a_high, a_low)
+
+
+def generate_darcy(n_samples: int, n: int = 64, seed: int = 0, a_high: float = 12.0, a_low: float = 3.0,
+                   alpha: float = 2.0, tau: float = 3.0, source: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(coeff, sol), each (n_samples, n, n) float64."""
+    rng = np.random.default_rng(seed)
+    coeff = np.stack([piecewise_coefficient(n, rng, a_high, a_low, alpha, tau) for _ in range(n_samples)])
+    sol = np.stack([solve_darcy(a, source) for a in coeff])
+    return coeff, sol
+
+
+def darcy_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """`cache_dir` if given, else `$PAPERZOO_DARCY_CACHE`, else the download cache's `darcy/` folder."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("PAPERZOO_DARCY_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from datamodules.download import cache_dir as root
+
+    return root() / "darcy"
+
+
+def cached_darcy(n_samples: int, n: int, seed: int, cache_dir: str | os.PathLike | None = None,
+                 **kwargs: float) -> tuple[np.ndarray, np.ndarray]:
+    """generate_darcy through an .npz cache keyed by all arguments (written to a temp name, then renamed)."""
+    key = json.dumps({"n_samples": n_samples, "n": n, "seed": seed, **kwargs, "v": 1}, sort_keys=True)
+    folder = darcy_cache_dir(cache_dir)
+    path = folder / f"darcy_{n}_{n_samples}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return z["coeff"], z["sol"]
+    coeff, sol = generate_darcy(n_samples, n, seed, **kwargs)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part.npz")
+    np.savez(tmp, coeff=coeff, sol=sol)
+    os.replace(tmp, path)
+    return coeff, sol
+
+
+# ------------------------------------------------------------------------------------------- FNO .mat files
+def load_fno_mat(path: str | os.PathLike, n_samples: int, sampling_rate: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(coeff, sol) of the first n_samples of an FNO Darcy .mat file, subsampled by `sampling_rate`
+    (MATLAB v5 through scipy.io.loadmat; v7.3 (HDF5) through h5py when installed)."""
+    import scipy.io
+
+    try:
+        data = scipy.io.loadmat(path, variable_names=["coeff", "sol"])
+        coeff, sol = data["coeff"], data["sol"]
+    except NotImplementedError:  # v7.3
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            coeff, sol = np.asarray(f["coeff"]).T, np.asarray(f["sol"]).T
+    if coeff.ndim != 3 or coeff.shape != sol.shape:
+        raise ValueError(f"{path}: expected coeff and sol of the same shape (N, s, s), got {coeff.shape}, {sol.shape}")
+    if n_samples > coeff.shape[0]:
+        raise ValueError(f"{path}: asked for {n_samples} samples, the file has {coeff.shape[0]}")
+    r = sampling_rate
+    return (np.asarray(coeff[:n_samples, ::r, ::r], dtype=np.float64),
+            np.asarray(sol[:n_samples, ::r, ::r], dtype=np.float64))
+
+
+# ------------------------------------------------------------------------------------------------ datamodule
+class DarcyDataModule(L.LightningDataModule):
+    """Darcy flow pairs (coefficient -> solution) for neural operators; see the module docstring."""
+
+    def __init__(self, name: str = "offline", resolution: int = 64, n_train: int = 1000, n_test: int = 100,
+                 batch_size: int = 8, eval_batch_size: int = 50, a_high: float = 12.0, a_low: float = 3.0,
+                 alpha: float = 2.0, tau: float = 3.0, sampling_rate: int = 2, url: str = FNO_DARCY_URL,
+                 sha256: dict | None = None, data_dir: str | None = None, cache_dir: str | None = None,
+                 num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        if name not in DATASETS:
+            raise ValueError(f"unknown Darcy dataset {name!r}; available: {', '.join(DATASETS)}")
+        if resolution < 4 or n_train < 1 or n_test < 1 or batch_size < 1:
+            raise ValueError("resolution >= 4, n_train, n_test, batch_size >= 1 required")
+        if not a_high > 0 < a_low:
+            raise ValueError(f"coefficient values must be positive, got a_high={a_high}, a_low={a_low}")
+        if name == "piececonst_smooth" and (420 % sampling_rate or (420 // sampling_rate + 1) != resolution):
+            raise ValueError(f"piececonst_smooth: resolution must be (421 - 1) / sampling_rate + 1 = "
+                             f"{420 // max(sampling_rate, 1) + 1} for sampling_rate={sampling_rate}, got {resolution}")
+        self.save_hyperparameters()
+        self.name, self.resolution = name, resolution
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.tensors: dict[str, torch.Tensor] | None = None
+        self.stats: dict[str, float] = {}
+
+    def _raw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        hp = self.hparams
+        if self.name == "offline":
+            kw = dict(a_high=hp.a_high, a_low=hp.a_low, alpha=hp.alpha, tau=hp.tau)
+            a_tr, u_tr = cached_darcy(hp.n_train, hp.resolution, hp.seed, hp.cache_dir, **kw)
+            a_te, u_te = cached_darcy(hp.n_test, hp.resolution, hp.seed + 10_000, hp.cache_dir, **kw)
+            return a_tr, u_tr, a_te, u_te
+        paths = {}
+        for split, file in FNO_DARCY_FILES.items():
+            if hp.data_dir:
+                paths[split] = Path(hp.data_dir) / file
+                if not paths[split].is_file():
+                    raise ValueError(f"{paths[split]} not found (data_dir={hp.data_dir})")
+            else:
+                from datamodules.download import fetch
+
+                paths[split] = fetch(hp.url.format(file=file), sha256=(hp.sha256 or {}).get(split), subdir="darcy")
+        a_tr, u_tr = load_fno_mat(paths["train"], hp.n_train, hp.sampling_rate)
+        a_te, u_te = load_fno_mat(paths["test"], hp.n_test, hp.sampling_rate)
+        return a_tr, u_tr, a_te, u_te
+
+    def prepare_data(self) -> None:
+        if self.name == "offline" or self.hparams.data_dir:
+            return
+        self._raw()  # downloads once (rank 0); setup() reads from the cache
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tensors is not None:
+            return
+        a_tr, u_tr, a_te, u_te = self._raw()
+        if a_tr.shape[-1] != self.resolution:
+            raise ValueError(f"data resolution {a_tr.shape[-1]} != configured resolution {self.resolution}")
+        a_mean, a_std, u_std = float(a_tr.mean()), float(a_tr.std()), float(u_tr.std())
+        self.stats = {"a_mean": a_mean, "a_std": a_std, "u_std": u_std}
+
+        def t(x: np.ndarray, shift: float, scale: float) -> torch.Tensor:
+            return torch.tensor((x - shift) / scale, dtype=torch.float32)[:, None]
+
+        self.tensors = {"x_train": t(a_tr, a_mean, a_std), "y_train": t(u_tr, 0.0, u_std),
+                        "x_test": t(a_te, a_mean, a_std), "y_test": t(u_te, 0.0, u_std)}
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        ds = _Pairs(self.tensors[f"x_{split}"], self.tensors[f"y_{split}"])
+        g = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=shuffle,
+                          num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)
+
+
+class _Pairs(TensorDataset):
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x, y = super().__getitem__(i)
+        return {"x": x, "y": y}
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        super().__init__(x, y)

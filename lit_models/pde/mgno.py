@@ -1,0 +1,320 @@
+"""MgNO: Efficient Parameterization of Linear Operators via Multigrid (He, Liu, Xu; ICLR 2024, arXiv 2310.19809).
+
+A neural operator written like an MLP whose weights are operators (paper Sec. 3, Eq. of the operator layer):
+    O(u) = sigma( W u + K u + B ),
+with W all linear operators between the channels of one layer parameterised at once by a multi-channel multigrid
+V-cycle (MgNet-style, paper Sec. 4 / Alg. 1), K a 1 x 1 convolution (the official `MgNO_DC` adds it) and B a learnable
+bias *function* (a per-pixel field on the grid, `bias_field=True`; the paper's B_ij is a function).
+
+V-cycle (`MgConv`), input f (c_f channels), unknown u (c_u channels):
+- level l, pre-smoothing: u <- u + S_l(f - A_l u) (the very first iteration on the finest level is u = S(f));
+  A: c_u -> c_f and S: c_f -> c_u are 3 x 3 convolutions without bias;
+- restriction: u <- Pi(u), f <- R(f) (`use_res=True`: R(f - A u)), 3 x 3 stride-2 convolutions;
+- back up: u_l <- u_l + R^T(u_{l+1}) with a 4 x 4 stride-2 transposed convolution (cropped to the fine size when
+  it is odd; the coarse grid is padded with `padding_mode` first, so R^T respects the boundary condition as well),
+  then `post` smoothing iterations; the NS variant adds a LayerNorm after each prolongation
+  (`layer_norm=True`).
+The level spec is the official `--num_iteration`: one [pre, post] pair per level, written "10" for [1, 0]
+(two digits, not the number ten). Every convolution uses `padding_mode` (zeros: Dirichlet, circular: periodic).
+No lifting or projection network: the first layer reads the raw input channels; a final 1 x 1 conv reads out.
+Loss: relative H1 (paper default for Darcy, FNO's `HsLoss` with k = 1: Fourier weights sqrt(1 + |k|^2)) or relative L2.
+A single level (`levels=[[1, 0]]`) is the baseline: a plain 3 x 3 convolution stack with the same layout.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_models.common.pde import RelativeL2, relative_l2
+
+PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
+
+
+def parse_levels(levels: Sequence[Any] | str) -> list[list[int]]:
+    """Level spec -> [[pre, post], ...]. Accepts pairs, two-digit tokens ("10", 10 -> [1, 0]) or a string
+    "10 10 20"."""
+    if isinstance(levels, str):
+        levels = levels.split()
+    out = []
+    for tok in levels:
+        if isinstance(tok, (list, tuple)) or (hasattr(tok, "__len__") and not isinstance(tok, str)):
+            pair = [int(t) for t in tok]
+        else:
+            s = str(tok)
+            if len(s) != 2 or not s.isdigit():
+                raise ValueError(f"level token {tok!r} must be two digits 'pq' (p pre-, q post-smoothings), e.g. '10'")
+            pair = [int(s[0]), int(s[1])]
+        if len(pair) != 2 or min(pair) < 0:
+            raise ValueError(f"level {tok!r} must be a [pre, post] pair of non-negative counts")
+        out.append(pair)
+    if not out:
+        raise ValueError("at least one level is required")
+    if out[0][0] < 1:
+        raise ValueError("the finest level needs at least one pre-smoothing (u = S(f) starts the cycle)")
+    return out
+
+
+def _conv3(cin: int, cout: int, padding_mode: str, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, padding_mode=padding_mode)
+
+
+class MgIte(nn.Module):
+    """One smoothing iteration u <- u + S(f - A u); with `first=True` (no A) u = S(f)."""
+
+    def __init__(self, c_u: int, c_f: int, padding_mode: str, first: bool = False) -> None:
+        super().__init__()
+        self.S = _conv3(c_f, c_u, padding_mode)
+        self.A = None if first else _conv3(c_u, c_f, padding_mode)
+
+    def forward(self, u: Tensor | None, f: Tensor) -> Tensor:
+        if self.A is None or u is None:
+            return self.S(f)
+        return u + self.S(f - self.A(u))
+
+
+class Restrict(nn.Module):
+    """u <- Pi(u), f <- R(f) or R(f - A u) (`use_res`): 3 x 3 stride-2 convolutions."""
+
+    def __init__(self, c_u: int, c_f: int, padding_mode: str, use_res: bool = False) -> None:
+        super().__init__()
+        self.Pi = _conv3(c_u, c_u, padding_mode, stride=2)
+        self.R = _conv3(c_f, c_f, padding_mode, stride=2)
+        self.A = _conv3(c_u, c_f, padding_mode) if use_res else None
+
+    def forward(self, u: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
+        f = self.R(f - self.A(u)) if self.A is not None else self.R(f)
+        return self.Pi(u), f
+
+
+class MgConv(nn.Module):
+    """The multigrid V-cycle that parameterises all linear operators of one layer (paper Alg. 1, `MgConv_DC`)."""
+
+    def __init__(self, levels: Sequence[Sequence[int]], c_u: int, c_f: int, padding_mode: str = "zeros",
+                 use_res: bool = False, layer_norm: bool = False, resolution: int | None = None) -> None:
+        super().__init__()
+        self.levels = [list(p) for p in levels]
+        self.pre = nn.ModuleList()
+        self.post = nn.ModuleList()
+        self.restrict = nn.ModuleList()
+        for l, (n_pre, n_post) in enumerate(self.levels):
+            self.pre.append(nn.ModuleList([MgIte(c_u, c_f, padding_mode, first=(l == 0 and i == 0))
+                                           for i in range(n_pre)]))
+            self.post.append(nn.ModuleList([MgIte(c_u, c_f, padding_mode) for _ in range(n_post)]))
+            if l < len(self.levels) - 1:
+                self.restrict.append(Restrict(c_u, c_f, padding_mode, use_res))
+        # R^T: 4 x 4 stride-2 transposed conv. The coarse grid is padded by one cell with the padding mode and the
+        # transposed conv crops 3 instead of 1, so that R^T follows the boundary condition too (identical to the
+        # official padding=1 for zeros; the official code has no circular R^T)
+        self.padding_mode = padding_mode
+        self.prolong = nn.ModuleList([nn.ConvTranspose2d(c_u, c_u, 4, stride=2, padding=3, bias=False)
+                                      for _ in range(len(self.levels) - 1)])
+        self.norms = nn.ModuleList()
+        if layer_norm:
+            if resolution is None:
+                raise ValueError("layer_norm needs the grid resolution")
+            size = resolution
+            for _ in range(len(self.levels) - 1):
+                self.norms.append(nn.LayerNorm([c_u, size, size]))
+                size = (size + 1) // 2
+
+    def forward(self, f: Tensor) -> Tensor:
+        u: Tensor | None = None
+        states: list[tuple[Tensor, Tensor]] = []
+        for l in range(len(self.levels)):
+            if l > 0:
+                u, f = self.restrict[l - 1](u, f)
+            for it in self.pre[l]:
+                u = it(u, f)
+            states.append((u, f))
+        u_coarse = states[-1][0]
+        for it in self.post[-1]:
+            u_coarse = it(u_coarse, states[-1][1])
+        for l in range(len(self.levels) - 2, -1, -1):
+            u, f = states[l]
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            up = self.prolong[l](F.pad(u_coarse, (1, 1, 1, 1), mode=mode))[..., : u.shape[-2], : u.shape[-1]]
+            u = u + up
+            if len(self.norms):
+                u = self.norms[l](u)
+            for it in self.post[l]:
+                u = it(u, f)
+            u_coarse = u
+        return u_coarse
+
+
+class MgNO(nn.Module):
+    """Stack of `num_layer` operator layers u <- GELU(MgConv(u) + Conv1x1(u) + B) and a 1 x 1 read-out
+    (official `MgNO_DC`; B a bias field when `bias_field`). `skip=True` adds the NS global skip u_out + u_in."""
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, num_layer: int = 5, num_channel_u: int = 24,
+                 levels: Sequence[Any] | str = ("10", "10", "10", "10", "10", "20"), padding_mode: str = "zeros",
+                 use_res: bool = False, layer_norm: bool = False, bias_field: bool = True, resolution: int = 64,
+                 activation: str = "gelu", skip: bool = False) -> None:
+        super().__init__()
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        if num_layer < 1 or num_channel_u < 1 or in_channels < 1:
+            raise ValueError("num_layer, num_channel_u and in_channels must be >= 1")
+        acts = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
+        if activation not in acts:
+            raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
+        lv = parse_levels(levels)
+        if resolution < 2 ** (len(lv) - 1):
+            raise ValueError(f"{len(lv)} levels need a grid of at least {2 ** (len(lv) - 1)} points, got {resolution}")
+        if skip and in_channels != out_channels:
+            raise ValueError("skip=True needs in_channels == out_channels")
+        self.levels, self.resolution, self.skip = lv, resolution, skip
+        chans = [in_channels] + [num_channel_u] * num_layer
+        self.convs = nn.ModuleList([MgConv(lv, num_channel_u, chans[i], padding_mode, use_res, layer_norm, resolution)
+                                    for i in range(num_layer)])
+        self.linears = nn.ModuleList([nn.Conv2d(chans[i], num_channel_u, 1) for i in range(num_layer)])
+        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(num_channel_u, resolution, resolution))
+                                        for _ in range(num_layer)]) if bias_field else None
+        self.act = acts[activation]()
+        self.readout = nn.Conv2d(num_channel_u, out_channels, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.biases is not None and tuple(x.shape[-2:]) != (self.resolution, self.resolution):
+            raise ValueError(f"input grid {tuple(x.shape[-2:])} != bias-field resolution {self.resolution}")
+        u = x
+        for i, (conv, lin) in enumerate(zip(self.convs, self.linears)):
+            z = conv(u) + lin(u)
+            if self.biases is not None:
+                z = z + self.biases[i]
+            u = self.act(z)
+        out = self.readout(u)
+        return out + x if self.skip else out
+
+
+def h1_weighted_spectrum(u: Tensor) -> Tensor:
+    """FFT of u (.., H, W) weighted by sqrt(1 + kx^2 + ky^2), integer wavenumbers (FNO `HsLoss`, k = 1, a = 1);
+    real and imaginary parts stacked, so that relative L2 of this is the relative H1 error."""
+    h, w = u.shape[-2:]
+    kx = torch.fft.fftfreq(h, 1.0 / h, device=u.device)
+    ky = torch.fft.fftfreq(w, 1.0 / w, device=u.device)
+    weight = torch.sqrt(1 + kx[:, None] ** 2 + ky[None, :] ** 2)
+    spec = torch.fft.fft2(u.float()) * weight
+    return torch.view_as_real(spec)
+
+
+def relative_h1(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-sample relative H1 error (Fourier-weighted, as the paper's training loss)."""
+    return relative_l2(h1_weighted_spectrum(pred), h1_weighted_spectrum(target))
+
+
+def boundary_ring(shape: Sequence[int], device: torch.device | None = None) -> Tensor:
+    """Mask (H, W) of the outer ring of max(1, H // 16) cells, where the boundary condition acts."""
+    h, w = shape
+    r = max(1, h // 16)
+    m = torch.ones(h, w, device=device)
+    m[r:h - r, r:w - r] = 0
+    return m
+
+
+DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=5e-4, weight_decay=1e-4)
+
+
+class MgNOModule(L.LightningModule):
+    """Trains MgNO on coefficient -> solution pairs with the relative H1 (or L2) loss, Adam + OneCycle
+    (div_factor 2, final_div_factor 100, stepped per batch). Metrics: train/loss, val|test/rel_l2, val|test/rel_h1
+    (computed in the normalised output space, identical to physical units since outputs are only rescaled) and
+    val|test/boundary_rel_l2 (relative L2 on the outer ring of cells, `boundary_ring`)."""
+
+    def __init__(self, in_channels: int = 1, num_layer: int = 5, num_channel_u: int = 24,
+                 levels: Sequence[Any] | str = ("10", "10", "10", "10", "10", "20"), padding_mode: str = "zeros",
+                 use_res: bool = False, layer_norm: bool = False, bias_field: bool = True, resolution: int = 64,
+                 activation: str = "gelu", skip: bool = False, loss: str = "h1", div_factor: float = 2.0,
+                 final_div_factor: float = 100.0, pct_start: float = 0.3,
+                 optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
+        super().__init__()
+        if loss not in ("h1", "l2"):
+            raise ValueError(f"loss must be 'h1' or 'l2', got {loss!r}")
+        if isinstance(levels, (list, tuple)):
+            levels = [list(p) if isinstance(p, (list, tuple)) else p for p in levels]
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
+        self.net = MgNO(in_channels, 1, num_layer, num_channel_u, levels, padding_mode, use_res, layer_norm,
+                        bias_field, resolution, activation, skip)
+        self.metrics = nn.ModuleDict({f"{s}_{m}": RelativeL2() for s in ("val", "test")
+                                      for m in ("l2", "h1", "boundary_l2")})
+        self._last: dict[str, Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def loss_fn(self, pred: Tensor, y: Tensor) -> Tensor:
+        err = relative_h1(pred, y) if self.hparams.loss == "h1" else relative_l2(pred.float(), y.float())
+        return err.mean()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
+        loss = self.loss_fn(self(batch["x"]), batch["y"])
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["x"]),
+                 sync_dist=True)
+        return loss
+
+    def _evaluate(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> None:
+        pred = self(batch["x"]).float()
+        y = batch["y"].float()
+        self.metrics[f"{split}_l2"].update(pred, y)
+        self.metrics[f"{split}_h1"].update(h1_weighted_spectrum(pred), h1_weighted_spectrum(y))
+        ring = boundary_ring(y.shape[-2:], y.device)
+        self.metrics[f"{split}_boundary_l2"].update(pred * ring, y * ring)
+        n = len(pred)
+        self.log(f"{split}/rel_l2", self.metrics[f"{split}_l2"], on_step=False, on_epoch=True, batch_size=n,
+                 prog_bar=True)
+        self.log(f"{split}/rel_h1", self.metrics[f"{split}_h1"], on_step=False, on_epoch=True, batch_size=n)
+        self.log(f"{split}/boundary_rel_l2", self.metrics[f"{split}_boundary_l2"], on_step=False, on_epoch=True,
+                 batch_size=n)
+        if batch_idx == 0:
+            self._last = {"x": batch["x"][0, 0].detach().cpu(), "pred": pred[0, 0].detach().cpu(),
+                          "y": y[0, 0].detach().cpu()}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "val", batch_idx)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "test", batch_idx)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = self.optimizer_factory(self.parameters())
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        if total < 1 or total > 10**9:
+            return {"optimizer": opt}
+        max_lr = [g["lr"] for g in opt.param_groups]
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=max(total, 2),
+                                                    div_factor=self.hparams.div_factor,
+                                                    final_div_factor=self.hparams.final_div_factor,
+                                                    pct_start=self.hparams.pct_start)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def figures(self) -> dict[str, Any]:
+        """{"fields": coefficient | prediction | reference | error for the first test sample}."""
+        if self._last is None:
+            return {}
+        import matplotlib.pyplot as plt
+
+        d = self._last
+        err = (d["pred"] - d["y"]).numpy()
+        fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
+        panels = [("coefficient a (normalised)", d["x"].numpy(), "viridis"),
+                  ("prediction", d["pred"].numpy(), "magma"), ("reference", d["y"].numpy(), "magma"),
+                  (f"error (rel. L2 {float(relative_l2(d['pred'][None], d['y'][None])[0]):.3f})", err, "RdBu_r")]
+        vmin, vmax = float(d["y"].min()), float(d["y"].max())
+        for ax, (title, img, cmap) in zip(axes, panels):
+            kw = {"vmin": vmin, "vmax": vmax} if title in ("prediction", "reference") else {}
+            if cmap == "RdBu_r":
+                m = float(abs(err).max()) or 1.0
+                kw = {"vmin": -m, "vmax": m}
+            im = ax.imshow(img, cmap=cmap, origin="lower", **kw)
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.tight_layout()
+        return {"fields": fig}

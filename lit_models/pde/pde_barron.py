@@ -1,0 +1,288 @@
+"""Neural Network Approximations of PDEs Beyond Linearity: A Representational Perspective
+(Marwah, Lipton, Lu, Risteski; arXiv 2210.12101).
+
+A theory paper: the solution of a nonlinear variational elliptic PDE -div(d_p L) + d_u L = f is approximated by a
+network of small Barron norm because the preconditioned gradient descent in H^1 (the paper's "neural simulation")
+    u_{t+1} = u_t - eta (I - Delta)^{-1} DE(u_t),   DE(u) = -div d_p L(x, u, grad u) + d_u L(x, u, grad u) - f,
+(i) converges exponentially at a rate set by lambda / Lambda, independent of the dimension, and (ii) multiplies the
+Barron norm by a bounded factor per step ((I - Delta)^{-1} never increases it; the nonlinearity raises it to a
+power p). We simulate that construction exactly (card experiment, not from the paper): on the torus T^d with
+L = 1/2 |grad u|^2 + 1/2 u^2 + gamma/4 u^4 (p = 3, lambda = 1), DE(u) = (I - Delta) u + gamma u^3 - f, every
+iterate is an explicit sparse Fourier sum = a finite-width 2-layer cosine network (`datamodules.barron_data`):
+- `pgd`: u <- u - eta (I - Delta)^{-1} DE(u) (eta = 1), products pruned at tau after every product, <= max_pairs;
+- `gd` (baseline): plain L2 gradient descent u <- u - eta DE(u) with its largest stable step
+  eta = 1 / (1 + max |k|^2) over the support of f.
+Barron norm convention: sum_k (1 + |k|) |c_k| over the complex exponentials (both ±k).
+
+`PdeBarronModule` is the LightningModule wrapper the framework needs: at the start of fit/test it runs the chosen
+simulator on every problem of the datamodule and logs the summary as test/ metrics; its trainable part is the
+"neural simulation -> network" bridge: a Deep Ritz 2-layer cosine network u(x) = sum_j a_j cos(k_j.x + phi_j) with
+integer frequencies k_j (periodicity) taken from the simulator's final support, trained on the Monte-Carlo Ritz
+energy E(u) = mean[1/2 |grad u|^2 + 1/2 u^2 + gamma/4 u^4 - f u] on uniform torus samples.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from datamodules.barron_data import BarronProblem, SparseFourier, relative_l2_error
+from lit_models.common.pde import RelativeL2, no_autocast
+
+METHODS = ("pgd", "gd")
+
+
+@dataclass
+class SimulationTrace:
+    """Per-iteration relative L2 error (index 0 = initial guess u_0 = 0), width and Barron norm of the iterates."""
+
+    errors: list[float] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+    barron: list[float] = field(default_factory=list)
+    eta: float = 1.0
+    final: SparseFourier | None = None
+
+    @property
+    def mean_contraction(self) -> float:
+        """Geometric-mean error reduction per iteration, (e_0 / e_T)^(1/T)."""
+        t = len(self.errors) - 1
+        return float((self.errors[0] / max(self.errors[-1], 1e-300)) ** (1.0 / max(t, 1)))
+
+
+def residual(u: SparseFourier, problem: BarronProblem, tau: float, max_pairs: int | None) -> SparseFourier:
+    """DE(u) = (I - Delta) u + gamma u^3 - f, the products pruned after each multiplication."""
+    cube = u.multiply(u, tau, max_pairs).multiply(u, tau, max_pairs)
+    return u.helmholtz() + cube.scale(problem.gamma) - problem.f
+
+
+def simulate(problem: BarronProblem, method: str = "pgd", iterations: int = 10, eta: float | None = None,
+             tau: float = 1e-6, max_pairs: int = 600) -> SimulationTrace:
+    """Run `iterations` steps of PGD (preconditioned by (I - Delta)^{-1}) or plain GD from u_0 = 0."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if eta is None:
+        eta = 1.0 if method == "pgd" else 1.0 / (1.0 + float(problem.f.k2().max()))
+    u = SparseFourier.zeros(problem.d)
+    trace = SimulationTrace(eta=eta)
+
+    def record(v: SparseFourier) -> None:
+        trace.errors.append(relative_l2_error(v, problem.u_star))
+        trace.widths.append(v.width)
+        trace.barron.append(v.barron_norm())
+
+    record(u)
+    for _ in range(iterations):
+        g = residual(u, problem, tau, max_pairs)
+        step = g.helmholtz_inverse() if method == "pgd" else g
+        u = (u - step.scale(eta)).pruned(tau, max_pairs)
+        record(u)
+    trace.final = u
+    return trace
+
+
+def summarise(problems: list[BarronProblem], traces: list[SimulationTrace]) -> dict[str, float]:
+    """Claim metrics over all problems (worst case where a threshold applies)."""
+    widths_star = [p.u_star.width for p in problems]
+    return {
+        "min_contraction": min(t.mean_contraction for t in traces),
+        "max_final_rel_l2": max(t.errors[-1] for t in traces),
+        "min_final_rel_l2": min(t.errors[-1] for t in traces),
+        "max_first_rel_l2": max(t.errors[1] for t in traces),
+        "max_peak_width": float(max(max(t.widths) for t in traces)),
+        "width_mismatch": float(max(abs(t.widths[-1] - w) for t, w in zip(traces, widths_star))),
+        "max_barron_rel_err": max(abs(t.barron[-1] - p.u_star.barron_norm()) / p.u_star.barron_norm()
+                                  for t, p in zip(traces, problems)),
+        "peak_width_growth": _peak_width_growth(problems, traces),
+    }
+
+
+def _peak_width_growth(problems: list[BarronProblem], traces: list[SimulationTrace]) -> float:
+    """Peak width at the largest d minus peak width at the smallest d >= 16 (the card compares d >= 16, where
+    frequency collisions are rare); 0 with a single such dimension."""
+    dims = sorted({p.d for p in problems})
+    ref = next((d for d in dims if d >= 16), dims[0])
+
+    def peak(d: int) -> int:
+        return max(max(t.widths) for t, p in zip(traces, problems) if p.d == d)
+
+    return float(peak(dims[-1]) - peak(ref))
+
+
+class CosineNetwork(nn.Module):
+    """u(x) = sum_j a_j cos(k_j.x + phi_j) + b: a 2-layer network with cosine activation whose first-layer rows k_j
+    are fixed integer vectors (a `frequencies` buffer), so u is periodic on the torus."""
+
+    def __init__(self, frequencies: Tensor, amplitudes: Tensor | None = None, phases: Tensor | None = None) -> None:
+        super().__init__()
+        n = frequencies.shape[0]
+        self.register_buffer("frequencies", frequencies.double())
+        amplitudes = amplitudes if amplitudes is not None else 0.01 * torch.randn(n)
+        self.amplitudes = nn.Parameter(amplitudes.double())
+        self.phases = nn.Parameter(phases.double() if phases is not None else 2 * math.pi * torch.rand(n).double())
+        self.offset = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        arg = x.double() @ self.frequencies.T + self.phases
+        return torch.cos(arg) @ self.amplitudes + self.offset
+
+    def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """u(x) (N,) and grad u(x) (N, d) in closed form."""
+        arg = x.double() @ self.frequencies.T + self.phases
+        u = torch.cos(arg) @ self.amplitudes + self.offset
+        grad = -(torch.sin(arg) * self.amplitudes) @ self.frequencies
+        return u, grad
+
+
+def ritz_energy(net: CosineNetwork, x: Tensor, f: Tensor, gamma: float) -> Tensor:
+    """Monte-Carlo mean of 1/2 |grad u|^2 + 1/2 u^2 + gamma/4 u^4 - f u (the energy divided by (2 pi)^d)."""
+    u, g = net.value_and_grad(x)
+    return (0.5 * (g**2).sum(1) + 0.5 * u**2 + 0.25 * gamma * u**4 - f.double() * u).mean()
+
+
+DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-2)
+
+
+class PdeBarronModule(L.LightningModule):
+    """Thin wrapper: simulator metrics (test/min_contraction, test/max_final_rel_l2, test/min_final_rel_l2,
+    test/max_peak_width, test/width_mismatch, test/max_barron_rel_err, ...) plus the Deep Ritz cosine network on
+    problem `ritz_problem` (train/loss = Ritz energy, test/ritz_rel_l2 on held-out torus samples).
+    `method="gd"` swaps the preconditioned iteration for plain gradient descent (the baseline)."""
+
+    def __init__(self, method: str = "pgd", iterations: int = 10, eta: float | None = None, tau: float = 1e-6,
+                 max_pairs: int = 600, ritz_init: str = "simulator", ritz_width: int = 64,
+                 optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if ritz_init not in ("simulator", "random"):
+            raise ValueError(f"ritz_init must be 'simulator' or 'random', got {ritz_init!r}")
+        if iterations < 1 or tau < 0 or max_pairs < 1:
+            raise ValueError("iterations >= 1, tau >= 0, max_pairs >= 1 required")
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
+        self.net: CosineNetwork | None = None
+        self.gamma = 1.0
+        self.sim_metrics: dict[str, float] = {}
+        self.traces: list[SimulationTrace] = []
+        self.problems: list[BarronProblem] = []
+        self.ritz_metric = RelativeL2()
+        self._last: dict[str, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ simulator + network construction
+    def _datamodule(self):
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "problems"):
+            raise ValueError("PdeBarronModule needs a BarronDataModule (datamodules.barron_data)")
+        dm.setup("fit")
+        return dm
+
+    def run_simulation(self, problems: list[BarronProblem]) -> dict[str, float]:
+        hp = self.hparams
+        self.problems = problems
+        self.traces = [simulate(p, hp.method, hp.iterations, hp.eta, hp.tau, hp.max_pairs) for p in problems]
+        self.sim_metrics = summarise(problems, self.traces)
+        return self.sim_metrics
+
+    def build_network(self, problem: BarronProblem, trace: SimulationTrace) -> CosineNetwork:
+        """One neuron per ±k pair of the simulator's final iterate (amplitudes and phases reset), or random integer
+        frequencies (`ritz_init="random"`, |entries| <= 2 on 3 random coordinates)."""
+        gen = torch.Generator().manual_seed(0)
+        if self.hparams.ritz_init == "simulator":
+            u = trace.final
+            ids = u.pair_ids()
+            _, first = np.unique(ids, return_index=True)
+            freqs = torch.tensor(u.freqs[first], dtype=torch.float64)
+        else:
+            n, d = self.hparams.ritz_width, problem.d
+            freqs = torch.zeros(n, d, dtype=torch.float64)
+            for j in range(n):
+                idx = torch.randperm(d, generator=gen)[: min(3, d)]
+                freqs[j, idx] = torch.randint(-2, 3, (len(idx),), generator=gen).double()
+        n = freqs.shape[0]
+        return CosineNetwork(freqs, 0.01 * torch.randn(n, generator=gen).double(),
+                             2 * math.pi * torch.rand(n, generator=gen).double())
+
+    def setup(self, stage: str) -> None:
+        if self.net is not None:
+            return
+        dm = self._datamodule()
+        self.gamma = float(dm.hparams.gamma)
+        self.run_simulation(dm.problems)
+        k = dm.hparams.ritz_problem
+        self.net = self.build_network(dm.problems[k], self.traces[k])
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
+        with no_autocast(self.device.type):
+            loss = ritz_energy(self.net, batch["x"], batch["f"], self.gamma)
+        self.log("train/loss", loss.float(), on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["x"]),
+                 sync_dist=True)
+        return loss
+
+    def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
+        with torch.no_grad(), no_autocast(self.device.type):
+            u = self.net(batch["x"])
+        self.ritz_metric.update(u, batch["u"].double())
+        self.log(f"{split}/ritz_rel_l2", self.ritz_metric, on_step=False, on_epoch=True, batch_size=1)
+        for key, value in self.sim_metrics.items():
+            self.log(f"{split}/{key}", float(value), on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
+        self._last = {"x": batch["x"].cpu().numpy(), "pred": u.cpu().numpy(), "true": batch["u"].cpu().numpy()}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+    def figures(self) -> dict[str, Any]:
+        """{"convergence": rel. L2 error per iteration (log scale) for every problem, "width": iterate width and
+        Barron norm per iteration, "ritz": Deep Ritz prediction vs u* on test samples}."""
+        if not self.traces:
+            return {}
+        import matplotlib.pyplot as plt
+
+        figs = {}
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for p, t in zip(self.problems, self.traces):
+            ax.semilogy(np.maximum(t.errors, 1e-17), marker="o", ms=3, label=f"d={p.d}, seed {p.seed}")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("relative L2 error")
+        ax.set_title(f"{self.hparams.method.upper()} (eta = {self.traces[0].eta:.3g} for d={self.problems[0].d})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        figs["convergence"] = fig
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for p, t in zip(self.problems, self.traces):
+            axes[0].plot(t.widths, marker="o", ms=3, label=f"d={p.d}, seed {p.seed}")
+            axes[1].plot(t.barron, marker="o", ms=3)
+            axes[1].axhline(p.u_star.barron_norm(), color="k", lw=0.5, ls=":")
+        axes[0].set_ylabel("width (±k pairs)")
+        axes[1].set_ylabel("Barron norm  sum (1+|k|)|c_k|")
+        for ax in axes:
+            ax.set_xlabel("iteration")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        figs["width"] = fig
+        if self._last is not None:
+            fig, ax = plt.subplots(figsize=(4, 4))
+            ax.scatter(self._last["true"], self._last["pred"], s=3, alpha=0.5)
+            lim = float(np.abs(self._last["true"]).max())
+            ax.plot([-lim, lim], [-lim, lim], "k", lw=0.5)
+            ax.set_xlabel("u*(x)")
+            ax.set_ylabel("Deep Ritz u(x)")
+            fig.tight_layout()
+            figs["ritz"] = fig
+        return figs

@@ -1,0 +1,181 @@
+"""datamodules.darcy: the finite-volume Darcy solver against exact and manufactured solutions, the GRF coefficients,
+the .npz cache, and the FNO .mat loader on a tiny local fixture (never the network)."""
+from __future__ import annotations
+
+import functools
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse as sp
+
+from datamodules import darcy
+from datamodules.darcy import (
+    DarcyDataModule,
+    cached_darcy,
+    darcy_matrix,
+    load_fno_mat,
+    piecewise_coefficient,
+    solve_darcy,
+)
+
+
+def _apply_naive(a: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The FV operator written cell by cell (independent of the vectorised assembly)."""
+    n = a.shape[0]
+    h = 1.0 / n
+    out = np.zeros_like(u)
+    for i in range(n):
+        for j in range(n):
+            total = 0.0
+            for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                p, q = i + di, j + dj
+                if 0 <= p < n and 0 <= q < n:
+                    t = 2 * a[i, j] * a[p, q] / (a[i, j] + a[p, q])
+                    total += t * (u[i, j] - u[p, q])
+                else:  # wall at distance h/2 with u = 0
+                    total += 2 * a[i, j] * u[i, j]
+            out[i, j] = total / h**2
+    return out
+
+
+def test_solver_recovers_a_discrete_solution_exactly():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(1, 10, (12, 12))
+    u = rng.standard_normal((12, 12))
+    f = _apply_naive(a, u)
+    np.testing.assert_allclose(darcy_matrix(a) @ u.ravel(), f.ravel(), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(solve_darcy(a, f), u, atol=1e-10)
+
+
+def test_constant_coefficient_is_the_five_point_laplacian():
+    n = 8
+    t = sp.diags([-np.ones(n - 1), 2 * np.ones(n), -np.ones(n - 1)], [-1, 0, 1]).toarray()
+    t[0, 0] = t[-1, -1] = 3.0  # wall face at h/2: weight 2 instead of 1
+    lap = (np.kron(t, np.eye(n)) + np.kron(np.eye(n), t)) * n**2
+    np.testing.assert_allclose(darcy_matrix(np.ones((n, n))).toarray(), lap, atol=1e-9)
+    assert abs(darcy_matrix(np.full((n, n), 3.0)).toarray() - 3 * lap).max() < 1e-8
+
+
+def test_manufactured_solution_converges_at_second_order():
+    """u = sin(pi x) sin(pi y), a = 1 + x y, f = -div(a grad u): max error falls ~4x per refinement."""
+    errors = []
+    for n in (16, 32, 64):
+        x = (np.arange(n) + 0.5) / n
+        X, Y = np.meshgrid(x, x, indexing="ij")
+        a = 1 + X * Y
+        u = np.sin(np.pi * X) * np.sin(np.pi * Y)
+        ux, uy = np.pi * np.cos(np.pi * X) * np.sin(np.pi * Y), np.pi * np.sin(np.pi * X) * np.cos(np.pi * Y)
+        f = -(Y * ux + X * uy) + 2 * np.pi**2 * a * u
+        errors.append(np.abs(solve_darcy(a, f) - u).max())
+    assert errors[-1] < 5e-4
+    assert errors[0] / errors[1] > 3.5 and errors[1] / errors[2] > 3.5, errors
+
+
+def test_piecewise_coefficient_and_positive_solution():
+    rng = np.random.default_rng(0)
+    a = piecewise_coefficient(32, rng)
+    assert set(np.unique(a)) <= {3.0, 12.0} and 0.2 < (a == 12).mean() < 0.8
+    again = piecewise_coefficient(32, np.random.default_rng(0))
+    assert np.array_equal(a, again)
+    u = solve_darcy(a, 1.0)
+    assert u.min() > 0  # maximum principle: f = 1 > 0, u = 0 on the wall
+    assert u[16, 16] > u[0, 16] and u[16, 16] > u[16, -1]
+
+
+def test_cache_writes_once_and_honours_the_env_var(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPERZOO_DARCY_CACHE", str(tmp_path / "c"))
+    calls = []
+    real = darcy.generate_darcy
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(darcy, "generate_darcy", counting)
+    a1, u1 = cached_darcy(3, 8, seed=1)
+    a2, u2 = cached_darcy(3, 8, seed=1)
+    assert len(calls) == 1 and np.array_equal(u1, u2) and np.array_equal(a1, a2)
+    assert len(list((tmp_path / "c").glob("darcy_8_3_*.npz"))) == 1
+    assert not list((tmp_path / "c").glob(".*part*"))
+    cached_darcy(3, 8, seed=2, cache_dir=tmp_path / "explicit")  # data.cache_dir wins over the env var
+    assert len(calls) == 2 and list((tmp_path / "explicit").glob("*.npz"))
+
+
+def test_offline_datamodule_normalises(tmp_path):
+    dm = DarcyDataModule(resolution=16, n_train=10, n_test=4, batch_size=4, cache_dir=str(tmp_path))
+    dm.setup()
+    b = next(iter(dm.train_dataloader()))
+    assert b["x"].shape == (4, 1, 16, 16) and b["y"].shape == (4, 1, 16, 16)
+    t = dm.tensors
+    assert abs(float(t["x_train"].mean())) < 1e-5 and abs(float(t["x_train"].std()) - 1) < 0.1
+    assert abs(float(t["y_train"].std()) - 1) < 0.1 and float(t["y_train"].min()) > 0
+    assert len(list(dm.test_dataloader())) == 1
+
+
+def test_bad_config_raises():
+    with pytest.raises(ValueError, match="unknown Darcy dataset"):
+        DarcyDataModule(name="rough")
+    with pytest.raises(ValueError, match="resolution must be"):
+        DarcyDataModule(name="piececonst_smooth", resolution=64, sampling_rate=2)
+    with pytest.raises(ValueError, match="positive"):
+        DarcyDataModule(a_low=-1.0)
+
+
+# ------------------------------------------------------------------------------------ FNO .mat fixture
+def _write_fixture(folder, n=3, s=421):
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, name in darcy.FNO_DARCY_FILES.items():
+        coeff = np.where(rng.standard_normal((n, s, s)) > 0, 12.0, 3.0).astype(np.float32)
+        sol = rng.random((n, s, s)).astype(np.float32)
+        scipy.io.savemat(folder / name, {"coeff": coeff, "sol": sol})
+        out[split] = (coeff, sol)
+    return out
+
+
+def test_load_fno_mat_subsamples(tmp_path):
+    arrays = _write_fixture(tmp_path, n=2)
+    coeff, sol = load_fno_mat(tmp_path / darcy.FNO_DARCY_FILES["train"], 2, sampling_rate=20)
+    assert coeff.shape == (2, 22, 22)
+    np.testing.assert_array_equal(sol, arrays["train"][1][:, ::20, ::20])
+    with pytest.raises(ValueError, match="asked for 5"):
+        load_fno_mat(tmp_path / darcy.FNO_DARCY_FILES["train"], 5)
+
+
+def test_fno_datamodule_from_data_dir_and_through_download(tmp_path, monkeypatch):
+    www = tmp_path / "www"
+    arrays = _write_fixture(www)
+    dm = DarcyDataModule(name="piececonst_smooth", resolution=22, sampling_rate=20, n_train=3, n_test=2,
+                         batch_size=2, data_dir=str(www))
+    dm.setup()
+    assert dm.tensors["x_train"].shape == (3, 1, 22, 22) and dm.tensors["y_test"].shape == (2, 1, 22, 22)
+    u_std = arrays["train"][1][:, ::20, ::20].astype(np.float64).std()
+    np.testing.assert_allclose(dm.tensors["y_test"][:, 0].numpy() * u_std,
+                               arrays["test"][1][:2, ::20, ::20], rtol=1e-5)
+    # the same files through datamodules.download.fetch from a local HTTP server into $PAPERZOO_DATA
+    monkeypatch.setenv("PAPERZOO_DATA", str(tmp_path / "cache"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(www)))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{{file}}"
+        dm2 = DarcyDataModule(name="piececonst_smooth", resolution=22, sampling_rate=20, n_train=3, n_test=2,
+                              batch_size=2, url=url)
+        dm2.prepare_data()
+        dm2.setup()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert (tmp_path / "cache" / "darcy" / darcy.FNO_DARCY_FILES["train"]).is_file()
+    assert (tmp_path / "cache" / "darcy" / (darcy.FNO_DARCY_FILES["train"] + ".sha256")).is_file()
+    np.testing.assert_array_equal(dm2.tensors["y_test"].numpy(), dm.tensors["y_test"].numpy())
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
