@@ -19,6 +19,8 @@ REGISTRY: dict[str, str] = {
     "causal_pinn": "benchmarks.pinn_residuals",
     "pig": "benchmarks.pig_speed",
     "mgno": "benchmarks.mgno_speed",
+    "itransformer": "benchmarks.itransformer_speed",
+    "gtf_plrnn": "benchmarks.gtf_speed",
 }
 
 

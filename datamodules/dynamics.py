@@ -21,12 +21,21 @@
   ``fit_loop.epoch_progress.current.processed`` when a trainer is attached.
 - Validation / test: one item per evaluation segment, ``{"x": (1, T_seg, N)}``, for free-running evaluation
   from its first point.
+
+``TrajectoryFileDataModule(name="ECG")`` reads the GTF paper's real data instead: a train and a test ``.npy``
+file, each one T x N float array (the official `Dataset`, `npzread`), from the official repository's folder
+``ICML2023_datasets/`` (Lorenz63 with 5 % observation noise, ECG as a 5-d PECUZAL delay embedding) through
+``datamodules.download.fetch`` (checksums not verified upstream: trust on first use), or from ``data_dir``. Used as
+is, as the official code (``standardize=true`` z-scores both with the train file's statistics). Batches and
+evaluation items as above: random train subsequences, the whole test file for free-running evaluation
+(validation = test, as the paper's code).
 """
 from __future__ import annotations
 
 import functools
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -39,7 +48,16 @@ from launch.errors import UserError, check_choice
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 warnings.filterwarnings("ignore", message=r"Numba not installed")
 
-__all__ = ["DystsDataModule", "SubsequenceBatches", "make_trajectories"]
+__all__ = ["GTF_FILES", "DystsDataModule", "SubsequenceBatches", "TrajectoryFileDataModule", "load_npy_series",
+           "make_trajectories"]
+
+GTF_REPO_RAW = "https://raw.githubusercontent.com/DurstewitzLab/GTF-shPLRNN/HEAD/ICML2023_datasets"
+# name -> (train file, test file, N, download: files in the official repository's ICML2023_datasets/ folder)
+GTF_FILES: dict[str, tuple[str, str, int | None, bool]] = {
+    "Lorenz63": ("Lorenz63/lorenz63_on0.05_train.npy", "Lorenz63/lorenz63_test.npy", 3, True),
+    "ECG": ("ECG/ECG_pecuzal_5d_train.npy", "ECG/ECG_pecuzal_5d_test.npy", 5, True),
+    "EEG": ("EEG/EEG_train.npy", "EEG/EEG_test.npy", None, False),  # not in the repository: data_dir only
+}
 
 
 def _seed64(*parts: int) -> int:
@@ -198,6 +216,118 @@ class DystsDataModule(L.LightningDataModule):
         h = self.hparams
         return SubsequenceBatches(self.train_segments, h.seq_len, h.batch_size, h.steps_per_epoch, h.seed,
                                   self._context)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_dataset(), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(_Segments(self.val_segments), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(_Segments(self.test_segments), batch_size=None)
+
+
+def load_npy_series(path) -> np.ndarray:
+    """A T x N float array from an ``.npy`` file (the official `Dataset`: 2-d, time first)."""
+    path = Path(path)
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
+    if x.ndim != 2:
+        raise UserError(f"{path}: expected a T x N array, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise UserError(f"{path}: contains non-finite values")
+    return np.asarray(x, dtype=np.float64)
+
+
+class TrajectoryFileDataModule(L.LightningDataModule):
+    """The GTF paper's real data sets (``GTF_FILES``): train / test ``.npy`` files (T x N), see the module docstring.
+
+    Args:
+        name: a key of ``GTF_FILES`` (Lorenz63, ECG downloadable; EEG through ``data_dir`` only).
+        data_dir: folder holding the files under their repository paths (``ECG/ECG_pecuzal_5d_train.npy``) or
+            flat (``ECG_pecuzal_5d_train.npy``); no download then.
+        train_url / test_url: download URLs overriding the repository's.
+        standardize: z-score both files with the train file's mean / std (the official code: false).
+        seq_len, batch_size, steps_per_epoch: train subsequences (T, B) and batches per epoch (defaults.json).
+    """
+
+    def __init__(
+        self,
+        name: str = "ECG",
+        data_dir: str | None = None,
+        train_url: str | None = None,
+        test_url: str | None = None,
+        standardize: bool = False,
+        seq_len: int = 200,
+        batch_size: int = 16,
+        steps_per_epoch: int = 50,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_choice("data.name", "GTF data set", name, GTF_FILES)
+        if int(seq_len) < 2 or int(batch_size) < 1 or int(steps_per_epoch) < 1:
+            raise UserError("data: need seq_len >= 2, batch_size >= 1 and steps_per_epoch >= 1")
+        self.save_hyperparameters()
+        self.name = name
+        self._loaded = False
+
+    def _path(self, which: int) -> Path:
+        rel = GTF_FILES[self.name][which]
+        if self.hparams.data_dir:
+            root = Path(self.hparams.data_dir).expanduser()
+            for cand in (root / rel, root / Path(rel).name):
+                if cand.is_file():
+                    return cand
+            raise UserError(f"data.data_dir: neither {root / rel} nor {root / Path(rel).name} exists")
+        url = self.hparams.train_url if which == 0 else self.hparams.test_url
+        if url is None and GTF_FILES[self.name][3]:
+            url = f"{GTF_REPO_RAW}/{rel}"
+        if url is None:
+            raise UserError(f"data set {self.name!r} has no download link (not in DurstewitzLab/GTF-shPLRNN): pass "
+                            f"data.data_dir=<folder with {Path(rel).name}>")
+        from datamodules.download import DownloadError, fetch
+
+        try:
+            return fetch(url, filename=Path(rel).name, subdir="gtf_plrnn")
+        except DownloadError as e:
+            raise UserError(str(e)) from None
+
+    def prepare_data(self) -> None:
+        self._path(0)
+        self._path(1)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._loaded:
+            return
+        h = self.hparams
+        train, test = load_npy_series(self._path(0)), load_npy_series(self._path(1))
+        expected = GTF_FILES[self.name][2]
+        for label, x in (("train", train), ("test", test)):
+            if expected is not None and x.shape[1] != expected:
+                raise UserError(f"{self.name} {label} file: expected {expected} dimensions, got {x.shape[1]}")
+        if train.shape[1] != test.shape[1]:
+            raise UserError(f"{self.name}: train and test files differ in dimension ({train.shape[1]} vs "
+                            f"{test.shape[1]})")
+        if h.standardize:
+            self.mean, self.std = train.mean(0), train.std(0)
+            self.std = np.where(self.std > 0, self.std, 1.0)
+        else:
+            self.mean, self.std = np.zeros(train.shape[1]), np.ones(train.shape[1])
+        as_t = lambda x: torch.as_tensor(np.ascontiguousarray((x - self.mean) / self.std), dtype=torch.float32)
+        self.train_segments, self.test_segments = [as_t(train)], [as_t(test)]
+        self.val_segments = self.test_segments
+        self.dim = int(train.shape[1])
+        self._loaded = True
+
+    def train_dataset(self) -> SubsequenceBatches:
+        self.setup()
+        h = self.hparams
+        return SubsequenceBatches(self.train_segments, h.seq_len, h.batch_size, h.steps_per_epoch, h.seed,
+                                  lambda: sampling_context(self))
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_dataset(), batch_size=None)

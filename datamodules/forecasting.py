@@ -19,6 +19,13 @@ dataset by ``name``; all of them, including the offline default, go through the 
   train [0, n_train), val [n_train - L, n_train + n_val), test [T - n_test - L, T). Column order: the
   ``target`` column (``OT``) is moved last as in ``Dataset_Custom`` (irrelevant to iTransformer, which is
   permutation-equivariant in the variates).
+- ``solar`` (Solar-Energy, ``solar_AL.txt``: 137 comma-separated columns, no header, no dates; thuml
+  ``Dataset_Solar``): n_train = int(0.7 T), n_test = int(0.2 T), n_val = int(0.1 T); train [0, n_train),
+  val [n_train - L, n_train + n_val), test [T - n_test - L, T).
+- ``PEMS03``/``PEMS04``/``PEMS07``/``PEMS08`` (``PEMSxx.npz``, array ``data`` of shape T x N x C; channel 0 (flow)
+  is used, thuml ``Dataset_PEMS``): train [0, int(0.6 T)), val [int(0.6 T), int(0.8 T)), test [int(0.8 T), T),
+  without the L-row overlap of the other datasets; missing values are forward- then backward-filled within each
+  split after scaling (the scaler ignores them).
 
 The scaler (per-variate mean / std, numpy std with ddof=0 as sklearn's StandardScaler) is fitted on the train
 rows only and applied to the whole series; losses and metrics are in these z-scored units (card: "Report
@@ -50,6 +57,8 @@ __all__ = [
     "WindowDataset",
     "generate_leader_follower",
     "read_csv",
+    "read_pems_npz",
+    "read_solar_txt",
     "split_borders",
     "time_features",
 ]
@@ -60,10 +69,11 @@ ETT_BASE = "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small
 @dataclass(frozen=True)
 class DatasetSpec:
     file: str
-    split: str  # "ett_hour" | "ett_minute" | "ratio" | "offline"
+    split: str  # "ett_hour" | "ett_minute" | "ratio" | "solar" | "pems" | "offline"
     url: str | None  # None: only through data_dir (or url=); no stable direct link known
     num_variates: int | None  # expected, checked when set
     target: str = "OT"
+    fmt: str = "csv"  # "csv" (date, v1, ...) | "solar_txt" (no header, no dates) | "pems_npz" (npz "data" T x N x C)
 
 
 # name -> spec. URLs without checksum: trust on first use (download.fetch records the sha256 in a sidecar).
@@ -80,6 +90,11 @@ DATASETS: dict[str, DatasetSpec] = {
     "traffic": DatasetSpec("traffic.csv", "ratio", None, 862),
     "exchange_rate": DatasetSpec("exchange_rate.csv", "ratio", None, 8),
     "national_illness": DatasetSpec("national_illness.csv", "ratio", None, 7),
+    "solar": DatasetSpec("solar_AL.txt", "solar", None, 137, fmt="solar_txt"),
+    "PEMS03": DatasetSpec("PEMS03.npz", "pems", None, 358, fmt="pems_npz"),
+    "PEMS04": DatasetSpec("PEMS04.npz", "pems", None, 307, fmt="pems_npz"),
+    "PEMS07": DatasetSpec("PEMS07.npz", "pems", None, 883, fmt="pems_npz"),
+    "PEMS08": DatasetSpec("PEMS08.npz", "pems", None, 170, fmt="pems_npz"),
 }
 
 LEADER_FOLLOWER_DEFAULTS: dict[str, Any] = {
@@ -124,6 +139,32 @@ def read_csv(path: Path, target: str | None = None) -> tuple[np.ndarray, np.ndar
     return values, dates, cols
 
 
+def read_solar_txt(path: Path) -> tuple[np.ndarray, None, list[str]]:
+    """(values T x N float32, no dates, column numbers) from Solar-Energy's ``solar_AL.txt`` (comma-separated,
+    no header)."""
+    try:
+        values = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2).astype(np.float32)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
+    return values, None, [str(i) for i in range(values.shape[1])]
+
+
+def read_pems_npz(path: Path) -> tuple[np.ndarray, None, list[str]]:
+    """(values T x N float32 = data[:, :, 0] (traffic flow), no dates, sensor numbers) from a ``PEMSxx.npz``."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = np.asarray(f["data"])
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot read {path} (expected an npz with an array 'data' of shape T x N x C): "
+                        f"{' '.join(str(e).split())[:160]}") from None
+    if data.ndim == 3:
+        data = data[:, :, 0]
+    if data.ndim != 2:
+        raise UserError(f"{path}: 'data' must be T x N x C or T x N, got shape {data.shape}")
+    values = data.astype(np.float32)
+    return values, None, [str(i) for i in range(values.shape[1])]
+
+
 def split_borders(split: str, length: int, seq_len: int, train_end: int | None = None
                   ) -> list[tuple[int, int]]:
     """Row ranges [begin, end) of train / val / test; val and test begin L rows early (their first lookback)."""
@@ -137,6 +178,12 @@ def split_borders(split: str, length: int, seq_len: int, train_end: int | None =
         n_train, n_test = int(length * 0.7), int(length * 0.2)
         n_val = length - n_train - n_test
         return [(0, n_train), (n_train - seq_len, n_train + n_val), (length - n_test - seq_len, length)]
+    if split == "solar":
+        n_train, n_test, n_val = int(length * 0.7), int(length * 0.2), int(length * 0.1)
+        return [(0, n_train), (n_train - seq_len, n_train + n_val), (length - n_test - seq_len, length)]
+    if split == "pems":
+        a, b = int(length * 0.6), int(length * 0.8)
+        return [(0, a), (a, b), (b, length)]
     if split == "offline":
         end = int(train_end)
         return [(0, end), (end, length), (end, length)]
@@ -234,7 +281,8 @@ class ForecastingDataModule(L.LightningDataModule):
         name: a key of ``DATASETS``; ``leader_follower`` (default) needs no network.
         seq_len: lookback L. pred_len: horizon S.
         batch_size / eval_batch_size: windows per train / val-test batch (train is shuffled, drop_last as thuml).
-        data_dir: folder holding ``<file>.csv`` (the bundle's file names, e.g. ``ETTh1.csv``) to read instead
+        data_dir: folder holding the dataset file (the bundle's file names, e.g. ``ETTh1.csv``, ``solar_AL.txt``,
+            ``PEMS08.npz``) to read instead
             of downloading; for ``leader_follower`` the generated CSV is written there.
         url: download URL overriding the table (no checksum: trust on first use).
         time_features: also return thuml ``timeF`` covariates as ``x_mark``; ``freq``: ``h`` or ``t``.
@@ -315,16 +363,24 @@ class ForecastingDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._loaded:
             return
-        values, dates, names = read_csv(self.csv_path(), target=None if self.spec.split == "offline"
-                                        else self.spec.target)
+        if self.spec.fmt == "solar_txt":
+            values, dates, names = read_solar_txt(self.csv_path())
+        elif self.spec.fmt == "pems_npz":
+            values, dates, names = read_pems_npz(self.csv_path())
+        else:
+            values, dates, names = read_csv(self.csv_path(), target=None if self.spec.split == "offline"
+                                            else self.spec.target)
+        if self.use_time_features and dates is None:
+            raise UserError(f"{self.name}: the file has no timestamps; set data.time_features=false")
         if self.spec.num_variates is not None and values.shape[1] != self.spec.num_variates:
             raise UserError(f"{self.name}: expected {self.spec.num_variates} variates, the file has "
                             f"{values.shape[1]}")
         self.borders = split_borders(self.spec.split, len(values), self.seq_len, self.offline["train_end"])
         b0, b1 = self.borders[0]
         train = values[b0:b1]
-        self.mean = train.mean(axis=0)
-        self.std = train.std(axis=0)
+        missing = bool(np.isnan(values).any())  # PEMS may have gaps: the scaler ignores them (as sklearn's)
+        self.mean = (np.nanmean if missing else np.mean)(train, axis=0).astype(np.float32)
+        self.std = (np.nanstd if missing else np.std)(train, axis=0)
         self.std = np.where(self.std > 0, self.std, 1.0).astype(np.float32)
         data = (values - self.mean) / self.std if self.scale else values
         marks = time_features(dates, self.freq) if self.use_time_features else None
@@ -341,7 +397,12 @@ class ForecastingDataModule(L.LightningDataModule):
         self.datasets = {}
         for split, (a, b), stride in zip(("train", "val", "test"), self.borders,
                                          (1, self.eval_stride, self.eval_stride)):
-            ds = WindowDataset(data[a:b], self.seq_len, self.pred_len, stride,
+            part = data[a:b]
+            if missing:  # Dataset_PEMS: forward- then backward-fill within the split, after scaling
+                import pandas as pd
+
+                part = pd.DataFrame(part).ffill().bfill().to_numpy(np.float32)
+            ds = WindowDataset(part, self.seq_len, self.pred_len, stride,
                                None if marks is None else marks[a:b])
             if len(ds) == 0:
                 raise UserError(f"{self.name}: the {split} split ({b - a} rows) is shorter than "

@@ -19,6 +19,20 @@ def test_experiment_composes_and_instantiates(experiment):
             assert claim.metric and claim.runs and claim.expect and claim.baseline, name
 
 
+def test_override_order_root_then_experiment_then_debug_then_command_line():
+    """Root defaults (train.yaml) < experiment < debug < command line: an experiment's `threads`, `early_stopping`
+    and `checkpoint.monitor` take effect, `debug=fast` shortens any experiment, the command line wins."""
+    cfg = zconfig.compose(["experiment=itransformer"])
+    assert cfg.threads == 1
+    cfg = zconfig.compose(["experiment=lightgcn/gowalla"])
+    assert cfg.early_stopping.monitor == "val/recall@20" and cfg.checkpoint.monitor == "val/recall@20"
+    assert cfg.checkpoint.every_n_epochs == 1  # root values the experiment does not set survive
+    cfg = zconfig.compose(["experiment=lightgcn", "debug=fast"])
+    assert cfg.trainer.max_epochs == 1 and cfg.claims
+    cfg = zconfig.compose(["experiment=lightgcn", "debug=fast", "trainer.max_epochs=2", "threads=2"])
+    assert cfg.trainer.max_epochs == 2 and cfg.threads == 2
+
+
 def test_configs_ship_as_package_data():
     """`zoo` must work after a plain (non-editable) install: the YAML files are package data."""
     import tomllib

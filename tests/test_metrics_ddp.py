@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from lit_models.common.dynamics_metrics import PowerSpectrumDistance, StateSpaceDivergence
 from lit_models.common.forecast_metrics import ValidPredictionTime
 from lit_models.common.pde import RelativeL2
 from lit_models.common.ranking import NDCGAtK, RecallAtK
@@ -20,13 +21,18 @@ def _data(seed: int = 0):
     pred, target = torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
     hits = torch.rand(10, 20, generator=g) < 0.3
     relevant = torch.randint(0, 8, (10,), generator=g)
-    return pred, target, hits, relevant
+    truth = torch.sin(torch.linspace(0, 20, 128, dtype=torch.float64))[None, :, None] * torch.ones(10, 1, 3)
+    trajectories = torch.stack([truth, truth + 0.3 * torch.randn(10, 128, 3, generator=g, dtype=torch.float64)])
+    return pred, target, hits, relevant, trajectories
 
 
 def _values(part: slice) -> dict[str, float]:
-    pred, target, hits, relevant = _data()
+    pred, target, hits, relevant, traj = _data()
     metrics = {"rel_l2": RelativeL2(), "vpt": ValidPredictionTime(threshold=1.0),
-               "recall": RecallAtK(k=20), "ndcg": NDCGAtK(k=20)}
+               "recall": RecallAtK(k=20), "ndcg": NDCGAtK(k=20),
+               "d_stsp": StateSpaceDivergence(n_bins=8), "d_h": PowerSpectrumDistance(smoothing=5.0)}
+    metrics["d_stsp"].update(traj[0, part], traj[1, part])
+    metrics["d_h"].update(traj[0, part], traj[1, part])
     metrics["rel_l2"].update(pred[part], target[part])
     metrics["vpt"].update(0.3 * pred[part], 0.3 * target[part], 1.0, lyapunov_per_step=0.1)
     metrics["recall"].update(hits[part], relevant[part])
@@ -57,6 +63,7 @@ def test_shared_metrics_reduce_exactly_across_two_ranks():
         out = manager.dict()
         mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
         ranks = dict(out)
+    assert all(v == v for v in single.values()), single  # no NaN
     for rank in (0, 1):
         for key, value in single.items():
             assert ranks[rank][key] == pytest.approx(value, rel=1e-6), (rank, key)

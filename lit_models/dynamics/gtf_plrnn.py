@@ -29,6 +29,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+# D_stsp / D_H live in lit_models/common/dynamics_metrics.py (shared, with DDP-correct torchmetrics versions);
+# re-exported here for existing imports
+from lit_models.common.dynamics_metrics import (  # noqa: F401
+    power_spectrum_distance,
+    state_space_divergence,
+    state_space_divergence_binned,
+    state_space_divergence_gmm,
+)
+
 # ------------------------------------------------------------------------------------------------
 # model
 # ------------------------------------------------------------------------------------------------
@@ -120,91 +129,6 @@ def product_upper_bound(model: ShallowPLRNN, states: Tensor) -> float:
 def alpha_star(norm_estimate: float) -> float:
     """alpha* = max(0, 1 - 1/G)."""
     return max(0.0, 1.0 - 1.0 / norm_estimate) if norm_estimate > 0 else 0.0
-
-
-# ------------------------------------------------------------------------------------------------
-# metrics (to move to lit_models/common later)
-# ------------------------------------------------------------------------------------------------
-
-
-def state_space_divergence_binned(x_true: np.ndarray, x_gen: np.ndarray, n_bins: int = 30,
-                                  smoothing: float = 1e-5) -> float:
-    """D_stsp = KL(p_true || p_gen) of state-space occupation histograms, `n_bins` per dimension over the ground
-    truth's min/max +- 0.1 std, Laplace smoothing. Generated points outside the range are dropped; NaN when no
-    generated point falls inside (card)."""
-    x_true, x_gen = np.asarray(x_true, np.float64), np.asarray(x_gen, np.float64)
-    std = x_true.std(0)
-    lo, hi = x_true.min(0) - 0.1 * std, x_true.max(0) + 0.1 * std
-    width = (hi - lo) / n_bins
-    n_dims = x_true.shape[1]
-
-    def flat_counts(x):
-        x = x[np.all(np.isfinite(x), axis=1)]
-        idx = np.floor((x - lo) / width).astype(np.int64)
-        inside = np.all((idx >= 0) & (idx < n_bins), axis=1)
-        flat = np.ravel_multi_index(tuple(idx[inside].T), (n_bins,) * n_dims)
-        return flat, int(inside.sum())
-
-    t_flat, t_n = flat_counts(x_true)
-    g_flat, g_n = flat_counts(x_gen)
-    if g_n == 0:
-        return float("nan")
-    total_bins = float(n_bins) ** n_dims
-    keys, inv = np.unique(np.concatenate([t_flat, g_flat]), return_inverse=True)
-    ct = np.bincount(inv[: len(t_flat)], minlength=len(keys)).astype(np.float64)
-    cg = np.bincount(inv[len(t_flat):], minlength=len(keys)).astype(np.float64)
-    p = (ct + smoothing) / (t_n + smoothing * total_bins)
-    q = (cg + smoothing) / (g_n + smoothing * total_bins)
-    kl = float(np.sum(p * np.log(p / q)))
-    # bins occupied by neither: p and q both equal their smoothing mass
-    p0, q0 = smoothing / (t_n + smoothing * total_bins), smoothing / (g_n + smoothing * total_bins)
-    kl += (total_bins - len(keys)) * p0 * math.log(p0 / q0)
-    return kl
-
-
-def state_space_divergence_gmm(x_true: np.ndarray, x_gen: np.ndarray, scaling: float = 1.0,
-                               max_points: int = 1000) -> float:
-    """D_stsp for N >= 6: Monte-Carlo KL between Gaussian mixtures centred on the (subsampled) points,
-    isotropic covariance scaling^2 I, estimated at the true points."""
-    x_true = np.asarray(x_true, np.float64)[:: max(1, len(x_true) // max_points)]
-    x_gen = np.asarray(x_gen, np.float64)[:: max(1, len(x_gen) // max_points)]
-    if not np.all(np.isfinite(x_gen)):
-        return float("nan")
-
-    def log_mix(points, centres):
-        d2 = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(-1) / (2 * scaling**2)
-        mx = (-d2).max(1, keepdims=True)
-        return (mx[:, 0] + np.log(np.exp(-d2 - mx).mean(1)))
-
-    return float(np.mean(log_mix(x_true, x_true) - log_mix(x_true, x_gen)))
-
-
-def state_space_divergence(x_true: np.ndarray, x_gen: np.ndarray, n_bins: int = 30) -> float:
-    if np.asarray(x_true).shape[1] >= 6:
-        return state_space_divergence_gmm(x_true, x_gen)
-    return state_space_divergence_binned(x_true, x_gen, n_bins)
-
-
-def power_spectrum_distance(x_true: np.ndarray, x_gen: np.ndarray, smoothing: float = 20.0) -> float:
-    """D_H: mean over dimensions of the Hellinger distance between Gaussian-smoothed (sigma = `smoothing`
-    frequency bins), normalised power spectra of the z-scored series."""
-    from scipy.ndimage import gaussian_filter1d
-
-    x_true, x_gen = np.asarray(x_true, np.float64), np.asarray(x_gen, np.float64)
-    if not np.all(np.isfinite(x_gen)):
-        return float("nan")
-    t = min(len(x_true), len(x_gen))
-    dists = []
-    for d in range(x_true.shape[1]):
-        spectra = []
-        for s in (x_true[:t, d], x_gen[:t, d]):
-            s = (s - s.mean()) / (s.std() + 1e-12)
-            ps = np.abs(np.fft.rfft(s)) ** 2
-            ps = gaussian_filter1d(ps, smoothing)
-            spectra.append(ps / ps.sum())
-        bc = np.sum(np.sqrt(spectra[0] * spectra[1]))
-        dists.append(math.sqrt(max(0.0, 1.0 - bc)))
-    return float(np.mean(dists))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,413 @@
+"""Training throughput and memory of our iTransformer vs a same-size temporal-token Transformer, and vs the official
+implementation's speed anchor (issue 3), as ratios in the same run.
+
+Cases (full mode: each in a fresh subprocess, `python -m benchmarks.itransformer_speed --case NAME`, printing one
+JSON line, so that a case's peak RSS (`ru_maxrss`) is its own; 2 torch threads, as the anchor's 2-core machine,
+or `PAPERZOO_BENCH_THREADS`, e.g. 1 on a machine shared with other jobs):
+
+1. `step_{itr,tmp}_h{96,336}`: bare training steps (forward, MSE, backward, Adam) on fixed random batches of the
+   ETTh1 shape: batch 32, 7 variates, lookback 96; horizon 96 with d_model = d_ff = 256, horizon 336 with
+   d_model = d_ff = 512; 2 layers, 8 heads, dropout 0.1 (the official ETTh1 script). `itr` =
+   `lit_models.dynamics.itransformer.ITransformer` (7 variate tokens), `tmp` =
+   `lit_models.dynamics.temporal_transformer.TemporalTransformer` (96 time tokens, the same encoder layers,
+   widths and instance normalisation). No timestamp covariates in this pair (pure model comparison).
+2. `fit_itr_h{96,336}`: the anchor's setting end to end: `zoo train experiment=itransformer/etth1` (horizon 336:
+   `data.pred_len=336 model.d_model=512 model.d_ff=512`) through `launch.train.run` on a generated CSV with ETTh1's
+   exact shape (17,420 hourly rows, the 7 ETTh1 column names; 4 timeF covariate tokens as the official run),
+   a fixed number of train steps timed with a callback after warm-up (data loading, Lightning loop and optimiser
+   included, validation excluded), extrapolated to the 264 steps of an ETTh1 epoch.
+
+Anchor (issue 3, quoted, not re-run): the official thuml/iTransformer on a 2-core CPU machine with the ETTh1
+settings: ~24 steps/s (39 ms/step), ~11 s/epoch, peak memory 0.86 GiB; ~10 steps/s at horizon 336 (d_model 512).
+
+Memory: on CPU the peak RSS of the case's process (tracemalloc does not see torch's allocator, so it cannot measure
+tensors); the increase over the RSS right after imports is also given. On a GPU (`--device cuda`, added
+automatically in full mode when CUDA is available) `torch.cuda.max_memory_allocated`.
+
+`--quick` (the smoke test): tiny sizes, a few steps, all cases in this process; its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MARK = "@@ITRANSFORMER_BENCH@@ "
+ROOT = Path(__file__).resolve().parents[1]
+GIB_MIB = 1024.0
+
+# official thuml/iTransformer, ETTh1 settings, 2-core CPU machine (issue 3; quoted, not measured here)
+ANCHOR = {
+    96: {"steps_per_s": 24.0, "ms_per_step": 39.0, "epoch_s": 11.0, "peak_mib": 0.86 * GIB_MIB},
+    336: {"steps_per_s": 10.0},
+}
+ETTH1_ROWS = 17420
+ETTH1_COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+ETTH1_STEPS_PER_EPOCH = (8640 - 96 - 96 + 1) // 32  # train windows // batch (drop_last): 264
+
+SIZES = {  # horizon -> model sizes (official ETTh1 script)
+    96: {"d_model": 256, "d_ff": 256},
+    336: {"d_model": 512, "d_ff": 512},
+}
+# torch threads: 2 as the anchor's 2-core machine; PAPERZOO_BENCH_THREADS overrides it (on an oversubscribed
+# machine 2 OpenMP threads wait on each other at every parallel region: steps slow down 10-100x, use 1 there)
+FULL = {"batch": 32, "variates": 7, "seq_len": 96, "n_heads": 8, "e_layers": 2, "warmup": 3, "timed": 20,
+        "fit_warmup": 5, "fit_timed": 40, "threads": int(os.environ.get("PAPERZOO_BENCH_THREADS", "2"))}
+QUICK = {"batch": 4, "variates": 3, "seq_len": 16, "n_heads": 2, "e_layers": 1, "warmup": 1, "timed": 2,
+         "fit_warmup": 1, "fit_timed": 2, "threads": 1, "d_model": 16, "d_ff": 16}
+
+CASES = ("step_itr_h96", "step_tmp_h96", "fit_itr_h96", "step_itr_h336", "fit_itr_h336", "step_tmp_h336")
+
+SUMMARY = (
+    "How to read: `ratio` = ours / baseline for the unit of the row; `better_if` says which side of 1 is good "
+    "(steps/s: > 1; ms/step, s/epoch and memory: < 1). Model rows compare our iTransformer (variate tokens) with a "
+    "temporal-token Transformer of the same width/depth on the same ETTh1-shaped batches (bare training steps; "
+    "torch threads in the note: 2 by default, PAPERZOO_BENCH_THREADS overrides). Anchor rows compare the full `zoo train experiment=itransformer/etth1` loop on an ETTh1-shaped CSV "
+    "with the official implementation's figures on a 2-core machine (quoted, not re-run). Peak memory is the "
+    "case process's peak RSS (fresh process per case; imports of torch + lightning are part of it, see `note`). "
+    "Wall-clock numbers depend on machine load (the 1-min load average is in each note): on a shared machine "
+    "compare ratios, not absolute values. --quick rows are a smoke test on tiny sizes; their ratios mean nothing."
+)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _params(cfg: dict, horizon: int) -> dict:
+    sizes = {k: cfg[k] for k in ("d_model", "d_ff")} if "d_model" in cfg else SIZES[horizon]
+    pred_len = horizon if "d_model" not in cfg else max(2, horizon // 24)  # quick: tiny horizon
+    return {"seq_len": cfg["seq_len"], "pred_len": pred_len, "n_heads": cfg["n_heads"],
+            "e_layers": cfg["e_layers"], "dropout": 0.1, **sizes}
+
+
+def _parse(case: str) -> tuple[str, str, int]:
+    kind, model, horizon = case.split("_")
+    return kind, model, int(horizon[1:])
+
+
+def write_etth1_like(path: Path, rows: int = ETTH1_ROWS, seed: int = 0) -> None:
+    """A CSV with ETTh1's exact shape and column names (hourly dates from 2016-07-01), smooth random values."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(rows)[:, None]
+    values = (np.sin(2 * np.pi * t / 24 + rng.uniform(0, 6.3, len(ETTH1_COLUMNS)))
+              + 0.1 * np.cumsum(rng.standard_normal((rows, len(ETTH1_COLUMNS))), axis=0) / math.sqrt(rows))
+    df = pd.DataFrame(values.astype(np.float32), columns=ETTH1_COLUMNS)
+    df.insert(0, "date", pd.date_range("2016-07-01", periods=rows, freq="h").strftime("%Y-%m-%d %H:%M:%S"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False, float_format="%.6g")
+
+
+# ------------------------------------------------------------------------------------------------ cases
+def case_step(model_name: str, horizon: int, quick: bool, device: str = "cpu") -> dict:
+    """Bare training steps of one model on fixed random ETTh1-shaped batches."""
+    import torch
+    import torch.nn.functional as F
+
+    from lit_models.dynamics.itransformer import ITransformer
+    from lit_models.dynamics.temporal_transformer import TemporalTransformer
+
+    cfg = QUICK if quick else FULL
+    torch.manual_seed(0)
+    p = _params(cfg, horizon)
+    if model_name == "itr":
+        model = ITransformer(**p)
+    else:
+        model = TemporalTransformer(cfg["variates"], **p)
+    model = model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    n_batches = 4
+    xs = torch.randn(n_batches, cfg["batch"], p["seq_len"], cfg["variates"], device=device)
+    ys = torch.randn(n_batches, cfg["batch"], p["pred_len"], cfg["variates"], device=device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = _maxrss_mib()
+
+    def step(i: int) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = F.mse_loss(model(xs[i % n_batches]), ys[i % n_batches])
+        loss.backward()
+        opt.step()
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for i in range(cfg["warmup"]):
+        step(i)
+    sync()
+    times = []
+    cpu0, t_start = _cpu_s(), time.perf_counter()
+    for i in range(cfg["timed"]):
+        t0 = time.perf_counter()
+        step(i)
+        sync()
+        times.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - t_start
+    times.sort()
+    median = times[len(times) // 2]
+    out = {"model": model_name, "horizon": p["pred_len"], "device": device,
+           "params": sum(q.numel() for q in model.parameters()), "tokens": cfg["variates"] if model_name == "itr"
+           else p["seq_len"], "step_s": median, "mean_step_s": wall / len(times), "best_step_s": times[0],
+           "timed_steps": len(times), "cores_used": (_cpu_s() - cpu0) / wall, "rss_before_mib": rss_before,
+           "d_model": p["d_model"], "batch": cfg["batch"], "variates": cfg["variates"]}
+    if device == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _recorder():
+    import lightning as L
+
+    class StepRecorder(L.Callback):
+        """Wall-clock and CPU time at the end of every train batch."""
+
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.cpu: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.ends.append(time.perf_counter())
+            self.cpu.append(_cpu_s())
+
+    return StepRecorder()
+
+
+def case_fit(horizon: int, quick: bool, data_dir: str, device: str = "cpu") -> dict:
+    """`experiment=itransformer/etth1` through launch.train.run on an ETTh1-shaped CSV: timed train steps."""
+    import warnings
+
+    from launch.config import compose
+    from launch.train import run as train_run
+
+    warnings.filterwarnings("ignore")
+    cfg_ = QUICK if quick else FULL
+    warmup, timed = cfg_["fit_warmup"], cfg_["fit_timed"]
+    steps = warmup + timed
+    overrides = ["experiment=itransformer/etth1", "logger=none", "progress_bar=false", "stage=fit",
+                 f"threads={cfg_['threads']}", f"data.data_dir={data_dir}", "trainer.max_epochs=1",
+                 f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=0", "early_stopping=null",
+                 "checkpoint.monitor=null", f"data.pred_len={horizon}"]
+    if quick:
+        overrides += [f"model.d_model={QUICK['d_model']}", f"model.d_ff={QUICK['d_ff']}", "model.n_heads=2",
+                      "model.e_layers=1", f"data.batch_size={QUICK['batch']}"]
+    else:
+        overrides += [f"model.d_model={SIZES[horizon]['d_model']}", f"model.d_ff={SIZES[horizon]['d_ff']}"]
+    if device == "cuda":
+        overrides += ["trainer=gpu"]
+    cfg = compose(overrides)
+    recorder = _recorder()
+    t0 = time.perf_counter()
+    train_run(cfg, make_run_dir=False, extra_callbacks=[recorder])
+    wall = time.perf_counter() - t0
+    ends, cpu = recorder.ends, recorder.cpu
+    if len(ends) < steps:
+        raise RuntimeError(f"only {len(ends)} of {steps} train steps ran")
+    span = ends[steps - 1] - ends[warmup - 1]
+    step_s = span / timed
+    window = max(1, min(10, timed // 3))
+    best_window = min((ends[j + window] - ends[j]) / window for j in range(warmup - 1, steps - window))
+    return {"model": "itr", "horizon": horizon, "device": device, "step_s": step_s, "timed_steps": timed,
+            "warmup_steps": warmup, "epoch_s": step_s * ETTH1_STEPS_PER_EPOCH, "best_window_step_s": best_window,
+            "window_steps": window, "cores_used": (cpu[steps - 1] - cpu[warmup - 1]) / span, "wall_s": wall,
+            "d_model": int(cfg.model.d_model), "batch": int(cfg.data.batch_size), "time_features": True}
+
+
+def run_case(name: str, quick: bool, data_dir: str, device: str = "cpu") -> dict:
+    import torch
+
+    cfg = QUICK if quick else FULL
+    torch.set_num_threads(cfg["threads"])
+    kind, model, horizon = _parse(name)
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    if kind == "step":
+        res = case_step(model, horizon, quick, device)
+    else:
+        res = case_fit(horizon, quick, data_dir, device)
+    res.update(case=name if device == "cpu" else f"{name}_cuda", threads=cfg["threads"], load1=load,
+               case_s=time.perf_counter() - t0, peak_rss_mib=_maxrss_mib())
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ processes
+def worker(cases: list[str], quick: bool, data_dir: str, device: str) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import lightning  # noqa: F401  (imports first: the baseline RSS includes them)
+    import torch  # noqa: F401
+
+    import launch.train  # noqa: F401
+    import lit_models.dynamics.itransformer  # noqa: F401
+
+    base = _maxrss_mib()
+    for name in cases:
+        res = run_case(name, quick, data_dir, device)
+        res["rss_after_imports_mib"] = base
+        print(MARK + json.dumps(res, default=float), flush=True)
+
+
+def _spawn(case: str, data_dir: Path, device: str = "cpu", timeout: float = 900) -> dict:
+    threads = FULL["threads"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    cmd = [sys.executable, "-m", "benchmarks.itransformer_speed", "--case", case, "--data-dir", str(data_dir),
+           "--device", device]
+    label = case if device == "cpu" else f"{case}_cuda"
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as err:
+        stdout = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        stderr, code = f"timed out after {timeout:.0f} s", -1
+    for line in stdout.splitlines():
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
+    tail = " | ".join((stderr or "").strip().splitlines()[-3:])
+    return {"case": label, "error": f"exit {code}: {tail[-400:]}"}
+
+
+def run(quick: bool) -> list[dict]:
+    """Run every case and return the table rows (full: one fresh subprocess per case; quick: in this process)."""
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="itransformer_bench_") as tmp:
+        data_dir = Path(tmp) / "etth1"
+        write_etth1_like(data_dir / "ETTh1.csv")
+        if quick:
+            for case in CASES:
+                try:
+                    res = run_case(case, True, str(data_dir))
+                    res["rss_after_imports_mib"] = float("nan")
+                except Exception as err:  # noqa: BLE001 - a failing case becomes a FAILED row
+                    res = {"case": case, "error": f"{type(err).__name__}: {err}"[:400]}
+                results[res["case"]] = res
+        else:
+            devices = ["cpu"]
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    devices.append("cuda")
+            except ImportError:
+                pass
+            for device in devices:
+                for case in CASES:
+                    res = _spawn(case, data_dir, device)
+                    results[res["case"]] = res
+    return build_rows(results, quick)
+
+
+# ------------------------------------------------------------------------------------------------ rows
+def _row(case: str, what: str, ours, baseline, unit: str, better_if: str, note: str = "", **extra) -> dict:
+    ratio = None
+    if ours is not None and baseline is not None and baseline > 0 and math.isfinite(ours):
+        ratio = float(ours) / float(baseline)
+    row = {"case": case, "what": what, "ours": None if ours is None else float(ours),
+           "baseline": None if baseline is None else float(baseline), "ratio": ratio, "unit": unit,
+           "better_if": better_if}
+    row.update(extra)
+    row["note"] = note
+    return row
+
+
+def _load(res: dict) -> str:
+    """Machine load and CPU time per step (wall x cores used): on a shared machine the CPU time is the steadier
+    number (the wall time also counts the time other processes held the cores)."""
+    cores = res.get("cores_used", float("nan"))
+    return (f"load {res.get('load1', float('nan')):.1f}, {cores:.2f} cores used, CPU time "
+            f"{1e3 * cores * res.get('step_s', float('nan')):.0f} ms/step")
+
+
+def build_rows(results: dict[str, dict], quick: bool) -> list[dict]:
+    rows: list[dict] = []
+    for res in results.values():
+        if "error" in res:
+            rows.append({"case": res["case"], "what": "FAILED", "ours": None, "baseline": None, "ratio": None,
+                         "unit": "", "better_if": "", "error": res["error"], "note": res["error"]})
+    tag = " (quick: tiny sizes)" if quick else ""
+    for suffix in ("", "_cuda"):
+        for h in (96, 336):
+            itr, tmp = results.get(f"step_itr_h{h}{suffix}", {}), results.get(f"step_tmp_h{h}{suffix}", {})
+            if "step_s" not in itr or "step_s" not in tmp:
+                continue
+            case = f"model_h{h}{suffix}"
+            lookback = (QUICK if quick else FULL)["seq_len"]
+            shape = (f"batch {itr['batch']}, {itr['variates']} variates, L={lookback}, "
+                     f"S={itr['horizon']}, d_model={itr['d_model']}, {itr['device']}, {itr['threads']} threads{tag}")
+            rows.append(_row(case, "train steps/s, iTransformer vs temporal-token Transformer", 1 / itr["step_s"],
+                             1 / tmp["step_s"], "steps/s", "ratio > 1",
+                             f"{shape}; median of {itr['timed_steps']} bare steps (fwd+MSE+bwd+Adam); tokens "
+                             f"{itr['tokens']} vs {tmp['tokens']}; params {itr['params']} vs {tmp['params']}; "
+                             f"{_load(itr)} / {_load(tmp)}"))
+            rows.append(_row(case, "ms per train step, iTransformer vs temporal-token Transformer",
+                             1e3 * itr["step_s"], 1e3 * tmp["step_s"], "ms", "ratio < 1",
+                             f"fastest step {1e3 * itr['best_step_s']:.1f} vs {1e3 * tmp['best_step_s']:.1f} ms"))
+            if suffix:
+                rows.append(_row(case, "peak GPU memory allocated, iTransformer vs temporal", itr["peak_gpu_mib"],
+                                 tmp["peak_gpu_mib"], "MiB", "ratio < 1", "torch.cuda.max_memory_allocated"))
+            else:
+                inc_i = max(itr["peak_rss_mib"] - itr["rss_after_imports_mib"], 1e-3) \
+                    if math.isfinite(itr.get("rss_after_imports_mib", float("nan"))) else itr["peak_rss_mib"]
+                inc_t = max(tmp["peak_rss_mib"] - tmp["rss_after_imports_mib"], 1e-3) \
+                    if math.isfinite(tmp.get("rss_after_imports_mib", float("nan"))) else tmp["peak_rss_mib"]
+                rows.append(_row(case, "peak RSS increase over imports, iTransformer vs temporal", inc_i, inc_t,
+                                 "MiB", "ratio < 1", f"peak RSS {itr['peak_rss_mib']:.0f} vs {tmp['peak_rss_mib']:.0f} "
+                                 f"MiB (fresh process per case)" + (" (quick: one shared process)" if quick else "")))
+        for h in (96, 336):
+            fit = results.get(f"fit_itr_h{h}{suffix}", {})
+            if "step_s" not in fit:
+                continue
+            case = f"anchor_h{h}{suffix}"
+            anchor = ANCHOR[h]
+            note = (f"zoo train experiment=itransformer/etth1 (S={fit['horizon']}, d_model={fit['d_model']}, batch "
+                    f"{fit['batch']}, 4 timeF tokens) on an ETTh1-shaped CSV, {fit['timed_steps']} steps timed after "
+                    f"{fit['warmup_steps']}, {fit['device']}, {fit['threads']} threads; fastest {fit['window_steps']}"
+                    f"-step window {1e3 * fit['best_window_step_s']:.1f} ms/step; {_load(fit)}; anchor: official "
+                    f"code, 2-core CPU (quoted){tag}")
+            rows.append(_row(case, "train steps/s, ours vs official (anchor)", 1 / fit["step_s"],
+                             anchor["steps_per_s"], "steps/s", "ratio > 1", note))
+            if "ms_per_step" in anchor:
+                rows.append(_row(case, "ms per train step, ours vs official (anchor)", 1e3 * fit["step_s"],
+                                 anchor["ms_per_step"], "ms", "ratio < 1", ""))
+                rows.append(_row(case, "s per ETTh1 epoch (264 steps, extrapolated), ours vs official (anchor)",
+                                 fit["epoch_s"], anchor["epoch_s"], "s", "ratio < 1", "validation excluded"))
+                if not suffix:
+                    rows.append(_row(case, "peak memory, ours (process peak RSS) vs official (anchor)",
+                                     fit["peak_rss_mib"], anchor["peak_mib"], "MiB", "ratio < 1",
+                                     f"includes importing torch + lightning "
+                                     f"({fit.get('rss_after_imports_mib', float('nan')):.0f} MiB after imports)"
+                                     + (" (quick: shared process)" if quick else "")))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.itransformer_speed")
+    parser.add_argument("--case", required=True, help=f"comma-separated, from {', '.join(CASES)}")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    opts = parser.parse_args(argv)
+    cases = opts.case.split(",")
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    worker(cases, opts.quick, opts.data_dir, opts.device)
+
+
+if __name__ == "__main__":
+    main()
