@@ -1,0 +1,392 @@
+"""PROSE (Liu, Sun, Schaeffer et al., Neural Networks 2024, arXiv 2309.16816): Predicting Operators and Symbolic
+Expressions with a multimodal Transformer. Official code: felix-lyx/prose (`prose_ode/`).
+
+Inputs: data u(t_i) (B x N_in x max_dim, zero-padded, per-sample normalised) at input times t_i, and text: the
+(possibly corrupted) prefix skeleton of du/dt = f(u). Encoders (Sec. 3.1): data embedder MLP([t, u] -> D) +
+`n_data_enc_layers` Transformer layers; text: token + sinusoidal position embedding + `n_text_enc_layers` layers
+(padding-masked). Feature fusion (Sec. 3.2): concatenation + learned modality-type embedding + `n_fusion_layers` joint
+self-attention layers. Decoders (Sec. 3.3): (i) data (operator) decoder: query tokens Linear(t) for arbitrary output
+times, `n_data_dec_layers` layers of cross-attention to the fused data features + FFN (no causal mask),
+Linear(D -> max_dim); (ii) symbol decoder: `n_text_dec_layers` causal decoder layers with teacher forcing on the
+shifted target expression (with constants), greedy decoding at evaluation.
+Loss (Sec. 3.4): data_loss_weight (6.0) x MSE(data, valid dims only) + CE(symbols).
+
+Data-only baseline (card check 1): `text_input=False` builds no text encoder and fuses the data tokens alone; the
+symbol decoder and all other blocks are unchanged.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_models.dynamics.prose_symbolic import SymbolicTokenizer
+
+
+def _encoder(d: int, heads: int, ffn: int, layers: int, dropout: float) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(d, heads, ffn, dropout, activation="gelu", batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
+
+
+def _decoder(d: int, heads: int, ffn: int, layers: int, dropout: float) -> nn.TransformerDecoder:
+    layer = nn.TransformerDecoderLayer(d, heads, ffn, dropout, activation="gelu", batch_first=True, norm_first=True)
+    return nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(d))
+
+
+def sinusoidal(n: int, d: int) -> Tensor:
+    """Fixed sinusoidal position table (the official text encoder/decoder default)."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.pow(10000.0, -torch.arange(0, d, 2, dtype=torch.float32) / d)
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
+    return table
+
+
+class DataEncoder(nn.Module):
+    """Sec. 3.1: each time point (t_i, u(t_i)) -> one token through the embedder MLP (Linear-GELU-Linear, as the
+    official `embedder`), then `layers` self-attention layers (no positional embedding: time is in the token)."""
+
+    def __init__(self, max_dim: int, d: int, heads: int, ffn: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        self.embedder = nn.Sequential(nn.Linear(max_dim + 1, d), nn.GELU(), nn.Linear(d, d))
+        self.encoder = _encoder(d, heads, ffn, layers, dropout)
+
+    def forward(self, u: Tensor, t: Tensor) -> Tensor:
+        return self.encoder(self.embedder(torch.cat([t.unsqueeze(-1), u], -1)))
+
+
+class TextEncoder(nn.Module):
+    """Sec. 3.1: token embedding + sinusoidal positions, `layers` self-attention layers with the padding masked."""
+
+    def __init__(self, vocab: int, d: int, heads: int, ffn: int, layers: int, dropout: float, max_len: int,
+                 pad_id: int) -> None:
+        super().__init__()
+        self.pad_id = pad_id
+        self.token = nn.Embedding(vocab, d, padding_idx=pad_id)
+        nn.init.normal_(self.token.weight, std=d ** -0.5)
+        with torch.no_grad():
+            self.token.weight[pad_id].zero_()
+        self.register_buffer("position", sinusoidal(max_len, d), persistent=False)
+        self.encoder = _encoder(d, heads, ffn, layers, dropout)
+
+    def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        pad = ids == self.pad_id  # True = padding (not attended)
+        x = self.token(ids) + self.position[: ids.shape[1]]
+        return self.encoder(x, src_key_padding_mask=pad), pad
+
+
+class Fusion(nn.Module):
+    """Sec. 3.2 feature fusion: concatenate [data tokens; text tokens], add the learned modality-type embedding
+    (0 = data, 1 = text), LayerNorm, `layers` joint self-attention layers; padded text tokens are masked as keys.
+    Returns the fused sequence, its padding mask and the number of data tokens (to split the features)."""
+
+    def __init__(self, d: int, heads: int, ffn: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        self.type_embedding = nn.Embedding(2, d)
+        nn.init.normal_(self.type_embedding.weight, std=d ** -0.5)
+        self.norm = nn.LayerNorm(d)
+        self.encoder = _encoder(d, heads, ffn, layers, dropout)
+
+    def forward(self, data: Tensor, text: Tensor | None = None,
+                text_pad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        feats = [data + self.type_embedding.weight[0]]
+        pad = [torch.zeros(data.shape[:2], dtype=torch.bool, device=data.device)]
+        if text is not None:
+            feats.append(text + self.type_embedding.weight[1])
+            pad.append(text_pad)
+        x, mask = self.norm(torch.cat(feats, 1)), torch.cat(pad, 1)
+        return self.encoder(x, src_key_padding_mask=mask), mask
+
+
+class OperatorLayer(nn.Module):
+    """One data-decoder layer (official `DataOperatorModel`): the query tokens cross-attend to the fused features,
+    then an FFN; optional self-attention among the queries (`data_decoder_attn`, off in the paper). Nothing is
+    causal: every query sees all of the memory. Pre-LayerNorm residual blocks."""
+
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, self_attn: bool) -> None:
+        super().__init__()
+        self.norm_q, self.cross = nn.LayerNorm(d), nn.MultiheadAttention(d, heads, dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(d, heads, dropout, batch_first=True) if self_attn else None
+        self.norm_s = nn.LayerNorm(d) if self_attn else None
+        self.norm_f = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
+
+    def forward(self, q: Tensor, memory: Tensor, memory_pad: Tensor) -> Tensor:
+        h = self.norm_q(q)
+        q = q + self.cross(h, memory, memory, key_padding_mask=memory_pad, need_weights=False)[0]
+        if self.self_attn is not None:
+            h = self.norm_s(q)
+            q = q + self.self_attn(h, h, h, need_weights=False)[0]
+        return q + self.ffn(self.norm_f(q))
+
+
+class DataDecoder(nn.Module):
+    """Sec. 3.3 operator decoder: query tokens = Linear(t) + LayerNorm for arbitrary output times t (no positions:
+    queries are times, not sequence indices), `layers` OperatorLayers, Linear(D -> max_dim)."""
+
+    def __init__(self, max_dim: int, d: int, heads: int, ffn: int, layers: int, dropout: float,
+                 self_attn: bool = False) -> None:
+        super().__init__()
+        self.query = nn.Linear(1, d)
+        self.query_norm = nn.LayerNorm(d)
+        self.layers = nn.ModuleList(OperatorLayer(d, heads, ffn, dropout, self_attn) for _ in range(layers))
+        self.norm = nn.LayerNorm(d)
+        self.out = nn.Linear(d, max_dim)
+
+    def forward(self, t: Tensor, memory: Tensor, memory_pad: Tensor) -> Tensor:
+        q = self.query_norm(self.query(t.unsqueeze(-1)))
+        for layer in self.layers:
+            q = layer(q, memory, memory_pad)
+        return self.out(self.norm(q))
+
+
+class SymbolDecoder(nn.Module):
+    """Sec. 3.3 symbol decoder: autoregressive (causal mask, teacher forcing on the shifted target), token
+    embedding + sinusoidal positions, cross-attention to the fused features, output projection tied to the input
+    embedding (official `text_share_inout_emb`)."""
+
+    def __init__(self, vocab: int, d: int, heads: int, ffn: int, layers: int, dropout: float, max_len: int,
+                 pad_id: int) -> None:
+        super().__init__()
+        self.pad_id = pad_id
+        self.token = nn.Embedding(vocab, d, padding_idx=pad_id)
+        nn.init.normal_(self.token.weight, std=d ** -0.5)
+        with torch.no_grad():
+            self.token.weight[pad_id].zero_()
+        self.register_buffer("position", sinusoidal(max_len, d), persistent=False)
+        self.decoder = _decoder(d, heads, ffn, layers, dropout)
+        self.out_bias = nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, ids: Tensor, memory: Tensor, memory_pad: Tensor) -> Tensor:
+        n = ids.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=ids.device).triu(1)  # True = not attended
+        x = self.token(ids) + self.position[:n]
+        h = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True, tgt_key_padding_mask=ids == self.pad_id,
+                         memory_key_padding_mask=memory_pad)
+        return F.linear(h, self.token.weight, self.out_bias)
+
+
+class PROSE(nn.Module):
+    """Fig. 2 of the paper: data encoder + text encoder -> fusion -> data (operator) decoder and symbol decoder.
+
+    `split_features` (official `split_fused_feature_data/_text`, both true by default): after fusion the data
+    decoder reads only the fused *data* tokens and the symbol decoder only the fused *text* tokens (each has seen
+    the other modality through the joint self-attention). `text_input=False` is the data-only model: no text
+    encoder and the fusion layers run over the data tokens alone (the official `--no_text` also drops the
+    fusion block; keeping it makes the baseline exactly as deep, so only the text input differs)."""
+
+    def __init__(self, vocab: int, pad_id: int, max_dim: int = 3, dim_emb: int = 512, n_heads: int = 8,
+                 dim_ffn: int = 2048, n_text_enc_layers: int = 4, n_data_enc_layers: int = 2,
+                 n_fusion_layers: int = 8, n_data_dec_layers: int = 8, n_text_dec_layers: int = 8,
+                 dropout: float = 0.0, max_text_len: int = 200, text_input: bool = True,
+                 split_features: bool = True, data_decoder_attn: bool = False) -> None:
+        super().__init__()
+        a = (dim_emb, n_heads, dim_ffn)
+        self.split_features = split_features
+        self.data_encoder = DataEncoder(max_dim, *a, n_data_enc_layers, dropout)
+        self.text_encoder = (TextEncoder(vocab, *a, n_text_enc_layers, dropout, max_text_len, pad_id)
+                             if text_input else None)
+        self.fusion = Fusion(*a, n_fusion_layers, dropout)
+        self.data_decoder = DataDecoder(max_dim, *a, n_data_dec_layers, dropout, data_decoder_attn)
+        self.symbol_decoder = SymbolDecoder(vocab, *a, n_text_dec_layers, dropout, max_text_len, pad_id)
+
+    def fuse(self, data_in: Tensor, t_in: Tensor, text_in: Tensor | None) -> tuple[Tensor, Tensor, int]:
+        """-> fused features (B x (N_in [+ L_text]) x D), their padding mask (True = pad), N_in."""
+        data = self.data_encoder(data_in, t_in)
+        if self.text_encoder is None or text_in is None:
+            fused, pad = self.fusion(data)
+        else:
+            text, text_pad = self.text_encoder(text_in)
+            fused, pad = self.fusion(data, text, text_pad)
+        return fused, pad, data.shape[1]
+
+    def memories(self, fused: Tensor, pad: Tensor, n_data: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """(data-decoder memory, symbol-decoder memory), each (features, padding mask)."""
+        if not self.split_features or fused.shape[1] == n_data:
+            return (fused, pad), (fused, pad)
+        return (fused[:, :n_data], pad[:, :n_data]), (fused[:, n_data:], pad[:, n_data:])
+
+    def forward(self, data_in: Tensor, t_in: Tensor, t_out: Tensor, text_in: Tensor | None,
+                text_out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """-> (data prediction B x N_out x max_dim, symbol logits for text_out[:, :-1] or None)."""
+        (mem_d, pad_d), (mem_s, pad_s) = self.memories(*self.fuse(data_in, t_in, text_in))
+        data = self.data_decoder(t_out, mem_d, pad_d)
+        logits = None if text_out is None else self.symbol_decoder(text_out[:, :-1], mem_s, pad_s)
+        return data, logits
+
+    @torch.no_grad()
+    def generate(self, memory: Tensor, pad: Tensor, bos_id: int, eos_id: int, max_len: int) -> Tensor:
+        """Greedy decoding (beam 1) from the symbol-decoder memory: B x <= max_len token ids starting with <bos>."""
+        ids = torch.full((memory.shape[0], 1), bos_id, dtype=torch.long, device=memory.device)
+        done = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
+        for _ in range(max_len - 1):
+            nxt = self.symbol_decoder(ids, memory, pad)[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, self.symbol_decoder.pad_id), nxt)
+            ids = torch.cat([ids, nxt[:, None]], 1)
+            done |= nxt == eos_id
+            if bool(done.all()):
+                break
+        return ids
+
+
+DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-4, weight_decay=1e-4)
+
+
+class ProseModule(L.LightningModule):
+    """PROSE trained on the multimodal ODE data. Metrics: `val|test/rel_l2` (relative L2 error of the data decoder on
+    the query window, original scale, valid dims, mean over samples), `val|test/mse` (normalised scale),
+    `val|test/valid_frac` (greedy decodes that parse as prefix expressions), `val|test/skeleton_acc` (decoded
+    skeleton == true skeleton), `val|test/symbol_token_acc` (teacher-forced next-token accuracy)."""
+
+    def __init__(self, max_dim: int = 3, float_precision: int = 3, dim_emb: int = 512, n_heads: int = 8,
+                 dim_ffn: int = 2048, n_text_enc_layers: int = 4, n_data_enc_layers: int = 2,
+                 n_fusion_layers: int = 8, n_data_dec_layers: int = 8, n_text_dec_layers: int = 8,
+                 dropout: float = 0.0, text_input: bool = True, split_features: bool = True,
+                 data_decoder_attn: bool = False, data_loss_weight: float = 6.0, text_loss_weight: float = 1.0,
+                 max_gen_len: int = 150, warmup_steps: int = 20000,
+                 optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
+        super().__init__()
+        if dim_emb % n_heads:
+            raise ValueError(f"prose: dim_emb ({dim_emb}) must be a multiple of n_heads ({n_heads})")
+        if min(n_data_enc_layers, n_fusion_layers, n_data_dec_layers, n_text_dec_layers) < 1 or \
+                (text_input and n_text_enc_layers < 1):
+            raise ValueError("prose: every block needs >= 1 layer (text encoder only when text_input)")
+        if not 1 <= max_dim <= 3:
+            raise ValueError(f"prose: max_dim must be 1..3, got {max_dim}")
+        if data_loss_weight < 0 or text_loss_weight < 0 or warmup_steps < 0:
+            raise ValueError("prose: loss weights and warmup_steps must be >= 0")
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
+        self.tokenizer = SymbolicTokenizer(max_dim=max_dim, float_precision=float_precision)
+        self.model = PROSE(len(self.tokenizer), self.tokenizer.pad_id, max_dim, dim_emb, n_heads, dim_ffn,
+                           n_text_enc_layers, n_data_enc_layers, n_fusion_layers, n_data_dec_layers,
+                           n_text_dec_layers, dropout, max(max_gen_len, 200), text_input, split_features,
+                           data_decoder_attn)
+        self._sample: dict[str, Any] | None = None
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        text_in = batch["text_in"] if self.hparams.text_input else None
+        return self.model(batch["data_in"], batch["t_in"], batch["t_out"], text_in, batch.get("text_out"))
+
+    def _losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        with torch.autocast(self.device.type, enabled=False):  # data loss and float tokens in fp32
+            pred, logits = self(batch)
+            pred, logits = pred.float(), logits.float()
+            mask = batch["dim_mask"][:, None, :].expand_as(pred).float()
+            mse = ((pred - batch["target"]) ** 2 * mask).sum() / mask.sum()
+            tgt = batch["text_out"][:, 1:]
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                 ignore_index=self.tokenizer.pad_id)
+        return mse, ce, pred, logits, tgt
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
+        mse, ce, *_ = self._losses(batch)
+        loss = self.hparams.data_loss_weight * mse + self.hparams.text_loss_weight * ce
+        bs = batch["data_in"].shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("train/mse", mse, on_step=True, on_epoch=False, batch_size=bs, sync_dist=True)
+        self.log("train/ce", ce, on_step=True, on_epoch=False, batch_size=bs, sync_dist=True)
+        return loss
+
+    def _evaluate(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> None:
+        mse, ce, pred, logits, tgt = self._losses(batch)
+        bs = pred.shape[0]
+        mask = batch["dim_mask"][:, None, :].float()
+        scale = batch["scale"][:, None, :]
+        err = (((pred - batch["target"]) * scale) ** 2 * mask).sum((1, 2))
+        ref = ((batch["target"] * scale) ** 2 * mask).sum((1, 2))
+        rel_l2 = (err.sqrt() / ref.sqrt().clamp_min(1e-8)).mean()
+        keep = tgt != self.tokenizer.pad_id
+        tok_acc = ((logits.argmax(-1) == tgt) & keep).sum().float() / keep.sum()
+        # greedy decoding of the full expression
+        text_in = batch["text_in"] if self.hparams.text_input else None
+        _, (memory, pad) = self.model.memories(*self.model.fuse(batch["data_in"], batch["t_in"], text_in))
+        ids = self.model.generate(memory, pad, self.tokenizer.bos_id, self.tokenizer.eos_id,
+                                  self.hparams.max_gen_len).cpu()
+        valid = skel = 0
+        for i in range(bs):
+            expr = self.tokenizer.decode(ids[i])
+            true = self.tokenizer.decode(batch["text_out"][i].cpu())
+            if expr is not None:
+                valid += 1
+                skel += int(self.tokenizer.skeleton(expr) == self.tokenizer.skeleton(true))
+        log = functools.partial(self.log, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        log(f"{split}/rel_l2", rel_l2, prog_bar=True)
+        log(f"{split}/mse", mse)
+        log(f"{split}/ce", ce)
+        log(f"{split}/loss", self.hparams.data_loss_weight * mse + self.hparams.text_loss_weight * ce)
+        log(f"{split}/symbol_token_acc", tok_acc)
+        log(f"{split}/valid_frac", valid / bs)
+        log(f"{split}/skeleton_acc", skel / bs)
+        if batch_idx == 0:
+            s = batch["scale"][0].cpu()
+            self._sample = {"t_in": batch["t_in"][0].cpu(), "t_out": batch["t_out"][0].cpu(),
+                            "data_in": batch["data_in"][0].cpu() * s, "target": batch["target"][0].cpu() * s,
+                            "pred": pred[0].detach().cpu() * s, "dims": int(batch["dim_mask"][0].sum()),
+                            "generated": " ".join(self.tokenizer.ids_to_tokens(ids[0])),
+                            "expr": self.tokenizer.decode(ids[0])}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "val", batch_idx)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "test", batch_idx)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        warmup = self.hparams.warmup_steps
+        if not warmup:
+            return optimizer
+        # inverse-sqrt schedule with linear warm-up (paper: 20k warm-up steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min((s + 1) / warmup, math.sqrt(warmup / (s + 1))))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def figures(self) -> dict[str, Any]:
+        """{"trajectory": input data, true and predicted query window; with the generated expression
+        integrated from the first query point when it parses (text_ode_solve)}."""
+        if self._sample is None:
+            return {}
+        import matplotlib.pyplot as plt
+
+        s = self._sample
+        d = s["dims"]
+        fig, axes = plt.subplots(d, 1, figsize=(7, 1.8 * d), sharex=True, squeeze=False)
+        sym = None
+        if s["expr"] is not None and len(s["expr"]) == d:
+            from lit_models.dynamics.prose_symbolic import eval_rhs
+
+            t = s["t_out"].numpy().astype(np.float64)
+            u = s["target"][0].numpy().astype(np.float64)[:d]
+            sym = [u]
+            with np.errstate(all="ignore"):
+                for k in range(1, len(t)):  # RK4 with 10 sub-steps between query times, fp64
+                    h = (t[k] - t[k - 1]) / 10
+                    for _ in range(10):
+                        k1 = eval_rhs(s["expr"], u)
+                        k2 = eval_rhs(s["expr"], u + h / 2 * k1)
+                        k3 = eval_rhs(s["expr"], u + h / 2 * k2)
+                        k4 = eval_rhs(s["expr"], u + h * k3)
+                        u = u + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+                    sym.append(u)
+            sym = np.stack(sym)
+        for i, ax in enumerate(axes[:, 0]):
+            ax.plot(s["t_in"], s["data_in"][:, i], ".", color="0.5", ms=3, label="input data")
+            ax.plot(s["t_out"], s["target"][:, i], color="k", lw=1.2, label="truth")
+            ax.plot(s["t_out"], s["pred"][:, i], color="C3", lw=1.2, label="PROSE data decoder")
+            if sym is not None:
+                ax.plot(s["t_out"], sym[:, i], "--", color="C0", lw=1, label="generated expression")
+            ax.set_ylabel(f"x_{i}")
+        axes[0, 0].legend(loc="upper left", fontsize=7, ncol=2)
+        axes[0, 0].set_title(s["generated"][:90], fontsize=7)
+        axes[-1, 0].set_xlabel("t")
+        fig.tight_layout()
+        return {"trajectory": fig}

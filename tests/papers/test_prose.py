@@ -1,0 +1,239 @@
+"""PROSE (arXiv 2309.16816): the paper contract's fast test, the card's deterministic tokeniser round trip, the
+decoder masking pitfalls (data decoder not causal, symbol decoder causal), and the card's fusion claim."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from launch.check import run_claim
+from lit_models.dynamics.prose import PROSE
+from lit_models.dynamics.prose_symbolic import (FAMILIES, SymbolicTokenizer, corrupt, random_expression)
+from tests.papers.contract import fast_run
+
+SMALL = ["data.num_train=256", "data.num_val=32", "data.num_test=32", "data.eval_batch_size=32",
+         "model.max_gen_len=12"]
+
+
+@pytest.mark.parametrize("text_input", [True, False])
+def test_fast_contract(text_input):
+    run = fast_run("prose", *SMALL, f"model.text_input={str(text_input).lower()}")
+    run.assert_contract()
+    for key in ("test/rel_l2", "test/mse", "test/valid_frac", "test/skeleton_acc", "test/symbol_token_acc"):
+        assert key in run.metrics, sorted(run.metrics)
+    assert (run.model.model.text_encoder is not None) == text_input
+    figs = run.model.figures()
+    assert set(figs) == {"trajectory"}
+    import matplotlib.pyplot as plt
+
+    plt.close(figs["trajectory"])
+
+
+def test_tokenizer_round_trip_1000_random_expressions():
+    """Card check 3: encode -> decode of 1,000 random expressions with constants reproduces them exactly (floats
+    rounded to the configured 3 significant digits); skeletons round-trip too."""
+    tok = SymbolicTokenizer(max_dim=3, float_precision=3)
+    rng = np.random.default_rng(0)
+    for _ in range(1000):
+        expr = random_expression(rng)
+        ids = tok.encode(expr)
+        assert tok.decode(ids) == tok.round_expression(expr)
+        # rounding is to 3 significant digits
+        for comp, rcomp in zip(expr, tok.decode(ids)):
+            for (c, _), (rc, _) in zip(comp, rcomp):
+                assert abs(rc - c) <= 5e-3 * abs(c) + 1e-12
+        sk = tok.decode(tok.encode(expr, skeleton=True))
+        assert tok.skeleton(sk) == tok.skeleton(expr)
+    # invalid prefix sequences are rejected
+    assert tok.decode([tok.stoi[s] for s in ["<bos>", "add", "mul", "x_0", "<eos>"]]) is None
+    assert tok.decode([tok.stoi[s] for s in ["<bos>", "mul", "+", "N123"]]) is None
+    lv = FAMILIES["lotka_volterra"].expression(FAMILIES["lotka_volterra"].nominal)
+    assert tok.encode_expression(lv, skeleton=True) == [
+        "add", "mul", "<c>", "x_0", "mul", "<c>", "mul", "x_0", "x_1", "|",
+        "add", "mul", "<c>", "mul", "x_0", "x_1", "mul", "<c>", "x_1"]
+
+
+def test_text_corruption_keeps_target_and_changes_input():
+    rng = np.random.default_rng(1)
+    fam = FAMILIES["fitzhugh_nagumo"]
+    expr = fam.expression(fam.nominal)
+    changed = sum(corrupt(expr, rng) != expr for _ in range(200))
+    assert 100 < changed < 200 and fam.expression(fam.nominal) == expr  # the clean target is untouched
+
+
+def _tiny(text_input=True, **kw):
+    torch.manual_seed(0)
+    tok = SymbolicTokenizer()
+    return PROSE(len(tok), tok.pad_id, 3, 32, 2, 64, 1, 1, 1, 1, 1, 0.0, 64, text_input, **kw).eval(), tok
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(0)
+    u, t_in = torch.randn(2, 8, 3, generator=g), torch.linspace(0, 2, 8).expand(2, 8)
+    t_out = torch.linspace(2.1, 4, 6).expand(2, 6).clone()
+    text = torch.randint(5, 20, (2, 7), generator=g)
+    return u, t_in, t_out, text, g
+
+
+@torch.no_grad()
+def test_data_decoder_not_causal_and_symbol_decoder_causal():
+    model, tok = _tiny()
+    u, t_in, t_out, text, g = _inputs()
+    (mem, pad), (mem_s, pad_s) = model.memories(*model.fuse(u, t_in, text))
+    out = model.data_decoder(t_out, mem, pad)
+    # not causal: the first query sees the last input time point
+    u2 = u.clone()
+    u2[:, -1] += 1.0
+    (mem2, pad2), _ = model.memories(*model.fuse(u2, t_in, text))
+    assert (model.data_decoder(t_out, mem2, pad2)[:, 0] - out[:, 0]).abs().max() > 1e-6
+    # queries are times, not positions: permuting the query times permutes the outputs, and (paper default, no
+    # self-attention among queries) each output depends on its own query time only
+    perm = torch.tensor([3, 1, 5, 0, 2, 4])
+    torch.testing.assert_close(model.data_decoder(t_out[:, perm], mem, pad), out[:, perm], atol=1e-5, rtol=1e-5)
+    t2 = t_out.clone()
+    t2[:, -1] += 0.5
+    torch.testing.assert_close(model.data_decoder(t2, mem, pad)[:, :-1], out[:, :-1])
+    assert (model.data_decoder(t2, mem, pad)[:, -1] - out[:, -1]).abs().max() > 1e-6
+    # symbol decoder is causal
+    ids = torch.randint(5, 20, (2, 9), generator=g)
+    logits = model.symbol_decoder(ids, mem_s, pad_s)
+    ids2 = ids.clone()
+    ids2[:, 5:] = 7
+    torch.testing.assert_close(model.symbol_decoder(ids2, mem_s, pad_s)[:, :5], logits[:, :5])
+    assert (model.symbol_decoder(ids2, mem_s, pad_s)[:, 6:] - logits[:, 6:]).abs().max() > 1e-6
+
+
+@torch.no_grad()
+def test_fusion_attends_text_masks_padding_and_uses_type_embedding():
+    """The fusion pitfalls of the card: text tokens reach the data prediction, padded text positions do not, the
+    modality-type embedding is in use, and the decoders read the split fused features (official default)."""
+    model, tok = _tiny()
+    u, t_in, t_out, text, g = _inputs()
+    pred = model(u, t_in, t_out, text)[0]
+    # every real text token is attended: changing any one of them changes the data prediction
+    for j in range(text.shape[1]):
+        other = text.clone()
+        other[:, j] = 4 if int(text[0, j]) != 4 else 5
+        assert (model(u, t_in, t_out, other)[0] - pred).abs().max() > 1e-6, j
+    # padding is masked: extra <pad> tokens change nothing (and a sequence that is mostly padding still works)
+    padded = torch.cat([text, torch.full((2, 5), tok.pad_id)], 1)
+    torch.testing.assert_close(model(u, t_in, t_out, padded)[0], pred, atol=1e-5, rtol=1e-5)
+    short = torch.full((2, 7), tok.pad_id)
+    short[:, :2] = text[:, :2]
+    assert torch.isfinite(model(u, t_in, t_out, short)[0]).all()
+    # the type embedding is used (data and text rows both matter)
+    shift = torch.randn(model.fusion.type_embedding.weight.shape[1], generator=g)  # not a constant: LN removes it
+    for row in (0, 1):
+        model.fusion.type_embedding.weight[row] += shift
+        assert (model(u, t_in, t_out, text)[0] - pred).abs().max() > 1e-6, row
+        model.fusion.type_embedding.weight[row] -= shift
+    # split features: data decoder memory = fused data tokens, symbol decoder memory = fused text tokens
+    fused, pad, n = model.fuse(u, t_in, text)
+    (md, _), (ms, _) = model.memories(fused, pad, n)
+    assert n == u.shape[1] and md.shape[1] == u.shape[1] and ms.shape[1] == text.shape[1]
+
+
+def test_data_only_is_the_same_network_without_the_text_encoder():
+    fused, _ = _tiny(True)
+    data_only, _ = _tiny(False)
+    a = {k: v.shape for k, v in fused.named_parameters()}
+    b = {k: v.shape for k, v in data_only.named_parameters()}
+    assert set(a) - set(b) == {k for k in a if k.startswith("text_encoder.")} and set(b) <= set(a)
+    assert all(a[k] == b[k] for k in b)
+    u, t_in, t_out, text, _ = _inputs()
+    with torch.no_grad():
+        assert data_only(u, t_in, t_out, text)[0].shape == fused(u, t_in, t_out, text)[0].shape
+
+
+def test_normalisation_is_undone_and_padded_dims_do_not_enter_the_loss():
+    from datamodules.prose_data import ProseDataModule, make_split
+    from lit_models.dynamics.prose import ProseModule
+
+    dm = ProseDataModule(num_train=64, num_val=8, num_test=40, eval_batch_size=40)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    split = make_split("ode4", 40, 3, 0.3, 4.0, 0.01, 32, 32, 3)
+    # target x scale is the raw trajectory; inputs are normalised per sample (max |noisy u| = 1 on valid dims)
+    torch.testing.assert_close(batch["target"] * batch["scale"][:, None, :],
+                               torch.tensor(split["data_out"], dtype=torch.float32), rtol=1e-5, atol=1e-5)
+    valid = batch["dim_mask"]
+    assert torch.allclose(batch["data_in"].abs().amax(1)[valid], torch.ones(int(valid.sum())))
+    assert (batch["data_in"][:, :, 2] == 0).all() and not valid[:, 2].any()
+    torch.manual_seed(0)
+    module = ProseModule(dim_emb=16, n_heads=2, dim_ffn=32, n_text_enc_layers=1, n_data_enc_layers=1,
+                         n_fusion_layers=1, n_data_dec_layers=1, n_text_dec_layers=1, max_gen_len=8)
+    with torch.no_grad():
+        mse = module._losses(batch)[0]
+        module.model.data_decoder.out.bias[2] += 10.0  # only the padded dimension moves
+        torch.testing.assert_close(module._losses(batch)[0], mse)
+        module.model.data_decoder.out.bias[0] += 1.0
+        assert module._losses(batch)[0] > mse + 0.1
+
+
+def test_ode6_has_3d_families_padded_consistently():
+    from datamodules.prose_data import make_split
+
+    split = make_split("ode6", 60, 0, 0.3, 4.0, 0.01, 32, 32, 3)
+    assert set(split["dim"].tolist()) == {2, 3}
+    two = split["dim"] == 2
+    assert (split["data_in"][two][..., 2] == 0).all() and np.isfinite(split["data_out"]).all()
+    tok = SymbolicTokenizer()
+    for e in split["exprs"]:
+        assert tok.decode(tok.encode(e)) == tok.round_expression(e)
+        assert len(corrupt(e, np.random.default_rng(0))) == len(e)
+
+
+def test_bad_config_raises_value_error():
+    from lit_models.dynamics.prose import ProseModule
+
+    with pytest.raises(ValueError, match="multiple of n_heads"):
+        ProseModule(dim_emb=30, n_heads=4)
+    with pytest.raises(ValueError, match="max_dim"):
+        ProseModule(max_dim=5, dim_emb=16, n_heads=2)
+
+
+# ---- the card's learning claims (configs/experiment/prose.yaml `claims:`) -------------------------------------
+# The claim tests share runs through launch.check's per-process cache (the fused run trains once for all three
+# claims), so they sit in one xdist group: `pytest -n 2 --dist loadgroup` runs them in the same worker.
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("prose")
+def test_claim_fusion_helps_and_fails_with_baseline():
+    """Card check 1: query-window relative L2 of the data decoder, fused <= 0.7 x data-only (same network, text
+    encoder removed, same budget). MEASURED (offline ode4, width 32, layers 1/1/2/2/2, batch 32, 1 thread, 500 test
+    samples): 300 steps (the config) fused 0.325 vs data-only 0.386 (ratio 0.84); 1,000 steps fused 0.219 vs
+    data-only 0.238 (ratio 0.92). Fusion helps a little, but the card's 0.7x does NOT reproduce at CPU scale; the
+    claim keeps the card's threshold with a `known_gap`, so this test xfails while the gap stands. Swapping the fused
+    run for the data-only model must fail (data_only <= 0.7 x data_only is false). Two trainings of ~80 s CPU each
+    under contention (~25 min wall each on the shared 2-core machine at load 18)."""
+    torch.set_num_threads(1)
+    swapped = run_claim("prose", "fusion_helps", swap_baseline=True)
+    assert not swapped.passed, swapped.report()
+    result = run_claim("prose", "fusion_helps")
+    if not result.passed:
+        assert result.known_gap, result.report()
+        pytest.xfail(result.report())
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("prose")
+def test_claims_symbol_decoder_valid_and_skeleton_exact_and_fail_untrained():
+    """Card check 2: greedy decodes are valid prefix expressions for >= 95% of the test samples and the decoded
+    skeleton is exactly right for >= 90% (uncorrupted input text). MEASURED (same CPU config): fused valid 0.498,
+    skeleton 0.390 after 300 steps; 0.468 / 0.434 after 1,000 steps (data-only 0.488 / 0.280 and 0.708 / 0.568).
+    Baseline text_loss_weight=0 (symbol decoder untrained): valid 0.000, skeleton 0.000 at both budgets, so the
+    swapped claims fail. The thresholds are NOT reached at this scale (an earlier version without split features
+    measured 1.000 / 0.994 at the card's width 64, batch 64, 1,500 steps): both claims carry a `known_gap` and this
+    test xfails while it stands; the baseline must fail in any case."""
+    torch.set_num_threads(1)
+    reports = []
+    for claim in ("symbols_valid", "skeleton_exact"):
+        swapped = run_claim("prose", claim, swap_baseline=True)
+        assert not swapped.passed, swapped.report()
+        result = run_claim("prose", claim)
+        if not result.passed:
+            assert result.known_gap, result.report()
+            reports.append(result.report())
+    if reports:
+        pytest.xfail("; ".join(reports))
