@@ -21,6 +21,8 @@ REGISTRY: dict[str, str] = {
     "mgno": "benchmarks.mgno_speed",
     "itransformer": "benchmarks.itransformer_speed",
     "gtf_plrnn": "benchmarks.gtf_speed",
+    "data_free_mesh_mover": "benchmarks.mesh_mover_speed",
+    "um2n": "benchmarks.mesh_mover_speed",
 }
 
 

@@ -1,0 +1,88 @@
+"""Mesh-mover inference cost against the Monge-Ampere (MA) solve it replaces, measured in the same run.
+
+For an n x n-node unit-square mesh (n = 20, 35; quick: 20) and the card's front monitor
+m = 1 + |u_x| / mean|u_x| of u = tanh(20 (x - 0.4)) + 0.3 sin(2 pi y):
+- baselines: `ma_fd` the finite-difference parabolic MA relaxation (`lit_models.common.mesh.ma_relaxation_mesh`,
+  to its stopping tolerance or step cap; the classical solve for a general monitor) and `equidistribution_1d` (the
+  exact 1-D equidistribution, only possible for a separable monitor);
+- ours: one forward of the data-free mesh mover (x = xi + grad phi at the mesh nodes: a forward and one backward
+  of the potential network) and of UM2N (transformer + recurrent GAT deformer), untrained weights (cost does not
+  depend on training), in the CPU-scale experiment sizes and at the paper's sizes.
+All on 1 torch thread, float32 networks, median of `repeats` timed calls after one warm-up.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from lit_models.common import mesh as M
+
+SUMMARY = ("`ratio` = baseline seconds / ours seconds (> 1: the learned mover is faster than that solve); "
+           "baseline `ma_fd` is the finite-difference MA relaxation, `equidistribution_1d` the exact separable "
+           "solve; timings on 1 thread of a shared CPU (inflated when other jobs run).")
+
+
+def _time(fn, repeats: int) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def _dmm(paper: bool):
+    from lit_models.pde.data_free_mesh_mover import DataFreeMeshMoverModule
+
+    if paper:
+        return DataFreeMeshMoverModule().eval()
+    return DataFreeMeshMoverModule(branch_channels=[8, 16, 16, 32], trunk_layers=[2, 32, 64],
+                                   head_layers=[128, 64, 64, 1]).eval()
+
+
+def _um2n(paper: bool):
+    from lit_models.pde.um2n import UM2NModule
+
+    return UM2NModule(hidden=512 if paper else 64, num_loop=1 if paper else 8).eval()
+
+
+def run(quick: bool = True) -> list[dict]:
+    torch.set_num_threads(1)
+    from datamodules.meshes import front_fields, front_graph
+
+    sizes = (20,) if quick else (20, 35)
+    repeats = 2 if quick else 5
+    rows = []
+    for n in sizes:
+        pos, _ = M.unit_square_mesh(n)
+        m1 = M.front_monitor_1d(20, 0.4)
+        steps = 300 if quick else 2000
+        t_fd = _time(lambda: M.ma_relaxation_mesh(lambda p: m1(p[:, 0]), n, steps=steps), 1 if quick else 2)
+        t_1d = _time(lambda: M.equidistributed_mesh(pos, m1), repeats)
+        d = front_fields(1, 48, 189, seed=0, monitor_scale=1.0, monitor_derivative="normal", force_aligned_k=20)
+        u = torch.tensor(d["u"], dtype=torch.float32)[:, None]
+        xi = torch.tensor(pos, dtype=torch.float32)[None]
+        graph = front_graph(n, 20.0, 0.4)
+        for name, build, call in (
+            ("dmm", _dmm, lambda mod: mod(u, xi)),
+            ("um2n", _um2n, lambda mod: mod(graph)),
+        ):
+            for paper in (False, True):
+                mod = build(paper)
+                with torch.no_grad() if name == "um2n" else torch.enable_grad():
+                    t_ours = _time(lambda: call(mod), repeats)
+                for base, t_base in (("ma_fd", t_fd), ("equidistribution_1d", t_1d)):
+                    rows.append({"mover": name, "size": "paper" if paper else "cpu", "n_nodes": n * n,
+                                 "baseline": base, "ours_s": t_ours, "baseline_s": t_base,
+                                 "ratio": t_base / max(t_ours, 1e-12),
+                                 "fd_steps_cap": steps if base == "ma_fd" else None})
+    return rows
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import json
+
+    print(json.dumps(run(quick=True), indent=1))

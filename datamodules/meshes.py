@@ -1,0 +1,317 @@
+"""Mesh-movement data (cards `data_free_mesh_mover` and `um2n`): solution fields with steep fronts, their monitor
+functions, and exact Monge-Ampere (MA) targets where they exist (separable monitors -> 1-D equidistribution).
+
+``FrontFieldDataModule`` (DMM, data-free: the training data are solution fields only, never meshes)
+  name="fronts" (offline default): u = tanh(k (n.x - c)) + 0.3 sin(2 pi y) on [0, 1]^2, k in {10, 20, 30}, c in
+  [0.3, 0.7], n = (cos a, sin a): axis-aligned (a = 0) for a fraction `aligned_fraction` of the fields, otherwise
+  a uniform in [0, 2 pi). Each field gives
+    "u": (1, G, G) branch input on the G x G node grid (G = 48),
+    "monitor": (R, R) the monitor m = 1 + |D u| / (monitor_scale * alpha), alpha = mean |D u| over the square, on the
+      R x R node grid (R = 4 (G - 1) + 1, the paper's 4x sub-sampling), D u = grad u (`monitor_derivative="grad"`,
+      the paper's code) or the derivative along the front normal (`"normal"`: |u_x| for axis-aligned fronts, the
+      card's calibrated, separable monitor), from the exact gradient;
+    "c": () the domain average of m (the MA constant).
+  Test fields additionally carry "params" (k, c, angle, amp) and "aligned"; for axis-aligned fronts with a
+  separable monitor ("normal") "target" (V, 2) is the exact MA mesh (1-D equidistribution) of the
+  `eval_nodes` x `eval_nodes` mesh.
+  name="burgers": the paper's 2-D Burgers file `burgers_192.npy` (official MM-PDE README, Google Drive, no stable
+  URL or checksum): an array reshapable to (n_traj, T, 192, 192); trajectories [:80] train, the rest test; u is
+  sub-sampled by 4 (192 -> 48) for the branch and the monitor uses periodic central differences on the full grid.
+  Pass `data_dir` containing the file (or `path`). No exact targets exist there ("target" absent).
+
+``MeshGraphDataModule`` (UM2N: supervised by MA meshes, applied zero-shot)
+  name="separable" (offline default): structured n x n unit-square triangulations, n in `train_sizes` (15, 20
+  nodes per side), each with a random separable monitor m(x, y) = m1(x) m2(y), m_k(s) = 1 + A sum_j
+  exp(-(s - c_j)^2 / (2 w_j^2)) (1-3 bumps, A in [2, 20], w in [0.02, 0.1], c in [0.1, 0.9]) and its exact MA
+  mesh x = F1^{-1}(xi), y = F2^{-1}(eta). Graphs are torch_geometric `Data`:
+    x (V, 4) [xi, eta, boundary mask, m / max m], pos (V, 2) reference nodes, edge_index (2, 2E) mesh edges both
+    ways, face (3, T), y (V, 2) the target MA mesh, x_fixed / y_fixed (V,) which coordinate a boundary node keeps,
+    kind (1,) 0 = separable bumps, 1 = front field, params (1, 4) (k, c, angle, amp) of a front field,
+    n_side (1,) nodes per side.
+  Test: `n_test_fronts` zero-shot front fields u = tanh(20 (x - c)) + 0.3 sin(2 pi y) with m = 1 + |u_x|/mean|u_x| on
+  `test_size` (35) meshes, plus `n_test_bumps` held-out separable monitors on 20 x 20 meshes.
+  name="um2n_helmholtz": the paper's Firedrake-generated Helmholtz datasets are not readable here (see
+  `configs/experiment/um2n/helmholtz.yaml`): a clear error.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from launch.errors import UserError
+from lit_models.common import mesh as M
+
+__all__ = ["FrontFieldDataModule", "MeshGraphDataModule", "front_fields", "separable_graph", "front_graph",
+           "load_burgers_192"]
+
+
+# ================================================================================================ DMM: fields
+def _grid(n: int) -> np.ndarray:
+    s = np.linspace(0.0, 1.0, n)
+    X, Y = np.meshgrid(s, s)  # [j, i]: row = y
+    return np.stack([X, Y], -1)
+
+
+def _monitor_from_gradient(g: np.ndarray, derivative: str, angle: float, scale: float) -> np.ndarray:
+    if derivative == "grad":
+        d = np.linalg.norm(g, axis=-1)
+    else:  # derivative along the front normal
+        d = np.abs(np.cos(angle) * g[..., 0] + np.sin(angle) * g[..., 1])
+    alpha = _trapz2(d)
+    return 1.0 + d / (scale * max(alpha, 1e-12))
+
+
+def _trapz2(f: np.ndarray) -> float:
+    """Domain average (integral over the unit square) of node values on a uniform R x R grid (trapezoid rule)."""
+    w = np.ones(f.shape[-1])
+    w[0] = w[-1] = 0.5
+    w /= w.sum()
+    return float(np.einsum("...ij,i,j->...", f, w, w))
+
+
+def front_fields(n: int, grid: int, monitor_res: int, seed: int, ks=(10, 20, 30), c_range=(0.3, 0.7),
+                 aligned_fraction: float = 0.5, amp: float = 0.3, monitor_scale: float = 1.0,
+                 monitor_derivative: str = "normal", force_aligned_k: float | None = None) -> dict[str, np.ndarray]:
+    """`n` random front fields: u (n, G, G), monitor (n, R, R), c (n,), params (n, 4) = (k, c, angle, amp),
+    aligned (n,) bool. `force_aligned_k` makes every field axis-aligned with that k (held-out evaluation fronts)."""
+    rng = np.random.default_rng(seed)
+    if force_aligned_k is not None:
+        k = np.full(n, float(force_aligned_k))
+        aligned = np.ones(n, bool)
+    else:
+        k = rng.choice(np.asarray(ks, float), size=n)
+        aligned = rng.random(n) < aligned_fraction
+    c = rng.uniform(*c_range, size=n)
+    angle = np.where(aligned, 0.0, rng.uniform(0, 2 * np.pi, size=n))
+    pg, pm = _grid(grid), _grid(monitor_res)
+    u = np.stack([M.front_field(pg, k[i], c[i], angle[i], amp) for i in range(n)])
+    mon = np.stack([_monitor_from_gradient(M.front_gradient(pm, k[i], c[i], angle[i], amp), monitor_derivative,
+                                           angle[i], monitor_scale) for i in range(n)])
+    cm = np.array([_trapz2(m) for m in mon])
+    params = np.stack([k, c, angle, np.full(n, amp)], 1)
+    return {"u": u, "monitor": mon, "c": cm, "params": params, "aligned": aligned}
+
+
+def exact_front_mesh(pos: np.ndarray, monitor_row: np.ndarray) -> np.ndarray:
+    """Exact MA mesh of an x-only monitor given by its values along x on a uniform grid (1-D equidistribution)."""
+    s = np.linspace(0.0, 1.0, len(monitor_row))
+    fine = np.linspace(0.0, 1.0, 4001)
+    return M.equidistributed_mesh(pos, np.interp(fine, s, monitor_row))
+
+
+def load_burgers_192(path: str | Path) -> np.ndarray:
+    """The MM-PDE Burgers file: (n_traj, T, 192, 192) float (any array reshapable to (-1, T, 192, 192))."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: download burgers_192.npy from the Google Drive link in the "
+                                "Peiyannn/MM-PDE README (mesh/data/) and pass data.data_dir")
+    a = np.load(path, mmap_mode="r")
+    if a.ndim == 3:
+        a = a[:, None]
+    if a.ndim != 4 or a.shape[-2:] != (192, 192):
+        raise ValueError(f"{path}: expected an array (n_traj, T, 192, 192), got shape {a.shape}")
+    return np.asarray(a, np.float32)
+
+
+def burgers_fields(u192: np.ndarray, sub: int, monitor_scale: float, monitor_derivative: str) -> dict[str, np.ndarray]:
+    """Branch inputs (sub-sampled) and monitors (periodic central differences on the full grid) of Burgers frames."""
+    u = u192.reshape(-1, u192.shape[-2], u192.shape[-1]).astype(np.float64)
+    n = u.shape[-1]
+    h = 1.0 / n
+    gx = (np.roll(u, -1, -1) - np.roll(u, 1, -1)) / (2 * h)
+    gy = (np.roll(u, -1, -2) - np.roll(u, 1, -2)) / (2 * h)
+    g = np.stack([gx, gy], -1)
+    if monitor_derivative != "grad":
+        raise ValueError("Burgers fields have no front normal: use monitor_derivative='grad'")
+    # periodic grid without the closing node: append it so the monitor lives on an (n+1) node grid over [0, 1]
+    g = np.concatenate([g, g[:, :1]], 1)
+    g = np.concatenate([g, g[:, :, :1]], 2)
+    mon = np.stack([_monitor_from_gradient(gi, "grad", 0.0, monitor_scale) for gi in g])
+    ub = u[:, ::sub, ::sub]
+    return {"u": ub, "monitor": mon, "c": np.array([_trapz2(m) for m in mon]),
+            "params": np.full((len(u), 4), np.nan), "aligned": np.zeros(len(u), bool)}
+
+
+class _Fields(Dataset):
+    def __init__(self, d: dict[str, np.ndarray], targets: np.ndarray | None = None) -> None:
+        self.d, self.targets = d, targets
+
+    def __len__(self) -> int:
+        return len(self.d["u"])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        d = self.d
+        item = {"u": torch.tensor(d["u"][i], dtype=torch.float32)[None],
+                "monitor": torch.tensor(d["monitor"][i], dtype=torch.float32),
+                "c": torch.tensor(d["c"][i], dtype=torch.float32),
+                "params": torch.tensor(d["params"][i], dtype=torch.float64),
+                "aligned": torch.tensor(bool(d["aligned"][i]))}
+        if self.targets is not None:
+            item["target"] = torch.tensor(self.targets[i], dtype=torch.float64)
+        return item
+
+
+class FrontFieldDataModule(L.LightningDataModule):
+    """Solution fields and monitors for the data-free mesh mover (see the module docstring)."""
+
+    def __init__(self, name: str = "fronts", n_train: int = 400, n_test: int = 16, n_test_aligned: int = 8,
+                 grid: int = 48, monitor_res: int | None = None, ks: tuple = (10, 20, 30),
+                 c_range: tuple = (0.3, 0.7), aligned_fraction: float = 0.5, amp: float = 0.3,
+                 monitor_scale: float = 0.01, monitor_derivative: str = "grad", test_k: float = 20.0,
+                 eval_nodes: int = 20, batch_size: int = 8, steps_per_epoch: int | None = 50,
+                 data_dir: str | None = None,
+                 path: str | None = None, sub: int = 4, n_burgers_train: int = 80, seed: int = 0) -> None:
+        super().__init__()
+        if name not in ("fronts", "burgers"):
+            raise ValueError(f"unknown mesh-mover dataset {name!r}; available: 'fronts' (offline), 'burgers'")
+        if monitor_derivative not in ("grad", "normal"):
+            raise ValueError(f"monitor_derivative must be 'grad' or 'normal', got {monitor_derivative!r}")
+        if monitor_scale <= 0:
+            raise ValueError(f"monitor_scale must be > 0, got {monitor_scale}")
+        if grid < 8 or eval_nodes < 2 or batch_size < 1:
+            raise ValueError("grid must be >= 8, eval_nodes >= 2, batch_size >= 1")
+        self.save_hyperparameters()
+        self.name, self.batch_size, self.steps_per_epoch, self.seed = name, batch_size, steps_per_epoch, seed
+        self.monitor_res = monitor_res or 4 * (grid - 1) + 1
+        self.train_set: _Fields | None = None
+        self.test_set: _Fields | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        if self.name == "burgers":
+            src = Path(hp.path) if hp.path else Path(hp.data_dir or ".") / "burgers_192.npy"
+            a = load_burgers_192(src)
+            tr = burgers_fields(a[:hp.n_burgers_train], hp.sub, hp.monitor_scale, hp.monitor_derivative)
+            te = burgers_fields(a[hp.n_burgers_train:], hp.sub, hp.monitor_scale, hp.monitor_derivative)
+            self.train_set, self.test_set = _Fields(tr), _Fields(te)
+            return
+        kw = dict(grid=hp.grid, monitor_res=self.monitor_res, ks=tuple(hp.ks), c_range=tuple(hp.c_range),
+                  aligned_fraction=hp.aligned_fraction, amp=hp.amp, monitor_scale=hp.monitor_scale,
+                  monitor_derivative=hp.monitor_derivative)
+        self.train_set = _Fields(front_fields(hp.n_train, seed=self.seed, **kw))
+        te = front_fields(hp.n_test, seed=self.seed + 1000, **kw)
+        al = front_fields(hp.n_test_aligned, seed=self.seed + 2000, force_aligned_k=hp.test_k, **kw)
+        test = {k: np.concatenate([al[k], te[k]]) for k in te}
+        pos, _ = M.unit_square_mesh(hp.eval_nodes)
+        targets = np.full((len(test["u"]), len(pos), 2), np.nan)
+        if hp.monitor_derivative == "normal":  # separable monitor for aligned fronts: exact MA mesh
+            for i in np.flatnonzero(test["aligned"]):
+                targets[i] = exact_front_mesh(pos, test["monitor"][i][0])
+        self.test_set = _Fields(test, targets)
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        if self.steps_per_epoch is None:  # one pass over the training fields per epoch (the paper's epochs)
+            return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=True)
+        sampler = torch.utils.data.RandomSampler(self.train_set, replacement=True,
+                                                 num_samples=self.batch_size * self.steps_per_epoch, generator=g)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=len(self.test_set))
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=len(self.test_set))
+
+
+# ============================================================================================== UM2N: graphs
+def _random_bumps(rng: np.random.Generator) -> tuple[float, np.ndarray, np.ndarray]:
+    nb = int(rng.integers(1, 4))
+    return float(rng.uniform(2, 20)), rng.uniform(0.1, 0.9, nb), rng.uniform(0.02, 0.1, nb)
+
+
+def _graph(n_side: int, monitor_nodes: np.ndarray, target: np.ndarray, kind: int, params) -> "object":
+    from torch_geometric.data import Data
+
+    pos, tri = M.unit_square_mesh(n_side)
+    bm = M.boundary_masks(pos)
+    e = M.mesh_edges(tri)
+    edge_index = np.concatenate([e, e[:, ::-1]]).T
+    feat = np.concatenate([pos, bm["any"][:, None].astype(float), (monitor_nodes / monitor_nodes.max())[:, None]], 1)
+    return Data(x=torch.tensor(feat, dtype=torch.float32), pos=torch.tensor(pos, dtype=torch.float32),
+                edge_index=torch.tensor(edge_index.copy(), dtype=torch.long),
+                face=torch.tensor(tri.T.copy(), dtype=torch.long), y=torch.tensor(target, dtype=torch.float32),
+                x_fixed=torch.tensor(bm["x_fixed"]), y_fixed=torch.tensor(bm["y_fixed"]),
+                kind=torch.tensor([kind]), params=torch.tensor(np.asarray(params, float)[None], dtype=torch.float64),
+                n_side=torch.tensor([n_side]))
+
+
+def separable_graph(n_side: int, rng: np.random.Generator):
+    """A mesh with a random separable bump monitor and its exact MA target."""
+    a1, c1, w1 = _random_bumps(rng)
+    a2, c2, w2 = _random_bumps(rng)
+    m1 = functools.partial(M.bump_monitor_1d, amplitude=a1, centres=c1, widths=w1)
+    m2 = functools.partial(M.bump_monitor_1d, amplitude=a2, centres=c2, widths=w2)
+    pos, _ = M.unit_square_mesh(n_side)
+    target = M.equidistributed_mesh(pos, m1, m2)
+    return _graph(n_side, m1(pos[:, 0]) * m2(pos[:, 1]), target, 0, [np.nan] * 4)
+
+
+def front_graph(n_side: int, k: float, c: float, amp: float = 0.3):
+    """A mesh for u = tanh(k (x - c)) + amp sin(2 pi y) with m = 1 + |u_x| / mean|u_x| and its exact MA target."""
+    m1 = M.front_monitor_1d(k, c)
+    pos, _ = M.unit_square_mesh(n_side)
+    return _graph(n_side, m1(pos[:, 0]), M.equidistributed_mesh(pos, m1), 1, [k, c, 0.0, amp])
+
+
+class _List(Dataset):
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+class MeshGraphDataModule(L.LightningDataModule):
+    """Meshes + monitors + exact MA targets as torch_geometric graphs (see the module docstring)."""
+
+    def __init__(self, name: str = "separable", n_train: int = 600, train_sizes: tuple = (15, 20),
+                 test_size: int = 35, n_test_fronts: int = 4, test_k: float = 20.0, n_test_bumps: int = 4,
+                 bump_test_size: int = 20, batch_size: int = 3, data_dir: str | None = None, seed: int = 0) -> None:
+        super().__init__()
+        if name not in ("separable", "um2n_helmholtz"):
+            raise ValueError(f"unknown UM2N dataset {name!r}; available: 'separable' (offline), 'um2n_helmholtz'")
+        if not train_sizes or min(train_sizes) < 3 or test_size < 3:
+            raise ValueError("mesh sizes must be >= 3 nodes per side")
+        self.save_hyperparameters()
+        self.batch_size, self.seed = batch_size, seed
+        self.train_set: _List | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        if hp.name == "um2n_helmholtz":
+            raise UserError("the UM2N Helmholtz datasets (Google Drive, UM2N README) are Firedrake/`movement` outputs "
+                            "without a documented file format; no loader exists here (use data.name=separable)")
+        rng = np.random.default_rng(self.seed)
+        sizes = list(hp.train_sizes)
+        self.train_set = _List([separable_graph(sizes[i % len(sizes)], rng) for i in range(hp.n_train)])
+        trng = np.random.default_rng(self.seed + 1000)
+        fronts = [front_graph(hp.test_size, hp.test_k, c) for c in trng.uniform(0.3, 0.7, hp.n_test_fronts)]
+        bumps = [separable_graph(hp.bump_test_size, trng) for _ in range(hp.n_test_bumps)]
+        self.test_set = _List(fronts + bumps)
+
+    def train_dataloader(self):
+        from torch_geometric.loader import DataLoader as GeoLoader
+
+        g = torch.Generator().manual_seed(self.seed)
+        return GeoLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g)
+
+    def val_dataloader(self):
+        from torch_geometric.loader import DataLoader as GeoLoader
+
+        return GeoLoader(self.test_set, batch_size=1)
+
+    def test_dataloader(self):
+        return self.val_dataloader()

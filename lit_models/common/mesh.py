@@ -1,0 +1,261 @@
+"""Shared mesh pieces of the mesh-movement papers (`data_free_mesh_mover`, `um2n`).
+
+- `unit_square_mesh(n)`: the structured triangulation of [0, 1]^2 with n x n nodes (2 (n-1)^2 counter-clockwise
+  triangles, each cell split along its SW-NE diagonal), its mesh edges and a boundary description.
+- `signed_areas(pos, tri)` (numpy or torch) and `count_inverted`: element orientation / tangling check.
+- `interpolation_error(pos, tri, f, points)`: RMS error of the piecewise-linear interpolant of f (nodal values on the
+  mesh `pos`) against f at query points (point location by barycentric coordinates, exact for any valid mesh).
+- `equidistribute_1d(m, xi)`: 1-D equidistribution x = F^{-1}(xi), F(s) = int_0^s m / int_0^1 m (trapezoid on a fine
+  grid + linear inversion). For a separable monitor m(x, y) = m1(x) m2(y) the Monge-Ampere (optimal-transport) mesh
+  map is (F1^{-1}(xi), F2^{-1}(eta)) exactly; `equidistributed_mesh` applies it to a mesh.
+- Monitor functions: the front field u = tanh(k(n.x - c)) + a sin(2 pi y) with its exact gradient,
+  `gradient_monitor` m = 1 + |g| / (scale * mean|g|) (the DMM monitor with scale = 0.01 in the paper's code) and
+  `bump_monitor_1d` m(s) = 1 + A sum_j exp(-(s - c_j)^2 / (2 w_j^2)) (the UM2N offline separable family).
+- `ma_relaxation_mesh`: a finite-difference parabolic Monge-Ampere relaxation on the uniform grid (the classical
+  solver a learned mover replaces; used by the speed benchmark for non-separable monitors).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+# ------------------------------------------------------------------------------------------------ triangulations
+def unit_square_mesh(n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pos (V, 2), tri (T, 3)) of the structured triangulation with `n_nodes` nodes per side (the cards' "20x20
+    mesh" = 20 x 20 nodes, 19 x 19 cells, cell width h = 1 / (n_nodes - 1)); node id = j * n_nodes + i for
+    x = i h, y = j h. Triangles are counter-clockwise (positive signed area)."""
+    if n_nodes < 2:
+        raise ValueError(f"a mesh needs >= 2 nodes per side, got {n_nodes}")
+    n = n_nodes - 1
+    s = np.linspace(0.0, 1.0, n + 1)
+    xx, yy = np.meshgrid(s, s)  # row j = y index
+    pos = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    i, j = np.meshgrid(np.arange(n), np.arange(n))
+    a = (j * (n + 1) + i).ravel()
+    b, c, d = a + 1, a + n + 2, a + n + 1  # SE, NE, NW corners of the cell whose SW corner is a
+    tri = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+    return pos, tri.astype(np.int64)
+
+
+def mesh_edges(tri: np.ndarray) -> np.ndarray:
+    """Undirected mesh edges (E, 2), each once, from the triangles."""
+    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
+    e = np.sort(e, axis=1)
+    return np.unique(e, axis=0)
+
+
+def boundary_masks(pos: np.ndarray, tol: float = 1e-12) -> dict[str, np.ndarray]:
+    """Boolean node masks of the unit square's boundary: x0, x1 (x = 0, 1), y0, y1, any, corner."""
+    x0, x1 = np.abs(pos[:, 0]) < tol, np.abs(pos[:, 0] - 1) < tol
+    y0, y1 = np.abs(pos[:, 1]) < tol, np.abs(pos[:, 1] - 1) < tol
+    onx, ony = x0 | x1, y0 | y1
+    return {"x0": x0, "x1": x1, "y0": y0, "y1": y1, "x_fixed": onx, "y_fixed": ony, "any": onx | ony,
+            "corner": onx & ony}
+
+
+def cell_size(n_nodes: int) -> float:
+    """Cell width 1 / (n_nodes - 1) of `unit_square_mesh(n_nodes)`."""
+    return 1.0 / (n_nodes - 1)
+
+
+# ------------------------------------------------------------------------------------------------- element checks
+def signed_areas(pos, tri):
+    """Signed triangle areas (T,) (numpy or torch, batched over leading dims of pos); > 0 for counter-clockwise."""
+    p0, p1, p2 = pos[..., tri[:, 0], :], pos[..., tri[:, 1], :], pos[..., tri[:, 2], :]
+    return 0.5 * ((p1[..., 0] - p0[..., 0]) * (p2[..., 1] - p0[..., 1])
+                  - (p1[..., 1] - p0[..., 1]) * (p2[..., 0] - p0[..., 0]))
+
+
+def count_inverted(pos, tri, tol: float = 0.0) -> int:
+    """Number of tangled (inverted or degenerate) elements: signed area <= tol."""
+    a = signed_areas(pos, tri)
+    if isinstance(a, Tensor):
+        return int((a <= tol).sum())
+    return int(np.sum(a <= tol))
+
+
+def boundary_violation(pos: np.ndarray, ref: np.ndarray) -> float:
+    """Largest normal displacement of boundary nodes off their edge (0 for an admissible moved mesh)."""
+    m = boundary_masks(ref)
+    out = 0.0
+    for key, col, val in (("x0", 0, 0.0), ("x1", 0, 1.0), ("y0", 1, 0.0), ("y1", 1, 1.0)):
+        if m[key].any():
+            out = max(out, float(np.abs(pos[m[key], col] - val).max()))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- interpolation error
+def locate(pos: np.ndarray, tri: np.ndarray, points: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Containing triangle (P,) and barycentric coordinates (P, 3) of each point (brute force, chunked). A point
+    covered by no triangle (only possible on a tangled mesh) takes the triangle with the largest min-barycentric."""
+    p0, p1, p2 = pos[tri[:, 0]], pos[tri[:, 1]], pos[tri[:, 2]]
+    det = (p1[:, 0] - p0[:, 0]) * (p2[:, 1] - p0[:, 1]) - (p1[:, 1] - p0[:, 1]) * (p2[:, 0] - p0[:, 0])
+    det = np.where(np.abs(det) < 1e-300, 1e-300, det)
+    tids, bary = np.empty(len(points), np.int64), np.empty((len(points), 3))
+    for s in range(0, len(points), chunk):
+        q = points[s:s + chunk]
+        dx, dy = q[:, None, 0] - p0[None, :, 0], q[:, None, 1] - p0[None, :, 1]
+        l1 = (dx * (p2[:, 1] - p0[:, 1]) - dy * (p2[:, 0] - p0[:, 0])) / det
+        l2 = (dy * (p1[:, 0] - p0[:, 0]) - dx * (p1[:, 1] - p0[:, 1])) / det
+        l0 = 1.0 - l1 - l2
+        score = np.minimum(np.minimum(l0, l1), l2)
+        t = np.argmax(score, axis=1)
+        r = np.arange(len(q))
+        tids[s:s + chunk] = t
+        bary[s:s + chunk] = np.stack([l0[r, t], l1[r, t], l2[r, t]], 1)
+    return tids, bary
+
+
+def interpolate_p1(pos: np.ndarray, tri: np.ndarray, values: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Piecewise-linear interpolant of nodal `values` evaluated at `points` (matplotlib's trapezoid-map point
+    location on a valid mesh; brute-force barycentric location on a tangled one or for points it misses)."""
+    pos = np.asarray(pos, np.float64)
+    values = np.asarray(values, np.float64)
+    out = np.full(len(points), np.nan)
+    if count_inverted(pos, tri) == 0:
+        try:
+            import matplotlib.tri as mtri
+
+            tr = mtri.Triangulation(pos[:, 0], pos[:, 1], tri)
+            out = np.ma.filled(mtri.LinearTriInterpolator(tr, values)(points[:, 0], points[:, 1]), np.nan)
+        except (ValueError, RuntimeError):  # matplotlib rejects some degenerate triangulations
+            out = np.full(len(points), np.nan)
+    miss = ~np.isfinite(out)
+    if miss.any():
+        t, b = locate(pos, tri, points[miss])
+        out[miss] = np.sum(values[tri[t]] * b, axis=1)
+    return out
+
+
+def interpolation_error(pos: np.ndarray, tri: np.ndarray, f: Callable[[np.ndarray], np.ndarray],
+                        points: np.ndarray) -> float:
+    """RMS over `points` of f - I_h f, I_h the P1 interpolant of f's nodal values on the mesh `pos`."""
+    pos = np.asarray(pos, np.float64)
+    err = f(points) - interpolate_p1(pos, tri, f(pos), points)
+    return float(np.sqrt(np.mean(err**2)))
+
+
+def random_points(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 2))
+
+
+# ----------------------------------------------------------------------------------------------- equidistribution
+def equidistribute_1d(m: Callable[[np.ndarray], np.ndarray] | np.ndarray, xi: np.ndarray,
+                      n_fine: int = 4001) -> np.ndarray:
+    """x = F^{-1}(xi) with F(s) = int_0^s m / int_0^1 m; m a callable on [0, 1] or its values on n_fine points."""
+    s = np.linspace(0.0, 1.0, n_fine)
+    mv = np.asarray(m(s) if callable(m) else m, np.float64)
+    if mv.shape != s.shape:
+        raise ValueError(f"monitor values must have shape ({n_fine},), got {mv.shape}")
+    if np.any(mv <= 0):
+        raise ValueError("monitor must be positive")
+    F = np.concatenate([[0.0], np.cumsum(0.5 * (mv[1:] + mv[:-1]) * np.diff(s))])
+    F /= F[-1]
+    return np.interp(np.asarray(xi, np.float64), F, s)
+
+
+def equidistributed_mesh(ref: np.ndarray, m1: Callable | np.ndarray | None,
+                         m2: Callable | np.ndarray | None = None, n_fine: int = 4001) -> np.ndarray:
+    """Exact MA mesh of a separable monitor m1(x) m2(y) (None = constant factor): node-wise 1-D equidistribution."""
+    out = np.array(ref, np.float64, copy=True)
+    if m1 is not None:
+        out[:, 0] = equidistribute_1d(m1, ref[:, 0], n_fine)
+    if m2 is not None:
+        out[:, 1] = equidistribute_1d(m2, ref[:, 1], n_fine)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ monitors
+def front_field(p, k: float, c: float, angle: float = 0.0, amp: float = 0.3):
+    """u = tanh(k (n.x - c)) + amp sin(2 pi y), n = (cos angle, sin angle); p (..., 2), numpy or torch."""
+    lib = torch if isinstance(p, Tensor) else np
+    s = np.cos(angle) * p[..., 0] + np.sin(angle) * p[..., 1] - c
+    return lib.tanh(k * s) + amp * lib.sin(2 * np.pi * p[..., 1])
+
+
+def front_gradient(p, k: float, c: float, angle: float = 0.0, amp: float = 0.3):
+    """Exact gradient of `front_field` (..., 2)."""
+    lib = torch if isinstance(p, Tensor) else np
+    s = np.cos(angle) * p[..., 0] + np.sin(angle) * p[..., 1] - c
+    g = k / lib.cosh(k * s) ** 2
+    gx = np.cos(angle) * g
+    gy = np.sin(angle) * g + amp * 2 * np.pi * lib.cos(2 * np.pi * p[..., 1])
+    return lib.stack([gx, gy], -1)
+
+
+def gradient_monitor(grad_norm: np.ndarray, scale: float = 1.0, mean: float | None = None) -> np.ndarray:
+    """m = 1 + |g| / (scale * alpha), alpha = mean |g| over the domain (pass `mean` when |g| is not a uniform sample).
+    scale = 0.01 is the DMM code's choice; the card's calibrated offline check uses scale = 1."""
+    alpha = float(np.mean(grad_norm)) if mean is None else float(mean)
+    return 1.0 + grad_norm / (scale * max(alpha, 1e-12))
+
+
+def bump_monitor_1d(s: np.ndarray, amplitude: float, centres, widths) -> np.ndarray:
+    """m(s) = 1 + A sum_j exp(-(s - c_j)^2 / (2 w_j^2)) (UM2N offline separable monitor family)."""
+    s = np.asarray(s, np.float64)
+    out = np.zeros_like(s)
+    for c, w in zip(centres, widths):
+        out += np.exp(-((s - c) ** 2) / (2 * w**2))
+    return 1.0 + amplitude * out
+
+
+def front_monitor_1d(k: float, c: float) -> Callable[[np.ndarray], np.ndarray]:
+    """m(x) = 1 + |u_x| / mean|u_x| for u = tanh(k(x - c)) (+ any function of y): the card's calibrated monitor."""
+    s = np.linspace(0.0, 1.0, 4001)
+    ux = k / np.cosh(k * (s - c)) ** 2
+    mean = float(np.trapezoid(ux, s)) if hasattr(np, "trapezoid") else float(np.trapz(ux, s))
+
+    def m(x: np.ndarray) -> np.ndarray:
+        return 1.0 + (k / np.cosh(k * (np.asarray(x) - c)) ** 2) / mean
+
+    return m
+
+
+# ------------------------------------------------------------------------------- classical MA solver (baseline)
+def ma_relaxation_mesh(monitor: Callable[[np.ndarray], np.ndarray], n_nodes: int, steps: int = 2000,
+                       cfl: float = 0.5, gamma: float = 0.1, tol: float = 1e-5) -> tuple[np.ndarray, int]:
+    """Finite-difference parabolic Monge-Ampere relaxation (in the spirit of Budd & Williams 2006) on the uniform
+    n_nodes x n_nodes grid: x = xi + grad phi, and
+        (I - gamma Delta) phi_t = m(x) det(I + Hess phi) / c - 1,   c = mean of m over the unit square,
+    with phi_n = 0 on the boundary (even reflection, so boundary nodes slide along their edge), central differences,
+    explicit steps preconditioned by (I - gamma Delta)^{-1} through a type-I DCT, step dt = cfl gamma c / max m
+    (the preconditioned linearisation has eigenvalues down to -(m/c)/gamma). The steady state is the MA
+    equidistribution equation the learned movers approximate. Returns the moved nodes in `unit_square_mesh` order
+    and the number of steps taken (stops when max |dt * update| < tol)."""
+    from scipy.fft import dctn, idctn
+
+    n = n_nodes - 1
+    h = 1.0 / n
+    s = np.linspace(0, 1, n + 1)
+    X, Y = np.meshgrid(s, s)  # [j, i]
+    xi = np.stack([X, Y], -1)
+    k = np.arange(n + 1)
+    lam = (2 * np.cos(np.pi * k / n) - 2) / h**2
+    inv = 1.0 / (1.0 - gamma * (lam[:, None] + lam[None, :]))
+    c = float(np.mean(monitor(np.random.default_rng(0).random((20000, 2)))))
+    phi = np.zeros((n + 1, n + 1))
+    dt = cfl * gamma * c / float(np.max(monitor(xi.reshape(-1, 2))))
+
+    def moved(phi: np.ndarray):
+        p = np.pad(phi, 1, mode="reflect")
+        px = (p[1:-1, 2:] - p[1:-1, :-2]) / (2 * h)
+        py = (p[2:, 1:-1] - p[:-2, 1:-1]) / (2 * h)
+        return p, np.clip(xi + np.stack([px, py], -1), 0.0, 1.0)
+
+    step = 0
+    for step in range(1, steps + 1):
+        p, x = moved(phi)
+        pxx = (p[1:-1, 2:] - 2 * p[1:-1, 1:-1] + p[1:-1, :-2]) / h**2
+        pyy = (p[2:, 1:-1] - 2 * p[1:-1, 1:-1] + p[:-2, 1:-1]) / h**2
+        pxy = (p[2:, 2:] - p[2:, :-2] - p[:-2, 2:] + p[:-2, :-2]) / (4 * h * h)
+        det = (1 + pxx) * (1 + pyy) - pxy**2
+        r = monitor(x.reshape(-1, 2)).reshape(n + 1, n + 1) * det / c - 1.0
+        upd = idctn(dctn(r, type=1) * inv, type=1)
+        phi = phi + dt * upd
+        if np.max(np.abs(dt * upd)) < tol:
+            break
+    return moved(phi)[1].reshape(-1, 2), step

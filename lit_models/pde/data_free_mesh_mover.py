@@ -1,0 +1,279 @@
+"""Data-free Mesh Mover (DMM) of "Better Neural PDE Solvers Through Data-Free Mesh Movers" (Hu, Wang, Ma;
+ICLR 2024, openreview hj9ZuNimRl; official code Peiyannn/MM-PDE, `mesh/dmm.py`, `mesh/dmm_model.py`).
+
+An operator u -> mesh map x(xi) on [0, 1]^2 trained only with the Monge-Ampere (MA) equidistribution equation,
+never with optimal meshes (paper Sec. 3.1):
+    x(xi) = xi + grad_xi phi(u, xi)                        (gradient of the convex potential |xi|^2/2 + phi)
+    m(x(xi)) det(I + Hess_xi phi) = c,   c = int_[0,1]^2 m  (MA equation, Eq. 3)
+    loss = w_in  mean_xi (m(x) det(I + H) / c - 1)^2       (interior residual at importance-sampled xi ~ m)
+         + w_bd  mean_edges (d phi / d n)^2                (zero normal displacement: phi_x = 0 on x = 0, 1 ...)
+         + w_cvx mean (min(0, 1 + phi_xx)^2 + min(0, 1 + phi_yy)^2)   (convexity relaxation against folding)
+with weights 1 / 1000 / 1 (dmm.py). The Hessian comes from double autograd (tanh networks; ReLU has none); m is
+evaluated at the *moved* point by bilinear interpolation of the monitor grid. The network is DeepONet-like
+(`DMM` in dmm_model.py): a CNN branch on the (sub-sampled) solution grid, an MLP trunk on xi and an MLP head on their
+concatenation giving phi. `boundary="hard"` multiplies the head by b(xi) = x^2 y^2 (x-1)^2 (y-1)^2 (the code's hard
+constraint; the boundary loss is then dropped to avoid double counting). `mover="identity"` is the fixed-mesh
+baseline x = xi. The code's optional random-feature / BFGS refinement of the last layer and the MM-PDE solver that
+consumes the moved mesh (paper Sec. 3.2) are not part of this module.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_models.common import mesh as M
+from lit_models.common.pde import no_autocast
+
+
+def _mlp(sizes: list[int], act: type[nn.Module] = nn.Tanh, last_act: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2 or last_act:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class BranchCNN(nn.Module):
+    """CNN branch on u (B, 1, G, G): `len(channels)` conv layers (3x3, stride 2 for the first `n_strided`,
+    GELU), adaptive average pooling to `pool` x `pool` (positions survive: the front location must reach phi),
+    flatten, a linear map to `out_dim` (dmm_model.py uses 7 conv layers)."""
+
+    def __init__(self, channels: list[int], out_dim: int, n_strided: int = 4, pool: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 1
+        for i, c in enumerate(channels):
+            layers += [nn.Conv2d(cin, c, 3, stride=2 if i < n_strided else 1, padding=1), nn.GELU()]
+            cin = c
+        self.conv = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(pool)
+        self.out = nn.Linear(cin * pool * pool, out_dim)
+
+    def forward(self, u: Tensor) -> Tensor:
+        return self.out(self.pool(self.conv(u)).flatten(1))
+
+
+class DMMNet(nn.Module):
+    """phi(u, xi): branch(u) and trunk(xi) features concatenated, head MLP -> scalar (DeepONet-like, dmm_model.DMM).
+    trunk_layers includes the input size 2; head_layers starts with branch_out + trunk_out and ends with 1."""
+
+    def __init__(self, branch_channels: list[int], trunk_layers: list[int], head_layers: list[int],
+                 boundary: str = "soft") -> None:
+        super().__init__()
+        if trunk_layers[0] != 2 or head_layers[-1] != 1:
+            raise ValueError("trunk_layers must start with 2 (xi) and head_layers end with 1 (phi)")
+        branch_out = head_layers[0] - trunk_layers[-1]
+        if branch_out < 1:
+            raise ValueError(f"head_layers[0] ({head_layers[0]}) must exceed the trunk width ({trunk_layers[-1]})")
+        self.branch = BranchCNN(list(branch_channels), branch_out)
+        self.trunk = _mlp(list(trunk_layers), last_act=True)
+        self.head = _mlp(list(head_layers))
+        # a constant in phi moves nothing (only grad phi and Hess phi enter): no output bias
+        last = self.head[-1]
+        self.head[-1] = nn.Linear(last.in_features, last.out_features, bias=False)
+        self.boundary = boundary
+
+    def forward(self, u: Tensor, xi: Tensor) -> Tensor:
+        """u (B, 1, G, G), xi (B, P, 2) -> phi (B, P)."""
+        b = self.branch(u)[:, None].expand(-1, xi.shape[1], -1)
+        phi = self.head(torch.cat([b, self.trunk(xi)], -1))[..., 0]
+        if self.boundary == "hard":
+            x, y = xi[..., 0], xi[..., 1]
+            phi = phi * (x * y * (x - 1) * (y - 1)) ** 2
+        return phi
+
+
+def sample_monitor(monitor: Tensor, x: Tensor) -> Tensor:
+    """Bilinear interpolation of node values monitor (B, R, R) ([j, i] = (y_j, x_i)) at points x (B, P, 2)."""
+    grid = (2 * x - 1)[:, None].to(monitor.dtype)  # (B, 1, P, 2), [..., 0] = x -> width
+    return F.grid_sample(monitor[:, None], grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0, 0]
+
+
+def importance_points(monitor: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """(B, n, 2) points with density proportional to m: a grid node drawn with probability m / sum m, then a uniform
+    jitter of +- half a cell (clamped to the square)."""
+    B, R, _ = monitor.shape
+    idx = torch.multinomial(monitor.reshape(B, -1).double(), n, replacement=True, generator=generator)
+    j, i = idx // R, idx % R
+    p = torch.stack([i, j], -1).to(monitor.dtype) / (R - 1)
+    jitter = (torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device) - 0.5) / (R - 1)
+    return (p + jitter.to(p.device)).clamp(0.0, 1.0)
+
+
+def boundary_points(batch: int, n_per_edge: int, device, dtype, generator: torch.Generator | None = None):
+    """(B, 4 n, 2) points on the four edges and a (4 n,) index of the normal coordinate (0 on x = 0/1, 1 on y = 0/1)."""
+    s = torch.rand(batch, n_per_edge, generator=generator, dtype=dtype).to(device)
+    zero, one = torch.zeros_like(s), torch.ones_like(s)
+    pts = torch.cat([torch.stack(a, -1) for a in ((zero, s), (one, s), (s, zero), (s, one))], 1)
+    normal = torch.tensor([0] * (2 * n_per_edge) + [1] * (2 * n_per_edge), device=device)
+    return pts, normal
+
+
+DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=2e-4, weight_decay=1e-5)  # dmm.py
+DEFAULT_SCHEDULER = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=50, gamma=0.2)
+
+
+class DataFreeMeshMoverModule(L.LightningModule):
+    """Trains the DMM with the MA residual + boundary + convexity losses (Sec. 3.1); evaluates the moved meshes.
+
+    Metrics (test/, val/ only the first): `ma_residual` (per field, median |m(x) det(J)/c - 1| over `n_eval_points`
+    held-out points drawn with density ~ m, averaged over fields), `min_det` (min det J over a 100 x 100 grid, all
+    fields), `boundary_disp` (largest normal displacement on the edges), `inverted` (tangled triangles of the moved
+    `eval_nodes` mesh, summed over fields), and on fields with an exact MA target (axis-aligned fronts, separable
+    monitor): `interp_ratio` (RMS P1 interpolation error of u on the moved / uniform mesh, 20,000 random points) and
+    `node_rmse_cells` (node RMSE to the exact mesh / cell width).
+    """
+
+    def __init__(self, branch_channels: list[int] = (32, 32, 64, 64, 128, 128, 128),
+                 trunk_layers: list[int] = (2, 32, 512), head_layers: list[int] = (1024, 512, 1),
+                 boundary: str = "soft", mover: str = "dmm", n_points: int = 120, n_boundary: int = 30,
+                 w_interior: float = 1.0, w_boundary: float = 1000.0, w_convex: float = 1.0,
+                 n_eval_points: int = 2000, eval_nodes: int = 20, n_interp_points: int = 20000,
+                 optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
+                 scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER) -> None:
+        super().__init__()
+        if mover not in ("dmm", "identity"):
+            raise ValueError(f"mover must be 'dmm' or 'identity', got {mover!r}")
+        if boundary not in ("soft", "hard"):
+            raise ValueError(f"boundary must be 'soft' or 'hard', got {boundary!r}")
+        if n_points < 1 or n_boundary < 1:
+            raise ValueError("n_points and n_boundary must be >= 1")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.net = DMMNet(list(branch_channels), list(trunk_layers), list(head_layers), boundary)
+        self._last: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------------------------------ the mesh map
+    def mesh_map(self, u: Tensor, xi: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, P, 2) = xi + grad phi, the Hessian of phi (B, P, 2, 2) and grad phi (B, P, 2); float32, no autocast."""
+        if self.hparams.mover == "identity":
+            z = torch.zeros(*xi.shape, 2, dtype=xi.dtype, device=xi.device)
+            return xi, z, torch.zeros_like(xi)
+        # Lightning evaluates under inference_mode: leave it (and clone its tensors) to differentiate
+        with no_autocast(xi.device.type), torch.inference_mode(False), torch.enable_grad():
+            xi = xi.detach().float().clone().requires_grad_(True)
+            phi = self.net(u.float().clone(), xi)
+            (g,) = torch.autograd.grad(phi.sum(), xi, create_graph=True)
+            h0 = torch.autograd.grad(g[..., 0].sum(), xi, create_graph=create_graph, retain_graph=True)[0]
+            h1 = torch.autograd.grad(g[..., 1].sum(), xi, create_graph=create_graph)[0]
+        return xi + g, torch.stack([h0, h1], -2), g
+
+    def forward(self, u: Tensor, xi: Tensor) -> Tensor:
+        """Moved points x(xi) (B, P, 2)."""
+        return self.mesh_map(u, xi, create_graph=False)[0].detach()
+
+    @staticmethod
+    def det(hess: Tensor) -> Tensor:
+        return (1 + hess[..., 0, 0]) * (1 + hess[..., 1, 1]) - hess[..., 0, 1] * hess[..., 1, 0]
+
+    def residual(self, batch: dict[str, Tensor], xi: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor]:
+        """r = m(x(xi)) det(I + H) / c - 1 (B, P) and the Hessian."""
+        x, hess, _ = self.mesh_map(batch["u"], xi, create_graph)
+        with torch.inference_mode(False):
+            m = sample_monitor(batch["monitor"].float().clone(), x)
+            return m * self.det(hess) / batch["c"].float().clone()[:, None] - 1.0, hess
+
+    # ------------------------------------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
+        hp = self.hparams
+        if hp.mover == "identity":  # nothing to learn: a zero loss keeps the step count
+            return sum(p.sum() for p in self.parameters()) * 0.0
+        with no_autocast(self.device.type):
+            xi = importance_points(batch["monitor"].float(), hp.n_points)
+            r, hess = self.residual(batch, xi)
+            loss_in = torch.mean(r**2)
+            loss_cvx = torch.mean(F.relu(-(1 + hess[..., 0, 0])) ** 2 + F.relu(-(1 + hess[..., 1, 1])) ** 2)
+            loss = hp.w_interior * loss_in + hp.w_convex * loss_cvx
+            if hp.boundary == "soft":
+                pb, normal = boundary_points(xi.shape[0], hp.n_boundary, xi.device, xi.dtype)
+                _, _, g = self.mesh_map(batch["u"], pb)
+                gn = torch.gather(g, -1, normal[None, :, None].expand(g.shape[0], -1, 1))[..., 0]
+                loss_bd = torch.mean(gn**2)
+                loss = loss + hp.w_boundary * loss_bd
+                self.log("train/loss_boundary", loss_bd, on_step=True, on_epoch=False, batch_size=xi.shape[0])
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=xi.shape[0])
+        self.log("train/loss_interior", loss_in, on_step=True, on_epoch=False, batch_size=xi.shape[0])
+        self.log("train/loss_convex", loss_cvx, on_step=True, on_epoch=False, batch_size=xi.shape[0])
+        return loss
+
+    # --------------------------------------------------------------------------------------------- evaluation
+    def _eval_residual(self, batch: dict[str, Tensor]) -> Tensor:
+        g = torch.Generator().manual_seed(12345)
+        xi = importance_points(batch["monitor"].float().cpu(), self.hparams.n_eval_points, g).to(self.device)
+        r, _ = self.residual(batch, xi, create_graph=False)
+        return r.detach().abs().median(dim=1).values
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self.log("val/ma_residual", self._eval_residual(batch).mean(), batch_size=batch["u"].shape[0],
+                 sync_dist=True, prog_bar=True)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        hp = self.hparams
+        B = batch["u"].shape[0]
+        res = self._eval_residual(batch)
+        s = torch.linspace(0, 1, 100, device=self.device)
+        grid = torch.stack(torch.meshgrid(s, s, indexing="xy"), -1).reshape(1, -1, 2).expand(B, -1, -1)
+        _, hess, _ = self.mesh_map(batch["u"], grid, create_graph=False)
+        min_det = self.det(hess.detach()).min()
+        pb, normal = boundary_points(B, 100, self.device, torch.float32, torch.Generator().manual_seed(1))
+        _, _, gb = self.mesh_map(batch["u"], pb, create_graph=False)
+        bdisp = torch.gather(gb.detach(), -1, normal[None, :, None].expand(B, -1, 1)).abs().max()
+        ref, tri = M.unit_square_mesh(hp.eval_nodes)
+        ref_t = torch.tensor(ref, dtype=torch.float32, device=self.device)[None].expand(B, -1, -1)
+        moved = self.forward(batch["u"], ref_t).double().cpu().numpy()
+        inverted = sum(M.count_inverted(moved[b], tri) for b in range(B))
+        metrics = {"ma_residual": float(res.mean()), "min_det": float(min_det), "boundary_disp": float(bdisp),
+                   "inverted": float(inverted)}
+        ratios, rmses = [], []
+        if "target" in batch:
+            pts = M.random_points(hp.n_interp_points, 0)
+            h = M.cell_size(hp.eval_nodes)
+            for b in range(B):
+                tgt = batch["target"][b].cpu().numpy()
+                if not np.all(np.isfinite(tgt)):
+                    continue
+                k, c, ang, amp = batch["params"][b].cpu().numpy()
+                f = functools.partial(M.front_field, k=k, c=c, angle=ang, amp=amp)
+                ratios.append(M.interpolation_error(moved[b], tri, f, pts) / M.interpolation_error(ref, tri, f, pts))
+                rmses.append(float(np.sqrt(np.mean(np.sum((moved[b] - tgt) ** 2, 1)))) / h)
+        if ratios:
+            metrics |= {"interp_ratio": float(np.mean(ratios)), "node_rmse_cells": float(np.mean(rmses))}
+        for k, v in metrics.items():
+            self.log(f"test/{k}", v, batch_size=B, sync_dist=True)
+        self._last = {"moved": moved, "tri": tri, "monitor": batch["monitor"].cpu().numpy(),
+                      "target": batch["target"].cpu().numpy() if "target" in batch else None}
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}}
+
+    def figures(self) -> dict[str, Any]:
+        """{"moved_meshes": the moved eval meshes of the first test fields over their monitor (exact MA mesh dashed
+        where it exists)}."""
+        if self._last is None:
+            return {}
+        import matplotlib.pyplot as plt
+
+        d = self._last
+        n = min(4, len(d["moved"]))
+        fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
+        for ax, b in zip(axes[0], range(n)):
+            ax.imshow(d["monitor"][b], origin="lower", extent=(0, 1, 0, 1), cmap="viridis")
+            ax.triplot(d["moved"][b][:, 0], d["moved"][b][:, 1], d["tri"], color="w", lw=0.5)
+            if d["target"] is not None and np.all(np.isfinite(d["target"][b])):
+                ax.triplot(d["target"][b][:, 0], d["target"][b][:, 1], d["tri"], color="r", lw=0.4, ls="--")
+            ax.set_title(f"field {b} ({self.hparams.mover})", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.tight_layout()
+        return {"moved_meshes": fig}

@@ -1,0 +1,251 @@
+"""UM2N: "Towards Universal Mesh Movement Networks" (Zhang, Wang, Kramer, Wallwork, Li, Liu, Chen, Piggott;
+NeurIPS 2024, arXiv 2407.00382; official code mesh-adaptation/UM2N, `UM2N/model/MRT.py`, `deformer.py`).
+
+r-adaptation by a graph network trained on Monge-Ampere (MA) meshes and applied zero-shot (paper Sec. 3):
+- inputs per vertex: reference coordinates, boundary mask and the monitor value (normalised by its maximum);
+  the PDE solution itself is never an input ("PDE-agnostic");
+- encoder: a Graph Transformer over all vertices of a mesh (`MRTransformer`: linear embedding to 64, 4 heads,
+  1 layer, 16 output channels), attention masked per graph; then [boundary mask, features] -> Linear -> SELU gives
+  the deformer's hidden state;
+- decoder: the recurrent GAT deformer (from M2N, paper Eq. for x_i'): GATv2 attention alpha_ij over the mesh
+  neighbours j of i (self loop included), computed from [current coordinates, hidden state]; the new position is
+  the attention-weighted average x_i' = sum_j alpha_ij x_j (a convex combination, which discourages tangling), the
+  hidden state is the GAT output (SELU). Boundary nodes keep their normal coordinate (corners fixed, edge nodes
+  slide along the edge). Applied `num_loop` times with shared weights.
+- loss: coordinate MSE to the MA mesh (weight `coord_weight`) + element-volume loss, the L1 difference of
+  predicted and target signed cell areas (weight `area_weight`; divided here by the mean reference cell area so
+  the weight does not depend on the mesh size).
+`decoder="coord"` is the released code's variant (a linear head on the GAT hidden state outputs raw coordinates,
+no neighbour averaging); `use_monitor=False` feeds a zero monitor (a model that ignores the monitor);
+`mover="identity"` is the fixed-mesh baseline.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_models.common import mesh as M
+from lit_models.common.pde import no_autocast
+
+
+class GraphTransformerEncoder(nn.Module):
+    """Per-vertex features from a transformer over all vertices of each graph (MRTransformer's TransformerModel):
+    Linear(in, embed) -> `num_layers` x TransformerEncoderLayer(embed, heads) -> Linear(embed, out)."""
+
+    def __init__(self, in_dim: int = 4, embed_dim: int = 64, out_dim: int = 16, num_heads: int = 4,
+                 num_layers: int = 1) -> None:
+        super().__init__()
+        self.embed = nn.Linear(in_dim, embed_dim)
+        layer = nn.TransformerEncoderLayer(embed_dim, num_heads, dim_feedforward=embed_dim * 4, dropout=0.0,
+                                           batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.out = nn.Linear(embed_dim, out_dim)
+
+    def forward(self, x: Tensor, batch: Tensor) -> Tensor:
+        from torch_geometric.utils import to_dense_batch
+
+        dense, mask = to_dense_batch(self.embed(x), batch)
+        h = self.encoder(dense, src_key_padding_mask=~mask)
+        return self.out(h[mask])
+
+
+class RecurrentGATDeformer(nn.Module):
+    """One deformer step: GATv2 on [coordinates, hidden] -> attention alpha (E, heads) and the new hidden state;
+    coordinates become sum_j mean_heads(alpha_ij) x_j (`decoder="average"`, the paper) or Linear(hidden)
+    (`decoder="coord"`, the released code). Boundary projection afterwards."""
+
+    def __init__(self, hidden: int, heads: int = 6, decoder: str = "average", bias: bool = True) -> None:
+        super().__init__()
+        from torch_geometric.nn import GATv2Conv
+
+        self.gat = GATv2Conv(2 + hidden, hidden, heads=heads, concat=False, add_self_loops=True, bias=bias)
+        self.decoder = decoder
+        self.to_coord = nn.Linear(hidden, 2) if decoder == "coord" else None
+
+    def forward(self, coord: Tensor, hidden: Tensor, edge_index: Tensor, ref: Tensor, x_fixed: Tensor,
+                y_fixed: Tensor) -> tuple[Tensor, Tensor]:
+        out, (ei, alpha) = self.gat(torch.cat([coord, hidden], -1), edge_index, return_attention_weights=True)
+        hidden = F.selu(out)
+        if self.decoder == "average":
+            src, dst = ei
+            w = alpha.mean(-1)[:, None]  # softmax over each target's incoming edges: rows sum to 1
+            new = torch.zeros_like(coord).index_add_(0, dst, w * coord[src])
+        else:
+            new = self.to_coord(hidden)
+        new = torch.stack([torch.where(x_fixed, ref[:, 0], new[:, 0]), torch.where(y_fixed, ref[:, 1], new[:, 1])], -1)
+        return new, hidden
+
+
+class UM2N(nn.Module):
+    """Graph Transformer encoder + recurrent GAT deformer (MRTransformer)."""
+
+    def __init__(self, in_dim: int = 4, embed_dim: int = 64, transformer_out: int = 16, num_heads: int = 4,
+                 num_layers: int = 1, hidden: int = 512, gat_heads: int = 6, num_loop: int = 3,
+                 decoder: str = "average", use_monitor: bool = True) -> None:
+        super().__init__()
+        self.encoder = GraphTransformerEncoder(in_dim, embed_dim, transformer_out, num_heads, num_layers)
+        self.lin = nn.Linear(1 + transformer_out, hidden)
+        # with one averaging loop the GAT output (hidden state) is never used again: its bias would get no gradient
+        self.deformer = RecurrentGATDeformer(hidden, gat_heads, decoder, bias=num_loop > 1 or decoder == "coord")
+        self.num_loop, self.use_monitor = num_loop, use_monitor
+
+    def forward(self, data) -> Tensor:
+        x = data.x.float()
+        if not self.use_monitor:
+            x = torch.cat([x[:, :3], torch.zeros_like(x[:, 3:])], -1)
+        batch = data.batch if getattr(data, "batch", None) is not None else torch.zeros(len(x), dtype=torch.long,
+                                                                                       device=x.device)
+        feats = self.encoder(x, batch)
+        hidden = F.selu(self.lin(torch.cat([x[:, 2:3], feats], -1)))
+        ref = data.pos.float()
+        coord = ref
+        for _ in range(self.num_loop):
+            coord, hidden = self.deformer(coord, hidden, data.edge_index, ref, data.x_fixed, data.y_fixed)
+        return coord
+
+
+DEFAULT_OPTIMIZER = functools.partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.1)
+
+
+class UM2NModule(L.LightningModule):
+    """Supervised training on MA meshes (coordinate + element-area losses); zero-shot evaluation.
+
+    Metrics (test/, val/ the same): `interp_ratio` (front-field meshes: RMS P1 interpolation error of u on the moved /
+    uniform mesh, 20,000 random points; mean), `inverted` (tangled triangles summed over all test meshes),
+    `boundary_violation` (largest normal displacement of a boundary node), `node_rmse_cells` (node RMSE to the exact
+    MA mesh / cell width, mean over all test meshes; `_fronts` and `_bumps` per family).
+    """
+
+    def __init__(self, embed_dim: int = 64, transformer_out: int = 16, num_heads: int = 4, num_layers: int = 1,
+                 hidden: int = 512, gat_heads: int = 6, num_loop: int = 1, decoder: str = "average",
+                 use_monitor: bool = True, mover: str = "um2n", coord_weight: float = 0.0, area_weight: float = 1.0,
+                 n_interp_points: int = 20000,
+                 optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
+        super().__init__()
+        if decoder not in ("average", "coord"):
+            raise ValueError(f"decoder must be 'average' (paper) or 'coord' (raw coordinates), got {decoder!r}")
+        if mover not in ("um2n", "identity"):
+            raise ValueError(f"mover must be 'um2n' or 'identity', got {mover!r}")
+        if num_loop < 1:
+            raise ValueError(f"num_loop must be >= 1, got {num_loop}")
+        if coord_weight < 0 or area_weight < 0 or coord_weight + area_weight == 0:
+            raise ValueError("loss weights must be >= 0 and not both 0")
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
+        self.net = UM2N(4, embed_dim, transformer_out, num_heads, num_layers, hidden, gat_heads, num_loop, decoder,
+                        use_monitor)
+        self._eval: dict[str, list] = {}
+        self._last: list[dict[str, Any]] = []
+
+    def forward(self, data) -> Tensor:
+        if self.hparams.mover == "identity":
+            return data.pos.float()
+        with no_autocast(data.pos.device.type):
+            return self.net(data)
+
+    def loss(self, data, pred: Tensor) -> tuple[Tensor, Tensor]:
+        tri = data.face.T
+        a_pred, a_true = M.signed_areas(pred, tri), M.signed_areas(data.y.float(), tri)
+        a_ref = M.signed_areas(data.pos.float(), tri).abs().mean()
+        return F.mse_loss(pred, data.y.float()), torch.mean(torch.abs(a_pred - a_true)) / a_ref
+
+    def training_step(self, data, batch_idx: int = 0) -> Tensor:
+        hp = self.hparams
+        if hp.mover == "identity":
+            return sum(p.sum() for p in self.parameters()) * 0.0
+        coord_loss, area_loss = self.loss(data, self(data))
+        loss = hp.coord_weight * coord_loss + hp.area_weight * area_loss
+        n = int(data.num_graphs)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        self.log("train/coord_loss", coord_loss, on_step=True, on_epoch=False, batch_size=n)
+        self.log("train/area_loss", area_loss, on_step=True, on_epoch=False, batch_size=n)
+        return loss
+
+    # --------------------------------------------------------------------------------------------- evaluation
+    def _start(self) -> None:
+        self._eval = {"ratio": [], "inverted": [], "bd": [], "rmse_f": [], "rmse_b": []}
+        self._last = []
+
+    def on_validation_epoch_start(self) -> None:
+        self._start()
+
+    def on_test_epoch_start(self) -> None:
+        self._start()
+
+    def _evaluate(self, data) -> None:
+        pred = self(data).detach().double().cpu().numpy()
+        ref = data.pos.double().cpu().numpy()
+        tri = data.face.T.cpu().numpy()
+        tgt = data.y.double().cpu().numpy()
+        n_side = int(data.n_side.reshape(-1)[0])
+        h = M.cell_size(n_side)
+        self._eval["inverted"].append(M.count_inverted(pred, tri))
+        self._eval["bd"].append(M.boundary_violation(pred, ref))
+        rmse = float(np.sqrt(np.mean(np.sum((pred - tgt) ** 2, 1)))) / h
+        kind = int(data.kind.reshape(-1)[0])
+        if kind == 1:
+            k, c, ang, amp = data.params.reshape(-1).cpu().numpy()
+            f = functools.partial(M.front_field, k=k, c=c, angle=ang, amp=amp)
+            pts = M.random_points(self.hparams.n_interp_points, 0)
+            err_moved, err_fixed = M.interpolation_error(pred, tri, f, pts), M.interpolation_error(ref, tri, f, pts)
+            self._eval["ratio"].append(err_moved / err_fixed)
+            self._eval["rmse_f"].append(rmse)
+        else:
+            self._eval["rmse_b"].append(rmse)
+        if len(self._last) < 4:
+            self._last.append({"pred": pred, "tri": tri, "target": tgt, "monitor": data.x[:, 3].cpu().numpy(),
+                               "ref": ref})
+
+    def validation_step(self, data, batch_idx: int = 0) -> None:
+        self._evaluate(data)
+
+    def test_step(self, data, batch_idx: int = 0) -> None:
+        self._evaluate(data)
+
+    def _log_eval(self, split: str) -> None:
+        e = self._eval
+        rm = e["rmse_f"] + e["rmse_b"]
+        metrics = {"inverted": float(np.sum(e["inverted"])), "boundary_violation": float(np.max(e["bd"])),
+                   "node_rmse_cells": float(np.mean(rm))}
+        if e["ratio"]:
+            metrics |= {"interp_ratio": float(np.mean(e["ratio"])),
+                        "node_rmse_cells_fronts": float(np.mean(e["rmse_f"]))}
+        if e["rmse_b"]:
+            metrics["node_rmse_cells_bumps"] = float(np.mean(e["rmse_b"]))
+        for k, v in metrics.items():
+            self.log(f"{split}/{k}", v, sync_dist=True, batch_size=1, prog_bar=k == "interp_ratio")
+
+    def on_validation_epoch_end(self) -> None:
+        if self._eval.get("inverted"):
+            self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        if self._eval.get("inverted"):
+            self._log_eval("test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+    def figures(self) -> dict[str, Any]:
+        """{"moved_meshes": moved test meshes (white) over their monitor, exact MA mesh dashed red}."""
+        if not self._last:
+            return {}
+        import matplotlib.pyplot as plt
+
+        n = len(self._last)
+        fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
+        for ax, d in zip(axes[0], self._last):
+            ax.tripcolor(d["ref"][:, 0], d["ref"][:, 1], d["tri"], d["monitor"], shading="gouraud", cmap="viridis")
+            ax.triplot(d["target"][:, 0], d["target"][:, 1], d["tri"], color="r", lw=0.4, ls="--")
+            ax.triplot(d["pred"][:, 0], d["pred"][:, 1], d["tri"], color="w", lw=0.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.tight_layout()
+        return {"moved_meshes": fig}

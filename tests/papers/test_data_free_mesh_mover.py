@@ -1,0 +1,170 @@
+"""Data-free mesh mover (ICLR 2024, MM-PDE): the paper contract's fast test, deterministic checks of the MA
+residual pieces (Hessian by autograd, monitor at the moved point, importance sampling, exact targets) and the
+card's small-scale claims."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.meshes import FrontFieldDataModule, exact_front_mesh, front_fields, load_burgers_192
+from launch.check import claims_of, run_claim
+from lit_models.common import mesh as M
+from lit_models.pde.data_free_mesh_mover import (
+    DataFreeMeshMoverModule,
+    DMMNet,
+    importance_points,
+    sample_monitor,
+)
+from tests.papers.contract import fast_run
+
+SMALL = ["data.n_train=16", "data.n_test=2", "data.n_test_aligned=2", "data.batch_size=2", "data.grid=16",
+         "data.steps_per_epoch=3", "model.n_points=32", "model.n_eval_points=64", "model.n_interp_points=500"]
+
+
+def test_fast_contract():
+    run = fast_run("data_free_mesh_mover", *SMALL)
+    run.assert_contract()
+    for key in ("test/ma_residual", "test/min_det", "test/boundary_disp", "test/inverted", "test/interp_ratio",
+                "test/node_rmse_cells"):
+        assert key in run.metrics, sorted(run.metrics)
+    x = run.model(torch.zeros(3, 1, 16, 16), torch.rand(3, 7, 2))
+    assert x.shape == (3, 7, 2)
+    figs = run.model.figures()
+    assert set(figs) == {"moved_meshes"}
+    import matplotlib.pyplot as plt
+
+    plt.close(figs["moved_meshes"])
+
+
+def test_fast_contract_hard_boundary_and_identity():
+    run = fast_run("data_free_mesh_mover", *SMALL, "model.boundary=hard")
+    run.assert_contract()
+    assert run.metrics["test/boundary_disp"] < 1e-6
+    ident = fast_run("data_free_mesh_mover", *SMALL, "model.mover=identity")
+    assert ident.metrics["test/interp_ratio"] == pytest.approx(1.0)
+    assert ident.metrics["test/min_det"] == pytest.approx(1.0)
+
+
+def test_bad_config_raises():
+    with pytest.raises(ValueError):
+        DataFreeMeshMoverModule(mover="direct")
+    with pytest.raises(ValueError):
+        DataFreeMeshMoverModule(boundary="mixed")
+    with pytest.raises(ValueError):
+        FrontFieldDataModule(monitor_derivative="laplacian")
+    with pytest.raises(ValueError):
+        FrontFieldDataModule(name="cylinder")
+
+
+def test_hessian_and_map_match_finite_differences():
+    """x = xi + grad phi and det(I + Hess phi) from autograd agree with central differences of phi."""
+    torch.manual_seed(0)
+    m = DataFreeMeshMoverModule(branch_channels=[4, 4], trunk_layers=[2, 8, 8], head_layers=[16, 8, 1])
+    net = m.net.double()
+    u = torch.randn(2, 1, 12, 12, dtype=torch.float64)
+    xi = torch.rand(2, 5, 2, dtype=torch.float64) * 0.8 + 0.1
+    m.net.float()
+    x, hess, g = m.mesh_map(u.float(), xi.float())
+    net.double()
+    eps = 1e-4
+
+    def phi(p):
+        return net(u, p)
+
+    for d in range(2):
+        e = torch.zeros(2)
+        e[d] = eps
+        fd = (phi(xi + e) - phi(xi - e)) / (2 * eps)
+        torch.testing.assert_close(g[..., d].double(), fd, atol=2e-4, rtol=1e-3)
+    fd_xx = (phi(xi + torch.tensor([eps, 0])) - 2 * phi(xi) + phi(xi - torch.tensor([eps, 0]))) / eps**2
+    torch.testing.assert_close(hess[..., 0, 0].double(), fd_xx, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(x, xi.float() + g)
+
+
+def test_monitor_is_sampled_at_the_moved_point_and_points_follow_m():
+    R = 33
+    s = np.linspace(0, 1, R)
+    mon = torch.tensor(1.0 + np.tile(s, (R, 1)) * 3.0, dtype=torch.float32)[None]  # m = 1 + 3x
+    x = torch.tensor([[[0.25, 0.9], [0.5, 0.1]]])
+    torch.testing.assert_close(sample_monitor(mon, x), torch.tensor([[1.75, 2.5]]))
+    pts = importance_points(mon, 20000, torch.Generator().manual_seed(0))
+    # density (1 + 3x) / 2.5 has mean x = (1/2 + 1) / 2.5 = 0.6
+    assert float(pts[..., 0].mean()) == pytest.approx(0.6, abs=0.01)
+    assert float(pts[..., 1].mean()) == pytest.approx(0.5, abs=0.01)
+
+
+def test_front_fields_and_exact_targets():
+    d = front_fields(3, 16, 61, seed=0, monitor_scale=1.0, monitor_derivative="normal", force_aligned_k=20)
+    assert d["u"].shape == (3, 16, 16) and d["monitor"].shape == (3, 61, 61)
+    # aligned fronts with the normal-derivative monitor depend on x only, and c is the domain mean of m
+    np.testing.assert_allclose(d["monitor"][:, 0], d["monitor"][:, -1])
+    assert np.all(d["c"] == pytest.approx(2.0, rel=0.05))
+    pos, tri = M.unit_square_mesh(20)
+    tgt = exact_front_mesh(pos, d["monitor"][0][0])
+    ref = M.equidistributed_mesh(pos, M.front_monitor_1d(20, d["params"][0, 1]))
+    assert np.sqrt(np.mean((tgt - ref) ** 2)) < 0.05 * M.cell_size(20)
+    assert M.count_inverted(tgt, tri) == 0
+
+
+def test_exact_map_zeroes_the_ma_residual():
+    """The exact 1-D equidistribution map of an aligned front satisfies m(x) x'(xi) = c (the MA residual the DMM
+    minimises), and the identity does not (card: the identity map's residual is large near the front)."""
+    d = front_fields(1, 16, 401, seed=1, monitor_scale=1.0, monitor_derivative="normal", force_aligned_k=20)
+    xi = np.linspace(0, 1, 2001)
+    mrow = d["monitor"][0][0]
+    x = exact_front_mesh(np.stack([xi, xi], 1), mrow)[:, 0]
+    m_at_x = np.interp(x, np.linspace(0, 1, 401), mrow)
+    r = m_at_x * np.gradient(x, xi) / d["c"][0] - 1
+    assert np.median(np.abs(r)) < 0.01
+    r_id = np.interp(xi, np.linspace(0, 1, 401), mrow) / d["c"][0] - 1
+    assert np.median(np.abs(r_id)) > 0.4
+
+
+def test_burgers_loader_reads_the_paper_file_format(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3, 2, 192, 192)).astype(np.float32)
+    np.save(tmp_path / "burgers_192.npy", a)
+    np.testing.assert_array_equal(load_burgers_192(tmp_path / "burgers_192.npy"), a)
+    dm = FrontFieldDataModule(name="burgers", data_dir=str(tmp_path), n_burgers_train=2, batch_size=2,
+                              steps_per_epoch=1)
+    dm.setup()
+    item = dm.train_set[0]
+    assert item["u"].shape == (1, 48, 48) and item["monitor"].shape == (193, 193)
+    assert len(dm.train_set) == 4 and len(dm.test_set) == 2
+    np.save(tmp_path / "bad.npy", a[:, :, :10])
+    with pytest.raises(ValueError):
+        load_burgers_192(tmp_path / "bad.npy")
+    with pytest.raises(FileNotFoundError):
+        load_burgers_192(tmp_path / "missing.npy")
+
+
+def test_dmm_net_rejects_bad_layer_sizes():
+    with pytest.raises(ValueError):
+        DMMNet([4], [3, 8], [16, 1])
+    with pytest.raises(ValueError):
+        DMMNet([4], [2, 32], [16, 1])
+
+
+CLAIMS = ["ma_residual", "valid_mesh", "boundary", "interpolation_ratio", "node_rmse"]
+# Claims whose baseline swap does not fail at the CPU scale, with the measured numbers: the CPU-scale DMM stays
+# close to the identity map (see the known gaps), so mesh validity does not separate it from its ablation.
+SWAP_DOES_NOT_FAIL = {
+    "valid_mesh": "min det J: DMM 0.571 vs no-convexity / no-boundary ablation 0.765 (both valid) after 600 CPU steps",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("data_free_mesh_mover_claims")  # one worker: the claims share the method's cached run
+@pytest.mark.parametrize("claim", CLAIMS)
+def test_claim(claim):
+    result = run_claim("data_free_mesh_mover", claim)
+    if result.known_gap and not result.passed:
+        pytest.xfail(result.report())
+    assert result.passed, result.report()
+    if not claims_of("data_free_mesh_mover")[claim].get("baseline"):
+        return
+    if claim in SWAP_DOES_NOT_FAIL:
+        pytest.xfail(f"baseline swap not discriminative at CPU scale: {SWAP_DOES_NOT_FAIL[claim]}")
+    swapped = run_claim("data_free_mesh_mover", claim, swap_baseline=True)
+    assert not swapped.passed, swapped.report()
