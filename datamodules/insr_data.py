@@ -27,7 +27,9 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+
+from datamodules.collocation import MadeItems, OneItem
 
 PROBLEMS = ("advection1d", "taylor_green")
 
@@ -56,30 +58,6 @@ def semi_lagrangian_advection_1d(n_cells: int, velocity: float = 0.25, dt: float
     for _ in range(n_steps):
         u = np.interp(x - velocity * dt, x, u, left=0.0, right=0.0)
     return x, u, gaussian_pulse(x, n_steps * dt, velocity, centre, width)
-
-
-class _Samples(Dataset):
-    """`length` batches of fresh uniform samples; a private seeded generator advances across epochs."""
-
-    def __init__(self, dm: "InsrDataModule", length: int) -> None:
-        self.dm, self.length = dm, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return self.dm.sample()
-
-
-class _Fixed(Dataset):
-    def __init__(self, item: dict[str, Tensor]) -> None:
-        self.item = item
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return self.item
 
 
 class InsrDataModule(L.LightningDataModule):
@@ -165,10 +143,10 @@ class InsrDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Samples(self, self.hparams.steps_per_epoch), batch_size=None, shuffle=False)
+        return DataLoader(MadeItems(lambda _: self.sample(), self.hparams.steps_per_epoch), batch_size=None, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Fixed(self.eval_item()), batch_size=None)
+        return DataLoader(OneItem(self.eval_item()), batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(_Fixed(self.eval_item()), batch_size=None)
+        return DataLoader(OneItem(self.eval_item()), batch_size=None)

@@ -14,6 +14,8 @@ Both conserve the spatial mean exactly (the k = 0 mode has L = 0 and N = 0).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 __all__ = ["etdrk4", "etdrk4_coefficients", "kdv_etdrk4", "ks_etdrk4", "random_ks_initial_condition"]
@@ -39,11 +41,13 @@ def etdrk4_coefficients(lin: np.ndarray, dt: float, n_contour: int = 32) -> tupl
     return np.exp(hl), np.exp(hl / 2), q, f1, f2, f3
 
 
-def etdrk4(u0: np.ndarray, lin: np.ndarray, nonlin_factor: np.ndarray | None, dt: float, n_steps: int,
-           save_every: int = 1) -> np.ndarray:
+def etdrk4(u0: np.ndarray, lin: np.ndarray, nonlin_factor: np.ndarray | Callable[[np.ndarray], np.ndarray] | None,
+           dt: float, n_steps: int, save_every: int = 1) -> np.ndarray:
     """Integrate u_t = L u + nonlin_factor * FFT(u^2) on a periodic grid (rfft coefficients).
 
     u0: (N,) or (B, N) real. lin, nonlin_factor: (N // 2 + 1,) complex symbols (nonlin_factor None: linear only).
+    nonlin_factor may instead be a function v_hat -> N_hat (rfft coefficients along the last axis) for any other
+    nonlinearity (e.g. Allen-Cahn's 5 u - 5 u^3).
     Returns the states after save_every, 2 * save_every, ..., n_steps steps: (T, N) or (B, T, N), T =
     n_steps // save_every (the initial state is not included).
     """
@@ -57,6 +61,8 @@ def etdrk4(u0: np.ndarray, lin: np.ndarray, nonlin_factor: np.ndarray | None, dt
     v = np.fft.rfft(u, axis=-1)
 
     def nonlinear(vh: np.ndarray) -> np.ndarray:
+        if callable(nonlin_factor):
+            return nonlin_factor(vh)
         if nonlin_factor is None:
             return np.zeros_like(vh)
         phys = np.fft.irfft(vh, n=n, axis=-1)

@@ -21,7 +21,9 @@ import math
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+
+from datamodules.collocation import MadeItems, OneItem
 
 PROBLEMS = ("helmholtz2d",)
 
@@ -34,28 +36,6 @@ def helmholtz_exact(x: Tensor, a1: float = 4.0, a2: float = 1.0) -> Tensor:
 def helmholtz_source(x: Tensor, a1: float = 4.0, a2: float = 1.0, coefficient: float = 1.0) -> Tensor:
     """q = Δu + λ u = (λ - (a1 π)^2 - (a2 π)^2) u for the exact u."""
     return (coefficient - (a1 * math.pi) ** 2 - (a2 * math.pi) ** 2) * helmholtz_exact(x, a1, a2)
-
-
-class _Draws(Dataset):
-    def __init__(self, dm: "PigDataModule", length: int) -> None:
-        self.dm, self.length = dm, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return self.dm.sample()
-
-
-class _Fixed(Dataset):
-    def __init__(self, item: dict[str, Tensor]) -> None:
-        self.item = item
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return self.item
 
 
 class PigDataModule(L.LightningDataModule):
@@ -107,10 +87,10 @@ class PigDataModule(L.LightningDataModule):
             self.generator.set_state(state["generator"])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Draws(self, self.hparams.steps_per_epoch), batch_size=None, shuffle=False)
+        return DataLoader(MadeItems(lambda _: self.sample(), self.hparams.steps_per_epoch), batch_size=None, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Fixed(self.eval_item()), batch_size=None)
+        return DataLoader(OneItem(self.eval_item()), batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(_Fixed(self.eval_item()), batch_size=None)
+        return DataLoader(OneItem(self.eval_item()), batch_size=None)

@@ -36,9 +36,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from datamodules.pde_solvers import etdrk4_coefficients
+from datamodules.collocation import MadeItems
+from datamodules.pde_solvers import etdrk4
 
 # ------------------------------------------------------------------------------------------------ solvers
 
@@ -48,24 +49,9 @@ def etdrk4_semilinear(u0: np.ndarray, lin: np.ndarray, nonlinear: Callable[[np.n
     """u_t = L u + N(u), periodic, rfft coefficients. `lin`: (N//2+1,) symbol; `nonlinear(v_hat) -> N_hat`.
     Returns (n_steps // save_every + 1, N): the initial state followed by every `save_every`-th state."""
     u0 = np.asarray(u0, dtype=np.float64)
-    n = u0.shape[-1]
     if save_every < 1 or n_steps < save_every or n_steps % save_every:
         raise ValueError(f"need n_steps a positive multiple of save_every, got {n_steps}, {save_every}")
-    e, e2, q, f1, f2, f3 = etdrk4_coefficients(lin, dt)
-    v = np.fft.rfft(u0)
-    out = [u0.copy()]
-    for step in range(1, n_steps + 1):
-        nv = nonlinear(v)
-        a = e2 * v + q * nv
-        na = nonlinear(a)
-        b = e2 * v + q * na
-        nb = nonlinear(b)
-        c = e2 * a + q * (2.0 * nb - nv)
-        nc = nonlinear(c)
-        v = e * v + nv * f1 + 2.0 * (na + nb) * f2 + nc * f3
-        if step % save_every == 0:
-            out.append(np.fft.irfft(v, n=n))
-    return np.stack(out)
+    return np.concatenate([u0[None], etdrk4(u0, lin, nonlinear, dt, n_steps, save_every)])
 
 
 def _k(n: int, length: float) -> np.ndarray:
@@ -221,19 +207,6 @@ def load_mat_reference(path: str | Path, name: str) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------ datamodules
-class _Batches(Dataset):
-    """`length` items from `make(i)` (index-seeded, so an epoch is reproducible)."""
-
-    def __init__(self, make: Callable[[int], dict[str, torch.Tensor]], length: int) -> None:
-        self.make, self.length = make, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.make(i)
-
-
 CAUSAL_DOMAINS = {  # (t_end, x_low, x_high); x range None for ODEs
     "oscillator": (2.0, None, None),
     "allen_cahn": (1.0, -1.0, 1.0),
@@ -321,11 +294,11 @@ class CausalPINNDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(_Batches(self._train_batch, self.steps_per_epoch), batch_size=None)
+        return DataLoader(MadeItems(self._train_batch, self.steps_per_epoch), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(_Batches(lambda i: self._eval_item(), 1), batch_size=None)
+        return DataLoader(MadeItems(lambda i: self._eval_item(), 1), batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
@@ -398,11 +371,11 @@ class LagrangianPINNDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         item = self._train_item()
-        return DataLoader(_Batches(lambda i: item, self.steps_per_epoch), batch_size=None)
+        return DataLoader(MadeItems(lambda i: item, self.steps_per_epoch), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(_Batches(lambda i: self._eval_item(), 1), batch_size=None)
+        return DataLoader(MadeItems(lambda i: self._eval_item(), 1), batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

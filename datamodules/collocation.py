@@ -1,0 +1,35 @@
+"""Map-style datasets shared by the collocation datamodules (PINNs, INSR, PIG): an epoch of `length` items made by a
+function, and a single fixed item (an evaluation grid)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch.utils.data import Dataset
+
+
+class MadeItems(Dataset):
+    """`length` items, item i = `make(i)` (index-seeded makers give reproducible epochs; makers that ignore i and
+    draw from a datamodule's own seeded generator give fresh points every step)."""
+
+    def __init__(self, make: Callable[[int], Any], length: int) -> None:
+        self.make, self.length = make, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> Any:
+        return self.make(i)
+
+
+class OneItem(Dataset):
+    """A dataset of exactly one item (e.g. the evaluation grid with its reference field)."""
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> Any:
+        return self.item
