@@ -19,7 +19,7 @@ from launch import config as zconfig
 from launch import train
 from tests.conftest import zoo_subprocess
 
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.slurm]
 
 if shutil.which("sbatch") is None:
     if os.environ.get("CI"):

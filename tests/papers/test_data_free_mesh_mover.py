@@ -155,7 +155,6 @@ SWAP_DOES_NOT_FAIL = {
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("data_free_mesh_mover_claims")  # one worker: the claims share the method's cached run
 @pytest.mark.parametrize("claim", CLAIMS)
 def test_claim(claim):
     result = run_claim("data_free_mesh_mover", claim)

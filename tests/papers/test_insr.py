@@ -192,7 +192,6 @@ def test_grid_baseline_context():
 
 # ------------------------------------------------------------------------------------------------ claims (card)
 @pytest.mark.slow
-@pytest.mark.xdist_group("insr_claims")  # one worker: the claims share the method's cached run
 def test_claim_advection_accuracy_and_fails_when_reinitialised():
     """Card: rel. L2 < 3e-2 after 10 midpoint steps (IC fit 800 x Adam 1e-3, 200 x Adam 1e-4 per step, 1000
     samples, SIREN 2 x 20). Measured (seed 0, 1 thread): INSR 1.11e-2 (card prototype 6.8e-3; peak 1.000, centre
@@ -205,7 +204,6 @@ def test_claim_advection_accuracy_and_fails_when_reinitialised():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("insr_claims")  # one worker: the claims share the method's cached run
 def test_claim_peak_preserved_and_fails_without_dt():
     """Card: peak in [0.97, 1.03] after 10 steps; with Δt dropped from the residual it must fail.
     Measured (seed 0): INSR peak 1.000; Δt dropped: peak 0.41 (rel. L2 1.37, the pulse runs 2 units away)."""
@@ -217,7 +215,6 @@ def test_claim_peak_preserved_and_fails_without_dt():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("insr_claims")  # one worker: the claims share the method's cached run
 def test_claim_centre_moves_and_fails_with_flipped_velocity():
     """Card: the centre moves by a t = 0.125 (argmax within 0.02); a flipped velocity moves it the wrong way.
     Measured (seed 0): INSR centre -1.372 (exact -1.375, error 0.004); velocity -0.25: centre -1.624, error 0.248
@@ -230,7 +227,6 @@ def test_claim_centre_moves_and_fails_with_flipped_velocity():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("insr_claims")  # one worker: the claims share the method's cached run
 def test_claim_previous_frozen_and_fails_when_not_frozen():
     """Card: the previous network must be frozen/detached; optimising it too must fail the accuracy bound.
     Measured (seed 0): INSR 1.11e-2; previous network optimised together with the current one, its gradient not

@@ -110,7 +110,6 @@ batch 8, 1 thread on a heavily shared 2-core machine, wall times inflated ~3-4x)
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("mgno_claims")  # one worker: the claims share cached runs
 def test_claim_multigrid_matters_and_fails_with_single_level():
     """Card check 1: MgNO-lite test rel. L2 <= 0.06 and <= 0.5 x the single-level network.
     Measured: seed 0: 4 levels 0.0560 (96k params, 286 s), single level 0.1313 (40k params, 85 s): ratio 0.43;
@@ -124,7 +123,6 @@ def test_claim_multigrid_matters_and_fails_with_single_level():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("mgno_claims")  # one worker: the claims share cached runs
 def test_claim_padding_is_the_boundary_condition_and_fails_when_swapped():
     """Card check 2 (calibrate once): circular padding on Dirichlet data raises the test rel. L2 >= 1.1 x zero padding.
     Measured: seed 0 zeros 0.0560, circular 0.0760 (1.36x; boundary-ring rel. L2 0.144 vs 0.173); seed 1 zeros 0.0545,

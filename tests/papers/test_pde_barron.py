@@ -139,7 +139,6 @@ def _claim(name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pde_barron_claims")  # one worker: the claims share cached runs
 def test_claim_pgd_contracts():
     """Card check 1a. Measured (d in {2, 16, 128}, seeds 0, 1): PGD min mean contraction 13.6x per iteration
     (d = 2 seed 0; 15.6-36x at d >= 16); plain GD (the swap) 1.06x."""
@@ -147,7 +146,6 @@ def test_claim_pgd_contracts():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pde_barron_claims")  # one worker: the claims share cached runs
 def test_claim_pgd_converges():
     """Card check 1b. Measured: PGD max rel. L2 after 10 iterations 4.5e-12 (d = 2), 2.8e-16 - 1.2e-12 at d >= 16;
     plain GD 0.34-0.55."""
@@ -155,7 +153,6 @@ def test_claim_pgd_converges():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pde_barron_claims")  # one worker: the claims share cached runs
 def test_claim_peak_width():
     """Card check 2a. Measured peak width 18-20 (d = 2), 38-47 (d = 16), 37-43 (d = 128): max 47 <= 100, no growth
     from d = 16 to d = 128 (peak_width_growth -4). The swap (no pruning, tau = 0, cap lowered to 150 pairs for
@@ -164,7 +161,6 @@ def test_claim_peak_width():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pde_barron_claims")  # one worker: the claims share cached runs
 def test_claim_final_width():
     """Card check 2b. Measured: final width = width of u* (3 at d = 2, 4 at d >= 16) for all 6 problems;
     plain GD ends at 17-47 pairs (mismatch 43)."""
@@ -172,14 +168,12 @@ def test_claim_final_width():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pde_barron_claims")  # one worker: the claims share cached runs
 def test_claim_barron_norm():
     """Card check 2c. Measured: final Barron norm within 4e-12 (relative) of B(u*); plain GD 0.47 off."""
     _claim("barron_norm")
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pde_barron_claims")  # one worker: the claims share cached runs
 def test_claim_preconditioning_matters():
     """Card check 3. Measured: plain GD (eta = 1/(1 + max|k|^2) = 0.009-0.022) min rel. L2 after 10 iterations
     0.339 > 0.3; PGD min 2.8e-16."""

@@ -131,7 +131,6 @@ def test_bad_configs_raise():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pig_claims")  # one worker: the claims share the method's cached run
 def test_claim_pig_beats_mlp_pinn_and_fails_with_mlp_pinn():
     """Card: Helmholtz (a1=4, a2=1), same step budget, rel. L2 on 100x100: PIG < 0.25 and MLP-PINN > 0.5.
     At 300 steps x 500 fresh points (the card's second row; 500 x 1000 does not fit 60 s) measured (seed 0):
@@ -145,7 +144,6 @@ def test_claim_pig_beats_mlp_pinn_and_fails_with_mlp_pinn():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pig_claims")  # one worker: the claims share the method's cached run
 def test_claim_adaptive_gaussians_and_fails_when_frozen():
     """Card: a PIG whose mu / sigma are frozen (a fixed random grid of Gaussians) should be clearly worse (not measured
     in the card; calibrated here). Measured (seed 0, 300 steps x 500 points): adaptive PIG 0.074, frozen mu / sigma

@@ -194,11 +194,10 @@ def test_bad_config_raises_value_error():
 
 # ---- the card's learning claims (configs/experiment/prose.yaml `claims:`) -------------------------------------
 # The claim tests share runs through launch.check's per-process cache (the fused run trains once for all three
-# claims), so they sit in one xdist group: `pytest -n 2 --dist loadgroup` runs them in the same worker.
+# claims), and `make test` (`pytest -n 2 --dist loadfile`) runs a file's tests in one worker.
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("prose")
 def test_claim_fusion_helps_and_fails_with_baseline():
     """Card check 1: query-window relative L2 of the data decoder, fused <= 0.7 x data-only (same network, text
     encoder removed, same budget). MEASURED (offline ode4, width 32, layers 1/1/2/2/2, batch 32, 1 thread, 500 test
@@ -217,7 +216,6 @@ def test_claim_fusion_helps_and_fails_with_baseline():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("prose")
 def test_claims_symbol_decoder_valid_and_skeleton_exact_and_fail_untrained():
     """Card check 2: greedy decodes are valid prefix expressions for >= 95% of the test samples and the decoded
     skeleton is exactly right for >= 90% (uncorrupted input text). MEASURED (same CPU config): fused valid 0.498,

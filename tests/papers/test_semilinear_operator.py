@@ -98,7 +98,6 @@ def test_spectral_conv_is_translation_equivariant_and_float32_under_autocast():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("semilinear_claims")  # one worker: the three claims share one trained model
 def test_claim_assimilation_bounds_error_and_fails_with_baseline():
     """Card check 1 (KS L=22, 1,500 steps, 1 thread): rel. L2 over rollout frames 50-100 with measurements at every
     frame (alpha=1) <= 0.3, the same trained model with the correction disabled (alpha=0, `zoo check`'s
@@ -114,7 +113,6 @@ def test_claim_assimilation_bounds_error_and_fails_with_baseline():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("semilinear_claims")  # one worker: the three claims share one trained model
 def test_claim_monotone_in_alpha_and_fails_with_baseline():
     """Card check 2: error(alpha=1) < error(alpha=0.5) < error(alpha=0), one trained model evaluated three ways.
     Measured: alpha=1 0.130 < alpha=0.5 0.226 < alpha=0 1.302 (alpha=0.25: 0.377). The swap (alpha=0 for
@@ -127,7 +125,6 @@ def test_claim_monotone_in_alpha_and_fails_with_baseline():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("semilinear_claims")  # one worker: the three claims share one trained model
 def test_claim_predictor_sanity_and_fails_with_persistence():
     """Card check 3: one-frame relative error of the trained predictor alone <= 0.05; persistence (u^f = u^a, no
     trainable predictor, so its one-frame error does not depend on training: run for one step) must fail.

@@ -113,7 +113,6 @@ CLAIMS = ["interpolation_ratio", "no_tangling", "node_rmse"]
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("um2n_claims")  # one worker: the claims share the method's cached run
 @pytest.mark.parametrize("claim", CLAIMS)
 def test_claim(claim):
     result = run_claim("um2n", claim)
