@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 
 class MadeItems(Dataset):
@@ -33,3 +33,26 @@ class OneItem(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         return self.item
+
+
+class FreshSampleLoaders:
+    """Datamodule mix-in for collocation methods that draw fresh points every step: `steps_per_epoch` batches from
+    `self.sample()` (a seeded `self.generator`, saved and restored with the checkpoint), and `self.eval_item()` as
+    the single validation / test item."""
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(MadeItems(lambda _: self.sample(), self.hparams.steps_per_epoch), batch_size=None,
+                          shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(OneItem(self.eval_item()), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(OneItem(self.eval_item()), batch_size=None)

@@ -27,9 +27,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
-
-from datamodules.collocation import MadeItems, OneItem
+from datamodules.collocation import FreshSampleLoaders
 
 PROBLEMS = ("advection1d", "taylor_green")
 
@@ -60,7 +58,7 @@ def semi_lagrangian_advection_1d(n_cells: int, velocity: float = 0.25, dt: float
     return x, u, gaussian_pulse(x, n_steps * dt, velocity, centre, width)
 
 
-class InsrDataModule(L.LightningDataModule):
+class InsrDataModule(FreshSampleLoaders, L.LightningDataModule):
     """Collocation samples for INSR time stepping plus the exact field at every step time for evaluation."""
 
     def __init__(self, name: str = "advection1d", n_samples: int = 5000, boundary_fraction: float = 0.01,
@@ -133,20 +131,3 @@ class InsrDataModule(L.LightningDataModule):
                              for k in range(self.n_steps + 1)])
             self._eval = {"x": x, "u": u}
         return self._eval
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "generator" in state:
-            self.generator.set_state(state["generator"])
-
-    # ------------------------------------------------------------------------------------------ loaders
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(MadeItems(lambda _: self.sample(), self.hparams.steps_per_epoch), batch_size=None, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(OneItem(self.eval_item()), batch_size=None)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(OneItem(self.eval_item()), batch_size=None)

@@ -21,9 +21,7 @@ import math
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
-
-from datamodules.collocation import MadeItems, OneItem
+from datamodules.collocation import FreshSampleLoaders
 
 PROBLEMS = ("helmholtz2d",)
 
@@ -38,7 +36,7 @@ def helmholtz_source(x: Tensor, a1: float = 4.0, a2: float = 1.0, coefficient: f
     return (coefficient - (a1 * math.pi) ** 2 - (a2 * math.pi) ** 2) * helmholtz_exact(x, a1, a2)
 
 
-class PigDataModule(L.LightningDataModule):
+class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
     """Fresh uniform collocation + boundary points each step; the exact solution on a grid for evaluation."""
 
     def __init__(self, name: str = "helmholtz2d", a1: float = 4.0, a2: float = 1.0, coefficient: float = 1.0,
@@ -78,19 +76,3 @@ class PigDataModule(L.LightningDataModule):
             x = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
             self._eval = {"x": x, "u": self.exact(x)}
         return self._eval
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "generator" in state:
-            self.generator.set_state(state["generator"])
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(MadeItems(lambda _: self.sample(), self.hparams.steps_per_epoch), batch_size=None, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(OneItem(self.eval_item()), batch_size=None)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(OneItem(self.eval_item()), batch_size=None)

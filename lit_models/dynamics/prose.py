@@ -63,6 +63,15 @@ class DataEncoder(nn.Module):
         return self.encoder(self.embedder(torch.cat([t.unsqueeze(-1), u], -1)))
 
 
+def _token_embedding(vocab: int, d: int, pad_id: int) -> nn.Embedding:
+    """Symbol embedding N(0, 1/d) with a zero, gradient-free padding row (text encoder and symbol decoder)."""
+    token = nn.Embedding(vocab, d, padding_idx=pad_id)
+    nn.init.normal_(token.weight, std=d ** -0.5)
+    with torch.no_grad():
+        token.weight[pad_id].zero_()
+    return token
+
+
 class TextEncoder(nn.Module):
     """Sec. 3.1: token embedding + sinusoidal positions, `layers` self-attention layers with the padding masked."""
 
@@ -70,10 +79,7 @@ class TextEncoder(nn.Module):
                  pad_id: int) -> None:
         super().__init__()
         self.pad_id = pad_id
-        self.token = nn.Embedding(vocab, d, padding_idx=pad_id)
-        nn.init.normal_(self.token.weight, std=d ** -0.5)
-        with torch.no_grad():
-            self.token.weight[pad_id].zero_()
+        self.token = _token_embedding(vocab, d, pad_id)
         self.register_buffer("position", sinusoidal(max_len, d), persistent=False)
         self.encoder = _encoder(d, heads, ffn, layers, dropout)
 
@@ -157,10 +163,7 @@ class SymbolDecoder(nn.Module):
                  pad_id: int) -> None:
         super().__init__()
         self.pad_id = pad_id
-        self.token = nn.Embedding(vocab, d, padding_idx=pad_id)
-        nn.init.normal_(self.token.weight, std=d ** -0.5)
-        with torch.no_grad():
-            self.token.weight[pad_id].zero_()
+        self.token = _token_embedding(vocab, d, pad_id)
         self.register_buffer("position", sinusoidal(max_len, d), persistent=False)
         self.decoder = _decoder(d, heads, ffn, layers, dropout)
         self.out_bias = nn.Parameter(torch.zeros(vocab))
