@@ -11,10 +11,10 @@ Reference solvers (numpy, float64):
   rule and ETDRK4; `galilean_shift` gives the solution for u0 = v0 + C as u(x, t) = C + v(x - C t, t) (exact
   Fourier phase shift, no interpolation error).
 - `burgers_cole_hopf`: the exact Cole-Hopf solution for v0 = sin x (heat-kernel integral), used to test the solver.
-- `oscillator_exact`, `convection_exact`: closed forms.
+- `oscillator_exact`, `convection_exact`: closed forms; `lorenz_reference`: Lorenz-63 from (1, 1, 1) by scipy.
 
 Datamodules (batches are dicts, DataLoader(batch_size=None); each epoch has `steps_per_epoch` training batches):
-- `CausalPINNDataModule(name=oscillator | allen_cahn | ks | allen_cahn_mat | ks_mat)`: training batches
+- `CausalPINNDataModule(name=oscillator | lorenz | allen_cahn | ks | allen_cahn_mat | ks_mat)`: training batches
   {"t": (n_t,) sorted slice times, "x": (n_x,) spatial points, "x_ic", "u_ic": the initial condition} (the network
   is evaluated on the n_t x n_x grid);
   `sampling=grid` keeps the same linspace grid every step (AC notebook, card oscillator check), `random` draws
@@ -170,6 +170,26 @@ def oscillator_exact(t: np.ndarray, omega: float = 2.0 * np.pi) -> np.ndarray:
     return np.stack([np.cos(omega * t), -np.sin(omega * t)], -1)
 
 
+LORENZ = {"sigma": 10.0, "rho": 28.0, "beta": 8.0 / 3.0, "x0": (1.0, 1.0, 1.0)}
+
+
+def lorenz_reference(t: np.ndarray) -> np.ndarray:
+    """Lorenz-63 (sigma 10, rho 28, beta 8/3) from (1, 1, 1), as the causal-PINN Lorenz script: (T, 3) by scipy's
+    DOP853 at rtol 1e-10 / atol 1e-12 (the script uses odeint; the chaotic trajectory agrees over the horizon
+    T = 30 only up to the integrators' error growth)."""
+    from scipy.integrate import solve_ivp
+
+    s, r, b = LORENZ["sigma"], LORENZ["rho"], LORENZ["beta"]
+
+    def rhs(_t, u):
+        x, y, z = u
+        return [s * (y - x), x * (r - z) - y, x * y - b * z]
+
+    sol = solve_ivp(rhs, (float(t[0]), float(t[-1])), LORENZ["x0"], t_eval=t, method="DOP853", rtol=1e-10,
+                    atol=1e-12)
+    return sol.y.T
+
+
 def convection_exact(x: np.ndarray, t: np.ndarray, c: float, nu: float = 0.0) -> np.ndarray:
     """u_t + c u_x = nu u_xx, u0 = sin x: u = exp(-nu t) sin(x - c t) (broadcasting x and t)."""
     return np.exp(-nu * t) * np.sin(x - c * t)
@@ -209,6 +229,7 @@ def load_mat_reference(path: str | Path, name: str) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------------------------ datamodules
 CAUSAL_DOMAINS = {  # (t_end, x_low, x_high); x range None for ODEs
     "oscillator": (2.0, None, None),
+    "lorenz": (30.0, None, None),
     "allen_cahn": (1.0, -1.0, 1.0),
     "allen_cahn_mat": (1.0, -1.0, 1.0),
     "ks": (1.0, -1.0, 1.0),
@@ -219,12 +240,16 @@ CAUSAL_DOMAINS = {  # (t_end, x_low, x_high); x range None for ODEs
 class CausalPINNDataModule(L.LightningDataModule):
     """Collocation slices for causal training (card `causal_pinn`) and the reference solution for evaluation.
 
-    t_end: the training window [0, t_end] (KS time-marching trains on windows of 0.1; the reference is cut to it).
+    t_end: the training window [0, t_end] (collocation times, local to the window); time_windows: the number of
+    windows a time-marching run trains one after the other (KS: 10 windows of 0.1); the reference is cut to
+    [0, time_windows * t_end]. t_overshoot: collocation times reach t_end * (1 + t_overshoot) (the Lorenz script
+    trains each window on [0, 1.1 t_end]).
     """
 
     def __init__(self, name: str = "oscillator", n_t: int = 128, n_x: int = 1, sampling: str = "grid",
                  t_end: float | None = None, steps_per_epoch: int = 100, n_modes: int = 512, dt: float = 1e-4,
-                 n_snapshots: int = 201, data_dir: str | None = None, seed: int = 0) -> None:
+                 n_snapshots: int = 201, data_dir: str | None = None, seed: int = 0, time_windows: int = 1,
+                 t_overshoot: float = 0.0) -> None:
         super().__init__()
         if name not in CAUSAL_DOMAINS:
             raise ValueError(f"unknown causal-PINN dataset {name!r}; available: {', '.join(CAUSAL_DOMAINS)}")
@@ -232,12 +257,21 @@ class CausalPINNDataModule(L.LightningDataModule):
             raise ValueError(f"sampling must be 'grid' or 'random', got {sampling!r}")
         if n_t < 2 or n_x < 1:
             raise ValueError(f"need n_t >= 2 and n_x >= 1, got n_t={n_t}, n_x={n_x}")
-        if name == "oscillator" and n_x != 1:
-            raise ValueError("the oscillator is an ODE: n_x must be 1")
+        if name in ("oscillator", "lorenz") and n_x != 1:
+            raise ValueError(f"the {name} problem is an ODE: n_x must be 1")
+        if t_overshoot < 0:
+            raise ValueError(f"t_overshoot must be >= 0, got {t_overshoot}")
         self.save_hyperparameters()
         self.name, self.n_t, self.n_x, self.sampling, self.seed = name, n_t, n_x, sampling, seed
         default_end, self.x_low, self.x_high = CAUSAL_DOMAINS[name]
         self.t_end = float(t_end if t_end is not None else default_end)
+        if time_windows < 1:
+            raise ValueError(f"time_windows must be >= 1, got {time_windows}")
+        self.time_windows = time_windows
+        self.horizon = self.t_end * time_windows
+        if name != "oscillator" and self.horizon > default_end + 1e-9:
+            raise ValueError(f"time_windows x t_end = {self.horizon:g} exceeds the {name} reference horizon "
+                             f"{default_end:g}")
         self.steps_per_epoch = steps_per_epoch
         self.reference: dict[str, np.ndarray] | None = None
 
@@ -246,8 +280,11 @@ class CausalPINNDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         if self.name == "oscillator":
-            t = np.linspace(0.0, self.t_end, 201)
+            t = np.linspace(0.0, self.horizon, 201 * self.time_windows - self.time_windows + 1)
             ref = {"t": t, "x": np.zeros(1), "u": oscillator_exact(t)[:, None, :]}  # (T, 1, 2)
+        elif self.name == "lorenz":
+            t = np.linspace(0.0, self.horizon, int(round(self.horizon / 0.01)) + 1)  # the script's 0.01 grid
+            ref = {"t": t, "x": np.zeros(1), "u": lorenz_reference(t)[:, None, :]}  # (T, 1, 3)
         elif self.name in PAPER_FILES:
             from datamodules.download import fetch
 
@@ -259,7 +296,7 @@ class CausalPINNDataModule(L.LightningDataModule):
             ref = allen_cahn_reference(hp.n_modes, hp.dt, 1.0, hp.n_snapshots)
         else:
             ref = ks_causal_reference(hp.n_modes, hp.dt, 1.0, hp.n_snapshots)
-        keep = ref["t"] <= self.t_end + 1e-9
+        keep = ref["t"] <= self.horizon + 1e-9
         self.reference = {"t": ref["t"][keep], "x": ref["x"], "u": ref["u"][keep]}
 
     @property
@@ -269,12 +306,13 @@ class CausalPINNDataModule(L.LightningDataModule):
         return self.reference["x"], self.reference["u"][0]
 
     def _train_batch(self, i: int) -> dict[str, torch.Tensor]:
+        t_max = self.t_end * (1.0 + self.hparams.t_overshoot)
         if self.sampling == "grid":
-            t = torch.linspace(0.0, self.t_end, self.n_t)
+            t = torch.linspace(0.0, t_max, self.n_t)
             x = torch.zeros(1) if self.x_low is None else torch.linspace(self.x_low, self.x_high, self.n_x)
         else:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + i + 1)
-            t = torch.sort(torch.rand(self.n_t, generator=g) * self.t_end).values  # sorted before weighting
+            t = torch.sort(torch.rand(self.n_t, generator=g) * t_max).values  # sorted before weighting
             x = torch.zeros(1) if self.x_low is None else \
                 self.x_low + (self.x_high - self.x_low) * torch.rand(self.n_x, generator=g)
         return {"t": t, "x": x, **self._ic}

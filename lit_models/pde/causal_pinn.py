@@ -18,15 +18,23 @@ periodicity, no BC loss), then a tanh MLP or the "modified MLP" (U = tanh(z W_u)
 h <- s * U + (1 - s) * V with s = tanh(h W + b)); Xavier-normal weights, zero biases. ODE problems (the card's
 oscillator) take t / t_scale alone. Problems and residuals:
 - oscillator: x' = 2 pi y, y' = -2 pi x on [0, 2], x(0) = 1, y(0) = 0; residual divided by `residual_scale` (2 pi);
+- lorenz: x' = 10 (y - x), y' = x (28 - z) - y, z' = x y - 8/3 z from (1, 1, 1) (Lorenz script: tanh MLP 3 x 512,
+  hard initial condition u(t) = u0 + t N(t) (`hard_ic`), windows of 0.5 up to T = 30, eps [1e-3, ..., 10]);
 - allen_cahn: u_t - 1e-4 u_xx + 5 u^3 - 5 u = 0 on [-1, 1] periodic, u0 = x^2 cos(pi x);
 - ks: u_t + 5 u u_x + 0.5 u_xx + 0.005 u_xxxx = 0 on [-1, 1] periodic (4th derivative by nested reverse-mode
   autograd; the paper uses JAX's Taylor-mode `jet`, which gives the same numbers faster).
 Derivatives come from `lit_models.common.pde.partial` with autocast off (`no_autocast`), in the parameters' dtype
 (float32, or float64 with trainer.precision=64-true).
-Not implemented: the paper's time-marching over windows (KS, Lorenz, NS) - a run trains one window [0, t_end].
+Time marching (paper Sec. 5 / KS script, for long horizons): `time_windows` = N > 1 trains N networks one after the
+other on windows of length Delta = `window_length`, each in local time t in [0, Delta] and each through the whole eps
+schedule; window k's initial condition is window k-1's prediction at t = Delta on the reference grid's x. Every
+window's network starts from the same initial weights and a fresh learning-rate schedule (the script builds a new
+model with the same PRNG key per window). The solution at global time t is window floor(t / Delta)'s network at
+t - k Delta; metrics cover the windows trained so far. The run stops after the last window's schedule.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Callable
@@ -39,7 +47,9 @@ from torch import Tensor, nn
 
 from lit_models.common.pde import RelativeL2, no_autocast, partial
 
-PROBLEMS = ("oscillator", "allen_cahn", "ks")
+PROBLEMS = ("oscillator", "lorenz", "allen_cahn", "ks")
+ODES = {"oscillator": 2, "lorenz": 3}  # ODE problems and their number of fields
+LORENZ = (10.0, 28.0, 8.0 / 3.0)  # sigma, rho, beta
 
 
 def causal_weights(slice_losses: Tensor, epsilon: float) -> Tensor:
@@ -120,22 +130,28 @@ class ModifiedMLP(nn.Module):
 
 
 class CausalPINN(nn.Module):
-    """u(t, x) = net(encoding(t, x)); outputs `out_dim` fields (2 for the oscillator's (x, y))."""
+    """u(t, x) = net(encoding(t, x)); outputs `out_dim` fields (2 for the oscillator's (x, y), 3 for Lorenz).
+    `hard_ic`: u(t) = u0 + t net(t) with the buffer u0 (out_dim,) (the Lorenz script's exact initial condition)."""
 
     def __init__(self, arch: str = "modified_mlp", width: int = 128, depth: int = 4, fourier_modes: int = 1,
-                 length: float = 2.0, t_scale: float = 1.0, out_dim: int = 1) -> None:
+                 length: float = 2.0, t_scale: float = 1.0, out_dim: int = 1, hard_ic: bool = False) -> None:
         super().__init__()
         self.encoding = FourierEncoding(fourier_modes, length, t_scale)
         net = {"mlp": MLP, "modified_mlp": ModifiedMLP}[arch]
         self.net = net(self.encoding.out_dim, width, depth, out_dim)
+        self.hard_ic = hard_ic
+        self.register_buffer("u0", torch.zeros(out_dim))
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        return self.net(self.encoding(t, x))
+        out = self.net(self.encoding(t, x))
+        if self.hard_ic:
+            out = self.u0.to(out.dtype) + t[..., None].to(out.dtype) * out
+        return out
 
 
 def slice_residuals(model: CausalPINN, problem: str, t: Tensor, x: Tensor, residual_scale: float = 1.0) -> Tensor:
     """Squared residuals on the n_t x n_x grid of sorted slice times t (n_t,) and points x (n_x,): (n_t, n_x)
-    (the oscillator sums the squares of its two components)."""
+    (ODE problems sum the squares of their components)."""
     dtype = next(model.parameters()).dtype
     tg, xg = torch.meshgrid(t.to(dtype), x.to(dtype), indexing="ij")
     tx = torch.stack([tg.reshape(-1), xg.reshape(-1)], -1).requires_grad_(True)
@@ -147,6 +163,13 @@ def slice_residuals(model: CausalPINN, problem: str, t: Tensor, x: Tensor, resid
             rx = partial(px, tx, 0) - omega * py
             ry = partial(py, tx, 0) + omega * px
             r2 = (rx / residual_scale) ** 2 + (ry / residual_scale) ** 2
+        elif problem == "lorenz":
+            s, rho, b = LORENZ
+            px, py, pz = out[:, 0], out[:, 1], out[:, 2]
+            r1 = partial(px, tx, 0) - s * (py - px)
+            r2_ = partial(py, tx, 0) - px * (rho - pz) + py
+            r3 = partial(pz, tx, 0) - px * py + b * pz
+            r2 = (r1 ** 2 + r2_ ** 2 + r3 ** 2) / residual_scale ** 2
         else:
             u = out[:, 0]
             u_t = partial(u, tx, 0)
@@ -182,7 +205,8 @@ class CausalPINNModule(L.LightningModule):
                  epsilons: list[float] | tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0), tol: float = 0.99,
                  max_steps_per_epsilon: int = 200_000, ic_weight: float = 100.0, ic_in_weights: bool = False,
                  residual_scale: float = 1.0, ratio_fraction: float = 0.25, weight_snapshot_every: int = 10000,
-                 optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
+                 time_windows: int = 1, window_length: float | None = None, max_steps_per_window: int | None = None,
+                 hard_ic: bool = False, optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
                  scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER) -> None:
         super().__init__()
         if problem not in PROBLEMS:
@@ -196,17 +220,32 @@ class CausalPINNModule(L.LightningModule):
             raise ValueError(f"tol must lie in (0, 1), got {tol}")
         if not 0 < ratio_fraction <= 0.5:
             raise ValueError(f"ratio_fraction must lie in (0, 0.5], got {ratio_fraction}")
-        if problem == "oscillator" and fourier_modes != 0:
-            raise ValueError("the oscillator is an ODE in t: set fourier_modes=0")
-        if problem != "oscillator" and fourier_modes < 1:
+        if time_windows < 1:
+            raise ValueError(f"time_windows must be >= 1, got {time_windows}")
+        if time_windows > 1 and not (window_length and window_length > 0):
+            raise ValueError("time marching (time_windows > 1) needs a positive window_length (set data.t_end)")
+        if max_steps_per_window is not None and max_steps_per_window < 1:
+            raise ValueError(f"max_steps_per_window must be >= 1 or null, got {max_steps_per_window}")
+        if time_windows > 1 and not causal and max_steps_per_window is None:
+            raise ValueError("time marching without causal weights needs max_steps_per_window (no eps schedule ends "
+                             "a window)")
+        if problem in ODES and fourier_modes != 0:
+            raise ValueError(f"the {problem} problem is an ODE in t: set fourier_modes=0")
+        if problem not in ODES and fourier_modes < 1:
             raise ValueError("PDE problems need fourier_modes >= 1 (exact periodicity in x)")
+        if hard_ic and problem not in ODES:
+            raise ValueError("hard_ic is for ODE problems (u(t) = u0 + t N(t)); PDEs use the IC loss")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.problem, self.causal, self.epsilons = problem, causal, epsilons
-        out_dim = 2 if problem == "oscillator" else 1
-        self.model = CausalPINN(arch, width, depth, fourier_modes, length, t_scale, out_dim)
+        out_dim = ODES.get(problem, 1)
+        first = CausalPINN(arch, width, depth, fourier_modes, length, t_scale, out_dim, hard_ic)
+        # one network per time window, all with the same initial weights (the script's fixed PRNG key)
+        self.nets = nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(time_windows - 1)])
         self.register_buffer("eps_index", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps_at_eps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("window", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps_in_window", torch.zeros((), dtype=torch.long))
         self.rel_l2 = RelativeL2()
         self.weight_history: list[tuple[float, np.ndarray, np.ndarray]] = []  # (eps, t, w) when eps advances
         self.weight_snapshots: list[tuple[int, np.ndarray, np.ndarray]] = []  # (step, t, w) during training
@@ -216,8 +255,43 @@ class CausalPINNModule(L.LightningModule):
     def epsilon(self) -> float:
         return self.epsilons[int(self.eps_index)]
 
+    @property
+    def model(self) -> CausalPINN:
+        """The network of the window being trained (local time t in [0, window_length])."""
+        return self.nets[int(self.window)]
+
+    @property
+    def window_length(self) -> float | None:
+        return self.hparams.window_length
+
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        return self.model(t, x)
+        """The solution at global times t: window k = floor(t / Delta)'s network at t - k Delta (one network
+        without time marching)."""
+        if len(self.nets) == 1:
+            return self.nets[0](t, x)
+        delta = self.window_length
+        k = torch.clamp(torch.floor(t.detach() / delta + 1e-6), 0, len(self.nets) - 1).long()
+        out = None
+        for j in torch.unique(k).tolist():
+            mask = k == j
+            pred = self.nets[j](t[mask] - j * delta, x[mask])
+            if out is None:
+                out = pred.new_zeros(*t.shape, pred.shape[-1])
+            out[mask] = pred
+        return out
+
+    @torch.no_grad()
+    def window_initial_condition(self, x_ic: Tensor, u_ic: Tensor) -> Tensor:
+        """u_0 of the current window: the data's IC for the first window, else the previous window's network at
+        its end time Delta on the same x."""
+        k = int(self.window)
+        if k == 0:
+            return u_ic
+        dtype = next(self.nets[k - 1].parameters()).dtype
+        with no_autocast(x_ic.device.type):
+            x = x_ic.to(dtype)
+            prev = self.nets[k - 1](torch.full_like(x, self.window_length), x)
+        return prev.reshape(u_ic.shape).to(u_ic.dtype)
 
     def slice_losses(self, t: Tensor, x: Tensor) -> Tensor:
         """L_i = mean over x of the squared residual at slice t_i: (n_t,)."""
@@ -233,8 +307,13 @@ class CausalPINNModule(L.LightningModule):
         t, x = batch["t"], batch["x"]
         if not bool(torch.all(t[1:] >= t[:-1])):
             raise ValueError("causal training needs the slice times sorted")
+        u_ic = self.window_initial_condition(batch["x_ic"], batch["u_ic"])
+        if self.hparams.hard_ic:  # exact IC: the window's u0 buffer, no IC loss
+            self.model.u0.copy_(u_ic.reshape(-1).to(self.model.u0))
+            l_ic = torch.zeros((), device=t.device)
+        else:
+            l_ic = self.ic_loss(batch["x_ic"], u_ic)
         losses = self.slice_losses(t, x)
-        l_ic = self.ic_loss(batch["x_ic"], batch["u_ic"])
         eps = self.epsilon
         if self.causal and self.hparams.ic_in_weights:
             previous = torch.cumsum(losses.detach(), 0) - losses.detach()
@@ -243,7 +322,10 @@ class CausalPINNModule(L.LightningModule):
         else:
             l_r, w = causal_residual_loss(losses, eps, self.causal)
         loss = self.hparams.ic_weight * l_ic + l_r
-        min_w = float(causal_weights(losses, eps).min())
+        min_w = causal_weights(losses, eps).min()
+        if self._trainer is not None:  # one eps / window decision on every DDP rank
+            min_w = self.trainer.strategy.reduce(min_w.detach(), reduce_op="mean")
+        min_w = float(min_w)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=1, sync_dist=True)
         self.log("train/ic_loss", l_ic, on_step=True, on_epoch=False, batch_size=1, sync_dist=True)
         self.log("train/residual_loss", losses.mean(), on_step=True, on_epoch=False, batch_size=1, sync_dist=True)
@@ -254,33 +336,67 @@ class CausalPINNModule(L.LightningModule):
         if every and self.global_step % every == 0:
             self.weight_snapshots.append((int(self.global_step), t.detach().cpu().numpy(),
                                           causal_weights(losses, eps).cpu().numpy()))
-        if self.causal:
-            self._anneal(min_w, t, w)
+        if len(self.nets) > 1:
+            self.log("train/window", float(self.window), on_step=True, on_epoch=False, batch_size=1, sync_dist=True)
+        self.steps_in_window += 1
+        schedule_done = self._anneal(min_w, t, w) if self.causal else False
+        cap = self.hparams.max_steps_per_window
+        if schedule_done or (cap is not None and int(self.steps_in_window) >= cap):
+            self._next_window()
         return loss
 
-    def _anneal(self, min_w: float, t: Tensor, w: Tensor) -> None:
-        """Move to the next eps once min w > tol or after max_steps_per_epsilon steps (stays at the last value)."""
+    def _anneal(self, min_w: float, t: Tensor, w: Tensor) -> bool:
+        """Move to the next eps once min w > tol or after max_steps_per_epsilon steps (stays at the last value).
+        Returns True when the last eps has met that condition (the window's schedule is complete)."""
         self.steps_at_eps += 1
         done = min_w > self.hparams.tol or int(self.steps_at_eps) >= self.hparams.max_steps_per_epsilon
-        if done and int(self.eps_index) < len(self.epsilons) - 1:
+        if not done:
+            return False
+        if int(self.eps_index) < len(self.epsilons) - 1:
             self.weight_history.append((self.epsilon, t.detach().cpu().numpy(), w.detach().cpu().numpy()))
             self.eps_index += 1
             self.steps_at_eps.zero_()
+            return False
+        return True
+
+    def _next_window(self) -> None:
+        """Time marching: start the next window (eps schedule and learning rate from the start), or stop the run
+        after the last one. Without marching (one window) training just continues at the last eps."""
+        if len(self.nets) == 1:
+            return
+        if int(self.window) == len(self.nets) - 1:
+            if self._trainer is not None:
+                self.trainer.should_stop = True
+            return
+        self.window += 1
+        self.eps_index.zero_()
+        self.steps_at_eps.zero_()
+        self.steps_in_window.zero_()
+        if self._trainer is not None:  # a fresh learning-rate schedule, as the script's new model per window
+            for config in self.trainer.lr_scheduler_configs:
+                sched = config.scheduler
+                for group, lr in zip(sched.optimizer.param_groups, sched.base_lrs):
+                    group["lr"] = lr
+                sched.last_epoch = 0
 
     @torch.no_grad()
     def predict_grid(self, t: Tensor, x: Tensor) -> Tensor:
-        """Prediction on the (T, X) reference grid: (T, X) for PDEs, (T, 1, 2) for the oscillator."""
+        """Prediction on the (T, X) reference grid: (T, X) for PDEs, (T, 1, fields) for ODEs."""
         dtype = next(self.model.parameters()).dtype
         tg, xg = torch.meshgrid(t.to(dtype), x.to(dtype), indexing="ij")
         with no_autocast(t.device.type):
-            out = self.model(tg.reshape(-1), xg.reshape(-1))
-        if self.problem == "oscillator":
-            return out.reshape(*tg.shape, 2)
+            out = self(tg.reshape(-1), xg.reshape(-1))
+        if self.problem in ODES:
+            return out.reshape(*tg.shape, ODES[self.problem])
         return out[:, 0].reshape(tg.shape)
 
     def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
-        pred = self.predict_grid(batch["t"], batch["x"])
-        ref = batch["u"].to(pred)
+        t_ref, ref = batch["t"], batch["u"]
+        if len(self.nets) > 1:  # only the windows trained so far
+            keep = t_ref <= (int(self.window) + 1) * self.window_length * (1 + 1e-6)
+            t_ref, ref = t_ref[keep], ref[keep]
+        pred = self.predict_grid(t_ref, batch["x"])
+        ref = ref.to(pred)
         self.rel_l2.reset()
         self.rel_l2.update(pred.reshape(1, -1), ref.reshape(1, -1))
         with torch.enable_grad(), torch.inference_mode(False):
@@ -291,10 +407,12 @@ class CausalPINNModule(L.LightningModule):
         w = causal_weights(losses, self.epsilon)
         metrics = {"rel_l2": self.rel_l2.compute(), "causality_ratio": float(ratio), "min_weight": float(w.min()),
                    "epsilon": self.epsilon, "residual_loss": float(losses.mean())}
+        if len(self.nets) > 1:
+            metrics["window"] = float(self.window)
         for k, v in metrics.items():
             self.log(f"{split}/{k}", v, on_step=False, on_epoch=True, batch_size=1, sync_dist=True,
                      prog_bar=k == "rel_l2")
-        self._last = {"t": batch["t"].cpu().numpy(), "x": batch["x"].cpu().numpy(), "pred": pred.cpu().numpy(),
+        self._last = {"t": t_ref.cpu().numpy(), "x": batch["x"].cpu().numpy(), "pred": pred.cpu().numpy(),
                       "ref": ref.cpu().numpy(), "t_col": t_col.cpu().numpy(), "losses": losses.cpu().numpy(),
                       "weights": w.cpu().numpy(), "epsilon": self.epsilon}
 
@@ -319,14 +437,15 @@ class CausalPINNModule(L.LightningModule):
 
         d = self._last
         t, x, pred, ref = d["t"], d["x"], d["pred"], d["ref"]
-        if self.problem == "oscillator":
-            fig, axes = plt.subplots(3, 1, figsize=(7, 6), sharex=True)
-            for c, name in enumerate(("x", "y")):
+        if self.problem in ODES:
+            names = ("x", "y", "z")[:ODES[self.problem]]
+            fig, axes = plt.subplots(len(names) + 1, 1, figsize=(7, 2 * len(names) + 2), sharex=True)
+            for c, name in enumerate(names):
                 axes[c].plot(t, ref[:, 0, c], "k", lw=1.2, label="exact")
                 axes[c].plot(t, pred[:, 0, c], "C3--", lw=1.2, label="causal PINN" if self.causal else "PINN")
                 axes[c].set_ylabel(name)
-            axes[2].plot(t, np.abs(pred - ref)[:, 0].max(-1), "C0")
-            axes[2].set_ylabel("|error|")
+            axes[-1].plot(t, np.abs(pred - ref)[:, 0].max(-1), "C0")
+            axes[-1].set_ylabel("|error|")
             axes[0].legend(fontsize=7)
             axes[-1].set_xlabel("t")
         else:

@@ -20,7 +20,9 @@ Implementation choices (stated, as the card asks):
   2-norms over the full collocation grid (`loss_norm="l2"`); `loss_norm="mse"` uses mean squares (card check).
   `hard_ic=True`: u = u0(x) + t N (both models), x_L = x0 + L t N_x, no IC terms. The Eulerian PINN uses
   g_ru ||R||_2 + g_ic ||u(.,0) - u0||_2.
-- The paper follows Adam with 100 L-BFGS iterations; not done here (Adam only).
+- Optimiser (README args): Adam(amsgrad) lr 0.01, then `lbfgs_steps` (100) steps of torch.optim.LBFGS(lr=0.01,
+  library defaults otherwise: max_iter 20, history 100, no line search) as the official `optimize_LBFGS`; the L-BFGS
+  steps are the last `lbfgs_steps` of trainer.max_steps (`lit_models.common.lbfgs.LBFGSPhase`).
 Derivatives are taken with autocast off (`no_autocast`) in the parameters' dtype.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lit_models.common.lbfgs import LBFGSPhase
 from lit_models.common.pde import grad, no_autocast
 
 TWO_PI = 2 * math.pi
@@ -129,7 +132,7 @@ def periodic_interp(x_query: np.ndarray, x_points: np.ndarray, values: np.ndarra
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=0.01, amsgrad=True)
 
 
-class LagrangianPINNModule(L.LightningModule):
+class LagrangianPINNModule(LBFGSPhase, L.LightningModule):
     """LPINN (method="lpinn") or the Eulerian PINN baseline (method="pinn") for convection(-diffusion) / Burgers.
 
     Batches (datamodules.pinn_data.LagrangianPINNDataModule): train {"x": labels / points, "t"} (full grid);
@@ -144,6 +147,7 @@ class LagrangianPINNModule(L.LightningModule):
     def __init__(self, method: str = "lpinn", problem: str = "convection", c: float = 30.0, nu: float = 0.01,
                  shift: float = 0.0, width: int = 50, depth_u: int = 5, depth_x: int = 2, hard_ic: bool = False,
                  loss_norm: str = "l2", g_rx: float = 10.0, g_ru: float = 1.0, g_ic: float = 1000.0,
+                 lbfgs_steps: int = 0, lbfgs_lr: float = 0.01,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
         if method not in ("lpinn", "pinn"):
@@ -154,7 +158,10 @@ class LagrangianPINNModule(L.LightningModule):
             raise ValueError(f"loss_norm must be 'l2' (paper) or 'mse', got {loss_norm!r}")
         if nu < 0:
             raise ValueError(f"nu must be >= 0, got {nu}")
+        if lbfgs_steps < 0 or lbfgs_lr <= 0:
+            raise ValueError(f"need lbfgs_steps >= 0 and lbfgs_lr > 0, got {lbfgs_steps}, {lbfgs_lr}")
         self.save_hyperparameters(ignore=["optimizer"])
+        self.lbfgs_steps, self.lbfgs_options = lbfgs_steps, {"lr": lbfgs_lr}
         self.optimizer_factory = optimizer
         self.method, self.problem, self.c, self.nu = method, problem, float(c), float(nu)
         self.shift = float(shift) if problem == "burgers" else 0.0
@@ -246,7 +253,7 @@ class LagrangianPINNModule(L.LightningModule):
         self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
+        return self.lbfgs_or(self.optimizer_factory(self.parameters()))
 
     def figures(self) -> dict[str, Any]:
         """{"field": prediction vs reference vs error on the Eulerian grid; LPINN also "characteristics":

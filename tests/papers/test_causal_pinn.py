@@ -43,7 +43,9 @@ def test_fast_contract_oscillator(causal):
 
 @pytest.mark.parametrize("experiment,extra", [
     ("causal_pinn/allen_cahn", []),
-    ("causal_pinn/ks", ["data.t_end=0.1", "data.n_snapshots=101", "data.sampling=random"]),
+    # time marching: 3 of the 10 windows, each ended after one step by a one-step eps schedule
+    ("causal_pinn/ks", ["data.t_end=0.1", "data.n_snapshots=101", "data.sampling=random", "data.time_windows=3",
+                        "model.epsilons=[0.1]", "model.max_steps_per_epsilon=1"]),
 ])
 def test_fast_contract_paper_variants(experiment, extra):
     run = fast_run(experiment, *SMALL_AC, *extra, "trainer.precision=32-true")
@@ -208,3 +210,130 @@ def test_residuals_ignore_autocast():
         mixed = slice_residuals(model, "ks", t, x)
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, plain)
+
+
+def test_time_marching_trains_windows_in_turn_and_stops_after_the_last():
+    """Paper Sec. 5 time marching: with a one-step eps schedule each window ends after one step, so 3 windows take 3
+    steps, every window's network gets gradients (contract), the run stops itself, and metrics cover all windows."""
+    run = fast_run("causal_pinn", "data.time_windows=3", "data.t_end=0.5", "model.epsilons=[0.1]",
+                   "model.max_steps_per_epsilon=1", "data.steps_per_epoch=10", steps=10)
+    run.assert_contract()
+    module = run.model
+    assert int(module.window) == 2 and module.trainer.global_step == 3
+    assert run.metrics["test/window"] == 2.0
+    _close_figures(module.figures())
+
+
+def _marching_module(**kw):
+    torch.manual_seed(0)
+    return CausalPINNModule(problem="oscillator", arch="mlp", width=8, depth=1, fourier_modes=0, t_scale=0.5,
+                            epsilons=[0.1, 1.0], max_steps_per_epsilon=2, time_windows=3, window_length=0.5, **kw)
+
+
+def test_time_marching_same_initial_weights_stitched_solution_and_window_ic():
+    module = _marching_module()
+    for a, b in zip(module.nets[0].parameters(), module.nets[2].parameters()):
+        assert torch.equal(a, b)  # one initialisation for every window, as the script's fixed PRNG key
+    with torch.no_grad():  # make the windows different
+        for j, net in enumerate(module.nets):
+            net.net.out.bias.fill_(float(j))
+    t = torch.tensor([0.0, 0.3, 0.5, 0.7, 1.2, 1.5])
+    x = torch.zeros_like(t)
+    out = module(t, x)
+    for i, (tg, k) in enumerate(zip(t.tolist(), [0, 0, 1, 1, 2, 2])):
+        local = torch.tensor([tg - 0.5 * k])
+        torch.testing.assert_close(out[i], module.nets[k](local, torch.zeros(1))[0])
+    u0 = torch.tensor([[1.0, 0.0]])
+    assert torch.equal(module.window_initial_condition(torch.zeros(1), u0), u0)  # first window: the data's IC
+    module.window += 1
+    ic = module.window_initial_condition(torch.zeros(1), u0)
+    torch.testing.assert_close(ic, module.nets[0](torch.tensor([0.5]), torch.zeros(1)).reshape(u0.shape))
+    assert module.model is module.nets[1]
+
+
+def test_time_marching_window_ends_with_the_eps_schedule_or_the_cap():
+    module = _marching_module()
+    t, w = torch.linspace(0, 0.5, 4), torch.ones(4)
+    assert module._anneal(0.999, t, w) is False and module.epsilon == 1.0  # first eps done: next eps
+    assert module._anneal(0.5, t, w) is False
+    assert module._anneal(0.5, t, w) is True  # last eps hit its cap: the window's schedule is complete
+    module._next_window()
+    assert int(module.window) == 1 and module.epsilon == 0.1 and int(module.steps_at_eps) == 0
+    vanilla = _marching_module(causal=False, max_steps_per_window=5)
+    assert vanilla.hparams.max_steps_per_window == 5
+    with pytest.raises(ValueError, match="max_steps_per_window"):
+        _marching_module(causal=False)
+    with pytest.raises(ValueError, match="window_length"):
+        CausalPINNModule(problem="oscillator", arch="mlp", fourier_modes=0, time_windows=2)
+
+
+def test_time_marching_resets_the_learning_rate_schedule_per_window():
+    """The script builds a new model (and optimiser schedule) per window: our lr returns to its base value."""
+    module = _marching_module()
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.25e-4)
+
+    class FakeTrainer:
+        lr_scheduler_configs = [type("C", (), {"scheduler": sched})()]
+        should_stop = False
+
+    module._trainer = trainer = FakeTrainer()
+    module._next_window()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3) and sched.last_epoch == 0
+    module.window.fill_(2)
+    module._next_window()  # after the last window the run stops
+    assert trainer.should_stop is True
+
+
+def test_lorenz_reference_solves_the_ode_and_stays_on_the_attractor():
+    import numpy as np
+
+    from datamodules.pinn_data import lorenz_reference
+
+    t = np.linspace(0.0, 5.0, 5001)
+    u = lorenz_reference(t)
+    assert np.allclose(u[0], [1.0, 1.0, 1.0])
+    x, y, z = u.T
+    rhs = np.stack([10 * (y - x), x * (28 - z) - y, x * y - 8 / 3 * z], -1)
+    du = (u[2:] - u[:-2]) / (2 * (t[1] - t[0]))  # central differences, O(dt^2)
+    assert np.max(np.abs(du - rhs[1:-1])) / np.max(np.abs(rhs)) < 1e-3
+    assert np.abs(u).max() < 60 and u[2000:, 2].min() > 0  # the butterfly: bounded, z > 0 after the transient
+
+
+def test_lorenz_residual_and_hard_initial_condition():
+    """The Lorenz residual from autograd matches finite differences of the network; the hard IC gives u(0) = u0."""
+    torch.manual_seed(0)
+    model = CausalPINN("mlp", width=16, depth=2, fourier_modes=0, out_dim=3, hard_ic=True).double()
+    model.u0.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    t = torch.tensor([0.0, 0.2, 0.45], dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64)
+    torch.testing.assert_close(model(t[:1], zero)[0], model.u0)
+    auto = slice_residuals(model, "lorenz", t, zero)[:, 0]
+    with torch.no_grad():
+        u = model(t, torch.zeros_like(t))
+        du = (model(t + 1e-6, torch.zeros_like(t)) - model(t - 1e-6, torch.zeros_like(t))) / 2e-6
+        x, y, z = u.T
+        r = du - torch.stack([10 * (y - x), x * (28 - z) - y, x * y - 8 / 3 * z], -1)
+    torch.testing.assert_close(auto, (r ** 2).sum(-1), rtol=1e-6, atol=1e-8)
+
+
+def test_lorenz_marching_chains_exact_initial_conditions():
+    """Paper-scale Lorenz variant, tiny: each window's u0 buffer is the previous window's end state, and the
+    stitched solution is continuous across the window boundary."""
+    run = fast_run("causal_pinn/lorenz", "data.time_windows=2", "data.n_t=16", "model.width=16", "model.depth=1",
+                   "model.epsilons=[0.1]", "model.max_steps_per_epsilon=1", "data.steps_per_epoch=10", steps=10)
+    run.assert_contract()
+    module = run.model
+    assert int(module.window) == 1 and module.trainer.global_step == 2
+    torch.testing.assert_close(module.nets[0].u0, torch.ones(3))
+    delta = module.window_length
+    with torch.no_grad():
+        end0 = module.nets[0](torch.tensor([delta]), torch.zeros(1))[0]
+        torch.testing.assert_close(module.nets[1].u0, end0)
+        both = module(torch.tensor([delta - 1e-7, delta]), torch.zeros(2))
+    torch.testing.assert_close(both[0], both[1], atol=1e-4, rtol=1e-4)
+    _close_figures(module.figures())
