@@ -1,5 +1,6 @@
 """PIG: Physics-Informed Gaussians as Adaptive Parametric Mesh Representations (Kang, Oh, Hong, Park;
-arXiv 2412.05994; official code NamGyuKang/Physics-Informed-Gaussians, Helmholtz2d/network.py).
+arXiv 2412.05994; official code NamGyuKang/Physics-Informed-Gaussians, Helmholtz2d/network.py,
+Flow_Mixing3d/networks/physics_informed_neural_networks.py).
 
 A PINN whose input coordinates first pass through a learnable Gaussian feature embedding (paper Eq. 3-4):
 
@@ -9,22 +10,35 @@ A PINN whose input coordinates first pass through a learnable Gaussian feature e
 Each of the k channels has its OWN N Gaussians (μ, σ shaped (k, N, d)), diagonal covariance, scalar weight.
 Initialisation as in the official code: μ ~ U(-1, 1), σ = σ0, w ~ N(0, 0.01²). μ, σ and w are trained by the PDE
 loss (the "adaptive mesh"); `freeze_gaussians=true` keeps μ, σ fixed (a fixed grid of Gaussians, a baseline).
+The Gaussians live in [-1, 1]^d: the problem's box (`datamodules.pig_data.PROBLEMS`) is mapped affinely onto it
+before the embedding (the official flow-mixing code maps its box onto [0, grid_range]^3 = [0, 2]^3 with
+μ ~ U(0, 2): the same thing shifted); for Helmholtz ([-1, 1]^2) the map is the identity and is skipped.
 
-Helmholtz loss (official pig.py): mean(u_b - g)² + f_scale · mean(Δu + λu - q)², f_scale = 1e-4.
+Problems (`problem=`, the data module's `name`) and losses (residual weight `f_scale`, initial-condition weight
+`initial_weight`, boundary weight `boundary_weight`; `null` = the per-problem default in `LOSS_DEFAULTS`):
+- helmholtz2d (official pig.py): mean(u_b - g)² + f_scale · mean(Δu + λu - q)², f_scale = 1e-4.
+- allen_cahn, inputs (t, x): residual u_t - 1e-4 u_xx + 5u³ - 5u; loss f_scale · mean(r²) + initial_weight ·
+  mean(u(0, x) - x² cos πx)² + boundary_weight · [mean(u(t, -1) - u(t, 1))² + mean(u_x(t, -1) - u_x(t, 1))²]
+  (soft periodic conditions on u and u_x). The official repository has no Allen-Cahn code: the weights
+  (f_scale = 1, initial_weight = 100, boundary_weight = 1) are not verified.
+- flow_mixing3d, inputs (t, x, y) (official flow_mixing3d.py, PINN branch): residual u_t + a u_x + b u_y with the
+  rotating field (a, b) from the batch; loss 10 · mean(r²) + mean(u(0) - u0)² + mean(u_b - g)².
 
-Derivatives: `laplacian="autograd"` is the official second-order autograd (u_xx and u_yy separately);
-`laplacian="analytic"` computes the same Laplacian in one forward pass (closed-form first and second derivatives of
-each Gaussian, then propagated through the tanh MLP as (value, ∂_d, ∂²_d) per coordinate), followed by one backward
-for the parameters: identical up to float rounding (tests compare both) and ~2x cheaper on a CPU. Both run in
-float32 with autocast off. Deviation, documented: the official σ is a raw parameter that may cross zero; here the
-Gaussian uses |σ| clamped at `min_sigma` (the same Gaussian for either sign; the clamp only avoids a division by 0).
+Derivatives: `laplacian="autograd"` uses autograd (first derivatives of every input, second derivatives only of
+the coordinates the residual needs, each taken separately: u_xx + u_yy, never a Hessian trace);
+`laplacian="analytic"` computes the same derivatives in one forward pass (closed-form first and second derivatives
+of each Gaussian, then propagated through the tanh MLP as (value, ∂_d, ∂²_d) per coordinate), followed by one
+backward for the parameters: identical up to float rounding (tests compare both and finite differences) and ~2x
+cheaper on a CPU. Both run in float32 with autocast off. Deviation, documented: the official σ is a raw parameter
+that may cross zero; here the Gaussian uses |σ| clamped at `min_sigma` (the same Gaussian for either sign; the clamp
+only avoids a division by 0). The official flow-mixing MLP uses Glorot-normal weights; here PyTorch's default
+Linear init is used for every problem (as in the official PyTorch Helmholtz code).
 
 Baseline `model="mlp"`: the MLP-PINN (tanh, `mlp_width` x `mlp_depth` hidden layers) with the same loss.
 """
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -32,10 +46,19 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from datamodules.pig_data import AC_DIFFUSION, AC_REACTION, PROBLEMS
 from lit_models.common.pde import RelativeL2, no_autocast
 
 MODELS = ("pig", "mlp")
 LAPLACIANS = ("autograd", "analytic")
+SECOND_DERIVATIVES = {"helmholtz2d": (0, 1), "allen_cahn": (1,), "flow_mixing3d": ()}  # columns needing ∂²
+LOSS_DEFAULTS = {  # (f_scale, initial_weight, boundary_weight)
+    "helmholtz2d": (1e-4, 0.0, 1.0),      # official helmholtz2d_pig.sh
+    "allen_cahn": (1.0, 100.0, 1.0),      # not verified (no official PIG Allen-Cahn code)
+    "flow_mixing3d": (10.0, 1.0, 1.0),    # official flow_mixing3d.py: 10 * residual + initial + boundary
+}
+# figure axes per problem: (horizontal coordinate, vertical coordinate) of the field image
+PLOT_AXES = {"helmholtz2d": (0, 1), "allen_cahn": (1, 0), "flow_mixing3d": (1, 2)}
 
 
 class GaussianFeatures(nn.Module):
@@ -58,22 +81,25 @@ class GaussianFeatures(nn.Module):
         g = torch.exp(-0.5 * (z * z).sum(-1)) * self.weight[:, None]                   # (k, B, N)
         return g.sum(-1).t()
 
-    def with_derivatives(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """FE (B, k), ∂FE/∂x_d (B, k, d), ∂²FE/∂x_d² (B, k, d), in closed form, one coordinate at a time.
-        ∂_d G = -G z_d / σ_d and ∂²_d G = G (z_d² - 1) / σ_d² for G = w exp(-½ |z|²), z_d = (x_d - μ_d) / σ_d."""
+    def with_derivatives(self, x: Tensor, second: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+        """FE (B, k), ∂FE/∂x_d (B, k, d), ∂²FE/∂x_d² (B, k, d) (None if not `second`), in closed form, one
+        coordinate at a time. ∂_d G = -G z_d / σ_d and ∂²_d G = G (z_d² - 1) / σ_d² for G = w exp(-½ |z|²),
+        z_d = (x_d - μ_d) / σ_d."""
         inv = self.inverse_sigma()                                                      # (k, N, d)
         zs = [(x[None, :, None, d] - self.mu[:, None, :, d]) * inv[:, None, :, d] for d in range(x.shape[1])]
         sq = zs[0] * zs[0]
         for z in zs[1:]:
             sq = sq + z * z
         wg = torch.exp(-0.5 * sq) * self.weight[:, None]                                # (k, B, N)
-        first, second = [], []
+        first, second_ = [], []
         for d, z in enumerate(zs):
             s = inv[:, None, :, d]
             wgz = wg * z * s
             first.append(-wgz.sum(-1))
-            second.append((wgz * z * s - wg * s * s).sum(-1))
-        return wg.sum(-1).t(), torch.stack(first, -1).transpose(0, 1), torch.stack(second, -1).transpose(0, 1)
+            if second:
+                second_.append((wgz * z * s - wg * s * s).sum(-1))
+        d2 = torch.stack(second_, -1).transpose(0, 1) if second else None
+        return wg.sum(-1).t(), torch.stack(first, -1).transpose(0, 1), d2
 
 
 def tanh_mlp(in_dim: int, hidden: int, n_hidden: int, out_dim: int = 1) -> nn.Sequential:
@@ -85,21 +111,32 @@ def tanh_mlp(in_dim: int, hidden: int, n_hidden: int, out_dim: int = 1) -> nn.Se
     return nn.Sequential(*layers)
 
 
-def propagate_second_order(net: nn.Sequential, h: Tensor, dh: Tensor, d2h: Tensor) -> tuple[Tensor, Tensor]:
-    """Push (value (B, m), ∂_d (B, m, D), ∂²_d (B, m, D)) through Linear/Tanh layers; returns (u, Σ_d ∂²_d u)."""
+def propagate_derivatives(net: nn.Sequential, h: Tensor, dh: Tensor,
+                          d2h: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Push (value (B, m), ∂_d (B, m, D), ∂²_d (B, m, D) or None) through Linear/Tanh layers (chain rule per
+    coordinate: (tanh h)'' = tanh'(h) h'' - 2 tanh(h) tanh'(h) h'²); returns the same triple at the output."""
     for layer in net:
         if isinstance(layer, nn.Linear):
             h = layer(h)
-            dh = torch.einsum("om,bmd->bod", layer.weight, dh)
-            d2h = torch.einsum("om,bmd->bod", layer.weight, d2h)
+            dh_new = torch.einsum("om,bmd->bod", layer.weight, dh)
+            if d2h is not None:
+                d2h = torch.einsum("om,bmd->bod", layer.weight, d2h)
+            dh = dh_new
         elif isinstance(layer, nn.Tanh):
             t = torch.tanh(h)
             s = 1 - t * t  # tanh'
-            d2h = s[..., None] * d2h - 2 * (t * s)[..., None] * dh * dh
+            if d2h is not None:
+                d2h = s[..., None] * d2h - 2 * (t * s)[..., None] * dh * dh
             dh = s[..., None] * dh
             h = t
         else:
-            raise TypeError(f"analytic Laplacian supports Linear and Tanh layers only, got {type(layer).__name__}")
+            raise TypeError(f"analytic derivatives support Linear and Tanh layers only, got {type(layer).__name__}")
+    return h, dh, d2h
+
+
+def propagate_second_order(net: nn.Sequential, h: Tensor, dh: Tensor, d2h: Tensor) -> tuple[Tensor, Tensor]:
+    """Push (value, ∂_d, ∂²_d) through Linear/Tanh layers; returns (u, Σ_d ∂²_d u)."""
+    h, _, d2h = propagate_derivatives(net, h, dh, d2h)
     return h, d2h.sum(-1)
 
 
@@ -115,9 +152,28 @@ class PIGNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.mlp(self.features(x))
 
+    def with_derivatives(self, x: Tensor, second: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+        """u (B, 1), ∂_d u (B, d), ∂²_d u (B, d) (None if not `second`), closed form, one forward pass."""
+        f, df, d2f = self.features.with_derivatives(x, second)
+        u, du, d2u = propagate_derivatives(self.mlp, f, df, d2f)
+        return u, du[:, 0], None if d2u is None else d2u[:, 0]
+
     def with_laplacian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f, df, d2f = self.features.with_derivatives(x)
         return propagate_second_order(self.mlp, f, df, d2f)
+
+
+def pde_residual(problem: str, u: Tensor, du: Tensor, d2u: Tensor | None, batch: dict[str, Tensor],
+                 coefficient: float = 1.0, diffusion: float = AC_DIFFUSION, reaction: float = AC_REACTION) -> Tensor:
+    """The PDE residual (B, 1) from u (B, 1), ∂_d u (B, d), ∂²_d u (B, d) (columns in the problem's coordinate order):
+    helmholtz2d Δu + λu - q; allen_cahn u_t - d u_xx + r (u³ - u); flow_mixing3d u_t + a u_x + b u_y."""
+    if problem == "helmholtz2d":
+        return d2u.sum(-1, keepdim=True) + coefficient * u - batch["q"]
+    if problem == "allen_cahn":
+        return du[:, :1] - diffusion * d2u[:, 1:2] + reaction * (u**3 - u)
+    if problem == "flow_mixing3d":
+        return du[:, :1] + batch["a"] * du[:, 1:2] + batch["b"] * du[:, 2:3]
+    raise ValueError(f"unknown PIG problem {problem!r}")
 
 
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=0.01)
@@ -125,22 +181,33 @@ DEFAULT_SCHEDULER = functools.partial(torch.optim.lr_scheduler.ExponentialLR, ga
 
 
 class PIGModule(L.LightningModule):
-    """Physics-informed training of a PIG (or of the MLP-PINN baseline) on Helmholtz (paper Sec. 4, Helmholtz 2D).
+    """Physics-informed training of a PIG (or of the MLP-PINN baseline) on Helmholtz 2D, Allen-Cahn or flow mixing
+    3D (paper Sec. 4).
 
-    Metrics: `train/loss`, `train/boundary_loss`, `train/residual_loss`; `val/rel_l2`, `test/rel_l2` on the data
-    module's grid; `test/mean_sigma` (PIG only). LR schedule stepped every iteration (ExponentialLR γ = 0.9995).
+    Metrics: `train/loss`, `train/boundary_loss`, `train/residual_loss` (+ `train/initial_loss` for the
+    time-dependent problems); `val/rel_l2`, `test/rel_l2` on the data module's grid; `test/mean_sigma` (PIG only; in the
+    [-1, 1]^d units the Gaussians live in).
+    LR schedule stepped every iteration (ExponentialLR; Helmholtz γ = 0.9995).
     """
 
-    def __init__(self, model: str = "pig", in_dim: int = 2, channels: int = 4, num_gaussians: int = 800,
+    def __init__(self, model: str = "pig", problem: str = "helmholtz2d", in_dim: int | None = None,
+                 channels: int = 4, num_gaussians: int = 800,
                  sigma_init: float = 0.1, hidden_dim: int = 16, num_layers: int = 2, min_sigma: float = 1e-3,
                  freeze_gaussians: bool = False, mlp_width: int = 64, mlp_depth: int = 3,
-                 coefficient: float = 1.0, f_scale: float = 1e-4, boundary_weight: float = 1.0,
+                 coefficient: float = 1.0, diffusion: float = AC_DIFFUSION, reaction: float = AC_REACTION,
+                 f_scale: float | None = None, boundary_weight: float | None = None,
+                 initial_weight: float | None = None,
                  laplacian: str = "autograd", chunk_size: int | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
                  scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER) -> None:
         super().__init__()
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+        if problem not in PROBLEMS:
+            raise ValueError(f"unknown PIG problem {problem!r}; choose from {', '.join(PROBLEMS)}")
+        spec = PROBLEMS[problem]
+        if in_dim is not None and in_dim != spec.dim:
+            raise ValueError(f"in_dim = {in_dim} but problem {problem!r} has {spec.dim} inputs {spec.coords}")
         if laplacian not in LAPLACIANS:
             raise ValueError(f"unknown laplacian {laplacian!r}; choose from {', '.join(LAPLACIANS)}")
         if channels < 1 or num_gaussians < 1 or sigma_init <= 0 or num_layers < 1:
@@ -148,8 +215,20 @@ class PIGModule(L.LightningModule):
                              f"{num_gaussians}, {num_layers}, {sigma_init}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 or null, got {chunk_size}")
+        weights = [w if w is not None else d for w, d in
+                   zip((f_scale, initial_weight, boundary_weight), LOSS_DEFAULTS[problem])]
+        if any(w < 0 for w in weights):
+            raise ValueError(f"loss weights must be >= 0, got f_scale, initial_weight, boundary_weight = {weights}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.f_scale, self.initial_weight, self.boundary_weight = weights
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        in_dim = spec.dim
+        low = torch.tensor([lo for lo, _ in spec.domain])
+        high = torch.tensor([hi for _, hi in spec.domain])
+        # x -> (x - centre) * scale maps the box onto [-1, 1]^d (skipped when it is the identity)
+        self.register_buffer("in_centre", (low + high) / 2, persistent=False)
+        self.register_buffer("in_scale", 2.0 / (high - low), persistent=False)
+        self.identity_map = bool(torch.all(low == -1) and torch.all(high == 1))
         if model == "pig":
             self.net: nn.Module = PIGNet(in_dim, channels, num_gaussians, sigma_init, hidden_dim, num_layers,
                                          min_sigma)
@@ -161,56 +240,99 @@ class PIGModule(L.LightningModule):
         self.val_rel_l2, self.test_rel_l2 = RelativeL2(), RelativeL2()
         self._last: dict[str, Tensor] | None = None
 
+    # ------------------------------------------------------------------ evaluation of u and its derivatives
+    def normalise(self, x: Tensor) -> Tensor:
+        return x if self.identity_map else (x - self.in_centre) * self.in_scale
+
+    def _u(self, x: Tensor) -> Tensor:
+        return self.net(self.normalise(x))
+
     def forward(self, x: Tensor) -> Tensor:
         chunk = self.hparams.chunk_size
         if chunk is None or x.shape[0] <= chunk:
-            return self.net(x)
-        return torch.cat([self.net(c) for c in x.split(chunk)])
+            return self._u(x)
+        return torch.cat([self._u(c) for c in x.split(chunk)])
+
+    def derivatives(self, x: Tensor, second: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """u (B, 1), ∂u/∂x_d (B, d) and ∂²u/∂x_d² (B, d) in the problem's coordinates; `second` lists the columns
+        whose second derivative is needed (default: those of the problem's residual; () for none: d2 is None).
+        Autograd: other columns of d2 are 0; analytic: all columns are computed."""
+        second = SECOND_DERIVATIVES[self.hparams.problem] if second is None else tuple(second)
+        chunk = self.hparams.chunk_size
+        if chunk is not None and x.shape[0] > chunk:
+            parts = [self._derivatives(c, second) for c in x.split(chunk)]
+            d2 = None if not second else torch.cat([p[2] for p in parts])
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), d2
+        return self._derivatives(x, second)
+
+    def _derivatives(self, x: Tensor, second: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor | None]:
+        if self.hparams.model == "pig" and self.hparams.laplacian == "analytic":
+            u, du, d2 = self.net.with_derivatives(self.normalise(x), second=bool(second))
+            if self.identity_map:
+                return u, du, d2
+            return u, du * self.in_scale, None if d2 is None else d2 * self.in_scale**2
+        x = x.detach().requires_grad_(True)
+        u = self._u(x)
+        (du,) = torch.autograd.grad(u.sum(), x, create_graph=True)
+        if not second:
+            return u, du, None
+        cols = [torch.zeros_like(du[:, 0])] * x.shape[1]
+        for d in second:
+            (g,) = torch.autograd.grad(du[:, d].sum(), x, create_graph=True)
+            cols[d] = g[:, d]
+        return u, du, torch.stack(cols, 1)
 
     def value_and_laplacian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """u (B, 1) and Δu (B, 1) = Σ_d ∂²u/∂x_d², each second derivative taken separately."""
-        chunk = self.hparams.chunk_size
-        if chunk is not None and x.shape[0] > chunk:
-            parts = [self.value_and_laplacian_(c) for c in x.split(chunk)]
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        return self.value_and_laplacian_(x)
+        u, _, d2 = self.derivatives(x, second=tuple(range(x.shape[1])))
+        return u, d2.sum(-1, keepdim=True)
 
-    def value_and_laplacian_(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.hparams.model == "pig" and self.hparams.laplacian == "analytic":
-            return self.net.with_laplacian(x)
-        x = x.detach().requires_grad_(True)
-        u = self.net(x)
-        (du,) = torch.autograd.grad(u.sum(), x, create_graph=True)
-        lap = 0
-        for d in range(x.shape[1]):
-            (d2,) = torch.autograd.grad(du[:, d].sum(), x, create_graph=True)
-            lap = lap + d2[:, d : d + 1]
-        return u, lap
+    # ------------------------------------------------------------------ training
+    def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """{"residual": mean r², "initial": initial-condition MSE, "boundary": boundary MSE, "loss": the weighted
+        sum} for a training batch."""
+        hp = self.hparams
+        batch = {k: v.float() for k, v in batch.items()}
+        u, du, d2 = self.derivatives(batch["x"])
+        res = pde_residual(hp.problem, u, du, d2, batch, hp.coefficient, hp.diffusion, hp.reaction)
+        out = {"residual": torch.mean(res**2)}
+        if hp.problem == "helmholtz2d":
+            out["boundary"] = torch.mean((self(batch["x_boundary"]) - batch["g"]) ** 2)
+        elif hp.problem == "allen_cahn":
+            out["initial"] = torch.mean((self(batch["x_initial"]) - batch["u_initial"]) ** 2)
+            ul, dul, _ = self.derivatives(batch["x_left"], second=())
+            ur, dur, _ = self.derivatives(batch["x_right"], second=())
+            out["boundary"] = torch.mean((ul - ur) ** 2) + torch.mean((dul[:, 1] - dur[:, 1]) ** 2)
+        else:
+            out["initial"] = torch.mean((self(batch["x_initial"]) - batch["u_initial"]) ** 2)
+            out["boundary"] = torch.mean((self(batch["x_boundary"]) - batch["g"]) ** 2)
+        loss = self.boundary_weight * out["boundary"] + self.f_scale * out["residual"]
+        if "initial" in out:
+            loss = loss + self.initial_weight * out["initial"]
+        out["loss"] = loss
+        return out
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
-        hp = self.hparams
         with no_autocast(self.device.type):
-            x, q = batch["x"].float(), batch["q"].float()
-            u, lap = self.value_and_laplacian(x)
-            residual = lap + hp.coefficient * u - q
-            boundary = self(batch["x_boundary"].float()) - batch["g"].float()
-            loss_b, loss_r = torch.mean(boundary**2), torch.mean(residual**2)
-            loss = hp.boundary_weight * loss_b + hp.f_scale * loss_r
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=1)
-        self.log("train/boundary_loss", loss_b, on_step=True, on_epoch=False, batch_size=1)
-        self.log("train/residual_loss", loss_r, on_step=True, on_epoch=False, batch_size=1)
-        return loss
+            out = self.losses(batch)
+        self.log("train/loss", out["loss"], on_step=True, on_epoch=False, prog_bar=True, batch_size=1)
+        for name in ("boundary", "residual", "initial"):
+            if name in out:
+                self.log(f"train/{name}_loss", out[name], on_step=True, on_epoch=False, batch_size=1)
+        return out["loss"]
 
     @torch.no_grad()
     def _evaluate(self, batch: dict[str, Tensor], metric: RelativeL2, split: str) -> None:
         with no_autocast(self.device.type):  # chunks: the (k, B, N, d) tensor of a 250^2 grid would be GBs
-            pred = torch.cat([self.net(c) for c in batch["x"].float().split(self.hparams.chunk_size or 4096)])
+            pred = torch.cat([self._u(c) for c in batch["x"].float().split(self.hparams.chunk_size or 4096)])
         metric.update(pred.reshape(1, -1), batch["u"].float().reshape(1, -1))
         self.log(f"{split}/rel_l2", metric, on_step=False, on_epoch=True, batch_size=1, prog_bar=True)
         if self.hparams.model == "pig":
             self.log(f"{split}/mean_sigma", self.net.features.sigma.abs().mean(), on_step=False, on_epoch=True,
                      batch_size=1, sync_dist=True)
         self._last = {"x": batch["x"].cpu(), "pred": pred.cpu(), "exact": batch["u"].cpu()}
+        if "shape" in batch:
+            self._last["shape"] = batch["shape"].cpu()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
         self._evaluate(batch, self.val_rel_l2, "val")
@@ -224,41 +346,70 @@ class PIGModule(L.LightningModule):
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
 
+    # ------------------------------------------------------------------ figures
+    def _field_images(self) -> list:
+        """(exact, prediction, |error|) as 2-D arrays with rows along the vertical plot axis: Helmholtz (y, x),
+        Allen-Cahn (t, x), flow mixing the last time slice (y, x)."""
+        last, problem = self._last, self.hparams.problem
+        if "shape" in last:
+            shape = [int(s) for s in last["shape"]]
+        else:
+            m = int(round(last["x"].shape[0] ** (1 / PROBLEMS[problem].dim)))
+            shape = [m] * PROBLEMS[problem].dim
+        pred, exact = last["pred"][:, 0], last["exact"][:, 0]
+        imgs = []
+        for field in (exact, pred, (pred - exact).abs()):
+            img = field.reshape(shape)
+            if problem == "flow_mixing3d":
+                img = img[-1].t()  # (x, y) at the final time -> rows y
+            imgs.append(img.numpy())
+        return imgs
+
     def figures(self) -> dict[str, Any]:
-        """{"field": exact | prediction | |error| side by side, "gaussians": PIG Gaussian centres (and 1-σ
-        ellipses of the largest-weight ones) per channel over the exact field}."""
+        """{"field": exact | prediction | |error| side by side (flow mixing: at the final time), "gaussians": PIG
+        Gaussian centres (and 1-σ ellipses of the largest-weight ones) per channel over the exact field, in the
+        problem's coordinates}."""
         if self._last is None:
             return {}
         import matplotlib.pyplot as plt
         from matplotlib.patches import Ellipse
 
-        x, pred, exact = self._last["x"], self._last["pred"][:, 0], self._last["exact"][:, 0]
-        m = int(round(math.sqrt(x.shape[0])))
-        imgs = [t.reshape(m, m).numpy() for t in (exact, pred, (pred - exact).abs())]
+        problem = self.hparams.problem
+        spec = PROBLEMS[problem]
+        h_ax, v_ax = PLOT_AXES[problem]
+        extent = (*spec.domain[h_ax], *spec.domain[v_ax])
+        imgs = self._field_images()
         name = "PIG" if self.hparams.model == "pig" else "MLP-PINN"
+        suffix = f" (t = {spec.domain[0][1]:g})" if problem == "flow_mixing3d" else ""
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-        for ax, img, title in zip(axes, imgs, ("exact", name, "|error|")):
-            im = ax.imshow(img, origin="lower", extent=(-1, 1, -1, 1), cmap="RdBu_r" if title != "|error|" else "magma")
-            ax.set_title(title)
+        for ax, img, title in zip(axes, imgs, ("exact" if problem != "allen_cahn" else "reference", name, "|error|")):
+            im = ax.imshow(img, origin="lower", extent=extent, aspect="auto",
+                           cmap="RdBu_r" if title != "|error|" else "magma")
+            ax.set_title(title + suffix)
+            ax.set_xlabel(spec.coords[h_ax])
+            ax.set_ylabel(spec.coords[v_ax])
             fig.colorbar(im, ax=ax, shrink=0.8)
         fig.tight_layout()
         figs = {"field": fig}
         if self.hparams.model == "pig":
             feats = self.net.features
-            mu = feats.mu.detach().cpu().numpy()
-            sig = feats.sigma.detach().abs().cpu().numpy()
+            centre, scale = self.in_centre.cpu().numpy(), self.in_scale.cpu().numpy()
+            mu = feats.mu.detach().cpu().numpy() / scale + centre     # back to the problem's coordinates
+            sig = feats.sigma.detach().abs().cpu().numpy() / scale
             w = feats.weight.detach().abs().cpu().numpy()
             k = mu.shape[0]
             fig2, axes2 = plt.subplots(1, k, figsize=(3.2 * k, 3.2), squeeze=False)
             for c, ax in enumerate(axes2[0]):
-                ax.imshow(imgs[0], origin="lower", extent=(-1, 1, -1, 1), cmap="RdBu_r", alpha=0.35)
+                ax.imshow(imgs[0], origin="lower", extent=extent, aspect="auto", cmap="RdBu_r", alpha=0.35)
                 size = 4 + 40 * w[c] / max(float(w[c].max()), 1e-12)
-                ax.scatter(mu[c, :, 0], mu[c, :, 1], s=size, c="k", alpha=0.6, lw=0)
+                ax.scatter(mu[c, :, h_ax], mu[c, :, v_ax], s=size, c="k", alpha=0.6, lw=0)
                 for i in w[c].argsort()[::-1][:20].tolist():
-                    ax.add_patch(Ellipse((float(mu[c, i, 0]), float(mu[c, i, 1])), 2 * float(sig[c, i, 0]),
-                                         2 * float(sig[c, i, 1]), fill=False, ec="C3", lw=0.7))
-                ax.set_xlim(-1.1, 1.1)
-                ax.set_ylim(-1.1, 1.1)
+                    ax.add_patch(Ellipse((float(mu[c, i, h_ax]), float(mu[c, i, v_ax])), 2 * float(sig[c, i, h_ax]),
+                                         2 * float(sig[c, i, v_ax]), fill=False, ec="C3", lw=0.7))
+                pad_h = 0.05 * (extent[1] - extent[0])
+                pad_v = 0.05 * (extent[3] - extent[2])
+                ax.set_xlim(extent[0] - pad_h, extent[1] + pad_h)
+                ax.set_ylim(extent[2] - pad_v, extent[3] + pad_v)
                 ax.set_title(f"channel {c}: Gaussian centres", fontsize=9)
             fig2.tight_layout()
             figs["gaussians"] = fig2
