@@ -80,7 +80,56 @@ def test_check1_full_observations_select_exactly_uxx():
     assert not discover(build_library(d["derivs"]), d["increment"] * dm.h)[2] == pytest.approx(-0.2, rel=0.05)
 
 
-# Card check 2 (spectral bias, RFF-MLP u_xxxx error <= 0.15 vs plain MLP >= 0.5) does not separate at CPU scale:
-# measured u_xxxx error RFF sigma=1: 2.31, sigma=2: 1.55, sigma=3: 2.60, sigma=5: 12.2, sigma=10: 342; plain MLP 1.57
-# (32 sensors, 4x128 tanh, Adam 1e-3, 2000 steps). It is a `known_gap` claim in configs/experiment/medida.yaml,
-# reported by `zoo check medida`; no test asserts it.
+def test_autograd_fourth_derivative_matches_finite_differences():
+    """u_xxxx = (1/L^4) d^4u/ds^4 by nested forward-mode autograd equals a central finite difference in float64."""
+    torch.manual_seed(0)
+    net = Interpolant(n_outputs=2, width=32, depth=3, rff=True, sigma=2.0).double()
+    s = torch.linspace(0.1, 0.9, 5, dtype=torch.float64)[:, None]
+    d = interpolant_derivatives(net, s, length=22.0)
+    h, f = 1e-2, (lambda t: net(t).detach())  # noqa: E731
+    fd4 = (f(s - 2 * h) - 4 * f(s - h) + 6 * f(s) - 4 * f(s + h) + f(s + 2 * h)) / h**4 / 22.0**4
+    fd2 = (f(s - h) - 2 * f(s) + f(s + h)) / h**2 / 22.0**2
+    torch.testing.assert_close(d[4], fd4, rtol=0.05, atol=1e-3 * float(fd4.abs().max()))
+    torch.testing.assert_close(d[2], fd2, rtol=0.01, atol=1e-4 * float(fd2.abs().max()))
+
+
+def test_band_limited_fit_of_the_sensors_reaches_the_card_threshold():
+    """Diagnostic for check 2: the 32 noisy sensors do hold u_xxxx. A least-squares Fourier fit with modes <= 10
+    (21 unknowns per snapshot) on the same sensors gives u_xxxx relative L2 0.071 (modes <= 11: 0.058); with
+    modes <= 15 (31 unknowns for 32 sensors) it fits the gaps wildly (7.1)."""
+    dm = MedidaDataModule()
+    dm.setup()
+    d = dm.data
+
+    def fit_error(m_max: int) -> float:
+        k = 2 * np.pi * np.arange(m_max + 1) / dm.length
+
+        def basis(x: np.ndarray, p: int) -> np.ndarray:
+            phase = np.outer(x, k) + p * np.pi / 2  # d^p/dx^p cos(kx) = k^p cos(kx + p pi/2)
+            return np.concatenate([k**p * np.cos(phase), (k**p * np.sin(phase))[:, 1:]], axis=1)
+
+        coef, *_ = np.linalg.lstsq(basis(d["x"][d["sensors"]], 0), d["obs"].T, rcond=None)
+        pred = (basis(d["x"], 4) @ coef).T
+        return float(np.linalg.norm(pred - d["derivs"][4]) / np.linalg.norm(d["derivs"][4]))
+
+    assert fit_error(10) <= 0.15
+    assert fit_error(15) > 1.0
+
+
+@pytest.mark.slow
+def test_claim_spectral_bias_known_gap():
+    """Card check 2 (spectral bias, expected values): 25% sensors, u_xxxx relative L2 of the RFF-MLP <= 0.15 and
+    of the plain MLP >= 0.5. NOT reproduced at CPU scale (32 sensors, 4x128 tanh, Adam 1e-3, 2000 steps): measured
+    RFF-MLP (sigma 2) 1.55 vs plain MLP 1.58 (sigma 1: 2.31, 3: 2.60, 5: 12.2, 10: 342); both still discover
+    -0.2 u_xx within 3%. The interpolant, not the data, is the limit (see the band-limited fit test above): both
+    networks leave ~1e-3 of spurious content at modes 13-30 between the sensors. The claim carries a `known_gap`;
+    this test xfails while the gap stands and still requires the baseline (plain MLP swapped in) to fail."""
+    from launch.check import run_claim
+
+    torch.set_num_threads(1)
+    swapped = run_claim("medida", "spectral_bias", swap_baseline=True)
+    assert not swapped.passed, swapped.report()
+    result = run_claim("medida", "spectral_bias")
+    if not result.passed:
+        assert result.known_gap, result.report()
+        pytest.xfail(result.report())
