@@ -19,6 +19,9 @@ The level spec is the official `--num_iteration`: one [pre, post] pair per level
 No lifting or projection network: the first layer reads the raw input channels; a final 1 x 1 conv reads out.
 Loss: relative H1 (paper default for Darcy, FNO's `HsLoss` with k = 1: Fourier weights sqrt(1 + |k|^2)) or relative L2.
 A single level (`levels=[[1, 0]]`) is the baseline: a plain 3 x 3 convolution stack with the same layout.
+Per-benchmark variants (configs/experiment/mgno/*.yaml, official `models.py`): MgNO_DC (Darcy, pipe: zero padding,
+1 x 1 branch, no bias field), MgNO_NS (`padding_mode=circular`, `layer_norm`, `skip`, `pointwise=False`,
+`conv_bias=True`; evaluated by the autoregressive `rollout` u_{t+1} = MgNO(u_t) when the target has T > 1 frames).
 """
 from __future__ import annotations
 
@@ -60,17 +63,17 @@ def parse_levels(levels: Sequence[Any] | str) -> list[list[int]]:
     return out
 
 
-def _conv3(cin: int, cout: int, padding_mode: str, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, padding_mode=padding_mode)
+def _conv3(cin: int, cout: int, padding_mode: str, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias, padding_mode=padding_mode)
 
 
 class MgIte(nn.Module):
     """One smoothing iteration u <- u + S(f - A u); with `first=True` (no A) u = S(f)."""
 
-    def __init__(self, c_u: int, c_f: int, padding_mode: str, first: bool = False) -> None:
+    def __init__(self, c_u: int, c_f: int, padding_mode: str, first: bool = False, bias: bool = False) -> None:
         super().__init__()
-        self.S = _conv3(c_f, c_u, padding_mode)
-        self.A = None if first else _conv3(c_u, c_f, padding_mode)
+        self.S = _conv3(c_f, c_u, padding_mode, bias=bias)
+        self.A = None if first else _conv3(c_u, c_f, padding_mode, bias=bias)
 
     def forward(self, u: Tensor | None, f: Tensor) -> Tensor:
         if self.A is None or u is None:
@@ -96,16 +99,17 @@ class MgConv(nn.Module):
     """The multigrid V-cycle that parameterises all linear operators of one layer (paper Alg. 1, `MgConv_DC`)."""
 
     def __init__(self, levels: Sequence[Sequence[int]], c_u: int, c_f: int, padding_mode: str = "zeros",
-                 use_res: bool = False, layer_norm: bool = False, resolution: int | None = None) -> None:
+                 use_res: bool = False, layer_norm: bool = False, resolution: int | None = None,
+                 conv_bias: bool = False) -> None:
         super().__init__()
         self.levels = [list(p) for p in levels]
         self.pre = nn.ModuleList()
         self.post = nn.ModuleList()
         self.restrict = nn.ModuleList()
         for l, (n_pre, n_post) in enumerate(self.levels):
-            self.pre.append(nn.ModuleList([MgIte(c_u, c_f, padding_mode, first=(l == 0 and i == 0))
+            self.pre.append(nn.ModuleList([MgIte(c_u, c_f, padding_mode, first=(l == 0 and i == 0), bias=conv_bias)
                                            for i in range(n_pre)]))
-            self.post.append(nn.ModuleList([MgIte(c_u, c_f, padding_mode) for _ in range(n_post)]))
+            self.post.append(nn.ModuleList([MgIte(c_u, c_f, padding_mode, bias=conv_bias) for _ in range(n_post)]))
             if l < len(self.levels) - 1:
                 self.restrict.append(Restrict(c_u, c_f, padding_mode, use_res))
         # R^T: 4 x 4 stride-2 transposed conv. The coarse grid is padded by one cell with the padding mode and the
@@ -150,12 +154,15 @@ class MgConv(nn.Module):
 
 class MgNO(nn.Module):
     """Stack of `num_layer` operator layers u <- GELU(MgConv(u) + Conv1x1(u) + B) and a 1 x 1 read-out
-    (official `MgNO_DC`; B a bias field when `bias_field`). `skip=True` adds the NS global skip u_out + u_in."""
+    (official `MgNO_DC`; B a bias field when `bias_field`; `pointwise=False` drops the 1 x 1 branch as the official
+    `MgNO_NS`, `conv_bias=True` gives the smoothers S, A a per-channel bias, the NS `--bias`).
+    `skip=True` adds the NS global skip u_out + u_in."""
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, num_layer: int = 5, num_channel_u: int = 24,
                  levels: Sequence[Any] | str = ("10", "10", "10", "10", "10", "20"), padding_mode: str = "zeros",
                  use_res: bool = False, layer_norm: bool = False, bias_field: bool = True, resolution: int = 64,
-                 activation: str = "gelu", skip: bool = False) -> None:
+                 activation: str = "gelu", skip: bool = False, pointwise: bool = True,
+                 conv_bias: bool = False) -> None:
         super().__init__()
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
@@ -171,9 +178,10 @@ class MgNO(nn.Module):
             raise ValueError("skip=True needs in_channels == out_channels")
         self.levels, self.resolution, self.skip = lv, resolution, skip
         chans = [in_channels] + [num_channel_u] * num_layer
-        self.convs = nn.ModuleList([MgConv(lv, num_channel_u, chans[i], padding_mode, use_res, layer_norm, resolution)
-                                    for i in range(num_layer)])
-        self.linears = nn.ModuleList([nn.Conv2d(chans[i], num_channel_u, 1) for i in range(num_layer)])
+        self.convs = nn.ModuleList([MgConv(lv, num_channel_u, chans[i], padding_mode, use_res, layer_norm, resolution,
+                                           conv_bias) for i in range(num_layer)])
+        self.linears = nn.ModuleList([nn.Conv2d(chans[i], num_channel_u, 1) for i in range(num_layer)]) \
+            if pointwise else None
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(num_channel_u, resolution, resolution))
                                         for _ in range(num_layer)]) if bias_field else None
         self.act = acts[activation]()
@@ -183,8 +191,10 @@ class MgNO(nn.Module):
         if self.biases is not None and tuple(x.shape[-2:]) != (self.resolution, self.resolution):
             raise ValueError(f"input grid {tuple(x.shape[-2:])} != bias-field resolution {self.resolution}")
         u = x
-        for i, (conv, lin) in enumerate(zip(self.convs, self.linears)):
-            z = conv(u) + lin(u)
+        for i, conv in enumerate(self.convs):
+            z = conv(u)
+            if self.linears is not None:
+                z = z + self.linears[i](u)
             if self.biases is not None:
                 z = z + self.biases[i]
             u = self.act(z)
@@ -229,7 +239,8 @@ class MgNOModule(L.LightningModule):
     def __init__(self, in_channels: int = 1, num_layer: int = 5, num_channel_u: int = 24,
                  levels: Sequence[Any] | str = ("10", "10", "10", "10", "10", "20"), padding_mode: str = "zeros",
                  use_res: bool = False, layer_norm: bool = False, bias_field: bool = True, resolution: int = 64,
-                 activation: str = "gelu", skip: bool = False, loss: str = "h1", div_factor: float = 2.0,
+                 activation: str = "gelu", skip: bool = False, pointwise: bool = True, conv_bias: bool = False,
+                 loss: str = "h1", div_factor: float = 2.0,
                  final_div_factor: float = 100.0, pct_start: float = 0.3,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
@@ -240,13 +251,28 @@ class MgNOModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.net = MgNO(in_channels, 1, num_layer, num_channel_u, levels, padding_mode, use_res, layer_norm,
-                        bias_field, resolution, activation, skip)
+                        bias_field, resolution, activation, skip, pointwise, conv_bias)
         self.metrics = nn.ModuleDict({f"{s}_{m}": RelativeL2() for s in ("val", "test")
                                       for m in ("l2", "h1", "boundary_l2")})
         self._last: dict[str, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def rollout(self, x: Tensor, steps: int) -> Tensor:
+        """Autoregressive time stepping (NS benchmark, official `navier.py` test): u_{t+1} = MgNO(u_t) from the
+        single input frame x (B, 1, H, W), `steps` frames stacked as channels (B, steps, H, W)."""
+        if x.shape[1] != 1 or self.hparams.in_channels != 1:
+            raise ValueError(f"rollout needs one input frame (in_channels=1), got {x.shape[1]} channels")
+        frames, u = [], x
+        for _ in range(steps):
+            u = self(u)
+            frames.append(u)
+        return torch.cat(frames, dim=1)
+
+    def predict(self, x: Tensor, y: Tensor) -> Tensor:
+        """One-shot map, or the autoregressive rollout when the target has several frames (B, T > 1, H, W)."""
+        return self.rollout(x, y.shape[1]) if y.shape[1] > 1 else self(x)
 
     def loss_fn(self, pred: Tensor, y: Tensor) -> Tensor:
         err = relative_h1(pred, y) if self.hparams.loss == "h1" else relative_l2(pred.float(), y.float())
@@ -259,8 +285,8 @@ class MgNOModule(L.LightningModule):
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> None:
-        pred = self(batch["x"]).float()
         y = batch["y"].float()
+        pred = self.predict(batch["x"], y).float()
         self.metrics[f"{split}_l2"].update(pred, y)
         self.metrics[f"{split}_h1"].update(h1_weighted_spectrum(pred), h1_weighted_spectrum(y))
         ring = boundary_ring(y.shape[-2:], y.device)
@@ -272,8 +298,8 @@ class MgNOModule(L.LightningModule):
         self.log(f"{split}/boundary_rel_l2", self.metrics[f"{split}_boundary_l2"], on_step=False, on_epoch=True,
                  batch_size=n)
         if batch_idx == 0:
-            self._last = {"x": batch["x"][0, 0].detach().cpu(), "pred": pred[0, 0].detach().cpu(),
-                          "y": y[0, 0].detach().cpu()}
+            self._last = {"x": batch["x"][0, 0].detach().cpu(), "pred": pred[0, -1].detach().cpu(),
+                          "y": y[0, -1].detach().cpu()}
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
         self._evaluate(batch, "val", batch_idx)
