@@ -63,10 +63,14 @@ class BranchCNN(nn.Module):
 
 class DMMNet(nn.Module):
     """phi(u, xi): branch(u) and trunk(xi) features concatenated, head MLP -> scalar (DeepONet-like, dmm_model.DMM).
-    trunk_layers includes the input size 2; head_layers starts with branch_out + trunk_out and ends with 1."""
+    trunk_layers includes the input size 2; head_layers starts with branch_out + trunk_out and ends with 1.
+    `trunk_init_scale` (None = PyTorch's default init, as the paper's code) re-draws the first trunk layer as
+    W ~ N(0, s^2), b = -W p with p ~ U[0, 1]^2 (each tanh unit switches inside the square): a CPU-scale choice, since
+    the MA map needs O(1) curvature of phi on length scales ~0.1-0.3 that a default-initialised tanh trunk (nearly
+    linear in xi) only reaches after far more Adam steps than a CPU budget allows."""
 
     def __init__(self, branch_channels: list[int], trunk_layers: list[int], head_layers: list[int],
-                 boundary: str = "soft") -> None:
+                 boundary: str = "soft", trunk_init_scale: float | None = None) -> None:
         super().__init__()
         if trunk_layers[0] != 2 or head_layers[-1] != 1:
             raise ValueError("trunk_layers must start with 2 (xi) and head_layers end with 1 (phi)")
@@ -75,6 +79,11 @@ class DMMNet(nn.Module):
             raise ValueError(f"head_layers[0] ({head_layers[0]}) must exceed the trunk width ({trunk_layers[-1]})")
         self.branch = BranchCNN(list(branch_channels), branch_out)
         self.trunk = _mlp(list(trunk_layers), last_act=True)
+        if trunk_init_scale is not None:
+            first = self.trunk[0]
+            with torch.no_grad():
+                first.weight.normal_(0.0, float(trunk_init_scale))
+                first.bias.copy_(-(first.weight * torch.rand(first.weight.shape[0], 2)).sum(1))
         self.head = _mlp(list(head_layers))
         # a constant in phi moves nothing (only grad phi and Hess phi enter): no output bias
         last = self.head[-1]
@@ -134,7 +143,8 @@ class DataFreeMeshMoverModule(L.LightningModule):
 
     def __init__(self, branch_channels: list[int] = (32, 32, 64, 64, 128, 128, 128),
                  trunk_layers: list[int] = (2, 32, 512), head_layers: list[int] = (1024, 512, 1),
-                 boundary: str = "soft", mover: str = "dmm", n_points: int = 120, n_boundary: int = 30,
+                 boundary: str = "soft", mover: str = "dmm", trunk_init_scale: float | None = None,
+                 n_points: int = 120, n_boundary: int = 30,
                  w_interior: float = 1.0, w_boundary: float = 1000.0, w_convex: float = 1.0,
                  n_eval_points: int = 2000, eval_nodes: int = 20, n_interp_points: int = 20000,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
@@ -146,9 +156,11 @@ class DataFreeMeshMoverModule(L.LightningModule):
             raise ValueError(f"boundary must be 'soft' or 'hard', got {boundary!r}")
         if n_points < 1 or n_boundary < 1:
             raise ValueError("n_points and n_boundary must be >= 1")
+        if trunk_init_scale is not None and trunk_init_scale <= 0:
+            raise ValueError(f"trunk_init_scale must be > 0 or None, got {trunk_init_scale}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.net = DMMNet(list(branch_channels), list(trunk_layers), list(head_layers), boundary)
+        self.net = DMMNet(list(branch_channels), list(trunk_layers), list(head_layers), boundary, trunk_init_scale)
         self._last: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------------ the mesh map
