@@ -8,11 +8,14 @@ arXiv 2306.04406). Official code: DurstewitzLab/GTF-shPLRNN (Julia/Flux).
   of the first N units; the unobserved initial state is learned when M > N).
 - GTF: z~_t = (1 - alpha) F(z~_{t-1}) + alpha zhat_t; the loss is the MSE between the *unforced* prediction
   F(z~_{t-1})[:N] and x_t (t = 1..T-1). Gradients flow through z~ (not detached): the backward pass sees
-  prod (1 - alpha) J_t.
+  prod (1 - alpha) J_t. `gtf_loss` computes these exact gradients with a hand-written backward pass (`_GTFUnroll`;
+  `gtf_loss_reference` is the same loss through autograd), ~4-5x faster on a CPU.
 - alpha* = max(0, 1 - 1/G), G = max over sequences of the geometric mean of ||J_t||_2 along the sequence
   ("product upper bound"), computed without gradients on the data-inferred states of the batch. Adaptive GTF
   (aGTF, official `train_!`): alpha_0 = 1; every `alpha_update_every` batches alpha <- alpha* if alpha* > alpha,
   else gamma alpha + (1 - gamma) alpha* (gamma = `alpha_decay`).
+- Optimiser (official `initialize_optimizer`): RAdam, lr decayed exponentially once per epoch from `lr` to `end_lr`
+  over the training run (defaults.json: 1e-3 -> 1e-6).
 - Evaluation by free-running from the first point of a held-out segment: D_stsp (binned KL, 30 bins/dim, Laplace
   smoothing 1e-5, range = ground truth min/max +- 0.1 std; Gaussian-mixture version for N >= 6) and D_H (mean
   Hellinger distance of Gaussian-smoothed (sigma = 20) normalised power spectra).
@@ -66,6 +69,22 @@ class ShallowPLRNN(nn.Module):
         # official code: h2 = uniform_init((L,)) for the clipped model, zeros for the plain shPLRNN
         self.h2 = nn.Parameter(_uniform((l,), l) if self.clipped else torch.zeros(l))
 
+    def stacked_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(W2s^T, h2s, W1s^T) with F(z) = A z + W1s relu(W2s z + h2s) + h1: for the clipped model
+        W2s = [W2; W2], h2s = [h2; 0], W1s = [W1, -W1], so that W1s relu(.) = W1 [relu(W2 z + h2) - relu(W2 z)]
+        exactly (the same function and gradients in fewer, fused operations per step)."""
+        if not self.clipped:
+            return self.W2.T, self.h2, self.W1.T
+        w2 = torch.cat([self.W2, self.W2], dim=0)
+        h2 = torch.cat([self.h2, torch.zeros_like(self.h2)])
+        w1 = torch.cat([self.W1, -self.W1], dim=1)
+        return w2.T, h2, w1.T
+
+    def step(self, z: Tensor, weights: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """F(z) for z (B, M) with `stacked_weights()` computed once per sequence."""
+        w2t, h2, w1t = weights
+        return torch.addmm(torch.addcmul(self.h1, self.A, z), torch.relu(torch.addmm(h2, z, w2t)), w1t)
+
     def forward(self, z: Tensor) -> Tensor:
         """One step F(z) for z (..., M)."""
         pre = z @ self.W2.T
@@ -87,10 +106,79 @@ class ShallowPLRNN(nn.Module):
         """Free run: (B, M) -> (B, steps, M) with z_0 = z0 as the first state."""
         out = [z0]
         z = z0
+        weights = self.stacked_weights()
         for _ in range(steps - 1):
-            z = self(z)
+            z = self.step(z, weights)
             out.append(z)
         return torch.stack(out, dim=1)
+
+
+def _initial_state(model: ShallowPLRNN, x: Tensor, z0_rest: Tensor | None) -> Tensor:
+    b, _, n = x.shape
+    m = model.latent_dim
+    if m == n:
+        return x[:, 0]
+    rest = z0_rest if z0_rest is not None else x.new_zeros(m - n)
+    return torch.cat([x[:, 0], rest.to(x.dtype).expand(b, m - n)], dim=-1)
+
+
+class _GTFUnroll(torch.autograd.Function):
+    """The GTF loss of `gtf_loss_reference` with a hand-written backward pass (exact BPTT through the forced
+    states, the same gradients): the forward unroll runs without building an autograd graph and the backward
+    recursion dL/dz~_{t-1} = diag(A) g_t + W1s^T (1[pre_t > 0] * (W1s^T g_t)) ... with
+    g_t = e_t + c * dL/dz~_t, c = (1 - alpha) on the forced units (1 on the free ones), needs 5 small
+    operations per step; the parameter gradients are summed over all steps at once."""
+
+    @staticmethod
+    def forward(ctx, x, z0, A, h1, w2t, h2s, w1t, alpha: float):  # noqa: N803
+        n, m = x.shape[-1], z0.shape[-1]
+        z, zs, phis, preds = z0, [], [], []
+        for t in range(1, x.shape[1]):
+            zs.append(z)
+            phi = torch.relu(torch.addmm(h2s, z, w2t))
+            pred = torch.addmm(torch.addcmul(h1, A, z), phi, w1t)
+            phis.append(phi)
+            preds.append(pred)
+            if alpha > 0:
+                forced = torch.lerp(pred[:, :n] if m > n else pred, x[:, t], alpha)
+                z = torch.cat([forced, pred[:, n:]], dim=-1) if m > n else forced
+            else:
+                z = pred
+        err = torch.stack(preds, dim=1)[..., :n] - x[:, 1:]
+        ctx.save_for_backward(torch.stack(zs, dim=1), torch.stack(phis, dim=1), err, A, w2t, w1t)
+        ctx.alpha = float(alpha)
+        return err.pow(2).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        zin, phi, err, A, w2t, w1t = ctx.saved_tensors
+        b, steps, n = err.shape
+        m = zin.shape[-1]
+        e = err * (2.0 * grad_out / err.numel())
+        if m > n:
+            e = torch.cat([e, e.new_zeros(b, steps, m - n)], dim=-1)
+        c = torch.ones(m, dtype=e.dtype, device=e.device)
+        c[:n] = 1.0 - ctx.alpha
+        mask = (phi > 0).to(e.dtype)
+        w1 = w1t.T
+        w2 = w2t.T
+        gz = torch.zeros_like(e[:, 0])
+        gps, ghs = [], []
+        for k in range(steps - 1, -1, -1):
+            gp = torch.addcmul(e[:, k], c, gz)           # dL/dF(z~_k)
+            gh = (gp @ w1) * mask[:, k]                  # dL/dpre_k (hidden layer, stacked)
+            gz = torch.addcmul(gh @ w2, A, gp)           # dL/dz~_k
+            gps.append(gp)
+            ghs.append(gh)
+        gp = torch.stack(gps[::-1], dim=1).reshape(-1, m)
+        gh = torch.stack(ghs[::-1], dim=1).reshape(-1, gh.shape[-1])
+        z_flat = zin.reshape(-1, m)
+        grad_a = (gp * z_flat).sum(0)
+        grad_h1 = gp.sum(0)
+        grad_w2t = z_flat.T @ gh
+        grad_h2s = gh.sum(0)
+        grad_w1t = phi.reshape(-1, phi.shape[-1]).T @ gp
+        return None, gz, grad_a, grad_h1, grad_w2t, grad_h2s, grad_w1t, None
 
 
 def gtf_loss(model: ShallowPLRNN, x: Tensor, alpha: float, z0_rest: Tensor | None = None) -> Tensor:
@@ -98,23 +186,29 @@ def gtf_loss(model: ShallowPLRNN, x: Tensor, alpha: float, z0_rest: Tensor | Non
 
     z~_0 = zhat_0; for t = 1..T-1: zpred = F(z~_{t-1}); loss += ||zpred[:N] - x_t||^2;
     z~_t = (1 - alpha) zpred + alpha zhat_t on the first N units (the others run free). Mean over B, T-1, N.
+    The same function and gradients as `gtf_loss_reference`, with a hand-written BPTT (`_GTFUnroll`, ~4x faster
+    on a CPU).
     """
-    b, t_len, n = x.shape
-    m = model.latent_dim
-    z = x[:, 0]
-    if m > n:
-        rest = z0_rest if z0_rest is not None else x.new_zeros(m - n)
-        z = torch.cat([z, rest.to(x.dtype).expand(b, m - n)], dim=-1)
-    sq = x.new_zeros(())
-    for t in range(1, t_len):
-        pred = model(z)                       # unforced prediction F(z~_{t-1})
-        sq = sq + (pred[:, :n] - x[:, t]).pow(2).sum()   # loss BEFORE forcing (Pitfalls)
+    w2t, h2s, w1t = model.stacked_weights()
+    z0 = _initial_state(model, x, z0_rest)
+    return _GTFUnroll.apply(x.detach(), z0, model.A, model.h1, w2t, h2s, w1t, float(alpha))
+
+
+def gtf_loss_reference(model: ShallowPLRNN, x: Tensor, alpha: float, z0_rest: Tensor | None = None) -> Tensor:
+    """`gtf_loss` through autograd (reference for the hand-written backward pass)."""
+    n, m = x.shape[-1], model.latent_dim
+    z = _initial_state(model, x, z0_rest)
+    weights = model.stacked_weights()
+    preds = []
+    for t in range(1, x.shape[1]):
+        pred = model.step(z, weights)         # unforced prediction F(z~_{t-1})
+        preds.append(pred)                    # the loss uses it BEFORE forcing (Pitfalls)
         if alpha > 0:
-            forced = (1.0 - alpha) * pred[:, :n] + alpha * x[:, t]
+            forced = torch.lerp(pred[:, :n] if m > n else pred, x[:, t], alpha)  # (1 - alpha) F + alpha zhat
             z = torch.cat([forced, pred[:, n:]], dim=-1) if m > n else forced
         else:
             z = pred
-    return sq / (b * (t_len - 1) * n)
+    return (torch.stack(preds, dim=1)[..., :n] - x[:, 1:]).pow(2).mean()
 
 
 @torch.no_grad()
@@ -142,6 +236,9 @@ DEFAULT_OPTIMIZER = functools.partial(torch.optim.RAdam, lr=1e-3)  # RAdam 1e-3 
 class GTFPLRNNModule(L.LightningModule):
     """clipped shPLRNN trained with (adaptive) generalized teacher forcing; free-running D_stsp / D_H.
 
+    end_lr: the official schedule (`initialize_optimizer`: ExpDecay): the lr is multiplied by
+    gamma = (end_lr / lr)^(1 / E) after every epoch (E = the number of training epochs), so it reaches end_lr at the
+    end of training; null keeps the lr constant.
     alpha_method: "adaptive" (aGTF: start at `alpha`; every `alpha_update_every` batches alpha <- alpha* when
     alpha* > alpha, else alpha_decay * alpha + (1 - alpha_decay) * alpha*) or "constant" (alpha fixed; 0 = BPTT,
     1 = one-step teacher forcing).
@@ -161,6 +258,7 @@ class GTFPLRNNModule(L.LightningModule):
         d_stsp_bins: int = 30,
         pse_smoothing: float = 20.0,
         optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
+        end_lr: float | None = None,          # official lr schedule: exponential decay start_lr -> end_lr
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -171,6 +269,8 @@ class GTFPLRNNModule(L.LightningModule):
             raise ValueError(f"alpha_estimator {alpha_estimator!r} is not implemented (product_upper_bound)")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if end_lr is not None and not end_lr > 0:
+            raise ValueError(f"end_lr must be > 0 (or null: constant lr), got {end_lr}")
         self.model = ShallowPLRNN(latent_dim, hidden_dim, clipped)
         self.z0_rest: nn.Parameter | None = None
         if obs_dim is not None:
@@ -273,4 +373,16 @@ class GTFPLRNNModule(L.LightningModule):
         return {"attractor": fig}
 
     def configure_optimizers(self) -> Any:
-        return self.optimizer_factory(self.parameters())
+        opt = self.optimizer_factory(self.parameters())
+        if self.hparams.end_lr is None:
+            return opt
+        total = float(self.trainer.estimated_stepping_batches)
+        per_epoch = float(self.trainer.num_training_batches)
+        if not (math.isfinite(total) and math.isfinite(per_epoch) and per_epoch > 0):
+            raise ValueError("end_lr needs a finite number of training steps (trainer.max_epochs or max_steps)")
+        per_epoch = int(per_epoch)
+        epochs = max(1, math.ceil(total / per_epoch))
+        start = opt.param_groups[0]["lr"]
+        gamma = (float(self.hparams.end_lr) / start) ** (1.0 / epochs)
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: gamma ** (step // per_epoch))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -26,10 +26,12 @@ from lit_models.dynamics.gtf_plrnn import (
     ShallowPLRNN,
     alpha_star,
     gtf_loss,
+    gtf_loss_reference,
     power_spectrum_distance,
     product_upper_bound,
     state_space_divergence_binned,
 )
+from launch.check import run_claim
 from tests.papers.contract import fast_run
 
 SMALL_DATA = ["data.n_points=3000", "data.train_points=2000"]
@@ -147,6 +149,22 @@ def test_jacobian_matches_autograd():
         assert torch.allclose(m.jacobian(z), auto)
 
 
+@pytest.mark.parametrize("latent_dim,obs_dim,clipped", [(3, 3, True), (5, 3, True), (4, 2, False)])
+def test_handwritten_bptt_matches_autograd(latent_dim, obs_dim, clipped):
+    """gtf_loss (hand-written backward pass) == gtf_loss_reference (autograd): loss and every gradient, incl. the
+    learned unobserved initial state, for BPTT, GTF and one-step TF."""
+    torch.manual_seed(0)
+    model = ShallowPLRNN(latent_dim, 20, clipped).double()
+    x = torch.randn(8, 40, obs_dim, dtype=torch.float64)
+    rest = torch.nn.Parameter(torch.randn(latent_dim - obs_dim, dtype=torch.float64)) if latent_dim > obs_dim else None
+    params = list(model.parameters()) + ([rest] if rest is not None else [])
+    for alpha in (0.0, 0.3, 1.0):
+        fast, ref = gtf_loss(model, x, alpha, rest), gtf_loss_reference(model, x, alpha, rest)
+        assert float(fast) == pytest.approx(float(ref), rel=1e-12)
+        for g_fast, g_ref in zip(torch.autograd.grad(fast, params), torch.autograd.grad(ref, params)):
+            assert torch.allclose(g_fast, g_ref, rtol=1e-10, atol=1e-14)
+
+
 def test_metrics_sanity():
     torch.manual_seed(0)
     t = torch.linspace(0, 200, 5000, dtype=torch.float64)
@@ -159,7 +177,46 @@ def test_metrics_sanity():
     assert math.isnan(state_space_divergence_binned(x, x + 100))  # nothing inside the truth's range (card)
 
 
-# Card check 3 (learning, 1,500 iterations on Lorenz-63, D_stsp of a 10k-step free run: GTF <= 3, BPTT >= 8) is a
-# `known_gap` claim in configs/experiment/gtf_plrnn.yaml, run by `zoo check gtf_plrnn` (~110 s per run, too slow
-# for CI). Measured: GTF (alpha 0.3) 6.58 (seed 0; seeds 1/2: 8.39/9.89), BPTT 13.87 (card: 1.62 vs 14.0); at 3,000
-# iterations GTF 2.56/3.51 (seeds 0/1), BPTT 13.95. BPTT's collapse reproduces, GTF's threshold does not.
+@pytest.mark.slow
+def test_check3_gtf_reconstructs_lorenz_bptt_collapses():
+    """Card check 3 (claim `gtf_beats_bptt`): clipped shPLRNN M = 3, L = 50, Adam, T = 200, B = 16, 1,500
+    iterations on the noise-free offline Lorenz-63; D_stsp of the 10,000-step free run: GTF (alpha = 0.3) <= 3,
+    BPTT (alpha = 0) >= 8 (card: 1.62 vs 14.0, Adam 1e-3 constant).
+    Measured with the card's constant Adam 1e-3: GTF 6.58 / 8.39 / 9.89 (seeds 0/1/2), one-step TF 11.8, BPTT 13.87:
+    every alpha learns slower here than in the card. The claim therefore uses the official lr schedule shape
+    (exponential decay per epoch, `end_lr`) from a CPU-scale start, Adam 3e-3 -> 3e-4: GTF 2.62 (seed 0, the
+    configured seed; seeds 1/2: 2.87/4.65, so the margin is seed-dependent), BPTT 13.96 (collapses to a fixed
+    point, as in the card). The swap (BPTT in place of GTF: 13.96) fails. Because the pass is seed-dependent the
+    claim carries a known_gap and this test xfails (with the report) instead of passing if a run misses.
+    Took 397 s for both runs with ~6 runnable processes on 2 cores (~70 s per run on an idle core, estimated)."""
+    torch.set_num_threads(1)
+    swapped = run_claim("gtf_plrnn", "gtf_beats_bptt", swap_baseline=True)
+    assert not swapped.passed, swapped.report()
+    result = run_claim("gtf_plrnn", "gtf_beats_bptt")
+    if not result.passed:  # seed / float-rounding fragile (see the claim's known_gap): report, do not hide
+        assert result.known_gap, result.report()
+        pytest.xfail(result.report())
+
+
+def test_official_lr_schedule_and_bad_config():
+    """end_lr: the lr is multiplied by (end_lr / lr)^(1/E) after each of the E epochs (official ExpDecay), so the last
+    epoch runs at lr (end_lr / lr)^((E-1)/E) and the schedule would reach end_lr after E epochs."""
+    from types import SimpleNamespace
+
+    from lit_models.dynamics.gtf_plrnn import GTFPLRNNModule
+
+    with pytest.raises(ValueError, match="end_lr"):
+        GTFPLRNNModule(obs_dim=3, end_lr=0.0)
+    module = GTFPLRNNModule(obs_dim=3, end_lr=1e-5)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=40, num_training_batches=10)
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[10] == pytest.approx(1e-3 * 0.01 ** 0.25) and lrs[39] == pytest.approx(1e-3 * 0.01 ** 0.75)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)
+    assert not isinstance(GTFPLRNNModule(obs_dim=3, end_lr=None).configure_optimizers(), dict)
