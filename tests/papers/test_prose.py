@@ -222,8 +222,9 @@ def test_claims_symbol_decoder_valid_and_skeleton_exact_and_fail_untrained():
     skeleton 0.390 after 300 steps; 0.468 / 0.434 after 1,000 steps (data-only 0.488 / 0.280 and 0.708 / 0.568).
     Baseline text_loss_weight=0 (symbol decoder untrained): valid 0.000, skeleton 0.000 at both budgets, so the
     swapped claims fail. The thresholds are NOT reached at this scale (an earlier version without split features
-    measured 1.000 / 0.994 at the card's width 64, batch 64, 1,500 steps): both claims carry a `known_gap` and this
-    test xfails while it stands; the baseline must fail in any case."""
+    measured 1.000 / 0.994 at the card's width 64, batch 64, 1,500 steps; the current split-feature version measured
+    1.000 / 0.980 there after 1,250 steps, so no decoding bug: at width 32 / 300 steps the decoder barely uses its
+    memory): both claims carry a `known_gap` and this test xfails while it stands; the baseline must fail in any case."""
     torch.set_num_threads(1)
     reports = []
     for claim in ("symbols_valid", "skeleton_exact"):
