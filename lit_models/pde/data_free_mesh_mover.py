@@ -9,11 +9,15 @@ never with optimal meshes (paper Sec. 3.1):
          + w_bd  mean_edges (d phi / d n)^2                (zero normal displacement: phi_x = 0 on x = 0, 1 ...)
          + w_cvx mean (min(0, 1 + phi_xx)^2 + min(0, 1 + phi_yy)^2)   (convexity relaxation against folding)
 with weights 1 / 1000 / 1 (dmm.py). The Hessian comes from double autograd (tanh networks; ReLU has none); m is
-evaluated at the *moved* point by bilinear interpolation of the monitor grid. The network is DeepONet-like
-(`DMM` in dmm_model.py): a CNN branch on the (sub-sampled) solution grid, an MLP trunk on xi and an MLP head on their
-concatenation giving phi. `boundary="hard"` multiplies the head by b(xi) = x^2 y^2 (x-1)^2 (y-1)^2 (the code's hard
-constraint; the boundary loss is then dropped to avoid double counting). `mover="identity"` is the fixed-mesh
-baseline x = xi. The code's optional random-feature / BFGS refinement of the last layer and the MM-PDE solver that
+evaluated at the *moved* point by bilinear interpolation of the monitor grid. Difference from the official code:
+dmm_utils.py evaluates the monitor of the pulled-back gradient, m(J^T grad u(x(xi))) (so m depends on the map's
+Jacobian); here m(x(xi)) is the classical MA / equidistribution form, whose exact 1-D solutions are the card's
+evaluation targets. The network is DeepONet-like (`DMM` in dmm_model.py): a tanh CNN branch (5 x 5 kernels, a
+residual link, full flatten, fully connected layers) on the (sub-sampled) solution grid, a tanh MLP trunk on xi and
+a tanh MLP head on their concatenation giving phi, trunk and head ending in linear layers. `boundary="hard"`
+multiplies the head by b(xi) = x^2 y^2 (x-1)^2 (y-1)^2 (the code's hard constraint; the boundary loss is then
+dropped to avoid double counting). `mover="identity"` is the fixed-mesh baseline x = xi. The code's optional
+random-feature / BFGS refinement of the last layer and the MM-PDE solver that
 consumes the moved mesh (paper Sec. 3.2) are not part of this module.
 """
 from __future__ import annotations
@@ -41,44 +45,60 @@ def _mlp(sizes: list[int], act: type[nn.Module] = nn.Tanh, last_act: bool = Fals
     return nn.Sequential(*layers)
 
 
-class BranchCNN(nn.Module):
-    """CNN branch on u (B, 1, G, G): `len(channels)` conv layers (3x3, stride 2 for the first `n_strided`,
-    GELU), adaptive average pooling to `pool` x `pool` (positions survive: the front location must reach phi),
-    flatten, a linear map to `out_dim` (dmm_model.py uses 7 conv layers)."""
+def _conv_out(n: int, stride: int) -> int:
+    return (n - 1) // stride + 1  # 5 x 5 kernel, padding 2
 
-    def __init__(self, channels: list[int], out_dim: int, n_strided: int = 4, pool: int = 3) -> None:
+
+class BranchCNN(nn.Module):
+    """CNN branch on u (B, 1, G, G), as `ConvNet` in dmm_model.py (its `branch_layers=7` variant): tanh conv layers
+    with 5 x 5 kernels and `channels` outputs (official: 8, 16, 8, 1), stride 2 on the first and the last; a residual
+    link adds the first layer's (activated) output to the second-to-last layer's pre-activation; the full feature
+    map is flattened (no pooling: the front position must reach phi) and passed through tanh fully connected layers
+    `fc` (official: 1024) to a linear output of size `out_dim` (official: 512)."""
+
+    def __init__(self, channels: list[int], out_dim: int, grid: int, fc: list[int] = (1024,)) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        cin = 1
+        if len(channels) < 3 or channels[0] != channels[-2]:
+            raise ValueError(f"branch_channels needs >= 3 conv layers and channels[0] == channels[-2] for the "
+                             f"residual link, got {list(channels)}")
+        n = len(channels)
+        self.convs = nn.ModuleList()
+        cin, side = 1, grid
         for i, c in enumerate(channels):
-            layers += [nn.Conv2d(cin, c, 3, stride=2 if i < n_strided else 1, padding=1), nn.GELU()]
-            cin = c
-        self.conv = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(pool)
-        self.out = nn.Linear(cin * pool * pool, out_dim)
+            stride = 2 if i in (0, n - 1) else 1
+            self.convs.append(nn.Conv2d(cin, c, 5, stride=stride, padding=2))
+            cin, side = c, _conv_out(side, stride)
+        self.fc = _mlp([cin * side * side, *fc, out_dim])
 
     def forward(self, u: Tensor) -> Tensor:
-        return self.out(self.pool(self.conv(u)).flatten(1))
+        n = len(self.convs)
+        x = first = torch.tanh(self.convs[0](u))
+        for i in range(1, n):
+            z = self.convs[i](x)
+            x = torch.tanh(first + z if i == n - 2 else z)
+        return self.fc(x.flatten(1))
 
 
 class DMMNet(nn.Module):
     """phi(u, xi): branch(u) and trunk(xi) features concatenated, head MLP -> scalar (DeepONet-like, dmm_model.DMM).
-    trunk_layers includes the input size 2; head_layers starts with branch_out + trunk_out and ends with 1.
+    trunk_layers includes the input size 2; head_layers starts with branch_out + trunk_out and ends with 1. Trunk and
+    head are tanh MLPs with a linear last layer (dmm_model.DenseNet).
     `trunk_init_scale` (None = PyTorch's default init, as the paper's code) re-draws the first trunk layer as
     W ~ N(0, s^2), b = -W p with p ~ U[0, 1]^2 (each tanh unit switches inside the square): a CPU-scale choice, since
     the MA map needs O(1) curvature of phi on length scales ~0.1-0.3 that a default-initialised tanh trunk (nearly
     linear in xi) only reaches after far more Adam steps than a CPU budget allows."""
 
     def __init__(self, branch_channels: list[int], trunk_layers: list[int], head_layers: list[int],
-                 boundary: str = "soft", trunk_init_scale: float | None = None) -> None:
+                 boundary: str = "soft", trunk_init_scale: float | None = None, grid: int = 48,
+                 branch_fc: list[int] = (1024,)) -> None:
         super().__init__()
         if trunk_layers[0] != 2 or head_layers[-1] != 1:
             raise ValueError("trunk_layers must start with 2 (xi) and head_layers end with 1 (phi)")
         branch_out = head_layers[0] - trunk_layers[-1]
         if branch_out < 1:
             raise ValueError(f"head_layers[0] ({head_layers[0]}) must exceed the trunk width ({trunk_layers[-1]})")
-        self.branch = BranchCNN(list(branch_channels), branch_out)
-        self.trunk = _mlp(list(trunk_layers), last_act=True)
+        self.branch = BranchCNN(list(branch_channels), branch_out, grid, list(branch_fc))
+        self.trunk = _mlp(list(trunk_layers))
         if trunk_init_scale is not None:
             first = self.trunk[0]
             with torch.no_grad():
@@ -141,7 +161,7 @@ class DataFreeMeshMoverModule(L.LightningModule):
     `node_rmse_cells` (node RMSE to the exact mesh / cell width).
     """
 
-    def __init__(self, branch_channels: list[int] = (32, 32, 64, 64, 128, 128, 128),
+    def __init__(self, branch_channels: list[int] = (8, 16, 8, 1), branch_fc: list[int] = (1024,), grid: int = 48,
                  trunk_layers: list[int] = (2, 32, 512), head_layers: list[int] = (1024, 512, 1),
                  boundary: str = "soft", mover: str = "dmm", trunk_init_scale: float | None = None,
                  n_points: int = 120, n_boundary: int = 30,
@@ -160,7 +180,10 @@ class DataFreeMeshMoverModule(L.LightningModule):
             raise ValueError(f"trunk_init_scale must be > 0 or None, got {trunk_init_scale}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.net = DMMNet(list(branch_channels), list(trunk_layers), list(head_layers), boundary, trunk_init_scale)
+        if grid < 4:
+            raise ValueError(f"grid (branch input side) must be >= 4, got {grid}")
+        self.net = DMMNet(list(branch_channels), list(trunk_layers), list(head_layers), boundary, trunk_init_scale,
+                          grid, list(branch_fc))
         self._last: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------------ the mesh map
