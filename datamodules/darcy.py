@@ -163,7 +163,27 @@ def load_fno_mat(path: str | os.PathLike, n_samples: int, sampling_rate: int = 2
 
 
 # ------------------------------------------------------------------------------------------------ datamodule
-class DarcyDataModule(L.LightningDataModule):
+class PairLoaders:
+    """Loaders over `self.tensors` {x_train, y_train, x_test, y_test} as {"x", "y"} batches (shuffled, seeded,
+    drop_last for training; the test split also serves validation), for datamodules of input -> output fields."""
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        ds = _Pairs(self.tensors[f"x_{split}"], self.tensors[f"y_{split}"])
+        g = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=shuffle,
+                          num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)
+
+
+class DarcyDataModule(PairLoaders, L.LightningDataModule):
     """Darcy flow pairs (coefficient -> solution) for neural operators; see the module docstring."""
 
     def __init__(self, name: str = "offline", resolution: int = 64, n_train: int = 1000, n_test: int = 100,
@@ -227,21 +247,6 @@ class DarcyDataModule(L.LightningDataModule):
 
         self.tensors = {"x_train": t(a_tr, a_mean, a_std), "y_train": t(u_tr, 0.0, u_std),
                         "x_test": t(a_te, a_mean, a_std), "y_test": t(u_te, 0.0, u_std)}
-
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        ds = _Pairs(self.tensors[f"x_{split}"], self.tensors[f"y_{split}"])
-        g = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=shuffle,
-                          num_workers=self.hparams.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
 
 
 class _Pairs(TensorDataset):

@@ -34,9 +34,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from datamodules.darcy import _Pairs, load_fno_mat
+from datamodules.darcy import PairLoaders, load_fno_mat
 from launch.errors import UserError
 
 DATASETS = {
@@ -102,7 +101,7 @@ def navier_stokes_pairs(u: np.ndarray, n_train: int, n_test: int, t_steps: int =
 
 
 # ------------------------------------------------------------------------------------------------ datamodule
-class MgNODataModule(L.LightningDataModule):
+class MgNODataModule(PairLoaders, L.LightningDataModule):
     """MgNO's real benchmarks (see the module docstring): coefficient/geometry/state -> solution pairs."""
 
     def __init__(self, name: str = "darcy_rough", resolution: int = 256, n_train: int = 1280, n_test: int = 112,
@@ -193,18 +192,3 @@ class MgNODataModule(L.LightningDataModule):
 
         self.tensors = {"x_train": t(a_tr, a_mean, a_std), "y_train": t(u_tr, 0.0, u_std),
                         "x_test": t(a_te, a_mean, a_std), "y_test": t(u_te, 0.0, u_std)}
-
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        ds = _Pairs(self.tensors[f"x_{split}"], self.tensors[f"y_{split}"])
-        g = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=shuffle,
-                          num_workers=self.hparams.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
