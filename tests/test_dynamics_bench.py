@@ -23,12 +23,31 @@ def test_itransformer_speed_quick():
     rows = itransformer_speed.run(quick=True)
     _check(rows, {"case", "what", "ours", "baseline", "ratio", "unit", "better_if", "note"})
     cases = {r["case"] for r in rows}
-    assert {"model_h96", "model_h336", "anchor_h96", "anchor_h336"} <= cases
+    assert {"model_h96", "model_h336", "anchor_h96", "anchor_h336", "official_structure_h96",
+            "official_structure_h336"} <= cases
     anchors = [r for r in rows if r["case"].startswith("anchor_")]
     assert {r["baseline"] for r in anchors if r["unit"] == "steps/s"} == {24.0, 10.0}  # the issue's anchor
     for row in rows:  # ratio = ours / baseline
         assert row["ratio"] == pytest.approx(row["ours"] / row["baseline"])
     assert itransformer_speed.SUMMARY
+
+
+def test_itransformer_reference_computes_the_same_function():
+    """The official-structure timing reference (Conv1d FFN, einsum attention) equals our iTransformer with copied
+    weights and dropout off, with and without timestamp tokens: the speed comparison is between equal models."""
+    import torch
+
+    from benchmarks.itransformer_reference import ReferenceITransformer, load_from_ours
+    from lit_models.dynamics.itransformer import ITransformer
+
+    torch.manual_seed(0)
+    sizes = dict(seq_len=24, pred_len=12, d_model=32, n_heads=4, e_layers=2, d_ff=48, dropout=0.1)
+    ours, reference = ITransformer(**sizes).eval(), ReferenceITransformer(**sizes).eval()
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
+    load_from_ours(reference, ours)
+    x, marks = torch.randn(3, 24, 5), torch.randn(3, 24, 4)
+    torch.testing.assert_close(reference(x), ours(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(reference(x, marks), ours(x, marks), rtol=1e-5, atol=1e-5)
 
 
 def test_gtf_speed_quick():
