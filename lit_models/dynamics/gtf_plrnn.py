@@ -6,6 +6,14 @@ arXiv 2306.04406). Official code: DurstewitzLab/GTF-shPLRNN (Julia/Flux).
   Jacobian J = diag(A) + W1 diag(1[W2 z + h2 > 0] - 1[W2 z > 0]) W2 (clipped) or W1 diag(1[W2 z + h2 > 0]) W2.
 - Identity observation model: x_t = z_t[:N]; data-inferred states zhat_t = [x_t, 0...] (M >= N, partial forcing
   of the first N units; the unobserved initial state is learned when M > N).
+- Affine observation model (official `Affine`, `observation_model: affine`): x_t = B z_t + b, B (N x M) initialised
+  kaiming-normal N(0, 2/M), b = 0 (trained only with `obs_bias`; the official runs use none). Data-inferred states
+  zhat_t = pinv(B) (x_t - b) (Moore-Penrose inverse, no ridge term), computed without gradients for the forcing
+  signals of all M units (official `partial_forcing = false`) and with gradients for the initial state z~_0; the
+  loss is the MSE in observation space, ||B F(z~_{t-1}) + b - x_t||^2. `obs_model_regularization` (official
+  `regularize(::Affine)`) adds lambda_o (1 - s_max(B) / (s_min(B) + 1e-8))^2, pulling cond(B) towards 1 so that B
+  stays invertible; `lat_model_regularization` (official `regularize(::AbstractShallowPLRNN)`) adds
+  lambda_l (||1 - A||^2 + ||W1||^2 + ||W2||^2 + ||h1||^2 + ||h2||^2).
 - GTF: z~_t = (1 - alpha) F(z~_{t-1}) + alpha zhat_t; the loss is the MSE between the *unforced* prediction
   F(z~_{t-1})[:N] and x_t (t = 1..T-1). Gradients flow through z~ (not detached): the backward pass sees
   prod (1 - alpha) J_t. `gtf_loss` computes these exact gradients with a hand-written backward pass (`_GTFUnroll`;
@@ -113,6 +121,41 @@ class ShallowPLRNN(nn.Module):
         return torch.stack(out, dim=1)
 
 
+class AffineObservation(nn.Module):
+    """Affine observation model x_t = B z_t + b (official `Affine`, Sec. 3 / Appendix), B (N x M) drawn
+    kaiming-normal (std sqrt(2 / M), Flux.kaiming_normal(N, M)), b = 0, trained only when `use_bias` (the official
+    `initialize_observation_model` uses none). Inversion (official `apply_inverse`): zhat = pinv(B) (x - b)."""
+
+    def __init__(self, obs_dim: int, latent_dim: int, use_bias: bool = False) -> None:
+        super().__init__()
+        self.obs_dim, self.latent_dim, self.use_bias = int(obs_dim), int(latent_dim), bool(use_bias)
+        self.B = nn.Parameter(torch.randn(self.obs_dim, self.latent_dim) * math.sqrt(2.0 / self.latent_dim))
+        if self.use_bias:
+            self.b = nn.Parameter(torch.zeros(self.obs_dim))
+        else:
+            self.register_buffer("b", torch.zeros(self.obs_dim))
+
+    def forward(self, z: Tensor) -> Tensor:
+        """x = B z + b for z (..., M) -> (..., N)."""
+        return z @ self.B.T + self.b
+
+    def inverse(self, x: Tensor) -> Tensor:
+        """zhat = pinv(B) (x - b) for x (..., N) -> (..., M) (least squares / minimum norm; differentiable in B)."""
+        return (x - self.b) @ torch.linalg.pinv(self.B).T
+
+    def regularize(self, lam: float, eps: float = 1e-8) -> Tensor:
+        """Official `regularize(O::Affine, lambda)`: lambda (1 - s_max / (s_min + eps))^2, cond(B) -> 1."""
+        sv = torch.linalg.svdvals(self.B)
+        return lam * (1.0 - sv[0] / (sv[-1] + eps)) ** 2
+
+
+def regularize_latent(model: ShallowPLRNN, lam: float) -> Tensor:
+    """Official `regularize(m::AbstractShallowPLRNN, lambda)` (L2): lambda (||1 - A||^2 + ||W1||^2 + ||W2||^2 +
+    ||h1||^2 + ||h2||^2) (the external-input matrix C of the official model does not exist here)."""
+    return lam * ((1.0 - model.A).pow(2).sum() + model.W1.pow(2).sum() + model.W2.pow(2).sum()
+                  + model.h1.pow(2).sum() + model.h2.pow(2).sum())
+
+
 def _initial_state(model: ShallowPLRNN, x: Tensor, z0_rest: Tensor | None) -> Tensor:
     b, _, n = x.shape
     m = model.latent_dim
@@ -127,11 +170,16 @@ class _GTFUnroll(torch.autograd.Function):
     states, the same gradients): the forward unroll runs without building an autograd graph and the backward
     recursion dL/dz~_{t-1} = diag(A) g_t + W1s^T (1[pre_t > 0] * (W1s^T g_t)) ... with
     g_t = e_t + c * dL/dz~_t, c = (1 - alpha) on the forced units (1 on the free ones), needs 5 small
-    operations per step; the parameter gradients are summed over all steps at once."""
+    operations per step; the parameter gradients are summed over all steps at once.
+    Identity observation model (`B is None`): the forcing signals are x (first N units), e_t = pred_t[:N] - x_t.
+    Affine: the forcing signals `zhat` (B, T, M) are constants (all M units forced), the error is taken in
+    observation space, B pred_t + b - x_t, and e_t = B^T (...) (with dL/dB, dL/db summed over all steps)."""
 
     @staticmethod
-    def forward(ctx, x, z0, A, h1, w2t, h2s, w1t, alpha: float):  # noqa: N803
+    def forward(ctx, x, z0, A, h1, w2t, h2s, w1t, alpha: float, zhat=None, B=None, b=None):  # noqa: N803
         n, m = x.shape[-1], z0.shape[-1]
+        f = x if zhat is None else zhat               # forcing signals (first d units)
+        d = f.shape[-1]
         z, zs, phis, preds = z0, [], [], []
         for t in range(1, x.shape[1]):
             zs.append(z)
@@ -140,25 +188,39 @@ class _GTFUnroll(torch.autograd.Function):
             phis.append(phi)
             preds.append(pred)
             if alpha > 0:
-                forced = torch.lerp(pred[:, :n] if m > n else pred, x[:, t], alpha)
-                z = torch.cat([forced, pred[:, n:]], dim=-1) if m > n else forced
+                forced = torch.lerp(pred[:, :d] if m > d else pred, f[:, t], alpha)
+                z = torch.cat([forced, pred[:, d:]], dim=-1) if m > d else forced
             else:
                 z = pred
-        err = torch.stack(preds, dim=1)[..., :n] - x[:, 1:]
-        ctx.save_for_backward(torch.stack(zs, dim=1), torch.stack(phis, dim=1), err, A, w2t, w1t)
+        if B is None:
+            err = torch.stack(preds, dim=1)[..., :n] - x[:, 1:]
+            ctx.save_for_backward(torch.stack(zs, dim=1), torch.stack(phis, dim=1), err, A, w2t, w1t)
+        else:
+            pz = torch.stack(preds, dim=1)
+            err = torch.matmul(pz, B.T) + (b - x[:, 1:])
+            ctx.save_for_backward(torch.stack(zs, dim=1), torch.stack(phis, dim=1), err, A, w2t, w1t, pz, B)
         ctx.alpha = float(alpha)
+        ctx.forced = d
         return err.pow(2).mean()
 
     @staticmethod
     def backward(ctx, grad_out):
-        zin, phi, err, A, w2t, w1t = ctx.saved_tensors
+        affine = len(ctx.saved_tensors) > 6
+        zin, phi, err, A, w2t, w1t = ctx.saved_tensors[:6]
         b, steps, n = err.shape
         m = zin.shape[-1]
         e = err * (2.0 * grad_out / err.numel())
-        if m > n:
+        grad_b_obs = grad_B = None
+        if affine:
+            pz, B = ctx.saved_tensors[6:]
+            e_obs = e.reshape(-1, n)
+            grad_B = e_obs.T @ pz.reshape(-1, m)
+            grad_b_obs = e_obs.sum(0)
+            e = torch.matmul(e, B)                       # dL/dpred in latent space
+        elif m > n:
             e = torch.cat([e, e.new_zeros(b, steps, m - n)], dim=-1)
         c = torch.ones(m, dtype=e.dtype, device=e.device)
-        c[:n] = 1.0 - ctx.alpha
+        c[: ctx.forced] = 1.0 - ctx.alpha
         mask = (phi > 0).to(e.dtype)
         w1 = w1t.T
         w2 = w2t.T
@@ -178,37 +240,54 @@ class _GTFUnroll(torch.autograd.Function):
         grad_w2t = z_flat.T @ gh
         grad_h2s = gh.sum(0)
         grad_w1t = phi.reshape(-1, phi.shape[-1]).T @ gp
-        return None, gz, grad_a, grad_h1, grad_w2t, grad_h2s, grad_w1t, None
+        return None, gz, grad_a, grad_h1, grad_w2t, grad_h2s, grad_w1t, None, None, grad_B, grad_b_obs
 
 
-def gtf_loss(model: ShallowPLRNN, x: Tensor, alpha: float, z0_rest: Tensor | None = None) -> Tensor:
-    """GTF loss for observations x (B, T, N) with the identity observation model (first N latents).
+def gtf_loss(model: ShallowPLRNN, x: Tensor, alpha: float, z0_rest: Tensor | None = None,
+             obs: AffineObservation | None = None) -> Tensor:
+    """GTF loss for observations x (B, T, N) with the identity observation model (first N latents; `obs=None`)
+    or the affine one (`obs`).
 
-    z~_0 = zhat_0; for t = 1..T-1: zpred = F(z~_{t-1}); loss += ||zpred[:N] - x_t||^2;
+    Identity: z~_0 = zhat_0; for t = 1..T-1: zpred = F(z~_{t-1}); loss += ||zpred[:N] - x_t||^2;
     z~_t = (1 - alpha) zpred + alpha zhat_t on the first N units (the others run free). Mean over B, T-1, N.
+    Affine (official `GTFRecur` + `loss`): zhat_t = pinv(B) (x_t - b) as constant forcing signals of all M units,
+    z~_0 = pinv(B) (x_0 - b) (differentiable in B, b), loss = mean ||B zpred + b - x_t||^2 over B, T-1, N.
     The same function and gradients as `gtf_loss_reference`, with a hand-written BPTT (`_GTFUnroll`, ~4x faster
     on a CPU).
     """
     w2t, h2s, w1t = model.stacked_weights()
-    z0 = _initial_state(model, x, z0_rest)
-    return _GTFUnroll.apply(x.detach(), z0, model.A, model.h1, w2t, h2s, w1t, float(alpha))
+    if obs is None:
+        z0 = _initial_state(model, x, z0_rest)
+        return _GTFUnroll.apply(x.detach(), z0, model.A, model.h1, w2t, h2s, w1t, float(alpha), None, None, None)
+    x = x.detach()
+    zhat = obs.inverse(x)                                  # (B, T, M); one pinv per batch
+    return _GTFUnroll.apply(x, zhat[:, 0], model.A, model.h1, w2t, h2s, w1t, float(alpha), zhat.detach(),
+                            obs.B, obs.b)
 
 
-def gtf_loss_reference(model: ShallowPLRNN, x: Tensor, alpha: float, z0_rest: Tensor | None = None) -> Tensor:
+def gtf_loss_reference(model: ShallowPLRNN, x: Tensor, alpha: float, z0_rest: Tensor | None = None,
+                       obs: AffineObservation | None = None) -> Tensor:
     """`gtf_loss` through autograd (reference for the hand-written backward pass)."""
     n, m = x.shape[-1], model.latent_dim
-    z = _initial_state(model, x, z0_rest)
+    if obs is None:
+        z = _initial_state(model, x, z0_rest)
+        forcing, d = x, n
+    else:
+        zhat = obs.inverse(x)
+        z, forcing, d = zhat[:, 0], zhat.detach(), m     # forcing signals: constants (official: outside gradient)
     weights = model.stacked_weights()
     preds = []
     for t in range(1, x.shape[1]):
         pred = model.step(z, weights)         # unforced prediction F(z~_{t-1})
         preds.append(pred)                    # the loss uses it BEFORE forcing (Pitfalls)
         if alpha > 0:
-            forced = torch.lerp(pred[:, :n] if m > n else pred, x[:, t], alpha)  # (1 - alpha) F + alpha zhat
-            z = torch.cat([forced, pred[:, n:]], dim=-1) if m > n else forced
+            forced = torch.lerp(pred[:, :d] if m > d else pred, forcing[:, t], alpha)  # (1 - alpha) F + alpha zhat
+            z = torch.cat([forced, pred[:, d:]], dim=-1) if m > d else forced
         else:
             z = pred
-    return (torch.stack(preds, dim=1)[..., :n] - x[:, 1:]).pow(2).mean()
+    if obs is None:
+        return (torch.stack(preds, dim=1)[..., :n] - x[:, 1:]).pow(2).mean()
+    return (obs(torch.stack(preds, dim=1)) - x[:, 1:]).pow(2).mean()
 
 
 @torch.no_grad()
@@ -242,6 +321,12 @@ class GTFPLRNNModule(L.LightningModule):
     alpha_method: "adaptive" (aGTF: start at `alpha`; every `alpha_update_every` batches alpha <- alpha* when
     alpha* > alpha, else alpha_decay * alpha + (1 - alpha_decay) * alpha*) or "constant" (alpha fixed; 0 = BPTT,
     1 = one-step teacher forcing).
+    observation_model: "identity" (x = z[:N], partial forcing of the first N latents; M >= N) or "affine"
+    (official `Affine`: x = B z + b, forcing signals pinv(B) (x - b) on all M latents; any M, N).
+    obs_bias: train b of the affine model (official: false, b = 0).
+    obs_model_regularization / lat_model_regularization: the official loss terms `regularize(O)` (affine:
+    condition number of B) and `regularize(model)` (L2 of 1 - A, W1, W2, h1, h2), added with these weights
+    (defaults.json: 0).
     """
 
     def __init__(
@@ -259,6 +344,10 @@ class GTFPLRNNModule(L.LightningModule):
         pse_smoothing: float = 20.0,
         optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
         end_lr: float | None = None,          # official lr schedule: exponential decay start_lr -> end_lr
+        observation_model: str = "identity",  # identity | affine (official `observation_model`)
+        obs_bias: bool = False,               # affine: trainable b (official initialize_observation_model: false)
+        obs_model_regularization: float = 0.0,  # lambda_o (defaults.json 0; ECG script 1e-7)
+        lat_model_regularization: float = 0.0,  # lambda_l (defaults.json 0)
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -271,14 +360,29 @@ class GTFPLRNNModule(L.LightningModule):
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         if end_lr is not None and not end_lr > 0:
             raise ValueError(f"end_lr must be > 0 (or null: constant lr), got {end_lr}")
+        if observation_model not in ("identity", "affine"):
+            raise ValueError(f"observation_model must be 'identity' or 'affine', got {observation_model!r}")
+        if obs_model_regularization < 0 or lat_model_regularization < 0:
+            raise ValueError("obs_model_regularization and lat_model_regularization must be >= 0")
+        if obs_model_regularization > 0 and observation_model != "affine":
+            raise ValueError("obs_model_regularization is the affine model's condition-number term: needs "
+                             "observation_model=affine")
+        if obs_bias and observation_model != "affine":
+            raise ValueError("obs_bias needs observation_model=affine")
         self.model = ShallowPLRNN(latent_dim, hidden_dim, clipped)
         self.z0_rest: nn.Parameter | None = None
+        self.obs: AffineObservation | None = None
         if obs_dim is not None:
             self._build_obs(int(obs_dim))
         self.register_buffer("alpha_current", torch.tensor(float(alpha), dtype=torch.float64))
         self._last_eval: tuple[np.ndarray, np.ndarray] | None = None
 
     def _build_obs(self, n: int) -> None:
+        if self.hparams.get("observation_model", "identity") == "affine":
+            self.hparams["obs_dim"] = n
+            if self.obs is None:
+                self.obs = AffineObservation(n, self.hparams.latent_dim, self.hparams.obs_bias)
+            return
         if n > self.hparams.latent_dim:
             raise ValueError(f"identity observation model needs latent_dim >= obs_dim, got {self.hparams.latent_dim} < {n}")
         self.hparams["obs_dim"] = n
@@ -296,7 +400,11 @@ class GTFPLRNNModule(L.LightningModule):
         return float(self.alpha_current)
 
     def latent_states(self, x: Tensor) -> Tensor:
-        """Data-inferred states zhat (B, T, M): observations, then the learned/zero unobserved part."""
+        """Data-inferred states zhat (B, T, M): observations, then the learned/zero unobserved part (identity),
+        or pinv(B) (x - b) (affine)."""
+        if self.obs is not None:
+            with torch.no_grad():
+                return self.obs.inverse(x)
         b, t, n = x.shape
         if self.hparams.latent_dim == n:
             return x
@@ -320,16 +428,37 @@ class GTFPLRNNModule(L.LightningModule):
         # chaotic recurrence: never under autocast
         with torch.autocast(device_type=x.device.type, enabled=False):
             dtype = self.model.A.dtype
-            loss = gtf_loss(self.model, x.to(dtype), self.alpha, self.z0_rest)
+            loss = gtf_loss(self.model, x.to(dtype), self.alpha, self.z0_rest, self.obs)
+            reg = self.regularization_loss()
+        if reg is not None:  # official regularization_loss; train/loss is the sum (official "sum L")
+            self.log("train/loss_tf", loss, on_step=True, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+            self.log("train/loss_reg", reg, on_step=True, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+            loss = loss + reg
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0],
                  sync_dist=True)
         self.log("train/alpha", self.alpha, on_step=True, on_epoch=False, batch_size=x.shape[0])
         return loss
 
+    def regularization_loss(self) -> Tensor | None:
+        """Official `regularization_loss`: lat_model_regularization * regularize(model) +
+        obs_model_regularization * regularize(O) (affine: condition number of B); None when both are 0."""
+        h = self.hparams
+        lam_l, lam_o = float(h.get("lat_model_regularization", 0.0)), float(h.get("obs_model_regularization", 0.0))
+        terms = []
+        if lam_l > 0:
+            terms.append(regularize_latent(self.model, lam_l))
+        if lam_o > 0 and self.obs is not None:
+            terms.append(self.obs.regularize(lam_o))
+        return sum(terms) if terms else None
+
     @torch.no_grad()
     def free_run(self, x: Tensor) -> Tensor:
-        """Free run from the first observation of x (1, T, N) for T steps -> (T, N)."""
+        """Free run from the first observation of x (1, T, N) for T steps -> (T, N) (official `generate`:
+        affine: z_1 = pinv(B) (x_1 - b), observations B z_t + b)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
+            if self.obs is not None:
+                z0 = self.obs.inverse(x[:, :1].to(self.model.A.dtype))[:, 0]
+                return self.obs(self.model.generate(z0, x.shape[1])[0])
             z0 = self.latent_states(x[:, :1].to(self.model.A.dtype))[:, 0]
             if self.z0_rest is not None:
                 z0 = torch.cat([z0[:, : x.shape[-1]], self.z0_rest.expand(z0.shape[0], -1)], dim=-1)
