@@ -15,6 +15,9 @@ Batches (DataLoader with batch_size=None, no batch dimension):
   train: {"x": (n_sensors, 1) coordinates scaled to [0, 1), "u": (n_sensors, S) noisy observations}
   val/test: {"x": (N, 1) grid in [0, 1), "u": (N, S) true states, "derivs": (5, N, S) exact spectral
              u, u_x, u_xx, u_xxx, u_xxxx, "increment": (N, S) Δu/Δt}
+
+The paper's own setting (card "Offline default (full pipeline)") is `MedidaQGDataModule` below: two-layer QG truth
+(datamodules.quasi_geostrophic) vs the same solver with a model error (cases 2-4), sensors at both times.
 """
 from __future__ import annotations
 
@@ -171,6 +174,217 @@ class MedidaDataModule(L.LightningDataModule):
                 "u": torch.tensor(d["u"].T, dtype=torch.float64),
                 "derivs": torch.tensor(d["derivs"].transpose(0, 2, 1), dtype=torch.float64),
                 "increment": torch.tensor(d["increment"].T, dtype=torch.float64)}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Repeat(self._train_item(), self.steps_per_epoch), batch_size=None, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Repeat(self._eval_item(), 1), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(_Repeat(self._eval_item(), 1), batch_size=None)
+
+
+# ===================================================================================== two-layer QG (paper setting)
+# Cases of the official `QGlib_v2.case_select` (the paper's numbering): 1 perfect model, 2 bottom friction
+# tau_f + 0.3, 3 interface relaxation tau_d + 0.1, 4 both. The "model" is the same solver with the changed rates.
+QG_CASES = {1: (False, False), 2: (True, False), 3: (False, True), 4: (True, True)}  # (tau_f error, tau_d error)
+
+QG_LIBRARY_TERMS = ("lap psi1", "lap psi2", "(d_x+d_y) psi1", "(d_x+d_y) psi2", "psi1", "psi2", "psi_R",
+                    "J(psi1, q1-beta y)", "J(psi2, q2-beta y)", "y")
+
+
+def qg_model_params(truth, case: int = 2, tau_f_error: float = 0.3, tau_d_error: float = 0.1):
+    """QGParams of the imperfect model of `case` (1-4) built from the truth's parameters."""
+    if case not in QG_CASES:
+        raise ValueError(f"unknown QG model-error case {case!r}; available: {sorted(QG_CASES)} "
+                         "(1 perfect, 2 tau_f error, 3 tau_d error, 4 both)")
+    f_err, d_err = QG_CASES[case]
+    return truth.with_(tau_f=truth.tau_f + (tau_f_error if f_err else 0.0),
+                       tau_d=truth.tau_d + (tau_d_error if d_err else 0.0))
+
+
+def qg_true_coefficients(truth, model) -> np.ndarray:
+    """(2 layers, 10 terms): the exact model error (truth minus model tendency) in the library QG_LIBRARY_TERMS.
+
+    From the solver's equations: d q2/dt contains -tau_f lap psi2, so truth - model = (tau_f^m - tau_f^r) lap psi2
+    (case 2: +0.3 lap psi2 in layer 2); d q1/dt contains +tau_d (psi1 - psi2 - psi_R) and d q2/dt the opposite,
+    so truth - model = (tau_d^r - tau_d^m) (psi1 - psi2 - psi_R) in layer 1 and minus that in layer 2."""
+    c = np.zeros((2, len(QG_LIBRARY_TERMS)))
+    c[1, 1] = model.tau_f - truth.tau_f
+    dd = truth.tau_d - model.tau_d
+    for layer, sign in ((0, 1.0), (1, -1.0)):
+        c[layer, 4] += sign * dd
+        c[layer, 5] -= sign * dd
+        c[layer, 6] -= sign * dd
+    return c
+
+
+def qg_forecast(solver, psi: np.ndarray) -> np.ndarray:
+    """One model step (the solver's first step: forward Euler with implicit hyperviscosity) from each state.
+    psi: (..., 2, ny, nx) stream functions -> the same shape at t + dt (official: QGloop from the analysis, ts=1)."""
+    psi = np.asarray(psi, dtype=np.float64)
+    flat = psi.reshape((-1,) + psi.shape[-3:])
+    out = np.stack([solver.to_grid(solver.psi_from_pv(solver.step(solver.state_from_psi(p)).q_now)) for p in flat])
+    return out.reshape(psi.shape)
+
+
+def qg_pv(solver, psi: np.ndarray) -> np.ndarray:
+    """PV anomaly q_k - beta y (- topography) on the grid, (..., 2, ny, nx)."""
+    psi_hat = np.moveaxis(solver.to_spectral(np.asarray(psi, np.float64)), -3, 0)  # layer axis first
+    return np.moveaxis(solver.to_grid(solver.pv_from_psi(psi_hat)), 0, -3)
+
+
+def qg_increments(model_solver, psi_t: np.ndarray, psi_next: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Analysis increments per unit time (card Method step 1; official `dq = (q_r - q_m) / tot_time`):
+    dq/dt = (q(psi_next) - q(model one step from psi_t)) / dt, with psi_t the analysis (or truth) at t and psi_next
+    the analysis (or truth) at t + dt. Returns (dq/dt, the model forecast psi), both (..., 2, ny, nx)."""
+    forecast = qg_forecast(model_solver, psi_t)
+    dq = (qg_pv(model_solver, psi_next) - qg_pv(model_solver, forecast)) / model_solver.p.dt
+    return dq, forecast
+
+
+def generate_qg(nx: int = 96, ny: int = 192, lx: float = 46.0, ly: float = 68.0, dt: float = 0.025,
+                spinup: int = 10000, n_snapshots: int = 1, snapshot_every: int = 40, seed: int = 0) -> dict:
+    """Truth (case-1 physics, paper parameters): spin-up from the official random start, then `n_snapshots` states
+    `snapshot_every` steps apart (first at step `spinup`), and one truth step (forward Euler, as the official restart
+    from a saved state) from each. Returns {"psi": (S, 2, ny, nx) at t, "psi_next": (S, 2, ny, nx) at t + dt}."""
+    from datamodules.quasi_geostrophic import QGParams, TwoLayerQG
+
+    solver = TwoLayerQG(QGParams(nx=nx, ny=ny, lx=lx, ly=ly, dt=dt))
+    state = solver.initial_state(seed=seed)
+    snaps = []
+    for j in range(n_snapshots):
+        steps = spinup if j == 0 else snapshot_every
+        if steps:
+            _, state = solver.run(state, steps, save_every=steps)
+        snaps.append(solver.to_grid(solver.psi_from_pv(state.q_now)))
+    psi = np.stack(snaps)
+    return {"psi": psi, "psi_next": qg_forecast(solver, psi)}
+
+
+def qg_cache_dir(cache_dir=None):
+    """`cache_dir` if given, else the download cache's `medida_qg/` folder ($PAPERZOO_DATA or ~/.cache/paperzoo)."""
+    from pathlib import Path
+
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    from datamodules.download import cache_dir as root
+
+    return root() / "medida_qg"
+
+
+def cached_qg(cache_dir=None, **kwargs) -> dict:
+    """generate_qg through an .npz cache keyed by all arguments (written to a temporary name, then renamed)."""
+    import hashlib
+    import json
+    import os
+
+    key = json.dumps({**kwargs, "v": 1}, sort_keys=True)
+    folder = qg_cache_dir(cache_dir)
+    path = folder / f"qg_{kwargs.get('nx')}x{kwargs.get('ny')}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    d = generate_qg(**kwargs)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part.npz")
+    np.savez(tmp, **d)
+    os.replace(tmp, path)
+    return d
+
+
+class MedidaQGDataModule(L.LightningDataModule):
+    """MEDIDA's QG setting (card "Offline default (full pipeline)"; official main_QGdry_interp2_newcases.py).
+
+    Truth: the two-layer QG solver (datamodules.quasi_geostrophic, case-1 physics) spun up for `spinup` steps,
+    `n_snapshots` states `snapshot_every` steps apart, and one truth step from each (t + dt). Model: the same
+    solver with the error of `case` (2: tau_f + tau_f_error, 3: tau_d + tau_d_error, 4: both, 1: none).
+    Observations of psi1, psi2 at both times: a fixed random `sensor_ratio` of the grid points (the same sensors
+    for every field, as `init_net.py`), plus Gaussian noise of `noise` x std(psi_k) of that field
+    (ModelErrorQGarg.py: SENSOR_RATIO 0.25, NOISE_MAG 0.001). Truth states are cached under `cache_dir`
+    (default: the download cache's `medida_qg/`).
+
+    Coordinates for the interpolant: x, y each mapped to [-pi, pi) (official init_net.py).
+    Batches (batch_size=None):
+      train: {"xy": (P, 2) sensor coordinates, "obs": (2 S, P, 2) observed (psi1, psi2), field k = 2 s + time}
+      val/test: {"xy": (ny nx, 2) grid coordinates, "psi": (S, 2 times, 2 layers, ny, nx) truth,
+                 "obs_grid": (S, 2, 2, ny, nx) the observations on the full grid (only when sensor_ratio == 1)}
+    Attributes after setup: `truth_solver`, `model_solver`, `true_coefficients` (2, 10), data["increment"]
+    (S, 2, ny, nx): the exact increments dq/dt from the truth states.
+    """
+
+    library_terms = QG_LIBRARY_TERMS
+
+    def __init__(self, nx: int = 96, ny: int = 192, lx: float = 46.0, ly: float = 68.0, dt: float = 0.025,
+                 spinup: int = 10000, n_snapshots: int = 1, snapshot_every: int = 40, case: int = 2,
+                 tau_f_error: float = 0.3, tau_d_error: float = 0.1, sensor_ratio: float = 0.25,
+                 noise: float = 0.001, steps_per_epoch: int = 1000, seed: int = 0,
+                 cache_dir: str | None = None) -> None:
+        super().__init__()
+        if case not in QG_CASES:
+            raise ValueError(f"unknown QG model-error case {case!r}; available: {sorted(QG_CASES)}")
+        if not 0 < sensor_ratio <= 1:
+            raise ValueError(f"sensor_ratio must lie in (0, 1], got {sensor_ratio}")
+        if nx % 2 or ny % 2 or nx < 4 or ny < 4:
+            raise ValueError(f"QG grid sizes must be even and >= 4, got {nx} x {ny}")
+        if n_snapshots < 1 or spinup < 0 or snapshot_every < 1:
+            raise ValueError("need n_snapshots >= 1, spinup >= 0 and snapshot_every >= 1")
+        self.save_hyperparameters()
+        from datamodules.quasi_geostrophic import QGParams, TwoLayerQG
+
+        truth = QGParams(nx=nx, ny=ny, lx=lx, ly=ly, dt=dt)
+        model = qg_model_params(truth, case, tau_f_error, tau_d_error)
+        self.truth_solver, self.model_solver = TwoLayerQG(truth), TwoLayerQG(model)
+        self.true_coefficients = qg_true_coefficients(truth, model)
+        self.sensor_ratio, self.noise, self.steps_per_epoch = sensor_ratio, noise, steps_per_epoch
+        self.data: dict[str, np.ndarray] | None = None
+
+    @property
+    def n_snapshots(self) -> int:
+        return self.hparams.n_snapshots
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:
+            return
+        hp = self.hparams
+        d = cached_qg(hp.cache_dir, nx=hp.nx, ny=hp.ny, lx=hp.lx, ly=hp.ly, dt=hp.dt, spinup=hp.spinup,
+                      n_snapshots=hp.n_snapshots, snapshot_every=hp.snapshot_every, seed=hp.seed)
+        fields = np.stack([d["psi"], d["psi_next"]], axis=1)  # (S, 2 times, 2 layers, ny, nx)
+        rng = np.random.default_rng(hp.seed + 1)
+        n_points = hp.nx * hp.ny
+        n_sensors = n_points if self.sensor_ratio == 1 else max(1, int(self.sensor_ratio * n_points))
+        sensors = np.sort(rng.choice(n_points, size=n_sensors, replace=False))
+        std = fields.std(axis=(-2, -1), keepdims=True)
+        noisy = fields + self.noise * std * rng.standard_normal(fields.shape) if self.noise else fields.copy()
+        d["fields"], d["sensors"] = fields, sensors
+        d["obs"] = noisy.reshape(fields.shape[:3] + (n_points,))[..., sensors]  # (S, 2, 2, P)
+        if n_sensors == n_points:
+            d["obs_grid"] = noisy
+        d["increment"], _ = qg_increments(self.model_solver, d["psi"], d["psi_next"])
+        self.data = d
+
+    def grid_coordinates(self) -> np.ndarray:
+        """(ny nx, 2): (x, y) of every grid point (row-major over (y, x)) mapped to [-pi, pi)."""
+        hp = self.hparams
+        xs = np.linspace(-np.pi, np.pi, hp.nx, endpoint=False)
+        ys = np.linspace(-np.pi, np.pi, hp.ny, endpoint=False)
+        X, Y = np.meshgrid(xs, ys)
+        return np.stack([X.reshape(-1), Y.reshape(-1)], axis=1)
+
+    def _train_item(self) -> dict[str, torch.Tensor]:
+        d = self.data
+        obs = d["obs"].reshape((-1,) + d["obs"].shape[2:])  # (2 S, 2 layers, P)
+        return {"xy": torch.tensor(self.grid_coordinates()[d["sensors"]], dtype=torch.float32),
+                "obs": torch.tensor(obs.transpose(0, 2, 1), dtype=torch.float32)}
+
+    def _eval_item(self) -> dict[str, torch.Tensor]:
+        d = self.data
+        item = {"xy": torch.tensor(self.grid_coordinates(), dtype=torch.float64),
+                "psi": torch.tensor(d["fields"], dtype=torch.float64)}
+        if "obs_grid" in d:
+            item["obs_grid"] = torch.tensor(d["obs_grid"], dtype=torch.float64)
+        return item
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Repeat(self._train_item(), self.steps_per_epoch), batch_size=None, shuffle=False)
