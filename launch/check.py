@@ -226,7 +226,7 @@ def check(slug: str, out_dir: Path | None = None) -> list[ClaimResult]:
 
 
 def write_results(slug: str, results: list[ClaimResult], out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / slug).parent.mkdir(parents=True, exist_ok=True)  # a variant `<slug>/<dataset>` gets a subfolder
     payload = {"slug": slug, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "passed": all(r.passed or r.known_gap for r in results),
                "claims": [asdict(r) | {"passed": r.passed, "verdict": r.verdict} for r in results]}

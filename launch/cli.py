@@ -15,7 +15,7 @@ USAGE = """zoo <command> [args]
   zoo train -m experiment=<slug> key=a,b,c                     a sweep (one SLURM job array with launcher=slurm)
   zoo eval ckpt=<path/to/ckpt> [key=value ...]                 test metrics from a checkpoint and its saved config
   zoo list                                                     every paper, its data and the state of its claims
-  zoo check <slug> | --all                                     rerun the papers' small-scale claims
+  zoo check <slug>[/<variant>] | --all                         rerun the papers' small-scale claims
   zoo bench <slug> | --all [--quick]                           speed and memory benchmarks (ratios)
   zoo status <run_id | run_dir>                                progress, checkpoint, metrics, SLURM jobs of a run
 """
@@ -198,12 +198,13 @@ def cmd_check(args: list[str]) -> int:
     parser.add_argument("--all", action="store_true")
     parser.add_argument("--out", default="runs/checks", help="where the JSON and markdown results go")
     opts = parser.parse_args(args)
-    slugs = zconfig.experiments() if opts.all else [opts.slug]
+    checkable = zconfig.experiments() + zconfig.variants_with_claims()
+    slugs = checkable if opts.all else [opts.slug]
     if not opts.all and not opts.slug:
-        raise UserError("usage: zoo check <slug> | --all")
+        raise UserError("usage: zoo check <slug> | <slug>/<variant> | --all")
     for slug in slugs:
-        if slug not in zconfig.experiments():
-            raise UserError(f"unknown experiment '{slug}'{zconfig._closest(slug, zconfig.experiments())}")
+        if slug not in checkable:
+            raise UserError(f"unknown experiment '{slug}' (or it declares no claims){zconfig._closest(slug, checkable)}")
     failed = 0
     for slug in slugs:
         results = check.check(slug, Path(opts.out))

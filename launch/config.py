@@ -30,6 +30,16 @@ def experiments() -> list[str]:
     return sorted(p.stem for p in (config_root() / "experiment").glob("*.yaml"))
 
 
+def variants_with_claims() -> list[str]:
+    """Experiment variants `<slug>/<name>` whose own file declares `claims:` (e.g. `medida/qg`)."""
+    root = config_root() / "experiment"
+    found = []
+    for path in sorted(root.glob("*/*.yaml")):
+        if OmegaConf.load(path).get("claims"):
+            found.append(path.relative_to(root).with_suffix("").as_posix())
+    return found
+
+
 def _closest(word: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(word, candidates, n=3, cutoff=0.5)
     return f" (closest: {', '.join(close)})" if close else ""

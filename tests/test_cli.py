@@ -102,3 +102,17 @@ def test_check_results_files_and_list_status(tmp_path):
     assert "| a | m=0.3400, b=0.2700 | m >= b + 0.03 | PASS" in (tmp_path / "demo.md").read_text()
     assert status("demo", tmp_path).startswith("1/3 pass, 1 known gap")
     assert status("other", tmp_path) == "not checked"
+    write_results("demo/variant", [ok], tmp_path)  # `zoo check <slug>/<variant>` (e.g. medida/qg)
+    assert status("demo/variant", tmp_path).startswith("1/1 pass")
+
+
+def test_check_accepts_variants_that_declare_claims():
+    from launch import config as zconfig
+
+    variants = zconfig.variants_with_claims()
+    assert "medida/qg" in variants
+    assert "pig/helmholtz2d" not in variants  # `claims: null` (paper-scale variant without its own claims)
+    with pytest.raises(UserError, match="unknown experiment 'medida/nope'"):
+        from launch.cli import cmd_check
+
+        cmd_check(["medida/nope"])
