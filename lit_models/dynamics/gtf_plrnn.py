@@ -17,7 +17,8 @@ arXiv 2306.04406). Official code: DurstewitzLab/GTF-shPLRNN (Julia/Flux).
 - GTF: z~_t = (1 - alpha) F(z~_{t-1}) + alpha zhat_t; the loss is the MSE between the *unforced* prediction
   F(z~_{t-1})[:N] and x_t (t = 1..T-1). Gradients flow through z~ (not detached): the backward pass sees
   prod (1 - alpha) J_t. `gtf_loss` computes these exact gradients with a hand-written backward pass (`_GTFUnroll`;
-  `gtf_loss_reference` is the same loss through autograd), ~4-5x faster on a CPU at Lorenz sizes (M 3, L 50), ~1.2x at L 250-512 (ECG, EEG) where the matmuls dominate.
+  `gtf_loss_reference` is the same loss through autograd), ~4-5x faster on a CPU at Lorenz sizes (M 3, L 50),
+  ~1.2x at L 250-512 (ECG, EEG), where the matmuls dominate.
 - alpha* = max(0, 1 - 1/G), G = max over sequences of the geometric mean of ||J_t||_2 along the sequence
   ("product upper bound"), computed without gradients on the data-inferred states of the batch. Adaptive GTF
   (aGTF, official `train_!`): alpha_0 = 1; every `alpha_update_every` batches alpha <- alpha* if alpha* > alpha,
@@ -252,8 +253,8 @@ def gtf_loss(model: ShallowPLRNN, x: Tensor, alpha: float, z0_rest: Tensor | Non
     z~_t = (1 - alpha) zpred + alpha zhat_t on the first N units (the others run free). Mean over B, T-1, N.
     Affine (official `GTFRecur` + `loss`): zhat_t = pinv(B) (x_t - b) as constant forcing signals of all M units,
     z~_0 = pinv(B) (x_0 - b) (differentiable in B, b), loss = mean ||B zpred + b - x_t||^2 over B, T-1, N.
-    The same function and gradients as `gtf_loss_reference`, with a hand-written BPTT (`_GTFUnroll`, ~4x faster at small L
-    on a CPU).
+    The same function and gradients as `gtf_loss_reference`, with a hand-written BPTT (`_GTFUnroll`, ~4x
+    faster on a CPU at small L).
     """
     w2t, h2s, w1t = model.stacked_weights()
     if obs is None:
