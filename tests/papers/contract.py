@@ -3,6 +3,7 @@ config, train a few steps on CPU, and check finite losses and that every paramet
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -50,8 +51,11 @@ class FastRun:
 
 
 def fast_run(experiment: str, *overrides: str, steps: int = 3) -> FastRun:
-    cfg = zconfig.compose([f"experiment={experiment}", *FAST, f"trainer.max_steps={steps}",
-                           f"trainer.limit_train_batches={steps}", *overrides])
+    """`PAPERZOO_FAST_TRAINER=gpu` runs every paper's fast contract on a CUDA GPU with the trainer's automatic
+    mixed precision (bf16-mixed where supported): the GPU check of scripts/gpu_check.sh."""
+    trainer = os.environ.get("PAPERZOO_FAST_TRAINER")
+    cfg = zconfig.compose([f"experiment={experiment}", *([f"trainer={trainer}"] if trainer else []), *FAST,
+                           f"trainer.max_steps={steps}", f"trainer.limit_train_batches={steps}", *overrides])
     coverage = GradientCoverage()
     captured = {}
 
