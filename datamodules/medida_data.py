@@ -125,7 +125,21 @@ class _Repeat(Dataset):
         return self.item
 
 
-class MedidaDataModule(L.LightningDataModule):
+class _WholeDatasetLoaders:
+    """Every batch is the whole (small) dataset: `steps_per_epoch` repeats of `_train_item()` for training, one
+    `_eval_item()` for validation and test (shared by the KS and QG datamodules)."""
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Repeat(self._train_item(), self.steps_per_epoch), batch_size=None, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Repeat(self._eval_item(), 1), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(_Repeat(self._eval_item(), 1), batch_size=None)
+
+
+class MedidaDataModule(_WholeDatasetLoaders, L.LightningDataModule):
     """Sparse noisy sensors of KS snapshots (train) and the full-grid truth, derivatives, increments (val/test)."""
 
     library_terms = ("u", "u_x", "u_xx", "u_xxx", "u_xxxx", "u*u_x", "u^2", "u^3")
@@ -174,15 +188,6 @@ class MedidaDataModule(L.LightningDataModule):
                 "u": torch.tensor(d["u"].T, dtype=torch.float64),
                 "derivs": torch.tensor(d["derivs"].transpose(0, 2, 1), dtype=torch.float64),
                 "increment": torch.tensor(d["increment"].T, dtype=torch.float64)}
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Repeat(self._train_item(), self.steps_per_epoch), batch_size=None, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Repeat(self._eval_item(), 1), batch_size=None)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(_Repeat(self._eval_item(), 1), batch_size=None)
 
 
 # ===================================================================================== two-layer QG (paper setting)
@@ -294,7 +299,7 @@ def cached_qg(cache_dir=None, **kwargs) -> dict:
     return d
 
 
-class MedidaQGDataModule(L.LightningDataModule):
+class MedidaQGDataModule(_WholeDatasetLoaders, L.LightningDataModule):
     """MEDIDA's QG setting (card "Offline default (full pipeline)"; official main_QGdry_interp2_newcases.py).
 
     Truth: the two-layer QG solver (datamodules.quasi_geostrophic, case-1 physics) spun up for `spinup` steps,
@@ -386,11 +391,3 @@ class MedidaQGDataModule(L.LightningDataModule):
             item["obs_grid"] = torch.tensor(d["obs_grid"], dtype=torch.float64)
         return item
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Repeat(self._train_item(), self.steps_per_epoch), batch_size=None, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Repeat(self._eval_item(), 1), batch_size=None)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(_Repeat(self._eval_item(), 1), batch_size=None)

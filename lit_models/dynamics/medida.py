@@ -124,7 +124,20 @@ def relative_l2(pred: Tensor, true: Tensor) -> float:
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=0.01, amsgrad=True)  # ModelErrorQGarg.py
 
 
-class MedidaModule(L.LightningModule):
+class _EvaluateAndOptimize:
+    """val/test both run `_evaluate(batch, split)`; one optimiser from `optimizer_factory` (KS and QG modules)."""
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+
+class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
     """Trains the interpolant on the sensors (MSE on observations scaled by their std); at validation / test
     builds the library from the interpolant's autograd derivatives on the grid (boundary strip cut) and runs the
     ARD/RVM discovery on the increments / Δt.
@@ -180,14 +193,6 @@ class MedidaModule(L.LightningModule):
         self._last = {"x": batch["x"][keep, 0].cpu().numpy() * self.hparams.length, "pred": d[:, :, 0].cpu().numpy(),
                       "true": true[:, :, 0].cpu().numpy(), "coef": coef}
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "test")
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
 
     def figures(self) -> dict[str, Any]:
         """{"derivatives": interpolant vs exact u, u_xx, u_xxxx (first snapshot), "coefficients": discovered vs true}."""
@@ -259,7 +264,7 @@ def qg_discover(library: np.ndarray, increment: np.ndarray, cut: int = 0, **ard_
     return np.stack(out)
 
 
-class MedidaQGModule(L.LightningModule):
+class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
     """MEDIDA on two-layer QG turbulence (the paper's experiment; official main_QGdry_interp2_newcases.py).
 
     Sparse noisy observations of (psi1, psi2) at t and t + dt are interpolated onto the grid by RFF-MLPs
@@ -378,14 +383,6 @@ class MedidaQGModule(L.LightningModule):
         self._last = {"psi": truth_psi[0, 0], "psi_a": psi_a[0, 0], "dq": dq[0], "coef": coef, "true": true,
                       "terms": getattr(dm, "library_terms", tuple(str(i) for i in range(lib.shape[-3])))}
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "test")
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
 
     def figures(self) -> dict[str, Any]:
         """{"fields": truth vs analysis psi1, psi2 at t and the increments dq1, dq2 (first snapshot),
