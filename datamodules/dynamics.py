@@ -18,7 +18,9 @@
   added to the train segments only (card), drawn with a fixed seed.
 - Training batches: ``steps_per_epoch`` batches of ``batch_size`` random subsequences of length ``seq_len``,
   a tensor (B, T, N), from a generator seeded by (seed, epoch, rank); the epoch is Lightning's
-  ``fit_loop.epoch_progress.current.processed`` when a trainer is attached.
+  ``fit_loop.epoch_progress.current.processed`` when a trainer is attached. ``seq_len_plus_one=true`` draws
+  ``seq_len + 1`` points instead, as the official ``sample_sequence`` (src/tf_training/dataset.jl: X[i:i+T], so
+  ``sequence_length`` = T is the number of predicted steps); default false: ``seq_len`` points, seq_len - 1 steps.
 - Validation / test: one item per evaluation segment, ``{"x": (1, T_seg, N)}``, for free-running evaluation
   from its first point.
 
@@ -49,7 +51,7 @@ warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__`
 warnings.filterwarnings("ignore", message=r"Numba not installed")
 
 __all__ = ["GTF_FILES", "DystsDataModule", "SubsequenceBatches", "TrajectoryFileDataModule", "load_npy_series",
-           "make_trajectories"]
+           "make_trajectories", "window_length"]
 
 GTF_REPO_RAW = "https://raw.githubusercontent.com/DurstewitzLab/GTF-shPLRNN/HEAD/ICML2023_datasets"
 # name -> (train file, test file, N, download: files in the official repository's ICML2023_datasets/ folder)
@@ -132,6 +134,11 @@ class SubsequenceBatches(IterableDataset):
             yield torch.stack(windows)
 
 
+def window_length(hparams) -> int:
+    """Points per training window: seq_len, or seq_len + 1 with ``seq_len_plus_one`` (official sample_sequence)."""
+    return int(hparams.seq_len) + (1 if hparams.get("seq_len_plus_one", False) else 0)
+
+
 class _Segments(IterableDataset):
     def __init__(self, segments: list[torch.Tensor]) -> None:
         super().__init__()
@@ -166,6 +173,7 @@ class DystsDataModule(L.LightningDataModule):
         batch_size: int = 16,            # B (defaults.json)
         steps_per_epoch: int = 50,       # batches per epoch (defaults.json)
         seed: int = 0,
+        seq_len_plus_one: bool = False,  # official sample_sequence: windows of seq_len + 1 points
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -214,7 +222,7 @@ class DystsDataModule(L.LightningDataModule):
     def train_dataset(self) -> SubsequenceBatches:
         self.setup()
         h = self.hparams
-        return SubsequenceBatches(self.train_segments, h.seq_len, h.batch_size, h.steps_per_epoch, h.seed,
+        return SubsequenceBatches(self.train_segments, window_length(h), h.batch_size, h.steps_per_epoch, h.seed,
                                   self._context)
 
     def train_dataloader(self) -> DataLoader:
@@ -253,6 +261,7 @@ class TrajectoryFileDataModule(L.LightningDataModule):
         train_url / test_url: download URLs overriding the repository's.
         standardize: z-score both files with the train file's mean / std (the official code: false).
         seq_len, batch_size, steps_per_epoch: train subsequences (T, B) and batches per epoch (defaults.json).
+        seq_len_plus_one: windows of seq_len + 1 points, seq_len predicted steps (official `sample_sequence`).
     """
 
     def __init__(
@@ -266,6 +275,7 @@ class TrajectoryFileDataModule(L.LightningDataModule):
         batch_size: int = 16,
         steps_per_epoch: int = 50,
         seed: int = 0,
+        seq_len_plus_one: bool = False,
     ) -> None:
         super().__init__()
         check_choice("data.name", "GTF data set", name, GTF_FILES)
@@ -326,7 +336,7 @@ class TrajectoryFileDataModule(L.LightningDataModule):
     def train_dataset(self) -> SubsequenceBatches:
         self.setup()
         h = self.hparams
-        return SubsequenceBatches(self.train_segments, h.seq_len, h.batch_size, h.steps_per_epoch, h.seed,
+        return SubsequenceBatches(self.train_segments, window_length(h), h.batch_size, h.steps_per_epoch, h.seed,
                                   lambda: sampling_context(self))
 
     def train_dataloader(self) -> DataLoader:

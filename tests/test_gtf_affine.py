@@ -213,7 +213,7 @@ def test_eeg_variant_reads_its_files(tmp_path):
     assert dm.dim == 8
     module._build_obs(dm.dim)
     batch = next(iter(dm.train_dataloader()))
-    assert batch.shape == (16, 50, 8)
+    assert batch.shape == (16, 51, 8)  # official sample_sequence: sequence_length + 1 points (seq_len_plus_one)
     loss = module.training_step(batch)
     loss.backward()
     assert math.isfinite(float(loss)) and module.obs.B.grad is not None and module.obs.B.shape == (8, 16)

@@ -60,3 +60,14 @@ def test_metric_nan_for_a_diverged_free_run_and_bad_shapes():
         StateSpaceDivergence().update(np.zeros((10, 3)), np.zeros((10, 2)))
     with pytest.raises(ValueError):
         StateSpaceDivergence(n_bins=0)
+
+
+def test_power_spectrum_distance_of_a_collapsed_free_run_is_maximal():
+    """A free run stuck at a fixed point has no power spectrum: D_H = 1 (maximal), never 0 (a perfect score)."""
+    x = _lorenz_like()
+    collapsed = np.tile(np.array([[0.3, -1.2, 5.0]]), (len(x), 1))
+    assert power_spectrum_distance(x, collapsed) == 1.0
+    partly = collapsed.copy()
+    partly[:, 0] = x[:, 0]  # one live dimension (distance ~0) and two flat ones (1 each)
+    assert power_spectrum_distance(x, partly) == pytest.approx(2.0 / 3.0, abs=1e-6)
+    assert power_spectrum_distance(x, x) == pytest.approx(0.0, abs=1e-6)

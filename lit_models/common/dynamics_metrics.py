@@ -95,7 +95,9 @@ def state_space_divergence(x_true: np.ndarray, x_gen: np.ndarray, n_bins: int = 
 
 def power_spectrum_distance(x_true: np.ndarray, x_gen: np.ndarray, smoothing: float = 20.0) -> float:
     """D_H: mean over dimensions of the Hellinger distance between Gaussian-smoothed (sigma = `smoothing`
-    frequency bins), normalised power spectra of the z-scored series."""
+    frequency bins), normalised power spectra of the z-scored series. A dimension whose series is constant (a
+    collapsed free run: no power spectrum to normalise) scores the maximal distance 1 (the official code gets NaN
+    there and drops the run from its summary; 0 - a perfect score - would flatter a collapsed model)."""
     from scipy.ndimage import gaussian_filter1d
 
     x_true, x_gen = np.asarray(x_true, np.float64), np.asarray(x_gen, np.float64)
@@ -106,10 +108,15 @@ def power_spectrum_distance(x_true: np.ndarray, x_gen: np.ndarray, smoothing: fl
     for d in range(x_true.shape[1]):
         spectra = []
         for s in (x_true[:t, d], x_gen[:t, d]):
+            if s.std() <= 1e-12 * (1.0 + np.abs(s).max()):
+                break  # constant series: no spectrum
             s = (s - s.mean()) / (s.std() + 1e-12)
             ps = np.abs(np.fft.rfft(s)) ** 2
             ps = gaussian_filter1d(ps, smoothing)
             spectra.append(ps / ps.sum())
+        if len(spectra) < 2:
+            dists.append(1.0)
+            continue
         bc = np.sum(np.sqrt(spectra[0] * spectra[1]))
         dists.append(math.sqrt(max(0.0, 1.0 - bc)))
     return float(np.mean(dists))

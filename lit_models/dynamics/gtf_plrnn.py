@@ -28,6 +28,11 @@ arXiv 2306.04406). Official code: DurstewitzLab/GTF-shPLRNN (Julia/Flux).
 - Evaluation by free-running from the first point of a held-out segment: D_stsp (binned KL, 30 bins/dim, Laplace
   smoothing 1e-5, range = ground truth min/max +- 0.1 std; Gaussian-mixture version for N >= 6) and D_H (mean
   Hellinger distance of Gaussian-smoothed (sigma = 20) normalised power spectra).
+  Official protocol (`evaluate_run`, src/evaluation.jl), an option here (`eval_transient_fraction`, official 0.25):
+  for a test file of T points, free-run T + floor(0.25 T) steps from its first point, drop the first floor(0.25 T)
+  generated states as transients and compare the remaining T with the whole test file. `pe_n` (official PE_n = 20,
+  src/measures/prediction_error.jl): n-step prediction error, the MSE between the n-step free runs started from
+  every test point x_1..x_{T-n} and x_{1+n}..x_T (logged as <stage>/pe when > 0).
 """
 from __future__ import annotations
 
@@ -328,6 +333,10 @@ class GTFPLRNNModule(L.LightningModule):
     obs_model_regularization / lat_model_regularization: the official loss terms `regularize(O)` (affine:
     condition number of B) and `regularize(model)` (L2 of 1 - A, W1, W2, h1, h2), added with these weights
     (defaults.json: 0).
+    eval_transient_fraction: f; validation / test free-run T + floor(f T) steps from the segment's first point
+    and drop the first floor(f T) states before D_stsp / D_H (official `evaluate_run`: f = 0.25; 0: the free run
+    of T steps compared as is, the official in-training monitor).
+    pe_n: n > 0 also logs <stage>/pe, the official n-step prediction error PE_n (official evaluation: n = 20).
     """
 
     def __init__(
@@ -349,6 +358,8 @@ class GTFPLRNNModule(L.LightningModule):
         obs_bias: bool = False,               # affine: trainable b (official initialize_observation_model: false)
         obs_model_regularization: float = 0.0,  # lambda_o (defaults.json 0; ECG script 1e-7)
         lat_model_regularization: float = 0.0,  # lambda_l (defaults.json 0)
+        eval_transient_fraction: float = 0.0,   # official evaluate_run: 0.25 (free run 1.25 T, drop 0.25 T)
+        pe_n: int = 0,                          # official PE_n: 20 (n-step prediction error); 0: not computed
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -370,6 +381,11 @@ class GTFPLRNNModule(L.LightningModule):
                              "observation_model=affine")
         if obs_bias and observation_model != "affine":
             raise ValueError("obs_bias needs observation_model=affine")
+        if not (math.isfinite(eval_transient_fraction) and eval_transient_fraction >= 0):
+            raise ValueError(f"eval_transient_fraction must be a finite number >= 0 (official 0.25), got "
+                             f"{eval_transient_fraction}")
+        if int(pe_n) != pe_n or pe_n < 0:
+            raise ValueError(f"pe_n must be an integer >= 0 (official PE_n = 20; 0: off), got {pe_n}")
         self.model = ShallowPLRNN(latent_dim, hidden_dim, clipped)
         self.z0_rest: nn.Parameter | None = None
         self.obs: AffineObservation | None = None
@@ -452,29 +468,62 @@ class GTFPLRNNModule(L.LightningModule):
             terms.append(self.obs.regularize(lam_o))
         return sum(terms) if terms else None
 
+    def _init_states(self, x: Tensor) -> Tensor:
+        """Initial latent states for free runs from the observations x (..., N) -> (..., M) (official
+        `init_state`: affine: pinv(B) (x - b); identity: [x, learned unobserved part])."""
+        x = x.to(self.model.A.dtype)
+        if self.obs is not None:
+            return self.obs.inverse(x)
+        z = self.latent_states(x.unsqueeze(0) if x.dim() == 2 else x)
+        z = z[0] if x.dim() == 2 else z
+        if self.z0_rest is not None:
+            n = x.shape[-1]
+            z = torch.cat([z[..., :n], self.z0_rest.expand(*z.shape[:-1], -1)], dim=-1)
+        return z
+
+    def _observe(self, z: Tensor, n: int) -> Tensor:
+        return self.obs(z) if self.obs is not None else z[..., :n]
+
     @torch.no_grad()
-    def free_run(self, x: Tensor) -> Tensor:
-        """Free run from the first observation of x (1, T, N) for T steps -> (T, N) (official `generate`:
-        affine: z_1 = pinv(B) (x_1 - b), observations B z_t + b)."""
+    def free_run(self, x: Tensor, steps: int | None = None) -> Tensor:
+        """Free run from the first observation of x (1, T, N) for `steps` (default T) steps -> (steps, N)
+        (official `generate`: z_1 = init_state(x_1), the first row is z_1 observed; affine: z_1 = pinv(B) (x_1 - b),
+        observations B z_t + b)."""
+        steps = x.shape[1] if steps is None else int(steps)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            if self.obs is not None:
-                z0 = self.obs.inverse(x[:, :1].to(self.model.A.dtype))[:, 0]
-                return self.obs(self.model.generate(z0, x.shape[1])[0])
-            z0 = self.latent_states(x[:, :1].to(self.model.A.dtype))[:, 0]
-            if self.z0_rest is not None:
-                z0 = torch.cat([z0[:, : x.shape[-1]], self.z0_rest.expand(z0.shape[0], -1)], dim=-1)
-            z = self.model.generate(z0, x.shape[1])
-        return z[0, :, : x.shape[-1]]
+            z0 = self._init_states(x[:, 0])
+            z = self.model.generate(z0, steps)
+            return self._observe(z[0], x.shape[-1])
+
+    @torch.no_grad()
+    def prediction_error(self, x: Tensor, n: int) -> float:
+        """Official PE_n (src/measures/prediction_error.jl): the n-step free runs from every point x_1..x_{T-n}
+        of x (1, T, N) (batched), MSE against x_{1+n}..x_T."""
+        xs = x[0].to(self.model.A.dtype)
+        if n >= xs.shape[0]:
+            raise ValueError(f"pe_n = {n} needs a segment of more than {n} points, got {xs.shape[0]}")
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            z = self._init_states(xs[: xs.shape[0] - n])
+            weights = self.model.stacked_weights()
+            for _ in range(n):
+                z = self.model.step(z, weights)
+            return float((self._observe(z, xs.shape[-1]) - xs[n:]).pow(2).mean())
 
     def _evaluate(self, batch: Any, stage: str) -> None:
         x = batch["x"] if isinstance(batch, dict) else batch
-        gen = self.free_run(x).cpu().numpy()
+        t = x.shape[1]
+        drop = int(math.floor(float(self.hparams.get("eval_transient_fraction", 0.0)) * t))
+        # official evaluate_run: free run T + floor(0.25 T) steps, drop floor(0.25 T), compare with all T points
+        gen = self.free_run(x, t + drop)[drop:].cpu().numpy()
         truth = x[0].detach().cpu().double().numpy()
         d_stsp = state_space_divergence(truth, gen, self.hparams.d_stsp_bins)
         d_h = power_spectrum_distance(truth, gen, self.hparams.pse_smoothing)
         self._last_eval = (truth, gen)
         self.log(f"{stage}/d_stsp", d_stsp, on_epoch=True, batch_size=1, sync_dist=True)
         self.log(f"{stage}/d_h", d_h, on_epoch=True, batch_size=1, sync_dist=True)
+        pe_n = int(self.hparams.get("pe_n", 0))
+        if pe_n > 0:
+            self.log(f"{stage}/pe", self.prediction_error(x, pe_n), on_epoch=True, batch_size=1, sync_dist=True)
 
     def validation_step(self, batch: Any, batch_idx: int = 0) -> None:
         self._evaluate(batch, "val")
