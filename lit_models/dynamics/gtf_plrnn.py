@@ -54,6 +54,7 @@ from lit_models.common.dynamics_metrics import (  # noqa: F401
     state_space_divergence_binned,
     state_space_divergence_gmm,
 )
+from lit_models.common.steps import EvaluateOnValAndTest
 
 # ------------------------------------------------------------------------------------------------
 # model
@@ -318,7 +319,7 @@ def alpha_star(norm_estimate: float) -> float:
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.RAdam, lr=1e-3)  # RAdam 1e-3 (defaults.json)
 
 
-class GTFPLRNNModule(L.LightningModule):
+class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
     """clipped shPLRNN trained with (adaptive) generalized teacher forcing; free-running D_stsp / D_H.
 
     end_lr: the official schedule (`initialize_optimizer`: ExpDecay): the lr is multiplied by
@@ -524,12 +525,6 @@ class GTFPLRNNModule(L.LightningModule):
         pe_n = int(self.hparams.get("pe_n", 0))
         if pe_n > 0:
             self.log(f"{stage}/pe", self.prediction_error(x, pe_n), on_epoch=True, batch_size=1, sync_dist=True)
-
-    def validation_step(self, batch: Any, batch_idx: int = 0) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int = 0) -> None:
-        self._evaluate(batch, "test")
 
     def figures(self) -> dict[str, Any]:
         if self._last_eval is None:

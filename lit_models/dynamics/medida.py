@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lit_models.common.steps import EvaluateOnValAndTest
+
 LIBRARY_TERMS = ("u", "u_x", "u_xx", "u_xxx", "u_xxxx", "u*u_x", "u^2", "u^3")
 
 
@@ -124,14 +126,8 @@ def relative_l2(pred: Tensor, true: Tensor) -> float:
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=0.01, amsgrad=True)  # ModelErrorQGarg.py
 
 
-class _EvaluateAndOptimize:
+class _EvaluateAndOptimize(EvaluateOnValAndTest):
     """val/test both run `_evaluate(batch, split)`; one optimiser from `optimizer_factory` (KS and QG modules)."""
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())

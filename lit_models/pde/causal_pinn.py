@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_models.common.pde import RelativeL2, no_autocast, partial
+from lit_models.common.steps import EvaluateOnValAndTest
 
 PROBLEMS = ("oscillator", "lorenz", "allen_cahn", "ks")
 ODES = {"oscillator": 2, "lorenz": 3}  # ODE problems and their number of fields
@@ -190,7 +191,7 @@ DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-3)
 DEFAULT_SCHEDULER = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=5000, gamma=0.9)
 
 
-class CausalPINNModule(L.LightningModule):
+class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
     """Causal training of a PINN (Sec. 3): loss = ic_weight * L_ic + (1/N_t) sum_i w_i L_i with annealed eps.
 
     Batches (datamodules.pinn_data.CausalPINNDataModule): train {"t": (n_t,) sorted, "x": (n_x,), "x_ic", "u_ic"};
@@ -415,12 +416,6 @@ class CausalPINNModule(L.LightningModule):
         self._last = {"t": t_ref.cpu().numpy(), "x": batch["x"].cpu().numpy(), "pred": pred.cpu().numpy(),
                       "ref": ref.cpu().numpy(), "t_col": t_col.cpu().numpy(), "losses": losses.cpu().numpy(),
                       "weights": w.cpu().numpy(), "epsilon": self.epsilon}
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "test")
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.parameters())

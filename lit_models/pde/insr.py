@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_models.common.pde import grad, no_autocast
+from lit_models.common.steps import EvaluateOnValAndTest
 
 EQUATIONS = ("advection", "fluid")
 INTEGRATORS = ("midpoint", "explicit_euler", "implicit_euler")
@@ -103,7 +104,7 @@ def laplacian(p: Tensor, x: Tensor) -> Tensor:
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-4)  # config.py: Adam, lr 1e-4
 
 
-class InsrModule(L.LightningModule):
+class InsrModule(EvaluateOnValAndTest, L.LightningModule):
     """INSR time stepping (paper Sec. 3-5) as a LightningModule with manual optimisation.
 
     Metrics: `train/loss` (every inner iteration), `train/time_step`; val/test (against the exact field at the
@@ -334,12 +335,6 @@ class InsrModule(L.LightningModule):
             self.log(f"{split}/{k}", v, on_step=False, on_epoch=True, batch_size=1, sync_dist=True,
                      prog_bar=k == "rel_l2")
         self._last_eval = {"x": x.cpu(), "pred": pred.cpu(), "exact": exact.cpu(), "t": n * self.hparams.dt}
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "test")
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

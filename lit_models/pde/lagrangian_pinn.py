@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from lit_models.common.lbfgs import LBFGSPhase
 from lit_models.common.pde import grad, no_autocast
+from lit_models.common.steps import EvaluateOnValAndTest
 
 TWO_PI = 2 * math.pi
 
@@ -132,7 +133,7 @@ def periodic_interp(x_query: np.ndarray, x_points: np.ndarray, values: np.ndarra
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=0.01, amsgrad=True)
 
 
-class LagrangianPINNModule(LBFGSPhase, L.LightningModule):
+class LagrangianPINNModule(EvaluateOnValAndTest, LBFGSPhase, L.LightningModule):
     """LPINN (method="lpinn") or the Eulerian PINN baseline (method="pinn") for convection(-diffusion) / Burgers.
 
     Batches (datamodules.pinn_data.LagrangianPINNDataModule): train {"x": labels / points, "t"} (full grid);
@@ -245,12 +246,6 @@ class LagrangianPINNModule(LBFGSPhase, L.LightningModule):
             self.log(f"{split}/{k}", v, on_step=False, on_epoch=True, batch_size=1, sync_dist=True,
                      prog_bar=k == "rel_l2")
         self._last = {"x": x.cpu().numpy(), "t": t.cpu().numpy(), "ref": ref, **p}
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.lbfgs_or(self.optimizer_factory(self.parameters()))

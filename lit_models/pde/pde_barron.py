@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from datamodules.barron_data import BarronProblem, SparseFourier, relative_l2_error
 from lit_models.common.pde import RelativeL2, no_autocast
+from lit_models.common.steps import EvaluateOnValAndTest
 
 METHODS = ("pgd", "gd")
 
@@ -149,7 +150,7 @@ def ritz_energy(net: CosineNetwork, x: Tensor, f: Tensor, gamma: float) -> Tenso
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-2)
 
 
-class PdeBarronModule(L.LightningModule):
+class PdeBarronModule(EvaluateOnValAndTest, L.LightningModule):
     """Thin wrapper: simulator metrics (test/min_contraction, test/max_final_rel_l2, test/min_final_rel_l2,
     test/max_peak_width, test/width_mismatch, test/max_barron_rel_err, ...) plus the Deep Ritz cosine network on
     problem `ritz_problem` (train/loss = Ritz energy, test/ritz_rel_l2 on held-out torus samples).
@@ -237,12 +238,6 @@ class PdeBarronModule(L.LightningModule):
         for key, value in self.sim_metrics.items():
             self.log(f"{split}/{key}", float(value), on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
         self._last = {"x": batch["x"].cpu().numpy(), "pred": u.cpu().numpy(), "true": batch["u"].cpu().numpy()}
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
-        self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
