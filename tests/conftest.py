@@ -1,11 +1,15 @@
 """Shared test set-up: one torch thread per worker, W&B offline, runs under a temporary directory."""
 from __future__ import annotations
 
+import functools
 import io
 import os
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,29 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 ZOO = str(Path(sys.executable).with_name("zoo"))
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    """Serves files from its directory without logging each request to stderr."""
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def serve_directory(root: Path,
+                    handler: type[SimpleHTTPRequestHandler] = QuietHandler) -> Iterator[ThreadingHTTPServer]:
+    """A ThreadingHTTPServer on 127.0.0.1 (free port) serving `root` for the download tests (never the network);
+    shut down and joined on exit. The base URL is f"http://127.0.0.1:{server.server_address[1]}"."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 @pytest.fixture

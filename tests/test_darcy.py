@@ -2,10 +2,6 @@
 the .npz cache, and the FNO .mat loader on a tiny local fixture (never the network)."""
 from __future__ import annotations
 
-import functools
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
 import numpy as np
 import pytest
 import scipy.io
@@ -20,6 +16,7 @@ from datamodules.darcy import (
     piecewise_coefficient,
     solve_darcy,
 )
+from tests.conftest import serve_directory
 
 
 def _apply_naive(a: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -158,24 +155,12 @@ def test_fno_datamodule_from_data_dir_and_through_download(tmp_path, monkeypatch
                                arrays["test"][1][:2, ::20, ::20], rtol=1e-5)
     # the same files through datamodules.download.fetch from a local HTTP server into $PAPERZOO_DATA
     monkeypatch.setenv("PAPERZOO_DATA", str(tmp_path / "cache"))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(www)))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serve_directory(www) as server:
         url = f"http://127.0.0.1:{server.server_address[1]}/{{file}}"
         dm2 = DarcyDataModule(name="piececonst_smooth", resolution=22, sampling_rate=20, n_train=3, n_test=2,
                               batch_size=2, url=url)
         dm2.prepare_data()
         dm2.setup()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
     assert (tmp_path / "cache" / "darcy" / darcy.FNO_DARCY_FILES["train"]).is_file()
     assert (tmp_path / "cache" / "darcy" / (darcy.FNO_DARCY_FILES["train"] + ".sha256")).is_file()
     np.testing.assert_array_equal(dm2.tensors["y_test"].numpy(), dm.tensors["y_test"].numpy())
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import os
 import tarfile
-import threading
 import zipfile
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,14 +14,12 @@ import pytest
 from datamodules import download
 from datamodules.download import DownloadError, cache_dir, extract, fetch
 from launch.errors import UserError
+from tests.conftest import QuietHandler, serve_directory
 
 PAYLOAD = b"paperzoo test payload\n" * 1000
 
 
-class _Handler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
+class _Handler(QuietHandler):
     def do_GET(self):
         self.server.hits.append(self.path)
         if self.path == "/truncated.bin":
@@ -46,18 +41,9 @@ def served(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
     (root / "data.bin").write_bytes(PAYLOAD)
-    server = ThreadingHTTPServer(("127.0.0.1", 0),
-                                 functools.partial(_Handler, directory=str(root)))
-    server.hits = []
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        yield base, root, server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_directory(root, _Handler) as server:
+        server.hits = []
+        yield f"http://127.0.0.1:{server.server_address[1]}", root, server
 
 
 @pytest.fixture(autouse=True)

@@ -4,10 +4,6 @@ contract run of each paper-scale variant configs/experiment/mgno/<dataset>.yaml 
 network)."""
 from __future__ import annotations
 
-import functools
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
 import h5py
 import numpy as np
 import pytest
@@ -18,6 +14,7 @@ from datamodules import mgno_data
 from datamodules.mgno_data import MgNODataModule, load_helmholtz, load_pipe, navier_stokes_pairs
 from launch.errors import UserError
 from lit_models.pde.mgno import MgNOModule
+from tests.conftest import serve_directory
 from tests.papers.contract import fast_run
 
 
@@ -179,26 +176,14 @@ def test_helmholtz_through_download(tmp_path, monkeypatch):
     www = tmp_path / "www"
     write_helmholtz(www)
     monkeypatch.setenv("PAPERZOO_DATA", str(tmp_path / "cache"))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(www)))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serve_directory(www) as server:
         url = f"http://127.0.0.1:{server.server_address[1]}/{{file}}"
         dm = MgNODataModule(name="helmholtz", resolution=16, n_train=4, n_test=3, test_offset=8, url=url)
         dm.prepare_data()
         dm.setup()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
     assert (tmp_path / "cache" / "mgno" / "Helmholtz_inputs.npy").is_file()
     assert (tmp_path / "cache" / "mgno" / "Helmholtz_outputs.npy.sha256").is_file()
     assert dm.tensors["y_train"].shape == (4, 1, 16, 16)
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 # ------------------------------------------------------------------------------ variants: fast contract runs
