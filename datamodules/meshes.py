@@ -164,7 +164,7 @@ class FrontFieldDataModule(L.LightningDataModule):
                  c_range: tuple = (0.3, 0.7), aligned_fraction: float = 0.5, amp: float = 0.3,
                  monitor_scale: float = 0.01, monitor_derivative: str = "grad", test_k: float = 20.0,
                  eval_nodes: int = 20, batch_size: int = 8, steps_per_epoch: int | None = 50,
-                 data_dir: str | None = None,
+                 passes_per_epoch: float = 1.0, data_dir: str | None = None,
                  path: str | None = None, sub: int = 4, n_burgers_train: int = 80, seed: int = 0) -> None:
         super().__init__()
         if name not in ("fronts", "burgers"):
@@ -175,6 +175,8 @@ class FrontFieldDataModule(L.LightningDataModule):
             raise ValueError(f"monitor_scale must be > 0, got {monitor_scale}")
         if grid < 8 or eval_nodes < 2 or batch_size < 1:
             raise ValueError("grid must be >= 8, eval_nodes >= 2, batch_size >= 1")
+        if passes_per_epoch <= 0:
+            raise ValueError(f"passes_per_epoch must be > 0, got {passes_per_epoch}")
         self.save_hyperparameters()
         self.name, self.batch_size, self.steps_per_epoch, self.seed = name, batch_size, steps_per_epoch, seed
         self.monitor_res = monitor_res or 4 * (grid - 1) + 1
@@ -208,10 +210,17 @@ class FrontFieldDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
-        if self.steps_per_epoch is None:  # one pass over the training fields per epoch (the paper's epochs)
-            return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=True)
+        steps = self.steps_per_epoch
+        if steps is None:
+            passes = self.hparams.passes_per_epoch
+            if passes == 1.0:  # one shuffled pass over the training fields per epoch
+                return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
+                                  drop_last=True)
+            # official dmm_utils.train_MA_res: int(5000 N / (120 x 160)) Adam steps per epoch = 5000 / 120 passes
+            # over the N fields at 160 fields per batch (`passes_per_epoch`)
+            steps = max(1, int(passes * len(self.train_set) / self.batch_size))
         sampler = torch.utils.data.RandomSampler(self.train_set, replacement=True,
-                                                 num_samples=self.batch_size * self.steps_per_epoch, generator=g)
+                                                 num_samples=self.batch_size * steps, generator=g)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -147,7 +147,7 @@ def boundary_points(batch: int, n_per_edge: int, device, dtype, generator: torch
 
 
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=2e-4, weight_decay=1e-5)  # dmm.py
-DEFAULT_SCHEDULER = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=50, gamma=0.2)
+DEFAULT_SCHEDULER = functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[100, 150], gamma=0.2)
 
 
 class DataFreeMeshMoverModule(L.LightningModule):
