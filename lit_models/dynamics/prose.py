@@ -10,6 +10,9 @@ times, `n_data_dec_layers` layers of cross-attention to the fused data features 
 Linear(D -> max_dim); (ii) symbol decoder: `n_text_dec_layers` causal decoder layers with teacher forcing on the
 shifted target expression (with constants), greedy decoding at evaluation.
 Loss (Sec. 3.4): data_loss_weight (6.0) x MSE(data, valid dims only) + CE(symbols).
+Blocks (`norm_first=False`, the default): post-norm residual layers with a LayerNorm on each stack's input embeddings,
+as the official `symbolicregression/model/transformer.py` (x = LN(x + attention(x)); x = LN(x + FFN(x)));
+`norm_first=True` gives pre-norm layers closed by a final LayerNorm (this module's layout before that check).
 
 Data-only baseline (card check 1): `text_input=False` builds no text encoder and fuses the data tokens alone; the
 symbol decoder and all other blocks are unchanged.
@@ -30,14 +33,25 @@ from torch import Tensor, nn
 from lit_models.dynamics.prose_symbolic import SymbolicTokenizer
 
 
-def _encoder(d: int, heads: int, ffn: int, layers: int, dropout: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(d, heads, ffn, dropout, activation="gelu", batch_first=True, norm_first=True)
-    return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
+def _encoder(d: int, heads: int, ffn: int, layers: int, dropout: float, norm_first: bool) -> nn.TransformerEncoder:
+    """`norm_first=False`: the official post-norm blocks (x = LN(x + attn(x)); x = LN(x + FFN(x)), XLM style), whose
+    output is already normalised; `norm_first=True`: pre-norm blocks closed by a final LayerNorm."""
+    layer = nn.TransformerEncoderLayer(d, heads, ffn, dropout, activation="gelu", batch_first=True,
+                                       norm_first=norm_first)
+    return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d) if norm_first else None,
+                                 enable_nested_tensor=False)
 
 
-def _decoder(d: int, heads: int, ffn: int, layers: int, dropout: float) -> nn.TransformerDecoder:
-    layer = nn.TransformerDecoderLayer(d, heads, ffn, dropout, activation="gelu", batch_first=True, norm_first=True)
-    return nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(d))
+def _decoder(d: int, heads: int, ffn: int, layers: int, dropout: float, norm_first: bool) -> nn.TransformerDecoder:
+    """Causal decoder stack; post-norm (official) or pre-norm + final LayerNorm, as `_encoder`."""
+    layer = nn.TransformerDecoderLayer(d, heads, ffn, dropout, activation="gelu", batch_first=True,
+                                       norm_first=norm_first)
+    return nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(d) if norm_first else None)
+
+
+def _embedding_norm(d: int, norm_first: bool) -> nn.Module:
+    """The official `layer_norm_emb` on a stack's input embeddings (post-norm blocks); none for pre-norm blocks."""
+    return nn.Identity() if norm_first else nn.LayerNorm(d)
 
 
 def sinusoidal(n: int, d: int) -> Tensor:
@@ -54,13 +68,15 @@ class DataEncoder(nn.Module):
     """Sec. 3.1: each time point (t_i, u(t_i)) -> one token through the embedder MLP (Linear-GELU-Linear, as the
     official `embedder`), then `layers` self-attention layers (no positional embedding: time is in the token)."""
 
-    def __init__(self, max_dim: int, d: int, heads: int, ffn: int, layers: int, dropout: float) -> None:
+    def __init__(self, max_dim: int, d: int, heads: int, ffn: int, layers: int, dropout: float,
+                 norm_first: bool = False) -> None:
         super().__init__()
         self.embedder = nn.Sequential(nn.Linear(max_dim + 1, d), nn.GELU(), nn.Linear(d, d))
-        self.encoder = _encoder(d, heads, ffn, layers, dropout)
+        self.embedding_norm = _embedding_norm(d, norm_first)
+        self.encoder = _encoder(d, heads, ffn, layers, dropout, norm_first)
 
     def forward(self, u: Tensor, t: Tensor) -> Tensor:
-        return self.encoder(self.embedder(torch.cat([t.unsqueeze(-1), u], -1)))
+        return self.encoder(self.embedding_norm(self.embedder(torch.cat([t.unsqueeze(-1), u], -1))))
 
 
 def _token_embedding(vocab: int, d: int, pad_id: int) -> nn.Embedding:
@@ -76,16 +92,17 @@ class TextEncoder(nn.Module):
     """Sec. 3.1: token embedding + sinusoidal positions, `layers` self-attention layers with the padding masked."""
 
     def __init__(self, vocab: int, d: int, heads: int, ffn: int, layers: int, dropout: float, max_len: int,
-                 pad_id: int) -> None:
+                 pad_id: int, norm_first: bool = False) -> None:
         super().__init__()
         self.pad_id = pad_id
         self.token = _token_embedding(vocab, d, pad_id)
         self.register_buffer("position", sinusoidal(max_len, d), persistent=False)
-        self.encoder = _encoder(d, heads, ffn, layers, dropout)
+        self.embedding_norm = _embedding_norm(d, norm_first)
+        self.encoder = _encoder(d, heads, ffn, layers, dropout, norm_first)
 
     def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         pad = ids == self.pad_id  # True = padding (not attended)
-        x = self.token(ids) + self.position[: ids.shape[1]]
+        x = self.embedding_norm(self.token(ids) + self.position[: ids.shape[1]])
         return self.encoder(x, src_key_padding_mask=pad), pad
 
 
@@ -94,12 +111,12 @@ class Fusion(nn.Module):
     (0 = data, 1 = text), LayerNorm, `layers` joint self-attention layers; padded text tokens are masked as keys.
     Returns the fused sequence, its padding mask and the number of data tokens (to split the features)."""
 
-    def __init__(self, d: int, heads: int, ffn: int, layers: int, dropout: float) -> None:
+    def __init__(self, d: int, heads: int, ffn: int, layers: int, dropout: float, norm_first: bool = False) -> None:
         super().__init__()
         self.type_embedding = nn.Embedding(2, d)
         nn.init.normal_(self.type_embedding.weight, std=d ** -0.5)
         self.norm = nn.LayerNorm(d)
-        self.encoder = _encoder(d, heads, ffn, layers, dropout)
+        self.encoder = _encoder(d, heads, ffn, layers, dropout, norm_first)
 
     def forward(self, data: Tensor, text: Tensor | None = None,
                 text_pad: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -115,10 +132,12 @@ class Fusion(nn.Module):
 class OperatorLayer(nn.Module):
     """One data-decoder layer (official `DataOperatorModel`): the query tokens cross-attend to the fused features,
     then an FFN; optional self-attention among the queries (`data_decoder_attn`, off in the paper). Nothing is
-    causal: every query sees all of the memory. Pre-LayerNorm residual blocks."""
+    causal: every query sees all of the memory. Post-norm residual blocks as the official code (`norm_first=False`:
+    q = LN(q + cross(q)); q = LN(q + FFN(q))) or pre-norm (`norm_first=True`)."""
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float, self_attn: bool) -> None:
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, self_attn: bool, norm_first: bool = False) -> None:
         super().__init__()
+        self.norm_first = norm_first
         self.norm_q, self.cross = nn.LayerNorm(d), nn.MultiheadAttention(d, heads, dropout, batch_first=True)
         self.self_attn = nn.MultiheadAttention(d, heads, dropout, batch_first=True) if self_attn else None
         self.norm_s = nn.LayerNorm(d) if self_attn else None
@@ -126,11 +145,20 @@ class OperatorLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
 
     def forward(self, q: Tensor, memory: Tensor, memory_pad: Tensor) -> Tensor:
-        h = self.norm_q(q)
-        q = q + self.cross(h, memory, memory, key_padding_mask=memory_pad, need_weights=False)[0]
+        def cross(h: Tensor) -> Tensor:
+            return self.cross(h, memory, memory, key_padding_mask=memory_pad, need_weights=False)[0]
+
+        def among(h: Tensor) -> Tensor:
+            return self.self_attn(h, h, h, need_weights=False)[0]
+
+        if not self.norm_first:
+            q = self.norm_q(q + cross(q))
+            if self.self_attn is not None:
+                q = self.norm_s(q + among(q))
+            return self.norm_f(q + self.ffn(q))
+        q = q + cross(self.norm_q(q))
         if self.self_attn is not None:
-            h = self.norm_s(q)
-            q = q + self.self_attn(h, h, h, need_weights=False)[0]
+            q = q + among(self.norm_s(q))
         return q + self.ffn(self.norm_f(q))
 
 
@@ -139,12 +167,13 @@ class DataDecoder(nn.Module):
     queries are times, not sequence indices), `layers` OperatorLayers, Linear(D -> max_dim)."""
 
     def __init__(self, max_dim: int, d: int, heads: int, ffn: int, layers: int, dropout: float,
-                 self_attn: bool = False) -> None:
+                 self_attn: bool = False, norm_first: bool = False) -> None:
         super().__init__()
         self.query = nn.Linear(1, d)
         self.query_norm = nn.LayerNorm(d)
-        self.layers = nn.ModuleList(OperatorLayer(d, heads, ffn, dropout, self_attn) for _ in range(layers))
-        self.norm = nn.LayerNorm(d)
+        self.layers = nn.ModuleList(OperatorLayer(d, heads, ffn, dropout, self_attn, norm_first)
+                                    for _ in range(layers))
+        self.norm = nn.LayerNorm(d) if norm_first else nn.Identity()
         self.out = nn.Linear(d, max_dim)
 
     def forward(self, t: Tensor, memory: Tensor, memory_pad: Tensor) -> Tensor:
@@ -160,18 +189,19 @@ class SymbolDecoder(nn.Module):
     embedding (official `text_share_inout_emb`)."""
 
     def __init__(self, vocab: int, d: int, heads: int, ffn: int, layers: int, dropout: float, max_len: int,
-                 pad_id: int) -> None:
+                 pad_id: int, norm_first: bool = False) -> None:
         super().__init__()
         self.pad_id = pad_id
         self.token = _token_embedding(vocab, d, pad_id)
         self.register_buffer("position", sinusoidal(max_len, d), persistent=False)
-        self.decoder = _decoder(d, heads, ffn, layers, dropout)
+        self.embedding_norm = _embedding_norm(d, norm_first)
+        self.decoder = _decoder(d, heads, ffn, layers, dropout, norm_first)
         self.out_bias = nn.Parameter(torch.zeros(vocab))
 
     def forward(self, ids: Tensor, memory: Tensor, memory_pad: Tensor) -> Tensor:
         n = ids.shape[1]
         causal = torch.ones(n, n, dtype=torch.bool, device=ids.device).triu(1)  # True = not attended
-        x = self.token(ids) + self.position[:n]
+        x = self.embedding_norm(self.token(ids) + self.position[:n])
         h = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True, tgt_key_padding_mask=ids == self.pad_id,
                          memory_key_padding_mask=memory_pad)
         return F.linear(h, self.token.weight, self.out_bias)
@@ -184,22 +214,23 @@ class PROSE(nn.Module):
     decoder reads only the fused *data* tokens and the symbol decoder only the fused *text* tokens (each has seen
     the other modality through the joint self-attention). `text_input=False` is the data-only model: no text
     encoder and the fusion layers run over the data tokens alone (the official `--no_text` also drops the
-    fusion block; keeping it makes the baseline exactly as deep, so only the text input differs)."""
+    fusion block; keeping it makes the baseline exactly as deep, so only the text input differs).
+    `norm_first`: False = the official post-norm blocks, True = pre-norm blocks (see the module docstring)."""
 
     def __init__(self, vocab: int, pad_id: int, max_dim: int = 3, dim_emb: int = 512, n_heads: int = 8,
                  dim_ffn: int = 2048, n_text_enc_layers: int = 4, n_data_enc_layers: int = 2,
                  n_fusion_layers: int = 8, n_data_dec_layers: int = 8, n_text_dec_layers: int = 8,
                  dropout: float = 0.0, max_text_len: int = 200, text_input: bool = True,
-                 split_features: bool = True, data_decoder_attn: bool = False) -> None:
+                 split_features: bool = True, data_decoder_attn: bool = False, norm_first: bool = False) -> None:
         super().__init__()
         a = (dim_emb, n_heads, dim_ffn)
         self.split_features = split_features
-        self.data_encoder = DataEncoder(max_dim, *a, n_data_enc_layers, dropout)
-        self.text_encoder = (TextEncoder(vocab, *a, n_text_enc_layers, dropout, max_text_len, pad_id)
+        self.data_encoder = DataEncoder(max_dim, *a, n_data_enc_layers, dropout, norm_first)
+        self.text_encoder = (TextEncoder(vocab, *a, n_text_enc_layers, dropout, max_text_len, pad_id, norm_first)
                              if text_input else None)
-        self.fusion = Fusion(*a, n_fusion_layers, dropout)
-        self.data_decoder = DataDecoder(max_dim, *a, n_data_dec_layers, dropout, data_decoder_attn)
-        self.symbol_decoder = SymbolDecoder(vocab, *a, n_text_dec_layers, dropout, max_text_len, pad_id)
+        self.fusion = Fusion(*a, n_fusion_layers, dropout, norm_first)
+        self.data_decoder = DataDecoder(max_dim, *a, n_data_dec_layers, dropout, data_decoder_attn, norm_first)
+        self.symbol_decoder = SymbolDecoder(vocab, *a, n_text_dec_layers, dropout, max_text_len, pad_id, norm_first)
 
     def fuse(self, data_in: Tensor, t_in: Tensor, text_in: Tensor | None) -> tuple[Tensor, Tensor, int]:
         """-> fused features (B x (N_in [+ L_text]) x D), their padding mask (True = pad), N_in."""
@@ -253,7 +284,8 @@ class ProseModule(L.LightningModule):
                  dim_ffn: int = 2048, n_text_enc_layers: int = 4, n_data_enc_layers: int = 2,
                  n_fusion_layers: int = 8, n_data_dec_layers: int = 8, n_text_dec_layers: int = 8,
                  dropout: float = 0.0, text_input: bool = True, split_features: bool = True,
-                 data_decoder_attn: bool = False, data_loss_weight: float = 6.0, text_loss_weight: float = 1.0,
+                 data_decoder_attn: bool = False, norm_first: bool = False, data_loss_weight: float = 6.0,
+                 text_loss_weight: float = 1.0,
                  max_gen_len: int = 150, warmup_steps: int = 20000,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
@@ -272,7 +304,7 @@ class ProseModule(L.LightningModule):
         self.model = PROSE(len(self.tokenizer), self.tokenizer.pad_id, max_dim, dim_emb, n_heads, dim_ffn,
                            n_text_enc_layers, n_data_enc_layers, n_fusion_layers, n_data_dec_layers,
                            n_text_dec_layers, dropout, max(max_gen_len, 200), text_input, split_features,
-                           data_decoder_attn)
+                           data_decoder_attn, norm_first)
         self._sample: dict[str, Any] | None = None
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
