@@ -16,7 +16,10 @@ evaluation targets. The network is DeepONet-like (`DMM` in dmm_model.py): a tanh
 residual link, full flatten, fully connected layers) on the (sub-sampled) solution grid, a tanh MLP trunk on xi and
 a tanh MLP head on their concatenation giving phi, trunk and head ending in linear layers. `boundary="hard"`
 multiplies the head by b(xi) = x^2 y^2 (x-1)^2 (y-1)^2 (the code's hard constraint; the boundary loss is then
-dropped to avoid double counting). `mover="identity"` is the fixed-mesh baseline x = xi. The code's optional
+dropped to avoid double counting). `mover="identity"` is the fixed-mesh baseline x = xi; `mover="direct"` is the
+card's "outputs x directly" baseline: the same network with a 2-vector head gives the displacement d(u, xi), x = xi + d,
+trained with the same losses on its Jacobian I + grad d (no potential, so no symmetric Hessian and no Brenier
+convexity structure; the convexity term then acts on the Jacobian's diagonal). The code's optional
 random-feature / BFGS refinement of the last layer and the MM-PDE solver that
 consumes the moved mesh (paper Sec. 3.2) are not part of this module.
 """
@@ -90,7 +93,7 @@ class DMMNet(nn.Module):
 
     def __init__(self, branch_channels: list[int], trunk_layers: list[int], head_layers: list[int],
                  boundary: str = "soft", trunk_init_scale: float | None = None, grid: int = 48,
-                 branch_fc: list[int] = (1024,)) -> None:
+                 branch_fc: list[int] = (1024,), out_dim: int = 1) -> None:
         super().__init__()
         if trunk_layers[0] != 2 or head_layers[-1] != 1:
             raise ValueError("trunk_layers must start with 2 (xi) and head_layers end with 1 (phi)")
@@ -104,16 +107,19 @@ class DMMNet(nn.Module):
             with torch.no_grad():
                 first.weight.normal_(0.0, float(trunk_init_scale))
                 first.bias.copy_(-(first.weight * torch.rand(first.weight.shape[0], 2)).sum(1))
-        self.head = _mlp(list(head_layers))
+        self.head = _mlp([*head_layers[:-1], out_dim])  # out_dim 1: phi; 2: a displacement (the direct baseline)
         # a constant in phi moves nothing (only grad phi and Hess phi enter): no output bias
         last = self.head[-1]
         self.head[-1] = nn.Linear(last.in_features, last.out_features, bias=False)
         self.boundary = boundary
 
     def forward(self, u: Tensor, xi: Tensor) -> Tensor:
-        """u (B, 1, G, G), xi (B, P, 2) -> phi (B, P)."""
+        """u (B, 1, G, G), xi (B, P, 2) -> phi (B, P) (out_dim 1) or a displacement (B, P, 2) (out_dim 2)."""
         b = self.branch(u)[:, None].expand(-1, xi.shape[1], -1)
-        phi = self.head(torch.cat([b, self.trunk(xi)], -1))[..., 0]
+        out = self.head(torch.cat([b, self.trunk(xi)], -1))
+        if out.shape[-1] != 1:
+            return out
+        phi = out[..., 0]
         if self.boundary == "hard":
             x, y = xi[..., 0], xi[..., 1]
             phi = phi * (x * y * (x - 1) * (y - 1)) ** 2
@@ -165,13 +171,15 @@ class DataFreeMeshMoverModule(L.LightningModule):
                  trunk_layers: list[int] = (2, 32, 512), head_layers: list[int] = (1024, 512, 1),
                  boundary: str = "soft", mover: str = "dmm", trunk_init_scale: float | None = None,
                  n_points: int = 120, n_boundary: int = 30,
-                 w_interior: float = 1.0, w_boundary: float = 1000.0, w_convex: float = 1.0,
+                 w_interior: float = 1.0, w_boundary: float = 1000.0, w_convex: float = 1.0, det_term: bool = True,
                  n_eval_points: int = 2000, eval_nodes: int = 20, n_interp_points: int = 20000,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
                  scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER) -> None:
         super().__init__()
-        if mover not in ("dmm", "identity"):
-            raise ValueError(f"mover must be 'dmm' or 'identity', got {mover!r}")
+        if mover not in ("dmm", "identity", "direct"):
+            raise ValueError(f"mover must be 'dmm', 'identity' or 'direct', got {mover!r}")
+        if mover == "direct" and boundary != "soft":
+            raise ValueError("mover='direct' (the displacement baseline) supports boundary='soft' only")
         if boundary not in ("soft", "hard"):
             raise ValueError(f"boundary must be 'soft' or 'hard', got {boundary!r}")
         if n_points < 1 or n_boundary < 1:
@@ -183,20 +191,24 @@ class DataFreeMeshMoverModule(L.LightningModule):
         if grid < 4:
             raise ValueError(f"grid (branch input side) must be >= 4, got {grid}")
         self.net = DMMNet(list(branch_channels), list(trunk_layers), list(head_layers), boundary, trunk_init_scale,
-                          grid, list(branch_fc))
+                          grid, list(branch_fc), out_dim=2 if mover == "direct" else 1)
         self._last: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------------ the mesh map
     def mesh_map(self, u: Tensor, xi: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, P, 2) = xi + grad phi, the Hessian of phi (B, P, 2, 2) and grad phi (B, P, 2); float32, no autocast."""
+        """x (B, P, 2) = xi + grad phi, the Hessian of phi (B, P, 2, 2) and grad phi (B, P, 2); float32, no autocast.
+        For mover="direct": x = xi + d, the Jacobian of d (rows: components) and d."""
         if self.hparams.mover == "identity":
             z = torch.zeros(*xi.shape, 2, dtype=xi.dtype, device=xi.device)
             return xi, z, torch.zeros_like(xi)
         # Lightning evaluates under inference_mode: leave it (and clone its tensors) to differentiate
         with no_autocast(xi.device.type), torch.inference_mode(False), torch.enable_grad():
             xi = xi.detach().float().clone().requires_grad_(True)
-            phi = self.net(u.float().clone(), xi)
-            (g,) = torch.autograd.grad(phi.sum(), xi, create_graph=True)
+            out = self.net(u.float().clone(), xi)
+            if self.hparams.mover == "direct":
+                g = out
+            else:
+                (g,) = torch.autograd.grad(out.sum(), xi, create_graph=True)
             h0 = torch.autograd.grad(g[..., 0].sum(), xi, create_graph=create_graph, retain_graph=True)[0]
             h1 = torch.autograd.grad(g[..., 1].sum(), xi, create_graph=create_graph)[0]
         return xi + g, torch.stack([h0, h1], -2), g
@@ -209,12 +221,15 @@ class DataFreeMeshMoverModule(L.LightningModule):
     def det(hess: Tensor) -> Tensor:
         return (1 + hess[..., 0, 0]) * (1 + hess[..., 1, 1]) - hess[..., 0, 1] * hess[..., 1, 0]
 
-    def residual(self, batch: dict[str, Tensor], xi: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor]:
-        """r = m(x(xi)) det(I + H) / c - 1 (B, P) and the Hessian."""
+    def residual(self, batch: dict[str, Tensor], xi: Tensor, create_graph: bool = True,
+                 with_det: bool = True) -> tuple[Tensor, Tensor]:
+        """r = m(x(xi)) det(I + H) / c - 1 (B, P) and the Hessian (with_det=False: the card's ablation without the
+        det term, r = m(x(xi)) / c - 1; training only)."""
         x, hess, _ = self.mesh_map(batch["u"], xi, create_graph)
         with torch.inference_mode(False):
             m = sample_monitor(batch["monitor"].float().clone(), x)
-            return m * self.det(hess) / batch["c"].float().clone()[:, None] - 1.0, hess
+            det = self.det(hess) if with_det else 1.0
+            return m * det / batch["c"].float().clone()[:, None] - 1.0, hess
 
     # ------------------------------------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
@@ -223,7 +238,7 @@ class DataFreeMeshMoverModule(L.LightningModule):
             return sum(p.sum() for p in self.parameters()) * 0.0
         with no_autocast(self.device.type):
             xi = importance_points(batch["monitor"].float(), hp.n_points)
-            r, hess = self.residual(batch, xi)
+            r, hess = self.residual(batch, xi, with_det=hp.det_term)
             loss_in = torch.mean(r**2)
             loss_cvx = torch.mean(F.relu(-(1 + hess[..., 0, 0])) ** 2 + F.relu(-(1 + hess[..., 1, 1])) ** 2)
             loss = hp.w_interior * loss_in + hp.w_convex * loss_cvx
