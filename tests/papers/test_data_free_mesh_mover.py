@@ -18,6 +18,8 @@ from lit_models.pde.data_free_mesh_mover import (
 )
 from tests.papers.contract import fast_run
 
+# a tiny network for the deterministic checks (branch 4/8/4/1 on a 12 x 12 grid, trunk 2-8-8, head 16-8-1)
+TINY_NET = dict(branch_channels=[4, 8, 4, 1], branch_fc=[16], grid=12, trunk_layers=[2, 8, 8], head_layers=[16, 8, 1])
 SMALL = ["data.n_train=16", "data.n_test=2", "data.n_test_aligned=2", "data.batch_size=2", "data.grid=16",
          "data.steps_per_epoch=3", "model.n_points=32", "model.n_eval_points=64", "model.n_interp_points=500"]
 
@@ -67,8 +69,7 @@ def test_bad_config_raises():
 def test_hessian_and_map_match_finite_differences():
     """x = xi + grad phi and det(I + Hess phi) from autograd agree with central differences of phi."""
     torch.manual_seed(0)
-    m = DataFreeMeshMoverModule(branch_channels=[4, 8, 4, 1], branch_fc=[16], grid=12, trunk_layers=[2, 8, 8],
-                                head_layers=[16, 8, 1])
+    m = DataFreeMeshMoverModule(**TINY_NET)
     net = m.net.double()
     u = torch.randn(2, 1, 12, 12, dtype=torch.float64)
     xi = torch.rand(2, 5, 2, dtype=torch.float64) * 0.8 + 0.1
@@ -94,8 +95,7 @@ def test_direct_baseline_map_and_jacobian_match_finite_differences():
     """mover="direct" (the card's "outputs x directly" baseline): x = xi + d(u, xi) from a 2-vector head, and the
     det term uses the full, non-symmetric Jacobian I + grad d (checked against central differences of d)."""
     torch.manual_seed(0)
-    m = DataFreeMeshMoverModule(branch_channels=[4, 8, 4, 1], branch_fc=[16], grid=12, trunk_layers=[2, 8, 8],
-                                head_layers=[16, 8, 1], mover="direct")
+    m = DataFreeMeshMoverModule(**TINY_NET, mover="direct")
     u = torch.randn(2, 1, 12, 12)
     xi = torch.rand(2, 5, 2) * 0.8 + 0.1
     x, jac, d = m.mesh_map(u, xi)
@@ -116,8 +116,7 @@ def test_direct_baseline_map_and_jacobian_match_finite_differences():
 def test_det_term_ablation_changes_only_the_training_residual():
     """det_term=false (the card's ablation) trains on m(x)/c - 1; evaluation keeps the full MA residual."""
     torch.manual_seed(0)
-    kw = dict(branch_channels=[4, 8, 4, 1], branch_fc=[16], grid=12, trunk_layers=[2, 8, 8], head_layers=[16, 8, 1])
-    m = DataFreeMeshMoverModule(**kw, det_term=False)
+    m = DataFreeMeshMoverModule(**TINY_NET, det_term=False)
     batch = {"u": torch.randn(2, 1, 12, 12), "monitor": 1 + torch.rand(2, 12, 12), "c": torch.tensor([1.5, 1.4])}
     xi = torch.rand(2, 6, 2)
     r_full, hess = m.residual(batch, xi)
@@ -237,10 +236,6 @@ def test_branch_matches_the_official_conv_net_layout():
 
 
 CLAIMS = ["ma_residual", "valid_mesh", "boundary", "interpolation_ratio", "node_rmse"]
-# Claims whose baseline swap does not fail at the CPU scale, with the measured numbers.
-# (valid_mesh's baseline was the potential without convexity / boundary terms, which does not fold either: min det J
-# 0.081 vs DMM 0.066; it is now the card's det-term ablation, which folds: -0.591 at seed 0.)
-SWAP_DOES_NOT_FAIL: dict[str, str] = {}
 
 
 @pytest.mark.slow
@@ -261,7 +256,5 @@ def test_claim(claim):
     assert result.passed, result.report()
     if not claims_of("data_free_mesh_mover")[claim].get("baseline"):
         return
-    if claim in SWAP_DOES_NOT_FAIL:
-        pytest.xfail(f"baseline swap not discriminative at CPU scale: {SWAP_DOES_NOT_FAIL[claim]}")
     swapped = run_claim("data_free_mesh_mover", claim, swap_baseline=True)
     assert not swapped.passed, swapped.report()
