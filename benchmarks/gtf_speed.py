@@ -11,7 +11,9 @@ One training iteration = `lit_models.dynamics.gtf_plrnn.gtf_loss` over a batch (
 Settings: `lorenz63` = M = N = 3, L = 50, T = 200, B = 16 (defaults.json); `ecg` = M = N = 5, L = 250, T = 200,
 B = 16 (paper_experiments/ECG, identity observation model). Data: a Lorenz-63 trajectory from
 `DystsDataModule` (z-scored; for `ecg` a 5-d delay embedding of its x coordinate, as the ECG's 5-d PECUZAL
-embedding), random subsequences drawn once, then cycled. 1 torch thread, float32, all in this process.
+embedding), random subsequences drawn once, then cycled. 1 torch thread, float32, all in this process: the three
+variants take turns (benchmarks/timing.py: 10 rounds of 15 iterations each, the order alternated), since their
+speeds differ by a few percent, less than the machine's drift between runs one after the other.
 
 Besides the per-iteration cost, GTF's point is that its gradients stay bounded where BPTT's explode: the median
 gradient norm per variant is in each row's note (one step's cost is nearly the same; what differs is what a step is
@@ -44,7 +46,7 @@ QUICK_SETTINGS = {
     "ecg": {"latent_dim": 5, "hidden_dim": 8, "seq_len": 20, "batch": 4},
 }
 VARIANTS = {"bptt": ("constant", 0.0), "gtf": ("constant", 0.3), "agtf": ("adaptive", 1.0)}
-STEPS = {True: (1, 5), False: (10, 150)}  # (warm-up, timed) iterations
+STEPS = {True: (1, 2, 2), False: (10, 10, 15)}  # (warm-up, rounds, iterations per round) per variant
 ALPHA_UPDATE_EVERY, ALPHA_DECAY = 5, 0.999
 
 
@@ -70,7 +72,8 @@ def _series(setting: str, quick: bool):
     return x
 
 
-def measure(setting: str, variant: str, quick: bool, seed: int = 0) -> dict:
+def _variant(setting: str, variant: str, quick: bool, seed: int = 0):
+    """(step(i), state) for one variant: a fresh model and optimiser on the setting's fixed batches."""
     import torch
 
     from lit_models.dynamics.gtf_plrnn import ShallowPLRNN, alpha_star, gtf_loss, product_upper_bound
@@ -79,44 +82,52 @@ def measure(setting: str, variant: str, quick: bool, seed: int = 0) -> dict:
     method, alpha0 = VARIANTS[variant]
     torch.manual_seed(seed)
     series = _series(setting, quick)
-    n = series.shape[1]
     model = ShallowPLRNN(cfg["latent_dim"], cfg["hidden_dim"], clipped=True)
     opt = torch.optim.RAdam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     n_batches = 8
     starts = torch.randint(0, series.shape[0] - cfg["seq_len"], (n_batches, cfg["batch"]), generator=gen)
     batches = [torch.stack([series[s: s + cfg["seq_len"]] for s in row.tolist()]) for row in starts]
-    alpha = alpha0
-    grad_norms: list[float] = []
+    state = {"alpha": alpha0, "grad_norms": [], "obs_dim": series.shape[1], **cfg}
 
     def step(i: int) -> None:
-        nonlocal alpha
         x = batches[i % n_batches]
         if method == "adaptive" and (i + 1) % ALPHA_UPDATE_EVERY == 0:  # as GTFPLRNNModule._update_alpha
             star = alpha_star(product_upper_bound(model, x[:, 1:]))
-            alpha = star if star > alpha else ALPHA_DECAY * alpha + (1 - ALPHA_DECAY) * star
+            alpha = state["alpha"]
+            state["alpha"] = star if star > alpha else ALPHA_DECAY * alpha + (1 - ALPHA_DECAY) * star
         opt.zero_grad(set_to_none=True)
-        loss = gtf_loss(model, x, alpha)
+        loss = gtf_loss(model, x, state["alpha"])
         loss.backward()
-        grad_norms.append(float(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in model.parameters()))))
+        state["grad_norms"].append(float(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in model.parameters()))))
         opt.step()
 
-    warmup, timed = STEPS[quick]
-    for i in range(warmup):
-        step(i)
-    times = []
-    for i in range(warmup, warmup + timed):
-        t0 = time.perf_counter()
-        step(i)
-        times.append(time.perf_counter() - t0)
-    finite = [g for g in grad_norms if math.isfinite(g)]
-    return {"setting": setting, "variant": variant, "step_s": statistics.median(times), "best_step_s": min(times),
-            "timed_steps": timed, "median_grad_norm": statistics.median(finite) if finite else float("nan"),
-            "alpha_final": alpha, "obs_dim": n, **cfg}
+    return step, state
+
+
+def measure(setting: str, quick: bool, seed: int = 0) -> dict[str, dict]:
+    """All variants of one setting, taking turns in this process (benchmarks/timing.py): per variant the median
+    seconds per iteration, its per-round times, the median gradient norm and the final alpha."""
+    from benchmarks.timing import interleaved_step_times
+
+    warmup, rounds, block = STEPS[quick]
+    built = {variant: _variant(setting, variant, quick, seed) for variant in VARIANTS}
+    times = interleaved_step_times({v: step for v, (step, _) in built.items()}, rounds=rounds, block=block,
+                                   warmup=warmup)
+    out = {}
+    for variant, (_, state) in built.items():
+        finite = [g for g in state["grad_norms"] if math.isfinite(g)]
+        out[variant] = {"setting": setting, "variant": variant, "step_s": statistics.median(times[variant]),
+                        "round_step_s": times[variant], "timed_steps": rounds * block,
+                        "median_grad_norm": statistics.median(finite) if finite else float("nan"),
+                        "alpha_final": state["alpha"], **{k: v for k, v in state.items() if k != "grad_norms"}}
+    return out
 
 
 def run(quick: bool) -> list[dict]:
     import torch
+
+    from benchmarks.timing import paired_speed_ratio
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -124,14 +135,12 @@ def run(quick: bool) -> list[dict]:
     try:
         for setting in SETTINGS:
             load = os.getloadavg()[0]
-            res = {}
-            for variant in VARIANTS:
-                try:
-                    res[variant] = measure(setting, variant, quick)
-                except Exception as err:  # noqa: BLE001 - a failing case becomes a FAILED row
-                    rows.append({"case": f"{setting}_{variant}", "what": "FAILED", "ours": None, "baseline": None,
-                                 "ratio": None, "unit": "", "error": f"{type(err).__name__}: {err}"[:400],
-                                 "note": ""})
+            try:
+                res = measure(setting, quick)
+            except Exception as err:  # noqa: BLE001 - a failing setting becomes a FAILED row
+                rows.append({"case": f"{setting}", "what": "FAILED", "ours": None, "baseline": None,
+                             "ratio": None, "unit": "", "error": f"{type(err).__name__}: {err}"[:400], "note": ""})
+                continue
             base = res.get("bptt")
             if base is None:
                 continue
@@ -143,12 +152,18 @@ def run(quick: bool) -> list[dict]:
                 if ours is None:
                     continue
                 label = "GTF (alpha = 0.3)" if variant == "gtf" else "aGTF (adaptive alpha, every 5 iterations)"
+                paired = paired_speed_ratio(ours["round_step_s"], base["round_step_s"])
                 rows.append({
                     "case": f"{setting}_{variant}", "what": f"train iterations/s, {label} vs BPTT",
                     "ours": 1.0 / ours["step_s"], "baseline": 1.0 / base["step_s"],
                     "ratio": base["step_s"] / ours["step_s"], "unit": "steps/s",
-                    "note": (f"{shape}; median of {ours['timed_steps']} iterations: {1e3 * ours['step_s']:.2f} vs "
-                             f"{1e3 * base['step_s']:.2f} ms; median grad norm {ours['median_grad_norm']:.3g} vs "
+                    "ratio_median": paired["ratio_median"], "ratio_q1": paired["ratio_q1"],
+                    "ratio_q3": paired["ratio_q3"],
+                    "note": (f"{shape}; {paired['rounds']} rounds of {STEPS[quick][2]} iterations per variant, "
+                             f"taking turns: {1e3 * ours['step_s']:.2f} vs {1e3 * base['step_s']:.2f} ms (median "
+                             f"per round), per-round ratio median {paired['ratio_median']:.3f}, quartiles "
+                             f"{paired['ratio_q1']:.3f}-{paired['ratio_q3']:.3f}; median grad norm "
+                             f"{ours['median_grad_norm']:.3g} vs "
                              f"BPTT {base['median_grad_norm']:.3g}; final alpha {ours['alpha_final']:.3f}"),
                     "grad_norm_ours": ours["median_grad_norm"], "grad_norm_bptt": base["median_grad_norm"],
                 })

@@ -13,7 +13,7 @@ same layers and parameter count as `lit_models.dynamics.itransformer.ITransforme
   default is the per-parameter for-loop implementation; ours is configured `fused: true`).
 
 Numerically both models are the same function family (tested: equal outputs with copied weights, dropout off).
-Used only by `benchmarks/itransformer_speed.py` (cases `step_ref_*`).
+Used only by `benchmarks/itransformer_speed.py` (cases `pair_ref_*`).
 """
 from __future__ import annotations
 

@@ -59,3 +59,32 @@ def test_gtf_speed_quick():
     for row in rows:
         assert row["ratio"] == pytest.approx(row["ours"] / row["baseline"])
     assert gtf_speed.SUMMARY
+
+
+def test_interleaved_timing_alternates_the_order_and_pairs_rounds():
+    """benchmarks/timing.py on a fake clock (no wall-clock asserts): warm-up steps are untimed, the order reverses
+    every other round (A B, B A, ...), every round times `block` steps of each variant, and the paired ratio is
+    baseline time / ours time per round."""
+    from benchmarks.timing import interleaved_step_times, paired_speed_ratio
+
+    now = [0.0]
+    calls: list[tuple[str, int]] = []
+
+    def stepper(name: str, cost: float):
+        def step(i: int) -> None:
+            calls.append((name, i))
+            now[0] += cost
+        return step
+
+    times = interleaved_step_times({"ours": stepper("ours", 2.0), "base": stepper("base", 3.0)}, rounds=3, block=2,
+                                   warmup=1, clock=lambda: now[0])
+    assert calls[:2] == [("ours", 0), ("base", 0)]                      # warm-up, untimed
+    order = [name for name, _ in calls[2:]]
+    assert order == ["ours"] * 2 + ["base"] * 2 + ["base"] * 2 + ["ours"] * 2 + ["ours"] * 2 + ["base"] * 2
+    assert [i for name, i in calls if name == "ours"] == list(range(7))  # step indices keep counting
+    assert times == {"ours": [2.0, 2.0, 2.0], "base": [3.0, 3.0, 3.0]}
+    summary = paired_speed_ratio(times["ours"], times["base"])
+    assert summary["ratio_median"] == pytest.approx(1.5) and summary["rounds"] == 3
+    assert summary["ratio_q1"] == pytest.approx(1.5) and summary["ratio_q3"] == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        paired_speed_ratio([1.0], [1.0, 2.0])

@@ -1,0 +1,57 @@
+"""Paired timing for speed ratios near 1: the variants take turns in one process.
+
+On a shared 2-core machine the speed of one process drifts by tens of percent from one minute (or one process) to
+the next: two variants timed one after the other, or in two fresh processes, gave ratios from 0.84 to 1.17 for the
+same pair of iTransformer steps. Here every variant runs a block of steps in each round, the order reversed every
+other round (A B, B A, ...), so that a slow spell of the machine costs all variants alike; the ratio is then taken
+round by round (the two blocks of a round ran seconds apart) and summarised by its median and quartiles.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+
+def interleaved_step_times(steps: Mapping[str, Callable[[int], None]], *, rounds: int, block: int,
+                           warmup: int = 2, sync: Callable[[], None] | None = None,
+                           clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Seconds per step of each variant, one value per round (the mean over that round's block of `block` steps).
+
+    `steps[name](i)` runs training step i of variant `name`. Each variant first runs `warmup` untimed steps; then
+    `rounds` rounds run every variant's block, in the given order on even rounds and reversed on odd ones. `sync`
+    (e.g. torch.cuda.synchronize) is called before each clock read.
+    """
+    if rounds < 1 or block < 1 or warmup < 0:
+        raise ValueError(f"rounds and block must be >= 1 and warmup >= 0, got {rounds}, {block}, {warmup}")
+    sync = sync or (lambda: None)
+    names = list(steps)
+    counters = dict.fromkeys(names, 0)
+
+    def run(name: str, n: int) -> None:
+        for _ in range(n):
+            steps[name](counters[name])
+            counters[name] += 1
+
+    for name in names:
+        run(name, warmup)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            sync()
+            t0 = clock()
+            run(name, block)
+            sync()
+            times[name].append((clock() - t0) / block)
+    return times
+
+
+def paired_speed_ratio(ours: list[float], baseline: list[float]) -> dict[str, float]:
+    """Speed ratio ours / baseline (> 1: ours faster) per round, baseline_time / ours_time: median and quartiles,
+    and the medians of both step times."""
+    if len(ours) != len(baseline) or not ours:
+        raise ValueError(f"need the same number (>= 1) of rounds, got {len(ours)} and {len(baseline)}")
+    ratios = sorted(b / o for o, b in zip(ours, baseline))
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return {"ratio_median": statistics.median(ratios), "ratio_q1": q1, "ratio_q3": q3, "rounds": len(ratios),
+            "ours_step_s": statistics.median(ours), "baseline_step_s": statistics.median(baseline)}
