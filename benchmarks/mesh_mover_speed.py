@@ -7,7 +7,8 @@ m = 1 + |u_x| / mean|u_x| of u = tanh(20 (x - 0.4)) + 0.3 sin(2 pi y):
   exact 1-D equidistribution, only possible for a separable monitor);
 - ours: one forward of the data-free mesh mover (x = xi + grad phi at the mesh nodes: a forward and one backward
   of the potential network) and of UM2N (transformer + recurrent GAT deformer), untrained weights (cost does not
-  depend on training), in the CPU-scale experiment sizes and at the paper's sizes.
+  depend on training), in the CPU-scale experiment sizes (`experiment=data_free_mesh_mover`, `experiment=um2n`)
+  and at the paper's sizes (`data_free_mesh_mover/burgers`, `um2n/helmholtz`), each built from its config.
 All on 1 torch thread, float32 networks, median of `repeats` timed calls after one warm-up.
 """
 from __future__ import annotations
@@ -34,19 +35,19 @@ def _time(fn, repeats: int) -> float:
     return float(np.median(ts))
 
 
-def _dmm(paper: bool):
-    from lit_models.pde.data_free_mesh_mover import DataFreeMeshMoverModule
-
-    if paper:
-        return DataFreeMeshMoverModule().eval()
-    return DataFreeMeshMoverModule(branch_channels=[8, 16, 16, 32], trunk_layers=[2, 32, 64],
-                                   head_layers=[128, 64, 64, 1]).eval()
+# the networks timed: the CPU-scale experiment and the paper-scale variant of each paper, built from their configs
+# (so that the benchmark follows any change of a model's constructor or sizes)
+EXPERIMENTS = {"dmm": ("data_free_mesh_mover", "data_free_mesh_mover/burgers"), "um2n": ("um2n", "um2n/helmholtz")}
 
 
-def _um2n(paper: bool):
-    from lit_models.pde.um2n import UM2NModule
+def _module(name: str, paper: bool):
+    """The `name` mover's LightningModule as `zoo train experiment=...` instantiates it (eval mode)."""
+    from hydra.utils import instantiate
 
-    return UM2NModule(hidden=512 if paper else 64, num_loop=1 if paper else 8).eval()
+    from launch.config import compose
+
+    cfg = compose([f"experiment={EXPERIMENTS[name][int(paper)]}"])
+    return instantiate(cfg.model, _convert_="partial").eval()
 
 
 def run(quick: bool = True) -> list[dict]:
@@ -66,16 +67,17 @@ def run(quick: bool = True) -> list[dict]:
         u = torch.tensor(d["u"], dtype=torch.float32)[:, None]
         xi = torch.tensor(pos, dtype=torch.float32)[None]
         graph = front_graph(n, 20.0, 0.4)
-        for name, build, call in (
-            ("dmm", _dmm, lambda mod: mod(u, xi)),
-            ("um2n", _um2n, lambda mod: mod(graph)),
+        for name, call in (
+            ("dmm", lambda mod: mod(u, xi)),
+            ("um2n", lambda mod: mod(graph)),
         ):
             for paper in (False, True):
-                mod = build(paper)
+                mod = _module(name, paper)
                 with torch.no_grad() if name == "um2n" else torch.enable_grad():
                     t_ours = _time(lambda: call(mod), repeats)
                 for base, t_base in (("ma_fd", t_fd), ("equidistribution_1d", t_1d)):
-                    rows.append({"mover": name, "size": "paper" if paper else "cpu", "n_nodes": n * n,
+                    rows.append({"mover": name, "size": "paper" if paper else "cpu",
+                                 "experiment": EXPERIMENTS[name][int(paper)], "n_nodes": n * n,
                                  "baseline": base, "ours_s": t_ours, "baseline_s": t_base,
                                  "ratio": t_base / max(t_ours, 1e-12),
                                  "fd_steps_cap": steps if base == "ma_fd" else None})
