@@ -9,7 +9,10 @@ Each sample is normalised by a per-sample, per-dimension scale (max |u| on the n
 predicts in that scale and multiplies back. Training batches (an IterableDataset seeded by (seed, epoch, rank)) add
 `noise` (2 %) Gaussian noise relative to the per-dimension RMS of the input, and corrupt the input text skeleton
 (term add/delete with 0.15/0.15); targets (trajectory and full expression with constants) stay clean. Val/test use
-noisy data (fixed seed) and the uncorrupted skeleton.
+noisy data (fixed seed) and the uncorrupted skeleton, unless the paper's robustness test asks otherwise:
+`eval_p_add` / `eval_p_delete` corrupt the val/test input text with the same rule (fixed seed; the paper's tests with
+extra / missing terms), and `eval_text=other_family` gives every sample the skeleton of another family (how much the
+model relies on the text).
 """
 from __future__ import annotations
 
@@ -105,18 +108,33 @@ def _pad(seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     return out
 
 
+def _other_family_sources(family: np.ndarray) -> list[int]:
+    """For every sample, the index of a sample of the next family present in the split (cyclically): its input text
+    then names the wrong family (a diagnostic of how much the model relies on the text)."""
+    family = np.asarray(family)
+    present = sorted(set(family.tolist()))
+    if len(present) < 2:
+        raise UserError("data.eval_text=other_family needs at least two families in the split")
+    first = {f: int(np.flatnonzero(family == f)[0]) for f in present}
+    nxt = {f: present[(k + 1) % len(present)] for k, f in enumerate(present)}
+    return [first[nxt[f]] for f in family.tolist()]
+
+
 class ProseBatches(IterableDataset):
     """Yields whole batches (dicts). Train: reshuffled, noisy, corrupted text; eval: fixed order and noise."""
 
     def __init__(self, split: dict, tokenizer: SymbolicTokenizer, batch_size: int, noise: float, train: bool,
-                 p_add: float, p_delete: float, seed: int, datamodule=None, steps: int | None = None) -> None:
+                 p_add: float, p_delete: float, seed: int, datamodule=None, steps: int | None = None,
+                 eval_text: str = "own") -> None:
         self.split, self.tok, self.batch_size, self.noise, self.train = split, tokenizer, batch_size, noise, train
         self.p_add, self.p_delete, self.seed, self.datamodule = p_add, p_delete, seed, datamodule
         n = len(split["exprs"])
         self.steps = steps if steps is not None else (n // batch_size if train else -(-n // batch_size))
-        # targets (clean, with constants) and clean skeletons are fixed: encode once
+        # targets (clean, with constants) are fixed: encode once; so is the eval input text, a skeleton of the
+        # sample's own expression (eval_text="own") or of another family's sample ("other_family")
         self.targets = [tokenizer.encode(e) for e in split["exprs"]]
-        self.skeletons = [tokenizer.encode(e, skeleton=True) for e in split["exprs"]]
+        self.text_source = list(range(n)) if eval_text == "own" else _other_family_sources(split["family"])
+        self.skeletons = [tokenizer.encode(split["exprs"][j], skeleton=True) for j in self.text_source]
 
     def __len__(self) -> int:
         return self.steps
@@ -130,16 +148,18 @@ class ProseBatches(IterableDataset):
             order = rng.permutation(n)
             # each rank takes its own share of the permutation
             order = order[rank::world]
+            text_rng = rng
         else:
             rng = np.random.default_rng([self.seed, 99])
+            text_rng = np.random.default_rng([self.seed, 98])  # eval: corrupting the text leaves the data noise as is
             order = np.arange(n)
         for b in range(self.steps):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             if len(idx) == 0:
                 return
-            yield self._batch(idx, rng)
+            yield self._batch(idx, rng, text_rng)
 
-    def _batch(self, idx: np.ndarray, rng: np.random.Generator) -> dict:
+    def _batch(self, idx: np.ndarray, rng: np.random.Generator, text_rng: np.random.Generator) -> dict:
         s = self.split
         x_in, x_out = s["data_in"][idx], s["data_out"][idx]
         dim = s["dim"][idx]
@@ -150,9 +170,9 @@ class ProseBatches(IterableDataset):
         # multiplies its prediction back by it for the original-scale error
         scale = np.where(mask, np.abs(noisy).max(1), 1.0)
         scale = np.maximum(scale, 1e-3)
-        if self.train:
-            text = [self.tok.encode(corrupt(s["exprs"][i], rng, self.p_add, self.p_delete), skeleton=True)
-                    for i in idx]
+        if self.train or self.p_add > 0 or self.p_delete > 0:  # eval: the robustness test's corrupted text
+            text = [self.tok.encode(corrupt(s["exprs"][self.text_source[i]], text_rng, self.p_add, self.p_delete),
+                                    skeleton=True) for i in idx]
         else:
             text = [self.skeletons[i] for i in idx]
         B = len(idx)
@@ -175,8 +195,15 @@ class ProseDataModule(L.LightningDataModule):
                  batch_size: int = 64, eval_batch_size: int = 500, t_end: float = 4.0, dt: float = 0.01,
                  n_input: int = 32, n_output: int = 32, param_range: float = 0.3, noise: float = 0.02,
                  p_add: float = 0.15, p_delete: float = 0.15, max_dim: int = 3, float_precision: int = 3,
-                 seed: int = 0, num_workers: int = 0) -> None:
+                 seed: int = 0, num_workers: int = 0, eval_text: str = "own", eval_p_add: float = 0.0,
+                 eval_p_delete: float = 0.0) -> None:
         super().__init__()
+        if eval_text not in ("own", "other_family"):
+            raise UserError(f"data.eval_text must be 'own' or 'other_family', got {eval_text!r}")
+        for key, prob in (("p_add", p_add), ("p_delete", p_delete), ("eval_p_add", eval_p_add),
+                        ("eval_p_delete", eval_p_delete)):
+            if not 0.0 <= prob <= 1.0:
+                raise UserError(f"data.{key} must be a probability in [0, 1], got {prob}")
         self.save_hyperparameters()
         self.tokenizer = SymbolicTokenizer(max_dim=max_dim, float_precision=float_precision)
         self.splits: dict[str, dict] = {}
@@ -195,8 +222,10 @@ class ProseDataModule(L.LightningDataModule):
 
     def _loader(self, which: str, train: bool) -> DataLoader:
         h = self.hparams
+        p_add, p_delete = (h.p_add, h.p_delete) if train else (h.eval_p_add, h.eval_p_delete)
         ds = ProseBatches(self.splits[which], self.tokenizer, h.batch_size if train else h.eval_batch_size,
-                          h.noise, train, h.p_add, h.p_delete, h.seed, datamodule=self)
+                          h.noise, train, p_add, p_delete, h.seed, datamodule=self,
+                          eval_text="own" if train else h.eval_text)
         return DataLoader(ds, batch_size=None, num_workers=h.num_workers)
 
     def train_dataloader(self) -> DataLoader:

@@ -11,9 +11,9 @@ switches the base experiment) and boolean expressions over their final metric:
         expect: ["lightgcn >= 0.31", "lightgcn >= mf_30 + 0.03"]
         baseline: {lightgcn: [model.num_layers=0]}   # the method swapped for its baseline: must fail
 
-A run may also be `{train: [...], eval: [model.<hparam>=<value>, ...]}`: the model trained with the `train`
-overrides, tested again with those hyperparameters changed (for settings the module reads at test time, e.g. the
-fraction of frames that carry measurements). The claim then compares one trained model under two settings:
+A run may also be `{train: [...], eval: [model.<hparam>=<value>, data.<hparam>=<value>, ...]}`: the model trained
+with the `train` overrides, tested again with those hyperparameters of the module or the datamodule changed (for
+settings read at test time, e.g. the fraction of frames that carry measurements, or PROSE's test-time input text). The claim then compares one trained model under two settings:
 
         runs: {noda: [], prediction_only: {train: [], eval: [model.alpha=0.0]}}
 
@@ -99,25 +99,29 @@ def _run_key(slug: str, overrides: list[str], extra: list[str] = ()) -> tuple[st
     return tuple(base + list(overrides) + list(extra))
 
 
-def _hparam_updates(eval_overrides: list[str], hparams) -> dict:
+def _hparam_updates(eval_overrides: list[str], targets: dict) -> dict[str, dict]:
+    """{"model": {...}, "data": {...}} from `model.<hp>=<value>` / `data.<hp>=<value>` eval overrides; `targets`
+    maps "model" / "data" to the hyperparameters they may change."""
     import yaml
 
-    updates = {}
+    updates: dict[str, dict] = {group: {} for group in targets}
     for item in eval_overrides:
         name, sep, value = item.partition("=")
-        if not sep or not name.startswith("model."):
-            raise UserError(f"eval override '{item}' must look like model.<hyperparameter>=<value>")
-        hp = name[len("model."):]
-        if hp not in hparams:
-            raise UserError(f"eval override '{item}': the model has no hyperparameter '{hp}'")
-        updates[hp] = yaml.safe_load(value)
+        group, _, hp = name.partition(".")
+        if not sep or group not in targets or not hp:
+            raise UserError(f"eval override '{item}' must look like model.<hyperparameter>=<value> or "
+                            f"data.<hyperparameter>=<value>")
+        if hp not in targets[group]:
+            raise UserError(f"eval override '{item}': the {group} has no hyperparameter '{hp}'")
+        updates[group][hp] = yaml.safe_load(value)
     return updates
 
 
 def eval_once(slug: str, train_overrides: list[str], eval_overrides: list[str],
               extra: list[str] = ()) -> dict[str, float]:
     """Test metrics of the model trained with `train_overrides` (cached) after setting `eval_overrides` on its
-    hyperparameters; the hyperparameters are restored afterwards."""
+    hyperparameters (`model.<hp>=...`) or on its datamodule's (`data.<hp>=...`: options read when the test loader
+    is built, e.g. PROSE's test-time text); both are restored afterwards."""
     from launch import train
 
     key = _run_key(slug, train_overrides, extra)
@@ -125,15 +129,18 @@ def eval_once(slug: str, train_overrides: list[str], eval_overrides: list[str],
     if ekey not in _EVAL_CACHE:
         train_once(slug, train_overrides, extra)
         kept = _TRAINED[key]
-        model, trainer = kept["model"], kept["trainer"]
-        updates = _hparam_updates(list(eval_overrides), model.hparams)
-        saved = {k: model.hparams[k] for k in updates}
-        model.hparams.update(updates)
+        model, trainer, datamodule = kept["model"], kept["trainer"], kept["datamodule"]
+        targets = {"model": model.hparams, "data": datamodule.hparams}
+        updates = _hparam_updates(list(eval_overrides), targets)
+        saved = {group: {k: targets[group][k] for k in ups} for group, ups in updates.items()}
+        for group, ups in updates.items():
+            targets[group].update(ups)
         try:
-            trainer.test(model, datamodule=kept["datamodule"], verbose=False)
+            trainer.test(model, datamodule=datamodule, verbose=False)
             _EVAL_CACHE[ekey] = train._floats(trainer.callback_metrics)
         finally:
-            model.hparams.update(saved)
+            for group, old in saved.items():
+                targets[group].update(old)
     return _EVAL_CACHE[ekey]
 
 

@@ -23,7 +23,23 @@ def test_eval_variant_reuses_the_trained_model_and_restores_hparams():
     assert variant["test/rel_l2"] != pytest.approx(trained["test/rel_l2"])
 
 
-@pytest.mark.parametrize("bad", [["alpha=0"], ["model.no_such_hparam=1"]])
+PROSE_TINY = ["data.num_train=64", "data.num_val=16", "data.num_test=16", "data.eval_batch_size=16",
+              "data.batch_size=16", "trainer.max_steps=2", "model.max_gen_len=8"]
+
+
+def test_eval_variant_sets_and_restores_datamodule_hparams():
+    """`data.<hp>=<value>` eval overrides act on the trained run's datamodule (PROSE: the test-time input text)."""
+    trained = check.measure("prose", [], PROSE_TINY)
+    n_runs = len(check._RUN_CACHE)
+    variant = check.measure("prose", {"train": [], "eval": ["data.eval_text=other_family"]}, PROSE_TINY)
+    assert len(check._RUN_CACHE) == n_runs  # no second training
+    datamodule = check._TRAINED[check._run_key("prose", [], PROSE_TINY)]["datamodule"]
+    assert datamodule.hparams.eval_text == "own"  # restored
+    assert variant["test/rel_l2"] != pytest.approx(trained["test/rel_l2"], rel=1e-9, abs=0)  # other input text
+
+
+@pytest.mark.parametrize("bad", [["alpha=0"], ["model.no_such_hparam=1"], ["data.no_such_hparam=1"],
+                                 ["trainer.max_steps=1"]])
 def test_eval_override_errors_are_one_line(bad):
     with pytest.raises(UserError):
         check.measure("semilinear_operator", {"train": [], "eval": bad}, TINY)
