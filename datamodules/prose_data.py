@@ -12,7 +12,8 @@ predicts in that scale and multiplies back. Training batches (an IterableDataset
 noisy data (fixed seed) and the uncorrupted skeleton, unless the paper's robustness test asks otherwise:
 `eval_p_add` / `eval_p_delete` corrupt the val/test input text with the same rule (fixed seed; the paper's tests with
 extra / missing terms), and `eval_text=other_family` gives every sample the skeleton of another family (how much the
-model relies on the text).
+model relies on the text). `test_param_range: [lo, hi]` draws the test split's parameters as nominal x (1 +- U(lo, hi))
+(lo >= param_range: values never seen in training, the paper's generalisation to unseen parameter ranges).
 """
 from __future__ import annotations
 
@@ -64,8 +65,10 @@ def rk4(expr_list, u0: np.ndarray, dt: float, n_steps: int, record: np.ndarray |
 
 @functools.lru_cache(maxsize=8)
 def make_split(name: str, n: int, seed: int, param_range: float, t_end: float, dt: float, n_input: int,
-               n_output: int, max_dim: int) -> dict:
-    """Deterministic split: arrays + expressions (cached per process)."""
+               n_output: int, max_dim: int, shell: tuple[float, float] | None = None) -> dict:
+    """Deterministic split: arrays + expressions (cached per process). Parameters: nominal x U(1 - param_range,
+    1 + param_range); with `shell` = (lo, hi) instead nominal x (1 +- U(lo, hi)), each with a random sign (lo >=
+    param_range: parameter values never seen in training, the paper's out-of-distribution test)."""
     if name not in OFFLINE:
         raise UserError(f"data: unknown PROSE dataset '{name}' (offline: {', '.join(OFFLINE)})")
     fams = OFFLINE[name]
@@ -79,7 +82,11 @@ def make_split(name: str, n: int, seed: int, param_range: float, t_end: float, d
     for fi, (fname, count) in enumerate(zip(fams, counts)):
         fam = FAMILIES[fname]
         nominal = np.asarray(fam.nominal)
-        params = nominal * rng.uniform(1 - param_range, 1 + param_range, size=(count, len(nominal)))
+        if shell is None:
+            params = nominal * rng.uniform(1 - param_range, 1 + param_range, size=(count, len(nominal)))
+        else:
+            size = (count, len(nominal))
+            params = nominal * (1 + rng.choice([-1.0, 1.0], size=size) * rng.uniform(shell[0], shell[1], size=size))
         u0 = rng.uniform(fam.ic_low, fam.ic_high, size=(count, fam.dim))
         ex = [fam.expression(p) for p in params]
         if fam.dim > max_dim:
@@ -196,8 +203,13 @@ class ProseDataModule(L.LightningDataModule):
                  n_input: int = 32, n_output: int = 32, param_range: float = 0.3, noise: float = 0.02,
                  p_add: float = 0.15, p_delete: float = 0.15, max_dim: int = 3, float_precision: int = 3,
                  seed: int = 0, num_workers: int = 0, eval_text: str = "own", eval_p_add: float = 0.0,
-                 eval_p_delete: float = 0.0) -> None:
+                 eval_p_delete: float = 0.0, test_param_range: list[float] | None = None) -> None:
         super().__init__()
+        if test_param_range is not None:
+            bounds = list(test_param_range)
+            if len(bounds) != 2 or not 0.0 <= bounds[0] < bounds[1] < 1.0:
+                raise UserError(f"data.test_param_range must be [lo, hi] with 0 <= lo < hi < 1 (test parameters "
+                                f"nominal x (1 +- U(lo, hi))), got {test_param_range}")
         if eval_text not in ("own", "other_family"):
             raise UserError(f"data.eval_text must be 'own' or 'other_family', got {eval_text!r}")
         for key, prob in (("p_add", p_add), ("p_delete", p_delete), ("eval_p_add", eval_p_add),
@@ -212,7 +224,8 @@ class ProseDataModule(L.LightningDataModule):
         h = self.hparams
         n = {"train": h.num_train, "val": h.num_val, "test": h.num_test}[which]
         seed = h.seed * 1000 + {"train": 1, "val": 2, "test": 3}[which]
-        return make_split(h.name, n, seed, h.param_range, h.t_end, h.dt, h.n_input, h.n_output, h.max_dim)
+        shell = tuple(h.test_param_range) if which == "test" and h.test_param_range is not None else None
+        return make_split(h.name, n, seed, h.param_range, h.t_end, h.dt, h.n_input, h.n_output, h.max_dim, shell)
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("train", "val", "test"))

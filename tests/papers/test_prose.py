@@ -99,6 +99,29 @@ def test_eval_text_options_other_family_and_corruption():
             ProseDataModule(**bad)
 
 
+def test_test_param_range_draws_unseen_parameters_for_the_test_split_only():
+    """`data.test_param_range=[lo, hi]` (the paper's unseen parameter ranges): Lotka-Volterra's constants are its
+    parameters, so every test constant lies at 1 +- [lo, hi] times nominal; train/val splits keep +-param_range."""
+    from datamodules.prose_data import ProseDataModule
+    from launch.errors import UserError
+
+    nominal = FAMILIES["lotka_volterra"].nominal
+    dm = ProseDataModule(num_train=40, num_val=8, num_test=40, test_param_range=[0.3, 0.5])
+    dm.setup("fit")
+    dm.setup("test")
+    for split, (lo, hi) in (("test", (0.3, 0.5)), ("train", (0.0, 0.3))):
+        data = dm.splits[split]
+        lv = [e for e, f in zip(data["exprs"], data["family"]) if f == 0]
+        assert lv
+        for expr in lv:
+            constants = [abs(c) for comp in expr for c, _ in comp]
+            deviation = np.abs(np.asarray(constants) / np.asarray(nominal) - 1.0)
+            assert np.all((deviation >= lo - 1e-12) & (deviation <= hi + 1e-12)), (split, deviation)
+    for bad in ([0.5, 0.3], [0.3], [0.2, 1.2]):
+        with pytest.raises(UserError):
+            ProseDataModule(test_param_range=bad)
+
+
 def _tiny(text_input=True, **kw):
     torch.manual_seed(0)
     tok = SymbolicTokenizer()
