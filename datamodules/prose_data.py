@@ -219,19 +219,23 @@ class ProseDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.tokenizer = SymbolicTokenizer(max_dim=max_dim, float_precision=float_precision)
         self.splits: dict[str, dict] = {}
+        self._split_keys: dict[str, tuple] = {}
 
-    def _split(self, which: str) -> dict:
+    def _split_args(self, which: str) -> tuple:
         h = self.hparams
         n = {"train": h.num_train, "val": h.num_val, "test": h.num_test}[which]
         seed = h.seed * 1000 + {"train": 1, "val": 2, "test": 3}[which]
         shell = tuple(h.test_param_range) if which == "test" and h.test_param_range is not None else None
-        return make_split(h.name, n, seed, h.param_range, h.t_end, h.dt, h.n_input, h.n_output, h.max_dim, shell)
+        return h.name, n, seed, h.param_range, h.t_end, h.dt, h.n_input, h.n_output, h.max_dim, shell
 
     def setup(self, stage: str | None = None) -> None:
+        """Generate the stage's splits; a split is rebuilt when its settings changed since (e.g. `zoo check` setting
+        data.test_param_range on a trained run's datamodule)."""
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("train", "val", "test"))
         for w in wanted:
-            if w not in self.splits:
-                self.splits[w] = self._split(w)
+            args = self._split_args(w)
+            if self._split_keys.get(w) != args:
+                self.splits[w], self._split_keys[w] = make_split(*args), args
 
     def _loader(self, which: str, train: bool) -> DataLoader:
         h = self.hparams

@@ -36,6 +36,12 @@ def test_eval_variant_sets_and_restores_datamodule_hparams():
     datamodule = check._TRAINED[check._run_key("prose", [], PROSE_TINY)]["datamodule"]
     assert datamodule.hparams.eval_text == "own"  # restored
     assert variant["test/rel_l2"] != pytest.approx(trained["test/rel_l2"], rel=1e-9, abs=0)  # other input text
+    # a setting read when the test split is generated: the split is rebuilt, then restored
+    unseen = check.measure("prose", {"train": [], "eval": ["data.test_param_range=[0.3, 0.5]"]}, PROSE_TINY)
+    assert unseen["test/rel_l2"] != pytest.approx(trained["test/rel_l2"], rel=1e-9, abs=0)
+    assert datamodule.hparams.test_param_range is None
+    again = check.measure("prose", {"train": [], "eval": ["data.eval_text=own"]}, PROSE_TINY)
+    assert again["test/rel_l2"] == pytest.approx(trained["test/rel_l2"], rel=1e-6)
 
 
 @pytest.mark.parametrize("bad", [["alpha=0"], ["model.no_such_hparam=1"], ["data.no_such_hparam=1"],
