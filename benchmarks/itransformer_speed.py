@@ -66,7 +66,8 @@ SIZES = {  # horizon -> model sizes (official ETTh1 script)
 # torch threads: 2 as the anchor's 2-core machine; PAPERZOO_BENCH_THREADS overrides it (on an oversubscribed
 # machine 2 OpenMP threads wait on each other at every parallel region: steps slow down 10-100x, use 1 there)
 FULL = {"batch": 32, "variates": 7, "seq_len": 96, "n_heads": 8, "e_layers": 2, "warmup": 3, "timed": 20,
-        "fit_warmup": 5, "fit_timed": 40, "pair_rounds": 12, "pair_block": 5, "threads": int(os.environ.get("PAPERZOO_BENCH_THREADS", "2"))}
+        "fit_warmup": 5, "fit_timed": 40, "pair_rounds": 12, "pair_block": 5,
+        "threads": int(os.environ.get("PAPERZOO_BENCH_THREADS", "2"))}
 QUICK = {"batch": 4, "variates": 3, "seq_len": 16, "n_heads": 2, "e_layers": 1, "warmup": 1, "timed": 2,
          "fit_warmup": 1, "fit_timed": 2, "pair_rounds": 2, "pair_block": 1, "threads": 1, "d_model": 16, "d_ff": 16}
 
@@ -124,7 +125,8 @@ def write_etth1_like(path: Path, rows: int = ETTH1_ROWS, seed: int = 0) -> None:
 
 # ------------------------------------------------------------------------------------------------ cases
 def _training_step(model_name: str, horizon: int, quick: bool, device: str = "cpu"):
-    """(step(i), model, shapes) for bare training steps of one model on fixed random ETTh1-shaped batches."""
+    """(step(i), info) for bare training steps of one model on fixed random ETTh1-shaped batches (the same batches
+    for every model); info: sizes, parameter and token counts."""
     import torch
     import torch.nn.functional as F
 

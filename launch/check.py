@@ -13,7 +13,8 @@ switches the base experiment) and boolean expressions over their final metric:
 
 A run may also be `{train: [...], eval: [model.<hparam>=<value>, data.<hparam>=<value>, ...]}`: the model trained
 with the `train` overrides, tested again with those hyperparameters of the module or the datamodule changed (for
-settings read at test time, e.g. the fraction of frames that carry measurements, or PROSE's test-time input text). The claim then compares one trained model under two settings:
+settings read at test time, e.g. the fraction of frames that carry measurements, or PROSE's test-time input text).
+The claim then compares one trained model under two settings:
 
         runs: {noda: [], prediction_only: {train: [], eval: [model.alpha=0.0]}}
 
