@@ -25,7 +25,6 @@ import functools
 import math
 import os
 import statistics
-import time
 
 SUMMARY = (
     "How to read: `ours` = GTF (constant alpha) or aGTF (adaptive alpha, alpha* every 5 iterations), `baseline` = "
@@ -120,7 +119,8 @@ def measure(setting: str, quick: bool, seed: int = 0) -> dict[str, dict]:
         out[variant] = {"setting": setting, "variant": variant, "step_s": statistics.median(times[variant]),
                         "round_step_s": times[variant], "timed_steps": rounds * block,
                         "median_grad_norm": statistics.median(finite) if finite else float("nan"),
-                        "alpha_final": state["alpha"], **{k: v for k, v in state.items() if k != "grad_norms"}}
+                        "alpha_final": state["alpha"],
+                        **{k: v for k, v in state.items() if k not in ("grad_norms", "alpha")}}
     return out
 
 
