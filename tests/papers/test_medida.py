@@ -123,7 +123,9 @@ def test_claim_spectral_bias_known_gap():
     RFF-MLP (sigma 2) 1.55 vs plain MLP 1.58 (sigma 1: 2.31, 3: 2.60, 5: 12.2, 10: 342); both still discover
     -0.2 u_xx within 3%. The interpolant, not the data, is the limit (see the band-limited fit test above): both
     networks leave ~1e-3 of spurious content at modes 13-30 between the sensors. The claim carries a `known_gap`;
-    this test xfails while the gap stands and still requires the baseline (plain MLP swapped in) to fail."""
+    this test xfails while the gap stands and still requires the baseline (plain MLP swapped in) to fail. In the
+    paper's 2-D QG setting the RFF advantage does show at CPU scale (tests/test_medida_qg.py, claim
+    medida/qg spectral_bias)."""
     from launch.check import run_claim
 
     torch.set_num_threads(1)
