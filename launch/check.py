@@ -18,11 +18,19 @@ The claim then compares one trained model under two settings:
 
         runs: {noda: [], prediction_only: {train: [], eval: [model.alpha=0.0]}}
 
-Runs are cached per process by their overrides, so runs shared between claims train once.
+A run may instead be a probe, `{probe: <module>:<function>, args: {...}}`: a function of this project that trains
+nothing and returns a dict of metrics, for the cards' deterministic checks (a gradient norm on a known map, an
+equivariance error, a tokenizer round trip):
+
+        runs: {bptt: {probe: "lit_models.dynamics.gtf_plrnn:tent_map_gradient_norm", args: {alpha: 0.0}}}
+
+Runs are cached per process by their overrides (probes by their function and arguments), so runs shared between
+claims train once.
 """
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import logging
 import operator
@@ -40,6 +48,8 @@ CHECK_OVERRIDES = ["logger=none", "launcher=local", "progress_bar=false", "stage
 _RUN_CACHE: dict[tuple[str, ...], dict[str, float]] = {}
 _TRAINED: dict[tuple[str, ...], dict] = {}  # trainer, model, datamodule of each cached run
 _EVAL_CACHE: dict[tuple, dict[str, float]] = {}
+_PROBE_CACHE: dict[tuple[str, str], dict[str, float]] = {}
+PROBE_PACKAGES = ("lit_models.", "datamodules.", "benchmarks.")
 
 
 @dataclass
@@ -60,7 +70,7 @@ class ClaimResult:
         return all(self.outcomes)
 
     def report(self) -> str:
-        values = ", ".join(f"{k}={v:.4f}" for k, v in self.measured.items())
+        values = ", ".join(f"{k}={v:.4g}" for k, v in self.measured.items())
         checks = "; ".join(f"{e} [{'ok' if ok else 'FAIL'}]" for e, ok in zip(self.expect, self.outcomes))
         gap = f" [known gap: {self.known_gap}]" if self.known_gap and not self.passed else ""
         return f"{self.slug}/{self.claim}: {self.verdict} ({values}) {checks}{gap}"
@@ -145,12 +155,39 @@ def eval_once(slug: str, train_overrides: list[str], eval_overrides: list[str],
     return _EVAL_CACHE[ekey]
 
 
+def probe_once(target: str, args: dict) -> dict[str, float]:
+    """Metrics returned by the probe function `<module>:<function>` (a module of this project) called with `args`
+    (cached)."""
+    key = (target, json.dumps(args, sort_keys=True))
+    if key not in _PROBE_CACHE:
+        module_name, sep, func_name = target.partition(":")
+        if not sep or not module_name.startswith(PROBE_PACKAGES) or not func_name:
+            raise UserError(f"probe '{target}' must look like <module>:<function> with the module in one of "
+                            f"{', '.join(p.rstrip('.') for p in PROBE_PACKAGES)}")
+        try:
+            func = getattr(importlib.import_module(module_name), func_name)
+        except (ImportError, AttributeError) as err:
+            raise UserError(f"probe '{target}' not found: {err}") from None
+        try:
+            metrics = func(**args)
+        except TypeError as err:
+            raise UserError(f"probe '{target}' rejected its args {args}: {err}") from None
+        _PROBE_CACHE[key] = {k: float(v) for k, v in metrics.items()}
+    return _PROBE_CACHE[key]
+
+
 def measure(slug: str, spec, extra: list[str] = ()) -> dict[str, float]:
-    """Metrics of one claim run: a list of overrides, or {train: [...], eval: [...]}."""
+    """Metrics of one claim run: a list of overrides, {train: [...], eval: [...]}, or {probe: ..., args: {...}}."""
     if isinstance(spec, (dict, DictConfig)):
+        if "probe" in spec:
+            unknown = set(spec) - {"probe", "args"}
+            if unknown:
+                raise UserError(f"claim run {dict(spec)} has unknown keys {sorted(unknown)} (allowed: probe, args)")
+            return probe_once(str(spec["probe"]), dict(spec.get("args") or {}))
         unknown = set(spec) - {"train", "eval"}
         if unknown:
-            raise UserError(f"claim run {dict(spec)} has unknown keys {sorted(unknown)} (allowed: train, eval)")
+            raise UserError(f"claim run {dict(spec)} has unknown keys {sorted(unknown)} (allowed: train, eval, or "
+                            f"probe, args)")
         return eval_once(slug, list(spec.get("train", [])), list(spec.get("eval", [])), extra)
     return train_once(slug, list(spec), extra)
 
@@ -241,7 +278,7 @@ def write_results(slug: str, results: list[ClaimResult], out_dir: Path) -> None:
     (out_dir / f"{slug}.json").write_text(json.dumps(payload, indent=2))
     lines = [f"# zoo check {slug}", "", "| claim | measured | expected | result | seconds |", "|---|---|---|---|---|"]
     for r in results:
-        measured = ", ".join(f"{k}={v:.4f}" for k, v in r.measured.items())
+        measured = ", ".join(f"{k}={v:.4g}" for k, v in r.measured.items())
         lines.append(f"| {r.claim} | {measured} | {'; '.join(r.expect)} | {r.verdict} "
                      f"| {r.seconds:.1f} |")
     (out_dir / f"{slug}.md").write_text("\n".join(lines) + "\n")

@@ -1,5 +1,6 @@
 """`zoo check` runs of the form {train: [...], eval: [...]}: one trained model, tested again under other test-time
-hyperparameters, trained once and restored afterwards."""
+hyperparameters, trained once and restored afterwards; and probe runs {probe: <module>:<function>, args: {...}}, the
+cards' deterministic checks, each of which must pass and fail with its baseline."""
 from __future__ import annotations
 
 import pytest
@@ -54,3 +55,56 @@ def test_eval_override_errors_are_one_line(bad):
 def test_unknown_run_keys_are_rejected():
     with pytest.raises(UserError, match="unknown keys"):
         check.measure("semilinear_operator", {"train": [], "evaluate": []}, TINY)
+
+
+def _probe_claims() -> list[tuple[str, str]]:
+    """(experiment, claim) for every claim whose runs are all probes (no training): cheap enough to run here."""
+    from launch import config as zconfig
+
+    found = []
+    for slug in zconfig.experiments():
+        for name, claim in check.claims_of(slug).items():
+            specs = list(claim.runs.values()) + list(claim.baseline.values())
+            if all(isinstance(s, dict) or hasattr(s, "keys") for s in specs) and all("probe" in s for s in specs):
+                found.append((slug, name))
+    return found
+
+
+PROBE_CLAIMS = _probe_claims()
+
+
+def test_the_cards_deterministic_checks_are_probe_claims():
+    expected = {("gtf_plrnn", "bounded_gradients"), ("gtf_plrnn", "alpha_star"),
+                ("itransformer", "permutation_equivariance"), ("dysts_benchmark", "timescale_alignment"),
+                ("dysts_benchmark", "determinism"), ("prose", "tokenizer_round_trip"), ("medida", "full_observations")}
+    assert expected <= set(PROBE_CLAIMS), PROBE_CLAIMS
+
+
+@pytest.mark.parametrize("slug,claim", PROBE_CLAIMS)
+def test_probe_claim_passes_and_fails_with_its_baseline(slug, claim):
+    result = check.run_claim(slug, claim)
+    assert result.passed, result.report()
+    swapped = check.run_claim(slug, claim, swap_baseline=True)
+    assert not swapped.passed, swapped.report()
+
+
+def test_probe_runs_are_cached_by_function_and_args():
+    target = "lit_models.dynamics.card_probes:tent_map_gradient_norm"
+    first = check.measure("gtf_plrnn", {"probe": target, "args": {"alpha": 0.7}})
+    n = len(check._PROBE_CACHE)
+    assert check.measure("gtf_plrnn", {"probe": target, "args": {"alpha": 0.7}}) == first
+    assert len(check._PROBE_CACHE) == n
+    check.measure("gtf_plrnn", {"probe": target, "args": {"alpha": 0.5}})
+    assert len(check._PROBE_CACHE) == n + 1
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"probe": "os:getcwd"}, "must look like"),
+    ({"probe": "lit_models.dynamics.card_probes"}, "must look like"),
+    ({"probe": "lit_models.dynamics.card_probes:no_such_probe"}, "not found"),
+    ({"probe": "lit_models.dynamics.card_probes:tent_alpha_star", "args": {"no_such_arg": 1}}, "rejected its args"),
+    ({"probe": "lit_models.dynamics.card_probes:tent_alpha_star", "kwargs": {}}, "unknown keys"),
+])
+def test_bad_probe_runs_are_one_line_errors(spec, message):
+    with pytest.raises(UserError, match=message):
+        check.measure("gtf_plrnn", spec)

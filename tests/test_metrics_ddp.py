@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lit_models.common.dynamics_metrics import PowerSpectrumDistance, StateSpaceDivergence
+from lit_models.common.dynamics_metrics import PowerSpectrumDistance, StateSpaceDivergence, SymbolicAccuracy
 from lit_models.common.forecast_metrics import ValidPredictionTime
 from lit_models.common.pde import RelativeL2
 from lit_models.common.ranking import NDCGAtK, RecallAtK
@@ -30,7 +30,9 @@ def _values(part: slice) -> dict[str, float]:
     pred, target, hits, relevant, traj = _data()
     metrics = {"rel_l2": RelativeL2(), "vpt": ValidPredictionTime(threshold=1.0),
                "recall": RecallAtK(k=20), "ndcg": NDCGAtK(k=20),
-               "d_stsp": StateSpaceDivergence(n_bins=8), "d_h": PowerSpectrumDistance(smoothing=5.0)}
+               "d_stsp": StateSpaceDivergence(n_bins=8), "d_h": PowerSpectrumDistance(smoothing=5.0),
+               "symbolic": SymbolicAccuracy()}
+    metrics["symbolic"].update(hits[part, :4])  # 4 predictions per sample judged right or wrong
     metrics["d_stsp"].update(traj[0, part], traj[1, part])
     metrics["d_h"].update(traj[0, part], traj[1, part])
     metrics["rel_l2"].update(pred[part], target[part])
@@ -69,3 +71,12 @@ def test_shared_metrics_reduce_exactly_across_two_ranks():
             assert ranks[rank][key] == pytest.approx(value, rel=1e-6), (rank, key)
     # and the shards alone differ from the whole (the reduction actually happened)
     assert _values(slice(0, 3))["rel_l2"] != pytest.approx(single["rel_l2"])
+    assert _values(slice(0, 3))["symbolic"] != pytest.approx(single["symbolic"])
+
+
+def test_symbolic_accuracy_counts_predictions():
+    metric = SymbolicAccuracy()
+    metric.update(torch.tensor([True, False, True]))
+    metric.update(torch.tensor([[True], [True]]))
+    assert float(metric.compute()) == pytest.approx(0.8)
+    assert torch.isnan(SymbolicAccuracy().compute())

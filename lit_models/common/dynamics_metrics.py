@@ -195,3 +195,30 @@ class PowerSpectrumDistance(_PairMean):
 
     def _value(self, x_true: np.ndarray, x_gen: np.ndarray) -> float:
         return power_spectrum_distance(x_true, x_gen, self.smoothing)
+
+
+class SymbolicAccuracy(Metric):
+    """Fraction of symbolic predictions judged correct (PROSE, Sun et al. 2023, Sec. 4: the share of decoded
+    expressions that are valid, or whose skeleton is exact; also per-token accuracy under teacher forcing). `update`
+    takes one boolean per prediction; the states (hits, total) are sums, so the value under DDP equals the value over
+    all predictions in one process."""
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("hits", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, correct: Tensor) -> None:
+        """correct: booleans (any shape), one per prediction (or per token)."""
+        correct = torch.as_tensor(correct, device=self.hits.device).reshape(-1).bool()
+        self.hits += int(correct.sum())
+        self.total += correct.numel()
+
+    def compute(self) -> Tensor:
+        if self.total == 0:
+            return torch.tensor(float("nan"), device=self.hits.device)
+        return self.hits.double() / self.total

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_models.common.dynamics_metrics import SymbolicAccuracy
 from lit_models.dynamics.prose_symbolic import SymbolicTokenizer
 
 
@@ -305,6 +306,8 @@ class ProseModule(L.LightningModule):
                            n_text_enc_layers, n_data_enc_layers, n_fusion_layers, n_data_dec_layers,
                            n_text_dec_layers, dropout, max(max_gen_len, 200), text_input, split_features,
                            data_decoder_attn, norm_first)
+        self.symbolic = nn.ModuleDict({f"{split}_{name}": SymbolicAccuracy() for split in ("val", "test")
+                                       for name in ("symbol_token_acc", "valid_frac", "skeleton_acc")})
         self._sample: dict[str, Any] | None = None
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
@@ -340,27 +343,28 @@ class ProseModule(L.LightningModule):
         ref = ((batch["target"] * scale) ** 2 * mask).sum((1, 2))
         rel_l2 = (err.sqrt() / ref.sqrt().clamp_min(1e-8)).mean()
         keep = tgt != self.tokenizer.pad_id
-        tok_acc = ((logits.argmax(-1) == tgt) & keep).sum().float() / keep.sum()
+        token_hits = (logits.argmax(-1) == tgt)[keep]
         # greedy decoding of the full expression
         text_in = batch["text_in"] if self.hparams.text_input else None
         _, (memory, pad) = self.model.memories(*self.model.fuse(batch["data_in"], batch["t_in"], text_in))
         ids = self.model.generate(memory, pad, self.tokenizer.bos_id, self.tokenizer.eos_id,
                                   self.hparams.max_gen_len).cpu()
-        valid = skel = 0
+        valid, skeleton = torch.zeros(bs, dtype=torch.bool), torch.zeros(bs, dtype=torch.bool)
         for i in range(bs):
             expr = self.tokenizer.decode(ids[i])
             true = self.tokenizer.decode(batch["text_out"][i].cpu())
             if expr is not None:
-                valid += 1
-                skel += int(self.tokenizer.skeleton(expr) == self.tokenizer.skeleton(true))
+                valid[i] = True
+                skeleton[i] = self.tokenizer.skeleton(expr) == self.tokenizer.skeleton(true)
         log = functools.partial(self.log, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         log(f"{split}/rel_l2", rel_l2, prog_bar=True)
         log(f"{split}/mse", mse)
         log(f"{split}/ce", ce)
         log(f"{split}/loss", self.hparams.data_loss_weight * mse + self.hparams.text_loss_weight * ce)
-        log(f"{split}/symbol_token_acc", tok_acc)
-        log(f"{split}/valid_frac", valid / bs)
-        log(f"{split}/skeleton_acc", skel / bs)
+        for name, correct in (("symbol_token_acc", token_hits), ("valid_frac", valid), ("skeleton_acc", skeleton)):
+            metric = self.symbolic[f"{split}_{name}"]
+            metric.update(correct)
+            self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True)
         if batch_idx == 0:
             s = batch["scale"][0].cpu()
             self._sample = {"t_in": batch["t_in"][0].cpu(), "t_out": batch["t_out"][0].cpu(),

@@ -15,6 +15,7 @@ import torch
 
 from datamodules.dysts_windows import DystsWindowsDataModule, load_series, sliding_windows
 from launch.check import run_claim
+from lit_models.dynamics.card_probes import peak_period_samples
 from lit_models.dynamics.dysts_benchmark import NBeatsLite, smape
 from tests.papers.contract import fast_run
 
@@ -24,14 +25,6 @@ def _rossler():
         warnings.simplefilter("ignore")
         from dysts.flows import Rossler
     return Rossler()
-
-
-def _peak_period_samples(x: np.ndarray) -> float:
-    from scipy.signal import periodogram
-
-    freqs, power = periodogram(x - x.mean())
-    k = int(np.argmax(power[1:])) + 1
-    return 1.0 / freqs[k]
 
 
 def test_fast_contract():
@@ -76,7 +69,7 @@ def test_smape_definition_and_naive_forecaster():
 def test_timescale_alignment_rossler(pts_per_period):
     """Card check 1: Rossler x, n=3000: periodogram peak within 5 % of pts_per_period (card: 29.7 / 49.2 / 78.9)."""
     x = load_series("Rossler", 3000, pts_per_period)
-    assert abs(_peak_period_samples(x) - pts_per_period) <= 0.05 * pts_per_period
+    assert abs(peak_period_samples(x) - pts_per_period) <= 0.05 * pts_per_period
 
 
 def test_timescale_check_catches_unresampled_time():
@@ -84,7 +77,7 @@ def test_timescale_check_catches_unresampled_time():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         x = _rossler().make_trajectory(3000, resample=False, method="RK45", rtol=1e-9, atol=1e-9)[:, 0]
-    assert abs(_peak_period_samples(x) - 50) > 0.05 * 50
+    assert abs(peak_period_samples(x) - 50) > 0.05 * 50
 
 
 def test_determinism():

@@ -32,6 +32,7 @@ from lit_models.dynamics.gtf_plrnn import (
     state_space_divergence_binned,
 )
 from launch.check import run_claim
+from lit_models.dynamics.card_probes import tent_model, tent_sequences
 from tests.papers.contract import fast_run
 
 SMALL_DATA = ["data.n_points=3000", "data.train_points=2000"]
@@ -53,27 +54,6 @@ def test_fast_contract(overrides):
 
 
 # ---- check 1 and 2: the exact chaotic tent map as a shPLRNN -------------------------------------------------
-
-
-def tent_model(a: float = 2.0) -> ShallowPLRNN:
-    """M = L = 1, A = a, W1 = -4, W2 = 1, h2 = -0.5, h1 = 0 (unclipped): the tent map for a = 2, |J| = 2."""
-    m = ShallowPLRNN(1, 1, clipped=False).double()
-    with torch.no_grad():
-        m.A.fill_(a)
-        m.W1.fill_(-4.0)
-        m.W2.fill_(1.0)
-        m.h2.fill_(-0.5)
-        m.h1.fill_(0.0)
-    return m
-
-
-def tent_sequences(batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    z = torch.rand(batch, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    out = [z]
-    for _ in range(length - 1):
-        z = torch.where(z < 0.5, 2 * z, 2 - 2 * z)
-        out.append(z)
-    return torch.stack(out, dim=1)  # (B, T, 1)
 
 
 def grad_norm(loss_fn, alpha: float, length: int) -> float:
