@@ -1,11 +1,14 @@
 """Speed and memory benchmarks, run by `zoo bench`: ratios against a baseline measured in the same run.
 
 Each benchmark module exposes `run(quick: bool) -> list[dict]` (one row per measurement) and
-`SUMMARY`, a sentence saying what the ratios mean. Register it under its paper slug below.
+`SUMMARY`, a sentence saying what the ratios mean. Register it under its paper slug below. A `run` that also
+takes `out_dir` (where it writes tables of its own) gets the `--out` folder; one that takes further keyword
+options (e.g. `systems`, `shard` of dysts_runner) gets those `zoo bench` options the user set.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -26,7 +29,18 @@ REGISTRY: dict[str, str] = {
 }
 
 
-def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path) -> dict[str, list[dict]]:
+def _run_kwargs(module, name: str, out_dir: Path, options: dict) -> dict:
+    """`out_dir` when the module's run() takes it, plus the user's options; an option run() lacks is an error."""
+    params = inspect.signature(module.run).parameters
+    unknown = sorted(k for k in options if k not in params)
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise UserError(f"benchmark {name.rsplit('.', 1)[-1]} does not take {flags}")
+    return {**({"out_dir": out_dir} if "out_dir" in params else {}), **options}
+
+
+def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path,
+                   options: dict | None = None) -> dict[str, list[dict]]:
     from rich.console import Console
     from rich.table import Table
 
@@ -37,7 +51,7 @@ def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path) -> dict[str,
     results = {}
     for name in modules:
         module = importlib.import_module(name)
-        rows = module.run(quick=quick)
+        rows = module.run(quick=quick, **_run_kwargs(module, name, out_dir, options or {}))
         results[name] = rows
         short = name.rsplit(".", 1)[-1]
         payload = {"benchmark": short, "quick": quick, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

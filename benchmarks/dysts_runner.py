@@ -1,18 +1,47 @@
 """`zoo bench dysts_benchmark`: the chaos forecasting benchmark (arXiv 2110.05266) over many dysts systems.
 
-For each system: coordinate 0 of a timescale-aligned trajectory (3000 points, 50 per dominant period, RK45 at 1e-9,
-`datamodules.dysts_windows.load_series`), first 2000 points train, the rest test; test windows of 30 lags ->
-25 steps every 20 points. Forecasters: naive (last value), ridge AR(30) (alpha 1e-3, recursive one-step), and the
-framework's N-BEATS-lite (`lit_models.dynamics.dysts_benchmark.NBeatsLite`, direct 25-step, a short plain-torch
-training). Rows: one per (system, forecaster) with the mean test sMAPE and NRMSE, the system's largest Lyapunov
-exponent from the dysts metadata (`maximum_lyapunov_estimated`, in the system's time units) and the exponent per
-dominant period (lambda * period, the chaos measure on the common resampled timescale); then one summary row per
-forecaster with the Spearman rank correlation across systems between its sMAPE (and NRMSE) and each chaos measure.
-The table is also written as CSV and markdown under `runs/bench/` (or `out_dir`).
+Data (``dataset``):
+- ``None`` (offline default): coordinate 0 of a timescale-aligned trajectory (3000 points, 50 per dominant period,
+  RK45 at 1e-9, `datamodules.dysts_windows.load_series`), first 2000 points train, the rest test; test windows of
+  30 lags -> 25 steps every 20 points.
+- ``fine`` / ``coarse`` (+ ``_noise``): the paper's published test series (williamgilpin/dysts_data, 100 / 15 points
+  per period, 12 periods, `datamodules.dysts_data`): the first 5/6 are the history, the last sixth (200 / 30 points)
+  is forecast once from the last period (100 / 15 lags) of the history, as in the paper.
+
+Forecasters: naive (last value), ridge AR(lags) (`ridge_ar30`, `ridge_ar100` or `ridge_ar15`; alpha 1e-3, recursive
+one-step), and the framework's N-BEATS-lite (`lit_models.dynamics.dysts_benchmark.NBeatsLite`, direct, a short
+plain-torch training on ``device``, cpu or cuda). Rows: one per
+(system, forecaster) with the mean test sMAPE and NRMSE, the system's largest Lyapunov exponent from the dysts
+metadata (`maximum_lyapunov_estimated`, in the system's time units) and the exponent per dominant period
+(lambda * period, the chaos measure on the common resampled timescale); then one summary row per forecaster with
+the Spearman rank correlation across systems between its sMAPE (and NRMSE) and each chaos measure. The table is
+written as CSV and markdown to ``out_dir`` (``zoo bench dysts_benchmark --out DIR``; default ``runs/bench``).
+
+Systems: ``--systems Lorenz,Rossler`` or ``--all-systems`` (every continuous flow of
+``dysts.systems.get_attractor_list``, or with ``--dataset`` every system of the data file); default 26 systems
+(3 with ``--quick``).
+
+Sharding (SLURM job array or any scheduler): ``--shard i/n`` (or ``--shard slurm``: i = SLURM_ARRAY_TASK_ID,
+n = SLURM_ARRAY_TASK_COUNT) runs every n-th system starting at i and writes only its per-system rows to
+``dysts_runner[_<dataset>][_quick]_shard{i}of{n}.csv`` (array indices 0..n-1); ``--merge`` then reads the shard
+files in ``--out``, checks that all n are there and writes the full table with the Spearman rows
+(``dysts_runner[_<dataset>][_quick].csv`` / ``.md``). With sbatch::
+
+    #!/bin/bash
+    #SBATCH --array=0-15 --cpus-per-task=2 --gres=gpu:1 --time=02:00:00
+    zoo bench dysts_benchmark --all-systems --dataset fine --device cuda --shard slurm --out runs/bench/dysts_fine
+
+    # after the array: sbatch --dependency=afterok:<array job id> --wrap \
+    #   "zoo bench dysts_benchmark --merge --dataset fine --out runs/bench/dysts_fine"
+
+or from Python with submitit: ``executor.map_array(lambda i: dysts_runner.run(systems=..., shard=f"{i}/16",
+out_dir=out), range(16))`` followed by ``dysts_runner.merge_shards(out)``.
 """
 from __future__ import annotations
 
+import csv
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -20,18 +49,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SUMMARY = ("Forecast sMAPE (25 steps = half a period, %) of naive / ridge AR(30) / N-BEATS-lite per dysts system, with "
-           "the largest Lyapunov exponent (metadata) and lambda*period; 'spearman' rows: rank correlation across "
-           "systems between sMAPE and chaos (paper: error grows with the largest Lyapunov exponent).")
+from launch.errors import UserError
+
+SUMMARY = ("Forecast sMAPE (%) of naive / ridge AR / N-BEATS-lite per dysts system (offline default: 25 steps = half "
+           "a period; fine/coarse: the paper's last sixth), with the largest Lyapunov exponent (metadata) and "
+           "lambda*period; 'spearman' rows: rank correlation across systems between sMAPE and chaos (paper: error "
+           "grows with the largest Lyapunov exponent).")
 
 QUICK_SYSTEMS = ["Rossler", "Chua", "Lorenz"]
 SYSTEMS = ["Lorenz", "Rossler", "Chua", "Thomas", "Lorenz96", "HindmarshRose", "Aizawa", "AnishchenkoAstakhov",
            "Arneodo", "ArnoldBeltramiChildress", "Bouali2", "BurkeShaw", "CaTwoPlus", "ChenLee", "Colpitts",
            "Coullet", "DequanLi", "GenesioTesi", "Chen", "Dadras", "HyperCai", "HyperRossler", "SprottB", "SprottF",
            "Sakarya", "RabinovichFabrikant"]
+DATASETS = ("fine", "coarse", "fine_noise", "coarse_noise")
 LAGS, HORIZON, STRIDE, N_POINTS, TRAIN, PPP = 30, 25, 20, 3000, 2000, 50
+STEM = "dysts_runner"
 
 
+# ------------------------------------------------------------------------------------------------- systems
 def _system(name: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -39,50 +74,157 @@ def _system(name: str):
     return getattr(flows, name)()
 
 
+def all_systems() -> list[str]:
+    """Every continuous dysts flow (the paper's 131 at publication; more in current dysts)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from dysts.systems import get_attractor_list
+    return list(get_attractor_list("continuous"))
+
+
+def parse_shard(shard: str | None, environ=os.environ) -> tuple[int, int] | None:
+    """'i/n' -> (i, n); 'slurm' -> (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT); None -> None."""
+    if shard is None:
+        return None
+    if shard == "slurm":
+        if "SLURM_ARRAY_TASK_ID" not in environ or "SLURM_ARRAY_TASK_COUNT" not in environ:
+            raise UserError("--shard slurm needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT (run it in a job array)")
+        shard = f"{environ['SLURM_ARRAY_TASK_ID']}/{environ['SLURM_ARRAY_TASK_COUNT']}"
+    try:
+        index, count = (int(part) for part in shard.split("/"))
+    except ValueError:
+        raise UserError(f"--shard must be 'i/n' (e.g. 0/8) or 'slurm', got {shard!r}") from None
+    if not 0 <= index < count:
+        raise UserError(f"--shard {shard}: need 0 <= i < n")
+    return index, count
+
+
+def shard_systems(systems: list[str], index: int, count: int) -> list[str]:
+    """Every count-th system starting at index: shards are disjoint and together cover all systems."""
+    return systems[index::count]
+
+
+def _resolve_systems(systems: list[str] | str | None, all_systems_flag: bool, quick: bool) -> list[str]:
+    if all_systems_flag:
+        return all_systems()
+    if isinstance(systems, str):
+        systems = [s.strip() for s in systems.split(",") if s.strip()]
+    return list(systems) if systems else list(QUICK_SYSTEMS if quick else SYSTEMS)
+
+
+# ------------------------------------------------------------------------------------------------ forecasts
 def _smape(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(200.0 * np.mean(np.abs(pred - y) / np.maximum(np.abs(pred) + np.abs(y), 1e-8), -1)))
 
 
-def _ridge_ar(train: np.ndarray, xte: np.ndarray, alpha: float = 1e-3) -> np.ndarray:
-    """Fit a ridge AR(LAGS) one-step model on the train segment, forecast HORIZON steps recursively."""
+def _ridge_ar(train: np.ndarray, xte: np.ndarray, alpha: float = 1e-3, horizon: int = HORIZON) -> np.ndarray:
+    """Fit a ridge AR(lags) one-step model on the train segment, forecast `horizon` steps recursively."""
     from sklearn.linear_model import Ridge
 
     from datamodules.dysts_windows import sliding_windows
 
+    lags = xte.shape[1]
     mu, sd = train.mean(), train.std() or 1.0
-    x, y = sliding_windows((train - mu) / sd, LAGS, 1, 1)
+    x, y = sliding_windows((train - mu) / sd, lags, 1, 1)
     model = Ridge(alpha=alpha).fit(x, y[:, 0])
     window = (xte - mu) / sd
     out = []
-    for _ in range(HORIZON):
+    for _ in range(horizon):
         step = model.predict(window)
         out.append(step)
         window = np.concatenate([window[:, 1:], step[:, None]], 1)
     return np.stack(out, 1) * sd + mu
 
 
-def _nbeats(train: np.ndarray, xte: np.ndarray, steps: int, seed: int = 0) -> np.ndarray:
+def _nbeats(train: np.ndarray, xte: np.ndarray, steps: int, seed: int = 0, horizon: int = HORIZON,
+            device: str = "cpu") -> np.ndarray:
+    """Train N-BEATS-lite (direct lags -> horizon) on every train window for `steps` Adam steps, forecast xte."""
     from datamodules.dysts_windows import sliding_windows
     from lit_models.dynamics.dysts_benchmark import NBeatsLite
 
     torch.manual_seed(seed)
+    lags = xte.shape[1]
     mu, sd = train.mean(), train.std() or 1.0
-    x, y = sliding_windows((train - mu) / sd, LAGS, HORIZON, 1)
-    x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
-    model = NBeatsLite(LAGS, HORIZON, width=128, num_layers=3, num_blocks=3)
+    x, y = sliding_windows((train - mu) / sd, lags, horizon, 1)
+    x = torch.as_tensor(x, dtype=torch.float32, device=device)
+    y = torch.as_tensor(y, dtype=torch.float32, device=device)
+    model = NBeatsLite(lags, horizon, width=128, num_layers=3, num_blocks=3).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        idx = torch.randint(len(x), (64,), generator=gen)
+        idx = torch.randint(len(x), (min(64, len(x)),), generator=gen).to(device)
         loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        z = torch.as_tensor((xte - mu) / sd, dtype=torch.float32)
-        return model(z).double().numpy() * sd + mu
+        z = torch.as_tensor((xte - mu) / sd, dtype=torch.float32, device=device)
+        return model(z).double().cpu().numpy() * sd + mu
 
 
+def _check_device(device: str) -> str:
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to torch")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def _integrated_task(name: str):
+    """Offline default: (train, xte, yte, horizon) from an integrated trajectory."""
+    from datamodules.dysts_windows import load_series, sliding_windows
+
+    series = load_series(name, N_POINTS, PPP)
+    train, test = series[:TRAIN], series[TRAIN:]
+    xte, yte = sliding_windows(test, LAGS, HORIZON, STRIDE)
+    return train, xte, yte, HORIZON
+
+
+def _precomputed_loader(dataset: str, data_dir: str | None, base_url: str | None):
+    """(task, systems in the file): task(name) -> (train, xte, yte, horizon) on the paper's published test series
+    (history 5/6, forecast 1/6)."""
+    from datamodules import dysts_data
+
+    if dataset not in DATASETS:
+        raise UserError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    granularity, _, noise = dataset.partition("_")
+    filename = dysts_data.dataset_filename("test", granularity, noise=bool(noise))
+    table = dysts_data.load_precomputed(dysts_data.locate_file(filename, data_dir, base_url or dysts_data.BASE_URL))
+    lags = dysts_data.GRANULARITY[granularity]
+
+    def task(name: str):
+        series = dysts_data.system_series(table, name)
+        split = dysts_data.forecast_split(len(series))
+        return series[:split], series[None, split - lags:split], series[None, split:], len(series) - split
+
+    return task, sorted(table)
+
+
+def _system_rows(name: str, task, steps: int, device: str) -> list[dict]:
+    """The three forecasters' rows for one system (or one 'skipped' row when its data cannot be made)."""
+    start = time.perf_counter()
+    try:
+        train, xte, yte, horizon = task(name)
+        meta = _system(name)
+    except UserError:
+        raise
+    except Exception as err:  # a system that fails to integrate is skipped, not fatal
+        return [{"system": name, "forecaster": "skipped", "note": str(err)[:80]}]
+    lyap = float(meta.maximum_lyapunov_estimated or float("nan"))
+    period = float(meta.period or float("nan"))
+    sd = train.std() or 1.0
+    preds = {"naive": np.repeat(xte[:, -1:], horizon, 1),
+             f"ridge_ar{xte.shape[1]}": _ridge_ar(train, xte, horizon=horizon),
+             "nbeats_lite": _nbeats(train, xte, steps, horizon=horizon, device=device)}
+    seconds = time.perf_counter() - start
+    return [{"system": name, "forecaster": forecaster, "smape": _smape(pred, yte),
+             "nrmse": float(np.sqrt(np.mean((pred - yte) ** 2)) / sd), "max_lyapunov": lyap,
+             "lyapunov_per_period": lyap * period, "windows": len(xte), "seconds": seconds}
+            for forecaster, pred in preds.items()]
+
+
+# ------------------------------------------------------------------------------------------------ summary
 def _spearman(a: list[float], b: list[float]) -> float:
     from scipy.stats import spearmanr
 
@@ -91,67 +233,116 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def run(quick: bool = False, out_dir: Path | None = None, systems: list[str] | None = None) -> list[dict]:
-    from datamodules.dysts_windows import load_series, sliding_windows
+def summary_rows(rows: list[dict]) -> list[dict]:
+    """One row per forecaster: mean sMAPE and Spearman rho of sMAPE / NRMSE against each chaos measure."""
+    done = [r for r in rows if r["forecaster"] != "skipped"]
+    out = []
+    for forecaster in dict.fromkeys(r["forecaster"] for r in done):
+        sub = [r for r in done if r["forecaster"] == forecaster and math.isfinite(r["max_lyapunov"])]
+        err, nrmse = [r["smape"] for r in sub], [r["nrmse"] for r in sub]
+        lyap, per_period = [r["max_lyapunov"] for r in sub], [r["lyapunov_per_period"] for r in sub]
+        out.append({"system": f"spearman over {len(sub)} systems", "forecaster": forecaster,
+                    "smape": float(np.mean(err)) if err else float("nan"),
+                    "rho_smape_lyapunov": _spearman(err, lyap),
+                    "rho_smape_lyapunov_per_period": _spearman(err, per_period),
+                    # sMAPE depends on the series' offset from zero (card pitfall): the scale-free NRMSE too
+                    "rho_nrmse_lyapunov": _spearman(nrmse, lyap),
+                    "rho_nrmse_lyapunov_per_period": _spearman(nrmse, per_period)})
+    return out
 
-    systems = systems or (QUICK_SYSTEMS if quick else SYSTEMS)
+
+# -------------------------------------------------------------------------------------------------- entry
+def run(quick: bool = False, out_dir: Path | None = None, systems: list[str] | str | None = None,
+        all_systems: bool = False, shard: str | None = None, dataset: str | None = None, device: str = "cpu",
+        data_dir: str | None = None, base_url: str | None = None, merge: bool = False) -> list[dict]:
+    """Run the benchmark (or one shard of it) and write its table; `merge=True` only combines finished shard
+    tables (see `merge_shards`). The module docstring describes the options."""
+    out_dir = Path(out_dir) if out_dir is not None else Path("runs") / "bench"
+    if merge:
+        return merge_shards(out_dir, quick, dataset)
+    device = _check_device(device)
+    part = parse_shard(shard)
+    task, file_systems = _integrated_task, None
+    if dataset is not None:
+        task, file_systems = _precomputed_loader(dataset, data_dir, base_url)
+    names = file_systems if all_systems and file_systems else _resolve_systems(systems, all_systems, quick)
+    if part is not None:
+        names = shard_systems(names, *part)
     steps = 150 if quick else 800
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows: list[dict] = []
     try:
-        for name in systems:
-            start = time.perf_counter()
-            try:
-                series = load_series(name, N_POINTS, PPP)
-            except Exception as err:  # a system that fails to integrate is skipped, not fatal
-                rows.append({"system": name, "forecaster": "skipped", "note": str(err)[:80]})
-                continue
-            meta = _system(name)
-            lyap = float(meta.maximum_lyapunov_estimated or float("nan"))
-            period = float(meta.period or float("nan"))
-            train, test = series[:TRAIN], series[TRAIN:]
-            xte, yte = sliding_windows(test, LAGS, HORIZON, STRIDE)
-            sd = train.std() or 1.0
-            preds = {"naive": np.repeat(xte[:, -1:], HORIZON, 1), "ridge_ar30": _ridge_ar(train, xte),
-                     "nbeats_lite": _nbeats(train, xte, steps)}
-            seconds = time.perf_counter() - start
-            for forecaster, pred in preds.items():
-                rows.append({"system": name, "forecaster": forecaster, "smape": _smape(pred, yte),
-                             "nrmse": float(np.sqrt(np.mean((pred - yte) ** 2)) / sd), "max_lyapunov": lyap,
-                             "lyapunov_per_period": lyap * period, "windows": len(xte), "seconds": seconds})
+        for name in names:
+            rows += _system_rows(name, task, steps, device)
     finally:
         torch.set_num_threads(threads)
-    done = [r for r in rows if r["forecaster"] != "skipped"]
-    for forecaster in ("naive", "ridge_ar30", "nbeats_lite"):
-        sub = [r for r in done if r["forecaster"] == forecaster and math.isfinite(r["max_lyapunov"])]
-        err = [r["smape"] for r in sub]
-        rows.append({"system": f"spearman over {len(sub)} systems", "forecaster": forecaster,
-                     "smape": float(np.mean(err)) if err else float("nan"),
-                     "rho_smape_lyapunov": _spearman(err, [r["max_lyapunov"] for r in sub]),
-                     "rho_smape_lyapunov_per_period": _spearman(err, [r["lyapunov_per_period"] for r in sub]),
-                     # sMAPE depends on the series' offset from zero (card pitfall): the scale-free NRMSE too
-                     "rho_nrmse_lyapunov": _spearman([r["nrmse"] for r in sub], [r["max_lyapunov"] for r in sub]),
-                     "rho_nrmse_lyapunov_per_period": _spearman([r["nrmse"] for r in sub],
-                                                                [r["lyapunov_per_period"] for r in sub])})
-    _write(rows, out_dir if out_dir is not None else Path("runs") / "bench", quick)
+    if part is not None:  # a partial table: per-system rows only, summarised by merge_shards()
+        _write_csv(rows, out_dir / f"{_stem(quick, dataset)}_shard{part[0]}of{part[1]}.csv")
+        return rows
+    rows += summary_rows(rows)
+    _write(rows, out_dir / _stem(quick, dataset))
     return rows
 
 
-def _write(rows: list[dict], out_dir: Path, quick: bool) -> None:
-    import csv
+def merge_shards(out_dir: Path, quick: bool = False, dataset: str | None = None) -> list[dict]:
+    """Combine the shard tables in `out_dir` into the results table with the Spearman rows; all shards required."""
+    out_dir = Path(out_dir)
+    stem = _stem(quick, dataset)
+    files = sorted(out_dir.glob(f"{stem}_shard*of*.csv"))
+    if not files:
+        raise UserError(f"no shard tables {stem}_shard<i>of<n>.csv in {out_dir}")
+    counts = {int(f.stem.rsplit("of", 1)[1]) for f in files}
+    if len(counts) != 1:
+        raise UserError(f"shard tables in {out_dir} come from different shard counts {sorted(counts)}")
+    (count,) = counts
+    have = {int(f.stem.rsplit("_shard", 1)[1].split("of")[0]) for f in files}
+    missing = sorted(set(range(count)) - have)
+    if missing:
+        raise UserError(f"missing shard tables {', '.join(f'{i}/{count}' for i in missing)} in {out_dir}")
+    rows = [row for f in files for row in _read_csv(f)]
+    rows += summary_rows(rows)
+    _write(rows, out_dir / stem)
+    return rows
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"dysts_runner{'_quick' if quick else ''}"
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(f"{stem}.csv", "w", newline="") as fh:
+
+def _stem(quick: bool, dataset: str | None) -> str:
+    return f"{STEM}{f'_{dataset}' if dataset else ''}{'_quick' if quick else ''}"
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for r in rows for k in r)) or ["system", "forecaster"]
+    tmp = path.with_name(f".{path.name}.part")
+    with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    """Shard rows back with numbers as numbers (empty cells dropped)."""
+    def value(text: str):
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                return float(text)
+            except ValueError:
+                return text
+
+    with open(path, newline="") as fh:
+        return [{k: value(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
+def _write(rows: list[dict], stem: Path) -> None:
+    _write_csv(rows, stem.with_name(stem.name + ".csv"))
+    columns = list(dict.fromkeys(k for r in rows for k in r))
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    Path(f"{stem}.md").write_text(SUMMARY + "\n\n" + "\n".join(lines) + "\n")
+    stem.with_name(stem.name + ".md").write_text(SUMMARY + "\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

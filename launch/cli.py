@@ -223,10 +223,19 @@ def cmd_bench(args: list[str]) -> int:
     parser.add_argument("--all", action="store_true")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--out", default="runs/bench")
+    # options passed on to benchmarks whose run() takes them (an error for the others)
+    parser.add_argument("--systems", help="comma-separated names (e.g. dysts systems)")
+    parser.add_argument("--all-systems", action="store_true", help="every system the benchmark knows")
+    parser.add_argument("--shard", help="run shard i of n ('i/n', or 'slurm' for the job-array index)")
+    parser.add_argument("--merge", action="store_true", help="combine the shard tables in --out")
+    parser.add_argument("--dataset", help="which data the benchmark runs on (e.g. fine, coarse)")
+    parser.add_argument("--device", help="cpu or cuda")
     opts = parser.parse_args(args)
     if not opts.all and not opts.slug:
         raise UserError("usage: zoo bench <slug> | --all [--quick]")
-    run_benchmarks(None if opts.all else opts.slug, quick=opts.quick, out_dir=Path(opts.out))
+    options = {key: value for key in ("systems", "all_systems", "shard", "merge", "dataset", "device")
+               if (value := getattr(opts, key)) not in (None, False)}
+    run_benchmarks(None if opts.all else opts.slug, quick=opts.quick, out_dir=Path(opts.out), options=options)
     return 0
 
 

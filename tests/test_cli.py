@@ -99,7 +99,7 @@ def test_check_results_files_and_list_status(tmp_path):
     assert (ok.verdict, gap.verdict, bad.verdict) == ("PASS", "KNOWN GAP", "FAIL")
     assert "known gap: not reproduced" in gap.report()
     write_results("demo", [ok, gap, bad], tmp_path)
-    assert "| a | m=0.3400, b=0.2700 | m >= b + 0.03 | PASS" in (tmp_path / "demo.md").read_text()
+    assert "| a | m=0.34, b=0.27 | m >= b + 0.03 | PASS" in (tmp_path / "demo.md").read_text()
     assert status("demo", tmp_path).startswith("1/3 pass, 1 known gap")
     assert status("other", tmp_path) == "not checked"
     write_results("demo/variant", [ok], tmp_path)  # `zoo check <slug>/<variant>` (e.g. medida/qg)

@@ -88,3 +88,101 @@ def test_interleaved_timing_alternates_the_order_and_pairs_rounds():
     assert summary["ratio_q1"] == pytest.approx(1.5) and summary["ratio_q3"] == pytest.approx(1.5)
     with pytest.raises(ValueError):
         paired_speed_ratio([1.0], [1.0, 2.0])
+
+
+# ------------------------------------------------------------------ dysts runner: out_dir, systems, shards, merge
+def test_bench_passes_out_dir_only_to_runs_that_take_it(tmp_path):
+    """`zoo bench --out X` reaches run(out_dir=...) of benchmarks that write tables; others keep run(quick)."""
+    import types
+
+    from benchmarks import _run_kwargs
+    from launch.errors import UserError
+
+    plain = types.SimpleNamespace(run=lambda quick: [])
+    assert _run_kwargs(plain, "benchmarks.plain", tmp_path, {}) == {}
+    with pytest.raises(UserError, match="does not take --systems"):
+        _run_kwargs(plain, "benchmarks.plain", tmp_path, {"systems": "Lorenz"})
+    from benchmarks import dysts_runner
+
+    assert _run_kwargs(dysts_runner, "benchmarks.dysts_runner", tmp_path, {"shard": "0/2"}) == \
+        {"out_dir": tmp_path, "shard": "0/2"}
+
+
+def test_zoo_bench_dysts_writes_its_table_under_out(tmp_path, monkeypatch):
+    from tests.conftest import zoo_in_process
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "elsewhere"
+    code, stdout, stderr = zoo_in_process("bench", "dysts_benchmark", "--quick", "--systems", "Rossler,Chua",
+                                          "--out", str(out))
+    assert code == 0, stderr
+    assert (out / "dysts_runner_quick.csv").is_file() and (out / "dysts_runner_quick.md").is_file()
+    assert (out / "dysts_runner.json").is_file()
+    assert not (tmp_path / "runs").exists()  # nothing lands in ./runs/bench any more
+    text = (out / "dysts_runner_quick.csv").read_text()
+    assert "Rossler" in text and "Chua" in text and "Lorenz," not in text
+
+
+def test_parse_shard_and_slurm_environment():
+    from benchmarks.dysts_runner import parse_shard, shard_systems
+    from launch.errors import UserError
+
+    assert parse_shard(None) is None and parse_shard("1/4") == (1, 4)
+    assert parse_shard("slurm", {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3"}) == (2, 3)
+    for bad in ("4/4", "a/b", "3"):
+        with pytest.raises(UserError, match="--shard"):
+            parse_shard(bad)
+    with pytest.raises(UserError, match="SLURM_ARRAY_TASK_ID"):
+        parse_shard("slurm", {})
+    names = [f"s{i}" for i in range(7)]
+    parts = [shard_systems(names, i, 3) for i in range(3)]
+    assert sorted(sum(parts, [])) == sorted(names) and not set(parts[0]) & set(parts[1])
+
+
+def test_shards_merge_into_the_unsharded_table(tmp_path, monkeypatch):
+    """Three systems of the published coarse data (local fixture over HTTP), two shards + merge == one run."""
+    from benchmarks import dysts_runner
+    from launch.errors import UserError
+    from tests.conftest import serve_directory
+    from tests.test_dysts_real_data import write_fixture
+
+    www = tmp_path / "www"
+    write_fixture(www, granularities=("coarse",), noise_options=(False,))
+    monkeypatch.setenv("PAPERZOO_DATA", str(tmp_path / "cache"))
+    with serve_directory(www) as server:
+        common = dict(quick=True, dataset="coarse", all_systems=True,
+                      base_url=f"http://127.0.0.1:{server.server_address[1]}")
+        whole = dysts_runner.run(out_dir=tmp_path / "whole", **common)
+        shard0 = dysts_runner.run(out_dir=tmp_path / "shards", shard="0/2", **common)
+        with pytest.raises(UserError, match="missing shard tables 1/2"):
+            dysts_runner.merge_shards(tmp_path / "shards", quick=True, dataset="coarse")
+        shard1 = dysts_runner.run(out_dir=tmp_path / "shards", shard="1/2", **common)
+    assert {r["system"] for r in shard0} == {"Chua", "Rossler"} and {r["system"] for r in shard1} == {"Lorenz"}
+    assert not any(r["system"].startswith("spearman") for r in shard0 + shard1)  # partial tables only
+    assert (tmp_path / "shards" / "dysts_runner_coarse_quick_shard0of2.csv").is_file()
+    merged = dysts_runner.run(out_dir=tmp_path / "shards", merge=True, quick=True, dataset="coarse")
+    assert (tmp_path / "shards" / "dysts_runner_coarse_quick.md").is_file()
+    key = lambda r: (r["system"], r["forecaster"])
+    assert sorted(map(key, merged)) == sorted(map(key, whole))
+    by_key = {key(r): r for r in whole}
+    for row in merged:
+        for column in ("smape", "nrmse", "rho_smape_lyapunov", "rho_nrmse_lyapunov_per_period"):
+            if column in row and math.isfinite(row[column]):
+                assert row[column] == pytest.approx(by_key[key(row)][column], rel=1e-9), (row, column)
+    forecasters = {r["forecaster"] for r in whole if r["system"].startswith("spearman")}
+    assert forecasters == {"naive", "ridge_ar15", "nbeats_lite"}  # coarse: one period (15 points) of lags
+    per_system = [r for r in whole if not r["system"].startswith("spearman")]
+    assert all(r["windows"] == 1 for r in per_system)  # the paper's single forecast of the last sixth
+
+
+def test_runner_rejects_bad_device_and_dataset(tmp_path):
+    from benchmarks import dysts_runner
+    from launch.errors import UserError
+
+    with pytest.raises(UserError, match="--device"):
+        dysts_runner.run(quick=True, out_dir=tmp_path, device="tpu")
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            dysts_runner.run(quick=True, out_dir=tmp_path, device="cuda")
+    with pytest.raises(UserError, match="--dataset"):
+        dysts_runner.run(quick=True, out_dir=tmp_path, dataset="medium")

@@ -12,6 +12,9 @@ the metrics are computed on raw values.
 ``forecaster="naive"`` replaces the network by the last observed value repeated over the horizon (the paper's
 naive baseline; the card's claim baseline). It has no trainable effect (its forward ignores the network), so use
 it with ``trainer.max_steps=0``. The classical ridge AR(30) reference lives in ``benchmarks/dysts_runner.py``.
+On the paper's published data (``experiment=dysts_benchmark/dysts_data_{fine,coarse}``, datamodule
+``datamodules.dysts_data``) the same module forecasts the last sixth of each series (200 / 30 points) in one go,
+validates on the train initial condition and sizes the network as darts' N-BEATS defaults.
 """
 from __future__ import annotations
 
