@@ -1,6 +1,7 @@
-"""Trajectories of chaotic flows for dynamical-systems-reconstruction papers (GTF-shPLRNN, ...).
+"""Trajectories of chaotic flows and maps for dynamical-systems-reconstruction papers (GTF-shPLRNN, ...).
 
-``DystsDataModule(name="Lorenz")`` integrates any ``dysts.flows.<Name>`` offline (no network):
+``DystsDataModule(name="Lorenz")`` integrates any ``dysts.flows.<Name>`` offline (no network), or iterates any
+discrete map ``dysts.maps.<Name>`` (``name="Henon"``, ``"Logistic"``, ...):
 
 - ``num_trajectories`` trajectories of ``n_points`` samples each with ``make_trajectory(n,
   pts_per_period=..., resample=True, method=..., rtol=..., atol=...)``. Trajectory 0 starts from the system's
@@ -8,6 +9,13 @@
   Gaussian perturbation of relative size ``ic_scale`` drawn from ``numpy.random.default_rng((seed, k))``,
   followed by ``burn_in`` discarded samples so that it starts on the attractor. Integration is deterministic,
   so the data depend only on the arguments (and are cached per process).
+- Maps: ``make_trajectory(n)`` iterates the map n times from the initial condition (the first sample is one step
+  after it); a map has no time step, so the granularity arguments ``pts_per_period``, ``method``, ``rtol`` and
+  ``atol`` do not apply and are ignored. Initial conditions, burn-in, splits, standardisation, noise and batches
+  are as for flows, except that a perturbed start outside the map's basin (it diverges: the Henon map's basin is
+  thin, the logistic map's is [0, 1]) is redrawn from the same generator, so the data stay deterministic by seed.
+  Names resolve to flows first: ``Duffing`` is the flow, the map of the same name is ``maps.Duffing``
+  (``flows.<Name>`` / ``maps.<Name>`` are always accepted); an unknown name is a one-line error with close matches.
 - Split by time: the first ``train_points`` samples of every training trajectory are train, the next
   ``val_points`` are validation and the rest is test. ``val_points = 0`` (the default, as the paper's code)
   validates on the test segment. Split by trajectory: the last ``heldout_trajectories`` trajectories are
@@ -50,8 +58,8 @@ from launch.errors import UserError, check_choice
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 warnings.filterwarnings("ignore", message=r"Numba not installed")
 
-__all__ = ["GTF_FILES", "DystsDataModule", "SubsequenceBatches", "TrajectoryFileDataModule", "load_npy_series",
-           "make_trajectories", "window_length"]
+__all__ = ["GTF_FILES", "DystsDataModule", "SubsequenceBatches", "TrajectoryFileDataModule", "dysts_systems",
+           "load_npy_series", "make_trajectories", "window_length"]
 
 GTF_REPO_RAW = "https://raw.githubusercontent.com/DurstewitzLab/GTF-shPLRNN/HEAD/ICML2023_datasets"
 # name -> (train file, test file, N, download: files in the official repository's ICML2023_datasets/ folder)
@@ -67,13 +75,62 @@ def _seed64(*parts: int) -> int:
     return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0])
 
 
-def _flow(name: str):
+@functools.lru_cache(maxsize=1)
+def dysts_systems() -> dict[str, type]:
+    """Every dysts system class by name: flows (``dysts.flows``, continuous, delay equations included), then discrete
+    maps (``dysts.maps``) under names no flow uses; ``flows.<Name>`` and ``maps.<Name>`` always."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from dysts import flows
-    known = [n for n in dir(flows) if n[:1].isupper() and isinstance(getattr(flows, n), type)]
-    check_choice("data", "dysts flow", name, known, list_known=False)
-    return getattr(flows, name)()
+        from dysts import flows, maps
+        from dysts.base import BaseDyn, DynMap, DynSys, DynSysDelay
+
+    bases = {BaseDyn, DynMap, DynSys, DynSysDelay}
+    systems: dict[str, type] = {}
+    for module, prefix in ((flows, "flows"), (maps, "maps")):
+        for n in dir(module):
+            cls = getattr(module, n)
+            if n[:1].isupper() and isinstance(cls, type) and issubclass(cls, BaseDyn) and cls not in bases:
+                systems.setdefault(n, cls)
+                systems[f"{prefix}.{n}"] = cls
+    return systems
+
+
+def is_map(name: str) -> bool:
+    """Whether the dysts system ``name`` is a discrete map (no time step: ``pts_per_period`` etc. do not apply)."""
+    cls = _system_class(name)  # imports dysts with its warnings silenced
+    from dysts.base import DynMap
+
+    return issubclass(cls, DynMap)
+
+
+def _system_class(name: str) -> type:
+    """The dysts class called ``name``; a one-line UserError with the closest names otherwise."""
+    import difflib
+
+    systems = dysts_systems()
+    if name not in systems:
+        close = difflib.get_close_matches(str(name), [n for n in systems if "." not in n], n=4, cutoff=0.6)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (see dysts.flows and dysts.maps)"
+        raise UserError(f"data: unknown dysts system {name!r}{hint}")
+    return systems[name]
+
+
+def _flow(name: str):
+    """A fresh instance of the dysts system ``name`` (flow or map)."""
+    return _system_class(name)()
+
+
+def _trajectory(system, n: int, map_: bool, pts_per_period: int, method: str, rtol: float, atol: float):
+    """n samples: a flow integrated and resampled to ``pts_per_period`` points per period, a map iterated n times."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if map_:
+            return system.make_trajectory(n)
+        return system.make_trajectory(n, pts_per_period=pts_per_period, resample=True, method=method, rtol=rtol,
+                                      atol=atol)
+
+
+MAP_IC_DRAWS = 100  # perturbed map starts drawn (in order, from the same generator) until one stays finite
 
 
 @functools.lru_cache(maxsize=16)
@@ -81,23 +138,32 @@ def make_trajectories(
     name: str, num_trajectories: int, n_points: int, pts_per_period: int, method: str, rtol: float,
     atol: float, ic_scale: float, burn_in: int, seed: int,
 ) -> np.ndarray:
-    """(num_trajectories, n_points, N) float64, deterministic in its arguments (cached per process)."""
+    """(num_trajectories, n_points, N) float64, deterministic in its arguments (cached per process).
+
+    Trajectory 0 starts at the system's default ic, trajectory k > 0 at a perturbed ic drawn from
+    ``default_rng([seed, k])`` and drops ``burn_in`` samples. For a map, ``pts_per_period``, ``method``, ``rtol``
+    and ``atol`` are ignored (no time step), and a perturbed start that leaves the basin (diverges) is redrawn from
+    the same generator, up to ``MAP_IC_DRAWS`` times; a flow gets one draw."""
+    map_ = is_map(name)
+    kind = "map" if map_ else "flow"
     out = []
     for k in range(num_trajectories):
-        system = _flow(name)
-        ic0 = np.asarray(system.ic, dtype=np.float64)
-        skip = 0
-        if k > 0:
-            rng = np.random.default_rng([int(seed), k])
-            system.ic = ic0 + ic_scale * (np.abs(ic0) + 1.0) * rng.standard_normal(ic0.shape)
-            skip = int(burn_in)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            x = system.make_trajectory(n_points + skip, pts_per_period=pts_per_period, resample=True,
-                                       method=method, rtol=rtol, atol=atol)
-        if x is None or not np.all(np.isfinite(x)):
-            raise UserError(f"data: dysts flow '{name}' trajectory {k} failed to integrate")
-        out.append(np.asarray(x, dtype=np.float64)[skip:])
+        rng = np.random.default_rng([int(seed), k]) if k > 0 else None
+        skip = int(burn_in) if k > 0 else 0
+        for _ in range(MAP_IC_DRAWS if map_ and k > 0 else 1):
+            system = _flow(name)
+            if rng is not None:
+                ic0 = np.asarray(system.ic, dtype=np.float64)
+                system.ic = ic0 + ic_scale * (np.abs(ic0) + 1.0) * rng.standard_normal(ic0.shape)
+            with np.errstate(all="ignore"):
+                x = _trajectory(system, n_points + skip, map_, pts_per_period, method, rtol, atol)
+            if x is not None and np.all(np.isfinite(x)):
+                break
+        else:
+            hint = f" ({MAP_IC_DRAWS} perturbed starts diverged: lower data.ic_scale)" if map_ and k > 0 else ""
+            raise UserError(f"data: dysts {kind} '{name}' trajectory {k} failed to integrate{hint}")
+        # (n, N); a one-dimensional map comes back as (n,)
+        out.append(np.asarray(x, dtype=np.float64).reshape(n_points + skip, -1)[skip:])
     return np.stack(out)
 
 
@@ -184,6 +250,7 @@ class DystsDataModule(L.LightningDataModule):
             raise UserError(f"data: heldout_trajectories ({heldout_trajectories}) must be < num_trajectories "
                             f"({num_trajectories})")
         self.name = name
+        self.kind = "map" if is_map(name) else "flow"  # maps ignore pts_per_period, method, rtol, atol
         self._loaded = False
 
     # ---- data --------------------------------------------------------------------------------

@@ -11,6 +11,13 @@ dataset by ``name``; all of them, including the offline default, go through the 
   The series is written once as a CSV (``date, leader_0..3, follower_0..3``) into the download cache and read
   back through the CSV path. Train windows lie in t < 6000, test windows in t >= 6000 (stride 4); there is
   no separate validation range, validation (monitoring only) uses the test windows.
+- ``lorenz96`` (offline, issue 3's "multivariate series from dysts with tens of variates"): ``dysts.flows.Lorenz96``
+  with N = 30 variates (set by the length of the initial condition; dysts' forcing f = 20), initial condition
+  f + N(0, 1) per variate (numpy seed ``seed``), integrated with RK45 at rtol = atol = 1e-9 (dysts' default
+  Radau at 1e-12 is ~100x slower) and resampled to 100 points per dysts period (2.1969 time units, dt ~ 0.022);
+  the first 500 samples (transient) are dropped, T = 8000 rows are kept. Written once into the download cache
+  as ``date, x_0..x_{N-1}`` (hourly dates) and read back like a real file, with the real files' 70/10/20
+  ``Dataset_Custom`` borders and stride-1 windows. Takes ~20 s to build the first time, then it is cached.
 - ``ETTh1``/``ETTh2`` (hourly) and ``ETTm1``/``ETTm2`` (15 min): 12/4/4-month chronological borders as in
   thuml's ``Dataset_ETT_hour`` / ``Dataset_ETT_minute``: train [0, 8640), val [8640 - L, 11520), test
   [11520 - L, 14400) rows for ETTh, all four numbers x4 for ETTm (the rest of the file is unused).
@@ -56,6 +63,7 @@ __all__ = [
     "ForecastingDataModule",
     "WindowDataset",
     "generate_leader_follower",
+    "generate_lorenz96",
     "read_csv",
     "read_pems_npz",
     "read_solar_txt",
@@ -74,13 +82,15 @@ class DatasetSpec:
     num_variates: int | None  # expected, checked when set
     target: str = "OT"
     fmt: str = "csv"  # "csv" (date, v1, ...) | "solar_txt" (no header, no dates) | "pems_npz" (npz "data" T x N x C)
+    generated: bool = False  # written offline by a generator (OFFLINE_DEFAULTS) instead of downloaded
 
 
 # name -> spec. URLs without checksum: trust on first use (download.fetch records the sha256 in a sidecar).
 # The Weather/ECL/Traffic/Exchange/ILI csv files come from the Autoformer / Time-Series-Library Google-Drive
 # bundle linked in the thuml/iTransformer README (no direct URL): download it and pass data.data_dir (or data.url).
 DATASETS: dict[str, DatasetSpec] = {
-    "leader_follower": DatasetSpec("leader_follower.csv", "offline", None, 8),
+    "leader_follower": DatasetSpec("leader_follower.csv", "offline", None, 8, generated=True),
+    "lorenz96": DatasetSpec("lorenz96.csv", "ratio", None, None, generated=True),  # N = offline.num_variates
     "ETTh1": DatasetSpec("ETTh1.csv", "ett_hour", f"{ETT_BASE}/ETTh1.csv", 7),
     "ETTh2": DatasetSpec("ETTh2.csv", "ett_hour", f"{ETT_BASE}/ETTh2.csv", 7),
     "ETTm1": DatasetSpec("ETTm1.csv", "ett_minute", f"{ETT_BASE}/ETTm1.csv", 7),
@@ -106,6 +116,24 @@ LEADER_FOLLOWER_DEFAULTS: dict[str, Any] = {
     "train_end": 6000,  # train windows in t < train_end, test windows in t >= train_end
     "eval_stride": 4,
     "seed": 0,
+}
+
+LORENZ96_DEFAULTS: dict[str, Any] = {
+    "length": 8000,  # T rows kept
+    "num_variates": 30,  # N (dysts sets the dimension by the initial condition's length)
+    "forcing": 20.0,  # dysts' parameter f (Lorenz's classic value: 8)
+    "pts_per_period": 100,  # dysts resampling: dt = period / pts_per_period (period 2.1969)
+    "burn_in": 500,  # leading samples dropped (transient from the initial condition)
+    "method": "RK45",
+    "rtol": 1e-9,
+    "atol": 1e-9,
+    "seed": 0,  # initial condition f + N(0, 1) from numpy default_rng(seed)
+}
+
+# generated dataset name -> its parameters (the datamodule's ``offline`` dict overrides them)
+OFFLINE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "leader_follower": LEADER_FOLLOWER_DEFAULTS,
+    "lorenz96": LORENZ96_DEFAULTS,
 }
 
 
@@ -221,6 +249,34 @@ def generate_leader_follower(length: int = 8000, num_leaders: int = 4, lag: int 
     return values, names
 
 
+def generate_lorenz96(length: int = 8000, num_variates: int = 30, forcing: float = 20.0,
+                      pts_per_period: int = 100, burn_in: int = 500, method: str = "RK45", rtol: float = 1e-9,
+                      atol: float = 1e-9, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """(T x N float32, names x_0..x_{N-1}): dysts' Lorenz-96 flow dx_i/dt = (x_{i+1} - x_{i-2}) x_{i-1} - x_i + f
+    with N variates, started at f + N(0, 1) (seed), resampled by dysts, the first ``burn_in`` samples dropped."""
+    if int(num_variates) < 4:
+        raise UserError(f"data.offline.num_variates: Lorenz-96 needs at least 4 variates, got {num_variates}")
+    if int(length) < 1 or int(pts_per_period) < 1 or int(burn_in) < 0:
+        raise UserError("data.offline: need length >= 1, pts_per_period >= 1 and burn_in >= 0 for lorenz96")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from dysts import flows
+
+        system = flows.Lorenz96(parameters={"f": float(forcing)})
+        system.ic = float(forcing) + np.random.default_rng(int(seed)).standard_normal(int(num_variates))
+        x = system.make_trajectory(int(length) + int(burn_in), pts_per_period=int(pts_per_period),
+                                   resample=True, method=method, rtol=float(rtol), atol=float(atol))
+    if x is None or not np.all(np.isfinite(x)):
+        raise UserError(f"data: dysts Lorenz96 (N={num_variates}, f={forcing}) failed to integrate with {method}")
+    values = np.asarray(x, dtype=np.float64)[int(burn_in):].astype(np.float32)
+    return values, [f"x_{i}" for i in range(int(num_variates))]
+
+
+GENERATORS = {"leader_follower": generate_leader_follower, "lorenz96": generate_lorenz96}
+
+
 def write_csv(path: Path, values: np.ndarray, names: list[str], start: str = "2016-07-01 00:00:00",
               freq: str = "h") -> None:
     """Write the standard CSV atomically (temporary name, then rename)."""
@@ -241,6 +297,32 @@ def write_csv(path: Path, values: np.ndarray, names: list[str], start: str = "20
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def offline_params(name: str, overrides: dict | None) -> dict[str, Any]:
+    """The generated dataset ``name``'s parameters (``OFFLINE_DEFAULTS``) with ``overrides``; {} for real data."""
+    if name not in OFFLINE_DEFAULTS:
+        return {}
+    defaults = OFFLINE_DEFAULTS[name]
+    unknown = sorted(set(overrides or {}) - set(defaults))
+    if unknown:
+        raise UserError(f"data.offline: unknown key(s) {', '.join(unknown)} for {name}; known: {', '.join(defaults)}")
+    return {**defaults, **dict(overrides or {})}
+
+
+# leader_follower's cache-file tag (kept as before: existing caches stay valid); other generators tag every parameter
+_TAG_KEYS = {"leader_follower": ("length", "num_leaders", "lag", "phi", "sigma", "seed")}
+
+
+def generated_csv(name: str, params: dict[str, Any], folder: Path) -> Path:
+    """Path of the generated dataset's CSV in ``folder``, named by its parameters; written on first use."""
+    keys = _TAG_KEYS.get(name, tuple(params))
+    tag = "_".join(str(params[k]) for k in keys)
+    path = Path(folder) / f"{name}_{tag}.csv"
+    if not path.is_file():
+        values, names = GENERATORS[name](**params)
+        write_csv(path, values, names)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,17 +360,18 @@ class ForecastingDataModule(L.LightningDataModule):
     """Lookback/horizon windows of a multivariate CSV series, z-scored with train-split statistics.
 
     Args:
-        name: a key of ``DATASETS``; ``leader_follower`` (default) needs no network.
+        name: a key of ``DATASETS``; ``leader_follower`` (default) and ``lorenz96`` are generated, no network.
         seq_len: lookback L. pred_len: horizon S.
         batch_size / eval_batch_size: windows per train / val-test batch (train is shuffled, drop_last as thuml).
         data_dir: folder holding the dataset file (the bundle's file names, e.g. ``ETTh1.csv``, ``solar_AL.txt``,
             ``PEMS08.npz``) to read instead
-            of downloading; for ``leader_follower`` the generated CSV is written there.
+            of downloading; for the generated datasets the CSV is written there.
         url: download URL overriding the table (no checksum: trust on first use).
         time_features: also return thuml ``timeF`` covariates as ``x_mark``; ``freq``: ``h`` or ``t``.
-        eval_stride: stride of val/test windows (null: 1 for real data, 4 for the offline default).
+        eval_stride: stride of val/test windows (null: 1, 4 for ``leader_follower``).
         scale: z-score with train statistics (always on in the papers).
-        offline: overrides of ``LEADER_FOLLOWER_DEFAULTS``.
+        offline: overrides of the generated dataset's parameters (``OFFLINE_DEFAULTS[name]``:
+            ``LEADER_FOLLOWER_DEFAULTS`` or ``LORENZ96_DEFAULTS``); ignored for real data.
     """
 
     def __init__(
@@ -318,26 +401,18 @@ class ForecastingDataModule(L.LightningDataModule):
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
         self.url = url
         self.use_time_features, self.freq = bool(time_features), freq
-        self.offline = {**LEADER_FOLLOWER_DEFAULTS, **(offline or {})}
-        default_stride = self.offline["eval_stride"] if self.spec.split == "offline" else 1
-        self.eval_stride = int(eval_stride) if eval_stride else int(default_stride)
+        self.offline = offline_params(name, offline)
+        self.eval_stride = int(eval_stride) if eval_stride else int(self.offline.get("eval_stride", 1))
         self.scale, self.num_workers, self.seed = bool(scale), int(num_workers), int(seed)
         self._loaded = False
 
     # ---- where the file comes from ------------------------------------------------------------
 
     def csv_path(self) -> Path:
-        if self.spec.split == "offline":
+        if self.spec.generated:
             from datamodules.download import cache_dir
 
-            folder = self.data_dir or cache_dir() / "forecasting"
-            cfg = self.offline
-            tag = "_".join(str(cfg[k]) for k in ("length", "num_leaders", "lag", "phi", "sigma", "seed"))
-            path = folder / f"leader_follower_{tag}.csv"
-            if not path.is_file():
-                values, names = generate_leader_follower(**cfg)
-                write_csv(path, values, names)
-            return path
+            return generated_csv(self.name, self.offline, self.data_dir or cache_dir() / "forecasting")
         if self.data_dir is not None:
             path = self.data_dir / self.spec.file
             if not path.is_file():
@@ -368,14 +443,14 @@ class ForecastingDataModule(L.LightningDataModule):
         elif self.spec.fmt == "pems_npz":
             values, dates, names = read_pems_npz(self.csv_path())
         else:
-            values, dates, names = read_csv(self.csv_path(), target=None if self.spec.split == "offline"
+            values, dates, names = read_csv(self.csv_path(), target=None if self.spec.generated
                                             else self.spec.target)
         if self.use_time_features and dates is None:
             raise UserError(f"{self.name}: the file has no timestamps; set data.time_features=false")
-        if self.spec.num_variates is not None and values.shape[1] != self.spec.num_variates:
-            raise UserError(f"{self.name}: expected {self.spec.num_variates} variates, the file has "
-                            f"{values.shape[1]}")
-        self.borders = split_borders(self.spec.split, len(values), self.seq_len, self.offline["train_end"])
+        expected = self.offline.get("num_variates", self.spec.num_variates)
+        if expected is not None and values.shape[1] != expected:
+            raise UserError(f"{self.name}: expected {expected} variates, the file has {values.shape[1]}")
+        self.borders = split_borders(self.spec.split, len(values), self.seq_len, self.offline.get("train_end"))
         b0, b1 = self.borders[0]
         train = values[b0:b1]
         missing = bool(np.isnan(values).any())  # PEMS may have gaps: the scaler ignores them (as sklearn's)

@@ -1,11 +1,12 @@
-"""DystsDataModule: determinism, shapes, train-only standardisation, no leakage between splits (fast, small n)."""
+"""DystsDataModule: determinism, shapes, train-only standardisation, no leakage between splits (fast, small n);
+flows and discrete maps (Henon, Logistic)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from datamodules.dynamics import DystsDataModule, make_trajectories
+from datamodules.dynamics import DystsDataModule, dysts_systems, make_trajectories
 from launch.errors import UserError
 
 SMALL = {"n_points": 1200, "train_points": 800, "val_points": 200, "pts_per_period": 40, "num_trajectories": 3,
@@ -86,9 +87,71 @@ def test_noise_on_train_only_and_val_defaults_to_test():
 
 
 def test_bad_arguments():
-    with pytest.raises(UserError, match="unknown dysts flow"):
+    with pytest.raises(UserError, match=r"unknown dysts system 'Lorenzz' \(did you mean Lorenz"):
         make(name="Lorenzz")
     with pytest.raises(UserError):
         DystsDataModule(n_points=100, train_points=100)
     with pytest.raises(UserError, match="seq_len"):
         make(seq_len=5000).train_dataset()
+
+
+# ---- discrete maps (dysts.maps) -------------------------------------------------------------------------------
+
+
+def _henon_raw(seed: int = 0, pts_per_period: int = 40) -> np.ndarray:
+    return make_trajectories("Henon", 3, 1200, pts_per_period, "RK45", 1e-9, 1e-9, 0.1, 200, seed)
+
+
+def test_henon_map_shapes_and_dynamics():
+    dm = make(name="Henon")
+    assert dm.kind == "map" and dm.dim == 2
+    assert all(b.shape == (4, 50, 2) for b in dm.train_dataloader())
+    assert [v["x"].shape for v in dm.val_dataloader()] == [(1, 200, 2)] * 2
+    assert [t["x"].shape for t in dm.test_dataloader()] == [(1, 200, 2)] * 2 + [(1, 1200, 2)]
+    # every trajectory iterates the Henon map x' = 1 - 1.4 x^2 + y, y' = 0.3 x (dysts' parameters)
+    raw = _henon_raw()
+    assert np.isfinite(raw).all()
+    x, y = raw[:, :-1, 0], raw[:, :-1, 1]
+    np.testing.assert_allclose(raw[:, 1:, 0], 1 - 1.4 * x**2 + y, atol=1e-12)
+    np.testing.assert_allclose(raw[:, 1:, 1], 0.3 * x, atol=1e-12)
+
+
+def test_map_deterministic_by_seed_and_granularity_ignored():
+    a = _henon_raw()
+    b = make_trajectories.__wrapped__("Henon", 3, 1200, 40, "RK45", 1e-9, 1e-9, 0.1, 200, 0)  # bypass the cache
+    assert np.array_equal(a, b)
+    c = _henon_raw(seed=1)
+    assert np.array_equal(a[0], c[0]) and not np.allclose(a[1:], c[1:])  # trajectory 0: the default ic
+    # a map has no time step: pts_per_period (and method, rtol, atol) do not change the data
+    assert np.array_equal(a, make_trajectories("Henon", 3, 1200, 150, "Radau", 1e-6, 1e-6, 0.1, 200, 0))
+    d1, d2 = make(name="Henon"), make(name="Henon")
+    assert all(torch.equal(s, t) for s, t in zip(d1.train_segments, d2.train_segments))
+    batches1, batches2 = d1.train_dataset().batches(epoch=0), d2.train_dataset().batches(epoch=0)
+    assert all(torch.equal(x, y) for x, y in zip(batches1, batches2))
+
+
+def test_map_splits_and_train_only_standardisation():
+    dm = make(name="Henon")
+    raw = _henon_raw()
+    stacked = np.concatenate([raw[0, :800], raw[1, :800]])  # train segments of the two training trajectories
+    np.testing.assert_allclose(dm.mean, stacked.mean(0))
+    np.testing.assert_allclose(dm.std, stacked.std(0))
+    assert not np.allclose(dm.mean, raw.reshape(-1, 2).mean(0), atol=1e-6)  # the held-out trajectory is not used
+    z = (raw - dm.mean) / dm.std
+    for k in range(2):
+        np.testing.assert_allclose(dm.train_segments[k].numpy(), z[k, :800], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dm.val_segments[k].numpy(), z[k, 800:1000], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dm.test_segments[k].numpy(), z[k, 1000:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dm.test_segments[2].numpy(), z[2], rtol=1e-5, atol=1e-5)
+
+
+def test_one_dimensional_map_and_name_resolution():
+    dm = make(name="Logistic", num_trajectories=4, heldout_trajectories=1, seed=3)
+    assert dm.dim == 1 and all(b.shape == (4, 50, 1) for b in dm.train_dataloader())
+    raw = make_trajectories("Logistic", 4, 1200, 40, "RK45", 1e-9, 1e-9, 0.1, 200, 3)
+    assert raw.shape == (4, 1200, 1) and ((raw >= 0) & (raw <= 1)).all()  # perturbed starts stay in [0, 1]
+    # a name both modules use resolves to the flow; the map is reachable as maps.<Name>
+    assert DystsDataModule(name="Duffing").kind == "flow" and DystsDataModule(name="maps.Duffing").kind == "map"
+    assert dysts_systems()["Henon"] is dysts_systems()["maps.Henon"]
+    with pytest.raises(UserError, match=r"unknown dysts system 'Henonn' \(did you mean Henon"):
+        DystsDataModule(name="Henonn")
