@@ -30,6 +30,10 @@ functions, and exact Monge-Ampere (MA) targets where they exist (separable monit
     n_side (1,) nodes per side.
   Test: `n_test_fronts` zero-shot front fields u = tanh(20 (x - c)) + 0.3 sin(2 pi y) with m = 1 + |u_x|/mean|u_x| on
   `test_size` (35) meshes, plus `n_test_bumps` held-out separable monitors on 20 x 20 meshes.
+  `mesh="unstructured"` (training) / `test_mesh="unstructured"` (zero-shot tests) use Delaunay meshes of the square
+  with the same boundary spacing (`M.unstructured_square_mesh`, Poisson-disc interior nodes, about n^2 nodes, one
+  mesh per graph); the separable MA targets stay exact (node-wise maps) and n_side is then the boundary node count
+  per side (nominal cell width 1 / (n_side - 1)).
   name="um2n_helmholtz": the paper's Firedrake-generated Helmholtz datasets are not readable here (see
   `configs/experiment/um2n/helmholtz.yaml`): a clear error.
 """
@@ -47,7 +51,7 @@ from launch.errors import UserError
 from lit_models.common import mesh as M
 
 __all__ = ["FrontFieldDataModule", "MeshGraphDataModule", "front_fields", "separable_graph", "front_graph",
-           "load_burgers_192"]
+           "square_mesh", "load_burgers_192"]
 
 
 # ================================================================================================ DMM: fields
@@ -231,15 +235,28 @@ class FrontFieldDataModule(L.LightningDataModule):
 
 
 # ============================================================================================== UM2N: graphs
+MESH_KINDS = ("structured", "unstructured")
+
+
 def _random_bumps(rng: np.random.Generator) -> tuple[float, np.ndarray, np.ndarray]:
     nb = int(rng.integers(1, 4))
     return float(rng.uniform(2, 20)), rng.uniform(0.1, 0.9, nb), rng.uniform(0.02, 0.1, nb)
 
 
-def _graph(n_side: int, monitor_nodes: np.ndarray, target: np.ndarray, kind: int, params) -> "object":
+def square_mesh(n_side: int, mesh: str = "structured", mesh_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The unit-square triangulation UM2N moves: `unit_square_mesh(n_side)` or, for mesh="unstructured", the
+    Delaunay mesh with the same boundary spacing (`unstructured_square_mesh(n_side, mesh_seed)`)."""
+    if mesh == "structured":
+        return M.unit_square_mesh(n_side)
+    if mesh == "unstructured":
+        return M.unstructured_square_mesh(n_side, mesh_seed)
+    raise ValueError(f"unknown mesh {mesh!r}; available: {', '.join(MESH_KINDS)}")
+
+
+def _graph(n_side: int, pos: np.ndarray, tri: np.ndarray, monitor_nodes: np.ndarray, target: np.ndarray, kind: int,
+           params) -> "object":
     from torch_geometric.data import Data
 
-    pos, tri = M.unit_square_mesh(n_side)
     bm = M.boundary_masks(pos)
     e = M.mesh_edges(tri)
     edge_index = np.concatenate([e, e[:, ::-1]]).T
@@ -252,22 +269,23 @@ def _graph(n_side: int, monitor_nodes: np.ndarray, target: np.ndarray, kind: int
                 n_side=torch.tensor([n_side]))
 
 
-def separable_graph(n_side: int, rng: np.random.Generator):
-    """A mesh with a random separable bump monitor and its exact MA target."""
+def separable_graph(n_side: int, rng: np.random.Generator, mesh: str = "structured", mesh_seed: int = 0):
+    """A mesh with a random separable bump monitor and its exact MA target (node-wise 1-D equidistribution, exact on
+    any mesh of the square, structured or not)."""
     a1, c1, w1 = _random_bumps(rng)
     a2, c2, w2 = _random_bumps(rng)
     m1 = functools.partial(M.bump_monitor_1d, amplitude=a1, centres=c1, widths=w1)
     m2 = functools.partial(M.bump_monitor_1d, amplitude=a2, centres=c2, widths=w2)
-    pos, _ = M.unit_square_mesh(n_side)
+    pos, tri = square_mesh(n_side, mesh, mesh_seed)
     target = M.equidistributed_mesh(pos, m1, m2)
-    return _graph(n_side, m1(pos[:, 0]) * m2(pos[:, 1]), target, 0, [np.nan] * 4)
+    return _graph(n_side, pos, tri, m1(pos[:, 0]) * m2(pos[:, 1]), target, 0, [np.nan] * 4)
 
 
-def front_graph(n_side: int, k: float, c: float, amp: float = 0.3):
+def front_graph(n_side: int, k: float, c: float, amp: float = 0.3, mesh: str = "structured", mesh_seed: int = 0):
     """A mesh for u = tanh(k (x - c)) + amp sin(2 pi y) with m = 1 + |u_x| / mean|u_x| and its exact MA target."""
     m1 = M.front_monitor_1d(k, c)
-    pos, _ = M.unit_square_mesh(n_side)
-    return _graph(n_side, m1(pos[:, 0]), M.equidistributed_mesh(pos, m1), 1, [k, c, 0.0, amp])
+    pos, tri = square_mesh(n_side, mesh, mesh_seed)
+    return _graph(n_side, pos, tri, m1(pos[:, 0]), M.equidistributed_mesh(pos, m1), 1, [k, c, 0.0, amp])
 
 
 class _List(Dataset):
@@ -282,19 +300,29 @@ class _List(Dataset):
 
 
 class MeshGraphDataModule(L.LightningDataModule):
-    """Meshes + monitors + exact MA targets as torch_geometric graphs (see the module docstring)."""
+    """Meshes + monitors + exact MA targets as torch_geometric graphs (see the module docstring).
+
+    mesh: the training meshes, "structured" (default) or "unstructured" (Delaunay, the paper trains on unstructured
+    meshes); test_mesh: the test meshes (None = `mesh`), read when the test loader is built, so a trained model can be
+    tested zero-shot on the other mesh kind (`eval: [data.test_mesh=unstructured]` in a claim). Test monitors are
+    the same for both kinds; unstructured mesh seeds come from their own stream (seed + 3000)."""
 
     def __init__(self, name: str = "separable", n_train: int = 600, train_sizes: tuple = (15, 20),
                  test_size: int = 35, n_test_fronts: int = 4, test_k: float = 20.0, n_test_bumps: int = 4,
-                 bump_test_size: int = 20, batch_size: int = 3, data_dir: str | None = None, seed: int = 0) -> None:
+                 bump_test_size: int = 20, batch_size: int = 3, mesh: str = "structured",
+                 test_mesh: str | None = None, data_dir: str | None = None, seed: int = 0) -> None:
         super().__init__()
         if name not in ("separable", "um2n_helmholtz"):
             raise ValueError(f"unknown UM2N dataset {name!r}; available: 'separable' (offline), 'um2n_helmholtz'")
         if not train_sizes or min(train_sizes) < 3 or test_size < 3:
             raise ValueError("mesh sizes must be >= 3 nodes per side")
+        for key, kind in (("mesh", mesh), ("test_mesh", test_mesh)):
+            if kind not in MESH_KINDS and not (key == "test_mesh" and kind is None):
+                raise ValueError(f"{key} must be one of {', '.join(MESH_KINDS)}, got {kind!r}")
         self.save_hyperparameters()
         self.batch_size, self.seed = batch_size, seed
         self.train_set: _List | None = None
+        self._test_sets: dict[str, _List] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -305,11 +333,29 @@ class MeshGraphDataModule(L.LightningDataModule):
                             "without a documented file format; no loader exists here (use data.name=separable)")
         rng = np.random.default_rng(self.seed)
         sizes = list(hp.train_sizes)
-        self.train_set = _List([separable_graph(sizes[i % len(sizes)], rng) for i in range(hp.n_train)])
-        trng = np.random.default_rng(self.seed + 1000)
-        fronts = [front_graph(hp.test_size, hp.test_k, c) for c in trng.uniform(0.3, 0.7, hp.n_test_fronts)]
-        bumps = [separable_graph(hp.bump_test_size, trng) for _ in range(hp.n_test_bumps)]
-        self.test_set = _List(fronts + bumps)
+        self.train_set = _List([separable_graph(sizes[i % len(sizes)], rng, *self._mesh_draw(hp.mesh, rng))
+                                for i in range(hp.n_train)])
+
+    @staticmethod
+    def _mesh_draw(mesh: str, rng: np.random.Generator) -> tuple[str, int]:
+        """(mesh, mesh_seed); draws from `rng` only for unstructured meshes (structured data stay unchanged)."""
+        return mesh, int(rng.integers(2**31)) if mesh == "unstructured" else 0
+
+    @property
+    def test_set(self) -> _List:
+        """The zero-shot test graphs for the current `test_mesh` (built once per mesh kind)."""
+        hp = self.hparams
+        mesh = hp.test_mesh or hp.mesh
+        if mesh not in MESH_KINDS:
+            raise ValueError(f"test_mesh must be one of {', '.join(MESH_KINDS)}, got {mesh!r}")
+        if mesh not in self._test_sets:
+            trng, mrng = np.random.default_rng(self.seed + 1000), np.random.default_rng(self.seed + 3000)
+            fronts = [front_graph(hp.test_size, hp.test_k, c, mesh=mesh, mesh_seed=self._mesh_draw(mesh, mrng)[1])
+                      for c in trng.uniform(0.3, 0.7, hp.n_test_fronts)]
+            bumps = [separable_graph(hp.bump_test_size, trng, *self._mesh_draw(mesh, mrng))
+                     for _ in range(hp.n_test_bumps)]
+            self._test_sets[mesh] = _List(fronts + bumps)
+        return self._test_sets[mesh]
 
     def train_dataloader(self):
         from torch_geometric.loader import DataLoader as GeoLoader

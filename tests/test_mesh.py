@@ -99,3 +99,72 @@ def test_fd_monge_ampere_relaxation_matches_the_exact_separable_mesh():
     exact = M.equidistributed_mesh(pos, m1)
     rmse = np.sqrt(np.mean(np.sum((x - exact) ** 2, 1))) / M.cell_size(n)
     assert rmse < 0.15 and M.count_inverted(x, tri) == 0, (rmse, steps)
+
+
+# ------------------------------------------------------------------------------------ unstructured triangulation
+@pytest.mark.parametrize("n,seed", [(3, 0), (6, 1), (20, 2)])
+def test_unstructured_mesh_is_valid_and_covers_the_square(n, seed):
+    """Counter-clockwise Delaunay triangles (no inverted or flat element), every node used, areas summing to 1; the
+    4 (n - 1) boundary nodes (h = 1 / (n - 1) apart) are exactly the nodes `boundary_masks` flags, the boundary
+    edges of the triangulation (edges of one triangle) lie on the square's edges and add up to its perimeter; about
+    n^2 nodes, interior nodes at least 0.8 h from every other node (Poisson disc)."""
+    pos, tri = M.unstructured_square_mesh(n, seed)
+    a = M.signed_areas(pos, tri)
+    assert M.count_inverted(pos, tri) == 0 and a.min() > 1e-3 / n**2
+    assert np.sum(a) == pytest.approx(1.0, abs=1e-12)
+    assert np.array_equal(np.unique(tri), np.arange(len(pos)))
+    bm = M.boundary_masks(pos)
+    n_bd = 4 * (n - 1)
+    assert bm["any"].sum() == n_bd and bm["any"][:n_bd].all() and bm["corner"].sum() == 4
+    e = np.sort(np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]), 1)
+    edges, count = np.unique(e, axis=0, return_counts=True)
+    assert set(count) <= {1, 2}
+    outer = edges[count == 1]
+    assert bm["any"][outer].all()
+    assert np.all((bm["x0"][outer].all(1)) | bm["x1"][outer].all(1) | bm["y0"][outer].all(1) | bm["y1"][outer].all(1))
+    assert np.linalg.norm(pos[outer[:, 0]] - pos[outer[:, 1]], axis=1).sum() == pytest.approx(4.0)
+    assert len(M.mesh_edges(tri)) == len(edges)
+    assert 0.85 * n**2 <= len(pos) <= 1.1 * n**2
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + 10 * np.eye(len(pos))
+    assert d[n_bd:].min() >= 0.8 * M.cell_size(n) - 1e-12
+
+
+def test_unstructured_mesh_is_deterministic_by_seed_and_delaunay():
+    """Same seed, same mesh; another seed, other interior nodes. Delaunay: no node strictly inside a triangle's
+    circumcircle, and the smallest angle stays above 20 degrees (measured worst 25.1 over 30 seeds at n = 20, 26.8
+    over 100 seeds at n = 6; Poisson-disc nodes with Delaunay connectivity)."""
+    pos, tri = M.unstructured_square_mesh(12, 7)
+    pos2, tri2 = M.unstructured_square_mesh(12, 7)
+    assert np.array_equal(pos, pos2) and np.array_equal(tri, tri2)
+    other, _ = M.unstructured_square_mesh(12, 8)
+    assert other.shape != pos.shape or not np.allclose(other, pos)
+    p = pos[tri]
+    a, b, c = p[:, 0], p[:, 1], p[:, 2]
+    d = 2 * (a[:, 0] * (b[:, 1] - c[:, 1]) + b[:, 0] * (c[:, 1] - a[:, 1]) + c[:, 0] * (a[:, 1] - b[:, 1]))
+    sa, sb, sc = (np.sum(q**2, 1) for q in (a, b, c))
+    centre = np.stack([sa * (b[:, 1] - c[:, 1]) + sb * (c[:, 1] - a[:, 1]) + sc * (a[:, 1] - b[:, 1]),
+                       sa * (c[:, 0] - b[:, 0]) + sb * (a[:, 0] - c[:, 0]) + sc * (b[:, 0] - a[:, 0])], 1) / d[:, None]
+    radius = np.linalg.norm(a - centre, axis=1)
+    dist = np.linalg.norm(pos[None] - centre[:, None], axis=-1)
+    assert np.all(dist >= radius[:, None] * (1 - 1e-9))
+    for n in (6, 20):
+        for seed in range(5):
+            q, t = M.unstructured_square_mesh(n, seed)
+            assert M.triangle_angles(q, t).min() > 20.0
+    np.testing.assert_allclose(M.triangle_angles(*M.unit_square_mesh(3)).min(), 45.0)
+    with pytest.raises(ValueError, match=">= 3 nodes"):
+        M.unstructured_square_mesh(2)
+
+
+def test_exact_ma_map_of_an_unstructured_mesh():
+    """The separable MA map is node-wise, so it applies to unstructured meshes unchanged: the moved 35-node-per-side
+    Delaunay mesh has no inverted element, keeps its boundary, and reaches the structured mesh's interpolation gain
+    (measured ratio 0.30-0.33 over seeds / front positions vs 0.31 structured)."""
+    pos, tri = M.unstructured_square_mesh(35, 0)
+    m1 = M.front_monitor_1d(20, 0.4)
+    moved = M.equidistributed_mesh(pos, m1)
+    assert M.count_inverted(moved, tri) == 0 and M.boundary_violation(moved, pos) == 0.0
+    pts = M.random_points(20000, 0)
+    f = lambda p: M.front_field(p, 20, 0.4)  # noqa: E731
+    ratio = M.interpolation_error(moved, tri, f, pts) / M.interpolation_error(pos, tri, f, pts)
+    assert ratio == pytest.approx(0.31, abs=0.04)

@@ -127,6 +127,39 @@ def test_paper_mat_files_load_from_a_local_folder(tmp_path):
         load_mat_reference(tmp_path / "bad.mat", "ks_mat")
 
 
+def test_paper_mat_files_download_through_fetch_from_a_local_server(tmp_path, monkeypatch):
+    """The `*_mat` names fetch AC.mat / ks_simple.mat through `datamodules.download.fetch` (the real download path:
+    HTTP, cache under $PAPERZOO_DATA, trust-on-first-use sidecar) when no local folder has them. Fixtures in the
+    real layouts (AC.mat: tt (1, T), x (X, 1), uu (X, T); ks_simple.mat: t (1, T), x (1, X), usol (X, T)), MAT v5,
+    served from 127.0.0.1; the second setup reads the cache without the server."""
+    from scipy.io import savemat
+
+    from datamodules import pinn_data
+    from tests.conftest import serve_directory
+
+    www = tmp_path / "www"
+    www.mkdir()
+    x, t = np.linspace(-1, 1, 9), np.linspace(0, 1, 6)
+    uu = np.outer(x ** 2 * np.cos(np.pi * x), np.exp(-t))
+    savemat(www / "AC.mat", {"tt": t[None], "x": x[:, None], "uu": uu})
+    savemat(www / "ks_simple.mat", {"t": t[None], "x": x[None], "usol": 2 * uu})
+    monkeypatch.setenv("PAPERZOO_DATA", str(tmp_path / "cache"))
+    with serve_directory(www) as server:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for name, (_, sha, fname) in pinn_data.PAPER_FILES.items():
+            monkeypatch.setitem(pinn_data.PAPER_FILES, name, (f"{base}/{fname}", sha, fname))
+            dm = CausalPINNDataModule(name=name, n_t=4, n_x=4)
+            dm.setup()
+            scale = 2.0 if name == "ks_mat" else 1.0
+            np.testing.assert_allclose(dm.reference["u"], scale * uu.T)
+            np.testing.assert_allclose(dm.reference["t"], t)
+            np.testing.assert_allclose(dm.initial_condition[1], scale * x ** 2 * np.cos(np.pi * x))
+            assert (tmp_path / "cache" / fname).is_file() and (tmp_path / "cache" / (fname + ".sha256")).is_file()
+    again = CausalPINNDataModule(name="allen_cahn_mat", n_t=4, n_x=4)  # server gone: served from the cache
+    again.setup()
+    np.testing.assert_allclose(again.reference["u"], uu.T)
+
+
 def test_lagrangian_datamodule_grid_and_references():
     dm = LagrangianPINNDataModule(name="convection", c=10.0, nu=0.01, n_x=8, n_t=5, eval_n_x=16, eval_n_t=4)
     dm.setup()

@@ -2,6 +2,8 @@
 
 - `unit_square_mesh(n)`: the structured triangulation of [0, 1]^2 with n x n nodes (2 (n-1)^2 counter-clockwise
   triangles, each cell split along its SW-NE diagonal), its mesh edges and a boundary description.
+- `unstructured_square_mesh(n, seed)`: an unstructured Delaunay triangulation of [0, 1]^2 with the same boundary
+  spacing (Poisson-disc interior nodes), counter-clockwise, deterministic by seed; `triangle_angles` for its quality.
 - `signed_areas(pos, tri)` (numpy or torch) and `count_inverted`: element orientation / tangling check.
 - `interpolation_error(pos, tri, f, points)`: RMS error of the piecewise-linear interpolant of f (nodal values on the
   mesh `pos`) against f at query points (point location by barycentric coordinates, exact for any valid mesh).
@@ -39,6 +41,86 @@ def unit_square_mesh(n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     b, c, d = a + 1, a + n + 2, a + n + 1  # SE, NE, NW corners of the cell whose SW corner is a
     tri = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
     return pos, tri.astype(np.int64)
+
+
+def square_boundary_nodes(n_nodes: int) -> np.ndarray:
+    """The 4 (n_nodes - 1) boundary nodes of the unit square, spacing 1 / (n_nodes - 1) on every edge, listed
+    counter-clockwise from the corner (0, 0); coordinates on an edge are exactly 0 or 1 (what `boundary_masks`
+    tests)."""
+    s = np.linspace(0.0, 1.0, n_nodes)[:-1]
+    zero, one = np.zeros_like(s), np.ones_like(s)
+    return np.concatenate([np.stack([s, zero], 1), np.stack([one, s], 1), np.stack([1 - s, one], 1),
+                           np.stack([zero, 1 - s], 1)])
+
+
+def poisson_disc_interior(radius: float, fixed: np.ndarray, rng: np.random.Generator, tries: int = 30) -> np.ndarray:
+    """Interior points of the open unit square at mutual distance >= `radius` and >= `radius` from the `fixed`
+    points (Bridson's dart throwing from an active list: `tries` candidates in the annulus [r, 2r] around a random
+    active point, the first far enough from every point is kept, a point without one retires). A background grid of
+    cell r / sqrt(2) holds at most one point; candidates (<= 2r from the active point) are checked at once against
+    the points of the 11 x 11 cells around it (>= 5 cells = 3.5r > 3r each way). Deterministic given `rng`."""
+    cell = radius / np.sqrt(2.0)
+    n = int(np.ceil(1.0 / cell))
+    grid = -np.ones((n + 10, n + 10), np.int64)  # padded by 5 cells: windows never leave the array
+    pts = np.empty((len(fixed) + 4 * n * n, 2))
+
+    def add(p: np.ndarray, k: int) -> None:
+        pts[k] = p
+        grid[min(int(p[0] / cell), n - 1) + 5, min(int(p[1] / cell), n - 1) + 5] = k
+
+    for k, p in enumerate(fixed):
+        add(np.asarray(p, np.float64), k)  # fixed points at spacing >= r / sqrt(2) never share a cell
+    count = len(fixed)
+    active = list(range(count))
+    while active:
+        a = active.pop(int(rng.integers(len(active))))
+        rho = radius * np.sqrt(rng.uniform(1.0, 4.0, tries))
+        phi = rng.uniform(0.0, 2 * np.pi, tries)
+        cand = pts[a] + np.stack([rho * np.cos(phi), rho * np.sin(phi)], 1)
+        i, j = min(int(pts[a, 0] / cell), n - 1) + 5, min(int(pts[a, 1] / cell), n - 1) + 5
+        near = grid[i - 5:i + 6, j - 5:j + 6]
+        near = pts[near[near >= 0]]
+        ok = np.all((cand > 0.0) & (cand < 1.0), 1)
+        ok &= np.all(np.sum((cand[:, None] - near[None]) ** 2, -1) >= radius**2, 1)
+        if ok.any():
+            add(cand[np.argmax(ok)], count)
+            active += [a, count]
+            count += 1
+    return pts[len(fixed):count].copy()
+
+
+def unstructured_square_mesh(n_nodes: int, seed: int = 0, radius: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """(pos (V, 2), tri (T, 3)) of an unstructured Delaunay triangulation of [0, 1]^2 (the paper trains on
+    unstructured gmsh meshes, Sec. 4.1): `n_nodes` equally spaced nodes per edge (h = 1 / (n_nodes - 1), as
+    `unit_square_mesh`), interior nodes by Poisson-disc sampling at distance radius * h (0.8 gives about n_nodes^2
+    nodes, the structured mesh's count), `scipy.spatial.Delaunay`, triangles counter-clockwise. Boundary nodes come
+    first (counter-clockwise from (0, 0)); `boundary_masks` and `mesh_edges` apply unchanged. Deterministic by
+    `seed`."""
+    from scipy.spatial import Delaunay
+
+    if n_nodes < 3:
+        raise ValueError(f"an unstructured mesh needs >= 3 nodes per side, got {n_nodes}")
+    if not 0.0 < radius <= 1.0:  # boundary nodes, h apart, must themselves satisfy the Poisson-disc spacing
+        raise ValueError(f"radius must be in (0, 1] cell widths (the boundary spacing), got {radius}")
+    bd = square_boundary_nodes(n_nodes)
+    pos = np.concatenate([bd, poisson_disc_interior(radius * cell_size(n_nodes), bd, np.random.default_rng(seed))])
+    tri = Delaunay(pos).simplices.astype(np.int64)
+    a = signed_areas(pos, tri)
+    tri = tri[np.abs(a) > 1e-12 * cell_size(n_nodes) ** 2]  # qhull may add flat triangles on collinear edges
+    flip = signed_areas(pos, tri) < 0
+    tri[flip] = tri[flip][:, [0, 2, 1]]
+    return pos, tri
+
+
+def triangle_angles(pos: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """Interior angles (T, 3) in degrees (mesh quality: Delaunay maximises the minimum angle)."""
+    p = pos[tri]
+    out = np.empty(tri.shape)
+    for k in range(3):
+        u, v = p[:, (k + 1) % 3] - p[:, k], p[:, (k + 2) % 3] - p[:, k]
+        cos = np.sum(u * v, 1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1))
+        out[:, k] = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return out
 
 
 def mesh_edges(tri: np.ndarray) -> np.ndarray:

@@ -17,7 +17,9 @@ r-adaptation by a graph network trained on Monge-Ampere (MA) meshes and applied 
   the weight does not depend on the mesh size).
 `decoder="coord"` is the released code's variant (a linear head on the GAT hidden state outputs raw coordinates,
 no neighbour averaging); `use_monitor=False` feeds a zero monitor (a model that ignores the monitor);
-`mover="identity"` is the fixed-mesh baseline.
+`mover="identity"` is the fixed-mesh baseline; `project_boundary=False` (ablation) drops the boundary projection,
+the failing variant of the card's boundary criterion. The meshes may be structured or unstructured (Delaunay):
+nothing here depends on the connectivity beyond the graph's edges and faces.
 """
 from __future__ import annotations
 
@@ -96,18 +98,25 @@ class UM2N(nn.Module):
         self.deformer = RecurrentGATDeformer(hidden, gat_heads, decoder, bias=num_loop > 1 or decoder == "coord")
         self.num_loop, self.use_monitor = num_loop, use_monitor
 
-    def forward(self, data) -> Tensor:
-        x = data.x.float()
+    def forward(self, data, project_boundary: bool = True) -> Tensor:
+        """Moved node positions (V, 2) in the parameters' dtype (the graph's float32 tensors are cast, so a
+        64-bit module runs in 64 bits); `project_boundary=False` drops the boundary treatment (Sec. 3 of the
+        paper: boundary nodes keep their normal coordinate), an ablation only."""
+        dtype = self.lin.weight.dtype
+        x = data.x.to(dtype)
         if not self.use_monitor:
             x = torch.cat([x[:, :3], torch.zeros_like(x[:, 3:])], -1)
         batch = data.batch if getattr(data, "batch", None) is not None else torch.zeros(len(x), dtype=torch.long,
                                                                                        device=x.device)
         feats = self.encoder(x, batch)
         hidden = F.selu(self.lin(torch.cat([x[:, 2:3], feats], -1)))
-        ref = data.pos.float()
+        ref = data.pos.to(dtype)
+        x_fixed, y_fixed = data.x_fixed, data.y_fixed
+        if not project_boundary:
+            x_fixed, y_fixed = torch.zeros_like(x_fixed), torch.zeros_like(y_fixed)
         coord = ref
         for _ in range(self.num_loop):
-            coord, hidden = self.deformer(coord, hidden, data.edge_index, ref, data.x_fixed, data.y_fixed)
+            coord, hidden = self.deformer(coord, hidden, data.edge_index, ref, x_fixed, y_fixed)
         return coord
 
 
@@ -126,7 +135,7 @@ class UM2NModule(L.LightningModule):
     def __init__(self, embed_dim: int = 64, transformer_out: int = 16, num_heads: int = 4, num_layers: int = 1,
                  hidden: int = 512, gat_heads: int = 6, num_loop: int = 1, decoder: str = "average",
                  use_monitor: bool = True, mover: str = "um2n", coord_weight: float = 0.0, area_weight: float = 1.0,
-                 n_interp_points: int = 20000,
+                 n_interp_points: int = 20000, project_boundary: bool = True,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
         if decoder not in ("average", "coord"):
@@ -145,16 +154,19 @@ class UM2NModule(L.LightningModule):
         self._last: list[dict[str, Any]] = []
 
     def forward(self, data) -> Tensor:
+        """Moved nodes in the module's dtype (float32, or float64 under `trainer.precision=64-true`: Lightning does
+        not convert a torch_geometric batch, so its float32 tensors are cast here)."""
         if self.hparams.mover == "identity":
-            return data.pos.float()
+            return data.pos.to(self.net.lin.weight.dtype)
         with no_autocast(data.pos.device.type):
-            return self.net(data)
+            return self.net(data, project_boundary=self.hparams.project_boundary)
 
     def loss(self, data, pred: Tensor) -> tuple[Tensor, Tensor]:
         tri = data.face.T
-        a_pred, a_true = M.signed_areas(pred, tri), M.signed_areas(data.y.float(), tri)
-        a_ref = M.signed_areas(data.pos.float(), tri).abs().mean()
-        return F.mse_loss(pred, data.y.float()), torch.mean(torch.abs(a_pred - a_true)) / a_ref
+        target, ref = data.y.to(pred.dtype), data.pos.to(pred.dtype)
+        a_pred, a_true = M.signed_areas(pred, tri), M.signed_areas(target, tri)
+        a_ref = M.signed_areas(ref, tri).abs().mean()
+        return F.mse_loss(pred, target), torch.mean(torch.abs(a_pred - a_true)) / a_ref
 
     def training_step(self, data, batch_idx: int = 0) -> Tensor:
         hp = self.hparams

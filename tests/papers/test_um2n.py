@@ -109,7 +109,82 @@ def test_graphs_and_exact_targets():
     assert int(batch.num_graphs) == 2 and batch.face.max() < batch.num_nodes
 
 
-CLAIMS = ["interpolation_ratio", "no_tangling", "node_rmse"]
+@pytest.mark.parametrize("override", ["data.test_mesh=unstructured", "data.mesh=unstructured"])
+def test_unstructured_meshes_zero_shot_and_in_training(override):
+    """The mover trained on structured meshes moves unstructured Delaunay test meshes (zero-shot, `data.test_mesh`),
+    and trains on unstructured meshes (`data.mesh`): finite losses and metrics, no boundary node off its edge; the
+    trained module applied to a fresh unstructured front mesh gives finite nodes, corners fixed, edge nodes on
+    their edges, and the metrics' pieces (inversions, interpolation ratio) are computable on it."""
+    run = fast_run("um2n", *SMALL, override)
+    run.assert_contract()
+    for key in ("test/interp_ratio", "test/inverted", "test/node_rmse_cells"):
+        assert np.isfinite(run.metrics[key]), key
+    assert run.metrics["test/boundary_violation"] < 1e-6
+    g = front_graph(9, 20.0, 0.45, mesh="unstructured", mesh_seed=3)
+    ref, tri = g.pos.double().numpy(), g.face.T.numpy()
+    with torch.no_grad():
+        out = run.model(g).double().numpy()
+    assert out.shape == ref.shape and np.all(np.isfinite(out))
+    assert M.boundary_violation(out, ref) < 1e-6
+    corners = M.boundary_masks(ref)["corner"]
+    np.testing.assert_array_equal(out[corners], ref[corners])
+    assert M.count_inverted(out, tri) >= 0
+    f = lambda p: M.front_field(p, 20.0, 0.45)  # noqa: E731
+    pts = M.random_points(500, 0)
+    assert np.isfinite(M.interpolation_error(out, tri, f, pts) / M.interpolation_error(ref, tri, f, pts))
+
+
+def test_unstructured_graphs_and_test_mesh_switch():
+    """Unstructured graphs carry the same fields as structured ones (exact MA targets valid, boundary flags from the
+    coordinates); `test_mesh` switches the test meshes of a built datamodule (same monitors: same front positions),
+    and the structured data are unchanged by the option."""
+    g = separable_graph(10, np.random.default_rng(0), mesh="unstructured", mesh_seed=1)
+    ref, tri = g.pos.double().numpy(), g.face.T.numpy()
+    assert g.x.shape == (len(ref), 4) and float(g.x[:, 3].max()) == pytest.approx(1.0)
+    assert M.count_inverted(ref, tri) == 0 and M.count_inverted(g.y.double().numpy(), tri) == 0
+    assert M.boundary_violation(g.y.double().numpy(), ref) < 1e-6
+    assert int(g.x[:, 2].sum()) == 4 * 9 == int((g.x_fixed | g.y_fixed).sum())
+    kw = dict(n_train=4, train_sizes=(5, 6), test_size=7, n_test_fronts=2, n_test_bumps=1, bump_test_size=5)
+    dm = MeshGraphDataModule(**kw)
+    dm.setup()
+    structured = dm.test_set
+    dm.hparams.test_mesh = "unstructured"
+    unstructured = dm.test_set
+    fronts = [[float(g.params[0, 1]) for g in s.items[:2]] for s in (structured, unstructured)]
+    assert fronts[0] == fronts[1]
+    assert not all(torch.equal(a.face, b.face) for a, b in zip(structured.items, unstructured.items))
+    dm.hparams.test_mesh = None
+    assert dm.test_set is structured
+    tr = MeshGraphDataModule(**kw, mesh="unstructured")
+    tr.setup()
+    assert all(M.count_inverted(d.pos.double().numpy(), d.face.T.numpy()) == 0 for d in tr.train_set.items)
+    with pytest.raises(ValueError, match="mesh must be one of"):
+        MeshGraphDataModule(mesh="hexagonal")
+    with pytest.raises(ValueError, match="test_mesh must be one of"):
+        MeshGraphDataModule(test_mesh="gmsh")
+
+
+def test_module_follows_its_dtype_and_the_boundary_ablation_leaves_the_boundary():
+    """A float64 module (`trainer.precision=64-true`) moves a float32 graph in float64, matching float32 to rounding;
+    `project_boundary=False` (the boundary claim's baseline) lets boundary nodes leave their edges."""
+    torch.manual_seed(0)
+    module = UM2NModule(hidden=16, gat_heads=2, num_loop=3)
+    g = separable_graph(8, np.random.default_rng(0), mesh="unstructured", mesh_seed=0)
+    with torch.no_grad():
+        single = module(g)
+        coord, area = module.loss(g, single)
+        double = module.double()(g)
+        coord64, area64 = module.loss(g, double)
+    assert single.dtype == torch.float32 and double.dtype == torch.float64 and coord64.dtype == torch.float64
+    torch.testing.assert_close(double.float(), single, atol=1e-5, rtol=1e-5)
+    assert float(area64) == pytest.approx(float(area), rel=1e-4)
+    module.hparams.project_boundary = False
+    with torch.no_grad():
+        free = module(g).numpy()
+    assert M.boundary_violation(free, g.pos.double().numpy()) > 1e-3
+
+
+CLAIMS = ["interpolation_ratio", "no_tangling", "node_rmse", "boundary"]
 
 
 @pytest.mark.slow
