@@ -195,16 +195,26 @@ class DataFreeMeshMoverModule(L.LightningModule):
         self._last: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------------ the mesh map
+    @property
+    def net_dtype(self) -> torch.dtype:
+        """The dtype of the network's weights: float32, or float64 under trainer.precision=64-true."""
+        return next(self.net.parameters()).dtype
+
+    def _cast(self, t: Tensor) -> Tensor:
+        """A batch tensor in the network's dtype (inputs of the derivative code never follow autocast)."""
+        return t.to(self.net_dtype)
+
     def mesh_map(self, u: Tensor, xi: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, P, 2) = xi + grad phi, the Hessian of phi (B, P, 2, 2) and grad phi (B, P, 2); float32, no autocast.
+        """x (B, P, 2) = xi + grad phi, the Hessian of phi (B, P, 2, 2) and grad phi (B, P, 2); in the
+        network's dtype (float32, or float64 under 64-true), autocast off.
         For mover="direct": x = xi + d, the Jacobian of d (rows: components) and d."""
         if self.hparams.mover == "identity":
             z = torch.zeros(*xi.shape, 2, dtype=xi.dtype, device=xi.device)
             return xi, z, torch.zeros_like(xi)
         # Lightning evaluates under inference_mode: leave it (and clone its tensors) to differentiate
         with no_autocast(xi.device.type), torch.inference_mode(False), torch.enable_grad():
-            xi = xi.detach().float().clone().requires_grad_(True)
-            out = self.net(u.float().clone(), xi)
+            xi = self._cast(xi.detach()).clone().requires_grad_(True)
+            out = self.net(self._cast(u).clone(), xi)
             if self.hparams.mover == "direct":
                 g = out
             else:
@@ -224,12 +234,13 @@ class DataFreeMeshMoverModule(L.LightningModule):
     def residual(self, batch: dict[str, Tensor], xi: Tensor, create_graph: bool = True,
                  with_det: bool = True) -> tuple[Tensor, Tensor]:
         """r = m(x(xi)) det(I + H) / c - 1 (B, P) and the Hessian (with_det=False: the card's ablation without the
-        det term, r = m(x(xi)) / c - 1; training only)."""
+        det term, r = m(x(xi)) / c - 1; training only). The MA residual of Eq. 3, autocast off, in the network's
+        dtype."""
         x, hess, _ = self.mesh_map(batch["u"], xi, create_graph)
-        with torch.inference_mode(False):
-            m = sample_monitor(batch["monitor"].float().clone(), x)
+        with torch.inference_mode(False), no_autocast(x.device.type):
+            m = sample_monitor(self._cast(batch["monitor"]).clone(), x)
             det = self.det(hess) if with_det else 1.0
-            return m * det / batch["c"].float().clone()[:, None] - 1.0, hess
+            return m * det / self._cast(batch["c"]).clone()[:, None] - 1.0, hess
 
     # ------------------------------------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
@@ -237,7 +248,7 @@ class DataFreeMeshMoverModule(L.LightningModule):
         if hp.mover == "identity":  # nothing to learn: a zero loss keeps the step count
             return sum(p.sum() for p in self.parameters()) * 0.0
         with no_autocast(self.device.type):
-            xi = importance_points(batch["monitor"].float(), hp.n_points)
+            xi = importance_points(self._cast(batch["monitor"]), hp.n_points)
             r, hess = self.residual(batch, xi, with_det=hp.det_term)
             loss_in = torch.mean(r**2)
             loss_cvx = torch.mean(F.relu(-(1 + hess[..., 0, 0])) ** 2 + F.relu(-(1 + hess[..., 1, 1])) ** 2)
@@ -257,7 +268,7 @@ class DataFreeMeshMoverModule(L.LightningModule):
     # --------------------------------------------------------------------------------------------- evaluation
     def _eval_residual(self, batch: dict[str, Tensor]) -> Tensor:
         g = torch.Generator().manual_seed(12345)
-        xi = importance_points(batch["monitor"].float().cpu(), self.hparams.n_eval_points, g).to(self.device)
+        xi = importance_points(self._cast(batch["monitor"]).cpu(), self.hparams.n_eval_points, g).to(self.device)
         r, _ = self.residual(batch, xi, create_graph=False)
         return r.detach().abs().median(dim=1).values
 
@@ -269,15 +280,15 @@ class DataFreeMeshMoverModule(L.LightningModule):
         hp = self.hparams
         B = batch["u"].shape[0]
         res = self._eval_residual(batch)
-        s = torch.linspace(0, 1, 100, device=self.device)
+        s = torch.linspace(0, 1, 100, device=self.device, dtype=self.net_dtype)
         grid = torch.stack(torch.meshgrid(s, s, indexing="xy"), -1).reshape(1, -1, 2).expand(B, -1, -1)
         _, hess, _ = self.mesh_map(batch["u"], grid, create_graph=False)
         min_det = self.det(hess.detach()).min()
-        pb, normal = boundary_points(B, 100, self.device, torch.float32, torch.Generator().manual_seed(1))
+        pb, normal = boundary_points(B, 100, self.device, self.net_dtype, torch.Generator().manual_seed(1))
         _, _, gb = self.mesh_map(batch["u"], pb, create_graph=False)
         bdisp = torch.gather(gb.detach(), -1, normal[None, :, None].expand(B, -1, 1)).abs().max()
         ref, tri = M.unit_square_mesh(hp.eval_nodes)
-        ref_t = torch.tensor(ref, dtype=torch.float32, device=self.device)[None].expand(B, -1, -1)
+        ref_t = torch.tensor(ref, dtype=self.net_dtype, device=self.device)[None].expand(B, -1, -1)
         moved = self.forward(batch["u"], ref_t).double().cpu().numpy()
         inverted = sum(M.count_inverted(moved[b], tri) for b in range(B))
         metrics = {"ma_residual": float(res.mean()), "min_det": float(min_det), "boundary_disp": float(bdisp),

@@ -29,7 +29,8 @@ it sets `trainer.should_stop`. `global_step` counts inner iterations.
 Baselines the card names (each must fail the claims): `warm_start=false` (weights re-initialised every step),
 `freeze_previous=false` (the previous network is optimised together with the current one and its gradient is not
 detached), `dt_in_residual=false` (Δt dropped from the residual), a flipped `velocity`.
-Derivatives are taken in float32 with autocast off.
+Derivatives are taken with autocast off, in the networks' dtype: float32, or float64 with
+trainer.precision=64-true (batches are cast to the weights' dtype).
 """
 from __future__ import annotations
 
@@ -159,6 +160,15 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         return self.field(x)
 
     @property
+    def field_dtype(self) -> torch.dtype:
+        """The dtype of the network's weights (float32, or float64 under trainer.precision=64-true)."""
+        return self.field.net[0].weight.dtype
+
+    def _cast(self, t: Tensor) -> Tensor:
+        """A batch tensor in the networks' dtype (the data module yields float32 or float64)."""
+        return t.to(self.field_dtype)
+
+    @property
     def stage(self) -> str:
         return "init" if self.step_index == 0 else self.stages[self.stage_index]
 
@@ -227,13 +237,18 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
 
     # ------------------------------------------------------------------------------------------ losses
     def _residual_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """(main loss, boundary loss) of the current stage."""
+        """(main loss, boundary loss) of the current stage (paper Eq. 4-5), autocast off: the spatial derivatives
+        (∂x u, ∇·u, Δp, ∇p) stay in the networks' dtype."""
+        with no_autocast(self.device.type):
+            return self._stage_loss(batch)
+
+    def _stage_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         hp = self.hparams
         stage = self.stage
-        x = batch["x"].float()
+        x = self._cast(batch["x"])
         if stage == "init":
-            return torch.mean((self.field(x) - batch["u0"].float()) ** 2), x.new_zeros(())
-        xb = batch["x_boundary"].float()
+            return torch.mean((self.field(x) - self._cast(batch["u0"])) ** 2), x.new_zeros(())
+        xb = self._cast(batch["x_boundary"])
         if hp.equation == "advection":
             x = x.detach().requires_grad_(True)
             u = self.field(x)
@@ -311,12 +326,13 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         hp = self.hparams
         if hp.in_features != 1:
             return
-        x = torch.linspace(-hp.length / 2, hp.length / 2, hp.snapshot_points, device=self.device)
+        x = torch.linspace(-hp.length / 2, hp.length / 2, hp.snapshot_points, device=self.device,
+                           dtype=self.field_dtype)
         self.snapshots.append((self.time if self.step_index > 0 else 0.0, self.field(x[:, None])[:, 0].cpu()))
 
     @torch.no_grad()
     def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
-        x, exact_all = batch["x"].float(), batch["u"].float()
+        x, exact_all = self._cast(batch["x"]), self._cast(batch["u"])
         n = min(self.completed_steps, exact_all.shape[0] - 1)
         exact = exact_all[n]
         pred = self.field(x)

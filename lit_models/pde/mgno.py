@@ -202,6 +202,12 @@ class MgNO(nn.Module):
         return out + x if self.skip else out
 
 
+def at_least_float32(t: Tensor) -> Tensor:
+    """t upcast to float32 when it is half precision (FFTs and relative errors under mixed precision); float32 and
+    float64 (64-true runs) pass through unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def h1_weighted_spectrum(u: Tensor) -> Tensor:
     """FFT of u (.., H, W) weighted by sqrt(1 + kx^2 + ky^2), integer wavenumbers (FNO `HsLoss`, k = 1, a = 1);
     real and imaginary parts stacked, so that relative L2 of this is the relative H1 error."""
@@ -209,7 +215,7 @@ def h1_weighted_spectrum(u: Tensor) -> Tensor:
     kx = torch.fft.fftfreq(h, 1.0 / h, device=u.device)
     ky = torch.fft.fftfreq(w, 1.0 / w, device=u.device)
     weight = torch.sqrt(1 + kx[:, None] ** 2 + ky[None, :] ** 2)
-    spec = torch.fft.fft2(u.float()) * weight
+    spec = torch.fft.fft2(at_least_float32(u)) * weight
     return torch.view_as_real(spec)
 
 
@@ -275,7 +281,7 @@ class MgNOModule(L.LightningModule):
         return self.rollout(x, y.shape[1]) if y.shape[1] > 1 else self(x)
 
     def loss_fn(self, pred: Tensor, y: Tensor) -> Tensor:
-        err = relative_h1(pred, y) if self.hparams.loss == "h1" else relative_l2(pred.float(), y.float())
+        err = relative_h1(pred, y) if self.hparams.loss == "h1" else relative_l2(at_least_float32(pred), at_least_float32(y))
         return err.mean()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
@@ -285,8 +291,8 @@ class MgNOModule(L.LightningModule):
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> None:
-        y = batch["y"].float()
-        pred = self.predict(batch["x"], y).float()
+        y = at_least_float32(batch["y"])
+        pred = at_least_float32(self.predict(batch["x"], y))
         self.metrics[f"{split}_l2"].update(pred, y)
         self.metrics[f"{split}_h1"].update(h1_weighted_spectrum(pred), h1_weighted_spectrum(y))
         ring = boundary_ring(y.shape[-2:], y.device)

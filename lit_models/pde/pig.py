@@ -8,8 +8,12 @@ A PINN whose input coordinates first pass through a learnable Gaussian feature e
     u(x)    = MLP(FE(x)),   MLP = Linear(k, 16) -> tanh -> Linear(16, 1)  (num_layers = 2, hidden_dim = 16).
 
 Each of the k channels has its OWN N Gaussians (μ, σ shaped (k, N, d)), diagonal covariance, scalar weight.
-Initialisation as in the official code: μ ~ U(-1, 1), σ = σ0, w ~ N(0, 0.01²). μ, σ and w are trained by the PDE
-loss (the "adaptive mesh"); `freeze_gaussians=true` keeps μ, σ fixed (a fixed grid of Gaussians, a baseline).
+Initialisation as in the official code (`gaussian_init="random"`, the default): μ ~ U(-1, 1), σ = σ0,
+w ~ N(0, 0.01²). μ, σ and w are trained by the PDE loss (the "adaptive mesh"); `freeze_gaussians=true` keeps μ, σ
+fixed (at their random initial positions: frozen random Gaussians, an ablation).
+`gaussian_init="grid"` puts each channel's N = n^d means on the regular grid linspace(-1, 1, n)^d with σ = the grid
+spacing 2 / (n - 1) on every axis (σ0 unused); with `freeze_gaussians=true` this is the fixed-grid (PIXEL-type) baseline
+of the paper's comparison (Sec. 4): fixed positions and widths on a grid, trainable per-node features w and MLP.
 The Gaussians live in [-1, 1]^d: the problem's box (`datamodules.pig_data.PROBLEMS`) is mapped affinely onto it
 before the embedding (the official flow-mixing code maps its box onto [0, grid_range]^3 = [0, 2]^3 with
 μ ~ U(0, 2): the same thing shifted); for Helmholtz ([-1, 1]^2) the map is the identity and is skipped.
@@ -29,12 +33,14 @@ the coordinates the residual needs, each taken separately: u_xx + u_yy, never a 
 `laplacian="analytic"` computes the same derivatives in one forward pass (closed-form first and second derivatives
 of each Gaussian, then propagated through the tanh MLP as (value, ∂_d, ∂²_d) per coordinate), followed by one
 backward for the parameters: identical up to float rounding (tests compare both and finite differences) and ~2x
-cheaper on a CPU. Both run in float32 with autocast off. Deviation, documented: the official σ is a raw parameter
-that may cross zero; here the Gaussian uses |σ| clamped at `min_sigma` (the same Gaussian for either sign; the clamp
-only avoids a division by 0). The official flow-mixing MLP uses Glorot-normal weights; here PyTorch's default
-Linear init is used for every problem (as in the official PyTorch Helmholtz code).
+cheaper on a CPU. Both run with autocast off in the weights' dtype (float32, or float64 under
+trainer.precision=64-true). Deviation, documented: the official σ is a raw parameter that may cross zero; here the
+Gaussian uses |σ| clamped at `min_sigma` (the same Gaussian for either sign; the clamp only avoids a division by 0).
+The official flow-mixing MLP uses Glorot-normal weights; here PyTorch's default Linear init is used for every problem
+(as in the official PyTorch Helmholtz code).
 
-Baseline `model="mlp"`: the MLP-PINN (tanh, `mlp_width` x `mlp_depth` hidden layers) with the same loss.
+Baselines: `model="mlp"`, the MLP-PINN (tanh, `mlp_width` x `mlp_depth` hidden layers) with the same loss;
+`gaussian_init="grid"` + `freeze_gaussians=true`, fixed-grid Gaussian features (PIXEL-type) with the same MLP and loss.
 """
 from __future__ import annotations
 
@@ -61,15 +67,47 @@ LOSS_DEFAULTS = {  # (f_scale, initial_weight, boundary_weight)
 PLOT_AXES = {"helmholtz2d": (0, 1), "allen_cahn": (1, 0), "flow_mixing3d": (1, 2)}
 
 
+GAUSSIAN_INITS = ("random", "grid")
+
+
+def grid_side(num_gaussians: int, in_dim: int) -> int:
+    """n with n^d = num_gaussians (the grid init needs a perfect d-th power, n >= 2); a ValueError otherwise."""
+    n = round(num_gaussians ** (1.0 / in_dim))
+    if n < 2 or n**in_dim != num_gaussians:
+        lo = max(int(num_gaussians ** (1.0 / in_dim)), 2)
+        raise ValueError(f"gaussian_init='grid' needs num_gaussians = n^{in_dim} with n >= 2 (a regular grid in "
+                         f"{in_dim}-D), got {num_gaussians}; e.g. {lo**in_dim} or {(lo + 1)**in_dim}")
+    return n
+
+
+def grid_means_and_sigma(num_gaussians: int, in_dim: int) -> tuple[Tensor, float]:
+    """The fixed-grid placement: means (N, d) on linspace(-1, 1, n)^d (first coordinate slowest) and σ = the
+    spacing 2 / (n - 1), so that neighbouring Gaussians overlap at one σ (a smooth, gap-free cover of the box)."""
+    n = grid_side(num_gaussians, in_dim)
+    axis = torch.linspace(-1.0, 1.0, n)
+    means = torch.stack(torch.meshgrid(*[axis] * in_dim, indexing="ij"), -1).reshape(-1, in_dim)
+    return means, 2.0 / (n - 1)
+
+
 class GaussianFeatures(nn.Module):
-    """FE(x)_c = Σ_i w_{c,i} exp(-½ Σ_d ((x_d - μ_{c,i,d}) / σ_{c,i,d})²) with per-channel Gaussian sets."""
+    """FE(x)_c = Σ_i w_{c,i} exp(-½ Σ_d ((x_d - μ_{c,i,d}) / σ_{c,i,d})²) with per-channel Gaussian sets (Eq. 3).
+    `init="random"`: μ ~ U(-1, 1), σ = sigma_init (official code); `init="grid"`: every channel's μ on the same
+    regular grid over [-1, 1]^d, σ = the grid spacing (`grid_means_and_sigma`; sigma_init unused)."""
 
     def __init__(self, in_dim: int = 2, channels: int = 4, num_gaussians: int = 800, sigma_init: float = 0.1,
-                 min_sigma: float = 1e-3) -> None:
+                 min_sigma: float = 1e-3, init: str = "random") -> None:
         super().__init__()
+        if init not in GAUSSIAN_INITS:
+            raise ValueError(f"unknown gaussian_init {init!r}; choose from {', '.join(GAUSSIAN_INITS)}")
         self.min_sigma = min_sigma
-        self.mu = nn.Parameter(torch.empty(channels, num_gaussians, in_dim).uniform_(-1.0, 1.0))
-        self.sigma = nn.Parameter(torch.full((channels, num_gaussians, in_dim), float(sigma_init)))
+        shape = (channels, num_gaussians, in_dim)
+        if init == "random":
+            self.mu = nn.Parameter(torch.empty(shape).uniform_(-1.0, 1.0))
+            self.sigma = nn.Parameter(torch.full(shape, float(sigma_init)))
+        else:
+            means, spacing = grid_means_and_sigma(num_gaussians, in_dim)
+            self.mu = nn.Parameter(means.expand(shape).clone())
+            self.sigma = nn.Parameter(torch.full(shape, spacing))
         self.weight = nn.Parameter(torch.normal(0.0, 0.01, (channels, num_gaussians)))
 
     def inverse_sigma(self) -> Tensor:
@@ -144,9 +182,10 @@ class PIGNet(nn.Module):
     """u(x) = MLP(FE(x)): Gaussian features (k channels) -> Linear(k, hidden) -> tanh -> ... -> Linear(., 1)."""
 
     def __init__(self, in_dim: int = 2, channels: int = 4, num_gaussians: int = 800, sigma_init: float = 0.1,
-                 hidden_dim: int = 16, num_layers: int = 2, min_sigma: float = 1e-3) -> None:
+                 hidden_dim: int = 16, num_layers: int = 2, min_sigma: float = 1e-3,
+                 gaussian_init: str = "random") -> None:
         super().__init__()
-        self.features = GaussianFeatures(in_dim, channels, num_gaussians, sigma_init, min_sigma)
+        self.features = GaussianFeatures(in_dim, channels, num_gaussians, sigma_init, min_sigma, gaussian_init)
         self.mlp = tanh_mlp(channels, hidden_dim, max(num_layers - 1, 0))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -193,7 +232,8 @@ class PIGModule(L.LightningModule):
     def __init__(self, model: str = "pig", problem: str = "helmholtz2d", in_dim: int | None = None,
                  channels: int = 4, num_gaussians: int = 800,
                  sigma_init: float = 0.1, hidden_dim: int = 16, num_layers: int = 2, min_sigma: float = 1e-3,
-                 freeze_gaussians: bool = False, mlp_width: int = 64, mlp_depth: int = 3,
+                 freeze_gaussians: bool = False, gaussian_init: str = "random", mlp_width: int = 64,
+                 mlp_depth: int = 3,
                  coefficient: float = 1.0, diffusion: float = AC_DIFFUSION, reaction: float = AC_REACTION,
                  f_scale: float | None = None, boundary_weight: float | None = None,
                  initial_weight: float | None = None,
@@ -208,6 +248,10 @@ class PIGModule(L.LightningModule):
         spec = PROBLEMS[problem]
         if in_dim is not None and in_dim != spec.dim:
             raise ValueError(f"in_dim = {in_dim} but problem {problem!r} has {spec.dim} inputs {spec.coords}")
+        if gaussian_init not in GAUSSIAN_INITS:
+            raise ValueError(f"unknown gaussian_init {gaussian_init!r}; choose from {', '.join(GAUSSIAN_INITS)}")
+        if model == "pig" and gaussian_init == "grid":
+            grid_side(num_gaussians, spec.dim)  # a clear error before building anything
         if laplacian not in LAPLACIANS:
             raise ValueError(f"unknown laplacian {laplacian!r}; choose from {', '.join(LAPLACIANS)}")
         if channels < 1 or num_gaussians < 1 or sigma_init <= 0 or num_layers < 1:
@@ -231,7 +275,7 @@ class PIGModule(L.LightningModule):
         self.identity_map = bool(torch.all(low == -1) and torch.all(high == 1))
         if model == "pig":
             self.net: nn.Module = PIGNet(in_dim, channels, num_gaussians, sigma_init, hidden_dim, num_layers,
-                                         min_sigma)
+                                         min_sigma, gaussian_init)
             if freeze_gaussians:
                 self.net.features.mu.requires_grad_(False)
                 self.net.features.sigma.requires_grad_(False)
@@ -241,6 +285,11 @@ class PIGModule(L.LightningModule):
         self._last: dict[str, Tensor] | None = None
 
     # ------------------------------------------------------------------ evaluation of u and its derivatives
+    @property
+    def net_dtype(self) -> torch.dtype:
+        """The dtype of the network's weights: float32, or float64 under trainer.precision=64-true."""
+        return next(self.net.parameters()).dtype
+
     def normalise(self, x: Tensor) -> Tensor:
         return x if self.identity_map else (x - self.in_centre) * self.in_scale
 
@@ -256,14 +305,16 @@ class PIGModule(L.LightningModule):
     def derivatives(self, x: Tensor, second: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """u (B, 1), ∂u/∂x_d (B, d) and ∂²u/∂x_d² (B, d) in the problem's coordinates; `second` lists the columns
         whose second derivative is needed (default: those of the problem's residual; () for none: d2 is None).
-        Autograd: other columns of d2 are 0; analytic: all columns are computed."""
+        Autograd: other columns of d2 are 0; analytic: all columns are computed. Autocast is off (mixed precision
+        would corrupt the second derivatives of Eq. 4's Gaussians)."""
         second = SECOND_DERIVATIVES[self.hparams.problem] if second is None else tuple(second)
         chunk = self.hparams.chunk_size
-        if chunk is not None and x.shape[0] > chunk:
-            parts = [self._derivatives(c, second) for c in x.split(chunk)]
-            d2 = None if not second else torch.cat([p[2] for p in parts])
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), d2
-        return self._derivatives(x, second)
+        with no_autocast(x.device.type):
+            if chunk is not None and x.shape[0] > chunk:
+                parts = [self._derivatives(c, second) for c in x.split(chunk)]
+                d2 = None if not second else torch.cat([p[2] for p in parts])
+                return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), d2
+            return self._derivatives(x, second)
 
     def _derivatives(self, x: Tensor, second: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor | None]:
         if self.hparams.model == "pig" and self.hparams.laplacian == "analytic":
@@ -290,9 +341,13 @@ class PIGModule(L.LightningModule):
     # ------------------------------------------------------------------ training
     def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """{"residual": mean r², "initial": initial-condition MSE, "boundary": boundary MSE, "loss": the weighted
-        sum} for a training batch."""
+        sum} for a training batch; autocast off, in the weights' dtype."""
+        with no_autocast(self.device.type):
+            return self._losses(batch)
+
+    def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         hp = self.hparams
-        batch = {k: v.float() for k, v in batch.items()}
+        batch = {k: v.to(self.net_dtype) for k, v in batch.items()}
         u, du, d2 = self.derivatives(batch["x"])
         res = pde_residual(hp.problem, u, du, d2, batch, hp.coefficient, hp.diffusion, hp.reaction)
         out = {"residual": torch.mean(res**2)}
@@ -324,8 +379,9 @@ class PIGModule(L.LightningModule):
     @torch.no_grad()
     def _evaluate(self, batch: dict[str, Tensor], metric: RelativeL2, split: str) -> None:
         with no_autocast(self.device.type):  # chunks: the (k, B, N, d) tensor of a 250^2 grid would be GBs
-            pred = torch.cat([self._u(c) for c in batch["x"].float().split(self.hparams.chunk_size or 4096)])
-        metric.update(pred.reshape(1, -1), batch["u"].float().reshape(1, -1))
+            x = batch["x"].to(self.net_dtype)
+            pred = torch.cat([self._u(c) for c in x.split(self.hparams.chunk_size or 4096)])
+        metric.update(pred.reshape(1, -1), batch["u"].to(self.net_dtype).reshape(1, -1))
         self.log(f"{split}/rel_l2", metric, on_step=False, on_epoch=True, batch_size=1, prog_bar=True)
         if self.hparams.model == "pig":
             self.log(f"{split}/mean_sigma", self.net.features.sigma.abs().mean(), on_step=False, on_epoch=True,
