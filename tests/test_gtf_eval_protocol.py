@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torchmetrics import Metric
 
 from datamodules.dynamics import GTF_FILES, DystsDataModule, TrajectoryFileDataModule, window_length
 from launch import config as zconfig
@@ -31,7 +32,10 @@ def _module(**kw) -> GTFPLRNNModule:
 
 def _logged(module: GTFPLRNNModule, x: torch.Tensor) -> dict[str, float]:
     out: dict[str, float] = {}
-    module.log = lambda name, value, **_: out.__setitem__(name, float(value))  # no trainer needed
+    def log(name, value, **_):  # no trainer needed; a torchmetrics object is read as Lightning would at epoch end
+        out[name] = float(value.compute() if isinstance(value, Metric) else value)
+
+    module.log = log
     module._evaluate({"x": x}, "test")
     return out
 

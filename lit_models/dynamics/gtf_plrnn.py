@@ -49,6 +49,8 @@ from torch import Tensor, nn
 # D_stsp / D_H live in lit_models/common/dynamics_metrics.py (shared, with DDP-correct torchmetrics versions);
 # re-exported here for existing imports
 from lit_models.common.dynamics_metrics import (  # noqa: F401
+    PowerSpectrumDistance,
+    StateSpaceDivergence,
     power_spectrum_distance,
     state_space_divergence,
     state_space_divergence_binned,
@@ -394,6 +396,10 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
             self._build_obs(int(obs_dim))
         self.register_buffer("alpha_current", torch.tensor(float(alpha), dtype=torch.float64))
         self._last_eval: tuple[np.ndarray, np.ndarray] | None = None
+        # D_stsp and D_H of (ground truth, free run) pairs: torchmetrics states reduced across DDP ranks
+        self.eval_metrics = nn.ModuleDict({f"{stage}_{name}": metric for stage in ("val", "test") for name, metric in
+                                           (("d_stsp", StateSpaceDivergence(d_stsp_bins)),
+                                            ("d_h", PowerSpectrumDistance(pse_smoothing)))})
 
     def _build_obs(self, n: int) -> None:
         if self.hparams.get("observation_model", "identity") == "affine":
@@ -517,11 +523,11 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
         # official evaluate_run: free run T + floor(0.25 T) steps, drop floor(0.25 T), compare with all T points
         gen = self.free_run(x, t + drop)[drop:].cpu().numpy()
         truth = x[0].detach().cpu().double().numpy()
-        d_stsp = state_space_divergence(truth, gen, self.hparams.d_stsp_bins)
-        d_h = power_spectrum_distance(truth, gen, self.hparams.pse_smoothing)
         self._last_eval = (truth, gen)
-        self.log(f"{stage}/d_stsp", d_stsp, on_epoch=True, batch_size=1, sync_dist=True)
-        self.log(f"{stage}/d_h", d_h, on_epoch=True, batch_size=1, sync_dist=True)
+        for name in ("d_stsp", "d_h"):
+            metric = self.eval_metrics[f"{stage}_{name}"]
+            metric.update(truth, gen)
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=1)
         pe_n = int(self.hparams.get("pe_n", 0))
         if pe_n > 0:
             self.log(f"{stage}/pe", self.prediction_error(x, pe_n), on_epoch=True, batch_size=1, sync_dist=True)
