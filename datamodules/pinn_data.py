@@ -14,15 +14,17 @@ Reference solvers (numpy, float64):
 - `oscillator_exact`, `convection_exact`: closed forms; `lorenz_reference`: Lorenz-63 from (1, 1, 1) by scipy.
 
 Datamodules (batches are dicts, DataLoader(batch_size=None); each epoch has `steps_per_epoch` training batches):
-- `CausalPINNDataModule(name=oscillator | lorenz | allen_cahn | ks | allen_cahn_mat | ks_mat)`: training batches
+- `CausalPINNDataModule(name=oscillator | lorenz | allen_cahn | ks | allen_cahn_mat | ks_mat | ks_chaotic_mat)`:
+  training batches
   {"t": (n_t,) sorted slice times, "x": (n_x,) spatial points, "x_ic", "u_ic": the initial condition} (the network
   is evaluated on the n_t x n_x grid);
   `sampling=grid` keeps the same linspace grid every step (AC notebook, card oscillator check), `random` draws
   sorted uniform t and uniform x per step (KS script).
   val/test: {"t": (T,), "x": (X,), "u": (T, X) or (T, 1, 2) reference,
   "t_col", "x_col": the collocation grid}.
-  The `*_mat` names read the paper's files (AC.mat from maziarraissi/PINNs, ks_simple.mat from CausalPINNs)
-  through `datamodules.download.fetch` (checksums not verified: trust on first use).
+  The `*_mat` names read the paper's files (AC.mat from maziarraissi/PINNs, ks_simple.mat and ks_chaotic.mat from
+  CausalPINNs) through `datamodules.download.fetch` (checksums not verified: trust on first use); a file that does not
+  reach the requested horizon (time_windows x t_end) is a one-line error.
 - `LagrangianPINNDataModule(name=convection | burgers)`: the full collocation grid (N x M, x in [0, 2 pi),
   t in [0, 1]) as {"x": (N*M,), "t": (N*M,)} every step; val/test: evaluation grid {"x", "t", "u"} with the
   reference (exact for convection(-diffusion), spectral + Galilean shift for Burgers with u0 = sin x + C).
@@ -40,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.collocation import MadeItems
 from datamodules.pde_solvers import etdrk4
+from launch.errors import UserError
 
 # ------------------------------------------------------------------------------------------------ solvers
 
@@ -202,20 +205,28 @@ PAPER_FILES = {
     # official CausalPINNs KS (regular): keys usol (nx, nt), t (1, nt), x (1, nx); checksum not verified
     "ks_mat": ("https://github.com/PredictiveIntelligenceLab/CausalPINNs/raw/main/data/ks_simple.mat", None,
                "ks_simple.mat"),
+    # official CausalPINNs KS (chaotic, KS/chaotic_KS.py): same keys as ks_simple.mat (the script reads usol[:, k] as
+    # the state at t[k], t[0] and x[0] as the grids); checksum not verified
+    "ks_chaotic_mat": ("https://github.com/PredictiveIntelligenceLab/CausalPINNs/raw/main/data/ks_chaotic.mat", None,
+                       "ks_chaotic.mat"),
+}
+# .mat keys (t, x, u) per file; u is stored (X, T)
+MAT_KEYS = {
+    "allen_cahn_mat": ("tt", "x", "uu"),
+    "ks_mat": ("t", "x", "usol"),
+    "ks_chaotic_mat": ("t", "x", "usol"),
 }
 
 
 def load_mat_reference(path: str | Path, name: str) -> dict[str, np.ndarray]:
-    """{"x": (X,), "t": (T,), "u": (T, X)} from AC.mat (`tt`, `x`, `uu`) or ks_simple.mat (`t`, `x`, `usol`)."""
+    """{"x": (X,), "t": (T,), "u": (T, X)} from AC.mat (`tt`, `x`, `uu`), ks_simple.mat or ks_chaotic.mat (`t`, `x`,
+    `usol`); the layouts are in MAT_KEYS."""
     from scipy.io import loadmat
 
-    d = loadmat(str(path))
-    if name == "allen_cahn_mat":
-        keys = ("tt", "x", "uu")
-    elif name == "ks_mat":
-        keys = ("t", "x", "usol")
-    else:
+    if name not in MAT_KEYS:
         raise ValueError(f"no .mat layout for {name!r}")
+    keys = MAT_KEYS[name]
+    d = loadmat(str(path))
     missing = [k for k in keys if k not in d]
     if missing:
         raise ValueError(f"{path}: missing keys {missing} for {name} (has {sorted(k for k in d if k[0] != '_')})")
@@ -234,7 +245,19 @@ CAUSAL_DOMAINS = {  # (t_end, x_low, x_high); x range None for ODEs
     "allen_cahn_mat": (1.0, -1.0, 1.0),
     "ks": (1.0, -1.0, 1.0),
     "ks_mat": (1.0, -1.0, 1.0),
+    # chaotic KS (KS/chaotic_KS.py): collocation x uniform in [0, 2 pi]; horizon 1 = 10 windows of 25 snapshots at
+    # dt = 1/250 (the file's time grid is not verified here: setup checks that the file reaches the horizon)
+    "ks_chaotic_mat": (1.0, 0.0, 2.0 * math.pi),
 }
+
+
+def check_reference_horizon(t: np.ndarray, horizon: float, name: str) -> None:
+    """A paper file must reach the horizon time_windows x t_end to within one snapshot spacing (the KS scripts score
+    the first 10 x 25 snapshots only, so the file may end one spacing short)."""
+    spacing = float(t[1] - t[0]) if t.size > 1 else 0.0
+    if float(t[-1]) + spacing < horizon - 1e-9:
+        raise UserError(f"data.name={name}: the file's t ends at {float(t[-1]):g}, short of time_windows x t_end = "
+                        f"{horizon:g}; lower data.time_windows or data.t_end")
 
 
 class CausalPINNDataModule(L.LightningDataModule):
@@ -292,6 +315,7 @@ class CausalPINNDataModule(L.LightningDataModule):
             path = Path(hp.data_dir) / fname if hp.data_dir and (Path(hp.data_dir) / fname).exists() else \
                 fetch(url, sha256=sha)
             ref = load_mat_reference(path, self.name)
+            check_reference_horizon(ref["t"], self.horizon, self.name)
         elif self.name == "allen_cahn":
             ref = allen_cahn_reference(hp.n_modes, hp.dt, 1.0, hp.n_snapshots)
         else:

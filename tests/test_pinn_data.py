@@ -146,7 +146,8 @@ def test_paper_mat_files_download_through_fetch_from_a_local_server(tmp_path, mo
     monkeypatch.setenv("PAPERZOO_DATA", str(tmp_path / "cache"))
     with serve_directory(www) as server:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        for name, (_, sha, fname) in pinn_data.PAPER_FILES.items():
+        for name in ("allen_cahn_mat", "ks_mat"):  # ks_chaotic_mat: its own test below
+            _, sha, fname = pinn_data.PAPER_FILES[name]
             monkeypatch.setitem(pinn_data.PAPER_FILES, name, (f"{base}/{fname}", sha, fname))
             dm = CausalPINNDataModule(name=name, n_t=4, n_x=4)
             dm.setup()
@@ -185,3 +186,61 @@ def test_causal_datamodule_rejects_bad_config(kwargs):
 def test_lagrangian_datamodule_rejects_bad_config(kwargs):
     with pytest.raises(ValueError):
         LagrangianPINNDataModule(**kwargs)
+
+
+def _ks_chaotic_fixture(folder, n_t: int = 26, t_end: float = 1.0):
+    """ks_chaotic.mat in the official layout (KS/chaotic_KS.py reads usol[:, k] as the state at t[0][k] on x[0]):
+    t (1, T), x (1, X), usol (X, T), MAT v5; u0 = cos(x)(1 + sin(x)) on [0, 2 pi), decaying in time (format only,
+    not a KS solution). Returns (t, x, usol)."""
+    from scipy.io import savemat
+
+    x, t = 2 * np.pi * np.arange(16) / 16, np.linspace(0.0, t_end, n_t)
+    usol = np.outer(np.cos(x) * (1 + np.sin(x)), np.exp(-t))
+    savemat(folder / "ks_chaotic.mat", {"t": t[None], "x": x[None], "usol": usol})
+    return t, x, usol
+
+
+def test_ks_chaotic_mat_downloads_through_fetch_and_keeps_the_official_layout(tmp_path, monkeypatch):
+    """`ks_chaotic_mat` (CausalPINNs data/ks_chaotic.mat) through the real download path from 127.0.0.1: u, t, x and
+    the initial condition come back from the file's (X, T) layout, the file lands in the cache with its
+    trust-on-first-use sidecar, and training batches use the chaotic script's collocation (t in [0, 1.01 t_end]
+    sorted, x in [0, 2 pi])."""
+    from datamodules import pinn_data
+    from tests.conftest import serve_directory
+
+    www = tmp_path / "www"
+    www.mkdir()
+    t, x, usol = _ks_chaotic_fixture(www)
+    monkeypatch.setenv("PAPERZOO_DATA", str(tmp_path / "cache"))
+    _, sha, fname = pinn_data.PAPER_FILES["ks_chaotic_mat"]
+    assert fname == "ks_chaotic.mat" and sha is None
+    with serve_directory(www) as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{fname}"
+        monkeypatch.setitem(pinn_data.PAPER_FILES, "ks_chaotic_mat", (url, sha, fname))
+        dm = CausalPINNDataModule(name="ks_chaotic_mat", t_end=0.1, time_windows=10, t_overshoot=0.01, n_t=8,
+                                  n_x=32, sampling="random", steps_per_epoch=2)
+        dm.setup()
+    assert (tmp_path / "cache" / fname).is_file() and (tmp_path / "cache" / (fname + ".sha256")).is_file()
+    np.testing.assert_allclose(dm.reference["u"], usol.T)
+    np.testing.assert_allclose(dm.reference["t"], t)
+    np.testing.assert_allclose(dm.reference["x"], x)
+    x0, u0 = dm.initial_condition
+    np.testing.assert_allclose(u0, np.cos(x) * (1 + np.sin(x)))
+    for b in dm.train_dataloader():
+        assert torch.all(b["t"][1:] >= b["t"][:-1]) and float(b["t"].max()) <= 0.101
+        assert float(b["x"].min()) >= 0.0 and float(b["x"].max()) <= 2 * np.pi
+        np.testing.assert_allclose(b["u_ic"].numpy(), u0, rtol=1e-6)
+    e = next(iter(dm.val_dataloader()))
+    assert e["u"].shape == (26, 16) and float(e["x_col"].max()) == pytest.approx(2 * np.pi)
+
+
+def test_paper_file_short_of_the_horizon_is_a_one_line_error(tmp_path):
+    from launch.errors import UserError
+
+    _ks_chaotic_fixture(tmp_path, n_t=6, t_end=0.5)
+    dm = CausalPINNDataModule(name="ks_chaotic_mat", t_end=0.1, time_windows=10, data_dir=str(tmp_path))
+    with pytest.raises(UserError, match="t ends at 0.5, short of time_windows x t_end = 1"):
+        dm.setup()
+    ok = CausalPINNDataModule(name="ks_chaotic_mat", t_end=0.1, time_windows=5, data_dir=str(tmp_path))
+    ok.setup()
+    assert ok.reference["u"].shape == (6, 16)

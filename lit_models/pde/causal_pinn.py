@@ -22,7 +22,10 @@ oscillator) take t / t_scale alone. Problems and residuals:
   hard initial condition u(t) = u0 + t N(t) (`hard_ic`), windows of 0.5 up to T = 30, eps [1e-3, ..., 10]);
 - allen_cahn: u_t - 1e-4 u_xx + 5 u^3 - 5 u = 0 on [-1, 1] periodic, u0 = x^2 cos(pi x);
 - ks: u_t + 5 u u_x + 0.5 u_xx + 0.005 u_xxxx = 0 on [-1, 1] periodic (4th derivative by nested reverse-mode
-  autograd; the paper uses JAX's Taylor-mode `jet`, which gives the same numbers faster).
+  autograd; the paper uses JAX's Taylor-mode `jet`, which gives the same numbers faster);
+- ks_chaotic: u_t + 100/16 u u_x + 100/16^2 u_xx + 100/16^4 u_xxxx = 0 on [0, 2 pi] periodic (repo KS/chaotic_KS.py,
+  the paper's chaotic KS): the classic v_tau + v v_xi + v_xixi + v_xixixixi = 0 on [0, 32 pi] rescaled by
+  x = xi / 16, t = tau / 100. The script also feeds several scaled copies of t (`time_features`, below).
 Derivatives come from `lit_models.common.pde.partial` with autocast off (`no_autocast`), in the parameters' dtype
 (float32, or float64 with trainer.precision=64-true).
 Time marching (paper Sec. 5 / KS script, for long horizons): `time_windows` = N > 1 trains N networks one after the
@@ -37,7 +40,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -45,12 +48,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from launch.errors import UserError
 from lit_models.common.pde import RelativeL2, no_autocast, partial
 from lit_models.common.steps import EvaluateOnValAndTest
 
-PROBLEMS = ("oscillator", "lorenz", "allen_cahn", "ks")
+PROBLEMS = ("oscillator", "lorenz", "allen_cahn", "ks", "ks_chaotic")
 ODES = {"oscillator": 2, "lorenz": 3}  # ODE problems and their number of fields
 LORENZ = (10.0, 28.0, 8.0 / 3.0)  # sigma, rho, beta
+# Kuramoto-Sivashinsky u_t + a u u_x + b u_xx + c u_xxxx = 0 (paper Sec. 5): (a, b, c) per problem
+KS_COEFFICIENTS = {
+    "ks": (5.0, 0.5, 0.005),  # regular regime, x in [-1, 1] (repo KS/Causal_PINNs_KS.py)
+    "ks_chaotic": (100.0 / 16.0, 100.0 / 16.0 ** 2, 100.0 / 16.0 ** 4),  # chaotic, x in [0, 2 pi] (KS/chaotic_KS.py)
+}
 
 
 def causal_weights(slice_losses: Tensor, epsilon: float) -> Tensor:
@@ -70,23 +79,30 @@ def causal_residual_loss(slice_losses: Tensor, epsilon: float, causal: bool = Tr
 
 class FourierEncoding(nn.Module):
     """z = [t / t_scale, 1, cos(k 2 pi x / L), sin(k 2 pi x / L)], k = 1..M (exactly L-periodic in x);
-    with M = 0 (an ODE) z = [t / t_scale]."""
+    with M = 0 (an ODE) z = [t / t_scale]. `time_features` = (c_1..c_m) replaces t / t_scale by the m inputs
+    c_j t / t_scale (the chaotic-KS script's [k_t t, 1, cos, sin] input, d0 = 2 M + m + 1)."""
 
-    def __init__(self, modes: int = 1, length: float = 2.0, t_scale: float = 1.0) -> None:
+    def __init__(self, modes: int = 1, length: float = 2.0, t_scale: float = 1.0,
+                 time_features: Sequence[float] | None = None) -> None:
         super().__init__()
         self.modes, self.length, self.t_scale = modes, length, t_scale
+        scales = [1.0] if time_features is None else [float(c) for c in time_features]
+        if not scales:
+            raise UserError("model.time_features: give at least one multiplier of t (or null for t alone)")
         self.register_buffer("k", torch.arange(1, modes + 1, dtype=torch.float32), persistent=False)
+        self.register_buffer("k_t", torch.tensor(scales, dtype=torch.float32), persistent=False)
 
     @property
     def out_dim(self) -> int:
-        return 1 if self.modes == 0 else 2 * self.modes + 2
+        n_time = self.k_t.numel()
+        return n_time if self.modes == 0 else 2 * self.modes + 1 + n_time
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        tt = t[..., None] / self.t_scale
+        tt = t[..., None] / self.t_scale * self.k_t.to(t.dtype)
         if self.modes == 0:
             return tt
         arg = 2 * math.pi / self.length * x[..., None] * self.k.to(x.dtype)
-        return torch.cat([tt, torch.ones_like(tt), torch.cos(arg), torch.sin(arg)], -1)
+        return torch.cat([tt, torch.ones_like(tt[..., :1]), torch.cos(arg), torch.sin(arg)], -1)
 
 
 def _xavier(layer: nn.Linear) -> nn.Linear:
@@ -132,12 +148,14 @@ class ModifiedMLP(nn.Module):
 
 class CausalPINN(nn.Module):
     """u(t, x) = net(encoding(t, x)); outputs `out_dim` fields (2 for the oscillator's (x, y), 3 for Lorenz).
-    `hard_ic`: u(t) = u0 + t net(t) with the buffer u0 (out_dim,) (the Lorenz script's exact initial condition)."""
+    `hard_ic`: u(t) = u0 + t net(t) with the buffer u0 (out_dim,) (the Lorenz script's exact initial condition).
+    `time_features`: multipliers of t in the input (see FourierEncoding)."""
 
     def __init__(self, arch: str = "modified_mlp", width: int = 128, depth: int = 4, fourier_modes: int = 1,
-                 length: float = 2.0, t_scale: float = 1.0, out_dim: int = 1, hard_ic: bool = False) -> None:
+                 length: float = 2.0, t_scale: float = 1.0, out_dim: int = 1, hard_ic: bool = False,
+                 time_features: Sequence[float] | None = None) -> None:
         super().__init__()
-        self.encoding = FourierEncoding(fourier_modes, length, t_scale)
+        self.encoding = FourierEncoding(fourier_modes, length, t_scale, time_features)
         net = {"mlp": MLP, "modified_mlp": ModifiedMLP}[arch]
         self.net = net(self.encoding.out_dim, width, depth, out_dim)
         self.hard_ic = hard_ic
@@ -178,9 +196,10 @@ def slice_residuals(model: CausalPINN, problem: str, t: Tensor, x: Tensor, resid
             u_xx = partial(u_x, tx, 1)
             if problem == "allen_cahn":
                 r = u_t - 1e-4 * u_xx + 5 * u ** 3 - 5 * u
-            elif problem == "ks":
+            elif problem in KS_COEFFICIENTS:
+                a, b, c = KS_COEFFICIENTS[problem]
                 u_xxxx = partial(u_xx, tx, 1, 1)
-                r = u_t + 5 * u * u_x + 0.5 * u_xx + 0.005 * u_xxxx
+                r = u_t + a * u * u_x + b * u_xx + c * u_xxxx
             else:
                 raise ValueError(f"unknown problem {problem!r}")
             r2 = (r / residual_scale) ** 2
@@ -207,7 +226,8 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
                  max_steps_per_epsilon: int = 200_000, ic_weight: float = 100.0, ic_in_weights: bool = False,
                  residual_scale: float = 1.0, ratio_fraction: float = 0.25, weight_snapshot_every: int = 10000,
                  time_windows: int = 1, window_length: float | None = None, max_steps_per_window: int | None = None,
-                 hard_ic: bool = False, optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
+                 hard_ic: bool = False, time_features: Sequence[float] | None = None,
+                 optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
                  scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER) -> None:
         super().__init__()
         if problem not in PROBLEMS:
@@ -240,7 +260,9 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.problem, self.causal, self.epsilons = problem, causal, epsilons
         out_dim = ODES.get(problem, 1)
-        first = CausalPINN(arch, width, depth, fourier_modes, length, t_scale, out_dim, hard_ic)
+        if time_features is not None:
+            time_features = [float(c) for c in time_features]
+        first = CausalPINN(arch, width, depth, fourier_modes, length, t_scale, out_dim, hard_ic, time_features)
         # one network per time window, all with the same initial weights (the script's fixed PRNG key)
         self.nets = nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(time_windows - 1)])
         self.register_buffer("eps_index", torch.zeros((), dtype=torch.long))

@@ -103,12 +103,22 @@ def _fd(f, z, h, order):
     return (f(z + 2 * h) - 4 * f(z + h) + 6 * f(z) - 4 * f(z - h) + f(z - 2 * h)) / h ** 4
 
 
-@pytest.mark.parametrize("problem", ["allen_cahn", "ks"])
+# KS u_t + a u u_x + b u_xx + c u_xxxx = 0: regular (KS/Causal_PINNs_KS.py) and chaotic (KS/chaotic_KS.py) coefficients
+KS_ABC = {"ks": (5.0, 0.5, 0.005), "ks_chaotic": (6.25, 0.390625, 0.00152587890625)}
+
+
+@pytest.mark.parametrize("problem", ["allen_cahn", "ks", "ks_chaotic"])
 def test_autograd_residuals_match_finite_differences(problem):
-    """Residuals from autograd derivatives (u_t, u_x, u_xx, u_xxxx) vs central differences of the same network."""
+    """Residuals from autograd derivatives (u_t, u_x, u_xx, u_xxxx) vs central differences of the same network
+    (ks_chaotic: period 2 pi and the chaotic script's time inputs k_t t)."""
     torch.manual_seed(1)
-    model = CausalPINN("modified_mlp", width=16, depth=2, fourier_modes=2, length=2.0).double()
-    t, x = torch.tensor([0.13, 0.6], dtype=torch.float64), torch.tensor([-0.7, 0.1, 0.55], dtype=torch.float64)
+    if problem == "ks_chaotic":
+        model = CausalPINN("modified_mlp", width=16, depth=2, fourier_modes=2, length=2 * math.pi,
+                           time_features=[0.0, 1.0, 10.0]).double()
+        t, x = torch.tensor([0.013, 0.06], dtype=torch.float64), torch.tensor([0.4, 2.1, 5.5], dtype=torch.float64)
+    else:
+        model = CausalPINN("modified_mlp", width=16, depth=2, fourier_modes=2, length=2.0).double()
+        t, x = torch.tensor([0.13, 0.6], dtype=torch.float64), torch.tensor([-0.7, 0.1, 0.55], dtype=torch.float64)
     auto = slice_residuals(model, problem, t, x)
     tg, xg = torch.meshgrid(t, x, indexing="ij")
     with torch.no_grad():
@@ -119,8 +129,9 @@ def test_autograd_residuals_match_finite_differences(problem):
         if problem == "allen_cahn":
             r = u_t - 1e-4 * u_xx + 5 * u ** 3 - 5 * u
         else:
+            a, b, c = KS_ABC[problem]
             u_xxxx = _fd(lambda s: model(tg, s)[..., 0], xg, 5e-4, 4)
-            r = u_t + 5 * u * u_x + 0.5 * u_xx + 0.005 * u_xxxx
+            r = u_t + a * u * u_x + b * u_xx + c * u_xxxx
     torch.testing.assert_close(auto, r ** 2, rtol=2e-4, atol=1e-6)  # FD truncation O(h^2) dominates
 
 
@@ -336,4 +347,59 @@ def test_lorenz_marching_chains_exact_initial_conditions():
         torch.testing.assert_close(module.nets[1].u0, end0)
         both = module(torch.tensor([delta - 1e-7, delta]), torch.zeros(2))
     torch.testing.assert_close(both[0], both[1], atol=1e-4, rtol=1e-4)
+    _close_figures(module.figures())
+
+
+def test_time_features_feed_scaled_copies_of_t():
+    """The chaotic KS script's input [k_t t, 1, cos(k x), sin(k x)] (d0 = 2 M_x + M_t + 1); without time_features
+    the encoding is [t / t_scale, 1, cos, sin] as before."""
+    from lit_models.pde.causal_pinn import FourierEncoding
+
+    enc = FourierEncoding(modes=5, length=2 * math.pi, time_features=[0.0, 0.0, 0.0, 1.0, 10.0, 100.0])
+    t, x = torch.tensor([0.02, 0.05]), torch.tensor([0.3, 1.0])
+    z = enc(t, x)
+    assert enc.out_dim == z.shape[-1] == 17
+    torch.testing.assert_close(z[:, :6], t[:, None] * torch.tensor([0.0, 0.0, 0.0, 1.0, 10.0, 100.0]))
+    torch.testing.assert_close(z[:, 6], torch.ones(2))
+    torch.testing.assert_close(z[:, 7:12], torch.cos(x[:, None] * torch.arange(1, 6)))
+    plain = FourierEncoding(modes=2, length=2.0, t_scale=4.0)
+    assert plain.out_dim == 6
+    torch.testing.assert_close(plain(t, x)[:, 0], t / 4.0)
+    from launch.errors import UserError
+
+    with pytest.raises(UserError, match="time_features"):
+        FourierEncoding(modes=2, time_features=[])
+
+
+def test_fast_contract_ks_chaotic_on_the_official_file_layout(tmp_path, monkeypatch):
+    """Paper-scale chaotic KS variant, tiny: the reference is a ks_chaotic.mat fixture in the official layout
+    (t (1, T), x (1, X), usol (X, T)) fetched from 127.0.0.1 through the real download path; 3 of the 10 windows, each
+    ended after one step by a one-step eps schedule. Finite loss and metrics, gradients reach every parameter, the
+    composed network has the script's 17 inputs and 8 hidden layers."""
+    import numpy as np
+    from scipy.io import savemat
+
+    from datamodules import pinn_data
+    from tests.conftest import serve_directory
+
+    www = tmp_path / "www"
+    www.mkdir()
+    x, t = 2 * np.pi * np.arange(16) / 16, np.linspace(0.0, 1.0, 26)
+    usol = np.outer(np.cos(x) * (1 + np.sin(x)), np.exp(-t))
+    savemat(www / "ks_chaotic.mat", {"t": t[None], "x": x[None], "usol": usol})
+    monkeypatch.setenv("PAPERZOO_DATA", str(tmp_path / "cache"))
+    with serve_directory(www) as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/ks_chaotic.mat"
+        monkeypatch.setitem(pinn_data.PAPER_FILES, "ks_chaotic_mat", (url, None, "ks_chaotic.mat"))
+        run = fast_run("causal_pinn/ks_chaotic", "data.n_t=8", "data.n_x=16", "model.width=16",
+                       "data.time_windows=3", "model.epsilons=[0.1]", "model.max_steps_per_epsilon=1",
+                       "data.steps_per_epoch=10", "trainer.precision=32-true", steps=10)
+    run.assert_contract()
+    module = run.model
+    assert module.problem == "ks_chaotic" and int(module.window) == 2 and module.trainer.global_step == 3
+    assert module.nets[0].encoding.out_dim == 17 and len(module.nets[0].net.hidden) == 8
+    for key in ("test/rel_l2", "test/causality_ratio", "test/min_weight", "test/window"):
+        assert key in run.metrics, sorted(run.metrics)
+    assert run.metrics["test/window"] == 2.0
+    assert module(torch.rand(5) * 0.3, torch.rand(5) * 2 * math.pi).shape == (5, 1)
     _close_figures(module.figures())
