@@ -3,7 +3,8 @@
 - `grad(y, x)`: dy/dx through autograd with the graph kept (for residuals and higher derivatives).
 - `partial(u, x, *orders)`: mixed partial derivatives of a scalar field u(x) w.r.t. columns of x, e.g.
   `partial(u, xt, 0, 0)` = u_xx when x = xt[:, 0].
-- `relative_l2(pred, target)`: ||pred - target||_2 / ||target||_2 per sample (over all but the batch dimension).
+- `relative_l2(pred, target)`: ||pred - target||_2 / ||target||_2 per sample (over all but the batch dimension);
+  pass flattened (1-D) tensors for one pooled error over a whole field or space-time grid.
 - `RelativeL2`: that error as a torchmetrics Metric, averaged over samples, correct under DDP (sum + count states).
 - `uniform_collocation(n, low, high, generator)`: uniform points in a box.
 - `no_autocast(device_type)`: a context that turns mixed precision off where derivatives must stay exact.
@@ -34,11 +35,16 @@ def partial(u: Tensor, x: Tensor, *orders: int) -> Tensor:
 
 
 def relative_l2(pred: Tensor, target: Tensor, eps: float = 1e-12) -> Tensor:
-    """||pred - target||_2 / ||target||_2 per sample; 1-D inputs count as one sample."""
+    """||pred - target||_2 / ||target||_2 per sample (norms over all but the first dimension), shape (B,).
+
+    1-D inputs (and scalars) count as one sample, shape (1,): flatten a field to get the pooled error
+    ||pred - target|| / ||target|| over all its points. Shapes must match exactly (no broadcasting: ValueError).
+    A zero target norm is clamped to `eps`, so an all-zero target gives ||pred - target|| / eps (0 when pred is zero
+    too), never NaN or inf."""
     if pred.shape != target.shape:
         raise ValueError(f"relative_l2: shapes differ, {tuple(pred.shape)} vs {tuple(target.shape)}")
     if pred.dim() <= 1:
-        pred, target = pred[None], target[None]
+        pred, target = pred.reshape(1, -1), target.reshape(1, -1)  # one sample (0-d too)
     diff = (pred - target).flatten(1).norm(dim=1)
     return diff / target.flatten(1).norm(dim=1).clamp_min(eps)
 

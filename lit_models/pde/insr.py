@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lit_models.common.pde import grad, no_autocast
+from lit_models.common.pde import grad, no_autocast, relative_l2
 from lit_models.common.steps import EvaluateOnValAndTest
 
 EQUATIONS = ("advection", "fluid")
@@ -336,7 +336,7 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         n = min(self.completed_steps, exact_all.shape[0] - 1)
         exact = exact_all[n]
         pred = self.field(x)
-        rel = torch.linalg.vector_norm(pred - exact) / torch.linalg.vector_norm(exact).clamp_min(1e-12)
+        rel = relative_l2(pred.reshape(-1), exact.reshape(-1))[0]  # pooled over all points (and components)
         metrics = {"rel_l2": float(rel), "steps_done": float(n)}
         ic_mse = self.ic_mse if math.isfinite(self.ic_mse) else self.best_loss  # best so far while still fitting
         if math.isfinite(ic_mse):
@@ -379,7 +379,8 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
 
     # ------------------------------------------------------------------------------------------ figures
     def figures(self) -> dict[str, Any]:
-        """1D: {"pulse_profile": INSR vs exact pulse at the recorded step times, "field": final comparison};
+        """1D: {"pulse_profile": INSR vs exact pulse at the recorded step times, "field": INSR, exact and |error| side
+        by side at the last evaluated step};
         2D: {"field": |u| of INSR vs exact side by side, with the error}."""
         import matplotlib.pyplot as plt
 
@@ -406,11 +407,20 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         if self._last_eval is not None:
             ev = self._last_eval
             if hp.in_features == 1:
-                fig, ax = plt.subplots(figsize=(8, 3))
-                ax.plot(ev["x"][:, 0].numpy(), ev["exact"][:, 0].numpy(), "k", lw=1.2, label="exact")
-                ax.plot(ev["x"][:, 0].numpy(), ev["pred"][:, 0].numpy(), "C3--", lw=1.2, label="INSR")
-                ax.set_title(f"t = {ev['t']:.2f}")
-                ax.legend(fontsize=7)
+                xs, exact, pred = ev["x"][:, 0].numpy(), ev["exact"][:, 0].numpy(), ev["pred"][:, 0].numpy()
+                order = np.argsort(xs)  # evaluation points need not be sorted
+                xs, exact, pred = xs[order], exact[order], pred[order]
+                fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+                lo, hi = min(exact.min(), pred.min()), max(exact.max(), pred.max())
+                pad = 0.05 * (hi - lo) if hi > lo else 1.0
+                for ax, y, color, title in ((axes[0], pred, "C3", "INSR"), (axes[1], exact, "k", "exact")):
+                    ax.plot(xs, y, color=color, lw=1.2)
+                    ax.set_ylim(lo - pad, hi + pad)  # prediction and reference on the same scale
+                    ax.set_title(f"u {title}, t={ev['t']:.2f}", fontsize=9)
+                axes[2].plot(xs, np.abs(pred - exact), "C1", lw=1.2)
+                axes[2].set_title(f"|error|, t={ev['t']:.2f}", fontsize=9)
+                for ax in axes:
+                    ax.set_xlabel("x")
                 fig.tight_layout()
             else:
                 m = int(round(math.sqrt(ev["x"].shape[0])))

@@ -236,3 +236,41 @@ def test_claim_previous_frozen_and_fails_when_not_frozen():
     assert result.passed, result.report()
     swapped = run_claim("insr", "previous_frozen", swap_baseline=True)
     assert not swapped.passed, swapped.report()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"equation": "fluid", "in_features": 2, "out_features": 2}])
+def test_logged_relative_l2_is_the_pooled_definition(kwargs):
+    """`rel_l2` goes through the shared `relative_l2`, pooled over all points (and velocity components):
+    ||u - u*|| / ||u*|| computed inline here, to 1e-6."""
+    torch.manual_seed(0)
+    model = InsrModule(hidden_features=8, num_hidden_layers=1, **kwargs)
+    model.step_index = 2  # one completed step: compared with exact[1]
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    d = model.hparams.in_features
+    x = torch.rand(50, d) * 4 - 2
+    exact = torch.randn(3, 50, model.hparams.out_features)
+    model._evaluate({"x": x, "u": exact}, "val")
+    pred = model.field(x).detach()
+    inline = torch.linalg.vector_norm(pred - exact[1]) / torch.linalg.vector_norm(exact[1])
+    assert logged["val/rel_l2"] == pytest.approx(float(inline), rel=1e-6)
+    assert logged["val/steps_done"] == 1.0
+
+
+def test_field_figure_shows_prediction_reference_and_error():
+    torch.manual_seed(0)
+    model = InsrModule(hidden_features=8, num_hidden_layers=1)
+    model.log = lambda *a, **k: None
+    x = torch.rand(40, 1) * 4 - 2  # unsorted evaluation points
+    model._evaluate({"x": x, "u": torch.exp(-x**2)[None]}, "test")
+    figs = model.figures()
+    assert set(figs) == {"field"}  # no snapshots recorded: no pulse_profile
+    axes = figs["field"].axes
+    assert len(axes) == 3
+    assert [ax.get_title().split(",")[0] for ax in axes] == ["u INSR", "u exact", "|error|"]
+    xs, err = axes[2].lines[0].get_data()
+    assert np.all(np.diff(xs) >= 0)
+    pred = model.field(x).detach()[:, 0]
+    np.testing.assert_allclose(err, (pred - torch.exp(-x**2)[:, 0]).abs().numpy()[np.argsort(x[:, 0].numpy())],
+                               rtol=1e-6)
+    _close(figs)

@@ -184,3 +184,33 @@ def test_residuals_ignore_autocast():
     for a, b in zip(mixed, plain):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},                                                   # LPINN, convection: rel_l2 at the predicted positions
+    {"method": "pinn"},                                   # Eulerian PINN: rel_l2 = the grid error
+    {"problem": "burgers", "shift": 1.0, "nu": 0.05},     # LPINN, Burgers: grid error normalised by ||u - shift||
+])
+def test_logged_relative_l2_is_the_papers_pooled_definition(kwargs):
+    """The metrics go through the shared `relative_l2` (pooled over the whole (T, X) grid) and equal the paper's
+    definitions, computed here inline, to 1e-6."""
+    torch.manual_seed(0)
+    model = LagrangianPINNModule(width=8, depth_u=2, depth_x=2, c=3.0, **kwargs).double()
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    x = torch.linspace(0, 2 * math.pi, 17, dtype=torch.float64)[:-1]
+    t = torch.linspace(0, 1, 5, dtype=torch.float64)
+    ref = torch.sin(x[None] - 0.5 * t[:, None]) + model.shift + 0.1 * torch.rand(5, 16, dtype=torch.float64)
+    model._evaluate({"x": x, "t": t, "u": ref}, "test")
+    p = model.predict(x, t)
+    r = ref.numpy()
+    grid = np.linalg.norm(p["u"] - r) / np.linalg.norm(r - model.shift)
+    assert logged["test/rel_l2_grid"] == pytest.approx(grid, rel=1e-6)
+    if model.method == "lpinn" and model.problem == "convection":
+        tt = t.numpy()[:, None]
+        true = np.exp(-model.nu * tt) * np.sin(p["x_L"] - model.c * tt)
+        assert logged["test/rel_l2"] == pytest.approx(np.linalg.norm(p["u_L"] - true) / np.linalg.norm(true), rel=1e-6)
+    else:
+        assert logged["test/rel_l2"] == pytest.approx(grid, rel=1e-6)
+    if model.shift:  # the shift matters: the plain relative L2 (normalised by ||u||) is a different number
+        assert logged["test/rel_l2_grid"] != pytest.approx(np.linalg.norm(p["u"] - r) / np.linalg.norm(r), rel=1e-3)
