@@ -14,6 +14,19 @@ Offline problems (`name=`), no download. Coordinates are columns in the order of
   r = sqrt(x^2 + y^2), v_t = sech^2(r) tanh(r), ω = v_t / (v_max r), a = -ω y, b = ω x (v_max = 0.385), and the
   closed form u = -tanh(y/2 cos(ω t) - x/2 sin(ω t)). Initial points at t = 0, boundary points on the four sides
   x = ±4, y = ±4 (data = the closed form); evaluation on an `eval_grid`^3 linspace grid (official nc_test = 50).
+- `klein_gordon3d` (official Klein_Gordon3d/utils/data_utils.py + data_generators.py; facts only), columns (t, x, y):
+  u_tt - u_xx - u_yy + u^2 = f on t in [0, 10], x, y in [-1, 1], manufactured solution
+  u = (x + y) cos(k t) + x y sin(k t) (k = `kg_k` = 2), so f = u^2 - k^2 u. Initial points at t = 0 and boundary
+  points on x = ±1, y = ±1 carry the closed form; evaluation on an `eval_grid`^3 linspace grid (official nc_test = 50).
+- `nonlinear_diffusion3d` (official Nonlinear_Diffusion3d/utils/data_generators.py, diffusion3d.py; equation name
+  `diffusion3d`), columns (t, x, y): u_t = α (u_x^2 + u u_xx + u_y^2 + u u_yy) = (α/2) Δ(u^2), α = 0.05, on
+  t in [0, 1], x, y in [-1, 1], u = 0 on x = ±1, y = ±1, u(0) = 0.25 exp(-((x-0.3)^2 + (y-0.2)^2) / 0.1)
+  + 0.4 exp(-15 ((x+0.5)^2 + (y+0.1)^2)) + 0.3 exp(-20 (x^2 + (y+0.5)^2)). No closed form: the official evaluation
+  loads SPINN's data/diffusion3d/heat_gaussian_{t:.2f}.npy (101 snapshots t = 0, 0.01, .., 1, each 101 x 101 on
+  linspace(-1, 1), indexing ij; the solver behind them is not stated). Here the reference comes from our own
+  finite-difference solver (`nonlinear_diffusion_reference`: second-order central differences of (α/2) Δ(u^2) on a
+  grid `nd_refine` times finer, classical RK4 in time), sampled on the same 101^3 (t, x, y) grid; `eval_stride` thins
+  it. `nd_reference_dir` instead loads the official .npy files from a local folder (same format).
 
 Training batches are fresh uniform draws (the official Helmholtz code re-samples every iteration, the flow-mixing
 code every 100 iterations: `resample_every`). Batches (DataLoader with batch_size=None):
@@ -22,8 +35,10 @@ code every 100 iterations: `resample_every`). Batches (DataLoader with batch_siz
                       "x_left": (nb, 2) at x = -1, "x_right": (nb, 2) at x = +1 (same times)}
   train, flow_mixing3d: {"x": (B, 3), "a": (B, 1), "b": (B, 1), "x_initial": (ni, 3), "u_initial": (ni, 1),
                          "x_boundary": (4 nb, 3), "g": (4 nb, 1)}
+  train, klein_gordon3d: as flow_mixing3d with "f": (B, 1) (the source) in place of "a", "b"
+  train, nonlinear_diffusion3d: as flow_mixing3d without "a", "b" ("g" = 0)
   val/test: {"x": (P, d) grid points, "u": (P, 1) exact / reference, "shape": the grid shape (long tensor)}
-    helmholtz2d: G x G (rows y, columns x); allen_cahn: T x X (rows t, columns x); flow_mixing3d: G x G x G (t, x, y).
+    helmholtz2d: G x G (rows y, columns x); allen_cahn: T x X (rows t, columns x); the 3-D problems: (t, x, y) grids.
 """
 from __future__ import annotations
 
@@ -55,10 +70,14 @@ PROBLEMS = {
     "helmholtz2d": Problem(("x", "y"), ((-1.0, 1.0), (-1.0, 1.0))),
     "allen_cahn": Problem(("t", "x"), ((0.0, 1.0), (-1.0, 1.0))),
     "flow_mixing3d": Problem(("t", "x", "y"), ((0.0, 4.0), (-4.0, 4.0), (-4.0, 4.0))),
+    "klein_gordon3d": Problem(("t", "x", "y"), ((0.0, 10.0), (-1.0, 1.0), (-1.0, 1.0))),
+    "nonlinear_diffusion3d": Problem(("t", "x", "y"), ((0.0, 1.0), (-1.0, 1.0), (-1.0, 1.0))),
 }
 
 AC_DIFFUSION, AC_REACTION = 1e-4, 5.0  # u_t = d u_xx + r (u - u^3)
 FLOW_MIXING_VMAX = 0.385               # official flow_mixing3d_pig.sh --vmax
+KLEIN_GORDON_K = 2.0                   # official klein_gordon3d_pig.sh --k (temporal frequency)
+ND_ALPHA = 0.05                        # official diffusion3d.py residual_loss(alpha=0.05)
 
 
 # ------------------------------------------------------------------------------------------------ Helmholtz 2D
@@ -119,6 +138,95 @@ def flow_mixing_exact(x: Tensor, v_max: float = FLOW_MIXING_VMAX) -> Tensor:
     return (-torch.tanh(yy / 2 * torch.cos(omega * t) - xx / 2 * torch.sin(omega * t)))[..., None]
 
 
+# ------------------------------------------------------------------------------------------------ Klein-Gordon 3D
+
+
+def klein_gordon_exact(x: Tensor, k: float = KLEIN_GORDON_K) -> Tensor:
+    """u(t, x, y) = (x + y) cos(k t) + x y sin(k t); x: (..., 3) columns (t, x, y) -> (..., 1)."""
+    t, xx, yy = x[..., 0], x[..., 1], x[..., 2]
+    return ((xx + yy) * torch.cos(k * t) + xx * yy * torch.sin(k * t))[..., None]
+
+
+def klein_gordon_source(x: Tensor, k: float = KLEIN_GORDON_K) -> Tensor:
+    """f = u_tt - u_xx - u_yy + u^2 = u^2 - k^2 u for the exact u (u is linear in x and in y)."""
+    u = klein_gordon_exact(x, k)
+    return u * u - k * k * u
+
+
+# ----------------------------------------------------------------------------------------- nonlinear diffusion 3D
+
+
+def nonlinear_diffusion_initial(x: Tensor | np.ndarray, y: Tensor | np.ndarray):
+    """u(0, x, y): three Gaussian bumps (official Nonlinear_Diffusion3d data generator); torch or numpy inputs."""
+    exp = torch.exp if isinstance(x, Tensor) else np.exp
+    return (0.25 * exp(-((x - 0.3) ** 2 + (y - 0.2) ** 2) / 0.1)
+            + 0.4 * exp(-((x + 0.5) ** 2 + (y + 0.1) ** 2) * 15)
+            + 0.3 * exp(-(x**2 + (y + 0.5) ** 2) * 20))
+
+
+def _porous_rhs(u: np.ndarray, h: float, alpha: float) -> np.ndarray:
+    """(α/2) Δ(u^2) by second-order central differences at interior nodes; 0 on the (Dirichlet) boundary."""
+    w = u * u
+    out = np.zeros_like(u)
+    lap = w[2:, 1:-1] + w[:-2, 1:-1] + w[1:-1, 2:] + w[1:-1, :-2] - 4 * w[1:-1, 1:-1]
+    out[1:-1, 1:-1] = lap * (alpha / (2 * h * h))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def nonlinear_diffusion_reference(n_grid: int = 101, n_snapshots: int = 101, alpha: float = ND_ALPHA,
+                                  refine: int = 2, t_end: float = 1.0) -> dict[str, np.ndarray]:
+    """Reference for u_t = (α/2) Δ(u^2) = α (|∇u|^2 + u Δu) on [-1, 1]^2, u = 0 on the boundary (the official
+    nonlinear diffusion problem), cached per process. Method of lines on linspace(-1, 1, refine (n_grid - 1) + 1)^2
+    (boundary nodes held at 0 from t = 0; the initial bumps are <= 0.01 there), classical RK4 with a step below the
+    explicit stability limit (dt <= 0.17 h^2 / (α max u)), snapshots at linspace(0, t_end, n_snapshots) sampled on
+    every `refine`-th node. Returns {"t": (T,), "x": (G,), "y": (G,), "u": (T, G, G)} in float64, u[i, j, l] at
+    (t_i, x_j, y_l) (indexing ij, as the official .npy files)."""
+    if n_grid < 3 or n_snapshots < 2 or refine < 1 or alpha <= 0:
+        raise ValueError(f"need n_grid >= 3, n_snapshots >= 2, refine >= 1, alpha > 0; got {n_grid}, {n_snapshots}, "
+                         f"{refine}, {alpha}")
+    fine = np.linspace(-1.0, 1.0, refine * (n_grid - 1) + 1)
+    h = fine[1] - fine[0]
+    u = nonlinear_diffusion_initial(*np.meshgrid(fine, fine, indexing="ij"))
+    u[0, :] = u[-1, :] = u[:, 0] = u[:, -1] = 0.0
+    t_save = np.linspace(0.0, t_end, n_snapshots)
+    dt_max = 0.17 * h * h / (alpha * float(u.max()))  # the maximum principle keeps max u from growing
+    snaps = [u[::refine, ::refine].copy()]
+    for dt_snap in np.diff(t_save):
+        n = max(int(math.ceil(dt_snap / dt_max)), 1)
+        dt = dt_snap / n
+        for _ in range(n):
+            k1 = _porous_rhs(u, h, alpha)
+            k2 = _porous_rhs(u + 0.5 * dt * k1, h, alpha)
+            k3 = _porous_rhs(u + 0.5 * dt * k2, h, alpha)
+            k4 = _porous_rhs(u + dt * k3, h, alpha)
+            u = u + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        snaps.append(u[::refine, ::refine].copy())
+    coords = fine[::refine]
+    return {"t": t_save, "x": coords, "y": coords.copy(), "u": np.stack(snaps)}
+
+
+def load_nonlinear_diffusion_npy(directory: str, n_snapshots: int = 101) -> dict[str, np.ndarray]:
+    """The official reference files (SPINN data/diffusion3d, read by the official diffusion3d.py test generator):
+    heat_gaussian_{t:.2f}.npy for t = 0, 0.01, .., 0.01 (n_snapshots - 1), each a square (G, G) array on
+    linspace(-1, 1, G)^2 (indexing ij; official G = 101). Returns the same dict as the solver."""
+    import os
+
+    snaps = []
+    for i in range(n_snapshots):
+        path = os.path.join(directory, f"heat_gaussian_{i * 0.01:.2f}.npy")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"nonlinear diffusion reference: missing {path} (expected {n_snapshots} files "
+                                    "heat_gaussian_0.00.npy .. heat_gaussian_1.00.npy)")
+        a = np.asarray(np.load(path), dtype=np.float64)
+        if a.ndim != 2 or a.shape[0] != a.shape[1] or (snaps and a.shape != snaps[0].shape):
+            raise ValueError(f"nonlinear diffusion reference: {path} has shape {a.shape}; expected one square (G, G) "
+                             "grid shared by every snapshot")
+        snaps.append(a)
+    g = np.linspace(-1.0, 1.0, snaps[0].shape[0])
+    return {"t": 0.01 * np.arange(n_snapshots), "x": g, "y": g.copy(), "u": np.stack(snaps)}
+
+
 # ------------------------------------------------------------------------------------------------ datamodule
 
 
@@ -129,7 +237,9 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
                  n_collocation: int = 10000, n_boundary: int = 10000, n_initial: int | None = None,
                  eval_grid: int = 250, steps_per_epoch: int = 1000, resample_every: int = 1,
                  v_max: float = FLOW_MIXING_VMAX, ac_modes: int = 512, ac_dt: float = 1e-3, ac_snapshots: int = 201,
-                 eval_stride: int = 1, seed: int = 0) -> None:
+                 eval_stride: int = 1, kg_k: float = KLEIN_GORDON_K, nd_alpha: float = ND_ALPHA,
+                 nd_grid: int = 101, nd_snapshots: int = 101, nd_refine: int = 2, nd_reference_dir: str | None = None,
+                 seed: int = 0) -> None:
         super().__init__()
         if name not in PROBLEMS:
             raise ValueError(f"unknown PIG problem {name!r}; available: {', '.join(PROBLEMS)} (offline)")
@@ -139,6 +249,9 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
         if (n_initial is not None and n_initial < 1) or resample_every < 1 or eval_stride < 1 or v_max <= 0:
             raise ValueError(f"need n_initial >= 1 (or null), resample_every >= 1, eval_stride >= 1, v_max > 0; got "
                              f"{n_initial}, {resample_every}, {eval_stride}, {v_max}")
+        if nd_alpha <= 0 or nd_grid < 3 or nd_snapshots < 2 or nd_refine < 1:
+            raise ValueError(f"need nd_alpha > 0, nd_grid >= 3, nd_snapshots >= 2, nd_refine >= 1; got {nd_alpha}, "
+                             f"{nd_grid}, {nd_snapshots}, {nd_refine}")
         self.save_hyperparameters()
         self.name, self.problem = name, PROBLEMS[name]
         self.n_initial = n_initial if n_initial is not None else n_boundary
@@ -153,7 +266,9 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
             return helmholtz_exact(x, self.hparams.a1, self.hparams.a2)
         if self.name == "flow_mixing3d":
             return flow_mixing_exact(x, self.hparams.v_max)
-        raise ValueError("allen_cahn has no closed form; use eval_item() (the ETDRK4 reference)")
+        if self.name == "klein_gordon3d":
+            return klein_gordon_exact(x, self.hparams.kg_k)
+        raise ValueError(f"{self.name} has no closed form; use eval_item() (the numerical reference)")
 
     def source(self, x: Tensor) -> Tensor:
         hp = self.hparams
@@ -188,15 +303,30 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
             one = torch.ones(nb)
             return {"x": x, "x_initial": xi, "u_initial": allen_cahn_initial(xi[:, 1:]),
                     "x_left": torch.stack([tb, -one], 1), "x_right": torch.stack([tb, one], 1)}
-        # flow_mixing3d
-        _, a, b = flow_mixing_velocity(x[:, 1], x[:, 2], hp.v_max)
-        xi = self._uniform(ni)
+        xi, xb = self._initial_points(ni), self._side_points(nb)  # the 3-D (t, x, y) problems
+        if self.name == "flow_mixing3d":
+            _, a, b = flow_mixing_velocity(x[:, 1], x[:, 2], hp.v_max)
+            return {"x": x, "a": a[:, None], "b": b[:, None], "x_initial": xi, "u_initial": self.exact(xi),
+                    "x_boundary": xb, "g": self.exact(xb)}
+        if self.name == "klein_gordon3d":
+            return {"x": x, "f": klein_gordon_source(x, hp.kg_k), "x_initial": xi, "u_initial": self.exact(xi),
+                    "x_boundary": xb, "g": self.exact(xb)}
+        # nonlinear_diffusion3d: homogeneous Dirichlet data
+        return {"x": x, "x_initial": xi, "u_initial": nonlinear_diffusion_initial(xi[:, 1:2], xi[:, 2:3]),
+                "x_boundary": xb, "g": torch.zeros(xb.shape[0], 1)}
+
+    def _initial_points(self, n: int) -> Tensor:
+        """(n, 3) uniform points of the box with t = 0."""
+        xi = self._uniform(n)
         xi[:, 0] = 0.0
-        side = self._uniform(4 * nb).reshape(4, nb, 3)
-        side[0, :, 1], side[1, :, 1], side[2, :, 2], side[3, :, 2] = -4.0, 4.0, -4.0, 4.0  # x = -4, 4, y = -4, 4
-        xb = side.reshape(4 * nb, 3)
-        return {"x": x, "a": a[:, None], "b": b[:, None], "x_initial": xi, "u_initial": self.exact(xi),
-                "x_boundary": xb, "g": self.exact(xb)}
+        return xi
+
+    def _side_points(self, n: int) -> Tensor:
+        """(4 n, 3) uniform points on the four spatial sides, in the order x = lo, x = hi, y = lo, y = hi."""
+        (_, _), (x_lo, x_hi), (y_lo, y_hi) = self.problem.domain
+        side = self._uniform(4 * n).reshape(4, n, 3)
+        side[0, :, 1], side[1, :, 1], side[2, :, 2], side[3, :, 2] = x_lo, x_hi, y_lo, y_hi
+        return side.reshape(4 * n, 3)
 
     # ---- evaluation grid
     def eval_item(self) -> dict[str, Tensor]:
@@ -212,6 +342,8 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
                 tt, xx = torch.meshgrid(ref["t"], ref["x"], indexing="ij")  # rows: t, columns: x
                 x = torch.stack([tt.reshape(-1), xx.reshape(-1)], 1).float()
                 self._eval = {"x": x, "u": ref["u"].reshape(-1, 1).float(), "shape": torch.tensor(ref["u"].shape)}
+            elif self.name == "nonlinear_diffusion3d":
+                self._eval = self._diffusion_eval_item()
             else:
                 g = hp.eval_grid
                 axes = [torch.linspace(lo, hi, g) for lo, hi in self.problem.domain]
@@ -219,3 +351,18 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
                 x = torch.stack([m.reshape(-1) for m in mesh], 1)
                 self._eval = {"x": x, "u": self.exact(x), "shape": torch.tensor([g, g, g])}
         return self._eval
+
+    def _diffusion_eval_item(self) -> dict[str, Tensor]:
+        """The nonlinear diffusion reference (our solver, or the official .npy files from `nd_reference_dir`) on its
+        (t, x, y) grid, every `eval_stride`-th snapshot and node."""
+        hp = self.hparams
+        if hp.nd_reference_dir:
+            ref = load_nonlinear_diffusion_npy(hp.nd_reference_dir, hp.nd_snapshots)
+        else:
+            ref = nonlinear_diffusion_reference(hp.nd_grid, hp.nd_snapshots, float(hp.nd_alpha), hp.nd_refine)
+        k = hp.eval_stride
+        t, xs, ys = (torch.from_numpy(np.ascontiguousarray(ref[c][::k])) for c in ("t", "x", "y"))
+        u = torch.from_numpy(np.ascontiguousarray(ref["u"][::k, ::k, ::k]))
+        mesh = torch.meshgrid(t, xs, ys, indexing="ij")
+        x = torch.stack([m.reshape(-1) for m in mesh], 1).float()
+        return {"x": x, "u": u.reshape(-1, 1).float(), "shape": torch.tensor(u.shape)}

@@ -1,6 +1,7 @@
 """PIG: Physics-Informed Gaussians as Adaptive Parametric Mesh Representations (Kang, Oh, Hong, Park;
 arXiv 2412.05994; official code NamGyuKang/Physics-Informed-Gaussians, Helmholtz2d/network.py,
-Flow_Mixing3d/networks/physics_informed_neural_networks.py).
+Flow_Mixing3d/networks/physics_informed_neural_networks.py, Klein_Gordon3d/klein_gordon3d.py,
+Nonlinear_Diffusion3d/diffusion3d.py).
 
 A PINN whose input coordinates first pass through a learnable Gaussian feature embedding (paper Eq. 3-4):
 
@@ -27,6 +28,14 @@ Problems (`problem=`, the data module's `name`) and losses (residual weight `f_s
   (f_scale = 1, initial_weight = 100, boundary_weight = 1) are not verified.
 - flow_mixing3d, inputs (t, x, y) (official flow_mixing3d.py, PINN branch): residual u_t + a u_x + b u_y with the
   rotating field (a, b) from the batch; loss 10 · mean(r²) + mean(u(0) - u0)² + mean(u_b - g)².
+- klein_gordon3d, inputs (t, x, y) (official klein_gordon3d.py, PINN branch): residual u_tt - u_xx - u_yy + u² - f
+  with the manufactured source f from the batch; loss mean(r²) + mean(u(0) - u0)² + mean(u_b - g)² (weights 1, 1, 1).
+- nonlinear_diffusion3d, inputs (t, x, y) (official diffusion3d.py, PINN branch): residual
+  u_t - α (u_x² + u u_xx + u_y² + u u_yy), α = `nonlinear_diffusivity` = 0.05; loss mean(r²) + mean(u(0) - u0)²
+  + mean(u_b²) (weights 1, 1, 1; zero Dirichlet data).
+The official 3-D code maps its box onto [0, grid_range]^3 with μ ~ U(0, grid_range) and σ0 in those units: Klein-Gordon
+grid_range = 2 (σ0 = 0.5 here unchanged), nonlinear diffusion grid_range = 1 (its σ0 = 0.1 is 0.2 in the [-1, 1]^3
+units used here; its t in [0, 1] enters unscaled).
 
 Derivatives: `laplacian="autograd"` uses autograd (first derivatives of every input, second derivatives only of
 the coordinates the residual needs, each taken separately: u_xx + u_yy, never a Hessian trace);
@@ -52,19 +61,23 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from datamodules.pig_data import AC_DIFFUSION, AC_REACTION, PROBLEMS
+from datamodules.pig_data import AC_DIFFUSION, AC_REACTION, ND_ALPHA, PROBLEMS
 from lit_models.common.pde import RelativeL2, no_autocast
 
 MODELS = ("pig", "mlp")
 LAPLACIANS = ("autograd", "analytic")
-SECOND_DERIVATIVES = {"helmholtz2d": (0, 1), "allen_cahn": (1,), "flow_mixing3d": ()}  # columns needing ∂²
+SECOND_DERIVATIVES = {"helmholtz2d": (0, 1), "allen_cahn": (1,), "flow_mixing3d": (),  # columns needing ∂²
+                      "klein_gordon3d": (0, 1, 2), "nonlinear_diffusion3d": (1, 2)}
 LOSS_DEFAULTS = {  # (f_scale, initial_weight, boundary_weight)
     "helmholtz2d": (1e-4, 0.0, 1.0),      # official helmholtz2d_pig.sh
     "allen_cahn": (1.0, 100.0, 1.0),      # not verified (no official PIG Allen-Cahn code)
     "flow_mixing3d": (10.0, 1.0, 1.0),    # official flow_mixing3d.py: 10 * residual + initial + boundary
+    "klein_gordon3d": (1.0, 1.0, 1.0),    # official klein_gordon3d.py: residual + initial + boundary
+    "nonlinear_diffusion3d": (1.0, 1.0, 1.0),  # official diffusion3d.py: residual + initial + boundary
 }
 # figure axes per problem: (horizontal coordinate, vertical coordinate) of the field image
-PLOT_AXES = {"helmholtz2d": (0, 1), "allen_cahn": (1, 0), "flow_mixing3d": (1, 2)}
+PLOT_AXES = {"helmholtz2d": (0, 1), "allen_cahn": (1, 0), "flow_mixing3d": (1, 2), "klein_gordon3d": (1, 2),
+             "nonlinear_diffusion3d": (1, 2)}
 
 
 GAUSSIAN_INITS = ("random", "grid")
@@ -203,15 +216,22 @@ class PIGNet(nn.Module):
 
 
 def pde_residual(problem: str, u: Tensor, du: Tensor, d2u: Tensor | None, batch: dict[str, Tensor],
-                 coefficient: float = 1.0, diffusion: float = AC_DIFFUSION, reaction: float = AC_REACTION) -> Tensor:
+                 coefficient: float = 1.0, diffusion: float = AC_DIFFUSION, reaction: float = AC_REACTION,
+                 nonlinear_diffusivity: float = ND_ALPHA) -> Tensor:
     """The PDE residual (B, 1) from u (B, 1), ∂_d u (B, d), ∂²_d u (B, d) (columns in the problem's coordinate order):
-    helmholtz2d Δu + λu - q; allen_cahn u_t - d u_xx + r (u³ - u); flow_mixing3d u_t + a u_x + b u_y."""
+    helmholtz2d Δu + λu - q; allen_cahn u_t - d u_xx + r (u³ - u); flow_mixing3d u_t + a u_x + b u_y;
+    klein_gordon3d u_tt - u_xx - u_yy + u² - f; nonlinear_diffusion3d u_t - α (u_x² + u u_xx + u_y² + u u_yy)."""
     if problem == "helmholtz2d":
         return d2u.sum(-1, keepdim=True) + coefficient * u - batch["q"]
     if problem == "allen_cahn":
         return du[:, :1] - diffusion * d2u[:, 1:2] + reaction * (u**3 - u)
     if problem == "flow_mixing3d":
         return du[:, :1] + batch["a"] * du[:, 1:2] + batch["b"] * du[:, 2:3]
+    if problem == "klein_gordon3d":
+        return d2u[:, :1] - d2u[:, 1:2] - d2u[:, 2:3] + u**2 - batch["f"]
+    if problem == "nonlinear_diffusion3d":
+        ux, uy = du[:, 1:2], du[:, 2:3]
+        return du[:, :1] - nonlinear_diffusivity * (ux * ux + u * d2u[:, 1:2] + uy * uy + u * d2u[:, 2:3])
     raise ValueError(f"unknown PIG problem {problem!r}")
 
 
@@ -220,8 +240,8 @@ DEFAULT_SCHEDULER = functools.partial(torch.optim.lr_scheduler.ExponentialLR, ga
 
 
 class PIGModule(L.LightningModule):
-    """Physics-informed training of a PIG (or of the MLP-PINN baseline) on Helmholtz 2D, Allen-Cahn or flow mixing
-    3D (paper Sec. 4).
+    """Physics-informed training of a PIG (or of the MLP-PINN baseline) on Helmholtz 2D, Allen-Cahn, flow mixing 3D,
+    Klein-Gordon 3D or nonlinear diffusion 3D (paper Sec. 4).
 
     Metrics: `train/loss`, `train/boundary_loss`, `train/residual_loss` (+ `train/initial_loss` for the
     time-dependent problems); `val/rel_l2`, `test/rel_l2` on the data module's grid; `test/mean_sigma` (PIG only; in the
@@ -235,8 +255,8 @@ class PIGModule(L.LightningModule):
                  freeze_gaussians: bool = False, gaussian_init: str = "random", mlp_width: int = 64,
                  mlp_depth: int = 3,
                  coefficient: float = 1.0, diffusion: float = AC_DIFFUSION, reaction: float = AC_REACTION,
-                 f_scale: float | None = None, boundary_weight: float | None = None,
-                 initial_weight: float | None = None,
+                 nonlinear_diffusivity: float = ND_ALPHA, f_scale: float | None = None,
+                 boundary_weight: float | None = None, initial_weight: float | None = None,
                  laplacian: str = "autograd", chunk_size: int | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
                  scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER) -> None:
@@ -259,6 +279,8 @@ class PIGModule(L.LightningModule):
                              f"{num_gaussians}, {num_layers}, {sigma_init}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 or null, got {chunk_size}")
+        if nonlinear_diffusivity <= 0:
+            raise ValueError(f"nonlinear_diffusivity must be > 0, got {nonlinear_diffusivity}")
         weights = [w if w is not None else d for w, d in
                    zip((f_scale, initial_weight, boundary_weight), LOSS_DEFAULTS[problem])]
         if any(w < 0 for w in weights):
@@ -349,7 +371,8 @@ class PIGModule(L.LightningModule):
         hp = self.hparams
         batch = {k: v.to(self.net_dtype) for k, v in batch.items()}
         u, du, d2 = self.derivatives(batch["x"])
-        res = pde_residual(hp.problem, u, du, d2, batch, hp.coefficient, hp.diffusion, hp.reaction)
+        res = pde_residual(hp.problem, u, du, d2, batch, hp.coefficient, hp.diffusion, hp.reaction,
+                           hp.nonlinear_diffusivity)
         out = {"residual": torch.mean(res**2)}
         if hp.problem == "helmholtz2d":
             out["boundary"] = torch.mean((self(batch["x_boundary"]) - batch["g"]) ** 2)
@@ -405,7 +428,7 @@ class PIGModule(L.LightningModule):
     # ------------------------------------------------------------------ figures
     def _field_images(self) -> list:
         """(exact, prediction, |error|) as 2-D arrays with rows along the vertical plot axis: Helmholtz (y, x),
-        Allen-Cahn (t, x), flow mixing the last time slice (y, x)."""
+        Allen-Cahn (t, x), the 3-D (t, x, y) problems the last time slice (y, x)."""
         last, problem = self._last, self.hparams.problem
         if "shape" in last:
             shape = [int(s) for s in last["shape"]]
@@ -416,13 +439,13 @@ class PIGModule(L.LightningModule):
         imgs = []
         for field in (exact, pred, (pred - exact).abs()):
             img = field.reshape(shape)
-            if problem == "flow_mixing3d":
+            if PROBLEMS[problem].dim == 3:
                 img = img[-1].t()  # (x, y) at the final time -> rows y
             imgs.append(img.numpy())
         return imgs
 
     def figures(self) -> dict[str, Any]:
-        """{"field": exact | prediction | |error| side by side (flow mixing: at the final time), "gaussians": PIG
+        """{"field": exact | prediction | |error| side by side (3-D problems: at the final time), "gaussians": PIG
         Gaussian centres (and 1-σ ellipses of the largest-weight ones) per channel over the exact field, in the
         problem's coordinates}."""
         if self._last is None:
@@ -436,9 +459,10 @@ class PIGModule(L.LightningModule):
         extent = (*spec.domain[h_ax], *spec.domain[v_ax])
         imgs = self._field_images()
         name = "PIG" if self.hparams.model == "pig" else "MLP-PINN"
-        suffix = f" (t = {spec.domain[0][1]:g})" if problem == "flow_mixing3d" else ""
+        suffix = f" (t = {spec.domain[0][1]:g})" if spec.dim == 3 else ""
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-        for ax, img, title in zip(axes, imgs, ("exact" if problem != "allen_cahn" else "reference", name, "|error|")):
+        exact_title = "reference" if problem in ("allen_cahn", "nonlinear_diffusion3d") else "exact"
+        for ax, img, title in zip(axes, imgs, (exact_title, name, "|error|")):
             im = ax.imshow(img, origin="lower", extent=extent, aspect="auto",
                            cmap="RdBu_r" if title != "|error|" else "magma")
             ax.set_title(title + suffix)

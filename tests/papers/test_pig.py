@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from datamodules.pig_data import (PROBLEMS, PigDataModule, allen_cahn_grid, allen_cahn_initial, flow_mixing_exact,
-                                  flow_mixing_velocity, helmholtz_exact, helmholtz_source)
+                                  flow_mixing_velocity, helmholtz_exact, helmholtz_source, klein_gordon_exact,
+                                  klein_gordon_source, load_nonlinear_diffusion_npy, nonlinear_diffusion_initial,
+                                  nonlinear_diffusion_reference)
 from launch.check import run_claim
 from lit_models.common.pde import relative_l2
 from lit_models.pde.pig import GaussianFeatures, PIGModule, PIGNet, grid_means_and_sigma, pde_residual
@@ -308,7 +311,8 @@ def _random_module(problem, laplacian, seed=0):
     return m
 
 
-@pytest.mark.parametrize("problem", ["allen_cahn", "flow_mixing3d", "helmholtz2d"])
+@pytest.mark.parametrize("problem", ["allen_cahn", "flow_mixing3d", "helmholtz2d", "klein_gordon3d",
+                                     "nonlinear_diffusion3d"])
 def test_derivatives_match_finite_differences_and_autograd_equals_analytic(problem):
     torch.manual_seed(1)
     x = _in_box(problem, 25)
@@ -453,3 +457,214 @@ def test_claim_adaptive_gaussians_and_fails_when_frozen():
     assert result.passed, result.report()
     swapped = run_claim("pig", "adaptive_gaussians", swap_baseline=True)
     assert not swapped.passed, swapped.report()
+
+
+# ------------------------------------------------------------------------------ Klein-Gordon, nonlinear diffusion
+
+SMALL_KG = ["data.n_collocation=64", "data.n_boundary=8", "data.n_initial=16", "data.eval_grid=6",
+            "model.num_gaussians=16", "data.resample_every=1", "trainer.check_val_every_n_epoch=1"]
+SMALL_ND = ["data.n_collocation=64", "data.n_boundary=8", "data.n_initial=16", "data.nd_grid=11", "data.nd_snapshots=6",
+            "data.nd_refine=1", "model.num_gaussians=16", "model.chunk_size=null", "data.resample_every=1",
+            "trainer.check_val_every_n_epoch=1"]
+
+
+@pytest.mark.parametrize("laplacian", ["analytic", "autograd"])
+def test_fast_contract_klein_gordon3d(laplacian):
+    run = fast_run("pig/klein_gordon3d", *SMALL_KG, f"model.laplacian={laplacian}")
+    run.assert_contract()
+    for key in ("test/rel_l2", "test/mean_sigma", "val/rel_l2", "train/initial_loss", "train/boundary_loss"):
+        assert key in run.metrics, sorted(run.metrics)
+    assert run.model.hparams.problem == "klein_gordon3d" and run.model.hparams.sigma_init == 0.5
+    assert (run.model.f_scale, run.model.initial_weight, run.model.boundary_weight) == (1.0, 1.0, 1.0)
+    assert run.model(torch.rand(5, 3)).shape == (5, 1)
+    figs = run.model.figures()
+    assert set(figs) == {"field", "gaussians"}
+    _close(figs)
+
+
+@pytest.mark.parametrize("laplacian", ["analytic", "autograd"])
+def test_fast_contract_nonlinear_diffusion3d(laplacian):
+    run = fast_run("pig/nonlinear_diffusion3d", *SMALL_ND, f"model.laplacian={laplacian}")
+    run.assert_contract()
+    for key in ("test/rel_l2", "test/mean_sigma", "val/rel_l2", "train/initial_loss", "train/boundary_loss"):
+        assert key in run.metrics, sorted(run.metrics)
+    m = run.model
+    assert m.hparams.problem == "nonlinear_diffusion3d" and m.hparams.nonlinear_diffusivity == 0.05
+    assert m.hparams.sigma_init == 0.2 and (m.f_scale, m.initial_weight, m.boundary_weight) == (1.0, 1.0, 1.0)
+    figs = m.figures()
+    assert set(figs) == {"field", "gaussians"}
+    _close(figs)
+
+
+def test_paper_scale_variants_have_the_official_settings():
+    """Official klein_gordon3d_pig.sh / diffusion3d_pig.sh (nc = 16, PINN branch), see the variants' headers."""
+    from launch import config as zconfig
+
+    kg = zconfig.compose(["experiment=pig/klein_gordon3d"])
+    assert (kg.data.n_collocation, kg.data.n_initial, kg.data.n_boundary) == (4096, 256, 256)
+    assert kg.data.resample_every == 100
+    assert (kg.model.num_gaussians, kg.model.sigma_init, kg.model.optimizer.lr) == (100, 0.5, 0.01)
+    assert kg.data.eval_grid == 50 and kg.trainer.max_steps == 50001 and kg.claims is None
+    nd = zconfig.compose(["experiment=pig/nonlinear_diffusion3d"])
+    assert (nd.data.n_collocation, nd.data.n_initial, nd.data.n_boundary) == (4096, 256, 256)
+    assert nd.data.resample_every == 100
+    assert (nd.model.num_gaussians, nd.model.sigma_init, nd.model.optimizer.lr) == (4000, 0.2, 1.0e-3)
+    assert (nd.data.nd_grid, nd.data.nd_snapshots) == (101, 101) and nd.trainer.max_steps == 100000
+    assert nd.claims is None
+    for cfg in (kg, nd):
+        assert cfg.model.scheduler.gamma == pytest.approx(0.9 ** (1 / 2000), rel=1e-8)
+        assert (cfg.model.channels, cfg.model.hidden_dim, cfg.model.num_layers) == (4, 16, 2)
+
+
+def test_klein_gordon_closed_form_solves_the_pde():
+    """u = (x + y) cos(2t) + xy sin(2t) with f = u^2 - 4u makes u_tt - u_xx - u_yy + u^2 - f vanish (autograd)."""
+    torch.manual_seed(0)
+    x = _in_box("klein_gordon3d", 400)
+    u, du, d2 = _autograd_derivatives(klein_gordon_exact, x)
+    res = pde_residual("klein_gordon3d", u, du, d2, {"f": klein_gordon_source(x)})
+    assert d2[:, 0].abs().max() > 0.5 and (u**2).max() > 0.5  # the terms are not trivially zero
+    assert res.abs().max() < 1e-12
+    p = torch.tensor([[0.7, 0.3, -0.6]], dtype=torch.float64)
+    expect = (0.3 - 0.6) * math.cos(1.4) + 0.3 * -0.6 * math.sin(1.4)
+    assert float(klein_gordon_exact(p)) == pytest.approx(expect)
+    assert float(klein_gordon_source(p)) == pytest.approx(expect**2 - 4 * expect)
+
+
+def test_nonlinear_diffusion_residual_vanishes_on_exact_solutions():
+    """Two closed-form solutions of u_t = a (u_x^2 + u u_xx + u_y^2 + u u_yy): the quadratic
+    u = (x^2 + y^2) / (c - 8 a t) (every term of the residual non-zero) and the linear
+    u = 0.5 + 0.3x - 0.2y + a (0.3^2 + 0.2^2) t."""
+    a, c = 0.05, 2.0
+
+    def quadratic(txy):
+        return ((txy[:, 1] ** 2 + txy[:, 2] ** 2) / (c - 8 * a * txy[:, 0]))[:, None]
+
+    torch.manual_seed(0)
+    x = _in_box("nonlinear_diffusion3d", 300)
+    u, du, d2 = _autograd_derivatives(quadratic, x)
+    res = pde_residual("nonlinear_diffusion3d", u, du, d2, {})
+    assert du[:, 0].abs().max() > 1e-3 and (u * d2[:, 1]).abs().max() > 0.1
+    assert res.abs().max() < 1e-14
+    # the linear solution (its derivatives written out: autograd has no second-order graph for a linear function)
+    u = (0.5 + 0.3 * x[:, 1] - 0.2 * x[:, 2] + a * (0.3**2 + 0.2**2) * x[:, 0])[:, None]
+    du = torch.tensor([a * (0.3**2 + 0.2**2), 0.3, -0.2], dtype=torch.float64).expand(len(x), 3)
+    assert pde_residual("nonlinear_diffusion3d", u, du, torch.zeros_like(du), {}).abs().max() < 1e-15
+    # a wrong diffusivity leaves a residual
+    u, du, d2 = _autograd_derivatives(quadratic, x)
+    assert pde_residual("nonlinear_diffusion3d", u, du, d2, {}, nonlinear_diffusivity=0.1).abs().max() > 1e-3
+
+
+def test_nonlinear_diffusion_reference_solves_the_pde_and_converges():
+    """The finite-difference + RK4 reference: u(0) = the three bumps, u = 0 on the sides, 0 <= u <= max u(0)
+    (maximum principle), second-order convergence in space (refine 1 -> 2 against 4: differences shrink 4.9x) and
+    the PDE in centred differences on the solver's own grid."""
+    coarse = nonlinear_diffusion_reference(21, 11, 0.05, 1)
+    mid = nonlinear_diffusion_reference(21, 11, 0.05, 2)
+    fine = nonlinear_diffusion_reference(21, 11, 0.05, 4)
+    u = fine["u"]
+    assert u.shape == (11, 21, 21) and fine["t"][-1] == pytest.approx(1.0)
+    xx, yy = np.meshgrid(fine["x"], fine["y"], indexing="ij")
+    u0 = nonlinear_diffusion_initial(xx, yy)
+    np.testing.assert_allclose(u[0, 1:-1, 1:-1], u0[1:-1, 1:-1])
+    assert np.all(u[:, 0] == 0) and np.all(u[:, -1] == 0) and np.all(u[:, :, 0] == 0) and np.all(u[:, :, -1] == 0)
+    assert u.min() >= 0 and u.max() <= u0.max() + 1e-12 and u[-1].max() < 0.9 * u0.max()  # it does diffuse
+    e1 = np.linalg.norm(coarse["u"] - fine["u"])
+    e2 = np.linalg.norm(mid["u"] - fine["u"])
+    assert e2 < e1 / 3, (e1, e2)
+    assert e2 / np.linalg.norm(u) < 5e-3  # h = 0.05 vs 0.025 (the default output grid: 7.5e-5, h = 0.01 vs 0.005)
+    # the solver does what it says: on its own grid (refine 1), centred differences in t of the saved snapshots match
+    # (a/2) lap(u^2) (measured 5.6e-5 relative; the spatial error is what the convergence check above bounds)
+    ref = nonlinear_diffusion_reference(41, 201, 0.05, 1)
+    u, t, h = ref["u"], ref["t"], ref["x"][1] - ref["x"][0]
+    w = u**2
+    lap = (w[:, 2:, 1:-1] + w[:, :-2, 1:-1] + w[:, 1:-1, 2:] + w[:, 1:-1, :-2] - 4 * w[:, 1:-1, 1:-1]) / h**2
+    u_t = (u[2:, 1:-1, 1:-1] - u[:-2, 1:-1, 1:-1]) / (2 * (t[1] - t[0]))
+    res = u_t - 0.025 * lap[1:-1]
+    assert np.linalg.norm(res) < 1e-3 * np.linalg.norm(u_t), np.linalg.norm(res) / np.linalg.norm(u_t)
+
+
+def test_klein_gordon_and_nonlinear_diffusion_datamodules():
+    kg = PigDataModule(name="klein_gordon3d", n_collocation=50, n_boundary=7, n_initial=11, eval_grid=5)
+    a = kg.sample()
+    assert a["x"].shape == (50, 3) and a["f"].shape == (50, 1) and a["x_boundary"].shape == (28, 3)
+    assert torch.all((a["x"][:, 0] >= 0) & (a["x"][:, 0] <= 10)) and torch.all(a["x"][:, 1:].abs() <= 1)
+    assert torch.all(a["x_initial"][:, 0] == 0)
+    xb = a["x_boundary"].reshape(4, 7, 3)
+    assert torch.all(xb[0, :, 1] == -1) and torch.all(xb[1, :, 1] == 1)
+    assert torch.all(xb[2, :, 2] == -1) and torch.all(xb[3, :, 2] == 1)
+    torch.testing.assert_close(a["f"], klein_gordon_source(a["x"]))
+    torch.testing.assert_close(a["u_initial"][:, 0], a["x_initial"][:, 1] + a["x_initial"][:, 2])  # cos 0 = 1
+    torch.testing.assert_close(a["g"], klein_gordon_exact(a["x_boundary"]))
+    ev = kg.eval_item()
+    assert ev["x"].shape == (125, 3) and float(ev["x"][-1, 0]) == 10
+    torch.testing.assert_close(ev["u"], klein_gordon_exact(ev["x"]))
+
+    nd = PigDataModule(name="nonlinear_diffusion3d", n_collocation=40, n_boundary=6, n_initial=9, nd_grid=11,
+                       nd_snapshots=6, nd_refine=1, eval_stride=2)
+    a = nd.sample()
+    assert set(a) == {"x", "x_initial", "u_initial", "x_boundary", "g"}
+    assert torch.all((a["x"][:, 0] >= 0) & (a["x"][:, 0] <= 1)) and torch.all(a["g"] == 0)
+    assert torch.all(a["x_boundary"][:, 1:].abs().max(1).values == 1)
+    torch.testing.assert_close(a["u_initial"][:, 0],
+                               nonlinear_diffusion_initial(a["x_initial"][:, 1], a["x_initial"][:, 2]))
+    ev = nd.eval_item()
+    assert ev["shape"].tolist() == [3, 6, 6] and ev["x"].shape == (108, 3)  # every 2nd of 6 times, 11 nodes
+    ref = nonlinear_diffusion_reference(11, 6, 0.05, 1)
+    torch.testing.assert_close(ev["u"][:, 0].double(), torch.from_numpy(ref["u"][::2, ::2, ::2]).reshape(-1),
+                               rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="no closed form"):
+        nd.exact(a["x"])
+
+
+def test_nonlinear_diffusion_npy_loader(tmp_path):
+    """The official reference format (SPINN data/diffusion3d): heat_gaussian_{t:.2f}.npy, one (G, G) array per
+    snapshot t = 0, 0.01, ..; a local fixture of 3 snapshots on a 5 x 5 grid."""
+    rng = np.random.default_rng(0)
+    fields = rng.random((3, 5, 5))
+    for i, f in enumerate(fields):
+        np.save(tmp_path / f"heat_gaussian_{i * 0.01:.2f}.npy", f)
+    ref = load_nonlinear_diffusion_npy(str(tmp_path), 3)
+    np.testing.assert_allclose(ref["t"], [0.0, 0.01, 0.02])
+    np.testing.assert_array_equal(ref["u"], fields)
+    np.testing.assert_allclose(ref["x"], np.linspace(-1, 1, 5))
+    dm = PigDataModule(name="nonlinear_diffusion3d", nd_snapshots=3, nd_reference_dir=str(tmp_path))
+    ev = dm.eval_item()
+    assert ev["shape"].tolist() == [3, 5, 5]
+    torch.testing.assert_close(ev["u"][:, 0], torch.from_numpy(fields).float().reshape(-1))
+    assert float(ev["x"][1, 2]) == -0.5 and float(ev["x"][25, 0]) == pytest.approx(0.01)  # (t, x, y), y fastest
+    with pytest.raises(FileNotFoundError, match="heat_gaussian_0.03.npy"):
+        load_nonlinear_diffusion_npy(str(tmp_path), 4)
+    np.save(tmp_path / "heat_gaussian_0.02.npy", np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="square"):
+        load_nonlinear_diffusion_npy(str(tmp_path), 3)
+
+
+@pytest.mark.parametrize("problem", ["klein_gordon3d", "nonlinear_diffusion3d"])
+def test_loss_terms_klein_gordon_and_nonlinear_diffusion(problem):
+    dm = PigDataModule(name=problem, n_collocation=40, n_boundary=6, n_initial=9)
+    m = _random_module(problem, "autograd").float()
+    batch = dm.sample()
+    out = m.losses(batch)
+    u, du, d2 = m.derivatives(batch["x"])
+    if problem == "klein_gordon3d":
+        res = d2[:, :1] - d2[:, 1:2] - d2[:, 2:3] + u**2 - batch["f"]
+    else:
+        res = du[:, :1] - 0.05 * (du[:, 1:2] ** 2 + u * d2[:, 1:2] + du[:, 2:3] ** 2 + u * d2[:, 2:3])
+        assert torch.all(d2[:, 0] == 0)  # u_tt is not needed
+    ini = ((m(batch["x_initial"]) - batch["u_initial"]) ** 2).mean()
+    bnd = ((m(batch["x_boundary"]) - batch["g"]) ** 2).mean()
+    torch.testing.assert_close(out["residual"], (res**2).mean())
+    torch.testing.assert_close(out["initial"], ini)
+    torch.testing.assert_close(out["boundary"], bnd)
+    torch.testing.assert_close(out["loss"], (res**2).mean() + ini + bnd)
+
+
+def test_bad_configs_raise_for_the_new_problems():
+    with pytest.raises(ValueError, match="nd_alpha"):
+        PigDataModule(name="nonlinear_diffusion3d", nd_alpha=0.0)
+    with pytest.raises(ValueError, match="nd_grid"):
+        PigDataModule(name="nonlinear_diffusion3d", nd_grid=2)
+    with pytest.raises(ValueError, match="nonlinear_diffusivity"):
+        PIGModule(problem="nonlinear_diffusion3d", nonlinear_diffusivity=-1.0)
+    with pytest.raises(ValueError, match="in_dim"):
+        PIGModule(problem="klein_gordon3d", in_dim=2)
