@@ -41,10 +41,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from datamodules.download import fetch
-from datamodules.dysts_windows import sliding_windows
+from datamodules.dysts_windows import WindowLoaders, sliding_windows
 from launch.errors import UserError
 
 __all__ = ["BASE_URL", "GRANULARITY", "PERIODS", "DystsPrecomputedDataModule", "dataset_filename", "forecast_split",
@@ -146,7 +146,7 @@ def _lyapunov_per_step(name: str, dt: float) -> float | None:
     return lyap * dt if np.isfinite(lyap * dt) else None
 
 
-class DystsPrecomputedDataModule(L.LightningDataModule):
+class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
     """The paper's published benchmark trajectories of one system (Sec. 3 datasets, Sec. 4 forecasting split)."""
 
     def __init__(
@@ -205,22 +205,3 @@ class DystsPrecomputedDataModule(L.LightningDataModule):
         self.test_set = TensorDataset(as_t(xte), as_t(yte))
         self._loaded = True
 
-    @staticmethod
-    def _collate(items):
-        x, y = zip(*items)
-        return {"x": torch.stack(x), "y": torch.stack(y)}
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        gen = torch.Generator().manual_seed(int(self.hparams.seed))
-        batch = min(int(self.hparams.batch_size), len(self.train_set))
-        return DataLoader(self.train_set, batch_size=batch, shuffle=True, generator=gen, drop_last=True,
-                          collate_fn=self._collate)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(self.val_set, batch_size=self.hparams.eval_batch_size, collate_fn=self._collate)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(self.test_set, batch_size=self.hparams.eval_batch_size, collate_fn=self._collate)

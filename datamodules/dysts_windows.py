@@ -56,7 +56,36 @@ def sliding_windows(series: np.ndarray, lags: int, horizon: int, stride: int = 1
     return w[:, :lags], w[:, lags:]
 
 
-class DystsWindowsDataModule(L.LightningDataModule):
+class WindowLoaders:
+    """Loaders over TensorDatasets of (input window, target window) pairs: `train_set` (shuffled with a generator
+    seeded by `hparams.seed`, whole batches), `val_set` (the test set when a module has none) and `test_set`,
+    batches as {"x": (B, lags), "y": (B, horizon)}."""
+
+    @staticmethod
+    def _collate(items):
+        x, y = zip(*items)
+        return {"x": torch.stack(x), "y": torch.stack(y)}
+
+    def _eval_loader(self, dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, collate_fn=self._collate)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        gen = torch.Generator().manual_seed(int(self.hparams.seed))
+        batch = min(int(self.hparams.batch_size), len(self.train_set))
+        return DataLoader(self.train_set, batch_size=batch, shuffle=True, generator=gen, drop_last=True,
+                          collate_fn=self._collate)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._eval_loader(getattr(self, "val_set", self.test_set))
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._eval_loader(self.test_set)
+
+
+class DystsWindowsDataModule(WindowLoaders, L.LightningDataModule):
     def __init__(
         self,
         name: str = "Rossler",
@@ -97,20 +126,3 @@ class DystsWindowsDataModule(L.LightningDataModule):
         self.test_set = TensorDataset(as_t(xte), as_t(yte))
         self._loaded = True
 
-    @staticmethod
-    def _collate(items):
-        x, y = zip(*items)
-        return {"x": torch.stack(x), "y": torch.stack(y)}
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        gen = torch.Generator().manual_seed(int(self.hparams.seed))
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, generator=gen,
-                          drop_last=True, collate_fn=self._collate)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(self.test_set, batch_size=self.hparams.eval_batch_size, collate_fn=self._collate)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()

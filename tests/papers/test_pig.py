@@ -468,29 +468,24 @@ SMALL_ND = ["data.n_collocation=64", "data.n_boundary=8", "data.n_initial=16", "
             "trainer.check_val_every_n_epoch=1"]
 
 
-@pytest.mark.parametrize("laplacian", ["analytic", "autograd"])
-def test_fast_contract_klein_gordon3d(laplacian):
-    run = fast_run("pig/klein_gordon3d", *SMALL_KG, f"model.laplacian={laplacian}")
-    run.assert_contract()
-    for key in ("test/rel_l2", "test/mean_sigma", "val/rel_l2", "train/initial_loss", "train/boundary_loss"):
-        assert key in run.metrics, sorted(run.metrics)
-    assert run.model.hparams.problem == "klein_gordon3d" and run.model.hparams.sigma_init == 0.5
-    assert (run.model.f_scale, run.model.initial_weight, run.model.boundary_weight) == (1.0, 1.0, 1.0)
-    assert run.model(torch.rand(5, 3)).shape == (5, 1)
-    figs = run.model.figures()
-    assert set(figs) == {"field", "gaussians"}
-    _close(figs)
+THREE_D = {  # variant: (small overrides, hyperparameters the variant must set)
+    "klein_gordon3d": (SMALL_KG, {"sigma_init": 0.5}),
+    "nonlinear_diffusion3d": (SMALL_ND, {"sigma_init": 0.2, "nonlinear_diffusivity": 0.05}),
+}
 
 
 @pytest.mark.parametrize("laplacian", ["analytic", "autograd"])
-def test_fast_contract_nonlinear_diffusion3d(laplacian):
-    run = fast_run("pig/nonlinear_diffusion3d", *SMALL_ND, f"model.laplacian={laplacian}")
+@pytest.mark.parametrize("problem", list(THREE_D))
+def test_fast_contract_3d_problems(problem, laplacian):
+    small, expected = THREE_D[problem]
+    run = fast_run(f"pig/{problem}", *small, f"model.laplacian={laplacian}")
     run.assert_contract()
     for key in ("test/rel_l2", "test/mean_sigma", "val/rel_l2", "train/initial_loss", "train/boundary_loss"):
         assert key in run.metrics, sorted(run.metrics)
     m = run.model
-    assert m.hparams.problem == "nonlinear_diffusion3d" and m.hparams.nonlinear_diffusivity == 0.05
-    assert m.hparams.sigma_init == 0.2 and (m.f_scale, m.initial_weight, m.boundary_weight) == (1.0, 1.0, 1.0)
+    assert m.hparams.problem == problem and {k: m.hparams[k] for k in expected} == expected
+    assert (m.f_scale, m.initial_weight, m.boundary_weight) == (1.0, 1.0, 1.0)
+    assert m(torch.rand(5, 3)).shape == (5, 1)
     figs = m.figures()
     assert set(figs) == {"field", "gaussians"}
     _close(figs)
@@ -659,12 +654,12 @@ def test_loss_terms_klein_gordon_and_nonlinear_diffusion(problem):
     torch.testing.assert_close(out["loss"], (res**2).mean() + ini + bnd)
 
 
-def test_bad_configs_raise_for_the_new_problems():
-    with pytest.raises(ValueError, match="nd_alpha"):
-        PigDataModule(name="nonlinear_diffusion3d", nd_alpha=0.0)
-    with pytest.raises(ValueError, match="nd_grid"):
-        PigDataModule(name="nonlinear_diffusion3d", nd_grid=2)
-    with pytest.raises(ValueError, match="nonlinear_diffusivity"):
-        PIGModule(problem="nonlinear_diffusion3d", nonlinear_diffusivity=-1.0)
-    with pytest.raises(ValueError, match="in_dim"):
-        PIGModule(problem="klein_gordon3d", in_dim=2)
+@pytest.mark.parametrize("build,match", [
+    (lambda: PigDataModule(name="nonlinear_diffusion3d", nd_alpha=0.0), "nd_alpha"),
+    (lambda: PigDataModule(name="nonlinear_diffusion3d", nd_grid=2), "nd_grid"),
+    (lambda: PIGModule(problem="nonlinear_diffusion3d", nonlinear_diffusivity=-1.0), "nonlinear_diffusivity"),
+    (lambda: PIGModule(problem="klein_gordon3d", in_dim=2), "in_dim"),
+])
+def test_bad_configs_raise_for_the_new_problems(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
