@@ -34,8 +34,12 @@ functions, and exact Monge-Ampere (MA) targets where they exist (separable monit
   with the same boundary spacing (`M.unstructured_square_mesh`, Poisson-disc interior nodes, about n^2 nodes, one
   mesh per graph); the separable MA targets stay exact (node-wise maps) and n_side is then the boundary node count
   per side (nominal cell width 1 / (n_side - 1)).
-  name="um2n_helmholtz": the paper's Firedrake-generated Helmholtz datasets are not readable here (see
-  `configs/experiment/um2n/helmholtz.yaml`): a clear error.
+  name="um2n_helmholtz": the paper's Firedrake/`movement` Helmholtz datasets (UM2N README, Google Drive, no checksum)
+  read by `datamodules.um2n_helmholtz` (file format and key mapping there; the files are pickles: trusted files
+  only). `data_dir` is one dataset folder (`z=<0,1>_ndist=None_max_dist=6_lc=0.05_n=300_aniso_full_meshtype_6`) or the
+  folder holding the `dataset_dirs` (names relative to it); training graphs come from each dataset's `train_subdir`
+  (train/), test graphs from its `test_subdir` (test/). Same graph layout as above with kind = 2 (target read from a
+  file, params NaN, n_side = boundary nodes per side); n_train, train_sizes, mesh and the test_* keys are unused.
 """
 from __future__ import annotations
 
@@ -310,7 +314,8 @@ class MeshGraphDataModule(L.LightningDataModule):
     def __init__(self, name: str = "separable", n_train: int = 600, train_sizes: tuple = (15, 20),
                  test_size: int = 35, n_test_fronts: int = 4, test_k: float = 20.0, n_test_bumps: int = 4,
                  bump_test_size: int = 20, batch_size: int = 3, mesh: str = "structured",
-                 test_mesh: str | None = None, data_dir: str | None = None, seed: int = 0) -> None:
+                 test_mesh: str | None = None, data_dir: str | None = None, dataset_dirs: list | None = None,
+                 train_subdir: str = "train", test_subdir: str = "test", seed: int = 0) -> None:
         super().__init__()
         if name not in ("separable", "um2n_helmholtz"):
             raise ValueError(f"unknown UM2N dataset {name!r}; available: 'separable' (offline), 'um2n_helmholtz'")
@@ -329,12 +334,27 @@ class MeshGraphDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         if hp.name == "um2n_helmholtz":
-            raise UserError("the UM2N Helmholtz datasets (Google Drive, UM2N README) are Firedrake/`movement` outputs "
-                            "without a documented file format; no loader exists here (use data.name=separable)")
+            from datamodules.um2n_helmholtz import load_graphs
+
+            roots = self._helmholtz_dirs()
+            train = [g for r in roots for g in load_graphs(r / (hp.train_subdir or "."))]
+            test = [g for r in roots for g in load_graphs(r / (hp.test_subdir or "."))]
+            self.train_set, self._test_sets["file"] = _List(train), _List(test)
+            return
         rng = np.random.default_rng(self.seed)
         sizes = list(hp.train_sizes)
         self.train_set = _List([separable_graph(sizes[i % len(sizes)], rng, *self._mesh_draw(hp.mesh, rng))
                                 for i in range(hp.n_train)])
+
+    def _helmholtz_dirs(self) -> list[Path]:
+        hp = self.hparams
+        if not hp.data_dir:
+            raise UserError("data.name=um2n_helmholtz needs data.data_dir: the downloaded UM2N Helmholtz dataset folder "
+                            "(Google Drive link in the mesh-adaptation/UM2N README; see configs/experiment/um2n/"
+                            "helmholtz.yaml), or use data.name=separable (offline)")
+        root = Path(hp.data_dir).expanduser()
+        subs = [hp.dataset_dirs] if isinstance(hp.dataset_dirs, str) else list(hp.dataset_dirs or [])
+        return [root / s for s in subs] if subs else [root]
 
     @staticmethod
     def _mesh_draw(mesh: str, rng: np.random.Generator) -> tuple[str, int]:
@@ -345,6 +365,10 @@ class MeshGraphDataModule(L.LightningDataModule):
     def test_set(self) -> _List:
         """The zero-shot test graphs for the current `test_mesh` (built once per mesh kind)."""
         hp = self.hparams
+        if hp.name == "um2n_helmholtz":  # the datasets' own test split (read in setup)
+            if "file" not in self._test_sets:
+                self.setup("test")
+            return self._test_sets["file"]
         mesh = hp.test_mesh or hp.mesh
         if mesh not in MESH_KINDS:
             raise ValueError(f"test_mesh must be one of {', '.join(MESH_KINDS)}, got {mesh!r}")

@@ -50,7 +50,7 @@ def test_bad_config_raises():
         UM2NModule(coord_weight=0.0, area_weight=0.0)
     from launch.errors import UserError
 
-    with pytest.raises(UserError, match="documented file format"):
+    with pytest.raises(UserError, match="needs data.data_dir"):
         MeshGraphDataModule(name="um2n_helmholtz").setup()
     with pytest.raises(ValueError):
         MeshGraphDataModule(name="tohoku")
