@@ -19,13 +19,25 @@ multiplies the head by b(xi) = x^2 y^2 (x-1)^2 (y-1)^2 (the code's hard constrai
 dropped to avoid double counting). `mover="identity"` is the fixed-mesh baseline x = xi; `mover="direct"` is the
 card's "outputs x directly" baseline: the same network with a 2-vector head gives the displacement d(u, xi), x = xi + d,
 trained with the same losses on its Jacobian I + grad d (no potential, so no symmetric Hessian and no Brenier
-convexity structure; the convexity term then acts on the Jacobian's diagonal). The code's optional
-random-feature / BFGS refinement of the last layer and the MM-PDE solver that
-consumes the moved mesh (paper Sec. 3.2) are not part of this module.
+convexity structure; the convexity term then acts on the Jacobian's diagonal). The MM-PDE solver that consumes the
+moved mesh (paper Sec. 3.2) is not part of this module.
+
+Random-feature method (`rf_*`; official `dmm.py` arguments `rf`, `rf_opt_alg='BFGS'`, `epochs_rf=5`, `max_iter=300`,
+`batch_size_u_rf=20`, `batch_size_x_rf=16`, `convex_rel=0`, run by `dmm_utils.train_MA_res` after the Adam epochs):
+the hidden layers are frozen and their last activations f(u, xi) (the input of the head's bias-free last linear
+layer) become fixed random features, so phi = w . f and grad phi, Hess phi are linear in w with the features'
+xi-derivatives as coefficients (computed once per epoch, here by forward-mode autodiff); each epoch draws a fresh
+sample (rf_fields fields x rf_points points ~ m, rf_points / 4 boundary points per edge) and minimises the same loss
+(w_in MA residual + w_bd boundary + w_cvx convexity, + rf_convex_rel |w|^4) over w alone with BFGS (strong-Wolfe
+line search, up to rf_max_iter iterations), starting from the Adam weights. Here the epochs are the last `rf_epochs`
+optimisation steps of the run (`lit_models.common.lbfgs.LBFGSPhase`), each one `torch.optim.LBFGS.step` over the
+last layer's weight with a history as long as the iteration budget (L-BFGS with full memory is BFGS up to the scaling
+of the initial inverse Hessian) and restarted every epoch, as the official `torchmin.minimize(method='bfgs')` call.
 """
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_models.common import mesh as M
+from lit_models.common.lbfgs import LBFGSPhase
 from lit_models.common.pde import no_autocast
 
 
@@ -113,6 +126,12 @@ class DMMNet(nn.Module):
         self.head[-1] = nn.Linear(last.in_features, last.out_features, bias=False)
         self.boundary = boundary
 
+    @staticmethod
+    def boundary_factor(xi: Tensor) -> Tensor:
+        """b(xi) = x^2 y^2 (x - 1)^2 (y - 1)^2 of the hard boundary constraint."""
+        x, y = xi[..., 0], xi[..., 1]
+        return (x * y * (x - 1) * (y - 1)) ** 2
+
     def forward(self, u: Tensor, xi: Tensor) -> Tensor:
         """u (B, 1, G, G), xi (B, P, 2) -> phi (B, P) (out_dim 1) or a displacement (B, P, 2) (out_dim 2)."""
         b = self.branch(u)[:, None].expand(-1, xi.shape[1], -1)
@@ -121,9 +140,16 @@ class DMMNet(nn.Module):
             return out
         phi = out[..., 0]
         if self.boundary == "hard":
-            x, y = xi[..., 0], xi[..., 1]
-            phi = phi * (x * y * (x - 1) * (y - 1)) ** 2
+            phi = phi * self.boundary_factor(xi)
         return phi
+
+    def point_features(self, b: Tensor, xi: Tensor) -> Tensor:
+        """The random features of one point: branch output b (D,) and xi (2,) -> the head's last hidden activations
+        (H,) (times b(xi) under the hard boundary), so that the network's output is head[-1].weight @ features."""
+        f = self.head[:-1](torch.cat([b, self.trunk(xi)], -1))
+        if self.boundary == "hard" and self.head[-1].out_features == 1:
+            f = f * self.boundary_factor(xi)
+        return f
 
 
 def sample_monitor(monitor: Tensor, x: Tensor) -> Tensor:
@@ -156,7 +182,7 @@ DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=2e-4, weight_decay=1e
 DEFAULT_SCHEDULER = functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[100, 150], gamma=0.2)
 
 
-class DataFreeMeshMoverModule(L.LightningModule):
+class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
     """Trains the DMM with the MA residual + boundary + convexity losses (Sec. 3.1); evaluates the moved meshes.
 
     Metrics (test/, val/ only the first): `ma_residual` (per field, median |m(x) det(J)/c - 1| over `n_eval_points`
@@ -165,6 +191,12 @@ class DataFreeMeshMoverModule(L.LightningModule):
     `eval_nodes` mesh, summed over fields), and on fields with an exact MA target (axis-aligned fronts, separable
     monitor): `interp_ratio` (RMS P1 interpolation error of u on the moved / uniform mesh, 20,000 random points) and
     `node_rmse_cells` (node RMSE to the exact mesh / cell width).
+
+    Random-feature method (official `rf`, on with the paper's values: `rf_epochs=5`): the last `rf_epochs` steps of
+    the run (trainer.max_steps, or max_epochs x the epoch length) are BFGS epochs over the head's last-layer weight
+    only (see the module docstring); each takes its first `rf_fields` fields of the training batch. Logged:
+    `train/rf_loss_start` (the loss on the epoch's sample before BFGS) and `train/loss` (the same loss, last
+    evaluation of the solve). Nothing to refine for `mover="identity"` (the phase is skipped).
     """
 
     def __init__(self, branch_channels: list[int] = (8, 16, 8, 1), branch_fc: list[int] = (1024,), grid: int = 48,
@@ -173,9 +205,15 @@ class DataFreeMeshMoverModule(L.LightningModule):
                  n_points: int = 120, n_boundary: int = 30,
                  w_interior: float = 1.0, w_boundary: float = 1000.0, w_convex: float = 1.0, det_term: bool = True,
                  n_eval_points: int = 2000, eval_nodes: int = 20, n_interp_points: int = 20000,
+                 rf_epochs: int = 5, rf_max_iter: int = 300, rf_fields: int = 20, rf_points: int = 16,
+                 rf_convex_rel: float = 0.0,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
                  scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER) -> None:
         super().__init__()
+        if rf_epochs < 0 or rf_max_iter < 1 or rf_fields < 1 or rf_points < 1 or rf_convex_rel < 0:
+            raise ValueError(f"random-feature method: need rf_epochs >= 0, rf_max_iter >= 1, rf_fields >= 1, "
+                             f"rf_points >= 1 and rf_convex_rel >= 0, got {rf_epochs}, {rf_max_iter}, {rf_fields}, "
+                             f"{rf_points}, {rf_convex_rel}")
         if mover not in ("dmm", "identity", "direct"):
             raise ValueError(f"mover must be 'dmm', 'identity' or 'direct', got {mover!r}")
         if mover == "direct" and boundary != "soft":
@@ -193,6 +231,13 @@ class DataFreeMeshMoverModule(L.LightningModule):
         self.net = DMMNet(list(branch_channels), list(trunk_layers), list(head_layers), boundary, trunk_init_scale,
                           grid, list(branch_fc), out_dim=2 if mover == "direct" else 1)
         self._last: dict[str, Any] | None = None
+        # the random-feature BFGS epochs: LBFGSPhase switches to `make_lbfgs` for the last rf_epochs steps
+        self.lbfgs_steps = rf_epochs if mover != "identity" else 0
+        self.lbfgs_options = {"lr": 1.0, "max_iter": rf_max_iter, "max_eval": 26 * rf_max_iter,
+                              "history_size": rf_max_iter, "line_search_fn": "strong_wolfe",
+                              # torchmin.minimize(tol=0): gtol 0; its default xtol / gtd_tol 1e-9
+                              "tolerance_grad": 0.0, "tolerance_change": 1e-9}
+        self._rf_cache: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------------ the mesh map
     @property
@@ -237,33 +282,169 @@ class DataFreeMeshMoverModule(L.LightningModule):
         det term, r = m(x(xi)) / c - 1; training only). The MA residual of Eq. 3, autocast off, in the network's
         dtype."""
         x, hess, _ = self.mesh_map(batch["u"], xi, create_graph)
+        return self._residual_at(batch, x, hess, with_det), hess
+
+    def _residual_at(self, batch: dict[str, Tensor], x: Tensor, hess: Tensor, with_det: bool = True) -> Tensor:
         with torch.inference_mode(False), no_autocast(x.device.type):
             m = sample_monitor(self._cast(batch["monitor"]).clone(), x)
             det = self.det(hess) if with_det else 1.0
-            return m * det / self._cast(batch["c"]).clone()[:, None] - 1.0, hess
+            return m * det / self._cast(batch["c"]).clone()[:, None] - 1.0
 
     # ------------------------------------------------------------------------------------------------ training
+    def _loss(self, r: Tensor, hess: Tensor, gn: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """w_in mean r^2 + w_cvx convexity (+ w_bd mean gn^2, gn the boundary normal displacements, soft boundary)."""
+        hp = self.hparams
+        parts = {"loss_interior": torch.mean(r**2),
+                 "loss_convex": torch.mean(F.relu(-(1 + hess[..., 0, 0])) ** 2 + F.relu(-(1 + hess[..., 1, 1])) ** 2)}
+        loss = hp.w_interior * parts["loss_interior"] + hp.w_convex * parts["loss_convex"]
+        if gn is not None:
+            parts["loss_boundary"] = torch.mean(gn**2)
+            loss = loss + hp.w_boundary * parts["loss_boundary"]
+        return loss, parts
+
+    @staticmethod
+    def _normal(g: Tensor, normal: Tensor) -> Tensor:
+        return torch.gather(g, -1, normal[None, :, None].expand(g.shape[0], -1, 1))[..., 0]
+
+    def _log_train(self, loss: Tensor, parts: dict[str, Tensor], batch_size: int) -> None:
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        for k, v in parts.items():
+            self.log(f"train/{k}", v, on_step=True, on_epoch=False, batch_size=batch_size)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
         hp = self.hparams
         if hp.mover == "identity":  # nothing to learn: a zero loss keeps the step count
             return sum(p.sum() for p in self.parameters()) * 0.0
+        if self._lbfgs_active:
+            return self._rf_training_step(batch)
         with no_autocast(self.device.type):
             xi = importance_points(self._cast(batch["monitor"]), hp.n_points)
             r, hess = self.residual(batch, xi, with_det=hp.det_term)
-            loss_in = torch.mean(r**2)
-            loss_cvx = torch.mean(F.relu(-(1 + hess[..., 0, 0])) ** 2 + F.relu(-(1 + hess[..., 1, 1])) ** 2)
-            loss = hp.w_interior * loss_in + hp.w_convex * loss_cvx
+            gn = None
             if hp.boundary == "soft":
                 pb, normal = boundary_points(xi.shape[0], hp.n_boundary, xi.device, xi.dtype)
                 _, _, g = self.mesh_map(batch["u"], pb)
-                gn = torch.gather(g, -1, normal[None, :, None].expand(g.shape[0], -1, 1))[..., 0]
-                loss_bd = torch.mean(gn**2)
-                loss = loss + hp.w_boundary * loss_bd
-                self.log("train/loss_boundary", loss_bd, on_step=True, on_epoch=False, batch_size=xi.shape[0])
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=xi.shape[0])
-        self.log("train/loss_interior", loss_in, on_step=True, on_epoch=False, batch_size=xi.shape[0])
-        self.log("train/loss_convex", loss_cvx, on_step=True, on_epoch=False, batch_size=xi.shape[0])
+                gn = self._normal(g, normal)
+            loss, parts = self._loss(r, hess, gn)
+        self._log_train(loss, parts, xi.shape[0])
         return loss
+
+    # ------------------------------------------------------------------------- random-feature (BFGS) epochs
+    def random_features(self, u: Tensor, xi: Tensor, second: bool = True) -> tuple[Tensor, Tensor | None]:
+        """The frozen network's random features at xi (B, P, 2), as coefficients of the last-layer weight rows:
+        (map (B, P, 2, H), jac (B, P, 2, 2, H) or None) with map[..., i, :] . W_i = the map's i-th displacement and
+        jac[..., i, j, :] . W_i = its derivative d/d xi_j, W_i the weight row of output i (the single row w for the
+        potential: grad phi and Hess phi; the two rows for mover="direct": d and its Jacobian). Forward-mode
+        derivatives of `DMMNet.point_features`, no graph to the network's parameters."""
+        net = self.net
+        B, P, _ = xi.shape
+        with no_autocast(xi.device.type), torch.inference_mode(False), torch.no_grad():
+            b = net.branch(self._cast(u).clone())
+            bf = b[:, None].expand(-1, P, -1).reshape(B * P, -1)
+            xf = self._cast(xi).clone().reshape(B * P, 2)
+            f = net.point_features
+            d1 = torch.func.vmap(torch.func.jacfwd(f, argnums=1))(bf, xf)  # (N, H, 2)
+            H = d1.shape[1]
+            if self.hparams.mover == "direct":
+                d0 = torch.func.vmap(f)(bf, xf)  # (N, H)
+                mp = d0[:, None].expand(-1, 2, -1)
+                jac = d1.transpose(1, 2)[:, None].expand(-1, 2, -1, -1) if second else None
+            else:
+                mp = d1.transpose(1, 2)
+                jac = None
+                if second:
+                    d2 = torch.func.vmap(torch.func.jacfwd(torch.func.jacfwd(f, argnums=1), argnums=1))(bf, xf)
+                    jac = d2.permute(0, 2, 3, 1)  # (N, 2, 2, H)
+        mp = mp.reshape(B, P, 2, H)
+        return mp, (jac.reshape(B, P, 2, 2, H) if jac is not None else None)
+
+    def _rf_weight_rows(self) -> Tensor:
+        w = self.net.head[-1].weight  # (out_dim, H): the only parameter of the random-feature method
+        return w.expand(2, -1) if w.shape[0] == 1 else w
+
+    def rf_sample(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        """One random-feature epoch's sample (official: batch_size_u_rf fields x batch_size_x_rf points ~ m,
+        batch_size_x_rf / 4 points per edge) with the frozen features at its points."""
+        hp = self.hparams
+        B = batch["u"].shape[0]
+        if B < hp.rf_fields:
+            raise ValueError(f"the random-feature BFGS epochs take rf_fields={hp.rf_fields} fields from the training "
+                             f"batch, which has {B}: lower model.rf_fields or raise data.batch_size")
+        sub = {k: batch[k][: hp.rf_fields] for k in ("u", "monitor", "c")}
+        xi = importance_points(self._cast(sub["monitor"]), hp.rf_points)
+        mp, jac = self.random_features(sub["u"], xi)
+        cache = {"batch": sub, "xi": self._cast(xi), "map": mp, "jac": jac}
+        if hp.boundary == "soft":
+            pb, normal = boundary_points(hp.rf_fields, max(1, hp.rf_points // 4), xi.device, self.net_dtype)
+            cache |= {"xi_boundary": pb, "normal": normal,
+                      "map_boundary": self.random_features(sub["u"], pb, second=False)[0]}
+        return cache
+
+    def rf_objective(self, cache: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The random-feature loss on a sample: the training loss with the map linear in the last-layer weight,
+        + rf_convex_rel |w|^4 (official convex_rel, 0 by default)."""
+        hp = self.hparams
+        wr = self._rf_weight_rows()
+        with no_autocast(wr.device.type):
+            g = torch.einsum("bpik,ik->bpi", cache["map"], wr)
+            hess = torch.einsum("bpijk,ik->bpij", cache["jac"], wr)
+            r = self._residual_at(cache["batch"], cache["xi"] + g, hess, with_det=hp.det_term)
+            gn = None
+            if "map_boundary" in cache:
+                gn = self._normal(torch.einsum("bpik,ik->bpi", cache["map_boundary"], wr), cache["normal"])
+            loss, parts = self._loss(r, hess, gn)
+            if hp.rf_convex_rel:
+                loss = loss + hp.rf_convex_rel * self.net.head[-1].weight.pow(2).sum() ** 2
+        return loss, parts
+
+    def network_objective(self, cache: dict[str, Any]) -> Tensor:
+        """The training loss of the full network at a random-feature sample's points (equals `rf_objective` up to
+        rounding and the |w|^4 term; a check of the features' derivatives)."""
+        r, hess = self.residual(cache["batch"], cache["xi"], with_det=self.hparams.det_term)
+        gn = None
+        if "xi_boundary" in cache:
+            gn = self._normal(self.mesh_map(cache["batch"]["u"], cache["xi_boundary"])[2], cache["normal"])
+        return self._loss(r, hess, gn)[0]
+
+    def _rf_training_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """One BFGS epoch = one step: the L-BFGS closure calls this for every evaluation; the sample and its
+        features are drawn on the first call (`on_train_batch_start` clears them)."""
+        if self._rf_cache is None:
+            self._rf_cache = self.rf_sample(batch)
+        cache = self._rf_cache
+        loss, parts = self.rf_objective(cache)
+        n = cache["xi"].shape[0]
+        if "start_loss" not in cache:
+            cache["start_loss"] = loss.detach()
+            self.log("train/rf_loss_start", loss.detach(), on_step=True, on_epoch=False, batch_size=n)
+        self._log_train(loss, parts, n)
+        if self.trainer.world_size > 1:
+            # every rank's line search sees the same (global mean) value; DDP averages the local gradients, and
+            # needs a gradient for every parameter
+            loss = loss + (self.all_gather(loss.detach()).mean() - loss.detach())
+            loss = loss + 0.0 * sum(p.sum() for p in self.parameters())
+        return loss
+
+    def make_lbfgs(self) -> torch.optim.LBFGS:
+        return torch.optim.LBFGS([self.net.head[-1].weight], **self.lbfgs_options)
+
+    def _lbfgs_due(self, global_step: int) -> bool:
+        """The random-feature epochs are the last rf_epochs steps of the run (max_steps or max_epochs x epoch)."""
+        if not self.lbfgs_steps:
+            return False
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("the random-feature BFGS epochs need a finite run length (trainer.max_steps or "
+                             "max_epochs with a sized train loader): they are its last rf_epochs steps")
+        return global_step >= max(0, int(total) - self.lbfgs_steps)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        if self._lbfgs_active:
+            # each epoch a fresh sample and a fresh BFGS (official: one torchmin.minimize call per epoch)
+            self._rf_cache = None
+            for opt in self.trainer.optimizers:
+                opt.state.clear()
 
     # --------------------------------------------------------------------------------------------- evaluation
     def _eval_residual(self, batch: dict[str, Tensor]) -> Tensor:
@@ -315,8 +496,9 @@ class DataFreeMeshMoverModule(L.LightningModule):
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}}
+            return self.lbfgs_or(opt)
+        return self.lbfgs_or({"optimizer": opt,
+                              "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}})
 
     def figures(self) -> dict[str, Any]:
         """{"moved_meshes": the moved eval meshes of the first test fields over their monitor (exact MA mesh dashed

@@ -3,6 +3,7 @@ residual pieces (Hessian by autograd, monitor at the moved point, importance sam
 card's small-scale claims."""
 from __future__ import annotations
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -233,6 +234,101 @@ def test_branch_matches_the_official_conv_net_layout():
     assert net.branch(torch.zeros(3, 1, 48, 48)).shape == (3, 512)
     for mlp in (net.trunk, net.head, net.branch.fc):
         assert isinstance(mlp[-1], torch.nn.Linear)
+
+
+RF = ["model.rf_epochs=2", "model.rf_fields=2", "model.rf_max_iter=30"]
+
+
+class RandomFeatureProbe(L.Callback):
+    """Per training step: the optimiser, the parameters after the step and, in the random-feature (BFGS) epochs,
+    the epoch sample's loss before the solve, after it, and recomputed through the full network at the sample."""
+
+    def __init__(self) -> None:
+        self.optimizers: list[str] = []
+        self.params: list[dict[str, torch.Tensor]] = []
+        self.rf: list[tuple[float, float, float]] = []
+        self.last_layer = ""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.optimizers.append(type(trainer.optimizers[0]).__name__)
+        self.last_layer = f"net.head.{len(pl_module.net.head) - 1}.weight"
+        self.params.append({k: v.detach().clone() for k, v in pl_module.named_parameters()})
+        if self.optimizers[-1] == "LBFGS":
+            cache = pl_module._rf_cache
+            after = float(pl_module.rf_objective(cache)[0].detach())
+            self.rf.append((float(cache["start_loss"]), after, float(pl_module.network_objective(cache))))
+
+
+def _rf_run(*overrides, steps=4):
+    from launch import config as zconfig
+    from launch import train
+    from tests.papers.contract import FAST
+
+    probe = RandomFeatureProbe()
+    cfg = zconfig.compose(["experiment=data_free_mesh_mover", *FAST, f"trainer.max_steps={steps}",
+                           f"trainer.limit_train_batches={steps}", *SMALL, "data.steps_per_epoch=4", *overrides])
+    metrics = train.run(cfg, make_run_dir=False, extra_callbacks=[probe])
+    return probe, metrics
+
+
+def test_random_feature_bfgs_epochs_refine_only_the_last_layer():
+    """The official random-feature method (dmm_utils.train_MA_res, `rf=True`): after the Adam steps, the last
+    rf_epochs steps are BFGS solves over the head's last-layer weight alone (hidden layers frozen), each on its own
+    sample, whose loss falls; the random-feature loss equals the full network's loss at the same points."""
+    torch.manual_seed(0)
+    probe, metrics = _rf_run(*RF)
+    assert probe.optimizers == ["Adam", "Adam", "LBFGS", "LBFGS"]
+    before, after = probe.params[1], probe.params[-1]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {probe.last_layer}, changed  # the head's bias-free last linear layer
+    assert len(probe.rf) == 2
+    for start, end, network in probe.rf:
+        assert np.isfinite(start) and np.isfinite(end)
+        assert end < 0.9 * start, probe.rf
+        assert network == pytest.approx(end, rel=1e-4, abs=1e-6), probe.rf
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    assert "train/rf_loss_start" in metrics
+
+
+def test_random_feature_loss_matches_the_network_for_every_mover():
+    """rf_objective (map and Hessian linear in the last-layer weight, features' derivatives by forward-mode AD)
+    equals the training loss of the full network at the same sample: potential (soft and hard boundary) and the
+    direct-displacement baseline."""
+    for kw in ({}, {"boundary": "hard"}, {"mover": "direct"}):
+        torch.manual_seed(0)
+        m = DataFreeMeshMoverModule(**TINY_NET, rf_fields=2, rf_points=12, **kw)
+        batch = {"u": torch.randn(3, 1, 12, 12), "monitor": 1 + torch.rand(3, 12, 12),
+                 "c": torch.tensor([1.5, 1.4, 1.3])}
+        cache = m.rf_sample(batch)
+        assert cache["xi"].shape == (2, 12, 2)
+        rf_loss, rf_parts = m.rf_objective(cache)
+        torch.testing.assert_close(rf_loss, m.network_objective(cache), atol=1e-6, rtol=1e-4)
+        r, _ = m.residual(cache["batch"], cache["xi"])
+        torch.testing.assert_close(rf_parts["loss_interior"], torch.mean(r**2), atol=1e-6, rtol=1e-4)
+        assert ("loss_boundary" in rf_parts) == (kw.get("boundary", "soft") == "soft")
+        # only the last-layer weight receives a gradient
+        rf_loss.backward()
+        grads = {k for k, p in m.named_parameters() if p.grad is not None and float(p.grad.abs().sum()) > 0}
+        assert grads == {f"net.head.{len(m.net.head) - 1}.weight"}, grads
+
+
+def test_random_feature_bad_config_raises():
+    for bad in ({"rf_epochs": -1}, {"rf_max_iter": 0}, {"rf_fields": 0}, {"rf_points": 0}, {"rf_convex_rel": -1.0}):
+        with pytest.raises(ValueError, match="random-feature"):
+            DataFreeMeshMoverModule(**TINY_NET, **bad)
+    m = DataFreeMeshMoverModule(**TINY_NET, rf_fields=4)
+    with pytest.raises(ValueError, match="rf_fields"):
+        m.rf_sample({"u": torch.randn(2, 1, 12, 12), "monitor": 1 + torch.rand(2, 12, 12), "c": torch.ones(2)})
+    assert DataFreeMeshMoverModule(**TINY_NET, mover="identity").lbfgs_steps == 0  # nothing to refine
+
+
+def test_random_feature_method_is_off_at_cpu_scale_and_on_at_paper_scale():
+    from launch.config import compose
+
+    assert compose(["experiment=data_free_mesh_mover"]).model.rf_epochs == 0
+    paper = compose(["experiment=data_free_mesh_mover/burgers"]).model
+    assert (paper.rf_epochs, paper.rf_max_iter, paper.rf_fields, paper.rf_points, paper.rf_convex_rel) == (
+        5, 300, 20, 16, 0.0)
 
 
 CLAIMS = ["ma_residual", "valid_mesh", "boundary", "interpolation_ratio", "node_rmse"]
