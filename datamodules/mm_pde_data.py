@@ -3,7 +3,7 @@ official code Peiyannn/MM-PDE): the neural solver learns u(t) -> u(t + dt) on a 
 
 - `burgers2d`: scalar viscous Burgers u_t + 1/2 d_x(u^2) + 1/2 d_y(u^2) = nu (u_xx + u_yy) on the periodic square
   [0, L)^2, pseudo-spectral (rfft2) with the 2/3-rule dealiasing and ETDRK4 (the viscous term exactly, the
-  contour-integral coefficients of `datamodules.pde_solvers.etdrk4_coefficients`); a whole batch advances together.
+  contour-integral coefficients and step of `datamodules.pde_solvers`); a whole batch advances together.
   A y-independent u0 reduces it to the 1-D `datamodules.pinn_data.burgers_reference` (tested).
 - `random_smooth_field`: smooth random periodic initial conditions (a few low Fourier modes, unit max amplitude).
 - `MMPDEDataModule(name=burgers_offline)` (default, no network): `n_train + n_test` trajectories solved on a
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from datamodules.pde_solvers import etdrk4_coefficients
+from datamodules.pde_solvers import etdrk4_coefficients, etdrk4_step
 from launch.errors import UserError
 
 __all__ = ["MMPDEDataModule", "burgers2d", "burgers2d_energy", "random_smooth_field"]
@@ -60,7 +60,7 @@ def burgers2d(u0: np.ndarray, nu: float, dt: float, n_steps: int, save_every: in
     kfull = 2.0 * np.pi / length * np.fft.fftfreq(n, 1.0 / n)
     lap = -(kfull[:, None] ** 2 + (2.0 * np.pi / length * np.arange(n // 2 + 1))[None, :] ** 2)
     lin = nu * lap
-    e, e2, q, f1, f2, f3 = etdrk4_coefficients(lin, dt)
+    coefficients = etdrk4_coefficients(lin, dt)
     iy = np.abs(np.fft.fftfreq(n, 1.0 / n))[:, None]
     ix = np.arange(n // 2 + 1)[None, :]
     dealias = (iy < n / 3) & (ix < n / 3)
@@ -73,14 +73,7 @@ def burgers2d(u0: np.ndarray, nu: float, dt: float, n_steps: int, save_every: in
     vh = np.fft.rfft2(u)
     out = [u.copy()]
     for step in range(1, n_steps + 1):
-        nv = nonlinear(vh)
-        a = e2 * vh + q * nv
-        na = nonlinear(a)
-        b = e2 * vh + q * na
-        nb = nonlinear(b)
-        c = e2 * a + q * (2.0 * nb - nv)
-        nc = nonlinear(c)
-        vh = e * vh + f1 * nv + 2.0 * f2 * (na + nb) + f3 * nc
+        vh = etdrk4_step(vh, nonlinear, coefficients)
         if step % save_every == 0:
             out.append(np.fft.irfft2(vh, s=(n, n)))
     res = np.stack(out, 1)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["etdrk4", "etdrk4_coefficients", "kdv_etdrk4", "ks_etdrk4", "random_ks_initial_condition"]
+__all__ = ["etdrk4", "etdrk4_coefficients", "etdrk4_step", "kdv_etdrk4", "ks_etdrk4", "random_ks_initial_condition"]
 
 
 def etdrk4_coefficients(lin: np.ndarray, dt: float, n_contour: int = 32) -> tuple[np.ndarray, ...]:
@@ -41,6 +41,21 @@ def etdrk4_coefficients(lin: np.ndarray, dt: float, n_contour: int = 32) -> tupl
     return np.exp(hl), np.exp(hl / 2), q, f1, f2, f3
 
 
+def etdrk4_step(vh: np.ndarray, nonlinear: Callable[[np.ndarray], np.ndarray],
+                coefficients: tuple[np.ndarray, ...]) -> np.ndarray:
+    """One ETDRK4 step (Cox-Matthews, Kassam-Trefethen) of the spectral state vh; `nonlinear` maps spectral states
+    to the spectral nonlinear term, `coefficients` = `etdrk4_coefficients(lin, dt)`."""
+    e, e2, q, f1, f2, f3 = coefficients
+    nv = nonlinear(vh)
+    a = e2 * vh + q * nv
+    na = nonlinear(a)
+    b = e2 * vh + q * na
+    nb = nonlinear(b)
+    c = e2 * a + q * (2.0 * nb - nv)
+    nc = nonlinear(c)
+    return e * vh + nv * f1 + 2.0 * (na + nb) * f2 + nc * f3
+
+
 def etdrk4(u0: np.ndarray, lin: np.ndarray, nonlin_factor: np.ndarray | Callable[[np.ndarray], np.ndarray] | None,
            dt: float, n_steps: int, save_every: int = 1) -> np.ndarray:
     """Integrate u_t = L u + nonlin_factor * FFT(u^2) on a periodic grid (rfft coefficients).
@@ -57,7 +72,7 @@ def etdrk4(u0: np.ndarray, lin: np.ndarray, nonlin_factor: np.ndarray | Callable
     n = u.shape[-1]
     if save_every < 1 or n_steps < save_every:
         raise ValueError(f"need 1 <= save_every <= n_steps, got save_every={save_every}, n_steps={n_steps}")
-    e, e2, q, f1, f2, f3 = etdrk4_coefficients(lin, dt)
+    coefficients = etdrk4_coefficients(lin, dt)
     v = np.fft.rfft(u, axis=-1)
 
     def nonlinear(vh: np.ndarray) -> np.ndarray:
@@ -70,14 +85,7 @@ def etdrk4(u0: np.ndarray, lin: np.ndarray, nonlin_factor: np.ndarray | Callable
 
     out = np.empty((u.shape[0], n_steps // save_every, n), dtype=np.float64)
     for step in range(1, n_steps + 1):
-        nv = nonlinear(v)
-        a = e2 * v + q * nv
-        na = nonlinear(a)
-        b = e2 * v + q * na
-        nb = nonlinear(b)
-        c = e2 * a + q * (2.0 * nb - nv)
-        nc = nonlinear(c)
-        v = e * v + nv * f1 + 2.0 * (na + nb) * f2 + nc * f3
+        v = etdrk4_step(v, nonlinear, coefficients)
         if step % save_every == 0 and step // save_every <= out.shape[1]:
             out[:, step // save_every - 1] = np.fft.irfft(v, n=n, axis=-1)
     return out[0] if squeeze else out

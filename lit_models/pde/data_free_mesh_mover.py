@@ -20,7 +20,7 @@ dropped to avoid double counting). `mover="identity"` is the fixed-mesh baseline
 card's "outputs x directly" baseline: the same network with a 2-vector head gives the displacement d(u, xi), x = xi + d,
 trained with the same losses on its Jacobian I + grad d (no potential, so no symmetric Hessian and no Brenier
 convexity structure; the convexity term then acts on the Jacobian's diagonal). The MM-PDE solver that consumes the
-moved mesh (paper Sec. 3.2) is not part of this module.
+moved mesh (paper Sec. 3.2) is `lit_models.pde.mm_pde`.
 
 Random-feature method (`rf_*`; official `dmm.py` arguments `rf`, `rf_opt_alg='BFGS'`, `epochs_rf=5`, `max_iter=300`,
 `batch_size_u_rf=20`, `batch_size_x_rf=16`, `convex_rel=0`, run by `dmm_utils.train_MA_res` after the Adam epochs):
