@@ -27,6 +27,11 @@ Offline problems (`name=`), no download. Coordinates are columns in the order of
   finite-difference solver (`nonlinear_diffusion_reference`: second-order central differences of (α/2) Δ(u^2) on a
   grid `nd_refine` times finer, classical RK4 in time), sampled on the same 101^3 (t, x, y) grid; `eval_stride` thins
   it. `nd_reference_dir` instead loads the official .npy files from a local folder (same format).
+- `lid_driven_cavity`, columns (x, y): steady incompressible Navier-Stokes on [0, 1]^2 at Re = `reynolds` (100), lid
+  y = 1 moving at (`lid_velocity`, 0) = (1, 0), no-slip elsewhere (assumed: the standard PINN benchmark; the official
+  PIG repository has no cavity code or data). Reference: our streamfunction-vorticity Newton solver
+  (`datamodules.cavity.cavity_reference`, `cavity_grid`^2 nodes, cached per process; Ghia et al. 1982 centrelines
+  within 0.009), evaluated on every `eval_stride`-th node.
 
 Training batches are fresh uniform draws (the official Helmholtz code re-samples every iteration, the flow-mixing
 code every 100 iterations: `resample_every`). Batches (DataLoader with batch_size=None):
@@ -37,7 +42,10 @@ code every 100 iterations: `resample_every`). Batches (DataLoader with batch_siz
                          "x_boundary": (4 nb, 3), "g": (4 nb, 1)}
   train, klein_gordon3d: as flow_mixing3d with "f": (B, 1) (the source) in place of "a", "b"
   train, nonlinear_diffusion3d: as flow_mixing3d without "a", "b" ("g" = 0)
+  train, lid_driven_cavity: {"x": (B, 2), "x_boundary": (4 nb, 2) on the lid y = 1, west, south, east walls,
+                             "g": (4 nb, 2) the wall velocity (u, v)}
   val/test: {"x": (P, d) grid points, "u": (P, 1) exact / reference, "shape": the grid shape (long tensor)}
+    lid_driven_cavity: "u" is (P, 2) = the velocity (u, v), plus "p": (P, 1) (mean-zero pressure, plotted only);
     helmholtz2d: G x G (rows y, columns x); allen_cahn: T x X (rows t, columns x); the 3-D problems: (t, x, y) grids.
 """
 from __future__ import annotations
@@ -72,12 +80,14 @@ PROBLEMS = {
     "flow_mixing3d": Problem(("t", "x", "y"), ((0.0, 4.0), (-4.0, 4.0), (-4.0, 4.0))),
     "klein_gordon3d": Problem(("t", "x", "y"), ((0.0, 10.0), (-1.0, 1.0), (-1.0, 1.0))),
     "nonlinear_diffusion3d": Problem(("t", "x", "y"), ((0.0, 1.0), (-1.0, 1.0), (-1.0, 1.0))),
+    "lid_driven_cavity": Problem(("x", "y"), ((0.0, 1.0), (0.0, 1.0))),
 }
 
 AC_DIFFUSION, AC_REACTION = 1e-4, 5.0  # u_t = d u_xx + r (u - u^3)
 FLOW_MIXING_VMAX = 0.385               # official flow_mixing3d_pig.sh --vmax
 KLEIN_GORDON_K = 2.0                   # official klein_gordon3d_pig.sh --k (temporal frequency)
 ND_ALPHA = 0.05                        # official diffusion3d.py residual_loss(alpha=0.05)
+CAVITY_RE = 100.0                      # lid-driven cavity Reynolds number (assumed: the standard PINN benchmark)
 
 
 # ------------------------------------------------------------------------------------------------ Helmholtz 2D
@@ -239,6 +249,7 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
                  v_max: float = FLOW_MIXING_VMAX, ac_modes: int = 512, ac_dt: float = 1e-3, ac_snapshots: int = 201,
                  eval_stride: int = 1, kg_k: float = KLEIN_GORDON_K, nd_alpha: float = ND_ALPHA,
                  nd_grid: int = 101, nd_snapshots: int = 101, nd_refine: int = 2, nd_reference_dir: str | None = None,
+                 reynolds: float = CAVITY_RE, lid_velocity: float = 1.0, cavity_grid: int = 129,
                  seed: int = 0) -> None:
         super().__init__()
         if name not in PROBLEMS:
@@ -252,6 +263,9 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
         if nd_alpha <= 0 or nd_grid < 3 or nd_snapshots < 2 or nd_refine < 1:
             raise ValueError(f"need nd_alpha > 0, nd_grid >= 3, nd_snapshots >= 2, nd_refine >= 1; got {nd_alpha}, "
                              f"{nd_grid}, {nd_snapshots}, {nd_refine}")
+        if not reynolds > 0 or lid_velocity == 0 or cavity_grid < 5 or cavity_grid % 2 == 0:
+            raise ValueError(f"need reynolds > 0, lid_velocity != 0 and an odd cavity_grid >= 5; got {reynolds}, "
+                             f"{lid_velocity}, {cavity_grid}")
         self.save_hyperparameters()
         self.name, self.problem = name, PROBLEMS[name]
         self.n_initial = n_initial if n_initial is not None else n_boundary
@@ -291,6 +305,14 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
         hp, g = self.hparams, self.generator
         nb, ni = hp.n_boundary, self.n_initial
         x = self._uniform(hp.n_collocation)
+        if self.name == "lid_driven_cavity":
+            s = torch.rand(4, nb, generator=g)
+            one, zero = torch.ones(nb), torch.zeros(nb)
+            xb = torch.cat([torch.stack([s[0], one], 1), torch.stack([zero, s[1]], 1),     # lid y = 1, west x = 0
+                            torch.stack([s[2], zero], 1), torch.stack([one, s[3]], 1)])    # south y = 0, east x = 1
+            gb = torch.zeros(4 * nb, 2)
+            gb[:nb, 0] = hp.lid_velocity
+            return {"x": x, "x_boundary": xb, "g": gb}
         if self.name == "helmholtz2d":
             s = 2 * torch.rand(4, nb, generator=g) - 1
             one = torch.ones(nb)
@@ -344,6 +366,8 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
                 self._eval = {"x": x, "u": ref["u"].reshape(-1, 1).float(), "shape": torch.tensor(ref["u"].shape)}
             elif self.name == "nonlinear_diffusion3d":
                 self._eval = self._diffusion_eval_item()
+            elif self.name == "lid_driven_cavity":
+                self._eval = self._cavity_eval_item()
             else:
                 g = hp.eval_grid
                 axes = [torch.linspace(lo, hi, g) for lo, hi in self.problem.domain]
@@ -351,6 +375,22 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
                 x = torch.stack([m.reshape(-1) for m in mesh], 1)
                 self._eval = {"x": x, "u": self.exact(x), "shape": torch.tensor([g, g, g])}
         return self._eval
+
+    def _cavity_eval_item(self) -> dict[str, Tensor]:
+        """The cavity reference (`datamodules.cavity.cavity_reference`, cached per process) on every `eval_stride`-th
+        node of its cavity_grid^2 grid: {"x": (P, 2), "u": (P, 2) velocity (u, v), "p": (P, 1) pressure (mean zero;
+        plotted, not scored), "shape": (ny, nx)}, rows y, columns x."""
+        from datamodules.cavity import cavity_reference
+
+        hp = self.hparams
+        ref = cavity_reference(int(hp.cavity_grid), float(hp.reynolds), float(hp.lid_velocity))
+        k = hp.eval_stride
+        xs, ys = (torch.from_numpy(np.ascontiguousarray(ref[c][::k])) for c in ("x", "y"))
+        fields = {c: torch.from_numpy(np.ascontiguousarray(ref[c][::k, ::k])) for c in ("u", "v", "p")}
+        xx, yy = torch.meshgrid(xs, ys, indexing="xy")  # rows: y, columns: x (as the reference arrays)
+        x = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1).float()
+        vel = torch.stack([fields["u"].reshape(-1), fields["v"].reshape(-1)], 1).float()
+        return {"x": x, "u": vel, "p": fields["p"].reshape(-1, 1).float(), "shape": torch.tensor(fields["u"].shape)}
 
     def _diffusion_eval_item(self) -> dict[str, Tensor]:
         """The nonlinear diffusion reference (our solver, or the official .npy files from `nd_reference_dir`) on its

@@ -33,6 +33,13 @@ Problems (`problem=`, the data module's `name`) and losses (residual weight `f_s
 - nonlinear_diffusion3d, inputs (t, x, y) (official diffusion3d.py, PINN branch): residual
   u_t - α (u_x² + u u_xx + u_y² + u u_yy), α = `nonlinear_diffusivity` = 0.05; loss mean(r²) + mean(u(0) - u0)²
   + mean(u_b²) (weights 1, 1, 1; zero Dirichlet data).
+- lid_driven_cavity, inputs (x, y) in [0, 1]^2, outputs (u, v, p) (one PIG, MLP k-16-3; `OUT_DIMS`): steady
+  incompressible Navier-Stokes, residuals u u_x + v u_y + p_x - Δu/Re, u v_x + v v_y + p_y - Δv/Re, u_x + v_y
+  (Re = `reynolds` = 100); loss f_scale · Σ_eq mean(r_eq²) + boundary_weight · Σ_{u,v} mean((u, v)_wall - g)² with
+  the lid y = 1 at (1, 0) and no-slip walls (weights 1, 1). The paper shows the cavity (project page) but the official
+  repository has no cavity code: Re, lid profile, weights and sizes are assumptions (configs/experiment/pig/
+  lid_driven_cavity.yaml). Metric: pooled relative L2 of (u, v) against our solver (datamodules/cavity.py); p is not
+  scored (fixed only up to a constant).
 The official 3-D code maps its box onto [0, grid_range]^3 with μ ~ U(0, grid_range) and σ0 in those units: Klein-Gordon
 grid_range = 2 (σ0 = 0.5 here unchanged), nonlinear diffusion grid_range = 1 (its σ0 = 0.1 is 0.2 in the [-1, 1]^3
 units used here; its t in [0, 1] enters unscaled).
@@ -61,23 +68,26 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from datamodules.pig_data import AC_DIFFUSION, AC_REACTION, ND_ALPHA, PROBLEMS
+from datamodules.pig_data import AC_DIFFUSION, AC_REACTION, CAVITY_RE, ND_ALPHA, PROBLEMS
 from lit_models.common.pde import RelativeL2, no_autocast
 
 MODELS = ("pig", "mlp")
 LAPLACIANS = ("autograd", "analytic")
 SECOND_DERIVATIVES = {"helmholtz2d": (0, 1), "allen_cahn": (1,), "flow_mixing3d": (),  # columns needing ∂²
-                      "klein_gordon3d": (0, 1, 2), "nonlinear_diffusion3d": (1, 2)}
+                      "klein_gordon3d": (0, 1, 2), "nonlinear_diffusion3d": (1, 2), "lid_driven_cavity": (0, 1)}
+OUT_DIMS = {"lid_driven_cavity": 3}  # network outputs per problem (default 1): the cavity predicts (u, v, p)
+SECOND_OUTPUTS = {"lid_driven_cavity": (0, 1)}  # outputs whose ∂² the residual needs (u, v; not p)
 LOSS_DEFAULTS = {  # (f_scale, initial_weight, boundary_weight)
     "helmholtz2d": (1e-4, 0.0, 1.0),      # official helmholtz2d_pig.sh
     "allen_cahn": (1.0, 100.0, 1.0),      # not verified (no official PIG Allen-Cahn code)
     "flow_mixing3d": (10.0, 1.0, 1.0),    # official flow_mixing3d.py: 10 * residual + initial + boundary
     "klein_gordon3d": (1.0, 1.0, 1.0),    # official klein_gordon3d.py: residual + initial + boundary
     "nonlinear_diffusion3d": (1.0, 1.0, 1.0),  # official diffusion3d.py: residual + initial + boundary
+    "lid_driven_cavity": (1.0, 0.0, 1.0),      # assumed (no official PIG cavity code): residuals + walls, weights 1
 }
 # figure axes per problem: (horizontal coordinate, vertical coordinate) of the field image
 PLOT_AXES = {"helmholtz2d": (0, 1), "allen_cahn": (1, 0), "flow_mixing3d": (1, 2), "klein_gordon3d": (1, 2),
-             "nonlinear_diffusion3d": (1, 2)}
+             "nonlinear_diffusion3d": (1, 2), "lid_driven_cavity": (0, 1)}
 
 
 GAUSSIAN_INITS = ("random", "grid")
@@ -196,18 +206,21 @@ class PIGNet(nn.Module):
 
     def __init__(self, in_dim: int = 2, channels: int = 4, num_gaussians: int = 800, sigma_init: float = 0.1,
                  hidden_dim: int = 16, num_layers: int = 2, min_sigma: float = 1e-3,
-                 gaussian_init: str = "random") -> None:
+                 gaussian_init: str = "random", out_dim: int = 1) -> None:
         super().__init__()
         self.features = GaussianFeatures(in_dim, channels, num_gaussians, sigma_init, min_sigma, gaussian_init)
-        self.mlp = tanh_mlp(channels, hidden_dim, max(num_layers - 1, 0))
+        self.mlp = tanh_mlp(channels, hidden_dim, max(num_layers - 1, 0), out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.mlp(self.features(x))
 
     def with_derivatives(self, x: Tensor, second: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
-        """u (B, 1), ∂_d u (B, d), ∂²_d u (B, d) (None if not `second`), closed form, one forward pass."""
+        """u (B, 1), ∂_d u (B, d), ∂²_d u (B, d) (None if not `second`), closed form, one forward pass; with several
+        outputs (out_dim = m > 1): u (B, m), ∂_d u (B, m, d), ∂²_d u (B, m, d)."""
         f, df, d2f = self.features.with_derivatives(x, second)
         u, du, d2u = propagate_derivatives(self.mlp, f, df, d2f)
+        if u.shape[1] > 1:
+            return u, du, d2u
         return u, du[:, 0], None if d2u is None else d2u[:, 0]
 
     def with_laplacian(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -217,10 +230,18 @@ class PIGNet(nn.Module):
 
 def pde_residual(problem: str, u: Tensor, du: Tensor, d2u: Tensor | None, batch: dict[str, Tensor],
                  coefficient: float = 1.0, diffusion: float = AC_DIFFUSION, reaction: float = AC_REACTION,
-                 nonlinear_diffusivity: float = ND_ALPHA) -> Tensor:
+                 nonlinear_diffusivity: float = ND_ALPHA, reynolds: float = CAVITY_RE) -> Tensor:
     """The PDE residual (B, 1) from u (B, 1), ∂_d u (B, d), ∂²_d u (B, d) (columns in the problem's coordinate order):
     helmholtz2d Δu + λu - q; allen_cahn u_t - d u_xx + r (u³ - u); flow_mixing3d u_t + a u_x + b u_y;
-    klein_gordon3d u_tt - u_xx - u_yy + u² - f; nonlinear_diffusion3d u_t - α (u_x² + u u_xx + u_y² + u u_yy)."""
+    klein_gordon3d u_tt - u_xx - u_yy + u² - f; nonlinear_diffusion3d u_t - α (u_x² + u u_xx + u_y² + u u_yy).
+    lid_driven_cavity: outputs (u, v, p), u (B, 3), du (B, 3, 2), d2u (B, 3, 2) (columns x, y) -> (B, 3):
+    [u u_x + v u_y + p_x - Δu / Re, u v_x + v v_y + p_y - Δv / Re, u_x + v_y]."""
+    if problem == "lid_driven_cavity":
+        vel_u, vel_v = u[:, :1], u[:, 1:2]
+        lap = d2u[:, :2].sum(-1)                                              # (B, 2): Δu, Δv
+        conv = vel_u * du[:, :2, 0] + vel_v * du[:, :2, 1]                   # (B, 2): (u·∇)u, (u·∇)v
+        momentum = conv + du[:, 2, :] - lap / reynolds                       # + ∇p
+        return torch.cat([momentum, du[:, 0, :1] + du[:, 1, 1:2]], 1)
     if problem == "helmholtz2d":
         return d2u.sum(-1, keepdim=True) + coefficient * u - batch["q"]
     if problem == "allen_cahn":
@@ -241,7 +262,7 @@ DEFAULT_SCHEDULER = functools.partial(torch.optim.lr_scheduler.ExponentialLR, ga
 
 class PIGModule(L.LightningModule):
     """Physics-informed training of a PIG (or of the MLP-PINN baseline) on Helmholtz 2D, Allen-Cahn, flow mixing 3D,
-    Klein-Gordon 3D or nonlinear diffusion 3D (paper Sec. 4).
+    Klein-Gordon 3D, nonlinear diffusion 3D (paper Sec. 4) or the lid-driven cavity (u, v, p outputs).
 
     Metrics: `train/loss`, `train/boundary_loss`, `train/residual_loss` (+ `train/initial_loss` for the
     time-dependent problems); `val/rel_l2`, `test/rel_l2` on the data module's grid; `test/mean_sigma` (PIG only; in the
@@ -255,7 +276,7 @@ class PIGModule(L.LightningModule):
                  freeze_gaussians: bool = False, gaussian_init: str = "random", mlp_width: int = 64,
                  mlp_depth: int = 3,
                  coefficient: float = 1.0, diffusion: float = AC_DIFFUSION, reaction: float = AC_REACTION,
-                 nonlinear_diffusivity: float = ND_ALPHA, f_scale: float | None = None,
+                 nonlinear_diffusivity: float = ND_ALPHA, reynolds: float = CAVITY_RE, f_scale: float | None = None,
                  boundary_weight: float | None = None, initial_weight: float | None = None,
                  laplacian: str = "autograd", chunk_size: int | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
@@ -281,6 +302,8 @@ class PIGModule(L.LightningModule):
             raise ValueError(f"chunk_size must be >= 1 or null, got {chunk_size}")
         if nonlinear_diffusivity <= 0:
             raise ValueError(f"nonlinear_diffusivity must be > 0, got {nonlinear_diffusivity}")
+        if not reynolds > 0:
+            raise ValueError(f"reynolds must be > 0, got {reynolds}")
         weights = [w if w is not None else d for w, d in
                    zip((f_scale, initial_weight, boundary_weight), LOSS_DEFAULTS[problem])]
         if any(w < 0 for w in weights):
@@ -288,7 +311,7 @@ class PIGModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.f_scale, self.initial_weight, self.boundary_weight = weights
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        in_dim = spec.dim
+        in_dim, out_dim = spec.dim, OUT_DIMS.get(problem, 1)
         low = torch.tensor([lo for lo, _ in spec.domain])
         high = torch.tensor([hi for _, hi in spec.domain])
         # x -> (x - centre) * scale maps the box onto [-1, 1]^d (skipped when it is the identity)
@@ -297,12 +320,12 @@ class PIGModule(L.LightningModule):
         self.identity_map = bool(torch.all(low == -1) and torch.all(high == 1))
         if model == "pig":
             self.net: nn.Module = PIGNet(in_dim, channels, num_gaussians, sigma_init, hidden_dim, num_layers,
-                                         min_sigma, gaussian_init)
+                                         min_sigma, gaussian_init, out_dim)
             if freeze_gaussians:
                 self.net.features.mu.requires_grad_(False)
                 self.net.features.sigma.requires_grad_(False)
         else:
-            self.net = tanh_mlp(in_dim, mlp_width, mlp_depth)
+            self.net = tanh_mlp(in_dim, mlp_width, mlp_depth, out_dim)
         self.val_rel_l2, self.test_rel_l2 = RelativeL2(), RelativeL2()
         self._last: dict[str, Tensor] | None = None
 
@@ -327,7 +350,9 @@ class PIGModule(L.LightningModule):
     def derivatives(self, x: Tensor, second: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """u (B, 1), ∂u/∂x_d (B, d) and ∂²u/∂x_d² (B, d) in the problem's coordinates; `second` lists the columns
         whose second derivative is needed (default: those of the problem's residual; () for none: d2 is None).
-        Autograd: other columns of d2 are 0; analytic: all columns are computed. Autocast is off (mixed precision
+        Autograd: other columns of d2 are 0; analytic: all columns are computed. Problems with m > 1 outputs (the
+        cavity's (u, v, p)): u (B, m), du (B, m, d), d2 (B, m, d); autograd takes ∂² only of `SECOND_OUTPUTS` (the
+        other outputs' d2 are 0), analytic of all. Autocast is off (mixed precision
         would corrupt the second derivatives of Eq. 4's Gaussians)."""
         second = SECOND_DERIVATIVES[self.hparams.problem] if second is None else tuple(second)
         chunk = self.hparams.chunk_size
@@ -346,6 +371,8 @@ class PIGModule(L.LightningModule):
             return u, du * self.in_scale, None if d2 is None else d2 * self.in_scale**2
         x = x.detach().requires_grad_(True)
         u = self._u(x)
+        if u.shape[1] > 1:
+            return self._autograd_multi(x, u, second)
         (du,) = torch.autograd.grad(u.sum(), x, create_graph=True)
         if not second:
             return u, du, None
@@ -354,6 +381,22 @@ class PIGModule(L.LightningModule):
             (g,) = torch.autograd.grad(du[:, d].sum(), x, create_graph=True)
             cols[d] = g[:, d]
         return u, du, torch.stack(cols, 1)
+
+    def _autograd_multi(self, x: Tensor, u: Tensor, second: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Autograd derivatives of every output: du (B, m, d); d2 (B, m, d) for `SECOND_OUTPUTS` x `second`."""
+        du = torch.stack([torch.autograd.grad(u[:, o].sum(), x, create_graph=True)[0] for o in range(u.shape[1])], 1)
+        if not second:
+            return u, du, None
+        zero = torch.zeros_like(du[:, 0, 0])
+        outputs = SECOND_OUTPUTS.get(self.hparams.problem, tuple(range(u.shape[1])))
+        rows = []
+        for o in range(u.shape[1]):
+            cols = [zero] * x.shape[1]
+            if o in outputs:
+                for d in second:
+                    cols[d] = torch.autograd.grad(du[:, o, d].sum(), x, create_graph=True)[0][:, d]
+            rows.append(torch.stack(cols, 1))
+        return u, du, torch.stack(rows, 1)
 
     def value_and_laplacian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """u (B, 1) and Δu (B, 1) = Σ_d ∂²u/∂x_d², each second derivative taken separately."""
@@ -372,9 +415,11 @@ class PIGModule(L.LightningModule):
         batch = {k: v.to(self.net_dtype) for k, v in batch.items()}
         u, du, d2 = self.derivatives(batch["x"])
         res = pde_residual(hp.problem, u, du, d2, batch, hp.coefficient, hp.diffusion, hp.reaction,
-                           hp.nonlinear_diffusivity)
-        out = {"residual": torch.mean(res**2)}
-        if hp.problem == "helmholtz2d":
+                           hp.nonlinear_diffusivity, hp.reynolds)
+        out = {"residual": (res**2).mean(0).sum()}  # one equation: mean r²; several (cavity): Σ of their mean r²
+        if hp.problem == "lid_driven_cavity":  # wall velocities (u, v): Σ over the two components of the MSE
+            out["boundary"] = ((self(batch["x_boundary"])[:, :2] - batch["g"]) ** 2).mean(0).sum()
+        elif hp.problem == "helmholtz2d":
             out["boundary"] = torch.mean((self(batch["x_boundary"]) - batch["g"]) ** 2)
         elif hp.problem == "allen_cahn":
             out["initial"] = torch.mean((self(batch["x_initial"]) - batch["u_initial"]) ** 2)
@@ -404,14 +449,16 @@ class PIGModule(L.LightningModule):
         with no_autocast(self.device.type):  # chunks: the (k, B, N, d) tensor of a 250^2 grid would be GBs
             x = batch["x"].to(self.net_dtype)
             pred = torch.cat([self._u(c) for c in x.split(self.hparams.chunk_size or 4096)])
-        metric.update(pred.reshape(1, -1), batch["u"].to(self.net_dtype).reshape(1, -1))
+        n_ref = batch["u"].shape[1]  # the cavity scores the velocity (u, v) only, not p: one pooled relative L2
+        metric.update(pred[:, :n_ref].reshape(1, -1), batch["u"].to(self.net_dtype).reshape(1, -1))
         self.log(f"{split}/rel_l2", metric, on_step=False, on_epoch=True, batch_size=1, prog_bar=True)
         if self.hparams.model == "pig":
             self.log(f"{split}/mean_sigma", self.net.features.sigma.abs().mean(), on_step=False, on_epoch=True,
                      batch_size=1, sync_dist=True)
         self._last = {"x": batch["x"].cpu(), "pred": pred.cpu(), "exact": batch["u"].cpu()}
-        if "shape" in batch:
-            self._last["shape"] = batch["shape"].cpu()
+        for key in ("shape", "p"):
+            if key in batch:
+                self._last[key] = batch[key].cpu()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
         self._evaluate(batch, self.val_rel_l2, "val")
@@ -444,6 +491,50 @@ class PIGModule(L.LightningModule):
             imgs.append(img.numpy())
         return imgs
 
+    def _cavity_figure(self, extent: tuple[float, ...], name: str):
+        """Lid-driven cavity: rows u, v, |u| (+ streamlines), p; columns reference | prediction | |error| (p: reference
+        | prediction, both shifted to mean zero; p is not scored). Returns (figure, reference speed image)."""
+        import matplotlib.pyplot as plt
+
+        last = self._last
+        ny, nx = (int(s) for s in last["shape"])
+        pred, exact = last["pred"].double(), last["exact"].double()
+        grid = lambda a: a.reshape(ny, nx).numpy()  # noqa: E731  rows y, columns x
+        ref_u, ref_v, pu, pv = grid(exact[:, 0]), grid(exact[:, 1]), grid(pred[:, 0]), grid(pred[:, 1])
+        ref_s, pred_s = (ref_u**2 + ref_v**2) ** 0.5, (pu**2 + pv**2) ** 0.5
+        rows = [("u", ref_u, pu), ("v", ref_v, pv), ("|u|", ref_s, pred_s)]
+        if "p" in last:
+            rp, pp = grid(last["p"][:, 0].double()), grid(pred[:, 2])
+            rows.append(("p - mean", rp - rp.mean(), pp - pp.mean()))
+        xs, ys = torch.linspace(extent[0], extent[1], nx).numpy(), torch.linspace(extent[2], extent[3], ny).numpy()
+        fig, axes = plt.subplots(len(rows), 3, figsize=(12, 3.4 * len(rows)), squeeze=False)
+        for r, (label, ref, prd) in enumerate(rows):
+            is_p = label.startswith("p")
+            lo, hi = (float(min(ref.min(), prd.min())), float(max(ref.max(), prd.max()))) if not is_p else (
+                float(ref.min()), float(ref.max()))
+            for c, (img, title) in enumerate(((ref, "reference"), (prd, name), (abs(prd - ref), "|error|"))):
+                ax = axes[r, c]
+                err = c == 2
+                kw = {} if err or is_p else {"vmin": lo, "vmax": hi}
+                if is_p:  # robust colour range: the lid corners are singular for p
+                    q = torch.quantile(torch.from_numpy(img).flatten(), torch.tensor([0.02, 0.98], dtype=torch.float64))
+                    ref_q = torch.quantile(torch.from_numpy(ref).flatten(), q.new_tensor([0.02, 0.98]))
+                    kw = ({"vmin": 0.0, "vmax": float(q[1])} if err
+                          else {"vmin": float(ref_q[0]), "vmax": float(ref_q[1])})
+                im = ax.imshow(img, origin="lower", extent=extent, aspect="equal",
+                               cmap="magma" if err else "RdBu_r", **kw)
+                if label == "|u|" and not err:
+                    uu, vv = (ref_u, ref_v) if c == 0 else (pu, pv)
+                    ax.streamplot(xs, ys, uu, vv, color="k", density=1.0, linewidth=0.5, arrowsize=0.5)
+                    ax.set_xlim(extent[0], extent[1])
+                    ax.set_ylim(extent[2], extent[3])
+                ax.set_title(f"{label}: {title}" + (" (not scored)" if is_p and c == 1 else ""), fontsize=9)
+                ax.set_xlabel("x")
+                ax.set_ylabel("y")
+                fig.colorbar(im, ax=ax, shrink=0.8)
+        fig.tight_layout()
+        return fig, ref_s
+
     def figures(self) -> dict[str, Any]:
         """{"field": exact | prediction | |error| side by side (3-D problems: at the final time), "gaussians": PIG
         Gaussian centres (and 1-σ ellipses of the largest-weight ones) per channel over the exact field, in the
@@ -457,19 +548,23 @@ class PIGModule(L.LightningModule):
         spec = PROBLEMS[problem]
         h_ax, v_ax = PLOT_AXES[problem]
         extent = (*spec.domain[h_ax], *spec.domain[v_ax])
-        imgs = self._field_images()
         name = "PIG" if self.hparams.model == "pig" else "MLP-PINN"
-        suffix = f" (t = {spec.domain[0][1]:g})" if spec.dim == 3 else ""
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-        exact_title = "reference" if problem in ("allen_cahn", "nonlinear_diffusion3d") else "exact"
-        for ax, img, title in zip(axes, imgs, (exact_title, name, "|error|")):
-            im = ax.imshow(img, origin="lower", extent=extent, aspect="auto",
-                           cmap="RdBu_r" if title != "|error|" else "magma")
-            ax.set_title(title + suffix)
-            ax.set_xlabel(spec.coords[h_ax])
-            ax.set_ylabel(spec.coords[v_ax])
-            fig.colorbar(im, ax=ax, shrink=0.8)
-        fig.tight_layout()
+        if problem == "lid_driven_cavity":
+            fig, background = self._cavity_figure(extent, name)
+        else:
+            imgs = self._field_images()
+            background = imgs[0]
+            suffix = f" (t = {spec.domain[0][1]:g})" if spec.dim == 3 else ""
+            fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+            exact_title = "reference" if problem in ("allen_cahn", "nonlinear_diffusion3d") else "exact"
+            for ax, img, title in zip(axes, imgs, (exact_title, name, "|error|")):
+                im = ax.imshow(img, origin="lower", extent=extent, aspect="auto",
+                               cmap="RdBu_r" if title != "|error|" else "magma")
+                ax.set_title(title + suffix)
+                ax.set_xlabel(spec.coords[h_ax])
+                ax.set_ylabel(spec.coords[v_ax])
+                fig.colorbar(im, ax=ax, shrink=0.8)
+            fig.tight_layout()
         figs = {"field": fig}
         if self.hparams.model == "pig":
             feats = self.net.features
@@ -480,7 +575,7 @@ class PIGModule(L.LightningModule):
             k = mu.shape[0]
             fig2, axes2 = plt.subplots(1, k, figsize=(3.2 * k, 3.2), squeeze=False)
             for c, ax in enumerate(axes2[0]):
-                ax.imshow(imgs[0], origin="lower", extent=extent, aspect="auto", cmap="RdBu_r", alpha=0.35)
+                ax.imshow(background, origin="lower", extent=extent, aspect="auto", cmap="RdBu_r", alpha=0.35)
                 size = 4 + 40 * w[c] / max(float(w[c].max()), 1e-12)
                 ax.scatter(mu[c, :, h_ax], mu[c, :, v_ax], s=size, c="k", alpha=0.6, lw=0)
                 for i in w[c].argsort()[::-1][:20].tolist():

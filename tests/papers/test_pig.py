@@ -663,3 +663,162 @@ def test_loss_terms_klein_gordon_and_nonlinear_diffusion(problem):
 def test_bad_configs_raise_for_the_new_problems(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+# ------------------------------------------------------------------------------------------------ lid-driven cavity
+
+SMALL_LDC = ["data.n_collocation=64", "data.n_boundary=8", "data.cavity_grid=17", "model.num_gaussians=16",
+             "model.chunk_size=null", "trainer.check_val_every_n_epoch=1"]
+
+
+def test_fast_contract_lid_driven_cavity():
+    """Analytic derivatives (the variant's setting); autograd = analytic is checked below without a Trainer."""
+    run = fast_run("pig/lid_driven_cavity", *SMALL_LDC)
+    run.assert_contract()
+    for key in ("test/rel_l2", "test/mean_sigma", "val/rel_l2", "train/boundary_loss", "train/residual_loss"):
+        assert key in run.metrics, sorted(run.metrics)
+    m = run.model
+    assert m.hparams.problem == "lid_driven_cavity" and m.hparams.reynolds == 100.0
+    assert (m.f_scale, m.boundary_weight) == (1.0, 1.0)
+    assert m(torch.rand(5, 2)).shape == (5, 3)  # (u, v, p)
+    assert m.net.features.mu.shape == (4, 16, 2) and m.net.mlp[-1].out_features == 3
+    figs = m.figures()
+    assert set(figs) == {"field", "gaussians"}
+    assert len(figs["field"].axes) >= 12  # u, v, |u| + streamlines, p rows (+ colour bars)
+    _close(figs)
+
+
+def test_fast_contract_lid_driven_cavity_mlp_pinn():
+    run = fast_run("pig/lid_driven_cavity", *SMALL_LDC, "model.model=mlp", "model.optimizer.lr=1e-3")
+    run.assert_contract()
+    assert run.model(torch.rand(5, 2)).shape == (5, 3)
+    figs = run.model.figures()
+    assert set(figs) == {"field"}
+    _close(figs)
+
+
+def _taylor_green(xy):
+    """A divergence-free field (u, v) = (sin πx cos πy, -cos πx sin πy) with p = (cos 2πx + cos 2πy) / 4: the
+    pressure gradient cancels the convection exactly, so the momentum residual is -Δu / Re = 2π² (u, v) / Re."""
+    x, y = xy[:, 0] * math.pi, xy[:, 1] * math.pi
+    u = torch.sin(x) * torch.cos(y)
+    v = -torch.cos(x) * torch.sin(y)
+    p = (torch.cos(2 * x) + torch.cos(2 * y)) / 4
+    return torch.stack([u, v, p], 1)
+
+
+def _multi_derivatives(fn, x):
+    """u (B, m), du (B, m, d), d2 (B, m, d) of a pointwise vector function by autograd (float64)."""
+    x = x.detach().clone().requires_grad_(True)
+    u = fn(x)
+    du = torch.stack([torch.autograd.grad(u[:, o].sum(), x, create_graph=True)[0] for o in range(u.shape[1])], 1)
+    d2 = torch.stack([torch.stack([torch.autograd.grad(du[:, o, d].sum(), x, create_graph=True)[0][:, d]
+                                   for d in range(x.shape[1])], 1) for o in range(u.shape[1])], 1)
+    return u, du, d2
+
+
+def test_cavity_residual_on_a_manufactured_divergence_free_field():
+    torch.manual_seed(0)
+    x = _in_box("lid_driven_cavity", 200)
+    u, du, d2 = _multi_derivatives(_taylor_green, x)
+    res = pde_residual("lid_driven_cavity", u, du, d2, {}, reynolds=100.0)
+    assert res.shape == (200, 3)
+    assert res[:, 2].abs().max() < 1e-13 and du[:, 0, 0].abs().max() > 1  # continuity: u_x + v_y = 0
+    torch.testing.assert_close(res[:, :2], 2 * math.pi**2 * u[:, :2] / 100.0, rtol=1e-12, atol=1e-12)
+    # by hand at (x, y) = (0.25, 0.1): u = sin(π/4) cos(0.1π), v = -cos(π/4) sin(0.1π); without the pressure the
+    # convection (u·∇)u = (π/2) sin(2πx), (u·∇)v = (π/2) sin(2πy) remains
+    pt = torch.tensor([[0.25, 0.1]], dtype=torch.float64)
+    u, du, d2 = _multi_derivatives(_taylor_green, pt)
+    uu, vv = math.sin(math.pi / 4) * math.cos(0.1 * math.pi), -math.cos(math.pi / 4) * math.sin(0.1 * math.pi)
+    r = pde_residual("lid_driven_cavity", u, du, d2, {}, reynolds=50.0)[0].detach()
+    assert float(r[0]) == pytest.approx(2 * math.pi**2 * uu / 50.0, rel=1e-12)
+    assert float(r[1]) == pytest.approx(2 * math.pi**2 * vv / 50.0, rel=1e-12)
+    du_no_p = du.clone()
+    du_no_p[:, 2] = 0
+    r = pde_residual("lid_driven_cavity", u, du_no_p, d2, {}, reynolds=50.0)[0].detach()
+    assert float(r[0]) == pytest.approx(math.pi / 2 * math.sin(0.5 * math.pi) + 2 * math.pi**2 * uu / 50.0, rel=1e-12)
+    assert float(r[1]) == pytest.approx(math.pi / 2 * math.sin(0.2 * math.pi) + 2 * math.pi**2 * vv / 50.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("model", ["pig", "mlp"])
+def test_cavity_derivatives_autograd_analytic_and_finite_differences(model):
+    """Three outputs: du (B, 3, 2), d2 (B, 3, 2); autograd (∂² of u, v only; p's are 0) equals the closed form and
+    central differences in the [0, 1]^2 coordinates (the box is mapped onto the Gaussians' [-1, 1]^2)."""
+    torch.manual_seed(1)
+    x = _in_box("lid_driven_cavity", 20)
+    auto = _random_module("lid_driven_cavity", "autograd") if model == "pig" else PIGModule(
+        model="mlp", problem="lid_driven_cavity", mlp_width=8, mlp_depth=2).double()
+    u, du, d2 = auto.derivatives(x)
+    assert u.shape == (20, 3) and du.shape == (20, 3, 2) and d2.shape == (20, 3, 2)
+    assert torch.all(d2[:, 2] == 0)
+    if model == "pig":
+        ana = _random_module("lid_driven_cavity", "analytic")
+        ana.load_state_dict(auto.state_dict())
+        u2, du2, d22 = ana.derivatives(x)
+        torch.testing.assert_close(u2, u, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(du2, du, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(d22[:, :2], d2[:, :2], rtol=1e-9, atol=1e-9)
+    with torch.no_grad():
+        for d in range(2):
+            e = torch.zeros_like(x)
+            e[:, d] = h = 1e-4
+            up, um = auto(x + e), auto(x - e)
+            torch.testing.assert_close(du[:, :, d], (up - um) / (2 * h), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(d2[:, :2, d], ((up - 2 * auto(x) + um) / h**2)[:, :2], rtol=1e-3, atol=1e-3)
+
+
+def test_cavity_loss_terms_and_datamodule():
+    dm = PigDataModule(name="lid_driven_cavity", n_collocation=40, n_boundary=6, cavity_grid=17, eval_stride=2)
+    batch = dm.sample()
+    assert set(batch) == {"x", "x_boundary", "g"} and batch["g"].shape == (24, 2)
+    assert torch.all((batch["x"] >= 0) & (batch["x"] <= 1))
+    xb, g = batch["x_boundary"].reshape(4, 6, 2), batch["g"].reshape(4, 6, 2)
+    assert torch.all(xb[0, :, 1] == 1) and torch.all(g[0, :, 0] == 1) and torch.all(g[0, :, 1] == 0)  # the lid
+    assert torch.all(xb[1, :, 0] == 0) and torch.all(xb[2, :, 1] == 0) and torch.all(xb[3, :, 0] == 1)
+    assert torch.all(g[1:] == 0)
+    m = _random_module("lid_driven_cavity", "autograd").float()
+    out = m.losses(batch)
+    u, du, d2 = m.derivatives(batch["x"])
+    ru = u[:, :1] * du[:, 0, :1] + u[:, 1:2] * du[:, 0, 1:] + du[:, 2, :1] - (d2[:, 0, 0] + d2[:, 0, 1])[:, None] / 100
+    rv = u[:, :1] * du[:, 1, :1] + u[:, 1:2] * du[:, 1, 1:] + du[:, 2, 1:] - (d2[:, 1, 0] + d2[:, 1, 1])[:, None] / 100
+    rc = du[:, 0, :1] + du[:, 1, 1:]
+    res = (ru**2).mean() + (rv**2).mean() + (rc**2).mean()
+    pb = m(batch["x_boundary"])
+    bnd = ((pb[:, 0] - batch["g"][:, 0]) ** 2).mean() + ((pb[:, 1] - batch["g"][:, 1]) ** 2).mean()
+    torch.testing.assert_close(out["residual"], res)
+    torch.testing.assert_close(out["boundary"], bnd)
+    torch.testing.assert_close(out["loss"], res + bnd)
+    assert "initial" not in out
+    # evaluation: every 2nd node of the 17 x 17 reference, velocity (u, v) scored, p carried for the figure
+    from datamodules.cavity import cavity_reference
+
+    ev = dm.eval_item()
+    ref = cavity_reference(17, 100.0, 1.0)
+    assert ev["shape"].tolist() == [9, 9] and ev["x"].shape == (81, 2) and ev["u"].shape == (81, 2)
+    assert float(ev["x"][1, 0]) == pytest.approx(0.125) and float(ev["x"][9, 1]) == pytest.approx(0.125)  # rows y
+    torch.testing.assert_close(ev["u"][:, 0].double(), torch.from_numpy(ref["u"][::2, ::2]).reshape(-1))
+    torch.testing.assert_close(ev["p"][:, 0].double(), torch.from_numpy(ref["p"][::2, ::2]).reshape(-1))
+    assert torch.all(ev["u"][-9:, 0] == 1)  # the top row is the lid
+    m.validation_step(ev)
+    assert m._last["pred"].shape == (81, 3) and "p" in m._last
+
+
+def test_cavity_paper_scale_variant_and_bad_configs():
+    from launch import config as zconfig
+
+    cfg = zconfig.compose(["experiment=pig/lid_driven_cavity"])
+    assert cfg.data.name == "lid_driven_cavity" and cfg.data.reynolds == 100.0 and cfg.model.reynolds == 100.0
+    m = cfg.model
+    assert (m.channels, m.num_gaussians, m.sigma_init, m.hidden_dim) == (4, 800, 0.1, 16)
+    assert cfg.data.cavity_grid == 129 and cfg.claims is None
+    assert PROBLEMS["lid_driven_cavity"].domain == ((0.0, 1.0), (0.0, 1.0))
+    with pytest.raises(ValueError, match="reynolds"):
+        PIGModule(problem="lid_driven_cavity", reynolds=0.0)
+    with pytest.raises(ValueError, match="reynolds"):
+        PigDataModule(name="lid_driven_cavity", reynolds=-1.0)
+    with pytest.raises(ValueError, match="cavity_grid"):
+        PigDataModule(name="lid_driven_cavity", cavity_grid=64)
+    with pytest.raises(ValueError, match="in_dim"):
+        PIGModule(problem="lid_driven_cavity", in_dim=3)
+    with pytest.raises(ValueError, match="no closed form"):
+        PigDataModule(name="lid_driven_cavity").exact(torch.rand(3, 2))
