@@ -40,6 +40,15 @@ functions, and exact Monge-Ampere (MA) targets where they exist (separable monit
   folder holding the `dataset_dirs` (names relative to it); training graphs come from each dataset's `train_subdir`
   (train/), test graphs from its `test_subdir` (test/). Same graph layout as above with kind = 2 (target read from a
   file, params NaN, n_side = boundary nodes per side); n_train, train_sizes, mesh and the test_* keys are unused.
+  `test_family="swirl"` replaces the test graphs (of either dataset) by the swirl snapshots below.
+
+  test_family="swirl": the paper's swirl advection test (official `UM2N/generator/swirl_solver.py`,
+  `script/build_swirl.py`, `script/make_dataset_swirl.sh`), offline: no DG solve; the solution at each snapshot time t
+  in `swirl["times"]` is the exact one, u(x, t) = u0(X(0; x, t)) by RK4 characteristics (`M.swirl_solution`), and the
+  monitor is the official one computed from it (`M.swirl_monitor`: max(5 ||H||^2/max, 10 |grad u|^2/max), screened-
+  Poisson smoothing with K = n_monitor_smooth dx^2 / 4, m = 1 + smoothed), on `test_size` meshes (`test_mesh`). Graphs
+  as above with kind = 3 (`KIND_SWIRL`), y NaN (no MA target exists offline: no node RMSE), params NaN and
+  swirl (1, 7) = (t, x0, y0, r0, sigma, alpha, T) for the evaluation of the exact solution.
 """
 from __future__ import annotations
 
@@ -55,7 +64,7 @@ from launch.errors import UserError
 from lit_models.common import mesh as M
 
 __all__ = ["FrontFieldDataModule", "MeshGraphDataModule", "front_fields", "separable_graph", "front_graph",
-           "square_mesh", "load_burgers_192"]
+           "swirl_graph", "square_mesh", "load_burgers_192", "KIND_SWIRL", "SWIRL_DEFAULTS", "TEST_FAMILIES"]
 
 
 # ================================================================================================ DMM: fields
@@ -292,6 +301,50 @@ def front_graph(n_side: int, k: float, c: float, amp: float = 0.3, mesh: str = "
     return _graph(n_side, pos, tri, m1(pos[:, 0]), M.equidistributed_mesh(pos, m1), 1, [k, c, 0.0, amp])
 
 
+KIND_SWIRL = 3
+TEST_FAMILIES = ("default", "swirl")
+# official values: velocity scale alpha 1.5, ring radius 0.2, sigma 0.05 / 3, T = 1 (reversal at T/2), centre (0.3, 0.3)
+# (make_dataset_swirl.sh; build_swirl.py defaults to (0.5, 0.5), the solver class to (0.25, 0.25)), monitor weights
+# 10 (gradient) / 5 (Hessian), n_monitor_smooth 10 (the dataset script sweeps 10-40). `times`: the snapshots tested
+# (the official data save every 5th of 1000 steps of dt = 1e-3: 201 snapshots; u(., t) = u(., T - t) here).
+SWIRL_DEFAULTS = {"times": (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0), "centre": (0.3, 0.3), "radius": 0.2,
+                  "sigma": 0.05 / 3, "alpha": 1.5, "T": 1.0, "n_monitor_smooth": 10.0, "grad_weight": 10.0,
+                  "hessian_weight": 5.0}
+
+
+def swirl_config(swirl: dict | None) -> dict:
+    """SWIRL_DEFAULTS updated by `swirl` (validated: known keys, times in [0, T], positive scales)."""
+    given = dict(swirl or {})
+    unknown = sorted(set(given) - set(SWIRL_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown swirl keys {unknown}; available: {', '.join(SWIRL_DEFAULTS)}")
+    cfg = {**SWIRL_DEFAULTS, **given}
+    cfg["times"] = tuple(float(t) for t in cfg["times"])
+    cfg["centre"] = tuple(float(c) for c in cfg["centre"])
+    for key in ("radius", "sigma", "alpha", "T", "n_monitor_smooth", "grad_weight", "hessian_weight"):
+        cfg[key] = float(cfg[key])
+    if not cfg["times"] or min(cfg["times"]) < 0 or max(cfg["times"]) > cfg["T"]:
+        raise ValueError(f"swirl times must be a non-empty list in [0, T = {cfg['T']}], got {list(cfg['times'])}")
+    if len(cfg["centre"]) != 2:
+        raise ValueError(f"swirl centre must be (x0, y0), got {cfg['centre']}")
+    if min(cfg["sigma"], cfg["T"], cfg["radius"]) <= 0 or min(cfg["n_monitor_smooth"], cfg["grad_weight"],
+                                                               cfg["hessian_weight"]) < 0:
+        raise ValueError("swirl sigma, T, radius must be > 0 and the monitor weights / smoothing >= 0")
+    return cfg
+
+
+def swirl_graph(n_side: int, t: float, mesh: str = "structured", mesh_seed: int = 0, **swirl):
+    """A mesh with the official swirl monitor of the exact solution at time t (no MA target: y NaN)."""
+    c = swirl_config(swirl)
+    pos, tri = square_mesh(n_side, mesh, mesh_seed)
+    m = M.swirl_monitor(pos, tri, t, centre=c["centre"], radius=c["radius"], sigma=c["sigma"], alpha=c["alpha"],
+                        T=c["T"], grad_weight=c["grad_weight"], hessian_weight=c["hessian_weight"],
+                        n_smooth=c["n_monitor_smooth"])
+    g = _graph(n_side, pos, tri, m, np.full(pos.shape, np.nan), KIND_SWIRL, [np.nan] * 4)
+    g.swirl = torch.tensor([[t, *c["centre"], c["radius"], c["sigma"], c["alpha"], c["T"]]], dtype=torch.float64)
+    return g
+
+
 class _List(Dataset):
     def __init__(self, items: list) -> None:
         self.items = items
@@ -309,13 +362,16 @@ class MeshGraphDataModule(L.LightningDataModule):
     mesh: the training meshes, "structured" (default) or "unstructured" (Delaunay, the paper trains on unstructured
     meshes); test_mesh: the test meshes (None = `mesh`), read when the test loader is built, so a trained model can be
     tested zero-shot on the other mesh kind (`eval: [data.test_mesh=unstructured]` in a claim). Test monitors are
-    the same for both kinds; unstructured mesh seeds come from their own stream (seed + 3000)."""
+    the same for both kinds; unstructured mesh seeds come from their own stream (seed + 3000).
+    test_family: "default" (the dataset's own tests: fronts + held-out bumps, or the Helmholtz test split) or "swirl"
+    (the swirl snapshots, `swirl` overrides SWIRL_DEFAULTS; read when the test loader is built, like test_mesh)."""
 
     def __init__(self, name: str = "separable", n_train: int = 600, train_sizes: tuple = (15, 20),
                  test_size: int = 35, n_test_fronts: int = 4, test_k: float = 20.0, n_test_bumps: int = 4,
                  bump_test_size: int = 20, batch_size: int = 3, mesh: str = "structured",
                  test_mesh: str | None = None, data_dir: str | None = None, dataset_dirs: list | None = None,
-                 train_subdir: str = "train", test_subdir: str = "test", seed: int = 0) -> None:
+                 train_subdir: str = "train", test_subdir: str = "test", test_family: str = "default",
+                 swirl: dict | None = None, seed: int = 0) -> None:
         super().__init__()
         if name not in ("separable", "um2n_helmholtz"):
             raise ValueError(f"unknown UM2N dataset {name!r}; available: 'separable' (offline), 'um2n_helmholtz'")
@@ -324,10 +380,20 @@ class MeshGraphDataModule(L.LightningDataModule):
         for key, kind in (("mesh", mesh), ("test_mesh", test_mesh)):
             if kind not in MESH_KINDS and not (key == "test_mesh" and kind is None):
                 raise ValueError(f"{key} must be one of {', '.join(MESH_KINDS)}, got {kind!r}")
+        if test_family not in TEST_FAMILIES:
+            raise ValueError(f"test_family must be one of {', '.join(TEST_FAMILIES)}, got {test_family!r}")
+        if swirl is not None and not isinstance(swirl, dict):
+            from omegaconf import DictConfig, OmegaConf
+
+            if not isinstance(swirl, DictConfig):
+                raise ValueError(f"swirl must be a mapping of {', '.join(SWIRL_DEFAULTS)}, got {swirl!r}")
+            swirl = OmegaConf.to_container(swirl, resolve=True)
+        swirl_config(swirl)  # fail early on bad keys or values
         self.save_hyperparameters()
+        self.hparams.swirl = swirl
         self.batch_size, self.seed = batch_size, seed
         self.train_set: _List | None = None
-        self._test_sets: dict[str, _List] = {}
+        self._test_sets: dict = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -365,6 +431,8 @@ class MeshGraphDataModule(L.LightningDataModule):
     def test_set(self) -> _List:
         """The zero-shot test graphs for the current `test_mesh` (built once per mesh kind)."""
         hp = self.hparams
+        if hp.test_family == "swirl":
+            return self._swirl_set()
         if hp.name == "um2n_helmholtz":  # the datasets' own test split (read in setup)
             if "file" not in self._test_sets:
                 self.setup("test")
@@ -380,6 +448,18 @@ class MeshGraphDataModule(L.LightningDataModule):
                      for _ in range(hp.n_test_bumps)]
             self._test_sets[mesh] = _List(fronts + bumps)
         return self._test_sets[mesh]
+
+    def _swirl_set(self) -> _List:
+        hp = self.hparams
+        mesh = hp.test_mesh or hp.mesh
+        if mesh not in MESH_KINDS:
+            raise ValueError(f"test_mesh must be one of {', '.join(MESH_KINDS)}, got {mesh!r}")
+        cfg = swirl_config(hp.swirl)
+        key = ("swirl", mesh, hp.test_size, repr(sorted(cfg.items())))
+        if key not in self._test_sets:
+            seed = self._mesh_draw(mesh, np.random.default_rng(self.seed + 4000))[1]  # one mesh for all snapshots
+            self._test_sets[key] = _List([swirl_graph(hp.test_size, t, mesh, seed, **cfg) for t in cfg["times"]])
+        return self._test_sets[key]
 
     def train_dataloader(self):
         from torch_geometric.loader import DataLoader as GeoLoader

@@ -15,6 +15,10 @@
   `bump_monitor_1d` m(s) = 1 + A sum_j exp(-(s - c_j)^2 / (2 w_j^2)) (the UM2N offline separable family).
 - `ma_relaxation_mesh`: a finite-difference parabolic Monge-Ampere relaxation on the uniform grid (the classical
   solver a learned mover replaces; used by the speed benchmark for non-separable monitors).
+- Swirl advection (UM2N's zero-shot test case): the official swirl velocity (reversing at T/2), the ring initial
+  condition, the exact solution by RK4 characteristics (`swirl_trace`, `swirl_solution`) and the official
+  Hessian/gradient monitor with its screened-Poisson smoothing (`swirl_monitor`, P1 assembly in
+  `p1_stiffness_lumped_mass`, `screened_poisson_smooth`).
 """
 from __future__ import annotations
 
@@ -341,3 +345,122 @@ def ma_relaxation_mesh(monitor: Callable[[np.ndarray], np.ndarray], n_nodes: int
         if np.max(np.abs(dt * upd)) < tol:
             break
     return moved(phi)[1].reshape(-1, 2), step
+
+
+# ------------------------------------------------------------------------------------- swirl advection (UM2N test)
+# The UM2N swirl test case (official code mesh-adaptation/UM2N: `UM2N/generator/swirl_solver.py` get_c / get_u_0,
+# `script/build_swirl.py`, `script/make_dataset_swirl.sh`): u_t + c . grad u = 0 on the unit square with
+#   c(x, y, t) = a(t) alpha (sin^2(pi x) sin(2 pi y), -sin^2(pi y) sin(2 pi x)),  a = +1 for t < T/2, -1 after,
+# (the swirl reverses at T/2, so u(., T) = u0) and the ring u0 = exp(-(|x - x0| - r0)^2 / (2 sigma^2)).
+# The exact solution is u(x, t) = u0(X(0; x, t)), X the characteristic through (x, t), integrated here with RK4.
+SWIRL_DEFAULTS = {"centre": (0.3, 0.3), "radius": 0.2, "sigma": 0.05 / 3, "alpha": 1.5, "T": 1.0}
+
+
+def swirl_velocity(p: np.ndarray, sign: float = 1.0, alpha: float = 1.5) -> np.ndarray:
+    """The swirl field (..., 2) at points p (..., 2) with a(t) = `sign` (+1 before T/2, -1 after)."""
+    sx, cx = np.sin(np.pi * p[..., 0]), np.cos(np.pi * p[..., 0])
+    sy, cy = np.sin(np.pi * p[..., 1]), np.cos(np.pi * p[..., 1])
+    k = sign * alpha
+    return np.stack([k * sx * sx * (2 * sy * cy), -k * sy * sy * (2 * sx * cx)], -1)
+
+
+def swirl_trace(p: np.ndarray, t_from: float, t_to: float, alpha: float = 1.5, T: float = 1.0,
+                steps_per_unit: int = 500) -> np.ndarray:
+    """Characteristic map: the position at time `t_to` of the particle at `p` (..., 2) at time `t_from` (forward or
+    backward in time), classical RK4 with about `steps_per_unit` steps per unit time. The interval is split at the
+    reversal time T/2, so each piece integrates an autonomous field (RK4 keeps its 4th order)."""
+    x = np.array(p, np.float64, copy=True)
+    half = 0.5 * T
+    cuts = [t_from] + ([half] if min(t_from, t_to) < half < max(t_from, t_to) else []) + [t_to]
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        if b == a:
+            continue
+        sign = 1.0 if 0.5 * (a + b) < half else -1.0
+        n = max(1, int(np.ceil(abs(b - a) * steps_per_unit)))
+        h = (b - a) / n
+        for _ in range(n):
+            k1 = swirl_velocity(x, sign, alpha)
+            k2 = swirl_velocity(x + 0.5 * h * k1, sign, alpha)
+            k3 = swirl_velocity(x + 0.5 * h * k2, sign, alpha)
+            k4 = swirl_velocity(x + h * k3, sign, alpha)
+            x += (h / 6.0) * (k1 + 2 * k2 + 2 * k3 + k4)
+    return x
+
+
+def swirl_initial(p: np.ndarray, centre=(0.3, 0.3), radius: float = 0.2, sigma: float = 0.05 / 3) -> np.ndarray:
+    """u0 = exp(-(|p - centre| - radius)^2 / (2 sigma^2)) (official `get_u_0`): a ring of width sigma."""
+    r = np.hypot(p[..., 0] - centre[0], p[..., 1] - centre[1])
+    return np.exp(-((r - radius) ** 2) / (2 * sigma**2))
+
+
+def swirl_solution(p: np.ndarray, t: float, centre=(0.3, 0.3), radius: float = 0.2, sigma: float = 0.05 / 3,
+                   alpha: float = 1.5, T: float = 1.0, steps_per_unit: int = 500) -> np.ndarray:
+    """Exact swirl solution u(p, t) = u0(X(0; p, t)) by characteristics (RK4 backward in time)."""
+    return swirl_initial(swirl_trace(p, t, 0.0, alpha, T, steps_per_unit), centre, radius, sigma)
+
+
+def circumdiameters(pos: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """2 x circumradius (T,) of each triangle (Firedrake's CellSize, used by `mesh.cell_sizes`)."""
+    p = pos[tri]
+    a = np.linalg.norm(p[:, 1] - p[:, 2], axis=1)
+    b = np.linalg.norm(p[:, 2] - p[:, 0], axis=1)
+    c = np.linalg.norm(p[:, 0] - p[:, 1], axis=1)
+    return a * b * c / (2.0 * np.abs(signed_areas(pos, tri)))
+
+
+def p1_stiffness_lumped_mass(pos: np.ndarray, tri: np.ndarray):
+    """P1 finite elements on a triangle mesh: the stiffness matrix (scipy CSR, V x V) and the lumped mass (V,)."""
+    from scipy.sparse import coo_matrix
+
+    p = pos[tri]
+    area = np.abs(signed_areas(pos, tri))
+    # gradients of the barycentric basis functions: grad l_k = rot90(edge opposite k) / (2 A)
+    e = np.stack([p[:, 2] - p[:, 1], p[:, 0] - p[:, 2], p[:, 1] - p[:, 0]], 1)  # (T, 3, 2)
+    s = np.sign(signed_areas(pos, tri))[:, None, None]
+    g = s * np.stack([-e[..., 1], e[..., 0]], -1) / (2 * area[:, None, None])
+    local = area[:, None, None] * np.einsum("tid,tjd->tij", g, g)
+    rows, cols = np.repeat(tri, 3, axis=1), np.tile(tri, (1, 3))
+    A = coo_matrix((local.ravel(), (rows.ravel(), cols.ravel())), shape=(len(pos), len(pos))).tocsr()
+    mass = np.bincount(tri.ravel(), weights=np.repeat(area / 3.0, 3), minlength=len(pos))
+    return A, mass
+
+
+def screened_poisson_smooth(pos: np.ndarray, tri: np.ndarray, f: np.ndarray, k: float) -> np.ndarray:
+    """s with (K grad s, grad v) + (s, v) = (f, v) for all P1 v vanishing on the boundary, s = f on the boundary (the
+    official swirl monitor smoother, `SwirlSolver.monitor_function*`), with the lumped mass matrix: on meshes without
+    obtuse angles (structured, Delaunay) the system is an M-matrix, so s >= 0 where f >= 0."""
+    from scipy.sparse import diags
+    from scipy.sparse.linalg import spsolve
+
+    A, mass = p1_stiffness_lumped_mass(pos, tri)
+    Kmat = (k * A + diags(mass)).tocsr()
+    bd = boundary_masks(pos)["any"]
+    inner = ~bd
+    rhs = mass * f - Kmat[:, bd] @ f[bd]
+    out = np.array(f, np.float64, copy=True)
+    out[inner] = spsolve(Kmat[inner][:, inner].tocsc(), rhs[inner])
+    return out
+
+
+def swirl_monitor(pos: np.ndarray, tri: np.ndarray, t: float, centre=(0.3, 0.3), radius: float = 0.2,
+                  sigma: float = 0.05 / 3, alpha: float = 1.5, T: float = 1.0, grad_weight: float = 10.0,
+                  hessian_weight: float = 5.0, n_smooth: float = 10.0, fd_step: float = 1e-4,
+                  steps_per_unit: int = 500) -> np.ndarray:
+    """The official swirl monitor at the nodes `pos` (`SwirlSolver.monitor_function_on_coarse_mesh`):
+        f = max(hessian_weight ||H||_F^2 / max ||H||_F^2, grad_weight |grad u|^2 / max |grad u|^2)
+        m = 1 + s,  (K grad s, grad v) + (s, v) = (f, v), s = f on the boundary, K = n_smooth dx^2 / 4,
+    dx the mean cell size (2 x circumradius). Here u is the exact solution at time t and its derivatives are central
+    differences of step `fd_step` (the official code recovers them from the DG solution by L2 projection)."""
+    kw = dict(centre=centre, radius=radius, sigma=sigma, alpha=alpha, T=T, steps_per_unit=steps_per_unit)
+    h = fd_step
+    offs = np.array([[0, 0], [h, 0], [-h, 0], [0, h], [0, -h], [h, h], [h, -h], [-h, h], [-h, -h]])
+    u = swirl_solution(pos[None] + offs[:, None], t, **kw)  # (9, V)
+    ux, uy = (u[1] - u[2]) / (2 * h), (u[3] - u[4]) / (2 * h)
+    uxx, uyy = (u[1] - 2 * u[0] + u[2]) / h**2, (u[3] - 2 * u[0] + u[4]) / h**2
+    uxy = (u[5] - u[6] - u[7] + u[8]) / (4 * h * h)
+    g2 = ux**2 + uy**2
+    h2 = uxx**2 + 2 * uxy**2 + uyy**2
+    f = np.maximum(hessian_weight * h2 / max(h2.max(), 1e-300), grad_weight * g2 / max(g2.max(), 1e-300))
+    dx = float(np.mean(circumdiameters(pos, tri)))
+    s = screened_poisson_smooth(pos, tri, f, n_smooth * dx**2 / 4.0)
+    return 1.0 + np.maximum(s, 0.0)

@@ -120,6 +120,37 @@ class UM2N(nn.Module):
         return coord
 
 
+KIND_SWIRL = 3  # graph kind of the swirl snapshots (datamodules.meshes.KIND_SWIRL)
+
+
+@functools.lru_cache(maxsize=64)
+def _swirl_reference(swirl: tuple[float, ...], n_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """(points, exact u(points, t)) for a swirl snapshot (t, x0, y0, r0, sigma, alpha, T): the characteristic trace of
+    the random points is the costly part of the evaluation, shared by every evaluation of the same snapshot."""
+    pts = M.random_points(n_points, 0)
+    vals = M.swirl_solution(pts, swirl[0], **_swirl_kwargs(swirl))
+    pts.flags.writeable = vals.flags.writeable = False
+    return pts, vals
+
+
+def _swirl_kwargs(swirl: tuple[float, ...]) -> dict:
+    t, x0, y0, r0, sigma, alpha, T = swirl
+    return {"centre": (x0, y0), "radius": r0, "sigma": sigma, "alpha": alpha, "T": T}
+
+
+def swirl_interp_ratio(pred: np.ndarray, ref: np.ndarray, tri: np.ndarray, swirl: tuple[float, ...],
+                       n_points: int) -> float:
+    """RMS P1 interpolation error of the exact swirl solution at time swirl[0] on the moved mesh `pred` / the same on
+    the reference (uniform) mesh `ref` (nodal values are the exact solution at each mesh's own nodes)."""
+    pts, exact = _swirl_reference(tuple(swirl), int(n_points))
+    kw = _swirl_kwargs(swirl)
+    errs = []
+    for nodes in (pred, ref):
+        approx = M.interpolate_p1(nodes, tri, M.swirl_solution(nodes, swirl[0], **kw), pts)
+        errs.append(float(np.sqrt(np.mean((exact - approx) ** 2))))
+    return errs[0] / errs[1]
+
+
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.1)
 
 
@@ -130,7 +161,12 @@ class UM2NModule(L.LightningModule):
     uniform mesh, 20,000 random points; mean), `inverted` (tangled triangles summed over all test meshes),
     `boundary_violation` (largest normal displacement of a boundary node), `node_rmse_cells` (node RMSE to the exact
     MA mesh / cell width, mean over all test meshes; `_fronts`, `_bumps` and `_dataset` (targets read from
-    dataset files, e.g. the Helmholtz sets) per family).
+    dataset files, e.g. the Helmholtz sets) per family; only logged when some test mesh has a target).
+    Swirl snapshots (graph kind 3, `data.test_family=swirl`; no MA target, so no node RMSE): `interp_ratio_swirl`
+    (RMS P1 interpolation error of the exact swirl solution u(., t_k) on the moved / uniform mesh, `n_interp_points`
+    random points, mean over snapshots), `inverted_swirl` (sum), `boundary_violation_swirl` (max), and per snapshot
+    `interp_ratio_swirl_t<t_k>`, `inverted_swirl_t<t_k>`, `boundary_violation_swirl_t<t_k>` (t_k with 3 decimals);
+    `inverted` and `boundary_violation` include the swirl meshes.
     """
 
     def __init__(self, embed_dim: int = 64, transformer_out: int = 16, num_heads: int = 4, num_layers: int = 1,
@@ -183,7 +219,7 @@ class UM2NModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------------------- evaluation
     def _start(self) -> None:
-        self._eval = {"ratio": [], "inverted": [], "bd": [], "rmse_f": [], "rmse_b": [], "rmse_d": []}
+        self._eval = {"ratio": [], "inverted": [], "bd": [], "rmse_f": [], "rmse_b": [], "rmse_d": [], "swirl": []}
         self._last = []
 
     def on_validation_epoch_start(self) -> None:
@@ -199,11 +235,16 @@ class UM2NModule(L.LightningModule):
         tgt = data.y.double().cpu().numpy()
         n_side = int(data.n_side.reshape(-1)[0])
         h = M.cell_size(n_side)
-        self._eval["inverted"].append(M.count_inverted(pred, tri))
-        self._eval["bd"].append(M.boundary_violation(pred, ref))
+        inverted, bd = M.count_inverted(pred, tri), M.boundary_violation(pred, ref)
+        self._eval["inverted"].append(inverted)
+        self._eval["bd"].append(bd)
         rmse = float(np.sqrt(np.mean(np.sum((pred - tgt) ** 2, 1)))) / h
         kind = int(data.kind.reshape(-1)[0])
-        if kind == 1:
+        if kind == KIND_SWIRL:  # no target: interpolation error of the exact solution, tangling, boundary
+            sw = tuple(float(v) for v in data.swirl.reshape(-1).cpu().numpy())
+            ratio = swirl_interp_ratio(pred, ref, tri, sw, self.hparams.n_interp_points)
+            self._eval["swirl"].append((sw[0], ratio, inverted, bd))
+        elif kind == 1:
             k, c, ang, amp = data.params.reshape(-1).cpu().numpy()
             f = functools.partial(M.front_field, k=k, c=c, angle=ang, amp=amp)
             pts = M.random_points(self.hparams.n_interp_points, 0)
@@ -225,8 +266,9 @@ class UM2NModule(L.LightningModule):
     def _log_eval(self, split: str) -> None:
         e = self._eval
         rm = e["rmse_f"] + e["rmse_b"] + e["rmse_d"]
-        metrics = {"inverted": float(np.sum(e["inverted"])), "boundary_violation": float(np.max(e["bd"])),
-                   "node_rmse_cells": float(np.mean(rm))}
+        metrics = {"inverted": float(np.sum(e["inverted"])), "boundary_violation": float(np.max(e["bd"]))}
+        if rm:
+            metrics["node_rmse_cells"] = float(np.mean(rm))
         if e["ratio"]:
             metrics |= {"interp_ratio": float(np.mean(e["ratio"])),
                         "node_rmse_cells_fronts": float(np.mean(e["rmse_f"]))}
@@ -234,6 +276,15 @@ class UM2NModule(L.LightningModule):
             metrics["node_rmse_cells_bumps"] = float(np.mean(e["rmse_b"]))
         if e["rmse_d"]:
             metrics["node_rmse_cells_dataset"] = float(np.mean(e["rmse_d"]))
+        if e["swirl"]:
+            t, ratio, inv, bd = (np.array(v, np.float64) for v in zip(*e["swirl"]))
+            metrics |= {"interp_ratio_swirl": float(ratio.mean()), "inverted_swirl": float(inv.sum()),
+                        "boundary_violation_swirl": float(bd.max())}
+            for tk in np.unique(t):
+                sel = t == tk
+                metrics |= {f"interp_ratio_swirl_t{tk:.3f}": float(ratio[sel].mean()),
+                            f"inverted_swirl_t{tk:.3f}": float(inv[sel].sum()),
+                            f"boundary_violation_swirl_t{tk:.3f}": float(bd[sel].max())}
         for k, v in metrics.items():
             self.log(f"{split}/{k}", v, sync_dist=True, batch_size=1, prog_bar=k == "interp_ratio")
 
@@ -258,7 +309,8 @@ class UM2NModule(L.LightningModule):
         fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
         for ax, d in zip(axes[0], self._last):
             ax.tripcolor(d["ref"][:, 0], d["ref"][:, 1], d["tri"], d["monitor"], shading="gouraud", cmap="viridis")
-            ax.triplot(d["target"][:, 0], d["target"][:, 1], d["tri"], color="r", lw=0.4, ls="--")
+            if np.all(np.isfinite(d["target"])):  # swirl snapshots have no target mesh
+                ax.triplot(d["target"][:, 0], d["target"][:, 1], d["tri"], color="r", lw=0.4, ls="--")
             ax.triplot(d["pred"][:, 0], d["pred"][:, 1], d["tri"], color="w", lw=0.5)
             ax.set_xticks([])
             ax.set_yticks([])
