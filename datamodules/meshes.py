@@ -301,7 +301,7 @@ def front_graph(n_side: int, k: float, c: float, amp: float = 0.3, mesh: str = "
     return _graph(n_side, pos, tri, m1(pos[:, 0]), M.equidistributed_mesh(pos, m1), 1, [k, c, 0.0, amp])
 
 
-KIND_SWIRL = 3
+KIND_SWIRL = M.KIND_SWIRL
 TEST_FAMILIES = ("default", "swirl")
 # official values: velocity scale alpha 1.5, ring radius 0.2, sigma 0.05 / 3, T = 1 (reversal at T/2), centre (0.3, 0.3)
 # (make_dataset_swirl.sh; build_swirl.py defaults to (0.5, 0.5), the solver class to (0.25, 0.25)), monitor weights
@@ -431,15 +431,15 @@ class MeshGraphDataModule(L.LightningDataModule):
     def test_set(self) -> _List:
         """The zero-shot test graphs for the current `test_mesh` (built once per mesh kind)."""
         hp = self.hparams
+        mesh = hp.test_mesh or hp.mesh
+        if mesh not in MESH_KINDS:
+            raise ValueError(f"test_mesh must be one of {', '.join(MESH_KINDS)}, got {mesh!r}")
         if hp.test_family == "swirl":
-            return self._swirl_set()
+            return self._swirl_set(mesh)
         if hp.name == "um2n_helmholtz":  # the datasets' own test split (read in setup)
             if "file" not in self._test_sets:
                 self.setup("test")
             return self._test_sets["file"]
-        mesh = hp.test_mesh or hp.mesh
-        if mesh not in MESH_KINDS:
-            raise ValueError(f"test_mesh must be one of {', '.join(MESH_KINDS)}, got {mesh!r}")
         if mesh not in self._test_sets:
             trng, mrng = np.random.default_rng(self.seed + 1000), np.random.default_rng(self.seed + 3000)
             fronts = [front_graph(hp.test_size, hp.test_k, c, mesh=mesh, mesh_seed=self._mesh_draw(mesh, mrng)[1])
@@ -449,11 +449,8 @@ class MeshGraphDataModule(L.LightningDataModule):
             self._test_sets[mesh] = _List(fronts + bumps)
         return self._test_sets[mesh]
 
-    def _swirl_set(self) -> _List:
+    def _swirl_set(self, mesh: str) -> _List:
         hp = self.hparams
-        mesh = hp.test_mesh or hp.mesh
-        if mesh not in MESH_KINDS:
-            raise ValueError(f"test_mesh must be one of {', '.join(MESH_KINDS)}, got {mesh!r}")
         cfg = swirl_config(hp.swirl)
         key = ("swirl", mesh, hp.test_size, repr(sorted(cfg.items())))
         if key not in self._test_sets:

@@ -353,7 +353,7 @@ def ma_relaxation_mesh(monitor: Callable[[np.ndarray], np.ndarray], n_nodes: int
 #   c(x, y, t) = a(t) alpha (sin^2(pi x) sin(2 pi y), -sin^2(pi y) sin(2 pi x)),  a = +1 for t < T/2, -1 after,
 # (the swirl reverses at T/2, so u(., T) = u0) and the ring u0 = exp(-(|x - x0| - r0)^2 / (2 sigma^2)).
 # The exact solution is u(x, t) = u0(X(0; x, t)), X the characteristic through (x, t), integrated here with RK4.
-SWIRL_DEFAULTS = {"centre": (0.3, 0.3), "radius": 0.2, "sigma": 0.05 / 3, "alpha": 1.5, "T": 1.0}
+KIND_SWIRL = 3  # graph kind of swirl snapshots (datamodules.meshes builds them, lit_models.pde.um2n scores them)
 
 
 def swirl_velocity(p: np.ndarray, sign: float = 1.0, alpha: float = 1.5) -> np.ndarray:

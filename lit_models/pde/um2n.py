@@ -120,7 +120,7 @@ class UM2N(nn.Module):
         return coord
 
 
-KIND_SWIRL = 3  # graph kind of the swirl snapshots (datamodules.meshes.KIND_SWIRL)
+KIND_SWIRL = M.KIND_SWIRL  # graph kind of the swirl snapshots
 
 
 @functools.lru_cache(maxsize=64)
