@@ -33,6 +33,19 @@ line search, up to rf_max_iter iterations), starting from the Adam weights. Here
 optimisation steps of the run (`lit_models.common.lbfgs.LBFGSPhase`), each one `torch.optim.LBFGS.step` over the
 last layer's weight with a history as long as the iteration budget (L-BFGS with full memory is BFGS up to the scaling
 of the initial inverse Hessian) and restarted every epoch, as the official `torchmin.minimize(method='bfgs')` call.
+
+Cylinder case (official `dmm.py --experiment cy`, `DMM(mode='graph')`; data `datamodules.cylinder_flow`):
+`branch="gnn"` replaces the CNN by the official graph branch (`BranchGNN`: kNN message passing over the nodes of
+the fixed triangular mesh, a per-node decoder and an MLP over all V node scalars), u is then (B, V, 3) = [u, x, y]
+per node and `grid` = V. Everything else is the grid procedure, as in the official code, which treats the unit
+square as the domain and ignores the hole: the monitor lives on a uniform grid over the whole square (from the
+official softmax-kernel interpolant of the node values, hole included), collocation points are drawn ~ m over the
+whole square, and the boundary loss acts on the square's four sides only; nothing keeps the nodes on the cylinder
+on the cylinder (the evaluation reports how far they move: `hole_disp`; measured: they collapse into the hole).
+`w_hole > 0` (not in the official code; 0 by default) adds w_hole mean (d phi / d n)^2 at the hole's rim nodes
+(batch "rim_pos", "rim_normal"), the soft boundary condition of the square's sides applied to the hole (graph
+branch with soft boundary only). Test metrics on the moved data mesh (`_mesh_metrics`) replace the `eval_nodes`
+square-mesh metrics.
 """
 from __future__ import annotations
 
@@ -95,6 +108,79 @@ class BranchCNN(nn.Module):
         return self.fc(x.flatten(1))
 
 
+class GNNLayer(nn.Module):
+    """One message-passing layer of the official graph branch (`GNN_Layer_FS_2D` in dmm_model.py, width h): the
+    message from neighbour j to node i is tanh(W2 tanh(W1 [h_i, h_j, u_i - u_j, x_i - x_j, y_i - y_j])), messages
+    are averaged over the node's neighbours, the update is h_i + tanh(W4 tanh(W3 [h_i, mean message])), then
+    BatchNorm over all nodes of the batch."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.message_net = nn.Sequential(nn.Linear(2 * hidden + 3, hidden), nn.Tanh(), nn.Linear(hidden, hidden),
+                                         nn.Tanh())
+        self.update_net = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
+        self.norm = nn.BatchNorm1d(hidden)
+
+    def forward(self, h: Tensor, u: Tensor, pos: Tensor, nbr: Tensor) -> Tensor:
+        """h (B, V, H), u (B, V, 1), pos (B, V, 2), nbr (V, k) the k neighbours (sources) of each node."""
+        k = nbr.shape[1]
+        hi, hj = h[:, :, None].expand(-1, -1, k, -1), h[:, nbr]
+        du = u[:, :, None] - u[:, nbr]
+        dp = pos[:, :, None] - pos[:, nbr]
+        msg = self.message_net(torch.cat([hi, hj, du, dp], -1)).mean(2)  # every node has exactly k neighbours
+        out = h + self.update_net(torch.cat([h, msg], -1))
+        return self.norm(out.reshape(-1, out.shape[-1])).reshape(out.shape)
+
+
+def knn_neighbours(pos: Tensor, k: int) -> Tensor:
+    """(V, k) indices of each node's k nearest other nodes (torch_cluster.knn_graph(loop=False) of the official
+    create_graph, flow source -> target: node i aggregates over them)."""
+    d = torch.cdist(pos, pos)
+    d.fill_diagonal_(float("inf"))
+    return d.topk(min(k, pos.shape[0] - 1), dim=1, largest=False).indices
+
+
+class BranchGNN(nn.Module):
+    """Graph branch on the solution at the nodes of a fixed mesh (official `DMM(mode='graph')` of dmm_model.py,
+    `branch_layers=[hidden, n_layers]`, cylinder: [4, 3]): input (B, V, 3) = [u, x, y] per node; the kNN graph
+    (k = 35, official create_graph) of the node positions (those of the first field: every field shares the mesh);
+    node embedding Linear(3, h) - BatchNorm - tanh - Linear(h, h) - BatchNorm; `n_layers` `GNNLayer`s; a decoder
+    h -> 128 -> 1 per node (tanh, linear last: DenseNet([h, 128, 1])); the V node scalars, in node order, go through
+    Linear(V, 512) - tanh - Linear(512, 256) - tanh - Linear(256, out_dim) (official output_mlp, out_dim = the trunk
+    width). The node-level part is permutation-equivariant; the read-out is not invariant (it reads nodes by index,
+    as the official branch, so the node order of the mesh is part of the model)."""
+
+    def __init__(self, n_nodes: int, out_dim: int, hidden: int = 4, n_layers: int = 3, knn: int = 35,
+                 decoder: list[int] = (128,), readout: list[int] = (512, 256)) -> None:
+        super().__init__()
+        if n_nodes < 2 or hidden < 1 or n_layers < 0 or knn < 1:
+            raise ValueError(f"graph branch: need n_nodes >= 2, hidden >= 1, n_layers >= 0, knn >= 1, got "
+                             f"{n_nodes}, {hidden}, {n_layers}, {knn}")
+        self.n_nodes, self.knn = n_nodes, knn
+        self.embedding = nn.Sequential(nn.Linear(3, hidden), nn.BatchNorm1d(hidden), nn.Tanh(),
+                                       nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden))
+        self.layers = nn.ModuleList(GNNLayer(hidden) for _ in range(n_layers))
+        self.decoder = _mlp([hidden, *decoder, 1])
+        self.readout = _mlp([n_nodes, *readout, out_dim])
+
+    def node_features(self, u: Tensor) -> Tensor:
+        """(B, V, 3) -> the decoder's node scalars (B, V)."""
+        if u.ndim != 3 or u.shape[-1] != 3:
+            raise ValueError(f"the graph branch takes (B, V, 3) = [u, x, y] per node, got {tuple(u.shape)}")
+        B, V, _ = u.shape
+        pos, val = u[..., 1:], u[..., :1]
+        nbr = knn_neighbours(pos[0].detach(), self.knn)
+        h = self.embedding(u.reshape(B * V, 3)).reshape(B, V, -1)
+        for layer in self.layers:
+            h = layer(h, val, pos, nbr)
+        return self.decoder(h)[..., 0]
+
+    def forward(self, u: Tensor) -> Tensor:
+        if u.shape[1] != self.n_nodes:
+            raise ValueError(f"the graph branch was built for {self.n_nodes} nodes, got {u.shape[1]}")
+        return self.readout(self.node_features(u))
+
+
 class DMMNet(nn.Module):
     """phi(u, xi): branch(u) and trunk(xi) features concatenated, head MLP -> scalar (DeepONet-like, dmm_model.DMM).
     trunk_layers includes the input size 2; head_layers starts with branch_out + trunk_out and ends with 1. Trunk and
@@ -102,18 +188,28 @@ class DMMNet(nn.Module):
     `trunk_init_scale` (None = PyTorch's default init, as the paper's code) re-draws the first trunk layer as
     W ~ N(0, s^2), b = -W p with p ~ U[0, 1]^2 (each tanh unit switches inside the square): a CPU-scale choice, since
     the MA map needs O(1) curvature of phi on length scales ~0.1-0.3 that a default-initialised tanh trunk (nearly
-    linear in xi) only reaches after far more Adam steps than a CPU budget allows."""
+    linear in xi) only reaches after far more Adam steps than a CPU budget allows.
+    `branch="gnn"`: the official graph branch (`BranchGNN`) for solutions on the nodes of a fixed mesh (the cylinder
+    case); u is then (B, V, 3) = [u, x, y] per node and `grid` the node count V; branch_channels / branch_fc unused."""
 
     def __init__(self, branch_channels: list[int], trunk_layers: list[int], head_layers: list[int],
                  boundary: str = "soft", trunk_init_scale: float | None = None, grid: int = 48,
-                 branch_fc: list[int] = (1024,), out_dim: int = 1) -> None:
+                 branch_fc: list[int] = (1024,), out_dim: int = 1, branch: str = "cnn", gnn_hidden: int = 4,
+                 gnn_layers: int = 3, gnn_knn: int = 35, gnn_decoder: list[int] = (128,),
+                 gnn_readout: list[int] = (512, 256)) -> None:
         super().__init__()
         if trunk_layers[0] != 2 or head_layers[-1] != 1:
             raise ValueError("trunk_layers must start with 2 (xi) and head_layers end with 1 (phi)")
         branch_out = head_layers[0] - trunk_layers[-1]
         if branch_out < 1:
             raise ValueError(f"head_layers[0] ({head_layers[0]}) must exceed the trunk width ({trunk_layers[-1]})")
-        self.branch = BranchCNN(list(branch_channels), branch_out, grid, list(branch_fc))
+        if branch == "cnn":
+            self.branch = BranchCNN(list(branch_channels), branch_out, grid, list(branch_fc))
+        elif branch == "gnn":
+            self.branch = BranchGNN(grid, branch_out, gnn_hidden, gnn_layers, gnn_knn, list(gnn_decoder),
+                                    list(gnn_readout))
+        else:
+            raise ValueError(f"branch must be 'cnn' or 'gnn', got {branch!r}")
         self.trunk = _mlp(list(trunk_layers))
         if trunk_init_scale is not None:
             first = self.trunk[0]
@@ -133,7 +229,8 @@ class DMMNet(nn.Module):
         return (x * y * (x - 1) * (y - 1)) ** 2
 
     def forward(self, u: Tensor, xi: Tensor) -> Tensor:
-        """u (B, 1, G, G), xi (B, P, 2) -> phi (B, P) (out_dim 1) or a displacement (B, P, 2) (out_dim 2)."""
+        """u (B, 1, G, G) (CNN branch) or (B, V, 3) (graph branch), xi (B, P, 2) -> phi (B, P) (out_dim 1) or a
+        displacement (B, P, 2) (out_dim 2)."""
         b = self.branch(u)[:, None].expand(-1, xi.shape[1], -1)
         out = self.head(torch.cat([b, self.trunk(xi)], -1))
         if out.shape[-1] != 1:
@@ -190,7 +287,9 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
     fields), `boundary_disp` (largest normal displacement on the edges), `inverted` (tangled triangles of the moved
     `eval_nodes` mesh, summed over fields), and on fields with an exact MA target (axis-aligned fronts, separable
     monitor): `interp_ratio` (RMS P1 interpolation error of u on the moved / uniform mesh, 20,000 random points) and
-    `node_rmse_cells` (node RMSE to the exact mesh / cell width).
+    `node_rmse_cells` (node RMSE to the exact mesh / cell width). Batches with a data mesh ("tri": the cylinder
+    case) get `inverted`, `min_det_fluid`, `hole_disp`, `equi_cv`, `equi_ratio` and `interp_ratio` of the moved
+    data mesh instead (`_mesh_metrics`).
 
     Random-feature method (official `rf`, on with the paper's values: `rf_epochs=5`): the last `rf_epochs` steps of
     the run (trainer.max_steps, or max_epochs x the epoch length) are BFGS epochs over the head's last-layer weight
@@ -206,7 +305,9 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                  w_interior: float = 1.0, w_boundary: float = 1000.0, w_convex: float = 1.0, det_term: bool = True,
                  n_eval_points: int = 2000, eval_nodes: int = 20, n_interp_points: int = 20000,
                  rf_epochs: int = 5, rf_max_iter: int = 300, rf_fields: int = 20, rf_points: int = 16,
-                 rf_convex_rel: float = 0.0,
+                 rf_convex_rel: float = 0.0, branch: str = "cnn", gnn_hidden: int = 4, gnn_layers: int = 3,
+                 gnn_knn: int = 35, gnn_decoder: list[int] = (128,), gnn_readout: list[int] = (512, 256),
+                 w_hole: float = 0.0,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
                  scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER) -> None:
         super().__init__()
@@ -229,7 +330,9 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         if grid < 4:
             raise ValueError(f"grid (branch input side) must be >= 4, got {grid}")
         self.net = DMMNet(list(branch_channels), list(trunk_layers), list(head_layers), boundary, trunk_init_scale,
-                          grid, list(branch_fc), out_dim=2 if mover == "direct" else 1)
+                          grid, list(branch_fc), out_dim=2 if mover == "direct" else 1, branch=branch,
+                          gnn_hidden=gnn_hidden, gnn_layers=gnn_layers, gnn_knn=gnn_knn,
+                          gnn_decoder=list(gnn_decoder), gnn_readout=list(gnn_readout))
         self._last: dict[str, Any] | None = None
         # the random-feature BFGS epochs: LBFGSPhase switches to `make_lbfgs` for the last rf_epochs steps
         self.lbfgs_steps = rf_epochs if mover != "identity" else 0
@@ -319,6 +422,20 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             return self._rf_training_step(batch)
         with no_autocast(self.device.type):
             xi = importance_points(self._cast(batch["monitor"]), hp.n_points)
+            if hp.branch == "gnn" and hp.boundary == "soft":
+                # one pass of the (costly) graph branch for the interior and the boundary points; the same loss
+                pb, normal = boundary_points(xi.shape[0], hp.n_boundary, xi.device, xi.dtype)
+                P, Q = xi.shape[1], xi.shape[1] + pb.shape[1]
+                hole = hp.w_hole > 0 and "rim_pos" in batch
+                pts = [xi, pb, self._cast(batch["rim_pos"])] if hole else [xi, pb]
+                x, hess, g = self.mesh_map(batch["u"], torch.cat(pts, 1))
+                r = self._residual_at(batch, x[:, :P], hess[:, :P], with_det=hp.det_term)
+                loss, parts = self._loss(r, hess[:, :P], self._normal(g[:, P:Q], normal))
+                if hole:  # not in the official code: zero normal displacement of the hole's rim nodes
+                    parts["loss_hole"] = torch.mean((g[:, Q:] * self._cast(batch["rim_normal"])).sum(-1) ** 2)
+                    loss = loss + hp.w_hole * parts["loss_hole"]
+                self._log_train(loss, parts, xi.shape[0])
+                return loss
             r, hess = self.residual(batch, xi, with_det=hp.det_term)
             gn = None
             if hp.boundary == "soft":
@@ -464,10 +581,17 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         s = torch.linspace(0, 1, 100, device=self.device, dtype=self.net_dtype)
         grid = torch.stack(torch.meshgrid(s, s, indexing="xy"), -1).reshape(1, -1, 2).expand(B, -1, -1)
         _, hess, _ = self.mesh_map(batch["u"], grid, create_graph=False)
-        min_det = self.det(hess.detach()).min()
+        dets = self.det(hess.detach())
+        min_det = dets.min()
         pb, normal = boundary_points(B, 100, self.device, self.net_dtype, torch.Generator().manual_seed(1))
         _, _, gb = self.mesh_map(batch["u"], pb, create_graph=False)
         bdisp = torch.gather(gb.detach(), -1, normal[None, :, None].expand(B, -1, 1)).abs().max()
+        if "tri" in batch:  # solutions on a mesh with a hole (the cylinder case)
+            metrics = {"ma_residual": float(res.mean()), "min_det": float(min_det), "boundary_disp": float(bdisp),
+                       **self._mesh_metrics(batch, grid[0], dets)}
+            for k, v in metrics.items():
+                self.log(f"test/{k}", v, batch_size=B, sync_dist=True)
+            return
         ref, tri = M.unit_square_mesh(hp.eval_nodes)
         ref_t = torch.tensor(ref, dtype=self.net_dtype, device=self.device)[None].expand(B, -1, -1)
         moved = self.forward(batch["u"], ref_t).double().cpu().numpy()
@@ -492,6 +616,66 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             self.log(f"test/{k}", v, batch_size=B, sync_dist=True)
         self._last = {"moved": moved, "tri": tri, "monitor": batch["monitor"].cpu().numpy(),
                       "target": batch["target"].cpu().numpy() if "target" in batch else None}
+
+    def _mesh_metrics(self, batch: dict[str, Tensor], grid: Tensor, dets: Tensor) -> dict[str, float]:
+        """Metrics of the moved data mesh (batch "u" (B, V, 3) = [u, x, y] at the nodes, "tri" (B, T, 3) its fluid
+        triangles, "flow" (B, 7) the exact flow or NaN; `datamodules.cylinder_flow`): `inverted` (tangled moved
+        triangles, summed over fields), `min_det_fluid` (min det J over the 100 x 100 grid points inside the fluid
+        mesh), `hole_disp` (largest distance of a moved hole-rim node from the original rim: the official code puts
+        no constraint at the hole), `equi_cv` (coefficient of variation over the triangles of m(centroid) x area,
+        the official evaluate_tri's equidistribution measure made scale-free, mean over fields) and `equi_ratio`
+        (moved / original mesh), and, where the exact flow is known, `interp_ratio` (RMS P1 interpolation error of
+        the exact field on the moved / original mesh at `n_interp_points` random fluid points)."""
+        import matplotlib.tri as mtri
+
+        from datamodules.cylinder_flow import hole_boundary_edges, potential_flow
+
+        hp = self.hparams
+        B = batch["u"].shape[0]
+        nodes = batch["u"][0, :, 1:3].double().cpu().numpy()
+        tri = batch["tri"][0].cpu().numpy()
+        moved_t = self.forward(batch["u"], self._cast(batch["u"][..., 1:3]))
+        moved = moved_t.double().cpu().numpy()
+        finder = mtri.Triangulation(nodes[:, 0], nodes[:, 1], tri).get_trifinder()
+        g = grid.double().cpu().numpy()
+        fluid = torch.as_tensor(finder(g[:, 0], g[:, 1]) >= 0, device=dets.device)
+        rim = hole_boundary_edges(nodes, tri)
+        a, b = nodes[rim[:, 0]], nodes[rim[:, 1]]
+        hole = 0.0
+        for q in (moved[i][np.unique(rim)] for i in range(B)):
+            if not len(rim):
+                break
+            ab = b - a
+            t = np.clip(np.einsum("qek,ek->qe", q[:, None] - a[None], ab) / np.sum(ab**2, 1)[None], 0.0, 1.0)
+            d = np.linalg.norm(q[:, None] - (a[None] + t[..., None] * ab[None]), axis=-1).min(1)
+            hole = max(hole, float(d.max()))
+
+        def equi_cv(pos: Tensor) -> Tensor:
+            cen = pos[:, tri].mean(2)
+            area = M.signed_areas(pos, tri).abs()
+            mc = sample_monitor(self._cast(batch["monitor"]), cen.to(self.net_dtype)) * area
+            return mc.std(1) / mc.mean(1)
+
+        cv = equi_cv(moved_t.double())
+        cv0 = equi_cv(batch["u"][..., 1:3].double().to(self.device))
+        out = {"inverted": float(sum(M.count_inverted(moved[i], tri) for i in range(B))),
+               "min_det_fluid": float(dets[:, fluid].min()), "hole_disp": hole,
+               "equi_cv": float(cv.mean()), "equi_ratio": float((cv / cv0).mean())}
+        flows = batch["flow"].double().cpu().numpy()
+        ratios = []
+        pts = M.random_points(hp.n_interp_points, 0)
+        for i in range(B):
+            if not np.all(np.isfinite(flows[i])):
+                continue
+            x0, y0, R = flows[i, 3:6]
+            q = pts[np.hypot(pts[:, 0] - x0, pts[:, 1] - y0) > R]
+            f = functools.partial(lambda p, fl, col: potential_flow(p, fl)[..., col], fl=flows[i, :6],
+                                  col=int(flows[i, 6]))
+            ratios.append(M.interpolation_error(moved[i], tri, f, q) / M.interpolation_error(nodes, tri, f, q))
+        if ratios:
+            out["interp_ratio"] = float(np.mean(ratios))
+        self._last = {"moved": moved, "tri": tri, "monitor": batch["monitor"].cpu().numpy(), "target": None}
+        return out
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.parameters())
