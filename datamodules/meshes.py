@@ -49,6 +49,15 @@ functions, and exact Monge-Ampere (MA) targets where they exist (separable monit
   Poisson smoothing with K = n_monitor_smooth dx^2 / 4, m = 1 + smoothed), on `test_size` meshes (`test_mesh`). Graphs
   as above with kind = 3 (`KIND_SWIRL`), y NaN (no MA target exists offline: no node RMSE), params NaN and
   swirl (1, 7) = (t, x0, y0, r0, sigma, alpha, T) for the evaluation of the exact solution.
+
+  test_family="cylinder": the paper's flow-past-a-cylinder test (official `test_flow_past_cylinder_final.py`), offline:
+  no Navier-Stokes solve (no Firedrake); the exact potential flow past a rotating cylinder in a uniform stream
+  (`datamodules.cylinder_flow.potential_flow`) at the times in `cylinder["times"]` (circulation
+  Gamma(t) = 2 pi R U (a0 + a1 sin(2 pi t / period + psi))) on one mesh of the unit square with a circular hole
+  (`datamodules.cylinder_flow.cylinder_mesh`, `test_size` nodes per side, Delaunay minus the hole), with the official
+  monitor min(||grad u||_F^2, clip) of the exact velocity gradient (`cylinder_monitor_official`; feature = / max).
+  Graphs as above with kind = 4 (`KIND_CYLINDER`), y NaN, rim (V,) the hole's rim nodes (boundary feature 1, fixed
+  in both coordinates unless fix_rim is false) and cylinder (1, 7) = (t, U, theta, Gamma, x0, y0, R).
 """
 from __future__ import annotations
 
@@ -64,7 +73,8 @@ from launch.errors import UserError
 from lit_models.common import mesh as M
 
 __all__ = ["FrontFieldDataModule", "MeshGraphDataModule", "front_fields", "separable_graph", "front_graph",
-           "swirl_graph", "square_mesh", "load_burgers_192", "KIND_SWIRL", "SWIRL_DEFAULTS", "TEST_FAMILIES"]
+           "swirl_graph", "square_mesh", "load_burgers_192", "KIND_SWIRL", "SWIRL_DEFAULTS", "TEST_FAMILIES",
+           "cylinder_graph", "cylinder_config", "KIND_CYLINDER", "CYLINDER_DEFAULTS"]
 
 
 # ================================================================================================ DMM: fields
@@ -302,7 +312,7 @@ def front_graph(n_side: int, k: float, c: float, amp: float = 0.3, mesh: str = "
 
 
 KIND_SWIRL = M.KIND_SWIRL
-TEST_FAMILIES = ("default", "swirl")
+TEST_FAMILIES = ("default", "swirl", "cylinder")
 # official values: velocity scale alpha 1.5, ring radius 0.2, sigma 0.05 / 3, T = 1 (reversal at T/2), centre (0.3, 0.3)
 # (make_dataset_swirl.sh; build_swirl.py defaults to (0.5, 0.5), the solver class to (0.25, 0.25)), monitor weights
 # 10 (gradient) / 5 (Hessian), n_monitor_smooth 10 (the dataset script sweeps 10-40). `times`: the snapshots tested
@@ -345,6 +355,119 @@ def swirl_graph(n_side: int, t: float, mesh: str = "structured", mesh_seed: int 
     return g
 
 
+KIND_CYLINDER = M.KIND_CYLINDER
+# Flow past a cylinder, offline. Official (mesh-adaptation/UM2N `test_flow_past_cylinder_final.py`, `_demo.py`): the
+# Turek channel [0, 2.2] x [0, 0.41] with a cylinder of diameter 0.1 at (0.2, 0.2) (gmsh meshes cylinder_010/015.msh),
+# Navier-Stokes (P2-P1 IPCS, nu = 1e-3, parabolic inflow, Re = 100, dt = 1e-3, 8,000 steps), the mesh moved by UM2N
+# after every step from the monitor f = ||grad u||_F^2 (velocity gradient interpolated into P1 on the original mesh)
+# clipped to [0, 1e3] and divided by its maximum (no "1 +"), boundary mask = every boundary node (cylinder included).
+# Here: no NS solve (no Firedrake); the field is the exact potential flow past a rotating cylinder in a uniform stream
+# (`datamodules.cylinder_flow.potential_flow`) on the unit square with a hole, at the times `times`:
+# Gamma(t) = 2 pi R U (a0 + a1 sin(2 pi t / period + psi)) (|a1| + |a0| < 2: the stagnation points stay on the rim),
+# and the official monitor computed from its exact velocity gradient at the nodes. Rim nodes are fixed (both
+# coordinates; `fix_rim: false` lets them move, an ablation: the official code pins only nodes on x, y = 0, 1).
+CYLINDER_DEFAULTS = {"times": (0.0, 0.125, 0.25, 0.625, 0.75), "U": 1.0, "theta": 0.0, "a0": 0.0, "a1": 1.5,
+                     "period": 1.0, "psi": 0.0, "centre": (0.3, 0.5), "radius": 0.1, "n_ring": 32, "n_nodes": None,
+                     "clip": 1000.0, "fix_rim": True}
+
+
+def cylinder_config(cylinder: dict | None) -> dict:
+    """CYLINDER_DEFAULTS updated by `cylinder` (validated: known keys, a cylinder inside the square, positive
+    scales)."""
+    given = dict(cylinder or {})
+    unknown = sorted(set(given) - set(CYLINDER_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown cylinder keys {unknown}; available: {', '.join(CYLINDER_DEFAULTS)}")
+    cfg = {**CYLINDER_DEFAULTS, **given}
+    try:
+        cfg["times"] = tuple(float(t) for t in cfg["times"])
+        cfg["centre"] = tuple(float(c) for c in cfg["centre"])
+        for key in ("U", "theta", "a0", "a1", "period", "psi", "radius", "clip"):
+            cfg[key] = float(cfg[key])
+        cfg["n_ring"] = int(cfg["n_ring"])
+        cfg["n_nodes"] = None if cfg["n_nodes"] is None else int(cfg["n_nodes"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"cylinder: non-numeric value ({err})") from None
+    if not isinstance(cfg["fix_rim"], bool):
+        raise ValueError(f"cylinder fix_rim must be true or false, got {cfg['fix_rim']!r}")
+    if not cfg["times"] or not all(np.isfinite(cfg["times"])):
+        raise ValueError(f"cylinder times must be a non-empty list of finite times, got {list(cfg['times'])}")
+    if len(cfg["centre"]) != 2:
+        raise ValueError(f"cylinder centre must be (x0, y0), got {cfg['centre']}")
+    (x0, y0), r = cfg["centre"], cfg["radius"]
+    if not (r > 0 and min(x0, y0) - r > 0.05 and max(x0, y0) + r < 0.95):
+        raise ValueError(f"the cylinder (centre {cfg['centre']}, radius {r}) must lie inside the unit square, at "
+                         "least 0.05 from its sides, with radius > 0")
+    if cfg["U"] <= 0 or cfg["period"] <= 0 or cfg["clip"] <= 0:
+        raise ValueError("cylinder U, period and clip must be > 0")
+    if cfg["n_ring"] < 8:
+        raise ValueError(f"cylinder n_ring must be >= 8 rim nodes, got {cfg['n_ring']}")
+    return cfg
+
+
+def cylinder_flow_params(t: float, cfg: dict) -> tuple[float, ...]:
+    """(U, theta, Gamma, x0, y0, R) of the potential flow at time t (`datamodules.cylinder_flow.potential_flow`)."""
+    U, R = cfg["U"], cfg["radius"]
+    gam = 2 * np.pi * R * U * (cfg["a0"] + cfg["a1"] * np.sin(2 * np.pi * t / cfg["period"] + cfg["psi"]))
+    return (U, cfg["theta"], float(gam), *cfg["centre"], R)
+
+
+def potential_velocity_gradient(p: np.ndarray, flow) -> np.ndarray:
+    """Exact velocity gradient (..., 2, 2) [[u_x, u_y], [v_x, v_y]] of `potential_flow`: with w = u - i v analytic,
+    w' = 2 U e^{i theta} R^2 / zeta^3 + i Gamma / (2 pi zeta^2), u_x = -v_y = Re w', u_y = v_x = -Im w'."""
+    U, th, gam, x0, y0, R = (float(f) for f in flow)
+    zeta = (p[..., 0] - x0) + 1j * (p[..., 1] - y0)
+    zeta = np.where(np.abs(zeta) < 1e-12, 1e-12, zeta)
+    dw = 2 * U * np.exp(1j * th) * R**2 / zeta**3 + 1j * gam / (2 * np.pi * zeta**2)
+    a, b = dw.real, -dw.imag
+    return np.stack([np.stack([a, b], -1), np.stack([b, -a], -1)], -2)
+
+
+def cylinder_monitor_official(p: np.ndarray, flow, clip: float = 1000.0) -> np.ndarray:
+    """The official cylinder monitor at the nodes: min(||grad u||_F^2, clip) (>= 0) of the exact potential flow (the
+    graph feature divides it by its maximum, as the official code does)."""
+    g = potential_velocity_gradient(p, flow)
+    return np.clip(np.sum(g**2, axis=(-2, -1)), 0.0, clip)
+
+
+@functools.lru_cache(maxsize=8)
+def _holed_mesh(n_nodes: int, n_ring: int, centre: tuple, radius: float, n_side: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`datamodules.cylinder_flow.cylinder_mesh` (read-only, cached: farthest-point sampling takes seconds at 1,225
+    nodes and every time of a test set shares the mesh)."""
+    from datamodules.cylinder_flow import cylinder_mesh
+
+    pos, tri = cylinder_mesh(n_nodes, n_ring, centre, radius, n_side=n_side, seed=seed)
+    pos.flags.writeable = tri.flags.writeable = False
+    return pos, tri
+
+
+def cylinder_graph(n_side: int, t: float, mesh_seed: int = 0, **cylinder):
+    """A mesh of the unit square with a circular hole (`datamodules.cylinder_flow.cylinder_mesh`: n_side nodes per
+    side, n_ring rim nodes, n_nodes in all, default n_side^2; Delaunay minus the hole) with the official monitor of
+    the potential flow at time t. No MA target (y NaN). Rim nodes: boundary feature 1 (the official mask is every
+    boundary node), fixed in both coordinates when fix_rim; `rim` (V,) marks them; `cylinder` (1, 7) =
+    (t, U, theta, Gamma, x0, y0, R) for the exact field."""
+    from datamodules.cylinder_flow import hole_boundary_edges
+
+    c = cylinder_config(cylinder)
+    n_nodes = c["n_nodes"] if c["n_nodes"] is not None else n_side * n_side
+    pos, tri = _holed_mesh(n_nodes, c["n_ring"], c["centre"], c["radius"], n_side, mesh_seed)
+    flow = cylinder_flow_params(t, c)
+    g = _graph(n_side, pos, tri, cylinder_monitor_official(pos, flow, c["clip"]), np.full(pos.shape, np.nan),
+               KIND_CYLINDER, [np.nan] * 4)
+    rim = np.zeros(len(pos), bool)
+    rim[np.unique(hole_boundary_edges(pos, tri))] = True
+    rim_t = torch.from_numpy(rim)
+    g.x[rim_t, 2] = 1.0
+    if c["fix_rim"]:
+        g.x_fixed = g.x_fixed | rim_t
+        g.y_fixed = g.y_fixed | rim_t
+    g.rim = rim_t
+    g.cylinder = torch.tensor([[t, *flow]], dtype=torch.float64)
+    return g
+
+
 class _List(Dataset):
     def __init__(self, items: list) -> None:
         self.items = items
@@ -363,15 +486,17 @@ class MeshGraphDataModule(L.LightningDataModule):
     meshes); test_mesh: the test meshes (None = `mesh`), read when the test loader is built, so a trained model can be
     tested zero-shot on the other mesh kind (`eval: [data.test_mesh=unstructured]` in a claim). Test monitors are
     the same for both kinds; unstructured mesh seeds come from their own stream (seed + 3000).
-    test_family: "default" (the dataset's own tests: fronts + held-out bumps, or the Helmholtz test split) or "swirl"
-    (the swirl snapshots, `swirl` overrides SWIRL_DEFAULTS; read when the test loader is built, like test_mesh)."""
+    test_family: "default" (the dataset's own tests: fronts + held-out bumps, or the Helmholtz test split), "swirl"
+    (the swirl snapshots, `swirl` overrides SWIRL_DEFAULTS; read when the test loader is built, like test_mesh) or
+    "cylinder" (potential flow past a rotating cylinder on a holed mesh, `cylinder` overrides CYLINDER_DEFAULTS;
+    test_mesh does not apply: the holed meshes are always Delaunay)."""
 
     def __init__(self, name: str = "separable", n_train: int = 600, train_sizes: tuple = (15, 20),
                  test_size: int = 35, n_test_fronts: int = 4, test_k: float = 20.0, n_test_bumps: int = 4,
                  bump_test_size: int = 20, batch_size: int = 3, mesh: str = "structured",
                  test_mesh: str | None = None, data_dir: str | None = None, dataset_dirs: list | None = None,
                  train_subdir: str = "train", test_subdir: str = "test", test_family: str = "default",
-                 swirl: dict | None = None, seed: int = 0) -> None:
+                 swirl: dict | None = None, cylinder: dict | None = None, seed: int = 0) -> None:
         super().__init__()
         if name not in ("separable", "um2n_helmholtz"):
             raise ValueError(f"unknown UM2N dataset {name!r}; available: 'separable' (offline), 'um2n_helmholtz'")
@@ -389,8 +514,11 @@ class MeshGraphDataModule(L.LightningDataModule):
                 raise ValueError(f"swirl must be a mapping of {', '.join(SWIRL_DEFAULTS)}, got {swirl!r}")
             swirl = OmegaConf.to_container(swirl, resolve=True)
         swirl_config(swirl)  # fail early on bad keys or values
+        cylinder = self._mapping("cylinder", cylinder, CYLINDER_DEFAULTS)
+        cylinder_config(cylinder)
         self.save_hyperparameters()
         self.hparams.swirl = swirl
+        self.hparams.cylinder = cylinder
         self.batch_size, self.seed = batch_size, seed
         self.train_set: _List | None = None
         self._test_sets: dict = {}
@@ -436,6 +564,8 @@ class MeshGraphDataModule(L.LightningDataModule):
             raise ValueError(f"test_mesh must be one of {', '.join(MESH_KINDS)}, got {mesh!r}")
         if hp.test_family == "swirl":
             return self._swirl_set(mesh)
+        if hp.test_family == "cylinder":
+            return self._cylinder_set()
         if hp.name == "um2n_helmholtz":  # the datasets' own test split (read in setup)
             if "file" not in self._test_sets:
                 self.setup("test")
@@ -457,6 +587,27 @@ class MeshGraphDataModule(L.LightningDataModule):
             seed = self._mesh_draw(mesh, np.random.default_rng(self.seed + 4000))[1]  # one mesh for all snapshots
             self._test_sets[key] = _List([swirl_graph(hp.test_size, t, mesh, seed, **cfg) for t in cfg["times"]])
         return self._test_sets[key]
+
+    def _cylinder_set(self) -> _List:
+        """The cylinder-flow test graphs: one holed mesh (`test_size` nodes per side), one graph per time."""
+        hp = self.hparams
+        cfg = cylinder_config(hp.cylinder)
+        key = ("cylinder", hp.test_size, repr(sorted(cfg.items())))
+        if key not in self._test_sets:
+            seed = int(np.random.default_rng(self.seed + 5000).integers(2**31))  # one mesh for all times
+            self._test_sets[key] = _List([cylinder_graph(hp.test_size, t, seed, **cfg) for t in cfg["times"]])
+        return self._test_sets[key]
+
+    @staticmethod
+    def _mapping(name: str, value, defaults: dict) -> dict | None:
+        """A plain dict (or None) from a dict / OmegaConf mapping; ValueError for anything else."""
+        if value is None or isinstance(value, dict):
+            return value
+        from omegaconf import DictConfig, OmegaConf
+
+        if not isinstance(value, DictConfig):
+            raise ValueError(f"{name} must be a mapping of {', '.join(defaults)}, got {value!r}")
+        return OmegaConf.to_container(value, resolve=True)
 
     def train_dataloader(self):
         from torch_geometric.loader import DataLoader as GeoLoader

@@ -354,6 +354,7 @@ def ma_relaxation_mesh(monitor: Callable[[np.ndarray], np.ndarray], n_nodes: int
 # (the swirl reverses at T/2, so u(., T) = u0) and the ring u0 = exp(-(|x - x0| - r0)^2 / (2 sigma^2)).
 # The exact solution is u(x, t) = u0(X(0; x, t)), X the characteristic through (x, t), integrated here with RK4.
 KIND_SWIRL = 3  # graph kind of swirl snapshots (datamodules.meshes builds them, lit_models.pde.um2n scores them)
+KIND_CYLINDER = 4  # graph kind of the cylinder-flow test meshes (datamodules.meshes.cylinder_graph)
 
 
 def swirl_velocity(p: np.ndarray, sign: float = 1.0, alpha: float = 1.5) -> np.ndarray:

@@ -151,6 +151,42 @@ def swirl_interp_ratio(pred: np.ndarray, ref: np.ndarray, tri: np.ndarray, swirl
     return errs[0] / errs[1]
 
 
+KIND_CYLINDER = M.KIND_CYLINDER  # graph kind of the cylinder-flow test meshes
+
+
+def cylinder_fluid_points(ref: np.ndarray, tri: np.ndarray, n_points: int, seed: int = 0) -> np.ndarray:
+    """`n_points` uniform random points of the unit square covered by the reference mesh (the fluid: outside the
+    hole's rim polygon), deterministic by seed."""
+    import matplotlib.tri as mtri
+
+    finder = mtri.Triangulation(ref[:, 0], ref[:, 1], tri).get_trifinder()
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    have = 0
+    while have < n_points:
+        p = rng.random((max(2 * (n_points - have), 64), 2))
+        p = p[finder(p[:, 0], p[:, 1]) >= 0]
+        out.append(p)
+        have += len(p)
+    return np.concatenate(out)[:n_points]
+
+
+def cylinder_interp_ratio(pred: np.ndarray, ref: np.ndarray, tri: np.ndarray, flow, n_points: int) -> float:
+    """RMS P1 interpolation error of the exact potential-flow velocity (u, v) (`datamodules.cylinder_flow.
+    potential_flow`, flow = (U, theta, Gamma, x0, y0, R)) on the moved mesh `pred` / the same on the reference mesh
+    `ref`, at `n_points` random fluid points (inside the reference mesh; nodal values exact at each mesh's nodes)."""
+    from datamodules.cylinder_flow import potential_flow
+
+    pts = cylinder_fluid_points(ref, tri, int(n_points))
+    exact = potential_flow(pts, flow)[:, :2]
+    errs = []
+    for nodes in (pred, ref):
+        vals = potential_flow(nodes, flow)[:, :2]
+        approx = np.stack([M.interpolate_p1(nodes, tri, vals[:, k], pts) for k in range(2)], 1)
+        errs.append(float(np.sqrt(np.mean(np.sum((exact - approx) ** 2, 1)))))
+    return errs[0] / errs[1]
+
+
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.1)
 
 
@@ -167,6 +203,11 @@ class UM2NModule(L.LightningModule):
     random points, mean over snapshots), `inverted_swirl` (sum), `boundary_violation_swirl` (max), and per snapshot
     `interp_ratio_swirl_t<t_k>`, `inverted_swirl_t<t_k>`, `boundary_violation_swirl_t<t_k>` (t_k with 3 decimals);
     `inverted` and `boundary_violation` include the swirl meshes.
+    Cylinder meshes (graph kind 4, `data.test_family=cylinder`; no MA target): `interp_ratio_cylinder` (RMS P1
+    interpolation error of the exact potential-flow velocity (u, v) on the moved / original mesh at
+    `n_interp_points` random points of the fluid, mean over times), `inverted_cylinder` (sum),
+    `boundary_violation_cylinder` (max over meshes of the largest normal displacement of a square-side node and the
+    largest displacement of a rim node), per time `..._t<t_k>`; `inverted` and `boundary_violation` include them.
     """
 
     def __init__(self, embed_dim: int = 64, transformer_out: int = 16, num_heads: int = 4, num_layers: int = 1,
@@ -219,7 +260,8 @@ class UM2NModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------------------- evaluation
     def _start(self) -> None:
-        self._eval = {"ratio": [], "inverted": [], "bd": [], "rmse_f": [], "rmse_b": [], "rmse_d": [], "swirl": []}
+        self._eval = {"ratio": [], "inverted": [], "bd": [], "rmse_f": [], "rmse_b": [], "rmse_d": [], "swirl": [],
+                      "cylinder": []}
         self._last = []
 
     def on_validation_epoch_start(self) -> None:
@@ -236,11 +278,19 @@ class UM2NModule(L.LightningModule):
         n_side = int(data.n_side.reshape(-1)[0])
         h = M.cell_size(n_side)
         inverted, bd = M.count_inverted(pred, tri), M.boundary_violation(pred, ref)
+        kind = int(data.kind.reshape(-1)[0])
+        if kind == KIND_CYLINDER:  # the hole's rim nodes are boundary nodes too: their displacement counts
+            rim = data.rim.cpu().numpy().astype(bool)
+            if rim.any():
+                bd = max(bd, float(np.linalg.norm(pred[rim] - ref[rim], axis=1).max()))
         self._eval["inverted"].append(inverted)
         self._eval["bd"].append(bd)
         rmse = float(np.sqrt(np.mean(np.sum((pred - tgt) ** 2, 1)))) / h
-        kind = int(data.kind.reshape(-1)[0])
-        if kind == KIND_SWIRL:  # no target: interpolation error of the exact solution, tangling, boundary
+        if kind == KIND_CYLINDER:  # no target: interpolation error of the exact flow, tangling, boundary
+            cy = tuple(float(v) for v in data.cylinder.reshape(-1).cpu().numpy())
+            ratio = cylinder_interp_ratio(pred, ref, tri, cy[1:], self.hparams.n_interp_points)
+            self._eval["cylinder"].append((cy[0], ratio, inverted, bd))
+        elif kind == KIND_SWIRL:  # no target: interpolation error of the exact solution, tangling, boundary
             sw = tuple(float(v) for v in data.swirl.reshape(-1).cpu().numpy())
             ratio = swirl_interp_ratio(pred, ref, tri, sw, self.hparams.n_interp_points)
             self._eval["swirl"].append((sw[0], ratio, inverted, bd))
@@ -285,6 +335,15 @@ class UM2NModule(L.LightningModule):
                 metrics |= {f"interp_ratio_swirl_t{tk:.3f}": float(ratio[sel].mean()),
                             f"inverted_swirl_t{tk:.3f}": float(inv[sel].sum()),
                             f"boundary_violation_swirl_t{tk:.3f}": float(bd[sel].max())}
+        if e["cylinder"]:
+            t, ratio, inv, bd = (np.array(v, np.float64) for v in zip(*e["cylinder"]))
+            metrics |= {"interp_ratio_cylinder": float(ratio.mean()), "inverted_cylinder": float(inv.sum()),
+                        "boundary_violation_cylinder": float(bd.max())}
+            for tk in np.unique(t):
+                sel = t == tk
+                metrics |= {f"interp_ratio_cylinder_t{tk:.3f}": float(ratio[sel].mean()),
+                            f"inverted_cylinder_t{tk:.3f}": float(inv[sel].sum()),
+                            f"boundary_violation_cylinder_t{tk:.3f}": float(bd[sel].max())}
         for k, v in metrics.items():
             self.log(f"{split}/{k}", v, sync_dist=True, batch_size=1, prog_bar=k == "interp_ratio")
 

@@ -1,0 +1,155 @@
+"""UM2N's flow-past-a-cylinder test case, offline (no Navier-Stokes solve): the exact potential flow past a rotating
+cylinder, the official monitor min(||grad u||_F^2, clip) / max computed from it, the holed test graphs (rim nodes
+fixed) and the `experiment=um2n/cylinder` variant (trained as `experiment=um2n`, tested zero-shot on the holed
+meshes)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.cylinder_flow import potential_flow
+from datamodules.meshes import (CYLINDER_DEFAULTS, KIND_CYLINDER, MeshGraphDataModule, cylinder_config,
+                                cylinder_graph, potential_velocity_gradient)
+from lit_models.common import mesh as M
+from lit_models.pde.um2n import UM2N, cylinder_fluid_points, cylinder_interp_ratio
+from tests.papers.contract import fast_run
+
+SMALL_CYL = {"n_ring": 16, "times": [0.0, 0.25]}
+SMALL = ["data.n_train=6", "data.train_sizes=[5,6]", "data.test_size=10", "model.n_interp_points=500",
+         "data.cylinder.times=[0.0,0.25]", "data.cylinder.n_ring=16", "trainer.limit_test_batches=2"]
+
+
+def _rim_displacement(out: np.ndarray, g) -> float:
+    rim = g.rim.numpy()
+    return float(np.linalg.norm(out[rim] - g.pos.double().numpy()[rim], axis=1).max())
+
+
+def test_velocity_gradient_and_official_monitor():
+    """The exact velocity gradient matches central differences of `potential_flow` and is trace-free (divergence-
+    free) and symmetric (curl-free); the monitor is min(||grad u||_F^2, clip)."""
+    flow = (1.2, 0.3, 0.4, 0.3, 0.5, 0.1)
+    p = np.random.default_rng(0).uniform(0.45, 0.95, (40, 2))
+    g = potential_velocity_gradient(p, flow)
+    h = 1e-6
+    for k, e in enumerate(np.eye(2)):
+        fd = (potential_flow(p + h * e, flow) - potential_flow(p - h * e, flow))[:, :2] / (2 * h)
+        np.testing.assert_allclose(g[:, :, k], fd, atol=1e-7)
+    np.testing.assert_allclose(g[:, 0, 0] + g[:, 1, 1], 0.0, atol=1e-12)
+    np.testing.assert_allclose(g[:, 0, 1], g[:, 1, 0], atol=1e-12)
+    from datamodules.meshes import cylinder_monitor_official
+
+    f = cylinder_monitor_official(p, flow, clip=1e9)
+    np.testing.assert_allclose(f, np.sum(g**2, axis=(1, 2)))
+    near = np.array([[0.3, 0.601], [0.3, 0.399]])  # on the rim the gradient is ~ 2 U / R: clipped at 10
+    assert np.all(cylinder_monitor_official(near, flow, clip=10.0) == 10.0)
+
+
+def test_cylinder_graphs_are_valid_and_rim_nodes_fixed():
+    g = cylinder_graph(10, 0.25, **SMALL_CYL)
+    ref, tri = g.pos.double().numpy(), g.face.T.numpy()
+    assert g.x.shape == (100, 4) and int(g.kind) == KIND_CYLINDER and torch.isnan(g.y).all()
+    assert M.count_inverted(ref, tri) == 0
+    rim = g.rim.numpy()
+    assert rim.sum() == 16
+    np.testing.assert_allclose(np.hypot(ref[rim, 0] - 0.3, ref[rim, 1] - 0.5), 0.1, atol=1e-6)
+    sides = M.boundary_masks(ref)
+    assert not (rim & sides["any"]).any()
+    # masks: side nodes keep their normal coordinate only, rim nodes both, interior nodes none
+    np.testing.assert_array_equal(g.x_fixed.numpy(), sides["x_fixed"] | rim)
+    np.testing.assert_array_equal(g.y_fixed.numpy(), sides["y_fixed"] | rim)
+    np.testing.assert_array_equal(g.x[:, 2].numpy() == 1.0, sides["any"] | rim)  # official: every boundary node
+    assert int(sides["any"].sum()) == 4 * 9
+    mon = g.x[:, 3]
+    assert torch.isfinite(mon).all() and float(mon.max()) == pytest.approx(1.0) and float(mon.min()) >= 0
+    assert float(mon[torch.from_numpy(rim)].mean()) > 10 * float(mon.median())  # peaked at the cylinder
+    U, th, gam, x0, y0, R = g.cylinder[0, 1:].tolist()
+    assert float(g.cylinder[0, 0]) == 0.25 and gam == pytest.approx(2 * np.pi * 0.1 * 1.5)  # sin(pi / 2) = 1
+    free = cylinder_graph(10, 0.25, fix_rim=False, **SMALL_CYL)
+    assert not (free.x_fixed & free.rim).any() and torch.equal(free.pos, g.pos)
+    pts = cylinder_fluid_points(ref, tri, 300)
+    assert len(pts) == 300 and np.all(np.hypot(pts[:, 0] - 0.3, pts[:, 1] - 0.5) > 0.1 * np.cos(np.pi / 16) - 1e-9)
+
+
+def test_identity_ratio_and_datamodule():
+    dm = MeshGraphDataModule(n_train=2, train_sizes=(5,), test_size=9, test_family="cylinder",
+                             cylinder={"n_ring": 12, "times": [0.0, 0.5]})
+    dm.setup()
+    items = dm.test_set.items
+    assert [float(d.cylinder[0, 0]) for d in items] == [0.0, 0.5] and torch.equal(items[0].pos, items[1].pos)
+    assert len(list(dm.test_dataloader())) == 2
+    d = items[1]
+    ref, tri = d.pos.double().numpy(), d.face.T.numpy()
+    flow = tuple(d.cylinder[0, 1:].tolist())
+    assert cylinder_interp_ratio(ref, ref, tri, flow, 400) == pytest.approx(1.0)
+    # moving interior nodes towards the cylinder (a valid mesh, rim and sides untouched) changes the ratio
+    moved = ref.copy()
+    inner = ~(M.boundary_masks(ref)["any"] | d.rim.numpy())
+    towards = np.array([0.3, 0.5]) - moved[inner]
+    moved[inner] += 0.15 * towards * np.exp(-4 * np.linalg.norm(towards, axis=1))[:, None]
+    assert M.count_inverted(moved, tri) == 0
+    assert cylinder_interp_ratio(moved, ref, tri, flow, 400) != pytest.approx(1.0)
+
+
+def test_untrained_model_keeps_sides_and_rim_and_the_ablation_frees_the_rim():
+    torch.manual_seed(0)
+    net = UM2N(hidden=16, gat_heads=2, num_loop=6)
+    g = cylinder_graph(10, 0.125, **SMALL_CYL)
+    free = cylinder_graph(10, 0.125, fix_rim=False, **SMALL_CYL)
+    with torch.no_grad():
+        out, out_free = net(g).double().numpy(), net(free).double().numpy()
+    ref = g.pos.double().numpy()
+    assert M.boundary_violation(out, ref) < 1e-6 and _rim_displacement(out, g) == 0.0
+    assert M.boundary_violation(out_free, ref) < 1e-6 and _rim_displacement(out_free, free) > 1e-5
+
+
+def test_fast_cylinder_variant():
+    run = fast_run("um2n/cylinder", *SMALL)
+    run.assert_contract()
+    for key in ("interp_ratio_cylinder", "inverted_cylinder", "boundary_violation_cylinder", "inverted",
+                "boundary_violation", "interp_ratio_cylinder_t0.000", "inverted_cylinder_t0.250",
+                "boundary_violation_cylinder_t0.250"):
+        assert np.isfinite(run.metrics[f"test/{key}"]), key
+    assert "test/interp_ratio" not in run.metrics and "test/node_rmse_cells" not in run.metrics
+    assert run.metrics["test/boundary_violation_cylinder"] < 1e-6
+    g = cylinder_graph(10, 0.25, **SMALL_CYL)  # the briefly trained model keeps rim and side nodes
+    with torch.no_grad():
+        out = run.model(g).double().numpy()
+    assert M.boundary_violation(out, g.pos.double().numpy()) < 1e-6 and _rim_displacement(out, g) == 0.0
+    import matplotlib.pyplot as plt
+
+    figs = run.model.figures()
+    assert set(figs) == {"moved_meshes"}
+    plt.close(figs["moved_meshes"])
+    ident = fast_run("um2n/cylinder", *SMALL, "model.mover=identity", steps=1)
+    assert ident.metrics["test/interp_ratio_cylinder"] == pytest.approx(1.0)
+    assert ident.metrics["test/inverted_cylinder"] == 0 and ident.metrics["test/boundary_violation_cylinder"] == 0
+
+
+def test_bad_cylinder_config_raises():
+    assert cylinder_config(None)["times"] == tuple(CYLINDER_DEFAULTS["times"])
+    with pytest.raises(ValueError, match="unknown cylinder keys"):
+        MeshGraphDataModule(test_family="cylinder", cylinder={"reynolds": 100})
+    with pytest.raises(ValueError, match="inside the unit square"):
+        cylinder_config({"radius": 0.5})
+    with pytest.raises(ValueError, match="inside the unit square"):
+        cylinder_config({"centre": [0.05, 0.5]})
+    with pytest.raises(ValueError, match="times"):
+        cylinder_config({"times": []})
+    with pytest.raises(ValueError, match="n_ring"):
+        cylinder_config({"n_ring": 3})
+    with pytest.raises(ValueError, match="fix_rim"):
+        cylinder_config({"fix_rim": "yes"})
+    with pytest.raises(ValueError, match="U, period and clip"):
+        cylinder_config({"U": 0.0})
+    with pytest.raises(ValueError, match="non-numeric"):
+        cylinder_config({"radius": "big"})
+    with pytest.raises(ValueError, match="cylinder must be a mapping"):
+        MeshGraphDataModule(test_family="cylinder", cylinder=[0.1])
+    from launch import config as zconfig
+    from launch import train
+    from launch.errors import UserError
+
+    cfg = zconfig.compose(["experiment=um2n/cylinder", "logger=none", "+data.cylinder.reynolds=100"])
+    with pytest.raises(UserError, match="unknown cylinder keys"):
+        train.run(cfg, make_run_dir=False)
