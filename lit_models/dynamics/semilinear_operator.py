@@ -108,6 +108,19 @@ def _conv(dim: int, *args, **kwargs) -> nn.Module:
     return (nn.Conv1d if dim == 1 else nn.Conv2d)(*args, **kwargs)
 
 
+def _apply_conv(conv: nn.Module, x: Tensor) -> Tensor:
+    """conv(x). A 1-D convolution of `_conv` (stride 1, no padding or circular 'same' padding) runs as unfold + einsum
+    on its own weights: the same values up to float rounding, ~2x faster (forward + backward) on a CPU at these few
+    channels, where oneDNN's per-call set-up dominates."""
+    if not isinstance(conv, nn.Conv1d):
+        return conv(x)
+    k, p = conv.kernel_size[0], conv.padding[0]
+    if p:  # padding_mode="circular"
+        x = torch.cat([x[..., -p:], x, x[..., :p]], dim=-1)
+    out = torch.einsum("bcnk,ock->bon", x.unfold(-1, k, 1), conv.weight)
+    return out if conv.bias is None else out + conv.bias[:, None]
+
+
 class ResidualPredictor(nn.Module):
     """u^f_k = u^a_{k-1} + W_theta(u^a_{k-1}); `persistence=True` drops W_theta (u^f = u^a, a baseline)."""
 
@@ -131,7 +144,7 @@ class ObservationOperator(nn.Module):
             self.conv.bias.zero_()
 
     def forward(self, u: Tensor, mask: Tensor) -> Tensor:
-        return self.conv(u[:, None])[:, 0] * mask
+        return _apply_conv(self.conv, u[:, None])[:, 0] * mask
 
 
 class GatedGain(nn.Module):
@@ -146,8 +159,8 @@ class GatedGain(nn.Module):
         self.mix = _conv(dim, channels, 1, 1, bias=False)
 
     def forward(self, u_f: Tensor, innovation: Tensor) -> Tensor:
-        gate = torch.sigmoid(self.gate(torch.stack([u_f, innovation], dim=1)))
-        return self.mix(gate * self.gain(innovation[:, None]))[:, 0]
+        gate = torch.sigmoid(_apply_conv(self.gate, torch.stack([u_f, innovation], dim=1)))
+        return _apply_conv(self.mix, gate * _apply_conv(self.gain, innovation[:, None]))[:, 0]
 
 
 class NODA(nn.Module):
