@@ -170,6 +170,7 @@ class RankingModule(L.LightningModule):
         self._user_recall_buffer: list[tuple[Tensor, Tensor]] = []
         self._degree_recall: dict[str, Any] | None = None
         self._degree_bin_labels: list[str] = []
+        self._epoch_sums: dict[str, tuple[Tensor, int]] = {}  # log_epoch_means: (sum of value x batch size, count)
 
     # -- to implement -------------------------------------------------------------------------------
     def final_embeddings(self) -> tuple[Tensor, Tensor]:
@@ -223,6 +224,24 @@ class RankingModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return self.optimizer_factory(self.parameters())
+
+    # -- training diagnostics -----------------------------------------------------------------------
+    def log_epoch_means(self, batch_size: int, **terms: Tensor) -> None:
+        """Accumulate training diagnostics `train/<name>`; their batch-size weighted means over the epoch (all ranks)
+        are logged once in on_train_epoch_end, the values `self.log(..., on_step=False, on_epoch=True,
+        sync_dist=True)` gives, without its per-call bookkeeping (~1 ms per call and step on a CPU, ~10% of a
+        recsys step)."""
+        for name, value in terms.items():
+            total, count = self._epoch_sums.get(name, (0.0, 0))
+            self._epoch_sums[name] = (value.detach().to(torch.float64) * batch_size + total, count + batch_size)
+
+    def on_train_epoch_end(self) -> None:
+        sums, self._epoch_sums = self._epoch_sums, {}
+        for name, (total, count) in sums.items():
+            # weight `count`: Lightning's epoch reduction (synced sums of value x weight and of weights) gives the
+            # mean over all ranks' samples, and it orders the collectives itself
+            self.log(f"train/{name}", (total / count).to(torch.float32), on_step=False, on_epoch=True,
+                     batch_size=count, sync_dist=True)
 
     # -- evaluation ---------------------------------------------------------------------------------
     def _start_eval(self) -> None:

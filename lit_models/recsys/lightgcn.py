@@ -181,6 +181,5 @@ class LightGCNModule(RankingModule):
         loss = bpr + self.hparams.l2_weight * reg
         b = int(users.numel())
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b, sync_dist=True)
-        self.log("train/bpr", bpr, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
-        self.log("train/reg", reg, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
+        self.log_epoch_means(b, bpr=bpr, reg=reg)
         return loss

@@ -257,6 +257,5 @@ class UltraGCNModule(RankingModule):
         terms = self.loss_terms(batch["user"], batch["pos_item"], batch["neg_item"])
         b = int(batch["user"].numel())
         self.log("train/loss", terms["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=b, sync_dist=True)
-        for name in ("loss_O_C", "loss_I", "l2"):
-            self.log(f"train/{name}", terms[name], on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
+        self.log_epoch_means(b, **{name: terms[name] for name in ("loss_O_C", "loss_I", "l2")})
         return terms["loss"]
