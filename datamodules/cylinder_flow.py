@@ -45,6 +45,7 @@ import torch
 from scipy.spatial import Delaunay, cKDTree
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.meshes import epoch_loader
 from launch.errors import UserError
 
 __all__ = ["CylinderFlowDataModule", "potential_flow", "cylinder_mesh", "make_potential_dataset",
@@ -343,18 +344,8 @@ class CylinderFlowDataModule(L.LightningDataModule):
         self.test_set = frames(slice(hp.n_train_traj, None), hp.n_test_frames)
 
     def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        steps = self.steps_per_epoch
-        if steps is None:
-            passes = self.hparams.passes_per_epoch
-            if passes == 1.0:
-                return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
-                                  drop_last=True)
-            # official dmm_utils.train_MA_res: int(train_sample_grid N / (120 x 160)) steps per epoch
-            steps = max(1, int(passes * len(self.train_set) / self.batch_size))
-        sampler = torch.utils.data.RandomSampler(self.train_set, replacement=True,
-                                                 num_samples=self.batch_size * steps, generator=g)
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True)
+        return epoch_loader(self.train_set, self.batch_size, self.seed, self.steps_per_epoch,
+                            self.hparams.passes_per_epoch)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.test_set, batch_size=len(self.test_set))

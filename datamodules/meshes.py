@@ -164,6 +164,22 @@ def burgers_fields(u192: np.ndarray, sub: int, monitor_scale: float, monitor_der
             "params": np.full((len(u), 4), np.nan), "aligned": np.zeros(len(u), bool)}
 
 
+def epoch_loader(dataset, batch_size: int, seed: int, steps_per_epoch: int | None,
+                 passes_per_epoch: float) -> DataLoader:
+    """Training batches of a DMM field set: `steps_per_epoch` batches drawn with replacement per epoch, or (None)
+    `passes_per_epoch` passes over the set: 1 = one shuffled pass, otherwise the official dmm_utils.train_MA_res
+    count int(train_sample_grid N / (120 x 160)) Adam steps per epoch = train_sample_grid / 120 passes over the N
+    fields at 160 fields per batch."""
+    g = torch.Generator().manual_seed(seed)
+    steps = steps_per_epoch
+    if steps is None:
+        if passes_per_epoch == 1.0:
+            return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, drop_last=True)
+        steps = max(1, int(passes_per_epoch * len(dataset) / batch_size))
+    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=batch_size * steps, generator=g)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
+
+
 class _Fields(Dataset):
     def __init__(self, d: dict[str, np.ndarray], targets: np.ndarray | None = None) -> None:
         self.d, self.targets = d, targets
@@ -236,19 +252,8 @@ class FrontFieldDataModule(L.LightningDataModule):
         self.test_set = _Fields(test, targets)
 
     def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        steps = self.steps_per_epoch
-        if steps is None:
-            passes = self.hparams.passes_per_epoch
-            if passes == 1.0:  # one shuffled pass over the training fields per epoch
-                return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
-                                  drop_last=True)
-            # official dmm_utils.train_MA_res: int(5000 N / (120 x 160)) Adam steps per epoch = 5000 / 120 passes
-            # over the N fields at 160 fields per batch (`passes_per_epoch`)
-            steps = max(1, int(passes * len(self.train_set) / self.batch_size))
-        sampler = torch.utils.data.RandomSampler(self.train_set, replacement=True,
-                                                 num_samples=self.batch_size * steps, generator=g)
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True)
+        return epoch_loader(self.train_set, self.batch_size, self.seed, self.steps_per_epoch,
+                            self.hparams.passes_per_epoch)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.test_set, batch_size=len(self.test_set))

@@ -187,6 +187,21 @@ def cylinder_interp_ratio(pred: np.ndarray, ref: np.ndarray, tri: np.ndarray, fl
     return errs[0] / errs[1]
 
 
+def _per_time_metrics(family: str, entries: list[tuple[float, float, int, float]]) -> dict[str, float]:
+    """Metrics of a time-dependent test family from (t, interpolation ratio, inverted, boundary violation) per mesh:
+    `interp_ratio_<family>` (mean), `inverted_<family>` (sum), `boundary_violation_<family>` (max), and the same per
+    time with the suffix `_t<t>` (3 decimals)."""
+    t, ratio, inv, bd = (np.array(v, np.float64) for v in zip(*entries))
+    out = {f"interp_ratio_{family}": float(ratio.mean()), f"inverted_{family}": float(inv.sum()),
+           f"boundary_violation_{family}": float(bd.max())}
+    for tk in np.unique(t):
+        sel = t == tk
+        out |= {f"interp_ratio_{family}_t{tk:.3f}": float(ratio[sel].mean()),
+                f"inverted_{family}_t{tk:.3f}": float(inv[sel].sum()),
+                f"boundary_violation_{family}_t{tk:.3f}": float(bd[sel].max())}
+    return out
+
+
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.1)
 
 
@@ -326,24 +341,9 @@ class UM2NModule(L.LightningModule):
             metrics["node_rmse_cells_bumps"] = float(np.mean(e["rmse_b"]))
         if e["rmse_d"]:
             metrics["node_rmse_cells_dataset"] = float(np.mean(e["rmse_d"]))
-        if e["swirl"]:
-            t, ratio, inv, bd = (np.array(v, np.float64) for v in zip(*e["swirl"]))
-            metrics |= {"interp_ratio_swirl": float(ratio.mean()), "inverted_swirl": float(inv.sum()),
-                        "boundary_violation_swirl": float(bd.max())}
-            for tk in np.unique(t):
-                sel = t == tk
-                metrics |= {f"interp_ratio_swirl_t{tk:.3f}": float(ratio[sel].mean()),
-                            f"inverted_swirl_t{tk:.3f}": float(inv[sel].sum()),
-                            f"boundary_violation_swirl_t{tk:.3f}": float(bd[sel].max())}
-        if e["cylinder"]:
-            t, ratio, inv, bd = (np.array(v, np.float64) for v in zip(*e["cylinder"]))
-            metrics |= {"interp_ratio_cylinder": float(ratio.mean()), "inverted_cylinder": float(inv.sum()),
-                        "boundary_violation_cylinder": float(bd.max())}
-            for tk in np.unique(t):
-                sel = t == tk
-                metrics |= {f"interp_ratio_cylinder_t{tk:.3f}": float(ratio[sel].mean()),
-                            f"inverted_cylinder_t{tk:.3f}": float(inv[sel].sum()),
-                            f"boundary_violation_cylinder_t{tk:.3f}": float(bd[sel].max())}
+        for family in ("swirl", "cylinder"):
+            if e[family]:
+                metrics |= _per_time_metrics(family, e[family])
         for k, v in metrics.items():
             self.log(f"{split}/{k}", v, sync_dist=True, batch_size=1, prog_bar=k == "interp_ratio")
 
