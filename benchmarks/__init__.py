@@ -1,9 +1,9 @@
 """Speed and memory benchmarks, run by `zoo bench`: ratios against a baseline measured in the same run.
 
 Each benchmark module exposes `run(quick: bool) -> list[dict]` (one row per measurement) and
-`SUMMARY`, a sentence saying what the ratios mean. Register it under its paper slug below. A `run` that also
-takes `out_dir` (where it writes tables of its own) gets the `--out` folder; one that takes further keyword
-options (e.g. `systems`, `shard` of dysts_runner) gets those `zoo bench` options the user set.
+`SUMMARY`, a sentence saying what the ratios mean. Register it under its paper slug below (a slug may have several
+modules). A `run` that also takes `out_dir` (where it writes tables of its own) gets the `--out` folder; one that
+takes further keyword options (e.g. `systems`, `shard` of dysts_runner) gets those `zoo bench` options the user set.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from launch.errors import UserError
 
-REGISTRY: dict[str, str] = {
+REGISTRY: dict[str, str | tuple[str, ...]] = {
     "lightgcn": "benchmarks.recsys_speed",
     "ultragcn": "benchmarks.recsys_speed",
     "dysts_benchmark": "benchmarks.dysts_runner",
@@ -24,9 +24,14 @@ REGISTRY: dict[str, str] = {
     "mgno": "benchmarks.mgno_speed",
     "itransformer": "benchmarks.itransformer_speed",
     "gtf_plrnn": "benchmarks.gtf_speed",
-    "data_free_mesh_mover": "benchmarks.mesh_mover_speed",
+    "data_free_mesh_mover": ("benchmarks.mesh_mover_speed", "benchmarks.mm_pde_speed"),
     "um2n": "benchmarks.mesh_mover_speed",
 }
+
+
+def _modules(entry: str | tuple[str, ...]) -> tuple[str, ...]:
+    """The benchmark modules registered for one slug (one module name or several)."""
+    return (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 def _run_kwargs(module, name: str, out_dir: Path, options: dict) -> dict:
@@ -46,7 +51,7 @@ def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path,
 
     if slug is not None and slug not in REGISTRY:
         raise UserError(f"no benchmark for '{slug}' (have: {', '.join(sorted(REGISTRY))})")
-    modules = sorted({REGISTRY[slug]} if slug else set(REGISTRY.values()))
+    modules = sorted(set(_modules(REGISTRY[slug])) if slug else {m for v in REGISTRY.values() for m in _modules(v)})
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in modules:
