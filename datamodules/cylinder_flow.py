@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.meshes import epoch_loader
 from launch.errors import UserError
 
-__all__ = ["CylinderFlowDataModule", "potential_flow", "cylinder_mesh", "make_potential_dataset",
+__all__ = ["CylinderFlowDataModule", "potential_flow", "potential_velocity_gradient", "cylinder_mesh", "make_potential_dataset",
            "load_cylinder_rot_tri", "delaunay_without_hole", "hole_boundary_edges", "rim_normals", "kernel_interpolant",
            "cylinder_monitor", "FLOW_COLUMNS"]
 
@@ -59,15 +59,31 @@ OFFICIAL_SCALE = 2.0       # dmm.py: x, y * 2 -> unit square
 
 
 # ============================================================================================ exact flow + mesh
+def _zeta(p: np.ndarray, flow) -> tuple[float, float, float, np.ndarray]:
+    """(U, theta, Gamma, zeta = z - z0) of the potential flow at points p (..., 2); zeta kept off 0."""
+    U, th, gam, x0, y0, _ = (float(f) for f in flow)
+    zeta = (p[..., 0] - x0) + 1j * (p[..., 1] - y0)
+    return U, th, gam, np.where(np.abs(zeta) < 1e-12, 1e-12, zeta)
+
+
 def potential_flow(p: np.ndarray, flow) -> np.ndarray:
     """(u, v, p) (..., 3) of the potential flow past a rotating cylinder at points p (..., 2) (unit-square
     coordinates); flow = (U, theta, Gamma, x0, y0, R)."""
-    U, th, gam, x0, y0, R = (float(f) for f in flow)
-    zeta = (p[..., 0] - x0) + 1j * (p[..., 1] - y0)
-    zeta = np.where(np.abs(zeta) < 1e-12, 1e-12, zeta)
+    U, th, gam, zeta = _zeta(p, flow)
+    R = float(flow[5])
     w = U * (np.exp(-1j * th) - np.exp(1j * th) * R**2 / zeta**2) - 1j * gam / (2 * np.pi * zeta)  # u - i v
     u, v = w.real, -w.imag
     return np.stack([u, v, 0.5 * (U**2 - (u**2 + v**2))], -1)
+
+
+def potential_velocity_gradient(p: np.ndarray, flow) -> np.ndarray:
+    """Exact velocity gradient (..., 2, 2) [[u_x, u_y], [v_x, v_y]] of `potential_flow`: with w = u - i v analytic,
+    w' = 2 U e^{i theta} R^2 / zeta^3 + i Gamma / (2 pi zeta^2), u_x = -v_y = Re w', u_y = v_x = -Im w'."""
+    U, th, gam, zeta = _zeta(p, flow)
+    R = float(flow[5])
+    dw = 2 * U * np.exp(1j * th) * R**2 / zeta**3 + 1j * gam / (2 * np.pi * zeta**2)
+    a, b = dw.real, -dw.imag
+    return np.stack([np.stack([a, b], -1), np.stack([b, -a], -1)], -2)
 
 
 def _square_boundary(n_side: int) -> np.ndarray:

@@ -417,20 +417,11 @@ def cylinder_flow_params(t: float, cfg: dict) -> tuple[float, ...]:
     return (U, cfg["theta"], float(gam), *cfg["centre"], R)
 
 
-def potential_velocity_gradient(p: np.ndarray, flow) -> np.ndarray:
-    """Exact velocity gradient (..., 2, 2) [[u_x, u_y], [v_x, v_y]] of `potential_flow`: with w = u - i v analytic,
-    w' = 2 U e^{i theta} R^2 / zeta^3 + i Gamma / (2 pi zeta^2), u_x = -v_y = Re w', u_y = v_x = -Im w'."""
-    U, th, gam, x0, y0, R = (float(f) for f in flow)
-    zeta = (p[..., 0] - x0) + 1j * (p[..., 1] - y0)
-    zeta = np.where(np.abs(zeta) < 1e-12, 1e-12, zeta)
-    dw = 2 * U * np.exp(1j * th) * R**2 / zeta**3 + 1j * gam / (2 * np.pi * zeta**2)
-    a, b = dw.real, -dw.imag
-    return np.stack([np.stack([a, b], -1), np.stack([b, -a], -1)], -2)
-
-
 def cylinder_monitor_official(p: np.ndarray, flow, clip: float = 1000.0) -> np.ndarray:
     """The official cylinder monitor at the nodes: min(||grad u||_F^2, clip) (>= 0) of the exact potential flow (the
     graph feature divides it by its maximum, as the official code does)."""
+    from datamodules.cylinder_flow import potential_velocity_gradient
+
     g = potential_velocity_gradient(p, flow)
     return np.clip(np.sum(g**2, axis=(-2, -1)), 0.0, clip)
 
@@ -512,12 +503,7 @@ class MeshGraphDataModule(L.LightningDataModule):
                 raise ValueError(f"{key} must be one of {', '.join(MESH_KINDS)}, got {kind!r}")
         if test_family not in TEST_FAMILIES:
             raise ValueError(f"test_family must be one of {', '.join(TEST_FAMILIES)}, got {test_family!r}")
-        if swirl is not None and not isinstance(swirl, dict):
-            from omegaconf import DictConfig, OmegaConf
-
-            if not isinstance(swirl, DictConfig):
-                raise ValueError(f"swirl must be a mapping of {', '.join(SWIRL_DEFAULTS)}, got {swirl!r}")
-            swirl = OmegaConf.to_container(swirl, resolve=True)
+        swirl = self._mapping("swirl", swirl, SWIRL_DEFAULTS)
         swirl_config(swirl)  # fail early on bad keys or values
         cylinder = self._mapping("cylinder", cylinder, CYLINDER_DEFAULTS)
         cylinder_config(cylinder)

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.cylinder_flow import potential_flow
-from datamodules.meshes import (CYLINDER_DEFAULTS, KIND_CYLINDER, MeshGraphDataModule, cylinder_config,
-                                cylinder_graph, potential_velocity_gradient)
+from datamodules.cylinder_flow import potential_flow, potential_velocity_gradient
+from datamodules.meshes import CYLINDER_DEFAULTS, KIND_CYLINDER, MeshGraphDataModule, cylinder_config, cylinder_graph
 from lit_models.common import mesh as M
 from lit_models.pde.um2n import UM2N, cylinder_fluid_points, cylinder_interp_ratio
 from tests.papers.contract import fast_run
