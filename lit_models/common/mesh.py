@@ -465,3 +465,15 @@ def swirl_monitor(pos: np.ndarray, tri: np.ndarray, t: float, centre=(0.3, 0.3),
     dx = float(np.mean(circumdiameters(pos, tri)))
     s = screened_poisson_smooth(pos, tri, f, n_smooth * dx**2 / 4.0)
     return 1.0 + np.maximum(s, 0.0)
+
+
+def knn_index(src: Tensor, dst: Tensor, k: int, exclude_self: bool = False) -> Tensor:
+    """(B, Pd, k) indices of the k nearest `src` points (B, Ps, 2) of every `dst` point (B, Pd, 2) (Euclidean, as
+    sklearn NearestNeighbors / torch_cluster.knn_graph in the official code), in the inputs' floating dtype (float32
+    for integer positions). exclude_self: src is dst, skip i. Shared by the DMM graph branch and MM-PDE."""
+    dtype = torch.promote_types(src.dtype, dst.dtype)
+    dtype = dtype if dtype.is_floating_point else torch.float32
+    d = torch.cdist(dst.to(dtype), src.to(dtype))
+    if exclude_self:
+        d.diagonal(dim1=1, dim2=2).fill_(float("inf"))
+    return d.topk(k, dim=-1, largest=False).indices

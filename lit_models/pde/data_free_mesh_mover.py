@@ -135,9 +135,7 @@ class GNNLayer(nn.Module):
 def knn_neighbours(pos: Tensor, k: int) -> Tensor:
     """(V, k) indices of each node's k nearest other nodes (torch_cluster.knn_graph(loop=False) of the official
     create_graph, flow source -> target: node i aggregates over them)."""
-    d = torch.cdist(pos, pos)
-    d.fill_diagonal_(float("inf"))
-    return d.topk(min(k, pos.shape[0] - 1), dim=1, largest=False).indices
+    return M.knn_index(pos[None], pos[None], min(k, pos.shape[0] - 1), exclude_self=True)[0]
 
 
 class BranchGNN(nn.Module):

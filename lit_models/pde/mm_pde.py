@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
 from launch.errors import UserError
+from lit_models.common.mesh import knn_index
 from lit_models.common.pde import no_autocast
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -50,15 +51,6 @@ def uniform_nodes(grid: int) -> Tensor:
     s = torch.linspace(0.0, 1.0, grid)
     yy, xx = torch.meshgrid(s, s, indexing="ij")
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
-
-
-def knn_index(src: Tensor, dst: Tensor, k: int, exclude_self: bool = False) -> Tensor:
-    """(B, Pd, k) indices of the k nearest `src` points (B, Ps, 2) of every `dst` point (B, Pd, 2) (Euclidean, as
-    sklearn NearestNeighbors / torch_cluster.knn_graph in the official code). exclude_self: src is dst, skip i."""
-    d = torch.cdist(dst.float(), src.float())
-    if exclude_self:
-        d.diagonal(dim1=1, dim2=2).fill_(float("inf"))
-    return d.topk(k, dim=-1, largest=False).indices
 
 
 def knn_edges(pos: Tensor, k: int) -> Tensor:
