@@ -22,6 +22,13 @@ cylinder, circulation Gamma around it (tests). The mesh: square boundary nodes, 
 interior nodes by farthest-point sampling of a fine candidate set (exactly `n_nodes` nodes), Delaunay minus the hole
 (the same pipeline as the file).
 
+name="navier_stokes" (offline, solver-made, no download): incompressible Navier-Stokes past a rotating cylinder on the
+same mesh (`datamodules.cylinder_ns`: Taylor-Hood P2-P1, IMEX BDF2, Re 100 by default, per-trajectory rotation
+omega(t), developed vortex shedding), in the same file format. No exact field: "flow" is NaN and the interpolation
+reference is the P2 solution as a P1 field on the midpoint-refined mesh with the hole filled (items "ref_pos",
+"ref_tri", "ref_val"). The data are generated once and cached (.npz, written to a temporary name and renamed) under
+`data_dir` (default the download cache's `cylinder_ns/`), keyed by every generator parameter.
+
 Monitor (official sample_train_data_tri / evaluate_tri): u at the nodes is extended to the whole square (hole
 included) by the official softmax-kernel interpolant u(x) = sum_j w_j u_j, w = softmax(-sqrt(V) |x - x_j|); its exact
 gradient on an n x n uniform grid (n = int(sqrt(V)), `monitor_res`) gives m = 1 + |grad u| / (monitor_scale alpha),
@@ -31,12 +38,16 @@ Burgers / fronts data of `datamodules.meshes`; the official sum / (n - 1)^2 is ~
 Items: "u" (V, 3) = [u, x, y] at the nodes (the GNN branch input; the kNN graph is built from x, y), "monitor"
 (R, R) ([j, i] = (y_j, x_i)), "c" (), "tri" (T, 3) fluid triangles, "flow" (7,) = (U, theta, Gamma, x0, y0, R) of
 the exact flow in unit-square coordinates (NaN for file data: no exact field, no interpolation-error metric) and the
-moved field's index among (u, v, p), "rim_pos" / "rim_normal" (N, 2) the hole's rim nodes and their normals (for the
+moved field's index among (u, v, p), for "navier_stokes" "ref_pos" (P, 2), "ref_tri" (RT, 3), "ref_val" (P,) the
+solver's reference field, "rim_pos" / "rim_normal" (N, 2) the hole's rim nodes and their normals (for the
 optional, non-official hole loss `model.w_hole`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from pathlib import Path
 
 import lightning as L
@@ -50,7 +61,7 @@ from launch.errors import UserError
 
 __all__ = ["CylinderFlowDataModule", "potential_flow", "potential_velocity_gradient", "cylinder_mesh", "make_potential_dataset",
            "load_cylinder_rot_tri", "delaunay_without_hole", "hole_boundary_edges", "rim_normals", "kernel_interpolant",
-           "cylinder_monitor", "FLOW_COLUMNS"]
+           "cylinder_monitor", "cached_ns_dataset", "FLOW_COLUMNS"]
 
 FLOW_COLUMNS = ("x", "y", "u", "v", "p")
 OFFICIAL_N_TRAIN = 80      # dmm.py: trajectories [:80] train, [80:] test
@@ -268,11 +279,43 @@ def cylinder_monitor(nodes: np.ndarray, values: np.ndarray, res: int, monitor_sc
     return m.float().numpy(), _trapz_mean(m).float().numpy()
 
 
+# ========================================================================================= Navier-Stokes cache
+def cached_ns_dataset(folder: str | Path | None, **params) -> tuple[torch.Tensor, np.ndarray, tuple | None]:
+    """`cylinder_ns.make_ns_dataset(**params)` through an .npz cache in `folder` (default: the download cache's
+    `cylinder_ns/`) keyed by all parameters; written to a temporary name and renamed."""
+    from datamodules.cylinder_ns import make_ns_dataset
+
+    if folder is None:
+        from datamodules.download import cache_dir
+
+        folder = cache_dir() / "cylinder_ns"
+    folder = Path(folder).expanduser()
+    key = json.dumps({**params, "v": 1}, sort_keys=True, default=str)
+    path = folder / f"cylinder_ns_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                data = torch.from_numpy(z["data"])
+                ref = (z["ref_pos"], z["ref_tri"], z["ref_val"]) if "ref_val" in z else None
+            return data, np.full(tuple(data.shape[:2]) + (6,), np.nan), ref
+        except (OSError, ValueError, KeyError, EOFError):  # an unreadable cache file is regenerated and replaced
+            pass
+    data, flows, ref = make_ns_dataset(**params)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part.npz")
+    extra = {"ref_pos": ref[0], "ref_tri": ref[1], "ref_val": ref[2]} if ref is not None else {}
+    np.savez(tmp, data=data.numpy(), key=np.array(key), **extra)
+    os.replace(tmp, path)
+    return data, flows, ref
+
+
 # ================================================================================================ datamodule
 class _Frames(Dataset):
     def __init__(self, u: np.ndarray, pos: np.ndarray, monitor: np.ndarray, c: np.ndarray, tri: np.ndarray,
-                 flows: np.ndarray, field: int) -> None:
+                 flows: np.ndarray, field: int, ref: tuple | None = None) -> None:
         self.u, self.monitor, self.c, self.flows, self.field = u, monitor, c, flows, field
+        self.ref = None if ref is None else (torch.tensor(ref[0], dtype=torch.float32),
+                                             torch.tensor(ref[1], dtype=torch.long), ref[2])
         self.pos = torch.tensor(pos, dtype=torch.float32)
         self.tri = torch.tensor(tri, dtype=torch.long)
         rim, normals = rim_normals(pos, tri)
@@ -284,16 +327,22 @@ class _Frames(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         u = torch.tensor(self.u[i], dtype=torch.float32)[:, None]
-        return {"u": torch.cat([u, self.pos], 1), "monitor": torch.tensor(self.monitor[i]),
+        item = {"u": torch.cat([u, self.pos], 1), "monitor": torch.tensor(self.monitor[i]),
                 "c": torch.tensor(self.c[i]), "tri": self.tri, "rim_pos": self.rim_pos, "rim_normal": self.rim_normal,
                 "flow": torch.tensor(np.append(self.flows[i], self.field - 2))}
+        if self.ref is not None:
+            item |= {"ref_pos": self.ref[0], "ref_tri": self.ref[1],
+                     "ref_val": torch.tensor(self.ref[2][i], dtype=torch.float32)}
+        return item
 
 
 class CylinderFlowDataModule(L.LightningDataModule):
     """Flow around a cylinder for the DMM's GNN branch (see the module docstring).
 
-    name: "potential" (offline exact potential flow) | "cylinder_rot_tri" (the official file in `data_dir` or
-    `path`). n_nodes: the mesh's node count (the GNN branch's output MLP reads all nodes: official 2,521); the file
+    name: "potential" (offline exact potential flow) | "navier_stokes" (offline, `datamodules.cylinder_ns`; cached
+    under `data_dir`, default the download cache) | "cylinder_rot_tri" (the official file in `data_dir` or `path`).
+    ns: options of the Navier-Stokes generator (`cylinder_ns.NS_DEFAULTS`: Re, U, dt, dt_snap, warmup, ...).
+    n_nodes: the mesh's node count (the GNN branch's output MLP reads all nodes: official 2,521); the file
     must match it. field: the column moved for (official 2). n_train_traj: the train / test split of the
     trajectories (official 80); drop_first: leading time steps dropped (official 10). n_traj / n_steps / n_ring /
     centre / radius: the offline generator (unit-square coordinates). monitor_res: the monitor grid (null: int(sqrt(V)),
@@ -305,11 +354,18 @@ class CylinderFlowDataModule(L.LightningDataModule):
                  drop_first: int = 10, field: int = 2, monitor_res: int | None = None, monitor_scale: float = 0.01,
                  hole_radius_factor: float = 1.5, batch_size: int = 8, steps_per_epoch: int | None = 50,
                  passes_per_epoch: float = 1.0, n_test_frames: int | None = 16, data_dir: str | None = None,
-                 path: str | None = None, seed: int = 0) -> None:
+                 path: str | None = None, ns: dict | None = None, seed: int = 0) -> None:
         super().__init__()
-        if name not in ("potential", "cylinder_rot_tri"):
+        if name not in ("potential", "navier_stokes", "cylinder_rot_tri"):
             raise UserError(f"data.name: unknown cylinder dataset {name!r}; available: potential (offline), "
-                            "cylinder_rot_tri")
+                            "navier_stokes (offline), cylinder_rot_tri")
+        if name == "navier_stokes":
+            from datamodules.cylinder_ns import check_ns_params
+
+            try:
+                check_ns_params(**dict(ns or {}))
+            except ValueError as err:
+                raise UserError(f"data.ns: {err}") from None
         if field not in (2, 3, 4):
             raise UserError(f"data.field must be a field column 2, 3 or 4 (x, y are 0, 1), got {field}")
         if monitor_scale <= 0 or batch_size < 1 or passes_per_epoch <= 0 or drop_first < 0:
@@ -320,12 +376,25 @@ class CylinderFlowDataModule(L.LightningDataModule):
         self.test_set: _Frames | None = None
         self.pos: np.ndarray | None = None
         self.tri: np.ndarray | None = None
+        self._ref: tuple | None = None  # the Navier-Stokes interpolation reference (points, triangles, values)
 
     def _raw(self) -> tuple[torch.Tensor, np.ndarray]:
         hp = self.hparams
+        self._ref = None
         if hp.name == "potential":
             return make_potential_dataset(hp.n_traj, hp.n_steps, hp.n_nodes, hp.n_ring, tuple(hp.centre), hp.radius,
                                           seed=self.seed)
+        if hp.name == "navier_stokes":
+            from datamodules.cylinder_ns import check_ns_params
+
+            try:
+                data, flows, self._ref = cached_ns_dataset(
+                    hp.data_dir, n_traj=hp.n_traj, n_steps=hp.n_steps, n_nodes=hp.n_nodes, n_ring=hp.n_ring,
+                    centre=[float(c) for c in hp.centre], radius=float(hp.radius), seed=self.seed,
+                    **check_ns_params(**dict(hp.ns or {})))
+            except FloatingPointError as err:
+                raise UserError(f"data.ns: {err}") from None
+            return data, flows
         src = Path(hp.path) if hp.path else Path(hp.data_dir or ".") / "cylinder_rot_tri"
         a = load_cylinder_rot_tri(src)
         if a.shape[2] != hp.n_nodes:
@@ -350,11 +419,16 @@ class CylinderFlowDataModule(L.LightningDataModule):
         def frames(sl: slice, limit: int | None) -> _Frames:
             u = a[sl, hp.drop_first:, :, hp.field].reshape(-1, a.shape[2]).numpy()
             fl = flows[sl, hp.drop_first:].reshape(-1, 6)
+            ref = None
+            if self._ref is not None:
+                rv = self._ref[2][sl, hp.drop_first:, :, hp.field - 2]
+                ref = (self._ref[0], self._ref[1], rv.reshape(-1, rv.shape[-1]))
             if limit is not None and len(u) > limit:
                 idx = np.linspace(0, len(u) - 1, limit).round().astype(int)
                 u, fl = u[idx], fl[idx]
+                ref = None if ref is None else (ref[0], ref[1], ref[2][idx])
             m, c = cylinder_monitor(pos, u, res, hp.monitor_scale)
-            return _Frames(u, pos, m, c, self.tri, fl, hp.field)
+            return _Frames(u, pos, m, c, self.tri, fl, hp.field, ref)
 
         self.train_set = frames(slice(0, hp.n_train_traj), None)
         self.test_set = frames(slice(hp.n_train_traj, None), hp.n_test_frames)

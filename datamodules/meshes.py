@@ -58,6 +58,13 @@ functions, and exact Monge-Ampere (MA) targets where they exist (separable monit
   monitor min(||grad u||_F^2, clip) of the exact velocity gradient (`cylinder_monitor_official`; feature = / max).
   Graphs as above with kind = 4 (`KIND_CYLINDER`), y NaN, rim (V,) the hole's rim nodes (boundary feature 1, fixed
   in both coordinates unless fix_rim is false) and cylinder (1, 7) = (t, U, theta, Gamma, x0, y0, R).
+  `cylinder["field"] = "navier_stokes"`: instead, incompressible Navier-Stokes (Taylor-Hood P2-P1, Re 100,
+  `datamodules.cylinder_ns`) solved on the test mesh itself, one developed-shedding trajectory (options
+  `cylinder["ns"]`, cached on disk by `datamodules.cylinder_flow.cached_ns_dataset`), snapshots at `times` after the
+  warm-up; the monitor is the official one from the P2 velocity gradient averaged to the vertices
+  (`cylinder_ns.vertex_velocity_gradient`); Gamma is NaN and the graphs carry the solver's reference field
+  ns_ref_pos (P, 2), ns_ref_tri (RT, 3), ns_ref_val (P, 2) (the P2 velocity as P1 on the midpoint-refined mesh, hole
+  filled: `cylinder_ns.reference_mesh`) for the interpolation error.
 """
 from __future__ import annotations
 
@@ -69,12 +76,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from launch.errors import UserError
+from launch.errors import UserError, check_min
 from lit_models.common import mesh as M
 
 __all__ = ["FrontFieldDataModule", "MeshGraphDataModule", "front_fields", "separable_graph", "front_graph",
            "swirl_graph", "square_mesh", "load_burgers_192", "KIND_SWIRL", "SWIRL_DEFAULTS", "TEST_FAMILIES",
-           "cylinder_graph", "cylinder_config", "KIND_CYLINDER", "CYLINDER_DEFAULTS"]
+           "cylinder_graph", "cylinder_config", "KIND_CYLINDER", "CYLINDER_DEFAULTS", "CYLINDER_FIELDS",
+           "CYLINDER_NS_DEFAULTS", "cylinder_ns_snapshot"]
 
 
 # ================================================================================================ DMM: fields
@@ -220,6 +228,8 @@ class FrontFieldDataModule(L.LightningDataModule):
             raise ValueError("grid must be >= 8, eval_nodes >= 2, batch_size >= 1")
         if passes_per_epoch <= 0:
             raise ValueError(f"passes_per_epoch must be > 0, got {passes_per_epoch}")
+        check_min("data", 1, n_train=n_train, n_test=n_test, n_test_aligned=n_test_aligned,
+                  steps_per_epoch=steps_per_epoch, sub=sub, n_burgers_train=n_burgers_train)
         self.save_hyperparameters()
         self.name, self.batch_size, self.steps_per_epoch, self.seed = name, batch_size, steps_per_epoch, seed
         self.monitor_res = monitor_res or 4 * (grid - 1) + 1
@@ -371,14 +381,27 @@ KIND_CYLINDER = M.KIND_CYLINDER
 # Gamma(t) = 2 pi R U (a0 + a1 sin(2 pi t / period + psi)) (|a1| + |a0| < 2: the stagnation points stay on the rim),
 # and the official monitor computed from its exact velocity gradient at the nodes. Rim nodes are fixed (both
 # coordinates; `fix_rim: false` lets them move, an ablation: the official code pins only nodes on x, y = 0, 1).
+# field="navier_stokes": the paper's kind of flow instead (Taylor-Hood P2-P1 Navier-Stokes, `datamodules.cylinder_ns`;
+# unit-square channel: parabolic inflow of mean speed U from the left, no-slip walls y = 0, 1, do-nothing outflow, Re
+# = U 2R / nu = 100 by default), solved on the test mesh itself (the cylinder is its rim polygon), one trajectory,
+# snapshots at `times` (time units after the warm-up and settling; multiples of ns["dt_snap"]); a0, a1, period and
+# psi are potential-flow only, theta must be 0. `ns`: options of `cylinder_ns.make_ns_dataset` (NS_DEFAULTS) over
+# CYLINDER_NS_DEFAULTS (their U is cylinder U: the inflow's mean speed).
 CYLINDER_DEFAULTS = {"times": (0.0, 0.125, 0.25, 0.625, 0.75), "U": 1.0, "theta": 0.0, "a0": 0.0, "a1": 1.5,
                      "period": 1.0, "psi": 0.0, "centre": (0.3, 0.5), "radius": 0.1, "n_ring": 32, "n_nodes": None,
-                     "clip": 1000.0, "fix_rim": True}
+                     "clip": 1000.0, "fix_rim": True, "field": "potential", "ns": None}
+CYLINDER_FIELDS = ("potential", "navier_stokes")
+# UM2N's Navier-Stokes defaults over cylinder_ns.NS_DEFAULTS (Re 100, dt 0.00125, warm-up 6 from rest with a
+# symmetry-breaking rotation pulse, settle 0.5): no rotation (the official test's cylinder is fixed; ns.omega0_max /
+# omega1_max > 0 draw a rotation omega(t) = omega0 + omega1 sin(2 pi f t + psi), in U / R, for the trajectory), and
+# snapshots every 0.025 (any time on a 0.025 grid: the default times of both fields and quarter shedding periods).
+CYLINDER_NS_DEFAULTS = {"omega0_max": 0.0, "omega1_max": 0.0, "dt_snap": 0.025}
 
 
-def cylinder_config(cylinder: dict | None) -> dict:
+def cylinder_config(cylinder: dict | None, n_side: int | None = None) -> dict:
     """CYLINDER_DEFAULTS updated by `cylinder` (validated: known keys, a cylinder inside the square, positive
-    scales)."""
+    scales; for field="navier_stokes" the solver options, completed in "ns", times on the snapshot grid, theta 0,
+    and with `n_side` (nodes per side of the test mesh) a node count the solver's mesh shares)."""
     given = dict(cylinder or {})
     unknown = sorted(set(given) - set(CYLINDER_DEFAULTS))
     if unknown:
@@ -407,7 +430,39 @@ def cylinder_config(cylinder: dict | None) -> dict:
         raise ValueError("cylinder U, period and clip must be > 0")
     if cfg["n_ring"] < 8:
         raise ValueError(f"cylinder n_ring must be >= 8 rim nodes, got {cfg['n_ring']}")
+    if cfg["field"] not in CYLINDER_FIELDS:
+        raise ValueError(f"cylinder field must be one of {', '.join(CYLINDER_FIELDS)}, got {cfg['field']!r}")
+    if cfg["ns"] is not None and not isinstance(cfg["ns"], dict):
+        raise ValueError(f"cylinder ns must be a mapping of Navier-Stokes options, got {cfg['ns']!r}")
+    ns = _cylinder_ns_options(cfg)  # validated for either field (a typo fails early)
+    if cfg["field"] == "navier_stokes":
+        cfg["ns"] = ns
+        if cfg["theta"] != 0.0:
+            raise ValueError(f"cylinder theta must be 0 for field navier_stokes (inflow from the left), got "
+                             f"{cfg['theta']}")
+        off = [t for t in cfg["times"] if t < 0 or abs(round(t / ns["dt_snap"]) * ns["dt_snap"] - t) > 1e-6 * max(1, t)]
+        if off:
+            raise ValueError(f"cylinder times must be >= 0 and multiples of ns.dt_snap = {ns['dt_snap']} for field "
+                             f"navier_stokes, got {off}")
+        if n_side is not None and cfg["n_nodes"] is not None and round(np.sqrt(cfg["n_nodes"])) != n_side:
+            raise ValueError(f"cylinder n_nodes={cfg['n_nodes']} with field navier_stokes needs round(sqrt(n_nodes)) "
+                             f"= test_size ({n_side}) nodes per side (the solver's mesh), or null")
     return cfg
+
+
+def _cylinder_ns_options(cfg: dict) -> dict:
+    """The complete Navier-Stokes options: CYLINDER_NS_DEFAULTS, cfg["ns"], U = cfg["U"] (checked by
+    `cylinder_ns.check_ns_params`)."""
+    from datamodules.cylinder_ns import check_ns_params
+
+    given = dict(cfg["ns"] or {})
+    if "U" in given and given["U"] != cfg["U"]:  # a completed config (cfg["ns"] after validation) holds U
+        raise ValueError(f"cylinder ns: U={given['U']!r} differs from cylinder U={cfg['U']}: set the inflow's mean "
+                         "speed with cylinder U")
+    try:
+        return check_ns_params(**{**CYLINDER_NS_DEFAULTS, **given, "U": cfg["U"]})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"cylinder ns: {' '.join(str(err).split())}") from None
 
 
 def cylinder_flow_params(t: float, cfg: dict) -> tuple[float, ...]:
@@ -438,20 +493,75 @@ def _holed_mesh(n_nodes: int, n_ring: int, centre: tuple, radius: float, n_side:
     return pos, tri
 
 
+@functools.lru_cache(maxsize=4)
+def _ns_snapshots(n_nodes: int, n_ring: int, centre: tuple, radius: float, n_side: int, mesh_seed: int,
+                  n_steps: int, options: tuple) -> dict[str, np.ndarray]:
+    """The first n_steps snapshots of one Navier-Stokes trajectory on the test mesh (`cylinder_ns.make_ns_dataset`
+    through the on-disk cache `cylinder_flow.cached_ns_dataset`, default folder the download cache's cylinder_ns/;
+    in-process cache here): "grad" (n_steps, V, 2, 2) the vertex-averaged P2 velocity gradient at the test mesh's
+    nodes, "ref_pos" (P, 2), "ref_tri" (RT, 3), "ref_vel" (n_steps, P, 2) the reference velocity (read-only)."""
+    from datamodules.cylinder_flow import OFFICIAL_SCALE, cached_ns_dataset
+    from datamodules.cylinder_ns import cylinder_solver_mesh, vertex_velocity_gradient
+
+    o = dict(options)
+    pos, tri = _holed_mesh(n_nodes, n_ring, centre, radius, n_side, mesh_seed)
+    try:
+        data, _, ref = cached_ns_dataset(None, n_traj=1, n_steps=n_steps, n_nodes=n_nodes, n_ring=n_ring,
+                                         centre=[float(c) for c in centre], radius=float(radius), seed=mesh_seed, **o)
+    except FloatingPointError as err:  # the explicit convection's step limit (e.g. a fast rotation)
+        raise UserError(f"data.cylinder.ns: {err}") from None
+    if not np.allclose(data[0, 0, :, :2].double().numpy() * OFFICIAL_SCALE, pos, atol=1e-6):
+        raise ValueError("cylinder navier_stokes: the solver's mesh is not the test mesh")
+    ref_pos, ref_tri, ref_val = ref
+    n_dofs = len(ref_pos) - 1                                   # P2 DOFs, then the cylinder's centre
+    mesh = cylinder_solver_mesh(pos, tri, centre, radius, int(o["refine"]))
+    vel = np.asarray(ref_val[0, :, :, :2], np.float64)          # (n_steps, P, 2)
+    grad = vertex_velocity_gradient(mesh, vel[:, :n_dofs, 0].T, vel[:, :n_dofs, 1].T, dof_xy=ref_pos[:n_dofs])
+    out = {"grad": grad[:, :n_nodes], "ref_pos": np.asarray(ref_pos, np.float64),
+           "ref_tri": np.asarray(ref_tri, np.int64), "ref_vel": vel}
+    for a in out.values():
+        a.flags.writeable = False
+    return out
+
+
+def cylinder_ns_snapshot(n_side: int, t: float, mesh_seed: int, cfg: dict) -> tuple[np.ndarray, ...]:
+    """(grad (V, 2, 2) at the test mesh's nodes, ref_pos, ref_tri, ref_vel (P, 2)) of the Navier-Stokes snapshot at
+    time t (after the warm-up and settling) for a validated navier_stokes config `cfg` (`cylinder_config`): one
+    solve up to max(times, t) serves every time."""
+    o = cfg["ns"]
+    k = round(t / o["dt_snap"])
+    if t < 0 or abs(k * o["dt_snap"] - t) > 1e-6 * max(1.0, t):
+        raise ValueError(f"cylinder time {t} is not a multiple of ns.dt_snap = {o['dt_snap']}")
+    n_steps = max(k, *(round(s / o["dt_snap"]) for s in cfg["times"])) + 1
+    n_nodes = cfg["n_nodes"] if cfg["n_nodes"] is not None else n_side * n_side
+    snap = _ns_snapshots(n_nodes, cfg["n_ring"], cfg["centre"], cfg["radius"], n_side, mesh_seed, n_steps,
+                         tuple(sorted(o.items())))
+    return snap["grad"][k], snap["ref_pos"], snap["ref_tri"], snap["ref_vel"][k]
+
+
 def cylinder_graph(n_side: int, t: float, mesh_seed: int = 0, **cylinder):
     """A mesh of the unit square with a circular hole (`datamodules.cylinder_flow.cylinder_mesh`: n_side nodes per
     side, n_ring rim nodes, n_nodes in all, default n_side^2; Delaunay minus the hole) with the official monitor of
     the potential flow at time t. No MA target (y NaN). Rim nodes: boundary feature 1 (the official mask is every
     boundary node), fixed in both coordinates when fix_rim; `rim` (V,) marks them; `cylinder` (1, 7) =
-    (t, U, theta, Gamma, x0, y0, R) for the exact field."""
+    (t, U, theta, Gamma, x0, y0, R) for the exact field. field="navier_stokes": the official monitor
+    min(||grad u||_F^2, clip) of the Navier-Stokes snapshot at time t (`cylinder_ns_snapshot`; grad u the P2 velocity
+    gradient averaged to the vertices), Gamma NaN, and ns_ref_pos / ns_ref_tri / ns_ref_val the solver's reference
+    velocity for the interpolation error."""
     from datamodules.cylinder_flow import hole_boundary_edges
 
-    c = cylinder_config(cylinder)
+    c = cylinder_config(cylinder, n_side)
     n_nodes = c["n_nodes"] if c["n_nodes"] is not None else n_side * n_side
     pos, tri = _holed_mesh(n_nodes, c["n_ring"], c["centre"], c["radius"], n_side, mesh_seed)
-    flow = cylinder_flow_params(t, c)
-    g = _graph(n_side, pos, tri, cylinder_monitor_official(pos, flow, c["clip"]), np.full(pos.shape, np.nan),
-               KIND_CYLINDER, [np.nan] * 4)
+    ns = None
+    if c["field"] == "navier_stokes":
+        ns = cylinder_ns_snapshot(n_side, t, mesh_seed, c)
+        flow = (c["U"], c["theta"], np.nan, *c["centre"], c["radius"])
+        monitor = np.clip(np.sum(ns[0] ** 2, axis=(-2, -1)), 0.0, c["clip"])   # official: min(||grad u||_F^2, clip)
+    else:
+        flow = cylinder_flow_params(t, c)
+        monitor = cylinder_monitor_official(pos, flow, c["clip"])
+    g = _graph(n_side, pos, tri, monitor, np.full(pos.shape, np.nan), KIND_CYLINDER, [np.nan] * 4)
     rim = np.zeros(len(pos), bool)
     rim[np.unique(hole_boundary_edges(pos, tri))] = True
     rim_t = torch.from_numpy(rim)
@@ -461,6 +571,10 @@ def cylinder_graph(n_side: int, t: float, mesh_seed: int = 0, **cylinder):
         g.y_fixed = g.y_fixed | rim_t
     g.rim = rim_t
     g.cylinder = torch.tensor([[t, *flow]], dtype=torch.float64)
+    if ns is not None:
+        g.ns_ref_pos = torch.tensor(ns[1], dtype=torch.float64)
+        g.ns_ref_tri = torch.tensor(ns[2], dtype=torch.long)
+        g.ns_ref_val = torch.tensor(ns[3], dtype=torch.float64)
     return g
 
 
@@ -484,7 +598,8 @@ class MeshGraphDataModule(L.LightningDataModule):
     the same for both kinds; unstructured mesh seeds come from their own stream (seed + 3000).
     test_family: "default" (the dataset's own tests: fronts + held-out bumps, or the Helmholtz test split), "swirl"
     (the swirl snapshots, `swirl` overrides SWIRL_DEFAULTS; read when the test loader is built, like test_mesh) or
-    "cylinder" (potential flow past a rotating cylinder on a holed mesh, `cylinder` overrides CYLINDER_DEFAULTS;
+    "cylinder" (potential flow past a rotating cylinder, or Navier-Stokes with cylinder.field=navier_stokes, on a
+    holed mesh, `cylinder` overrides CYLINDER_DEFAULTS;
     test_mesh does not apply: the holed meshes are always Delaunay)."""
 
     def __init__(self, name: str = "separable", n_train: int = 600, train_sizes: tuple = (15, 20),
@@ -498,6 +613,9 @@ class MeshGraphDataModule(L.LightningDataModule):
             raise ValueError(f"unknown UM2N dataset {name!r}; available: 'separable' (offline), 'um2n_helmholtz'")
         if not train_sizes or min(train_sizes) < 3 or test_size < 3:
             raise ValueError("mesh sizes must be >= 3 nodes per side")
+        check_min("data", 1, n_train=n_train, batch_size=batch_size)
+        check_min("data", 0, n_test_fronts=n_test_fronts, n_test_bumps=n_test_bumps)  # 0: no test graphs of that kind
+        check_min("data", 3, bump_test_size=bump_test_size)
         for key, kind in (("mesh", mesh), ("test_mesh", test_mesh)):
             if kind not in MESH_KINDS and not (key == "test_mesh" and kind is None):
                 raise ValueError(f"{key} must be one of {', '.join(MESH_KINDS)}, got {kind!r}")
@@ -506,7 +624,7 @@ class MeshGraphDataModule(L.LightningDataModule):
         swirl = self._mapping("swirl", swirl, SWIRL_DEFAULTS)
         swirl_config(swirl)  # fail early on bad keys or values
         cylinder = self._mapping("cylinder", cylinder, CYLINDER_DEFAULTS)
-        cylinder_config(cylinder)
+        cylinder_config(cylinder, test_size)
         self.save_hyperparameters()
         self.hparams.swirl = swirl
         self.hparams.cylinder = cylinder

@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from launch.errors import check_min
 from lit_models.common import mesh as M
 from lit_models.common.lbfgs import LBFGSPhase
 from lit_models.common.pde import no_autocast
@@ -323,6 +324,11 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             raise ValueError("n_points and n_boundary must be >= 1")
         if trunk_init_scale is not None and trunk_init_scale <= 0:
             raise ValueError(f"trunk_init_scale must be > 0 or None, got {trunk_init_scale}")
+        check_min("model", 1, n_eval_points=n_eval_points, n_interp_points=n_interp_points, gnn_hidden=gnn_hidden,
+                  gnn_knn=gnn_knn)
+        check_min("model", 2, eval_nodes=eval_nodes)
+        check_min("model", 0, gnn_layers=gnn_layers, w_interior=w_interior, w_boundary=w_boundary,
+                  w_convex=w_convex, w_hole=w_hole)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         if grid < 4:
@@ -623,7 +629,8 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         no constraint at the hole), `equi_cv` (coefficient of variation over the triangles of m(centroid) x area,
         the official evaluate_tri's equidistribution measure made scale-free, mean over fields) and `equi_ratio`
         (moved / original mesh), and, where the exact flow is known, `interp_ratio` (RMS P1 interpolation error of
-        the exact field on the moved / original mesh at `n_interp_points` random fluid points)."""
+        the exact field on the moved / original mesh at `n_interp_points` random fluid points; for solver data with
+        a reference, batch "ref_pos" / "ref_tri" / "ref_val", the reference P1 field replaces the exact one)."""
         import matplotlib.tri as mtri
 
         from datamodules.cylinder_flow import hole_boundary_edges, potential_flow
@@ -663,12 +670,17 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         ratios = []
         pts = M.random_points(hp.n_interp_points, 0)
         for i in range(B):
-            if not np.all(np.isfinite(flows[i])):
+            if "ref_val" in batch:  # a solver-made field: its fine P1 reference over the whole square
+                q = pts[finder(pts[:, 0], pts[:, 1]) >= 0]
+                f = functools.partial(M.interpolate_p1, batch["ref_pos"][i].double().cpu().numpy(),
+                                      batch["ref_tri"][i].cpu().numpy(), batch["ref_val"][i].double().cpu().numpy())
+            elif not np.all(np.isfinite(flows[i])):
                 continue
-            x0, y0, R = flows[i, 3:6]
-            q = pts[np.hypot(pts[:, 0] - x0, pts[:, 1] - y0) > R]
-            f = functools.partial(lambda p, fl, col: potential_flow(p, fl)[..., col], fl=flows[i, :6],
-                                  col=int(flows[i, 6]))
+            else:
+                x0, y0, R = flows[i, 3:6]
+                q = pts[np.hypot(pts[:, 0] - x0, pts[:, 1] - y0) > R]
+                f = functools.partial(lambda p, fl, col: potential_flow(p, fl)[..., col], fl=flows[i, :6],
+                                      col=int(flows[i, 6]))
             ratios.append(M.interpolation_error(moved[i], tri, f, q) / M.interpolation_error(nodes, tri, f, q))
         if ratios:
             out["interp_ratio"] = float(np.mean(ratios))

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from launch.errors import UserError, check_min
 from lit_models.common import mesh as M
 from lit_models.common.pde import no_autocast
 
@@ -177,11 +178,31 @@ def cylinder_interp_ratio(pred: np.ndarray, ref: np.ndarray, tri: np.ndarray, fl
     `ref`, at `n_points` random fluid points (inside the reference mesh; nodal values exact at each mesh's nodes)."""
     from datamodules.cylinder_flow import potential_flow
 
+    return _velocity_interp_ratio(pred, ref, tri, lambda p: potential_flow(p, flow)[:, :2], n_points)
+
+
+def cylinder_ns_interp_ratio(pred: np.ndarray, ref: np.ndarray, tri: np.ndarray, ref_pos: np.ndarray,
+                             ref_tri: np.ndarray, ref_vel: np.ndarray, n_points: int) -> float:
+    """`cylinder_interp_ratio` for a Navier-Stokes snapshot: the "exact" velocity is the solver's fine reference field
+    (`datamodules.cylinder_ns.reference_mesh`: the P2 solution as P1 on the midpoint-refined mesh, the hole filled by
+    the rim's rigid motion; ref_pos (P, 2), ref_tri, ref_vel (P, 2)), evaluated at the random fluid points and at
+    both meshes' nodes (moved nodes anywhere in the square are covered). Assumed: the reference's own error (P1 on a
+    twice finer mesh) is small against the test mesh's interpolation error (it is exact at the original nodes)."""
+    def velocity(p: np.ndarray) -> np.ndarray:
+        return np.stack([M.interpolate_p1(ref_pos, ref_tri, ref_vel[:, k], p) for k in range(2)], 1)
+
+    return _velocity_interp_ratio(pred, ref, tri, velocity, n_points)
+
+
+def _velocity_interp_ratio(pred: np.ndarray, ref: np.ndarray, tri: np.ndarray,
+                           velocity: Callable[[np.ndarray], np.ndarray], n_points: int) -> float:
+    """RMS over `n_points` random fluid points (`cylinder_fluid_points`) of |v - I_h v|, I_h the P1 interpolant of
+    v's values at the nodes, on the moved mesh `pred` / the same on the reference mesh `ref`; velocity (P, 2)."""
     pts = cylinder_fluid_points(ref, tri, int(n_points))
-    exact = potential_flow(pts, flow)[:, :2]
+    exact = velocity(pts)
     errs = []
     for nodes in (pred, ref):
-        vals = potential_flow(nodes, flow)[:, :2]
+        vals = velocity(nodes)
         approx = np.stack([M.interpolate_p1(nodes, tri, vals[:, k], pts) for k in range(2)], 1)
         errs.append(float(np.sqrt(np.mean(np.sum((exact - approx) ** 2, 1)))))
     return errs[0] / errs[1]
@@ -220,7 +241,9 @@ class UM2NModule(L.LightningModule):
     `inverted` and `boundary_violation` include the swirl meshes.
     Cylinder meshes (graph kind 4, `data.test_family=cylinder`; no MA target): `interp_ratio_cylinder` (RMS P1
     interpolation error of the exact potential-flow velocity (u, v) on the moved / original mesh at
-    `n_interp_points` random points of the fluid, mean over times), `inverted_cylinder` (sum),
+    `n_interp_points` random points of the fluid, mean over times; for Navier-Stokes snapshots,
+    `data.cylinder.field=navier_stokes`, of the solver's reference velocity: `cylinder_ns_interp_ratio`),
+    `inverted_cylinder` (sum),
     `boundary_violation_cylinder` (max over meshes of the largest normal displacement of a square-side node and the
     largest displacement of a rim node), per time `..._t<t_k>`; `inverted` and `boundary_violation` include them.
     """
@@ -239,6 +262,11 @@ class UM2NModule(L.LightningModule):
             raise ValueError(f"num_loop must be >= 1, got {num_loop}")
         if coord_weight < 0 or area_weight < 0 or coord_weight + area_weight == 0:
             raise ValueError("loss weights must be >= 0 and not both 0")
+        check_min("model", 1, embed_dim=embed_dim, transformer_out=transformer_out, num_heads=num_heads, hidden=hidden,
+                  gat_heads=gat_heads, n_interp_points=n_interp_points)
+        check_min("model", 0, num_layers=num_layers)  # 0: no transformer layer
+        if embed_dim % num_heads:
+            raise UserError(f"model.embed_dim ({embed_dim}) must be divisible by model.num_heads ({num_heads})")
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.net = UM2N(4, embed_dim, transformer_out, num_heads, num_layers, hidden, gat_heads, num_loop, decoder,
@@ -303,7 +331,12 @@ class UM2NModule(L.LightningModule):
         rmse = float(np.sqrt(np.mean(np.sum((pred - tgt) ** 2, 1)))) / h
         if kind == KIND_CYLINDER:  # no target: interpolation error of the exact flow, tangling, boundary
             cy = tuple(float(v) for v in data.cylinder.reshape(-1).cpu().numpy())
-            ratio = cylinder_interp_ratio(pred, ref, tri, cy[1:], self.hparams.n_interp_points)
+            if getattr(data, "ns_ref_val", None) is not None:  # Navier-Stokes snapshot: the solver's reference field
+                ratio = cylinder_ns_interp_ratio(pred, ref, tri, data.ns_ref_pos.double().cpu().numpy(),
+                                                 data.ns_ref_tri.cpu().numpy(), data.ns_ref_val.double().cpu().numpy(),
+                                                 self.hparams.n_interp_points)
+            else:
+                ratio = cylinder_interp_ratio(pred, ref, tri, cy[1:], self.hparams.n_interp_points)
             self._eval["cylinder"].append((cy[0], ratio, inverted, bd))
         elif kind == KIND_SWIRL:  # no target: interpolation error of the exact solution, tangling, boundary
             sw = tuple(float(v) for v in data.swirl.reshape(-1).cpu().numpy())

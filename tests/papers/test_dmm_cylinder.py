@@ -198,3 +198,23 @@ def test_evaluation_detects_a_folded_mesh():
     assert out["inverted"] == len(batch["u"]) * len(dm.tri)
     assert out["hole_disp"] > 0.1  # the cylinder at x = 0.3 is mirrored to x = 0.7
     assert out["equi_ratio"] > 0 and np.isfinite(out["interp_ratio"])
+
+
+# ------------------------------------------------------------------------------------ Navier-Stokes variant
+NS_TINY = ["data.ns.dt=0.005", "data.ns.dt_snap=0.01", "data.ns.warmup=0.2", "data.ns.settle=0.05",
+           "data.ns.phase_window=0.1", "data.ns.ramp=0.05"]
+
+
+def test_navier_stokes_variant_trains_and_measures_interpolation(tmp_path):
+    """The cylinder_ns experiment (solver-made Navier-Stokes data, tiny and cached in tmp_path) trains through the same
+    path; the interpolation ratio uses the solver's fine reference (1 for the identity mover)."""
+    small = [*SMALL, f"data.data_dir={tmp_path}", *NS_TINY]
+    run = fast_run("data_free_mesh_mover/cylinder_ns", *small)
+    run.assert_contract()
+    for key in ("ma_residual", "inverted", "hole_disp", "equi_ratio", "interp_ratio"):
+        assert f"test/{key}" in run.metrics, sorted(run.metrics)
+    assert np.isfinite(run.metrics["test/interp_ratio"])
+    assert len(list(tmp_path.glob("cylinder_ns_*.npz"))) == 1  # generated once, reused by the second run
+    ident = fast_run("data_free_mesh_mover/cylinder_ns", *small, "model.mover=identity", steps=1)
+    for key, value in (("interp_ratio", 1.0), ("equi_ratio", 1.0), ("inverted", 0.0), ("hole_disp", 0.0)):
+        assert ident.metrics[f"test/{key}"] == pytest.approx(value), key

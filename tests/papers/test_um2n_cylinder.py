@@ -1,7 +1,9 @@
 """UM2N's flow-past-a-cylinder test case, offline (no Navier-Stokes solve): the exact potential flow past a rotating
 cylinder, the official monitor min(||grad u||_F^2, clip) / max computed from it, the holed test graphs (rim nodes
 fixed) and the `experiment=um2n/cylinder` variant (trained as `experiment=um2n`, tested zero-shot on the holed
-meshes)."""
+meshes); and the Navier-Stokes field option (`data.cylinder.field=navier_stokes`, `experiment=um2n/cylinder_ns`) with
+tiny solver settings: the official monitor from the solver's vertex-averaged P2 velocity gradient, the interpolation
+ratio against the solver's reference field, and its configuration errors."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,9 +11,20 @@ import pytest
 import torch
 
 from datamodules.cylinder_flow import potential_flow, potential_velocity_gradient
-from datamodules.meshes import CYLINDER_DEFAULTS, KIND_CYLINDER, MeshGraphDataModule, cylinder_config, cylinder_graph
+from datamodules.meshes import (
+    CYLINDER_DEFAULTS,
+    KIND_CYLINDER,
+    MeshGraphDataModule,
+    cylinder_config,
+    cylinder_graph,
+)
 from lit_models.common import mesh as M
-from lit_models.pde.um2n import UM2N, cylinder_fluid_points, cylinder_interp_ratio
+from lit_models.pde.um2n import (
+    UM2N,
+    cylinder_fluid_points,
+    cylinder_interp_ratio,
+    cylinder_ns_interp_ratio,
+)
 from tests.papers.contract import fast_run
 
 SMALL_CYL = {"n_ring": 16, "times": [0.0, 0.25]}
@@ -152,3 +165,110 @@ def test_bad_cylinder_config_raises():
     cfg = zconfig.compose(["experiment=um2n/cylinder", "logger=none", "+data.cylinder.reynolds=100"])
     with pytest.raises(UserError, match="unknown cylinder keys"):
         train.run(cfg, make_run_dir=False)
+
+
+# ------------------------------------------------------------------------------------------------ Navier-Stokes
+NS_TINY = {"dt": 0.005, "dt_snap": 0.05, "warmup": 0.2, "settle": 0.05, "phase_window": 0.1, "ramp": 0.05}
+NS_CYL = {"field": "navier_stokes", "ns": NS_TINY, "n_ring": 16, "times": [0.0, 0.05]}
+SMALL_NS = SMALL[:4] + ["data.cylinder.times=[0.0,0.05]", "data.cylinder.n_ring=16", "trainer.limit_test_batches=2"] + [
+    f"data.cylinder.ns.{k}={v}" for k, v in NS_TINY.items()]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ns_cache(tmp_path_factory):
+    """The Navier-Stokes snapshots are cached on disk under $PAPERZOO_DATA/cylinder_ns: a temporary folder here."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PAPERZOO_DATA", str(tmp_path_factory.mktemp("paperzoo_data")))
+        yield
+
+
+def test_ns_family_builds_with_the_official_monitor_and_reference():
+    dm = MeshGraphDataModule(n_train=2, train_sizes=(5,), test_size=10, test_family="cylinder", cylinder=NS_CYL)
+    items = dm.test_set.items
+    assert [float(d.cylinder[0, 0]) for d in items] == [0.0, 0.05] and torch.equal(items[0].pos, items[1].pos)
+    assert len(list(dm.test_dataloader())) == 2
+    pot = cylinder_graph(10, 0.0, int(np.random.default_rng(5000).integers(2**31)), **SMALL_CYL)
+    for d in items:
+        ref, tri = d.pos.double().numpy(), d.face.T.numpy()
+        assert int(d.kind) == KIND_CYLINDER and np.isnan(float(d.cylinder[0, 3])) and torch.isnan(d.y).all()
+        assert torch.equal(d.pos, pot.pos) and torch.equal(d.x[:, :3], pot.x[:, :3])  # the potential family's mesh
+        mon = d.x[:, 3]
+        assert torch.isfinite(mon).all() and float(mon.max()) == pytest.approx(1.0) and float(mon.min()) >= 0
+        rim = d.rim.numpy()
+        assert float(mon[torch.from_numpy(rim)].mean()) > 2 * float(mon.median())  # no-slip rim: large shear
+        # the reference carries the solver's field: its first points are the test mesh's nodes (P2 vertex DOFs)
+        rp, rv = d.ns_ref_pos.numpy(), d.ns_ref_val.numpy()
+        np.testing.assert_allclose(rp[:len(ref)], ref, atol=1e-6)
+        assert np.abs(rv[:len(ref)][rim]).max() < 1e-6                       # fixed cylinder: no-slip rim
+        inflow = (np.abs(ref[:, 0]) < 1e-9) & (ref[:, 1] > 0) & (ref[:, 1] < 1)
+        np.testing.assert_allclose(rv[:len(ref)][inflow, 0], 6 * ref[inflow, 1] * (1 - ref[inflow, 1]), atol=1e-6)
+        assert M.count_inverted(rp, d.ns_ref_tri.numpy()) == 0
+        # identity mover: ratio 1; moving interior nodes changes it
+        args = (rp, d.ns_ref_tri.numpy(), rv, 400)
+        assert cylinder_ns_interp_ratio(ref, ref, tri, *args) == 1.0
+        moved = ref.copy()
+        inner = ~(M.boundary_masks(ref)["any"] | rim)
+        towards = np.array([0.3, 0.5]) - moved[inner]
+        moved[inner] += 0.15 * towards * np.exp(-4 * np.linalg.norm(towards, axis=1))[:, None]
+        assert M.count_inverted(moved, tri) == 0
+        assert cylinder_ns_interp_ratio(moved, ref, tri, *args) != pytest.approx(1.0)
+    assert not torch.equal(items[0].x[:, 3], items[1].x[:, 3])                 # the flow evolves
+    # the monitor is the official one: min(||grad u||_F^2, clip) / max (all nodes clipped -> all 1)
+    clipped = cylinder_graph(10, 0.05, int(np.random.default_rng(5000).integers(2**31)), **NS_CYL, clip=1e-9)
+    assert torch.all(clipped.x[:, 3] == 1.0)
+
+
+def test_fast_ns_variant_and_identity():
+    run = fast_run("um2n/cylinder_ns", *SMALL_NS)
+    run.assert_contract()
+    for key in ("interp_ratio_cylinder", "inverted_cylinder", "boundary_violation_cylinder",
+                "interp_ratio_cylinder_t0.000", "interp_ratio_cylinder_t0.050"):
+        assert np.isfinite(run.metrics[f"test/{key}"]), key
+    assert run.metrics["test/boundary_violation_cylinder"] < 1e-6
+    ident = fast_run("um2n/cylinder_ns", *SMALL_NS, "model.mover=identity", steps=1)
+    assert ident.metrics["test/interp_ratio_cylinder"] == 1.0
+    assert ident.metrics["test/inverted_cylinder"] == 0 and ident.metrics["test/boundary_violation_cylinder"] == 0
+
+
+def test_cylinder_field_config():
+    assert cylinder_config(None)["field"] == "potential" and cylinder_config(None)["ns"] is None
+    c = cylinder_config(NS_CYL)
+    assert c["ns"]["omega0_max"] == 0.0 and c["ns"]["dt"] == 0.005 and c["ns"]["U"] == 1.0
+    assert cylinder_config(c) == c                                              # a completed config validates again
+    for bad, match in (({"field": "stokes"}, "field must be one of"), ({"ns": [1]}, "ns must be a mapping"),
+                       ({"ns": {"reynolds": 1}}, "unknown Navier-Stokes"), ({"ns": {"Re": -1}}, "Re must be > 0"),
+                       ({"ns": {"U": 2.0}}, "cylinder U"), ({"times": [0.0, 0.07]}, "multiples of ns.dt_snap"),
+                       ({"theta": 0.2}, "theta must be 0"), ({"ns": {"dt": 0.003}}, "whole number")):
+        given = {**NS_CYL, **bad}
+        if isinstance(bad.get("ns"), dict):
+            given["ns"] = {**NS_TINY, **bad["ns"]}
+        with pytest.raises(ValueError, match=match):
+            cylinder_config(given)
+    with pytest.raises(ValueError, match="test_size"):
+        cylinder_config({**NS_CYL, "n_nodes": 400}, n_side=10)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("data.cylinder.field=stokes", "field must be one of"),
+    ("data.cylinder.ns.Re=-1", "Re must be > 0"),
+    ("+data.cylinder.ns.reynolds=100", "unknown Navier-Stokes"),
+    ("data.cylinder.times=[0.0,0.01]", "multiples of ns.dt_snap"),
+    ("data.cylinder.n_nodes=400", "test_size"),
+])
+def test_bad_ns_config_is_one_line_through_the_cli(override, match):
+    from launch import config as zconfig
+    from launch import train
+    from launch.errors import UserError
+
+    cfg = zconfig.compose(["experiment=um2n/cylinder_ns", "logger=none", override])
+    with pytest.raises(UserError, match=match) as err:
+        train.run(cfg, make_run_dir=False)
+    assert "\n" not in str(err.value)
+
+
+def test_diverging_ns_solve_is_a_user_error():
+    from launch.errors import UserError
+
+    ns = {**NS_TINY, "dt": 0.05, "dt_snap": 0.05, "warmup": 2.0, "omega0_max": 3.0}  # far above the step limit
+    with np.errstate(all="ignore"), pytest.raises(UserError, match="diverged.*reduce dt"):
+        cylinder_graph(10, 0.0, 3, **{**NS_CYL, "ns": ns, "times": [0.0]})
