@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from launch.errors import check_min
 
 _HASH_WEIGHTS: dict[tuple[int, int], np.ndarray] = {}
 
@@ -251,6 +252,7 @@ class BarronDataModule(L.LightningDataModule):
             raise ValueError(f"ritz_problem must index one of the {len(dims) * len(seeds)} problems")
         if amplitude <= 0 or gamma < 0:
             raise ValueError("amplitude > 0 and gamma >= 0 required")
+        check_min("data", 1, m=m, s=s, batch_size=batch_size, steps_per_epoch=steps_per_epoch, n_test=n_test)
         self.save_hyperparameters()
         self.problems: list[BarronProblem] = []
 

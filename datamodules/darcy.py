@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from launch.errors import check_min
+
 FNO_DARCY_URL = "https://pde-xd.s3.amazonaws.com/{file}"  # NAS-Bench-360 mirror of the FNO Google-Drive files
 FNO_DARCY_FILES = {"train": "piececonst_r421_N1024_smooth1.mat", "test": "piececonst_r421_N1024_smooth2.mat"}
 DATASETS = ("offline", "piececonst_smooth")
@@ -198,6 +200,8 @@ class DarcyDataModule(PairLoaders, L.LightningDataModule):
             raise ValueError("resolution >= 4, n_train, n_test, batch_size >= 1 required")
         if not a_high > 0 < a_low:
             raise ValueError(f"coefficient values must be positive, got a_high={a_high}, a_low={a_low}")
+        check_min("data", 1, eval_batch_size=eval_batch_size, sampling_rate=sampling_rate)
+        check_min("data", 0, num_workers=num_workers)
         if name == "piececonst_smooth" and (420 % sampling_rate or (420 // sampling_rate + 1) != resolution):
             raise ValueError(f"piececonst_smooth: resolution must be (421 - 1) / sampling_rate + 1 = "
                              f"{420 // max(sampling_rate, 1) + 1} for sampling_rate={sampling_rate}, got {resolution}")

@@ -53,7 +53,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.context import sampling_context
-from launch.errors import UserError, check_choice
+from launch.errors import UserError, check_choice, check_min
 
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 warnings.filterwarnings("ignore", message=r"Numba not installed")
@@ -249,6 +249,9 @@ class DystsDataModule(L.LightningDataModule):
         if not 0 <= heldout_trajectories < num_trajectories:
             raise UserError(f"data: heldout_trajectories ({heldout_trajectories}) must be < num_trajectories "
                             f"({num_trajectories})")
+        check_min("data", 1, pts_per_period=pts_per_period, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
+        check_min("data", 2, seq_len=seq_len)  # as TrajectoryFileDataModule
+        check_min("data", 0, burn_in=burn_in, noise=noise, rtol=rtol, atol=atol)  # 0: no burn-in, no noise
         self.name = name
         self.kind = "map" if is_map(name) else "flow"  # maps ignore pts_per_period, method, rtol, atol
         self._loaded = False

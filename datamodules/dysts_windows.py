@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.dynamics import make_trajectories
-from launch.errors import UserError
+from launch.errors import UserError, check_min
 
 __all__ = ["DystsWindowsDataModule", "load_series", "lyapunov_per_step", "sliding_windows"]
 
@@ -107,6 +107,10 @@ class DystsWindowsDataModule(WindowLoaders, L.LightningDataModule):
         self.save_hyperparameters()
         if not 0 < train_points < n_points:
             raise UserError(f"data: need 0 < train_points ({train_points}) < n_points ({n_points})")
+        check_min("data", 1, pts_per_period=pts_per_period, lags=lags, horizon=horizon, eval_stride=eval_stride,
+                  batch_size=batch_size, eval_batch_size=eval_batch_size)
+        check_min("data", 0, coordinate=coordinate)  # the upper bound (the system's dimension) is checked in setup
+        check_min("data", 0, rtol=rtol, atol=atol)
         self.name = name
         self._loaded = False
 

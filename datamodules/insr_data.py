@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from datamodules.collocation import FreshSampleLoaders
+from launch.errors import check_min, check_positive
 
 PROBLEMS = ("advection1d", "taylor_green")
 
@@ -76,6 +77,9 @@ class InsrDataModule(FreshSampleLoaders, L.LightningDataModule):
             raise ValueError(f"taylor_green lives on [-1, 1]^2: set length=2.0 (got {length})")
         if not 0 <= boundary_fraction <= 1:
             raise ValueError(f"boundary_fraction must lie in [0, 1], got {boundary_fraction}")
+        check_min("data", 1, eval_points=eval_points)
+        check_min("data", 0, min_boundary=min_boundary)  # 0: boundary_fraction alone sets the boundary samples
+        check_positive("data", length=length, width=width)
         self.save_hyperparameters()
         self.name, self.n_samples, self.dt, self.n_steps = name, n_samples, dt, n_steps
         self.dim = 1 if name == "advection1d" else 2

@@ -26,6 +26,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from launch.errors import check_min, check_positive
+
 
 # --------------------------------------------------------------------------------------------- KS solver (ETDRK4)
 def ks_wavenumbers(n: int, length: float) -> np.ndarray:
@@ -152,6 +154,9 @@ class MedidaDataModule(_WholeDatasetLoaders, L.LightningDataModule):
             raise ValueError(f"unknown MEDIDA dataset {name!r}; available: 'ks' (offline Kuramoto-Sivashinsky)")
         if not 0 < sensor_ratio <= 1:
             raise ValueError(f"sensor_ratio must lie in (0, 1], got {sensor_ratio}")
+        check_min("data", 1, n=n, n_snapshots=n_snapshots, steps_per_epoch=steps_per_epoch)
+        check_min("data", 0, spinup=spinup, noise=noise)
+        check_positive("data", length=length, h=h, snapshot_every=snapshot_every)
         self.save_hyperparameters()
         self.name, self.n, self.length, self.h = name, n, length, h
         self.n_snapshots, self.sensor_ratio, self.noise = n_snapshots, sensor_ratio, noise

@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 
 from datamodules.collocation import FreshSampleLoaders
+from launch.errors import check_min, check_positive
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,9 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
         if not reynolds > 0 or lid_velocity == 0 or cavity_grid < 5 or cavity_grid % 2 == 0:
             raise ValueError(f"need reynolds > 0, lid_velocity != 0 and an odd cavity_grid >= 5; got {reynolds}, "
                              f"{lid_velocity}, {cavity_grid}")
+        check_min("data", 1, ac_modes=ac_modes)
+        check_min("data", 2, ac_snapshots=ac_snapshots)
+        check_positive("data", ac_dt=ac_dt)
         self.save_hyperparameters()
         self.name, self.problem = name, PROBLEMS[name]
         self.n_initial = n_initial if n_initial is not None else n_boundary

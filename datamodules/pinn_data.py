@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.collocation import MadeItems
 from datamodules.pde_solvers import etdrk4
-from launch.errors import UserError
+from launch.errors import UserError, check_min, check_positive
 
 # ------------------------------------------------------------------------------------------------ solvers
 
@@ -284,6 +284,9 @@ class CausalPINNDataModule(L.LightningDataModule):
             raise ValueError(f"the {name} problem is an ODE: n_x must be 1")
         if t_overshoot < 0:
             raise ValueError(f"t_overshoot must be >= 0, got {t_overshoot}")
+        check_min("data", 1, steps_per_epoch=steps_per_epoch, n_modes=n_modes)
+        check_min("data", 2, n_snapshots=n_snapshots)
+        check_positive("data", t_end=t_end, dt=dt)
         self.save_hyperparameters()
         self.name, self.n_t, self.n_x, self.sampling, self.seed = name, n_t, n_x, sampling, seed
         default_end, self.x_low, self.x_high = CAUSAL_DOMAINS[name]
@@ -386,6 +389,8 @@ class LagrangianPINNDataModule(L.LightningDataModule):
             raise ValueError("the Burgers reference solver needs nu > 0")
         if min(n_x, n_t, eval_n_x, eval_n_t) < 2:
             raise ValueError("grid sizes must be >= 2")
+        check_min("data", 1, steps_per_epoch=steps_per_epoch, solver_modes=solver_modes)
+        check_positive("data", t_end=t_end, solver_dt=solver_dt)
         self.save_hyperparameters()
         self.name, self.c, self.nu, self.shift, self.t_end = name, c, nu, shift, t_end
         self.steps_per_epoch = steps_per_epoch

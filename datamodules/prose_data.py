@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.context import sampling_context
-from launch.errors import UserError
+from launch.errors import UserError, check_min, check_positive
 from lit_models.dynamics.prose_symbolic import FAMILIES, SymbolicTokenizer, corrupt, eval_monomial
 
 OFFLINE = {
@@ -216,6 +216,11 @@ class ProseDataModule(L.LightningDataModule):
                         ("eval_p_delete", eval_p_delete)):
             if not 0.0 <= prob <= 1.0:
                 raise UserError(f"data.{key} must be a probability in [0, 1], got {prob}")
+        check_min("data", 1, num_train=num_train, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                  n_input=n_input, n_output=n_output)
+        check_min("data", 0, num_val=num_val, num_test=num_test, param_range=param_range, noise=noise,
+                  num_workers=num_workers)
+        check_positive("data", t_end=t_end, dt=dt)
         self.save_hyperparameters()
         self.tokenizer = SymbolicTokenizer(max_dim=max_dim, float_precision=float_precision)
         self.splits: dict[str, dict] = {}

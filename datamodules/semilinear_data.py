@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from datamodules.context import sampling_context
 from datamodules.navier_stokes import navier_stokes_2d, random_vorticity
 from datamodules.pde_solvers import kdv_etdrk4, ks_etdrk4, random_ks_initial_condition
-from launch.errors import UserError
+from launch.errors import UserError, check_min, check_positive
 
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
@@ -151,6 +151,13 @@ class SemilinearDataModule(L.LightningDataModule):
             raise UserError(f"data: unknown semilinear PDE '{name}' (known: {', '.join(NAMES)})")
         if not 0.0 < obs_fraction <= 1.0:
             raise UserError(f"data.obs_fraction must be in (0, 1], got {obs_fraction}")
+        check_min("data", 1, grid=grid, save_every=save_every, n_frames=n_frames, n_train=n_train, n_test=n_test,
+                  unroll=unroll, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                  steps_per_epoch=steps_per_epoch)
+        check_min("data", 0, burn_in_time=burn_in_time, noise=noise, num_workers=num_workers, viscosity=viscosity)
+        check_positive("data", domain_length=domain_length, solver_dt=solver_dt)
+        if unroll > n_frames:
+            raise UserError(f"data.unroll ({unroll}) must be <= data.n_frames ({n_frames})")
         self.save_hyperparameters()
         self.hp = self.hparams
         self.mask: torch.Tensor | None = None

@@ -19,3 +19,18 @@ def check_choice(field: str, noun: str, value, known, *, list_known: bool = True
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     listing = f"; known: {', '.join(known)}" if list_known else ""
     raise UserError(f"{field}: unknown {noun} {value!r}{hint}{listing}")
+
+
+def check_min(prefix: str, low: float = 1, **values) -> None:
+    """Raise a one-line UserError unless every given value is >= `low`; None (an optional or "off" setting) passes.
+    `prefix` names the config group: `check_min("data", batch_size=-1)` -> "data.batch_size must be >= 1, got -1"."""
+    for key, value in values.items():
+        if value is not None and not value >= low:
+            raise UserError(f"{prefix}.{key} must be >= {low}, got {value!r}")
+
+
+def check_positive(prefix: str, **values) -> None:
+    """Like `check_min`, for values that must be > 0 (lengths, time steps, ranges); None passes."""
+    for key, value in values.items():
+        if value is not None and not value > 0:
+            raise UserError(f"{prefix}.{key} must be > 0, got {value!r}")

@@ -131,9 +131,10 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     run_dir = None
     if make_run_dir:
         cfg = runs.assign_run_id(cfg)
-        run_dir = runs.create(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, model = instantiate(cfg)
+    datamodule, model = instantiate(cfg)  # before the run directory: a bad config leaves nothing behind
+    if make_run_dir:
+        run_dir = runs.create(cfg)
     trainer = build_trainer(cfg, run_dir, extra_callbacks)
     metrics: dict[str, float] = {}
     if cfg.stage in ("fit", "fit_test"):

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from launch.errors import check_min
+
 
 # ----------------------------------------------------------------------------------------------- helpers
 def scipy_to_torch_csr(matrix: sp.spmatrix) -> Tensor:
@@ -161,6 +163,7 @@ class RankingModule(L.LightningModule):
         super().__init__()
         # the optimizer factory is not a hyperparameter: checkpoints stay loadable with weights_only=True
         self.optimizer_factory = optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
+        check_min("model", 1, eval_k=eval_k)
         self.eval_k = int(eval_k)
         self.val_recall = RecallAtK(self.eval_k)
         self.val_ndcg = NDCGAtK(self.eval_k)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from launch.errors import check_min
 from lit_models.common.forecast_metrics import ValidPredictionTime, smape
 
 __all__ = ["DystsForecastModule", "NBeatsBlock", "NBeatsLite", "smape"]
@@ -95,6 +96,7 @@ class DystsForecastModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         if forecaster not in ("nbeats", "naive"):
             raise ValueError(f"forecaster must be 'nbeats' or 'naive', got {forecaster!r}")
+        check_min("model", 1, lags=lags, horizon=horizon, width=width, num_layers=num_layers, num_blocks=num_blocks)
         self.optimizer_factory = optimizer
         self.model = NBeatsLite(lags, horizon, width, num_layers, num_blocks)
         self.register_buffer("mean", torch.zeros(()))

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 # D_stsp / D_H live in lit_models/common/dynamics_metrics.py (shared, with DDP-correct torchmetrics versions);
 # re-exported here for existing imports
+from launch.errors import check_min
 from lit_models.common.dynamics_metrics import (  # noqa: F401
     PowerSpectrumDistance,
     StateSpaceDivergence,
@@ -389,6 +390,8 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
                              f"{eval_transient_fraction}")
         if int(pe_n) != pe_n or pe_n < 0:
             raise ValueError(f"pe_n must be an integer >= 0 (official PE_n = 20; 0: off), got {pe_n}")
+        check_min("model", 1, latent_dim=latent_dim, hidden_dim=hidden_dim, obs_dim=obs_dim,
+                  alpha_update_every=alpha_update_every)
         self.model = ShallowPLRNN(latent_dim, hidden_dim, clipped)
         self.z0_rest: nn.Parameter | None = None
         self.obs: AffineObservation | None = None

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
+from launch.errors import check_min
+
 
 class InvertedEmbedding(nn.Module):
     """`DataEmbedding_inverted`: B x L x N (+ marks B x L x F) -> tokens B x (N + F) x D."""
@@ -169,6 +171,8 @@ class ITransformerModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER,
     ) -> None:
         super().__init__()
+        check_min("model", 1, seq_len=seq_len, pred_len=pred_len, d_model=d_model, n_heads=n_heads, d_ff=d_ff)
+        check_min("model", 0, e_layers=e_layers)  # 0: embedding + projection only
         # optimizer/scheduler factories stay out of the checkpoint (weights_only loading)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory = optimizer

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from launch.errors import check_min, check_positive
 from lit_models.common.steps import EvaluateOnValAndTest
 
 LIBRARY_TERMS = ("u", "u_x", "u_xx", "u_xxx", "u_xxxx", "u*u_x", "u^2", "u^3")
@@ -148,6 +149,9 @@ class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
                  select_tol: float = 0.01, true_coefficients: list[float] | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
+        check_min("model", 1, n_outputs=n_outputs, width=width, num_features=num_features)
+        check_min("model", 0, depth=depth, cut=cut)  # depth 0: features -> linear; cut 0: keep every point
+        check_positive("model", length=length)
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.interpolant = Interpolant(n_outputs, width, depth, rff, sigma, num_features, rff_seed)
@@ -296,6 +300,8 @@ class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
             raise ValueError(f"library_at must be 'forecast' or 'analysis', got {library_at!r}")
         if n_snapshots < 1 or cut < 0:
             raise ValueError(f"need n_snapshots >= 1 and cut >= 0, got {n_snapshots}, {cut}")
+        check_min("model", 1, width=width, num_features=num_features)
+        check_min("model", 0, depth=depth)
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.nets = nn.ModuleList(Interpolant(2, width, depth, rff, sigma, num_features, rff_seed, in_dim=2)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from launch.errors import check_min
 from lit_models.common.dynamics_metrics import SymbolicAccuracy
 from lit_models.dynamics.prose_symbolic import SymbolicTokenizer
 
@@ -293,6 +294,7 @@ class ProseModule(L.LightningModule):
                  max_gen_len: int = 150, warmup_steps: int = 20000,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
+        check_min("model", 1, dim_emb=dim_emb, n_heads=n_heads, dim_ffn=dim_ffn, max_gen_len=max_gen_len)
         if dim_emb % n_heads:
             raise ValueError(f"prose: dim_emb ({dim_emb}) must be a multiple of n_heads ({n_heads})")
         if min(n_data_enc_layers, n_fusion_layers, n_data_dec_layers, n_text_dec_layers) < 1 or \

@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from launch.errors import check_min
+
 
 class SpectralConv(nn.Module):
     """Fourier layer kernel in 1 or 2 space dimensions: FFT, multiply the lowest `modes` coefficients per axis by
@@ -265,6 +267,9 @@ class SemilinearOperatorModule(L.LightningModule):
             raise ValueError(f"train_init must be 'zero' or 'truth', got {train_init!r}")
         if obs_weight < 0 or pred_weight < 0:
             raise ValueError(f"obs_weight and pred_weight must be >= 0, got {obs_weight}, {pred_weight}")
+        check_min("model", 1, modes=modes, width=width, gain_channels=gain_channels, gate_kernel=gate_kernel,
+                  gain_kernel=gain_kernel, warmup=warmup)
+        check_min("model", 0, n_layers=n_layers)  # 0: lift and projection only
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.model = NODA(modes, width, n_layers, gain_channels, gate_kernel, gain_kernel,

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from launch.errors import UserError
+from launch.errors import UserError, check_min, check_positive
 from lit_models.common.pde import RelativeL2, no_autocast, partial
 from lit_models.common.steps import EvaluateOnValAndTest
 
@@ -256,6 +256,10 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
             raise ValueError("PDE problems need fourier_modes >= 1 (exact periodicity in x)")
         if hard_ic and problem not in ODES:
             raise ValueError("hard_ic is for ODE problems (u(t) = u0 + t N(t)); PDEs use the IC loss")
+        check_min("model", 1, width=width, max_steps_per_epsilon=max_steps_per_epsilon)
+        check_min("model", 1 if arch == "modified_mlp" else 0, depth=depth)  # mlp with depth 0: linear in features
+        check_min("model", 0, ic_weight=ic_weight, weight_snapshot_every=weight_snapshot_every)  # every 0: off
+        check_positive("model", length=length, t_scale=t_scale, residual_scale=residual_scale)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.problem, self.causal, self.epsilons = problem, causal, epsilons

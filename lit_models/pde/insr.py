@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from launch.errors import check_min, check_positive
 from lit_models.common.pde import grad, no_autocast, relative_l2
 from lit_models.common.steps import EvaluateOnValAndTest
 
@@ -134,6 +135,11 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
             raise ValueError(f"fluid needs in_features = out_features = 2, got {in_features}, {out_features}")
         if equation == "advection" and out_features != 1:
             raise ValueError(f"advection needs out_features = 1, got {out_features}")
+        check_min("model", 1, hidden_features=hidden_features, snapshot_every=snapshot_every,
+                  snapshot_points=snapshot_points)
+        check_min("model", 0, num_hidden_layers=num_hidden_layers, plateau_patience=plateau_patience,
+                  early_stop_plateau=early_stop_plateau, boundary_weight=boundary_weight)
+        check_positive("model", length=length)
         self.save_hyperparameters(ignore=["optimizer"])
         self.automatic_optimization = False
         self.optimizer_factory = optimizer

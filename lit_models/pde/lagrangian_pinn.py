@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from launch.errors import check_min
 from lit_models.common.lbfgs import LBFGSPhase
 from lit_models.common.pde import grad, no_autocast, relative_l2
 from lit_models.common.steps import EvaluateOnValAndTest
@@ -167,6 +168,8 @@ class LagrangianPINNModule(EvaluateOnValAndTest, LBFGSPhase, L.LightningModule):
             raise ValueError(f"nu must be >= 0, got {nu}")
         if lbfgs_steps < 0 or lbfgs_lr <= 0:
             raise ValueError(f"need lbfgs_steps >= 0 and lbfgs_lr > 0, got {lbfgs_steps}, {lbfgs_lr}")
+        check_min("model", 1, width=width)
+        check_min("model", 0, depth_u=depth_u, depth_x=depth_x, g_rx=g_rx, g_ru=g_ru, g_ic=g_ic)  # depth 0: linear
         self.save_hyperparameters(ignore=["optimizer"])
         self.lbfgs_steps, self.lbfgs_options = lbfgs_steps, {"lr": lbfgs_lr}
         self.optimizer_factory = optimizer

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.barron_data import BarronProblem, SparseFourier, relative_l2_error
+from launch.errors import check_min, check_positive
 from lit_models.common.pde import RelativeL2, no_autocast
 from lit_models.common.steps import EvaluateOnValAndTest
 
@@ -166,6 +167,8 @@ class PdeBarronModule(EvaluateOnValAndTest, L.LightningModule):
             raise ValueError(f"ritz_init must be 'simulator' or 'random', got {ritz_init!r}")
         if iterations < 1 or tau < 0 or max_pairs < 1:
             raise ValueError("iterations >= 1, tau >= 0, max_pairs >= 1 required")
+        check_min("model", 1, ritz_width=ritz_width)
+        check_positive("model", eta=eta)  # null: the method's default step
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.net: CosineNetwork | None = None

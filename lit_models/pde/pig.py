@@ -69,6 +69,7 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.pig_data import AC_DIFFUSION, AC_REACTION, CAVITY_RE, ND_ALPHA, PROBLEMS
+from launch.errors import check_min
 from lit_models.common.pde import RelativeL2, no_autocast
 
 MODELS = ("pig", "mlp")
@@ -300,6 +301,8 @@ class PIGModule(L.LightningModule):
                              f"{num_gaussians}, {num_layers}, {sigma_init}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 or null, got {chunk_size}")
+        check_min("model", 1, hidden_dim=hidden_dim, mlp_width=mlp_width)
+        check_min("model", 0, mlp_depth=mlp_depth)  # 0: a linear model
         if nonlinear_diffusivity <= 0:
             raise ValueError(f"nonlinear_diffusivity must be > 0, got {nonlinear_diffusivity}")
         if not reynolds > 0:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from launch.errors import check_min
 from lit_models.common.ranking import RankingModule
 
 
@@ -143,6 +144,8 @@ class LightGCNModule(RankingModule):
         eval_k: int = 20,
     ) -> None:
         super().__init__(eval_k=eval_k, optimizer=optimizer)
+        check_min("model", 1, embedding_dim=embedding_dim, num_users=num_users, num_items=num_items)
+        check_min("model", 0, num_layers=num_layers)  # 0: MF-BPR
         self.save_hyperparameters(ignore=["optimizer"])
         self.model: LightGCN | None = None
         self.register_buffer("a_hat", None, persistent=False)  # set in setup(); data, not state

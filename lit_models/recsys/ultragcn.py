@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from launch.errors import check_min
 from lit_models.common.ranking import RankingModule
 
 
@@ -190,6 +191,8 @@ class UltraGCNModule(RankingModule):
         super().__init__(eval_k=eval_k, optimizer=optimizer)
         if omega_variant not in ("paper", "code"):
             raise ValueError(f"omega_variant must be 'paper' or 'code', got {omega_variant!r}")
+        check_min("model", 1, embedding_dim=embedding_dim, num_users=num_users, num_items=num_items)
+        check_min("model", 0, num_neighbours=num_neighbours)  # 0: no item-item constraint
         self.save_hyperparameters(ignore=["optimizer"])
         self.model: UltraGCN | None = None
         for name in ("user_degree", "item_degree", "ii_neighbours", "ii_omega"):
