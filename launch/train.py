@@ -109,7 +109,27 @@ def instantiate(cfg: DictConfig):
     except InstantiationException as err:
         cause = err.__cause__ or err
         raise UserError(f"cannot build the experiment: {' '.join(str(cause).split())[:300]}") from None
+    _probe_optimizer(cfg)
     return datamodule, model
+
+
+def _probe_optimizer(cfg: DictConfig) -> None:
+    """Build `model.optimizer` once on a dummy parameter, so that a bad learning rate, betas or an unknown keyword is
+    a one-line error now rather than a traceback from `configure_optimizers` once training starts."""
+    import torch
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    spec = cfg.model.get("optimizer") if "model" in cfg else None
+    if not isinstance(spec, DictConfig) or "_target_" not in spec:
+        return
+    try:
+        factory = hydra_instantiate(spec, _convert_="partial")
+        if callable(factory):
+            factory([torch.nn.Parameter(torch.zeros(1))])
+    except (InstantiationException, ValueError, TypeError) as err:
+        cause = (err.__cause__ or err) if isinstance(err, InstantiationException) else err
+        raise UserError(f"model.optimizer: {' '.join(str(cause).split())[:300]}") from None
 
 
 def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | None = None,

@@ -92,3 +92,14 @@ def test_cli_in_process_bad_seq_len(tmp_path, monkeypatch):
     line = one_line_error(code, err + out)
     assert line.startswith("zoo train: error:") and "data.seq_len" in line, line
     assert not (tmp_path / "runs").exists(), "a config error must not leave a half-made run directory"
+
+
+@pytest.mark.parametrize("experiment,override", [("itransformer", "model.optimizer.lr=-1"),
+                                                 ("lightgcn", "model.optimizer.lr=-0.001"),
+                                                 ("pig", "+model.optimizer.no_such_option=1")])
+def test_bad_optimizer_is_a_user_error_at_build_time(experiment, override):
+    """The optimizer is built once on a dummy parameter when the experiment is built (not first in
+    configure_optimizers, mid-run): a negative learning rate or an unknown keyword is a one-line UserError."""
+    with pytest.raises(UserError) as err:
+        train.instantiate(zconfig.compose([f"experiment={experiment}", override]))
+    assert str(err.value).startswith("model.optimizer:") and "\n" not in str(err.value), str(err.value)
