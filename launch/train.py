@@ -91,11 +91,16 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
         from lightning.pytorch.plugins.environments import SLURMEnvironment
 
         plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit owns requeueing
-    return L.Trainer(
-        **kwargs, callbacks=callbacks, plugins=plugins,
-        logger=build_loggers(cfg, run) if run is not None else False,
-        enable_checkpointing=run is not None, enable_progress_bar=bool(show_bar),
-        default_root_dir=str(run.dir) if run is not None else None)
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return L.Trainer(
+            **kwargs, callbacks=callbacks, plugins=plugins,
+            logger=build_loggers(cfg, run) if run is not None else False,
+            enable_checkpointing=run is not None, enable_progress_bar=bool(show_bar),
+            default_root_dir=str(run.dir) if run is not None else None)
+    except (MisconfigurationException, ValueError, TypeError) as err:  # a bad trainer.* value
+        raise UserError(f"trainer: {' '.join(str(err).split())[:300]}") from None
 
 
 def instantiate(cfg: DictConfig):
@@ -148,14 +153,15 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     _quiet_known_warnings()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    run_dir = None
     if make_run_dir:
         cfg = runs.assign_run_id(cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, model = instantiate(cfg)  # before the run directory: a bad config leaves nothing behind
+    L.seed_everything(_seed(cfg), workers=True, verbose=False)
+    # experiment and trainer are built before anything is written: a bad config leaves no run directory behind
+    datamodule, model = instantiate(cfg)
+    run_dir = runs.run_of(cfg) if make_run_dir else None
+    trainer = build_trainer(cfg, run_dir, extra_callbacks)
     if make_run_dir:
         run_dir = runs.create(cfg)
-    trainer = build_trainer(cfg, run_dir, extra_callbacks)
     metrics: dict[str, float] = {}
     if cfg.stage in ("fit", "fit_test"):
         ckpt = "last" if run_dir is not None else None
@@ -180,6 +186,17 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     if run_dir is not None and trainer.is_global_zero:
         _finish(trainer, run_dir, metrics)
     return metrics
+
+
+def _seed(cfg: DictConfig) -> int | None:
+    """The run's seed as an int (None: Lightning picks one); anything else is a one-line config error."""
+    seed = cfg.get("seed")
+    if seed is None:
+        return None
+    try:
+        return int(seed)
+    except (TypeError, ValueError):
+        raise UserError(f"seed must be an integer, got {seed!r}") from None
 
 
 def _guard_checkpoint(run: runs.Run | None) -> None:

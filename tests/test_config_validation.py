@@ -103,3 +103,18 @@ def test_bad_optimizer_is_a_user_error_at_build_time(experiment, override):
     with pytest.raises(UserError) as err:
         train.instantiate(zconfig.compose([f"experiment={experiment}", override]))
     assert str(err.value).startswith("model.optimizer:") and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("override,words", [("trainer.precision=17", "Precision"),
+                                            ("trainer.max_epochs=-5", "max_epochs"),
+                                            ("seed=abc", "seed")])
+def test_bad_trainer_or_seed_is_one_line_and_leaves_no_run_dir(tmp_path, monkeypatch, override, words):
+    """Lightning's own Trainer checks and the seed become one `zoo train: error:` line (exit 2), before any run
+    directory is written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
+    code, out, err = zoo_in_process("train", "experiment=itransformer", override, "trainer.max_steps=2", "logger=none",
+                                    "progress_bar=false", f"runs_root={tmp_path / 'runs'}")
+    line = one_line_error(code, err + out)
+    assert line.startswith("zoo train: error:") and words in line, line
+    assert not (tmp_path / "runs").exists()
