@@ -48,6 +48,7 @@ frames is unknown too. The pressure is the kinematic pressure (density 1); the d
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -55,6 +56,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 from scipy.spatial import cKDTree
+
+from lit_models.common import mesh as M
 
 __all__ = [
     "NS_DEFAULTS",
@@ -289,6 +292,11 @@ class CylinderNS:
         self._rim_mask = np.isin(self.dirichlet, self.rim)
         self._rim_xy = xy[self._rim_mask]
 
+    @functools.cached_property
+    def p1_to_p2(self) -> sp.csr_matrix:
+        """(N, Np) P1 pressure -> values at the P2 DOFs (`_vertex_average`), for the reference field."""
+        return _vertex_average(self.ops)
+
     def boundary_values(self, omega: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Dirichlet values (n_dirichlet, B) of u and v for angular speeds omega (B,)."""
         B = len(omega)
@@ -344,18 +352,15 @@ def reference_mesh(ns: CylinderNS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     fan = np.concatenate([np.full((len(edges), 1), c), edges], 1)
     pts = np.concatenate([ops.dof_xy, np.asarray(ns.centre, float)[None]])
     tri = np.concatenate([tri, fan])
-    p0, p1, p2 = pts[tri[:, 0]], pts[tri[:, 1]], pts[tri[:, 2]]
-    area2 = (p1[:, 0] - p0[:, 0]) * (p2[:, 1] - p0[:, 1]) - (p1[:, 1] - p0[:, 1]) * (p2[:, 0] - p0[:, 0])
-    tri[area2 < 0] = tri[area2 < 0][:, [0, 2, 1]]
+    flip = M.signed_areas(pts, tri) < 0
+    tri[flip] = tri[flip][:, [0, 2, 1]]
     return pts, tri, np.arange(c)
 
 
 def _reference_values(s: _State, ns: CylinderNS) -> np.ndarray:
     """(B, N + 1, 3) u, v, p at the reference points (P2 DOFs, then the centre: rotation velocity 0, rim-mean p);
     the P1 pressure at an edge midpoint is the mean of its two vertex values."""
-    if not hasattr(ns, "_p1_to_p2"):
-        ns._p1_to_p2 = _vertex_average(ns.ops)
-    p2 = ns._p1_to_p2 @ s.p
+    p2 = ns.p1_to_p2 @ s.p
     centre_p = p2[ns.rim].mean(0)
     vals = np.stack([s.u, s.v, p2], -1)                                    # (N, B, 3)
     centre = np.stack([np.zeros_like(centre_p), np.zeros_like(centre_p), centre_p], -1)[None]

@@ -53,7 +53,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.context import sampling_context
-from launch.errors import UserError, check_choice, check_min
+from launch.errors import UserError, check_choice, check_min, one_line
 
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 warnings.filterwarnings("ignore", message=r"Numba not installed")
@@ -313,7 +313,7 @@ def load_npy_series(path) -> np.ndarray:
     try:
         x = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
+        raise UserError(f"cannot read {path}: {one_line(e, 200)}") from None
     if x.ndim != 2:
         raise UserError(f"{path}: expected a T x N array, got shape {x.shape}")
     if not np.all(np.isfinite(x)):

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from launch.errors import UserError, check_choice
+from launch.errors import UserError, check_choice, one_line
 
 __all__ = [
     "DATASETS",
@@ -151,7 +151,7 @@ def read_csv(path: Path, target: str | None = None) -> tuple[np.ndarray, np.ndar
     try:
         df = pd.read_csv(path)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
+        raise UserError(f"cannot read {path}: {one_line(e, 200)}") from None
     if "date" not in df.columns:
         raise UserError(f"{path}: expected a 'date' column followed by the variates, got {list(df.columns)[:8]}")
     cols = [c for c in df.columns if c != "date"]
@@ -162,7 +162,7 @@ def read_csv(path: Path, target: str | None = None) -> tuple[np.ndarray, np.ndar
     try:
         values = df[cols].to_numpy(dtype=np.float32)
     except ValueError as e:
-        raise UserError(f"{path}: non-numeric variate values ({' '.join(str(e).split())[:120]})") from None
+        raise UserError(f"{path}: non-numeric variate values ({one_line(e, 120)})") from None
     dates = pd.to_datetime(df["date"]).to_numpy().astype("datetime64[s]")
     return values, dates, cols
 
@@ -173,7 +173,7 @@ def read_solar_txt(path: Path) -> tuple[np.ndarray, None, list[str]]:
     try:
         values = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2).astype(np.float32)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
+        raise UserError(f"cannot read {path}: {one_line(e, 200)}") from None
     return values, None, [str(i) for i in range(values.shape[1])]
 
 
@@ -184,7 +184,7 @@ def read_pems_npz(path: Path) -> tuple[np.ndarray, None, list[str]]:
             data = np.asarray(f["data"])
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot read {path} (expected an npz with an array 'data' of shape T x N x C): "
-                        f"{' '.join(str(e).split())[:160]}") from None
+                        f"{one_line(e, 160)}") from None
     if data.ndim == 3:
         data = data[:, :, 0]
     if data.ndim != 2:

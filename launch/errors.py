@@ -34,3 +34,8 @@ def check_positive(prefix: str, **values) -> None:
     for key, value in values.items():
         if value is not None and not value > 0:
             raise UserError(f"{prefix}.{key} must be > 0, got {value!r}")
+
+
+def one_line(err: BaseException | str, limit: int = 300) -> str:
+    """An exception's text on one line (whitespace runs collapsed), at most `limit` characters, for a UserError."""
+    return " ".join(str(err).split())[:limit]

@@ -8,7 +8,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from launch import runs
-from launch.errors import UserError
+from launch.errors import UserError, one_line
 
 
 def resources(cfg: DictConfig) -> dict:
@@ -109,4 +109,4 @@ def submit(cfgs: list[DictConfig], sweep_id: str | None = None) -> list[submitit
             jobs = [ex.submit(job) for job in jobs_args]
         return jobs
     except submitit.core.utils.FailedJobError as err:
-        raise UserError(f"sbatch refused the job: {' '.join(str(err).split())[:300]}") from None
+        raise UserError(f"sbatch refused the job: {one_line(err)}") from None

@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from launch import runs
-from launch.errors import UserError
+from launch.errors import UserError, one_line
 
 log = logging.getLogger("paperzoo")
 
@@ -100,7 +100,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
             enable_checkpointing=run is not None, enable_progress_bar=bool(show_bar),
             default_root_dir=str(run.dir) if run is not None else None)
     except (MisconfigurationException, ValueError, TypeError) as err:  # a bad trainer.* value
-        raise UserError(f"trainer: {' '.join(str(err).split())[:300]}") from None
+        raise UserError(f"trainer: {one_line(err)}") from None
 
 
 def instantiate(cfg: DictConfig):
@@ -113,7 +113,7 @@ def instantiate(cfg: DictConfig):
         model = hydra_instantiate(cfg.model, _convert_="partial")
     except InstantiationException as err:
         cause = err.__cause__ or err
-        raise UserError(f"cannot build the experiment: {' '.join(str(cause).split())[:300]}") from None
+        raise UserError(f"cannot build the experiment: {one_line(cause)}") from None
     _probe_optimizer(cfg)
     return datamodule, model
 
@@ -134,7 +134,7 @@ def _probe_optimizer(cfg: DictConfig) -> None:
             factory([torch.nn.Parameter(torch.zeros(1))])
     except (InstantiationException, ValueError, TypeError) as err:
         cause = (err.__cause__ or err) if isinstance(err, InstantiationException) else err
-        raise UserError(f"model.optimizer: {' '.join(str(cause).split())[:300]}") from None
+        raise UserError(f"model.optimizer: {one_line(cause)}") from None
 
 
 def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | None = None,

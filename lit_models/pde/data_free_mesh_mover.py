@@ -669,9 +669,10 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         flows = batch["flow"].double().cpu().numpy()
         ratios = []
         pts = M.random_points(hp.n_interp_points, 0)
+        fluid_pts = pts[finder(pts[:, 0], pts[:, 1]) >= 0] if "ref_val" in batch else None  # one mesh for all fields
         for i in range(B):
-            if "ref_val" in batch:  # a solver-made field: its fine P1 reference over the whole square
-                q = pts[finder(pts[:, 0], pts[:, 1]) >= 0]
+            if fluid_pts is not None:  # a solver-made field: its fine P1 reference over the whole square
+                q = fluid_pts
                 f = functools.partial(M.interpolate_p1, batch["ref_pos"][i].double().cpu().numpy(),
                                       batch["ref_tri"][i].cpu().numpy(), batch["ref_val"][i].double().cpu().numpy())
             elif not np.all(np.isfinite(flows[i])):
