@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
-from launch.errors import UserError
+from launch.errors import UserError, one_line
 from lit_models.common.mesh import knn_index
 from lit_models.common.pde import no_autocast
 from lightning.pytorch.utilities import rank_zero_info
@@ -257,9 +257,8 @@ def load_mover(path: str | Path) -> nn.Module:
     try:
         mover = DataFreeMeshMoverModule.load_from_checkpoint(str(path), map_location="cpu")
     except Exception as err:
-        msg = " ".join(str(err).split())[:160]
         raise UserError(f"model.mover_ckpt: {path} is not a DataFreeMeshMoverModule checkpoint "
-                        f"({type(err).__name__}: {msg})") from None
+                        f"({type(err).__name__}: {one_line(err, 160)})") from None
     return mover
 
 
