@@ -48,7 +48,9 @@ functions, and exact Monge-Ampere (MA) targets where they exist (separable monit
   monitor is the official one computed from it (`M.swirl_monitor`: max(5 ||H||^2/max, 10 |grad u|^2/max), screened-
   Poisson smoothing with K = n_monitor_smooth dx^2 / 4, m = 1 + smoothed), on `test_size` meshes (`test_mesh`). Graphs
   as above with kind = 3 (`KIND_SWIRL`), y NaN (no MA target exists offline: no node RMSE), params NaN and
-  swirl (1, 7) = (t, x0, y0, r0, sigma, alpha, T) for the evaluation of the exact solution.
+  swirl (1, 7) = (t, x0, y0, r0, sigma, alpha, T) for the evaluation of the exact solution. The coupled DG solve
+  (`lit_models.pde.um2n_coupled`, UM2N's `model.coupled_swirl`) builds the same graphs with the monitor of its
+  numerical solution (`swirl_graph_on_mesh(..., u_nodes=...)`).
 
   test_family="cylinder": the paper's flow-past-a-cylinder test (official `test_flow_past_cylinder_final.py`), offline:
   no Navier-Stokes solve (no Firedrake); the exact potential flow past a rotating cylinder in a uniform stream
@@ -80,9 +82,9 @@ from launch.errors import UserError, check_min
 from lit_models.common import mesh as M
 
 __all__ = ["FrontFieldDataModule", "MeshGraphDataModule", "front_fields", "separable_graph", "front_graph",
-           "swirl_graph", "square_mesh", "load_burgers_192", "KIND_SWIRL", "SWIRL_DEFAULTS", "TEST_FAMILIES",
-           "cylinder_graph", "cylinder_config", "KIND_CYLINDER", "CYLINDER_DEFAULTS", "CYLINDER_FIELDS",
-           "CYLINDER_NS_DEFAULTS", "cylinder_ns_snapshot"]
+           "swirl_graph", "swirl_graph_on_mesh", "square_mesh", "load_burgers_192", "KIND_SWIRL", "SWIRL_DEFAULTS",
+           "TEST_FAMILIES", "cylinder_graph", "cylinder_config", "KIND_CYLINDER", "CYLINDER_DEFAULTS",
+           "CYLINDER_FIELDS", "CYLINDER_NS_DEFAULTS", "cylinder_ns_snapshot"]
 
 
 # ================================================================================================ DMM: fields
@@ -360,11 +362,23 @@ def swirl_config(swirl: dict | None) -> dict:
 
 def swirl_graph(n_side: int, t: float, mesh: str = "structured", mesh_seed: int = 0, **swirl):
     """A mesh with the official swirl monitor of the exact solution at time t (no MA target: y NaN)."""
-    c = swirl_config(swirl)
     pos, tri = square_mesh(n_side, mesh, mesh_seed)
-    m = M.swirl_monitor(pos, tri, t, centre=c["centre"], radius=c["radius"], sigma=c["sigma"], alpha=c["alpha"],
-                        T=c["T"], grad_weight=c["grad_weight"], hessian_weight=c["hessian_weight"],
-                        n_smooth=c["n_monitor_smooth"])
+    return swirl_graph_on_mesh(n_side, pos, tri, t, None, **swirl)
+
+
+def swirl_graph_on_mesh(n_side: int, pos: np.ndarray, tri: np.ndarray, t: float, u_nodes: np.ndarray | None = None,
+                        **swirl):
+    """The swirl graph of the mesh (pos, tri) at time t: the official monitor of the exact solution
+    (`M.swirl_monitor`) or, given `u_nodes` (V,), of that numerical solution's nodal values
+    (`M.swirl_monitor_from_field`: the coupled solve, `lit_models.pde.um2n_coupled`); same weights and smoothing."""
+    c = swirl_config(swirl)
+    weights = {"grad_weight": c["grad_weight"], "hessian_weight": c["hessian_weight"],
+               "n_smooth": c["n_monitor_smooth"]}
+    if u_nodes is None:
+        m = M.swirl_monitor(pos, tri, t, centre=c["centre"], radius=c["radius"], sigma=c["sigma"], alpha=c["alpha"],
+                            T=c["T"], **weights)
+    else:
+        m = M.swirl_monitor_from_field(pos, tri, np.asarray(u_nodes, np.float64), **weights)
     g = _graph(n_side, pos, tri, m, np.full(pos.shape, np.nan), KIND_SWIRL, [np.nan] * 4)
     g.swirl = torch.tensor([[t, *c["centre"], c["radius"], c["sigma"], c["alpha"], c["T"]]], dtype=torch.float64)
     return g

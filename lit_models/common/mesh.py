@@ -17,8 +17,9 @@
   solver a learned mover replaces; used by the speed benchmark for non-separable monitors).
 - Swirl advection (UM2N's zero-shot test case): the official swirl velocity (reversing at T/2), the ring initial
   condition, the exact solution by RK4 characteristics (`swirl_trace`, `swirl_solution`) and the official
-  Hessian/gradient monitor with its screened-Poisson smoothing (`swirl_monitor`, P1 assembly in
-  `p1_stiffness_lumped_mass`, `screened_poisson_smooth`).
+  Hessian/gradient monitor with its screened-Poisson smoothing (`swirl_monitor_from_derivatives`, P1 assembly in
+  `p1_stiffness_lumped_mass`, `screened_poisson_smooth`), from the exact solution (`swirl_monitor`) or from the
+  nodal values of a numerical one (`swirl_monitor_from_field`, derivatives by `recover_gradient`).
 """
 from __future__ import annotations
 
@@ -447,11 +448,9 @@ def swirl_monitor(pos: np.ndarray, tri: np.ndarray, t: float, centre=(0.3, 0.3),
                   sigma: float = 0.05 / 3, alpha: float = 1.5, T: float = 1.0, grad_weight: float = 10.0,
                   hessian_weight: float = 5.0, n_smooth: float = 10.0, fd_step: float = 1e-4,
                   steps_per_unit: int = 500) -> np.ndarray:
-    """The official swirl monitor at the nodes `pos` (`SwirlSolver.monitor_function_on_coarse_mesh`):
-        f = max(hessian_weight ||H||_F^2 / max ||H||_F^2, grad_weight |grad u|^2 / max |grad u|^2)
-        m = 1 + s,  (K grad s, grad v) + (s, v) = (f, v), s = f on the boundary, K = n_smooth dx^2 / 4,
-    dx the mean cell size (2 x circumradius). Here u is the exact solution at time t and its derivatives are central
-    differences of step `fd_step` (the official code recovers them from the DG solution by L2 projection)."""
+    """The official swirl monitor (`swirl_monitor_from_derivatives`) of the exact solution at time t at the nodes
+    `pos`; its derivatives are central differences of step `fd_step` (the official code recovers them from the DG
+    solution by L2 projection: `swirl_monitor_from_field` does that for a numerical solution)."""
     kw = dict(centre=centre, radius=radius, sigma=sigma, alpha=alpha, T=T, steps_per_unit=steps_per_unit)
     h = fd_step
     offs = np.array([[0, 0], [h, 0], [-h, 0], [0, h], [0, -h], [h, h], [h, -h], [-h, h], [-h, -h]])
@@ -459,12 +458,48 @@ def swirl_monitor(pos: np.ndarray, tri: np.ndarray, t: float, centre=(0.3, 0.3),
     ux, uy = (u[1] - u[2]) / (2 * h), (u[3] - u[4]) / (2 * h)
     uxx, uyy = (u[1] - 2 * u[0] + u[2]) / h**2, (u[3] - 2 * u[0] + u[4]) / h**2
     uxy = (u[5] - u[6] - u[7] + u[8]) / (4 * h * h)
-    g2 = ux**2 + uy**2
-    h2 = uxx**2 + 2 * uxy**2 + uyy**2
-    f = np.maximum(hessian_weight * h2 / max(h2.max(), 1e-300), grad_weight * g2 / max(g2.max(), 1e-300))
+    return swirl_monitor_from_derivatives(pos, tri, ux**2 + uy**2, uxx**2 + 2 * uxy**2 + uyy**2, grad_weight,
+                                          hessian_weight, n_smooth)
+
+
+def swirl_monitor_from_derivatives(pos: np.ndarray, tri: np.ndarray, grad2: np.ndarray, hess2: np.ndarray,
+                                   grad_weight: float = 10.0, hessian_weight: float = 5.0,
+                                   n_smooth: float = 10.0) -> np.ndarray:
+    """The official swirl monitor (`SwirlSolver.monitor_function_on_coarse_mesh`) from nodal |grad u|^2 and
+    ||H(u)||_F^2:
+        f = max(hessian_weight ||H||_F^2 / max ||H||_F^2, grad_weight |grad u|^2 / max |grad u|^2)
+        m = 1 + s,  (K grad s, grad v) + (s, v) = (f, v), s = f on the boundary, K = n_smooth dx^2 / 4,
+    dx the mean cell size (2 x circumradius)."""
+    f = np.maximum(hessian_weight * hess2 / max(hess2.max(), 1e-300), grad_weight * grad2 / max(grad2.max(), 1e-300))
     dx = float(np.mean(circumdiameters(pos, tri)))
     s = screened_poisson_smooth(pos, tri, f, n_smooth * dx**2 / 4.0)
     return 1.0 + np.maximum(s, 0.0)
+
+
+def recover_gradient(pos: np.ndarray, tri: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Nodal gradient (V, 2) of the P1 field with nodal values f: the area-weighted average of the (constant)
+    element gradients around each node, i.e. the lumped-mass L2 projection of grad f_h onto continuous P1."""
+    p = pos[tri]
+    signed = signed_areas(pos, tri)
+    e = np.stack([p[:, 2] - p[:, 1], p[:, 0] - p[:, 2], p[:, 1] - p[:, 0]], 1)  # edge opposite vertex k
+    grad_l = np.stack([-e[..., 1], e[..., 0]], -1) / (2 * signed[:, None, None])
+    g = np.einsum("tk,tkd->td", f[tri], grad_l)  # (T, 2)
+    w = np.repeat(np.abs(signed), 3)
+    den = np.bincount(tri.ravel(), weights=w, minlength=len(pos))
+    return np.stack([np.bincount(tri.ravel(), weights=w * np.repeat(g[:, d], 3), minlength=len(pos)) / den
+                     for d in range(2)], 1)
+
+
+def swirl_monitor_from_field(pos: np.ndarray, tri: np.ndarray, u: np.ndarray, grad_weight: float = 10.0,
+                             hessian_weight: float = 5.0, n_smooth: float = 10.0) -> np.ndarray:
+    """The official swirl monitor (`swirl_monitor_from_derivatives`) of a numerical solution given by its nodal
+    values u (V,) (e.g. `dg_advection.to_p1` of the DG solution): gradient and Hessian by repeated lumped L2
+    recovery (`recover_gradient` of u, then of each gradient component; the official code recovers them by a mixed
+    L2 projection), ||H||_F^2 = the sum of the four recovered entries squared (as the official code)."""
+    g = recover_gradient(pos, tri, u)
+    hx, hy = recover_gradient(pos, tri, g[:, 0]), recover_gradient(pos, tri, g[:, 1])
+    return swirl_monitor_from_derivatives(pos, tri, np.sum(g**2, 1), np.sum(hx**2, 1) + np.sum(hy**2, 1),
+                                          grad_weight, hessian_weight, n_smooth)
 
 
 def knn_index(src: Tensor, dst: Tensor, k: int, exclude_self: bool = False) -> Tensor:

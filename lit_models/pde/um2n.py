@@ -246,12 +246,18 @@ class UM2NModule(L.LightningModule):
     `inverted_cylinder` (sum),
     `boundary_violation_cylinder` (max over meshes of the largest normal displacement of a square-side node and the
     largest displacement of a rim node), per time `..._t<t_k>`; `inverted` and `boundary_violation` include them.
+    Coupled swirl solve (`coupled_swirl`: null = off, or a mapping of `um2n_coupled.COUPLED_DEFAULTS` keys; run once
+    at the end of the test epoch with this module as the mover, `um2n_coupled.coupled_swirl`): `swirl_pde_error_uniform`
+    / `swirl_pde_error_moved` (L2 error of the DG solution against the exact one on the uniform / UM2N-moved mesh,
+    mean over the recorded times), `swirl_pde_error_reduction` ((uniform - moved) / uniform of those means, the
+    official summary), the same at the final time (`..._final`), `swirl_coupled_inverted` (inverted triangles summed
+    over all moved meshes), `swirl_coupled_tangled_meshes`, `swirl_coupled_seconds_per_step`.
     """
 
     def __init__(self, embed_dim: int = 64, transformer_out: int = 16, num_heads: int = 4, num_layers: int = 1,
                  hidden: int = 512, gat_heads: int = 6, num_loop: int = 1, decoder: str = "average",
                  use_monitor: bool = True, mover: str = "um2n", coord_weight: float = 0.0, area_weight: float = 1.0,
-                 n_interp_points: int = 20000, project_boundary: bool = True,
+                 n_interp_points: int = 20000, project_boundary: bool = True, coupled_swirl: dict | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
         if decoder not in ("average", "coord"):
@@ -267,12 +273,21 @@ class UM2NModule(L.LightningModule):
         check_min("model", 0, num_layers=num_layers)  # 0: no transformer layer
         if embed_dim % num_heads:
             raise UserError(f"model.embed_dim ({embed_dim}) must be divisible by model.num_heads ({num_heads})")
+        if coupled_swirl is not None:
+            from lit_models.pde.um2n_coupled import coupled_config
+
+            coupled_config(coupled_swirl)  # fail early: one-line UserError naming the key
+            if not isinstance(coupled_swirl, dict):
+                from omegaconf import OmegaConf
+
+                coupled_swirl = OmegaConf.to_container(coupled_swirl, resolve=True)
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.net = UM2N(4, embed_dim, transformer_out, num_heads, num_layers, hidden, gat_heads, num_loop, decoder,
                         use_monitor)
         self._eval: dict[str, list] = {}
         self._last: list[dict[str, Any]] = []
+        self._coupled = None  # the last coupled swirl solve (um2n_coupled.CoupledSwirlResult)
 
     def forward(self, data) -> Tensor:
         """Moved nodes in the module's dtype (float32, or float64 under `trainer.precision=64-true`: Lightning does
@@ -312,6 +327,7 @@ class UM2NModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._start()
+        self._coupled = None
 
     def _evaluate(self, data) -> None:
         pred = self(data).detach().double().cpu().numpy()
@@ -387,14 +403,31 @@ class UM2NModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         if self._eval.get("inverted"):
             self._log_eval("test")
+        if self.hparams.get("coupled_swirl") is not None:
+            self._run_coupled_swirl()
+
+    def _run_coupled_swirl(self) -> None:
+        """The coupled swirl solve with this module as the mover (`um2n_coupled.coupled_swirl`); logs its metrics."""
+        from lit_models.pde.um2n_coupled import coupled_config, coupled_swirl
+
+        cfg = coupled_config(self.hparams.coupled_swirl)
+        self._coupled = coupled_swirl(lambda g: self(g.to(self.device)).detach(), **cfg)
+        for k, v in self._coupled.metrics().items():
+            self.log(f"test/{k}", v, sync_dist=True, batch_size=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
 
     def figures(self) -> dict[str, Any]:
-        """{"moved_meshes": moved test meshes (white) over their monitor, exact MA mesh dashed red}."""
+        """{"moved_meshes": moved test meshes (white) over their monitor, exact MA mesh dashed red} and, after a
+        coupled swirl solve, `um2n_coupled.coupled_figures` (error over time, final solutions)."""
+        figs: dict[str, Any] = {}
+        if self._coupled is not None:
+            from lit_models.pde.um2n_coupled import coupled_figures
+
+            figs |= coupled_figures(self._coupled)
         if not self._last:
-            return {}
+            return figs
         import matplotlib.pyplot as plt
 
         n = len(self._last)
@@ -407,4 +440,4 @@ class UM2NModule(L.LightningModule):
             ax.set_xticks([])
             ax.set_yticks([])
         fig.tight_layout()
-        return {"moved_meshes": fig}
+        return figs | {"moved_meshes": fig}

@@ -1,0 +1,226 @@
+"""UM2N's swirl test as a coupled PDE solve (paper Sec. 4 "PDE error reduction"; official
+`UM2N/generator/swirl_solver.py`, `SwirlSolver.solve_problem` / `eval_problem`, `script/evaluate_swirl.py`).
+
+u_t + c . grad u = 0 on the unit square with the reversing swirl velocity (`mesh.swirl_velocity`, a = +1 before
+T/2, -1 after, so u(T) = u0) and the ring u0, solved by DG1 upwind + SSPRK3 (`common.dg_advection`, dt = 1e-3,
+velocity frozen at each step's start time, inflow value 0) on a mesh moved by a mover and, in the same call, on the
+fixed uniform mesh. Each move step (every `move_every` steps; official: every step), as the official code:
+  1. the previous moved-mesh solution is projected onto the uniform mesh and advanced one step there;
+  2. the official Hessian/gradient monitor of that solution (nodal values by `dg_advection.to_p1`, derivatives by
+     lumped L2 recovery, `mesh.swirl_monitor_from_field`) gives a swirl graph on the uniform mesh
+     (`datamodules.meshes.swirl_graph_on_mesh`, the layout UM2N's swirl test graphs have);
+  3. the mover maps the graph to new node positions (the mesh is moved from the uniform mesh every time);
+  4. the previous moved-mesh solution is L2-projected onto the new mesh (`dg_advection.project`, quadrature-based,
+     skipped when the nodes did not move; the graph's float32 positions returned unchanged count as the uniform
+     mesh, so the identity mover reproduces the uniform solve bit for bit) and advanced
+     one step there.
+The uniform-mesh solve advances its own solution (its per-step projection onto the same mesh is the identity).
+
+Reference: the exact solution by characteristics, u(X(t; y), t) = u0(y) (`mesh.swirl_trace`, RK4), better than the
+official reference (the same DG solve on a fine mesh, whose own error enters the official numbers). Errors are the L2
+norms of u_h - u over the square, measured by a transported quadrature: the cell centres y of an n_ref x n_ref grid
+(weights 1 / n_ref^2) are carried by the flow to X(t; y), where the exact value is u0(y); the swirl is divergence-
+free, so the weights stay exact (the map preserves area). Both meshes are scored on the same points. Error
+reduction = (e_uniform - e_moved) / e_uniform, for the errors at the final time and for their means over the
+recorded times (the official summary, `write_sumo`: sums over the saved snapshots, every 5th step). Differences
+from the official procedure: the official error is that of the solution's continuous P1 projection against the
+fine-mesh solve (here: the DG1 solution itself against the exact solution); the official mover result is scored
+only where it is untangled (here: every recorded time; the inverted count is reported beside it).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from launch.errors import UserError, check_min, check_positive
+from lit_models.common import dg_advection as D
+from lit_models.common import mesh as M
+
+# official values: dt = 1e-3 (SwirlSolver), horizon T (= swirl["T"] = 1), moved every step; record_every 5 (the
+# official save_interval); 35 nodes per side (official lc = 0.028, about 36 per side; the swirl test graphs' size)
+COUPLED_DEFAULTS = {"n_side": 35, "dt": 1.0e-3, "t_end": None, "move_every": 1, "record_every": 5,
+                    "mesh": "structured", "mesh_seed": 0, "n_ref": 300, "swirl": None}
+
+
+def coupled_config(given: dict | None) -> dict:
+    """COUPLED_DEFAULTS updated by `given` (a dict or OmegaConf mapping), validated: one-line UserErrors naming the
+    key (`model.coupled_swirl.<key>`)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(given, DictConfig):
+        given = OmegaConf.to_container(given, resolve=True)
+    if not isinstance(given, dict):
+        raise UserError(f"model.coupled_swirl must be null or a mapping of {', '.join(COUPLED_DEFAULTS)}, got {given!r}")
+    unknown = sorted(set(given) - set(COUPLED_DEFAULTS))
+    if unknown:
+        raise UserError(f"model.coupled_swirl: unknown keys {unknown}; available: {', '.join(COUPLED_DEFAULTS)}")
+    cfg = {**COUPLED_DEFAULTS, **given}
+    prefix = "model.coupled_swirl"
+    check_min(prefix, 3, n_side=cfg["n_side"])
+    check_min(prefix, 1, move_every=cfg["move_every"], record_every=cfg["record_every"], n_ref=cfg["n_ref"])
+    check_positive(prefix, dt=cfg["dt"], t_end=cfg["t_end"])
+    if cfg["mesh"] not in ("structured", "unstructured"):
+        raise UserError(f"{prefix}.mesh must be structured or unstructured, got {cfg['mesh']!r}")
+    from datamodules.meshes import swirl_config
+
+    try:
+        swirl = swirl_config(cfg["swirl"])
+    except ValueError as err:
+        raise UserError(f"{prefix}.swirl: {err}") from None
+    t_end = swirl["T"] if cfg["t_end"] is None else float(cfg["t_end"])
+    if float(cfg["dt"]) > t_end:
+        raise UserError(f"{prefix}.dt ({cfg['dt']}) must be <= the horizon t_end ({t_end})")
+    return cfg | {"swirl": swirl, "t_end": t_end, "dt": float(cfg["dt"])}
+
+
+@dataclass
+class CoupledSwirlResult:
+    """Per recorded time: errors on the uniform and moved meshes; per move: inverted triangles; final fields."""
+
+    times: np.ndarray
+    error_uniform: np.ndarray
+    error_moved: np.ndarray
+    move_times: np.ndarray
+    inverted: np.ndarray
+    tri: np.ndarray
+    pos_uniform: np.ndarray
+    pos_moved: np.ndarray
+    u_uniform: np.ndarray
+    u_moved: np.ndarray
+    final_quadrature_error: tuple[float, float]  # (uniform, moved) at t_end, mesh quadrature vs the exact solution
+    n_steps: int
+    wall_seconds: float
+    mover_seconds: float
+    extra: dict = field(default_factory=dict)  # cfl_uniform, cfl_moved_max: dt max|c| / min inradius
+
+    @property
+    def reduction(self) -> float:
+        """(mean e_uniform - mean e_moved) / mean e_uniform over the recorded times (official summary)."""
+        return float((self.error_uniform.mean() - self.error_moved.mean()) / self.error_uniform.mean())
+
+    @property
+    def final_reduction(self) -> float:
+        return float((self.error_uniform[-1] - self.error_moved[-1]) / self.error_uniform[-1])
+
+    def metrics(self, prefix: str = "swirl_pde_") -> dict[str, float]:
+        return {f"{prefix}error_uniform": float(self.error_uniform.mean()),
+                f"{prefix}error_moved": float(self.error_moved.mean()),
+                f"{prefix}error_reduction": self.reduction,
+                f"{prefix}error_uniform_final": float(self.error_uniform[-1]),
+                f"{prefix}error_moved_final": float(self.error_moved[-1]),
+                f"{prefix}error_reduction_final": self.final_reduction,
+                "swirl_coupled_inverted": float(self.inverted.sum()),
+                "swirl_coupled_tangled_meshes": float(np.sum(self.inverted > 0)),
+                "swirl_coupled_seconds_per_step": self.wall_seconds / max(self.n_steps, 1)}
+
+
+def swirl_velocity_field(alpha: float, T: float) -> Callable[[np.ndarray, float], np.ndarray]:
+    """c(p, t): the swirl with a = +1 for t < T/2 and -1 after (the official `get_c`, t the step's start time)."""
+    half = 0.5 * T
+
+    def velocity(p: np.ndarray, t: float) -> np.ndarray:
+        return M.swirl_velocity(p, 1.0 if t < half - 1e-12 else -1.0, alpha)
+
+    return velocity
+
+
+def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: float | None = None,
+                  move_every: int = 1, record_every: int = 5, mesh: str = "structured", mesh_seed: int = 0,
+                  n_ref: int = 300, swirl: dict | None = None) -> CoupledSwirlResult:
+    """The coupled swirl solve (module docstring) with `mover(graph) -> (V, 2)` new node positions (numpy or torch)
+    on `datamodules.meshes.square_mesh(n_side, mesh, mesh_seed)`, steps of `dt` up to `t_end` (default: the swirl
+    period T), errors recorded after the first step, every `record_every` steps and at the end."""
+    from datamodules.meshes import square_mesh, swirl_config, swirl_graph_on_mesh
+
+    sw = swirl_config(swirl)
+    t_end = sw["T"] if t_end is None else float(t_end)
+    ring = {"centre": sw["centre"], "radius": sw["radius"], "sigma": sw["sigma"]}
+    graph_kw = {k: sw[k] for k in ("centre", "radius", "sigma", "alpha", "T", "n_monitor_smooth", "grad_weight",
+                                   "hessian_weight")}
+    pos0, tri = square_mesh(n_side, mesh, mesh_seed)
+    facets = D.Facets(tri)
+    velocity = swirl_velocity_field(sw["alpha"], sw["T"])
+    uniform = D.DG1Advection(pos0, tri, velocity, facets)
+
+    def u0(p: np.ndarray) -> np.ndarray:
+        return M.swirl_initial(p, **ring)
+
+    u_uni = D.interpolate(pos0, tri, u0)  # the official initial condition: interpolation into DG1
+    u_mov, pos_mov, moved = u_uni.copy(), pos0.copy(), uniform
+    s = (np.arange(n_ref) + 0.5) / n_ref
+    y = np.stack(np.meshgrid(s, s), -1).reshape(-1, 2)
+    exact_y, x, t_x = u0(y), y.copy(), 0.0
+    n_steps = max(1, round(t_end / dt))
+    times, e_uni, e_mov, move_times, inverted = [], [], [], [], []
+    mover_seconds = 0.0
+    cfl = {"cfl_uniform": dt / uniform.max_dt(0.0, 1.0), "cfl_moved_max": dt / uniform.max_dt(0.0, 1.0)}
+    start = time.perf_counter()
+    for i in range(n_steps):
+        t = i * dt
+        if i % move_every == 0:
+            u_mon = uniform.step(D.project(pos_mov, tri, u_mov, pos0) if moved is not uniform else u_mov, t, dt)
+            graph = swirl_graph_on_mesh(n_side, pos0, tri, t + dt, D.to_p1(pos0, tri, u_mon), **graph_kw)
+            tic = time.perf_counter()
+            new = mover(graph)
+            mover_seconds += time.perf_counter() - tic
+            new = np.asarray(new.detach().double().cpu().numpy() if hasattr(new, "detach") else new, np.float64)
+            if np.array_equal(new.astype(np.float32), pos0.astype(np.float32)):
+                new = pos0  # the graph's own (float32) positions returned: the identity
+            inverted.append(M.count_inverted(new, tri))
+            move_times.append(t)
+            if not np.array_equal(new, pos_mov):
+                u_mov = D.project(pos_mov, tri, u_mov, new)
+                pos_mov = new
+                moved = uniform if np.array_equal(new, pos0) else D.DG1Advection(new, tri, velocity, facets)
+                cfl["cfl_moved_max"] = max(cfl["cfl_moved_max"], dt / moved.max_dt(t, 1.0))
+        u_mov = moved.step(u_mov, t, dt)
+        u_uni = uniform.step(u_uni, t, dt)
+        t_new = (i + 1) * dt
+        if i == 0 or (i + 1) % record_every == 0 or i == n_steps - 1:
+            x = M.swirl_trace(x, t_x, t_new, sw["alpha"], sw["T"])
+            t_x = t_new
+            times.append(t_new)
+            e_uni.append(float(np.sqrt(np.mean((D.evaluate(pos0, tri, u_uni, x) - exact_y) ** 2))))
+            e_mov.append(float(np.sqrt(np.mean((D.evaluate(pos_mov, tri, u_mov, x) - exact_y) ** 2))))
+    wall = time.perf_counter() - start
+    t_fin = n_steps * dt
+
+    def exact_final(p: np.ndarray) -> np.ndarray:
+        if abs(t_fin - sw["T"]) < 1e-9:  # the swirl has reversed: u(T) = u0 exactly
+            return u0(p)
+        return M.swirl_solution(p, t_fin, alpha=sw["alpha"], T=sw["T"], **ring)
+
+    quad = (D.l2_error(pos0, tri, u_uni, exact_final), D.l2_error(pos_mov, tri, u_mov, exact_final))
+    return CoupledSwirlResult(np.array(times), np.array(e_uni), np.array(e_mov), np.array(move_times),
+                              np.array(inverted, np.int64), tri, pos0, pos_mov, u_uni, u_mov, quad, n_steps, wall,
+                              mover_seconds, cfl)
+
+
+def coupled_figures(res: CoupledSwirlResult) -> dict:
+    """{"swirl_pde_error": L2 error over time on both meshes, "swirl_pde_final": the final solutions (uniform |
+    moved mesh, the moved mesh drawn over it)}."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    ax.plot(res.times, res.error_uniform, label="uniform mesh")
+    ax.plot(res.times, res.error_moved, label=f"moved mesh (reduction {res.reduction:.3f})")
+    ax.set_xlabel("t")
+    ax.set_ylabel("L2 error vs exact")
+    ax.legend()
+    fig.tight_layout()
+    fig2, axes = plt.subplots(1, 2, figsize=(7.0, 3.4))
+    for a, pos, u, name in ((axes[0], res.pos_uniform, res.u_uniform, "uniform"),
+                            (axes[1], res.pos_moved, res.u_moved, "moved")):
+        tri = res.tri
+        a.tripcolor(pos[:, 0], pos[:, 1], tri, u.mean(1), cmap="viridis", vmin=0.0, vmax=1.0)
+        if name == "moved":
+            a.triplot(pos[:, 0], pos[:, 1], tri, color="w", lw=0.3)
+        a.set_title(f"{name}: t = {res.times[-1]:.3f}")
+        a.set_xticks([])
+        a.set_yticks([])
+        a.set_aspect("equal")
+    fig2.tight_layout()
+    return {"swirl_pde_error": fig, "swirl_pde_final": fig2}
