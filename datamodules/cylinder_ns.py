@@ -42,6 +42,11 @@ mesh damps the wake ~20% but gets the frequency). Without the pulse (omega = 0 t
 symmetric to rounding on a mirror-symmetric mesh (tests). Generating the default dataset (24 trajectories x 16
 frames) takes ~40 s on one shared CPU thread.
 
+Other geometries and uses: `CylinderNS(box=(x0, x1, y0, y1))` runs the same problem in any rectangle (inflow at
+x0, walls y0, y1, outflow x1; the default is the unit square above), e.g. the DFG benchmark channel of
+`datamodules.channel_mesh`; drag and lift, a steady Newton solver and stepping on a mesh that moves between steps
+are in `datamodules.ns_forces`. The LU factors are computed when first needed.
+
 Assumed (not known from the official data): the geometry (the file holds only node positions; centre and radius as
 `cylinder_flow`), the inflow profile, Re, the outflow condition and the rotation law; the official time step between
 frames is unknown too. The pressure is the kinematic pressure (density 1); the do-nothing outflow fixes its level.
@@ -61,6 +66,7 @@ from lit_models.common import mesh as M
 
 __all__ = [
     "NS_DEFAULTS",
+    "UNIT_BOX",
     "CylinderNS",
     "IMEXStepper",
     "TaylorHood",
@@ -151,7 +157,8 @@ class IMEXStepper:
 
     dirichlet: P2 DOF indices (both velocity components prescribed there); pin_pressure: the P1 DOF whose pressure is
     prescribed (for a domain without an outflow, where p is defined up to a constant), or None. The BDF1 (first step)
-    and BDF2 matrices are factorised once each."""
+    and BDF2 matrices are factorised once each, when first needed (a run continued from a state with history, e.g.
+    after a mesh move, never factorises the BDF1 one)."""
 
     def __init__(self, ops: TaylorHood, nu: float, dt: float, dirichlet: np.ndarray,
                  pin_pressure: int | None = None) -> None:
@@ -166,7 +173,13 @@ class IMEXStepper:
         self.fixed = np.concatenate(fixed)
         self.free = np.setdiff1d(np.arange(2 * N + Np), self.fixed)
         self.pin = pin_pressure
-        self._lu = {a: self._factorise(a) for a in (1.0, 1.5)}
+        self._lu: dict = {}
+
+    def _factorised(self, a: float):
+        """(LU of the free block, free-fixed block) of the matrix with time-derivative coefficient a / dt (cached)."""
+        if a not in self._lu:
+            self._lu[a] = self._factorise(a)
+        return self._lu[a]
 
     def _factorise(self, a: float):
         o = self.ops
@@ -187,10 +200,10 @@ class IMEXStepper:
         o, dt = self.ops, self.dt
         conv = o.convection(s.u, s.v)
         if s.conv_old is None:  # BDF1 with N(u^0)
-            lu, A_fd = self._lu[1.0]
+            lu, A_fd = self._factorised(1.0)
             ru, rv = o.M @ s.u / dt - conv[0], o.M @ s.v / dt - conv[1]
         else:  # BDF2: (3 u^{n+1} - 4 u^n + u^{n-1}) / (2 dt), convection 2 N(u^n) - N(u^{n-1})
-            lu, A_fd = self._lu[1.5]
+            lu, A_fd = self._factorised(1.5)
             ru = o.M @ (2.0 * s.u - 0.5 * s.u_old) / dt - (2.0 * conv[0] - s.conv_old[0])
             rv = o.M @ (2.0 * s.v - 0.5 * s.v_old) / dt - (2.0 * conv[1] - s.conv_old[1])
         if f_u is not None:
@@ -243,20 +256,27 @@ def cylinder_solver_mesh(pos: np.ndarray, tri: np.ndarray, centre=(0.3, 0.5), ra
     return mesh
 
 
-def cylinder_boundary(mesh, tol: float = 1e-9) -> dict[str, np.ndarray]:
-    """Boundary facets by part: "inflow" (x = 0), "walls" (y = 0, 1), "outflow" (x = 1), "rim" (the rest)."""
+UNIT_BOX = (0.0, 1.0, 0.0, 1.0)
+
+
+def cylinder_boundary(mesh, tol: float = 1e-9, box=UNIT_BOX) -> dict[str, np.ndarray]:
+    """Boundary facets by part of the rectangle box = (x0, x1, y0, y1) (default the unit square) with a hole:
+    "inflow" (x = x0), "walls" (y = y0, y1), "outflow" (x = x1), "rim" (the rest)."""
     f = mesh.boundary_facets()
     mid = mesh.p[:, mesh.facets[:, f]].mean(1)
     x, y = mid
-    inflow = np.abs(x) < tol
-    walls = (np.abs(y) < tol) | (np.abs(y - 1) < tol)
-    outflow = np.abs(x - 1) < tol
+    x0, x1, y0, y1 = (float(b) for b in box)
+    inflow = np.abs(x - x0) < tol
+    walls = (np.abs(y - y0) < tol) | (np.abs(y - y1) < tol)
+    outflow = np.abs(x - x1) < tol
     return {"inflow": f[inflow], "walls": f[walls], "outflow": f[outflow], "rim": f[~(inflow | walls | outflow)]}
 
 
-def inflow_profile(y: np.ndarray, U: float) -> np.ndarray:
-    """Parabolic inflow u(y) = 6 U y (1 - y) on the unit height: mean U, peak 1.5 U, zero at the walls."""
-    return 6.0 * U * y * (1.0 - y)
+def inflow_profile(y: np.ndarray, U: float, y0: float = 0.0, height: float = 1.0) -> np.ndarray:
+    """Parabolic inflow u(y) = 6 U s (H - s) / H^2, s = y - y0, on a channel of height H (default the unit height:
+    6 U y (1 - y)): mean U, peak 1.5 U, zero at the walls. (DFG: U = 2/3 U_m gives 4 U_m y (H - y) / H^2.)"""
+    s = y - y0
+    return 6.0 * U * s * (height - s) / (height * height)
 
 
 def rotation_velocity(xy: np.ndarray, omega: np.ndarray, centre) -> tuple[np.ndarray, np.ndarray]:
@@ -268,16 +288,19 @@ def rotation_velocity(xy: np.ndarray, omega: np.ndarray, centre) -> tuple[np.nda
 
 class CylinderNS:
     """The cylinder problem on a Taylor-Hood mesh: Dirichlet DOFs (inflow, walls, rim), the nodal field at the mesh
-    vertices, the initial state and steps driven by per-trajectory angular speeds."""
+    vertices, the initial state and steps driven by per-trajectory angular speeds. box = (x0, x1, y0, y1): the
+    rectangle (default the unit square; the DFG channel is (0, 2.2, 0, 0.41), `channel_mesh.dfg_problem`), inflow at
+    x0 with mean speed U over its height, walls y0, y1, outflow x1."""
 
     def __init__(self, mesh, Re: float = 100.0, U: float = 1.0, dt: float = 0.00125, centre=(0.3, 0.5),
-                 radius: float = 0.1) -> None:
+                 radius: float = 0.1, box=UNIT_BOX) -> None:
         if Re <= 0 or U <= 0:
             raise ValueError(f"need Re > 0 and U > 0, got Re={Re}, U={U}")
         self.ops = TaylorHood(mesh)
-        self.U, self.centre, self.radius = U, tuple(centre), radius
+        self.U, self.centre, self.radius, self.Re = U, tuple(centre), radius, Re
+        self.box = tuple(float(b) for b in box)
         self.nu = U * 2 * radius / Re
-        parts = cylinder_boundary(mesh)
+        parts = cylinder_boundary(mesh, box=self.box)
         ub = self.ops.ub
         self.dofs = {k: np.unique(ub.get_dofs(facets=v).all()) for k, v in parts.items()}
         # the corners (0, 0), (0, 1) are inflow and wall DOFs at once: both prescribe 0 there
@@ -287,7 +310,7 @@ class CylinderNS:
         self.dt = dt
         xy = self.ops.dof_xy[self.dirichlet]
         base = np.where(np.isin(self.dirichlet, self.dofs["inflow"]) & ~np.isin(self.dirichlet, self.dofs["walls"]),
-                        inflow_profile(xy[:, 1], U), 0.0)
+                        inflow_profile(xy[:, 1], U, self.box[2], self.box[3] - self.box[2]), 0.0)
         self._g_base = base
         self._rim_mask = np.isin(self.dirichlet, self.rim)
         self._rim_xy = xy[self._rim_mask]
