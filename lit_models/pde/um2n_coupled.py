@@ -41,8 +41,10 @@ from lit_models.common import mesh as M
 
 # official values: dt = 1e-3 (SwirlSolver), horizon T (= swirl["T"] = 1), moved every step; record_every 5 (the
 # official save_interval); 35 nodes per side (official lc = 0.028, about 36 per side; the swirl test graphs' size)
+# ma_baseline: also run the solve with Monge-Ampere meshes (`common.monge_ampere`, structured meshes only), the
+# official `error_reduction_MA`
 COUPLED_DEFAULTS = {"n_side": 35, "dt": 1.0e-3, "t_end": None, "move_every": 1, "record_every": 5,
-                    "mesh": "structured", "mesh_seed": 0, "n_ref": 300, "swirl": None}
+                    "mesh": "structured", "mesh_seed": 0, "n_ref": 300, "swirl": None, "ma_baseline": False}
 
 
 def coupled_config(given: dict | None) -> dict:
@@ -64,6 +66,10 @@ def coupled_config(given: dict | None) -> dict:
     check_positive(prefix, dt=cfg["dt"], t_end=cfg["t_end"])
     if cfg["mesh"] not in ("structured", "unstructured"):
         raise UserError(f"{prefix}.mesh must be structured or unstructured, got {cfg['mesh']!r}")
+    if not isinstance(cfg["ma_baseline"], bool):
+        raise UserError(f"{prefix}.ma_baseline must be true or false, got {cfg['ma_baseline']!r}")
+    if cfg["ma_baseline"] and cfg["mesh"] != "structured":
+        raise UserError(f"{prefix}.ma_baseline needs mesh=structured (the Monge-Ampere solver moves the grid)")
     from datamodules.meshes import swirl_config
 
     try:
@@ -94,7 +100,8 @@ class CoupledSwirlResult:
     n_steps: int
     wall_seconds: float
     mover_seconds: float
-    extra: dict = field(default_factory=dict)  # cfl_uniform, cfl_moved_max: dt max|c| / min inradius
+    extra: dict = field(default_factory=dict)  # cfl_uniform, cfl_moved_max (dt max|c| / min inradius); ma: the
+    # Monge-Ampere-mesh result (ma_baseline); ma_residual (on that result)
 
     @property
     def reduction(self) -> float:
@@ -106,7 +113,15 @@ class CoupledSwirlResult:
         return float((self.error_uniform[-1] - self.error_moved[-1]) / self.error_uniform[-1])
 
     def metrics(self, prefix: str = "swirl_pde_") -> dict[str, float]:
-        return {f"{prefix}error_uniform": float(self.error_uniform.mean()),
+        ma = self.extra.get("ma")  # the same solve on Monge-Ampere meshes (ma_baseline)
+        ma_metrics = {} if ma is None else {
+            f"{prefix}error_ma": float(ma.error_moved.mean()),
+            f"{prefix}error_reduction_ma": ma.reduction,
+            f"{prefix}error_ma_final": float(ma.error_moved[-1]),
+            f"{prefix}error_reduction_ma_final": ma.final_reduction,
+            "swirl_coupled_inverted_ma": float(ma.inverted.sum()),
+            "swirl_coupled_ma_residual": float(ma.extra["ma_residual"])}
+        return ma_metrics | {f"{prefix}error_uniform": float(self.error_uniform.mean()),
                 f"{prefix}error_moved": float(self.error_moved.mean()),
                 f"{prefix}error_reduction": self.reduction,
                 f"{prefix}error_uniform_final": float(self.error_uniform[-1]),
@@ -129,10 +144,12 @@ def swirl_velocity_field(alpha: float, T: float) -> Callable[[np.ndarray, float]
 
 def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: float | None = None,
                   move_every: int = 1, record_every: int = 5, mesh: str = "structured", mesh_seed: int = 0,
-                  n_ref: int = 300, swirl: dict | None = None) -> CoupledSwirlResult:
+                  n_ref: int = 300, swirl: dict | None = None, ma_baseline: bool = False) -> CoupledSwirlResult:
     """The coupled swirl solve (module docstring) with `mover(graph) -> (V, 2)` new node positions (numpy or torch)
     on `datamodules.meshes.square_mesh(n_side, mesh, mesh_seed)`, steps of `dt` up to `t_end` (default: the swirl
-    period T), errors recorded after the first step, every `record_every` steps and at the end."""
+    period T), errors recorded after the first step, every `record_every` steps and at the end. With `ma_baseline`
+    the same solve with `monge_ampere.CosineMongeAmpere` as the mover goes to `extra["ma"]` (official
+    `error_reduction_MA`; its median equidistribution residual, mean over the moves, to `extra["ma_residual"]`)."""
     from datamodules.meshes import square_mesh, swirl_config, swirl_graph_on_mesh
 
     sw = swirl_config(swirl)
@@ -156,7 +173,7 @@ def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: fl
     n_steps = max(1, round(t_end / dt))
     times, e_uni, e_mov, move_times, inverted = [], [], [], [], []
     mover_seconds = 0.0
-    cfl = {"cfl_uniform": dt / uniform.max_dt(0.0, 1.0), "cfl_moved_max": dt / uniform.max_dt(0.0, 1.0)}
+    extra = {"cfl_uniform": dt / uniform.max_dt(0.0, 1.0), "cfl_moved_max": dt / uniform.max_dt(0.0, 1.0)}
     start = time.perf_counter()
     for i in range(n_steps):
         t = i * dt
@@ -175,7 +192,7 @@ def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: fl
                 u_mov = D.project(pos_mov, tri, u_mov, new)
                 pos_mov = new
                 moved = uniform if np.array_equal(new, pos0) else D.DG1Advection(new, tri, velocity, facets)
-                cfl["cfl_moved_max"] = max(cfl["cfl_moved_max"], dt / moved.max_dt(t, 1.0))
+                extra["cfl_moved_max"] = max(extra["cfl_moved_max"], dt / moved.max_dt(t, 1.0))
         u_mov = moved.step(u_mov, t, dt)
         u_uni = uniform.step(u_uni, t, dt)
         t_new = (i + 1) * dt
@@ -194,9 +211,22 @@ def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: fl
         return M.swirl_solution(p, t_fin, alpha=sw["alpha"], T=sw["T"], **ring)
 
     quad = (D.l2_error(pos0, tri, u_uni, exact_final), D.l2_error(pos_mov, tri, u_mov, exact_final))
+    if ma_baseline:
+        from lit_models.common.monge_ampere import CosineMongeAmpere
+
+        ma_mover, residuals = CosineMongeAmpere(), []
+
+        def ma_move(graph) -> np.ndarray:
+            new = ma_mover(graph)
+            residuals.append(ma_mover.last_residual)
+            return new
+
+        extra["ma"] = coupled_swirl(ma_move, n_side, dt, t_end, move_every, record_every, mesh, mesh_seed, n_ref,
+                                  swirl)
+        extra["ma"].extra["ma_residual"] = float(np.mean(residuals))
     return CoupledSwirlResult(np.array(times), np.array(e_uni), np.array(e_mov), np.array(move_times),
                               np.array(inverted, np.int64), tri, pos0, pos_mov, u_uni, u_mov, quad, n_steps, wall,
-                              mover_seconds, cfl)
+                              mover_seconds, extra)
 
 
 def coupled_figures(res: CoupledSwirlResult) -> dict:
@@ -207,6 +237,9 @@ def coupled_figures(res: CoupledSwirlResult) -> dict:
     fig, ax = plt.subplots(figsize=(5.0, 3.4))
     ax.plot(res.times, res.error_uniform, label="uniform mesh")
     ax.plot(res.times, res.error_moved, label=f"moved mesh (reduction {res.reduction:.3f})")
+    if "ma" in res.extra:
+        ma = res.extra["ma"]
+        ax.plot(ma.times, ma.error_moved, ls="--", label=f"Monge-Ampere mesh (reduction {ma.reduction:.3f})")
     ax.set_xlabel("t")
     ax.set_ylabel("L2 error vs exact")
     ax.legend()
