@@ -31,10 +31,9 @@ class CosineMongeAmpere:
             raise ValueError(f"need modes >= 1, collocation >= 2, max_iter >= 1, got {modes}, {collocation}, "
                              f"{max_iter}")
         self.K, self.n_col, self.max_iter, self.tol, self.warm_start = modes, collocation, max_iter, tol, warm_start
-        self.coef: torch.Tensor | None = None
+        self.coef: np.ndarray | None = None  # the last solve's coefficients (numpy: no inference-mode tensors)
         self.last_residual = float("nan")  # median |m det / theta - 1| at the collocation points of the last solve
-        s = (np.arange(collocation) + 0.5) / collocation
-        self._col = self._basis(torch.tensor(s, dtype=torch.float64))
+        self._col_s = (np.arange(collocation) + 0.5) / collocation  # collocation coordinates per side
 
     def _basis(self, s: torch.Tensor) -> dict[str, torch.Tensor]:
         """1-D factors at the coordinates s: cos(k pi s), -k pi sin(k pi s), -(k pi)^2 cos(k pi s), (K + 1, len(s))."""
@@ -59,7 +58,12 @@ class CosineMongeAmpere:
 
     def solve(self, monitor_nodes: np.ndarray, n_side: int) -> np.ndarray:
         """Node positions (n_side^2, 2) of the MA mesh for monitor values (n_side^2,) at the nodes of
-        `mesh.unit_square_mesh(n_side)` (node id = j n_side + i)."""
+        `mesh.unit_square_mesh(n_side)` (node id = j n_side + i). Works inside Lightning's test loop too (grad
+        mode is switched back on for the fit)."""
+        with torch.inference_mode(False), torch.enable_grad():
+            return self._solve(monitor_nodes, n_side)
+
+    def _solve(self, monitor_nodes: np.ndarray, n_side: int) -> np.ndarray:
         m = torch.tensor(np.asarray(monitor_nodes, np.float64).reshape(n_side, n_side))
         if not torch.all(torch.isfinite(m)) or float(m.min()) <= 0:
             raise ValueError("the monitor must be finite and positive")
@@ -69,10 +73,10 @@ class CosineMongeAmpere:
         k2 = torch.arange(self.K + 1, dtype=torch.float64) ** 2
         mask = 1.0 / (torch.pi**2 * (k2[:, None] + k2[None, :]))  # diagonal preconditioner: unknowns scaled so
         mask[0, 0] = 0.0  # that each mode's Jacobian entries are O(1); the constant mode does not move anything
-        start = (self.coef / mask.clamp_min(1e-300) if (self.warm_start and self.coef is not None)
+        start = (torch.tensor(self.coef) / mask.clamp_min(1e-300) if (self.warm_start and self.coef is not None)
                  else torch.zeros(self.K + 1, self.K + 1, dtype=torch.float64))
         coef = start.clone().requires_grad_(True)
-        b = self._col
+        b = self._basis(torch.tensor(self._col_s, dtype=torch.float64))  # built here: grad mode is on
         opt = torch.optim.LBFGS([coef], lr=1.0, max_iter=self.max_iter, tolerance_grad=self.tol,
                                 tolerance_change=1e-14, history_size=50, line_search_fn="strong_wolfe")
 
@@ -88,7 +92,7 @@ class CosineMongeAmpere:
 
         opt.step(closure)
         coef = (coef * mask).detach()
-        self.coef = coef
+        self.coef = coef.numpy().copy()
         with torch.no_grad():
             self.last_residual = float(residual(coef).abs().median())
             s = torch.linspace(0, 1, n_side, dtype=torch.float64)
