@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from launch.errors import UserError, check_min, check_positive
 from lit_models.common import dg_advection as D
@@ -175,7 +176,8 @@ def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: fl
     mover_seconds = 0.0
     extra = {"cfl_uniform": dt / uniform.max_dt(0.0, 1.0), "cfl_moved_max": dt / uniform.max_dt(0.0, 1.0)}
     start = time.perf_counter()
-    for i in range(n_steps):
+    label = "coupled swirl (Monge-Ampere)" if getattr(mover, "is_ma", False) else "coupled swirl"
+    for i in tqdm(range(n_steps), desc=label, leave=False, mininterval=2.0, disable=n_steps < 100):
         t = i * dt
         if i % move_every == 0:
             u_mon = uniform.step(D.project(pos_mov, tri, u_mov, pos0) if moved is not uniform else u_mov, t, dt)
@@ -220,6 +222,8 @@ def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: fl
             new = ma_mover(graph)
             residuals.append(ma_mover.last_residual)
             return new
+
+        ma_move.is_ma = True  # progress-bar label
 
         extra["ma"] = coupled_swirl(ma_move, n_side, dt, t_end, move_every, record_every, mesh, mesh_seed, n_ref,
                                   swirl)
