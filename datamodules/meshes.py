@@ -553,7 +553,7 @@ def cylinder_ns_snapshot(n_side: int, t: float, mesh_seed: int, cfg: dict) -> tu
     return snap["grad"][k], snap["ref_pos"], snap["ref_tri"], snap["ref_vel"][k]
 
 
-def cylinder_graph(n_side: int, t: float, mesh_seed: int = 0, **cylinder):
+def cylinder_graph(n_side: int, t: float, mesh_seed: int = 0, grad: np.ndarray | None = None, **cylinder):
     """A mesh of the unit square with a circular hole (`datamodules.cylinder_flow.cylinder_mesh`: n_side nodes per
     side, n_ring rim nodes, n_nodes in all, default n_side^2; Delaunay minus the hole) with the official monitor of
     the potential flow at time t. No MA target (y NaN). Rim nodes: boundary feature 1 (the official mask is every
@@ -561,17 +561,24 @@ def cylinder_graph(n_side: int, t: float, mesh_seed: int = 0, **cylinder):
     (t, U, theta, Gamma, x0, y0, R) for the exact field. field="navier_stokes": the official monitor
     min(||grad u||_F^2, clip) of the Navier-Stokes snapshot at time t (`cylinder_ns_snapshot`; grad u the P2 velocity
     gradient averaged to the vertices), Gamma NaN, and ns_ref_pos / ns_ref_tri / ns_ref_val the solver's reference
-    velocity for the interpolation error."""
+    velocity for the interpolation error. grad (V, 2, 2) (navier_stokes only): the velocity gradient at the nodes of
+    a solution computed elsewhere (the coupled run, `lit_models.pde.um2n_coupled_ns`) instead of the snapshot's; the
+    same monitor, no reference field attached."""
     from datamodules.cylinder_flow import hole_boundary_edges
 
     c = cylinder_config(cylinder, n_side)
     n_nodes = c["n_nodes"] if c["n_nodes"] is not None else n_side * n_side
     pos, tri = _holed_mesh(n_nodes, c["n_ring"], c["centre"], c["radius"], n_side, mesh_seed)
     ns = None
+    if grad is not None and c["field"] != "navier_stokes":
+        raise ValueError("cylinder_graph: grad is for field navier_stokes only")
     if c["field"] == "navier_stokes":
-        ns = cylinder_ns_snapshot(n_side, t, mesh_seed, c)
+        ns = cylinder_ns_snapshot(n_side, t, mesh_seed, c) if grad is None else None
+        vel_grad = ns[0] if grad is None else np.asarray(grad, np.float64)
+        if vel_grad.shape != (len(pos), 2, 2):
+            raise ValueError(f"cylinder_graph: grad must have shape ({len(pos)}, 2, 2), got {vel_grad.shape}")
         flow = (c["U"], c["theta"], np.nan, *c["centre"], c["radius"])
-        monitor = np.clip(np.sum(ns[0] ** 2, axis=(-2, -1)), 0.0, c["clip"])   # official: min(||grad u||_F^2, clip)
+        monitor = np.clip(np.sum(vel_grad ** 2, axis=(-2, -1)), 0.0, c["clip"])  # official: min(||grad u||_F^2, clip)
     else:
         flow = cylinder_flow_params(t, c)
         monitor = cylinder_monitor_official(pos, flow, c["clip"])
@@ -711,13 +718,17 @@ class MeshGraphDataModule(L.LightningDataModule):
             self._test_sets[key] = _List([swirl_graph(hp.test_size, t, mesh, seed, **cfg) for t in cfg["times"]])
         return self._test_sets[key]
 
+    def cylinder_mesh_seed(self) -> int:
+        """The seed of the cylinder test mesh (`cylinder_graph`'s mesh_seed; one mesh for all times)."""
+        return int(np.random.default_rng(self.seed + 5000).integers(2**31))
+
     def _cylinder_set(self) -> _List:
         """The cylinder-flow test graphs: one holed mesh (`test_size` nodes per side), one graph per time."""
         hp = self.hparams
         cfg = cylinder_config(hp.cylinder)
         key = ("cylinder", hp.test_size, repr(sorted(cfg.items())))
         if key not in self._test_sets:
-            seed = int(np.random.default_rng(self.seed + 5000).integers(2**31))  # one mesh for all times
+            seed = self.cylinder_mesh_seed()  # one mesh for all times
             self._test_sets[key] = _List([cylinder_graph(hp.test_size, t, seed, **cfg) for t in cfg["times"]])
         return self._test_sets[key]
 

@@ -252,12 +252,22 @@ class UM2NModule(L.LightningModule):
     mean over the recorded times), `swirl_pde_error_reduction` ((uniform - moved) / uniform of those means, the
     official summary), the same at the final time (`..._final`), `swirl_coupled_inverted` (inverted triangles summed
     over all moved meshes), `swirl_coupled_tangled_meshes`, `swirl_coupled_seconds_per_step`.
+    Coupled cylinder run (`coupled_cylinder`: null = off, or a mapping of
+    `um2n_coupled_ns.COUPLED_CYLINDER_DEFAULTS` keys; mesh_seed null: the cylinder test mesh's; run once at the end of
+    the test epoch with this module as the mover, `um2n_coupled_ns.coupled_cylinder`): Navier-Stokes on the fixed and
+    the UM2N-moved cylinder test mesh and on a finer reference mesh; `cylinder_coupled_<q>_<run>` for q in cd_mean
+    (mean C_D), cl_amp (C_L amplitude), st (Strouhal number) and run in fixed, moved, ref; `..._<q>_error_<run>`
+    (relative to ref), `..._<q>_reduction`, `cylinder_coupled_error_fixed` / `_moved` (sums of the three),
+    `cylinder_coupled_error_reduction`, `cylinder_coupled_inverted` (inverted triangles of the rejected moves),
+    `cylinder_coupled_rejected_moves`, `cylinder_coupled_moves`, `cylinder_coupled_diverged`,
+    `cylinder_coupled_seconds_per_step_fixed` / `_moved` (/ `_ref` when the reference was computed, not cached).
     """
 
     def __init__(self, embed_dim: int = 64, transformer_out: int = 16, num_heads: int = 4, num_layers: int = 1,
                  hidden: int = 512, gat_heads: int = 6, num_loop: int = 1, decoder: str = "average",
                  use_monitor: bool = True, mover: str = "um2n", coord_weight: float = 0.0, area_weight: float = 1.0,
                  n_interp_points: int = 20000, project_boundary: bool = True, coupled_swirl: dict | None = None,
+                 coupled_cylinder: dict | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
         if decoder not in ("average", "coord"):
@@ -281,6 +291,14 @@ class UM2NModule(L.LightningModule):
                 from omegaconf import OmegaConf
 
                 coupled_swirl = OmegaConf.to_container(coupled_swirl, resolve=True)
+        if coupled_cylinder is not None:
+            from lit_models.pde.um2n_coupled_ns import coupled_cylinder_config
+
+            coupled_cylinder_config(coupled_cylinder)  # fail early: one-line UserError naming the key
+            if not isinstance(coupled_cylinder, dict):
+                from omegaconf import OmegaConf
+
+                coupled_cylinder = OmegaConf.to_container(coupled_cylinder, resolve=True)
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.net = UM2N(4, embed_dim, transformer_out, num_heads, num_layers, hidden, gat_heads, num_loop, decoder,
@@ -288,6 +306,7 @@ class UM2NModule(L.LightningModule):
         self._eval: dict[str, list] = {}
         self._last: list[dict[str, Any]] = []
         self._coupled = None  # the last coupled swirl solve (um2n_coupled.CoupledSwirlResult)
+        self._coupled_cylinder = None  # the last coupled cylinder run (um2n_coupled_ns.CoupledCylinderResult)
 
     def forward(self, data) -> Tensor:
         """Moved nodes in the module's dtype (float32, or float64 under `trainer.precision=64-true`: Lightning does
@@ -328,6 +347,7 @@ class UM2NModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._start()
         self._coupled = None
+        self._coupled_cylinder = None
 
     def _evaluate(self, data) -> None:
         pred = self(data).detach().double().cpu().numpy()
@@ -405,6 +425,8 @@ class UM2NModule(L.LightningModule):
             self._log_eval("test")
         if self.hparams.get("coupled_swirl") is not None:
             self._run_coupled_swirl()
+        if self.hparams.get("coupled_cylinder") is not None:
+            self._run_coupled_cylinder()
 
     def _run_coupled_swirl(self) -> None:
         """The coupled swirl solve with this module as the mover (`um2n_coupled.coupled_swirl`); logs its metrics."""
@@ -415,17 +437,40 @@ class UM2NModule(L.LightningModule):
         for k, v in self._coupled.metrics().items():
             self.log(f"test/{k}", v, sync_dist=True, batch_size=1)
 
+    def _run_coupled_cylinder(self) -> None:
+        """The coupled cylinder run with this module as the mover (`um2n_coupled_ns.coupled_cylinder`; mesh_seed null:
+        the datamodule's cylinder test mesh); logs its metrics."""
+        from lit_models.pde.um2n_coupled_ns import coupled_cylinder, coupled_cylinder_config
+
+        cfg = coupled_cylinder_config(self.hparams.coupled_cylinder)
+        if cfg["mesh_seed"] is None:
+            dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            cfg["mesh_seed"] = dm.cylinder_mesh_seed() if hasattr(dm, "cylinder_mesh_seed") else 0
+
+        def mover(g):
+            with torch.no_grad():
+                return self(g.to(self.device)).detach()
+
+        self._coupled_cylinder = coupled_cylinder(mover, **cfg)
+        for k, v in self._coupled_cylinder.metrics().items():
+            self.log(f"test/{k}", v, sync_dist=True, batch_size=1)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
 
     def figures(self) -> dict[str, Any]:
         """{"moved_meshes": moved test meshes (white) over their monitor, exact MA mesh dashed red} and, after a
-        coupled swirl solve, `um2n_coupled.coupled_figures` (error over time, final solutions)."""
+        coupled swirl solve, `um2n_coupled.coupled_figures` (error over time, final solutions), after a coupled
+        cylinder run `um2n_coupled_ns.coupled_cylinder_figures` (C_D, C_L over time, the final moved mesh)."""
         figs: dict[str, Any] = {}
         if self._coupled is not None:
             from lit_models.pde.um2n_coupled import coupled_figures
 
             figs |= coupled_figures(self._coupled)
+        if self._coupled_cylinder is not None:
+            from lit_models.pde.um2n_coupled_ns import coupled_cylinder_figures
+
+            figs |= coupled_cylinder_figures(self._coupled_cylinder)
         if not self._last:
             return figs
         import matplotlib.pyplot as plt
