@@ -39,3 +39,18 @@ def check_positive(prefix: str, **values) -> None:
 def one_line(err: BaseException | str, limit: int = 300) -> str:
     """An exception's text on one line (whitespace runs collapsed), at most `limit` characters, for a UserError."""
     return " ".join(str(err).split())[:limit]
+
+
+def merge_options(prefix: str, given, defaults: dict) -> dict:
+    """`defaults` updated by `given` (a dict or an OmegaConf mapping, resolved); a one-line UserError naming `prefix`
+    for anything else and for keys that `defaults` does not have."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(given, DictConfig):
+        given = OmegaConf.to_container(given, resolve=True)
+    if not isinstance(given, dict):
+        raise UserError(f"{prefix} must be null or a mapping of {', '.join(defaults)}, got {given!r}")
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise UserError(f"{prefix}: unknown keys {unknown}; available: {', '.join(defaults)}")
+    return {**defaults, **given}

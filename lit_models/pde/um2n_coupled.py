@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from launch.errors import UserError, check_min, check_positive
+from launch.errors import UserError, check_min, check_positive, merge_options
 from lit_models.common import dg_advection as D
 from lit_models.common import mesh as M
 
@@ -51,17 +51,8 @@ COUPLED_DEFAULTS = {"n_side": 35, "dt": 1.0e-3, "t_end": None, "move_every": 1, 
 def coupled_config(given: dict | None) -> dict:
     """COUPLED_DEFAULTS updated by `given` (a dict or OmegaConf mapping), validated: one-line UserErrors naming the
     key (`model.coupled_swirl.<key>`)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(given, DictConfig):
-        given = OmegaConf.to_container(given, resolve=True)
-    if not isinstance(given, dict):
-        raise UserError(f"model.coupled_swirl must be null or a mapping of {', '.join(COUPLED_DEFAULTS)}, got {given!r}")
-    unknown = sorted(set(given) - set(COUPLED_DEFAULTS))
-    if unknown:
-        raise UserError(f"model.coupled_swirl: unknown keys {unknown}; available: {', '.join(COUPLED_DEFAULTS)}")
-    cfg = {**COUPLED_DEFAULTS, **given}
     prefix = "model.coupled_swirl"
+    cfg = merge_options(prefix, given, COUPLED_DEFAULTS)
     check_min(prefix, 3, n_side=cfg["n_side"])
     check_min(prefix, 1, move_every=cfg["move_every"], record_every=cfg["record_every"], n_ref=cfg["n_ref"])
     check_positive(prefix, dt=cfg["dt"], t_end=cfg["t_end"])

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from launch.errors import UserError, check_min, check_positive, one_line
+from launch.errors import UserError, check_min, check_positive, merge_options, one_line
 from lit_models.common import mesh as M
 
 # t_end 2.0: ~3.2 shedding periods (St ~0.32, period ~0.62); move_every 10 (official: every step; ~1.25 s a move on
@@ -64,17 +64,8 @@ def coupled_cylinder_config(given: dict | None) -> dict:
     """COUPLED_CYLINDER_DEFAULTS updated by `given` (a dict or OmegaConf mapping), validated (one-line UserErrors
     naming the key `model.coupled_cylinder.<key>`); "cylinder" completed by `meshes.cylinder_config` with field
     navier_stokes (the coupled run is a Navier-Stokes run whatever the test snapshots' field)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(given, DictConfig):
-        given = OmegaConf.to_container(given, resolve=True)
     prefix = "model.coupled_cylinder"
-    if not isinstance(given, dict):
-        raise UserError(f"{prefix} must be null or a mapping of {', '.join(COUPLED_CYLINDER_DEFAULTS)}, got {given!r}")
-    unknown = sorted(set(given) - set(COUPLED_CYLINDER_DEFAULTS))
-    if unknown:
-        raise UserError(f"{prefix}: unknown keys {unknown}; available: {', '.join(COUPLED_CYLINDER_DEFAULTS)}")
-    cfg = {**COUPLED_CYLINDER_DEFAULTS, **given}
+    cfg = merge_options(prefix, given, COUPLED_CYLINDER_DEFAULTS)
     if not isinstance(cfg["project"], bool):
         raise UserError(f"{prefix}.project must be true or false, got {cfg['project']!r}")
     for key in ("n_side", "move_every", "ref_refine") + (("mesh_seed",) if cfg["mesh_seed"] is not None else ()):
