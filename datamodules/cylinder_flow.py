@@ -44,10 +44,8 @@ optional, non-official hole loss `model.w_hole`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import lightning as L
@@ -282,31 +280,21 @@ def cylinder_monitor(nodes: np.ndarray, values: np.ndarray, res: int, monitor_sc
 # ========================================================================================= Navier-Stokes cache
 def cached_ns_dataset(folder: str | Path | None, **params) -> tuple[torch.Tensor, np.ndarray, tuple | None]:
     """`cylinder_ns.make_ns_dataset(**params)` through an .npz cache in `folder` (default: the download cache's
-    `cylinder_ns/`) keyed by all parameters; written to a temporary name and renamed."""
+    `cylinder_ns/`) keyed by all parameters (`download.cached_npz`)."""
     from datamodules.cylinder_ns import make_ns_dataset
+    from datamodules.download import cache_dir, cached_npz
 
-    if folder is None:
-        from datamodules.download import cache_dir
+    key = {**params, "v": 1}
 
-        folder = cache_dir() / "cylinder_ns"
-    folder = Path(folder).expanduser()
-    key = json.dumps({**params, "v": 1}, sort_keys=True, default=str)
-    path = folder / f"cylinder_ns_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as z:
-                data = torch.from_numpy(z["data"])
-                ref = (z["ref_pos"], z["ref_tri"], z["ref_val"]) if "ref_val" in z else None
-            return data, np.full(tuple(data.shape[:2]) + (6,), np.nan), ref
-        except (OSError, ValueError, KeyError, EOFError):  # an unreadable cache file is regenerated and replaced
-            pass
-    data, flows, ref = make_ns_dataset(**params)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part.npz")
-    extra = {"ref_pos": ref[0], "ref_tri": ref[1], "ref_val": ref[2]} if ref is not None else {}
-    np.savez(tmp, data=data.numpy(), key=np.array(key), **extra)
-    os.replace(tmp, path)
-    return data, flows, ref
+    def make() -> dict[str, np.ndarray]:
+        data, _, ref = make_ns_dataset(**params)
+        extra = {"ref_pos": ref[0], "ref_tri": ref[1], "ref_val": ref[2]} if ref is not None else {}
+        return {"data": data.numpy(), "key": np.array(json.dumps(key, sort_keys=True, default=str)), **extra}
+
+    z = cached_npz(cache_dir() / "cylinder_ns" if folder is None else folder, "cylinder_ns", key, make)
+    data = torch.from_numpy(z["data"])
+    ref = (z["ref_pos"], z["ref_tri"], z["ref_val"]) if "ref_val" in z else None
+    return data, np.full(tuple(data.shape[:2]) + (6,), np.nan), ref  # no exact field: flows NaN
 
 
 # ================================================================================================ datamodule

@@ -61,6 +61,31 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "paperzoo"
 
 
+def cached_npz(folder: str | os.PathLike | None, prefix: str, key: dict, make) -> dict:
+    """Arrays cached as `<folder>/<prefix>_<first 16 hex digits of sha256(key as sorted JSON)>.npz` (folder None:
+    `cache_dir()`): read if the file is there and readable, else `make()` (a dict of arrays) is written there
+    (temporary name, then renamed, so a killed run leaves no half-written file; an unreadable file is replaced)."""
+    import json
+
+    import numpy as np
+
+    text = json.dumps(key, sort_keys=True, default=str)
+    path = (cache_dir() if folder is None else Path(folder).expanduser()) / (
+        f"{prefix}_{hashlib.sha256(text.encode()).hexdigest()[:16]}.npz")
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                return {k: np.array(z[k]) for k in z.files}
+        except (OSError, ValueError, KeyError, EOFError):  # unreadable: regenerated and replaced
+            pass
+    out = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part.npz")
+    np.savez(tmp, **out)
+    os.replace(tmp, path)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # checksums
 

@@ -37,10 +37,7 @@ reference and no fixed-mesh run in the same script; here the unit-square channel
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -119,29 +116,14 @@ def _state_from(z) -> object:
                   (np.array(z["conv_u"]), np.array(z["conv_v"])))
 
 
-def _cache_path(cache: str | Path | None, kind: str, key: dict) -> Path:
-    if cache is None:
-        from datamodules.download import cache_dir
+def _cached(cache: str | Path | None, kind: str, key: dict, make: Callable[[], dict[str, np.ndarray]]
+            ) -> dict[str, np.ndarray]:
+    """The start states / reference arrays through `download.cached_npz` (default folder: the download cache's
+    cylinder_ns/)."""
+    from datamodules.download import cache_dir, cached_npz
 
-        cache = cache_dir() / "cylinder_ns"
-    text = json.dumps({**key, "kind": kind, "v": 1}, sort_keys=True, default=str)
-    return Path(cache).expanduser() / f"coupled_{kind}_{hashlib.sha256(text.encode()).hexdigest()[:16]}.npz"
-
-
-def _cached(path: Path, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The arrays in `path` (.npz) or `make()` written there (temporary name, then renamed)."""
-    if path.is_file():
-        try:
-            with np.load(path) as z:
-                return {k: np.array(z[k]) for k in z.files}
-        except (OSError, ValueError, KeyError, EOFError):  # unreadable: regenerated and replaced
-            pass
-    out = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part.npz")
-    np.savez(tmp, **out)
-    os.replace(tmp, path)
-    return out
+    folder = cache_dir() / "cylinder_ns" if cache is None else cache
+    return cached_npz(folder, f"coupled_{kind}", {**key, "kind": kind, "v": 1}, make)
 
 
 def developed_state(ns, o: dict, seed: int):
@@ -306,8 +288,7 @@ def coupled_cylinder(mover: Callable, n_side: int = 35, mesh_seed: int | None = 
         return CylinderNS(cylinder_solver_mesh(pos0, tri, centre, radius, refine), Re, U, step, centre, radius)
 
     ns0 = solver(0, dt)
-    start = _cached(_cache_path(cache, "start", mesh_key),
-                    lambda: _state_arrays(developed_state(ns0, o, seed)))
+    start = _cached(cache, "start", mesh_key, lambda: _state_arrays(developed_state(ns0, o, seed)))
     s0 = _state_from(start)
     n_steps = max(1, round(cfg["t_end"] / dt))
 
@@ -323,7 +304,7 @@ def coupled_cylinder(mover: Callable, n_side: int = 35, mesh_seed: int | None = 
         timing["ref"] = sec
         return {"coef": C, "n_vertices": np.array(ns_r.ops.mesh.p.shape[1])}
 
-    ref = _cached(_cache_path(cache, "ref", ref_key), make_ref)
+    ref = _cached(cache, "ref", ref_key, make_ref)
 
     # ---- fixed mesh
     coef_fixed, sec_fixed = _run_fixed(ns0, s0, n_steps)
