@@ -226,6 +226,17 @@ def _per_time_metrics(family: str, entries: list[tuple[float, float, int, float]
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.1)
 
 
+def _checked_mapping(value, check: Callable) -> dict:
+    """A coupled-run option (dict or OmegaConf mapping) checked by `check` when the module is built (one-line
+    UserErrors naming the key), as a plain dict for the hyperparameters."""
+    check(value)
+    if isinstance(value, dict):
+        return value
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True)
+
+
 class UM2NModule(L.LightningModule):
     """Supervised training on MA meshes (coordinate + element-area losses); zero-shot evaluation.
 
@@ -286,19 +297,11 @@ class UM2NModule(L.LightningModule):
         if coupled_swirl is not None:
             from lit_models.pde.um2n_coupled import coupled_config
 
-            coupled_config(coupled_swirl)  # fail early: one-line UserError naming the key
-            if not isinstance(coupled_swirl, dict):
-                from omegaconf import OmegaConf
-
-                coupled_swirl = OmegaConf.to_container(coupled_swirl, resolve=True)
+            coupled_swirl = _checked_mapping(coupled_swirl, coupled_config)
         if coupled_cylinder is not None:
             from lit_models.pde.um2n_coupled_ns import coupled_cylinder_config
 
-            coupled_cylinder_config(coupled_cylinder)  # fail early: one-line UserError naming the key
-            if not isinstance(coupled_cylinder, dict):
-                from omegaconf import OmegaConf
-
-                coupled_cylinder = OmegaConf.to_container(coupled_cylinder, resolve=True)
+            coupled_cylinder = _checked_mapping(coupled_cylinder, coupled_cylinder_config)
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.net = UM2N(4, embed_dim, transformer_out, num_heads, num_layers, hidden, gat_heads, num_loop, decoder,
