@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 EXPERIMENT ?= lightgcn
 WORKERS ?= 2
 
-.PHONY: install demo test test-fast check bench clean-runs
+.PHONY: install demo test test-bf16 test-fast check bench clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,13 @@ demo: install
 test: install
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline WANDB_SILENT=true \
 	  $(PY) -m pytest -n $(WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	$(if $(PYTEST_ARGS),,$(MAKE) --no-print-directory test-bf16)
+
+# every paper's fast contract again under trainer.precision=bf16-mixed (autocast on the CPU, ~40 s): what must
+# stay in full precision (derivatives, metrics, figures) is checked here too, not only on a lent GPU
+test-bf16: install
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline WANDB_SILENT=true PAPERZOO_FAST_PRECISION=bf16-mixed \
+	  $(PY) -m pytest -n $(WORKERS) --dist loadfile -q -p no:cacheprovider tests/papers -m "not slow" -k fast
 
 test-fast: install
 	OMP_NUM_THREADS=1 WANDB_MODE=offline $(PY) -m pytest -n $(WORKERS) -m "not slow and not slurm" $(PYTEST_ARGS)

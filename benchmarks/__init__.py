@@ -26,6 +26,7 @@ REGISTRY: dict[str, str | tuple[str, ...]] = {
     "gtf_plrnn": "benchmarks.gtf_speed",
     "data_free_mesh_mover": ("benchmarks.mesh_mover_speed", "benchmarks.mm_pde_speed"),
     "um2n": "benchmarks.mesh_mover_speed",
+    "mixed_precision": "benchmarks.precision_speed",  # not a paper: the trainer's precision plugin, three papers
 }
 
 

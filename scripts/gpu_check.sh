@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The prepared GPU check, for a session that is lent a CUDA machine (one short run; ~6-8 min on one H200):
+# The prepared GPU check, for a session that is lent a CUDA machine (one short run; ~7 min on one H200):
 #   here:  bash scripts/gpu_wheels.sh          (once: wheels of what the GPU image lacks, into .whl/)
-#   there: bash scripts/gpu_check.sh           (device tool: carry [".whl"]; results under $OUT)
+#   there: bash scripts/gpu_check.sh           (device tool: carry [".whl"], timeout_s 600; results under $OUT)
 # Steps, each time-boxed, each result in its own file under $OUT (default runs/gpu_check):
-#   env.txt        nvidia-smi, torch / CUDA versions, bf16 support
+#   env.txt        nvidia-smi, torch / CUDA / Lightning versions, bf16 support
 #   gpu_tests.log  tests/test_gpu.py: bf16-mixed / 16-mixed / 32-true training, DDP on a CUDA device, PINN
 #                  derivatives kept in fp32 under autocast
 #   fast_gpu.log   every paper's fast contract test on the GPU with automatic mixed precision
 #                  (PAPERZOO_FAST_TRAINER=gpu, tests/papers/contract.py)
-#   bench.log + itransformer_speed.{json,md}   `zoo bench itransformer` (CUDA rows added when a GPU is present)
-#   summary.txt    exit status of each step
+#   precision.log + precision_speed.json   `zoo bench mixed_precision`: step time at bf16-mixed / 16-mixed vs
+#                  32-true through the trainer (benchmarks/precision_speed.py)
+#   bench.log + itransformer_speed.json   `zoo bench itransformer` (CUDA rows added when a GPU is present)
+#   summary.txt    exit status and seconds of each step
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
@@ -24,8 +26,10 @@ else
 fi
 export WANDB_MODE=disabled PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 PAPERZOO_DATA=${PAPERZOO_DATA:-/tmp/paperzoo_data}
 
+ONLY=${ONLY:-}  # e.g. ONLY="fast_contracts_on_gpu bench_mixed_precision": a rerun of some steps only
 step() {  # step NAME TIMEOUT_S LOGFILE COMMAND...
   local name=$1 limit=$2 log=$3; shift 3
+  [[ -z "$ONLY" || " $ONLY " == *" $name "* ]] || return 0
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$log" 2>&1
   local rc=$?
@@ -34,10 +38,14 @@ step() {  # step NAME TIMEOUT_S LOGFILE COMMAND...
 }
 
 { nvidia-smi; "$PY" -c "import torch, lightning; print('torch', torch.__version__, 'cuda', torch.version.cuda,
-'lightning', lightning.__version__, torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported())"; } \
+'lightning', lightning.__version__, torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported())"
+  "$PY" -m pip list 2>/dev/null | grep -iE '^(torch|lightning|torchmetrics|torch.geometric|numpy|scipy) '; } \
   > "$OUT/env.txt" 2>&1
 tail -n 1 "$OUT/env.txt"
-step gpu_tests 180 gpu_tests.log "$PY" -m pytest tests/test_gpu.py -q -p no:cacheprovider
-step fast_contracts_on_gpu 300 fast_gpu.log env PAPERZOO_FAST_TRAINER=gpu "$PY" -m pytest tests/papers -m "not slow" \
-  -n 8 -q -p no:cacheprovider --timeout 150
-step bench_itransformer 200 bench.log "$PY" -m launch.cli bench itransformer --out "$OUT"
+step gpu_tests 110 gpu_tests.log "$PY" -m pytest tests/test_gpu.py -q -p no:cacheprovider
+step fast_contracts_on_gpu 150 fast_gpu.log env PAPERZOO_FAST_TRAINER=gpu "$PY" -m pytest tests/papers -m "not slow" \
+  -k fast -n 8 -q -p no:cacheprovider --timeout 120
+# benchmark tables go to a scratch folder and only their .json come back (the device tool returns 8 files at most)
+step bench_mixed_precision 120 precision.log "$PY" -m launch.cli bench mixed_precision --out /tmp/paperzoo_bench
+step bench_itransformer 90 bench.log "$PY" -m launch.cli bench itransformer --out /tmp/paperzoo_bench
+cp /tmp/paperzoo_bench/precision_speed.json /tmp/paperzoo_bench/itransformer_speed.json "$OUT"/ 2>/dev/null

@@ -10,7 +10,8 @@ import pytest
 # modules smoke-tested elsewhere: recsys_speed (tests/test_bench.py), itransformer_speed and gtf_speed
 # (tests/test_dynamics_bench.py), dysts_runner (tests/papers/test_dysts_benchmark.py), pinn_residuals
 # (tests/papers/test_causal_pinn.py)
-MODULES = ["benchmarks.pig_speed", "benchmarks.mgno_speed", "benchmarks.mesh_mover_speed", "benchmarks.mm_pde_speed"]
+MODULES = ["benchmarks.pig_speed", "benchmarks.mgno_speed", "benchmarks.mesh_mover_speed", "benchmarks.mm_pde_speed",
+           "benchmarks.precision_speed"]
 
 
 def test_every_registered_benchmark_is_smoke_tested():

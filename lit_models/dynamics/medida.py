@@ -12,7 +12,7 @@ The interpolant is an MLP with tanh activations (official `mynet2Drff.py`), prec
 feature layer γ(s) = [cos(2π B s), sin(2π B s)], B ~ N(0, σ²) fixed (hidden/2 features), on coordinates s = x / L in
 [0, 1). `rff=False` is the spectral-bias baseline: the same MLP on the raw coordinate. One network interpolates
 all snapshots at once (one output per snapshot, fixed sensor positions). Derivatives are taken by nested
-forward-mode autograd (torch.func.jacfwd) in float64 with autocast disabled; d/dx = (1/L) d/ds.
+forward-mode autograd (nested torch.func.jvp) in float64 with autocast disabled; d/dx = (1/L) d/ds.
 Periodic domain: a boundary strip of `cut` grid points on each side is dropped from the regression and metrics
 (the official code cuts 20 points).
 
@@ -77,20 +77,25 @@ class Interpolant(nn.Module):
 
 def interpolant_derivatives(model: nn.Module, s: Tensor, length: float, orders: int = 4,
                             scale: float = 1.0) -> Tensor:
-    """(orders + 1, P, n_outputs): u and d^p u / dx^p by nested forward-mode autograd in float64, autocast off."""
-    from torch.func import jacfwd, vmap
+    """(orders + 1, P, n_outputs): u and d^p u / dx^p by nested forward-mode autograd in float64, autocast off.
+
+    The interpolant acts on each point s_i alone, so one forward-mode pass over the whole batch with tangent 1 at
+    every point gives every point's derivative: d^p u / ds^p is `orders` nested jvps, with no vmap (whose
+    batching rule for forward-mode duals is missing in some torch releases on CUDA)."""
+    from torch.func import jvp
 
     m = copy.deepcopy(model).double().eval()
-    s = s.detach().double().reshape(-1)
+    s = s.detach().double().reshape(-1, 1)
+    ones = torch.ones_like(s)
 
-    def f(si: Tensor) -> Tensor:  # scalar s -> (n_outputs,)
-        return m(si.reshape(1, 1)).reshape(-1)
+    def derivative(g):
+        return lambda x: jvp(g, (x,), (ones,))[1]
 
-    fns = [f]
+    fns = [m]
     for _ in range(orders):
-        fns.append(jacfwd(fns[-1]))
+        fns.append(derivative(fns[-1]))
     with torch.autocast(device_type=s.device.type, enabled=False), torch.no_grad():
-        out = [vmap(g)(s) * scale / length**p for p, g in enumerate(fns)]
+        out = [g(s) * scale / length**p for p, g in enumerate(fns)]
     return torch.stack(out)
 
 

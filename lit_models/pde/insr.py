@@ -334,14 +334,17 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
             return
         x = torch.linspace(-hp.length / 2, hp.length / 2, hp.snapshot_points, device=self.device,
                            dtype=self.field_dtype)
-        self.snapshots.append((self.time if self.step_index > 0 else 0.0, self.field(x[:, None])[:, 0].cpu()))
+        with no_autocast(self.device.type):  # recorded in the networks' dtype, not bf16 under a mixed-precision trainer
+            u = self.field(x[:, None])[:, 0]
+        self.snapshots.append((self.time if self.step_index > 0 else 0.0, u.cpu()))
 
     @torch.no_grad()
     def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         x, exact_all = self._cast(batch["x"]), self._cast(batch["u"])
         n = min(self.completed_steps, exact_all.shape[0] - 1)
         exact = exact_all[n]
-        pred = self.field(x)
+        with no_autocast(self.device.type):  # metrics of the field in its own dtype, also under bf16-mixed
+            pred = self.field(x)
         rel = relative_l2(pred.reshape(-1), exact.reshape(-1))[0]  # pooled over all points (and components)
         metrics = {"rel_l2": float(rel), "steps_done": float(n)}
         ic_mse = self.ic_mse if math.isfinite(self.ic_mse) else self.best_loss  # best so far while still fitting
@@ -429,7 +432,7 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
                     ax.set_xlabel("x")
                 fig.tight_layout()
             else:
-                m = int(round(math.sqrt(ev["x"].shape[0])))
+                m = round(math.sqrt(ev["x"].shape[0]))
                 mags = [ev["exact"].norm(dim=1).reshape(m, m).numpy(), ev["pred"].norm(dim=1).reshape(m, m).numpy()]
                 fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
                 for ax, img, title in zip(axes, mags + [np.abs(mags[1] - mags[0])],
