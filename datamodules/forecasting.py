@@ -83,18 +83,25 @@ class DatasetSpec:
     target: str = "OT"
     fmt: str = "csv"  # "csv" (date, v1, ...) | "solar_txt" (no header, no dates) | "pems_npz" (npz "data" T x N x C)
     generated: bool = False  # written offline by a generator (OFFLINE_DEFAULTS) instead of downloaded
+    sha256: str | None = None  # of the file at `url`, verified on download and on every later use of the cache
 
 
 # name -> spec. URLs without checksum: trust on first use (download.fetch records the sha256 in a sidecar).
+# ETT sha256: the files at these raw-GitHub addresses as recorded in the tsdm package's ETT loader (the same four
+# digests across its releases; not re-downloaded here, the machine has no route to GitHub).
 # The Weather/ECL/Traffic/Exchange/ILI csv files come from the Autoformer / Time-Series-Library Google-Drive
 # bundle linked in the thuml/iTransformer README (no direct URL): download it and pass data.data_dir (or data.url).
 DATASETS: dict[str, DatasetSpec] = {
     "leader_follower": DatasetSpec("leader_follower.csv", "offline", None, 8, generated=True),
     "lorenz96": DatasetSpec("lorenz96.csv", "ratio", None, None, generated=True),  # N = offline.num_variates
-    "ETTh1": DatasetSpec("ETTh1.csv", "ett_hour", f"{ETT_BASE}/ETTh1.csv", 7),
-    "ETTh2": DatasetSpec("ETTh2.csv", "ett_hour", f"{ETT_BASE}/ETTh2.csv", 7),
-    "ETTm1": DatasetSpec("ETTm1.csv", "ett_minute", f"{ETT_BASE}/ETTm1.csv", 7),
-    "ETTm2": DatasetSpec("ETTm2.csv", "ett_minute", f"{ETT_BASE}/ETTm2.csv", 7),
+    "ETTh1": DatasetSpec("ETTh1.csv", "ett_hour", f"{ETT_BASE}/ETTh1.csv", 7,
+                         sha256="f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066"),
+    "ETTh2": DatasetSpec("ETTh2.csv", "ett_hour", f"{ETT_BASE}/ETTh2.csv", 7,
+                         sha256="a3dc2c597b9218c7ce1cd55eb77b283fd459a1d09d753063f944967dd6b9218b"),
+    "ETTm1": DatasetSpec("ETTm1.csv", "ett_minute", f"{ETT_BASE}/ETTm1.csv", 7,
+                         sha256="6ce1759b1a18e3328421d5d75fadcb316c449fcd7cec32820c8dafda71986c9e"),
+    "ETTm2": DatasetSpec("ETTm2.csv", "ett_minute", f"{ETT_BASE}/ETTm2.csv", 7,
+                         sha256="db973ca252c6410a30d0469b13d696cf919648d0f3fd588c60f03fdbdbadd1fd"),
     "weather": DatasetSpec("weather.csv", "ratio", None, 21),
     "electricity": DatasetSpec("electricity.csv", "ratio", None, 321),
     "traffic": DatasetSpec("traffic.csv", "ratio", None, 862),
@@ -426,7 +433,9 @@ class ForecastingDataModule(L.LightningDataModule):
         from datamodules.download import DownloadError, fetch
 
         try:
-            return fetch(url, filename=self.spec.file, subdir="forecasting")
+            # the table's checksum belongs to the table's URL; a user's data.url is trusted on first use
+            sha256 = self.spec.sha256 if url == self.spec.url else None
+            return fetch(url, sha256=sha256, filename=self.spec.file, subdir="forecasting")
         except DownloadError as e:
             raise UserError(str(e)) from None
 

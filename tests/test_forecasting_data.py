@@ -118,6 +118,33 @@ def test_download_path_through_fetch(tmp_path, monkeypatch):
     assert dm.num_variates == 7
 
 
+def test_table_checksum_is_verified(tmp_path, monkeypatch):
+    """A table entry with a sha256 (the ETT files) is verified: a file that differs from it is a one-line error and
+    nothing is cached; the matching file loads. A user's data.url for the same dataset is trusted on first use."""
+    import dataclasses
+
+    from datamodules import forecasting
+    from datamodules.download import file_sha256
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _write(src / "ETTh1.csv", 14400, 7)
+    good = file_sha256(src / "ETTh1.csv")
+    assert all(len(DATASETS[n].sha256) == 64 for n in ("ETTh1", "ETTh2", "ETTm1", "ETTm2"))
+    monkeypatch.setenv("PAPERZOO_DATA", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "forecasting" / "ETTh1.csv"
+    spec = dataclasses.replace(DATASETS["ETTh1"], url=(src / "ETTh1.csv").as_uri(), sha256="0" * 64)
+    monkeypatch.setitem(forecasting.DATASETS, "ETTh1", spec)
+    with pytest.raises(UserError, match="sha256"):
+        ForecastingDataModule("ETTh1", seq_len=96, pred_len=96).prepare_data()
+    assert not cached.exists()
+    monkeypatch.setitem(forecasting.DATASETS, "ETTh1", dataclasses.replace(spec, sha256=good))
+    dm = ForecastingDataModule("ETTh1", seq_len=96, pred_len=96)
+    dm.prepare_data()
+    dm.setup()
+    assert cached.is_file() and dm.num_variates == 7
+
+
 # a short Lorenz-96 series (20 variates, 600 rows, ~1 s to integrate); the default is 30 variates x 8000 rows
 SMALL_L96 = {"length": 600, "num_variates": 20, "burn_in": 100}
 
