@@ -49,6 +49,9 @@ def test_graded_mover_runs_untangled():
     assert not np.array_equal(res.error_moved, res.error_uniform)
     assert np.isfinite(res.reduction) and -1.0 < res.reduction < 1.0
     assert res.final_quadrature_error[1] == pytest.approx(res.error_moved[-1], rel=0.1)
+    # conservative: no normal velocity on the boundary and supermesh projections between the meshes
+    assert abs(res.extra["mass_change_uniform"]) < 1e-12 and abs(res.extra["mass_change_moved"]) < 1e-12
+    assert res.metrics()["swirl_coupled_mass_change_moved"] == res.extra["mass_change_moved"]
 
 
 def test_numerical_monitor_graph_has_the_swirl_graph_layout():

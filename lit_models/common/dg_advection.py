@@ -12,10 +12,9 @@ counter-clockwise triangles; a moved mesh keeps the connectivity, so the facet t
   edge integrals by 3-point Gauss, the velocity evaluated exactly at the quadrature points (the official code
   interpolates it into P1 first); `step` is one SSPRK3 step with the velocity frozen at the step's start time (as
   the official `solve_u(t)`).
-- `interpolate`, `evaluate` (the field at arbitrary points), `project` (L2 projection onto another mesh, by
-  quadrature on the target mesh of the source evaluated at the quadrature points: exact when the source is
-  polynomial of degree <= 1 on each target triangle, e.g. the same mesh or a globally linear field, otherwise an
-  approximation; not a supermesh projection, so not exactly conservative across meshes), `l2_error` against a
+- `interpolate`, `evaluate` (the field at arbitrary points), `project` (the exact L2 projection onto another mesh
+  through the supermesh of the two, `common.supermesh`: conservative, as Firedrake's cross-mesh projection),
+  `l2_error` against a
   callable by (sub-divided) quadrature, `total_mass`, `to_p1` (vertex values by area-weighted averaging, the lumped
   L2 projection onto continuous P1).
 """
@@ -214,14 +213,14 @@ def evaluate(pos: np.ndarray, tri: np.ndarray, u: np.ndarray, points: np.ndarray
 def project(src_pos: np.ndarray, src_tri: np.ndarray, u: np.ndarray, dst_pos: np.ndarray,
             dst_tri: np.ndarray | None = None) -> np.ndarray:
     """L2 projection of the DG1 field u on (src_pos, src_tri) onto DG1 on (dst_pos, dst_tri) (default: the same
-    connectivity, e.g. a moved mesh), quadrature-based: the source is evaluated at the target's degree-5 quadrature
-    points (see the module docstring: not a supermesh projection)."""
+    connectivity, e.g. a moved mesh): exact and conservative, by the supermesh of the two meshes
+    (`common.supermesh`, as Firedrake's cross-mesh `project`); the same mesh gives u back."""
+    from lit_models.common.supermesh import supermesh_project
+
     dst_tri = src_tri if dst_tri is None else dst_tri
-    pts, _, basis = quadrature_points(dst_pos, dst_tri)
-    _, w = triangle_rule(1)
-    vals = evaluate(src_pos, src_tri, u, pts.reshape(-1, 2)).reshape(pts.shape[:2])
-    r = (vals * w[None]) @ basis  # (T, 3), divided by |K|: the inverse mass multiplies it back
-    return apply_inverse_mass(r, np.ones(len(dst_tri)))
+    if dst_tri is src_tri and np.array_equal(src_pos, dst_pos):
+        return np.array(u, np.float64, copy=True)
+    return supermesh_project(src_pos, src_tri, u, dst_pos, dst_tri)
 
 
 def l2_error(pos: np.ndarray, tri: np.ndarray, u: np.ndarray, exact: Callable[[np.ndarray], np.ndarray],
