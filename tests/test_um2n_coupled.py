@@ -103,3 +103,35 @@ def test_um2n_module_logs_the_coupled_metrics():
     ident = fast_run("um2n/swirl_coupled", *SMALL, "model.mover=identity", steps=1)
     assert ident.metrics["test/swirl_pde_error_reduction"] == 0.0
     assert ident.metrics["test/swirl_pde_error_uniform"] == ident.metrics["test/swirl_pde_error_moved"]
+
+
+def test_coupled_solve_runs_on_rank_zero_only_under_ddp():
+    """`common.steps.computed_once`: with several processes only global rank 0 computes, every rank receives rank 0's
+    result through the strategy's broadcast; without a trainer or with one process it just computes."""
+    from types import SimpleNamespace
+
+    from lit_models.common.steps import computed_once
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"error": 0.5}
+
+    sent = {}
+
+    def broadcast(obj, src=0):
+        sent["obj"], sent["src"] = obj, src
+        return {"error": 0.5}  # what rank 0 sent
+
+    def module(rank: int, world: int):
+        trainer = SimpleNamespace(world_size=world, is_global_zero=rank == 0,
+                                  strategy=SimpleNamespace(broadcast=broadcast))
+        return SimpleNamespace(_trainer=trainer)
+
+    assert computed_once(SimpleNamespace(_trainer=None), compute) == {"error": 0.5} and len(calls) == 1
+    assert computed_once(module(0, 1), compute) == {"error": 0.5} and len(calls) == 2
+    assert computed_once(module(1, 2), compute) == {"error": 0.5} and len(calls) == 2  # rank 1 computes nothing
+    assert sent == {"obj": None, "src": 0}
+    assert computed_once(module(0, 2), compute) == {"error": 0.5} and len(calls) == 3
+    assert sent == {"obj": {"error": 0.5}, "src": 0}

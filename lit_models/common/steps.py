@@ -13,3 +13,14 @@ class EvaluateOnValAndTest:
 
     def test_step(self, batch: Any, batch_idx: int = 0) -> None:
         self._evaluate(batch, "test")
+
+
+def computed_once(module: Any, compute: Any) -> Any:
+    """`compute()` run on global rank 0 only and its (picklable) result sent to every rank: for a deterministic,
+    minutes-long evaluation at an epoch's end (UM2N's coupled PDE solves) that each DDP rank would otherwise repeat.
+    Every rank then logs the same values. Without a trainer or with one process it is simply `compute()`."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None or trainer.world_size == 1:
+        return compute()
+    result = compute() if trainer.is_global_zero else None
+    return trainer.strategy.broadcast(result, src=0)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from launch.errors import UserError, check_min
 from lit_models.common import mesh as M
 from lit_models.common.pde import no_autocast
+from lit_models.common.steps import computed_once
 
 
 class GraphTransformerEncoder(nn.Module):
@@ -432,17 +433,19 @@ class UM2NModule(L.LightningModule):
             self._run_coupled_cylinder()
 
     def _run_coupled_swirl(self) -> None:
-        """The coupled swirl solve with this module as the mover (`um2n_coupled.coupled_swirl`); logs its metrics."""
+        """The coupled swirl solve with this module as the mover (`um2n_coupled.coupled_swirl`; on rank 0 only under
+        DDP, the result sent to every rank); logs its metrics."""
         from lit_models.pde.um2n_coupled import coupled_config, coupled_swirl
 
         cfg = coupled_config(self.hparams.coupled_swirl)
-        self._coupled = coupled_swirl(lambda g: self(g.to(self.device)).detach(), **cfg)
+        self._coupled = computed_once(self, lambda: coupled_swirl(lambda g: self(g.to(self.device)).detach(), **cfg))
         for k, v in self._coupled.metrics().items():
             self.log(f"test/{k}", v, sync_dist=True, batch_size=1)
 
     def _run_coupled_cylinder(self) -> None:
         """The coupled cylinder run with this module as the mover (`um2n_coupled_ns.coupled_cylinder`; mesh_seed null:
-        the datamodule's cylinder test mesh); logs its metrics."""
+        the datamodule's cylinder test mesh; on rank 0 only under DDP, the result sent to every rank); logs its
+        metrics."""
         from lit_models.pde.um2n_coupled_ns import coupled_cylinder, coupled_cylinder_config
 
         cfg = coupled_cylinder_config(self.hparams.coupled_cylinder)
@@ -454,7 +457,7 @@ class UM2NModule(L.LightningModule):
             with torch.no_grad():
                 return self(g.to(self.device)).detach()
 
-        self._coupled_cylinder = coupled_cylinder(mover, **cfg)
+        self._coupled_cylinder = computed_once(self, lambda: coupled_cylinder(mover, **cfg))
         for k, v in self._coupled_cylinder.metrics().items():
             self.log(f"test/{k}", v, sync_dist=True, batch_size=1)
 
