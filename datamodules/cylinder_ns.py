@@ -474,11 +474,9 @@ def make_ns_dataset(n_traj: int, n_steps: int, n_nodes: int = 600, n_ring: int =
     refine = int(o["refine"])
     pos, tri = cylinder_mesh(n_nodes, n_ring, centre, radius, seed=seed)
     ns = CylinderNS(cylinder_solver_mesh(pos, tri, centre, radius, refine), Re, U, dt, centre, radius)
-    rng = np.random.default_rng(seed + 1)
     om_unit = U / radius
-    params = np.stack([rng.uniform(-omega0_max, omega0_max, n_traj), rng.uniform(0, omega1_max, n_traj),
-                       rng.uniform(0.5, 1.5, n_traj), rng.uniform(0, 2 * np.pi, n_traj)], 1)
-    starts = _warmup_states(ns, warmup, phase_window, rng.integers(0, 1 << 30, n_traj))
+    params, warmup_seeds = trajectory_draws(seed, n_traj, omega0_max, omega1_max)
+    starts = _warmup_states(ns, warmup, phase_window, warmup_seeds)
     snap_every = _steps(dt_snap, dt)
     n_settle = _steps(settle, dt) if settle > 0 else 0
     s = starts
@@ -505,6 +503,16 @@ def make_ns_dataset(n_traj: int, n_steps: int, n_nodes: int = 600, n_ring: int =
     if not np.all(np.isfinite(data)):
         raise FloatingPointError(f"Navier-Stokes run diverged (Re={Re}, dt={dt}): reduce dt")
     return torch.from_numpy(data), np.full((n_traj, n_steps, 6), np.nan), ref
+
+
+def trajectory_draws(seed: int, n_traj: int, omega0_max: float, omega1_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """The random draws of `make_ns_dataset`'s trajectories (generator seeded with seed + 1): rotation parameters
+    (n_traj, 4) = (a0, a1, frequency, phase) of omega(t) = (U / R) (a0 + a1 sin(2 pi f t + phase)), then the seeds
+    (n_traj,) of the warm-up phases. One place, so a run that restarts from a dataset's state draws the same."""
+    rng = np.random.default_rng(seed + 1)
+    params = np.stack([rng.uniform(-omega0_max, omega0_max, n_traj), rng.uniform(0, omega1_max, n_traj),
+                       rng.uniform(0.5, 1.5, n_traj), rng.uniform(0, 2 * np.pi, n_traj)], 1)
+    return params, rng.integers(0, 1 << 30, n_traj)
 
 
 def _steps(T: float, dt: float) -> int:

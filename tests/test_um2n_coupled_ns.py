@@ -115,3 +115,21 @@ def test_um2n_module_logs_the_coupled_cylinder_metrics():
     ident = fast_run("um2n/cylinder_coupled", *SMALL, "model.mover=identity", steps=1)
     assert ident.metrics["test/cylinder_coupled_error_reduction"] == 0.0
     assert ident.metrics["test/cylinder_coupled_cd_mean_moved"] == ident.metrics["test/cylinder_coupled_cd_mean_fixed"]
+
+
+def test_developed_state_is_the_datasets_first_snapshot():
+    """`developed_state` reproduces snapshot 0 of `cylinder_ns.make_ns_dataset` (one trajectory, a fixed cylinder):
+    both take the warm-up seed from `cylinder_ns.trajectory_draws`, so the coupled run starts where the test data do."""
+    from datamodules.cylinder_flow import cylinder_mesh
+    from datamodules.cylinder_ns import CylinderNS, check_ns_params, cylinder_solver_mesh, make_ns_dataset
+    from lit_models.pde.um2n_coupled_ns import developed_state
+
+    opts = {"warmup": 0.2, "settle": 0.05, "omega0_max": 0.0, "omega1_max": 0.0}
+    n_nodes, seed = 225, 3
+    data, _, _ = make_ns_dataset(1, 1, n_nodes=n_nodes, n_ring=16, seed=seed, with_reference=False, **opts)
+    o = check_ns_params(**opts)
+    pos, tri = cylinder_mesh(n_nodes, 16, (0.3, 0.5), 0.1, seed=seed)
+    ns = CylinderNS(cylinder_solver_mesh(pos, tri, (0.3, 0.5), 0.1, int(o["refine"])), float(o["Re"]), float(o["U"]),
+                    float(o["dt"]), (0.3, 0.5), 0.1)
+    nodal = ns.nodal(developed_state(ns, o, seed), n_nodes)[0]
+    np.testing.assert_allclose(nodal, data[0, 0, :, 2:].double().numpy(), rtol=0, atol=1e-6)

@@ -128,14 +128,12 @@ def _cached(cache: str | Path | None, kind: str, key: dict, make: Callable[[], d
 
 def developed_state(ns, o: dict, seed: int):
     """The state the Navier-Stokes test snapshots start from (snapshot time 0 of `cylinder_ns.make_ns_dataset` with
-    one trajectory, options o, mesh seed `seed`, a fixed cylinder): the warm-up with the same phase draw, then
-    `settle` time units."""
-    from datamodules.cylinder_ns import _steps, _warmup_states
+    one trajectory, options o, mesh seed `seed`, a fixed cylinder): the warm-up with the same phase draw
+    (`cylinder_ns.trajectory_draws`), then `settle` time units."""
+    from datamodules.cylinder_ns import _steps, _warmup_states, trajectory_draws
 
-    rng = np.random.default_rng(seed + 1)
-    rng.uniform(-o["omega0_max"], o["omega0_max"], 1), rng.uniform(0, o["omega1_max"], 1)
-    rng.uniform(0.5, 1.5, 1), rng.uniform(0, 2 * np.pi, 1)            # make_ns_dataset's rotation draws
-    s = _warmup_states(ns, float(o["warmup"]), float(o["phase_window"]), rng.integers(0, 1 << 30, 1))
+    _, warmup_seeds = trajectory_draws(seed, 1, float(o["omega0_max"]), float(o["omega1_max"]))
+    s = _warmup_states(ns, float(o["warmup"]), float(o["phase_window"]), warmup_seeds)
     zero = np.zeros(1)
     for _ in range(_steps(float(o["settle"]), ns.dt) if o["settle"] > 0 else 0):
         s = ns.step(s, zero)
