@@ -174,8 +174,8 @@ class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
             self.u_scale.fill_(float(np.std(dm.data["obs"])))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
-        pred = self.interpolant(batch["x"].float())
-        loss = torch.mean((pred.float() - batch["u"].float() / self.u_scale) ** 2)
+        pred = self.interpolant(batch["x"].to(self.dtype))  # the module's dtype: float32, float64 under 64-true
+        loss = torch.mean((pred.to(self.dtype) - batch["u"].to(self.dtype) / self.u_scale) ** 2)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=1, sync_dist=True)
         return loss
 
@@ -328,7 +328,7 @@ class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
         return total
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
-        xy, obs = batch["xy"].float(), batch["obs"].float()
+        xy, obs = batch["xy"].to(self.dtype), batch["obs"].to(self.dtype)
         loss = 0.0
         for k, net in enumerate(self.nets):
             pred, w = net(xy), obs[k]

@@ -57,7 +57,7 @@ class SpectralConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # B x C x N  or  B x C x H x W
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.float()
+            x = x.to(self.weight.dtype)  # float32 (also under bf16 autocast), float64 under 64-true
             if self.dim == 1:
                 n = x.shape[-1]
                 xh = torch.fft.rfft(x, dim=-1)
@@ -282,8 +282,8 @@ class SemilinearOperatorModule(L.LightningModule):
         return self.model(y, mask, frame_mask)[0]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
-        u, y = batch["u"].float(), batch["y"].float()
-        mask = batch["mask"].float()
+        u, y = batch["u"].to(self.dtype), batch["y"].to(self.dtype)  # float32, or float64 under 64-true
+        mask = batch["mask"].to(self.dtype)
         t = u.shape[1]
         frame_mask = torch.ones(t, dtype=torch.bool)
         if self.hparams.train_alpha < 1.0:
@@ -291,7 +291,7 @@ class SemilinearOperatorModule(L.LightningModule):
             frame_mask[0] = True
         if self.hparams.train_init == "truth":  # the recursion starts from the window's true first state
             u, y, frame_mask, t = u[:, 1:], y[:, 1:], frame_mask[1:], t - 1
-            u_a, _, y_hat = self.model(y, mask, frame_mask, u0=batch["u"][:, 0].float())
+            u_a, _, y_hat = self.model(y, mask, frame_mask, u0=batch["u"][:, 0].to(self.dtype))
         else:
             u_a, _, y_hat = self.model(y, mask, frame_mask)
         state = F.mse_loss(u_a, u)
@@ -317,7 +317,7 @@ class SemilinearOperatorModule(L.LightningModule):
         """(errors B x (rollout + 1) for rollout frames 0..rollout, assimilated states B x T x N)."""
         hp = self.hparams
         alpha = hp.alpha if alpha is None else alpha
-        u, y, mask = batch["u"].float(), batch["y"].float(), batch["mask"].float()
+        u, y, mask = batch["u"].to(self.dtype), batch["y"].to(self.dtype), batch["mask"].to(self.dtype)
         t = hp.warmup + hp.rollout
         if u.shape[1] < t:
             raise ValueError(f"test trajectories have {u.shape[1]} frames, warm-up + rollout needs {t}")
@@ -329,7 +329,7 @@ class SemilinearOperatorModule(L.LightningModule):
     def _evaluate(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> None:
         hp = self.hparams
         err, u_a = self.rollout_errors(batch)
-        u = batch["u"].float()
+        u = batch["u"].to(self.dtype)
         window = err[:, hp.error_start: hp.error_end + 1].mean(1)
         space = u.shape[2:]
         one_step = self.relative_l2(self.model.predictor(u[:, :-1].reshape(-1, *space)),

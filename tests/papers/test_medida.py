@@ -11,13 +11,20 @@ from lit_models.dynamics.medida import Interpolant, build_library, discover, int
 from tests.papers.contract import fast_run
 
 
+def test_trains_in_float64():
+    """`trainer.precision=64-true`: the batch follows the module's dtype (no hard-coded float32 casts)."""
+    run = fast_run("medida", "trainer.precision=64-true", "data.n_snapshots=3", "data.spinup=20", steps=2)
+    run.assert_contract()
+    assert run.model.dtype == torch.float64 and next(run.model.parameters()).dtype == torch.float64
+
+
 @pytest.mark.parametrize("rff", [True, False])
 def test_fast_contract(rff):
     run = fast_run("medida", f"model.rff={str(rff).lower()}", "data.n_snapshots=3", "data.spinup=20")
     run.assert_contract()
     for key in ("test/uxxxx_rel_l2", "test/coef_error", "test/c_uxx", "test/n_wrong_terms"):
         assert key in run.metrics, sorted(run.metrics)
-    assert run.model(torch.rand(5, 1)).shape == (5, 3)
+    assert run.model(torch.rand(5, 1, dtype=run.model.dtype)).shape == (5, 3)
     figs = run.model.figures()
     assert set(figs) == {"derivatives", "coefficients"}
     import matplotlib.pyplot as plt

@@ -18,13 +18,22 @@ from tests.papers.contract import fast_run
 SMALL_DATA = ["data.n_train=8", "data.n_test=4", "data.steps_per_epoch=3", "data.batch_size=4"]
 
 
+def test_trains_in_float64():
+    """`trainer.precision=64-true`: batches and the spectral convolutions follow the module's dtype (no hard-coded
+    float32 casts)."""
+    run = fast_run("semilinear_operator", *SMALL_DATA, "model.rollout=20", "model.error_start=10",
+                   "model.error_end=20", "trainer.precision=64-true", steps=2)
+    run.assert_contract()
+    assert run.model.dtype == torch.float64 and all(p.dtype == torch.float64 for p in run.model.parameters())
+
+
 def test_fast_contract():
     run = fast_run("semilinear_operator", *SMALL_DATA, "model.rollout=20", "model.error_start=10",
                    "model.error_end=20")
     run.assert_contract()
     for key in ("test/rel_l2", "test/rel_l2_all", "test/one_step_rel_l2"):
         assert key in run.metrics, sorted(run.metrics)
-    y, mask = torch.zeros(2, 7, 64), torch.ones(64)
+    y, mask = torch.zeros(2, 7, 64, dtype=run.model.dtype), torch.ones(64, dtype=run.model.dtype)
     assert run.model(y, mask, torch.ones(7, dtype=torch.bool)).shape == (2, 7, 64)
     figs = run.model.figures()
     assert set(figs) == {"space_time"}
@@ -167,8 +176,9 @@ def test_fast_contract_two_dimensional_navier_stokes():
                    "data.steps_per_epoch=3", "data.batch_size=2", "data.unroll=4", "model.dim=2", "model.modes=4",
                    "model.width=8", "model.warmup=2", "model.rollout=8", "model.error_start=4", "model.error_end=8")
     run.assert_contract()
-    assert run.model(torch.zeros(2, 5, 16, 16), torch.ones(16, 16), torch.ones(5, dtype=torch.bool)).shape == \
-        (2, 5, 16, 16)
+    dtype = run.model.dtype
+    assert run.model(torch.zeros(2, 5, 16, 16, dtype=dtype), torch.ones(16, 16, dtype=dtype),
+                     torch.ones(5, dtype=torch.bool)).shape == (2, 5, 16, 16)
     figs = run.model.figures()
     assert set(figs) == {"snapshots"}
     import matplotlib.pyplot as plt
