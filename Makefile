@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 EXPERIMENT ?= lightgcn
 WORKERS ?= 2
 
-.PHONY: install demo test test-bf16 test-fast check bench clean-runs
+.PHONY: install demo test test-precision test-fast check bench clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,13 +28,16 @@ demo: install
 test: install
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline WANDB_SILENT=true \
 	  $(PY) -m pytest -n $(WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
-	$(if $(PYTEST_ARGS),,$(MAKE) --no-print-directory test-bf16)
+	$(if $(PYTEST_ARGS),,$(MAKE) --no-print-directory test-precision)
 
-# every paper's fast contract again under trainer.precision=bf16-mixed (autocast on the CPU, ~40 s): what must
-# stay in full precision (derivatives, metrics, figures) is checked here too, not only on a lent GPU
-test-bf16: install
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline WANDB_SILENT=true PAPERZOO_FAST_PRECISION=bf16-mixed \
-	  $(PY) -m pytest -n $(WORKERS) --dist loadfile -q -p no:cacheprovider tests/papers -m "not slow" -k fast
+# every paper's fast contract again under each trainer.precision in PRECISIONS (~40 s each on 2 workers):
+# bf16-mixed autocast on the CPU checks what must stay in full precision (derivatives, metrics, figures), not only
+# on a lent GPU; 64-true checks that batches and buffers follow the module's dtype (no hard-coded float32)
+PRECISIONS ?= bf16-mixed 64-true
+test-precision: install
+	set -e; for precision in $(PRECISIONS); do echo "== fast contracts under trainer.precision=$$precision"; \
+	  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline WANDB_SILENT=true PAPERZOO_FAST_PRECISION=$$precision \
+	  $(PY) -m pytest -n $(WORKERS) --dist loadfile -q -p no:cacheprovider tests/papers -m "not slow" -k fast; done
 
 test-fast: install
 	OMP_NUM_THREADS=1 WANDB_MODE=offline $(PY) -m pytest -n $(WORKERS) -m "not slow and not slurm" $(PYTEST_ARGS)

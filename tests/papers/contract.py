@@ -53,8 +53,9 @@ class FastRun:
 def fast_run(experiment: str, *overrides: str, steps: int = 3) -> FastRun:
     """`PAPERZOO_FAST_TRAINER=gpu` runs every paper's fast contract on a CUDA GPU with the trainer's automatic
     mixed precision (bf16-mixed where supported): the GPU check of scripts/gpu_check.sh.
-    `PAPERZOO_FAST_PRECISION=bf16-mixed` runs them under that trainer precision (`make test` does so on the CPU:
-    code that must stay in full precision under autocast is checked where CI has no GPU)."""
+    `PAPERZOO_FAST_PRECISION=<precision>` runs them under that trainer precision (`make test` does so on the CPU for
+    bf16-mixed and 64-true: code that must stay in full precision under autocast, and code that must follow the
+    module's dtype, are checked where CI has no GPU)."""
     trainer = os.environ.get("PAPERZOO_FAST_TRAINER")
     precision = os.environ.get("PAPERZOO_FAST_PRECISION")
     cfg = zconfig.compose([f"experiment={experiment}", *([f"trainer={trainer}"] if trainer else []), *FAST,

@@ -35,7 +35,8 @@ def test_fast_contract_oscillator(causal):
     run.assert_contract()
     for key in ("test/rel_l2", "test/causality_ratio", "test/min_weight", "test/epsilon"):
         assert key in run.metrics, sorted(run.metrics)
-    assert run.model(torch.rand(5), torch.zeros(5)).shape == (5, 2)
+    dtype = run.model.dtype
+    assert run.model(torch.rand(5, dtype=dtype), torch.zeros(5, dtype=dtype)).shape == (5, 2)
     figs = run.model.figures()
     assert set(figs) == {"field", "causal_weights"}
     _close_figures(figs)

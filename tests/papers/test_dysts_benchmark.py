@@ -33,7 +33,7 @@ def test_fast_contract():
     for key in ("train/loss", "test/smape", "test/smape_naive", "test/nrmse", "test/vpt"):
         assert key in run.metrics, sorted(run.metrics)
     assert 0.0 <= run.metrics["test/vpt"] <= 25 * 0.151 * 5.9086 / 50 + 1e-6  # at most the horizon, in Lyapunov times
-    assert run.model(torch.randn(4, 30)).shape == (4, 25)
+    assert run.model(torch.randn(4, 30, dtype=run.model.dtype)).shape == (4, 25)
     figs = run.model.figures()
     assert set(figs) == {"forecast"}
     import matplotlib.pyplot as plt

@@ -32,7 +32,7 @@ def test_fast_contract_advection():
     assert model.done and model.step_index == 3 and run.metrics["test/steps_done"] == 2
     assert run.metrics["global_step"] == 4  # 2 IC iterations + 2 steps x 1 iteration, then the module stops
     assert len(model.snapshots) == 3
-    assert model(torch.rand(5, 1)).shape == (5, 1)
+    assert model(torch.rand(5, 1, dtype=model.field_dtype)).shape == (5, 1)
     figs = model.figures()
     assert set(figs) == {"pulse_profile", "field"}
     _close(figs)

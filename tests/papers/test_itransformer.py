@@ -17,7 +17,7 @@ def test_fast_contract(use_attention):
     run.assert_contract()
     for key in ("test/mse", "test/mae", "test/mse_follower", "test/mse_leader"):
         assert key in run.metrics, sorted(run.metrics)
-    x = torch.randn(2, 96, 8)
+    x = torch.randn(2, 96, 8, dtype=run.model.dtype)
     assert run.model(x).shape == (2, 24, 8)
     figs = run.model.figures()
     assert set(figs) == {"forecast"}

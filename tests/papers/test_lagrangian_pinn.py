@@ -42,7 +42,7 @@ def test_fast_contract(overrides):
     run = fast_run("lagrangian_pinn", *SMALL, *overrides)
     run.assert_contract()
     assert {"test/rel_l2", "test/rel_l2_grid"} <= set(run.metrics), sorted(run.metrics)
-    out = run.model(torch.rand(5), torch.rand(5))
+    out = run.model(torch.rand(5, dtype=run.model.dtype), torch.rand(5, dtype=run.model.dtype))
     lpinn = "model.method=pinn" not in overrides
     if lpinn:
         assert out[0].shape == (5,) and out[1].shape == (5,)

@@ -18,7 +18,7 @@ def test_fast_contract(tmp_path):
     run.assert_contract()
     for key in ("test/rel_l2", "test/rel_h1", "test/boundary_rel_l2"):
         assert key in run.metrics, sorted(run.metrics)
-    assert run.model(torch.zeros(2, 1, 16, 16)).shape == (2, 1, 16, 16)
+    assert run.model(torch.zeros(2, 1, 16, 16, dtype=run.model.dtype)).shape == (2, 1, 16, 16)
     figs = run.model.figures()
     assert set(figs) == {"fields"}
     import matplotlib.pyplot as plt

@@ -73,7 +73,7 @@ def test_fast_contract_two_branch_with_a_fitted_dmm():
     assert bool(m.mover_ready) and all(not p.requires_grad for p in m.mover.parameters())
     assert any(n.startswith("net.gnn_moved.") for n in run.coverage.touched)
     assert any(n.startswith("net.itp.") for n in run.coverage.touched)
-    traj = torch.randn(2, 6, 12, 12)
+    traj = torch.randn(2, 6, 12, 12, dtype=m.dtype)
     m.eval()
     assert m.rollout(traj).shape == (2, 5, 12, 12)
     moved = m.moved_nodes(traj[:, 0])
