@@ -3,8 +3,10 @@ bf16-mixed (and 16-mixed on CUDA) against 32-true in the same run, each through 
 trainer built from the experiment's config (Lightning's precision plugin, not a hand-written autocast).
 
 Full mode on a CUDA GPU runs paper-like sizes (iTransformer in the paper's Traffic setting, 862 variate tokens,
-MgNO on a 128 x 128 grid with 32 channels, LightGCN on MovieLens-100K at batch 2048); quick mode runs the CPU-scale configs for a few steps (a smoke test of the path;
-CPU bf16 timings say little). The ratio is step_s(precision) / step_s(32-true): below 1, mixed precision is faster.
+MgNO on a 128 x 128 grid with 32 channels, LightGCN on MovieLens-100K at batch 2048); quick mode runs the CPU-scale
+configs for a few steps (a smoke test of the path; CPU bf16 timings say little). The ratio is
+step_s(precision) / step_s(32-true): below 1, the precision is faster than float32. On CUDA also "32-true+tf32":
+float32 weights and activations with TF32 matmuls (`matmul_precision=high`).
 """
 from __future__ import annotations
 
@@ -65,8 +67,9 @@ def case(experiment: str, precision: str, *, quick: bool, device: str) -> dict:
     from launch import train
 
     steps, warmup = (4, 1) if quick else (60, 10)
+    trainer_precision, _, matmul = precision.partition("+")  # "32-true+tf32": TF32 matmuls (matmul_precision=high)
     overrides = [f"experiment={experiment}", *COMMON, *CASES[experiment]["quick" if quick else "full"],
-                 f"trainer.precision={precision}", f"trainer.max_steps={steps}", f"trainer.limit_train_batches={steps}",
+                 f"trainer.precision={trainer_precision}", f"matmul_precision={'high' if matmul else 'highest'}", f"trainer.max_steps={steps}", f"trainer.limit_train_batches={steps}",
                  "trainer.max_epochs=1000", *(["trainer=gpu"] if device == "cuda" else [])]
     timer = _timer_callback(device)
     train.run(zconfig.compose(overrides), make_run_dir=False, extra_callbacks=[timer])
@@ -78,7 +81,7 @@ def run(quick: bool = False, device: str | None = None) -> list[dict]:
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() and not quick else "cpu")
-    precisions = ["32-true", "bf16-mixed"] + (["16-mixed"] if device == "cuda" else [])
+    precisions = ["32-true", "bf16-mixed"] + (["32-true+tf32", "16-mixed"] if device == "cuda" else [])
     rows = []
     for experiment in CASES:
         base = None

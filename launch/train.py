@@ -153,6 +153,7 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     _quiet_known_warnings()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    torch.set_float32_matmul_precision(_matmul_precision(cfg))
     if make_run_dir:
         cfg = runs.assign_run_id(cfg)
     L.seed_everything(_seed(cfg), workers=True, verbose=False)
@@ -186,6 +187,15 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     if run_dir is not None and trainer.is_global_zero:
         _finish(trainer, run_dir, metrics)
     return metrics
+
+
+def _matmul_precision(cfg: DictConfig) -> str:
+    """`matmul_precision` (highest | high | medium; null: highest) for torch.set_float32_matmul_precision; anything else
+    is a one-line config error."""
+    value = cfg.get("matmul_precision") or "highest"
+    if value not in ("highest", "high", "medium"):
+        raise UserError(f"matmul_precision must be highest, high or medium, got {value!r}")
+    return value
 
 
 def _seed(cfg: DictConfig) -> int | None:
