@@ -54,6 +54,15 @@ def test_graded_mover_runs_untangled():
     assert res.metrics()["swirl_coupled_mass_change_moved"] == res.extra["mass_change_moved"]
 
 
+def test_unstable_step_is_reported():
+    """A step far beyond the DG1 + SSPRK3 limit blows the solve up: a warning names the CFL number, and the
+    metrics carry the CFL numbers of both meshes."""
+    with pytest.warns(UserWarning, match="blew up"):
+        res = coupled_swirl(lambda g: g.pos, **{**TINY, "dt": 0.05, "t_end": 0.5})
+    m = res.metrics()
+    assert m["swirl_coupled_cfl_uniform"] == m["swirl_coupled_cfl_moved_max"] > 1.0
+
+
 def test_numerical_monitor_graph_has_the_swirl_graph_layout():
     g_exact = swirl_graph(9, 0.0)
     pos, tri = M.unit_square_mesh(9)

@@ -30,6 +30,7 @@ only where it is untangled (here: every recorded time; the inverted count is rep
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -124,7 +125,9 @@ class CoupledSwirlResult:
                 "swirl_coupled_tangled_meshes": float(np.sum(self.inverted > 0)),
                 "swirl_coupled_seconds_per_step": self.wall_seconds / max(self.n_steps, 1),
                 "swirl_coupled_mass_change_uniform": float(self.extra.get("mass_change_uniform", np.nan)),
-                "swirl_coupled_mass_change_moved": float(self.extra.get("mass_change_moved", np.nan))}
+                "swirl_coupled_mass_change_moved": float(self.extra.get("mass_change_moved", np.nan)),
+                "swirl_coupled_cfl_uniform": float(self.extra.get("cfl_uniform", np.nan)),
+                "swirl_coupled_cfl_moved_max": float(self.extra.get("cfl_moved_max", np.nan))}
 
 
 def swirl_velocity_field(alpha: float, T: float) -> Callable[[np.ndarray, float], np.ndarray]:
@@ -201,6 +204,11 @@ def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: fl
             e_mov.append(float(np.sqrt(np.mean((D.evaluate(pos_mov, tri, u_mov, x) - exact_y) ** 2))))
     wall = time.perf_counter() - start
     t_fin = n_steps * dt
+    bound = 2.0 * float(np.abs(u0(pos0)).max())  # DG1 upwind overshoots a little, never by a factor 2
+    for name, u, cfl in (("moved", u_mov, extra["cfl_moved_max"]), ("uniform", u_uni, extra["cfl_uniform"])):
+        if not np.all(np.isfinite(u)) or np.abs(u).max() > bound:
+            warnings.warn(f"coupled swirl: the {name}-mesh solve blew up (CFL number dt max|c| / min inradius "
+                          f"{cfl:.2f}): reduce model.coupled_swirl.dt", stacklevel=2)
 
     def exact_final(p: np.ndarray) -> np.ndarray:
         if abs(t_fin - sw["T"]) < 1e-9:  # the swirl has reversed: u(T) = u0 exactly
