@@ -144,3 +144,20 @@ def test_coupled_solve_runs_on_rank_zero_only_under_ddp():
     assert sent == {"obj": None, "src": 0}
     assert computed_once(module(0, 2), compute) == {"error": 0.5} and len(calls) == 3
     assert sent == {"obj": {"error": 0.5}, "src": 0}
+
+
+def test_coupled_solve_under_two_ddp_ranks(tmp_path):
+    """`zoo train ... trainer=ddp trainer.devices=2` (gloo): rank 0 solves, rank 1 waits in the broadcast, both log
+    the same coupled metrics; no hang, finite metrics in the run's final_metrics.json."""
+    import json
+
+    from tests.conftest import zoo_subprocess
+
+    proc = zoo_subprocess("train", "experiment=um2n/swirl_coupled", *SMALL, "model.coupled_swirl.ma_baseline=false",
+                          "trainer.max_steps=2", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+                          "logger=csv", "progress_bar=false", f"runs_root={tmp_path}", check=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert "GLOBAL_RANK: 0" in log and "GLOBAL_RANK: 1" in log
+    final = json.loads(next(tmp_path.glob("*/*/final_metrics.json")).read_text())
+    for key in ("test/swirl_pde_error_uniform", "test/swirl_pde_error_moved", "test/swirl_pde_error_reduction"):
+        assert np.isfinite(final[key]), key
