@@ -215,12 +215,13 @@ def project(src_pos: np.ndarray, src_tri: np.ndarray, u: np.ndarray, dst_pos: np
     """L2 projection of the DG1 field u on (src_pos, src_tri) onto DG1 on (dst_pos, dst_tri) (default: the same
     connectivity, e.g. a moved mesh): exact and conservative, by the supermesh of the two meshes
     (`common.supermesh`, as Firedrake's cross-mesh `project`); the same mesh gives u back."""
-    from lit_models.common.supermesh import supermesh_project
+    from lit_models.common.supermesh import supermesh_load
 
     dst_tri = src_tri if dst_tri is None else dst_tri
     if dst_tri is src_tri and np.array_equal(src_pos, dst_pos):
         return np.array(u, np.float64, copy=True)
-    return supermesh_project(src_pos, src_tri, u, dst_pos, dst_tri)
+    area = np.abs(M.signed_areas(np.asarray(dst_pos, np.float64), dst_tri))
+    return apply_inverse_mass(supermesh_load(src_pos, src_tri, u, dst_pos, dst_tri), area)
 
 
 def l2_error(pos: np.ndarray, tri: np.ndarray, u: np.ndarray, exact: Callable[[np.ndarray], np.ndarray],

@@ -8,8 +8,9 @@ For a target triangle K and DG1 basis function phi_i^K,
 where u_S is the (linear) source field on the source triangle S. K cap S is convex (an intersection of two
 triangles; Sutherland-Hodgman clipping of S by K's three edges, vectorised over all candidate pairs); the product
 of two linear functions is quadratic, so the fan triangulation of each polygon with the three-edge-midpoint rule
-integrates it exactly. Then u_new = M_K^{-1} r_K per element. Since the constants lie in DG1, int u_new = int u to
-round-off wherever the meshes cover the same region (untangled meshes of the same domain).
+integrates it exactly. `dg_advection.project` then applies the element inverse mass, u_new = M_K^{-1} r_K. Since
+the constants lie in DG1, int u_new = int u to round-off wherever the meshes cover the same region (untangled
+meshes of the same domain).
 """
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 MAX_VERTICES = 9  # a triangle clipped by three half-planes has at most 6 vertices; room to spare
+
+
+def _cross(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """(b - a) x (c - a) over the last axis (x, y): twice the signed area of the triangles (a, b, c)."""
+    return (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
 
 
 def _centroid_radius(pos: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,15 +54,13 @@ def clip_by_triangles(subject: np.ndarray, clip: np.ndarray) -> tuple[np.ndarray
     count = np.full(n, 3)
     rows = np.arange(n)
     # orient each clip triangle counter-clockwise, so "inside" is the left of each directed edge
-    a, b, c = clip[:, 0], clip[:, 1], clip[:, 2]
-    ccw = ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])) >= 0
+    ccw = _cross(clip[:, 0], clip[:, 1], clip[:, 2]) >= 0
     clip = np.where(ccw[:, None, None], clip, clip[:, ::-1])
     for e in range(3):
         p0, p1 = clip[:, e], clip[:, (e + 1) % 3]
-        edge = p1 - p0
 
-        def side(q: np.ndarray, p0=p0, edge=edge) -> np.ndarray:  # > 0: left of the edge (inside)
-            return edge[:, 0] * (q[:, 1] - p0[:, 1]) - edge[:, 1] * (q[:, 0] - p0[:, 0])
+        def side(q: np.ndarray, p0=p0, p1=p1) -> np.ndarray:  # > 0: left of the edge (inside)
+            return _cross(p0, p1, q)
 
         out = np.zeros_like(poly)
         out_count = np.zeros(n, np.int64)
@@ -86,17 +90,15 @@ def clip_by_triangles(subject: np.ndarray, clip: np.ndarray) -> tuple[np.ndarray
 def _barycentric(tri_pts: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Barycentric coordinates (N, M, 3) of points q (N, M, 2) in triangles tri_pts (N, 3, 2)."""
     a, b, c = tri_pts[:, None, 0], tri_pts[:, None, 1], tri_pts[:, None, 2]
-    det = (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
-    d = q - a
-    l1 = (d[..., 0] * (c[..., 1] - a[..., 1]) - d[..., 1] * (c[..., 0] - a[..., 0])) / det
-    l2 = (d[..., 1] * (b[..., 0] - a[..., 0]) - d[..., 0] * (b[..., 1] - a[..., 1])) / det
+    det = _cross(a, b, c)
+    l1, l2 = _cross(a, q, c) / det, _cross(a, b, q) / det
     return np.stack([1 - l1 - l2, l1, l2], -1)
 
 
-def supermesh_project(src_pos: np.ndarray, src_tri: np.ndarray, u: np.ndarray, dst_pos: np.ndarray,
-                      dst_tri: np.ndarray) -> np.ndarray:
-    """The L2 projection (T_dst, 3) of the DG1 field u (T_src, 3) onto DG1 on (dst_pos, dst_tri), exact (module
-    docstring)."""
+def supermesh_load(src_pos: np.ndarray, src_tri: np.ndarray, u: np.ndarray, dst_pos: np.ndarray,
+                   dst_tri: np.ndarray) -> np.ndarray:
+    """r (T_dst, 3): r_{K,i} = int_K u phi_i^K dx for the DG1 field u (T_src, 3) on (src_pos, src_tri) and the DG1
+    basis on (dst_pos, dst_tri), exact (module docstring)."""
     src_pos, dst_pos = np.asarray(src_pos, np.float64), np.asarray(dst_pos, np.float64)
     s_idx, t_idx = overlap_pairs(src_pos, src_tri, dst_pos, dst_tri)
     src_pts, dst_pts = src_pos[src_tri[s_idx]], dst_pos[dst_tri[t_idx]]
@@ -107,14 +109,9 @@ def supermesh_project(src_pos: np.ndarray, src_tri: np.ndarray, u: np.ndarray, d
         if not fan.any():
             break
         v0, v1, v2 = poly[fan, 0], poly[fan, j], poly[fan, j + 1]
-        area = 0.5 * np.abs((v1[:, 0] - v0[:, 0]) * (v2[:, 1] - v0[:, 1]) - (v1[:, 1] - v0[:, 1]) * (v2[:, 0] - v0[:, 0]))
+        area = 0.5 * np.abs(_cross(v0, v1, v2))
         mids = np.stack([(v0 + v1) / 2, (v1 + v2) / 2, (v2 + v0) / 2], 1)  # (F, 3, 2): exact for quadratics
         u_s = np.einsum("fmk,fk->fm", _barycentric(src_pts[fan], mids), u[s_idx[fan]])
         phi = _barycentric(dst_pts[fan], mids)  # (F, 3 points, 3 basis functions)
-        contrib = (area / 3)[:, None] * np.einsum("fm,fmi->fi", u_s, phi)
-        np.add.at(r, t_idx[fan], contrib)
-    # element mass matrix of DG1 on K: (|K| / 12) (I + J) (J all ones); its inverse is (3 / |K|) (4 I - J)
-    d = dst_pos[dst_tri]
-    area_k = 0.5 * np.abs((d[:, 1, 0] - d[:, 0, 0]) * (d[:, 2, 1] - d[:, 0, 1])
-                          - (d[:, 1, 1] - d[:, 0, 1]) * (d[:, 2, 0] - d[:, 0, 0]))
-    return (3.0 / area_k)[:, None] * (4.0 * r - r.sum(1, keepdims=True))
+        np.add.at(r, t_idx[fan], (area / 3)[:, None] * np.einsum("fm,fmi->fi", u_s, phi))
+    return r
