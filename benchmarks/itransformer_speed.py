@@ -46,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from launch.errors import UserError
+
 MARK = "@@ITRANSFORMER_BENCH@@ "
 ROOT = Path(__file__).resolve().parents[1]
 GIB_MIB = 1024.0
@@ -338,8 +340,17 @@ def _spawn(case: str, data_dir: Path, device: str = "cpu", timeout: float = 900)
     return {"case": label, "error": f"exit {code}: {tail[-400:]}"}
 
 
-def run(quick: bool) -> list[dict]:
-    """Run every case and return the table rows (full: one fresh subprocess per case; quick: in this process)."""
+def run(quick: bool, device: str | None = None) -> list[dict]:
+    """Run every case and return the table rows (full: one fresh subprocess per case, on the CPU and, when CUDA is
+    available, on the GPU; `device` ("cpu" or "cuda", `zoo bench itransformer --device cuda`) runs that one only;
+    quick: in this process, on the CPU)."""
+    if device not in (None, "cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU on this machine")
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="itransformer_bench_") as tmp:
         data_dir = Path(tmp) / "etth1"
@@ -361,6 +372,8 @@ def run(quick: bool) -> list[dict]:
                     devices.append("cuda")
             except ImportError:
                 pass
+            if device is not None:
+                devices = [device]
             for device in devices:
                 for case in CASES:
                     res = _spawn(case, data_dir, device)

@@ -10,7 +10,7 @@
 #                  (PAPERZOO_FAST_TRAINER=gpu, tests/papers/contract.py)
 #   precision.log + precision_speed.json   `zoo bench mixed_precision`: step time at bf16-mixed / 16-mixed vs
 #                  32-true through the trainer (benchmarks/precision_speed.py)
-#   bench.log + itransformer_speed.json   `zoo bench itransformer` (CUDA rows added when a GPU is present)
+#   bench.log + itransformer_speed.json   `zoo bench itransformer --device cuda` (its CUDA rows only)
 #   summary.txt    exit status and seconds of each step
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,5 +47,5 @@ step fast_contracts_on_gpu 150 fast_gpu.log env PAPERZOO_FAST_TRAINER=gpu "$PY" 
   -k fast -n 8 -q -p no:cacheprovider --timeout 120
 # benchmark tables go to a scratch folder and only their .json come back (the device tool returns 8 files at most)
 step bench_mixed_precision 120 precision.log "$PY" -m launch.cli bench mixed_precision --out /tmp/paperzoo_bench
-step bench_itransformer 90 bench.log "$PY" -m launch.cli bench itransformer --out /tmp/paperzoo_bench
+step bench_itransformer 90 bench.log "$PY" -m launch.cli bench itransformer --device cuda --out /tmp/paperzoo_bench
 cp /tmp/paperzoo_bench/precision_speed.json /tmp/paperzoo_bench/itransformer_speed.json "$OUT"/ 2>/dev/null

@@ -32,6 +32,17 @@ def test_itransformer_speed_quick():
     assert itransformer_speed.SUMMARY
 
 
+def test_itransformer_speed_rejects_a_bad_device():
+    from benchmarks import itransformer_speed
+    from launch.errors import UserError
+
+    with pytest.raises(UserError, match="--device"):
+        itransformer_speed.run(quick=True, device="tpu")
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            itransformer_speed.run(quick=True, device="cuda")
+
+
 def test_itransformer_reference_computes_the_same_function():
     """The official-structure timing reference (Conv1d FFN, einsum attention) equals our iTransformer with copied
     weights and dropout off, with and without timestamp tokens: the speed comparison is between equal models."""
