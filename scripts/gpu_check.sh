@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check, for a session that is lent a CUDA machine (one short run; ~7 min on one H200):
+# The prepared GPU check, for a session that is lent a CUDA machine (one run; ~5-8 min on one H200, boxes 580 s):
 #   here:  bash scripts/gpu_wheels.sh          (once: wheels of what the GPU image lacks, into .whl/)
 #   there: bash scripts/gpu_check.sh           (device tool: carry [".whl"], timeout_s 600; results under $OUT)
 # Steps, each time-boxed, each result in its own file under $OUT (default runs/gpu_check):
@@ -47,5 +47,5 @@ step fast_contracts_on_gpu 150 fast_gpu.log env PAPERZOO_FAST_TRAINER=gpu "$PY" 
   -k fast -n 8 -q -p no:cacheprovider --timeout 120
 # benchmark tables go to a scratch folder and only their .json come back (the device tool returns 8 files at most)
 step bench_mixed_precision 120 precision.log "$PY" -m launch.cli bench mixed_precision --out /tmp/paperzoo_bench
-step bench_itransformer 90 bench.log "$PY" -m launch.cli bench itransformer --device cuda --out /tmp/paperzoo_bench
+step bench_itransformer 200 bench.log "$PY" -m launch.cli bench itransformer --device cuda --out /tmp/paperzoo_bench
 cp /tmp/paperzoo_bench/precision_speed.json /tmp/paperzoo_bench/itransformer_speed.json "$OUT"/ 2>/dev/null
