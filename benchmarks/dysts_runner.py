@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.timing import check_device
 from launch.errors import UserError
 
 SUMMARY = ("Forecast sMAPE (%) of naive / ridge AR / N-BEATS-lite per dysts system (offline default: 25 steps = half "
@@ -162,14 +163,6 @@ def _nbeats(train: np.ndarray, xte: np.ndarray, steps: int, seed: int = 0, horiz
         return model(z).double().cpu().numpy() * sd + mu
 
 
-def _check_device(device: str) -> str:
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"--device must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible to torch")
-    return device
-
-
 # ---------------------------------------------------------------------------------------------------- data
 def _integrated_task(name: str):
     """Offline default: (train, xte, yte, horizon) from an integrated trajectory."""
@@ -260,7 +253,7 @@ def run(quick: bool = False, out_dir: Path | None = None, systems: list[str] | s
     out_dir = Path(out_dir) if out_dir is not None else Path("runs") / "bench"
     if merge:
         return merge_shards(out_dir, quick, dataset)
-    device = _check_device(device)
+    device = check_device(device)
     part = parse_shard(shard)
     task, file_systems = _integrated_task, None
     if dataset is not None:

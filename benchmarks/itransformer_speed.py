@@ -46,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from launch.errors import UserError
+from benchmarks.timing import check_device, device_sync
 
 MARK = "@@ITRANSFORMER_BENCH@@ "
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,12 +171,6 @@ def _training_step(model_name: str, horizon: int, quick: bool, device: str = "cp
     return step, info
 
 
-def _sync(device: str):
-    import torch
-
-    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-
 def case_step(model_name: str, horizon: int, quick: bool, device: str = "cpu") -> dict:
     """Bare training steps of one model on fixed random ETTh1-shaped batches (its own process: peak RSS)."""
     import torch
@@ -186,7 +180,7 @@ def case_step(model_name: str, horizon: int, quick: bool, device: str = "cpu") -
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_before = _maxrss_mib()
-    sync = _sync(device)
+    sync = device_sync(device)
     for i in range(cfg["warmup"]):
         step(i)
     sync()
@@ -217,7 +211,7 @@ def case_pair(horizon: int, quick: bool, device: str = "cpu") -> dict:
     ref, ref_info = _training_step("ref", horizon, quick, device)
     cpu0, t_start = _cpu_s(), time.perf_counter()
     times = interleaved_step_times({"itm": ours, "ref": ref}, rounds=cfg["pair_rounds"], block=cfg["pair_block"],
-                                   warmup=cfg["warmup"], sync=_sync(device))
+                                   warmup=cfg["warmup"], sync=device_sync(device))
     wall = time.perf_counter() - t_start
     summary = paired_speed_ratio(times["itm"], times["ref"])
     return {**info, **summary, "step_s": summary["ours_step_s"], "ref_step_s": summary["baseline_step_s"],
@@ -344,13 +338,7 @@ def run(quick: bool, device: str | None = None) -> list[dict]:
     """Run every case and return the table rows (full: one fresh subprocess per case, on the CPU and, when CUDA is
     available, on the GPU; `device` ("cpu" or "cuda", `zoo bench itransformer --device cuda`) runs that one only;
     quick: in this process, on the CPU)."""
-    if device not in (None, "cpu", "cuda"):
-        raise UserError(f"--device must be cpu or cuda, got {device!r}")
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU on this machine")
+    devices = [check_device(device)] if device is not None else None
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="itransformer_bench_") as tmp:
         data_dir = Path(tmp) / "etth1"
@@ -364,19 +352,13 @@ def run(quick: bool, device: str | None = None) -> list[dict]:
                     res = {"case": case, "error": f"{type(err).__name__}: {err}"[:400]}
                 results[res["case"]] = res
         else:
-            devices = ["cpu"]
-            try:
+            if devices is None:
                 import torch
 
-                if torch.cuda.is_available():
-                    devices.append("cuda")
-            except ImportError:
-                pass
-            if device is not None:
-                devices = [device]
-            for device in devices:
+                devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+            for dev in devices:
                 for case in CASES:
-                    res = _spawn(case, data_dir, device)
+                    res = _spawn(case, data_dir, dev)
                     results[res["case"]] = res
     return build_rows(results, quick)
 

@@ -25,7 +25,8 @@ from lit_models.common.monge_ampere import CosineMongeAmpere
 
 SUMMARY = ("`ratio` = baseline seconds / ours seconds (> 1: the learned mover is faster than that solve); "
            "baseline `ma_fd` is the finite-difference MA relaxation, `ma_cosine` the cosine-series MA solve, "
-           "`equidistribution_1d` the exact separable solve; timings on 1 thread of a shared CPU (inflated when other jobs run).")
+           "`equidistribution_1d` the exact separable solve; timings on 1 thread of a shared CPU (inflated when "
+           "other jobs run).")
 
 
 def _time(fn, repeats: int) -> float:

@@ -41,9 +41,10 @@ COMMON = ["logger=none", "progress_bar=false", "trainer.enable_model_summary=fal
 def _timer_callback(device: str):
     """A Lightning callback recording each training batch's wall time (synchronising the GPU at both ends)."""
     import lightning as L
-    import torch
 
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    from benchmarks.timing import device_sync
+
+    sync = device_sync(device)
 
     class StepTimer(L.Callback):
         def __init__(self) -> None:
@@ -69,8 +70,9 @@ def case(experiment: str, precision: str, *, quick: bool, device: str) -> dict:
     steps, warmup = (4, 1) if quick else (60, 10)
     trainer_precision, _, matmul = precision.partition("+")  # "32-true+tf32": TF32 matmuls (matmul_precision=high)
     overrides = [f"experiment={experiment}", *COMMON, *CASES[experiment]["quick" if quick else "full"],
-                 f"trainer.precision={trainer_precision}", f"matmul_precision={'high' if matmul else 'highest'}", f"trainer.max_steps={steps}", f"trainer.limit_train_batches={steps}",
-                 "trainer.max_epochs=1000", *(["trainer=gpu"] if device == "cuda" else [])]
+                 f"trainer.precision={trainer_precision}", f"matmul_precision={'high' if matmul else 'highest'}",
+                 f"trainer.max_steps={steps}", f"trainer.limit_train_batches={steps}", "trainer.max_epochs=1000",
+                 *(["trainer=gpu"] if device == "cuda" else [])]
     timer = _timer_callback(device)
     train.run(zconfig.compose(overrides), make_run_dir=False, extra_callbacks=[timer])
     timed = timer.times[warmup:]
@@ -80,7 +82,9 @@ def case(experiment: str, precision: str, *, quick: bool, device: str) -> dict:
 def run(quick: bool = False, device: str | None = None) -> list[dict]:
     import torch
 
-    device = device or ("cuda" if torch.cuda.is_available() and not quick else "cpu")
+    from benchmarks.timing import check_device
+
+    device = check_device(device or ("cuda" if torch.cuda.is_available() and not quick else "cpu"))
     precisions = ["32-true", "bf16-mixed"] + (["32-true+tf32", "16-mixed"] if device == "cuda" else [])
     rows = []
     for experiment in CASES:

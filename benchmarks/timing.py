@@ -12,6 +12,27 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 
+from launch.errors import UserError
+
+
+def check_device(device: str) -> str:
+    """A benchmark's `--device`: cpu, or cuda where torch sees a GPU; anything else is a one-line UserError."""
+    import torch
+
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to torch")
+    return device
+
+
+def device_sync(device: str) -> Callable[[], None]:
+    """What to call before reading the clock: torch.cuda.synchronize on a GPU (kernels run asynchronously), else
+    nothing."""
+    import torch
+
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
 
 def interleaved_step_times(steps: Mapping[str, Callable[[int], None]], *, rounds: int, block: int,
                            warmup: int = 2, sync: Callable[[], None] | None = None,

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Wheels for the GPU check machine (Python 3.12, no package index there): the packages paperzoo needs that its
-# image lacks (hydra-core, omegaconf, antlr4, submitit, dysts + gluonts + pydantic, recbole for MovieLens, scikit-fem for the
-# Navier-Stokes data), at the
-# versions of this checkout's .venv, into .whl/ (git-ignored, ~32 MiB). Run here, then carry `.whl` with
+# image lacks (hydra-core, omegaconf, antlr4, submitit, dysts + gluonts + pydantic, recbole for MovieLens,
+# scikit-fem for the Navier-Stokes data), at the versions of this checkout's .venv, into .whl/ (git-ignored,
+# ~32 MiB). Run here, then carry `.whl` with
 # scripts/gpu_check.sh. W&B is left out: the GPU check runs with logger=none / WANDB_MODE=disabled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
