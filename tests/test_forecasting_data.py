@@ -120,7 +120,8 @@ def test_download_path_through_fetch(tmp_path, monkeypatch):
 
 def test_table_checksum_is_verified(tmp_path, monkeypatch):
     """A table entry with a sha256 (the ETT files) is verified: a file that differs from it is a one-line error and
-    nothing is cached; the matching file loads. A user's data.url for the same dataset is trusted on first use."""
+    nothing is cached; the matching file loads. (A user's data.url is trusted on first use instead:
+    test_download_path_through_fetch.)"""
     import dataclasses
 
     from datamodules import forecasting

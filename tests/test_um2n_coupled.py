@@ -147,8 +147,8 @@ def test_coupled_solve_runs_on_rank_zero_only_under_ddp():
 
 
 def test_coupled_solve_under_two_ddp_ranks(tmp_path):
-    """`zoo train ... trainer=ddp trainer.devices=2` (gloo): rank 0 solves, rank 1 waits in the broadcast, both log
-    the same coupled metrics; no hang, finite metrics in the run's final_metrics.json."""
+    """`zoo train ... trainer=ddp trainer.devices=2` (gloo): rank 0 solves, rank 1 waits in the broadcast; the run
+    ends (no hang) with finite coupled metrics in its final_metrics.json."""
     import json
 
     from tests.conftest import zoo_subprocess
