@@ -64,6 +64,7 @@ class ClaimResult:
     seconds: float
     swapped: dict = field(default_factory=dict)
     known_gap: str | None = None  # a claim of the paper that this implementation does not reproduce, and why
+    steps: dict[str, int] = field(default_factory=dict)  # optimiser steps each trained run took (probes: none)
 
     @property
     def passed(self) -> bool:
@@ -104,10 +105,13 @@ def train_once(slug: str, overrides: list[str], extra: list[str] = ()) -> dict[s
 
 
 def _run_key(slug: str, overrides: list[str], extra: list[str] = ()) -> tuple[str, ...]:
+    """Overrides of one claim run: the experiment, then `extra` (the user's, e.g. `trainer=gpu
+    trainer.max_steps=15000`), then the run's own, which win where both set a key (a baseline's
+    `trainer.max_steps=1` stays 1)."""
     base = [f"experiment={slug}"]
     if any(o.startswith("experiment=") for o in overrides):
         base = []
-    return tuple(base + list(overrides) + list(extra))
+    return tuple(base + list(extra) + list(overrides))
 
 
 def _hparam_updates(eval_overrides: list[str], targets: dict) -> dict[str, dict]:
@@ -246,41 +250,54 @@ def run_claim(slug: str, name: str, *, swap_baseline: bool = False, extra: list[
         swapped = {k: _plain(v) for k, v in claim.baseline.items()}
         runs.update(swapped)
     start = time.perf_counter()
-    measured = {}
+    measured, steps = {}, {}
     for run_name, spec in runs.items():
         metrics = measure(slug, spec, extra)
         if claim.metric not in metrics:
             raise UserError(f"claim {slug}/{name}: run '{run_name}' logged no '{claim.metric}' "
                             f"(has: {', '.join(sorted(metrics))})")
         measured[run_name] = metrics[claim.metric]
+        if "global_step" in metrics:
+            steps[run_name] = int(metrics["global_step"])
     expect = list(claim.expect)
     outcomes = [bool(evaluate(e, measured)) for e in expect]
     return ClaimResult(slug, name, claim.get("text", name), claim.metric, measured, expect, outcomes,
-                       time.perf_counter() - start, swapped, claim.get("known_gap"))
+                       time.perf_counter() - start, swapped, claim.get("known_gap"), steps)
 
 
 def _plain(spec):
     return OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else list(spec)
 
 
-def check(slug: str, out_dir: Path | None = None) -> list[ClaimResult]:
-    results = [run_claim(slug, name) for name in claims_of(slug)]
+def check(slug: str, out_dir: Path | None = None, *, names: list[str] | None = None,
+          extra: list[str] = ()) -> list[ClaimResult]:
+    """Run the claims `names` (default: all) of `slug`, every run with the `extra` overrides (see `_run_key`)."""
+    known = list(claims_of(slug))
+    unknown = [n for n in names or () if n not in known]
+    if unknown:
+        raise UserError(f"experiment '{slug}' has no claim {', '.join(map(repr, unknown))} "
+                        f"(has: {', '.join(known) or 'none'})")
+    results = [run_claim(slug, name, extra=list(extra)) for name in (names or known)]
     if out_dir is not None:
-        write_results(slug, results, out_dir)
+        write_results(slug, results, out_dir, list(extra))
     return results
 
 
-def write_results(slug: str, results: list[ClaimResult], out_dir: Path) -> None:
+def write_results(slug: str, results: list[ClaimResult], out_dir: Path, extra: list[str] = ()) -> None:
+    """`<slug>.json` and `<slug>.md` under out_dir; `extra` (overrides on top of every run, e.g. a longer schedule on
+    a GPU) is recorded in both, since such results are not the card's setting."""
     (out_dir / slug).parent.mkdir(parents=True, exist_ok=True)  # a variant `<slug>/<dataset>` gets a subfolder
-    payload = {"slug": slug, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    payload = {"slug": slug, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": list(extra),
                "passed": all(r.passed or r.known_gap for r in results),
                "claims": [asdict(r) | {"passed": r.passed, "verdict": r.verdict} for r in results]}
     (out_dir / f"{slug}.json").write_text(json.dumps(payload, indent=2))
-    lines = [f"# zoo check {slug}", "", "| claim | measured | expected | result | seconds |", "|---|---|---|---|---|"]
+    header = f"# zoo check {slug}" + (f" {' '.join(extra)}" if extra else "")
+    lines = [header, "", "| claim | measured | expected | result | seconds | steps |", "|---|---|---|---|---|---|"]
     for r in results:
         measured = ", ".join(f"{k}={v:.4g}" for k, v in r.measured.items())
+        steps = ", ".join(f"{k}={v}" for k, v in r.steps.items())
         lines.append(f"| {r.claim} | {measured} | {'; '.join(r.expect)} | {r.verdict} "
-                     f"| {r.seconds:.1f} |")
+                     f"| {r.seconds:.1f} | {steps} |")
     (out_dir / f"{slug}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -294,4 +311,5 @@ def status(slug: str, out_dir: Path) -> str:
     ok = sum(c["passed"] for c in data["claims"])
     gaps = sum(c.get("verdict") == "KNOWN GAP" for c in data["claims"])
     gap_text = f", {gaps} known gap" if gaps else ""
-    return f"{ok}/{n} pass{gap_text} ({data['when'][:10]})"
+    extra = f", with {' '.join(data['overrides'])}" if data.get("overrides") else ""
+    return f"{ok}/{n} pass{gap_text} ({data['when'][:10]}{extra})"

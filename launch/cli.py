@@ -15,7 +15,7 @@ USAGE = """zoo <command> [args]
   zoo train -m experiment=<slug> key=a,b,c                     a sweep (one SLURM job array with launcher=slurm)
   zoo eval ckpt=<path/to/ckpt> [key=value ...]                 test metrics from a checkpoint and its saved config
   zoo list                                                     every paper, its data and the state of its claims
-  zoo check <slug>[/<variant>] | --all                         rerun the papers' small-scale claims
+  zoo check <slug>[/<variant>] [--claim NAME] [k=v ...] | --all  rerun the papers' small-scale claims
   zoo bench <slug> | --all [--quick]                           speed and memory benchmarks (ratios)
   zoo status <run_id | run_dir>                                progress, checkpoint, metrics, SLURM jobs of a run
 """
@@ -190,24 +190,35 @@ def cmd_list(args: list[str]) -> int:
 
 
 def cmd_check(args: list[str]) -> int:
+    """`zoo check <slug> [--claim NAME ...] [key=value ...]`: the overrides go on top of every run of the claims
+    (before each run's own, so a baseline's `trainer.max_steps=1` still holds), e.g. a GPU and a longer schedule:
+    `zoo check um2n --claim node_rmse trainer=gpu trainer.max_steps=4000`."""
     from launch import check
     from launch import config as zconfig
 
     parser = argparse.ArgumentParser(prog="zoo check")
     parser.add_argument("slug", nargs="?")
+    parser.add_argument("overrides", nargs="*", help="key=value on top of every run (not with --all)")
     parser.add_argument("--all", action="store_true")
+    parser.add_argument("--claim", action="append", dest="claims", metavar="NAME",
+                        help="only this claim (repeatable)")
     parser.add_argument("--out", default="runs/checks", help="where the JSON and markdown results go")
-    opts = parser.parse_args(args)
+    opts = parser.parse_intermixed_args(args)
     checkable = zconfig.experiments() + zconfig.variants_with_claims()
+    if opts.all and (opts.slug or opts.overrides or opts.claims):
+        raise UserError("zoo check --all takes no slug, --claim or overrides")
     slugs = checkable if opts.all else [opts.slug]
     if not opts.all and not opts.slug:
-        raise UserError("usage: zoo check <slug> | <slug>/<variant> | --all")
+        raise UserError("usage: zoo check <slug> [--claim NAME] [key=value ...] | --all")
+    bad = [o for o in opts.overrides if "=" not in o]
+    if bad:
+        raise UserError(f"zoo check: overrides look like key=value, got {', '.join(map(repr, bad))}")
     for slug in slugs:
         if slug not in checkable:
             raise UserError(f"unknown experiment '{slug}' (or it declares no claims){zconfig._closest(slug, checkable)}")
     failed = 0
     for slug in slugs:
-        results = check.check(slug, Path(opts.out))
+        results = check.check(slug, Path(opts.out), names=opts.claims, extra=opts.overrides)
         for r in results:
             print(r.report())
         failed += sum(r.verdict == "FAIL" for r in results)

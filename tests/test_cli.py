@@ -116,3 +116,33 @@ def test_check_accepts_variants_that_declare_claims():
         from launch.cli import cmd_check
 
         cmd_check(["medida/nope"])
+
+
+def test_check_one_claim_with_overrides_on_every_run(monkeypatch, tmp_path):
+    """`zoo check <slug> --claim NAME key=value ...`: only that claim, the overrides on every run but before each
+    run's own (a baseline's `trainer.max_steps=1` wins), and recorded with the results."""
+    from launch import check
+    from launch.cli import cmd_check
+
+    seen = []
+
+    def fake_measure(slug, spec, extra=()):
+        seen.append((slug, list(spec), list(extra)))
+        return {"test/node_rmse_cells": 0.1 if not spec else 3.0, "global_step": 4000.0 if not spec else 1.0}
+
+    monkeypatch.setattr(check, "measure", fake_measure)
+    out = tmp_path / "checks"
+    assert cmd_check(["um2n", "--claim", "node_rmse", "trainer.max_steps=4000", "--out", str(out)]) == 0
+    assert {s[0] for s in seen} == {"um2n"} and all(s[2] == ["trainer.max_steps=4000"] for s in seen)
+    assert len(seen) == len(check.claims_of("um2n")["node_rmse"].runs)  # that claim's runs only
+    key = check._run_key("um2n", ["model.mover=identity", "trainer.max_steps=1"], ["trainer.max_steps=4000"])
+    assert key == ("experiment=um2n", "trainer.max_steps=4000", "model.mover=identity", "trainer.max_steps=1")
+    table = (out / "um2n.md").read_text()
+    assert "zoo check um2n trainer.max_steps=4000" in table and "| um2n=4000, identity=1 |" in table
+    assert check.status("um2n", out).endswith("with trainer.max_steps=4000)")
+    with pytest.raises(UserError, match="has no claim 'nope'"):
+        cmd_check(["um2n", "--claim", "nope", "--out", str(out)])
+    with pytest.raises(UserError, match="key=value"):
+        cmd_check(["um2n", "max_steps", "--out", str(out)])
+    with pytest.raises(UserError, match="--all takes no"):
+        cmd_check(["--all", "trainer=gpu"])

@@ -197,3 +197,23 @@ def test_runner_rejects_bad_device_and_dataset(tmp_path):
             dysts_runner.run(quick=True, out_dir=tmp_path, device="cuda")
     with pytest.raises(UserError, match="--dataset"):
         dysts_runner.run(quick=True, out_dir=tmp_path, dataset="medium")
+
+
+def test_itransformer_spawn_reports_each_case_of_one_process(monkeypatch, tmp_path):
+    """Full mode on CUDA runs every case in one subprocess: each JSON line becomes that case's result, and a case the
+    process never reached becomes an error row instead of hiding the others."""
+    import json
+    import subprocess
+
+    from benchmarks import itransformer_speed as bench
+
+    line = bench.MARK + json.dumps({"case": "step_itr_h96_cuda", "step_s": 0.01})
+
+    def fake_run(cmd, **kwargs):
+        assert cmd[cmd.index("--case") + 1] == "step_itr_h96,step_tmp_h96"
+        return subprocess.CompletedProcess(cmd, 1, stdout=line + "\n", stderr="RuntimeError: out of time\n")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    results = bench._spawn(["step_itr_h96", "step_tmp_h96"], tmp_path, "cuda")
+    assert results[0] == {"case": "step_itr_h96_cuda", "step_s": 0.01}
+    assert results[1]["case"] == "step_tmp_h96_cuda" and "out of time" in results[1]["error"]
