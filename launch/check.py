@@ -152,7 +152,10 @@ def eval_once(slug: str, train_overrides: list[str], eval_overrides: list[str],
             targets[group].update(ups)
         try:
             trainer.test(model, datamodule=datamodule, verbose=False)
-            _EVAL_CACHE[ekey] = train._floats(trainer.callback_metrics)
+            metrics = train._floats(trainer.callback_metrics)
+            if "global_step" in _RUN_CACHE[key]:  # the steps the evaluated model was trained for
+                metrics["global_step"] = _RUN_CACHE[key]["global_step"]
+            _EVAL_CACHE[ekey] = metrics
         finally:
             for group, old in saved.items():
                 targets[group].update(old)

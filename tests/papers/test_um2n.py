@@ -184,7 +184,7 @@ def test_module_follows_its_dtype_and_the_boundary_ablation_leaves_the_boundary(
     assert M.boundary_violation(free, g.pos.double().numpy()) > 1e-3
 
 
-CLAIMS = ["interpolation_ratio", "no_tangling", "node_rmse", "boundary"]
+CLAIMS = ["interpolation_ratio", "no_tangling", "node_rmse", "boundary", "pde_error_reduction"]
 
 
 @pytest.mark.slow
