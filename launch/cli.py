@@ -16,6 +16,7 @@ USAGE = """zoo <command> [args]
   zoo eval ckpt=<path/to/ckpt> [key=value ...]                 test metrics from a checkpoint and its saved config
   zoo list                                                     every paper, its data and the state of its claims
   zoo check <slug>[/<variant>] [--claim NAME] [k=v ...] | --all  rerun the papers' small-scale claims
+  zoo check ... --launcher slurm [launcher.k=v ...]             the same as SLURM jobs (one per paper)
   zoo bench <slug> | --all [--quick]                           speed and memory benchmarks (ratios)
   zoo status <run_id | run_dir>                                progress, checkpoint, metrics, SLURM jobs of a run
 """
@@ -198,15 +199,18 @@ def cmd_check(args: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="zoo check")
     parser.add_argument("slug", nargs="?")
-    parser.add_argument("overrides", nargs="*", help="key=value on top of every run (not with --all)")
+    parser.add_argument("overrides", nargs="*", help="key=value on top of every run")
     parser.add_argument("--all", action="store_true")
     parser.add_argument("--claim", action="append", dest="claims", metavar="NAME",
                         help="only this claim (repeatable)")
     parser.add_argument("--out", default="runs/checks", help="where the JSON and markdown results go")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help="slurm: one job per paper (a job array for several); launcher.* overrides set its "
+                             "resources, launcher.wait=true waits for the results")
     opts = parser.parse_intermixed_args(args)
     checkable = zconfig.experiments() + zconfig.variants_with_claims()
-    if opts.all and (opts.slug or opts.overrides or opts.claims):
-        raise UserError("zoo check --all takes no slug, --claim or overrides")
+    if opts.all and (opts.slug or opts.claims):
+        raise UserError("zoo check --all takes no slug and no --claim")
     slugs = checkable if opts.all else [opts.slug]
     if not opts.all and not opts.slug:
         raise UserError("usage: zoo check <slug> [--claim NAME] [key=value ...] | --all")
@@ -216,13 +220,47 @@ def cmd_check(args: list[str]) -> int:
     for slug in slugs:
         if slug not in checkable:
             raise UserError(f"unknown experiment '{slug}' (or it declares no claims){zconfig._closest(slug, checkable)}")
+    launcher_overrides = [o for o in opts.overrides if o.lstrip("+").startswith("launcher")]
+    extra = [o for o in opts.overrides if o not in launcher_overrides]
+    if opts.launcher == "slurm":
+        return _submit_checks(slugs, opts.claims, extra, Path(opts.out).resolve(), launcher_overrides)
+    if launcher_overrides:
+        raise UserError(f"zoo check: {', '.join(launcher_overrides)} needs --launcher slurm (claims run locally)")
     failed = 0
     for slug in slugs:
-        results = check.check(slug, Path(opts.out), names=opts.claims, extra=opts.overrides)
+        results = check.check(slug, Path(opts.out), names=opts.claims, extra=extra)
         for r in results:
             print(r.report())
         failed += sum(r.verdict == "FAIL" for r in results)
     print(f"results written to {opts.out}/")
+    return 1 if failed else 0
+
+
+def _submit_checks(slugs: list[str], names: list[str] | None, extra: list[str], out_dir: Path,
+                   launcher_overrides: list[str]) -> int:
+    """`zoo check ... --launcher slurm`: submit, print the job ids; with launcher.wait=true print every claim's report
+    (exit 1 when a claim or a job failed)."""
+    import submitit
+
+    from launch import slurm
+
+    cfg, jobs = slurm.submit_checks(slugs, names, extra, out_dir, launcher_overrides)
+    for slug, job in zip(slugs, jobs):
+        print(f"submitted job {job.job_id}: zoo check {slug}  results {out_dir}/{slug}.md  logs {job.paths.stdout}")
+    if not cfg.launcher.wait:
+        return 0
+    failed = 0
+    for slug, job in zip(slugs, jobs):
+        try:
+            reports, n_failed = job.result()
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:
+            failed += 1
+            print(f"job {job.job_id} ({slug}) failed: {str(err).strip().splitlines()[0][:200]} "
+                  f"(logs: {job.paths.stderr})", file=sys.stderr)
+            continue
+        print("\n".join(reports))
+        failed += n_failed
+    print(f"results written to {out_dir}/")
     return 1 if failed else 0
 
 

@@ -145,4 +145,6 @@ def test_check_one_claim_with_overrides_on_every_run(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="key=value"):
         cmd_check(["um2n", "max_steps", "--out", str(out)])
     with pytest.raises(UserError, match="--all takes no"):
-        cmd_check(["--all", "trainer=gpu"])
+        cmd_check(["--all", "--claim", "node_rmse"])
+    with pytest.raises(UserError, match="needs --launcher slurm"):
+        cmd_check(["um2n", "launcher.partition=gpu", "--out", str(out)])

@@ -98,3 +98,20 @@ def test_sweep_is_one_job_array(runs_root):
     assert len(array_ids) == 1 and {i.split("_")[1] for i in ids} == {"0", "1"}, ids
     finals = sorted((runs_root / "lightgcn").glob("*/final_metrics.json"))
     assert len(finals) == 2
+
+
+def test_check_as_a_slurm_job_writes_the_results(tmp_path):
+    """`zoo check <slug> --claim ... --launcher slurm launcher.wait=true`: the claims run inside one SLURM job, the
+    results land where a local `zoo check` writes them, and the reports come back to the submitting shell."""
+    out = tmp_path / "checks"
+    proc = zoo_subprocess("check", "gtf_plrnn", "--claim", "alpha_star", "--claim", "bounded_gradients",
+                          "--launcher", "slurm", "launcher.wait=true", "launcher.time_min=5", "--out", str(out),
+                          check=True, timeout=300)
+    assert len(job_ids(proc.stdout)) == 1, proc.stdout
+    assert "gtf_plrnn/alpha_star: PASS" in proc.stdout and "gtf_plrnn/bounded_gradients: PASS" in proc.stdout
+    payload = json.loads((out / "gtf_plrnn.json").read_text())
+    assert [c["claim"] for c in payload["claims"]] == ["alpha_star", "bounded_gradients"]
+    assert all(c["passed"] for c in payload["claims"])
+    assert list((out / "slurm").glob("*_log.out"))
+    bad = zoo_subprocess("check", "gtf_plrnn", "--launcher", "slurm", "trainer.devices=2", "--out", str(out))
+    assert bad.returncode == 2 and "one device" in bad.stderr
