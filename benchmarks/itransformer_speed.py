@@ -309,8 +309,12 @@ def worker(cases: list[str], quick: bool, data_dir: str, device: str) -> None:
 
     base = _maxrss_mib()
     for name in cases:
-        res = run_case(name, quick, data_dir, device)
-        res["rss_after_imports_mib"] = base
+        try:
+            res = run_case(name, quick, data_dir, device)
+            res["rss_after_imports_mib"] = base
+        except Exception as err:  # noqa: BLE001 - one failing case (e.g. out of GPU memory) must not lose the others
+            label = name if device == "cpu" else f"{name}_cuda"
+            res = {"case": label, "error": f"{type(err).__name__}: {err}"[:400]}
         print(MARK + json.dumps(res, default=float), flush=True)
 
 
@@ -340,8 +344,8 @@ def _spawn(cases: list[str], data_dir: Path, device: str = "cpu", timeout: float
 
 def run(quick: bool, device: str | None = None) -> list[dict]:
     """Run every case and return the table rows (full: one fresh subprocess per case on the CPU and, when CUDA is
-    available, one subprocess for all cases on the GPU; `device` ("cpu" or "cuda", `zoo bench itransformer --device cuda`) runs that one only;
-    quick: in this process, on the CPU)."""
+    available, one subprocess for all cases on the GPU; `device` ("cpu" or "cuda", `zoo bench itransformer --device
+    cuda`) runs that one only; quick: in this process, on the CPU)."""
     devices = [check_device(device)] if device is not None else None
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="itransformer_bench_") as tmp:

@@ -217,3 +217,22 @@ def test_itransformer_spawn_reports_each_case_of_one_process(monkeypatch, tmp_pa
     results = bench._spawn(["step_itr_h96", "step_tmp_h96"], tmp_path, "cuda")
     assert results[0] == {"case": "step_itr_h96_cuda", "step_s": 0.01}
     assert results[1]["case"] == "step_tmp_h96_cuda" and "out of time" in results[1]["error"]
+
+
+def test_itransformer_worker_reports_a_failing_case_and_goes_on(monkeypatch, capsys):
+    """In the one-process CUDA mode a case that raises (e.g. out of GPU memory) prints an error line for itself and
+    the next case still runs."""
+    import json
+
+    from benchmarks import itransformer_speed as bench
+
+    def fake_case(name, quick, data_dir, device):
+        if name == "step_itr_h96":
+            raise RuntimeError("CUDA out of memory")
+        return {"case": f"{name}_cuda", "step_s": 0.02}
+
+    monkeypatch.setattr(bench, "run_case", fake_case)
+    bench.worker(["step_itr_h96", "step_tmp_h96"], False, "unused", "cuda")
+    lines = [json.loads(x[len(bench.MARK):]) for x in capsys.readouterr().out.splitlines() if x.startswith(bench.MARK)]
+    assert lines[0]["case"] == "step_itr_h96_cuda" and "out of memory" in lines[0]["error"]
+    assert lines[1]["case"] == "step_tmp_h96_cuda" and lines[1]["step_s"] == 0.02
