@@ -101,12 +101,16 @@ def submit(cfgs: list[DictConfig], sweep_id: str | None = None) -> list[submitit
         raise UserError("a sweep submitted as one job array must keep the same resources in every element; "
                         "sweep trainer.devices/num_nodes/launcher.* with separate `zoo train` calls")
     ex = executor(folder, cfgs[0])
-    jobs_args = [TrainJob(OmegaConf.to_container(c, resolve=True)) for c in cfgs]
+    return _submit_calls(ex, [TrainJob(OmegaConf.to_container(c, resolve=True)) for c in cfgs])
+
+
+def _submit_calls(ex: submitit.AutoExecutor, calls: list) -> list[submitit.Job]:
+    """One call: one job; several: one job array (`ex.batch()`). sbatch's refusal is a one-line UserError."""
     try:
-        if len(cfgs) == 1:
-            return [ex.submit(jobs_args[0])]
+        if len(calls) == 1:
+            return [ex.submit(calls[0])]
         with ex.batch():
-            jobs = [ex.submit(job) for job in jobs_args]
+            jobs = [ex.submit(call) for call in calls]
         return jobs
     except submitit.core.utils.FailedJobError as err:
         raise UserError(f"sbatch refused the job: {one_line(err)}") from None
@@ -146,12 +150,4 @@ def submit_checks(slugs: list[str], names: list[str] | None, extra: list[str], o
     folder = out_dir / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
     ex = executor(folder, cfg)
-    calls = [CheckJob(slug, names, extra, str(out_dir)) for slug in slugs]
-    try:
-        if len(calls) == 1:
-            return cfg, [ex.submit(calls[0])]
-        with ex.batch():
-            jobs = [ex.submit(call) for call in calls]
-        return cfg, jobs
-    except submitit.core.utils.FailedJobError as err:
-        raise UserError(f"sbatch refused the job: {one_line(err)}") from None
+    return cfg, _submit_calls(ex, [CheckJob(slug, names, extra, str(out_dir)) for slug in slugs])
