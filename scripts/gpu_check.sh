@@ -17,13 +17,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-if compgen -G ".whl/*.whl" > /dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/paperzoo_site \
-    .whl/*.whl || { echo "installing the carried wheels failed" >&2; exit 2; }
-  export PYTHONPATH="/tmp/paperzoo_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
+source scripts/gpu_site.sh  # the carried wheels, PYTHONPATH
 export WANDB_MODE=disabled PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 PAPERZOO_DATA=${PAPERZOO_DATA:-/tmp/paperzoo_data}
 
 ONLY=${ONLY:-}  # e.g. ONLY="fast_contracts_on_gpu bench_mixed_precision": a rerun of some steps only

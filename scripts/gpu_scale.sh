@@ -13,11 +13,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-if [[ -z "${PAPERZOO_SITE_READY:-}" ]] && compgen -G ".whl/*.whl" > /dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/paperzoo_site \
-    .whl/*.whl || { echo "installing the carried wheels failed" >&2; exit 2; }
-fi
-export PYTHONPATH="/tmp/paperzoo_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source scripts/gpu_site.sh  # the carried wheels (skipped when gpu_check.sh installed them), PYTHONPATH
 export WANDB_MODE=disabled PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 SECONDS_MAX=${SCALE_SECONDS:-120}
 BOX=${SCALE_BOX_S:-330}
