@@ -5,20 +5,29 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXPERIMENT ?= lightgcn
 WORKERS ?= 2
+# versions CI passed with (`make lock` rewrites the file); `make install CONSTRAINTS=` installs without it
+CONSTRAINTS ?= constraints.txt
+PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: install demo test test-precision test-fast check bench clean-runs
+.PHONY: install lock demo test test-precision test-fast check bench clean-runs
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# CUDA build of torch; on this project's machines pip takes it from local disk.
-	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q $(PIN) torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q $(PIN) -e '.[test]'
 	# MovieLens-100K (the offline default) ships inside recbole's wheel; we only read the file.
-	$(PIP) install -q --no-deps recbole==1.2.1
+	$(PIP) install -q $(PIN) --no-deps recbole==1.2.1
 	touch $@
 
 install: $(VENV)/.installed
+
+# after a green `make test` with newer packages: pin what .venv holds now (tests/test_constraints.py checks the pins
+# against pyproject.toml)
+lock: install
+	{ sed -n '/^#/p' constraints.txt; $(PIP) freeze --exclude-editable | grep -iv '^paperzoo'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 demo: install
 	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/zoo train experiment=$(EXPERIMENT)
