@@ -126,19 +126,27 @@ def _submit(cfgs, sweep_id) -> int:
         print(f"submitted job {job.job_id}: run {run.run_id}  dir {run.dir}  logs {job.paths.stdout}")
     if not cfgs[0].launcher.wait:
         return 0
-    import submitit
-
     failed = 0
     for cfg, job in zip(cfgs, jobs):
-        try:
-            metrics = job.results()[0]  # one result per task; rank 0's holds the metrics
-        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:
+        results = _wait_for(job, f"run {cfg.run_id}")
+        if results is None:
             failed += 1
-            print(f"job {job.job_id} failed: {str(err).strip().splitlines()[0][:200]} (logs: {job.paths.stderr})",
-                  file=sys.stderr)
             continue
+        metrics = results[0]  # one result per task; rank 0's holds the metrics
         print_metrics(f"{cfg.experiment_name} / {cfg.run_id} (job {job.job_id})", metrics)
     return 1 if failed else 0
+
+
+def _wait_for(job, what: str) -> list | None:
+    """Block until a submitit job ends: its tasks' results, or None after printing one line on why it failed."""
+    import submitit
+
+    try:
+        return job.results()
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:
+        print(f"job {job.job_id} ({what}) failed: {str(err).strip().splitlines()[0][:200]} "
+              f"(logs: {job.paths.stderr})", file=sys.stderr)
+        return None
 
 
 def cmd_eval(args: list[str]) -> int:
@@ -240,8 +248,6 @@ def _submit_checks(slugs: list[str], names: list[str] | None, extra: list[str], 
                    launcher_overrides: list[str]) -> int:
     """`zoo check ... --launcher slurm`: submit, print the job ids; with launcher.wait=true print every claim's report
     (exit 1 when a claim or a job failed)."""
-    import submitit
-
     from launch import slurm
 
     cfg, jobs = slurm.submit_checks(slugs, names, extra, out_dir, launcher_overrides)
@@ -251,13 +257,11 @@ def _submit_checks(slugs: list[str], names: list[str] | None, extra: list[str], 
         return 0
     failed = 0
     for slug, job in zip(slugs, jobs):
-        try:
-            reports, n_failed = job.result()
-        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:
+        results = _wait_for(job, f"zoo check {slug}")
+        if results is None:
             failed += 1
-            print(f"job {job.job_id} ({slug}) failed: {str(err).strip().splitlines()[0][:200]} "
-                  f"(logs: {job.paths.stderr})", file=sys.stderr)
             continue
+        reports, n_failed = results[0]  # one task per check job
         print("\n".join(reports))
         failed += n_failed
     print(f"results written to {out_dir}/")
