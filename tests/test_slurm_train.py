@@ -115,3 +115,16 @@ def test_check_as_a_slurm_job_writes_the_results(tmp_path):
     assert list((out / "slurm").glob("*_log.out"))
     bad = zoo_subprocess("check", "gtf_plrnn", "--launcher", "slurm", "trainer.devices=2", "--out", str(out))
     assert bad.returncode == 2 and "one device" in bad.stderr
+
+
+def test_a_failed_job_is_one_line_and_exit_status_1(runs_root):
+    """`launcher.wait=true` on a job that dies before training (its setup line exits 3): the submitting shell gets
+    one line naming the job, the run and its log, and exit status 1, not a traceback."""
+    proc = zoo_subprocess("train", *BASE, "trainer.devices=1", "trainer.max_epochs=1", f"runs_root={runs_root}",
+                          "run_id=dies", "launcher.wait=true", "logger=none", "launcher.setup=[exit 3]",
+                          timeout=300)
+    (job,) = job_ids(proc.stdout)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    failed = [line for line in proc.stderr.splitlines() if "failed:" in line]
+    assert len(failed) == 1 and f"job {job} (run dies) failed:" in failed[0] and "logs:" in failed[0], proc.stderr
+    assert "Traceback" not in proc.stderr
