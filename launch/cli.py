@@ -1,4 +1,4 @@
-"""The `zoo` command: train, eval, list, check, bench, status."""
+"""The `zoo` command: train, eval, list, check, bench, status, runs."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +19,8 @@ USAGE = """zoo <command> [args]
   zoo check ... --launcher slurm [launcher.k=v ...]             the same as SLURM jobs (one per paper)
   zoo bench <slug> | --all [--quick]                           speed and memory benchmarks (ratios)
   zoo status <run_id | run_dir>                                progress, checkpoint, metrics, SLURM jobs of a run
+  zoo runs [<experiment>] [--sweep ID] [--over seed] [--csv F]  runs as a table: what differs, final metrics
+                                                               (--over seed: mean ± std over seeds per setting)
 """
 
 
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     handlers = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "check": cmd_check, "bench": cmd_bench,
-                "status": cmd_status}
+                "status": cmd_status, "runs": cmd_runs}
     if command not in handlers:
         import difflib
 
@@ -93,7 +95,21 @@ def cmd_train(args: list[str]) -> int:
             run = runs.run_of(cfg)
             print_metrics(f"{run.experiment} / {run.run_id}", metrics)
             print(f"run directory: {run.dir}")
+    if sweep_id and _is_rank_zero():
+        _sweep_summary(cfgs, sweep_id)
     return 0
+
+
+def _sweep_summary(cfgs, sweep_id: str) -> None:
+    """After a sweep: its runs in one table, averaged over seeds when the seed is one of the swept keys."""
+    from launch import summary
+
+    root = Path(cfgs[0].runs_root)
+    records = summary.collect(root, None, sweep_id)
+    over = "seed" if "seed" in summary.varying_keys(records) else None
+    summary.print_table(summary.build(records, over=over),
+                        f"sweep {sweep_id}" + (", mean ± std over seed" if over else ""))
+    print(f"the same table later: zoo runs --root {root} --sweep {sweep_id}" + (" --over seed" if over else ""))
 
 
 def _resume_or_new(cfg):
@@ -134,6 +150,8 @@ def _submit(cfgs, sweep_id) -> int:
             continue
         metrics = results[0]  # one result per task; rank 0's holds the metrics
         print_metrics(f"{cfg.experiment_name} / {cfg.run_id} (job {job.job_id})", metrics)
+    if sweep_id:
+        _sweep_summary(cfgs, sweep_id)
     return 1 if failed else 0
 
 
@@ -328,6 +346,27 @@ def cmd_status(args: list[str]) -> int:
             except (OSError, subprocess.SubprocessError):
                 state = []
             print(f"slurm job {job}: {' '.join(state) or 'unknown'}")
+    return 0
+
+
+def cmd_runs(args: list[str]) -> int:
+    from launch import summary
+
+    parser = argparse.ArgumentParser(prog="zoo runs")
+    parser.add_argument("experiment", nargs="?", help="experiment name (runs/<experiment>/); default: every one")
+    parser.add_argument("--root", default="runs", help="runs root (the runs_root of the runs)")
+    parser.add_argument("--sweep", help="only the runs of this `zoo train -m` sweep id")
+    parser.add_argument("--metric", action="append", help="a final metric to show (repeatable); default: test/*")
+    parser.add_argument("--over", help="aggregate over this config key (e.g. seed): mean ± std per setting")
+    parser.add_argument("--csv", help="also write the table's numbers to this CSV file")
+    opts = parser.parse_args(args)
+    records = summary.collect(Path(opts.root), opts.experiment, opts.sweep)
+    table = summary.build(records, opts.metric, opts.over)
+    title = f"{len(records)} runs under {opts.root}" + (f" (sweep {opts.sweep})" if opts.sweep else "")
+    summary.print_table(table, title + (f", mean ± std over {opts.over}" if opts.over else ""))
+    if opts.csv:
+        summary.write_csv(table, Path(opts.csv))
+        print(f"wrote {opts.csv}")
     return 0
 
 

@@ -98,6 +98,8 @@ def test_sweep_is_one_job_array(runs_root):
     assert len(array_ids) == 1 and {i.split("_")[1] for i in ids} == {"0", "1"}, ids
     finals = sorted((runs_root / "lightgcn").glob("*/final_metrics.json"))
     assert len(finals) == 2
+    # the submitting shell ends with the sweep's table: one setting, both seeds finished
+    assert "mean ± std over seed" in proc.stdout and any("2/2" in line for line in proc.stdout.splitlines())
 
 
 def test_check_as_a_slurm_job_writes_the_results(tmp_path):

@@ -1,0 +1,190 @@
+"""`zoo runs`: the runs under a runs root as one table (what differs between them and their final metrics), or
+aggregated over seeds (mean +- sample std and n per setting) - the table a sweep is run for."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from launch.errors import UserError
+
+# never shown as "what differs": bookkeeping that differs between any two runs
+IGNORED_KEYS = ("run_id", "runs_root")
+
+
+@dataclass
+class RunRecord:
+    """One run directory: its resolved config (flattened to dotted keys) and final metrics (None: unfinished)."""
+
+    experiment: str
+    run_id: str
+    path: Path
+    config: dict[str, object]
+    metrics: dict[str, float] | None = None
+    created: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.metrics is not None:
+            return "done"
+        return "stopped" if (self.path / "checkpoints" / "last.ckpt").exists() else "no checkpoint"
+
+
+@dataclass
+class Table:
+    """Rows of strings under `columns`; `numbers` keeps the raw values for the CSV (mean, std, n per metric)."""
+
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    numbers: list[dict[str, object]] = field(default_factory=list)
+
+
+def _flatten(tree, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+        flat[prefix[:-1]] = json.dumps(tree) if isinstance(tree, list) else tree
+    return flat
+
+
+def collect(root: Path, experiment: str | None = None, sweep: str | None = None) -> list[RunRecord]:
+    """Every run under `root` (`<root>/<experiment>/<run_id>/config.yaml`), oldest first; `sweep` keeps the runs of
+    one `zoo train -m` sweep (their ids are `<sweep_id>-<i>`)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"no runs root at {root}")
+    pattern = f"{experiment}/*/config.yaml" if experiment else "*/*/config.yaml"
+    records = []
+    for config_file in sorted(root.glob(pattern)):
+        run_dir = config_file.parent
+        if sweep and not run_dir.name.startswith(f"{sweep}-"):
+            continue
+        try:
+            config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
+        except Exception as err:  # noqa: BLE001
+            raise UserError(f"{config_file} is not a readable config: {err}") from None
+        final = run_dir / "final_metrics.json"
+        try:
+            metrics = json.loads(final.read_text()) if final.exists() else None
+        except json.JSONDecodeError as err:
+            raise UserError(f"{final} is not valid JSON: {err}") from None
+        meta = run_dir / "meta.json"
+        created = json.loads(meta.read_text()).get("created", "") if meta.exists() else ""
+        records.append(RunRecord(run_dir.parent.name, run_dir.name, run_dir, _flatten(config), metrics, created))
+    if not records:
+        what = f"experiment '{experiment}'" if experiment else "any experiment"
+        known = sorted({p.parent.parent.name for p in root.glob("*/*/config.yaml")})
+        raise UserError(f"no runs of {what}{f' in sweep {sweep}' if sweep else ''} under {root}"
+                        + (f" (experiments there: {', '.join(known)})" if known else ""))
+    return sorted(records, key=lambda r: (r.created, r.run_id))
+
+
+def varying_keys(records: list[RunRecord]) -> list[str]:
+    """Config keys whose value differs between the runs (a value that only embeds the run id does not count)."""
+    def comparable(record: RunRecord, key: str):
+        value = record.config.get(key, "<unset>")
+        return value.replace(record.run_id, "<run>") if isinstance(value, str) else value
+
+    keys = sorted({key for record in records for key in record.config})
+    return [key for key in keys if key not in IGNORED_KEYS
+            and len({json.dumps(comparable(r, key), default=str) for r in records}) > 1]
+
+
+def default_metrics(records: list[RunRecord], limit: int = 6) -> list[str]:
+    """The test metrics of the finished runs (else their val metrics), at most `limit` of them."""
+    names = sorted({name for r in records if r.metrics for name in r.metrics})
+    for prefix in ("test/", "val/"):
+        chosen = [n for n in names if n.startswith(prefix)]
+        if chosen:
+            return chosen[:limit]
+    return [n for n in names if n not in ("epoch", "global_step")][:limit]
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def per_run(records: list[RunRecord], keys: list[str], metrics: list[str]) -> Table:
+    table = Table(["experiment", "run", "status", *keys, *metrics])
+    for r in records:
+        values = [r.metrics.get(m, math.nan) if r.metrics else math.nan for m in metrics]
+        table.rows.append([r.experiment, r.run_id, r.status, *(_fmt(r.config.get(k, "")) for k in keys),
+                           *("-" if r.metrics is None else _fmt(v) for v in values)])
+        table.numbers.append({"experiment": r.experiment, "run": r.run_id, "status": r.status,
+                              **{k: r.config.get(k, "") for k in keys}, **dict(zip(metrics, values))})
+    return table
+
+
+def over_seeds(records: list[RunRecord], keys: list[str], metrics: list[str], over: str = "seed") -> Table:
+    """One row per setting (the varying keys except `over`): mean +- sample std of each metric over the finished
+    runs of that setting, and how many finished of how many."""
+    # the key itself and keys that follow it in every run (data.seed: ${seed} in the saved, resolved config)
+    group_keys = [k for k in keys if k != over and any(r.config.get(k) != r.config.get(over) for r in records)]
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault((r.experiment, *(json.dumps(r.config.get(k), default=str) for k in group_keys)), []).append(r)
+    table = Table(["experiment", *group_keys, "runs", *metrics])
+    for group in groups.values():
+        done = [r for r in group if r.metrics is not None]
+        cells, numbers = [], {}
+        for m in metrics:
+            values = [float(r.metrics[m]) for r in done if m in r.metrics]
+            mean = statistics.fmean(values) if values else math.nan
+            std = statistics.stdev(values) if len(values) > 1 else math.nan
+            cells.append("-" if not values else _fmt(mean) if len(values) == 1 else f"{_fmt(mean)} ± {std:.2g}")
+            numbers.update({f"{m} mean": mean, f"{m} std": std, f"{m} n": len(values)})
+        first = group[0]
+        table.rows.append([first.experiment, *(_fmt(first.config.get(k, "")) for k in group_keys),
+                           f"{len(done)}/{len(group)}", *cells])
+        table.numbers.append({"experiment": first.experiment, **{k: first.config.get(k, "") for k in group_keys},
+                              "finished": len(done), "runs": len(group), **numbers})
+    return table
+
+
+def build(records: list[RunRecord], metrics: list[str] | None = None, over: str | None = None) -> Table:
+    """The per-run table, or with `over` (a config key, e.g. seed) the table aggregated over that key."""
+    keys = varying_keys(records)
+    metrics = metrics or default_metrics(records)
+    if over:
+        if not any(over in r.config for r in records):
+            import difflib
+
+            close = difflib.get_close_matches(over, sorted({k for r in records for k in r.config}), n=1)
+            raise UserError(f"--over {over}: no run has a config key '{over}'"
+                            + (f" (did you mean '{close[0]}'?)" if close else ""))
+        return over_seeds(records, keys, metrics, over)
+    return per_run(records, keys, metrics)
+
+
+def print_table(table: Table, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    rich_table = RichTable(title=title)
+    for column in table.columns:
+        rich_table.add_column(column, justify="left" if column in ("experiment", "run", "status") else "right")
+    for row in table.rows:
+        rich_table.add_row(*row)
+    Console(width=max(120, sum(len(c) + 3 for c in table.columns))).print(rich_table)
+
+
+def write_csv(table: Table, path: Path) -> None:
+    """The raw numbers (not the rounded strings) as CSV; written to a temporary file first, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for row in table.numbers for key in row))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(table.numbers)
+    tmp.replace(path)

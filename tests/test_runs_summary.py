@@ -1,0 +1,97 @@
+"""`zoo runs` and the table a sweep prints at its end: what differs between runs, their final metrics, and the
+mean +- std over seeds per setting."""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launch import cli, summary
+from tests.conftest import zoo_subprocess
+
+
+def fake_run(root: Path, run_id: str, seed: int, layers: int, recall: float | None, experiment: str = "lightgcn"):
+    run = root / experiment / run_id
+    (run / "checkpoints").mkdir(parents=True)
+    config = {"experiment_name": experiment, "run_id": run_id, "runs_root": str(root), "seed": seed,
+              "data": {"seed": seed, "batch_size": 64},
+              "model": {"num_layers": layers, "dims": [64, 64]},
+              "logger": {"save_dir": f"{root}/{experiment}/{run_id}"}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "meta.json").write_text(json.dumps({"created": f"2026-12-04T10:00:0{seed}"}))
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")  # only its presence is read
+    if recall is not None:
+        (run / "final_metrics.json").write_text(json.dumps({"test/recall@20": recall, "val/recall@20": 0.5,
+                                                            "epoch": 3, "global_step": 30}))
+    return run
+
+
+@pytest.fixture
+def sweep_root(tmp_path) -> Path:
+    root = tmp_path / "runs"
+    fake_run(root, "s-0", 0, 1, 0.30)
+    fake_run(root, "s-1", 1, 1, 0.34)
+    fake_run(root, "s-2", 2, 1, 0.35)
+    fake_run(root, "s-3", 0, 2, 0.40)
+    fake_run(root, "s-4", 1, 2, None)  # unfinished: counted, not averaged
+    fake_run(root, "other-0", 0, 3, 0.9)
+    return root
+
+
+def test_varying_keys_ignore_bookkeeping_and_run_id_paths(sweep_root):
+    records = summary.collect(sweep_root, "lightgcn", sweep="s")
+    assert [r.run_id for r in records] == ["s-0", "s-3", "s-1", "s-4", "s-2"]  # by creation time
+    # logger.save_dir differs only by the run id, run_id/runs_root are bookkeeping, batch_size/dims never differ
+    assert summary.varying_keys(records) == ["data.seed", "model.num_layers", "seed"]
+    assert summary.default_metrics(records) == ["test/recall@20"]
+
+
+def test_mean_and_sample_std_over_seeds_per_setting(sweep_root, tmp_path):
+    table = summary.build(summary.collect(sweep_root, "lightgcn", sweep="s"), over="seed")
+    # data.seed follows seed in every run (an interpolation): not a setting of its own
+    assert table.columns == ["experiment", "model.num_layers", "runs", "test/recall@20"]
+    by_layers = {row["model.num_layers"]: row for row in table.numbers}
+    one, two = by_layers[1], by_layers[2]
+    assert (one["finished"], one["runs"], two["finished"], two["runs"]) == (3, 3, 1, 2)
+    assert one["test/recall@20 mean"] == pytest.approx(statistics.fmean([0.30, 0.34, 0.35]))
+    assert one["test/recall@20 std"] == pytest.approx(statistics.stdev([0.30, 0.34, 0.35]))
+    assert two["test/recall@20 mean"] == pytest.approx(0.40) and two["test/recall@20 n"] == 1
+    rows = {row[1]: row for row in table.rows}
+    assert rows["1"][2:] == ["3/3", "0.33 ± 0.026"] and rows["2"][2:] == ["1/2", "0.4"]
+    out = tmp_path / "table.csv"
+    summary.write_csv(table, out)
+    written = list(csv.DictReader(out.open()))
+    assert len(written) == 2 and float(written[0]["test/recall@20 mean"]) == pytest.approx(0.33)
+
+
+def test_zoo_runs_cli(sweep_root, tmp_path, capsys):
+    out = tmp_path / "per_run.csv"
+    assert cli.main(["runs", "lightgcn", "--root", str(sweep_root), "--metric", "val/recall@20",
+                     "--csv", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "6 runs" in printed and "other-0" in printed
+    assert "stopped" in printed  # s-4: a last.ckpt but no final metrics
+    rows = list(csv.DictReader(out.open()))
+    assert [r["status"] for r in rows].count("done") == 5
+    for argv, message in ((["runs", "nope", "--root", str(sweep_root)], "experiments there: lightgcn"),
+                          (["runs", "--root", str(sweep_root), "--over", "sed"], "did you mean 'seed'"),
+                          (["runs", "--root", str(tmp_path / "absent")], "no runs root")):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_local_sweep_ends_with_the_table_over_seeds(runs_root):
+    proc = zoo_subprocess("train", "-m", "experiment=lightgcn", "data=synthetic_graph", "trainer=debug", "logger=none",
+                          "seed=0,1", "model.num_layers=0,1", f"runs_root={runs_root}", check=True, timeout=300)
+    assert "mean ± std over seed" in proc.stdout
+    summary_lines = [line for line in proc.stdout.splitlines() if "lightgcn" in line and "2/2" in line]
+    assert len(summary_lines) == 2, proc.stdout[-3000:]
+    finals = [json.loads(p.read_text())["test/recall@20"] for p in sorted(runs_root.glob("lightgcn/*-[02]/final_metrics.json"))]
+    assert len(finals) == 2  # runs 0 and 2: num_layers 0 at seeds 0 and 1
+    expected = f"{statistics.fmean(finals):.4g} ± {statistics.stdev(finals):.2g}"
+    assert any(expected in line for line in summary_lines), (expected, summary_lines)
