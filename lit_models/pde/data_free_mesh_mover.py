@@ -306,7 +306,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                  rf_epochs: int = 5, rf_max_iter: int = 300, rf_fields: int = 20, rf_points: int = 16,
                  rf_convex_rel: float = 0.0, branch: str = "cnn", gnn_hidden: int = 4, gnn_layers: int = 3,
                  gnn_knn: int = 35, gnn_decoder: list[int] = (128,), gnn_readout: list[int] = (512, 256),
-                 w_hole: float = 0.0,
+                 w_hole: float = 0.0, ma_reference: bool = False,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
                  scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER) -> None:
         super().__init__()
@@ -630,7 +630,10 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         the official evaluate_tri's equidistribution measure made scale-free, mean over fields) and `equi_ratio`
         (moved / original mesh), and, where the exact flow is known, `interp_ratio` (RMS P1 interpolation error of
         the exact field on the moved / original mesh at `n_interp_points` random fluid points; for solver data with
-        a reference, batch "ref_pos" / "ref_tri" / "ref_val", the reference P1 field replaces the exact one)."""
+        a reference, batch "ref_pos" / "ref_tri" / "ref_val", the reference P1 field replaces the exact one). With
+        `ma_reference`: the converged MA meshes of the same monitors (`_ma_reference`) give `ma_interp_ratio`,
+        `ma_equi_ratio`, `ma_inverted`, `ma_residual_fem` (largest equidistribution residual of the FEM solves) and
+        `node_rmse_to_ma_edges` (RMS distance of the DMM's nodes from the MA mesh's, in mean edge lengths)."""
         import matplotlib.tri as mtri
 
         from datamodules.cylinder_flow import hole_boundary_edges, potential_flow
@@ -667,7 +670,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                "min_det_fluid": float(dets[:, fluid].min()), "hole_disp": hole,
                "equi_cv": float(cv.mean()), "equi_ratio": float((cv / cv0).mean())}
         flows = batch["flow"].double().cpu().numpy()
-        ratios = []
+        ratios, ma = [], self._ma_reference(batch, nodes, tri, rim) if hp.ma_reference else None
         pts = M.random_points(hp.n_interp_points, 0)
         fluid_pts = pts[finder(pts[:, 0], pts[:, 1]) >= 0] if "ref_val" in batch else None  # one mesh for all fields
         for i in range(B):
@@ -682,10 +685,52 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                 q = pts[np.hypot(pts[:, 0] - x0, pts[:, 1] - y0) > R]
                 f = functools.partial(lambda p, fl, col: potential_flow(p, fl)[..., col], fl=flows[i, :6],
                                       col=int(flows[i, 6]))
-            ratios.append(M.interpolation_error(moved[i], tri, f, q) / M.interpolation_error(nodes, tri, f, q))
+            err_fixed = M.interpolation_error(nodes, tri, f, q)
+            ratios.append(M.interpolation_error(moved[i], tri, f, q) / err_fixed)
+            if ma is not None:
+                ma["ratio"].append(M.interpolation_error(ma["pos"][i], tri, f, q) / err_fixed)
         if ratios:
             out["interp_ratio"] = float(np.mean(ratios))
+        if ma is not None:
+            edges = M.mesh_edges(tri)
+            h = float(np.linalg.norm(nodes[edges[:, 0]] - nodes[edges[:, 1]], axis=1).mean())
+            ma_cv = equi_cv(torch.as_tensor(np.stack(ma["pos"]), device=self.device))
+            out |= {"ma_inverted": float(sum(M.count_inverted(p, tri) for p in ma["pos"])),
+                    "ma_equi_ratio": float((ma_cv / cv0).mean()),
+                    "ma_residual_fem": float(max(ma["residual"])),
+                    "node_rmse_to_ma_edges": float(np.mean([np.sqrt(np.mean(np.sum((moved[i] - ma["pos"][i]) ** 2, 1)))
+                                                            for i in range(B)])) / h}
+            if ma["ratio"]:
+                out["ma_interp_ratio"] = float(np.mean(ma["ratio"]))
         self._last = {"moved": moved, "tri": tri, "monitor": batch["monitor"].cpu().numpy(), "target": None}
+        return out
+
+    def _ma_reference(self, batch: dict[str, Tensor], nodes: np.ndarray, tri: np.ndarray, rim: np.ndarray
+                      ) -> dict[str, list]:
+        """Converged Monge-Ampere meshes of each field's monitor on the data mesh (`monge_ampere_fem.FEMMongeAmpere`:
+        the classical mesher the DMM replaces; square sides slide, the rim nodes slide along the rim's circle, which
+        the official DMM leaves free), warm-started field to field: {"pos": [(V, 2)], "residual": [max |m det /
+        theta - 1|], "ratio": []} (ratios are filled by the caller)."""
+        from lit_models.common.monge_ampere_fem import FEMMongeAmpere
+
+        b = M.boundary_masks(nodes)
+        ring = np.zeros(len(nodes), bool)
+        ring[np.unique(rim)] = True
+        circle = None
+        if ring.any():
+            centre = nodes[ring].mean(0)
+            circle = (ring, tuple(centre), float(np.linalg.norm(nodes[ring] - centre, axis=1).mean()))
+        solver = FEMMongeAmpere(nodes, tri, slide_x=b["x_fixed"], slide_y=b["y_fixed"], circle=circle)
+        monitors = self._cast(batch["monitor"]).double().cpu()
+        out: dict[str, list] = {"pos": [], "residual": [], "ratio": []}
+        phi = None
+        for i in range(len(monitors)):
+            def monitor(p: np.ndarray, i: int = i) -> np.ndarray:
+                return sample_monitor(monitors[i:i + 1], torch.from_numpy(p)[None]).numpy()[0]
+
+            result, phi = solver.solve(monitor, phi)
+            out["pos"].append(result.pos)
+            out["residual"].append(result.residual)
         return out
 
     def configure_optimizers(self):

@@ -200,6 +200,35 @@ def test_evaluation_detects_a_folded_mesh():
     assert out["equi_ratio"] > 0 and np.isfinite(out["interp_ratio"])
 
 
+def test_monge_ampere_reference_metrics():
+    """model.ma_reference: the converged MA meshes of the same monitors on the data mesh (FEM relaxation). A mover
+    that returns exactly those meshes has node distance 0 from them and their interpolation ratio; the identity
+    mover is as far from them as they are from the original mesh; equidistribution improves on the MA meshes."""
+    dm = CylinderFlowDataModule(n_nodes=150, n_ring=16, n_traj=3, n_steps=11, n_train_traj=2, monitor_scale=1.0)
+    dm.setup()
+    batch = next(iter(dm.test_dataloader()))
+    m = DataFreeMeshMoverModule(branch="gnn", grid=150, gnn_knn=8, trunk_layers=[2, 8, 8], head_layers=[16, 8, 1],
+                                gnn_readout=[16], mover="identity", n_interp_points=300, ma_reference=True)
+    grid, dets = torch.rand(50, 2), torch.ones(len(batch["u"]), 50)
+    nodes, tri = batch["u"][0, :, 1:3].double().numpy(), batch["tri"][0].numpy()
+    ma = m._ma_reference(batch, nodes, tri, hole_boundary_edges(nodes, tri))
+    assert max(ma["residual"]) < 1e-3
+    out = m._mesh_metrics(batch, grid, dets)
+    for key in ("ma_interp_ratio", "ma_equi_ratio", "ma_inverted", "ma_residual_fem", "node_rmse_to_ma_edges"):
+        assert np.isfinite(out[key]), key
+    assert out["ma_residual_fem"] < 1e-3 and out["ma_equi_ratio"] < 0.9
+    assert out["ma_inverted"] == sum(M.count_inverted(p, tri) for p in ma["pos"])  # the rim can tangle (reported)
+    edges = M.mesh_edges(tri)
+    h = np.linalg.norm(nodes[edges[:, 0]] - nodes[edges[:, 1]], axis=1).mean()
+    expected = np.mean([np.sqrt(np.mean(np.sum((p - nodes) ** 2, 1))) for p in ma["pos"]]) / h
+    assert out["node_rmse_to_ma_edges"] == pytest.approx(expected) and expected > 0.1
+    ma_pos = torch.as_tensor(np.stack(ma["pos"]))
+    m.forward = lambda u, xi: ma_pos.to(xi.dtype)  # the MA meshes themselves as the mover
+    exact = m._mesh_metrics(batch, grid, dets)
+    assert exact["node_rmse_to_ma_edges"] == pytest.approx(0.0, abs=1e-5)  # the mover output is float32
+    assert exact["interp_ratio"] == pytest.approx(out["ma_interp_ratio"])
+
+
 # ------------------------------------------------------------------------------------ Navier-Stokes variant
 NS_TINY = ["data.ns.dt=0.005", "data.ns.dt_snap=0.01", "data.ns.warmup=0.2", "data.ns.settle=0.05",
            "data.ns.phase_window=0.1", "data.ns.ramp=0.05"]
