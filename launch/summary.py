@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import statistics
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +29,33 @@ class RunRecord:
     config: dict[str, object]
     metrics: dict[str, float] | None = None
     created: str = ""
+    job: str | None = None  # the run's latest SLURM job (slurm/jobs.txt)
+    job_state: str | None = None  # its state from sacct, when known
 
     @property
     def status(self) -> str:
         if self.metrics is not None:
             return "done"
+        if self.job and self.job_state and self.job_state != "COMPLETED":  # running, pending, failed, cancelled...
+            return f"{self.job_state.lower()} (job {self.job})"
         return "stopped" if (self.path / "checkpoints" / "last.ckpt").exists() else "no checkpoint"
+
+
+def slurm_states(jobs: list[str]) -> dict[str, str]:
+    """The state of each SLURM job id from one `sacct` call ({} without sacct or when it fails)."""
+    if not jobs or shutil.which("sacct") is None:
+        return {}
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(jobs), "-o", "JobID,State"],
+                             capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        job, _, state = line.partition("|")
+        if state.strip():
+            states[job.strip()] = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
+    return states
 
 
 @dataclass
@@ -77,12 +100,18 @@ def collect(root: Path, experiment: str | None = None, sweep: str | None = None)
             raise UserError(f"{final} is not valid JSON: {err}") from None
         meta = run_dir / "meta.json"
         created = json.loads(meta.read_text()).get("created", "") if meta.exists() else ""
-        records.append(RunRecord(run_dir.parent.name, run_dir.name, run_dir, _flatten(config), metrics, created))
+        jobs_file = run_dir / "slurm" / "jobs.txt"
+        jobs = jobs_file.read_text().split() if jobs_file.exists() else []
+        records.append(RunRecord(run_dir.parent.name, run_dir.name, run_dir, _flatten(config), metrics, created,
+                                 jobs[-1] if jobs else None))
     if not records:
         what = f"experiment '{experiment}'" if experiment else "any experiment"
         known = sorted({p.parent.parent.name for p in root.glob("*/*/config.yaml")})
         raise UserError(f"no runs of {what}{f' in sweep {sweep}' if sweep else ''} under {root}"
                         + (f" (experiments there: {', '.join(known)})" if known else ""))
+    states = slurm_states(sorted({r.job for r in records if r.job and r.metrics is None}))
+    for r in records:
+        r.job_state = states.get(r.job) if r.job else None
     return sorted(records, key=lambda r: (r.created, r.run_id))
 
 

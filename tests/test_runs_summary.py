@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -95,3 +96,23 @@ def test_a_local_sweep_ends_with_the_table_over_seeds(runs_root):
     assert len(finals) == 2  # runs 0 and 2: num_layers 0 at seeds 0 and 1
     expected = f"{statistics.fmean(finals):.4g} ± {statistics.stdev(finals):.2g}"
     assert any(expected in line for line in summary_lines), (expected, summary_lines)
+
+
+def test_unfinished_slurm_runs_show_their_job_state(tmp_path, monkeypatch, capsys):
+    """A run without final metrics shows the state sacct reports for its latest job (one sacct call for all)."""
+    root = tmp_path / "runs"
+    for run_id, jobs in (("a-0", "70\n77"), ("a-1", "78_1"), ("a-2", "79")):
+        run = fake_run(root, run_id, 0, int(run_id[-1]), None)
+        (run / "slurm").mkdir()
+        (run / "slurm" / "jobs.txt").write_text(jobs + "\n")
+    fake_run(root, "a-3", 1, 3, 0.5)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    (bin_dir / "sacct").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {calls}\n"
+                                   "printf '77|RUNNING\\n78_1|CANCELLED by 0\\n79|COMPLETED\\n'\n")
+    (bin_dir / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    status = {r.run_id: r.status for r in summary.collect(root)}
+    assert status == {"a-0": "running (job 77)", "a-1": "cancelled (job 78_1)", "a-2": "stopped", "a-3": "done"}
+    assert calls.read_text().count("\n") == 1 and "77,78_1,79" in calls.read_text()
