@@ -5,8 +5,10 @@ m = 1 + |u_x| / mean|u_x| of u = tanh(20 (x - 0.4)) + 0.3 sin(2 pi y):
 - baselines: `ma_fd` the finite-difference parabolic MA relaxation (`lit_models.common.mesh.ma_relaxation_mesh`,
   to its stopping tolerance or step cap; the classical solve for a general monitor), `ma_cosine` the cosine-series
   optimal-transport solve (`lit_models.common.monge_ampere.CosineMongeAmpere`, default 24 modes, cold start: the
-  MA reference mesher of the coupled UM2N runs) and `equidistribution_1d` (the exact 1-D equidistribution, only
-  possible for a separable monitor);
+  MA reference mesher of the coupled UM2N runs), `ma_fem` the finite-element MA relaxation of McRae et al.
+  (`lit_models.common.monge_ampere_fem.FEMMongeAmpere`, set-up and factorisation included, to max |m det / theta -
+  1| < 1e-3: the kind of solve UM2N's training meshes come from, and the one that works on any triangle mesh) and
+  `equidistribution_1d` (the exact 1-D equidistribution, only possible for a separable monitor);
 - ours: one forward of the data-free mesh mover (x = xi + grad phi at the mesh nodes: a forward and one backward
   of the potential network) and of UM2N (transformer + recurrent GAT deformer), untrained weights (cost does not
   depend on training), in the CPU-scale experiment sizes (`experiment=data_free_mesh_mover`, `experiment=um2n`)
@@ -22,9 +24,11 @@ import torch
 
 from lit_models.common import mesh as M
 from lit_models.common.monge_ampere import CosineMongeAmpere
+from lit_models.common.monge_ampere_fem import FEMMongeAmpere
 
 SUMMARY = ("`ratio` = baseline seconds / ours seconds (> 1: the learned mover is faster than that solve); "
            "baseline `ma_fd` is the finite-difference MA relaxation, `ma_cosine` the cosine-series MA solve, "
+           "`ma_fem` the finite-element MA relaxation, "
            "`equidistribution_1d` the exact separable solve; timings on 1 thread of a shared CPU (inflated when "
            "other jobs run).")
 
@@ -63,13 +67,14 @@ def run(quick: bool = True) -> list[dict]:
     rows = []
     modules = {(name, paper): _module(name, paper) for name in EXPERIMENTS for paper in (False, True)}  # built once
     for n in sizes:
-        pos, _ = M.unit_square_mesh(n)
+        pos, tri = M.unit_square_mesh(n)
         m1 = M.front_monitor_1d(20, 0.4)
         steps = 300 if quick else 2000
         t_fd = _time(lambda: M.ma_relaxation_mesh(lambda p: m1(p[:, 0]), n, steps=steps), 1 if quick else 2)
         t_1d = _time(lambda: M.equidistributed_mesh(pos, m1), repeats)
         monitor_nodes = m1(pos[:, 0])
         t_cos = _time(lambda: CosineMongeAmpere(warm_start=False).solve(monitor_nodes, n), repeats)
+        t_fem = _time(lambda: FEMMongeAmpere.unit_square(pos, tri).solve(lambda p: m1(p[:, 0])), repeats)
         d = front_fields(1, 48, 189, seed=0, monitor_scale=1.0, monitor_derivative="normal", force_aligned_k=20)
         u = torch.tensor(d["u"], dtype=torch.float32)[:, None]
         xi = torch.tensor(pos, dtype=torch.float32)[None]
@@ -82,7 +87,8 @@ def run(quick: bool = True) -> list[dict]:
                 mod = modules[name, paper]
                 with torch.no_grad() if name == "um2n" else torch.enable_grad():
                     t_ours = _time(lambda: call(mod), repeats)
-                for base, t_base in (("ma_fd", t_fd), ("ma_cosine", t_cos), ("equidistribution_1d", t_1d)):
+                for base, t_base in (("ma_fd", t_fd), ("ma_cosine", t_cos), ("ma_fem", t_fem),
+                                     ("equidistribution_1d", t_1d)):
                     rows.append({"mover": name, "size": "paper" if paper else "cpu",
                                  "experiment": EXPERIMENTS[name][int(paper)], "n_nodes": n * n,
                                  "baseline": base, "ours_s": t_ours, "baseline_s": t_base,
