@@ -98,8 +98,7 @@ def collect(root: Path, experiment: str | None = None, sweep: str | None = None)
             metrics = json.loads(final.read_text()) if final.exists() else None
         except json.JSONDecodeError as err:
             raise UserError(f"{final} is not valid JSON: {err}") from None
-        meta = run_dir / "meta.json"
-        created = json.loads(meta.read_text()).get("created", "") if meta.exists() else ""
+        created = _created(run_dir / "meta.json")
         jobs_file = run_dir / "slurm" / "jobs.txt"
         jobs = jobs_file.read_text().split() if jobs_file.exists() else []
         records.append(RunRecord(run_dir.parent.name, run_dir.name, run_dir, _flatten(config), metrics, created,
@@ -113,6 +112,14 @@ def collect(root: Path, experiment: str | None = None, sweep: str | None = None)
     for r in records:
         r.job_state = states.get(r.job) if r.job else None
     return sorted(records, key=lambda r: (r.created, r.run_id))
+
+
+def _created(meta: Path) -> str:
+    """The run's creation time from meta.json (provenance only: missing or unreadable sorts first, no error)."""
+    try:
+        return str(json.loads(meta.read_text()).get("created", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def varying_keys(records: list[RunRecord]) -> list[str]:
