@@ -142,29 +142,31 @@ def _submit(cfgs, sweep_id) -> int:
         print(f"submitted job {job.job_id}: run {run.run_id}  dir {run.dir}  logs {job.paths.stdout}")
     if not cfgs[0].launcher.wait:
         return 0
-    failed = 0
-    for cfg, job in zip(cfgs, jobs):
-        results = _wait_for(job, f"run {cfg.run_id}")
-        if results is None:
-            failed += 1
-            continue
-        metrics = results[0]  # one result per task; rank 0's holds the metrics
-        print_metrics(f"{cfg.experiment_name} / {cfg.run_id} (job {job.job_id})", metrics)
+    failed = _wait_for(jobs, [f"run {cfg.run_id}" for cfg in cfgs],  # one result per task; rank 0's: the metrics
+                       lambda i, results: print_metrics(f"{cfgs[i].experiment_name} / {cfgs[i].run_id} "
+                                                        f"(job {jobs[i].job_id})", results[0]))
     if sweep_id:
         _sweep_summary(cfgs, sweep_id)
     return 1 if failed else 0
 
 
-def _wait_for(job, what: str) -> list | None:
-    """Block until a submitit job ends: its tasks' results, or None after printing one line on why it failed."""
+def _wait_for(jobs: list, names: list[str], report) -> int:
+    """Wait for the submitit jobs in order; `report(i, task results)` as each one finishes (it may return a number
+    of failures found in the results), a job that failed is one printed line (job, what it ran, why, its log).
+    Returns the number of failures."""
     import submitit
 
-    try:
-        return job.results()
-    except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:
-        print(f"job {job.job_id} ({what}) failed: {str(err).strip().splitlines()[0][:200]} "
-              f"(logs: {job.paths.stderr})", file=sys.stderr)
-        return None
+    failed = 0
+    for i, (job, name) in enumerate(zip(jobs, names)):
+        try:
+            results = job.results()
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:
+            failed += 1
+            print(f"job {job.job_id} ({name}) failed: {str(err).strip().splitlines()[0][:200]} "
+                  f"(logs: {job.paths.stderr})", file=sys.stderr)
+            continue
+        failed += report(i, results) or 0
+    return failed
 
 
 def cmd_eval(args: list[str]) -> int:
@@ -273,15 +275,13 @@ def _submit_checks(slugs: list[str], names: list[str] | None, extra: list[str], 
         print(f"submitted job {job.job_id}: zoo check {slug}  results {out_dir}/{slug}.md  logs {job.paths.stdout}")
     if not cfg.launcher.wait:
         return 0
-    failed = 0
-    for slug, job in zip(slugs, jobs):
-        results = _wait_for(job, f"zoo check {slug}")
-        if results is None:
-            failed += 1
-            continue
+
+    def report(_: int, results: list) -> int:
         reports, n_failed = results[0]  # one task per check job
         print("\n".join(reports))
-        failed += n_failed
+        return n_failed
+
+    failed = _wait_for(jobs, [f"zoo check {slug}" for slug in slugs], report)
     print(f"results written to {out_dir}/")
     return 1 if failed else 0
 
@@ -311,11 +311,9 @@ def cmd_bench(args: list[str]) -> int:
 
 
 def cmd_status(args: list[str]) -> int:
-    import subprocess
-
     from omegaconf import OmegaConf
 
-    from launch import runs
+    from launch import runs, summary
 
     if len(args) != 1:
         raise UserError("usage: zoo status <run_id | run_dir>")
@@ -339,13 +337,10 @@ def cmd_status(args: list[str]) -> int:
         print_metrics("final metrics", json.loads(final.read_text()))
     jobs_file = run_dir / "slurm" / "jobs.txt"
     if jobs_file.exists():
-        for job in jobs_file.read_text().split():
-            try:
-                state = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], capture_output=True,
-                                       text=True, timeout=10).stdout.split()
-            except (OSError, subprocess.SubprocessError):
-                state = []
-            print(f"slurm job {job}: {' '.join(state) or 'unknown'}")
+        jobs = jobs_file.read_text().split()
+        states = summary.slurm_states(jobs)
+        for job in jobs:
+            print(f"slurm job {job}: {states.get(job, 'unknown')}")
     return 0
 
 
