@@ -199,8 +199,8 @@ def nodal_monitor(ref: np.ndarray, tri: np.ndarray, values: np.ndarray) -> Calla
 
 def _quadratic_patch_gradient(pos: np.ndarray, tri: np.ndarray):
     """Nodal gradient operators (two V x V CSR matrices): the gradient at node k of the least-squares quadratic
-    through the values on k's two-ring patch (a second-order recovery on unstructured meshes, where averaging the
-    element gradients is only first order)."""
+    through the values on k's patch, its neighbours (its two-ring where it has fewer than 6, e.g. on the boundary):
+    a second-order recovery on unstructured meshes, where averaging the element gradients is only first order."""
     from scipy.sparse import coo_matrix, csr_matrix
 
     n = len(pos)
