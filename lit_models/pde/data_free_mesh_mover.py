@@ -702,7 +702,8 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                                                             for i in range(B)])) / h}
             if ma["ratio"]:
                 out["ma_interp_ratio"] = float(np.mean(ma["ratio"]))
-        self._last = {"moved": moved, "tri": tri, "monitor": batch["monitor"].cpu().numpy(), "target": None}
+        self._last = {"moved": moved, "tri": tri, "monitor": batch["monitor"].cpu().numpy(),
+                      "target": None if ma is None else np.stack(ma["pos"])}  # figures() draws the MA meshes dashed
         return out
 
     def _ma_reference(self, batch: dict[str, Tensor], nodes: np.ndarray, tri: np.ndarray, rim: np.ndarray
@@ -742,7 +743,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
 
     def figures(self) -> dict[str, Any]:
         """{"moved_meshes": the moved eval meshes of the first test fields over their monitor (exact MA mesh dashed
-        where it exists)}."""
+        where it exists; on cylinder meshes with `ma_reference`, the converged FEM MA mesh)}."""
         if self._last is None:
             return {}
         import matplotlib.pyplot as plt

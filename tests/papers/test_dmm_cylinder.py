@@ -222,6 +222,10 @@ def test_monge_ampere_reference_metrics():
     h = np.linalg.norm(nodes[edges[:, 0]] - nodes[edges[:, 1]], axis=1).mean()
     expected = np.mean([np.sqrt(np.mean(np.sum((p - nodes) ** 2, 1))) for p in ma["pos"]]) / h
     assert out["node_rmse_to_ma_edges"] == pytest.approx(expected) and expected > 0.1
+    assert np.allclose(m._last["target"], np.stack(ma["pos"]))  # figures() draws them dashed over the moved mesh
+    import matplotlib.pyplot as plt
+
+    plt.close(m.figures()["moved_meshes"])
     ma_pos = torch.as_tensor(np.stack(ma["pos"]))
     m.forward = lambda u, xi: ma_pos.to(xi.dtype)  # the MA meshes themselves as the mover
     exact = m._mesh_metrics(batch, grid, dets)
