@@ -20,7 +20,8 @@ USAGE = """zoo <command> [args]
   zoo bench <slug> | --all [--quick]                           speed and memory benchmarks (ratios)
   zoo status <run_id | run_dir>                                progress, checkpoint, metrics, SLURM jobs of a run
   zoo runs [<experiment>] [--sweep ID] [--over seed] [--csv F]  runs as a table: what differs, final metrics
-                                                               (--over seed: mean ± std over seeds per setting)
+                                                               (--over seed: mean ± std over seeds per setting;
+                                                               --plot F.png: those against the first setting)
 """
 
 
@@ -107,9 +108,16 @@ def _sweep_summary(cfgs, sweep_id: str) -> None:
     root = Path(cfgs[0].runs_root)
     records = summary.collect(root, None, sweep_id)
     over = "seed" if "seed" in summary.varying_keys(records) else None
-    summary.print_table(summary.build(records, over=over),
-                        f"sweep {sweep_id}" + (", mean ± std over seed" if over else ""))
-    print(f"the same table later: zoo runs --root {root} --sweep {sweep_id}" + (" --over seed" if over else ""))
+    table = summary.build(records, over=over)
+    summary.print_table(table, f"sweep {sweep_id}" + (", mean ± std over seed" if over else ""))
+    out = root / "sweeps" / sweep_id
+    summary.write_csv(table, out.with_suffix(".csv"))
+    written = [out.with_suffix(".csv")]
+    if over and len(table.columns) > 2 + len(summary.default_metrics(records)):  # a setting besides the seed
+        summary.plot(table, summary.default_metrics(records), out.with_suffix(".png"))
+        written.append(out.with_suffix(".png"))
+    print(f"wrote {', '.join(map(str, written))}; the same table later: zoo runs --root {root} --sweep {sweep_id}"
+          + (" --over seed" if over else ""))
 
 
 def _resume_or_new(cfg):
@@ -354,7 +362,11 @@ def cmd_runs(args: list[str]) -> int:
     parser.add_argument("--metric", action="append", help="a final metric to show (repeatable); default: test/*")
     parser.add_argument("--over", help="aggregate over this config key (e.g. seed): mean ± std per setting")
     parser.add_argument("--csv", help="also write the table's numbers to this CSV file")
+    parser.add_argument("--plot", help="with --over: plot each metric (mean, std bars) against the first setting key "
+                                       "to this PNG file")
     opts = parser.parse_args(args)
+    if opts.plot and not opts.over:
+        raise UserError("--plot needs --over <key> (the metrics are plotted as mean ± std over it)")
     records = summary.collect(Path(opts.root), opts.experiment, opts.sweep)
     table = summary.build(records, opts.metric, opts.over)
     title = f"{len(records)} runs under {opts.root}" + (f" (sweep {opts.sweep})" if opts.sweep else "")
@@ -362,6 +374,9 @@ def cmd_runs(args: list[str]) -> int:
     if opts.csv:
         summary.write_csv(table, Path(opts.csv))
         print(f"wrote {opts.csv}")
+    if opts.plot:
+        summary.plot(table, opts.metric or summary.default_metrics(records), Path(opts.plot))
+        print(f"wrote {opts.plot}")
     return 0
 
 

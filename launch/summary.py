@@ -213,6 +213,52 @@ def print_table(table: Table, title: str) -> None:
     Console(width=max(120, sum(len(c) + 3 for c in table.columns))).print(rich_table)
 
 
+def plot(table: Table, metrics: list[str], path: Path) -> None:
+    """One panel per metric against the first setting key of an aggregated table (mean, sample-std error bars), one
+    line per value of the other setting keys; the PNG is written to a temporary file first, then renamed."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [c for c in table.columns if c not in ("experiment", "runs", *metrics)]
+    if not keys:
+        raise UserError("--plot needs a setting that differs between the runs (besides the aggregated key)")
+    x_key, line_keys = keys[0], keys[1:]
+    lines: dict[tuple, list[dict]] = {}
+    for row in table.numbers:
+        lines.setdefault((row["experiment"], *(row[k] for k in line_keys)), []).append(row)
+    xs = sorted({row[x_key] for row in table.numbers}, key=lambda v: (not isinstance(v, (int, float)), v))
+    position = {v: i for i, v in enumerate(xs)}
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for label, rows in lines.items():
+            rows = sorted(rows, key=lambda r: position[r[x_key]])
+            x = [r[x_key] if numeric else position[r[x_key]] for r in rows]
+            ax.errorbar(x, [r[f"{metric} mean"] for r in rows],
+                        yerr=[0.0 if math.isnan(r[f"{metric} std"]) else r[f"{metric} std"] for r in rows],
+                        marker="o", capsize=3, label=", ".join(f"{k}={v}" for k, v in zip(line_keys, label[1:]))
+                        or label[0])
+        if not numeric:
+            ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+        elif all(isinstance(v, int) for v in xs):
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    if len(lines) > 1:
+        axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def write_csv(table: Table, path: Path) -> None:
     """The raw numbers (not the rounded strings) as CSV; written to a temporary file first, then renamed."""
     path = Path(path)

@@ -69,6 +69,20 @@ def test_mean_and_sample_std_over_seeds_per_setting(sweep_root, tmp_path):
     assert len(written) == 2 and float(written[0]["test/recall@20 mean"]) == pytest.approx(0.33)
 
 
+def test_plot_of_the_metrics_against_the_setting(sweep_root, tmp_path, capsys):
+    out = tmp_path / "plots" / "sweep.png"
+    assert cli.main(["runs", "lightgcn", "--root", str(sweep_root), "--sweep", "s", "--over", "seed",
+                     "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(out.parent.glob("*.tmp*"))
+    capsys.readouterr()
+    assert cli.main(["runs", "--root", str(sweep_root), "--plot", str(out)]) == 2
+    assert "--plot needs --over" in capsys.readouterr().err
+    only_seeds = summary.build([r for r in summary.collect(sweep_root, sweep="s") if r.config["model.num_layers"] == 1],
+                               over="seed")
+    with pytest.raises(summary.UserError, match="differs"):
+        summary.plot(only_seeds, ["test/recall@20"], out)
+
+
 def test_zoo_runs_cli(sweep_root, tmp_path, capsys):
     out = tmp_path / "per_run.csv"
     assert cli.main(["runs", "lightgcn", "--root", str(sweep_root), "--metric", "val/recall@20",
@@ -90,6 +104,8 @@ def test_a_local_sweep_ends_with_the_table_over_seeds(runs_root):
     proc = zoo_subprocess("train", "-m", "experiment=lightgcn", "data=synthetic_graph", "trainer=debug", "logger=none",
                           "seed=0,1", "model.num_layers=0,1", f"runs_root={runs_root}", check=True, timeout=300)
     assert "mean ± std over seed" in proc.stdout
+    sweep_files = sorted(p.suffix for p in (runs_root / "sweeps").iterdir())
+    assert sweep_files == [".csv", ".png"]  # the table's numbers and the plot against model.num_layers
     summary_lines = [line for line in proc.stdout.splitlines() if "lightgcn" in line and "2/2" in line]
     assert len(summary_lines) == 2, proc.stdout[-3000:]
     finals = [json.loads(p.read_text())["test/recall@20"] for p in sorted(runs_root.glob("lightgcn/*-[02]/final_metrics.json"))]
