@@ -40,7 +40,11 @@ functions, and exact Monge-Ampere (MA) targets where they exist (separable monit
   folder holding the `dataset_dirs` (names relative to it); training graphs come from each dataset's `train_subdir`
   (train/), test graphs from its `test_subdir` (test/). Same graph layout as above with kind = 2 (target read from a
   file, params NaN, n_side = boundary nodes per side); n_train, train_sizes, mesh and the test_* keys are unused.
-  `test_family="swirl"` replaces the test graphs (of either dataset) by the swirl snapshots below.
+  name="helmholtz_offline": the same kind of data generated offline (`datamodules.helmholtz_offline`: the official
+  random Helmholtz problems on Delaunay meshes with `train_sizes` nodes per side, P1 solution, the released sets'
+  Hessian monitor, MA targets by the finite-element relaxation in place of `movement`; ~0.3 s a sample): n_train
+  training graphs and n_train // 5 held-out test graphs (own seed stream; mesh and the test_* keys unused).
+  `test_family="swirl"` replaces the test graphs (of any dataset) by the swirl snapshots below.
 
   test_family="swirl": the paper's swirl advection test (official `UM2N/generator/swirl_solver.py`,
   `script/build_swirl.py`, `script/make_dataset_swirl.sh`), offline: no DG solve; the solution at each snapshot time t
@@ -630,8 +634,9 @@ class MeshGraphDataModule(L.LightningDataModule):
                  train_subdir: str = "train", test_subdir: str = "test", test_family: str = "default",
                  swirl: dict | None = None, cylinder: dict | None = None, seed: int = 0) -> None:
         super().__init__()
-        if name not in ("separable", "um2n_helmholtz"):
-            raise ValueError(f"unknown UM2N dataset {name!r}; available: 'separable' (offline), 'um2n_helmholtz'")
+        if name not in ("separable", "um2n_helmholtz", "helmholtz_offline"):
+            raise ValueError(f"unknown UM2N dataset {name!r}; available: 'separable' (offline), 'um2n_helmholtz', "
+                             "'helmholtz_offline'")
         if not train_sizes or min(train_sizes) < 3 or test_size < 3:
             raise ValueError("mesh sizes must be >= 3 nodes per side")
         check_min("data", 1, n_train=n_train, batch_size=batch_size)
@@ -667,6 +672,16 @@ class MeshGraphDataModule(L.LightningDataModule):
             return
         rng = np.random.default_rng(self.seed)
         sizes = list(hp.train_sizes)
+        if hp.name == "helmholtz_offline":  # unstructured meshes, MA targets by the FEM solver (~0.3 s a sample)
+            from datamodules.helmholtz_offline import helmholtz_graph
+
+            def draw(n: int, stream: np.random.Generator) -> list:
+                return [helmholtz_graph(sizes[i % len(sizes)], stream, int(stream.integers(2**31))) for i in range(n)]
+
+            self.train_set = _List(draw(hp.n_train, rng))
+            # held out as the released sets' test split (15 % beside 75 % for training)
+            self._test_sets["file"] = _List(draw(max(1, hp.n_train // 5), np.random.default_rng(self.seed + 5000)))
+            return
         self.train_set = _List([separable_graph(sizes[i % len(sizes)], rng, *self._mesh_draw(hp.mesh, rng))
                                 for i in range(hp.n_train)])
 
@@ -696,7 +711,7 @@ class MeshGraphDataModule(L.LightningDataModule):
             return self._swirl_set(mesh)
         if hp.test_family == "cylinder":
             return self._cylinder_set()
-        if hp.name == "um2n_helmholtz":  # the datasets' own test split (read in setup)
+        if hp.name in ("um2n_helmholtz", "helmholtz_offline"):  # the datasets' own test split (made in setup)
             if "file" not in self._test_sets:
                 self.setup("test")
             return self._test_sets["file"]
