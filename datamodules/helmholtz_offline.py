@@ -8,7 +8,7 @@ Firedrake; target meshes from the `movement` package's MA solver"), generated he
 - mesh: a Delaunay triangulation of the unit square (`mesh.unstructured_square_mesh`, n_side nodes per side: 21 for
   the official lc = 0.05, 19 for 0.055);
 - monitor (as stored in the released files, `datamodules.um2n_helmholtz`): m = 1 + 5 ||H(u_h)||_F^2 /
-  max ||H(u_h)||_F^2, H the Hessian of the P1 solution by repeated lumped L2 recovery (`mesh.recover_gradient`);
+  max ||H(u_h)||_F^2, H the Hessian of the P1 solution by repeated lumped L2 recovery (`mesh.recovered_derivatives`);
 - target: the Monge-Ampere mesh of that monitor (given at the nodes, interpolated at moved points) by the
   finite-element relaxation `lit_models.common.monge_ampere_fem.FEMMongeAmpere` in place of `movement`'s solver.
 Graphs are laid out as the released sets' (`um2n_helmholtz.KIND_FILE`: evaluated by node RMSE to the target).
@@ -24,7 +24,7 @@ SOURCE_DEFAULTS = {"max_dist": 6, "c_min": 0.2, "c_max": 0.8, "z_min": 0.0, "z_m
                    "sigma_std": 1.0 / 6.0, "sigma_eps": 0.125}
 
 
-def random_sources(rng: np.random.Generator, max_dist: int = 6) -> np.ndarray:
+def random_sources(rng: np.random.Generator, max_dist: int = SOURCE_DEFAULTS["max_dist"]) -> np.ndarray:
     """(n, 5) rows (z, mu_x, mu_y, sigma_x, sigma_y) of 1..max_dist anisotropic Gaussians (official distribution)."""
     d = SOURCE_DEFAULTS
     n = int(rng.integers(1, max_dist + 1))
@@ -74,8 +74,7 @@ def solve_helmholtz(pos: np.ndarray, tri: np.ndarray, sources: np.ndarray) -> np
 
 def hessian_monitor(pos: np.ndarray, tri: np.ndarray, u: np.ndarray) -> np.ndarray:
     """m = 1 + 5 ||H||_F^2 / max ||H||_F^2 with H recovered from the P1 field u (gradient of the gradient)."""
-    g = M.recover_gradient(pos, tri, u)
-    h2 = np.sum(M.recover_gradient(pos, tri, g[:, 0]) ** 2, 1) + np.sum(M.recover_gradient(pos, tri, g[:, 1]) ** 2, 1)
+    _, h2 = M.recovered_derivatives(pos, tri, u)
     return 1.0 + 5.0 * h2 / max(float(h2.max()), 1e-300)
 
 
@@ -85,7 +84,7 @@ def helmholtz_sample(n_side: int, rng: np.random.Generator, mesh_seed: int) -> d
     from lit_models.common.monge_ampere_fem import FEMMongeAmpere, nodal_monitor
 
     pos, tri = M.unstructured_square_mesh(n_side, seed=mesh_seed)
-    sources = random_sources(rng, SOURCE_DEFAULTS["max_dist"])
+    sources = random_sources(rng)
     u = solve_helmholtz(pos, tri, sources)
     m = hessian_monitor(pos, tri, u)
     solver = FEMMongeAmpere.unit_square(pos, tri)

@@ -496,10 +496,16 @@ def swirl_monitor_from_field(pos: np.ndarray, tri: np.ndarray, u: np.ndarray, gr
     values u (V,) (e.g. `dg_advection.to_p1` of the DG solution): gradient and Hessian by repeated lumped L2
     recovery (`recover_gradient` of u, then of each gradient component; the official code recovers them by a mixed
     L2 projection), ||H||_F^2 = the sum of the four recovered entries squared (as the official code)."""
+    g, hess2 = recovered_derivatives(pos, tri, u)
+    return swirl_monitor_from_derivatives(pos, tri, np.sum(g**2, 1), hess2, grad_weight, hessian_weight, n_smooth)
+
+
+def recovered_derivatives(pos: np.ndarray, tri: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodal gradient (V, 2) of the P1 field u by lumped L2 recovery (`recover_gradient`) and ||H||_F^2 (V,) of the
+    Hessian recovered from it the same way (the sum of its four entries squared, as the official monitors)."""
     g = recover_gradient(pos, tri, u)
     hx, hy = recover_gradient(pos, tri, g[:, 0]), recover_gradient(pos, tri, g[:, 1])
-    return swirl_monitor_from_derivatives(pos, tri, np.sum(g**2, 1), np.sum(hx**2, 1) + np.sum(hy**2, 1),
-                                          grad_weight, hessian_weight, n_smooth)
+    return g, np.sum(hx**2, 1) + np.sum(hy**2, 1)
 
 
 def knn_index(src: Tensor, dst: Tensor, k: int, exclude_self: bool = False) -> Tensor:
