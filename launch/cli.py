@@ -113,8 +113,8 @@ def _sweep_summary(cfgs, sweep_id: str) -> None:
     out = root / "sweeps" / sweep_id
     summary.write_csv(table, out.with_suffix(".csv"))
     written = [out.with_suffix(".csv")]
-    if over and len(table.columns) > 2 + len(summary.default_metrics(records)):  # a setting besides the seed
-        summary.plot(table, summary.default_metrics(records), out.with_suffix(".png"))
+    if summary.can_plot(table):  # seeds aggregated, a setting besides the seed, finished runs
+        summary.plot(table, out.with_suffix(".png"))
         written.append(out.with_suffix(".png"))
     print(f"wrote {', '.join(map(str, written))}; the same table later: zoo runs --root {root} --sweep {sweep_id}"
           + (" --over seed" if over else ""))
@@ -375,7 +375,7 @@ def cmd_runs(args: list[str]) -> int:
         summary.write_csv(table, Path(opts.csv))
         print(f"wrote {opts.csv}")
     if opts.plot:
-        summary.plot(table, opts.metric or summary.default_metrics(records), Path(opts.plot))
+        summary.plot(table, Path(opts.plot))
         print(f"wrote {opts.plot}")
     return 0
 

@@ -60,9 +60,14 @@ def slurm_states(jobs: list[str]) -> dict[str, str]:
 
 @dataclass
 class Table:
-    """Rows of strings under `columns`; `numbers` keeps the raw values for the CSV (mean, std, n per metric)."""
+    """Rows of strings under `columns`; `numbers` keeps the raw values for the CSV (mean, std, n per metric);
+    `settings` the config keys shown (for an aggregated table: those it groups by), `metrics` the metrics shown,
+    `over` the key an aggregated table averages over (None: one row per run)."""
 
     columns: list[str]
+    settings: list[str]
+    metrics: list[str]
+    over: str | None = None
     rows: list[list[str]] = field(default_factory=list)
     numbers: list[dict[str, object]] = field(default_factory=list)
 
@@ -150,7 +155,7 @@ def _fmt(value) -> str:
 
 
 def per_run(records: list[RunRecord], keys: list[str], metrics: list[str]) -> Table:
-    table = Table(["experiment", "run", "status", *keys, *metrics])
+    table = Table(["experiment", "run", "status", *keys, *metrics], keys, metrics)
     for r in records:
         values = [r.metrics.get(m, math.nan) if r.metrics else math.nan for m in metrics]
         table.rows.append([r.experiment, r.run_id, r.status, *(_fmt(r.config.get(k, "")) for k in keys),
@@ -168,7 +173,7 @@ def over_seeds(records: list[RunRecord], keys: list[str], metrics: list[str], ov
     groups: dict[tuple, list[RunRecord]] = {}
     for r in records:
         groups.setdefault((r.experiment, *(json.dumps(r.config.get(k), default=str) for k in group_keys)), []).append(r)
-    table = Table(["experiment", *group_keys, "runs", *metrics])
+    table = Table(["experiment", *group_keys, "runs", *metrics], group_keys, metrics, over)
     for group in groups.values():
         done = [r for r in group if r.metrics is not None]
         cells, numbers = [], {}
@@ -213,7 +218,12 @@ def print_table(table: Table, title: str) -> None:
     Console(width=max(120, sum(len(c) + 3 for c in table.columns))).print(rich_table)
 
 
-def plot(table: Table, metrics: list[str], path: Path) -> None:
+def can_plot(table: Table) -> bool:
+    """An aggregated table (`over_seeds`) with a setting to put on the x axis and a metric to plot."""
+    return bool(table.over and table.settings and table.metrics and table.numbers)
+
+
+def plot(table: Table, path: Path) -> None:
     """One panel per metric against the first setting key of an aggregated table (mean, sample-std error bars), one
     line per value of the other setting keys; the PNG is written to a temporary file first, then renamed."""
     import matplotlib
@@ -222,10 +232,12 @@ def plot(table: Table, metrics: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [c for c in table.columns if c not in ("experiment", "runs", *metrics)]
-    if not keys:
+    if not table.settings:
         raise UserError("--plot needs a setting that differs between the runs (besides the aggregated key)")
-    x_key, line_keys = keys[0], keys[1:]
+    if not can_plot(table):
+        raise UserError("--plot needs finished runs with final metrics, aggregated with --over")
+    metrics = table.metrics
+    x_key, line_keys = table.settings[0], table.settings[1:]
     lines: dict[tuple, list[dict]] = {}
     for row in table.numbers:
         lines.setdefault((row["experiment"], *(row[k] for k in line_keys)), []).append(row)

@@ -80,7 +80,14 @@ def test_plot_of_the_metrics_against_the_setting(sweep_root, tmp_path, capsys):
     only_seeds = summary.build([r for r in summary.collect(sweep_root, sweep="s") if r.config["model.num_layers"] == 1],
                                over="seed")
     with pytest.raises(summary.UserError, match="differs"):
-        summary.plot(only_seeds, ["test/recall@20"], out)
+        summary.plot(only_seeds, out)
+    assert summary.can_plot(summary.build(summary.collect(sweep_root, sweep="s"), over="seed"))
+    unfinished = summary.collect(sweep_root, sweep="s")
+    for r in unfinished:  # a sweep whose runs all failed: settings to group by, but no metric to plot
+        r.metrics = None
+    table = summary.build(unfinished, over="seed")
+    assert table.settings == ["model.num_layers"] and not table.metrics and not summary.can_plot(table)
+    assert not summary.can_plot(summary.build(summary.collect(sweep_root, sweep="s")))  # per-run table
 
 
 def test_zoo_runs_cli(sweep_root, tmp_path, capsys):
