@@ -218,7 +218,29 @@ class _Segments(IterableDataset):
             yield {"x": s.unsqueeze(0)}
 
 
-class DystsDataModule(L.LightningDataModule):
+class _SegmentLoaders:
+    """Loaders shared by the trajectory datamodules: random training windows (``SubsequenceBatches``, reseeded by
+    epoch and rank) from ``train_segments``; whole ``val_segments`` / ``test_segments``, one per batch."""
+
+    def train_dataset(self) -> SubsequenceBatches:
+        self.setup()
+        h = self.hparams
+        return SubsequenceBatches(self.train_segments, window_length(h), h.batch_size, h.steps_per_epoch, h.seed,
+                                  lambda: sampling_context(self))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_dataset(), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(_Segments(self.val_segments), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(_Segments(self.test_segments), batch_size=None)
+
+
+class DystsDataModule(_SegmentLoaders, L.LightningDataModule):
     def __init__(
         self,
         name: str = "Lorenz",
@@ -286,25 +308,6 @@ class DystsDataModule(L.LightningDataModule):
         self.dim = int(raw.shape[-1])
         self._loaded = True
 
-    def _context(self) -> tuple[int, int, int]:
-        return sampling_context(self)
-
-    def train_dataset(self) -> SubsequenceBatches:
-        self.setup()
-        h = self.hparams
-        return SubsequenceBatches(self.train_segments, window_length(h), h.batch_size, h.steps_per_epoch, h.seed,
-                                  self._context)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset(), batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(_Segments(self.val_segments), batch_size=None)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(_Segments(self.test_segments), batch_size=None)
 
 
 def load_npy_series(path) -> np.ndarray:
@@ -321,7 +324,7 @@ def load_npy_series(path) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-class TrajectoryFileDataModule(L.LightningDataModule):
+class TrajectoryFileDataModule(_SegmentLoaders, L.LightningDataModule):
     """The GTF paper's real data sets (``GTF_FILES``): train / test ``.npy`` files (T x N), see the module docstring.
 
     Args:
@@ -402,20 +405,3 @@ class TrajectoryFileDataModule(L.LightningDataModule):
         self.val_segments = self.test_segments
         self.dim = int(train.shape[1])
         self._loaded = True
-
-    def train_dataset(self) -> SubsequenceBatches:
-        self.setup()
-        h = self.hparams
-        return SubsequenceBatches(self.train_segments, window_length(h), h.batch_size, h.steps_per_epoch, h.seed,
-                                  lambda: sampling_context(self))
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset(), batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(_Segments(self.val_segments), batch_size=None)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(_Segments(self.test_segments), batch_size=None)
