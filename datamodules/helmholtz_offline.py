@@ -12,6 +12,8 @@ Firedrake; target meshes from the `movement` package's MA solver"), generated he
 - target: the Monge-Ampere mesh of that monitor (given at the nodes, interpolated at moved points) by the
   finite-element relaxation `lit_models.common.monge_ampere_fem.FEMMongeAmpere` in place of `movement`'s solver.
 Graphs are laid out as the released sets' (`um2n_helmholtz.KIND_FILE`: evaluated by node RMSE to the target).
+`helmholtz_graphs` caches the generated meshes (~0.3 s each) in the download cache's `helmholtz_offline/` folder
+($PAPERZOO_DATA or ~/.cache/paperzoo), keyed by count, sizes and seed: a later run with the same data starts at once.
 """
 from __future__ import annotations
 
@@ -100,3 +102,26 @@ def helmholtz_graph(n_side: int, rng: np.random.Generator, mesh_seed: int):
 
     s = helmholtz_sample(n_side, rng, mesh_seed)
     return _graph(n_side, s["pos"], s["tri"], s["monitor"], s["target"], KIND_FILE, [np.nan] * 4)
+
+
+def helmholtz_graphs(n: int, sizes: list[int], seed: int, folder=None) -> list:
+    """`n` graphs (`sizes` cycled) drawn from `np.random.default_rng(seed)`, each as `helmholtz_graph`; the meshes,
+    monitors and targets go through an .npz cache (`download.cached_npz`; `folder` None: the download cache's
+    `helmholtz_offline/`)."""
+    from datamodules.download import cache_dir, cached_npz
+    from datamodules.meshes import _graph
+    from datamodules.um2n_helmholtz import KIND_FILE
+
+    sizes = [int(k) for k in sizes]
+
+    def make() -> dict[str, np.ndarray]:
+        rng, out = np.random.default_rng(seed), {}
+        for i in range(n):
+            sample = helmholtz_sample(sizes[i % len(sizes)], rng, int(rng.integers(2**31)))
+            out.update({f"{k}_{i}": sample[k] for k in ("pos", "tri", "monitor", "target")})
+        return out
+
+    key = {"n": int(n), "sizes": sizes, "seed": int(seed), "v": 1}
+    z = cached_npz(cache_dir() / "helmholtz_offline" if folder is None else folder, "helmholtz", key, make)
+    return [_graph(sizes[i % len(sizes)], z[f"pos_{i}"], z[f"tri_{i}"], z[f"monitor_{i}"], z[f"target_{i}"],
+                   KIND_FILE, [np.nan] * 4) for i in range(n)]

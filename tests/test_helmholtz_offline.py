@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamodules.helmholtz_offline import exact_solution, helmholtz_sample, random_sources, solve_helmholtz
+from datamodules import helmholtz_offline
+from datamodules.helmholtz_offline import (
+    exact_solution,
+    helmholtz_graph,
+    helmholtz_graphs,
+    helmholtz_sample,
+    random_sources,
+    solve_helmholtz,
+)
 from lit_models.common import mesh as M
 from tests.papers.contract import fast_run
 
@@ -43,6 +51,28 @@ def test_sample_has_the_released_monitor_and_a_valid_ma_target():
     assert M.count_inverted(s["target"], s["tri"]) == 0 and M.boundary_violation(s["target"], s["pos"]) == 0.0
     moved = np.sqrt(np.mean(np.sum((s["target"] - s["pos"]) ** 2, 1))) / M.cell_size(13)
     assert moved > 0.3  # the target concentrates nodes where the Hessian is large, not the identity
+
+
+def test_generated_meshes_are_cached(tmp_path, monkeypatch):
+    """helmholtz_graphs draws the graphs helmholtz_graph draws in turn from one seeded stream, writes them once to the
+    download cache and reads them back there (no solve) with the same count, sizes and seed."""
+    monkeypatch.setenv("PAPERZOO_DATA", str(tmp_path))
+    graphs = helmholtz_graphs(3, [7, 8], seed=4)
+    rng = np.random.default_rng(4)
+    for i, g in enumerate(graphs):
+        ref = helmholtz_graph([7, 8][i % 2], rng, int(rng.integers(2**31)))
+        assert g.pos.shape == ref.pos.shape and all(
+            np.array_equal(np.asarray(g[k]), np.asarray(ref[k])) for k in ("pos", "x", "y", "face", "edge_index"))
+    assert len(list((tmp_path / "helmholtz_offline").glob("helmholtz_*.npz"))) == 1
+
+    def no_solve(*args, **kwargs):
+        raise AssertionError("regenerated although cached")
+
+    monkeypatch.setattr(helmholtz_offline, "helmholtz_sample", no_solve)
+    again = helmholtz_graphs(3, [7, 8], seed=4)
+    assert all(np.array_equal(a.y.numpy(), b.y.numpy()) for a, b in zip(graphs, again))
+    with pytest.raises(AssertionError, match="regenerated"):
+        helmholtz_graphs(3, [7, 8], seed=5)  # another seed is another cache entry
 
 
 def test_um2n_trains_on_offline_helmholtz_data():

@@ -41,6 +41,7 @@ class FastRun:
     metrics: dict[str, float]
     coverage: GradientCoverage
     model: L.LightningModule
+    datamodule: L.LightningDataModule | None = None
 
     def assert_contract(self) -> None:
         assert self.coverage.losses and all(math.isfinite(v) for v in self.coverage.losses), self.coverage.losses
@@ -66,7 +67,7 @@ def fast_run(experiment: str, *overrides: str, steps: int = 3) -> FastRun:
 
     class Capture(L.Callback):
         def on_fit_start(self, trainer, pl_module) -> None:
-            captured["model"] = pl_module
+            captured["model"], captured["datamodule"] = pl_module, trainer.datamodule
 
     metrics = train.run(cfg, make_run_dir=False, extra_callbacks=[coverage, Capture()])
-    return FastRun(metrics, coverage, captured["model"])
+    return FastRun(metrics, coverage, captured["model"], captured["datamodule"])

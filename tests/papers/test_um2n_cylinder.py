@@ -1,7 +1,7 @@
 """UM2N's flow-past-a-cylinder test case, offline (no Navier-Stokes solve): the exact potential flow past a rotating
 cylinder, the official monitor min(||grad u||_F^2, clip) / max computed from it, the holed test graphs (rim nodes
-fixed) and the `experiment=um2n/cylinder` variant (trained as `experiment=um2n`, tested zero-shot on the holed
-meshes); and the Navier-Stokes field option (`data.cylinder.field=navier_stokes`, `experiment=um2n/cylinder_ns`) with
+fixed) and the `experiment=um2n/cylinder` variant (trained on offline Helmholtz problems, tested zero-shot on the
+holed meshes); and the Navier-Stokes field option (`data.cylinder.field=navier_stokes`, `experiment=um2n/cylinder_ns`) with
 tiny solver settings: the official monitor from the solver's vertex-averaged P2 velocity gradient, the interpolation
 ratio against the solver's reference field, and its configuration errors."""
 from __future__ import annotations
@@ -118,6 +118,8 @@ def test_untrained_model_keeps_sides_and_rim_and_the_ablation_frees_the_rim():
 def test_fast_cylinder_variant():
     run = fast_run("um2n/cylinder", *SMALL)
     run.assert_contract()
+    dm = run.datamodule  # trained on the offline Helmholtz problems; their held-out split is not drawn (unused)
+    assert dm.hparams.name == "helmholtz_offline" and len(dm.train_set) == 6 and "file" not in dm._test_sets
     for key in ("interp_ratio_cylinder", "inverted_cylinder", "boundary_violation_cylinder", "inverted",
                 "boundary_violation", "interp_ratio_cylinder_t0.000", "inverted_cylinder_t0.250",
                 "boundary_violation_cylinder_t0.250"):

@@ -1,6 +1,6 @@
 """UM2N's swirl advection test case, offline (no DG solve): the exact solution by RK4 characteristics of the
 official reversing swirl velocity, the official monitor computed from it, the swirl test graphs and the
-`experiment=um2n/swirl` variant (trained as `experiment=um2n`, tested zero-shot on swirl snapshots)."""
+`experiment=um2n/swirl` variant (trained on offline Helmholtz problems, tested zero-shot on swirl snapshots)."""
 from __future__ import annotations
 
 import numpy as np
