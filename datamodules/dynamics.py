@@ -309,7 +309,6 @@ class DystsDataModule(_SegmentLoaders, L.LightningDataModule):
         self._loaded = True
 
 
-
 def load_npy_series(path) -> np.ndarray:
     """A T x N float array from an ``.npy`` file (the official `Dataset`: 2-d, time first)."""
     path = Path(path)

@@ -95,22 +95,27 @@ def helmholtz_sample(n_side: int, rng: np.random.Generator, mesh_seed: int) -> d
             "ma_residual": result.residual, "converged": result.converged}
 
 
-def helmholtz_graph(n_side: int, rng: np.random.Generator, mesh_seed: int):
-    """The sample as a UM2N graph (`datamodules.meshes._graph` layout, kind KIND_FILE)."""
+_GRAPH_KEYS = ("pos", "tri", "monitor", "target")  # what a graph is built from (and what the cache keeps)
+
+
+def _as_graph(n_side: int, sample: dict[str, np.ndarray]):
     from datamodules.meshes import _graph
     from datamodules.um2n_helmholtz import KIND_FILE
 
-    s = helmholtz_sample(n_side, rng, mesh_seed)
+    s = sample
     return _graph(n_side, s["pos"], s["tri"], s["monitor"], s["target"], KIND_FILE, [np.nan] * 4)
+
+
+def helmholtz_graph(n_side: int, rng: np.random.Generator, mesh_seed: int):
+    """The sample as a UM2N graph (`datamodules.meshes._graph` layout, kind KIND_FILE)."""
+    return _as_graph(n_side, helmholtz_sample(n_side, rng, mesh_seed))
 
 
 def helmholtz_graphs(n: int, sizes: list[int], seed: int, folder=None) -> list:
     """`n` graphs (`sizes` cycled) drawn from `np.random.default_rng(seed)`, each as `helmholtz_graph`; the meshes,
     monitors and targets go through an .npz cache (`download.cached_npz`; `folder` None: the download cache's
-    `helmholtz_offline/`)."""
+    `helmholtz_offline/`). The key's version `v` changes whenever the generated data would."""
     from datamodules.download import cache_dir, cached_npz
-    from datamodules.meshes import _graph
-    from datamodules.um2n_helmholtz import KIND_FILE
 
     sizes = [int(k) for k in sizes]
 
@@ -118,10 +123,9 @@ def helmholtz_graphs(n: int, sizes: list[int], seed: int, folder=None) -> list:
         rng, out = np.random.default_rng(seed), {}
         for i in range(n):
             sample = helmholtz_sample(sizes[i % len(sizes)], rng, int(rng.integers(2**31)))
-            out.update({f"{k}_{i}": sample[k] for k in ("pos", "tri", "monitor", "target")})
+            out.update({f"{k}_{i}": sample[k] for k in _GRAPH_KEYS})
         return out
 
     key = {"n": int(n), "sizes": sizes, "seed": int(seed), "v": 1}
     z = cached_npz(cache_dir() / "helmholtz_offline" if folder is None else folder, "helmholtz", key, make)
-    return [_graph(sizes[i % len(sizes)], z[f"pos_{i}"], z[f"tri_{i}"], z[f"monitor_{i}"], z[f"target_{i}"],
-                   KIND_FILE, [np.nan] * 4) for i in range(n)]
+    return [_as_graph(sizes[i % len(sizes)], {k: z[f"{k}_{i}"] for k in _GRAPH_KEYS}) for i in range(n)]
