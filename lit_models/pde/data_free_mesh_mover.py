@@ -714,14 +714,13 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         theta - 1|], "ratio": []} (ratios are filled by the caller)."""
         from lit_models.common.monge_ampere_fem import FEMMongeAmpere
 
-        b = M.boundary_masks(nodes)
         ring = np.zeros(len(nodes), bool)
         ring[np.unique(rim)] = True
         circle = None
         if ring.any():
             centre = nodes[ring].mean(0)
             circle = (ring, tuple(centre), float(np.linalg.norm(nodes[ring] - centre, axis=1).mean()))
-        solver = FEMMongeAmpere(nodes, tri, slide_x=b["x_fixed"], slide_y=b["y_fixed"], circle=circle)
+        solver = FEMMongeAmpere.unit_square(nodes, tri, circle=circle)
         monitors = self._cast(batch["monitor"]).double().cpu()
         out: dict[str, list] = {"pos": [], "residual": [], "ratio": []}
         phi = None
