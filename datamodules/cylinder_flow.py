@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.meshes import epoch_loader
 from launch.errors import UserError
+from lit_models.common import mesh as M
 
 __all__ = ["CylinderFlowDataModule", "potential_flow", "potential_velocity_gradient", "cylinder_mesh", "make_potential_dataset",
            "load_cylinder_rot_tri", "delaunay_without_hole", "hole_boundary_edges", "rim_normals", "kernel_interpolant",
@@ -152,9 +153,7 @@ def delaunay_without_hole(pos: np.ndarray, radius_factor: float = 1.5, k: int = 
 
 def hole_boundary_edges(pos: np.ndarray, tri: np.ndarray, tol: float = 1e-9) -> np.ndarray:
     """Boundary edges (E, 2) of the triangulation that do not lie on the unit square's sides (the hole's rim)."""
-    e = np.sort(np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]), axis=1)
-    uniq, cnt = np.unique(e, axis=0, return_counts=True)
-    b = uniq[cnt == 1]
+    b = np.sort(M.boundary_edges(tri)[1], axis=1)
     p, q = pos[b[:, 0]], pos[b[:, 1]]
     on_side = np.zeros(len(b), bool)
     for col in (0, 1):

@@ -24,6 +24,23 @@ def test_unit_square_mesh_is_valid_and_covers_the_square(n):
     assert M.cell_size(n) == pytest.approx(1 / (n - 1))
 
 
+@pytest.mark.parametrize("structured", [True, False])
+def test_boundary_edges_walk_the_square_counter_clockwise_from_their_owners(structured):
+    """Each boundary edge once, on a side of the square, with its owner triangle and the owner's direction (outward
+    normal on the right of a -> b); the sides' lengths add up to the perimeter."""
+    pos, tri = M.unit_square_mesh(6) if structured else M.unstructured_square_mesh(9, seed=2)
+    owner, ab = M.boundary_edges(tri)
+    bm = M.boundary_masks(pos)
+    assert len(ab) == bm["any"].sum() and np.all(bm["any"][ab])
+    assert np.all([set(e) <= set(tri[t]) for t, e in zip(owner, ab)])
+    d = pos[ab[:, 1]] - pos[ab[:, 0]]
+    assert np.linalg.norm(d, axis=1).sum() == pytest.approx(4.0)
+    outward = np.stack([d[:, 1], -d[:, 0]], 1)
+    mid = 0.5 * (pos[ab[:, 0]] + pos[ab[:, 1]])
+    assert np.all(np.sum(outward * (mid - 0.5), 1) > 0)
+    assert len(M.boundary_edges(tri[:1])[1]) == 3  # a lone triangle is all boundary
+
+
 def test_signed_areas_numpy_and_torch_agree_and_detect_inversion():
     pos, tri = M.unit_square_mesh(4)
     a = M.signed_areas(torch.tensor(pos), tri).numpy()

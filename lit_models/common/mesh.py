@@ -135,6 +135,18 @@ def mesh_edges(tri: np.ndarray) -> np.ndarray:
     return np.unique(e, axis=0)
 
 
+def boundary_edges(tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The boundary edges of a conforming triangle mesh (those of one triangle only): their owner triangles (E,) and
+    vertex pairs (E, 2) directed as in the owner (a -> b along its local edge; the outward normal of a
+    counter-clockwise owner is on the right), ordered by the sorted vertex pair."""
+    tri = np.asarray(tri)
+    directed = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
+    owner = np.tile(np.arange(len(tri)), 3)
+    _, first, counts = np.unique(np.sort(directed, 1), axis=0, return_index=True, return_counts=True)
+    once = first[counts == 1]
+    return owner[once], directed[once]
+
+
 def boundary_masks(pos: np.ndarray, tol: float = 1e-12) -> dict[str, np.ndarray]:
     """Boolean node masks of the unit square's boundary: x0, x1 (x = 0, 1), y0, y1, any, corner."""
     x0, x1 = np.abs(pos[:, 0]) < tol, np.abs(pos[:, 0] - 1) < tol

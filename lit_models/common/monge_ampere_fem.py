@@ -113,17 +113,13 @@ class FEMMongeAmpere:
         self._interior = [coo_matrix(((-area[:, None] * grad_psi[:, :, i]).ravel(), (node_of, rows)),
                                      shape=(n, n_tri)).tocsr() for i in range(2)]
         # boundary edges: directed edges (a -> b) of the counter-clockwise triangles that no other triangle shares
-        directed = np.concatenate([self.tri[:, [0, 1]], self.tri[:, [1, 2]], self.tri[:, [2, 0]]])
-        owner = np.tile(np.arange(n_tri), 3)
-        _, inverse, counts = np.unique(np.sort(directed, 1), axis=0, return_inverse=True, return_counts=True)
-        on_boundary = counts[inverse.ravel()] == 1
-        self._edge_a, self._edge_b = directed[on_boundary, 0], directed[on_boundary, 1]
+        self._edge_owner, directed = M.boundary_edges(self.tri)
+        self._edge_a, self._edge_b = directed[:, 0], directed[:, 1]
         d = self.ref[self._edge_b] - self.ref[self._edge_a]
         length = np.linalg.norm(d, axis=1)
         self._edge_t = d / length[:, None]
         self._edge_n = np.stack([self._edge_t[:, 1], -self._edge_t[:, 0]], 1)  # outward: the interior is on the left
         self._edge_w = 0.5 * length
-        self._edge_owner = owner[on_boundary]
 
     def hessian(self, phi: np.ndarray) -> np.ndarray:
         """The weak Hessian (V, 2, 2) of the P1 field phi (see `_hessian_operators`), symmetrised."""
