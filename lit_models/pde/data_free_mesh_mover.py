@@ -426,8 +426,10 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             return self._rf_training_step(batch)
         with no_autocast(self.device.type):
             xi = importance_points(self._cast(batch["monitor"]), hp.n_points)
-            if hp.branch == "gnn" and hp.boundary == "soft":
-                # one pass of the (costly) graph branch for the interior and the boundary points; the same loss
+            if hp.boundary == "hard":
+                r, hess = self.residual(batch, xi, with_det=hp.det_term)
+                loss, parts = self._loss(r, hess, None)
+            else:  # one pass of the branch and one derivative graph for the interior and the boundary points
                 pb, normal = boundary_points(xi.shape[0], hp.n_boundary, xi.device, xi.dtype)
                 P, Q = xi.shape[1], xi.shape[1] + pb.shape[1]
                 hole = hp.w_hole > 0 and "rim_pos" in batch
@@ -438,15 +440,6 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                 if hole:  # not in the official code: zero normal displacement of the hole's rim nodes
                     parts["loss_hole"] = torch.mean((g[:, Q:] * self._cast(batch["rim_normal"])).sum(-1) ** 2)
                     loss = loss + hp.w_hole * parts["loss_hole"]
-                self._log_train(loss, parts, xi.shape[0])
-                return loss
-            r, hess = self.residual(batch, xi, with_det=hp.det_term)
-            gn = None
-            if hp.boundary == "soft":
-                pb, normal = boundary_points(xi.shape[0], hp.n_boundary, xi.device, xi.dtype)
-                _, _, g = self.mesh_map(batch["u"], pb)
-                gn = self._normal(g, normal)
-            loss, parts = self._loss(r, hess, gn)
         self._log_train(loss, parts, xi.shape[0])
         return loss
 
