@@ -12,9 +12,12 @@ r-adaptation by a graph network trained on Monge-Ampere (MA) meshes and applied 
   the attention-weighted average x_i' = sum_j alpha_ij x_j (a convex combination, which discourages tangling), the
   hidden state is the GAT output (SELU). Boundary nodes keep their normal coordinate (corners fixed, edge nodes
   slide along the edge). Applied `num_loop` times with shared weights.
-- loss: coordinate MSE to the MA mesh (weight `coord_weight`) + element-volume loss, the L1 difference of
-  predicted and target signed cell areas (weight `area_weight`; divided here by the mean reference cell area so
-  the weight does not depend on the mesh size).
+- loss: coordinate loss to the MA mesh (`coord_loss`: "l1", the released code's torch.nn.L1Loss, or "mse", the
+  card's; weight `coord_weight`, official 1000 on l1) + element-volume loss, the L1 difference of predicted and
+  target signed cell areas summed over a mesh's cells, divided by the domain's area and averaged over the meshes
+  (weight `area_weight`; official `get_area_loss` with scaler 300 = weight 300 on unit-square domains).
+- optimiser (paper scale): the released run_train.py's torch.optim.Adam with (coupled, L2) weight decay 0.1; with
+  coupled weight decay the loss scale matters, hence the official weights above.
 `decoder="coord"` is the released code's variant (a linear head on the GAT hidden state outputs raw coordinates,
 no neighbour averaging); `use_monitor=False` feeds a zero monitor (a model that ignores the monitor);
 `mover="identity"` is the fixed-mesh baseline; `project_boundary=False` (ablation) drops the boundary projection,
@@ -224,7 +227,7 @@ def _per_time_metrics(family: str, entries: list[tuple[float, float, int, float]
     return out
 
 
-DEFAULT_OPTIMIZER = functools.partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.1)
+DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=5e-5, weight_decay=0.1)  # run_train.py
 
 
 def _checked_mapping(value, check: Callable) -> dict:
@@ -277,7 +280,8 @@ class UM2NModule(L.LightningModule):
 
     def __init__(self, embed_dim: int = 64, transformer_out: int = 16, num_heads: int = 4, num_layers: int = 1,
                  hidden: int = 512, gat_heads: int = 6, num_loop: int = 1, decoder: str = "average",
-                 use_monitor: bool = True, mover: str = "um2n", coord_weight: float = 0.0, area_weight: float = 1.0,
+                 use_monitor: bool = True, mover: str = "um2n", coord_loss: str = "l1", coord_weight: float = 0.0,
+                 area_weight: float = 300.0,
                  n_interp_points: int = 20000, project_boundary: bool = True, coupled_swirl: dict | None = None,
                  coupled_cylinder: dict | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
@@ -288,6 +292,8 @@ class UM2NModule(L.LightningModule):
             raise ValueError(f"mover must be 'um2n' or 'identity', got {mover!r}")
         if num_loop < 1:
             raise ValueError(f"num_loop must be >= 1, got {num_loop}")
+        if coord_loss not in ("l1", "mse"):
+            raise ValueError(f"coord_loss must be 'l1' (released code) or 'mse' (card), got {coord_loss!r}")
         if coord_weight < 0 or area_weight < 0 or coord_weight + area_weight == 0:
             raise ValueError("loss weights must be >= 0 and not both 0")
         check_min("model", 1, embed_dim=embed_dim, transformer_out=transformer_out, num_heads=num_heads, hidden=hidden,
@@ -321,11 +327,13 @@ class UM2NModule(L.LightningModule):
             return self.net(data, project_boundary=self.hparams.project_boundary)
 
     def loss(self, data, pred: Tensor) -> tuple[Tensor, Tensor]:
+        """(coordinate loss, element-volume loss) of a batch, unweighted (see the module docstring)."""
         tri = data.face.T
         target, ref = data.y.to(pred.dtype), data.pos.to(pred.dtype)
         a_pred, a_true = M.signed_areas(pred, tri), M.signed_areas(target, tri)
-        a_ref = M.signed_areas(ref, tri).abs().mean()
-        return F.mse_loss(pred, target), torch.mean(torch.abs(a_pred - a_true)) / a_ref
+        a_ref = M.signed_areas(ref, tri).abs().mean()  # mean |a| = sum |a| / n cells: the batch's domain area / n
+        coord = F.l1_loss(pred, target) if self.hparams.coord_loss == "l1" else F.mse_loss(pred, target)
+        return coord, torch.mean(torch.abs(a_pred - a_true)) / a_ref
 
     def training_step(self, data, batch_idx: int = 0) -> Tensor:
         hp = self.hparams
