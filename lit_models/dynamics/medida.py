@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from launch.errors import check_min, check_positive
+from lit_models.common.pde import no_autocast
 from lit_models.common.steps import EvaluateOnValAndTest
 
 LIBRARY_TERMS = ("u", "u_x", "u_xx", "u_xxx", "u_xxxx", "u*u_x", "u^2", "u^3")
@@ -51,8 +52,12 @@ class RandomFourierFeatures(nn.Module):
         return 2 * self.B.shape[1]
 
     def forward(self, s: Tensor) -> Tensor:
-        proj = 2 * math.pi * s @ self.B.to(s.dtype)
-        return torch.cat([torch.cos(proj), torch.sin(proj)], dim=-1)
+        """Autocast off and at least float32: under bf16 the phases (hundreds of radians at sigma 10) lose whole
+        periods (features off by up to 2)."""
+        with no_autocast(s.device.type):
+            s = s if s.dtype == torch.float64 else s.float()
+            proj = 2 * math.pi * s @ self.B.to(s.dtype)
+            return torch.cat([torch.cos(proj), torch.sin(proj)], dim=-1)
 
 
 class Interpolant(nn.Module):

@@ -33,6 +33,19 @@ def test_fast_contract(rff):
         plt.close(fig)
 
 
+def test_fourier_features_ignore_mixed_precision():
+    """The RFF phases (2 pi B s, hundreds of radians at the paper's sigma 10) are computed in float32 even under bf16
+    autocast (a GPU run's default precision), so the features equal the float32 ones."""
+    from lit_models.dynamics.medida import RandomFourierFeatures
+
+    rff = RandomFourierFeatures(2, 500, sigma=10.0)
+    s = torch.rand(256, 2) * 2 * np.pi - np.pi
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = rff(s)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, rff(s))
+
+
 def test_ks_linear_part_decays_exactly():
     """Without the nonlinear term ETDRK4 is exact: each Fourier mode evolves as exp((k^2 - k^4) t)."""
     n, length, h, steps = 64, 22.0, 0.05, 40
