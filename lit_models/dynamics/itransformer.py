@@ -141,9 +141,15 @@ class ITransformer(nn.Module):
         return out
 
 
-# official run.py: Adam lr 1e-4; lradj=type1 = lr * 0.5 ** epoch (utils/tools.adjust_learning_rate)
+def type1_lr_schedule(optimizer: torch.optim.Optimizer, gamma: float = 0.5) -> torch.optim.lr_scheduler.LambdaLR:
+    """The official `lradj=type1` (utils/tools.adjust_learning_rate, called with epoch + 1 after each epoch): epoch e
+    (0-based) runs at lr * gamma ** max(0, e - 1), i.e. the first two epochs at lr, then halved every epoch."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: gamma ** max(0, epoch - 1))
+
+
+# official run.py: Adam lr 1e-4; lradj=type1 (see type1_lr_schedule)
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-4)
-DEFAULT_SCHEDULER = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+DEFAULT_SCHEDULER = type1_lr_schedule
 
 
 class ITransformerModule(L.LightningModule):
@@ -151,7 +157,8 @@ class ITransformerModule(L.LightningModule):
     offline default's followers: `val/mse_follower`, `test/mse_follower`).
 
     Defaults are the official `run.py` values (d_model 512, n_heads 8, e_layers 2, d_ff 2048, dropout 0.1,
-    gelu, use_norm 1, Adam lr 1e-4, `lradj=type1`: lr halved every epoch); `scheduler=None` keeps lr constant.
+    gelu, use_norm 1, Adam lr 1e-4, `lradj=type1`: lr halved every epoch from the third); `scheduler=None` keeps lr
+    constant.
     `setup` reads the datamodule's `variate_groups` (name -> variate indices) for the per-group MSE.
     """
 
@@ -231,7 +238,7 @@ class ITransformerModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        # lradj type1: lr * 0.5 ** epoch, stepped once per epoch
+        # lradj type1, stepped once per epoch
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
                                                          "interval": "epoch"}}
 

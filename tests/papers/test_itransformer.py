@@ -91,19 +91,26 @@ def test_claim_cross_variate_and_fails_with_baseline():
 
 
 def test_paper_scale_config_composes_with_paper_defaults():
+    """experiment=itransformer/etth1 = the official ETTh1 script; its lr follows lradj=type1 as the official loop
+    applies it (adjust_learning_rate(epoch + 1) after each epoch: lr * 0.5 ** ((epoch + 1) - 1) from the next one),
+    so the first two epochs run at 1e-4 and the halving starts with the third."""
     from launch import config as zconfig
     from launch.train import instantiate
 
-    cfg = zconfig.compose(["experiment=itransformer", "data=etth1", "model.d_model=256", "model.d_ff=256",
-                           "model.n_heads=8", "model.optimizer.lr=1e-4",
-                           "model.scheduler={_target_: torch.optim.lr_scheduler.StepLR, _partial_: true, "
-                           "step_size: 1, gamma: 0.5}"])
+    cfg = zconfig.compose(["experiment=itransformer/etth1"])
     assert cfg.data.name == "ETTh1" and cfg.data.seq_len == 96 and cfg.model.pred_len == 96
     _, module = instantiate(cfg)
     opt = module.configure_optimizers()
-    sched = opt["lr_scheduler"]["scheduler"]
-    sched.step()
-    assert opt["optimizer"].param_groups[0]["lr"] == pytest.approx(5e-5)  # lradj type1: halved per epoch
+    optimizer, sched = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    assert opt["lr_scheduler"]["interval"] == "epoch"
+    lrs, official = [], optimizer.param_groups[0]["lr"]
+    expected = []
+    for epoch in range(5):  # the official loop: train one epoch at the current lr, then adjust_learning_rate(epoch + 1)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        expected.append(official)
+        sched.step()
+        official = 1e-4 * 0.5 ** ((epoch + 1 - 1) // 1)
+    assert lrs == pytest.approx(expected) and lrs == pytest.approx([1e-4, 1e-4, 5e-5, 2.5e-5, 1.25e-5])
     model_cfg = zconfig.compose(["model=itransformer", "data=forecasting"]).model
     assert (model_cfg.d_model, model_cfg.n_heads, model_cfg.e_layers, model_cfg.d_ff) == (512, 8, 2, 2048)
     assert model_cfg.dropout == pytest.approx(0.1) and model_cfg.optimizer.lr == pytest.approx(1e-4)
