@@ -208,20 +208,24 @@ def at_least_float32(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def h1_weighted_spectrum(u: Tensor) -> Tensor:
+def h1_weighted_spectrum(u: Tensor, truncation: int | None = None) -> Tensor:
     """FFT of u (.., H, W) weighted by sqrt(1 + kx^2 + ky^2), integer wavenumbers (FNO `HsLoss`, k = 1, a = 1);
-    real and imaginary parts stacked, so that relative L2 of this is the relative H1 error."""
+    real and imaginary parts stacked, so that relative L2 of this is the relative H1 error. `truncation` T: a
+    wavenumber component with |k| >= T counts as 0 (the official `HsLoss(truncation=True)`, T = 20: such modes keep
+    weight 1 in that direction)."""
     h, w = u.shape[-2:]
     kx = torch.fft.fftfreq(h, 1.0 / h, device=u.device)
     ky = torch.fft.fftfreq(w, 1.0 / w, device=u.device)
+    if truncation is not None:
+        kx, ky = kx * (kx.abs() < truncation), ky * (ky.abs() < truncation)
     weight = torch.sqrt(1 + kx[:, None] ** 2 + ky[None, :] ** 2)
     spec = torch.fft.fft2(at_least_float32(u)) * weight
     return torch.view_as_real(spec)
 
 
-def relative_h1(pred: Tensor, target: Tensor) -> Tensor:
-    """Per-sample relative H1 error (Fourier-weighted, as the paper's training loss)."""
-    return relative_l2(h1_weighted_spectrum(pred), h1_weighted_spectrum(target))
+def relative_h1(pred: Tensor, target: Tensor, truncation: int | None = None) -> Tensor:
+    """Per-sample relative H1 error (Fourier-weighted, as the paper's training loss; see `h1_weighted_spectrum`)."""
+    return relative_l2(h1_weighted_spectrum(pred, truncation), h1_weighted_spectrum(target, truncation))
 
 
 def boundary_ring(shape: Sequence[int], device: torch.device | None = None) -> Tensor:
@@ -238,7 +242,10 @@ DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=5e-4, weight_decay=1e
 
 class MgNOModule(L.LightningModule):
     """Trains MgNO on coefficient -> solution pairs with the relative H1 (or L2) loss, Adam + OneCycle
-    (div_factor 2, final_div_factor 100, stepped per batch). Metrics: train/loss, val|test/rel_l2, val|test/rel_h1
+    (div_factor 2, final_div_factor 100, pct_start 0.2, stepped per batch). As in the official code the loss is the
+    sum of the per-sample errors over the batch (`loss_reduction="sum"`, LpLoss / HsLoss(size_average=False); with
+    Adam's coupled weight decay the loss scale matters) and the H1 weights are truncated at |k| = 20
+    (`h1_truncation`, also for the val/test H1 metric); "mean" and None are the CPU-scale experiments' choices. Metrics: train/loss, val|test/rel_l2, val|test/rel_h1
     (computed in the normalised output space, identical to physical units since outputs are only rescaled) and
     val|test/boundary_rel_l2 (relative L2 on the outer ring of cells, `boundary_ring`)."""
 
@@ -246,12 +253,16 @@ class MgNOModule(L.LightningModule):
                  levels: Sequence[Any] | str = ("10", "10", "10", "10", "10", "20"), padding_mode: str = "zeros",
                  use_res: bool = False, layer_norm: bool = False, bias_field: bool = True, resolution: int = 64,
                  activation: str = "gelu", skip: bool = False, pointwise: bool = True, conv_bias: bool = False,
-                 loss: str = "h1", div_factor: float = 2.0,
-                 final_div_factor: float = 100.0, pct_start: float = 0.3,
+                 loss: str = "h1", loss_reduction: str = "sum", h1_truncation: int | None = 20,
+                 div_factor: float = 2.0, final_div_factor: float = 100.0, pct_start: float = 0.2,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
         if loss not in ("h1", "l2"):
             raise ValueError(f"loss must be 'h1' or 'l2', got {loss!r}")
+        if loss_reduction not in ("sum", "mean"):
+            raise ValueError(f"loss_reduction must be 'sum' (official) or 'mean', got {loss_reduction!r}")
+        if h1_truncation is not None and h1_truncation < 1:
+            raise ValueError(f"h1_truncation must be >= 1 or null, got {h1_truncation}")
         if isinstance(levels, (list, tuple)):
             levels = [list(p) if isinstance(p, (list, tuple)) else p for p in levels]
         self.save_hyperparameters(ignore=["optimizer"])
@@ -281,8 +292,12 @@ class MgNOModule(L.LightningModule):
         return self.rollout(x, y.shape[1]) if y.shape[1] > 1 else self(x)
 
     def loss_fn(self, pred: Tensor, y: Tensor) -> Tensor:
-        err = relative_h1(pred, y) if self.hparams.loss == "h1" else relative_l2(at_least_float32(pred), at_least_float32(y))
-        return err.mean()
+        hp = self.hparams
+        if hp.loss == "h1":
+            err = relative_h1(pred, y, hp.h1_truncation)
+        else:
+            err = relative_l2(at_least_float32(pred), at_least_float32(y))
+        return err.sum() if hp.loss_reduction == "sum" else err.mean()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
         loss = self.loss_fn(self(batch["x"]), batch["y"])
@@ -294,7 +309,8 @@ class MgNOModule(L.LightningModule):
         y = at_least_float32(batch["y"])
         pred = at_least_float32(self.predict(batch["x"], y))
         self.metrics[f"{split}_l2"].update(pred, y)
-        self.metrics[f"{split}_h1"].update(h1_weighted_spectrum(pred), h1_weighted_spectrum(y))
+        trunc = self.hparams.h1_truncation
+        self.metrics[f"{split}_h1"].update(h1_weighted_spectrum(pred, trunc), h1_weighted_spectrum(y, trunc))
         ring = boundary_ring(y.shape[-2:], y.device)
         self.metrics[f"{split}_boundary_l2"].update(pred * ring, y * ring)
         n = len(pred)

@@ -91,6 +91,28 @@ def test_relative_h1_weights_derivatives():
     assert float(relative_h1(high, y)) > 3 * float(relative_h1(low, y))
 
 
+def test_default_loss_is_the_official_truncated_h1_summed_over_the_batch():
+    """Paper-scale default loss = utilities3.HsLoss(d=2, p=2, k=1, size_average=False, truncation=True): per sample
+    ||(F(pred) - F(y)) w|| / ||F(y) w|| with w = sqrt(1 + kx^2 + ky^2), each |k| >= 20 set to 0, summed over the
+    batch; the CPU experiments' "mean" / untruncated variant differs by the batch factor and the weights."""
+    torch.manual_seed(0)
+    n, res = 4, 48
+    y, pred = torch.randn(n, 1, res, res), torch.randn(n, 1, res, res)
+    k = torch.cat([torch.arange(0, res // 2), torch.arange(-res // 2, 0)]).abs().float()
+    kt = k * (k < 20)
+    w = torch.sqrt(1 + kt[:, None] ** 2 + kt[None, :] ** 2)
+    fp, fy = torch.fft.fft2(pred[:, 0], norm="ortho") * w, torch.fft.fft2(y[:, 0], norm="ortho") * w
+    official = ((fp - fy).reshape(n, -1).norm(dim=1) / fy.reshape(n, -1).norm(dim=1)).sum()
+    module = MgNOModule(resolution=res, num_layer=1, num_channel_u=4, levels=["10"])
+    assert (module.hparams.loss_reduction, module.hparams.h1_truncation, module.hparams.pct_start) == ("sum", 20, 0.2)
+    assert float(module.loss_fn(pred, y)) == pytest.approx(float(official), rel=1e-5)
+    mean = MgNOModule(resolution=res, num_layer=1, num_channel_u=4, levels=["10"], loss_reduction="mean")
+    assert float(mean.loss_fn(pred, y)) == pytest.approx(float(official) / n, rel=1e-5)
+    assert float(relative_h1(pred, y).mean()) != pytest.approx(float(official) / n, rel=1e-3)  # untruncated differs
+    with pytest.raises(ValueError, match="loss_reduction"):
+        MgNOModule(loss_reduction="max")
+
+
 def test_bad_config_raises():
     with pytest.raises(ValueError, match="padding_mode"):
         MgNOModule(padding_mode="mirror")
