@@ -3,8 +3,9 @@
 Offline default (`name="ode4"`, numpy only): Lotka-Volterra, Van der Pol, FitzHugh-Nagumo and damped Duffing
 (2D, zero-padded to `max_dim`; `name="ode6"` adds the 3D Lorenz and Roessler flows), parameters uniform within
 +-`param_range` (30 %) of nominal, initial conditions uniform in a per-family box; every family is integrated at
-once with a batched fp64 RK4 at `dt` on [0, t_end]. The first `n_input` samples on [0, t_end/2] are the data input,
-`n_output` samples on (t_end/2, t_end] are the queries.
+once with a batched fp64 RK4 at `dt` on [0, t_end]. The first `n_input` samples on [0, f t_end] are the data input,
+`n_output` samples on (f t_end, t_end] are the queries (f = `input_fraction`: 1/2 for the card, 1/3 for the official
+grid of 192 points on [0, 6], the first 64 the input).
 Each sample is normalised by a per-sample, per-dimension scale (max |u| on the noisy input window); the model
 predicts in that scale and multiplies back. Training batches (an IterableDataset seeded by (seed, epoch, rank)) add
 `noise` (2 %) Gaussian noise relative to the per-dimension RMS of the input, and corrupt the input text skeleton
@@ -65,7 +66,8 @@ def rk4(expr_list, u0: np.ndarray, dt: float, n_steps: int, record: np.ndarray |
 
 @functools.lru_cache(maxsize=8)
 def make_split(name: str, n: int, seed: int, param_range: float, t_end: float, dt: float, n_input: int,
-               n_output: int, max_dim: int, shell: tuple[float, float] | None = None) -> dict:
+               n_output: int, max_dim: int, shell: tuple[float, float] | None = None,
+               input_fraction: float = 0.5) -> dict:
     """Deterministic split: arrays + expressions (cached per process). Parameters: nominal x U(1 - param_range,
     1 + param_range); with `shell` = (lo, hi) instead nominal x (1 +- U(lo, hi)), each with a random sign (lo >=
     param_range: parameter values never seen in training, the paper's out-of-distribution test)."""
@@ -74,9 +76,11 @@ def make_split(name: str, n: int, seed: int, param_range: float, t_end: float, d
     fams = OFFLINE[name]
     rng = np.random.default_rng([seed, n, 7])
     n_steps = int(round(t_end / dt))
-    half = n_steps // 2
-    idx_in = np.round(np.linspace(0, half, n_input)).astype(int)
-    idx_out = np.round(np.linspace(half, n_steps, n_output + 1)[1:]).astype(int)
+    split = int(n_steps * input_fraction)
+    if not 0 < split < n_steps:
+        raise UserError(f"data: input_fraction {input_fraction} leaves no input or no query time on [0, {t_end}]")
+    idx_in = np.round(np.linspace(0, split, n_input)).astype(int)
+    idx_out = np.round(np.linspace(split, n_steps, n_output + 1)[1:]).astype(int)
     data_in, data_out, exprs, fam_ids, dims = [], [], [], [], []
     counts = [n // len(fams) + (i < n % len(fams)) for i in range(len(fams))]
     for fi, (fname, count) in enumerate(zip(fams, counts)):
@@ -203,7 +207,8 @@ class ProseDataModule(L.LightningDataModule):
                  n_input: int = 32, n_output: int = 32, param_range: float = 0.3, noise: float = 0.02,
                  p_add: float = 0.15, p_delete: float = 0.15, max_dim: int = 3, float_precision: int = 3,
                  seed: int = 0, num_workers: int = 0, eval_text: str = "own", eval_p_add: float = 0.0,
-                 eval_p_delete: float = 0.0, test_param_range: list[float] | None = None) -> None:
+                 eval_p_delete: float = 0.0, test_param_range: list[float] | None = None,
+                 input_fraction: float = 0.5) -> None:
         super().__init__()
         if test_param_range is not None:
             bounds = list(test_param_range)
@@ -221,6 +226,8 @@ class ProseDataModule(L.LightningDataModule):
         check_min("data", 0, num_val=num_val, num_test=num_test, param_range=param_range, noise=noise,
                   num_workers=num_workers)
         check_positive("data", t_end=t_end, dt=dt)
+        if not 0.0 < input_fraction < 1.0:
+            raise UserError(f"data.input_fraction must lie in (0, 1), got {input_fraction}")
         self.save_hyperparameters()
         self.tokenizer = SymbolicTokenizer(max_dim=max_dim, float_precision=float_precision)
         self.splits: dict[str, dict] = {}
@@ -231,7 +238,7 @@ class ProseDataModule(L.LightningDataModule):
         n = {"train": h.num_train, "val": h.num_val, "test": h.num_test}[which]
         seed = h.seed * 1000 + {"train": 1, "val": 2, "test": 3}[which]
         shell = tuple(h.test_param_range) if which == "test" and h.test_param_range is not None else None
-        return h.name, n, seed, h.param_range, h.t_end, h.dt, h.n_input, h.n_output, h.max_dim, shell
+        return h.name, n, seed, h.param_range, h.t_end, h.dt, h.n_input, h.n_output, h.max_dim, shell, h.input_fraction
 
     def setup(self, stage: str | None = None) -> None:
         """Generate the stage's splits; a split is rebuilt when its settings changed since (e.g. `zoo check` setting

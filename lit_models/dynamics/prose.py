@@ -276,7 +276,7 @@ class PROSE(nn.Module):
         return ids
 
 
-DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-4, weight_decay=1e-4)
+DEFAULT_OPTIMIZER = functools.partial(torch.optim.AdamW, lr=1e-4, weight_decay=1e-4)  # optim.py: decoupled decay
 
 
 class ProseModule(L.LightningModule):

@@ -274,6 +274,30 @@ def test_ode6_has_3d_families_padded_consistently():
         assert len(corrupt(e, np.random.default_rng(0))) == len(e)
 
 
+def test_paper_scale_grid_and_optimiser_are_the_official():
+    """experiment=prose/ode3d: parsers.py's time grid (t_range 6, 192 points, the first 64 the input: inputs on
+    [0, 2], 128 queries on (2, 6]) and symbolicregression/optim.py's Adam, whose weight decay shrinks the weights
+    directly (decoupled: AdamW); the card's default keeps inputs on the first half."""
+    from datamodules.prose_data import make_split
+    from launch import config as zconfig
+
+    cfg = zconfig.compose(["experiment=prose/ode3d"])
+    d = cfg.data
+    assert (d.t_end, d.n_input, d.n_output) == (6.0, 64, 128)
+    assert cfg.model.optimizer._target_ == "torch.optim.AdamW" and cfg.model.optimizer.weight_decay == 1e-4
+    split = make_split("ode4", 4, 0, 0.3, d.t_end, 0.01, d.n_input, d.n_output, 3, None, d.input_fraction)
+    assert split["data_in"].shape[1] == 64 and split["data_out"].shape[1] == 128
+    assert split["t_in"][0] == 0 and split["t_in"][-1] == pytest.approx(2.0)
+    assert split["t_out"][0] > 2.0 and split["t_out"][-1] == pytest.approx(6.0)
+    card = make_split("ode4", 4, 0, 0.3, 4.0, 0.01, 32, 32, 3)
+    assert card["t_in"][-1] == pytest.approx(2.0) and card["t_out"][-1] == pytest.approx(4.0)
+    from datamodules.prose_data import ProseDataModule
+    from launch.errors import UserError
+
+    with pytest.raises(UserError, match="input_fraction"):
+        ProseDataModule(input_fraction=1.0)
+
+
 def test_bad_config_raises_value_error():
     from lit_models.dynamics.prose import ProseModule
 
