@@ -169,6 +169,22 @@ def test_epsilon_annealing_moves_on_at_tol_or_cap():
     assert int(state["eps_index"]) == 2  # checkpointed
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+@pytest.mark.parametrize("ic_in_weights", [True, False])
+def test_annealing_reads_the_ic_term_when_it_sits_in_the_exponent(ic_in_weights):
+    """KS script: W = exp(-eps (M L_t + L_0)) and the test W.min() > 0.99 includes L_0, so a window whose residuals
+    vanish but whose initial condition is off (L_0 = 100 x 1) keeps its eps; with the IC outside the exponent
+    (Allen-Cahn notebook) the residual weights alone decide."""
+    module = CausalPINNModule(problem="oscillator", arch="mlp", width=8, depth=1, fourier_modes=0, t_scale=2.0,
+                              epsilons=[0.1, 1.0], tol=0.99, ic_weight=100.0, ic_in_weights=ic_in_weights)
+    module.slice_losses = lambda t, x: torch.zeros(4)
+    module.ic_loss = lambda x_ic, u_ic: torch.tensor(1.0)
+    module.window_initial_condition = lambda x_ic, u_ic: u_ic
+    module.training_step({"t": torch.linspace(0, 2, 4), "x": torch.zeros(4), "x_ic": torch.zeros(1),
+                          "u_ic": torch.zeros(1)})
+    assert module.epsilon == (0.1 if ic_in_weights else 1.0)
+
+
 def test_unsorted_slices_are_rejected():
     module = CausalPINNModule(problem="oscillator", arch="mlp", width=8, depth=1, fourier_modes=0)
     batch = {"t": torch.tensor([0.0, 0.5, 0.2]), "x": torch.zeros(1), "x_ic": torch.zeros(1),
