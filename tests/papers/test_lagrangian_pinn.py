@@ -214,3 +214,8 @@ def test_logged_relative_l2_is_the_papers_pooled_definition(kwargs):
         assert logged["test/rel_l2"] == pytest.approx(grid, rel=1e-6)
     if model.shift:  # the shift matters: the plain relative L2 (normalised by ||u||) is a different number
         assert logged["test/rel_l2_grid"] != pytest.approx(np.linalg.norm(p["u"] - r) / np.linalg.norm(r), rel=1e-3)
+    # the official LPINN.py error table: largest singular value of the (x-trimmed by 2 points) error matrix over that
+    # of u - C, written here with the SVD
+    du, uc = (p["u"] - r)[:, 2:-2], (r - model.shift)[:, 2:-2]
+    spectral = np.linalg.svd(du, compute_uv=False)[0] / np.linalg.svd(uc, compute_uv=False)[0]
+    assert logged["test/rel_l2_spectral"] == pytest.approx(spectral, rel=1e-6)
