@@ -159,21 +159,34 @@ def load_burgers_192(path: str | Path) -> np.ndarray:
     return np.asarray(a, np.float32)
 
 
-def burgers_fields(u192: np.ndarray, sub: int, monitor_scale: float, monitor_derivative: str) -> dict[str, np.ndarray]:
-    """Branch inputs (sub-sampled) and monitors (periodic central differences on the full grid) of Burgers frames."""
-    u = u192.reshape(-1, u192.shape[-2], u192.shape[-1]).astype(np.float64)
-    n = u.shape[-1]
-    h = 1.0 / n
-    gx = (np.roll(u, -1, -1) - np.roll(u, 1, -1)) / (2 * h)
-    gy = (np.roll(u, -1, -2) - np.roll(u, 1, -2)) / (2 * h)
-    g = np.stack([gx, gy], -1)
+def burgers_fields(u192: np.ndarray, sub: int, monitor_scale: float, monitor_derivative: str,
+                   monitor_grid: str = "branch") -> dict[str, np.ndarray]:
+    """Branch inputs (sub-sampled) and monitors of Burgers frames. `monitor_grid="branch"` (official dmm_utils
+    `sample_train_data`): forward differences (the last row / column repeated) on the sub-sampled n x n field read as
+    nodes on linspace(0, 1, n), spacing 1 / (n - 1); "full": periodic central differences on the full grid (its
+    closing node appended: an (N + 1) node grid over [0, 1]), a sharper monitor."""
     if monitor_derivative != "grad":
         raise ValueError("Burgers fields have no front normal: use monitor_derivative='grad'")
-    # periodic grid without the closing node: append it so the monitor lives on an (n+1) node grid over [0, 1]
-    g = np.concatenate([g, g[:, :1]], 1)
-    g = np.concatenate([g, g[:, :, :1]], 2)
-    mon = np.stack([_monitor_from_gradient(gi, "grad", 0.0, monitor_scale) for gi in g])
+    if monitor_grid not in ("branch", "full"):
+        raise ValueError(f"monitor_grid must be 'branch' (official) or 'full', got {monitor_grid!r}")
+    u = u192.reshape(-1, u192.shape[-2], u192.shape[-1]).astype(np.float64)
     ub = u[:, ::sub, ::sub]
+    if monitor_grid == "branch":
+        n = ub.shape[-1]
+
+        def forward(a: np.ndarray, axis: int) -> np.ndarray:
+            d = np.diff(a, axis=axis)
+            return np.concatenate([d, np.take(d, [-1], axis=axis)], axis) * (n - 1)
+
+        g = np.stack([forward(ub, -1), forward(ub, -2)], -1)
+    else:
+        h = 1.0 / u.shape[-1]
+        gx = (np.roll(u, -1, -1) - np.roll(u, 1, -1)) / (2 * h)
+        gy = (np.roll(u, -1, -2) - np.roll(u, 1, -2)) / (2 * h)
+        g = np.stack([gx, gy], -1)
+        g = np.concatenate([g, g[:, :1]], 1)
+        g = np.concatenate([g, g[:, :, :1]], 2)
+    mon = np.stack([_monitor_from_gradient(gi, "grad", 0.0, monitor_scale) for gi in g])
     return {"u": ub, "monitor": mon, "c": np.array([_trapz2(m) for m in mon]),
             "params": np.full((len(u), 4), np.nan), "aligned": np.zeros(len(u), bool)}
 
@@ -222,7 +235,8 @@ class FrontFieldDataModule(L.LightningDataModule):
                  monitor_scale: float = 0.01, monitor_derivative: str = "grad", test_k: float = 20.0,
                  eval_nodes: int = 20, batch_size: int = 8, steps_per_epoch: int | None = 50,
                  passes_per_epoch: float = 1.0, data_dir: str | None = None,
-                 path: str | None = None, sub: int = 4, n_burgers_train: int = 80, seed: int = 0) -> None:
+                 path: str | None = None, sub: int = 4, n_burgers_train: int = 80, seed: int = 0,
+                 burgers_monitor: str = "branch") -> None:
         super().__init__()
         if name not in ("fronts", "burgers"):
             raise ValueError(f"unknown mesh-mover dataset {name!r}; available: 'fronts' (offline), 'burgers'")
@@ -232,6 +246,8 @@ class FrontFieldDataModule(L.LightningDataModule):
             raise ValueError(f"monitor_scale must be > 0, got {monitor_scale}")
         if grid < 8 or eval_nodes < 2 or batch_size < 1:
             raise ValueError("grid must be >= 8, eval_nodes >= 2, batch_size >= 1")
+        if burgers_monitor not in ("branch", "full"):
+            raise ValueError(f"burgers_monitor must be 'branch' (official) or 'full', got {burgers_monitor!r}")
         if passes_per_epoch <= 0:
             raise ValueError(f"passes_per_epoch must be > 0, got {passes_per_epoch}")
         check_min("data", 1, n_train=n_train, n_test=n_test, n_test_aligned=n_test_aligned,
@@ -249,8 +265,8 @@ class FrontFieldDataModule(L.LightningDataModule):
         if self.name == "burgers":
             src = Path(hp.path) if hp.path else Path(hp.data_dir or ".") / "burgers_192.npy"
             a = load_burgers_192(src)
-            tr = burgers_fields(a[:hp.n_burgers_train], hp.sub, hp.monitor_scale, hp.monitor_derivative)
-            te = burgers_fields(a[hp.n_burgers_train:], hp.sub, hp.monitor_scale, hp.monitor_derivative)
+            args = (hp.sub, hp.monitor_scale, hp.monitor_derivative, hp.burgers_monitor)
+            tr, te = burgers_fields(a[:hp.n_burgers_train], *args), burgers_fields(a[hp.n_burgers_train:], *args)
             self.train_set, self.test_set = _Fields(tr), _Fields(te)
             return
         kw = dict(grid=hp.grid, monitor_res=self.monitor_res, ks=tuple(hp.ks), c_range=tuple(hp.c_range),

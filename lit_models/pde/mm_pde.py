@@ -326,7 +326,9 @@ class MMPDEModule(L.LightningModule):
         frames = datamodule.train_frames(hp.mover_fit_frames, seed=0)
         if frames.shape[-1] != hp.grid:
             raise UserError(f"model.grid={hp.grid} but the data frames are {frames.shape[-1]} x {frames.shape[-1]}")
-        f = burgers_fields(frames, 1, hp.mover_monitor_scale, "grad")
+        # the periodic central-difference monitor on the frames' own grid, as calibrated (the official DMM reads its
+        # 48 x 48 frames with forward differences: burgers_fields' "branch" monitor of experiment=.../burgers)
+        f = burgers_fields(frames, 1, hp.mover_monitor_scale, "grad", monitor_grid="full")
         dev, dt = self.device, self.mover.net_dtype
         u = torch.tensor(f["u"], dtype=dt, device=dev)[:, None]
         mon = torch.tensor(f["monitor"], dtype=dt, device=dev)

@@ -177,8 +177,25 @@ def test_burgers_loader_reads_the_paper_file_format(tmp_path):
                               steps_per_epoch=1)
     dm.setup()
     item = dm.train_set[0]
-    assert item["u"].shape == (1, 48, 48) and item["monitor"].shape == (193, 193)
+    assert item["u"].shape == (1, 48, 48) and item["monitor"].shape == (48, 48)
     assert len(dm.train_set) == 4 and len(dm.test_set) == 2
+    # the official monitor (dmm_utils.sample_train_data): diff_x / diff_y forward differences x (n - 1) on the
+    # sub-sampled field, the last row / column repeated; m = 1 + |grad u| / (monitor_scale alpha)
+    ub = torch.from_numpy(a[0, 0, ::4, ::4].astype(np.float64))[None]
+    dx, dy = torch.zeros_like(ub), torch.zeros_like(ub)
+    dx[:, :-1], dy[:, :, :-1] = torch.diff(ub, dim=-2), torch.diff(ub, dim=-1)
+    dx[:, -1], dy[:, :, -1] = dx[:, -2], dy[:, :, -2]
+    d = (torch.sqrt(dx**2 + dy**2) * 47)[0].numpy()
+    w = np.ones(48)
+    w[[0, -1]] = 0.5
+    alpha = float(np.einsum("ij,i,j->", d, w, w) / w.sum() ** 2)
+    np.testing.assert_allclose(item["monitor"], 1 + d / (0.01 * alpha), rtol=1e-6)
+    full = FrontFieldDataModule(name="burgers", data_dir=str(tmp_path), n_burgers_train=2, batch_size=2,
+                                steps_per_epoch=1, burgers_monitor="full")
+    full.setup()
+    assert full.train_set[0]["monitor"].shape == (193, 193)
+    with pytest.raises(ValueError, match="burgers_monitor"):
+        FrontFieldDataModule(burgers_monitor="fine")
     np.save(tmp_path / "bad.npy", a[:, :, :10])
     with pytest.raises(ValueError):
         load_burgers_192(tmp_path / "bad.npy")
