@@ -290,11 +290,13 @@ class ProseModule(L.LightningModule):
                  n_fusion_layers: int = 8, n_data_dec_layers: int = 8, n_text_dec_layers: int = 8,
                  dropout: float = 0.0, text_input: bool = True, split_features: bool = True,
                  data_decoder_attn: bool = False, norm_first: bool = False, data_loss_weight: float = 6.0,
-                 text_loss_weight: float = 1.0,
+                 text_loss_weight: float = 1.0, data_loss: str = "relative",
                  max_gen_len: int = 150, warmup_steps: int = 20000,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
         check_min("model", 1, dim_emb=dim_emb, n_heads=n_heads, dim_ffn=dim_ffn, max_gen_len=max_gen_len)
+        if data_loss not in ("relative", "mse"):
+            raise ValueError(f"prose: data_loss must be 'relative' (official) or 'mse', got {data_loss!r}")
         if dim_emb % n_heads:
             raise ValueError(f"prose: dim_emb ({dim_emb}) must be a multiple of n_heads ({n_heads})")
         if min(n_data_enc_layers, n_fusion_layers, n_data_dec_layers, n_text_dec_layers) < 1 or \
@@ -319,20 +321,26 @@ class ProseModule(L.LightningModule):
         text_in = batch["text_in"] if self.hparams.text_input else None
         return self.model(batch["data_in"], batch["t_in"], batch["t_out"], text_in, batch.get("text_out"))
 
-    def _losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def _losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(mse, ce, pred, logits, text target, the training data loss: `data_loss`)."""
         with torch.autocast(self.device.type, enabled=False):  # data loss and float tokens in fp32
             pred, logits = self(batch)
             pred, logits = pred.float(), logits.float()
             mask = batch["dim_mask"][:, None, :].expand_as(pred).float()
-            mse = ((pred - batch["target"]) ** 2 * mask).sum() / mask.sum()
+            sq = (pred - batch["target"]) ** 2 * mask
+            mse = sq.sum() / mask.sum()
+            # the training data loss: official trainer.enc_dec_step weighs sample i by 1 / (||y_i||^2 + 1e-5) / B,
+            # a per-sample relative squared error averaged over the batch; "mse": the mean over all elements
+            data = mse if self.hparams.data_loss == "mse" else (
+                sq.sum((1, 2)) / ((batch["target"] ** 2 * mask).sum((1, 2)) + 1e-5)).mean()
             tgt = batch["text_out"][:, 1:]
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
                                  ignore_index=self.tokenizer.pad_id)
-        return mse, ce, pred, logits, tgt
+        return mse, ce, pred, logits, tgt, data
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
-        mse, ce, *_ = self._losses(batch)
-        loss = self.hparams.data_loss_weight * mse + self.hparams.text_loss_weight * ce
+        mse, ce, *_, data = self._losses(batch)
+        loss = self.hparams.data_loss_weight * data + self.hparams.text_loss_weight * ce
         bs = batch["data_in"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/mse", mse, on_step=True, on_epoch=False, batch_size=bs, sync_dist=True)
@@ -340,7 +348,7 @@ class ProseModule(L.LightningModule):
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> None:
-        mse, ce, pred, logits, tgt = self._losses(batch)
+        mse, ce, pred, logits, tgt, _ = self._losses(batch)
         bs = pred.shape[0]
         mask = batch["dim_mask"][:, None, :].float()
         scale = batch["scale"][:, None, :]

@@ -259,6 +259,15 @@ def test_normalisation_is_undone_and_padded_dims_do_not_enter_the_loss():
         torch.testing.assert_close(module._losses(batch)[0], mse)
         module.model.data_decoder.out.bias[0] += 1.0
         assert module._losses(batch)[0] > mse + 0.1
+        # the training data loss (default: the official per-sample relative squared error, batch mean) ignores the
+        # padded dimension too and equals trainer.enc_dec_step's weighting 1 / (||y_i||^2 + 1e-5) / B
+        pred = module(batch)[0]
+        m = batch["dim_mask"][:, None, :].float()
+        w = 1.0 / (((batch["target"] * m) ** 2).sum((1, 2)) + 1e-5) / len(pred)
+        official = (w * (((pred - batch["target"]) * m) ** 2).sum((1, 2))).sum()
+        torch.testing.assert_close(module._losses(batch)[5], official, rtol=1e-5, atol=1e-7)
+        module.hparams.data_loss = "mse"
+        torch.testing.assert_close(module._losses(batch)[5], module._losses(batch)[0])
 
 
 def test_ode6_has_3d_families_padded_consistently():
