@@ -97,6 +97,10 @@ def test_omega_variants_differ_and_paper_formula_by_hand():
     # code, diagonal zeroed first: g' = [3, 3, 2]; omega_01 = 2 * sqrt(4)/3 / sqrt(4)
     assert omega_code[0, 0].item() == pytest.approx(2 * math.sqrt(4) / 3 / math.sqrt(4), rel=1e-6)
     assert not torch.allclose(omega, omega_code)
+    # the official main.py (get_ii_constraint_mat, ii_diagonal_zero=False): g = [5, 5, 3] and the item itself competes:
+    # omega_00 = omega_01 = 2 sqrt(6) / 5 / sqrt(6) = 0.4 > omega_02 = sqrt(6) / 5 / 2
+    ids_off, omega_off = item_item_neighbours(sp.csr_matrix(r), k=2, omega_variant="code", zero_diagonal=False)
+    assert sorted(ids_off[0].tolist()) == [0, 1] and omega_off[0].tolist() == pytest.approx([0.4, 0.4], rel=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ loss
@@ -184,7 +188,7 @@ def test_trainer_smoke_and_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     dm = FakeInteractions(num_negatives=4)
     module = UltraGCNModule(
-        embedding_dim=8, init_std=1e-3, negative_weight=4.0, omega_variant="code",
+        embedding_dim=8, init_std=1e-3, negative_weight=4.0, omega_variant="code", ii_diagonal_zero=False,
         optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
     )
     trainer = _trainer(tmp_path, max_steps=6, limit_val_batches=2, val_check_interval=3, num_sanity_val_steps=1)
@@ -193,12 +197,15 @@ def test_trainer_smoke_and_checkpoint_round_trip(tmp_path):
     for key in ("train/loss", "train/loss_O_C", "train/loss_I", "train/l2", "val/recall@20", "val/ndcg@20"):
         assert key in metrics and torch.isfinite(metrics[key]), key
     assert module.ii_neighbours.shape == (dm.num_items, 10)
+    items = torch.arange(dm.num_items)[:, None]  # the official diagonal-kept neighbours: items list themselves
+    assert bool(((module.ii_neighbours == items) & (module.ii_omega > 0)).any())
     test_before = _trainer(tmp_path).test(module, datamodule=dm, verbose=False)[0]
 
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
     loaded = UltraGCNModule.load_from_checkpoint(path, weights_only=True)
     assert loaded.hparams.omega_variant == "code" and loaded.hparams.num_items == dm.num_items
+    assert loaded.hparams.ii_diagonal_zero is False
     torch.testing.assert_close(loaded.model.item_embedding.weight, module.model.item_embedding.weight)
     test_after = _trainer(tmp_path).test(loaded, datamodule=dm, verbose=False)[0]
     assert test_after == pytest.approx(test_before)
