@@ -238,7 +238,9 @@ def _seed64(*parts: int) -> int:
 
 
 class TrainBatches(IterableDataset):
-    """BPR-style batches over the train edges; one full pass per epoch, sharded across ranks."""
+    """BPR-style batches, as many samples per epoch as train edges, sharded across ranks. `sampling="edge"`: one
+    shuffled pass over the train edges; "user" (official LightGCN `UniformSample`): a user drawn uniformly among
+    those with train items, then one of their positives uniformly, so every user weighs the same."""
 
     def __init__(
         self,
@@ -250,8 +252,11 @@ class TrainBatches(IterableDataset):
         exclude_positive_negatives: bool,
         seed: int,
         context: Callable[[], tuple[int, int, int]],
+        sampling: str = "edge",
     ) -> None:
         super().__init__()
+        check_choice("data.sampling", "BPR sampling", sampling, ("edge", "user"))
+        self.sampling = sampling
         self.user, self.item = user, item
         self.num_items = num_items
         self.batch_size = batch_size
@@ -262,6 +267,10 @@ class TrainBatches(IterableDataset):
         self.pos_keys = torch.sort(user * num_items + item).values
         deg = torch.bincount(user, minlength=int(user.max()) + 1 if user.numel() else 1)
         self.saturated = deg >= num_items  # users with every item positive: no valid negative
+        # "user" sampling: the users with train items, their degrees and where their items start in pos_keys order
+        self.active = deg.nonzero().squeeze(-1)
+        self.degree, self.start = deg, torch.cumsum(deg, 0) - deg
+        self.items_by_user = self.pos_keys % num_items
 
     def _per_rank(self, world: int) -> int:
         return self.user.numel() // world
@@ -281,8 +290,14 @@ class TrainBatches(IterableDataset):
         shard = perm[rank * per_rank : (rank + 1) * per_rank]
         gen = torch.Generator().manual_seed(_seed64(self.seed, epoch, rank))
         for start in range(0, per_rank, self.batch_size):
-            idx = shard[start : start + self.batch_size]
-            u, i = self.user[idx], self.item[idx]
+            if self.sampling == "user":
+                n = min(self.batch_size, per_rank - start)
+                u = self.active[torch.randint(self.active.numel(), (n,), generator=gen)]
+                offset = (torch.rand(n, generator=gen) * self.degree[u]).long().clamp_(max=self.degree[u] - 1)
+                i = self.items_by_user[self.start[u] + offset]
+            else:
+                idx = shard[start : start + self.batch_size]
+                u, i = self.user[idx], self.item[idx]
             yield {"user": u, "pos_item": i, "neg_item": self.sample_negatives(u, gen)}
 
     def is_positive(self, u: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -346,6 +361,8 @@ class InteractionDataModule(L.LightningDataModule):
         batch_size: train edges per batch on each rank (the last batch of an epoch may be smaller).
         num_negatives: uniform negatives per positive, ``neg_item`` has shape (B, num_negatives).
         exclude_positive_negatives: re-draw negatives that are train positives of their user (BPR).
+        sampling: ``edge`` (a shuffled pass over the train edges) or ``user`` (users uniformly, then a random
+            positive: the official LightGCN sampler); see ``TrainBatches``.
         eval_batch_size: users per validation/test batch.
         seed: drives the per-epoch edge order and the negatives (not the train/test split).
         test_fraction: per-user test share for rating-style data (ignored for train.txt/test.txt).
@@ -364,6 +381,7 @@ class InteractionDataModule(L.LightningDataModule):
         exclude_positive_negatives: bool = True,
         eval_batch_size: int = 512,
         seed: int = 0,
+        sampling: str = "edge",
         test_fraction: float = 0.2,
         url_base: str | None = None,
         data_dir: str | None = None,
@@ -379,6 +397,8 @@ class InteractionDataModule(L.LightningDataModule):
         self.batch_size = int(batch_size)
         self.num_negatives = int(num_negatives)
         self.exclude_positive_negatives = bool(exclude_positive_negatives)
+        check_choice("data.sampling", "BPR sampling", sampling, ("edge", "user"))
+        self.sampling = sampling
         self.eval_batch_size = int(eval_batch_size)
         self.seed = int(seed)
         self.test_fraction = float(test_fraction)
@@ -515,6 +535,7 @@ class InteractionDataModule(L.LightningDataModule):
             self.exclude_positive_negatives,
             self.seed,
             self._context,
+            self.sampling,
         )
 
     def train_dataloader(self) -> DataLoader:

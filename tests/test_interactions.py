@@ -117,6 +117,32 @@ def test_batch_shapes_and_full_epoch(synth):
     assert torch.equal(edges.sort().values, expected.sort().values)
 
 
+def test_user_sampling_weighs_users_equally_and_draws_their_positives(ml100k):
+    """sampling="user" (official LightGCN UniformSample): as many samples per epoch as edges, each a uniformly drawn
+    user with one of its own train items; users appear about equally often, whereas the edge pass weighs them by
+    degree. Negatives still avoid the user's positives; batches are reproducible per (seed, epoch)."""
+    dm = InteractionDataModule(batch_size=4096, sampling="user")
+    dm.setup("fit")
+    batches = epoch_batches(dm, epoch=2)
+    n_edges = dm.train_user.numel()
+    assert len(dm.train_dataloader()) == len(batches) == -(-n_edges // 4096)
+    user = torch.cat([b["user"] for b in batches])
+    pos = torch.cat([b["pos_item"] for b in batches])
+    neg = torch.cat([b["neg_item"] for b in batches])
+    assert user.numel() == n_edges
+    dense = dm.train_matrix.toarray()
+    assert dense[user.numpy(), pos.numpy()].all() and not dense[user.numpy()[:, None], neg.numpy()].any()
+    counts = torch.bincount(user, minlength=dm.num_users).float()
+    degree = torch.bincount(dm.train_user, minlength=dm.num_users).float()
+    active = degree > 0
+    cv = lambda x: float(x.std() / x.mean())  # noqa: E731
+    assert cv(counts[active]) < 0.25 * cv(degree[active])  # near-uniform over users; the edge pass gives the degrees
+    assert float(torch.corrcoef(torch.stack([counts, degree]))[0, 1]) < 0.1
+    assert torch.equal(torch.cat([b["user"] for b in epoch_batches(dm, epoch=2)]), user)
+    with pytest.raises(UserError, match="sampling"):
+        InteractionDataModule(sampling="degree")
+
+
 def test_negatives_never_positive_when_excluded():
     # dense tiny graph: ~half of each user's items are positives, so many draws hit positives
     dm = InteractionDataModule(
