@@ -207,7 +207,8 @@ def slice_residuals(model: CausalPINN, problem: str, t: Tensor, x: Tensor, resid
 
 
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-3)
-DEFAULT_SCHEDULER = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=5000, gamma=0.9)
+# official scripts: jax exponential_decay(1e-3, 5000, 0.9) = lr 0.9 ** (step / 5000), smooth
+DEFAULT_SCHEDULER = functools.partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.9 ** (1 / 5000))
 
 
 class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):

@@ -185,6 +185,23 @@ def test_annealing_reads_the_ic_term_when_it_sits_in_the_exponent(ic_in_weights)
     assert module.epsilon == (0.1 if ic_in_weights else 1.0)
 
 
+def test_default_lr_decays_smoothly_as_the_official_exponential_decay():
+    """Official scripts: jax `optimizers.exponential_decay(1e-3, decay_steps=5000, decay_rate=0.9)`, lr(step) =
+    1e-3 * 0.9 ** (step / 5000) (not a staircase); the CPU check pins the staircase it was calibrated with."""
+    from launch import config as zconfig
+
+    module = CausalPINNModule(problem="oscillator", arch="mlp", width=8, depth=1, fourier_modes=0, t_scale=2.0)
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"
+    for _ in range(2500):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.9 ** (2500 / 5000), rel=1e-9)
+    cpu = zconfig.compose(["experiment=causal_pinn"]).model.scheduler
+    assert cpu._target_.endswith("StepLR") and (cpu.step_size, cpu.gamma) == (5000, 0.9)
+
+
 def test_unsorted_slices_are_rejected():
     module = CausalPINNModule(problem="oscillator", arch="mlp", width=8, depth=1, fourier_modes=0)
     batch = {"t": torch.tensor([0.0, 0.5, 0.2]), "x": torch.zeros(1), "x_ic": torch.zeros(1),
