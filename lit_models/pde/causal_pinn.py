@@ -224,7 +224,8 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
     def __init__(self, problem: str = "allen_cahn", arch: str = "modified_mlp", width: int = 128, depth: int = 4,
                  fourier_modes: int = 1, length: float = 2.0, t_scale: float = 1.0, causal: bool = True,
                  epsilons: list[float] | tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0), tol: float = 0.99,
-                 max_steps_per_epsilon: int = 200_000, ic_weight: float = 100.0, ic_in_weights: bool = False,
+                 max_steps_per_epsilon: int = 200_000, anneal_check_every: int = 1000, ic_weight: float = 100.0,
+                 ic_in_weights: bool = False,
                  residual_scale: float = 1.0, ratio_fraction: float = 0.25, weight_snapshot_every: int = 10000,
                  time_windows: int = 1, window_length: float | None = None, max_steps_per_window: int | None = None,
                  hard_ic: bool = False, time_features: Sequence[float] | None = None,
@@ -257,7 +258,8 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
             raise ValueError("PDE problems need fourier_modes >= 1 (exact periodicity in x)")
         if hard_ic and problem not in ODES:
             raise ValueError("hard_ic is for ODE problems (u(t) = u0 + t N(t)); PDEs use the IC loss")
-        check_min("model", 1, width=width, max_steps_per_epsilon=max_steps_per_epsilon)
+        check_min("model", 1, width=width, max_steps_per_epsilon=max_steps_per_epsilon,
+                  anneal_check_every=anneal_check_every)
         check_min("model", 1 if arch == "modified_mlp" else 0, depth=depth)  # mlp with depth 0: linear in features
         check_min("model", 0, ic_weight=ic_weight, weight_snapshot_every=weight_snapshot_every)  # every 0: off
         check_positive("model", length=length, t_scale=t_scale, residual_scale=residual_scale)
@@ -377,9 +379,13 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
 
     def _anneal(self, min_w: float, t: Tensor, w: Tensor) -> bool:
         """Move to the next eps once min w > tol or after max_steps_per_epsilon steps (stays at the last value).
-        Returns True when the last eps has met that condition (the window's schedule is complete)."""
+        min w is tested on the first step at an eps and every `anneal_check_every` steps after it (the official
+        `if it % 1000 == 0: ... if W.min() > 0.99: break`). Returns True when the last eps has met that condition
+        (the window's schedule is complete)."""
         self.steps_at_eps += 1
-        done = min_w > self.hparams.tol or int(self.steps_at_eps) >= self.hparams.max_steps_per_epsilon
+        steps = int(self.steps_at_eps)
+        checked = (steps - 1) % self.hparams.anneal_check_every == 0
+        done = (checked and min_w > self.hparams.tol) or steps >= self.hparams.max_steps_per_epsilon
         if not done:
             return False
         if int(self.eps_index) < len(self.epsilons) - 1:

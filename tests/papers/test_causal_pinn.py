@@ -185,6 +185,22 @@ def test_annealing_reads_the_ic_term_when_it_sits_in_the_exponent(ic_in_weights)
     assert module.epsilon == (0.1 if ic_in_weights else 1.0)
 
 
+def test_min_weight_is_tested_every_anneal_check_every_steps():
+    """Official loop: `if it % 1000 == 0: ... if W.min() > 0.99: break`, i.e. the first step at an eps and every 1000th
+    after it; in between a passing min w does not advance eps (the cap still acts every step)."""
+    module = CausalPINNModule(problem="oscillator", arch="mlp", width=8, depth=1, fourier_modes=0, t_scale=2.0,
+                              epsilons=[0.1, 1.0, 10.0], tol=0.99, anneal_check_every=3)
+    t, w = torch.linspace(0, 2, 4), torch.ones(4)
+    module._anneal(0.995, t, w)  # first step at eps 0.1: tested
+    assert module.epsilon == 1.0
+    module._anneal(0.5, t, w)  # step 1 at eps 1: tested, fails
+    module._anneal(0.995, t, w)  # steps 2 and 3: not tested
+    module._anneal(0.995, t, w)
+    assert module.epsilon == 1.0
+    module._anneal(0.995, t, w)  # step 4 = 1 + 3: tested
+    assert module.epsilon == 10.0
+
+
 def test_default_lr_decays_smoothly_as_the_official_exponential_decay():
     """Official scripts: jax `optimizers.exponential_decay(1e-3, decay_steps=5000, decay_rate=0.9)`, lr(step) =
     1e-3 * 0.9 ** (step / 5000) (not a staircase); the CPU check pins the staircase it was calibrated with."""
