@@ -284,10 +284,11 @@ class TrainBatches(IterableDataset):
         return self.batches(epoch, rank, world)
 
     def batches(self, epoch: int, rank: int, world: int) -> Iterator[dict[str, torch.Tensor]]:
-        perm_gen = torch.Generator().manual_seed(_seed64(self.seed, epoch, 0x9E3779B9))
-        perm = torch.randperm(self.user.numel(), generator=perm_gen)  # identical on every rank
         per_rank = self._per_rank(world)
-        shard = perm[rank * per_rank : (rank + 1) * per_rank]
+        if self.sampling == "edge":
+            perm_gen = torch.Generator().manual_seed(_seed64(self.seed, epoch, 0x9E3779B9))
+            perm = torch.randperm(self.user.numel(), generator=perm_gen)  # identical on every rank
+            shard = perm[rank * per_rank : (rank + 1) * per_rank]
         gen = torch.Generator().manual_seed(_seed64(self.seed, epoch, rank))
         for start in range(0, per_rank, self.batch_size):
             if self.sampling == "user":
