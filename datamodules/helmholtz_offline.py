@@ -102,8 +102,7 @@ def _as_graph(n_side: int, sample: dict[str, np.ndarray]):
     from datamodules.meshes import _graph
     from datamodules.um2n_helmholtz import KIND_FILE
 
-    s = sample
-    return _graph(n_side, s["pos"], s["tri"], s["monitor"], s["target"], KIND_FILE, [np.nan] * 4)
+    return _graph(n_side, sample["pos"], sample["tri"], sample["monitor"], sample["target"], KIND_FILE, [np.nan] * 4)
 
 
 def helmholtz_graph(n_side: int, rng: np.random.Generator, mesh_seed: int):

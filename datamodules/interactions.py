@@ -255,8 +255,7 @@ class TrainBatches(IterableDataset):
         sampling: str = "edge",
     ) -> None:
         super().__init__()
-        check_choice("data.sampling", "BPR sampling", sampling, ("edge", "user"))
-        self.sampling = sampling
+        self.sampling = sampling  # "edge" | "user", checked by InteractionDataModule
         self.user, self.item = user, item
         self.num_items = num_items
         self.batch_size = batch_size

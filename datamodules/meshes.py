@@ -169,8 +169,8 @@ def burgers_fields(u192: np.ndarray, sub: int, monitor_scale: float, monitor_der
         raise ValueError("Burgers fields have no front normal: use monitor_derivative='grad'")
     if monitor_grid not in ("branch", "full"):
         raise ValueError(f"monitor_grid must be 'branch' (official) or 'full', got {monitor_grid!r}")
-    u = u192.reshape(-1, u192.shape[-2], u192.shape[-1]).astype(np.float64)
-    ub = u[:, ::sub, ::sub]
+    u = u192.reshape(-1, u192.shape[-2], u192.shape[-1])
+    ub = u[:, ::sub, ::sub].astype(np.float64)  # only the "full" monitor needs the full grid in float64
     if monitor_grid == "branch":
         n = ub.shape[-1]
 
@@ -180,6 +180,7 @@ def burgers_fields(u192: np.ndarray, sub: int, monitor_scale: float, monitor_der
 
         g = np.stack([forward(ub, -1), forward(ub, -2)], -1)
     else:
+        u = u.astype(np.float64)
         h = 1.0 / u.shape[-1]
         gx = (np.roll(u, -1, -1) - np.roll(u, 1, -1)) / (2 * h)
         gy = (np.roll(u, -1, -2) - np.roll(u, 1, -2)) / (2 * h)

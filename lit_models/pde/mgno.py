@@ -245,9 +245,10 @@ class MgNOModule(L.LightningModule):
     (div_factor 2, final_div_factor 100, pct_start 0.2, stepped per batch). As in the official code the loss is the
     sum of the per-sample errors over the batch (`loss_reduction="sum"`, LpLoss / HsLoss(size_average=False); with
     Adam's coupled weight decay the loss scale matters) and the H1 weights are truncated at |k| = 20
-    (`h1_truncation`, also for the val/test H1 metric); "mean" and None are the CPU-scale experiments' choices. Metrics: train/loss, val|test/rel_l2, val|test/rel_h1
-    (computed in the normalised output space, identical to physical units since outputs are only rescaled) and
-    val|test/boundary_rel_l2 (relative L2 on the outer ring of cells, `boundary_ring`)."""
+    (`h1_truncation`, also for the val/test H1 metric); "mean" and None are the CPU-scale experiments' choices.
+    Metrics: train/loss, val|test/rel_l2, val|test/rel_h1 (computed in the normalised output space, identical to
+    physical units since outputs are only rescaled) and val|test/boundary_rel_l2 (relative L2 on the outer ring of
+    cells, `boundary_ring`)."""
 
     def __init__(self, in_channels: int = 1, num_layer: int = 5, num_channel_u: int = 24,
                  levels: Sequence[Any] | str = ("10", "10", "10", "10", "10", "20"), padding_mode: str = "zeros",

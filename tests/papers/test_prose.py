@@ -326,8 +326,9 @@ def test_claim_fusion_helps_and_fails_with_baseline():
     """Card check 1: query-window relative L2 of the data decoder, fused <= 0.7 x data-only (same network, text
     encoder removed, same budget). MEASURED with the official post-norm blocks (default): 300 steps (the config)
     fused 0.340 vs data-only 0.316 (ratio 1.08); card scale (width 64 / batch 64, 1,250 steps) 0.1375 vs 0.1498
-    (0.92); 1,500 steps (the symbol claims' runs) 0.1463 / 0.1187 vs 0.1471 / 0.1158 (seeds 0 / 1); the card's full budget (3,000 steps, ~15 min per run, not in CI) 0.0942 vs 0.1072 (seed 0, 0.88) and
-    0.1062 vs 0.1083 (seed 1, 0.98). Not a fusion bug: those fused models rely on their text (another family's
+    (0.92); 1,500 steps (the symbol claims' runs) 0.1463 / 0.1187 vs 0.1471 / 0.1158 (seeds 0 / 1); the card's full
+    budget (3,000 steps, ~15 min per run, not in CI) 0.0942 vs 0.1072 (seed 0, 0.88) and 0.1062 vs 0.1083 (seed 1,
+    0.98). Not a fusion bug: those fused models rely on their text (another family's
     skeleton as input text, data.eval_text=other_family: 0.360 / 0.380, skeleton accuracy 0.984 -> 0.112 / 1.000 ->
     0.392), the data alone just carry nearly the same information; at this test's 300 steps the text is barely used
     yet (0.346 vs 0.340). With the earlier pre-norm layout (offline ode4, width 32, layers 1/1/2/2/2, batch 32, 1 thread, 500 test
