@@ -163,6 +163,9 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     trainer = build_trainer(cfg, run_dir, extra_callbacks)
     if make_run_dir:
         run_dir = runs.create(cfg)
+    notice = effective_batch_notice(cfg, trainer.world_size)
+    if notice and trainer.is_global_zero:
+        log.warning(notice)
     metrics: dict[str, float] = {}
     if cfg.stage in ("fit", "fit_test"):
         ckpt = "last" if run_dir is not None else None
@@ -187,6 +190,20 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     if run_dir is not None and trainer.is_global_zero:
         _finish(trainer, run_dir, metrics)
     return metrics
+
+
+def effective_batch_notice(cfg: DictConfig, world_size: int) -> str | None:
+    """Under DDP `data.batch_size` is per process (Lightning's convention), so W processes step on W times the
+    configured batch with the configured learning rate. The paper-scale configs give the paper's (single-device) batch:
+    say what the run really uses and how to keep the paper's."""
+    batch = cfg.get("data", {}).get("batch_size") if "data" in cfg else None
+    if world_size <= 1 or not isinstance(batch, int):
+        return None
+    per_rank = batch // world_size
+    keep = (f"data.batch_size={per_rank} keeps the global batch at {batch}" if per_rank * world_size == batch
+            else f"{batch} is not divisible by {world_size}, so no per-process batch keeps it exactly")
+    return (f"DDP: data.batch_size={batch} is per process; {world_size} processes step on a global batch of "
+            f"{batch * world_size} with the configured learning rate ({keep})")
 
 
 def _matmul_precision(cfg: DictConfig) -> str:

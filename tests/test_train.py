@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from launch import config as zconfig
 from launch import train
@@ -91,12 +92,24 @@ def test_ddp_two_cpu_processes_match_single_process_eval(runs_root):
                           "trainer.accelerator=cpu", "logger=csv", check=True, timeout=400)
     log = proc.stdout + proc.stderr
     assert "GLOBAL_RANK: 0" in log and "GLOBAL_RANK: 1" in log
+    # rank 0 says once that the configured batch is per process
+    assert log.count("DDP: data.batch_size=256 is per process; 2 processes step on a global batch of 512") == 1
+    assert "data.batch_size=128 keeps the global batch at 256" in log
     run = run_dir_of(runs_root)
     final = json.loads((run / "final_metrics.json").read_text())
     code, out, err = zoo_in_process("eval", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "trainer.devices=1",
                                     "trainer.strategy=auto")
     assert code == 0, err
     assert f"{final['test/recall@20']:.4f}" in out and f"{final['test/ndcg@20']:.4f}" in out
+
+
+def test_effective_batch_notice():
+    cfg = OmegaConf.create({"data": {"batch_size": 1000}})
+    assert train.effective_batch_notice(cfg, 1) is None
+    assert "global batch of 3000" in train.effective_batch_notice(cfg, 3)
+    assert "not divisible by 3" in train.effective_batch_notice(cfg, 3)
+    assert train.effective_batch_notice(OmegaConf.create({"data": {"name": "x"}}), 4) is None
+    assert train.effective_batch_notice(OmegaConf.create({"seed": 0}), 4) is None
 
 
 def test_bf16_mixed_cpu_run():
