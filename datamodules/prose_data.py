@@ -6,11 +6,15 @@ Offline default (`name="ode4"`, numpy only): Lotka-Volterra, Van der Pol, FitzHu
 once with a batched fp64 RK4 at `dt` on [0, t_end]. The first `n_input` samples on [0, f t_end] are the data input,
 `n_output` samples on (f t_end, t_end] are the queries (f = `input_fraction`: 1/2 for the card, 1/3 for the official
 grid of 192 points on [0, 6], the first 64 the input).
-Each sample is normalised by a per-sample, per-dimension scale (max |u| on the noisy input window); the model
-predicts in that scale and multiplies back. Training batches (an IterableDataset seeded by (seed, epoch, rank)) add
-`noise` (2 %) Gaussian noise relative to the per-dimension RMS of the input, and corrupt the input text skeleton
-(term add/delete with 0.15/0.15); targets (trajectory and full expression with constants) stay clean. Val/test use
-noisy data (fixed seed) and the uncorrupted skeleton, unless the paper's robustness test asks otherwise:
+Each sample is normalised by a per-sample, per-dimension scale (max |u| on the noisy input window; `normalize=none`:
+raw values, as the official code); the model predicts in that scale and multiplies back. Training batches (an
+IterableDataset seeded by (seed, epoch, rank)) add `noise` (2 %) Gaussian noise relative to the per-dimension RMS of
+the input (`noise_scope=trajectory`: the official trainer's noise, norm `noise` x ||u||_F over the sample's whole
+trajectory, on inputs and query targets alike, at train and eval), and corrupt the input text skeleton: each term
+added / deleted with 0.15 / 0.15 (the card's `text_corruption=per_term`), or one mode per sample, none / add one term
+/ delete one term with 0.70 / 0.15 / 0.15 (`per_sample`, the official generator); the target expression (with
+constants) stays clean. Val/test use noisy data (fixed seed) and the uncorrupted skeleton, unless the paper's
+robustness test asks otherwise:
 `eval_p_add` / `eval_p_delete` corrupt the val/test input text with the same rule (fixed seed; the paper's tests with
 extra / missing terms), and `eval_text=other_family` gives every sample the skeleton of another family (how much the
 model relies on the text). `test_param_range: [lo, hi]` draws the test split's parameters as nominal x (1 +- U(lo, hi))
@@ -28,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.context import sampling_context
 from launch.errors import UserError, check_min, check_positive
-from lit_models.dynamics.prose_symbolic import FAMILIES, SymbolicTokenizer, corrupt, eval_monomial
+from lit_models.dynamics.prose_symbolic import FAMILIES, SymbolicTokenizer, corrupt, corrupt_one_term, eval_monomial
 
 OFFLINE = {
     "ode4": ("lotka_volterra", "van_der_pol", "fitzhugh_nagumo", "duffing"),      # card's offline default (2D)
@@ -136,9 +140,12 @@ class ProseBatches(IterableDataset):
 
     def __init__(self, split: dict, tokenizer: SymbolicTokenizer, batch_size: int, noise: float, train: bool,
                  p_add: float, p_delete: float, seed: int, datamodule=None, steps: int | None = None,
-                 eval_text: str = "own") -> None:
+                 eval_text: str = "own", text_corruption: str = "per_term", noise_scope: str = "input",
+                 normalize: str = "per_sample") -> None:
         self.split, self.tok, self.batch_size, self.noise, self.train = split, tokenizer, batch_size, noise, train
         self.p_add, self.p_delete, self.seed, self.datamodule = p_add, p_delete, seed, datamodule
+        self.corrupt = corrupt_one_term if text_corruption == "per_sample" else corrupt
+        self.noise_scope, self.normalize = noise_scope, normalize
         n = len(split["exprs"])
         self.steps = steps if steps is not None else (n // batch_size if train else -(-n // batch_size))
         # targets (clean, with constants) are fixed: encode once; so is the eval input text, a skeleton of the
@@ -175,15 +182,22 @@ class ProseBatches(IterableDataset):
         x_in, x_out = s["data_in"][idx], s["data_out"][idx]
         dim = s["dim"][idx]
         mask = np.arange(x_in.shape[-1])[None, :] < dim[:, None]            # (B, max_dim)
-        rms = np.sqrt((x_in ** 2).mean(1, keepdims=True))
-        noisy = x_in + self.noise * rms * rng.standard_normal(x_in.shape)
+        if self.noise_scope == "trajectory":  # official: noise of norm gamma ||u||_F over the whole sample, targets too
+            traj = np.concatenate([x_in, x_out], axis=1)
+            eps = rng.standard_normal(traj.shape) * mask[:, None, :]
+            sigma = self.noise * np.linalg.norm(traj, axis=(1, 2)) / (np.linalg.norm(eps, axis=(1, 2)) + 1e-6)
+            traj = traj + sigma[:, None, None] * eps
+            noisy, x_out = traj[:, :x_in.shape[1]], traj[:, x_in.shape[1]:]
+        else:  # the card's: relative to each input dimension's RMS, inputs only
+            rms = np.sqrt((x_in ** 2).mean(1, keepdims=True))
+            noisy = x_in + self.noise * rms * rng.standard_normal(x_in.shape)
         # per-sample, per-dimension scale from what the model observes (the noisy input window); the module
-        # multiplies its prediction back by it for the original-scale error
-        scale = np.where(mask, np.abs(noisy).max(1), 1.0)
+        # multiplies its prediction back by it for the original-scale error. normalize=none: raw values (official)
+        scale = np.where(mask, np.abs(noisy).max(1), 1.0) if self.normalize == "per_sample" else np.ones(mask.shape)
         scale = np.maximum(scale, 1e-3)
         if self.train or self.p_add > 0 or self.p_delete > 0:  # eval: the robustness test's corrupted text
-            text = [self.tok.encode(corrupt(s["exprs"][self.text_source[i]], text_rng, self.p_add, self.p_delete),
-                                    skeleton=True) for i in idx]
+            text = [self.tok.encode(self.corrupt(s["exprs"][self.text_source[i]], text_rng, self.p_add,
+                                                 self.p_delete), skeleton=True) for i in idx]
         else:
             text = [self.skeletons[i] for i in idx]
         B = len(idx)
@@ -208,8 +222,14 @@ class ProseDataModule(L.LightningDataModule):
                  p_add: float = 0.15, p_delete: float = 0.15, max_dim: int = 3, float_precision: int = 3,
                  seed: int = 0, num_workers: int = 0, eval_text: str = "own", eval_p_add: float = 0.0,
                  eval_p_delete: float = 0.0, test_param_range: list[float] | None = None,
-                 input_fraction: float = 0.5) -> None:
+                 input_fraction: float = 0.5, text_corruption: str = "per_term", noise_scope: str = "input",
+                 normalize: str = "per_sample") -> None:
         super().__init__()
+        for key, value, allowed in (("text_corruption", text_corruption, ("per_term", "per_sample")),
+                                    ("noise_scope", noise_scope, ("input", "trajectory")),
+                                    ("normalize", normalize, ("per_sample", "none"))):
+            if value not in allowed:
+                raise UserError(f"data.{key} must be one of {', '.join(allowed)}, got {value!r}")
         if test_param_range is not None:
             bounds = list(test_param_range)
             if len(bounds) != 2 or not 0.0 <= bounds[0] < bounds[1] < 1.0:
@@ -221,6 +241,10 @@ class ProseDataModule(L.LightningDataModule):
                         ("eval_p_delete", eval_p_delete)):
             if not 0.0 <= prob <= 1.0:
                 raise UserError(f"data.{key} must be a probability in [0, 1], got {prob}")
+        if text_corruption == "per_sample" and max(p_add + p_delete, eval_p_add + eval_p_delete) > 1.0:
+            raise UserError("data: text_corruption=per_sample draws one mode per sample, so p_add + p_delete (and "
+                            f"eval_p_add + eval_p_delete) must be <= 1, got {p_add} + {p_delete}, "
+                            f"{eval_p_add} + {eval_p_delete}")
         check_min("data", 1, num_train=num_train, batch_size=batch_size, eval_batch_size=eval_batch_size,
                   n_input=n_input, n_output=n_output)
         check_min("data", 0, num_val=num_val, num_test=num_test, param_range=param_range, noise=noise,
@@ -254,7 +278,8 @@ class ProseDataModule(L.LightningDataModule):
         p_add, p_delete = (h.p_add, h.p_delete) if train else (h.eval_p_add, h.eval_p_delete)
         ds = ProseBatches(self.splits[which], self.tokenizer, h.batch_size if train else h.eval_batch_size,
                           h.noise, train, p_add, p_delete, h.seed, datamodule=self,
-                          eval_text="own" if train else h.eval_text)
+                          eval_text="own" if train else h.eval_text, text_corruption=h.text_corruption,
+                          noise_scope=h.noise_scope, normalize=h.normalize)
         return DataLoader(ds, batch_size=None, num_workers=h.num_workers)
 
     def train_dataloader(self) -> DataLoader:

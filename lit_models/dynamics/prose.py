@@ -217,13 +217,15 @@ class PROSE(nn.Module):
     the other modality through the joint self-attention). `text_input=False` is the data-only model: no text
     encoder and the fusion layers run over the data tokens alone (the official `--no_text` also drops the
     fusion block; keeping it makes the baseline exactly as deep, so only the text input differs).
-    `norm_first`: False = the official post-norm blocks, True = pre-norm blocks (see the module docstring)."""
+    `norm_first`: False = the official post-norm blocks, True = pre-norm blocks (see the module docstring).
+    `layer_norm_eps`: of every LayerNorm (official 1e-12; torch's default 1e-5)."""
 
     def __init__(self, vocab: int, pad_id: int, max_dim: int = 3, dim_emb: int = 512, n_heads: int = 8,
                  dim_ffn: int = 2048, n_text_enc_layers: int = 4, n_data_enc_layers: int = 2,
                  n_fusion_layers: int = 8, n_data_dec_layers: int = 8, n_text_dec_layers: int = 8,
                  dropout: float = 0.0, max_text_len: int = 200, text_input: bool = True,
-                 split_features: bool = True, data_decoder_attn: bool = False, norm_first: bool = False) -> None:
+                 split_features: bool = True, data_decoder_attn: bool = False, norm_first: bool = False,
+                 layer_norm_eps: float = 1e-12) -> None:
         super().__init__()
         a = (dim_emb, n_heads, dim_ffn)
         self.split_features = split_features
@@ -233,6 +235,9 @@ class PROSE(nn.Module):
         self.fusion = Fusion(*a, n_fusion_layers, dropout, norm_first)
         self.data_decoder = DataDecoder(max_dim, *a, n_data_dec_layers, dropout, data_decoder_attn, norm_first)
         self.symbol_decoder = SymbolDecoder(vocab, *a, n_text_dec_layers, dropout, max_text_len, pad_id, norm_first)
+        for module in self.modules():  # every LayerNorm, inside the torch layers too (official transformer.py: 1e-12)
+            if isinstance(module, nn.LayerNorm):
+                module.eps = layer_norm_eps
 
     def fuse(self, data_in: Tensor, t_in: Tensor, text_in: Tensor | None) -> tuple[Tensor, Tensor, int]:
         """-> fused features (B x (N_in [+ L_text]) x D), their padding mask (True = pad), N_in."""
@@ -289,7 +294,8 @@ class ProseModule(L.LightningModule):
                  dim_ffn: int = 2048, n_text_enc_layers: int = 4, n_data_enc_layers: int = 2,
                  n_fusion_layers: int = 8, n_data_dec_layers: int = 8, n_text_dec_layers: int = 8,
                  dropout: float = 0.0, text_input: bool = True, split_features: bool = True,
-                 data_decoder_attn: bool = False, norm_first: bool = False, data_loss_weight: float = 6.0,
+                 data_decoder_attn: bool = False, norm_first: bool = False, layer_norm_eps: float = 1e-12,
+                 data_loss_weight: float = 6.0,
                  text_loss_weight: float = 1.0, data_loss: str = "relative",
                  max_gen_len: int = 150, warmup_steps: int = 20000,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
@@ -304,6 +310,8 @@ class ProseModule(L.LightningModule):
             raise ValueError("prose: every block needs >= 1 layer (text encoder only when text_input)")
         if not 1 <= max_dim <= 3:
             raise ValueError(f"prose: max_dim must be 1..3, got {max_dim}")
+        if not layer_norm_eps > 0:
+            raise ValueError(f"prose: layer_norm_eps must be > 0, got {layer_norm_eps}")
         if data_loss_weight < 0 or text_loss_weight < 0 or warmup_steps < 0:
             raise ValueError("prose: loss weights and warmup_steps must be >= 0")
         self.save_hyperparameters(ignore=["optimizer"])
@@ -312,7 +320,7 @@ class ProseModule(L.LightningModule):
         self.model = PROSE(len(self.tokenizer), self.tokenizer.pad_id, max_dim, dim_emb, n_heads, dim_ffn,
                            n_text_enc_layers, n_data_enc_layers, n_fusion_layers, n_data_dec_layers,
                            n_text_dec_layers, dropout, max(max_gen_len, 200), text_input, split_features,
-                           data_decoder_attn, norm_first)
+                           data_decoder_attn, norm_first, layer_norm_eps)
         self.symbolic = nn.ModuleDict({f"{split}_{name}": SymbolicAccuracy() for split in ("val", "test")
                                        for name in ("symbol_token_acc", "valid_frac", "skeleton_acc")})
         self._sample: dict[str, Any] | None = None

@@ -263,8 +263,8 @@ def term_pool(dim: int) -> tuple[Monomial, ...]:
 
 
 def corrupt(expr: Expression, rng: np.random.Generator, p_add: float = 0.15, p_delete: float = 0.15) -> Expression:
-    """Paper's text corruption of the *input*: each term deleted with p_delete (a component keeps >= 1 term), and
-    per component a random pool term added with p_add."""
+    """The card's text corruption of the *input* (`text_corruption=per_term`): each term deleted with p_delete (a
+    component keeps >= 1 term), and per component a random pool term added with p_add."""
     out = []
     pool = term_pool(len(expr))
     for comp in expr:
@@ -273,6 +273,38 @@ def corrupt(expr: Expression, rng: np.random.Generator, p_add: float = 0.15, p_d
             mono = pool[int(rng.integers(len(pool)))]
             kept = kept + [(float(rng.uniform(-1, 1)), mono)]
         out.append(kept)
+    return out
+
+
+def addition_pool(dim: int) -> tuple[Monomial, ...]:
+    """The official generator's candidates for an added input term (prose_ode generators.py, one set per dimension):
+    a constant, c x_i and c x_i x_j for i <= j (constants become placeholders in the skeleton)."""
+    xs = [f"x_{i}" for i in range(dim)]
+    quadratic = [("mul", xs[i], xs[j]) for i in range(dim) for j in range(i, dim)]
+    return (None, *xs, *quadratic)
+
+
+def corrupt_one_term(expr: Expression, rng: np.random.Generator, p_add: float = 0.15,
+                     p_delete: float = 0.15) -> Expression:
+    """Official text corruption (prose_ode environment.py / generators.py `get_skeleton_tree`): one mode per sample,
+    none with 1 - p_add - p_delete, add one term with p_add, delete one term with p_delete. Adding puts a term of
+    `addition_pool` at a position drawn uniformly over every (component, slot) pair; deleting removes a term drawn
+    uniformly among the components that have at least two."""
+    if p_add + p_delete > 1.0:
+        raise ValueError(f"p_add + p_delete must be <= 1 for one corruption per sample, got {p_add} + {p_delete}")
+    mode = rng.choice(3, p=[1.0 - p_add - p_delete, p_add, p_delete])
+    out = [list(comp) for comp in expr]
+    if mode == 1:
+        pool = addition_pool(len(expr))
+        mono = pool[int(rng.integers(len(pool)))]
+        slots = [(i, j) for i, comp in enumerate(out) for j in range(len(comp) + 1)]
+        i, j = slots[int(rng.integers(len(slots)))]
+        out[i].insert(j, (float(rng.uniform(-1, 1)), mono))
+    elif mode == 2:
+        terms = [(i, j) for i, comp in enumerate(out) if len(comp) >= 2 for j in range(len(comp))]
+        if terms:
+            i, j = terms[int(rng.integers(len(terms)))]
+            del out[i][j]
     return out
 
 

@@ -8,7 +8,8 @@ import torch
 
 from launch.check import run_claim
 from lit_models.dynamics.prose import PROSE
-from lit_models.dynamics.prose_symbolic import (FAMILIES, SymbolicTokenizer, corrupt, random_expression)
+from lit_models.dynamics.prose_symbolic import (FAMILIES, SymbolicTokenizer, addition_pool, corrupt, corrupt_one_term,
+                                                random_expression)
 from tests.papers.contract import fast_run
 
 SMALL = ["data.num_train=256", "data.num_val=32", "data.num_test=32", "data.eval_batch_size=32",
@@ -59,6 +60,83 @@ def test_text_corruption_keeps_target_and_changes_input():
     expr = fam.expression(fam.nominal)
     changed = sum(corrupt(expr, rng) != expr for _ in range(200))
     assert 100 < changed < 200 and fam.expression(fam.nominal) == expr  # the clean target is untouched
+
+
+def test_official_per_sample_corruption_one_mode_per_sample():
+    """text_corruption=per_sample (official environment.py / generators.py): none / add one term / delete one term
+    with 0.70 / 0.15 / 0.15; an added term is a constant, c x_i or c x_i x_j (i <= j: 10 candidates in 3D) at any
+    (component, slot); a deleted term comes from a component with at least two."""
+    assert len(addition_pool(3)) == 10 and len(addition_pool(2)) == 6 and addition_pool(2)[0] is None
+    assert ("mul", "x_0", "x_0") in addition_pool(2) and ("mul", "x_1", "x_0") not in addition_pool(2)
+    rng = np.random.default_rng(0)
+    fam = FAMILIES["duffing"]  # x0' = x1 (one term: never deleted), x1' = three terms
+    expr = fam.expression(fam.nominal)
+    counts = {0: 0, 1: 0, -1: 0}
+    added_where = set()
+    for _ in range(4000):
+        out = corrupt_one_term(expr, rng)
+        change = sum(map(len, out)) - sum(map(len, expr))
+        counts[change] += 1
+        assert len(out[0]) >= 1 and len(out) == len(expr)
+        if change == 1:
+            i = next(k for k in range(2) if len(out[k]) > len(expr[k]))
+            new = [t for t in out[i] if t not in expr[i]]
+            assert len(new) == 1 and new[0][1] in addition_pool(2)
+            added_where.add((i, out[i].index(new[0])))
+        elif change == -1:
+            assert out[0] == expr[0] and len(out[1]) == 2  # only the three-term component loses a term
+        else:
+            assert out == expr
+    assert counts[0] / 4000 == pytest.approx(0.70, abs=0.03)
+    assert counts[1] / 4000 == pytest.approx(0.15, abs=0.02) and counts[-1] / 4000 == pytest.approx(0.15, abs=0.02)
+    assert added_where == {(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (1, 3)}  # every slot of every component
+    assert fam.expression(fam.nominal) == expr
+    with pytest.raises(ValueError, match="<= 1"):
+        corrupt_one_term(expr, rng, 0.6, 0.6)
+
+
+def test_official_trajectory_noise_raw_values_and_config_checks():
+    """noise_scope=trajectory: per sample, noise of norm gamma ||u||_F over inputs and query targets together (padded
+    dims untouched); normalize=none feeds raw values (scale 1); the paper-scale config uses the official choices."""
+    from datamodules.prose_data import ProseDataModule, make_split
+    from launch import config as zconfig
+    from launch.errors import UserError
+
+    dm = ProseDataModule(num_train=64, num_val=8, num_test=40, eval_batch_size=40, noise=0.05,
+                         noise_scope="trajectory", normalize="none")
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    split = make_split("ode4", 40, 3, 0.3, 4.0, 0.01, 32, 32, 3)
+    assert torch.equal(batch["scale"], torch.ones_like(batch["scale"]))
+    clean = torch.tensor(np.concatenate([split["data_in"], split["data_out"]], 1), dtype=torch.float32)
+    noisy = torch.cat([batch["data_in"], batch["target"]], 1)
+    ratio = torch.linalg.vector_norm(noisy - clean, dim=(1, 2)) / torch.linalg.vector_norm(clean, dim=(1, 2))
+    torch.testing.assert_close(ratio, torch.full_like(ratio, 0.05), rtol=1e-4, atol=1e-6)
+    assert (batch["target"][:, :, 2] == 0).all() and (batch["data_in"][:, :, 2] == 0).all()
+    card = ProseDataModule(num_train=64, num_val=8, num_test=40, eval_batch_size=40)
+    card.setup("test")
+    card_batch = next(iter(card.test_dataloader()))  # card: targets clean, inputs scaled per sample
+    torch.testing.assert_close(card_batch["target"] * card_batch["scale"][:, None, :],
+                               torch.tensor(split["data_out"], dtype=torch.float32), rtol=1e-5, atol=1e-5)
+    cfg = zconfig.compose(["experiment=prose/ode3d"])
+    d = cfg.data
+    assert (d.text_corruption, d.noise_scope, d.normalize, d.param_range) == ("per_sample", "trajectory", "none", 0.1)
+    assert (d.eval_p_add, d.eval_p_delete, cfg.model.layer_norm_eps) == (0.15, 0.15, 1e-12)
+    cpu = zconfig.compose(["experiment=prose"])  # the calibrated CPU check keeps the card's choices
+    assert (cpu.data.text_corruption, cpu.data.noise_scope, cpu.data.normalize) == ("per_term", "input", "per_sample")
+    assert cpu.model.layer_norm_eps == 1e-5
+    for bad in ({"text_corruption": "per_word"}, {"noise_scope": "labels"}, {"normalize": "global"},
+                {"text_corruption": "per_sample", "eval_p_add": 0.6, "eval_p_delete": 0.6}):
+        with pytest.raises(UserError):
+            ProseDataModule(**bad)
+
+
+def test_layer_norm_eps_reaches_every_layer_norm():
+    model, _ = _tiny()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) > 10 and all(m.eps == 1e-12 for m in norms)  # official transformer.py
+    model, _ = _tiny(layer_norm_eps=1e-5)
+    assert all(m.eps == 1e-5 for m in model.modules() if isinstance(m, torch.nn.LayerNorm))
 
 
 def test_eval_text_options_other_family_and_corruption():
