@@ -87,6 +87,19 @@ def test_qg_bad_config_raises():
         MedidaQGModule(library_at="later", width=8)
 
 
+def test_each_network_draws_its_own_fourier_matrix():
+    """Official mynet2Drff.Net builds its own rff GaussianEncoding, so every interpolant has its own B;
+    rff_per_network=False shares one (the calibrated CPU claim)."""
+    from lit_models.dynamics.medida import MedidaQGModule
+
+    own = MedidaQGModule(n_snapshots=2, width=8, depth=1)
+    mats = [net.rff.B for net in own.nets]
+    assert len(mats) == 4 and all(not torch.equal(mats[0], b) for b in mats[1:])
+    shared = MedidaQGModule(n_snapshots=2, width=8, depth=1, rff_per_network=False)
+    assert all(torch.equal(shared.nets[0].rff.B, net.rff.B) for net in shared.nets)
+    torch.testing.assert_close(shared.nets[0].rff.B, own.nets[0].rff.B)  # network 0 keeps rff_seed
+
+
 @pytest.mark.parametrize("case", [1, 2, 3, 4])
 def test_true_coefficients_are_the_solvers_tendency_difference(case):
     """The stated model error is derived from the solver itself: (truth - model) tendency = Θ(psi) c_true for a

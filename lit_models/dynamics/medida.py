@@ -279,7 +279,8 @@ class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
 
     Sparse noisy observations of (psi1, psi2) at t and t + dt are interpolated onto the grid by RFF-MLPs
     (mynet2Drff.py: Gaussian RFF of (x, y) in [-pi, pi)^2, hidden/2 features, `depth` tanh layers of `width`, two
-    outputs; one network per snapshot and time, as net11 / net22). The analysis at t is advanced one model step;
+    outputs; one network per snapshot and time, as net11 / net22; each draws its own Fourier matrix B, as each official
+    Net builds its own `rff.layers.GaussianEncoding`, unless `rff_per_network=False`). The analysis at t is advanced one model step;
     dq/dt = (q(analysis at t + dt) - q(model forecast)) / dt. The library Θ (official psi_lib, 10 terms) is built
     from the gridded state by spectral derivatives (`library_at`: "forecast" = the model forecast at t + dt, what
     the official code's in-place-updated `psic_1[0]` holds; "analysis" = the analysis at t). Per layer, ARD/RVM on
@@ -298,7 +299,8 @@ class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
     """
 
     def __init__(self, n_snapshots: int = 1, width: int = 1000, depth: int = 4, rff: bool = True,
-                 sigma: float = 10.0, num_features: int | None = None, rff_seed: int = 0, cut: int = 20,
+                 sigma: float = 10.0, num_features: int | None = None, rff_seed: int = 0,
+                 rff_per_network: bool = True, cut: int = 20,
                  select_tol: float = 0.01, analysis: str = "interpolant", library_at: str = "forecast",
                  gamma_diff: float = 0.0, gamma_lapl: float = 0.0, threshold_lambda: float = 1e4,
                  true_coefficients: list | None = None,
@@ -314,8 +316,9 @@ class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
         check_min("model", 0, depth=depth)
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
-        self.nets = nn.ModuleList(Interpolant(2, width, depth, rff, sigma, num_features, rff_seed, in_dim=2)
-                                  for _ in range(2 * n_snapshots))
+        self.nets = nn.ModuleList(Interpolant(2, width, depth, rff, sigma, num_features,
+                                              rff_seed + k if rff_per_network else rff_seed, in_dim=2)
+                                  for k in range(2 * n_snapshots))
         self._last: dict[str, Any] | None = None
 
     def forward(self, xy: Tensor) -> Tensor:
