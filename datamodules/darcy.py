@@ -16,8 +16,13 @@ Real data (`name="piececonst_smooth"`): the FNO Darcy files `piececonst_r421_N10
 `datamodules.download.fetch` (checksum not verified: trust on first use) and subsampled by `sampling_rate`
 (2 -> 211 x 211, as MgNO's `--sample_x`).
 
-Both: inputs z-scored with the training mean/std of a, outputs divided by the training std of u.
-Batches: {"x": (B, 1, H, W) normalised coefficient, "y": (B, 1, H, W) normalised solution}.
+Both, `normalizer_type=null` (default): inputs z-scored with the training mean/std of a, outputs divided by the
+training std of u. The official normalisers (`official_normalizers`): `normalizer_type` "GN" (utilities3
+GaussianNormalizer: one mean / std) or "PGN" (UnitGaussianNormalizer: mean / std per grid point over the training
+samples), std unbiased + 1e-5; inputs encoded when `encode_inputs` (official `--GN`), outputs left raw, and the
+solutions' statistics kept as `output_stats` for the model's output decoder (MgNO `model.output_normalizer=true`,
+official `--normalizer`).
+Batches: {"x": (B, 1, H, W) coefficient, "y": (B, 1, H, W) solution}.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from launch.errors import check_min
+from launch.errors import UserError, check_min
 
 FNO_DARCY_URL = "https://pde-xd.s3.amazonaws.com/{file}"  # NAS-Bench-360 mirror of the FNO Google-Drive files
 FNO_DARCY_FILES = {"train": "piececonst_r421_N1024_smooth1.mat", "test": "piececonst_r421_N1024_smooth2.mat"}
@@ -185,6 +190,26 @@ class PairLoaders:
         return self._loader("test", False, self.eval_batch_size)
 
 
+NORMALIZER_TYPES = (None, "GN", "PGN")
+
+
+def check_normalizer_type(value) -> None:
+    if value not in NORMALIZER_TYPES:
+        raise UserError(f"data.normalizer_type must be null, GN or PGN (official utilities3 normalisers), got {value!r}")
+
+
+def official_normalizers(a: np.ndarray, u: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                               np.ndarray]:
+    """(a_mean, a_std, u_mean, u_std) of the official normalisers fit on training arrays (N, ...): "GN"
+    (GaussianNormalizer) one mean / std over everything, "PGN" (UnitGaussianNormalizer) per entry over the samples;
+    std unbiased (torch.std) + 1e-5. u's statistics are returned as fields of one sample's shape (the decoder's)."""
+    if kind == "PGN":
+        return a.mean(0), a.std(0, ddof=1) + 1e-5, u.mean(0), u.std(0, ddof=1) + 1e-5
+    field = np.ones(u.shape[1:])
+    return (np.float64(a.mean()), np.float64(a.std(ddof=1) + 1e-5), field * u.mean(),
+            field * (u.std(ddof=1) + 1e-5))
+
+
 class DarcyDataModule(PairLoaders, L.LightningDataModule):
     """Darcy flow pairs (coefficient -> solution) for neural operators; see the module docstring."""
 
@@ -192,10 +217,12 @@ class DarcyDataModule(PairLoaders, L.LightningDataModule):
                  batch_size: int = 8, eval_batch_size: int = 50, a_high: float = 12.0, a_low: float = 3.0,
                  alpha: float = 2.0, tau: float = 3.0, sampling_rate: int = 2, url: str = FNO_DARCY_URL,
                  sha256: dict | None = None, data_dir: str | None = None, cache_dir: str | None = None,
-                 num_workers: int = 0, seed: int = 0) -> None:
+                 num_workers: int = 0, seed: int = 0, normalizer_type: str | None = None,
+                 encode_inputs: bool = True) -> None:
         super().__init__()
         if name not in DATASETS:
             raise ValueError(f"unknown Darcy dataset {name!r}; available: {', '.join(DATASETS)}")
+        check_normalizer_type(normalizer_type)
         if resolution < 4 or n_train < 1 or n_test < 1 or batch_size < 1:
             raise ValueError("resolution >= 4, n_train, n_test, batch_size >= 1 required")
         if not a_high > 0 < a_low:
@@ -210,6 +237,7 @@ class DarcyDataModule(PairLoaders, L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.tensors: dict[str, torch.Tensor] | None = None
         self.stats: dict[str, float] = {}
+        self.output_stats: tuple[torch.Tensor, torch.Tensor] | None = None  # official normalisers: u's (mean, std)
 
     def _raw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         hp = self.hparams
@@ -243,10 +271,18 @@ class DarcyDataModule(PairLoaders, L.LightningDataModule):
         a_tr, u_tr, a_te, u_te = self._raw()
         if a_tr.shape[-1] != self.resolution:
             raise ValueError(f"data resolution {a_tr.shape[-1]} != configured resolution {self.resolution}")
-        a_mean, a_std, u_std = float(a_tr.mean()), float(a_tr.std()), float(u_tr.std())
-        self.stats = {"a_mean": a_mean, "a_std": a_std, "u_std": u_std}
+        if self.hparams.normalizer_type is not None:
+            a_mean, a_std, u_mean, u_std = official_normalizers(a_tr, u_tr, self.hparams.normalizer_type)
+            if not self.hparams.encode_inputs:
+                a_mean, a_std = 0.0, 1.0
+            self.output_stats = (torch.tensor(u_mean, dtype=torch.float32), torch.tensor(u_std, dtype=torch.float32))
+            self.stats = {"a_mean": float(np.mean(a_mean)), "a_std": float(np.mean(a_std)), "u_std": 1.0}
+            u_std = 1.0
+        else:
+            a_mean, a_std, u_std = float(a_tr.mean()), float(a_tr.std()), float(u_tr.std())
+            self.stats = {"a_mean": a_mean, "a_std": a_std, "u_std": u_std}
 
-        def t(x: np.ndarray, shift: float, scale: float) -> torch.Tensor:
+        def t(x: np.ndarray, shift, scale) -> torch.Tensor:
             return torch.tensor((x - shift) / scale, dtype=torch.float32)[:, None]
 
         self.tensors = {"x_train": t(a_tr, a_mean, a_std), "y_train": t(u_tr, 0.0, u_std),

@@ -1,7 +1,9 @@
 """The MgNO paper's further benchmarks (card `mgno`, arXiv 2310.19809, official code xlliu2017/MgNO): real-file loaders
 and one datamodule, `MgNODataModule(name=...)`, with the conventions of `datamodules.darcy.DarcyDataModule`
 (batches {"x": (B, C_in, H, W), "y": (B, C_out, H, W)}; validation = test split; inputs z-scored per channel with the
-training statistics and outputs divided by the training std when `normalize`).
+training statistics and outputs divided by the training std when `normalize`; or the official normalisers,
+`normalizer_type` GN / PGN with `encode_inputs` (official `--GN`) and raw outputs whose statistics feed the model's
+output decoder, see `datamodules.darcy.official_normalizers`).
 
 Datasets (file names, keys, splits and subsampling as in the official `utilities3.py` / `darcy.py` / `helm.py` /
 `navier.py`):
@@ -35,7 +37,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from datamodules.darcy import PairLoaders, load_fno_mat
+from datamodules.darcy import PairLoaders, check_normalizer_type, load_fno_mat, official_normalizers
 from launch.errors import UserError
 
 DATASETS = {
@@ -107,8 +109,10 @@ class MgNODataModule(PairLoaders, L.LightningDataModule):
     def __init__(self, name: str = "darcy_rough", resolution: int = 256, n_train: int = 1280, n_test: int = 112,
                  batch_size: int = 8, eval_batch_size: int = 16, sampling_rate: int | None = None,
                  normalize: bool = True, test_offset: int = 8000, n_total: int = 1200, t_steps: int = 10, data_dir: str | None = None,
-                 url: str | None = None, sha256: dict | None = None, num_workers: int = 0, seed: int = 0) -> None:
+                 url: str | None = None, sha256: dict | None = None, num_workers: int = 0, seed: int = 0,
+                 normalizer_type: str | None = None, encode_inputs: bool = True) -> None:
         super().__init__()
+        check_normalizer_type(normalizer_type)
         if name not in DATASETS:
             raise ValueError(f"unknown MgNO dataset {name!r}; available: {', '.join(DATASETS)}")
         if resolution < 4 or n_train < 1 or n_test < 1 or batch_size < 1 or eval_batch_size < 1:
@@ -126,6 +130,7 @@ class MgNODataModule(PairLoaders, L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.tensors: dict[str, torch.Tensor] | None = None
         self.stats: dict[str, list[float] | float] = {}
+        self.output_stats: tuple[torch.Tensor, torch.Tensor] | None = None  # official normalisers: u's (mean, std)
 
     # files --------------------------------------------------------------------------------------------------
     def _paths(self) -> dict[str, Path]:
@@ -179,13 +184,24 @@ class MgNODataModule(PairLoaders, L.LightningDataModule):
         if a_tr.shape[-2:] != (self.resolution, self.resolution):
             raise ValueError(f"{self.name}: data grid {tuple(a_tr.shape[-2:])} != configured resolution "
                              f"{self.resolution} (check data.resolution / data.sampling_rate)")
-        if self.hparams.normalize:
+        if self.hparams.normalizer_type is not None:
+            if u_tr.shape[1] != 1:
+                raise UserError(f"data.normalizer_type: the output decoder needs one output channel, {self.name} has "
+                                f"{u_tr.shape[1]}")
+            a_mean, a_std, u_mean, u_std = official_normalizers(a_tr, u_tr, self.hparams.normalizer_type)
+            if not self.hparams.encode_inputs:
+                a_mean, a_std = np.zeros((1, a_tr.shape[1], 1, 1)), np.ones((1, a_tr.shape[1], 1, 1))
+            self.output_stats = (torch.tensor(u_mean[0], dtype=torch.float32),
+                                 torch.tensor(u_std[0], dtype=torch.float32))
+            u_std = 1.0
+        elif self.hparams.normalize:
             a_mean = a_tr.mean(axis=(0, 2, 3), keepdims=True)
             a_std = a_tr.std(axis=(0, 2, 3), keepdims=True)
             u_std = float(u_tr.std())
         else:
             a_mean, a_std, u_std = np.zeros((1, a_tr.shape[1], 1, 1)), np.ones((1, a_tr.shape[1], 1, 1)), 1.0
-        self.stats = {"a_mean": a_mean.ravel().tolist(), "a_std": a_std.ravel().tolist(), "u_std": u_std}
+        per_channel = lambda v: np.ravel(np.mean(v, axis=(-2, -1)) if np.ndim(v) >= 2 else v).tolist()  # noqa: E731
+        self.stats = {"a_mean": per_channel(a_mean), "a_std": per_channel(a_std), "u_std": u_std}
 
         def t(x: np.ndarray, shift, scale) -> torch.Tensor:
             return torch.tensor((np.asarray(x, dtype=np.float64) - shift) / scale, dtype=torch.float32)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.sparse as sp
+import torch
 
 from datamodules import darcy
 from datamodules.darcy import (
@@ -16,6 +17,7 @@ from datamodules.darcy import (
     piecewise_coefficient,
     solve_darcy,
 )
+from launch.errors import UserError
 from tests.conftest import serve_directory
 
 
@@ -110,6 +112,34 @@ def test_offline_datamodule_normalises(tmp_path):
     assert abs(float(t["x_train"].mean())) < 1e-5 and abs(float(t["x_train"].std()) - 1) < 0.1
     assert abs(float(t["y_train"].std()) - 1) < 0.1 and float(t["y_train"].min()) > 0
     assert len(list(dm.test_dataloader())) == 1
+
+
+def test_official_normalizers_pgn_and_gn(tmp_path):
+    """normalizer_type PGN / GN = utilities3 UnitGaussianNormalizer / GaussianNormalizer fit on the training set
+    (torch.std, unbiased, + 1e-5): inputs encoded when encode_inputs (--GN), outputs raw, u's statistics kept for the
+    model's output decoder."""
+    kw = dict(resolution=16, n_train=10, n_test=4, batch_size=4, cache_dir=str(tmp_path))
+    raw = DarcyDataModule(**kw)
+    raw.setup()
+    a_tr, u_tr, _, u_te = raw._raw()
+    a, u = torch.tensor(a_tr), torch.tensor(u_tr)
+    pgn = DarcyDataModule(normalizer_type="PGN", **kw)
+    pgn.setup()
+    expect_x = (a - a.mean(0)) / (a.std(0) + 1e-5)
+    torch.testing.assert_close(pgn.tensors["x_train"][:, 0], expect_x.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pgn.tensors["y_test"][:, 0], torch.tensor(u_te, dtype=torch.float32))
+    mean, std = pgn.output_stats
+    assert mean.shape == (16, 16)
+    torch.testing.assert_close(mean, u.mean(0).float())
+    torch.testing.assert_close(std, (u.std(0) + 1e-5).float())
+    gn = DarcyDataModule(normalizer_type="GN", encode_inputs=False, **kw)
+    gn.setup()
+    torch.testing.assert_close(gn.tensors["x_train"][:, 0], a.float())  # without --GN the inputs stay raw
+    mean, std = gn.output_stats
+    torch.testing.assert_close(mean, torch.full((16, 16), float(u.mean())))
+    torch.testing.assert_close(std, torch.full((16, 16), float(u.std() + 1e-5)))
+    with pytest.raises(UserError, match="normalizer_type"):
+        DarcyDataModule(normalizer_type="pointwise")
 
 
 def test_bad_config_raises():

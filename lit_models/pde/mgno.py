@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from launch.errors import UserError
 from lit_models.common.pde import RelativeL2, relative_l2
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
@@ -246,8 +247,11 @@ class MgNOModule(L.LightningModule):
     sum of the per-sample errors over the batch (`loss_reduction="sum"`, LpLoss / HsLoss(size_average=False); with
     Adam's coupled weight decay the loss scale matters) and the H1 weights are truncated at |k| = 20
     (`h1_truncation`, also for the val/test H1 metric); "mean" and None are the CPU-scale experiments' choices.
-    Metrics: train/loss, val|test/rel_l2, val|test/rel_h1 (computed in the normalised output space, identical to
-    physical units since outputs are only rescaled) and val|test/boundary_rel_l2 (relative L2 on the outer ring of
+    `output_normalizer` (official `--normalizer`, with `data.normalizer=pointwise`): the network's output is decoded
+    as out x std(x, y) + mean(x, y), the point-wise statistics of the training solutions (UnitGaussianNormalizer),
+    so the loss compares raw solutions.
+    Metrics: train/loss, val|test/rel_l2, val|test/rel_h1 (against the batch's y: solutions divided by one scale, so
+    the relative errors are those in physical units, or raw solutions with the official normalisers) and val|test/boundary_rel_l2 (relative L2 on the outer ring of
     cells, `boundary_ring`)."""
 
     def __init__(self, in_channels: int = 1, num_layer: int = 5, num_channel_u: int = 24,
@@ -256,6 +260,7 @@ class MgNOModule(L.LightningModule):
                  activation: str = "gelu", skip: bool = False, pointwise: bool = True, conv_bias: bool = False,
                  loss: str = "h1", loss_reduction: str = "sum", h1_truncation: int | None = 20,
                  div_factor: float = 2.0, final_div_factor: float = 100.0, pct_start: float = 0.2,
+                 output_normalizer: bool = False,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
         if loss not in ("h1", "l2"):
@@ -270,12 +275,30 @@ class MgNOModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.net = MgNO(in_channels, 1, num_layer, num_channel_u, levels, padding_mode, use_res, layer_norm,
                         bias_field, resolution, activation, skip, pointwise, conv_bias)
+        if output_normalizer:  # the training set's point-wise mean / std of u (+ 1e-5), set from the data at fit start
+            self.register_buffer("y_mean", torch.zeros(resolution, resolution))
+            self.register_buffer("y_std", torch.ones(resolution, resolution))
         self.metrics = nn.ModuleDict({f"{s}_{m}": RelativeL2() for s in ("val", "test")
                                       for m in ("l2", "h1", "boundary_l2")})
         self._last: dict[str, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        out = self.net(x)
+        return out * self.y_std + self.y_mean if self.hparams.output_normalizer else out
+
+    def on_fit_start(self) -> None:
+        if not self.hparams.output_normalizer:
+            return
+        stats = getattr(self.trainer.datamodule, "output_stats", None)
+        if stats is None:
+            raise UserError("model.output_normalizer=true decodes the output with the statistics of the training "
+                            "solutions: it needs data.normalizer_type=GN or PGN")
+        mean, std = stats
+        if tuple(mean.shape) != tuple(self.y_mean.shape):
+            raise UserError(f"model.output_normalizer: data grid {tuple(mean.shape)} != model.resolution "
+                            f"{tuple(self.y_mean.shape)}")
+        self.y_mean.copy_(mean)
+        self.y_std.copy_(std)
 
     def rollout(self, x: Tensor, steps: int) -> Tensor:
         """Autoregressive time stepping (NS benchmark, official `navier.py` test): u_{t+1} = MgNO(u_t) from the

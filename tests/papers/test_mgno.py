@@ -26,6 +26,32 @@ def test_fast_contract(tmp_path):
     plt.close(figs["fields"])
 
 
+def test_output_normalizer_decodes_with_the_training_statistics(tmp_path):
+    """model.output_normalizer (official --normalizer) with data.normalizer_type=PGN: the output is decoded as
+    net(x) x std + mean with the training solutions' point-wise statistics (copied at fit start, kept in checkpoints),
+    the loss compares raw solutions; without the data's statistics it is a one-line error."""
+    from launch.errors import UserError
+
+    run = fast_run("mgno", *SMALL, f"data.cache_dir={tmp_path}", "data.normalizer_type=PGN",
+                   "model.output_normalizer=true")
+    run.assert_contract()
+    model, dm = run.model, run.datamodule
+    mean, std = dm.output_stats
+    torch.testing.assert_close(model.y_mean, mean.to(model.y_mean))
+    torch.testing.assert_close(model.y_std, std.to(model.y_std))
+    x = dm.tensors["x_test"][:2].to(model.dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.net(x) * std.to(x) + mean.to(x))
+    fresh = MgNOModule(**{k: v for k, v in model.hparams.items() if k != "optimizer"})
+    fresh.load_state_dict(model.state_dict())  # the statistics travel with the weights
+    torch.testing.assert_close(fresh.y_mean, model.y_mean.float())
+    bare = MgNOModule(resolution=16, levels=[[1, 0]] * 3, num_channel_u=4, output_normalizer=True)
+    bare._trainer = type("T", (), {"datamodule": type("D", (), {"output_stats": None})()})()
+    with pytest.raises(UserError, match="normalizer_type"):
+        bare.on_fit_start()
+    assert "y_mean" not in MgNOModule(resolution=16, levels=[[1, 0]] * 3).state_dict()
+
+
 def test_level_spec_tokens_are_pre_post_pairs():
     assert parse_levels(["10", "10", "20"]) == [[1, 0], [1, 0], [2, 0]]
     assert parse_levels([10, 21]) == [[1, 0], [2, 1]]  # the integer 10 is "1 pre, 0 post", not ten
