@@ -10,13 +10,17 @@ functions, and exact Monge-Ampere (MA) targets where they exist (separable monit
       R x R node grid (R = 4 (G - 1) + 1, the paper's 4x sub-sampling), D u = grad u (`monitor_derivative="grad"`,
       the paper's code) or the derivative along the front normal (`"normal"`: |u_x| for axis-aligned fronts, the
       card's calibrated, separable monitor), from the exact gradient;
-    "c": () the domain average of m (the MA constant).
+    "c": () the domain average of m (the MA constant);
+    with `with_gradient` (needs monitor_derivative="grad") also "grad": (2, R, R) the gradient of u on the monitor
+      grid and "monitor_norm": () monitor_scale * alpha, for the official pulled-back monitor
+      m(J^T grad u(x(xi))) of the DMM loss (model.monitor_gradient="pulled_back").
   Test fields additionally carry "params" (k, c, angle, amp) and "aligned"; for axis-aligned fronts with a
   separable monitor ("normal") "target" (V, 2) is the exact MA mesh (1-D equidistribution) of the
   `eval_nodes` x `eval_nodes` mesh.
   name="burgers": the paper's 2-D Burgers file `burgers_192.npy` (official MM-PDE README, Google Drive, no stable
   URL or checksum): an array reshapable to (n_traj, T, 192, 192); trajectories [:80] train, the rest test; u is
-  sub-sampled by 4 (192 -> 48) for the branch and the monitor uses periodic central differences on the full grid.
+  sub-sampled by 4 (192 -> 48) for the branch; the monitor uses forward differences on that 48 x 48 field (official
+  dmm_utils, `burgers_monitor="branch"`) or periodic central differences on the full grid ("full").
   Pass `data_dir` containing the file (or `path`). No exact targets exist there ("target" absent).
 
 ``MeshGraphDataModule`` (UM2N: supervised by MA meshes, applied zero-shot)
@@ -99,12 +103,24 @@ def _grid(n: int) -> np.ndarray:
 
 
 def _monitor_from_gradient(g: np.ndarray, derivative: str, angle: float, scale: float) -> np.ndarray:
+    return _monitor_and_norm(g, derivative, angle, scale)[0]
+
+
+def _monitor_and_norm(g: np.ndarray, derivative: str, angle: float, scale: float) -> tuple[np.ndarray, float]:
+    """m = 1 + |D u| / (scale alpha) and its normaliser scale alpha, alpha the domain mean of |D u|."""
     if derivative == "grad":
         d = np.linalg.norm(g, axis=-1)
     else:  # derivative along the front normal
         d = np.abs(np.cos(angle) * g[..., 0] + np.sin(angle) * g[..., 1])
-    alpha = _trapz2(d)
-    return 1.0 + d / (scale * max(alpha, 1e-12))
+    norm = scale * max(_trapz2(d), 1e-12)
+    return 1.0 + d / norm, norm
+
+
+def _with_gradient(out: dict[str, np.ndarray], grads: list[np.ndarray], norms: list[float]) -> dict[str, np.ndarray]:
+    """Adds "grad" (n, 2, R, R) float32 and "monitor_norm" (n,) (the pulled-back monitor's inputs)."""
+    out["grad"] = np.stack([np.moveaxis(g, -1, 0) for g in grads]).astype(np.float32)
+    out["monitor_norm"] = np.asarray(norms)
+    return out
 
 
 def _trapz2(f: np.ndarray) -> float:
@@ -117,9 +133,11 @@ def _trapz2(f: np.ndarray) -> float:
 
 def front_fields(n: int, grid: int, monitor_res: int, seed: int, ks=(10, 20, 30), c_range=(0.3, 0.7),
                  aligned_fraction: float = 0.5, amp: float = 0.3, monitor_scale: float = 1.0,
-                 monitor_derivative: str = "normal", force_aligned_k: float | None = None) -> dict[str, np.ndarray]:
+                 monitor_derivative: str = "normal", force_aligned_k: float | None = None,
+                 with_gradient: bool = False) -> dict[str, np.ndarray]:
     """`n` random front fields: u (n, G, G), monitor (n, R, R), c (n,), params (n, 4) = (k, c, angle, amp),
-    aligned (n,) bool. `force_aligned_k` makes every field axis-aligned with that k (held-out evaluation fronts)."""
+    aligned (n,) bool (+ grad, monitor_norm with `with_gradient`). `force_aligned_k` makes every field axis-aligned
+    with that k (held-out evaluation fronts)."""
     rng = np.random.default_rng(seed)
     if force_aligned_k is not None:
         k = np.full(n, float(force_aligned_k))
@@ -131,11 +149,13 @@ def front_fields(n: int, grid: int, monitor_res: int, seed: int, ks=(10, 20, 30)
     angle = np.where(aligned, 0.0, rng.uniform(0, 2 * np.pi, size=n))
     pg, pm = _grid(grid), _grid(monitor_res)
     u = np.stack([M.front_field(pg, k[i], c[i], angle[i], amp) for i in range(n)])
-    mon = np.stack([_monitor_from_gradient(M.front_gradient(pm, k[i], c[i], angle[i], amp), monitor_derivative,
-                                           angle[i], monitor_scale) for i in range(n)])
+    grads = [M.front_gradient(pm, k[i], c[i], angle[i], amp) for i in range(n)]
+    mons, norms = zip(*[_monitor_and_norm(grads[i], monitor_derivative, angle[i], monitor_scale) for i in range(n)])
+    mon = np.stack(mons)
     cm = np.array([_trapz2(m) for m in mon])
     params = np.stack([k, c, angle, np.full(n, amp)], 1)
-    return {"u": u, "monitor": mon, "c": cm, "params": params, "aligned": aligned}
+    out = {"u": u, "monitor": mon, "c": cm, "params": params, "aligned": aligned}
+    return _with_gradient(out, grads, list(norms)) if with_gradient else out
 
 
 def exact_front_mesh(pos: np.ndarray, monitor_row: np.ndarray) -> np.ndarray:
@@ -160,7 +180,7 @@ def load_burgers_192(path: str | Path) -> np.ndarray:
 
 
 def burgers_fields(u192: np.ndarray, sub: int, monitor_scale: float, monitor_derivative: str,
-                   monitor_grid: str = "branch") -> dict[str, np.ndarray]:
+                   monitor_grid: str = "branch", with_gradient: bool = False) -> dict[str, np.ndarray]:
     """Branch inputs (sub-sampled) and monitors of Burgers frames. `monitor_grid="branch"` (official dmm_utils
     `sample_train_data`): forward differences (the last row / column repeated) on the sub-sampled n x n field read as
     nodes on linspace(0, 1, n), spacing 1 / (n - 1); "full": periodic central differences on the full grid (its
@@ -187,9 +207,11 @@ def burgers_fields(u192: np.ndarray, sub: int, monitor_scale: float, monitor_der
         g = np.stack([gx, gy], -1)
         g = np.concatenate([g, g[:, :1]], 1)
         g = np.concatenate([g, g[:, :, :1]], 2)
-    mon = np.stack([_monitor_from_gradient(gi, "grad", 0.0, monitor_scale) for gi in g])
-    return {"u": ub, "monitor": mon, "c": np.array([_trapz2(m) for m in mon]),
-            "params": np.full((len(u), 4), np.nan), "aligned": np.zeros(len(u), bool)}
+    mons, norms = zip(*[_monitor_and_norm(gi, "grad", 0.0, monitor_scale) for gi in g])
+    mon = np.stack(mons)
+    out = {"u": ub, "monitor": mon, "c": np.array([_trapz2(m) for m in mon]),
+           "params": np.full((len(u), 4), np.nan), "aligned": np.zeros(len(u), bool)}
+    return _with_gradient(out, list(g), list(norms)) if with_gradient else out
 
 
 def epoch_loader(dataset, batch_size: int, seed: int, steps_per_epoch: int | None,
@@ -222,6 +244,9 @@ class _Fields(Dataset):
                 "c": torch.tensor(d["c"][i], dtype=torch.float32),
                 "params": torch.tensor(d["params"][i], dtype=torch.float64),
                 "aligned": torch.tensor(bool(d["aligned"][i]))}
+        if "grad" in d:
+            item["grad"] = torch.tensor(d["grad"][i])
+            item["monitor_norm"] = torch.tensor(d["monitor_norm"][i], dtype=torch.float32)
         if self.targets is not None:
             item["target"] = torch.tensor(self.targets[i], dtype=torch.float64)
         return item
@@ -237,8 +262,10 @@ class FrontFieldDataModule(L.LightningDataModule):
                  eval_nodes: int = 20, batch_size: int = 8, steps_per_epoch: int | None = 50,
                  passes_per_epoch: float = 1.0, data_dir: str | None = None,
                  path: str | None = None, sub: int = 4, n_burgers_train: int = 80, seed: int = 0,
-                 burgers_monitor: str = "branch") -> None:
+                 burgers_monitor: str = "branch", with_gradient: bool = False) -> None:
         super().__init__()
+        if with_gradient and monitor_derivative != "grad":
+            raise UserError("data.with_gradient (the pulled-back monitor's gradient) needs monitor_derivative=grad")
         if name not in ("fronts", "burgers"):
             raise ValueError(f"unknown mesh-mover dataset {name!r}; available: 'fronts' (offline), 'burgers'")
         if monitor_derivative not in ("grad", "normal"):
@@ -266,13 +293,13 @@ class FrontFieldDataModule(L.LightningDataModule):
         if self.name == "burgers":
             src = Path(hp.path) if hp.path else Path(hp.data_dir or ".") / "burgers_192.npy"
             a = load_burgers_192(src)
-            args = (hp.sub, hp.monitor_scale, hp.monitor_derivative, hp.burgers_monitor)
+            args = (hp.sub, hp.monitor_scale, hp.monitor_derivative, hp.burgers_monitor, hp.with_gradient)
             tr, te = burgers_fields(a[:hp.n_burgers_train], *args), burgers_fields(a[hp.n_burgers_train:], *args)
             self.train_set, self.test_set = _Fields(tr), _Fields(te)
             return
         kw = dict(grid=hp.grid, monitor_res=self.monitor_res, ks=tuple(hp.ks), c_range=tuple(hp.c_range),
                   aligned_fraction=hp.aligned_fraction, amp=hp.amp, monitor_scale=hp.monitor_scale,
-                  monitor_derivative=hp.monitor_derivative)
+                  monitor_derivative=hp.monitor_derivative, with_gradient=hp.with_gradient)
         self.train_set = _Fields(front_fields(hp.n_train, seed=self.seed, **kw))
         te = front_fields(hp.n_test, seed=self.seed + 1000, **kw)
         al = front_fields(hp.n_test_aligned, seed=self.seed + 2000, force_aligned_k=hp.test_k, **kw)

@@ -9,10 +9,11 @@ never with optimal meshes (paper Sec. 3.1):
          + w_bd  mean_edges (d phi / d n)^2                (zero normal displacement: phi_x = 0 on x = 0, 1 ...)
          + w_cvx mean (min(0, 1 + phi_xx)^2 + min(0, 1 + phi_yy)^2)   (convexity relaxation against folding)
 with weights 1 / 1000 / 1 (dmm.py). The Hessian comes from double autograd (tanh networks; ReLU has none); m is
-evaluated at the *moved* point by bilinear interpolation of the monitor grid. Difference from the official code:
-dmm_utils.py evaluates the monitor of the pulled-back gradient, m(J^T grad u(x(xi))) (so m depends on the map's
-Jacobian); here m(x(xi)) is the classical MA / equidistribution form, whose exact 1-D solutions are the card's
-evaluation targets. The network is DeepONet-like (`DMM` in dmm_model.py): a tanh CNN branch (5 x 5 kernels, a
+evaluated at the *moved* point by bilinear interpolation of the monitor grid (`monitor_gradient="physical"`, the
+default: the classical MA / equidistribution form, whose exact 1-D solutions are the card's evaluation targets).
+`monitor_gradient="pulled_back"` is the official dmm_utils.py loss: the monitor of the pulled-back gradient,
+m = 1 + |J^T grad u(x(xi))| / (monitor_scale alpha), so m depends on the map's Jacobian, with grad u interpolated at
+x(xi) by the official softmax kernel (`gradient_interp="kernel"`) or bilinearly (needs data.with_gradient). The network is DeepONet-like (`DMM` in dmm_model.py): a tanh CNN branch (5 x 5 kernels, a
 residual link, full flatten, fully connected layers) on the (sub-sampled) solution grid, a tanh MLP trunk on xi and
 a tanh MLP head on their concatenation giving phi, trunk and head ending in linear layers. `boundary="hard"`
 multiplies the head by b(xi) = x^2 y^2 (x-1)^2 (y-1)^2 (the code's hard constraint; the boundary loss is then
@@ -60,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from launch.errors import check_min
+from launch.errors import UserError, check_min
 from lit_models.common import mesh as M
 from lit_models.common.lbfgs import LBFGSPhase
 from lit_models.common.pde import no_autocast
@@ -254,6 +255,29 @@ def sample_monitor(monitor: Tensor, x: Tensor) -> Tensor:
     return F.grid_sample(monitor[:, None], grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0, 0]
 
 
+def kernel_interpolate(field: Tensor, x: Tensor) -> Tensor:
+    """The official dmm_utils `interpolate`: values of node fields (B, C, R, R) ([j, i] = (y_j, x_i), nodes on
+    linspace(0, 1, R)) at points x (B, P, 2) as softmax(-R |node - x|)-weighted sums over all R^2 nodes, (B, P, C);
+    differentiable in x (the map's gradient flows through the weights)."""
+    B, C, R, _ = field.shape
+    s = torch.linspace(0.0, 1.0, R, dtype=x.dtype, device=x.device)
+    nodes = torch.stack(torch.meshgrid(s, s, indexing="xy"), -1).reshape(1, 1, R * R, 2)  # node j R + i = (x_i, y_j)
+    weight = torch.softmax(-R * torch.linalg.vector_norm(nodes - x[:, :, None], dim=-1), dim=-1)  # (B, P, R^2)
+    return torch.einsum("bpn,bcn->bpc", weight, field.reshape(B, C, R * R).to(x.dtype))
+
+
+def pulled_back_monitor(grad: Tensor, norm: Tensor, x: Tensor, hess: Tensor, interp: str = "kernel") -> Tensor:
+    """The official DMM loss's monitor (dmm_utils `train_MA_res` / `random_feature_torch`): the gradient of u
+    (B, 2, R, R) interpolated at the moved points x (B, P, 2), pulled back to xi by the map's Jacobian,
+    grad_xi u = J^T grad_x u with J = I + hess (u_xi_x = u_x (1 + phi_xx) + u_y phi_yx, ...), and
+    m = 1 + |grad_xi u| / norm (norm (B,) = monitor_scale x alpha of the field's monitor). (B, P)."""
+    g = kernel_interpolate(grad, x) if interp == "kernel" else torch.stack(
+        [sample_monitor(grad[:, c], x) for c in range(grad.shape[1])], -1)
+    jac = torch.eye(2, dtype=hess.dtype, device=hess.device) + hess
+    g_xi = torch.einsum("zpij,zpi->zpj", jac, g.to(hess.dtype))
+    return 1.0 + torch.linalg.vector_norm(g_xi, dim=-1) / norm[:, None].to(hess.dtype)
+
+
 def importance_points(monitor: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
     """(B, n, 2) points with density proportional to m: a grid node drawn with probability m / sum m, then a uniform
     jitter of +- half a cell (clamped to the square)."""
@@ -306,7 +330,8 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                  rf_epochs: int = 5, rf_max_iter: int = 300, rf_fields: int = 20, rf_points: int = 16,
                  rf_convex_rel: float = 0.0, branch: str = "cnn", gnn_hidden: int = 4, gnn_layers: int = 3,
                  gnn_knn: int = 35, gnn_decoder: list[int] = (128,), gnn_readout: list[int] = (512, 256),
-                 w_hole: float = 0.0, ma_reference: bool = False,
+                 w_hole: float = 0.0, ma_reference: bool = False, monitor_gradient: str = "physical",
+                 gradient_interp: str = "kernel",
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
                  scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER) -> None:
         super().__init__()
@@ -320,6 +345,12 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             raise ValueError("mover='direct' (the displacement baseline) supports boundary='soft' only")
         if boundary not in ("soft", "hard"):
             raise ValueError(f"boundary must be 'soft' or 'hard', got {boundary!r}")
+        if monitor_gradient not in ("physical", "pulled_back"):
+            raise ValueError(f"monitor_gradient must be 'physical' (m(x(xi))) or 'pulled_back' (official "
+                             f"m(J^T grad u)), got {monitor_gradient!r}")
+        if gradient_interp not in ("kernel", "bilinear"):
+            raise ValueError(f"gradient_interp must be 'kernel' (official softmax kernel) or 'bilinear', got "
+                             f"{gradient_interp!r}")
         if n_points < 1 or n_boundary < 1:
             raise ValueError("n_points and n_boundary must be >= 1")
         if trunk_init_scale is not None and trunk_init_scale <= 0:
@@ -393,7 +424,14 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
 
     def _residual_at(self, batch: dict[str, Tensor], x: Tensor, hess: Tensor, with_det: bool = True) -> Tensor:
         with torch.inference_mode(False), no_autocast(x.device.type):
-            m = sample_monitor(self._cast(batch["monitor"]).clone(), x)
+            if self.hparams.monitor_gradient == "pulled_back":
+                if "grad" not in batch:
+                    raise UserError("model.monitor_gradient=pulled_back needs the fields' gradients: set "
+                                    "data.with_gradient=true (fronts and Burgers fields)")
+                m = pulled_back_monitor(self._cast(batch["grad"]).clone(), self._cast(batch["monitor_norm"]).clone(),
+                                        x, hess, self.hparams.gradient_interp)
+            else:
+                m = sample_monitor(self._cast(batch["monitor"]).clone(), x)
             det = self.det(hess) if with_det else 1.0
             return m * det / self._cast(batch["c"]).clone()[:, None] - 1.0
 
@@ -484,7 +522,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         if B < hp.rf_fields:
             raise ValueError(f"the random-feature BFGS epochs take rf_fields={hp.rf_fields} fields from the training "
                              f"batch, which has {B}: lower model.rf_fields or raise data.batch_size")
-        sub = {k: batch[k][: hp.rf_fields] for k in ("u", "monitor", "c")}
+        sub = {k: batch[k][: hp.rf_fields] for k in ("u", "monitor", "c", "grad", "monitor_norm") if k in batch}
         xi = importance_points(self._cast(sub["monitor"]), hp.rf_points)
         mp, jac = self.random_features(sub["u"], xi)
         cache = {"batch": sub, "xi": self._cast(xi), "map": mp, "jac": jac}

@@ -15,6 +15,8 @@ from lit_models.pde.data_free_mesh_mover import (
     DataFreeMeshMoverModule,
     DMMNet,
     importance_points,
+    kernel_interpolate,
+    pulled_back_monitor,
     sample_monitor,
 )
 from tests.papers.contract import fast_run
@@ -141,6 +143,72 @@ def test_monitor_is_sampled_at_the_moved_point_and_points_follow_m():
     assert float(pts[..., 1].mean()) == pytest.approx(0.5, abs=0.01)
 
 
+def test_official_kernel_interpolation_and_pulled_back_monitor():
+    """monitor_gradient=pulled_back (official dmm_utils loss): grad u at x(xi) by interpolate()'s softmax(-R d)
+    weights over all nodes, pulled back by J = I + Hess phi (u_xi_x = u_x (1 + phi_xx) + u_y phi_yx,
+    u_xi_y = u_x phi_xy + u_y (1 + phi_yy)), m = 1 + |grad_xi u| / (scale alpha)."""
+    R = 9
+    g = torch.Generator().manual_seed(0)
+    field = torch.randn(2, 3, R, R, generator=g, dtype=torch.float64)
+    x = torch.rand(2, 5, 2, generator=g, dtype=torch.float64)
+    # the official formula written out: nodes on linspace(0, 1, R), node [j, i] at (x_i, y_j)
+    s = np.linspace(0, 1, R)
+    nodes = np.array([(s[i], s[j]) for j in range(R) for i in range(R)])
+    for b in range(2):
+        for p in range(5):
+            w = np.exp(-R * np.linalg.norm(nodes - x[b, p].numpy(), axis=1))
+            w /= w.sum()
+            expect = field[b].reshape(3, -1).numpy() @ w
+            np.testing.assert_allclose(kernel_interpolate(field, x)[b, p].numpy(), expect, rtol=1e-10)
+    xg = x.clone().requires_grad_(True)
+    kernel_interpolate(field, xg).sum().backward()
+    assert float(xg.grad.abs().sum()) > 0  # the map's gradient flows through the weights
+    grad = field[:, :2]
+    hess = torch.randn(2, 5, 2, 2, generator=g, dtype=torch.float64) * 0.3
+    hess = (hess + hess.transpose(-1, -2)) / 2  # a potential's Hessian
+    norm = torch.tensor([0.7, 1.3], dtype=torch.float64)
+    m = pulled_back_monitor(grad, norm, x, hess)
+    gx = kernel_interpolate(grad, x)
+    ux, uy = gx[..., 0], gx[..., 1]
+    pxx, pxy, pyx, pyy = hess[..., 0, 0], hess[..., 0, 1], hess[..., 1, 0], hess[..., 1, 1]
+    u_xi_x, u_xi_y = ux * (1 + pxx) + uy * pyx, ux * pxy + uy * (1 + pyy)
+    torch.testing.assert_close(m, 1 + torch.sqrt(u_xi_x**2 + u_xi_y**2) / norm[:, None])
+    # identity map, bilinear, at the nodes: the physical monitor 1 + |grad u| / norm
+    at_nodes = torch.tensor([[[0.25, 0.5], [1.0, 0.0]]], dtype=torch.float64)
+    m0 = pulled_back_monitor(grad[:1], norm[:1], at_nodes, torch.zeros(1, 2, 2, 2, dtype=torch.float64), "bilinear")
+    gn = grad[0].permute(1, 2, 0).norm(dim=-1)
+    torch.testing.assert_close(m0[0], 1 + torch.stack([gn[4, 2], gn[0, 8]]) / norm[0])
+
+
+def test_pulled_back_monitor_trains_with_the_fields_gradients():
+    """data.with_gradient gives grad u and scale alpha with each field (consistent with its monitor); the official
+    pulled-back loss then trains end to end; without the gradients it is a one-line error."""
+    from launch.errors import UserError
+
+    dm = FrontFieldDataModule(n_train=4, n_test=2, n_test_aligned=2, grid=16, with_gradient=True)
+    dm.setup()
+    item = dm.train_set[0]
+    gn = item["grad"].norm(dim=0)
+    torch.testing.assert_close(item["monitor"], 1 + gn / item["monitor_norm"], rtol=1e-5, atol=1e-5)
+    run = fast_run("data_free_mesh_mover", *SMALL, "data.monitor_derivative=grad", "data.with_gradient=true",
+                   "model.monitor_gradient=pulled_back")
+    run.assert_contract()
+    assert np.isfinite(run.metrics["test/ma_residual"])
+    with pytest.raises(UserError, match="with_gradient"):
+        fast_run("data_free_mesh_mover", *SMALL, "model.monitor_gradient=pulled_back")
+    with pytest.raises(UserError, match="monitor_derivative"):
+        FrontFieldDataModule(with_gradient=True, monitor_derivative="normal")
+    with pytest.raises(ValueError, match="monitor_gradient"):
+        DataFreeMeshMoverModule(**TINY_NET, monitor_gradient="pushed")
+    from launch import config as zconfig
+
+    paper = zconfig.compose(["experiment=data_free_mesh_mover/burgers"])  # the paper scale uses the official loss
+    assert (paper.model.monitor_gradient, paper.model.gradient_interp, paper.data.with_gradient) == \
+        ("pulled_back", "kernel", True)
+    cpu = zconfig.compose(["experiment=data_free_mesh_mover"])  # the calibrated CPU check keeps m(x(xi))
+    assert cpu.model.monitor_gradient == "physical" and not cpu.data.with_gradient
+
+
 def test_front_fields_and_exact_targets():
     d = front_fields(3, 16, 61, seed=0, monitor_scale=1.0, monitor_derivative="normal", force_aligned_k=20)
     assert d["u"].shape == (3, 16, 16) and d["monitor"].shape == (3, 61, 61)
@@ -190,6 +258,12 @@ def test_burgers_loader_reads_the_paper_file_format(tmp_path):
     w[[0, -1]] = 0.5
     alpha = float(np.einsum("ij,i,j->", d, w, w) / w.sum() ** 2)
     np.testing.assert_allclose(item["monitor"], 1 + d / (0.01 * alpha), rtol=1e-6)
+    grad = FrontFieldDataModule(name="burgers", data_dir=str(tmp_path), n_burgers_train=2, batch_size=2,
+                                steps_per_epoch=1, with_gradient=True)
+    grad.setup()
+    g = grad.train_set[0]
+    np.testing.assert_allclose(g["grad"][1].numpy(), dx[0].numpy() * 47, rtol=1e-5, atol=1e-4)  # [1] = along rows
+    np.testing.assert_allclose(g["monitor_norm"].item(), 0.01 * alpha, rtol=1e-6)
     full = FrontFieldDataModule(name="burgers", data_dir=str(tmp_path), n_burgers_train=2, batch_size=2,
                                 steps_per_epoch=1, burgers_monitor="full")
     full.setup()
