@@ -18,7 +18,8 @@ forecast in one go from the end of the history.
 
 ``DystsPrecomputedDataModule`` serves one system as windows of ``lags`` -> ``horizon``:
 
-- train: every window wholly inside the history of the ``test`` file's series (stride 1, shuffled by ``seed``);
+- train: every window wholly inside the history of the ``test`` file's series (stride 1, shuffled by ``seed``), with
+  ``train_horizon`` targets (default ``horizon``; 1 for the official one-step models);
 - validation: the paper's tuning task on the ``train`` file's series (other initial condition): the window whose
   targets are its last ``horizon`` points;
 - test: the paper's scored forecast, the window whose inputs end at the split point of the ``test`` series and
@@ -45,7 +46,7 @@ from torch.utils.data import TensorDataset
 
 from datamodules.download import fetch
 from datamodules.dysts_windows import WindowLoaders, sliding_windows
-from launch.errors import UserError
+from launch.errors import UserError, check_min
 
 __all__ = ["BASE_URL", "GRANULARITY", "PERIODS", "DystsPrecomputedDataModule", "dataset_filename", "forecast_split",
            "load_precomputed", "locate_file", "system_series"]
@@ -158,6 +159,7 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
         coordinate: int = 0,           # which coordinate of a multivariate file
         lags: int | None = None,       # input window; None: one dominant period (100 / 15 points)
         horizon: int | None = None,    # None: the whole held-out sixth (200 / 30 points), as in the paper
+        train_horizon: int | None = None,  # targets per training window; None: horizon (1: a one-step model's)
         batch_size: int = 64,
         eval_batch_size: int = 256,
         data_dir: str | None = None,   # local folder with the files; None: download
@@ -170,6 +172,7 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
         self.name = system
         self.lags = int(lags) if lags is not None else GRANULARITY[granularity]
         self.horizon = int(horizon) if horizon is not None else None
+        check_min("data", 1, lags=self.lags, horizon=self.horizon, train_horizon=train_horizon)
         self._loaded = False
 
     def _file(self, split: str) -> Path:
@@ -197,7 +200,7 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
         self.mean, self.std = float(history.mean()), float(history.std() or 1.0)
         self.lyapunov_per_step = _lyapunov_per_step(self.hparams.system, dt)
         as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
-        xtr, ytr = sliding_windows(history, self.lags, self.horizon, 1)
+        xtr, ytr = sliding_windows(history, self.lags, self.hparams.train_horizon or self.horizon, 1)
         xva, yva = _final_window(tune_series, self.lags, self.horizon, len(tune_series) - self.horizon)
         xte, yte = _final_window(test_series, self.lags, self.horizon, split)
         self.train_set = TensorDataset(as_t(xtr), as_t(ytr))

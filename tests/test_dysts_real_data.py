@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from datamodules import dysts_data
 from datamodules.dysts_data import (DystsPrecomputedDataModule, dataset_filename, forecast_split, load_precomputed,
@@ -145,6 +146,41 @@ def test_variant_composes_with_paper_settings(variant, lags, horizon):
     datamodule, model = train.instantiate(cfg)  # no download at instantiation
     assert model.hparams.lags == lags and model.hparams.horizon == horizon
     assert isinstance(datamodule, DystsPrecomputedDataModule)
+    # official compute_benchmarks.py: one-step model on raw values rolled over the window, last point unscored
+    assert (cfg.model.output_chunk, cfg.data.train_horizon, cfg.model.standardize) == (1, 1, False)
+    assert cfg.model.scored_steps == horizon - 1 and model.model.horizon == 1
+
+
+def test_one_step_model_rolls_forward_and_trains_on_next_points(tmp_path):
+    """output_chunk=1: the network predicts one step, fed back into its window until the horizon (darts' predict
+    with output_chunk_length 1); training windows carry train_horizon targets; scored_steps drops the last point."""
+    from lit_models.dynamics.dysts_benchmark import DystsForecastModule
+
+    torch.manual_seed(0)
+    m = DystsForecastModule(lags=6, horizon=5, width=8, num_layers=1, num_blocks=2, output_chunk=1,
+                            standardize=False)
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        pred = m(x)
+        window, expect = x.clone(), []
+        for _ in range(5):
+            step = m.model(window)
+            expect.append(step)
+            window = torch.cat([window[:, 1:], step], 1)
+    torch.testing.assert_close(pred, torch.cat(expect, 1))
+    two = DystsForecastModule(lags=6, horizon=5, width=8, num_layers=1, num_blocks=2, output_chunk=2)
+    assert two(x).shape == (3, 5) and two.model.horizon == 2
+    direct = DystsForecastModule(lags=6, horizon=5, width=8, num_layers=1, num_blocks=2)
+    assert direct.model.horizon == 5
+    with pytest.raises(ValueError, match="output_chunk"):
+        DystsForecastModule(lags=6, horizon=5, output_chunk=6)
+    write_fixture(tmp_path / "d", granularities=("coarse",), noise_options=(False,))
+    dm = DystsPrecomputedDataModule(system="Lorenz", granularity="coarse", train_horizon=1,
+                                    data_dir=str(tmp_path / "d"))
+    dm.setup()
+    xtr, ytr = dm.train_set.tensors
+    assert ytr.shape[1] == 1 and len(xtr) == 150 - 15  # every window of the 150-point history with its next point
+    assert dm.test_set.tensors[1].shape[1] == 30
 
 
 TINY = ["model.width=16", "model.num_layers=1", "model.num_blocks=2", "data.batch_size=8",

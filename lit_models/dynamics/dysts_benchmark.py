@@ -9,6 +9,11 @@ backcast feeds the next block and the forecasts are summed (doubly residual stac
 the train-segment mean/std of the datamodule (standardise per system, card pitfall); outputs are mapped back and
 the metrics are computed on raw values.
 
+``output_chunk`` (official benchmarks/compute_benchmarks.py: darts models with ``output_chunk_length=1``) makes the
+network forecast that many steps and rolls it forward over the horizon (training targets: the first
+``output_chunk`` steps of each window); ``standardize=False`` fits raw values, as the official code; ``scored_steps`` scores the first steps only (official:
+all but the last point of the window, darts' metrics on the intersection with ``y_val[:-1]``).
+
 ``forecaster="naive"`` replaces the network by the last observed value repeated over the horizon (the paper's
 naive baseline; the card's claim baseline). It has no trainable effect (its forward ignores the network), so use
 it with ``trainer.max_steps=0``. The classical ridge AR(30) reference lives in ``benchmarks/dysts_runner.py``.
@@ -90,15 +95,24 @@ class DystsForecastModule(L.LightningModule):
         num_layers: int = 3,
         num_blocks: int = 3,
         forecaster: str = "nbeats",
+        output_chunk: int | None = None,
+        standardize: bool = True,
+        scored_steps: int | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         if forecaster not in ("nbeats", "naive"):
             raise ValueError(f"forecaster must be 'nbeats' or 'naive', got {forecaster!r}")
-        check_min("model", 1, lags=lags, horizon=horizon, width=width, num_layers=num_layers, num_blocks=num_blocks)
+        check_min("model", 1, lags=lags, horizon=horizon, width=width, num_layers=num_layers, num_blocks=num_blocks,
+                  output_chunk=output_chunk, scored_steps=scored_steps)
+        if scored_steps is not None and scored_steps > horizon:
+            raise ValueError(f"model.scored_steps ({scored_steps}) must be <= horizon ({horizon})")
+        if output_chunk is not None and output_chunk > horizon:
+            raise ValueError(f"model.output_chunk ({output_chunk}) must be <= horizon ({horizon})")
         self.optimizer_factory = optimizer
-        self.model = NBeatsLite(lags, horizon, width, num_layers, num_blocks)
+        self.chunk = output_chunk or horizon
+        self.model = NBeatsLite(lags, self.chunk, width, num_layers, num_blocks)
         self.register_buffer("mean", torch.zeros(()))
         self.register_buffer("std", torch.ones(()))
         self.lyapunov_per_step: float | None = None
@@ -116,16 +130,29 @@ class DystsForecastModule(L.LightningModule):
                 self.std.fill_(float(dm.std))
             self.lyapunov_per_step = getattr(dm, "lyapunov_per_step", None)
 
+    def _scale(self) -> tuple[Tensor | float, Tensor | float]:
+        return (self.mean, self.std) if self.hparams.standardize else (0.0, 1.0)
+
     def forward(self, x: Tensor) -> Tensor:
-        """(B, lags) raw values -> (B, horizon) raw forecast."""
+        """(B, lags) raw values -> (B, horizon) raw forecast: one direct forecast, or (output_chunk < horizon) the
+        network's `output_chunk` steps fed back into its input window until the horizon is covered (darts' predict
+        with output_chunk_length < n, as the official benchmark's one-step models)."""
+        horizon = self.hparams.horizon
         if self.hparams.forecaster == "naive":
-            return x[:, -1:].expand(-1, self.hparams.horizon)
-        z = (x - self.mean) / self.std
-        return self.model(z) * self.std + self.mean
+            return x[:, -1:].expand(-1, horizon)
+        mean, std = self._scale()
+        window, chunks, done = (x - mean) / std, [], 0
+        while done < horizon:
+            step = self.model(window)
+            chunks.append(step)
+            done += step.shape[1]
+            window = torch.cat([window[:, step.shape[1]:], step], 1)[:, -x.shape[1]:]
+        return torch.cat(chunks, 1)[:, :horizon] * std + mean
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
-        z = (batch["x"] - self.mean) / self.std
-        target = (batch["y"] - self.mean) / self.std
+        mean, std = self._scale()
+        z = (batch["x"] - mean) / std
+        target = (batch["y"][:, :self.chunk] - mean) / std  # a one-step model learns the first step of each window
         loss = F.mse_loss(self.model(z), target)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(z), sync_dist=True)
         return loss
@@ -133,6 +160,8 @@ class DystsForecastModule(L.LightningModule):
     def _evaluate(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> None:
         x, y = batch["x"], batch["y"]
         pred = self(x)
+        if self.hparams.scored_steps is not None:  # official: the rolled forecast's last point is not scored
+            pred, y = pred[:, :self.hparams.scored_steps], y[:, :self.hparams.scored_steps]
         naive = x[:, -1:].expand_as(y)
         n = len(x)
         for key, value in (("smape", smape(pred, y)), ("smape_naive", smape(naive, y)),
