@@ -13,7 +13,9 @@ evaluated at the *moved* point by bilinear interpolation of the monitor grid (`m
 default: the classical MA / equidistribution form, whose exact 1-D solutions are the card's evaluation targets).
 `monitor_gradient="pulled_back"` is the official dmm_utils.py loss: the monitor of the pulled-back gradient,
 m = 1 + |J^T grad u(x(xi))| / (monitor_scale alpha), so m depends on the map's Jacobian, with grad u interpolated at
-x(xi) by the official softmax kernel (`gradient_interp="kernel"`) or bilinearly (needs data.with_gradient). The network is DeepONet-like (`DMM` in dmm_model.py): a tanh CNN branch (5 x 5 kernels, a
+x(xi) by the official softmax kernel (`gradient_interp="kernel"`) or bilinearly (needs data.with_gradient).
+Collocation: grid nodes drawn ~ m with replacement plus a half-cell jitter (`collocation="jitter"`), or the official
+40 n uniform candidates of which n are drawn ~ m without replacement (`"candidates"`). The network is DeepONet-like (`DMM` in dmm_model.py): a tanh CNN branch (5 x 5 kernels, a
 residual link, full flatten, fully connected layers) on the (sub-sampled) solution grid, a tanh MLP trunk on xi and
 a tanh MLP head on their concatenation giving phi, trunk and head ending in linear layers. `boundary="hard"`
 multiplies the head by b(xi) = x^2 y^2 (x-1)^2 (y-1)^2 (the code's hard constraint; the boundary loss is then
@@ -289,6 +291,21 @@ def importance_points(monitor: Tensor, n: int, generator: torch.Generator | None
     return (p + jitter.to(p.device)).clamp(0.0, 1.0)
 
 
+def candidate_points(monitor: Tensor, n: int, per_point: int = 40, interp: str = "kernel",
+                     generator: torch.Generator | None = None) -> Tensor:
+    """The official collocation (dmm_utils `sample_train_data`): per_point x n candidates uniform in the square, n of
+    them drawn without replacement with probability proportional to m there (m interpolated by the softmax kernel, or
+    bilinearly). (B, n, 2); a few fields at a time, so the kernel's (fields, candidates, R^2) weights stay small."""
+    B, R, _ = monitor.shape
+    cand = torch.rand(B, per_point * n, 2, generator=generator, dtype=monitor.dtype, device=monitor.device)
+    with torch.no_grad():
+        chunk = max(1, int(2e7 // (per_point * n * R * R)))
+        m = torch.cat([kernel_interpolate(monitor[i:i + chunk, None], cand[i:i + chunk])[..., 0] if interp == "kernel"
+                       else sample_monitor(monitor[i:i + chunk], cand[i:i + chunk]) for i in range(0, B, chunk)])
+        idx = torch.multinomial(m.double(), n, replacement=False, generator=generator)
+    return torch.gather(cand, 1, idx[..., None].expand(-1, -1, 2))
+
+
 def boundary_points(batch: int, n_per_edge: int, device, dtype, generator: torch.Generator | None = None):
     """(B, 4 n, 2) points on the four edges and a (4 n,) index of the normal coordinate (0 on x = 0/1, 1 on y = 0/1)."""
     s = torch.rand(batch, n_per_edge, generator=generator, dtype=dtype).to(device)
@@ -331,7 +348,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                  rf_convex_rel: float = 0.0, branch: str = "cnn", gnn_hidden: int = 4, gnn_layers: int = 3,
                  gnn_knn: int = 35, gnn_decoder: list[int] = (128,), gnn_readout: list[int] = (512, 256),
                  w_hole: float = 0.0, ma_reference: bool = False, monitor_gradient: str = "physical",
-                 gradient_interp: str = "kernel",
+                 gradient_interp: str = "kernel", collocation: str = "jitter", candidates_per_point: int = 40,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
                  scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER) -> None:
         super().__init__()
@@ -348,6 +365,10 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         if monitor_gradient not in ("physical", "pulled_back"):
             raise ValueError(f"monitor_gradient must be 'physical' (m(x(xi))) or 'pulled_back' (official "
                              f"m(J^T grad u)), got {monitor_gradient!r}")
+        if collocation not in ("jitter", "candidates"):
+            raise ValueError(f"collocation must be 'jitter' (grid nodes ~ m + jitter) or 'candidates' (official), got "
+                             f"{collocation!r}")
+        check_min("model", 1, candidates_per_point=candidates_per_point)
         if gradient_interp not in ("kernel", "bilinear"):
             raise ValueError(f"gradient_interp must be 'kernel' (official softmax kernel) or 'bilinear', got "
                              f"{gradient_interp!r}")
@@ -406,6 +427,14 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             h1 = torch.autograd.grad(g[..., 1].sum(), xi, create_graph=create_graph)[0]
         return xi + g, torch.stack([h0, h1], -2), g
 
+    def collocation_points(self, monitor: Tensor, n: int) -> Tensor:
+        """Training points ~ m: grid nodes drawn with replacement + jitter (`collocation="jitter"`), or the official
+        candidates drawn without replacement (`"candidates"`, m interpolated as `gradient_interp`)."""
+        hp = self.hparams
+        if hp.collocation == "candidates":
+            return candidate_points(monitor, n, hp.candidates_per_point, hp.gradient_interp)
+        return importance_points(monitor, n)
+
     def forward(self, u: Tensor, xi: Tensor) -> Tensor:
         """Moved points x(xi) (B, P, 2)."""
         return self.mesh_map(u, xi, create_graph=False)[0].detach()
@@ -463,7 +492,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         if self._lbfgs_active:
             return self._rf_training_step(batch)
         with no_autocast(self.device.type):
-            xi = importance_points(self._cast(batch["monitor"]), hp.n_points)
+            xi = self.collocation_points(self._cast(batch["monitor"]), hp.n_points)
             if hp.boundary == "hard":
                 r, hess = self.residual(batch, xi, with_det=hp.det_term)
                 loss, parts = self._loss(r, hess, None)
@@ -523,7 +552,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             raise ValueError(f"the random-feature BFGS epochs take rf_fields={hp.rf_fields} fields from the training "
                              f"batch, which has {B}: lower model.rf_fields or raise data.batch_size")
         sub = {k: batch[k][: hp.rf_fields] for k in ("u", "monitor", "c", "grad", "monitor_norm") if k in batch}
-        xi = importance_points(self._cast(sub["monitor"]), hp.rf_points)
+        xi = self.collocation_points(self._cast(sub["monitor"]), hp.rf_points)
         mp, jac = self.random_features(sub["u"], xi)
         cache = {"batch": sub, "xi": self._cast(xi), "map": mp, "jac": jac}
         if hp.boundary == "soft":

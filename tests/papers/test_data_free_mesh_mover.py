@@ -14,6 +14,7 @@ from lit_models.common import mesh as M
 from lit_models.pde.data_free_mesh_mover import (
     DataFreeMeshMoverModule,
     DMMNet,
+    candidate_points,
     importance_points,
     kernel_interpolate,
     pulled_back_monitor,
@@ -207,6 +208,26 @@ def test_pulled_back_monitor_trains_with_the_fields_gradients():
         ("pulled_back", "kernel", True)
     cpu = zconfig.compose(["experiment=data_free_mesh_mover"])  # the calibrated CPU check keeps m(x(xi))
     assert cpu.model.monitor_gradient == "physical" and not cpu.data.with_gradient
+
+
+def test_official_candidate_collocation_follows_m_without_replacement():
+    """collocation=candidates (official sample_train_data): 40 n uniform candidates, n drawn ~ m without
+    replacement; on m = 1 + 3x the points' mean x approaches the density's 0.6 and no point repeats."""
+    R = 33
+    s = np.linspace(0, 1, R)
+    mon = torch.tensor(1.0 + np.tile(s, (R, 1)) * 3.0, dtype=torch.float32)[None].repeat(2, 1, 1)
+    for interp in ("kernel", "bilinear"):
+        pts = candidate_points(mon, 400, 40, interp, torch.Generator().manual_seed(0))
+        assert pts.shape == (2, 400, 2) and float(pts.min()) >= 0 and float(pts.max()) <= 1
+        assert float(pts[..., 0].mean()) == pytest.approx(0.6, abs=0.03)
+        assert float(pts[..., 1].mean()) == pytest.approx(0.5, abs=0.03)
+        assert len(torch.unique(pts[0], dim=0)) == 400  # without replacement
+    run = fast_run("data_free_mesh_mover", *SMALL, "model.collocation=candidates", "model.candidates_per_point=4")
+    run.assert_contract()
+    from launch import config as zconfig
+
+    assert zconfig.compose(["experiment=data_free_mesh_mover/burgers"]).model.collocation == "candidates"
+    assert zconfig.compose(["experiment=data_free_mesh_mover"]).model.collocation == "jitter"
 
 
 def test_front_fields_and_exact_targets():
