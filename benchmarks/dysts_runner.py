@@ -17,6 +17,15 @@ metadata (`maximum_lyapunov_estimated`, in the system's time units) and the expo
 the Spearman rank correlation across systems between its sMAPE (and NRMSE) and each chaos measure. The table is
 written as CSV and markdown to ``out_dir`` (``zoo bench dysts_benchmark --out DIR``; default ``runs/bench``).
 
+Protocol (``--protocol``): ``direct`` (default) as above; ``official`` (needs ``--dataset``) runs the N-BEATS row as
+the official benchmarks/compute_benchmarks.py: darts' NBEATSModel defaults (generic, 30 blocks of 4 x 256 ReLU
+layers, Adam 1e-3, batch 32, 100 epochs; ``--quick``: 2 epochs of a 3-block lite net) as a one-step model on raw
+values, trained on every window of the history with its next point, rolled forward over the held-out sixth and scored
+on all but its last point; its input length per system is the file's ``NBEATSModel`` ``input_chunk_length`` when
+``--hyperparameters`` names the official hyperparameter JSON (williamgilpin/dysts
+benchmarks/hyperparameters/hyperparameters_train_univariate__pts_per_period_{100,15}__periods_12.json), else one
+period. Row name ``nbeats_official``.
+
 Systems: ``--systems Lorenz,Rossler`` or ``--all-systems`` (every continuous flow of
 ``dysts.systems.get_attractor_list``, or with ``--dataset`` every system of the data file); default 26 systems
 (3 with ``--quick``).
@@ -137,6 +146,59 @@ def _ridge_ar(train: np.ndarray, xte: np.ndarray, alpha: float = 1e-3, horizon: 
     return np.stack(out, 1) * sd + mu
 
 
+def _nbeats_one_step(history: np.ndarray, lags: int, horizon: int, epochs: int, size: tuple[int, int, int],
+                     seed: int = 0, device: str = "cpu", batch: int = 32) -> np.ndarray:
+    """The official protocol's N-BEATS: one-step model (output 1) on raw values, every window of the history with
+    its next point, `epochs` shuffled passes in batches of `batch`, then `horizon` steps rolled forward from the end
+    of the history (darts' predict with output_chunk_length 1). (1, horizon)."""
+    from datamodules.dysts_windows import sliding_windows
+    from lit_models.dynamics.dysts_benchmark import NBeatsLite
+
+    torch.manual_seed(seed)
+    x, y = sliding_windows(history, lags, 1, 1)
+    x = torch.as_tensor(x, dtype=torch.float32, device=device)
+    y = torch.as_tensor(y, dtype=torch.float32, device=device)
+    blocks, layers, width = size
+    model = NBeatsLite(lags, 1, width=width, num_layers=layers, num_blocks=blocks).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=gen).to(device)
+        for start in range(0, len(x), batch):
+            idx = order[start:start + batch]
+            loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    window = torch.as_tensor(history[None, -lags:], dtype=torch.float32, device=device)
+    out = []
+    with torch.no_grad():
+        for _ in range(horizon):
+            step = model(window)
+            out.append(step)
+            window = torch.cat([window[:, 1:], step], 1)
+    return torch.cat(out, 1).double().cpu().numpy()
+
+
+def official_input_lengths(path: str | os.PathLike) -> dict[str, int]:
+    """System -> NBEATSModel input_chunk_length from the official hyperparameter JSON (systems without an entry are
+    left out)."""
+    import json
+
+    try:
+        table = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"--hyperparameters {path}: not a readable JSON file ({type(err).__name__})") from None
+    if not isinstance(table, dict):
+        raise UserError(f"--hyperparameters {path}: expected an object of systems")
+    out = {}
+    for name, models in table.items():
+        spec = models.get("NBEATSModel") if isinstance(models, dict) else None
+        if isinstance(spec, dict) and isinstance(spec.get("input_chunk_length"), int):
+            out[name] = spec["input_chunk_length"]
+    return out
+
+
 def _nbeats(train: np.ndarray, xte: np.ndarray, steps: int, seed: int = 0, horizon: int = HORIZON,
             device: str = "cpu") -> np.ndarray:
     """Train N-BEATS-lite (direct lags -> horizon) on every train window for `steps` Adam steps, forecast xte."""
@@ -194,8 +256,9 @@ def _precomputed_loader(dataset: str, data_dir: str | None, base_url: str | None
     return task, sorted(table)
 
 
-def _system_rows(name: str, task, steps: int, device: str) -> list[dict]:
-    """The three forecasters' rows for one system (or one 'skipped' row when its data cannot be made)."""
+def _system_rows(name: str, task, steps: int, device: str, official: dict | None = None) -> list[dict]:
+    """The three forecasters' rows for one system (or one 'skipped' row when its data cannot be made). `official`
+    (protocol official): {"epochs", "size", "lags": per-system input lengths} for the one-step N-BEATS row."""
     start = time.perf_counter()
     try:
         train, xte, yte, horizon = task(name)
@@ -208,13 +271,26 @@ def _system_rows(name: str, task, steps: int, device: str) -> list[dict]:
     period = float(meta.period or float("nan"))
     sd = train.std() or 1.0
     preds = {"naive": np.repeat(xte[:, -1:], horizon, 1),
-             f"ridge_ar{xte.shape[1]}": _ridge_ar(train, xte, horizon=horizon),
-             "nbeats_lite": _nbeats(train, xte, steps, horizon=horizon, device=device)}
+             f"ridge_ar{xte.shape[1]}": _ridge_ar(train, xte, horizon=horizon)}
+    scored = {}
+    if official is None:
+        preds["nbeats_lite"] = _nbeats(train, xte, steps, horizon=horizon, device=device)
+    else:  # compute_benchmarks.py: darts scores the rolled forecast against y_val[:-1]
+        lags = official["lags"].get(name, xte.shape[1])
+        preds["nbeats_official"] = _nbeats_one_step(train, lags, horizon, official["epochs"], official["size"],
+                                                    device=device)
+        scored["nbeats_official"] = horizon - 1
     seconds = time.perf_counter() - start
-    return [{"system": name, "forecaster": forecaster, "smape": _smape(pred, yte),
-             "nrmse": float(np.sqrt(np.mean((pred - yte) ** 2)) / sd), "max_lyapunov": lyap,
-             "lyapunov_per_period": lyap * period, "windows": len(xte), "seconds": seconds}
-            for forecaster, pred in preds.items()]
+    rows = []
+    for forecaster, pred in preds.items():
+        n = scored.get(forecaster, horizon)
+        p, y = pred[:, :n], yte[:, :n]
+        rows.append({"system": name, "forecaster": forecaster, "smape": _smape(p, y),
+                     "nrmse": float(np.sqrt(np.mean((p - y) ** 2)) / sd), "max_lyapunov": lyap,
+                     "lyapunov_per_period": lyap * period, "windows": len(xte), "seconds": seconds})
+        if forecaster == "nbeats_official":
+            rows[-1]["lags"] = lags
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -247,13 +323,24 @@ def summary_rows(rows: list[dict]) -> list[dict]:
 # -------------------------------------------------------------------------------------------------- entry
 def run(quick: bool = False, out_dir: Path | None = None, systems: list[str] | str | None = None,
         all_systems: bool = False, shard: str | None = None, dataset: str | None = None, device: str = "cpu",
-        data_dir: str | None = None, base_url: str | None = None, merge: bool = False) -> list[dict]:
+        data_dir: str | None = None, base_url: str | None = None, merge: bool = False, protocol: str = "direct",
+        hyperparameters: str | None = None) -> list[dict]:
     """Run the benchmark (or one shard of it) and write its table; `merge=True` only combines finished shard
     tables (see `merge_shards`). The module docstring describes the options."""
     out_dir = Path(out_dir) if out_dir is not None else Path("runs") / "bench"
     if merge:
-        return merge_shards(out_dir, quick, dataset)
+        return merge_shards(out_dir, quick, dataset, protocol)
     device = check_device(device)
+    if protocol not in ("direct", "official"):
+        raise UserError(f"--protocol must be direct or official, got {protocol!r}")
+    if protocol == "official" and dataset is None:
+        raise UserError("--protocol official runs on the paper's published series: add --dataset fine|coarse|...")
+    if hyperparameters is not None and protocol != "official":
+        raise UserError("--hyperparameters sets the official protocol's input lengths: add --protocol official")
+    official = None
+    if protocol == "official":  # darts NBEATSModel defaults: 30 blocks x 4 layers x 256, 100 epochs
+        official = {"epochs": 2 if quick else 100, "size": (3, 2, 32) if quick else (30, 4, 256),
+                    "lags": official_input_lengths(hyperparameters) if hyperparameters else {}}
     part = parse_shard(shard)
     task, file_systems = _integrated_task, None
     if dataset is not None:
@@ -267,21 +354,21 @@ def run(quick: bool = False, out_dir: Path | None = None, systems: list[str] | s
     rows: list[dict] = []
     try:
         for name in names:
-            rows += _system_rows(name, task, steps, device)
+            rows += _system_rows(name, task, steps, device, official)
     finally:
         torch.set_num_threads(threads)
     if part is not None:  # a partial table: per-system rows only, summarised by merge_shards()
-        _write_csv(rows, out_dir / f"{_stem(quick, dataset)}_shard{part[0]}of{part[1]}.csv")
+        _write_csv(rows, out_dir / f"{_stem(quick, dataset, protocol)}_shard{part[0]}of{part[1]}.csv")
         return rows
     rows += summary_rows(rows)
-    _write(rows, out_dir / _stem(quick, dataset))
+    _write(rows, out_dir / _stem(quick, dataset, protocol))
     return rows
 
 
-def merge_shards(out_dir: Path, quick: bool = False, dataset: str | None = None) -> list[dict]:
+def merge_shards(out_dir: Path, quick: bool = False, dataset: str | None = None, protocol: str = "direct") -> list[dict]:
     """Combine the shard tables in `out_dir` into the results table with the Spearman rows; all shards required."""
     out_dir = Path(out_dir)
-    stem = _stem(quick, dataset)
+    stem = _stem(quick, dataset, protocol)
     files = sorted(out_dir.glob(f"{stem}_shard*of*.csv"))
     if not files:
         raise UserError(f"no shard tables {stem}_shard<i>of<n>.csv in {out_dir}")
@@ -299,8 +386,9 @@ def merge_shards(out_dir: Path, quick: bool = False, dataset: str | None = None)
     return rows
 
 
-def _stem(quick: bool, dataset: str | None) -> str:
-    return f"{STEM}{f'_{dataset}' if dataset else ''}{'_quick' if quick else ''}"
+def _stem(quick: bool, dataset: str | None, protocol: str = "direct") -> str:
+    official = "_official" if protocol == "official" else ""
+    return f"{STEM}{f'_{dataset}' if dataset else ''}{official}{'_quick' if quick else ''}"
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:

@@ -309,10 +309,13 @@ def cmd_bench(args: list[str]) -> int:
     parser.add_argument("--merge", action="store_true", help="combine the shard tables in --out")
     parser.add_argument("--dataset", help="which data the benchmark runs on (e.g. fine, coarse)")
     parser.add_argument("--device", help="cpu or cuda")
+    parser.add_argument("--protocol", help="the benchmark's protocol (dysts: direct, or official = compute_benchmarks.py)")
+    parser.add_argument("--hyperparameters", help="the official per-system hyperparameter file (dysts: input lengths)")
     opts = parser.parse_args(args)
     if not opts.all and not opts.slug:
         raise UserError("usage: zoo bench <slug> | --all [--quick]")
-    options = {key: value for key in ("systems", "all_systems", "shard", "merge", "dataset", "device")
+    options = {key: value for key in ("systems", "all_systems", "shard", "merge", "dataset", "device", "protocol",
+                                      "hyperparameters")
                if (value := getattr(opts, key)) not in (None, False)}
     run_benchmarks(None if opts.all else opts.slug, quick=opts.quick, out_dir=Path(opts.out), options=options)
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 
@@ -236,3 +237,55 @@ def test_itransformer_worker_reports_a_failing_case_and_goes_on(monkeypatch, cap
     lines = [json.loads(x[len(bench.MARK):]) for x in capsys.readouterr().out.splitlines() if x.startswith(bench.MARK)]
     assert lines[0]["case"] == "step_itr_h96_cuda" and "out of memory" in lines[0]["error"]
     assert lines[1]["case"] == "step_tmp_h96_cuda" and lines[1]["step_s"] == 0.02
+
+
+def test_official_protocol_one_step_nbeats_with_per_system_input_lengths(tmp_path, monkeypatch):
+    """--protocol official: the N-BEATS row is compute_benchmarks.py's one-step model rolled over the held-out sixth,
+    scored on all but its last point, with the input length of the official hyperparameter file per system (one
+    period where the file has none); the table gets its own name; bad combinations are one-line errors."""
+    import json
+
+    from benchmarks import dysts_runner
+    from launch.errors import UserError
+    from tests.test_dysts_real_data import write_fixture
+
+    write_fixture(tmp_path / "d", granularities=("coarse",), noise_options=(False,))
+    hp = tmp_path / "hyperparameters.json"
+    hp.write_text(json.dumps({"Lorenz": {"NBEATSModel": {"input_chunk_length": 5, "output_chunk_length": 1},
+                                         "ARIMA": {"p": 5}}, "Rossler": {"ARIMA": {"p": 1}}}))
+    assert dysts_runner.official_input_lengths(hp) == {"Lorenz": 5}
+    calls = {}
+    real = dysts_runner._nbeats_one_step
+
+    def spy(history, lags, horizon, epochs, size, **kw):
+        calls[len(calls)] = (lags, horizon, epochs, size)
+        out = real(history, lags, horizon, epochs, size, **kw)
+        assert out.shape == (1, horizon)
+        return out
+
+    monkeypatch.setattr(dysts_runner, "_nbeats_one_step", spy)
+    rows = dysts_runner.run(quick=True, out_dir=tmp_path / "out", dataset="coarse", systems="Lorenz,Rossler",
+                            data_dir=str(tmp_path / "d"), protocol="official", hyperparameters=str(hp))
+    nb = {r["system"]: r for r in rows if r["forecaster"] == "nbeats_official"}
+    assert nb["Lorenz"]["lags"] == 5 and nb["Rossler"]["lags"] == 15  # from the file / one period
+    assert sorted(calls.values()) == [(5, 30, 2, (3, 2, 32)), (15, 30, 2, (3, 2, 32))]
+    assert all(math.isfinite(r["smape"]) for r in nb.values())
+    assert (tmp_path / "out" / "dysts_runner_coarse_official_quick.md").is_file()
+    # scored on all but the last point: a forecast exact there and wrong only at the end scores 0
+    monkeypatch.setattr(dysts_runner, "_nbeats_one_step",
+                        lambda history, lags, horizon, *a, **k: np.concatenate([truth[:, :-1], truth[:, -1:] + 9], 1))
+    task, _ = dysts_runner._precomputed_loader("coarse", str(tmp_path / "d"), None)
+    truth = task("Lorenz")[2]
+    official = {"epochs": 1, "size": (1, 1, 4), "lags": {}}
+    row = next(r for r in dysts_runner._system_rows("Lorenz", task, 1, "cpu", official)
+               if r["forecaster"] == "nbeats_official")
+    assert row["smape"] == 0.0
+    with pytest.raises(UserError, match="--dataset"):
+        dysts_runner.run(quick=True, out_dir=tmp_path, protocol="official")
+    with pytest.raises(UserError, match="--protocol official"):
+        dysts_runner.run(quick=True, out_dir=tmp_path, dataset="coarse", hyperparameters=str(hp))
+    with pytest.raises(UserError, match="--protocol"):
+        dysts_runner.run(quick=True, out_dir=tmp_path, protocol="paper")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(UserError, match="not a readable JSON"):
+        dysts_runner.official_input_lengths(tmp_path / "bad.json")
