@@ -171,8 +171,9 @@ def load_fno_mat(path: str | os.PathLike, n_samples: int, sampling_rate: int = 2
 
 # ------------------------------------------------------------------------------------------------ datamodule
 class PairLoaders:
-    """Loaders over `self.tensors` {x_train, y_train, x_test, y_test} as {"x", "y"} batches (shuffled, seeded,
-    drop_last for training; the test split also serves validation), for datamodules of input -> output fields."""
+    """Loaders over `self.tensors` {x_train, y_train, x_test, y_test[, x_val, y_val]} as {"x", "y"} batches
+    (shuffled, seeded, drop_last for training; without a validation split the test split also serves validation),
+    for datamodules of input -> output fields."""
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         ds = _Pairs(self.tensors[f"x_{split}"], self.tensors[f"y_{split}"])
@@ -184,10 +185,28 @@ class PairLoaders:
         return self._loader("train", True, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
+        return self._loader("val" if "x_val" in self.tensors else "test", False, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False, self.eval_batch_size)
+
+
+def check_val_split(n_val: int, val_from: str, val_offset: int) -> None:
+    check_min("data", 0, n_val=n_val, val_offset=val_offset)
+    if val_from not in ("train", "test"):
+        raise UserError(f"data.val_from must be 'train' or 'test' (the file the validation rows come from), got "
+                        f"{val_from!r}")
+
+
+def encode_split(tensors: dict, split: str, a: np.ndarray, u: np.ndarray, shift, scale, u_std: float,
+                 channel_axis: bool = True) -> None:
+    """tensors[x_split], tensors[y_split] = (a - shift) / scale, u / u_std as float32 (in the arrays' precision
+    first; a channel axis added unless `channel_axis=False`)."""
+    def t(x: np.ndarray, sh, sc) -> torch.Tensor:
+        out = torch.tensor((np.asarray(x) - sh) / sc, dtype=torch.float32)
+        return out[:, None] if channel_axis else out
+
+    tensors[f"x_{split}"], tensors[f"y_{split}"] = t(a, shift, scale), t(u, 0.0, u_std)
 
 
 NORMALIZER_TYPES = (None, "GN", "PGN")
@@ -218,11 +237,12 @@ class DarcyDataModule(PairLoaders, L.LightningDataModule):
                  alpha: float = 2.0, tau: float = 3.0, sampling_rate: int = 2, url: str = FNO_DARCY_URL,
                  sha256: dict | None = None, data_dir: str | None = None, cache_dir: str | None = None,
                  num_workers: int = 0, seed: int = 0, normalizer_type: str | None = None,
-                 encode_inputs: bool = True) -> None:
+                 encode_inputs: bool = True, n_val: int = 0, val_from: str = "test", val_offset: int = 0) -> None:
         super().__init__()
         if name not in DATASETS:
             raise ValueError(f"unknown Darcy dataset {name!r}; available: {', '.join(DATASETS)}")
         check_normalizer_type(normalizer_type)
+        check_val_split(n_val, val_from, val_offset)
         if resolution < 4 or n_train < 1 or n_test < 1 or batch_size < 1:
             raise ValueError("resolution >= 4, n_train, n_test, batch_size >= 1 required")
         if not a_high > 0 < a_low:
@@ -246,6 +266,25 @@ class DarcyDataModule(PairLoaders, L.LightningDataModule):
             a_tr, u_tr = cached_darcy(hp.n_train, hp.resolution, hp.seed, hp.cache_dir, **kw)
             a_te, u_te = cached_darcy(hp.n_test, hp.resolution, hp.seed + 10_000, hp.cache_dir, **kw)
             return a_tr, u_tr, a_te, u_te
+        paths = self._paths()
+        a_tr, u_tr = load_fno_mat(paths["train"], hp.n_train, hp.sampling_rate)
+        a_te, u_te = load_fno_mat(paths["test"], hp.n_test, hp.sampling_rate)
+        return a_tr, u_tr, a_te, u_te
+
+    def _raw_val(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The validation split, rows [val_offset, val_offset + n_val) of the `val_from` file (official darcy.py
+        smooth data: rows 100..199 of the test file); offline: n_val more generated fields; None when n_val = 0."""
+        hp = self.hparams
+        if hp.n_val == 0:
+            return None
+        if self.name == "offline":
+            kw = dict(a_high=hp.a_high, a_low=hp.a_low, alpha=hp.alpha, tau=hp.tau)
+            return cached_darcy(hp.n_val, hp.resolution, hp.seed + 20_000, hp.cache_dir, **kw)
+        a, u = load_fno_mat(self._paths()[hp.val_from], hp.val_offset + hp.n_val, hp.sampling_rate)
+        return a[hp.val_offset:], u[hp.val_offset:]
+
+    def _paths(self) -> dict[str, Path]:
+        hp = self.hparams
         paths = {}
         for split, file in FNO_DARCY_FILES.items():
             if hp.data_dir:
@@ -256,9 +295,7 @@ class DarcyDataModule(PairLoaders, L.LightningDataModule):
                 from datamodules.download import fetch
 
                 paths[split] = fetch(hp.url.format(file=file), sha256=(hp.sha256 or {}).get(split), subdir="darcy")
-        a_tr, u_tr = load_fno_mat(paths["train"], hp.n_train, hp.sampling_rate)
-        a_te, u_te = load_fno_mat(paths["test"], hp.n_test, hp.sampling_rate)
-        return a_tr, u_tr, a_te, u_te
+        return paths
 
     def prepare_data(self) -> None:
         if self.name == "offline" or self.hparams.data_dir:
@@ -282,11 +319,11 @@ class DarcyDataModule(PairLoaders, L.LightningDataModule):
             a_mean, a_std, u_std = float(a_tr.mean()), float(a_tr.std()), float(u_tr.std())
             self.stats = {"a_mean": a_mean, "a_std": a_std, "u_std": u_std}
 
-        def t(x: np.ndarray, shift, scale) -> torch.Tensor:
-            return torch.tensor((x - shift) / scale, dtype=torch.float32)[:, None]
-
-        self.tensors = {"x_train": t(a_tr, a_mean, a_std), "y_train": t(u_tr, 0.0, u_std),
-                        "x_test": t(a_te, a_mean, a_std), "y_test": t(u_te, 0.0, u_std)}
+        self.tensors = {}
+        val = self._raw_val()
+        for split, (a, u) in (("train", (a_tr, u_tr)), ("test", (a_te, u_te)), ("val", val or (None, None))):
+            if a is not None:
+                encode_split(self.tensors, split, a, u, a_mean, a_std, u_std)
 
 
 class _Pairs(TensorDataset):

@@ -1,6 +1,7 @@
 """The MgNO paper's further benchmarks (card `mgno`, arXiv 2310.19809, official code xlliu2017/MgNO): real-file loaders
 and one datamodule, `MgNODataModule(name=...)`, with the conventions of `datamodules.darcy.DarcyDataModule`
-(batches {"x": (B, C_in, H, W), "y": (B, C_out, H, W)}; validation = test split; inputs z-scored per channel with the
+(batches {"x": (B, C_in, H, W), "y": (B, C_out, H, W)}; validation = test split unless `n_val` rows of the official
+validation range are given (`val_from`, `val_offset`); inputs z-scored per channel with the
 training statistics and outputs divided by the training std when `normalize`; or the official normalisers,
 `normalizer_type` GN / PGN with `encode_inputs` (official `--GN`) and raw outputs whose statistics feed the model's
 output decoder, see `datamodules.darcy.official_normalizers`).
@@ -37,7 +38,14 @@ import lightning as L
 import numpy as np
 import torch
 
-from datamodules.darcy import PairLoaders, check_normalizer_type, load_fno_mat, official_normalizers
+from datamodules.darcy import (
+    PairLoaders,
+    check_normalizer_type,
+    check_val_split,
+    encode_split,
+    load_fno_mat,
+    official_normalizers,
+)
 from launch.errors import UserError
 
 DATASETS = {
@@ -110,9 +118,14 @@ class MgNODataModule(PairLoaders, L.LightningDataModule):
                  batch_size: int = 8, eval_batch_size: int = 16, sampling_rate: int | None = None,
                  normalize: bool = True, test_offset: int = 8000, n_total: int = 1200, t_steps: int = 10, data_dir: str | None = None,
                  url: str | None = None, sha256: dict | None = None, num_workers: int = 0, seed: int = 0,
-                 normalizer_type: str | None = None, encode_inputs: bool = True) -> None:
+                 normalizer_type: str | None = None, encode_inputs: bool = True, n_val: int = 0,
+                 val_from: str = "train", val_offset: int = 0) -> None:
         super().__init__()
         check_normalizer_type(normalizer_type)
+        check_val_split(n_val, val_from, val_offset)
+        if n_val and name in ("pipe", "navier_stokes"):
+            raise UserError(f"data.n_val: {name} has no separate validation rows in the official code (pipe validates "
+                            f"on the test rows, navier.py does not validate); keep n_val=0")
         if name not in DATASETS:
             raise ValueError(f"unknown MgNO dataset {name!r}; available: {', '.join(DATASETS)}")
         if resolution < 4 or n_train < 1 or n_test < 1 or batch_size < 1 or eval_batch_size < 1:
@@ -173,6 +186,20 @@ class MgNODataModule(PairLoaders, L.LightningDataModule):
         r = hp.sampling_rate
         return navier_stokes_pairs(u[..., ::r, ::r], hp.n_train, hp.n_test, hp.t_steps)
 
+    def _raw_val(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Validation rows [val_offset, val_offset + n_val) of the `val_from` file (official getDataSize: darcy20c6
+        train-file rows 1280..1391, helm rows 8200..8399 of its single file); None when n_val = 0."""
+        hp = self.hparams
+        if hp.n_val == 0:
+            return None
+        p, rows = self._paths(), (hp.val_offset, hp.val_offset + hp.n_val)
+        if self.name == "helmholtz":
+            _, _, a, u = load_helmholtz(p["x"], p["y"], rows, rows)
+            r = hp.sampling_rate
+            return a[:, None, ::r, ::r], u[:, None, ::r, ::r]
+        a, u = load_fno_mat(p[hp.val_from], rows[1], hp.sampling_rate)
+        return a[rows[0]:, None], u[rows[0]:, None]
+
     def prepare_data(self) -> None:
         if not self.hparams.data_dir:
             self._paths()  # downloads once (rank 0)
@@ -203,8 +230,9 @@ class MgNODataModule(PairLoaders, L.LightningDataModule):
         per_channel = lambda v: np.ravel(np.mean(v, axis=(-2, -1)) if np.ndim(v) >= 2 else v).tolist()  # noqa: E731
         self.stats = {"a_mean": per_channel(a_mean), "a_std": per_channel(a_std), "u_std": u_std}
 
-        def t(x: np.ndarray, shift, scale) -> torch.Tensor:
-            return torch.tensor((np.asarray(x, dtype=np.float64) - shift) / scale, dtype=torch.float32)
-
-        self.tensors = {"x_train": t(a_tr, a_mean, a_std), "y_train": t(u_tr, 0.0, u_std),
-                        "x_test": t(a_te, a_mean, a_std), "y_test": t(u_te, 0.0, u_std)}
+        self.tensors = {}
+        splits = (("train", (a_tr, u_tr)), ("test", (a_te, u_te)), ("val", self._raw_val() or (None, None)))
+        for split, (a, u) in splits:
+            if a is not None:
+                encode_split(self.tensors, split, np.asarray(a, dtype=np.float64), np.asarray(u, dtype=np.float64),
+                             a_mean, a_std, u_std, channel_axis=False)

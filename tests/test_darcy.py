@@ -164,6 +164,30 @@ def _write_fixture(folder, n=3, s=421):
     return out
 
 
+def test_official_validation_rows(tmp_path):
+    """n_val / val_from / val_offset: validation rows of the official getDataSize (smooth Darcy: rows 100..199 of
+    the test file), normalised with the training statistics; without them validation uses the test split."""
+    arrays = _write_fixture(tmp_path, n=5)
+    kw = dict(name="piececonst_smooth", resolution=22, sampling_rate=20, n_train=3, n_test=2, batch_size=2,
+              data_dir=str(tmp_path))
+    dm = DarcyDataModule(n_val=2, val_from="test", val_offset=3, **kw)
+    dm.setup()
+    u_std = arrays["train"][1][:3, ::20, ::20].astype(np.float64).std()
+    np.testing.assert_allclose(dm.tensors["y_val"][:, 0].numpy() * u_std, arrays["test"][1][3:5, ::20, ::20],
+                               rtol=1e-5)
+    torch.testing.assert_close(next(iter(dm.val_dataloader()))["y"], dm.tensors["y_val"])
+    plain = DarcyDataModule(**kw)
+    plain.setup()
+    assert "x_val" not in plain.tensors
+    torch.testing.assert_close(next(iter(plain.val_dataloader()))["y"], plain.tensors["y_test"])
+    with pytest.raises(UserError, match="val_from"):
+        DarcyDataModule(val_from="valid")
+    from launch import config as zconfig
+
+    d = zconfig.compose(["experiment=mgno/darcy_smooth"]).data
+    assert (d.n_val, d.val_from, d.val_offset) == (100, "test", 100)
+
+
 def test_load_fno_mat_subsamples(tmp_path):
     arrays = _write_fixture(tmp_path, n=2)
     coeff, sol = load_fno_mat(tmp_path / darcy.FNO_DARCY_FILES["train"], 2, sampling_rate=20)

@@ -99,6 +99,33 @@ def test_darcy_rough_and_multiscale_subsample_and_normalise(tmp_path, v73):
         assert b["x"].shape == (2, 1, 32 // rate, 32 // rate)
 
 
+def test_official_validation_rows_for_rough_darcy_and_helmholtz(tmp_path):
+    """Official getDataSize validation rows: darcy20c6 rows 1280.. of the train file, helm rows 8200..; pipe and
+    Navier-Stokes have none (one-line error)."""
+    arrays = write_darcy(tmp_path / "r", "darcy_rough", n=(6, 4))
+    dm = MgNODataModule(name="darcy_rough", resolution=16, n_train=3, n_test=2, n_val=2, val_from="train",
+                        val_offset=4, data_dir=str(tmp_path / "r"))
+    dm.setup()
+    u_std = arrays["train"][1][:3, ::2, ::2].std()
+    np.testing.assert_allclose(dm.tensors["y_val"][:, 0].numpy() * u_std, arrays["train"][1][4:6, ::2, ::2],
+                               rtol=1e-5)
+    x, y = write_helmholtz(tmp_path / "h")
+    hm = MgNODataModule(name="helmholtz", resolution=16, n_train=4, n_test=3, test_offset=5, n_val=2, val_offset=9,
+                        data_dir=str(tmp_path / "h"))
+    hm.setup()
+    a_tr = x[..., :4]
+    np.testing.assert_allclose(hm.tensors["x_val"][:, 0].numpy(),
+                               (np.moveaxis(x[..., 9:11], -1, 0) - a_tr.mean()) / a_tr.std(), rtol=1e-4, atol=1e-5)
+    assert len(hm.val_dataloader().dataset) == 2
+    with pytest.raises(UserError, match="n_val"):
+        MgNODataModule(name="pipe", n_val=10)
+    from launch import config as zconfig
+
+    d = zconfig.compose(["experiment=mgno/darcy_rough"]).data
+    assert (d.n_val, d.val_from, d.val_offset) == (112, "train", 1280)
+    assert zconfig.compose(["experiment=mgno/helmholtz"]).data.val_offset == 8200
+
+
 def test_helmholtz_rows_and_sample_axis(tmp_path):
     x, y = write_helmholtz(tmp_path)
     a_tr, u_tr, a_te, u_te = load_helmholtz(tmp_path / "Helmholtz_inputs.npy", tmp_path / "Helmholtz_outputs.npy",
@@ -195,10 +222,12 @@ def _fixture(name, folder):
     if name in ("darcy_rough", "darcy_multiscale"):
         write_darcy(folder, name)
         rate = 2 if name == "darcy_rough" else 4
-        return [f"data.resolution={32 // rate}", f"data.sampling_rate={rate}", "data.n_train=5", "data.n_test=3"]
+        val = ["data.val_offset=3", "data.n_val=2"] if name == "darcy_rough" else []  # the official range, shrunk
+        return [f"data.resolution={32 // rate}", f"data.sampling_rate={rate}", "data.n_train=5", "data.n_test=3", *val]
     if name == "helmholtz":
         write_helmholtz(folder)
-        return ["data.resolution=16", "data.n_train=4", "data.n_test=3", "data.test_offset=8"]
+        return ["data.resolution=16", "data.n_train=4", "data.n_test=3", "data.test_offset=8", "data.val_offset=11",
+                "data.n_val=1"]
     if name == "pipe":
         write_pipe(folder)
         return ["data.resolution=16", "data.n_train=6", "data.n_test=3", "data.n_total=10"]
