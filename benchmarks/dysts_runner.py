@@ -19,7 +19,7 @@ written as CSV and markdown to ``out_dir`` (``zoo bench dysts_benchmark --out DI
 
 Protocol (``--protocol``): ``direct`` (default) as above; ``official`` (needs ``--dataset``) runs the N-BEATS row as
 the official benchmarks/compute_benchmarks.py: darts' NBEATSModel defaults (generic, 30 blocks of 4 x 256 ReLU
-layers, Adam 1e-3, batch 32, 100 epochs; ``--quick``: 2 epochs of a 3-block lite net) as a one-step model on raw
+layers, expansion coefficients theta of dimension 5, Adam 1e-3, batch 32, 100 epochs; ``--quick``: 2 epochs of a 3-block lite net) as a one-step model on raw
 values, trained on every window of the history with its next point, rolled forward over the held-out sixth and scored
 on all but its last point; its input length per system is the file's ``NBEATSModel`` ``input_chunk_length`` when
 ``--hyperparameters`` names the official hyperparameter JSON (williamgilpin/dysts
@@ -159,7 +159,7 @@ def _nbeats_one_step(history: np.ndarray, lags: int, horizon: int, epochs: int, 
     x = torch.as_tensor(x, dtype=torch.float32, device=device)
     y = torch.as_tensor(y, dtype=torch.float32, device=device)
     blocks, layers, width = size
-    model = NBeatsLite(lags, 1, width=width, num_layers=layers, num_blocks=blocks).to(device)
+    model = NBeatsLite(lags, 1, width=width, num_layers=layers, num_blocks=blocks, theta_dim=5).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):

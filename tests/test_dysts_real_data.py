@@ -149,6 +149,8 @@ def test_variant_composes_with_paper_settings(variant, lags, horizon):
     # official compute_benchmarks.py: one-step model on raw values rolled over the window, last point unscored
     assert (cfg.model.output_chunk, cfg.data.train_horizon, cfg.model.standardize) == (1, 1, False)
     assert cfg.model.scored_steps == horizon - 1 and model.model.horizon == 1
+    head = model.model.blocks[0].forecast  # darts generic block: width -> theta (5) -> forecast
+    assert [m.out_features for m in head] == [5, 1] and cfg.model.theta_dim == 5
 
 
 def test_one_step_model_rolls_forward_and_trains_on_next_points(tmp_path):

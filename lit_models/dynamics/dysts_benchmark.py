@@ -40,7 +40,12 @@ __all__ = ["DystsForecastModule", "NBeatsBlock", "NBeatsLite", "smape"]
 
 
 class NBeatsBlock(nn.Module):
-    def __init__(self, lags: int, horizon: int, width: int, num_layers: int, backcast: bool = True) -> None:
+    """One generic N-BEATS block: `num_layers` ReLU layers, then linear backcast / forecast heads; with `theta_dim`
+    each head is darts' generic waveform generator, Linear(width, theta_dim) -> Linear(theta_dim, length) (the
+    expansion coefficients theta, darts default 5)."""
+
+    def __init__(self, lags: int, horizon: int, width: int, num_layers: int, backcast: bool = True,
+                 theta_dim: int | None = None) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         d = lags
@@ -48,8 +53,14 @@ class NBeatsBlock(nn.Module):
             layers += [nn.Linear(d, width), nn.ReLU()]
             d = width
         self.mlp = nn.Sequential(*layers)
-        self.backcast = nn.Linear(width, lags) if backcast else None
-        self.forecast = nn.Linear(width, horizon)
+
+        def head(length: int) -> nn.Module:
+            if theta_dim is None:
+                return nn.Linear(width, length)
+            return nn.Sequential(nn.Linear(width, theta_dim), nn.Linear(theta_dim, length))
+
+        self.backcast = head(lags) if backcast else None
+        self.forecast = head(horizon)
 
     def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
         h = self.mlp(x)
@@ -60,11 +71,11 @@ class NBeatsLite(nn.Module):
     """(B, lags) -> (B, horizon), generic N-BEATS with doubly residual stacking."""
 
     def __init__(self, lags: int = 30, horizon: int = 25, width: int = 128, num_layers: int = 3,
-                 num_blocks: int = 3) -> None:
+                 num_blocks: int = 3, theta_dim: int | None = None) -> None:
         super().__init__()
         # the last block's backcast would feed nothing, so it has none (every parameter gets a gradient)
-        self.blocks = nn.ModuleList(NBeatsBlock(lags, horizon, width, num_layers, backcast=i < num_blocks - 1)
-                                    for i in range(num_blocks))
+        self.blocks = nn.ModuleList(NBeatsBlock(lags, horizon, width, num_layers, backcast=i < num_blocks - 1,
+                                                theta_dim=theta_dim) for i in range(num_blocks))
         self.horizon = horizon
 
     def forward(self, x: Tensor) -> Tensor:
@@ -98,6 +109,7 @@ class DystsForecastModule(L.LightningModule):
         output_chunk: int | None = None,
         standardize: bool = True,
         scored_steps: int | None = None,
+        theta_dim: int | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
     ) -> None:
         super().__init__()
@@ -105,14 +117,14 @@ class DystsForecastModule(L.LightningModule):
         if forecaster not in ("nbeats", "naive"):
             raise ValueError(f"forecaster must be 'nbeats' or 'naive', got {forecaster!r}")
         check_min("model", 1, lags=lags, horizon=horizon, width=width, num_layers=num_layers, num_blocks=num_blocks,
-                  output_chunk=output_chunk, scored_steps=scored_steps)
+                  output_chunk=output_chunk, scored_steps=scored_steps, theta_dim=theta_dim)
         if scored_steps is not None and scored_steps > horizon:
             raise ValueError(f"model.scored_steps ({scored_steps}) must be <= horizon ({horizon})")
         if output_chunk is not None and output_chunk > horizon:
             raise ValueError(f"model.output_chunk ({output_chunk}) must be <= horizon ({horizon})")
         self.optimizer_factory = optimizer
         self.chunk = output_chunk or horizon
-        self.model = NBeatsLite(lags, self.chunk, width, num_layers, num_blocks)
+        self.model = NBeatsLite(lags, self.chunk, width, num_layers, num_blocks, theta_dim)
         self.register_buffer("mean", torch.zeros(()))
         self.register_buffer("std", torch.ones(()))
         self.lyapunov_per_step: float | None = None
