@@ -96,12 +96,27 @@ class Restrict(nn.Module):
         return self.Pi(u), f
 
 
+def prolongation_kernels(n_levels: int, resolution: int | None, kind: int | str = 4) -> list[int]:
+    """Kernel size of each level's R^T (finest first): `kind` 4 (MgNO_DC) or "auto" (MgNO_DC_smooth: 3 where the
+    finer level has an odd number of nodes, 4 where even; level sizes n_{l+1} = ceil(n_l / 2))."""
+    if kind == 4:
+        return [4] * (n_levels - 1)
+    if kind != "auto":
+        raise ValueError(f"prolongation_kernel must be 4 or 'auto', got {kind!r}")
+    if resolution is None:
+        raise ValueError("prolongation_kernel='auto' needs the grid resolution")
+    sizes = [resolution]
+    for _ in range(n_levels - 1):
+        sizes.append((sizes[-1] + 1) // 2)
+    return [3 if size % 2 else 4 for size in sizes[:-1]]
+
+
 class MgConv(nn.Module):
     """The multigrid V-cycle that parameterises all linear operators of one layer (paper Alg. 1, `MgConv_DC`)."""
 
     def __init__(self, levels: Sequence[Sequence[int]], c_u: int, c_f: int, padding_mode: str = "zeros",
                  use_res: bool = False, layer_norm: bool = False, resolution: int | None = None,
-                 conv_bias: bool = False) -> None:
+                 conv_bias: bool = False, prolongation_kernel: int | str = 4) -> None:
         super().__init__()
         self.levels = [list(p) for p in levels]
         self.pre = nn.ModuleList()
@@ -113,12 +128,14 @@ class MgConv(nn.Module):
             self.post.append(nn.ModuleList([MgIte(c_u, c_f, padding_mode, bias=conv_bias) for _ in range(n_post)]))
             if l < len(self.levels) - 1:
                 self.restrict.append(Restrict(c_u, c_f, padding_mode, use_res))
-        # R^T: 4 x 4 stride-2 transposed conv. The coarse grid is padded by one cell with the padding mode and the
-        # transposed conv crops 3 instead of 1, so that R^T follows the boundary condition too (identical to the
-        # official padding=1 for zeros; the official code has no circular R^T)
+        # R^T: 4 x 4 stride-2 transposed conv (2n nodes, cropped to the finer level). The coarse grid is padded by one
+        # cell with the padding mode and the transposed conv crops 3 instead of 1, so that R^T follows the boundary
+        # condition too (identical to the official padding=1 for zeros; the official code has no circular R^T).
+        # prolongation_kernel="auto" (official MgConv_DC_smooth): 3 x 3 onto odd levels (2n - 1 nodes, no crop, the
+        # symmetric stencil of nested vertex grids), 4 x 4 onto even ones
         self.padding_mode = padding_mode
-        self.prolong = nn.ModuleList([nn.ConvTranspose2d(c_u, c_u, 4, stride=2, padding=3, bias=False)
-                                      for _ in range(len(self.levels) - 1)])
+        self.prolong = nn.ModuleList([nn.ConvTranspose2d(c_u, c_u, k, stride=2, padding=3, bias=False)
+                                      for k in prolongation_kernels(len(self.levels), resolution, prolongation_kernel)])
         self.norms = nn.ModuleList()
         if layer_norm:
             if resolution is None:
@@ -156,14 +173,15 @@ class MgConv(nn.Module):
 class MgNO(nn.Module):
     """Stack of `num_layer` operator layers u <- GELU(MgConv(u) + Conv1x1(u) + B) and a 1 x 1 read-out
     (official `MgNO_DC`; B a bias field when `bias_field`; `pointwise=False` drops the 1 x 1 branch as the official
-    `MgNO_NS`, `conv_bias=True` gives the smoothers S, A a per-channel bias, the NS `--bias`).
+    `MgNO_NS`, `conv_bias=True` gives the smoothers S, A a per-channel bias, the NS `--bias`;
+    `prolongation_kernel="auto"` the 3 x 3 / 4 x 4 prolongations of `MgNO_DC_smooth`).
     `skip=True` adds the NS global skip u_out + u_in."""
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, num_layer: int = 5, num_channel_u: int = 24,
                  levels: Sequence[Any] | str = ("10", "10", "10", "10", "10", "20"), padding_mode: str = "zeros",
                  use_res: bool = False, layer_norm: bool = False, bias_field: bool = True, resolution: int = 64,
                  activation: str = "gelu", skip: bool = False, pointwise: bool = True,
-                 conv_bias: bool = False) -> None:
+                 conv_bias: bool = False, prolongation_kernel: int | str = 4) -> None:
         super().__init__()
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
@@ -180,7 +198,7 @@ class MgNO(nn.Module):
         self.levels, self.resolution, self.skip = lv, resolution, skip
         chans = [in_channels] + [num_channel_u] * num_layer
         self.convs = nn.ModuleList([MgConv(lv, num_channel_u, chans[i], padding_mode, use_res, layer_norm, resolution,
-                                           conv_bias) for i in range(num_layer)])
+                                           conv_bias, prolongation_kernel) for i in range(num_layer)])
         self.linears = nn.ModuleList([nn.Conv2d(chans[i], num_channel_u, 1) for i in range(num_layer)]) \
             if pointwise else None
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(num_channel_u, resolution, resolution))
@@ -260,7 +278,7 @@ class MgNOModule(L.LightningModule):
                  activation: str = "gelu", skip: bool = False, pointwise: bool = True, conv_bias: bool = False,
                  loss: str = "h1", loss_reduction: str = "sum", h1_truncation: int | None = 20,
                  div_factor: float = 2.0, final_div_factor: float = 100.0, pct_start: float = 0.2,
-                 output_normalizer: bool = False,
+                 output_normalizer: bool = False, prolongation_kernel: int | str = 4,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
         if loss not in ("h1", "l2"):
@@ -274,7 +292,7 @@ class MgNOModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.net = MgNO(in_channels, 1, num_layer, num_channel_u, levels, padding_mode, use_res, layer_norm,
-                        bias_field, resolution, activation, skip, pointwise, conv_bias)
+                        bias_field, resolution, activation, skip, pointwise, conv_bias, prolongation_kernel)
         if output_normalizer:  # the training set's point-wise mean / std of u (+ 1e-5), set from the data at fit start
             self.register_buffer("y_mean", torch.zeros(resolution, resolution))
             self.register_buffer("y_std", torch.ones(resolution, resolution))

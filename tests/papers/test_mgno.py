@@ -52,6 +52,37 @@ def test_output_normalizer_decodes_with_the_training_statistics(tmp_path):
     assert "y_mean" not in MgNOModule(resolution=16, levels=[[1, 0]] * 3).state_dict()
 
 
+def test_smooth_darcy_prolongations_are_the_official_mgno_dc_smooth():
+    """prolongation_kernel="auto" (official MgConv_DC_smooth, smooth Darcy at 211 x 211): R^T kernels 3, 4, 3, 3, 4
+    onto 211, 106, 53, 27, 14 nodes (3 x 3 where the finer level is odd, 4 x 4 where even), no cropping; a 3 x 3 R^T
+    equals the official ConvTranspose2d(3, stride 2, padding 1) under zero padding; the official parameter count
+    (ours with 4 x 4 everywhere carries 5 layers x 3 odd levels x 24^2 x 7 = 60,480 more weights)."""
+    from lit_models.pde.mgno import prolongation_kernels
+
+    assert prolongation_kernels(6, 211, "auto") == [3, 4, 3, 3, 4] and prolongation_kernels(6, 64) == [4] * 5
+    assert prolongation_kernels(4, 64, "auto") == [4, 4, 4]
+    kw = dict(num_layer=5, num_channel_u=24, levels=["10"] * 5 + ["20"], bias_field=False, resolution=211)
+    smooth, dc = MgNO(prolongation_kernel="auto", **kw), MgNO(**kw)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(dc) - count(smooth) == 5 * 3 * 24 ** 2 * 7 and count(smooth) == 678_093
+    conv = smooth.convs[0]
+    assert [tuple(p.weight.shape[-2:]) for p in conv.prolong] == [(3, 3), (4, 4), (3, 3), (3, 3), (4, 4)]
+    with torch.no_grad():
+        out = smooth(torch.randn(1, 1, 211, 211))
+        assert out.shape == (1, 1, 211, 211)
+        coarse = torch.randn(2, 24, 106, 106)
+        official = torch.nn.ConvTranspose2d(24, 24, 3, stride=2, padding=1, bias=False)
+        official.weight.copy_(conv.prolong[0].weight)
+        ours = conv.prolong[0](torch.nn.functional.pad(coarse, (1, 1, 1, 1)))
+        assert ours.shape[-1] == 211
+        torch.testing.assert_close(ours, official(coarse))
+    with pytest.raises(ValueError, match="prolongation_kernel"):
+        MgNO(prolongation_kernel=5, resolution=16, levels=["10"] * 3)
+    from launch import config as zconfig
+
+    assert zconfig.compose(["experiment=mgno/darcy_smooth"]).model.prolongation_kernel == "auto"
+
+
 def test_level_spec_tokens_are_pre_post_pairs():
     assert parse_levels(["10", "10", "20"]) == [[1, 0], [1, 0], [2, 0]]
     assert parse_levels([10, 21]) == [[1, 0], [2, 1]]  # the integer 10 is "1 pre, 0 post", not ten
