@@ -17,14 +17,14 @@ metadata (`maximum_lyapunov_estimated`, in the system's time units) and the expo
 the Spearman rank correlation across systems between its sMAPE (and NRMSE) and each chaos measure. The table is
 written as CSV and markdown to ``out_dir`` (``zoo bench dysts_benchmark --out DIR``; default ``runs/bench``).
 
-Protocol (``--protocol``): ``direct`` (default) as above; ``official`` (needs ``--dataset``) runs the N-BEATS row as
-the official benchmarks/compute_benchmarks.py: darts' NBEATSModel defaults (generic, 30 blocks of 4 x 256 ReLU
-layers, expansion coefficients theta of dimension 5, Adam 1e-3, batch 32, 100 epochs; ``--quick``: 2 epochs of a 3-block lite net) as a one-step model on raw
-values, trained on every window of the history with its next point, rolled forward over the held-out sixth and scored
-on all but its last point; its input length per system is the file's ``NBEATSModel`` ``input_chunk_length`` when
-``--hyperparameters`` names the official hyperparameter JSON (williamgilpin/dysts
-benchmarks/hyperparameters/hyperparameters_train_univariate__pts_per_period_{100,15}__periods_12.json), else one
-period. Row name ``nbeats_official``.
+Protocol (``--protocol``): ``direct`` (default) as above; ``official`` (needs ``--dataset``) runs the N-BEATS row as the
+official benchmarks/compute_benchmarks.py: darts' NBEATSModel defaults (generic, 30 blocks of 4 x 256 ReLU layers,
+expansion coefficients theta of dimension 5, Adam 1e-3, batch 32, 100 epochs; ``--quick``: 2 epochs of a 3-block lite
+net) as a one-step model on raw values, trained on every window of the history with its next point, rolled forward over
+the held-out sixth and scored on all but its last point; its input length per system is the file's ``NBEATSModel``
+``input_chunk_length`` when ``--hyperparameters`` names the official hyperparameter JSON (williamgilpin/dysts
+benchmarks/hyperparameters/hyperparameters_train_univariate__pts_per_period_{100,15}__periods_12.json), else one period.
+Row name ``nbeats_official``.
 
 Systems: ``--systems Lorenz,Rossler`` or ``--all-systems`` (every continuous flow of
 ``dysts.systems.get_attractor_list``, or with ``--dataset`` every system of the data file); default 26 systems
@@ -152,7 +152,7 @@ def _nbeats_one_step(history: np.ndarray, lags: int, horizon: int, epochs: int, 
     its next point, `epochs` shuffled passes in batches of `batch`, then `horizon` steps rolled forward from the end
     of the history (darts' predict with output_chunk_length 1). (1, horizon)."""
     from datamodules.dysts_windows import sliding_windows
-    from lit_models.dynamics.dysts_benchmark import NBeatsLite
+    from lit_models.dynamics.dysts_benchmark import NBeatsLite, roll_forward
 
     torch.manual_seed(seed)
     x, y = sliding_windows(history, lags, 1, 1)
@@ -171,13 +171,8 @@ def _nbeats_one_step(history: np.ndarray, lags: int, horizon: int, epochs: int, 
             loss.backward()
             opt.step()
     window = torch.as_tensor(history[None, -lags:], dtype=torch.float32, device=device)
-    out = []
     with torch.no_grad():
-        for _ in range(horizon):
-            step = model(window)
-            out.append(step)
-            window = torch.cat([window[:, 1:], step], 1)
-    return torch.cat(out, 1).double().cpu().numpy()
+        return roll_forward(model, window, horizon).double().cpu().numpy()
 
 
 def official_input_lengths(path: str | os.PathLike) -> dict[str, int]:
@@ -365,7 +360,8 @@ def run(quick: bool = False, out_dir: Path | None = None, systems: list[str] | s
     return rows
 
 
-def merge_shards(out_dir: Path, quick: bool = False, dataset: str | None = None, protocol: str = "direct") -> list[dict]:
+def merge_shards(out_dir: Path, quick: bool = False, dataset: str | None = None,
+                 protocol: str = "direct") -> list[dict]:
     """Combine the shard tables in `out_dir` into the results table with the Spearman rows; all shards required."""
     out_dir = Path(out_dir)
     stem = _stem(quick, dataset, protocol)

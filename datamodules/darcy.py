@@ -214,19 +214,25 @@ NORMALIZER_TYPES = (None, "GN", "PGN")
 
 def check_normalizer_type(value) -> None:
     if value not in NORMALIZER_TYPES:
-        raise UserError(f"data.normalizer_type must be null, GN or PGN (official utilities3 normalisers), got {value!r}")
+        raise UserError(f"data.normalizer_type must be null, GN or PGN (official utilities3 normalisers), got "
+                        f"{value!r}")
 
 
-def official_normalizers(a: np.ndarray, u: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                               np.ndarray]:
-    """(a_mean, a_std, u_mean, u_std) of the official normalisers fit on training arrays (N, ...): "GN"
-    (GaussianNormalizer) one mean / std over everything, "PGN" (UnitGaussianNormalizer) per entry over the samples;
-    std unbiased (torch.std) + 1e-5. u's statistics are returned as fields of one sample's shape (the decoder's)."""
+def official_normalizers(a: np.ndarray, u: np.ndarray, kind: str, encode_inputs: bool = True
+                         ) -> tuple[np.ndarray | float, np.ndarray | float, tuple[torch.Tensor, torch.Tensor]]:
+    """The official normalisers fit on training arrays a, u (N, ...): "GN" (GaussianNormalizer) one mean / std over
+    everything, "PGN" (UnitGaussianNormalizer) per entry over the samples; std unbiased (torch.std) + 1e-5.
+    Returns the inputs' (shift, scale) (0, 1 unless `encode_inputs`, the official --GN) and u's (mean, std) as float32
+    (H, W) fields for the model's output decoder."""
     if kind == "PGN":
-        return a.mean(0), a.std(0, ddof=1) + 1e-5, u.mean(0), u.std(0, ddof=1) + 1e-5
-    field = np.ones(u.shape[1:])
-    return (np.float64(a.mean()), np.float64(a.std(ddof=1) + 1e-5), field * u.mean(),
-            field * (u.std(ddof=1) + 1e-5))
+        a_mean, a_std, u_mean, u_std = a.mean(0), a.std(0, ddof=1) + 1e-5, u.mean(0), u.std(0, ddof=1) + 1e-5
+    else:
+        a_mean, a_std = np.float64(a.mean()), np.float64(a.std(ddof=1) + 1e-5)
+        u_mean, u_std = np.full(u.shape[1:], u.mean()), np.full(u.shape[1:], u.std(ddof=1) + 1e-5)
+    field = lambda v: torch.tensor(np.reshape(v, u.shape[-2:]), dtype=torch.float32)  # noqa: E731
+    if not encode_inputs:
+        a_mean, a_std = 0.0, 1.0
+    return a_mean, a_std, (field(u_mean), field(u_std))
 
 
 class DarcyDataModule(PairLoaders, L.LightningDataModule):
@@ -309,12 +315,10 @@ class DarcyDataModule(PairLoaders, L.LightningDataModule):
         if a_tr.shape[-1] != self.resolution:
             raise ValueError(f"data resolution {a_tr.shape[-1]} != configured resolution {self.resolution}")
         if self.hparams.normalizer_type is not None:
-            a_mean, a_std, u_mean, u_std = official_normalizers(a_tr, u_tr, self.hparams.normalizer_type)
-            if not self.hparams.encode_inputs:
-                a_mean, a_std = 0.0, 1.0
-            self.output_stats = (torch.tensor(u_mean, dtype=torch.float32), torch.tensor(u_std, dtype=torch.float32))
-            self.stats = {"a_mean": float(np.mean(a_mean)), "a_std": float(np.mean(a_std)), "u_std": 1.0}
+            a_mean, a_std, self.output_stats = official_normalizers(a_tr, u_tr, self.hparams.normalizer_type,
+                                                                    self.hparams.encode_inputs)
             u_std = 1.0
+            self.stats = {"a_mean": float(np.mean(a_mean)), "a_std": float(np.mean(a_std)), "u_std": u_std}
         else:
             a_mean, a_std, u_std = float(a_tr.mean()), float(a_tr.std()), float(u_tr.std())
             self.stats = {"a_mean": a_mean, "a_std": a_std, "u_std": u_std}

@@ -215,11 +215,8 @@ class MgNODataModule(PairLoaders, L.LightningDataModule):
             if u_tr.shape[1] != 1:
                 raise UserError(f"data.normalizer_type: the output decoder needs one output channel, {self.name} has "
                                 f"{u_tr.shape[1]}")
-            a_mean, a_std, u_mean, u_std = official_normalizers(a_tr, u_tr, self.hparams.normalizer_type)
-            if not self.hparams.encode_inputs:
-                a_mean, a_std = np.zeros((1, a_tr.shape[1], 1, 1)), np.ones((1, a_tr.shape[1], 1, 1))
-            self.output_stats = (torch.tensor(u_mean[0], dtype=torch.float32),
-                                 torch.tensor(u_std[0], dtype=torch.float32))
+            a_mean, a_std, self.output_stats = official_normalizers(a_tr, u_tr, self.hparams.normalizer_type,
+                                                                    self.hparams.encode_inputs)
             u_std = 1.0
         elif self.hparams.normalize:
             a_mean = a_tr.mean(axis=(0, 2, 3), keepdims=True)

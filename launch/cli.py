@@ -309,7 +309,7 @@ def cmd_bench(args: list[str]) -> int:
     parser.add_argument("--merge", action="store_true", help="combine the shard tables in --out")
     parser.add_argument("--dataset", help="which data the benchmark runs on (e.g. fine, coarse)")
     parser.add_argument("--device", help="cpu or cuda")
-    parser.add_argument("--protocol", help="the benchmark's protocol (dysts: direct, or official = compute_benchmarks.py)")
+    parser.add_argument("--protocol", help="the benchmark's protocol (dysts: direct | official)")
     parser.add_argument("--hyperparameters", help="the official per-system hyperparameter file (dysts: input lengths)")
     opts = parser.parse_args(args)
     if not opts.all and not opts.slug:

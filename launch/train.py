@@ -196,7 +196,7 @@ def effective_batch_notice(cfg: DictConfig, world_size: int) -> str | None:
     """Under DDP `data.batch_size` is per process (Lightning's convention), so W processes step on W times the
     configured batch with the configured learning rate. The paper-scale configs give the paper's (single-device) batch:
     say what the run really uses and how to keep the paper's."""
-    batch = cfg.get("data", {}).get("batch_size") if "data" in cfg else None
+    batch = (cfg.get("data") or {}).get("batch_size")
     if world_size <= 1 or not isinstance(batch, int):
         return None
     per_rank = batch // world_size

@@ -10,9 +10,10 @@ the train-segment mean/std of the datamodule (standardise per system, card pitfa
 the metrics are computed on raw values.
 
 ``output_chunk`` (official benchmarks/compute_benchmarks.py: darts models with ``output_chunk_length=1``) makes the
-network forecast that many steps and rolls it forward over the horizon (training targets: the first
-``output_chunk`` steps of each window); ``standardize=False`` fits raw values, as the official code; ``scored_steps`` scores the first steps only (official:
-all but the last point of the window, darts' metrics on the intersection with ``y_val[:-1]``).
+network forecast that many steps and rolls it forward over the horizon (`roll_forward`; training targets: the first
+``output_chunk`` steps of each window); ``standardize=False`` fits raw values, as the official code; ``scored_steps``
+scores the first steps only (official: all but the last point of the window, darts' metrics on the intersection with
+``y_val[:-1]``).
 
 ``forecaster="naive"`` replaces the network by the last observed value repeated over the horizon (the paper's
 naive baseline; the card's claim baseline). It has no trainable effect (its forward ignores the network), so use
@@ -36,7 +37,7 @@ from torchmetrics import MeanMetric
 from launch.errors import check_min
 from lit_models.common.forecast_metrics import ValidPredictionTime, smape
 
-__all__ = ["DystsForecastModule", "NBeatsBlock", "NBeatsLite", "smape"]
+__all__ = ["DystsForecastModule", "NBeatsBlock", "NBeatsLite", "roll_forward", "smape"]
 
 
 class NBeatsBlock(nn.Module):
@@ -86,6 +87,18 @@ class NBeatsLite(nn.Module):
                 residual = residual - back
             out = out + fore
         return out
+
+
+def roll_forward(model: nn.Module, window: Tensor, horizon: int) -> Tensor:
+    """(B, lags) -> (B, horizon): the model's forecasts fed back into its input window until the horizon is covered
+    (darts' predict(n) with output_chunk_length < n); one call when the model forecasts the whole horizon."""
+    lags, chunks, done = window.shape[1], [], 0
+    while done < horizon:
+        step = model(window)
+        chunks.append(step)
+        done += step.shape[1]
+        window = torch.cat([window[:, step.shape[1]:], step], 1)[:, -lags:]
+    return torch.cat(chunks, 1)[:, :horizon]
 
 
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=1e-3)
@@ -153,13 +166,7 @@ class DystsForecastModule(L.LightningModule):
         if self.hparams.forecaster == "naive":
             return x[:, -1:].expand(-1, horizon)
         mean, std = self._scale()
-        window, chunks, done = (x - mean) / std, [], 0
-        while done < horizon:
-            step = self.model(window)
-            chunks.append(step)
-            done += step.shape[1]
-            window = torch.cat([window[:, step.shape[1]:], step], 1)[:, -x.shape[1]:]
-        return torch.cat(chunks, 1)[:, :horizon] * std + mean
+        return roll_forward(self.model, (x - mean) / std, horizon) * std + mean
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
         mean, std = self._scale()

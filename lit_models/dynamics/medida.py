@@ -277,14 +277,14 @@ def qg_discover(library: np.ndarray, increment: np.ndarray, cut: int = 0, **ard_
 class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
     """MEDIDA on two-layer QG turbulence (the paper's experiment; official main_QGdry_interp2_newcases.py).
 
-    Sparse noisy observations of (psi1, psi2) at t and t + dt are interpolated onto the grid by RFF-MLPs
-    (mynet2Drff.py: Gaussian RFF of (x, y) in [-pi, pi)^2, hidden/2 features, `depth` tanh layers of `width`, two
-    outputs; one network per snapshot and time, as net11 / net22; each draws its own Fourier matrix B, as each official
-    Net builds its own `rff.layers.GaussianEncoding`, unless `rff_per_network=False`). The analysis at t is advanced one model step;
-    dq/dt = (q(analysis at t + dt) - q(model forecast)) / dt. The library Θ (official psi_lib, 10 terms) is built
-    from the gridded state by spectral derivatives (`library_at`: "forecast" = the model forecast at t + dt, what
-    the official code's in-place-updated `psic_1[0]` holds; "analysis" = the analysis at t). Per layer, ARD/RVM on
-    the boundary-cut (`cut` points each side), pooled snapshots gives the model error.
+    Sparse noisy observations of (psi1, psi2) at t and t + dt are interpolated onto the grid by RFF-MLPs (mynet2Drff.py:
+    Gaussian RFF of (x, y) in [-pi, pi)^2, hidden/2 features, `depth` tanh layers of `width`, two outputs; one network
+    per snapshot and time, as net11 / net22; each draws its own Fourier matrix B, as each official Net builds its own
+    `rff.layers.GaussianEncoding`, unless `rff_per_network=False`). The analysis at t is advanced one model step; dq/dt
+    = (q(analysis at t + dt) - q(model forecast)) / dt. The library Θ (official psi_lib, 10 terms) is built from the
+    gridded state by spectral derivatives (`library_at`: "forecast" = the model forecast at t + dt, what the official
+    code's in-place-updated `psic_1[0]` holds; "analysis" = the analysis at t). Per layer, ARD/RVM on the boundary-cut
+    (`cut` points each side), pooled snapshots gives the model error.
 
     Loss (mynet2Drff.optimize_ADAM / fft_loss with LAMBDA_REG 0): MSE / mean(target^2) per network, plus
     `gamma_diff` x MSE of psi1 - psi2 and `gamma_lapl` x mean((lap psi1 + lap psi2)^2) in network coordinates

@@ -1,8 +1,8 @@
 """Data-free Mesh Mover (DMM) of "Better Neural PDE Solvers Through Data-Free Mesh Movers" (Hu, Wang, Ma;
 ICLR 2024, openreview hj9ZuNimRl; official code Peiyannn/MM-PDE, `mesh/dmm.py`, `mesh/dmm_model.py`).
 
-An operator u -> mesh map x(xi) on [0, 1]^2 trained only with the Monge-Ampere (MA) equidistribution equation,
-never with optimal meshes (paper Sec. 3.1):
+An operator u -> mesh map x(xi) on [0, 1]^2 trained only with the Monge-Ampere (MA) equidistribution equation, never
+with optimal meshes (paper Sec. 3.1):
     x(xi) = xi + grad_xi phi(u, xi)                        (gradient of the convex potential |xi|^2/2 + phi)
     m(x(xi)) det(I + Hess_xi phi) = c,   c = int_[0,1]^2 m  (MA equation, Eq. 3)
     loss = w_in  mean_xi (m(x) det(I + H) / c - 1)^2       (interior residual at importance-sampled xi ~ m)
@@ -11,19 +11,19 @@ never with optimal meshes (paper Sec. 3.1):
 with weights 1 / 1000 / 1 (dmm.py). The Hessian comes from double autograd (tanh networks; ReLU has none); m is
 evaluated at the *moved* point by bilinear interpolation of the monitor grid (`monitor_gradient="physical"`, the
 default: the classical MA / equidistribution form, whose exact 1-D solutions are the card's evaluation targets).
-`monitor_gradient="pulled_back"` is the official dmm_utils.py loss: the monitor of the pulled-back gradient,
-m = 1 + |J^T grad u(x(xi))| / (monitor_scale alpha), so m depends on the map's Jacobian, with grad u interpolated at
-x(xi) by the official softmax kernel (`gradient_interp="kernel"`) or bilinearly (needs data.with_gradient).
-Collocation: grid nodes drawn ~ m with replacement plus a half-cell jitter (`collocation="jitter"`), or the official
-40 n uniform candidates of which n are drawn ~ m without replacement (`"candidates"`). The network is DeepONet-like (`DMM` in dmm_model.py): a tanh CNN branch (5 x 5 kernels, a
-residual link, full flatten, fully connected layers) on the (sub-sampled) solution grid, a tanh MLP trunk on xi and
-a tanh MLP head on their concatenation giving phi, trunk and head ending in linear layers. `boundary="hard"`
-multiplies the head by b(xi) = x^2 y^2 (x-1)^2 (y-1)^2 (the code's hard constraint; the boundary loss is then
-dropped to avoid double counting). `mover="identity"` is the fixed-mesh baseline x = xi; `mover="direct"` is the
-card's "outputs x directly" baseline: the same network with a 2-vector head gives the displacement d(u, xi), x = xi + d,
-trained with the same losses on its Jacobian I + grad d (no potential, so no symmetric Hessian and no Brenier
-convexity structure; the convexity term then acts on the Jacobian's diagonal). The MM-PDE solver that consumes the
-moved mesh (paper Sec. 3.2) is `lit_models.pde.mm_pde`.
+`monitor_gradient="pulled_back"` is the official dmm_utils.py loss: the monitor of the pulled-back gradient, m = 1 +
+|J^T grad u(x(xi))| / (monitor_scale alpha), so m depends on the map's Jacobian, with grad u interpolated at x(xi) by
+the official softmax kernel (`gradient_interp="kernel"`) or bilinearly (needs data.with_gradient). Collocation: grid
+nodes drawn ~ m with replacement plus a half-cell jitter (`collocation="jitter"`), or the official 40 n uniform
+candidates of which n are drawn ~ m without replacement (`"candidates"`). The network is DeepONet-like (`DMM` in
+dmm_model.py): a tanh CNN branch (5 x 5 kernels, a residual link, full flatten, fully connected layers) on the
+(sub-sampled) solution grid, a tanh MLP trunk on xi and a tanh MLP head on their concatenation giving phi, trunk and
+head ending in linear layers. `boundary="hard"` multiplies the head by b(xi) = x^2 y^2 (x-1)^2 (y-1)^2 (the code's hard
+constraint; the boundary loss is then dropped to avoid double counting). `mover="identity"` is the fixed-mesh baseline x
+= xi; `mover="direct"` is the card's "outputs x directly" baseline: the same network with a 2-vector head gives the
+displacement d(u, xi), x = xi + d, trained with the same losses on its Jacobian I + grad d (no potential, so no
+symmetric Hessian and no Brenier convexity structure; the convexity term then acts on the Jacobian's diagonal). The
+MM-PDE solver that consumes the moved mesh (paper Sec. 3.2) is `lit_models.pde.mm_pde`.
 
 Random-feature method (`rf_*`; official `dmm.py` arguments `rf`, `rf_opt_alg='BFGS'`, `epochs_rf=5`, `max_iter=300`,
 `batch_size_u_rf=20`, `batch_size_x_rf=16`, `convex_rel=0`, run by `dmm_utils.train_MA_res` after the Adam epochs):

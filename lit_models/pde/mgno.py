@@ -268,9 +268,9 @@ class MgNOModule(L.LightningModule):
     `output_normalizer` (official `--normalizer`, with `data.normalizer=pointwise`): the network's output is decoded
     as out x std(x, y) + mean(x, y), the point-wise statistics of the training solutions (UnitGaussianNormalizer),
     so the loss compares raw solutions.
-    Metrics: train/loss, val|test/rel_l2, val|test/rel_h1 (against the batch's y: solutions divided by one scale, so
-    the relative errors are those in physical units, or raw solutions with the official normalisers) and val|test/boundary_rel_l2 (relative L2 on the outer ring of
-    cells, `boundary_ring`)."""
+    Metrics: train/loss, val|test/rel_l2, val|test/rel_h1 (against the batch's y: solutions divided by one scale, so the
+    relative errors are those in physical units, or raw solutions with the official normalisers) and
+    val|test/boundary_rel_l2 (relative L2 on the outer ring of cells, `boundary_ring`)."""
 
     def __init__(self, in_channels: int = 1, num_layer: int = 5, num_channel_u: int = 24,
                  levels: Sequence[Any] | str = ("10", "10", "10", "10", "10", "20"), padding_mode: str = "zeros",
