@@ -102,10 +102,6 @@ def _grid(n: int) -> np.ndarray:
     return np.stack([X, Y], -1)
 
 
-def _monitor_from_gradient(g: np.ndarray, derivative: str, angle: float, scale: float) -> np.ndarray:
-    return _monitor_and_norm(g, derivative, angle, scale)[0]
-
-
 def _monitor_and_norm(g: np.ndarray, derivative: str, angle: float, scale: float) -> tuple[np.ndarray, float]:
     """m = 1 + |D u| / (scale alpha) and its normaliser scale alpha, alpha the domain mean of |D u|."""
     if derivative == "grad":
@@ -149,13 +145,19 @@ def front_fields(n: int, grid: int, monitor_res: int, seed: int, ks=(10, 20, 30)
     angle = np.where(aligned, 0.0, rng.uniform(0, 2 * np.pi, size=n))
     pg, pm = _grid(grid), _grid(monitor_res)
     u = np.stack([M.front_field(pg, k[i], c[i], angle[i], amp) for i in range(n)])
-    grads = [M.front_gradient(pm, k[i], c[i], angle[i], amp) for i in range(n)]
-    mons, norms = zip(*[_monitor_and_norm(grads[i], monitor_derivative, angle[i], monitor_scale) for i in range(n)])
+    grads, mons, norms = [], [], []
+    for i in range(n):  # one gradient field at a time: they are kept only `with_gradient`
+        g = M.front_gradient(pm, k[i], c[i], angle[i], amp)
+        m, norm = _monitor_and_norm(g, monitor_derivative, angle[i], monitor_scale)
+        mons.append(m)
+        norms.append(norm)
+        if with_gradient:
+            grads.append(g)
     mon = np.stack(mons)
     cm = np.array([_trapz2(m) for m in mon])
     params = np.stack([k, c, angle, np.full(n, amp)], 1)
     out = {"u": u, "monitor": mon, "c": cm, "params": params, "aligned": aligned}
-    return _with_gradient(out, grads, list(norms)) if with_gradient else out
+    return _with_gradient(out, grads, norms) if with_gradient else out
 
 
 def exact_front_mesh(pos: np.ndarray, monitor_row: np.ndarray) -> np.ndarray:

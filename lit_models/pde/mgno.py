@@ -265,9 +265,9 @@ class MgNOModule(L.LightningModule):
     sum of the per-sample errors over the batch (`loss_reduction="sum"`, LpLoss / HsLoss(size_average=False); with
     Adam's coupled weight decay the loss scale matters) and the H1 weights are truncated at |k| = 20
     (`h1_truncation`, also for the val/test H1 metric); "mean" and None are the CPU-scale experiments' choices.
-    `output_normalizer` (official `--normalizer`, with `data.normalizer=pointwise`): the network's output is decoded
-    as out x std(x, y) + mean(x, y), the point-wise statistics of the training solutions (UnitGaussianNormalizer),
-    so the loss compares raw solutions.
+    `output_normalizer` (official `--normalizer`, with `data.normalizer_type` GN or PGN): the network's output is
+    decoded as out x std(x, y) + mean(x, y), the statistics of the training solutions (one value for GN, per grid point
+    for PGN), so the loss compares raw solutions.
     Metrics: train/loss, val|test/rel_l2, val|test/rel_h1 (against the batch's y: solutions divided by one scale, so the
     relative errors are those in physical units, or raw solutions with the official normalisers) and
     val|test/boundary_rel_l2 (relative L2 on the outer ring of cells, `boundary_ring`)."""
@@ -293,7 +293,7 @@ class MgNOModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.net = MgNO(in_channels, 1, num_layer, num_channel_u, levels, padding_mode, use_res, layer_norm,
                         bias_field, resolution, activation, skip, pointwise, conv_bias, prolongation_kernel)
-        if output_normalizer:  # the training set's point-wise mean / std of u (+ 1e-5), set from the data at fit start
+        if output_normalizer:  # the training solutions' mean / std fields (std + 1e-5), set from the data at fit start
             self.register_buffer("y_mean", torch.zeros(resolution, resolution))
             self.register_buffer("y_std", torch.ones(resolution, resolution))
         self.metrics = nn.ModuleDict({f"{s}_{m}": RelativeL2() for s in ("val", "test")
