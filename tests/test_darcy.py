@@ -188,6 +188,23 @@ def test_official_validation_rows(tmp_path):
     assert (d.n_val, d.val_from, d.val_offset) == (100, "test", 100)
 
 
+def test_smooth_darcy_paper_variant_trains_on_a_fixture(tmp_path):
+    """experiment=mgno/darcy_smooth end to end on FNO-format files (421 x 421 subsampled x4 -> 106 x 106): the
+    point-wise normalisers with the output decoder, the official validation rows and the smooth model's 3 x 3 / 4 x 4
+    prolongations (onto 106, 53, 27, 14, 7 nodes: kernels 4, 3, 3, 4, 3)."""
+    from tests.papers.contract import fast_run
+
+    _write_fixture(tmp_path, n=4)
+    run = fast_run("mgno/darcy_smooth", f"data.data_dir={tmp_path}", "data.sampling_rate=4", "data.resolution=106",
+                   "data.n_train=3", "data.n_test=2", "data.n_val=1", "data.val_offset=2", "data.batch_size=2",
+                   "data.eval_batch_size=2", "model.num_layer=2", "model.num_channel_u=4")
+    run.assert_contract()
+    model, dm = run.model, run.datamodule
+    assert [p.weight.shape[-1] for p in model.net.convs[0].prolong] == [4, 3, 3, 4, 3]
+    torch.testing.assert_close(model.y_mean, dm.output_stats[0].to(model.y_mean))
+    assert dm.tensors["x_val"].shape == (1, 1, 106, 106)
+
+
 def test_load_fno_mat_subsamples(tmp_path):
     arrays = _write_fixture(tmp_path, n=2)
     coeff, sol = load_fno_mat(tmp_path / darcy.FNO_DARCY_FILES["train"], 2, sampling_rate=20)

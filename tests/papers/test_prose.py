@@ -385,6 +385,23 @@ def test_paper_scale_grid_and_optimiser_are_the_official():
         ProseDataModule(input_fraction=1.0)
 
 
+def test_paper_variant_trains_with_the_official_data_settings():
+    """experiment=prose/ode3d end to end at tiny sizes: per-sample text corruption (validation text corrupted too),
+    trajectory noise on inputs and targets, raw values, parameter range 0.1, LayerNorm eps 1e-12."""
+    run = fast_run("prose/ode3d", "data.num_train=64", "data.num_val=16", "data.num_test=16", "data.batch_size=16",
+                   "data.eval_batch_size=16", "data.num_workers=0", "model.dim_emb=16", "model.n_heads=2",
+                   "model.dim_ffn=32", "model.n_text_enc_layers=1", "model.n_data_enc_layers=1",
+                   "model.n_fusion_layers=1", "model.n_data_dec_layers=1", "model.n_text_dec_layers=1",
+                   "model.max_gen_len=40", "model.warmup_steps=0")
+    run.assert_contract()
+    dm = run.datamodule
+    assert (dm.hparams.text_corruption, dm.hparams.noise_scope, dm.hparams.normalize) == \
+        ("per_sample", "trajectory", "none")
+    batch = next(iter(dm.test_dataloader()))
+    assert torch.equal(batch["scale"], torch.ones_like(batch["scale"]))  # raw values
+    assert all(m.eps == 1e-12 for m in run.model.modules() if isinstance(m, torch.nn.LayerNorm))
+
+
 def test_bad_config_raises_value_error():
     from lit_models.dynamics.prose import ProseModule
 
