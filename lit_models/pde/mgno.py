@@ -261,7 +261,9 @@ DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=5e-4, weight_decay=1e
 
 class MgNOModule(L.LightningModule):
     """Trains MgNO on coefficient -> solution pairs with the relative H1 (or L2) loss, Adam + OneCycle
-    (div_factor 2, final_div_factor 100, pct_start 0.2, stepped per batch). As in the official code the loss is the
+    (div_factor 2, final_div_factor 100, pct_start 0.2), stepped per batch (`scheduler_interval="step"`) or, as the
+    official scripts do (`OneCycleLR(steps_per_epoch=1, epochs=E)`, one `scheduler.step()` an epoch), once per
+    epoch over trainer.max_epochs (`scheduler_interval="epoch"`, the paper-scale variants). As in the official code the loss is the
     sum of the per-sample errors over the batch (`loss_reduction="sum"`, LpLoss / HsLoss(size_average=False); with
     Adam's coupled weight decay the loss scale matters) and the H1 weights are truncated at |k| = 20
     (`h1_truncation`, also for the val/test H1 metric); "mean" and None are the CPU-scale experiments' choices.
@@ -279,12 +281,15 @@ class MgNOModule(L.LightningModule):
                  loss: str = "h1", loss_reduction: str = "sum", h1_truncation: int | None = 20,
                  div_factor: float = 2.0, final_div_factor: float = 100.0, pct_start: float = 0.2,
                  output_normalizer: bool = False, prolongation_kernel: int | str = 4,
+                 scheduler_interval: str = "step",
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
         if loss not in ("h1", "l2"):
             raise ValueError(f"loss must be 'h1' or 'l2', got {loss!r}")
         if loss_reduction not in ("sum", "mean"):
             raise ValueError(f"loss_reduction must be 'sum' (official) or 'mean', got {loss_reduction!r}")
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch' (official), got {scheduler_interval!r}")
         if h1_truncation is not None and h1_truncation < 1:
             raise ValueError(f"h1_truncation must be >= 1 or null, got {h1_truncation}")
         if isinstance(levels, (list, tuple)):
@@ -373,7 +378,16 @@ class MgNOModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.optimizer_factory(self.parameters())
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        interval = self.hparams.scheduler_interval
+        if self._trainer is None:
+            total = 1
+        elif interval == "epoch":
+            total = self.trainer.max_epochs
+            if total is None or total < 1:
+                raise UserError("model.scheduler_interval=epoch spreads the OneCycle schedule over trainer.max_epochs: "
+                                f"set it (got {total})")
+        else:
+            total = int(self.trainer.estimated_stepping_batches)
         if total < 1 or total > 10**9:
             return {"optimizer": opt}
         max_lr = [g["lr"] for g in opt.param_groups]
@@ -381,7 +395,7 @@ class MgNOModule(L.LightningModule):
                                                     div_factor=self.hparams.div_factor,
                                                     final_div_factor=self.hparams.final_div_factor,
                                                     pct_start=self.hparams.pct_start)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
 
     def figures(self) -> dict[str, Any]:
         """{"fields": coefficient | prediction | reference | error for the first test sample}."""

@@ -55,6 +55,23 @@ def test_fast_contract_paper_variants(experiment, extra):
     _close_figures(run.model.figures())
 
 
+def test_allen_cahn_variant_is_the_official_notebook():
+    """causal_pinn/allen_cahn composes the official Allen-Cahn notebook (Causal_PINNs_AC.ipynb): plain tanh MLP
+    [22, 128 x 4, 1] (M = 10 periodic modes on L = 2), one fixed tol = 100 for the whole run (no eps schedule), IC weight
+    100 outside the exponent, a fixed 100 x 256 linspace grid, 300,000 Adam iterations decayed x0.9 every 5,000."""
+    from launch.config import compose
+
+    cfg = compose(["experiment=causal_pinn/allen_cahn"])
+    m, d = cfg.model, cfg.data
+    assert (m.arch, m.width, m.depth, m.fourier_modes, m.length) == ("mlp", 128, 4, 10, 2.0)
+    assert list(m.epsilons) == [100.0] and m.max_steps_per_epsilon >= cfg.trainer.max_steps == 300_000
+    assert (m.ic_weight, m.ic_in_weights, d.n_t, d.n_x, d.sampling) == (100.0, False, 100, 256, "grid")
+    assert m.scheduler.gamma ** 5000 == pytest.approx(0.9) and m.optimizer.lr == 1e-3
+    net = CausalPINNModule(**{k: v for k, v in m.items() if k not in ("_target_", "optimizer", "scheduler",
+                                                                    "time_windows", "window_length")}).nets[0]
+    assert [p.shape for p in net.parameters() if p.ndim == 2] == [(128, 22), (128, 128), (128, 128), (128, 128), (1, 128)]
+
+
 def test_check1_weights_are_exact():
     """Card check 1: w = exp(-eps [0, L_1, L_1 + L_2, ...]) = exp(-eps M L) (M strictly lower triangular), w_1 = 1
     exactly, non-increasing."""

@@ -170,6 +170,41 @@ def test_default_loss_is_the_official_truncated_h1_summed_over_the_batch():
         MgNOModule(loss_reduction="max")
 
 
+def test_scheduler_interval_epoch_is_the_official_per_epoch_one_cycle(tmp_path):
+    """model.scheduler_interval=epoch (paper-scale variants): the official getOptimizerScheduler builds
+    OneCycleLR(steps_per_epoch=1, epochs=E) and steps it once after each epoch, so every batch of epoch e runs at the
+    schedule's value e of E; "step" (default) spreads the same curve over all batches; epoch needs max_epochs."""
+    from types import SimpleNamespace
+
+    from launch.errors import UserError
+
+    epochs, batches = 10, 3
+    module = MgNOModule(resolution=16, levels=[[1, 0]] * 3, num_channel_u=4, scheduler_interval="epoch")
+    module._trainer = SimpleNamespace(max_epochs=epochs, estimated_stepping_batches=epochs * batches)
+    conf = module.configure_optimizers()
+    assert conf["lr_scheduler"]["interval"] == "epoch"
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    ref_opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=5e-4)
+    ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=5e-4, div_factor=2.0, final_div_factor=100.0,
+                                              pct_start=0.2, steps_per_epoch=1, epochs=epochs)
+    for _ in range(epochs):  # Lightning steps an epoch-interval scheduler after each epoch, as the official loop
+        assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-12)
+        sched.step()
+        ref.step()
+    per_step = MgNOModule(resolution=16, levels=[[1, 0]] * 3, num_channel_u=4)
+    per_step._trainer = module._trainer
+    conf = per_step.configure_optimizers()
+    assert conf["lr_scheduler"]["interval"] == "step" and conf["lr_scheduler"]["scheduler"].total_steps == 30
+    module._trainer = SimpleNamespace(max_epochs=-1, estimated_stepping_batches=100)
+    with pytest.raises(UserError, match="max_epochs"):
+        module.configure_optimizers()
+    with pytest.raises(ValueError, match="scheduler_interval"):
+        MgNOModule(scheduler_interval="batch")
+    run = fast_run("mgno", *SMALL, f"data.cache_dir={tmp_path}", "model.scheduler_interval=epoch",
+                   "trainer.max_epochs=2", "trainer.max_steps=-1")
+    run.assert_contract()
+
+
 def test_bad_config_raises():
     with pytest.raises(ValueError, match="padding_mode"):
         MgNOModule(padding_mode="mirror")
