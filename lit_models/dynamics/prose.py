@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,10 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from launch.errors import check_min
 from lit_models.common.dynamics_metrics import SymbolicAccuracy
-from lit_models.dynamics.prose_symbolic import SymbolicTokenizer
+from lit_models.dynamics.prose_symbolic import SymbolicTokenizer, expression_rel_l2
 
 
 def _encoder(d: int, heads: int, ffn: int, layers: int, dropout: float, norm_first: bool) -> nn.TransformerEncoder:
@@ -288,7 +290,10 @@ class ProseModule(L.LightningModule):
     """PROSE trained on the multimodal ODE data. Metrics: `val|test/rel_l2` (relative L2 error of the data decoder on
     the query window, original scale, valid dims, mean over samples), `val|test/mse` (normalised scale),
     `val|test/valid_frac` (greedy decodes that parse as prefix expressions), `val|test/skeleton_acc` (decoded
-    skeleton == true skeleton), `val|test/symbol_token_acc` (teacher-forced next-token accuracy)."""
+    skeleton == true skeleton), `val|test/symbol_token_acc` (teacher-forced next-token accuracy), `val|test/text_rel_l2`
+    (official evaluate.py `text_loss`: relative L2 of the decoded right-hand side against the true one at 50 points
+    uniform in [-5, 5]^d, mean over the decodes that evaluate, not logged when none does; the points are seeded by batch
+    here, unseeded there)."""
 
     def __init__(self, max_dim: int = 3, float_precision: int = 3, dim_emb: int = 512, n_heads: int = 8,
                  dim_ffn: int = 2048, n_text_enc_layers: int = 4, n_data_enc_layers: int = 2,
@@ -323,6 +328,7 @@ class ProseModule(L.LightningModule):
                            data_decoder_attn, norm_first, layer_norm_eps)
         self.symbolic = nn.ModuleDict({f"{split}_{name}": SymbolicAccuracy() for split in ("val", "test")
                                        for name in ("symbol_token_acc", "valid_frac", "skeleton_acc")})
+        self.text_rel_l2 = nn.ModuleDict({split: MeanMetric(nan_strategy="ignore") for split in ("val", "test")})
         self._sample: dict[str, Any] | None = None
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
@@ -371,12 +377,17 @@ class ProseModule(L.LightningModule):
         ids = self.model.generate(memory, pad, self.tokenizer.bos_id, self.tokenizer.eos_id,
                                   self.hparams.max_gen_len).cpu()
         valid, skeleton = torch.zeros(bs, dtype=torch.bool), torch.zeros(bs, dtype=torch.bool)
+        rng = np.random.default_rng(batch_idx)
         for i in range(bs):
             expr = self.tokenizer.decode(ids[i])
             true = self.tokenizer.decode(batch["text_out"][i].cpu())
+            points = rng.uniform(-5.0, 5.0, size=(50, int(batch["dim_mask"][i].sum())))
             if expr is not None:
                 valid[i] = True
                 skeleton[i] = self.tokenizer.skeleton(expr) == self.tokenizer.skeleton(true)
+                err = expression_rel_l2(expr, true, points) if true is not None else None
+                if err is not None:
+                    self.text_rel_l2[split].update(torch.tensor(err))
         log = functools.partial(self.log, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         log(f"{split}/rel_l2", rel_l2, prog_bar=True)
         log(f"{split}/mse", mse)
@@ -409,6 +420,22 @@ class ProseModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min((s + 1) / warmup, math.sqrt(warmup / (s + 1))))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _log_text_rel_l2(self, split: str) -> None:
+        """Epoch value of text_rel_l2; not logged when no decode of the epoch could be evaluated (e.g. untrained)."""
+        metric = self.text_rel_l2[split]
+        with warnings.catch_warnings():  # every rank computes (a DDP sync), so all agree on logging or not
+            warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+            value = metric.compute()
+        if torch.isfinite(value):
+            self.log(f"{split}/text_rel_l2", value)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_text_rel_l2("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_text_rel_l2("test")
 
     def figures(self) -> dict[str, Any]:
         """{"trajectory": input data, true and predicted query window; with the generated expression

@@ -199,6 +199,23 @@ def eval_rhs(expr: Expression, u: np.ndarray) -> np.ndarray:
     return np.stack([sum(c * eval_monomial(m, u) for c, m in comp) for comp in expr], axis=-1)
 
 
+def expression_rel_l2(generated: Expression, true: Expression, points: np.ndarray, eps: float = 1e-6) -> float | None:
+    """The PROSE evaluation's symbolic error (official evaluate.py `text_loss`): relative L2 of the generated right-hand
+    side against the true one at `points` (official: 50 points uniform in [-5, 5]^d), sqrt(sum (f_gen - f_true)^2 /
+    (sum f_true^2 + eps)). None when the generated expression cannot be evaluated there (wrong number of components, a
+    variable beyond d, a non-finite value): the official leaves such decodes out of the mean."""
+    if len(generated) != len(true):
+        return None
+    try:
+        with np.errstate(all="ignore"):
+            gen, ref = eval_rhs(generated, points), eval_rhs(true, points)
+    except IndexError:
+        return None
+    if not np.all(np.isfinite(gen)):
+        return None
+    return float(np.sqrt(np.sum((gen - ref) ** 2) / (np.sum(ref ** 2) + eps)))
+
+
 # ---- the offline ODE families -----------------------------------------------------------------------------
 X0, X1, X2 = "x_0", "x_1", "x_2"
 X0X1, X0X2 = ("mul", X0, X1), ("mul", X0, X2)

@@ -22,6 +22,15 @@ def test_fast_contract(text_input):
     run.assert_contract()
     for key in ("test/rel_l2", "test/mse", "test/valid_frac", "test/skeleton_acc", "test/symbol_token_acc"):
         assert key in run.metrics, sorted(run.metrics)
+    # text_rel_l2 is logged only when some decode evaluates (not after 3 steps): decode the true ids instead
+    model, batch = run.model, next(iter(run.datamodule.test_dataloader()))
+    model.model.generate = lambda *args: batch["text_out"][:, 1:]
+    model.text_rel_l2["test"].reset()
+    model.log = lambda *args, **kwargs: None  # outside a trainer
+    with torch.inference_mode():  # the metric states are inference tensors after trainer.test
+        model._evaluate(batch, "test", 0)
+    assert model.text_rel_l2["test"].update_count > 0
+    assert model.text_rel_l2["test"].compute().item() == pytest.approx(0.0, abs=1e-9)
     assert (run.model.model.text_encoder is not None) == text_input
     figs = run.model.figures()
     assert set(figs) == {"trajectory"}
@@ -52,6 +61,23 @@ def test_tokenizer_round_trip_1000_random_expressions():
     assert tok.encode_expression(lv, skeleton=True) == [
         "add", "mul", "<c>", "x_0", "mul", "<c>", "mul", "x_0", "x_1", "|",
         "add", "mul", "<c>", "mul", "x_0", "x_1", "mul", "<c>", "x_1"]
+
+
+def test_expression_error_is_the_official_text_loss():
+    """expression_rel_l2 = official evaluate.py text_loss: sqrt(sum (f_gen - f_true)^2 / (sum f_true^2 + 1e-6)) at the
+    points; 0 for the true expression, the relative size of a perturbation otherwise; None (left out of the mean) for a
+    decode with another number of components, a variable beyond d or a non-finite value."""
+    from lit_models.dynamics.prose_symbolic import expression_rel_l2
+
+    fam = FAMILIES["van_der_pol"]
+    true = fam.expression(fam.nominal)
+    points = np.random.default_rng(0).uniform(-5, 5, size=(50, 2))
+    assert expression_rel_l2(true, true, points) == 0.0
+    scaled = [[(1.1 * c, m) for c, m in comp] for comp in true]
+    assert expression_rel_l2(scaled, true, points) == pytest.approx(0.1, rel=1e-6)
+    assert expression_rel_l2(true[:1], true, points) is None
+    assert expression_rel_l2([[(1.0, "x_2")], [(1.0, "x_0")]], true, points) is None
+    assert expression_rel_l2([[(np.inf, "x_0")], [(1.0, "x_0")]], true, points) is None
 
 
 def test_text_corruption_keeps_target_and_changes_input():
