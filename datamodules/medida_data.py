@@ -290,7 +290,7 @@ def cached_qg(cache_dir=None, **kwargs) -> dict:
     import json
     import os
 
-    key = json.dumps({**kwargs, "v": 1}, sort_keys=True)
+    key = json.dumps({**kwargs, "v": 2}, sort_keys=True)  # v2: Robert-Asselin filter from the third step
     folder = qg_cache_dir(cache_dir)
     path = folder / f"qg_{kwargs.get('nx')}x{kwargs.get('ny')}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
     if path.is_file():

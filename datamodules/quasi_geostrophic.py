@@ -13,7 +13,7 @@ J(a, b) = a_x b_y - a_y b_x; psi_R is the equilibrium interface, the meridional 
 u_eq(y) = U (sech^2(y / sigma) - sech^2(y_b / sigma)) (y_b: distance to the channel wall); the sponge
 S(y) = U sech^2(y_b / sigma) damps eddies near the walls; D8 = k_x^8 + k_y^8 (hyperviscosity, implicit).
 Doubly periodic pseudo-spectral grid (N x N2 points on Lx x Ly), Orszag 3/2-rule de-aliasing of the Jacobians,
-leapfrog in time (a forward step first) with a Robert-Asselin filter of coefficient g.
+leapfrog in time (a forward step first) with a Robert-Asselin filter of coefficient g (from the third step on).
 
 Paper values (defaults of `QGParams`): N = 96, N2 = 192, Lx = 46, Ly = 68, beta = 0.196, sigma = 3.5, U = 1,
 tau_d = 0.01, tau_f = 0.07, nu = 1e-6, dt = 0.025, g = 0.04; spin-up 10,000 steps, then a snapshot every 40 steps
@@ -169,7 +169,9 @@ class TwoLayerQG:
             q_next = (state.q_now + p.dt * rhs) / (1.0 + p.dt * p.nu * self.hyper)
             return QGState(state.q_now, q_next, 1)
         q_next = (state.q_prev + 2 * p.dt * rhs) / (1.0 + 2 * p.dt * p.nu * self.hyper)
-        q_now = state.q_now + p.robert * (state.q_prev - 2 * state.q_now + q_next)  # Robert-Asselin filter
+        q_now = state.q_now
+        if state.step > 1:  # Robert-Asselin filter from the third step on (official QGfun: `if i > 1`)
+            q_now = q_now + p.robert * (state.q_prev - 2 * state.q_now + q_next)
         return QGState(q_now, q_next, state.step + 1)
 
     def run(self, state: QGState, n_steps: int, save_every: int = 1) -> tuple[np.ndarray, QGState]:

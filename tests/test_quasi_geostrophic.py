@@ -44,6 +44,25 @@ def test_barotropic_rossby_wave_travels_west_at_beta_over_k2():
     np.testing.assert_allclose(out[-1, 1], out[-1, 0], atol=1e-12)  # stays barotropic
 
 
+def test_robert_asselin_filter_starts_at_the_third_step():
+    """Official QGfun: forward step at i = 0, leapfrog from i = 1, the filter q_now += g (q_prev - 2 q_now + q_next)
+    only when i > 1: after two steps the filtered and the unfiltered (g = 0) solvers agree exactly, after three they
+    differ, and the third step's filter is the formula applied to the unfiltered states."""
+    rng = np.random.default_rng(2)
+    psi0 = 0.1 * rng.standard_normal((2, 64, 32))
+    runs = {g: TwoLayerQG(QGParams(nx=32, ny=64, robert=g)) for g in (0.04, 0.0)}
+    states = {g: m.state_from_psi(psi0) for g, m in runs.items()}
+    for _ in range(2):
+        states = {g: runs[g].step(s) for g, s in states.items()}
+    np.testing.assert_array_equal(states[0.04].q_now, states[0.0].q_now)
+    np.testing.assert_array_equal(states[0.04].q_prev, states[0.0].q_prev)
+    before = states[0.0]
+    after = {g: runs[g].step(s) for g, s in states.items()}
+    assert np.abs(after[0.04].q_prev - after[0.0].q_prev).max() > 0
+    filtered = before.q_now + 0.04 * (before.q_prev - 2 * before.q_now + after[0.0].q_now)
+    np.testing.assert_allclose(after[0.04].q_prev, filtered, rtol=0, atol=1e-12)
+
+
 def test_unforced_inviscid_flow_conserves_energy():
     p = QGParams(nx=32, ny=64, **FREE)
     model = TwoLayerQG(p)
