@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from benchmarks.timing import check_device
+from datamodules.dysts_data import official_input_lengths
 from launch.errors import UserError
 
 SUMMARY = ("Forecast sMAPE (%) of naive / ridge AR / N-BEATS-lite per dysts system (offline default: 25 steps = half "
@@ -173,25 +174,6 @@ def _nbeats_one_step(history: np.ndarray, lags: int, horizon: int, epochs: int, 
     window = torch.as_tensor(history[None, -lags:], dtype=torch.float32, device=device)
     with torch.no_grad():
         return roll_forward(model, window, horizon).double().cpu().numpy()
-
-
-def official_input_lengths(path: str | os.PathLike) -> dict[str, int]:
-    """System -> NBEATSModel input_chunk_length from the official hyperparameter JSON (systems without an entry are
-    left out)."""
-    import json
-
-    try:
-        table = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"--hyperparameters {path}: not a readable JSON file ({type(err).__name__})") from None
-    if not isinstance(table, dict):
-        raise UserError(f"--hyperparameters {path}: expected an object of systems")
-    out = {}
-    for name, models in table.items():
-        spec = models.get("NBEATSModel") if isinstance(models, dict) else None
-        if isinstance(spec, dict) and isinstance(spec.get("input_chunk_length"), int):
-            out[name] = spec["input_chunk_length"]
-    return out
 
 
 def _nbeats(train: np.ndarray, xte: np.ndarray, steps: int, seed: int = 0, horizon: int = HORIZON,

@@ -147,6 +147,23 @@ def _lyapunov_per_step(name: str, dt: float) -> float | None:
     return lyap * dt if np.isfinite(lyap * dt) else None
 
 
+def official_input_lengths(path: str | Path) -> dict[str, int]:
+    """System -> NBEATSModel input_chunk_length from the official hyperparameter JSON (systems without an entry are
+    left out)."""
+    try:
+        table = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"hyperparameters {path}: not a readable JSON file ({type(err).__name__})") from None
+    if not isinstance(table, dict):
+        raise UserError(f"hyperparameters {path}: expected an object of systems")
+    out = {}
+    for name, models in table.items():
+        spec = models.get("NBEATSModel") if isinstance(models, dict) else None
+        if isinstance(spec, dict) and isinstance(spec.get("input_chunk_length"), int):
+            out[name] = spec["input_chunk_length"]
+    return out
+
+
 class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
     """The paper's published benchmark trajectories of one system (Sec. 3 datasets, Sec. 4 forecasting split)."""
 
@@ -158,6 +175,7 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
         univariate: bool = True,       # the univariate files (the paper's forecasting table)
         coordinate: int = 0,           # which coordinate of a multivariate file
         lags: int | None = None,       # input window; None: one dominant period (100 / 15 points)
+        hyperparameters: str | None = None,  # official hyperparameter JSON: lags = the system's input_chunk_length
         horizon: int | None = None,    # None: the whole held-out sixth (200 / 30 points), as in the paper
         train_horizon: int | None = None,  # targets per training window; None: horizon (1: a one-step model's)
         batch_size: int = 64,
@@ -171,6 +189,8 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
         dataset_filename("test", granularity, noise, univariate)  # validates granularity early
         self.name = system
         self.lags = int(lags) if lags is not None else GRANULARITY[granularity]
+        if hyperparameters is not None:  # the official per-system N-BEATS input length, one period where it has none
+            self.lags = official_input_lengths(hyperparameters).get(system, GRANULARITY[granularity])
         self.horizon = int(horizon) if horizon is not None else None
         check_min("data", 1, lags=self.lags, horizon=self.horizon, train_horizon=train_horizon)
         self._loaded = False

@@ -185,6 +185,29 @@ def test_one_step_model_rolls_forward_and_trains_on_next_points(tmp_path):
     assert dm.test_set.tensors[1].shape[1] == 30
 
 
+def test_official_hyperparameter_file_sets_the_systems_input_length(tmp_path):
+    """data.hyperparameters = the official hyperparameters_train_univariate__*.json: lags = the system's NBEATSModel
+    input_chunk_length (one period for a system without an entry); an unreadable file is a one-line error."""
+    import json
+
+    from launch.errors import UserError
+
+    write_fixture(tmp_path / "d", granularities=("coarse",), noise_options=(False,))
+    hp = tmp_path / "hp.json"
+    hp.write_text(json.dumps({"Lorenz": {"NBEATSModel": {"input_chunk_length": 5}, "RNNModel": {}},
+                              "Rossler": {"RNNModel": {"input_chunk_length": 10}}}))
+    dm = DystsPrecomputedDataModule(system="Lorenz", granularity="coarse", train_horizon=1, hyperparameters=str(hp),
+                                    data_dir=str(tmp_path / "d"))
+    dm.setup()
+    assert dm.lags == 5 and dm.train_set.tensors[0].shape == (150 - 5, 5)
+    other = DystsPrecomputedDataModule(system="Rossler", granularity="coarse", hyperparameters=str(hp),
+                                       data_dir=str(tmp_path / "d"))
+    assert other.lags == 15
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(UserError, match="not a readable JSON"):
+        DystsPrecomputedDataModule(system="Lorenz", hyperparameters=str(tmp_path / "bad.json"))
+
+
 TINY = ["model.width=16", "model.num_layers=1", "model.num_blocks=2", "data.batch_size=8",
         "trainer.check_val_every_n_epoch=1"]
 
