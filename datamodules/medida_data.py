@@ -196,22 +196,37 @@ class MedidaDataModule(_WholeDatasetLoaders, L.LightningDataModule):
 
 
 # ===================================================================================== two-layer QG (paper setting)
-# Cases of the official `QGlib_v2.case_select` (the paper's numbering): 1 perfect model, 2 bottom friction
-# tau_f + 0.3, 3 interface relaxation tau_d + 0.1, 4 both. The "model" is the same solver with the changed rates.
-QG_CASES = {1: (False, False), 2: (True, False), 3: (False, True), 4: (True, True)}  # (tau_f error, tau_d error)
+# Model-error cases of the official code (the "model" is the same solver with changed rates). QGlib.case_select:
+# 1 perfect model, 2 bottom friction tau_f + 0.3, 3 interface relaxation tau_d + 0.1, 4 both (its header maps the
+# paper's cases 1 / 2 to 3A / 4A). QGlib_v2.case_select (the 1000 series; its cases 1-4 are commented out there):
+# 1001 tau_d + 0.1, 1002 tau_d + 0.1 and tau_f + 0.3, 1003 no relaxation (tau_d = 0), 1004 the nonlinear error c_me_jac
+# = 0.5 (half the advection), 1005 tau_d + 0.1, tau_f + 0.3 and no advection (c_me_jac = 0), 1006 tau_f + 0.3,
+# 1007 no friction (tau_f = 0). Each: (tau_f, tau_d, Jacobian coefficient) as functions of the truth's values and the
+# two error sizes. (1008 / 1009 change the relaxation of psi_R alone / beta in a way the v2 setup does not apply
+# consistently: not offered.)
+_KEEP = None
+QG_CASES = {
+    1: (_KEEP, _KEEP, _KEEP), 2: ("+f", _KEEP, _KEEP), 3: (_KEEP, "+d", _KEEP), 4: ("+f", "+d", _KEEP),
+    1001: (_KEEP, "+d", _KEEP), 1002: ("+f", "+d", _KEEP), 1003: (_KEEP, 0.0, _KEEP), 1004: (_KEEP, _KEEP, 0.5),
+    1005: ("+f", "+d", 0.0), 1006: ("+f", _KEEP, _KEEP), 1007: (0.0, _KEEP, _KEEP),
+}
 
 QG_LIBRARY_TERMS = ("lap psi1", "lap psi2", "(d_x+d_y) psi1", "(d_x+d_y) psi2", "psi1", "psi2", "psi_R",
                     "J(psi1, q1-beta y)", "J(psi2, q2-beta y)", "y")
 
 
 def qg_model_params(truth, case: int = 2, tau_f_error: float = 0.3, tau_d_error: float = 0.1):
-    """QGParams of the imperfect model of `case` (1-4) built from the truth's parameters."""
+    """QGParams of the imperfect model of `case` (QG_CASES) built from the truth's parameters."""
     if case not in QG_CASES:
         raise ValueError(f"unknown QG model-error case {case!r}; available: {sorted(QG_CASES)} "
-                         "(1 perfect, 2 tau_f error, 3 tau_d error, 4 both)")
-    f_err, d_err = QG_CASES[case]
-    return truth.with_(tau_f=truth.tau_f + (tau_f_error if f_err else 0.0),
-                       tau_d=truth.tau_d + (tau_d_error if d_err else 0.0))
+                         "(1 perfect, 2 tau_f error, 3 tau_d error, 4 both; 1001-1007: QGlib_v2, 1004 nonlinear)")
+    f_spec, d_spec, jac = QG_CASES[case]
+
+    def value(spec, current, error):
+        return current if spec is _KEEP else current + error if spec in ("+f", "+d") else float(spec)
+
+    return truth.with_(tau_f=value(f_spec, truth.tau_f, tau_f_error), tau_d=value(d_spec, truth.tau_d, tau_d_error),
+                       jacobian_coefficient=value(jac, truth.jacobian_coefficient, 0.0))
 
 
 def qg_true_coefficients(truth, model) -> np.ndarray:
@@ -219,8 +234,13 @@ def qg_true_coefficients(truth, model) -> np.ndarray:
 
     From the solver's equations: d q2/dt contains -tau_f lap psi2, so truth - model = (tau_f^m - tau_f^r) lap psi2
     (case 2: +0.3 lap psi2 in layer 2); d q1/dt contains +tau_d (psi1 - psi2 - psi_R) and d q2/dt the opposite,
-    so truth - model = (tau_d^r - tau_d^m) (psi1 - psi2 - psi_R) in layer 1 and minus that in layer 2."""
+    so truth - model = (tau_d^r - tau_d^m) (psi1 - psi2 - psi_R) in layer 1 and minus that in layer 2; both layers
+    advect with -c J(psi_k, q_k - beta y) (no topography here), so truth - model = (c^m - c^r) J(psi_k, q_k - beta y)
+    in layer k (case 1004: -0.5 J in each layer)."""
     c = np.zeros((2, len(QG_LIBRARY_TERMS)))
+    dj = model.jacobian_coefficient - truth.jacobian_coefficient
+    c[0, QG_LIBRARY_TERMS.index("J(psi1, q1-beta y)")] = dj
+    c[1, QG_LIBRARY_TERMS.index("J(psi2, q2-beta y)")] = dj
     c[1, 1] = model.tau_f - truth.tau_f
     dd = truth.tau_d - model.tau_d
     for layer, sign in ((0, 1.0), (1, -1.0)):
@@ -309,7 +329,8 @@ class MedidaQGDataModule(_WholeDatasetLoaders, L.LightningDataModule):
 
     Truth: the two-layer QG solver (datamodules.quasi_geostrophic, case-1 physics) spun up for `spinup` steps,
     `n_snapshots` states `snapshot_every` steps apart, and one truth step from each (t + dt). Model: the same
-    solver with the error of `case` (2: tau_f + tau_f_error, 3: tau_d + tau_d_error, 4: both, 1: none).
+    solver with the error of `case` (2: tau_f + tau_f_error, 3: tau_d + tau_d_error, 4: both, 1: none; QGlib_v2's
+    1001-1007, e.g. 1004: the nonlinear error, half the advection; see QG_CASES).
     Observations of psi1, psi2 at both times: a fixed random `sensor_ratio` of the grid points (the same sensors
     for every field, as `init_net.py`), plus Gaussian noise of `noise` x std(psi_k) of that field
     (ModelErrorQGarg.py: SENSOR_RATIO 0.25, NOISE_MAG 0.001). Truth states are cached under `cache_dir`

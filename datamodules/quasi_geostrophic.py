@@ -42,6 +42,7 @@ class QGParams:
     nu: float = 1e-6        # hyperviscosity on k_x^8 + k_y^8
     dt: float = 0.025
     robert: float = 0.04    # leapfrog (Robert-Asselin) filter coefficient g
+    jacobian_coefficient: float = 1.0  # c_me_jac of the official QGlib_v2: the advection is -c J(psi, q)
     sponge: bool = True
     dealias: bool = True
 
@@ -137,7 +138,7 @@ class TwoLayerQG:
         psi_hat = self.psi_from_pv(q_hat)
         topo_hat = self.to_spectral(self.topography)
         advected = np.stack([q_hat[0], q_hat[1] + topo_hat])
-        rhs = -self.jacobian(psi_hat, advected) - p.beta * 1j * self.kx * psi_hat
+        rhs = -p.jacobian_coefficient * self.jacobian(psi_hat, advected) - p.beta * 1j * self.kx * psi_hat
         psi = self.to_grid(psi_hat)
         relax = p.tau_d * (psi[0] - psi[1] - self.psi_r)
         forcing = np.stack([relax, -relax])
