@@ -249,6 +249,10 @@ def test_variant_fast_contract(tmp_path, name):
     assert not hp.bias_field  # official MgNO_DC / MgNO_NS / MgNO_helm: no bias field (paper-size parameter counts)
     if name == "navier_stokes":
         assert hp.skip and hp.layer_norm and not hp.pointwise and not hp.bias_field and hp.loss == "l2"
+    if name == "helmholtz":  # official --model_type MgNO_helm trained with HSloss_d
+        from lit_models.pde.mgno_helm import MgNOHelm
+
+        assert isinstance(run.model.net, MgNOHelm) and hp.loss == "fd_h1" and hp.loss_reduction == "mean"
     import matplotlib.pyplot as plt
 
     plt.close("all")

@@ -36,8 +36,12 @@ from torch import Tensor, nn
 
 from launch.errors import UserError
 from lit_models.common.pde import RelativeL2, relative_l2
+from lit_models.pde.mgno_helm import MgNOHelm, fd_h1_error
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
 def parse_levels(levels: Sequence[Any] | str) -> list[list[int]]:
@@ -187,9 +191,8 @@ class MgNO(nn.Module):
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if num_layer < 1 or num_channel_u < 1 or in_channels < 1:
             raise ValueError("num_layer, num_channel_u and in_channels must be >= 1")
-        acts = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
-        if activation not in acts:
-            raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         lv = parse_levels(levels)
         if resolution < 2 ** (len(lv) - 1):
             raise ValueError(f"{len(lv)} levels need a grid of at least {2 ** (len(lv) - 1)} points, got {resolution}")
@@ -203,7 +206,7 @@ class MgNO(nn.Module):
             if pointwise else None
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(num_channel_u, resolution, resolution))
                                         for _ in range(num_layer)]) if bias_field else None
-        self.act = acts[activation]()
+        self.act = ACTIVATIONS[activation]()
         self.readout = nn.Conv2d(num_channel_u, out_channels, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -256,6 +259,23 @@ def boundary_ring(shape: Sequence[int], device: torch.device | None = None) -> T
     return m
 
 
+def build_mgno_helm(in_channels: int, num_layer: int, num_channel_u: int, levels: Sequence[Any] | str,
+                    resolution: int, activation: str, **darcy_only: bool) -> MgNOHelm:
+    """`architecture="helm"`: the official MgNO_helm from the same level spec (pre-smoothings per level; it has no
+    post-smoothing) and sizes. Its smoothers pad by reflection and its restrictions not at all, so padding_mode,
+    pointwise, conv_bias and prolongation_kernel do not enter; the Darcy-only switches must stay off."""
+    on = sorted(k for k, v in darcy_only.items() if v)
+    if on:
+        raise ValueError(f"architecture=helm has no {', '.join(on)} (official MgNO_helm): set them false")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    lv = parse_levels(levels)
+    if any(post for _, post in lv):
+        raise ValueError(f"architecture=helm has no post-smoothing: levels must be 'p0' tokens, got {levels}")
+    iterations = [pre for pre, _ in lv]
+    return MgNOHelm(in_channels, num_layer, num_channel_u, iterations, resolution, ACTIVATIONS[activation]())
+
+
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=5e-4, weight_decay=1e-4)
 
 
@@ -263,10 +283,13 @@ class MgNOModule(L.LightningModule):
     """Trains MgNO on coefficient -> solution pairs with the relative H1 (or L2) loss, Adam + OneCycle
     (div_factor 2, final_div_factor 100, pct_start 0.2), stepped per batch (`scheduler_interval="step"`) or, as the
     official scripts do (`OneCycleLR(steps_per_epoch=1, epochs=E)`, one `scheduler.step()` an epoch), once per
-    epoch over trainer.max_epochs (`scheduler_interval="epoch"`, the paper-scale variants). As in the official code the loss is the
-    sum of the per-sample errors over the batch (`loss_reduction="sum"`, LpLoss / HsLoss(size_average=False); with
-    Adam's coupled weight decay the loss scale matters) and the H1 weights are truncated at |k| = 20
-    (`h1_truncation`, also for the val/test H1 metric); "mean" and None are the CPU-scale experiments' choices.
+    epoch over trainer.max_epochs (`scheduler_interval="epoch"`, the paper-scale variants). `architecture="helm"`
+    builds the official Helmholtz network (lit_models.pde.mgno_helm.MgNOHelm) instead of the MgNO_DC layers, and
+    `loss="fd_h1"` is its absolute finite-difference H1 loss (helm.py's HSloss_d, batch mean). As in the official
+    code the loss is the sum of the per-sample errors over the batch (`loss_reduction="sum"`, LpLoss /
+    HsLoss(size_average=False); with Adam's coupled weight decay the loss scale matters) and the H1 weights are
+    truncated at |k| = 20 (`h1_truncation`, also for the val/test H1 metric); "mean" and None are the CPU-scale
+    experiments' choices.
     `output_normalizer` (official `--normalizer`, with `data.normalizer_type` GN or PGN): the network's output is
     decoded as out x std(x, y) + mean(x, y), the statistics of the training solutions (one value for GN, per grid point
     for PGN), so the loss compares raw solutions.
@@ -281,11 +304,13 @@ class MgNOModule(L.LightningModule):
                  loss: str = "h1", loss_reduction: str = "sum", h1_truncation: int | None = 20,
                  div_factor: float = 2.0, final_div_factor: float = 100.0, pct_start: float = 0.2,
                  output_normalizer: bool = False, prolongation_kernel: int | str = 4,
-                 scheduler_interval: str = "step",
+                 scheduler_interval: str = "step", architecture: str = "dc",
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
-        if loss not in ("h1", "l2"):
-            raise ValueError(f"loss must be 'h1' or 'l2', got {loss!r}")
+        if loss not in ("h1", "l2", "fd_h1"):
+            raise ValueError(f"loss must be 'h1', 'l2' or 'fd_h1' (helm.py's absolute HSloss_d), got {loss!r}")
+        if architecture not in ("dc", "helm"):
+            raise ValueError(f"architecture must be 'dc' (MgNO_DC layers) or 'helm' (MgNO_helm), got {architecture!r}")
         if loss_reduction not in ("sum", "mean"):
             raise ValueError(f"loss_reduction must be 'sum' (official) or 'mean', got {loss_reduction!r}")
         if scheduler_interval not in ("step", "epoch"):
@@ -296,8 +321,12 @@ class MgNOModule(L.LightningModule):
             levels = [list(p) if isinstance(p, (list, tuple)) else p for p in levels]
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
-        self.net = MgNO(in_channels, 1, num_layer, num_channel_u, levels, padding_mode, use_res, layer_norm,
-                        bias_field, resolution, activation, skip, pointwise, conv_bias, prolongation_kernel)
+        if architecture == "helm":
+            self.net = build_mgno_helm(in_channels, num_layer, num_channel_u, levels, resolution, activation,
+                                       bias_field=bias_field, skip=skip, use_res=use_res, layer_norm=layer_norm)
+        else:
+            self.net = MgNO(in_channels, 1, num_layer, num_channel_u, levels, padding_mode, use_res, layer_norm,
+                            bias_field, resolution, activation, skip, pointwise, conv_bias, prolongation_kernel)
         if output_normalizer:  # the training solutions' mean / std fields (std + 1e-5), set from the data at fit start
             self.register_buffer("y_mean", torch.zeros(resolution, resolution))
             self.register_buffer("y_std", torch.ones(resolution, resolution))
@@ -342,6 +371,8 @@ class MgNOModule(L.LightningModule):
         hp = self.hparams
         if hp.loss == "h1":
             err = relative_h1(pred, y, hp.h1_truncation)
+        elif hp.loss == "fd_h1":
+            err = fd_h1_error(at_least_float32(pred), at_least_float32(y))
         else:
             err = relative_l2(at_least_float32(pred), at_least_float32(y))
         return err.sum() if hp.loss_reduction == "sum" else err.mean()
