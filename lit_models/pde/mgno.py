@@ -421,6 +421,10 @@ class MgNOModule(L.LightningModule):
             total = int(self.trainer.estimated_stepping_batches)
         if total < 1 or total > 10**9:
             return {"optimizer": opt}
+        if float(self.hparams.pct_start * max(total, 2)) == 1.0:  # torch's warm-up phase would span 0 steps (0 / 0)
+            raise UserError(f"model.pct_start={self.hparams.pct_start} of a OneCycle over {max(total, 2)} "
+                            f"{interval}s leaves a warm-up of one step, which torch cannot anneal: change the number "
+                            "of epochs / steps or pct_start")
         max_lr = [g["lr"] for g in opt.param_groups]
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=max(total, 2),
                                                     div_factor=self.hparams.div_factor,

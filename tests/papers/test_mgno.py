@@ -200,6 +200,9 @@ def test_scheduler_interval_epoch_is_the_official_per_epoch_one_cycle(tmp_path):
         module.configure_optimizers()
     with pytest.raises(ValueError, match="scheduler_interval"):
         MgNOModule(scheduler_interval="batch")
+    module._trainer = SimpleNamespace(max_epochs=5, estimated_stepping_batches=15)  # 0.2 x 5 = one warm-up epoch
+    with pytest.raises(UserError, match="pct_start"):
+        module.configure_optimizers()
     run = fast_run("mgno", *SMALL, f"data.cache_dir={tmp_path}", "model.scheduler_interval=epoch",
                    "trainer.max_epochs=2", "trainer.max_steps=-1")
     run.assert_contract()
