@@ -24,6 +24,7 @@ def test_fast_contract(text_input):
         assert key in run.metrics, sorted(run.metrics)
     # text_rel_l2 is logged only when some decode evaluates (not after 3 steps): decode the true ids instead
     model, batch = run.model, next(iter(run.datamodule.test_dataloader()))
+    batch = {k: v.to(model.dtype) if v.is_floating_point() else v for k, v in batch.items()}  # as the trainer (64-true)
     model.model.generate = lambda *args: batch["text_out"][:, 1:]
     model.text_rel_l2["test"].reset()
     model.log = lambda *args, **kwargs: None  # outside a trainer
