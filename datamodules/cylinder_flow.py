@@ -258,22 +258,28 @@ def _trapz_mean(f: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...ij,i,j->...", f, w, w)
 
 
-def cylinder_monitor(nodes: np.ndarray, values: np.ndarray, res: int, monitor_scale: float,
-                     chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def cylinder_monitor(nodes: np.ndarray, values: np.ndarray, res: int, monitor_scale: float, chunk: int = 256,
+                     with_gradient: bool = False) -> tuple[np.ndarray, ...]:
     """Monitor (N, res, res) on the uniform res x res grid of the unit square ([j, i] = (y_j, x_i)) and c (N,) for
-    node values (N, V): m = 1 + |grad u| / (monitor_scale alpha), alpha and c domain averages (trapezoid rule)."""
+    node values (N, V): m = 1 + |grad u| / (monitor_scale alpha), alpha and c domain averages (trapezoid rule).
+    with_gradient: also grad u (N, 2, res, res) on that grid (the official uni_ux_, uni_uy_: the exact gradient of the
+    kernel interpolant) and the monitor's normaliser monitor_scale alpha (N,), the pulled-back monitor's inputs."""
     s = torch.linspace(0.0, 1.0, res, dtype=torch.float64)
     X, Y = torch.meshgrid(s, s, indexing="xy")
     q = torch.stack([X, Y], -1).reshape(-1, 2)
     nd = torch.as_tensor(nodes, dtype=torch.float64)
     vals = torch.as_tensor(values, dtype=torch.float64)
-    grads = torch.empty(len(vals), res * res)
+    grads = torch.empty(len(vals), res * res, 2, dtype=torch.float64)
     for a in range(0, len(q), chunk):  # chunks of query points bound the (Q, V, 2) kernel arrays
-        grads[:, a:a + chunk] = kernel_interpolant(nd, vals, q[a:a + chunk])[1].norm(dim=-1).float()
-    d = grads.double().reshape(-1, res, res)
-    alpha = _trapz_mean(d)
-    m = 1.0 + d / (monitor_scale * alpha.clamp_min(1e-12))[:, None, None]
-    return m.float().numpy(), _trapz_mean(m).float().numpy()
+        grads[:, a:a + chunk] = kernel_interpolant(nd, vals, q[a:a + chunk])[1]
+    d = grads.norm(dim=-1).float().double().reshape(-1, res, res)  # |grad u| rounded to float32 as stored before
+    norm = monitor_scale * _trapz_mean(d).clamp_min(1e-12)
+    m = 1.0 + d / norm[:, None, None]
+    out = (m.float().numpy(), _trapz_mean(m).float().numpy())
+    if with_gradient:
+        grad = grads.reshape(-1, res, res, 2).permute(0, 3, 1, 2).float().contiguous()
+        out += (grad.numpy(), norm.numpy())
+    return out
 
 
 # ========================================================================================= Navier-Stokes cache
@@ -299,8 +305,10 @@ def cached_ns_dataset(folder: str | Path | None, **params) -> tuple[torch.Tensor
 # ================================================================================================ datamodule
 class _Frames(Dataset):
     def __init__(self, u: np.ndarray, pos: np.ndarray, monitor: np.ndarray, c: np.ndarray, tri: np.ndarray,
-                 flows: np.ndarray, field: int, ref: tuple | None = None) -> None:
+                 flows: np.ndarray, field: int, ref: tuple | None = None,
+                 gradient: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.u, self.monitor, self.c, self.flows, self.field = u, monitor, c, flows, field
+        self.gradient = gradient  # (grad u (N, 2, R, R), monitor_scale alpha (N,)) with data.with_gradient
         self.ref = None if ref is None else (torch.tensor(ref[0], dtype=torch.float32),
                                              torch.tensor(ref[1], dtype=torch.long), ref[2])
         self.pos = torch.tensor(pos, dtype=torch.float32)
@@ -320,6 +328,8 @@ class _Frames(Dataset):
         if self.ref is not None:
             item |= {"ref_pos": self.ref[0], "ref_tri": self.ref[1],
                      "ref_val": torch.tensor(self.ref[2][i], dtype=torch.float32)}
+        if self.gradient is not None:
+            item |= {"grad": torch.tensor(self.gradient[0][i]), "monitor_norm": torch.tensor(self.gradient[1][i])}
         return item
 
 
@@ -334,14 +344,16 @@ class CylinderFlowDataModule(L.LightningDataModule):
     trajectories (official 80); drop_first: leading time steps dropped (official 10). n_traj / n_steps / n_ring /
     centre / radius: the offline generator (unit-square coordinates). monitor_res: the monitor grid (null: int(sqrt(V)),
     official). batch_size / steps_per_epoch / passes_per_epoch: as `datamodules.meshes.FrontFieldDataModule`.
-    n_test_frames: at most this many test frames (evenly spaced; null: all)."""
+    n_test_frames: at most this many test frames (evenly spaced; null: all). with_gradient: items also carry "grad"
+    (2, R, R), grad u of the kernel interpolant on the monitor grid, and "monitor_norm" (monitor_scale alpha), for the
+    official pulled-back monitor (model.monitor_gradient=pulled_back)."""
 
     def __init__(self, name: str = "potential", n_nodes: int = 600, n_ring: int = 40, centre: tuple = (0.3, 0.5),
                  radius: float = 0.1, n_traj: int = 24, n_steps: int = 16, n_train_traj: int = 20,
                  drop_first: int = 10, field: int = 2, monitor_res: int | None = None, monitor_scale: float = 0.01,
                  hole_radius_factor: float = 1.5, batch_size: int = 8, steps_per_epoch: int | None = 50,
                  passes_per_epoch: float = 1.0, n_test_frames: int | None = 16, data_dir: str | None = None,
-                 path: str | None = None, ns: dict | None = None, seed: int = 0) -> None:
+                 path: str | None = None, ns: dict | None = None, with_gradient: bool = False, seed: int = 0) -> None:
         super().__init__()
         if name not in ("potential", "navier_stokes", "cylinder_rot_tri"):
             raise UserError(f"data.name: unknown cylinder dataset {name!r}; available: potential (offline), "
@@ -414,8 +426,8 @@ class CylinderFlowDataModule(L.LightningDataModule):
                 idx = np.linspace(0, len(u) - 1, limit).round().astype(int)
                 u, fl = u[idx], fl[idx]
                 ref = None if ref is None else (ref[0], ref[1], ref[2][idx])
-            m, c = cylinder_monitor(pos, u, res, hp.monitor_scale)
-            return _Frames(u, pos, m, c, self.tri, fl, hp.field, ref)
+            m, c, *gradient = cylinder_monitor(pos, u, res, hp.monitor_scale, with_gradient=hp.with_gradient)
+            return _Frames(u, pos, m, c, self.tri, fl, hp.field, ref, tuple(gradient) or None)
 
         self.train_set = frames(slice(0, hp.n_train_traj), None)
         self.test_set = frames(slice(hp.n_train_traj, None), hp.n_test_frames)

@@ -456,7 +456,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             if self.hparams.monitor_gradient == "pulled_back":
                 if "grad" not in batch:
                     raise UserError("model.monitor_gradient=pulled_back needs the fields' gradients: set "
-                                    "data.with_gradient=true (fronts and Burgers fields)")
+                                    "data.with_gradient=true (fronts, Burgers and cylinder fields)")
                 m = pulled_back_monitor(self._cast(batch["grad"]).clone(), self._cast(batch["monitor_norm"]).clone(),
                                         x, hess, self.hparams.gradient_interp)
             else:

@@ -110,6 +110,37 @@ def test_loader_reads_the_official_format(tmp_path):
     assert M.count_inverted(dm.pos, dm.tri) == 0 and len(hole_boundary_edges(dm.pos, dm.tri)) == 16
 
 
+def test_pulled_back_monitor_inputs_and_paper_variant_on_the_official_format(tmp_path):
+    """data.with_gradient: each frame also carries grad u of the softmax-kernel interpolant on the monitor grid (the
+    official uni_ux_, uni_uy_: autograd of the interpolant, here its exact gradient) and monitor_scale alpha, with
+    |grad u| / (monitor_scale alpha) = m - 1; the cylinder paper-scale variant (official train_MA_res 'cy': pulled-back
+    monitor by the softmax kernel, candidate collocation) trains on a file in the official format."""
+    path, data = _fixture(tmp_path)
+    dm = CylinderFlowDataModule(name="cylinder_rot_tri", path=str(path), n_nodes=120, n_train_traj=2,
+                                n_test_frames=None, with_gradient=True)
+    dm.setup()
+    item, res = dm.train_set[1], int(np.sqrt(120))
+    assert item["grad"].shape == (2, res, res) and item["monitor_norm"].shape == ()
+    torch.testing.assert_close(item["grad"].norm(dim=0) / item["monitor_norm"], item["monitor"] - 1.0, rtol=1e-4,
+                               atol=1e-5)
+    s = torch.linspace(0.0, 1.0, res, dtype=torch.float64)
+    X, Y = torch.meshgrid(s, s, indexing="xy")
+    q = torch.stack([X, Y], -1).reshape(-1, 2)
+    exact = kernel_interpolant(torch.as_tensor(dm.pos), data[0, 11, :, 2].double()[None], q)[1][0]  # frame 1: step 11
+    torch.testing.assert_close(item["grad"], exact.reshape(res, res, 2).permute(2, 0, 1).float())
+    plain = CylinderFlowDataModule(name="cylinder_rot_tri", path=str(path), n_nodes=120, n_train_traj=2)
+    plain.setup()
+    assert "grad" not in plain.train_set[0]
+    torch.testing.assert_close(plain.train_set[1]["monitor"], item["monitor"])  # the monitor is unchanged
+    run = fast_run("data_free_mesh_mover/cylinder", f"data.path={path}", "data.n_nodes=120", "data.n_train_traj=2",
+                   "data.batch_size=2", "data.n_test_frames=2", "model.n_points=16", "model.n_boundary=4",
+                   "model.n_eval_points=64", "model.n_interp_points=400", "model.gnn_knn=8", "model.rf_epochs=0",
+                   "model.trunk_layers=[2,8,16]", "model.head_layers=[32,16,1]", steps=2)
+    run.assert_contract()
+    hp = run.model.hparams
+    assert (hp.monitor_gradient, hp.gradient_interp, hp.collocation) == ("pulled_back", "kernel", "candidates")
+
+
 @pytest.mark.parametrize("content, match", [
     (None, "not found"),
     (b"not a tensor at all", "not a readable"),
