@@ -198,15 +198,20 @@ def check_val_split(n_val: int, val_from: str, val_offset: int) -> None:
                         f"{val_from!r}")
 
 
-def encode_split(tensors: dict, split: str, a: np.ndarray, u: np.ndarray, shift, scale, u_std: float,
-                 channel_axis: bool = True) -> None:
-    """tensors[x_split], tensors[y_split] = (a - shift) / scale, u / u_std as float32 (in the arrays' precision
-    first; a channel axis added unless `channel_axis=False`)."""
+def encode_splits(splits: dict, shift, scale, u_std: float, channel_axis: bool = True,
+                  float64: bool = False) -> dict[str, torch.Tensor]:
+    """{split: (a, u) or None} -> {x_split: (a - shift) / scale, y_split: u / u_std} as float32 (computed in the arrays'
+    precision, or in float64 with `float64`; a channel axis added unless `channel_axis=False`); None splits are left
+    out."""
     def t(x: np.ndarray, sh, sc) -> torch.Tensor:
-        out = torch.tensor((np.asarray(x) - sh) / sc, dtype=torch.float32)
+        out = torch.tensor((np.asarray(x, dtype=np.float64 if float64 else None) - sh) / sc, dtype=torch.float32)
         return out[:, None] if channel_axis else out
 
-    tensors[f"x_{split}"], tensors[f"y_{split}"] = t(a, shift, scale), t(u, 0.0, u_std)
+    tensors = {}
+    for split, pair in splits.items():
+        if pair is not None:
+            tensors[f"x_{split}"], tensors[f"y_{split}"] = t(pair[0], shift, scale), t(pair[1], 0.0, u_std)
+    return tensors
 
 
 NORMALIZER_TYPES = (None, "GN", "PGN")
@@ -323,11 +328,8 @@ class DarcyDataModule(PairLoaders, L.LightningDataModule):
             a_mean, a_std, u_std = float(a_tr.mean()), float(a_tr.std()), float(u_tr.std())
             self.stats = {"a_mean": a_mean, "a_std": a_std, "u_std": u_std}
 
-        self.tensors = {}
-        val = self._raw_val()
-        for split, (a, u) in (("train", (a_tr, u_tr)), ("test", (a_te, u_te)), ("val", val or (None, None))):
-            if a is not None:
-                encode_split(self.tensors, split, a, u, a_mean, a_std, u_std)
+        splits = {"train": (a_tr, u_tr), "test": (a_te, u_te), "val": self._raw_val()}
+        self.tensors = encode_splits(splits, a_mean, a_std, u_std)
 
 
 class _Pairs(TensorDataset):

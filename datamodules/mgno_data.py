@@ -42,7 +42,7 @@ from datamodules.darcy import (
     PairLoaders,
     check_normalizer_type,
     check_val_split,
-    encode_split,
+    encode_splits,
     load_fno_mat,
     official_normalizers,
 )
@@ -227,9 +227,5 @@ class MgNODataModule(PairLoaders, L.LightningDataModule):
         per_channel = lambda v: np.ravel(np.mean(v, axis=(-2, -1)) if np.ndim(v) >= 2 else v).tolist()  # noqa: E731
         self.stats = {"a_mean": per_channel(a_mean), "a_std": per_channel(a_std), "u_std": u_std}
 
-        self.tensors = {}
-        splits = (("train", (a_tr, u_tr)), ("test", (a_te, u_te)), ("val", self._raw_val() or (None, None)))
-        for split, (a, u) in splits:
-            if a is not None:
-                encode_split(self.tensors, split, np.asarray(a, dtype=np.float64), np.asarray(u, dtype=np.float64),
-                             a_mean, a_std, u_std, channel_axis=False)
+        splits = {"train": (a_tr, u_tr), "test": (a_te, u_te), "val": self._raw_val()}
+        self.tensors = encode_splits(splits, a_mean, a_std, u_std, channel_axis=False, float64=True)
