@@ -11,9 +11,9 @@ import torch
 from datamodules.meshes import FrontFieldDataModule, exact_front_mesh, front_fields, load_burgers_192
 from launch.check import claims_of, run_claim
 from lit_models.common import mesh as M
-from lit_models.pde.data_free_mesh_mover import (
-    DataFreeMeshMoverModule,
-    DMMNet,
+from lit_models.pde.data_free_mesh_mover import DataFreeMeshMoverModule
+from lit_models.pde.dmm_networks import DMMNet
+from lit_models.pde.dmm_sampling import (
     candidate_points,
     importance_points,
     kernel_interpolate,

@@ -19,7 +19,8 @@ from datamodules.cylinder_flow import (
 )
 from launch.errors import UserError
 from lit_models.common import mesh as M
-from lit_models.pde.data_free_mesh_mover import BranchGNN, DataFreeMeshMoverModule, DMMNet
+from lit_models.pde.data_free_mesh_mover import DataFreeMeshMoverModule
+from lit_models.pde.dmm_networks import BranchGNN, DMMNet
 from tests.papers.contract import fast_run
 
 FLOW = (1.2, 0.3, 0.5, 0.3, 0.5, 0.1)  # U, theta, Gamma, x0, y0, R
