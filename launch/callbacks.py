@@ -1,4 +1,5 @@
-"""Callbacks and plugins every run gets: figures, a finite-loss guard, atomic checkpoints."""
+"""Callbacks and plugins every run gets: figures, a finite-loss guard, atomic checkpoints; and the best-weights
+restore of `checkpoint.test_on=best`."""
 from __future__ import annotations
 
 import math
@@ -71,6 +72,55 @@ class FiguresCallback(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self._save(trainer, pl_module, "val")
+
+
+class RestoreBestWeights(L.Callback):
+    """Keep a copy of the weights at the best value of a validation metric and load it back when fit ends, so that
+    the test (and a later `zoo check` evaluation) sees the best epoch's model (`checkpoint.test_on=best`). This is the
+    protocol of papers that report the best evaluation over training (e.g. the official LightGCN and UltraGCN code,
+    whose evaluation split is the test split). Works without a run directory; the copy is part of the callback's
+    checkpoint state, so a resumed run keeps its best so far. Under DDP every rank holds the same weights and the
+    same (synchronised) metric, so every rank restores the same epoch."""
+
+    def __init__(self, monitor: str, mode: str = "max") -> None:
+        if mode not in ("min", "max"):
+            raise UserError(f"checkpoint.mode must be 'min' or 'max', got {mode!r}")
+        self.monitor, self.mode = monitor, mode
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def _better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.mode == "max" else value < self.best_value
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        metric = trainer.callback_metrics.get(self.monitor)
+        if metric is None:
+            known = ", ".join(sorted(k for k in trainer.callback_metrics if k.startswith("val/"))) or "none"
+            raise UserError(f"checkpoint.monitor={self.monitor!r} was not logged by validation (logged: {known})")
+        value = float(metric)
+        if math.isfinite(value) and self._better(value):
+            self.best_value, self.best_epoch = value, int(trainer.current_epoch)
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.best_state is None:
+            return
+        pl_module.load_state_dict(self.best_state)
+        if trainer.is_global_zero:
+            print(f"test on the best weights: epoch {self.best_epoch}, {self.monitor} = {self.best_value:.6g}")
+
+    def state_dict(self) -> dict:
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_value = state_dict.get("best_value")
+        self.best_epoch = state_dict.get("best_epoch")
+        self.best_state = state_dict.get("best_state")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -62,14 +62,27 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    from launch.callbacks import AtomicCheckpointIO, FiguresCallback, FiniteLossGuard, resolve_precision
+    from launch.callbacks import (
+        AtomicCheckpointIO,
+        FiguresCallback,
+        FiniteLossGuard,
+        RestoreBestWeights,
+        resolve_precision,
+    )
 
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"), kwargs.get("accelerator", "cpu"))
     callbacks = [FiniteLossGuard(), *(extra_callbacks or [])]
     plugins = [AtomicCheckpointIO()]
+    ck = cfg.checkpoint
+    test_on = ck.get("test_on", "final")
+    if test_on not in ("final", "best"):
+        raise UserError(f"checkpoint.test_on must be 'final' or 'best', got {test_on!r}")
+    if test_on == "best":
+        if not ck.monitor:
+            raise UserError("checkpoint.test_on=best needs checkpoint.monitor (e.g. checkpoint.monitor=val/recall@20)")
+        callbacks.append(RestoreBestWeights(ck.monitor, ck.mode))
     if run is not None:
-        ck = cfg.checkpoint
         # Periodic state for resume/requeue: one file named last.ckpt, overwritten (atomically) each period.
         callbacks.append(ModelCheckpoint(
             dirpath=str(run.checkpoints), filename="last", save_top_k=1, monitor=None,
@@ -150,6 +163,8 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     import lightning as L
     import torch
 
+    from launch.callbacks import RestoreBestWeights
+
     _quiet_known_warnings()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -172,6 +187,9 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
         _guard_checkpoint(run_dir)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
         metrics.update(_floats(trainer.callback_metrics))
+        best = next((c for c in trainer.callbacks if isinstance(c, RestoreBestWeights)), None)
+        if best is not None and best.best_epoch is not None:
+            metrics["best_epoch"] = float(best.best_epoch)
     if cfg.stage in ("test", "fit_test"):
         if test_ckpt is not None:
             _load_checkpoint(test_ckpt)

@@ -27,6 +27,8 @@ def test_paper_scale_configs_follow_official_configs():
         assert cfg.data.num_negatives == negatives and cfg.model.negative_weight == negative_weight
         assert cfg.model.optimizer.lr == pytest.approx(lr) and cfg.data.batch_size == batch
         assert cfg.data.exclude_positive_negatives is False
+        # official protocol: the best evaluation is reported (early stopping on the evaluated split)
+        assert cfg.checkpoint.monitor == "val/recall@20" and cfg.checkpoint.test_on == "best"
 
 
 @pytest.mark.slow
