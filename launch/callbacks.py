@@ -79,8 +79,8 @@ class RestoreBestWeights(L.Callback):
     the test (and a later `zoo check` evaluation) sees the best epoch's model (`checkpoint.test_on=best`). This is the
     protocol of papers that report the best evaluation over training (e.g. the official LightGCN and UltraGCN code,
     whose evaluation split is the test split). Works without a run directory; the copy is part of the callback's
-    checkpoint state, so a resumed run keeps its best so far. Under DDP every rank holds the same weights and the
-    same (synchronised) metric, so every rank restores the same epoch."""
+    checkpoint state, so a resumed run keeps its best so far. Under DDP rank 0's metric decides for every rank (the
+    ranks hold the same weights), so every rank restores the same epoch."""
 
     def __init__(self, monitor: str, mode: str = "max") -> None:
         if mode not in ("min", "max"):
@@ -103,7 +103,9 @@ class RestoreBestWeights(L.Callback):
             known = ", ".join(sorted(k for k in trainer.callback_metrics if k.startswith("val/"))) or "none"
             raise UserError(f"checkpoint.monitor={self.monitor!r} was not logged by validation (logged: {known})")
         value = float(metric)
-        if math.isfinite(value) and self._better(value):
+        # rank 0 decides, so every rank keeps the same epoch even for a metric logged without sync_dist
+        value, better = trainer.strategy.broadcast((value, math.isfinite(value) and self._better(value)), src=0)
+        if better:
             self.best_value, self.best_epoch = value, int(trainer.current_epoch)
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
 

@@ -104,3 +104,22 @@ def test_zoo_train_tests_the_best_epoch(tmp_path, monkeypatch):
     assert best_epoch < val[-1][0] and best_value > val[-1][1]  # measured: 0.306 at epoch 0, 0.223 at epoch 3
     assert test == [pytest.approx(best_value)]
     assert f"test on the best weights: epoch {best_epoch}" in out + err
+
+
+def test_ddp_ranks_restore_the_same_best_epoch(tmp_path):
+    """Two DDP CPU ranks (gloo): rank 0's metric picks the epoch for both, and the DDP test (users split over the
+    ranks) equals the best validation value. Measured: val 0.287 / 0.315 / 0.248 / 0.253, test 0.315 (epoch 1)."""
+    from tests.conftest import zoo_subprocess
+
+    proc = zoo_subprocess(
+        "train", "experiment=lightgcn", "data=synthetic_graph", "trainer=ddp", "trainer.devices=2",
+        "trainer.accelerator=cpu", "logger=csv", "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=1",
+        "data.batch_size=256", f"runs_root={tmp_path}/runs", "model.optimizer.lr=0.5",
+        "checkpoint.monitor=val/recall@20", "checkpoint.test_on=best", "progress_bar=false", check=True, timeout=400)
+    with open(next((tmp_path / "runs" / "lightgcn").glob("*/metrics.csv"))) as handle:
+        rows = list(csv.DictReader(handle))
+    val = [(int(r["epoch"]), float(r["val/recall@20"])) for r in rows if r.get("val/recall@20")]
+    test = [float(r["test/recall@20"]) for r in rows if r.get("test/recall@20")]
+    best_epoch, best_value = max(val, key=lambda e: e[1])
+    assert best_epoch < val[-1][0] and test == [pytest.approx(best_value)]
+    assert (proc.stdout + proc.stderr).count(f"test on the best weights: epoch {best_epoch}") == 1  # rank 0 only
