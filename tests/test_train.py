@@ -29,7 +29,9 @@ def run_dir_of(runs_root: Path, experiment: str = "lightgcn") -> Path:
 
 @pytest.mark.wandb
 def test_local_run_writes_complete_run_dir(runs_root):
-    proc = zoo_subprocess("train", *TINY, f"runs_root={runs_root}", "logger=wandb", check=True)
+    # started from a process whose W&B service is gone (wandb leaves its address in WANDB_SERVICE): zoo starts its own
+    proc = zoo_subprocess("train", *TINY, f"runs_root={runs_root}", "logger=wandb", check=True,
+                          env={"WANDB_SERVICE": "3-4242-tcp-localhost-9"})
     run = run_dir_of(runs_root)
     assert (run / "config.yaml").exists() and (run / "meta.json").exists()
     meta = json.loads((run / "meta.json").read_text())
