@@ -26,11 +26,6 @@ USAGE = """zoo <command> [args]
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        # a `zoo` process of its own (console script, DDP rank, SLURM task) starts its own W&B service rather than
-        # attach to the one a parent Python process left in WANDB_SERVICE (a notebook, a test session): that one
-        # may be gone, or still hold this run's id when a killed run is resumed ("run ID ... is in use")
-        os.environ.pop("WANDB_SERVICE", None)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

@@ -48,18 +48,6 @@ def resources(cfg: DictConfig) -> dict:
     return params
 
 
-# wandb exports the address of its service process (WANDB_SERVICE) into os.environ of any process that used it, for
-# its child processes. A job submitted from such a process (a notebook, a Python-driven sweep, a test session) would
-# inherit it through sbatch and attach to the submitter's service: gone once the submitter exits, and still holding
-# the run id when a requeued start reuses it ("run ID ... is in use"). Jobs start their own service instead.
-_WANDB_SERVICE = "WANDB_SERVICE"
-
-
-def _own_wandb_service() -> None:
-    """Inside a job: forget an inherited W&B service, so wandb.init starts one for this job."""
-    os.environ.pop(_WANDB_SERVICE, None)
-
-
 class TrainJob(submitit.helpers.Checkpointable):
     """The submitted callable: trains one resolved config; on preemption or timeout it resubmits itself
     with the same config (same run id), and the new job resumes from `last.ckpt`."""
@@ -70,7 +58,6 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, float]:
         from launch import train
 
-        _own_wandb_service()
         cfg = OmegaConf.create(self.config)
         check_allocation(cfg)
         return train.run(cfg)
@@ -118,9 +105,7 @@ def submit(cfgs: list[DictConfig], sweep_id: str | None = None) -> list[submitit
 
 
 def _submit_calls(ex: submitit.AutoExecutor, calls: list) -> list[submitit.Job]:
-    """One call: one job; several: one job array (`ex.batch()`). sbatch's refusal is a one-line UserError. sbatch
-    copies this process's environment into the job, without the submitter's W&B service (see `_own_wandb_service`)."""
-    service = os.environ.pop(_WANDB_SERVICE, None)
+    """One call: one job; several: one job array (`ex.batch()`). sbatch's refusal is a one-line UserError."""
     try:
         if len(calls) == 1:
             return [ex.submit(calls[0])]
@@ -129,9 +114,6 @@ def _submit_calls(ex: submitit.AutoExecutor, calls: list) -> list[submitit.Job]:
         return jobs
     except submitit.core.utils.FailedJobError as err:
         raise UserError(f"sbatch refused the job: {one_line(err)}") from None
-    finally:
-        if service is not None:
-            os.environ[_WANDB_SERVICE] = service
 
 
 class CheckJob(submitit.helpers.Checkpointable):
@@ -145,7 +127,6 @@ class CheckJob(submitit.helpers.Checkpointable):
     def __call__(self) -> tuple[list[str], int]:
         from launch import check
 
-        _own_wandb_service()
         results = check.check(self.slug, Path(self.out_dir), names=self.names, extra=self.extra)
         return [r.report() for r in results], sum(r.verdict == "FAIL" for r in results)
 

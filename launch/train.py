@@ -41,6 +41,15 @@ def wandb_mode(requested: str) -> str:
     return "offline"
 
 
+def own_wandb_service() -> None:
+    """Let this process's W&B run start a service of its own. wandb leaves its service's address in WANDB_SERVICE
+    of any process that used it, for its child processes; a run started from such a process (a notebook, a test
+    session, or through sbatch, which copies the submitter's environment into the job) would attach to that service,
+    which may be gone, or still hold this run's id when a killed or requeued run resumes ("run ID ... is in use").
+    Harmless where wandb already runs in this process: it keeps the service it connected to."""
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 def build_loggers(cfg: DictConfig, run: runs.Run) -> list:
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
@@ -49,6 +58,7 @@ def build_loggers(cfg: DictConfig, run: runs.Run) -> list:
     if wb:
         mode = wandb_mode(wb.mode)
         if mode != "disabled":
+            own_wandb_service()
             loggers.append(WandbLogger(
                 project=wb.project, entity=wb.entity, id=run.run_id, name=f"{run.experiment}/{run.run_id}",
                 save_dir=str(run.dir), resume="allow", mode=mode, tags=list(wb.tags), group=wb.group,

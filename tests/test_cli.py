@@ -1,8 +1,6 @@
 """The `zoo` command's contract: bad input is one clear line and exit status 2; good input composes."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from launch import config as zconfig
@@ -56,30 +54,6 @@ def test_slurm_resources_must_map():
     line = one_line_error(*zoo_in_process("train", "experiment=lightgcn", "launcher=slurm",
                                           "trainer.devices=auto")[::2])
     assert "trainer.devices" in line
-
-
-def test_slurm_jobs_do_not_inherit_the_submitters_wandb_service(monkeypatch):
-    """wandb exports WANDB_SERVICE into os.environ of a process that used it; sbatch would copy it into the job,
-    which then attaches to the submitter's service (gone, or still holding the run id on a requeue). Submission
-    hides it from sbatch (and restores it), and a job forgets an inherited one before training."""
-    from launch import slurm, train
-
-    monkeypatch.setenv("WANDB_SERVICE", "3-4242-tcp-localhost-9")
-    seen = []
-
-    class FakeExecutor:
-        def submit(self, call):
-            seen.append(os.environ.get("WANDB_SERVICE"))
-            return call
-
-    assert slurm._submit_calls(FakeExecutor(), ["job"]) == ["job"]
-    assert seen == [None]
-    assert os.environ["WANDB_SERVICE"] == "3-4242-tcp-localhost-9"  # the submitter keeps its own
-
-    in_job = []
-    monkeypatch.setattr(train, "run", lambda cfg: in_job.append(os.environ.get("WANDB_SERVICE")) or {})
-    slurm.TrainJob({"trainer": {"devices": 1, "num_nodes": 1}})()
-    assert in_job == [None]
 
 
 def test_cli_subprocess_error_is_one_line():
