@@ -471,15 +471,17 @@ def test_claim_fusion_helps_and_fails_with_baseline():
 @pytest.mark.slow
 def test_claims_symbol_decoder_valid_and_skeleton_exact_and_fail_untrained():
     """Card check 2 at the card's model and trimmed budget (width 64, FFN 256, layers 1/1/2/2/2, batch 64, 1,500 Adam
-    steps; ~5 min per training on one thread): greedy decodes are valid prefix expressions for >= 95% of the test
+    steps; ~5 min for this training on one thread): greedy decodes are valid prefix expressions for >= 95% of the test
     samples and the decoded skeleton is exactly right for >= 90% (uncorrupted input text). MEASURED (500 test
     samples): valid 1.000 / 0.958 / 0.930 / 1.000 and skeleton 0.980 / 0.906 / 0.882 / 1.000 at seeds 0 / 1 / 2 / 3
     (the configured seed 0 passes; seed 2 misses both by a few samples' families); the data-only model 0.992 / 0.906
     and 0.968 / 0.896 (seeds 0 / 1). At the cheaper config of the fusion claim (width 32, batch 32, 300 steps) only
     0.500 / 0.250 / 0.364 valid and 0.250 / 0.042 / 0.082 skeleton (seeds 0 / 1 / 2), hence the card's budget here.
-    Baseline text_loss_weight=0 (symbol decoder untrained, same budget): valid 0.000, skeleton 0.000, so the swapped
-    claims fail. Whole add-first families flip between nearby checkpoints (Lotka-Volterra decoded as FitzHugh-Nagumo;
-    a mantissa token dropped in FitzHugh-Nagumo's widely spread constants), so a pass is seed-dependent: both claims
+    Baseline text_loss_weight=0 (symbol decoder untrained): valid 0.000, skeleton 0.000 after 1,500 steps and after
+    1 step alike (without the symbol loss the decoder, which shares no weights with the rest, gets no gradient), so
+    the baseline trains 1 step (~25 s instead of ~5 min) and the swapped claims fail. Whole add-first families flip
+    between nearby checkpoints (Lotka-Volterra decoded as FitzHugh-Nagumo; a mantissa token dropped in
+    FitzHugh-Nagumo's widely spread constants), so a pass is seed-dependent: both claims
     carry a `known_gap` and this test xfails, with the report, if the configured run misses. No decoding bug (greedy
     prefix logits equal the teacher-forced ones)."""
     torch.set_num_threads(1)
