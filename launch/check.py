@@ -304,6 +304,75 @@ def write_results(slug: str, results: list[ClaimResult], out_dir: Path, extra: l
     (out_dir / f"{slug}.md").write_text("\n".join(lines) + "\n")
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds` of `zoo check`: "0,1,2" or an inclusive range "0-4" (or both, "0-2,7"); distinct integers >= 0."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise UserError(f"--seeds takes integers like 0,1,2 or 0-4, got {text!r}") from None
+        if first < 0 or last < first:
+            raise UserError(f"--seeds: bad range {part.strip()!r} in {text!r} (integers >= 0, low-high)")
+        seeds.extend(range(first, last + 1))
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds repeats a seed: {text!r}")
+    return seeds
+
+
+def seed_dir(out_dir: Path, seed: int) -> Path:
+    """Where `zoo check --seeds` writes one seed's results (`<out>/seed<k>/<slug>.json`, `.md`): the plain
+    `<out>/<slug>.json` that `zoo list` reads stays the single-seed check's."""
+    return out_dir / f"seed{seed}"
+
+
+def clear_cache() -> None:
+    """Forget the cached runs (and the trained models they keep): between seeds nothing is shared."""
+    for cache in (_RUN_CACHE, _TRAINED, _EVAL_CACHE):
+        cache.clear()
+
+
+def summarize_seeds(slug: str, seeds: list[int], out_dir: Path) -> list[str]:
+    """Per claim over the seeds of `zoo check --seeds`: how many seeds pass, each run's value as mean +- std (min,
+    max) and every seed's verdict, from the per-seed results under `seed_dir`; written to `<slug>.seeds.md` and
+    `<slug>.seeds.json` in out_dir and returned as printable lines. A seed without results (its job failed) shows
+    as missing."""
+    import numpy as np
+
+    per_seed: dict[int, dict[str, dict]] = {}
+    for seed in seeds:
+        path = seed_dir(out_dir, seed) / f"{slug}.json"
+        if path.exists():
+            per_seed[seed] = {c["claim"]: c for c in json.loads(path.read_text())["claims"]}
+    names = list(dict.fromkeys(name for claims in per_seed.values() for name in claims))
+    rows, lines = [], []
+    table = ["| claim | seeds passing | values over seeds: mean ± std (min, max) | per seed |", "|---|---|---|---|"]
+    for name in names:
+        results = {seed: per_seed.get(seed, {}).get(name) for seed in seeds}
+        found = {seed: r for seed, r in results.items() if r is not None}
+        runs = list(dict.fromkeys(k for r in found.values() for k in r["measured"]))
+        stats = {}
+        for run in runs:
+            values = np.array([r["measured"][run] for r in found.values() if run in r["measured"]], dtype=float)
+            stats[run] = {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+                          "max": float(values.max()), "n": int(values.size)}
+        passing = sum(r["passed"] for r in found.values())
+        verdicts = {seed: (r["verdict"] if r is not None else "missing") for seed, r in results.items()}
+        rows.append({"claim": name, "passing": passing, "seeds": seeds, "verdicts": verdicts, "values": stats,
+                     "expect": next(iter(found.values()))["expect"]})
+        values_text = "; ".join(f"{run} {st['mean']:.4g} ± {st['std']:.2g} ({st['min']:.4g}, {st['max']:.4g})"
+                                for run, st in stats.items())
+        per_seed_text = ", ".join(f"{seed}: {v}" for seed, v in verdicts.items())
+        table.append(f"| {name} | {passing}/{len(seeds)} | {values_text} | {per_seed_text} |")
+        lines.append(f"{slug}/{name}: {passing}/{len(seeds)} seeds pass ({values_text}; {per_seed_text})")
+    header = f"# zoo check {slug} --seeds {','.join(map(str, seeds))}"
+    (out_dir / f"{slug}.seeds.md").parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{slug}.seeds.md").write_text("\n".join([header, "", *table]) + "\n")
+    (out_dir / f"{slug}.seeds.json").write_text(json.dumps({"slug": slug, "seeds": seeds, "claims": rows}, indent=2))
+    return lines
+
+
 def status(slug: str, out_dir: Path) -> str:
     """Claim status for `zoo list`: from the last `zoo check` results written under out_dir."""
     path = out_dir / f"{slug}.json"

@@ -16,7 +16,8 @@ USAGE = """zoo <command> [args]
   zoo eval ckpt=<path/to/ckpt> [key=value ...]                 test metrics from a checkpoint and its saved config
   zoo list                                                     every paper, its data and the state of its claims
   zoo check <slug>[/<variant>] [--claim NAME] [k=v ...] | --all  rerun the papers' small-scale claims
-  zoo check ... --launcher slurm [launcher.k=v ...]             the same as SLURM jobs (one per paper)
+  zoo check ... --seeds 0,1,2 | 0-4                             each claim at several seeds: how many pass, spread
+  zoo check ... --launcher slurm [launcher.k=v ...]             the same as SLURM jobs (one per paper and seed)
   zoo bench <slug> | --all [--quick]                           speed and memory benchmarks (ratios)
   zoo status <run_id | run_dir>                                progress, checkpoint, metrics, SLURM jobs of a run
   zoo runs [<experiment>] [--sweep ID] [--over seed] [--csv F]  runs as a table: what differs, final metrics
@@ -240,6 +241,8 @@ def cmd_check(args: list[str]) -> int:
     parser.add_argument("--claim", action="append", dest="claims", metavar="NAME",
                         help="only this claim (repeatable)")
     parser.add_argument("--out", default="runs/checks", help="where the JSON and markdown results go")
+    parser.add_argument("--seeds", help="run every claim at these seeds (0,1,2 or 0-4): per-seed results under "
+                                        "<out>/seed<k>/, the pass count and spread in <out>/<slug>.seeds.md")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
                         help="slurm: one job per paper (a job array for several); launcher.* overrides set its "
                              "resources, launcher.wait=true waits for the results")
@@ -258,29 +261,45 @@ def cmd_check(args: list[str]) -> int:
             raise UserError(f"unknown experiment '{slug}' (or it declares no claims){zconfig._closest(slug, checkable)}")
     launcher_overrides = [o for o in opts.overrides if o.lstrip("+").startswith("launcher")]
     extra = [o for o in opts.overrides if o not in launcher_overrides]
+    seeds = check.parse_seeds(opts.seeds) if opts.seeds is not None else None
+    if seeds is not None and any(o.lstrip("+").split("=", 1)[0] == "seed" for o in extra):
+        raise UserError("zoo check: give the seeds with --seeds or seed=<k>, not both")
     if opts.launcher == "slurm":
-        return _submit_checks(slugs, opts.claims, extra, Path(opts.out).resolve(), launcher_overrides)
+        return _submit_checks(slugs, opts.claims, extra, Path(opts.out).resolve(), launcher_overrides, seeds)
     if launcher_overrides:
         raise UserError(f"zoo check: {', '.join(launcher_overrides)} needs --launcher slurm (claims run locally)")
     failed = 0
+    out = Path(opts.out)
     for slug in slugs:
-        results = check.check(slug, Path(opts.out), names=opts.claims, extra=extra)
-        for r in results:
-            print(r.report())
-        failed += sum(r.verdict == "FAIL" for r in results)
+        for seed in seeds if seeds is not None else [None]:
+            if seed is None:
+                results = check.check(slug, out, names=opts.claims, extra=extra)
+            else:
+                check.clear_cache()  # nothing is shared between seeds: free the trained models
+                results = check.check(slug, check.seed_dir(out, seed), names=opts.claims,
+                                      extra=[*extra, f"seed={seed}"])
+            for r in results:
+                print(r.report() if seed is None else f"[seed {seed}] {r.report()}")
+            failed += sum(r.verdict == "FAIL" for r in results)
+        if seeds is not None:
+            print("\n".join(check.summarize_seeds(slug, seeds, out)))
     print(f"results written to {opts.out}/")
     return 1 if failed else 0
 
 
 def _submit_checks(slugs: list[str], names: list[str] | None, extra: list[str], out_dir: Path,
-                   launcher_overrides: list[str]) -> int:
-    """`zoo check ... --launcher slurm`: submit, print the job ids; with launcher.wait=true print every claim's report
-    (exit 1 when a claim or a job failed)."""
-    from launch import slurm
+                   launcher_overrides: list[str], seeds: list[int] | None = None) -> int:
+    """`zoo check ... --launcher slurm`: submit (one job per paper, and per seed with --seeds), print the job ids;
+    with launcher.wait=true print every claim's report and, with --seeds, each paper's summary over the seeds (exit
+    1 when a claim or a job failed)."""
+    from launch import check, slurm
 
-    cfg, jobs = slurm.submit_checks(slugs, names, extra, out_dir, launcher_overrides)
-    for slug, job in zip(slugs, jobs):
-        print(f"submitted job {job.job_id}: zoo check {slug}  results {out_dir}/{slug}.md  logs {job.paths.stdout}")
+    tasks = [(slug, seed) for slug in slugs for seed in (seeds if seeds is not None else [None])]
+    cfg, jobs = slurm.submit_checks(tasks, names, extra, out_dir, launcher_overrides)
+    labels = [f"zoo check {slug}" + ("" if seed is None else f" seed={seed}") for slug, seed in tasks]
+    for (slug, seed), label, job in zip(tasks, labels, jobs):
+        where = out_dir if seed is None else check.seed_dir(out_dir, seed)
+        print(f"submitted job {job.job_id}: {label}  results {where}/{slug}.md  logs {job.paths.stdout}")
     if not cfg.launcher.wait:
         return 0
 
@@ -289,7 +308,10 @@ def _submit_checks(slugs: list[str], names: list[str] | None, extra: list[str], 
         print("\n".join(reports))
         return n_failed
 
-    failed = _wait_for(jobs, [f"zoo check {slug}" for slug in slugs], report)
+    failed = _wait_for(jobs, labels, report)
+    if seeds is not None:
+        for slug in slugs:
+            print("\n".join(check.summarize_seeds(slug, seeds, out_dir)))
     print(f"results written to {out_dir}/")
     return 1 if failed else 0
 

@@ -117,32 +117,39 @@ def _submit_calls(ex: submitit.AutoExecutor, calls: list) -> list[submitit.Job]:
 
 
 class CheckJob(submitit.helpers.Checkpointable):
-    """The submitted callable of `zoo check ... --launcher slurm`: one paper's claims (`launch.check.check`), results
-    written to out_dir as a local `zoo check` writes them; returns the claim reports and how many failed. On
-    preemption or timeout it resubmits itself and reruns the claims (they keep no state between runs)."""
+    """The submitted callable of `zoo check ... --launcher slurm`: one paper's claims (`launch.check.check`), at one
+    seed with `--seeds` (results then under `check.seed_dir`), results written as a local `zoo check` writes them;
+    returns the claim reports and how many failed. On preemption or timeout it resubmits itself and reruns the
+    claims (they keep no state between runs)."""
 
-    def __init__(self, slug: str, names: list[str] | None, extra: list[str], out_dir: str) -> None:
-        self.slug, self.names, self.extra, self.out_dir = slug, names, list(extra), out_dir
+    def __init__(self, slug: str, names: list[str] | None, extra: list[str], out_dir: str,
+                 seed: int | None = None) -> None:
+        self.slug, self.names, self.extra, self.out_dir, self.seed = slug, names, list(extra), out_dir, seed
 
     def __call__(self) -> tuple[list[str], int]:
         from launch import check
 
-        results = check.check(self.slug, Path(self.out_dir), names=self.names, extra=self.extra)
-        return [r.report() for r in results], sum(r.verdict == "FAIL" for r in results)
+        out, extra = Path(self.out_dir), self.extra
+        if self.seed is not None:
+            out, extra = check.seed_dir(out, self.seed), [*extra, f"seed={self.seed}"]
+        results = check.check(self.slug, out, names=self.names, extra=extra)
+        tag = "" if self.seed is None else f"[seed {self.seed}] "
+        return [tag + r.report() for r in results], sum(r.verdict == "FAIL" for r in results)
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
-        return submitit.helpers.DelayedSubmission(CheckJob(self.slug, self.names, self.extra, self.out_dir))
+        return submitit.helpers.DelayedSubmission(CheckJob(self.slug, self.names, self.extra, self.out_dir,
+                                                           self.seed))
 
 
-def submit_checks(slugs: list[str], names: list[str] | None, extra: list[str], out_dir: Path,
+def submit_checks(tasks: list[tuple[str, int | None]], names: list[str] | None, extra: list[str], out_dir: Path,
                   launcher_overrides: list[str]) -> tuple[DictConfig, list[submitit.Job]]:
-    """`zoo check` on SLURM: one job per paper (several papers: one job array). Resources come from
-    `launcher=slurm` + `launcher_overrides` and the trainer that `extra` selects (e.g. `trainer=gpu`: one GPU per
-    job; the claims' runs train on a single device inside the job)."""
+    """`zoo check` on SLURM: one job per (paper, seed) task (seed None: the configured one); several: one job array.
+    Resources come from `launcher=slurm` + `launcher_overrides` and the trainer that `extra` selects (e.g.
+    `trainer=gpu`: one GPU per job; the claims' runs train on a single device inside the job)."""
     from launch import config as zconfig
 
     trainer_overrides = [o for o in extra if o.split("=", 1)[0].split(".")[0].lstrip("+") == "trainer"]
-    cfg = zconfig.compose([f"experiment={slugs[0]}", "launcher=slurm", *trainer_overrides, *launcher_overrides])
+    cfg = zconfig.compose([f"experiment={tasks[0][0]}", "launcher=slurm", *trainer_overrides, *launcher_overrides])
     if cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1:
         raise UserError("zoo check runs each claim on one device: leave trainer.devices and trainer.num_nodes at 1")
     if not cfg.launcher.job_name:
@@ -150,4 +157,4 @@ def submit_checks(slugs: list[str], names: list[str] | None, extra: list[str], o
     folder = out_dir / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
     ex = executor(folder, cfg)
-    return cfg, _submit_calls(ex, [CheckJob(slug, names, extra, str(out_dir)) for slug in slugs])
+    return cfg, _submit_calls(ex, [CheckJob(slug, names, extra, str(out_dir), seed) for slug, seed in tasks])

@@ -148,3 +148,56 @@ def test_check_one_claim_with_overrides_on_every_run(monkeypatch, tmp_path):
         cmd_check(["--all", "--claim", "node_rmse"])
     with pytest.raises(UserError, match="needs --launcher slurm"):
         cmd_check(["um2n", "launcher.partition=gpu", "--out", str(out)])
+
+
+def test_check_seeds_runs_each_claim_per_seed_and_summarises(monkeypatch, tmp_path, capsys):
+    """`zoo check <slug> --claim NAME --seeds 0-2`: every run once per seed (`seed=<k>` after the user's overrides,
+    before the run's own), each seed's results under <out>/seed<k>/, and the summary (seeds passing, mean +- std,
+    each seed's verdict) in <out>/<slug>.seeds.md; a failing seed makes the exit status 1. The single-seed results
+    that `zoo list` reads are left alone."""
+    import json
+
+    from launch import check
+    from launch.cli import cmd_check
+
+    seen = []
+    ratio = {0: 0.40, 1: 0.70, 2: 0.50}  # the method's value per seed: seed 1 misses "um2n <= 0.6"
+
+    def fake_measure(slug, spec, extra=()):
+        seed = int(next(o for o in extra if o.startswith("seed=")).split("=")[1])
+        seen.append((list(spec), list(extra)))
+        return {"test/interp_ratio": ratio[seed] if not spec else 1.0, "global_step": 400.0 if not spec else 1.0}
+
+    monkeypatch.setattr(check, "measure", fake_measure)
+    out = tmp_path / "checks"
+    assert cmd_check(["um2n", "--claim", "interpolation_ratio", "--seeds", "0-2", "trainer.max_steps=50",
+                      "--out", str(out)]) == 1
+    n_runs = len(check.claims_of("um2n")["interpolation_ratio"].runs)
+    assert len(seen) == 3 * n_runs
+    assert {tuple(extra) for _, extra in seen} == {("trainer.max_steps=50", f"seed={k}") for k in range(3)}
+    for k in range(3):
+        payload = json.loads((out / f"seed{k}" / "um2n.json").read_text())
+        assert payload["overrides"] == ["trainer.max_steps=50", f"seed={k}"]
+        assert payload["claims"][0]["measured"]["um2n"] == ratio[k]
+    assert not (out / "um2n.json").exists()  # `zoo list` still shows the last single-seed check
+    summary = json.loads((out / "um2n.seeds.json").read_text())["claims"][0]
+    assert summary["passing"] == 2 and summary["verdicts"] == {"0": "PASS", "1": "FAIL", "2": "PASS"}
+    assert summary["values"]["um2n"]["mean"] == pytest.approx(0.5333, abs=1e-4)
+    assert summary["values"]["um2n"]["min"] == 0.4 and summary["values"]["um2n"]["max"] == 0.7
+    table = (out / "um2n.seeds.md").read_text()
+    assert "| interpolation_ratio | 2/3 | um2n 0.5333 ± 0.12 (0.4, 0.7)" in table
+    printed = capsys.readouterr().out
+    assert "[seed 1] um2n/interpolation_ratio: FAIL" in printed
+    assert "um2n/interpolation_ratio: 2/3 seeds pass" in printed
+
+    # a seed whose results are missing (its SLURM job died) shows as missing
+    (out / "seed1" / "um2n.json").unlink()
+    (line,) = check.summarize_seeds("um2n", [0, 1, 2], out)
+    assert "2/3 seeds pass" in line and "1: missing" in line
+
+    assert check.parse_seeds("0-2,7") == [0, 1, 2, 7]
+    for bad, message in [("0,x", "integers"), ("3-1", "bad range"), ("0,0", "repeats"), ("-1", "integers")]:
+        with pytest.raises(UserError, match=message):
+            check.parse_seeds(bad)
+    with pytest.raises(UserError, match="not both"):
+        cmd_check(["um2n", "--seeds", "0,1", "seed=3", "--out", str(out)])

@@ -121,6 +121,21 @@ def test_check_as_a_slurm_job_writes_the_results(tmp_path):
     assert bad.returncode == 2 and "one device" in bad.stderr
 
 
+def test_check_seeds_as_a_slurm_job_array(tmp_path):
+    """`zoo check <slug> --claim ... --seeds 0,1 --launcher slurm launcher.wait=true`: one job array, a task per
+    seed, each seed's results under <out>/seed<k>/, then the summary over the seeds in the submitting shell."""
+    out = tmp_path / "checks"
+    proc = zoo_subprocess("check", "gtf_plrnn", "--claim", "alpha_star", "--seeds", "0,1", "--launcher", "slurm",
+                          "launcher.wait=true", "launcher.time_min=5", "--out", str(out), check=True, timeout=300)
+    ids = job_ids(proc.stdout)
+    assert len(ids) == 2 and len({i.split("_")[0] for i in ids}) == 1, proc.stdout  # one array
+    assert "[seed 0] gtf_plrnn/alpha_star: PASS" in proc.stdout and "[seed 1] gtf_plrnn/alpha_star: PASS" in proc.stdout
+    assert "gtf_plrnn/alpha_star: 2/2 seeds pass" in proc.stdout
+    for k in (0, 1):
+        assert json.loads((out / f"seed{k}" / "gtf_plrnn.json").read_text())["overrides"] == [f"seed={k}"]
+    assert "| alpha_star | 2/2 |" in (out / "gtf_plrnn.seeds.md").read_text()
+
+
 def test_a_failed_job_is_one_line_and_exit_status_1(runs_root):
     """`launcher.wait=true` on a job that dies before training (its setup line exits 3): the submitting shell gets
     one line naming the job, the run and its log, and exit status 1, not a traceback."""
