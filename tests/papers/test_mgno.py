@@ -228,10 +228,12 @@ batch 8, 1 thread on a heavily shared 2-core machine, wall times inflated ~3-4x)
 
 @pytest.mark.slow
 def test_claim_multigrid_matters_and_fails_with_single_level():
-    """Card check 1: MgNO-lite test rel. L2 <= 0.06 and <= 0.5 x the single-level network.
-    Measured: seed 0: 4 levels 0.0560 (96k params, 286 s), single level 0.1313 (40k params, 85 s): ratio 0.43;
-    seed 1: 4 levels 0.0545.
-    The card threshold is kept (thin margin on 0.06). The swap (single level for MgNO) must fail."""
+    """Card check 1 at the card's 60 s gate (32 x 32, 4 levels): MgNO-lite test rel. L2 <= 0.09 and <= 0.5 x the
+    single-level network (the card: calibrate both numbers at this size, the >= 2x gap is the criterion; its 0.06
+    is the 64 x 64 reference run's). Measured at seeds 0 / 1 / 2 / 3 / 4: 4 levels 0.0560 / 0.0545 / 0.0616 /
+    0.0475 / 0.0491 (96k params), single level 0.1313 / 0.1263 / 0.1285 / 0.1257 / 0.1222 (40k params): ratio
+    0.38-0.48; 0.09 lies between the worst MgNO seed and the best single-level one (the earlier 0.06, from seed 0
+    alone, failed seed 2). The swap (single level for MgNO) must fail."""
     torch.set_num_threads(1)
     result = run_claim("mgno", "multigrid_matters")
     assert result.passed, result.report()
