@@ -334,11 +334,11 @@ def clear_cache() -> None:
 
 
 def summarize_seeds(slug: str, seeds: list[int], out_dir: Path) -> list[str]:
-    """Per claim over the seeds of `zoo check --seeds`: how many seeds pass, each run's value as mean +- std (min,
-    max) and every seed's verdict, from the per-seed results under `seed_dir`; written to `<slug>.seeds.md` and
-    `<slug>.seeds.json` in out_dir and returned as printable lines. A seed without results (its job failed) shows
-    as missing."""
-    import numpy as np
+    """Per claim over the seeds of `zoo check --seeds`: how many seeds pass, each run's value as mean +- sample std
+    (min, max), as `zoo runs --over seed` shows them, and every seed's verdict, from the per-seed results under
+    `seed_dir`; written to `<slug>.seeds.md` and `<slug>.seeds.json` in out_dir and returned as printable lines. A
+    seed without results (its job failed) shows as missing."""
+    from launch.summary import mean_std, mean_std_text
 
     per_seed: dict[int, dict[str, dict]] = {}
     for seed in seeds:
@@ -352,17 +352,18 @@ def summarize_seeds(slug: str, seeds: list[int], out_dir: Path) -> list[str]:
         results = {seed: per_seed.get(seed, {}).get(name) for seed in seeds}
         found = {seed: r for seed, r in results.items() if r is not None}
         runs = list(dict.fromkeys(k for r in found.values() for k in r["measured"]))
-        stats = {}
+        stats, texts = {}, []
         for run in runs:
-            values = np.array([r["measured"][run] for r in found.values() if run in r["measured"]], dtype=float)
-            stats[run] = {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
-                          "max": float(values.max()), "n": int(values.size)}
+            values = [float(r["measured"][run]) for r in found.values() if run in r["measured"]]
+            mean, std = mean_std(values)
+            stats[run] = {"mean": mean, "std": None if len(values) < 2 else std, "min": min(values),
+                          "max": max(values), "n": len(values)}
+            texts.append(f"{run} {mean_std_text(values)} ({min(values):.4g}, {max(values):.4g})")
         passing = sum(r["passed"] for r in found.values())
         verdicts = {seed: (r["verdict"] if r is not None else "missing") for seed, r in results.items()}
         rows.append({"claim": name, "passing": passing, "seeds": seeds, "verdicts": verdicts, "values": stats,
                      "expect": next(iter(found.values()))["expect"]})
-        values_text = "; ".join(f"{run} {st['mean']:.4g} ± {st['std']:.2g} ({st['min']:.4g}, {st['max']:.4g})"
-                                for run, st in stats.items())
+        values_text = "; ".join(texts)
         per_seed_text = ", ".join(f"{seed}: {v}" for seed, v in verdicts.items())
         table.append(f"| {name} | {passing}/{len(seeds)} | {values_text} | {per_seed_text} |")
         lines.append(f"{slug}/{name}: {passing}/{len(seeds)} seeds pass ({values_text}; {per_seed_text})")

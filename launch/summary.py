@@ -154,6 +154,18 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (nan for fewer than two values; mean nan for none)."""
+    mean = statistics.fmean(values) if values else math.nan
+    return mean, statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def mean_std_text(values: list[float]) -> str:
+    """"mean ± std" of values over seeds ("-" for none, the value alone for one)."""
+    mean, std = mean_std(values)
+    return "-" if not values else _fmt(mean) if len(values) == 1 else f"{_fmt(mean)} ± {std:.2g}"
+
+
 def per_run(records: list[RunRecord], keys: list[str], metrics: list[str]) -> Table:
     table = Table(["experiment", "run", "status", *keys, *metrics], keys, metrics)
     for r in records:
@@ -179,9 +191,8 @@ def over_seeds(records: list[RunRecord], keys: list[str], metrics: list[str], ov
         cells, numbers = [], {}
         for m in metrics:
             values = [float(r.metrics[m]) for r in done if m in r.metrics]
-            mean = statistics.fmean(values) if values else math.nan
-            std = statistics.stdev(values) if len(values) > 1 else math.nan
-            cells.append("-" if not values else _fmt(mean) if len(values) == 1 else f"{_fmt(mean)} ± {std:.2g}")
+            mean, std = mean_std(values)
+            cells.append(mean_std_text(values))
             numbers.update({f"{m} mean": mean, f"{m} std": std, f"{m} n": len(values)})
         first = group[0]
         table.rows.append([first.experiment, *(_fmt(first.config.get(k, "")) for k in group_keys),
