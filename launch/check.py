@@ -327,6 +327,15 @@ def seed_dir(out_dir: Path, seed: int) -> Path:
     return out_dir / f"seed{seed}"
 
 
+def check_at_seed(slug: str, out_dir: Path, names: list[str] | None, extra: list[str],
+                  seed: int | None = None) -> list[ClaimResult]:
+    """`check` at one seed of `zoo check --seeds` (`seed=<k>` after `extra`, results under `seed_dir`); seed None:
+    `check` as configured."""
+    if seed is None:
+        return check(slug, out_dir, names=names, extra=extra)
+    return check(slug, seed_dir(out_dir, seed), names=names, extra=[*extra, f"seed={seed}"])
+
+
 def clear_cache() -> None:
     """Forget the cached runs (and the trained models they keep): between seeds nothing is shared."""
     for cache in (_RUN_CACHE, _TRAINED, _EVAL_CACHE):

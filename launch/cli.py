@@ -272,12 +272,9 @@ def cmd_check(args: list[str]) -> int:
     out = Path(opts.out)
     for slug in slugs:
         for seed in seeds if seeds is not None else [None]:
-            if seed is None:
-                results = check.check(slug, out, names=opts.claims, extra=extra)
-            else:
+            if seed is not None:
                 check.clear_cache()  # nothing is shared between seeds: free the trained models
-                results = check.check(slug, check.seed_dir(out, seed), names=opts.claims,
-                                      extra=[*extra, f"seed={seed}"])
+            results = check.check_at_seed(slug, out, opts.claims, extra, seed)
             for r in results:
                 print(r.report() if seed is None else f"[seed {seed}] {r.report()}")
             failed += sum(r.verdict == "FAIL" for r in results)

@@ -129,10 +129,7 @@ class CheckJob(submitit.helpers.Checkpointable):
     def __call__(self) -> tuple[list[str], int]:
         from launch import check
 
-        out, extra = Path(self.out_dir), self.extra
-        if self.seed is not None:
-            out, extra = check.seed_dir(out, self.seed), [*extra, f"seed={self.seed}"]
-        results = check.check(self.slug, out, names=self.names, extra=extra)
+        results = check.check_at_seed(self.slug, Path(self.out_dir), self.names, self.extra, self.seed)
         tag = "" if self.seed is None else f"[seed {self.seed}] "
         return [tag + r.report() for r in results], sum(r.verdict == "FAIL" for r in results)
 
