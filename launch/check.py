@@ -336,6 +336,11 @@ def check_at_seed(slug: str, out_dir: Path, names: list[str] | None, extra: list
     return check(slug, seed_dir(out_dir, seed), names=names, extra=[*extra, f"seed={seed}"])
 
 
+def seed_report(result: ClaimResult, seed: int | None) -> str:
+    """A claim's report line, tagged "[seed k]" when it comes from one seed of `zoo check --seeds`."""
+    return result.report() if seed is None else f"[seed {seed}] {result.report()}"
+
+
 def clear_cache() -> None:
     """Forget the cached runs (and the trained models they keep): between seeds nothing is shared."""
     for cache in (_RUN_CACHE, _TRAINED, _EVAL_CACHE):
@@ -370,7 +375,7 @@ def summarize_seeds(slug: str, seeds: list[int], out_dir: Path) -> list[str]:
             texts.append(f"{run} {mean_std_text(values)} ({min(values):.4g}, {max(values):.4g})")
         passing = sum(r["passed"] for r in found.values())
         verdicts = {seed: (r["verdict"] if r is not None else "missing") for seed, r in results.items()}
-        rows.append({"claim": name, "passing": passing, "seeds": seeds, "verdicts": verdicts, "values": stats,
+        rows.append({"claim": name, "passing": passing, "verdicts": verdicts, "values": stats,
                      "expect": next(iter(found.values()))["expect"]})
         values_text = "; ".join(texts)
         per_seed_text = ", ".join(f"{seed}: {v}" for seed, v in verdicts.items())

@@ -276,7 +276,7 @@ def cmd_check(args: list[str]) -> int:
                 check.clear_cache()  # nothing is shared between seeds: free the trained models
             results = check.check_at_seed(slug, out, opts.claims, extra, seed)
             for r in results:
-                print(r.report() if seed is None else f"[seed {seed}] {r.report()}")
+                print(check.seed_report(r, seed))
             failed += sum(r.verdict == "FAIL" for r in results)
         if seeds is not None:
             print("\n".join(check.summarize_seeds(slug, seeds, out)))

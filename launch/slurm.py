@@ -130,8 +130,7 @@ class CheckJob(submitit.helpers.Checkpointable):
         from launch import check
 
         results = check.check_at_seed(self.slug, Path(self.out_dir), self.names, self.extra, self.seed)
-        tag = "" if self.seed is None else f"[seed {self.seed}] "
-        return [tag + r.report() for r in results], sum(r.verdict == "FAIL" for r in results)
+        return [check.seed_report(r, self.seed) for r in results], sum(r.verdict == "FAIL" for r in results)
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(CheckJob(self.slug, self.names, self.extra, self.out_dir,
