@@ -34,6 +34,7 @@ import importlib
 import json
 import logging
 import operator
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -282,26 +283,55 @@ def check(slug: str, out_dir: Path | None = None, *, names: list[str] | None = N
                         f"(has: {', '.join(known) or 'none'})")
     results = [run_claim(slug, name, extra=list(extra)) for name in (names or known)]
     if out_dir is not None:
-        write_results(slug, results, out_dir, list(extra))
+        write_results(slug, results, out_dir, list(extra), order=known)
     return results
 
 
-def write_results(slug: str, results: list[ClaimResult], out_dir: Path, extra: list[str] = ()) -> None:
+def write_results(slug: str, results: list[ClaimResult], out_dir: Path, extra: list[str] = (),
+                  order: list[str] | None = None) -> None:
     """`<slug>.json` and `<slug>.md` under out_dir; `extra` (overrides on top of every run, e.g. a longer schedule on
-    a GPU) is recorded in both, since such results are not the card's setting."""
+    a GPU) is recorded in both, since such results are not the card's setting.
+
+    A check of some claims (`--claim`) updates those claims and keeps the others' last results when the earlier
+    file was written with the same `extra` (each claim keeps its own `when`); results under other overrides are
+    replaced, so one file never mixes settings. `order`: the experiment's claim names, in config order (claims no
+    longer in it are dropped). Both files are written atomically (a temporary file, then a rename)."""
     (out_dir / slug).parent.mkdir(parents=True, exist_ok=True)  # a variant `<slug>/<dataset>` gets a subfolder
-    payload = {"slug": slug, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": list(extra),
-               "passed": all(r.passed or r.known_gap for r in results),
-               "claims": [asdict(r) | {"passed": r.passed, "verdict": r.verdict} for r in results]}
-    (out_dir / f"{slug}.json").write_text(json.dumps(payload, indent=2))
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    claims = {c["claim"]: c for c in _previous_claims(out_dir / f"{slug}.json", list(extra))}
+    claims.update({r.claim: asdict(r) | {"passed": r.passed, "verdict": r.verdict, "when": when} for r in results})
+    names = [n for n in order if n in claims] if order is not None else list(claims)
+    rows = [claims[n] for n in names]
+    payload = {"slug": slug, "when": when, "overrides": list(extra),
+               "passed": all(c["passed"] or c.get("known_gap") for c in rows), "claims": rows}
     header = f"# zoo check {slug}" + (f" {' '.join(extra)}" if extra else "")
-    lines = [header, "", "| claim | measured | expected | result | seconds | steps |", "|---|---|---|---|---|---|"]
-    for r in results:
-        measured = ", ".join(f"{k}={v:.4g}" for k, v in r.measured.items())
-        steps = ", ".join(f"{k}={v}" for k, v in r.steps.items())
-        lines.append(f"| {r.claim} | {measured} | {'; '.join(r.expect)} | {r.verdict} "
-                     f"| {r.seconds:.1f} | {steps} |")
-    (out_dir / f"{slug}.md").write_text("\n".join(lines) + "\n")
+    lines = [header, "", "| claim | measured | expected | result | seconds | steps | when |",
+             "|---|---|---|---|---|---|---|"]
+    for c in rows:
+        measured = ", ".join(f"{k}={v:.4g}" for k, v in c["measured"].items())
+        steps = ", ".join(f"{k}={v}" for k, v in c.get("steps", {}).items())
+        lines.append(f"| {c['claim']} | {measured} | {'; '.join(c['expect'])} | {c['verdict']} "
+                     f"| {c['seconds']:.1f} | {steps} | {c.get('when', '')[:16]} |")
+    _write_atomic(out_dir / f"{slug}.json", json.dumps(payload, indent=2))
+    _write_atomic(out_dir / f"{slug}.md", "\n".join(lines) + "\n")
+
+
+def _previous_claims(path: Path, extra: list[str]) -> list[dict]:
+    """The claims of an earlier results file written with the same overrides; none when there is no such file, it
+    does not parse (e.g. from an older layout), or its overrides differ."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("overrides", []) != extra:
+            return []
+        return [c for c in data["claims"] if {"claim", "measured", "expect", "passed", "verdict"} <= set(c)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -399,4 +429,6 @@ def status(slug: str, out_dir: Path) -> str:
     gaps = sum(c.get("verdict") == "KNOWN GAP" for c in data["claims"])
     gap_text = f", {gaps} known gap" if gaps else ""
     extra = f", with {' '.join(data['overrides'])}" if data.get("overrides") else ""
-    return f"{ok}/{n} pass{gap_text} ({data['when'][:10]}{extra})"
+    days = sorted({c.get("when", data["when"])[:10] for c in data["claims"]} or {data["when"][:10]})
+    when = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"  # claims rerun alone keep their own date
+    return f"{ok}/{n} pass{gap_text} ({when}{extra})"

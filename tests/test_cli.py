@@ -106,6 +106,43 @@ def test_check_results_files_and_list_status(tmp_path):
     assert status("demo/variant", tmp_path).startswith("1/1 pass")
 
 
+def test_check_of_one_claim_keeps_the_other_claims_results(tmp_path):
+    """`zoo check <slug> --claim c` after a full check: c's entry is replaced, the others stay (with their own time),
+    in config order; a claim gone from the config is dropped; results under other overrides are not mixed in."""
+    import json
+
+    from launch.check import ClaimResult, status, write_results
+
+    def result(name, passed, value):
+        return ClaimResult("demo", name, "text", "m", {"m": value}, ["m >= 1"], [passed], 1.0)
+
+    order = ["a", "b", "c"]
+    write_results("demo", [result("a", True, 2.0), result("b", True, 3.0), result("c", False, 0.5)], tmp_path,
+                  order=order)
+    first = json.loads((tmp_path / "demo.json").read_text())
+    write_results("demo", [result("c", True, 1.5)], tmp_path, order=order)
+    data = json.loads((tmp_path / "demo.json").read_text())
+    assert [c["claim"] for c in data["claims"]] == order and data["passed"]
+    assert [c["measured"]["m"] for c in data["claims"]] == [2.0, 3.0, 1.5]
+    assert data["claims"][0]["when"] == first["claims"][0]["when"]
+    assert status("demo", tmp_path).startswith("3/3 pass")
+    data["claims"][0]["when"] = "2026-01-02T03:04:05+0000"  # a claim last checked on another day: status shows the span
+    (tmp_path / "demo.json").write_text(json.dumps(data))
+    assert status("demo", tmp_path).startswith(f"3/3 pass (2026-01-02 to {data['when'][:10]}")
+    md = (tmp_path / "demo.md").read_text()
+    assert "| a | m=2 |" in md and "| c | m=1.5 |" in md and "| c | m=0.5 |" not in md
+    write_results("demo", [result("c", True, 1.7)], tmp_path, order=["a", "c"])  # claim b removed from the config
+    assert [c["claim"] for c in json.loads((tmp_path / "demo.json").read_text())["claims"]] == ["a", "c"]
+    write_results("demo", [result("b", False, 0.1)], tmp_path, ["trainer.max_steps=9"], order=order)
+    data = json.loads((tmp_path / "demo.json").read_text())
+    assert [c["claim"] for c in data["claims"]] == ["b"] and data["overrides"] == ["trainer.max_steps=9"]
+    assert status("demo", tmp_path).startswith("0/1 pass")
+    (tmp_path / "demo.json").write_text("{not json")  # an unreadable earlier file is replaced, not an error
+    write_results("demo", [result("a", True, 2.0)], tmp_path, order=order)
+    assert status("demo", tmp_path).startswith("1/1 pass")
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_check_accepts_variants_that_declare_claims():
     from launch import config as zconfig
 
