@@ -1,11 +1,11 @@
 """User-facing errors: bad config, data or checkpoint. The CLI prints them as one line and exits 2."""
+from collections.abc import Mapping, Sequence
 
 
 class UserError(Exception):
     """An error caused by input the user controls (config, data, checkpoint, resources)."""
 
     exit_code = 2
-
 
 
 def check_choice(field: str, noun: str, value, known, *, list_known: bool = True) -> None:
@@ -25,13 +25,21 @@ def check_min(prefix: str, low: float = 1, **values) -> None:
     """Raise a one-line UserError unless every given value is >= `low`; None (an optional or "off" setting) passes.
     `prefix` names the config group: `check_min("data", batch_size=-1)` -> "data.batch_size must be >= 1, got -1"."""
     for key, value in values.items():
+        _check_number(prefix, key, value)
         if value is not None and not value >= low:
             raise UserError(f"{prefix}.{key} must be >= {low}, got {value!r}")
+
+
+def _check_number(prefix: str, key: str, value) -> None:
+    """A value given on the command line as text (`model.dim_emb=abc`) or a list is not a number: say so."""
+    if isinstance(value, (bool, str, bytes, Mapping, Sequence)):  # OmegaConf's list / dict configs included
+        raise UserError(f"{prefix}.{key} must be a number, got {value!r}")
 
 
 def check_positive(prefix: str, **values) -> None:
     """Like `check_min`, for values that must be > 0 (lengths, time steps, ranges); None passes."""
     for key, value in values.items():
+        _check_number(prefix, key, value)
         if value is not None and not value > 0:
             raise UserError(f"{prefix}.{key} must be > 0, got {value!r}")
 

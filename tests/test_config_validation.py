@@ -118,3 +118,14 @@ def test_bad_trainer_or_seed_is_one_line_and_leaves_no_run_dir(tmp_path, monkeyp
     line = one_line_error(code, err + out)
     assert line.startswith("zoo train: error:") and words in line, line
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("experiment,key", [(e, k) for e, pairs in BAD.items() for k, _ in pairs])
+def test_text_for_a_number_is_a_user_error_naming_the_key(experiment, key):
+    """`model.dim_emb=abc` (text where a number belongs): the key and "must be a number" in one line, not Python's
+    "'>=' not supported between instances of 'str' and 'int'"."""
+    cfg = zconfig.compose([f"experiment={experiment}", f"{key}=abc"])
+    with pytest.raises(UserError) as err:
+        train.instantiate(cfg)
+    message = str(err.value)
+    assert key.rsplit(".", 1)[1] in message and "number" in message and "\n" not in message, message
