@@ -26,8 +26,6 @@ Batches: {"x": (B, 1, H, W) coefficient, "y": (B, 1, H, W) solution}.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -131,19 +129,18 @@ def darcy_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def cached_darcy(n_samples: int, n: int, seed: int, cache_dir: str | os.PathLike | None = None,
                  **kwargs: float) -> tuple[np.ndarray, np.ndarray]:
-    """generate_darcy through an .npz cache keyed by all arguments (written to a temp name, then renamed)."""
-    key = json.dumps({"n_samples": n_samples, "n": n, "seed": seed, **kwargs, "v": 1}, sort_keys=True)
-    folder = darcy_cache_dir(cache_dir)
-    path = folder / f"darcy_{n}_{n_samples}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return z["coeff"], z["sol"]
-    coeff, sol = generate_darcy(n_samples, n, seed, **kwargs)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part.npz")
-    np.savez(tmp, coeff=coeff, sol=sol)
-    os.replace(tmp, path)
-    return coeff, sol
+    """generate_darcy through an .npz cache keyed by all arguments (`download.cached_npz`: written to a temporary
+    name, then renamed; an unreadable file is regenerated)."""
+    from datamodules.download import cached_npz
+
+    key = {"n_samples": n_samples, "n": n, "seed": seed, **kwargs, "v": 1}
+
+    def make() -> dict[str, np.ndarray]:
+        coeff, sol = generate_darcy(n_samples, n, seed, **kwargs)
+        return {"coeff": coeff, "sol": sol}
+
+    z = cached_npz(darcy_cache_dir(cache_dir), f"darcy_{n}_{n_samples}", key, make)
+    return z["coeff"], z["sol"]
 
 
 # ------------------------------------------------------------------------------------------- FNO .mat files

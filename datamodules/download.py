@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import posixpath
 import shutil
@@ -39,7 +40,9 @@ import zipfile
 from contextlib import nullcontext
 from pathlib import Path, PurePosixPath
 
-from launch.errors import UserError
+from launch.errors import UserError, one_line
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DownloadError", "cache_dir", "fetch", "extract", "file_sha256"]
 
@@ -76,8 +79,8 @@ def cached_npz(folder: str | os.PathLike | None, prefix: str, key: dict, make) -
         try:
             with np.load(path) as z:
                 return {k: np.array(z[k]) for k in z.files}
-        except (OSError, ValueError, KeyError, EOFError):  # unreadable: regenerated and replaced
-            pass
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # regenerated and replaced
+            log.warning("cache file %s is unreadable (%s): regenerating it", path, one_line(err, 120))
     out = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part.npz")

@@ -305,23 +305,13 @@ def qg_cache_dir(cache_dir=None):
 
 
 def cached_qg(cache_dir=None, **kwargs) -> dict:
-    """generate_qg through an .npz cache keyed by all arguments (written to a temporary name, then renamed)."""
-    import hashlib
-    import json
-    import os
+    """generate_qg through an .npz cache keyed by all arguments (`download.cached_npz`: written to a temporary name,
+    then renamed; an unreadable file is regenerated)."""
+    from datamodules.download import cached_npz
 
-    key = json.dumps({**kwargs, "v": 2}, sort_keys=True)  # v2: Robert-Asselin filter from the third step
-    folder = qg_cache_dir(cache_dir)
-    path = folder / f"qg_{kwargs.get('nx')}x{kwargs.get('ny')}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    d = generate_qg(**kwargs)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part.npz")
-    np.savez(tmp, **d)
-    os.replace(tmp, path)
-    return d
+    key = {**kwargs, "v": 2}  # v2: Robert-Asselin filter from the third step
+    return cached_npz(qg_cache_dir(cache_dir), f"qg_{kwargs.get('nx')}x{kwargs.get('ny')}", key,
+                      lambda: generate_qg(**kwargs))
 
 
 class MedidaQGDataModule(_WholeDatasetLoaders, L.LightningDataModule):

@@ -101,6 +101,13 @@ def test_cache_writes_once_and_honours_the_env_var(tmp_path, monkeypatch):
     assert not list((tmp_path / "c").glob(".*part*"))
     cached_darcy(3, 8, seed=2, cache_dir=tmp_path / "explicit")  # data.cache_dir wins over the env var
     assert len(calls) == 2 and list((tmp_path / "explicit").glob("*.npz"))
+    # a cache file cut short (a full disk, a copy interrupted) is regenerated and replaced, not a zipfile traceback
+    (path,) = (tmp_path / "c").glob("darcy_8_3_*.npz")
+    path.write_bytes(path.read_bytes()[:100])
+    a3, u3 = cached_darcy(3, 8, seed=1)
+    assert len(calls) == 3 and np.array_equal(u3, u1)
+    a4, u4 = cached_darcy(3, 8, seed=1)
+    assert len(calls) == 3 and np.array_equal(u4, u1)
 
 
 def test_offline_datamodule_normalises(tmp_path):
