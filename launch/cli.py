@@ -86,7 +86,7 @@ def cmd_train(args: list[str]) -> int:
             cfg.run_id = cfg.run_id or f"{sweep_id}-{i}"
     else:
         sweep_id = None
-    cfgs = [_resume_or_new(cfg) for cfg in cfgs]
+    cfgs = [_resume_or_new(cfg, combo) for cfg, combo in zip(cfgs, combos)]
     if cfgs[0].launcher.name == "slurm":
         return _submit(cfgs, sweep_id)
     from launch import train
@@ -121,16 +121,22 @@ def _sweep_summary(cfgs, sweep_id: str) -> None:
           + (" --over seed" if over else ""))
 
 
-def _resume_or_new(cfg):
-    """An existing run id resumes that run with its saved config; otherwise a new run is created."""
+def _resume_or_new(cfg, overrides: list[str] = ()):
+    """An existing run id resumes that run with its saved config, changed by the overrides a resume may change (how
+    long and how it trains: `runs.apply_resume_overrides`); otherwise a new run is created."""
     from launch import runs
 
     if cfg.run_id:
-        saved = runs.saved_config(runs.run_of(runs.assign_run_id(cfg)))
+        run = runs.run_of(runs.assign_run_id(cfg))
+        saved = runs.saved_config(run)
         if saved is not None:
+            changes = runs.apply_resume_overrides(saved, cfg, list(overrides))
             if _is_rank_zero():
-                print(f"resuming run {cfg.run_id} with its saved config", file=sys.stderr)
+                changed = f" (changed: {'; '.join(changes)})" if changes else ""
+                print(f"resuming run {cfg.run_id} with its saved config{changed}", file=sys.stderr)
             saved.launcher = cfg.launcher
+            if changes:
+                runs.save_resumed_config(run, saved)
             return saved
     return runs.assign_run_id(cfg)
 

@@ -86,6 +86,61 @@ def saved_config(run: Run) -> DictConfig | None:
     return None
 
 
+# What a resumed run may change: how and how long it trains, where and how it logs, not what it trains.
+RESUMABLE_KEYS = ("trainer", "launcher", "logger", "progress_bar", "threads", "matmul_precision", "checkpoint",
+                  "early_stopping", "stage", "run_id", "runs_root")
+# ... except these trainer settings, which change the optimisation itself
+FIXED_TRAINER_KEYS = ("trainer.gradient_clip_val", "trainer.gradient_clip_algorithm",
+                      "trainer.accumulate_grad_batches", "trainer.deterministic")
+
+
+def _override_key(override: str) -> str:
+    """`+trainer.max_steps=9` -> `trainer.max_steps`; `trainer=gpu` -> `trainer` (a config group)."""
+    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+
+
+def _leaves(node, prefix: str) -> list[str]:
+    if OmegaConf.is_dict(node):
+        return [leaf for k in node for leaf in _leaves(node[k], f"{prefix}.{k}")]
+    return [prefix]
+
+
+def apply_resume_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """Resuming a run keeps its saved config; the command line's overrides of how it trains (`RESUMABLE_KEYS`, e.g.
+    `trainer.max_steps=...` to train on, `trainer=gpu`, `launcher.*`) are applied to it, and one that would change
+    what it trains (model, data, seed, gradient clipping, ...) to a value other than the saved one is a one-line
+    UserError (start a new run instead). Returns the changes made, as "key: old -> new"."""
+    changes, refused = [], []
+    for key in dict.fromkeys(_override_key(o) for o in overrides):
+        if key == "experiment":  # the run directory is found under the experiment's name: always the same
+            continue
+        node = OmegaConf.select(cfg, key, default=None)
+        for leaf in _leaves(node, key) if node is not None else [key]:
+            new, old = OmegaConf.select(cfg, leaf, default=None), OmegaConf.select(saved, leaf, default=None)
+            if OmegaConf.is_config(new):
+                new = OmegaConf.to_container(new, resolve=True)
+            if OmegaConf.is_config(old):
+                old = OmegaConf.to_container(old, resolve=True)
+            if new == old:
+                continue
+            if leaf.split(".", 1)[0] in RESUMABLE_KEYS and not leaf.startswith(FIXED_TRAINER_KEYS):
+                OmegaConf.update(saved, leaf, new, force_add=True)
+                changes.append(f"{leaf}: {old!r} -> {new!r}")
+            else:
+                refused.append(f"{leaf} (saved {old!r}, given {new!r})")
+    if refused:
+        raise UserError(f"run {cfg.run_id} resumes with its saved config: {', '.join(refused[:3])}"
+                        f"{' ...' if len(refused) > 3 else ''} cannot change on resume (omit run_id for a new run; "
+                        f"a resumed run may change only {', '.join(RESUMABLE_KEYS[:5])}, ...)")
+    return changes
+
+
+def save_resumed_config(run: Run, cfg: DictConfig) -> None:
+    """The saved config of a resumed run, with the changes its resume applied (rank zero, atomically)."""
+    if global_rank() == 0:
+        _write_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
+
+
 def create(cfg: DictConfig) -> Run:
     """Write the resolved config and provenance (rank zero only); idempotent on requeue/resume."""
     run = run_of(cfg)

@@ -87,6 +87,27 @@ def test_resume_after_killed_run_matches_uninterrupted(runs_root):
     assert final["test/ndcg@20"] == pytest.approx(reference["test/ndcg@20"], abs=1e-6)
 
 
+def test_resume_trains_on_with_a_new_budget_and_refuses_to_change_what_it_trains(runs_root, monkeypatch):
+    """`zoo train ... run_id=X trainer.max_epochs=<more>` continues run X to the new budget (the change is printed
+    and written to its config.yaml); an override that would change what the run trains (here the seed) is a one-line
+    error (exit 2) that leaves the run as it was. Before, every override on resume was silently dropped."""
+    monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
+    args = ["experiment=lightgcn", "data=synthetic_graph", "data.batch_size=256", "trainer.check_val_every_n_epoch=1",
+            f"runs_root={runs_root}", "run_id=extend", "logger=csv", "progress_bar=false"]
+    run = runs_root / "lightgcn" / "extend"
+    code, _, err = zoo_in_process("train", *args, "trainer.max_epochs=1")
+    assert code == 0, err
+    first = json.loads((run / "final_metrics.json").read_text())["global_step"]
+    code, _, err = zoo_in_process("train", *args, "trainer.max_epochs=2")
+    assert code == 0 and "changed: trainer.max_epochs: 1 -> 2" in err, err
+    assert json.loads((run / "final_metrics.json").read_text())["global_step"] == 2 * first
+    assert OmegaConf.load(run / "config.yaml").trainer.max_epochs == 2
+    saved = (run / "config.yaml").read_text()
+    code, out, err = zoo_in_process("train", *args, "trainer.max_epochs=3", "seed=7")
+    assert code == 2 and "seed (saved 0, given 7) cannot change on resume" in err, err + out
+    assert len(err.strip().splitlines()) == 1 and (run / "config.yaml").read_text() == saved
+
+
 def test_ddp_two_cpu_processes_match_single_process_eval(runs_root):
     """DDP with 2 CPU ranks (gloo): both ranks train; evaluation splits users across ranks without double
     counting, so the DDP test metrics equal a single-process evaluation of the same checkpoint."""
