@@ -1,6 +1,7 @@
 """compose -> instantiate -> fit/test: the one code path for local runs, SLURM jobs, checks and tests."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -23,8 +24,17 @@ def _quiet_known_warnings() -> None:
         ".*Checkpoint directory .* exists and is not empty.*",
         ".*srun.*command is available on your system but is not used.*",
         ".*LeafSpec.*is deprecated.*",
+        ".*is set, but there is no last checkpoint available.*",  # every fresh run: fit(ckpt_path="last") resumes
     ):
         warnings.filterwarnings("ignore", message=pattern)
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _drop_advert not in rank_zero_log.filters:
+        rank_zero_log.addFilter(_drop_advert)
+
+
+def _drop_advert(record: logging.LogRecord) -> bool:
+    """Lightning's "Tip: ... try installing litlogger" line on every run is an advertisement, not information."""
+    return "litlogger" not in str(record.msg)
 
 
 def wandb_mode(requested: str) -> str:
@@ -173,8 +183,6 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     import lightning as L
     import torch
 
-    from launch.callbacks import RestoreBestWeights
-
     _quiet_known_warnings()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -185,9 +193,22 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     # experiment and trainer are built before anything is written: a bad config leaves no run directory behind
     datamodule, model = instantiate(cfg)
     run_dir = runs.run_of(cfg) if make_run_dir else None
+    fresh = run_dir is not None and not run_dir.config_file.exists()  # this call makes the run directory
     trainer = build_trainer(cfg, run_dir, extra_callbacks)
     if make_run_dir:
         run_dir = runs.create(cfg)
+    try:
+        return _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep)
+    except UserError:
+        if fresh:  # bad data found in setup (a missing file, a wrong shape): no run directory without a checkpoint
+            _discard_unstarted(trainer, run_dir)
+        raise
+
+
+def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> dict[str, float]:
+    """`run`'s fit (resuming from last.ckpt) and test stages; the final metrics."""
+    from launch.callbacks import RestoreBestWeights
+
     notice = effective_batch_notice(cfg, trainer.world_size)
     if notice and trainer.is_global_zero:
         log.warning(notice)
@@ -218,6 +239,20 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     if run_dir is not None and trainer.is_global_zero:
         _finish(trainer, run_dir, metrics)
     return metrics
+
+
+def _discard_unstarted(trainer, run: runs.Run) -> None:
+    """After a UserError in a run this call created: close its W&B run and, when no checkpoint was written, remove
+    the run directory (rank zero), so a bad input leaves nothing half-made behind."""
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        sys.modules["wandb"].finish(exit_code=2, quiet=True)
+    if not trainer.is_global_zero or any(run.checkpoints.glob("*.ckpt")):
+        return
+    import shutil
+
+    shutil.rmtree(run.dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run.dir.parent.rmdir()  # the experiment's folder, when this was its only run
 
 
 def effective_batch_notice(cfg: DictConfig, world_size: int) -> str | None:

@@ -108,6 +108,17 @@ def test_resume_trains_on_with_a_new_budget_and_refuses_to_change_what_it_trains
     assert len(err.strip().splitlines()) == 1 and (run / "config.yaml").read_text() == saved
 
 
+def test_bad_data_found_in_setup_leaves_no_run_directory(runs_root, tmp_path, monkeypatch):
+    """A data error that only the datamodule's setup can see (here the real ETTh1 file is missing) is one line, exit
+    2, and the run directory made for the run is removed (nothing half-made; it had no checkpoint), W&B included."""
+    monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
+    code, out, err = zoo_in_process("train", "experiment=itransformer/etth1", f"data.data_dir={tmp_path / 'nope'}",
+                                    "trainer.max_steps=2", f"runs_root={runs_root}", "progress_bar=false")
+    assert code == 2 and "ETTh1.csv does not exist" in err, err + out
+    assert [line for line in err.splitlines() if "error" in line] == [err.strip().splitlines()[-1]]
+    assert not list(runs_root.iterdir()), list(runs_root.rglob("*"))
+
+
 def test_ddp_two_cpu_processes_match_single_process_eval(runs_root):
     """DDP with 2 CPU ranks (gloo): both ranks train; evaluation splits users across ranks without double
     counting, so the DDP test metrics equal a single-process evaluation of the same checkpoint."""
