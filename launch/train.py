@@ -170,6 +170,9 @@ def _probe_optimizer(cfg: DictConfig) -> None:
         raise UserError(f"model.optimizer: {one_line(cause)}") from None
 
 
+STAGES = ("fit", "test", "fit_test")  # test: a trained run's last.ckpt (zoo train run_id=X stage=test) or zoo eval's
+
+
 def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | None = None,
         test_ckpt: str | None = None, keep: dict | None = None) -> dict[str, float]:
     """Train and/or test one resolved config; return the final metrics as floats.
@@ -187,6 +190,8 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     torch.set_float32_matmul_precision(_matmul_precision(cfg))
+    if cfg.get("stage") not in STAGES:
+        raise UserError(f"stage must be one of {', '.join(STAGES)}, got {cfg.get('stage')!r}")
     if make_run_dir:
         cfg = runs.assign_run_id(cfg)
     L.seed_everything(_seed(cfg), workers=True, verbose=False)
@@ -221,6 +226,11 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
         best = next((c for c in trainer.callbacks if isinstance(c, RestoreBestWeights)), None)
         if best is not None and best.best_epoch is not None:
             metrics["best_epoch"] = float(best.best_epoch)
+    if cfg.stage == "test" and test_ckpt is None and run_dir is not None:  # `zoo train ... run_id=X stage=test`
+        if not run_dir.last_checkpoint.exists():
+            raise UserError(f"stage=test tests a trained run's last.ckpt and run {run_dir.run_id} has none: train it "
+                            "first (stage=fit_test), or test any checkpoint with `zoo eval ckpt=<path>`")
+        test_ckpt = str(run_dir.last_checkpoint)
     if cfg.stage in ("test", "fit_test"):
         if test_ckpt is not None:
             _load_checkpoint(test_ckpt)

@@ -90,7 +90,8 @@ def test_resume_after_killed_run_matches_uninterrupted(runs_root):
 def test_resume_trains_on_with_a_new_budget_and_refuses_to_change_what_it_trains(runs_root, monkeypatch):
     """`zoo train ... run_id=X trainer.max_epochs=<more>` continues run X to the new budget (the change is printed
     and written to its config.yaml); an override that would change what the run trains (here the seed) is a one-line
-    error (exit 2) that leaves the run as it was. Before, every override on resume was silently dropped."""
+    error (exit 2) that leaves the run as it was. Before, every override on resume was silently dropped. stage=test
+    tests the run's last.ckpt (before, a new model's untrained weights); a bad stage name is a one-line error."""
     monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
     args = ["experiment=lightgcn", "data=synthetic_graph", "data.batch_size=256", "trainer.check_val_every_n_epoch=1",
             f"runs_root={runs_root}", "run_id=extend", "logger=csv", "progress_bar=false"]
@@ -100,12 +101,24 @@ def test_resume_trains_on_with_a_new_budget_and_refuses_to_change_what_it_trains
     first = json.loads((run / "final_metrics.json").read_text())["global_step"]
     code, _, err = zoo_in_process("train", *args, "trainer.max_epochs=2")
     assert code == 0 and "changed: trainer.max_epochs: 1 -> 2" in err, err
-    assert json.loads((run / "final_metrics.json").read_text())["global_step"] == 2 * first
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["global_step"] == 2 * first
+    tested = final["test/recall@20"]
     assert OmegaConf.load(run / "config.yaml").trainer.max_epochs == 2
     saved = (run / "config.yaml").read_text()
     code, out, err = zoo_in_process("train", *args, "trainer.max_epochs=3", "seed=7")
     assert code == 2 and "seed (saved 0, given 7) cannot change on resume" in err, err + out
     assert len(err.strip().splitlines()) == 1 and (run / "config.yaml").read_text() == saved
+    # stage=test on the resumed run tests its last.ckpt (not fresh weights): the metrics of the run's own test
+    code, out, err = zoo_in_process("train", *args, "stage=test")
+    assert code == 0, err
+    assert json.loads((run / "final_metrics.json").read_text())["test/recall@20"] == pytest.approx(tested, abs=1e-6)
+    # ... and a new run with stage=test has nothing to test: one line, no run directory left
+    fresh = [a for a in args if not a.startswith("run_id=")]
+    code, out, err = zoo_in_process("train", *fresh, "run_id=untrained", "stage=test")
+    assert code == 2 and "has none" in err and not (runs_root / "lightgcn" / "untrained").exists(), err + out
+    code, out, err = zoo_in_process("train", *fresh, "stage=tset")
+    assert code == 2 and "stage must be one of fit, test, fit_test" in err, err + out
 
 
 def test_bad_data_found_in_setup_leaves_no_run_directory(runs_root, tmp_path, monkeypatch):
