@@ -187,7 +187,7 @@ def _wait_for(jobs: list, names: list[str], report) -> int:
 def cmd_eval(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
-    from launch import train
+    from launch import runs, train
 
     ckpt = next((a.split("=", 1)[1] for a in args if a.startswith("ckpt=")), None)
     if not ckpt:
@@ -199,7 +199,7 @@ def cmd_eval(args: list[str]) -> int:
     config_file = run_dir / "config.yaml"
     if not config_file.exists():
         raise UserError(f"no saved config next to the checkpoint (expected {config_file})")
-    cfg = OmegaConf.load(config_file)
+    cfg = runs.saved_config(runs.Run(run_dir.parent.name, run_dir.name, run_dir.parent.parent))
     others = [a for a in args if not a.startswith("ckpt=")]
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(others), {"stage": "test", "logger": {"wandb": None}})
@@ -347,14 +347,12 @@ def cmd_bench(args: list[str]) -> int:
 
 
 def cmd_status(args: list[str]) -> int:
-    from omegaconf import OmegaConf
-
     from launch import runs, summary
 
     if len(args) != 1:
         raise UserError("usage: zoo status <run_id | run_dir>")
     run_dir = runs.find(args[0])
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = runs.saved_config(runs.Run(run_dir.parent.name, run_dir.name, run_dir.parent.parent))
     print(f"run {cfg.run_id}  experiment {cfg.experiment_name}  dir {run_dir}")
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.exists():
@@ -370,7 +368,10 @@ def cmd_status(args: list[str]) -> int:
         print("no checkpoint yet")
     final = run_dir / "final_metrics.json"
     if final.exists():
-        print_metrics("final metrics", json.loads(final.read_text()))
+        try:
+            print_metrics("final metrics", json.loads(final.read_text()))
+        except (OSError, ValueError) as err:
+            print(f"final_metrics.json unreadable: {type(err).__name__}")
     jobs_file = run_dir / "slurm" / "jobs.txt"
     if jobs_file.exists():
         jobs = jobs_file.read_text().split()

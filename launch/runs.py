@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from launch.errors import UserError
+from launch.errors import UserError, one_line
 
 RUN_ID_ENV = "PAPERZOO_RUN_ID"
 
@@ -82,7 +82,7 @@ def saved_config(run: Run) -> DictConfig | None:
         try:
             return OmegaConf.load(run.config_file)
         except Exception as err:  # noqa: BLE001
-            raise UserError(f"{run.config_file} is not a readable config: {err}") from None
+            raise UserError(f"{run.config_file} is not a readable config: {one_line(err, 200)}") from None
     return None
 
 

@@ -8,12 +8,13 @@ import math
 import shutil
 import statistics
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from launch.errors import UserError
+from launch.errors import UserError, one_line
 
 # never shown as "what differs": bookkeeping that differs between any two runs
 IGNORED_KEYS = ("run_id", "runs_root")
@@ -94,15 +95,17 @@ def collect(root: Path, experiment: str | None = None, sweep: str | None = None)
         run_dir = config_file.parent
         if sweep and not run_dir.name.startswith(f"{sweep}-"):
             continue
-        try:
-            config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
-        except Exception as err:  # noqa: BLE001
-            raise UserError(f"{config_file} is not a readable config: {err}") from None
         final = run_dir / "final_metrics.json"
         try:
+            config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
+        except Exception as err:  # noqa: BLE001 - one broken run (a torn file) does not hide the others
+            _skip(run_dir, config_file, err)
+            continue
+        try:
             metrics = json.loads(final.read_text()) if final.exists() else None
-        except json.JSONDecodeError as err:
-            raise UserError(f"{final} is not valid JSON: {err}") from None
+        except (OSError, ValueError) as err:
+            _skip(run_dir, final, err)
+            continue
         created = _created(run_dir / "meta.json")
         jobs_file = run_dir / "slurm" / "jobs.txt"
         jobs = jobs_file.read_text().split() if jobs_file.exists() else []
@@ -117,6 +120,10 @@ def collect(root: Path, experiment: str | None = None, sweep: str | None = None)
     for r in records:
         r.job_state = states.get(r.job) if r.job else None
     return sorted(records, key=lambda r: (r.created, r.run_id))
+
+
+def _skip(run_dir: Path, path: Path, err: Exception) -> None:
+    print(f"zoo runs: skipping {run_dir}: {path.name} is unreadable ({one_line(err, 120)})", file=sys.stderr)
 
 
 def _created(meta: Path) -> str:

@@ -107,6 +107,24 @@ def test_zoo_runs_cli(sweep_root, tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_torn_run_is_skipped_by_zoo_runs_and_a_one_line_error_for_status_and_eval(sweep_root, capsys):
+    """A run whose config.yaml or final_metrics.json is torn (a full disk, a killed copy): `zoo runs` lists the
+    others and says which it skipped; `zoo status` / `zoo eval` of that run are one-line errors (exit 2)."""
+    torn = fake_run(sweep_root, "torn", 3, 1, 0.2)
+    (torn / "config.yaml").write_text("{{{")
+    half = fake_run(sweep_root, "half", 4, 1, 0.2)
+    (half / "final_metrics.json").write_text('{"test/recall@20": 0.')
+    assert cli.main(["runs", "lightgcn", "--root", str(sweep_root)]) == 0
+    captured = capsys.readouterr()
+    assert "6 runs" in captured.out and "other-0" in captured.out
+    assert f"skipping {torn}: config.yaml is unreadable" in captured.err
+    assert f"skipping {half}: final_metrics.json is unreadable" in captured.err
+    for argv in (["status", str(torn)], ["eval", f"ckpt={torn / 'checkpoints' / 'last.ckpt'}"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "config.yaml is not a readable config" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_a_local_sweep_ends_with_the_table_over_seeds(runs_root):
     proc = zoo_subprocess("train", "-m", "experiment=lightgcn", "data=synthetic_graph", "trainer=debug", "logger=none",
                           "seed=0,1", "model.num_layers=0,1", f"runs_root={runs_root}", check=True, timeout=300)
