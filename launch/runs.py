@@ -145,11 +145,15 @@ def create(cfg: DictConfig) -> Run:
     """Write the resolved config and provenance (rank zero only); idempotent on requeue/resume."""
     run = run_of(cfg)
     if global_rank() == 0:
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
-        run.figures.mkdir(exist_ok=True)
-        if not run.config_file.exists():
-            _write_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
-            _write_atomic(run.dir / "meta.json", json.dumps(provenance(), indent=2))
+        try:
+            run.checkpoints.mkdir(parents=True, exist_ok=True)
+            run.figures.mkdir(exist_ok=True)
+            if not run.config_file.exists():
+                _write_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
+                _write_atomic(run.dir / "meta.json", json.dumps(provenance(), indent=2))
+        except OSError as err:  # runs_root not writable, a file in the way, a full disk
+            raise UserError(f"cannot write the run directory {run.dir} (runs_root={run.root}): "
+                            f"{err.strerror or one_line(err)}{f' ({err.filename})' if err.filename else ''}") from None
     return run
 
 

@@ -129,3 +129,15 @@ def test_text_for_a_number_is_a_user_error_naming_the_key(experiment, key):
         train.instantiate(cfg)
     message = str(err.value)
     assert key.rsplit(".", 1)[1] in message and "number" in message and "\n" not in message, message
+
+
+def test_unwritable_runs_root_is_one_line(tmp_path, monkeypatch):
+    """runs_root where no run directory can be made (here a file is in the way): one `zoo train: error:` line naming
+    the directory, exit 2 (an OSError traceback from mkdir before)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
+    (tmp_path / "afile").write_text("")
+    code, out, err = zoo_in_process("train", "experiment=itransformer", "trainer.max_steps=2", "logger=none",
+                                    "progress_bar=false", f"runs_root={tmp_path / 'afile'}")
+    line = one_line_error(code, err + out)
+    assert line.startswith("zoo train: error: cannot write the run directory") and "Not a directory" in line, line
