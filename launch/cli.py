@@ -51,6 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def writable_dir(path: Path, what: str) -> Path:
+    """Make the output folder `path` (a command's `what`, e.g. --out) before any work: a one-line error when it
+    cannot be made or written, rather than a traceback after the work is done."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{what} {path}: cannot create it ({err.strerror or err})") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{what} {path}: not writable")
+    return path
+
+
 def _is_rank_zero() -> bool:
     from launch.runs import global_rank
 
@@ -270,6 +282,9 @@ def cmd_check(args: list[str]) -> int:
     seeds = check.parse_seeds(opts.seeds) if opts.seeds is not None else None
     if seeds is not None and any(o.lstrip("+").split("=", 1)[0] == "seed" for o in extra):
         raise UserError("zoo check: give the seeds with --seeds or seed=<k>, not both")
+    for slug in slugs if extra else ():  # a mistyped key fails now, not after hours of other claims (or never)
+        zconfig.compose([f"experiment={slug}", *extra])
+    writable_dir(Path(opts.out), "--out")
     if opts.launcher == "slurm":
         return _submit_checks(slugs, opts.claims, extra, Path(opts.out).resolve(), launcher_overrides, seeds)
     if launcher_overrides:
@@ -342,6 +357,7 @@ def cmd_bench(args: list[str]) -> int:
     options = {key: value for key in ("systems", "all_systems", "shard", "merge", "dataset", "device", "protocol",
                                       "hyperparameters")
                if (value := getattr(opts, key)) not in (None, False)}
+    writable_dir(Path(opts.out), "--out")
     run_benchmarks(None if opts.all else opts.slug, quick=opts.quick, out_dir=Path(opts.out), options=options)
     return 0
 
@@ -396,6 +412,9 @@ def cmd_runs(args: list[str]) -> int:
     opts = parser.parse_args(args)
     if opts.plot and not opts.over:
         raise UserError("--plot needs --over <key> (the metrics are plotted as mean ± std over it)")
+    for flag, target in (("--csv", opts.csv), ("--plot", opts.plot)):
+        if target:
+            writable_dir(Path(target).expanduser().absolute().parent, flag)
     records = summary.collect(Path(opts.root), opts.experiment, opts.sweep)
     table = summary.build(records, opts.metric, opts.over)
     title = f"{len(records)} runs under {opts.root}" + (f" (sweep {opts.sweep})" if opts.sweep else "")

@@ -185,6 +185,14 @@ def test_check_one_claim_with_overrides_on_every_run(monkeypatch, tmp_path):
         cmd_check(["--all", "--claim", "node_rmse"])
     with pytest.raises(UserError, match="needs --launcher slurm"):
         cmd_check(["um2n", "launcher.partition=gpu", "--out", str(out)])
+    # a mistyped key and an output folder that cannot be made fail before any claim runs
+    seen.clear()
+    with pytest.raises(UserError, match="unknown config key 'trainer.max_stepz'"):
+        cmd_check(["um2n", "--claim", "node_rmse", "trainer.max_stepz=4000", "--out", str(out)])
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UserError, match="--out .*afile/checks: cannot create it"):
+        cmd_check(["um2n", "--claim", "node_rmse", "--out", str(tmp_path / "afile" / "checks")])
+    assert not seen
 
 
 def test_check_seeds_runs_each_claim_per_seed_and_summarises(monkeypatch, tmp_path, capsys):
