@@ -12,6 +12,7 @@ from lit_models.common.dynamics_metrics import (
     StateSpaceDivergence,
     power_spectrum_distance,
     state_space_divergence,
+    state_space_divergence_gmm,
 )
 
 
@@ -71,3 +72,21 @@ def test_power_spectrum_distance_of_a_collapsed_free_run_is_maximal():
     partly[:, 0] = x[:, 0]  # one live dimension (distance ~0) and two flat ones (1 each)
     assert power_spectrum_distance(x, partly) == pytest.approx(2.0 / 3.0, abs=1e-6)
     assert power_spectrum_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gmm_state_space_divergence_is_the_official_monte_carlo_kl():
+    """N >= 6 (official stsp_measure.jl): one Gaussian (variance D_stsp_scaling = 1) per state, KL by Monte Carlo at
+    draws from the true mixture. Two point clouds at distance 1 are N(a, I) vs N(b, I): KL = |a - b|^2 / 2 = 0.5
+    exactly (MC std 1/sqrt(20,000) = 0.007 here); identical trajectories give 0; a generated cloud so far away that
+    every q underflows in float32 leaves no draw (NaN, as the official filter_outliers leaves an empty mean)."""
+    a, b = np.zeros((4000, 6)), np.zeros((4000, 6))
+    b[:, 0] = 1.0
+    assert state_space_divergence_gmm(a, b, mc_samples=20000) == pytest.approx(0.5, abs=0.03)
+    assert state_space_divergence_gmm(a, b, scaling=4.0, mc_samples=20000) == pytest.approx(0.125, abs=0.01)
+    x = np.random.default_rng(1).standard_normal((3000, 8)).cumsum(0) / 50
+    assert state_space_divergence_gmm(x, x) == 0.0
+    assert state_space_divergence(x, x + 0.5) == state_space_divergence_gmm(x, x + 0.5) > 0.3  # N >= 6 -> GMM
+    far = b.copy()
+    far[:, 0] = 30.0
+    assert math.isnan(state_space_divergence_gmm(a, far))
+    assert math.isnan(state_space_divergence_gmm(x, np.full_like(x, np.nan)))
