@@ -300,6 +300,16 @@ class CausalPINNDataModule(L.LightningDataModule):
                              f"{default_end:g}")
         self.steps_per_epoch = steps_per_epoch
         self.reference: dict[str, np.ndarray] | None = None
+        # sampling "random": fresh points every step (official DataGenerator: a new key per batch), from one seeded
+        # generator that checkpoints save and restore (so a resumed run continues the same stream)
+        self.generator = torch.Generator().manual_seed(seed * 1_000_003 + 1)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
 
     def setup(self, stage: str | None = None) -> None:
         if self.reference is not None:
@@ -337,8 +347,8 @@ class CausalPINNDataModule(L.LightningDataModule):
         if self.sampling == "grid":
             t = torch.linspace(0.0, t_max, self.n_t)
             x = torch.zeros(1) if self.x_low is None else torch.linspace(self.x_low, self.x_high, self.n_x)
-        else:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + i + 1)
+        else:  # fresh points every step, every epoch
+            g = self.generator
             t = torch.sort(torch.rand(self.n_t, generator=g) * t_max).values  # sorted before weighting
             x = torch.zeros(1) if self.x_low is None else \
                 self.x_low + (self.x_high - self.x_low) * torch.rand(self.n_x, generator=g)

@@ -101,9 +101,18 @@ def test_causal_datamodule_batches_and_reference():
     rnd = CausalPINNDataModule(name="ks", n_t=8, n_x=5, sampling="random", t_end=0.1, n_modes=64, dt=1e-3,
                                n_snapshots=101, steps_per_epoch=2)
     rnd.setup()
+    state = rnd.state_dict()
     batches = list(rnd.train_dataloader())
+    # fresh points every step and every epoch (official DataGenerator: a new key per batch), reproducible by seed,
+    # and a checkpoint's generator state continues the same stream
     again = list(rnd.train_dataloader())
-    assert torch.equal(batches[0]["t"], again[0]["t"]) and not torch.equal(batches[0]["t"], batches[1]["t"])
+    assert not torch.equal(batches[0]["t"], batches[1]["t"]) and not torch.equal(batches[0]["t"], again[0]["t"])
+    twin = CausalPINNDataModule(name="ks", n_t=8, n_x=5, sampling="random", t_end=0.1, n_modes=64, dt=1e-3,
+                                n_snapshots=101, steps_per_epoch=2)
+    twin.setup()
+    assert torch.equal(next(iter(twin.train_dataloader()))["x"], batches[0]["x"])
+    rnd.load_state_dict(state)
+    assert torch.equal(next(iter(rnd.train_dataloader()))["x"], batches[0]["x"])
     for b in batches:
         assert torch.all(b["t"][1:] >= b["t"][:-1]) and float(b["t"].max()) <= 0.1
         assert float(b["x"].min()) >= -1 and float(b["x"].max()) <= 1
