@@ -221,14 +221,19 @@ def manufactured_problem(d: int, seed: int, m: int = 4, s: int = 3, amplitude: f
 
 
 class _Samples(Dataset):
-    def __init__(self, problem: BarronProblem, n: int, batches: int, seed: int) -> None:
-        self.problem, self.n, self.batches, self.seed = problem, n, batches, seed
+    """`batches` Monte-Carlo batches of `n` uniform torus points: item i from `default_rng([seed, i])` (a fixed
+    evaluation set), or, with `rng` given, the next draws of that generator (training: fresh points every step of
+    every epoch)."""
+
+    def __init__(self, problem: BarronProblem, n: int, batches: int, seed: int,
+                 rng: np.random.Generator | None = None) -> None:
+        self.problem, self.n, self.batches, self.seed, self.rng = problem, n, batches, seed, rng
 
     def __len__(self) -> int:
         return self.batches
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, i])
+        rng = self.rng if self.rng is not None else np.random.default_rng([self.seed, i])
         x = rng.uniform(0, 2 * np.pi, (self.n, self.problem.d))
         return {"x": torch.tensor(x, dtype=torch.float32),
                 "f": torch.tensor(self.problem.f(x), dtype=torch.float32),
@@ -255,6 +260,14 @@ class BarronDataModule(L.LightningDataModule):
         check_min("data", 1, m=m, s=s, batch_size=batch_size, steps_per_epoch=steps_per_epoch, n_test=n_test)
         self.save_hyperparameters()
         self.problems: list[BarronProblem] = []
+        self.generator = np.random.default_rng([seed, 0x5A3])  # Deep Ritz training draws (saved in checkpoints)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:
+            self.generator.bit_generator.state = state["generator"]
 
     def setup(self, stage: str | None = None) -> None:
         if self.problems:
@@ -271,10 +284,11 @@ class BarronDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return DataLoader(_Samples(self.ritz, hp.batch_size, hp.steps_per_epoch, hp.seed), batch_size=None)
+        return DataLoader(_Samples(self.ritz, hp.batch_size, hp.steps_per_epoch, hp.seed, self.generator),
+                          batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Samples(self.ritz, self.hparams.n_test, 1, self.hparams.seed + 7919), batch_size=None)
 
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+    def test_dataloader(self) -> DataLoader:  # its own points, apart from validation's
+        return DataLoader(_Samples(self.ritz, self.hparams.n_test, 1, self.hparams.seed + 104729), batch_size=None)

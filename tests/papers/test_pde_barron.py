@@ -185,3 +185,19 @@ def test_no_width_growth_from_d16_to_d128():
     dm.setup()
     m = PdeBarronModule().run_simulation(dm.problems)
     assert m["peak_width_growth"] <= 0 and m["max_peak_width"] <= 100, m
+
+
+def test_deep_ritz_draws_fresh_torus_points_every_step_and_epoch():
+    """Deep Ritz's Monte-Carlo samples (card: uniform on the torus): new points at every step of every epoch from one
+    seeded generator that checkpoints save (the same 100 batches were replayed every epoch before); validation and
+    test are fixed sets, apart from each other."""
+    dm = BarronDataModule(dims=[2], seeds=[0], batch_size=16, steps_per_epoch=2, n_test=8)
+    dm.setup()
+    state = dm.state_dict()
+    first, second = list(dm.train_dataloader()), list(dm.train_dataloader())
+    xs = [b["x"] for b in first + second]
+    assert all(not torch.equal(xs[i], xs[j]) for i in range(4) for j in range(i))
+    dm.load_state_dict(state)
+    assert torch.equal(next(iter(dm.train_dataloader()))["x"], first[0]["x"])
+    val, test = next(iter(dm.val_dataloader()))["x"], next(iter(dm.test_dataloader()))["x"]
+    assert torch.equal(val, next(iter(dm.val_dataloader()))["x"]) and not torch.equal(val, test)
