@@ -150,8 +150,9 @@ class ObservationOperator(nn.Module):
 
 
 class GatedGain(nn.Module):
-    """K_theta applied to the masked innovation d: sum_c sigmoid(conv_k5([u^f, d]))_c * conv(d)_c.
-    Linear in d (the innovation sign is never flipped by the gate), bounded by the sigmoid gate."""
+    """K_theta applied to the masked innovation d: sum_c sigmoid(conv_k5([u^f, d]))_c * conv(d)_c, the card's
+    NODA-lite gain (the paper's Eq. 15 gate could not be verified). The gate sees d as well as u^f, so K d is not
+    linear in d (the paper writes K_theta(u^f) [y - E(u^f)]); it is bounded: |K d| <= sum_c |mix_c| |conv(d)_c|."""
 
     def __init__(self, channels: int = 8, gate_kernel: int = 5, gain_kernel: int = 9, dim: int = 1) -> None:
         super().__init__()

@@ -99,10 +99,20 @@ def test_correction_pulls_toward_measurements_only_through_the_masked_innovation
     # values of y off the sensors are ignored (masked innovation)
     u_a2, _ = noda.correct(u_f, y + 5.0 * (1 - mask), mask)
     torch.testing.assert_close(u_a2, u_f)
-    # the correction is linear in the innovation y - E(u^f) (sign and scale follow the innovation)
+    # the innovation is y - E(u^f), masked (card pitfall: not E(u^f) - y): with the gain replaced by the identity,
+    # the correction is exactly mask * (y - E(u^f))
     d = torch.randn(3, 32) * mask
     plus, _ = noda.correct(u_f, y + d, mask)
     assert float((plus - u_f).abs().max()) > 0
+    class IdentityGain(torch.nn.Module):
+        def forward(self, u, innovation):
+            return innovation
+
+    gain, noda.gain = noda.gain, IdentityGain()
+    y_off = torch.randn(3, 32)
+    identity_gain, _ = noda.correct(u_f, y_off, mask)
+    torch.testing.assert_close(identity_gain - u_f, (y_off - noda.observation(u_f, mask)) * mask)
+    noda.gain = gain
     # bounded gain: |K d| <= sum_c |mix_c| * |gain_c * d| pointwise, whatever u^f
     big, _ = noda.correct(1e3 * u_f, noda.observation(1e3 * u_f, mask) + d, mask)
     bound = (noda.gain.mix.weight.abs().squeeze()[None, :, None]
