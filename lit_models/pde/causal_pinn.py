@@ -216,7 +216,8 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
 
     Batches (datamodules.pinn_data.CausalPINNDataModule): train {"t": (n_t,) sorted, "x": (n_x,), "x_ic", "u_ic"};
     val/test {"t", "x", "u": reference (T, X[, 2]), "t_col", "x_col": the collocation grid}.
-    Metrics: `rel_l2` (prediction vs reference), `causality_ratio` (mean L_i over the first quarter of the slices /
+    Metrics: `rel_l2` (prediction vs reference, all fields pooled; ODEs also `rel_l2_x`, `rel_l2_y`[, `rel_l2_z`] per
+    component, as the Lorenz script reports them), `causality_ratio` (mean L_i over the first quarter of the slices /
     mean over the last quarter, on the collocation grid: > 1 means early times are fitted worse than late ones),
     `min_weight` (min_i w_i at the current eps), `epsilon`.
     """
@@ -445,6 +446,10 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
                    "epsilon": self.epsilon, "residual_loss": float(losses.mean())}
         if len(self.nets) > 1:
             metrics["window"] = float(self.window)
+        if self.problem in ODES:  # the Lorenz script reports each component's relative L2 (x, y, z)
+            for i, name in enumerate("xyz"[: ODES[self.problem]]):
+                err = torch.linalg.vector_norm(pred[..., i] - ref[..., i])
+                metrics[f"rel_l2_{name}"] = float(err / torch.linalg.vector_norm(ref[..., i]).clamp_min(1e-30))
         for k, v in metrics.items():
             self.log(f"{split}/{k}", v, on_step=False, on_epoch=True, batch_size=1, sync_dist=True,
                      prog_bar=k == "rel_l2")
