@@ -362,7 +362,7 @@ class ProseModule(L.LightningModule):
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> None:
-        mse, ce, pred, logits, tgt, _ = self._losses(batch)
+        mse, ce, pred, logits, tgt, data = self._losses(batch)
         bs = pred.shape[0]
         mask = batch["dim_mask"][:, None, :].float()
         scale = batch["scale"][:, None, :]
@@ -392,7 +392,7 @@ class ProseModule(L.LightningModule):
         log(f"{split}/rel_l2", rel_l2, prog_bar=True)
         log(f"{split}/mse", mse)
         log(f"{split}/ce", ce)
-        log(f"{split}/loss", self.hparams.data_loss_weight * mse + self.hparams.text_loss_weight * ce)
+        log(f"{split}/loss", self.hparams.data_loss_weight * data + self.hparams.text_loss_weight * ce)  # as trained
         for name, correct in (("symbol_token_acc", token_hits), ("valid_frac", valid), ("skeleton_acc", skeleton)):
             metric = self.symbolic[f"{split}_{name}"]
             metric.update(correct)

@@ -40,6 +40,16 @@ def test_fast_contract(text_input):
     plt.close(figs["trajectory"])
 
 
+def test_round_trip_probe_checks_the_precision_not_only_its_own_rounding():
+    """The claim's probe compares the decoded constants with the original ones (3 significant digits), not only with
+    the tokenizer's own rounding: a tokenizer that keeps 2 digits fails it (measured 0.054), 3 or 4 pass (1.000)."""
+    from lit_models.dynamics.card_probes import tokenizer_round_trip
+
+    assert tokenizer_round_trip(200)["exact_fraction"] == 1.0
+    assert tokenizer_round_trip(200, float_precision=4)["exact_fraction"] == 1.0
+    assert tokenizer_round_trip(200, float_precision=2)["exact_fraction"] < 0.5
+
+
 def test_tokenizer_round_trip_1000_random_expressions():
     """Card check 3: encode -> decode of 1,000 random expressions with constants reproduces them exactly (floats
     rounded to the configured 3 significant digits); skeletons round-trip too."""
