@@ -111,8 +111,9 @@ def generate_ks(n: int = 128, length: float = 22.0, h: float = 0.05, model_uxx: 
         snaps.append(u[0])
         u = truth.step(u, every)
     snaps = np.stack(snaps)
-    increment = (truth.step(snaps) - model.step(snaps)) / h
-    return {"x": x, "u": snaps, "increment": increment}
+    u_next = truth.step(snaps)
+    increment = (u_next - model.step(snaps)) / h
+    return {"x": x, "u": snaps, "u_next": u_next, "increment": increment}
 
 
 # ------------------------------------------------------------------------------------------------- datamodule
@@ -142,7 +143,9 @@ class _WholeDatasetLoaders:
 
 
 class MedidaDataModule(_WholeDatasetLoaders, L.LightningDataModule):
-    """Sparse noisy sensors of KS snapshots (train) and the full-grid truth, derivatives, increments (val/test)."""
+    """Sparse noisy sensors of KS snapshots at t and t + h (train) and the full-grid truth, derivatives, exact
+    increments (val/test); `model_solver` is the imperfect model (-model_uxx u_xx) that the analysis increments
+    step."""
 
     library_terms = ("u", "u_x", "u_xx", "u_xxx", "u_xxxx", "u*u_x", "u^2", "u^3")
 
@@ -174,9 +177,11 @@ class MedidaDataModule(_WholeDatasetLoaders, L.LightningDataModule):
         n_sensors = max(1, int(round(self.sensor_ratio * self.n)))
         sensors = np.sort(rng.choice(self.n, size=n_sensors, replace=False))
         obs = d["u"][:, sensors] + self.noise * d["u"].std() * rng.standard_normal((self.n_snapshots, n_sensors))
-        d["sensors"], d["obs"] = sensors, obs
+        obs_next = d["u_next"][:, sensors] + self.noise * d["u"].std() * rng.standard_normal(obs.shape)
+        d["sensors"], d["obs"], d["obs_next"] = sensors, obs, obs_next
         d["derivs"] = spectral_derivatives(d["u"], self.length)
         self.data = d
+        self.model_solver = KSETDRK4(hp.n, hp.length, hp.h, c2=hp.model_uxx)
 
     @property
     def x_unit(self) -> np.ndarray:
@@ -185,7 +190,8 @@ class MedidaDataModule(_WholeDatasetLoaders, L.LightningDataModule):
     def _train_item(self) -> dict[str, torch.Tensor]:
         d = self.data
         return {"x": torch.tensor(self.x_unit[d["sensors"]], dtype=torch.float32)[:, None],
-                "u": torch.tensor(d["obs"].T, dtype=torch.float32)}
+                "u": torch.tensor(d["obs"].T, dtype=torch.float32),
+                "u_next": torch.tensor(d["obs_next"].T, dtype=torch.float32)}
 
     def _eval_item(self) -> dict[str, torch.Tensor]:
         d = self.data

@@ -149,22 +149,33 @@ class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
     builds the library from the interpolant's autograd derivatives on the grid (boundary strip cut) and runs the
     ARD/RVM discovery on the increments / Δt.
 
+    `increments`: "observed" (the paper's analysis increments, as the QG module: a second interpolant of the same
+    architecture, with its own Fourier matrix, fits the sensors at t + h; the increment is (u_a(t + h) - model step
+    of u_a(t)) / h with the datamodule's imperfect `model_solver`, on the full periodic grid) or "exact" (the
+    true-state increment of the datamodule: isolates the library's derivative error from the increment's).
+
     Metrics (val/ and test/): `uxxxx_rel_l2` (relative L2 of u_xxxx vs the exact spectral one), `u_rel_l2`,
     `coef_error` (relative L2 error of the discovered coefficient vector vs the true -0.2 u_xx),
-    `c_uxx`, `n_wrong_terms` (terms other than u_xx with |c| > `select_tol`).
+    `c_uxx`, `n_wrong_terms` (terms other than u_xx with |c| > `select_tol`), `increment_rel_l2` (the increment
+    regressed vs the exact one; 0 with increments="exact").
     """
 
     def __init__(self, n_outputs: int = 1, length: float = 22.0, width: int = 1000, depth: int = 4, rff: bool = True,
                  sigma: float = 10.0, num_features: int | None = None, rff_seed: int = 0, cut: int = 10,
                  select_tol: float = 0.01, true_coefficients: list[float] | None = None,
+                 increments: str = "observed",
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
         check_min("model", 1, n_outputs=n_outputs, width=width, num_features=num_features)
         check_min("model", 0, depth=depth, cut=cut)  # depth 0: features -> linear; cut 0: keep every point
         check_positive("model", length=length)
+        if increments not in ("observed", "exact"):
+            raise ValueError(f"model.increments must be 'observed' or 'exact', got {increments!r}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.interpolant = Interpolant(n_outputs, width, depth, rff, sigma, num_features, rff_seed)
+        self.interpolant_next = (Interpolant(n_outputs, width, depth, rff, sigma, num_features, rff_seed + 1)
+                                 if increments == "observed" else None)  # built second: the first's init unchanged
         self.true_coefficients = np.asarray(true_coefficients if true_coefficients is not None
                                             else [0, 0, -0.2, 0, 0, 0, 0, 0], dtype=np.float64)
         self.register_buffer("u_scale", torch.ones(()))
@@ -179,8 +190,12 @@ class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
             self.u_scale.fill_(float(np.std(dm.data["obs"])))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
-        pred = self.interpolant(batch["x"].to(self.dtype))  # the module's dtype: float32, float64 under 64-true
+        x = batch["x"].to(self.dtype)  # the module's dtype: float32, float64 under 64-true
+        pred = self.interpolant(x)
         loss = torch.mean((pred.to(self.dtype) - batch["u"].to(self.dtype) / self.u_scale) ** 2)
+        if self.interpolant_next is not None:  # the sensors at t + h (a separate network, so the losses add)
+            nxt = self.interpolant_next(x)
+            loss = loss + torch.mean((nxt.to(self.dtype) - batch["u_next"].to(self.dtype) / self.u_scale) ** 2)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=1, sync_dist=True)
         return loss
 
@@ -192,17 +207,31 @@ class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
         keep = slice(cut, batch["x"].shape[0] - cut if cut else None)
         d = self.derivatives(batch["x"][keep])  # (5, P, S)
         true = batch["derivs"][:, keep].to(d)
-        coef = discover(build_library(d), batch["increment"][keep].cpu().numpy())
+        exact = batch["increment"].cpu().numpy()
+        increment = self.observed_increments(batch["x"]) if self.interpolant_next is not None else exact
+        coef = discover(build_library(d), increment[keep])
         wrong = np.abs(np.delete(coef, 2)) > self.hparams.select_tol
         metrics = {"uxxxx_rel_l2": relative_l2(d[4], true[4]), "u_rel_l2": relative_l2(d[0], true[0]),
                    "coef_error": coefficient_error(coef, self.true_coefficients),
-                   "c_uxx": float(coef[2]), "n_wrong_terms": float(wrong.sum())}
+                   "c_uxx": float(coef[2]), "n_wrong_terms": float(wrong.sum()),
+                   "increment_rel_l2": float(np.linalg.norm(increment[keep] - exact[keep])
+                                             / max(np.linalg.norm(exact[keep]), 1e-300))}
         for k, v in metrics.items():
             self.log(f"{split}/{k}", v, on_step=False, on_epoch=True, batch_size=1, sync_dist=True,
                      prog_bar=k == "uxxxx_rel_l2")
         self._last = {"x": batch["x"][keep, 0].cpu().numpy() * self.hparams.length, "pred": d[:, :, 0].cpu().numpy(),
                       "true": true[:, :, 0].cpu().numpy(), "coef": coef}
 
+
+    def observed_increments(self, s: Tensor) -> np.ndarray:
+        """(P, S) analysis increments on the full grid s: (u_a(t + h) - model step of u_a(t)) / h, both analyses from
+        the interpolants (float64, autocast off)."""
+        solver = self.trainer.datamodule.model_solver
+        with torch.autocast(device_type=s.device.type, enabled=False), torch.no_grad():
+            now, nxt = (copy.deepcopy(net).double().eval()(s.double()) * float(self.u_scale)
+                        for net in (self.interpolant, self.interpolant_next))
+        now, nxt = now.cpu().numpy().T, nxt.cpu().numpy().T  # (S, P)
+        return ((nxt - solver.step(now)) / solver.h).T
 
     def figures(self) -> dict[str, Any]:
         """{"derivatives": interpolant vs exact u, u_xx, u_xxxx (first snapshot), "coefficients": discovered vs true}."""
