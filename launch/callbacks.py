@@ -29,12 +29,18 @@ class FiniteLossGuard(L.Callback):
         if loss is None:
             return
         value = float(loss.detach())
-        if math.isfinite(value):
+        # under DDP every rank decides together: a NaN on one rank alone must stop all of them (a rank that raised
+        # alone would leave the others waiting in the next gradient all-reduce)
+        bad = trainer.strategy.reduce_boolean_decision(not math.isfinite(value), all=False) \
+            if trainer.world_size > 1 else not math.isfinite(value)
+        if not bad:
             self.last_finite = (trainer.global_step, value)
             return
         before = (f"last finite value {self.last_finite[1]:.6g} at step {self.last_finite[0]}"
                   if self.last_finite else "no finite loss before it")
-        raise NonFiniteLossError(f"loss became {value} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+        where = "" if not math.isfinite(value) else " on another DDP rank"
+        raise NonFiniteLossError(f"loss became {value if not where else 'non-finite'}{where} at step "
+                                 f"{trainer.global_step} (epoch {trainer.current_epoch}); "
                                  f"{before}. Lower the learning rate or check the data.")
 
 
@@ -167,3 +173,14 @@ def _nvml_compute_major() -> int | None:
             pynvml.nvmlShutdown()
     except pynvml.NVMLError:
         return None
+
+
+class FitStarted(L.Callback):
+    """Records whether fitting started (on_fit_start: after the datamodule's setup), so that `train.run` can tell
+    an input error found in setup (nothing to keep) from one during training (the run's evidence is kept)."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.started = True

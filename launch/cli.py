@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from launch.errors import UserError
+from launch.errors import UserError, one_line
 
 USAGE = """zoo <command> [args]
 
@@ -92,6 +92,10 @@ def cmd_train(args: list[str]) -> int:
     if len(combos) > 1 and not multirun:
         raise UserError("overrides with several values (a,b) need `zoo train -m ...` to run as a sweep")
     cfgs = [zconfig.compose(c) for c in combos]
+    given = [cfg.run_id for cfg in cfgs if cfg.run_id]
+    if len(cfgs) > 1 and len(set(given)) < len(given):
+        raise UserError(f"run_id={given[0]} would put every run of the sweep in one run directory: omit it (the runs "
+                        "are <sweep id>-<i>) or sweep it too (run_id=a,b,...)")
     if len(cfgs) > 1:
         sweep_id = runs.new_run_id()
         for i, cfg in enumerate(cfgs):
@@ -142,13 +146,14 @@ def _resume_or_new(cfg, overrides: list[str] = ()):
         run = runs.run_of(runs.assign_run_id(cfg))
         saved = runs.saved_config(run)
         if saved is not None:
+            saved_stage = saved.get("stage")
             changes = runs.apply_resume_overrides(saved, cfg, list(overrides))
             if _is_rank_zero():
                 changed = f" (changed: {'; '.join(changes)})" if changes else ""
                 print(f"resuming run {cfg.run_id} with its saved config{changed}", file=sys.stderr)
             saved.launcher = cfg.launcher
             if changes:
-                runs.save_resumed_config(run, saved)
+                runs.save_resumed_config(run, saved, stage=saved_stage)
             return saved
     return runs.assign_run_id(cfg)
 
@@ -158,9 +163,14 @@ def _submit(cfgs, sweep_id) -> int:
 
     for cfg in cfgs:
         slurm.resources(cfg)  # bad resources fail before anything is written
+    fresh = [runs.run_of(cfg) for cfg in cfgs if not runs.run_of(cfg).config_file.exists()]
     for cfg in cfgs:
         runs.create(cfg)
-    jobs = slurm.submit(cfgs, sweep_id)
+    try:
+        jobs = slurm.submit(cfgs, sweep_id)
+    except BaseException:  # refused (sbatch, a sweep's mixed resources): the run directories made here go again
+        _remove_unstarted(fresh, sweep_id)
+        raise
     for cfg, job in zip(cfgs, jobs):
         run = runs.run_of(cfg)
         (run.slurm).mkdir(parents=True, exist_ok=True)
@@ -175,6 +185,21 @@ def _submit(cfgs, sweep_id) -> int:
     if sweep_id:
         _sweep_summary(cfgs, sweep_id)
     return 1 if failed else 0
+
+
+def _remove_unstarted(fresh_runs: list, sweep_id: str | None) -> None:
+    """The run directories (and the sweep's SLURM folder) a refused submission made, none with a checkpoint."""
+    import shutil
+
+    for run in fresh_runs:
+        if not any(run.checkpoints.glob("*.ckpt")):
+            shutil.rmtree(run.dir, ignore_errors=True)
+    if sweep_id and fresh_runs:
+        first = fresh_runs[0]
+        shutil.rmtree(first.root / first.experiment / f"sweep-{sweep_id}", ignore_errors=True)
+    for folder in {run.dir.parent for run in fresh_runs}:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # the experiment's folder, when these were its only runs
 
 
 def _wait_for(jobs: list, names: list[str], report) -> int:
@@ -213,13 +238,42 @@ def cmd_eval(args: list[str]) -> int:
         raise UserError(f"no saved config next to the checkpoint (expected {config_file})")
     cfg = runs.saved_config(runs.Run(run_dir.parent.name, run_dir.name, run_dir.parent.parent))
     others = [a for a in args if not a.startswith("ckpt=")]
+    _check_eval_overrides(cfg, others)
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(others), {"stage": "test", "logger": {"wandb": None}})
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in others]),
+                              {"stage": "test", "logger": {"wandb": None}})
     except Exception as err:  # noqa: BLE001
-        raise UserError(f"bad override in {others}: {err}") from None
+        raise UserError(f"bad override in {others}: {one_line(err, 200)}") from None
     metrics = train.run(cfg, make_run_dir=False, test_ckpt=str(ckpt_path))
     print_metrics(f"eval {ckpt_path}", metrics)
     return 0
+
+
+def _check_eval_overrides(cfg, overrides: list[str]) -> None:
+    """`zoo eval` overrides are key=value on the run's saved config: a key it lacks is a one-line error (with the
+    closest key; +key=value adds one), and so is a config group (trainer=gpu: give its keys instead)."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    from launch.runs import _leaves
+
+    known = _leaves(cfg, "")
+    known = [k.lstrip(".") for k in known]
+    for override in overrides:
+        key, eq, _ = override.partition("=")
+        if not eq or not key:
+            raise UserError(f"overrides look like key=value, got {override!r}")
+        if key.startswith("+"):
+            continue
+        node = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if OmegaConf.is_dict(node):
+            raise UserError(f"{key} is a section of the saved config (a config group such as "
+                            f"{key}=<option> cannot be re-selected here): give its keys, e.g. {key}.<name>=<value>")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (closest: {close[0]})" if close else ""
+            raise UserError(f"unknown key {key!r} in the run's saved config{hint}; +{key}=... adds it")
 
 
 def cmd_list(args: list[str]) -> int:

@@ -115,6 +115,9 @@ def apply_resume_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[s
         if key == "experiment":  # the run directory is found under the experiment's name: always the same
             continue
         node = OmegaConf.select(cfg, key, default=None)
+        if node is None and key == "debug":  # a group whose options set keys all over the config (no node of its own)
+            refused.append(f"{key} (a config group that sets keys across the config; give those keys instead)")
+            continue
         for leaf in _leaves(node, key) if node is not None else [key]:
             new, old = OmegaConf.select(cfg, leaf, default=None), OmegaConf.select(saved, leaf, default=None)
             if OmegaConf.is_config(new):
@@ -135,10 +138,14 @@ def apply_resume_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[s
     return changes
 
 
-def save_resumed_config(run: Run, cfg: DictConfig) -> None:
-    """The saved config of a resumed run, with the changes its resume applied (rank zero, atomically)."""
+def save_resumed_config(run: Run, cfg: DictConfig, stage: str | None = None) -> None:
+    """The saved config of a resumed run, with the changes its resume applied (rank zero, atomically); `stage` (the
+    saved one) is written back, as a stage given on resume (stage=test) is for that call only."""
     if global_rank() == 0:
-        _write_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
+        to_save = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        if stage is not None:
+            to_save.stage = stage
+        _write_atomic(run.config_file, OmegaConf.to_yaml(to_save, resolve=True))
 
 
 def create(cfg: DictConfig) -> Run:

@@ -103,20 +103,28 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
             raise UserError("checkpoint.test_on=best needs checkpoint.monitor (e.g. checkpoint.monitor=val/recall@20)")
         callbacks.append(RestoreBestWeights(ck.monitor, ck.mode))
     if run is not None:
-        # Periodic state for resume/requeue: one file named last.ckpt, overwritten (atomically) each period.
-        callbacks.append(ModelCheckpoint(
-            dirpath=str(run.checkpoints), filename="last", save_top_k=1, monitor=None,
-            every_n_epochs=ck.every_n_epochs, every_n_train_steps=ck.every_n_train_steps,
-            save_on_train_epoch_end=True, enable_version_counter=False))
-        if ck.monitor:
+        # Periodic state for resume/requeue: one file named last.ckpt, overwritten (atomically) each period. Given
+        # every_n_train_steps alone (long paper-scale epochs), the epoch period is dropped (Lightning takes one).
+        every_epochs = ck.every_n_epochs if not ck.every_n_train_steps else None
+        try:
             callbacks.append(ModelCheckpoint(
-                dirpath=str(run.checkpoints), filename="best-{epoch}", monitor=ck.monitor, mode=ck.mode,
-                save_top_k=1, enable_version_counter=False))
+                dirpath=str(run.checkpoints), filename="last", save_top_k=1, monitor=None,
+                every_n_epochs=every_epochs, every_n_train_steps=ck.every_n_train_steps,
+                save_on_train_epoch_end=True, enable_version_counter=False))
+            if ck.monitor:
+                callbacks.append(ModelCheckpoint(
+                    dirpath=str(run.checkpoints), filename="best-{epoch}", monitor=ck.monitor, mode=ck.mode,
+                    save_top_k=1, enable_version_counter=False))
+        except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException and friends
+            raise UserError(f"checkpoint: {one_line(err, 200)}") from None
         callbacks.append(FiguresCallback(run.figures))
     if cfg.get("early_stopping"):
         from lightning.pytorch.callbacks import EarlyStopping
 
-        callbacks.append(EarlyStopping(**OmegaConf.to_container(cfg.early_stopping, resolve=True)))
+        try:
+            callbacks.append(EarlyStopping(**OmegaConf.to_container(cfg.early_stopping, resolve=True)))
+        except Exception as err:  # noqa: BLE001 - an unknown key (TypeError) or a bad mode / value
+            raise UserError(f"early_stopping: {one_line(err, 200)}") from None
     show_bar = cfg.progress_bar if cfg.progress_bar != "auto" else True
     if show_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 50))
@@ -186,6 +194,8 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     import lightning as L
     import torch
 
+    from launch.callbacks import FitStarted
+
     _quiet_known_warnings()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -199,13 +209,16 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     datamodule, model = instantiate(cfg)
     run_dir = runs.run_of(cfg) if make_run_dir else None
     fresh = run_dir is not None and not run_dir.config_file.exists()  # this call makes the run directory
-    trainer = build_trainer(cfg, run_dir, extra_callbacks)
+    started = FitStarted()
+    trainer = build_trainer(cfg, run_dir, [*(extra_callbacks or []), started])
     if make_run_dir:
         run_dir = runs.create(cfg)
     try:
         return _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep)
     except UserError:
-        if fresh:  # bad data found in setup (a missing file, a wrong shape): no run directory without a checkpoint
+        # bad data found in the datamodule's setup (a missing file, a wrong shape), before any training: no run
+        # directory is left behind; an error once training has started (a NaN loss) keeps the run's evidence
+        if fresh and not started.started:
             _discard_unstarted(trainer, run_dir)
         raise
 
@@ -227,10 +240,7 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
         if best is not None and best.best_epoch is not None:
             metrics["best_epoch"] = float(best.best_epoch)
     if cfg.stage == "test" and test_ckpt is None and run_dir is not None:  # `zoo train ... run_id=X stage=test`
-        if not run_dir.last_checkpoint.exists():
-            raise UserError(f"stage=test tests a trained run's last.ckpt and run {run_dir.run_id} has none: train it "
-                            "first (stage=fit_test), or test any checkpoint with `zoo eval ckpt=<path>`")
-        test_ckpt = str(run_dir.last_checkpoint)
+        test_ckpt = str(_checkpoint_to_test(cfg, run_dir))
     if cfg.stage in ("test", "fit_test"):
         if test_ckpt is not None:
             _load_checkpoint(test_ckpt)
@@ -247,8 +257,23 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
     if keep is not None:
         keep.update(trainer=trainer, model=model, datamodule=datamodule)
     if run_dir is not None and trainer.is_global_zero:
-        _finish(trainer, run_dir, metrics)
+        _finish(trainer, run_dir, metrics, cfg.stage)
     return metrics
+
+
+def _checkpoint_to_test(cfg: DictConfig, run: runs.Run) -> Path:
+    """stage=test of a run: its best checkpoint with checkpoint.test_on=best (as fit_test would report), else its
+    last.ckpt; a one-line error when the run has none."""
+    if cfg.checkpoint.get("test_on", "final") == "best":
+        best = sorted(run.checkpoints.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not best:
+            raise UserError(f"stage=test with checkpoint.test_on=best tests run {run.run_id}'s best-*.ckpt and it "
+                            f"has none (set checkpoint.monitor when training it, or use checkpoint.test_on=final)")
+        return best[-1]
+    if not run.last_checkpoint.exists():
+        raise UserError(f"stage=test tests a trained run's last.ckpt and run {run.run_id} has none: train it "
+                        "first (stage=fit_test), or test any checkpoint with `zoo eval ckpt=<path>`")
+    return run.last_checkpoint
 
 
 def _discard_unstarted(trainer, run: runs.Run) -> None:
@@ -327,10 +352,12 @@ def _floats(metrics) -> dict[str, float]:
     return out
 
 
-def _finish(trainer, run: runs.Run, metrics: dict[str, float]) -> None:
+def _finish(trainer, run: runs.Run, metrics: dict[str, float], stage: str = "fit_test") -> None:
     import json
 
-    (run.dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    # stage=test of a trained run adds test_metrics.json: the run's own final metrics (train, val, best epoch) stay
+    name = "test_metrics.json" if stage == "test" else "final_metrics.json"
+    runs._write_atomic(run.dir / name, json.dumps(metrics, indent=2, sort_keys=True))
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment  # noqa: B018 - make sure the run exists before finishing

@@ -107,7 +107,9 @@ def test_bad_optimizer_is_a_user_error_at_build_time(experiment, override):
 
 @pytest.mark.parametrize("override,words", [("trainer.precision=17", "Precision"),
                                             ("trainer.max_epochs=-5", "max_epochs"),
-                                            ("seed=abc", "seed"), ("matmul_precision=low", "matmul_precision")])
+                                            ("seed=abc", "seed"), ("matmul_precision=low", "matmul_precision"),
+                                            ("+early_stopping={monitor: val/mse, patiance: 3}", "early_stopping"),
+                                            ("checkpoint.every_n_epochs=-3", "checkpoint: Invalid value")])
 def test_bad_trainer_or_seed_is_one_line_and_leaves_no_run_dir(tmp_path, monkeypatch, override, words):
     """Lightning's own Trainer checks and the seed become one `zoo train: error:` line (exit 2), before any run
     directory is written."""

@@ -109,10 +109,22 @@ def test_resume_trains_on_with_a_new_budget_and_refuses_to_change_what_it_trains
     code, out, err = zoo_in_process("train", *args, "trainer.max_epochs=3", "seed=7")
     assert code == 2 and "seed (saved 0, given 7) cannot change on resume" in err, err + out
     assert len(err.strip().splitlines()) == 1 and (run / "config.yaml").read_text() == saved
-    # stage=test on the resumed run tests its last.ckpt (not fresh weights): the metrics of the run's own test
+    # a config group that sets keys all over the config cannot be applied on resume (it was silently dropped)
+    code, out, err = zoo_in_process("train", *args, "debug=fast")
+    assert code == 2 and "debug (a config group" in err, err + out
+    # stage=test on the resumed run tests its last.ckpt (not fresh weights): the metrics of the run's own test, in
+    # test_metrics.json; final_metrics.json and the saved stage stay (a later resume still trains)
+    final = (run / "final_metrics.json").read_text()
     code, out, err = zoo_in_process("train", *args, "stage=test")
     assert code == 0, err
-    assert json.loads((run / "final_metrics.json").read_text())["test/recall@20"] == pytest.approx(tested, abs=1e-6)
+    assert json.loads((run / "test_metrics.json").read_text())["test/recall@20"] == pytest.approx(tested, abs=1e-6)
+    assert (run / "final_metrics.json").read_text() == final
+    assert OmegaConf.load(run / "config.yaml").stage == "fit_test"
+    # zoo eval of the run: a key the saved config lacks, or a config group, is a one-line error
+    ckpt = run / "checkpoints" / "last.ckpt"
+    for override, words in (("seeed=3", "unknown key 'seeed'"), ("trainer=gpu", "trainer is a section")):
+        code, out, err = zoo_in_process("eval", f"ckpt={ckpt}", override)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err + out
     # ... and a new run with stage=test has nothing to test: one line, no run directory left
     fresh = [a for a in args if not a.startswith("run_id=")]
     code, out, err = zoo_in_process("train", *fresh, "run_id=untrained", "stage=test")
@@ -130,6 +142,33 @@ def test_bad_data_found_in_setup_leaves_no_run_directory(runs_root, tmp_path, mo
     assert code == 2 and "ETTh1.csv does not exist" in err, err + out
     assert [line for line in err.splitlines() if "error" in line] == [err.strip().splitlines()[-1]]
     assert not list(runs_root.iterdir()), list(runs_root.rglob("*"))
+
+
+def test_a_diverged_run_keeps_its_directory_and_a_sweep_cannot_share_one_run_id(runs_root, monkeypatch):
+    """A NaN loss is a one-line error (exit 2) that keeps the run directory (its config and metrics are the evidence;
+    only errors before training starts remove a new run's directory); `-m` with one run_id for every run is refused
+    (each run restored the first's checkpoint)."""
+    monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
+    code, out, err = zoo_in_process("train", *TINY, f"runs_root={runs_root}", "run_id=diverged", "logger=csv",
+                                    "progress_bar=false", "model.optimizer.lr=1e30", "model.l2_weight=1e30")
+    assert code == 2 and "loss became" in err, err + out
+    assert (runs_root / "lightgcn" / "diverged" / "config.yaml").exists()
+    code, out, err = zoo_in_process("train", "-m", *TINY, f"runs_root={runs_root}", "seed=0,1", "run_id=mysweep",
+                                    "logger=csv", "progress_bar=false")
+    assert code == 2 and "one run directory" in err, err + out
+    assert not (runs_root / "lightgcn" / "mysweep").exists()
+
+
+def test_step_based_checkpoints_alone(runs_root, monkeypatch):
+    """checkpoint.every_n_train_steps alone (long paper-scale epochs, SLURM requeue) works: the epoch period is
+    dropped for it (Lightning refused both together: a MisconfigurationException traceback before)."""
+    monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
+    code, out, err = zoo_in_process("train", *TINY, f"runs_root={runs_root}", "run_id=steps", "logger=csv",
+                                    "progress_bar=false", "checkpoint.every_n_train_steps=1", "trainer.max_steps=2")
+    assert code == 0, err
+    ckpt = torch.load(runs_root / "lightgcn" / "steps" / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    assert ckpt["global_step"] == 2
 
 
 def test_ddp_two_cpu_processes_match_single_process_eval(runs_root):
