@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.collocation import own_draw
 from launch.errors import check_min
 
 _HASH_WEIGHTS: dict[tuple[int, int], np.ndarray] = {}
@@ -226,15 +228,18 @@ class _Samples(Dataset):
     every epoch)."""
 
     def __init__(self, problem: BarronProblem, n: int, batches: int, seed: int,
-                 rng: np.random.Generator | None = None) -> None:
+                 rng: np.random.Generator | None = None, datamodule: Any = None) -> None:
         self.problem, self.n, self.batches, self.seed, self.rng = problem, n, batches, seed, rng
+        self.datamodule = datamodule  # under DDP each rank keeps its own of the shared generator's draws
 
     def __len__(self) -> int:
         return self.batches
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rng = self.rng if self.rng is not None else np.random.default_rng([self.seed, i])
-        x = rng.uniform(0, 2 * np.pi, (self.n, self.problem.d))
+        if self.rng is not None:
+            x = own_draw(self.datamodule, lambda: self.rng.uniform(0, 2 * np.pi, (self.n, self.problem.d)))
+        else:
+            x = np.random.default_rng([self.seed, i]).uniform(0, 2 * np.pi, (self.n, self.problem.d))
         return {"x": torch.tensor(x, dtype=torch.float32),
                 "f": torch.tensor(self.problem.f(x), dtype=torch.float32),
                 "u": torch.tensor(self.problem.u_star(x), dtype=torch.float32)}
@@ -284,7 +289,7 @@ class BarronDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return DataLoader(_Samples(self.ritz, hp.batch_size, hp.steps_per_epoch, hp.seed, self.generator),
+        return DataLoader(_Samples(self.ritz, hp.batch_size, hp.steps_per_epoch, hp.seed, self.generator, self),
                           batch_size=None)
 
     def val_dataloader(self) -> DataLoader:

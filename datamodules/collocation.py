@@ -35,6 +35,28 @@ class OneItem(Dataset):
         return self.item
 
 
+def rank_and_world(datamodule: Any) -> tuple[int, int]:
+    """(global rank, world size) of the trainer a datamodule is attached to; (0, 1) when it is not attached."""
+    trainer = getattr(datamodule, "trainer", None)
+    if trainer is None:
+        return 0, 1
+    return int(trainer.global_rank), int(trainer.world_size)
+
+
+def own_draw(datamodule: Any, draw: Callable[[], Any]) -> Any:
+    """One fresh batch for this process: under DDP every rank makes all `world size` draws from the shared seeded
+    generator and keeps the one of its rank, so the ranks train on different points (not W copies of one batch)
+    while the generator state stays the same on every rank (one checkpointed state restores them all). A single
+    process draws once, as before."""
+    rank, world = rank_and_world(datamodule)
+    mine = None
+    for r in range(world):
+        batch = draw()
+        if r == rank:
+            mine = batch
+    return mine
+
+
 class FreshSampleLoaders:
     """Datamodule mix-in for collocation methods that draw fresh points every step: `steps_per_epoch` batches from
     `self.sample()` (a seeded `self.generator`, saved and restored with the checkpoint), and `self.eval_item()` as
@@ -48,8 +70,8 @@ class FreshSampleLoaders:
             self.generator.set_state(state["generator"])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(MadeItems(lambda _: self.sample(), self.hparams.steps_per_epoch), batch_size=None,
-                          shuffle=False)
+        return DataLoader(MadeItems(lambda _: own_draw(self, self.sample), self.hparams.steps_per_epoch),
+                          batch_size=None, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(OneItem(self.eval_item()), batch_size=None)

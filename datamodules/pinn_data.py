@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.collocation import MadeItems
+from datamodules.collocation import MadeItems, own_draw
 from datamodules.pde_solvers import etdrk4
 from launch.errors import UserError, check_min, check_positive
 
@@ -347,11 +347,15 @@ class CausalPINNDataModule(L.LightningDataModule):
         if self.sampling == "grid":
             t = torch.linspace(0.0, t_max, self.n_t)
             x = torch.zeros(1) if self.x_low is None else torch.linspace(self.x_low, self.x_high, self.n_x)
-        else:  # fresh points every step, every epoch
-            g = self.generator
-            t = torch.sort(torch.rand(self.n_t, generator=g) * t_max).values  # sorted before weighting
-            x = torch.zeros(1) if self.x_low is None else \
-                self.x_low + (self.x_high - self.x_low) * torch.rand(self.n_x, generator=g)
+        else:  # fresh points every step, every epoch (each DDP rank its own: collocation.own_draw)
+            def draw() -> tuple[torch.Tensor, torch.Tensor]:
+                g = self.generator
+                t = torch.sort(torch.rand(self.n_t, generator=g) * t_max).values  # sorted before weighting
+                x = torch.zeros(1) if self.x_low is None else \
+                    self.x_low + (self.x_high - self.x_low) * torch.rand(self.n_x, generator=g)
+                return t, x
+
+            t, x = own_draw(self, draw)
         return {"t": t, "x": x, **self._ic}
 
     @property
