@@ -251,7 +251,7 @@ def case_fit(horizon: int, quick: bool, data_dir: str, device: str = "cpu") -> d
     overrides = ["experiment=itransformer/etth1", "logger=none", "progress_bar=false", "stage=fit",
                  f"threads={cfg_['threads']}", f"data.data_dir={data_dir}", "trainer.max_epochs=1",
                  f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=0", "early_stopping=null",
-                 "checkpoint.monitor=null", f"data.pred_len={horizon}"]
+                 "checkpoint.monitor=null", "checkpoint.test_on=final", f"data.pred_len={horizon}"]
     if quick:
         overrides += [f"model.d_model={QUICK['d_model']}", f"model.d_ff={QUICK['d_ff']}", "model.n_heads=2",
                       "model.e_layers=1", f"data.batch_size={QUICK['batch']}"]

@@ -131,7 +131,8 @@ def test_itransformer_etth1_variant_trains_on_fixture(tmp_path):
     from tests.papers.contract import fast_run
 
     write_fixture(tmp_path, "ETTh1", 14400)
-    run = fast_run("itransformer/etth1", f"data.data_dir={tmp_path}", "checkpoint.monitor=null", steps=2)
+    run = fast_run("itransformer/etth1", f"data.data_dir={tmp_path}", "checkpoint.monitor=null",
+                   "checkpoint.test_on=final", steps=2)
     run.assert_contract()
     assert math.isfinite(run.metrics["test/mse"])
 
