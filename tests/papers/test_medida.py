@@ -8,7 +8,7 @@ import torch
 
 from datamodules.medida_data import KSETDRK4, MedidaDataModule, ks_wavenumbers, spectral_derivatives
 from lit_models.dynamics.medida import Interpolant, build_library, discover, interpolant_derivatives
-from tests.papers.contract import fast_run
+from tests.papers.contract import claims_pass_or_xfail, fast_run
 
 
 def test_trains_in_float64():
@@ -182,16 +182,5 @@ def test_claim_spectral_bias_known_gap():
     this test xfails while the gap stands and still requires the baseline (plain MLP swapped in) to fail. In the
     paper's 2-D QG setting the RFF advantage does show at CPU scale (tests/test_medida_qg.py, claim
     medida/qg spectral_bias)."""
-    from launch.check import run_claim
-
     torch.set_num_threads(1)
-    reports = []
-    for claim in ("spectral_bias", "sparse_discovery"):
-        swapped = run_claim("medida", claim, swap_baseline=True)
-        assert not swapped.passed, swapped.report()
-        result = run_claim("medida", claim)
-        if not result.passed:
-            assert result.known_gap, result.report()
-            reports.append(result.report())
-    if reports:
-        pytest.xfail("; ".join(reports))
+    claims_pass_or_xfail("medida", ("spectral_bias", "sparse_discovery"))

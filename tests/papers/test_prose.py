@@ -10,7 +10,7 @@ from launch.check import run_claim
 from lit_models.dynamics.prose import PROSE
 from lit_models.dynamics.prose_symbolic import (FAMILIES, SymbolicTokenizer, addition_pool, corrupt, corrupt_one_term,
                                                 random_expression)
-from tests.papers.contract import fast_run
+from tests.papers.contract import claims_pass_or_xfail, fast_run
 
 SMALL = ["data.num_train=256", "data.num_val=32", "data.num_test=32", "data.eval_batch_size=32",
          "model.max_gen_len=12"]
@@ -495,13 +495,4 @@ def test_claims_symbol_decoder_valid_and_skeleton_exact_and_fail_untrained():
     carry a `known_gap` and this test xfails, with the report, if the configured run misses. No decoding bug (greedy
     prefix logits equal the teacher-forced ones)."""
     torch.set_num_threads(1)
-    reports = []
-    for claim in ("symbols_valid", "skeleton_exact"):
-        swapped = run_claim("prose", claim, swap_baseline=True)
-        assert not swapped.passed, swapped.report()
-        result = run_claim("prose", claim)
-        if not result.passed:
-            assert result.known_gap, result.report()
-            reports.append(result.report())
-    if reports:
-        pytest.xfail("; ".join(reports))
+    claims_pass_or_xfail("prose", ("symbols_valid", "skeleton_exact"))
