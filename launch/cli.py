@@ -155,6 +155,8 @@ def _resume_or_new(cfg, overrides: list[str] = ()):
             if changes:
                 runs.save_resumed_config(run, saved, stage=saved_stage)
             return saved
+        if _is_rank_zero():  # a mistyped id would otherwise start a new run without a word
+            print(f"no run {cfg.run_id} under {run.dir.parent}: starting a new run with this id", file=sys.stderr)
     return runs.assign_run_id(cfg)
 
 

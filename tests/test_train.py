@@ -97,7 +97,7 @@ def test_resume_trains_on_with_a_new_budget_and_refuses_to_change_what_it_trains
             f"runs_root={runs_root}", "run_id=extend", "logger=csv", "progress_bar=false"]
     run = runs_root / "lightgcn" / "extend"
     code, _, err = zoo_in_process("train", *args, "trainer.max_epochs=1")
-    assert code == 0, err
+    assert code == 0 and "no run extend under" in err and "starting a new run with this id" in err, err
     first = json.loads((run / "final_metrics.json").read_text())["global_step"]
     code, _, err = zoo_in_process("train", *args, "trainer.max_epochs=2")
     assert code == 0 and "changed: trainer.max_epochs: 1 -> 2" in err, err
