@@ -258,10 +258,9 @@ def _check_eval_overrides(cfg, overrides: list[str]) -> None:
 
     from omegaconf import OmegaConf
 
-    from launch.runs import _leaves
+    from launch.runs import leaves
 
-    known = _leaves(cfg, "")
-    known = [k.lstrip(".") for k in known]
+    known = leaves(cfg)
     for override in overrides:
         key, eq, _ = override.partition("=")
         if not eq or not key:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from launch.config import GROUPS
 from launch.errors import UserError, one_line
 
 RUN_ID_ENV = "PAPERZOO_RUN_ID"
@@ -99,9 +100,10 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
 
 
-def _leaves(node, prefix: str) -> list[str]:
+def leaves(node, prefix: str = "") -> list[str]:
+    """Dotted keys of every leaf of a config node, under `prefix` (`leaves(cfg)`: all keys of a config)."""
     if OmegaConf.is_dict(node):
-        return [leaf for k in node for leaf in _leaves(node[k], f"{prefix}.{k}")]
+        return [leaf for k in node for leaf in leaves(node[k], f"{prefix}.{k}" if prefix else str(k))]
     return [prefix]
 
 
@@ -115,10 +117,10 @@ def apply_resume_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[s
         if key == "experiment":  # the run directory is found under the experiment's name: always the same
             continue
         node = OmegaConf.select(cfg, key, default=None)
-        if node is None and key == "debug":  # a group whose options set keys all over the config (no node of its own)
+        if node is None and key in GROUPS:  # a group whose options set keys all over the config (debug: no node)
             refused.append(f"{key} (a config group that sets keys across the config; give those keys instead)")
             continue
-        for leaf in _leaves(node, key) if node is not None else [key]:
+        for leaf in leaves(node, key) if node is not None else [key]:
             new, old = OmegaConf.select(cfg, leaf, default=None), OmegaConf.select(saved, leaf, default=None)
             if OmegaConf.is_config(new):
                 new = OmegaConf.to_container(new, resolve=True)
