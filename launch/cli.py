@@ -105,6 +105,11 @@ def cmd_train(args: list[str]) -> int:
     cfgs = [_resume_or_new(cfg, combo) for cfg, combo in zip(cfgs, combos)]
     if cfgs[0].launcher.name == "slurm":
         return _submit(cfgs, sweep_id)
+    if len(cfgs) > 1 and any(_processes(cfg) > 1 for cfg in cfgs):
+        # Lightning's local DDP launcher re-runs this command in each child process, which would start the sweep
+        # from its first run (and a sweep id of its own) while rank 0 is further on
+        raise UserError("a local sweep (-m) cannot use several processes per run (trainer.devices / num_nodes > 1): "
+                        "submit it with launcher=slurm (one job per run), or run the settings one by one")
     from launch import train
 
     for cfg in cfgs:
@@ -135,6 +140,17 @@ def _sweep_summary(cfgs, sweep_id: str) -> None:
         written.append(out.with_suffix(".png"))
     print(f"wrote {', '.join(map(str, written))}; the same table later: zoo runs --root {root} --sweep {sweep_id}"
           + (" --over seed" if over else ""))
+
+
+def _processes(cfg) -> int:
+    """Processes per run that trainer.devices x trainer.num_nodes asks for (1 for 'auto' and -1, which a CPU run
+    resolves to one process)."""
+    from omegaconf import OmegaConf
+
+    devices = cfg.trainer.get("devices", 1)
+    count = len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else devices
+    count = count if isinstance(count, int) and count > 0 else 1
+    return count * int(cfg.trainer.get("num_nodes", 1) or 1)
 
 
 def _resume_or_new(cfg, overrides: list[str] = ()):

@@ -157,6 +157,10 @@ def test_a_diverged_run_keeps_its_directory_and_a_sweep_cannot_share_one_run_id(
                                     "logger=csv", "progress_bar=false")
     assert code == 2 and "one run directory" in err, err + out
     assert not (runs_root / "lightgcn" / "mysweep").exists()
+    # a local sweep of DDP runs: each child process would restart the sweep (refused; SLURM runs one job per run)
+    code, out, err = zoo_in_process("train", "-m", *TINY, f"runs_root={runs_root}", "seed=0,1", "trainer=ddp",
+                                    "trainer.devices=2", "logger=csv", "progress_bar=false")
+    assert code == 2 and "cannot use several processes per run" in err, err + out
 
 
 def test_step_based_checkpoints_alone(runs_root, monkeypatch):
