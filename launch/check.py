@@ -34,7 +34,6 @@ import importlib
 import json
 import logging
 import operator
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from launch import config as zconfig
 from launch.errors import UserError
+from launch.runs import write_atomic
 
 CHECK_OVERRIDES = ["logger=none", "launcher=local", "progress_bar=false", "stage=fit_test",
                    "trainer.enable_model_summary=false"]
@@ -312,8 +312,8 @@ def write_results(slug: str, results: list[ClaimResult], out_dir: Path, extra: l
         steps = ", ".join(f"{k}={v}" for k, v in c.get("steps", {}).items())
         lines.append(f"| {c['claim']} | {measured} | {'; '.join(c['expect'])} | {c['verdict']} "
                      f"| {c['seconds']:.1f} | {steps} | {c.get('when', '')[:16]} |")
-    _write_atomic(out_dir / f"{slug}.json", json.dumps(payload, indent=2))
-    _write_atomic(out_dir / f"{slug}.md", "\n".join(lines) + "\n")
+    write_atomic(out_dir / f"{slug}.json", json.dumps(payload, indent=2))
+    write_atomic(out_dir / f"{slug}.md", "\n".join(lines) + "\n")
 
 
 def _previous_claims(path: Path, extra: list[str]) -> list[dict]:
@@ -326,12 +326,6 @@ def _previous_claims(path: Path, extra: list[str]) -> list[dict]:
         return [c for c in data["claims"] if {"claim", "measured", "expect", "passed", "verdict"} <= set(c)]
     except (OSError, ValueError, KeyError, TypeError):
         return []
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def parse_seeds(text: str) -> list[int]:

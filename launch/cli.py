@@ -209,15 +209,13 @@ def _remove_unstarted(fresh_runs: list, sweep_id: str | None) -> None:
     """The run directories (and the sweep's SLURM folder) a refused submission made, none with a checkpoint."""
     import shutil
 
-    for run in fresh_runs:
-        if not any(run.checkpoints.glob("*.ckpt")):
-            shutil.rmtree(run.dir, ignore_errors=True)
+    from launch import runs
+
     if sweep_id and fresh_runs:
         first = fresh_runs[0]
         shutil.rmtree(first.root / first.experiment / f"sweep-{sweep_id}", ignore_errors=True)
-    for folder in {run.dir.parent for run in fresh_runs}:
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()  # the experiment's folder, when these were its only runs
+    for run in fresh_runs:
+        runs.remove_unstarted(run)
 
 
 def _wait_for(jobs: list, names: list[str], report) -> int:
@@ -254,7 +252,7 @@ def cmd_eval(args: list[str]) -> int:
     config_file = run_dir / "config.yaml"
     if not config_file.exists():
         raise UserError(f"no saved config next to the checkpoint (expected {config_file})")
-    cfg = runs.saved_config(runs.Run(run_dir.parent.name, run_dir.name, run_dir.parent.parent))
+    cfg = runs.saved_config(runs.Run.at(run_dir))
     others = [a for a in args if not a.startswith("ckpt=")]
     _check_eval_overrides(cfg, others)
     try:
@@ -439,7 +437,7 @@ def cmd_status(args: list[str]) -> int:
     if len(args) != 1:
         raise UserError("usage: zoo status <run_id | run_dir>")
     run_dir = runs.find(args[0])
-    cfg = runs.saved_config(runs.Run(run_dir.parent.name, run_dir.name, run_dir.parent.parent))
+    cfg = runs.saved_config(runs.Run.at(run_dir))
     print(f"run {cfg.run_id}  experiment {cfg.experiment_name}  dir {run_dir}")
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.exists():

@@ -39,6 +39,11 @@ class Run:
     run_id: str
     root: Path
 
+    @classmethod
+    def at(cls, run_dir: Path) -> Run:
+        """The run whose directory is `run_dir` (<root>/<experiment>/<run_id>)."""
+        return cls(run_dir.parent.name, run_dir.name, run_dir.parent.parent)
+
     @property
     def dir(self) -> Path:
         return self.root / self.experiment / self.run_id
@@ -147,7 +152,7 @@ def save_resumed_config(run: Run, cfg: DictConfig, stage: str | None = None) -> 
         to_save = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         if stage is not None:
             to_save.stage = stage
-        _write_atomic(run.config_file, OmegaConf.to_yaml(to_save, resolve=True))
+        write_atomic(run.config_file, OmegaConf.to_yaml(to_save, resolve=True))
 
 
 def create(cfg: DictConfig) -> Run:
@@ -158,18 +163,31 @@ def create(cfg: DictConfig) -> Run:
             run.checkpoints.mkdir(parents=True, exist_ok=True)
             run.figures.mkdir(exist_ok=True)
             if not run.config_file.exists():
-                _write_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
-                _write_atomic(run.dir / "meta.json", json.dumps(provenance(), indent=2))
+                write_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
+                write_atomic(run.dir / "meta.json", json.dumps(provenance(), indent=2))
         except OSError as err:  # runs_root not writable, a file in the way, a full disk
             raise UserError(f"cannot write the run directory {run.dir} (runs_root={run.root}): "
                             f"{err.strerror or one_line(err)}{f' ({err.filename})' if err.filename else ''}") from None
     return run
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary name beside `path`, then rename: readers never see half a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def remove_unstarted(run: Run) -> None:
+    """Remove a run directory that a failed start left without a checkpoint (and its experiment's folder when that
+    was its only run); a directory with a checkpoint is kept."""
+    import shutil
+
+    if any(run.checkpoints.glob("*.ckpt")):
+        return
+    shutil.rmtree(run.dir, ignore_errors=True)
+    if run.dir.parent.is_dir() and not any(run.dir.parent.iterdir()):
+        run.dir.parent.rmdir()
 
 
 def git_commit() -> str:

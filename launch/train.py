@@ -1,7 +1,6 @@
 """compose -> instantiate -> fit/test: the one code path for local runs, SLURM jobs, checks and tests."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -281,13 +280,8 @@ def _discard_unstarted(trainer, run: runs.Run) -> None:
     the run directory (rank zero), so a bad input leaves nothing half-made behind."""
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
         sys.modules["wandb"].finish(exit_code=2, quiet=True)
-    if not trainer.is_global_zero or any(run.checkpoints.glob("*.ckpt")):
-        return
-    import shutil
-
-    shutil.rmtree(run.dir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        run.dir.parent.rmdir()  # the experiment's folder, when this was its only run
+    if trainer.is_global_zero:
+        runs.remove_unstarted(run)
 
 
 def effective_batch_notice(cfg: DictConfig, world_size: int) -> str | None:
@@ -357,7 +351,7 @@ def _finish(trainer, run: runs.Run, metrics: dict[str, float], stage: str = "fit
 
     # stage=test of a trained run adds test_metrics.json: the run's own final metrics (train, val, best epoch) stay
     name = "test_metrics.json" if stage == "test" else "final_metrics.json"
-    runs._write_atomic(run.dir / name, json.dumps(metrics, indent=2, sort_keys=True))
+    runs.write_atomic(run.dir / name, json.dumps(metrics, indent=2, sort_keys=True))
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment  # noqa: B018 - make sure the run exists before finishing
