@@ -7,6 +7,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.context import sampling_context
+
 
 class MadeItems(Dataset):
     """`length` items, item i = `make(i)` (index-seeded makers give reproducible epochs; makers that ignore i and
@@ -35,20 +37,12 @@ class OneItem(Dataset):
         return self.item
 
 
-def rank_and_world(datamodule: Any) -> tuple[int, int]:
-    """(global rank, world size) of the trainer a datamodule is attached to; (0, 1) when it is not attached."""
-    trainer = getattr(datamodule, "trainer", None)
-    if trainer is None:
-        return 0, 1
-    return int(trainer.global_rank), int(trainer.world_size)
-
-
 def own_draw(datamodule: Any, draw: Callable[[], Any]) -> Any:
     """One fresh batch for this process: under DDP every rank makes all `world size` draws from the shared seeded
     generator and keeps the one of its rank, so the ranks train on different points (not W copies of one batch)
     while the generator state stays the same on every rank (one checkpointed state restores them all). A single
     process draws once, as before."""
-    rank, world = rank_and_world(datamodule)
+    _, rank, world = sampling_context(datamodule)
     mine = None
     for r in range(world):
         batch = draw()

@@ -38,8 +38,9 @@ def _state(dm):
 def test_each_ddp_rank_draws_its_own_points_from_one_generator_state():
     for kind in ("pig", "causal", "barron"):
         single, rank0, rank1 = _make(kind), _make(kind), _make(kind)
-        rank0.trainer = SimpleNamespace(global_rank=0, world_size=2)
-        rank1.trainer = SimpleNamespace(global_rank=1, world_size=2)
+        epoch = SimpleNamespace(epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=0)))
+        rank0.trainer = SimpleNamespace(global_rank=0, world_size=2, fit_loop=epoch)
+        rank1.trainer = SimpleNamespace(global_rank=1, world_size=2, fit_loop=epoch)
         b_single, b0, b1 = (next(iter(dm.train_dataloader())) for dm in (single, rank0, rank1))
         assert not np.array_equal(_points(b0), _points(b1)), kind  # different points on the two ranks
         np.testing.assert_array_equal(_points(b0), _points(b_single))  # rank 0 keeps the first draw
