@@ -256,3 +256,16 @@ def test_variant_fast_contract(tmp_path, name):
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+@pytest.mark.parametrize("name", ["darcy_smooth", "darcy_rough", "darcy_multiscale", "helmholtz"])
+def test_variant_reports_the_best_validation_epoch(name):
+    """darcy.py / helm.py validate every epoch and report the test error at the best-validation epoch (for
+    darcy_multiscale the validation rows are the test rows, data.n_val=0, as in darcy.py's a4f1 branch)."""
+    from launch import config as zconfig
+
+    cfg = zconfig.compose([f"experiment=mgno/{name}"])
+    assert cfg.trainer.check_val_every_n_epoch == 1
+    assert cfg.checkpoint.monitor == "val/rel_l2" and cfg.checkpoint.mode == "min" and cfg.checkpoint.test_on == "best"
+    if name == "darcy_multiscale":
+        assert cfg.data.n_val == 0

@@ -13,7 +13,8 @@ V-cycle (`MgConv`), input f (c_f channels), unknown u (c_u channels):
 - back up: u_l <- u_l + R^T(u_{l+1}) with a 4 x 4 stride-2 transposed convolution (cropped to the fine size when
   it is odd; the coarse grid is padded with `padding_mode` first, so R^T respects the boundary condition as well),
   then `post` smoothing iterations; the NS variant adds a LayerNorm after each prolongation
-  (`layer_norm=True`).
+  (`layer_norm=True`). The coarsest level has pre-smoothings only (the official forward never runs a coarsest
+  post-smoother), so its token must be "p0".
 The level spec is the official `--num_iteration`: one [pre, post] pair per level, written "10" for [1, 0]
 (two digits, not the number ten). Every convolution uses `padding_mode` (zeros: Dirichlet, circular: periodic).
 No lifting or projection network: the first layer reads the raw input channels; a final 1 x 1 conv reads out.
@@ -123,6 +124,11 @@ class MgConv(nn.Module):
                  conv_bias: bool = False, prolongation_kernel: int | str = 4) -> None:
         super().__init__()
         self.levels = [list(p) for p in levels]
+        if self.levels and self.levels[-1][1]:
+            # official MgConv / MgConv_DC build post_smooth_layer{L-1} but their forward never reaches it: the
+            # coarsest level's pre-smoothing is the coarse solve
+            raise ValueError(f"the coarsest level has no post-smoothing in the official V-cycle: its token must be "
+                             f"'p0' (pre-smoothings only), got {self.levels[-1]}")
         self.pre = nn.ModuleList()
         self.post = nn.ModuleList()
         self.restrict = nn.ModuleList()
@@ -159,8 +165,6 @@ class MgConv(nn.Module):
                 u = it(u, f)
             states.append((u, f))
         u_coarse = states[-1][0]
-        for it in self.post[-1]:
-            u_coarse = it(u_coarse, states[-1][1])
         for l in range(len(self.levels) - 2, -1, -1):
             u, f = states[l]
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode

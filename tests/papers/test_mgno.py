@@ -83,6 +83,19 @@ def test_smooth_darcy_prolongations_are_the_official_mgno_dc_smooth():
     assert zconfig.compose(["experiment=mgno/darcy_smooth"]).model.prolongation_kernel == "auto"
 
 
+def test_coarsest_level_has_no_post_smoothing():
+    """The official forward never runs the coarsest level's post-smoother (built, not called): a level spec asking for
+    one is an error rather than a silent no-op; the other levels' post-smoothings run (the pipe variant's "11")."""
+    from lit_models.pde.mgno import MgConv
+
+    with pytest.raises(ValueError, match="coarsest level"):
+        MgConv(parse_levels(["10", "21"]), c_u=2, c_f=2)
+    conv = MgConv(parse_levels(["11", "20"]), c_u=2, c_f=2)
+    assert len(conv.post[0]) == 1 and len(conv.post[-1]) == 0
+    f = torch.randn(1, 2, 9, 9)
+    assert conv(f).shape == f.shape
+
+
 def test_level_spec_tokens_are_pre_post_pairs():
     assert parse_levels(["10", "10", "20"]) == [[1, 0], [1, 0], [2, 0]]
     assert parse_levels([10, 21]) == [[1, 0], [2, 1]]  # the integer 10 is "1 pre, 0 post", not ten
@@ -95,10 +108,10 @@ def test_level_spec_tokens_are_pre_post_pairs():
 
 def test_vcycle_structure_and_odd_sizes():
     torch.manual_seed(0)
-    mg = MgConv(parse_levels("10 10 21"), c_u=3, c_f=2)
+    mg = MgConv(parse_levels("10 11 20"), c_u=3, c_f=2)
     assert len(mg.restrict) == 2 and len(mg.prolong) == 2
     assert mg.pre[0][0].A is None  # the cycle starts with u = S(f)
-    assert len(mg.pre[2]) == 2 and len(mg.post[2]) == 1
+    assert len(mg.pre[2]) == 2 and len(mg.post[1]) == 1
     for size in (16, 21, 211):  # grids not divisible by 2^(levels-1) are cropped after prolongation
         assert mg(torch.randn(1, 2, size, size)).shape == (1, 3, size, size)
 
