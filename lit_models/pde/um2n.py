@@ -20,6 +20,9 @@ r-adaptation by a graph network trained on Monge-Ampere (MA) meshes and applied 
   coupled weight decay the loss scale matters, hence the official weights above.
 `decoder="coord"` is the released code's variant (a linear head on the GAT hidden state outputs raw coordinates,
 no neighbour averaging); `use_monitor=False` feeds a zero monitor (a model that ignores the monitor);
+`architecture="m2n_t"` builds the network of the released checkpoint instead (`um2n_m2n_t.M2NT`: pretrain_model/
+config.yaml trains M2N_T, with edge-MLP local features and 4 stacked DeformGAT layers, and adds `chamfer_weight` x
+the Chamfer distance to its loss; `chamfer_distance` here);
 `mover="identity"` is the fixed-mesh baseline; `project_boundary=False` (ablation) drops the boundary projection,
 the failing variant of the card's boundary criterion. The meshes may be structured or unstructured (Delaunay):
 nothing here depends on the connectivity beyond the graph's edges and faces.
@@ -123,6 +126,25 @@ class UM2N(nn.Module):
         for _ in range(self.num_loop):
             coord, hidden = self.deformer(coord, hidden, data.edge_index, ref, x_fixed, y_fixed)
         return coord
+
+
+def _batch_of(data, device) -> Tensor:
+    """The graph index of every node (zeros for a single graph)."""
+    batch = getattr(data, "batch", None)
+    return batch if batch is not None else torch.zeros(data.num_nodes, dtype=torch.long, device=device)
+
+
+def chamfer_distance(pred: Tensor, target: Tensor, batch: Tensor) -> Tensor:
+    """Symmetric Chamfer distance between moved and target node sets, per mesh: the mean over predicted nodes of the
+    squared distance to the nearest target node, plus the same from the target side (pytorch3d's
+    `chamfer_distance` defaults, which the released training calls), averaged over the meshes of the batch. The
+    released code passes a whole batch as one point cloud (a node may match another mesh's target); here each mesh
+    is its own cloud."""
+    total, graphs = pred.new_zeros(()), torch.unique(batch)
+    for g in graphs:
+        d2 = torch.cdist(pred[batch == g], target[batch == g]).pow(2)
+        total = total + d2.min(1).values.mean() + d2.min(0).values.mean()
+    return total / len(graphs)
 
 
 KIND_SWIRL = M.KIND_SWIRL  # graph kind of the swirl snapshots
@@ -281,7 +303,8 @@ class UM2NModule(L.LightningModule):
     def __init__(self, embed_dim: int = 64, transformer_out: int = 16, num_heads: int = 4, num_layers: int = 1,
                  hidden: int = 512, gat_heads: int = 6, num_loop: int = 1, decoder: str = "average",
                  use_monitor: bool = True, mover: str = "um2n", coord_loss: str = "l1", coord_weight: float = 0.0,
-                 area_weight: float = 300.0,
+                 area_weight: float = 300.0, chamfer_weight: float = 0.0, architecture: str = "mrt",
+                 deformer_lin: int = 254, deformer_widths: tuple[int, ...] = (508, 250, 120, 20),
                  n_interp_points: int = 20000, project_boundary: bool = True, coupled_swirl: dict | None = None,
                  coupled_cylinder: dict | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
@@ -294,8 +317,18 @@ class UM2NModule(L.LightningModule):
             raise ValueError(f"num_loop must be >= 1, got {num_loop}")
         if coord_loss not in ("l1", "mse"):
             raise ValueError(f"coord_loss must be 'l1' (released code) or 'mse' (card), got {coord_loss!r}")
-        if coord_weight < 0 or area_weight < 0 or coord_weight + area_weight == 0:
-            raise ValueError("loss weights must be >= 0 and not both 0")
+        if min(coord_weight, area_weight, chamfer_weight) < 0 or coord_weight + area_weight + chamfer_weight == 0:
+            raise ValueError("loss weights must be >= 0 and not all 0")
+        if architecture not in ("mrt", "m2n_t"):
+            raise ValueError(f"architecture must be 'mrt' (MRTransformer, the card's) or 'm2n_t' (the released "
+                             f"checkpoint's), got {architecture!r}")
+        if architecture == "m2n_t" and decoder != "average":
+            raise ValueError("architecture=m2n_t averages neighbour positions: decoder must be 'average'")
+        if not deformer_widths or any(isinstance(w, (bool, str)) or not isinstance(w, (int, float))
+                                      for w in deformer_widths):
+            raise UserError(f"model.deformer_widths must be a non-empty list of numbers, got {deformer_widths!r}")
+        deformer_widths = tuple(int(w) for w in deformer_widths)
+        check_min("model", 1, deformer_lin=deformer_lin, deformer_widths=min(deformer_widths))
         check_min("model", 1, embed_dim=embed_dim, transformer_out=transformer_out, num_heads=num_heads, hidden=hidden,
                   gat_heads=gat_heads, n_interp_points=n_interp_points)
         check_min("model", 0, num_layers=num_layers)  # 0: no transformer layer
@@ -311,8 +344,14 @@ class UM2NModule(L.LightningModule):
             coupled_cylinder = _checked_mapping(coupled_cylinder, coupled_cylinder_config)
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
-        self.net = UM2N(4, embed_dim, transformer_out, num_heads, num_layers, hidden, gat_heads, num_loop, decoder,
-                        use_monitor)
+        if architecture == "m2n_t":
+            from lit_models.pde.um2n_m2n_t import M2NT
+
+            self.net = M2NT(embed_dim, transformer_out, num_heads, num_layers, 16, deformer_lin, deformer_widths,
+                            gat_heads, use_monitor)
+        else:
+            self.net = UM2N(4, embed_dim, transformer_out, num_heads, num_layers, hidden, gat_heads, num_loop,
+                            decoder, use_monitor)
         self._eval: dict[str, list] = {}
         self._last: list[dict[str, Any]] = []
         self._coupled = None  # the last coupled swirl solve (um2n_coupled.CoupledSwirlResult)
@@ -322,7 +361,7 @@ class UM2NModule(L.LightningModule):
         """Moved nodes in the module's dtype (float32, or float64 under `trainer.precision=64-true`: Lightning does
         not convert a torch_geometric batch, so its float32 tensors are cast here)."""
         if self.hparams.mover == "identity":
-            return data.pos.to(self.net.lin.weight.dtype)
+            return data.pos.to(self.dtype)
         with no_autocast(data.pos.device.type):
             return self.net(data, project_boundary=self.hparams.project_boundary)
 
@@ -339,9 +378,14 @@ class UM2NModule(L.LightningModule):
         hp = self.hparams
         if hp.mover == "identity":
             return sum(p.sum() for p in self.parameters()) * 0.0
-        coord_loss, area_loss = self.loss(data, self(data))
+        pred = self(data)
+        coord_loss, area_loss = self.loss(data, pred)
         loss = hp.coord_weight * coord_loss + hp.area_weight * area_loss
         n = int(data.num_graphs)
+        if hp.chamfer_weight:
+            chamfer = chamfer_distance(pred, data.y.to(pred.dtype), _batch_of(data, pred.device))
+            loss = loss + hp.chamfer_weight * chamfer
+            self.log("train/chamfer_loss", chamfer, on_step=True, on_epoch=False, batch_size=n)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         self.log("train/coord_loss", coord_loss, on_step=True, on_epoch=False, batch_size=n)
         self.log("train/area_loss", area_loss, on_step=True, on_epoch=False, batch_size=n)

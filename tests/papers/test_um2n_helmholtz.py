@@ -113,9 +113,13 @@ def test_datamodule_builds_loaders_from_the_released_layout(helmholtz_root):
 def test_training_run_on_the_fixture(helmholtz_root):
     """`zoo train experiment=um2n/helmholtz data.data_dir=...` at toy size: finite losses, every parameter trained,
     finite test metrics (no fronts here: no interpolation ratio)."""
-    run = fast_run("um2n/helmholtz", f"data.data_dir={helmholtz_root}", "model.hidden=16", "model.gat_heads=2",
-                   "threads=1", steps=2)
+    run = fast_run("um2n/helmholtz", f"data.data_dir={helmholtz_root}", "model.deformer_lin=14",
+                   "model.deformer_widths=[16,8,8,4]", "model.gat_heads=2", "data.batch_size=3", "threads=1", steps=2)
     run.assert_contract()
+    hp = run.model.hparams  # the released checkpoint's training (pretrain_model/config.yaml)
+    assert hp.architecture == "m2n_t" and (hp.coord_weight, hp.area_weight, hp.chamfer_weight) == (0.0, 300.0, 100.0)
+    opt = run.model.configure_optimizers()
+    assert type(opt) is torch.optim.Adam and opt.defaults["lr"] == 5e-5 and opt.defaults["weight_decay"] == 5e-4
     assert len(run.coverage.losses) == 2
     for key in ("test/inverted", "test/boundary_violation", "test/node_rmse_cells", "test/node_rmse_cells_dataset"):
         assert np.isfinite(run.metrics[key]), key
