@@ -246,3 +246,22 @@ def test_affine_gtf_lowers_loss_on_lorenz():
         losses.append(float(loss.detach()))
     first, last = np.mean(losses[:20]), np.mean(losses[-20:])
     assert np.all(np.isfinite(losses)) and last < 0.25 * first, (first, last)
+
+
+@pytest.mark.parametrize("variant, name, dim, estimator, regs", [
+    ("ecg_agtf", "ECG", 5, "product_upper_bound", (1e-6, 1e-5)),
+    ("eeg_agtf", "EEG", 8, "arithmetic_mean", (1e-6, 1e-4))])
+def test_table1_agtf_variants(tmp_path, variant, name, dim, estimator, regs):
+    """Table 1's aGTF rows (official paper_experiments/{ECG,EEG}/Table1/shPLRNN_aGTF.jl): adaptive alpha from 1.0,
+    the script's estimator, every 5 batches, decay 0.999, its regularisations; alpha moves during training."""
+    from launch import config as zconfig
+    from tests.papers.contract import fast_run
+
+    m = zconfig.compose([f"experiment=gtf_plrnn/{variant}", "logger=none"]).model
+    assert (m.alpha_method, m.alpha, m.alpha_estimator, m.alpha_update_every, m.alpha_decay) == (
+        "adaptive", 1.0, estimator, 5, 0.999)
+    assert (m.obs_model_regularization, m.lat_model_regularization) == regs
+    _write_npy(tmp_path, name, dim)
+    run = fast_run(f"gtf_plrnn/{variant}", f"data.data_dir={tmp_path}", "model.hidden_dim=16", steps=5)
+    assert all(math.isfinite(v) for v in run.coverage.losses)
+    assert run.model.alpha < 1.0  # one update after 5 batches: alpha* < 1 (or the decay)

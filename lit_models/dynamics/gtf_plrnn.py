@@ -309,6 +309,18 @@ def product_upper_bound(model: ShallowPLRNN, states: Tensor) -> float:
     return float(torch.exp(torch.log(norms.clamp_min(1e-30)).mean(dim=1)).max())
 
 
+@torch.no_grad()
+def arithmetic_mean_norm(model: ShallowPLRNN, states: Tensor) -> float:
+    """G = max over sequences of ||mean_t J_t||_2, the spectral norm of the mean Jacobian along the states (B, T, M)
+    (official alpha_estimation.jl `compute_alpha_arithmetic_mean`, the EEG aGTF run of Table 1)."""
+    if states.dim() == 2:
+        states = states.unsqueeze(0)
+    return float(torch.linalg.matrix_norm(model.jacobian(states).mean(dim=1), ord=2).max())
+
+
+ALPHA_ESTIMATORS = {"product_upper_bound": product_upper_bound, "arithmetic_mean": arithmetic_mean_norm}
+
+
 def alpha_star(norm_estimate: float) -> float:
     """alpha* = max(0, 1 - 1/G)."""
     return max(0.0, 1.0 - 1.0 / norm_estimate) if norm_estimate > 0 else 0.0
@@ -370,8 +382,8 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
         self.optimizer_factory = optimizer
         if alpha_method not in ("adaptive", "constant"):
             raise ValueError(f"alpha_method must be 'adaptive' or 'constant', got {alpha_method!r}")
-        if alpha_estimator != "product_upper_bound":
-            raise ValueError(f"alpha_estimator {alpha_estimator!r} is not implemented (product_upper_bound)")
+        if alpha_estimator not in ALPHA_ESTIMATORS:
+            raise ValueError(f"alpha_estimator {alpha_estimator!r} is not implemented ({', '.join(ALPHA_ESTIMATORS)})")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         if end_lr is not None and not end_lr > 0:
@@ -444,7 +456,7 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
             return
         with torch.autocast(device_type=x.device.type, enabled=False):
             states = self.latent_states(x.to(self.model.A.dtype))[:, 1:]
-            star = alpha_star(product_upper_bound(self.model, states))
+            star = alpha_star(ALPHA_ESTIMATORS[h.alpha_estimator](self.model, states))
         gamma, alpha = float(h.alpha_decay), self.alpha
         self.alpha_current.fill_(star if star > alpha else gamma * alpha + (1.0 - gamma) * star)
         self.log("train/alpha_star", star, on_step=True, on_epoch=False)

@@ -116,6 +116,12 @@ def test_check2_alpha_star_estimator():
     orbit = tent_sequences(1, 200)[0]
     g = product_upper_bound(tent_model(2.0), orbit)
     assert g == pytest.approx(2.0, abs=1e-5)
+    from lit_models.dynamics.gtf_plrnn import arithmetic_mean_norm
+
+    # the official arithmetic_mean estimator: ||mean_t J_t||, here the slopes +-2 of the tent map average out
+    model = tent_model(2.0)
+    expected = float(torch.linalg.matrix_norm(model.jacobian(orbit).mean(0).detach(), ord=2))
+    assert arithmetic_mean_norm(model, orbit) == pytest.approx(expected, rel=1e-12) and expected < g
     assert alpha_star(g) == pytest.approx(0.5, abs=1e-5)
     assert alpha_star(0.8) == 0.0  # contracting model: no forcing needed
 
