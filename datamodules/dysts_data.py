@@ -172,6 +172,8 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
         system: str = "Lorenz",
         granularity: str = "fine",     # fine: 100 points/period, coarse: 15
         noise: bool = False,           # the `_noise` files (stochastic forcing)
+        measurement_noise: float = 0.0,  # official compute_benchmarks_noise_{fine,coarse}.py: the clean test series
+                                       # + measurement_noise x std(series) x N(0, 1), scored against the noisy series
         univariate: bool = True,       # the univariate files (the paper's forecasting table)
         coordinate: int = 0,           # which coordinate of a multivariate file
         lags: int | None = None,       # input window; None: one dominant period (100 / 15 points)
@@ -193,6 +195,7 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
             self.lags = official_input_lengths(hyperparameters).get(system, GRANULARITY[granularity])
         self.horizon = int(horizon) if horizon is not None else None
         check_min("data", 1, lags=self.lags, horizon=self.horizon, train_horizon=train_horizon)
+        check_min("data", 0, measurement_noise=measurement_noise)
         self._loaded = False
 
     def _file(self, split: str) -> Path:
@@ -212,6 +215,10 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
             return
         test_series, dt = self._series("test")
         tune_series, _ = self._series("train")
+        if self.hparams.measurement_noise:  # the noisy benchmark: the whole test series, history and scored future
+            rng = np.random.default_rng([self.hparams.seed, 7])  # seeded here (the official script draws unseeded)
+            test_series = test_series + self.hparams.measurement_noise * float(np.std(test_series)) * \
+                rng.standard_normal(test_series.shape)
         split = forecast_split(len(test_series))
         if self.horizon is None:
             self.horizon = len(test_series) - split

@@ -109,6 +109,25 @@ def test_noise_files_and_local_data_dir(tmp_path):
     assert 0 < diff.max() < 0.5
 
 
+def test_measurement_noise_is_the_official_noisy_benchmark(tmp_path):
+    """compute_benchmarks_noise_*.py: the clean test series + 0.2 std(series) N(0, 1) over its whole length, so the
+    history and the scored future are both noisy; the tuning series stays clean; seeded by data.seed here."""
+    write_fixture(tmp_path / "d")
+    kw = dict(system="Chua", granularity="coarse", data_dir=str(tmp_path / "d"))
+    clean, noisy = DystsPrecomputedDataModule(**kw), DystsPrecomputedDataModule(**kw, measurement_noise=0.2)
+    again = DystsPrecomputedDataModule(**kw, measurement_noise=0.2)
+    for dm in (clean, noisy, again):
+        dm.setup()
+    noise = noisy.series - clean.series
+    assert float(noise.std()) == pytest.approx(0.2 * float(clean.series.std()), rel=0.25)
+    assert np.all(noise[noisy.split:] != 0) and np.array_equal(noisy.series, again.series)
+    torch.testing.assert_close(noisy.val_set.tensors[1], clean.val_set.tensors[1])  # the clean tuning series
+    torch.testing.assert_close(noisy.test_set.tensors[1][0], torch.as_tensor(noisy.series[noisy.split:],
+                                                                             dtype=torch.float32)[:noisy.horizon])
+    with pytest.raises(UserError, match="measurement_noise"):
+        DystsPrecomputedDataModule(**kw, measurement_noise=-0.1)
+
+
 def test_unknown_system_missing_and_corrupt_files(tmp_path):
     write_fixture(tmp_path / "d", granularities=("coarse",), noise_options=(False,))
     with pytest.raises(UserError, match=r"unknown dysts system 'Rosler' \(did you mean Rossler"):
