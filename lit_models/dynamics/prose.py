@@ -14,8 +14,9 @@ Blocks (`norm_first=False`, the default): post-norm residual layers with a Layer
 as the official `symbolicregression/model/transformer.py` (x = LN(x + attention(x)); x = LN(x + FFN(x)));
 `norm_first=True` gives pre-norm layers closed by a final LayerNorm (this module's layout before that check).
 
-Data-only baseline (card check 1): `text_input=False` builds no text encoder and fuses the data tokens alone; the
-symbol decoder and all other blocks are unchanged.
+Data-only baseline (card check 1): `text_input=False` is the official `--no_text` model (model/__init__.py
+build_modules, trainer.enc_dec_step): no text encoder, no fusion block and no symbol decoder; the data decoder reads
+the data encoder's output and the loss is the data loss alone (no symbol supervision, weight 1).
 """
 from __future__ import annotations
 
@@ -216,9 +217,8 @@ class PROSE(nn.Module):
 
     `split_features` (official `split_fused_feature_data/_text`, both true by default): after fusion the data
     decoder reads only the fused *data* tokens and the symbol decoder only the fused *text* tokens (each has seen
-    the other modality through the joint self-attention). `text_input=False` is the data-only model: no text
-    encoder and the fusion layers run over the data tokens alone (the official `--no_text` also drops the
-    fusion block; keeping it makes the baseline exactly as deep, so only the text input differs).
+    the other modality through the joint self-attention). `text_input=False` is the data-only model, the official
+    `--no_text`: no text encoder, fusion or symbol decoder; the data decoder reads the data encoder's output.
     `norm_first`: False = the official post-norm blocks, True = pre-norm blocks (see the module docstring).
     `layer_norm_eps`: of every LayerNorm (official 1e-12; torch's default 1e-5)."""
 
@@ -234,9 +234,10 @@ class PROSE(nn.Module):
         self.data_encoder = DataEncoder(max_dim, *a, n_data_enc_layers, dropout, norm_first)
         self.text_encoder = (TextEncoder(vocab, *a, n_text_enc_layers, dropout, max_text_len, pad_id, norm_first)
                              if text_input else None)
-        self.fusion = Fusion(*a, n_fusion_layers, dropout, norm_first)
+        self.fusion = Fusion(*a, n_fusion_layers, dropout, norm_first) if text_input else None
         self.data_decoder = DataDecoder(max_dim, *a, n_data_dec_layers, dropout, data_decoder_attn, norm_first)
-        self.symbol_decoder = SymbolDecoder(vocab, *a, n_text_dec_layers, dropout, max_text_len, pad_id, norm_first)
+        self.symbol_decoder = (SymbolDecoder(vocab, *a, n_text_dec_layers, dropout, max_text_len, pad_id, norm_first)
+                               if text_input else None)
         for module in self.modules():  # every LayerNorm, inside the torch layers too (official transformer.py: 1e-12)
             if isinstance(module, nn.LayerNorm):
                 module.eps = layer_norm_eps
@@ -244,11 +245,12 @@ class PROSE(nn.Module):
     def fuse(self, data_in: Tensor, t_in: Tensor, text_in: Tensor | None) -> tuple[Tensor, Tensor, int]:
         """-> fused features (B x (N_in [+ L_text]) x D), their padding mask (True = pad), N_in."""
         data = self.data_encoder(data_in, t_in)
-        if self.text_encoder is None or text_in is None:
-            fused, pad = self.fusion(data)
-        else:
-            text, text_pad = self.text_encoder(text_in)
-            fused, pad = self.fusion(data, text, text_pad)
+        if self.text_encoder is None:  # official --no_text: the data decoder reads the data encoder's output
+            return data, torch.zeros(data.shape[:2], dtype=torch.bool, device=data.device), data.shape[1]
+        if text_in is None:
+            raise ValueError("PROSE with a text encoder needs text_in")
+        text, text_pad = self.text_encoder(text_in)
+        fused, pad = self.fusion(data, text, text_pad)
         return fused, pad, data.shape[1]
 
     def memories(self, fused: Tensor, pad: Tensor, n_data: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
@@ -262,7 +264,8 @@ class PROSE(nn.Module):
         """-> (data prediction B x N_out x max_dim, symbol logits for text_out[:, :-1] or None)."""
         (mem_d, pad_d), (mem_s, pad_s) = self.memories(*self.fuse(data_in, t_in, text_in))
         data = self.data_decoder(t_out, mem_d, pad_d)
-        logits = None if text_out is None else self.symbol_decoder(text_out[:, :-1], mem_s, pad_s)
+        logits = None if text_out is None or self.symbol_decoder is None else \
+            self.symbol_decoder(text_out[:, :-1], mem_s, pad_s)
         return data, logits
 
     @torch.no_grad()
@@ -310,9 +313,10 @@ class ProseModule(L.LightningModule):
             raise ValueError(f"prose: data_loss must be 'relative' (official) or 'mse', got {data_loss!r}")
         if dim_emb % n_heads:
             raise ValueError(f"prose: dim_emb ({dim_emb}) must be a multiple of n_heads ({n_heads})")
-        if min(n_data_enc_layers, n_fusion_layers, n_data_dec_layers, n_text_dec_layers) < 1 or \
-                (text_input and n_text_enc_layers < 1):
-            raise ValueError("prose: every block needs >= 1 layer (text encoder only when text_input)")
+        if min(n_data_enc_layers, n_data_dec_layers) < 1 or \
+                (text_input and min(n_text_enc_layers, n_fusion_layers, n_text_dec_layers) < 1):
+            raise ValueError("prose: every block needs >= 1 layer (text encoder, fusion and symbol decoder only when "
+                             "text_input)")
         if not 1 <= max_dim <= 3:
             raise ValueError(f"prose: max_dim must be 1..3, got {max_dim}")
         if not layer_norm_eps > 0:
@@ -336,10 +340,11 @@ class ProseModule(L.LightningModule):
         return self.model(batch["data_in"], batch["t_in"], batch["t_out"], text_in, batch.get("text_out"))
 
     def _losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(mse, ce, pred, logits, text target, the training data loss: `data_loss`)."""
+        """(mse, ce, pred, logits, text target, the training data loss: `data_loss`); ce 0 and logits None for the
+        data-only model (no symbol decoder)."""
         with torch.autocast(self.device.type, enabled=False):  # data loss and float tokens in fp32
             pred, logits = self(batch)
-            pred, logits = pred.float(), logits.float()
+            pred = pred.float()
             mask = batch["dim_mask"][:, None, :].expand_as(pred).float()
             sq = (pred - batch["target"]) ** 2 * mask
             mse = sq.sum() / mask.sum()
@@ -348,17 +353,28 @@ class ProseModule(L.LightningModule):
             data = mse if self.hparams.data_loss == "mse" else (
                 sq.sum((1, 2)) / ((batch["target"] ** 2 * mask).sum((1, 2)) + 1e-5)).mean()
             tgt = batch["text_out"][:, 1:]
+            if logits is None:
+                return mse, pred.new_zeros(()), pred, None, tgt, data
+            logits = logits.float()
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
                                  ignore_index=self.tokenizer.pad_id)
         return mse, ce, pred, logits, tgt, data
 
+    def _trained_loss(self, data: Tensor, ce: Tensor) -> Tensor:
+        """data_loss_weight x data + text_loss_weight x CE; the data-only model trains on the data loss alone
+        (official enc_dec_step: `loss = data_loss` with --no_text)."""
+        if not self.hparams.text_input:
+            return data
+        return self.hparams.data_loss_weight * data + self.hparams.text_loss_weight * ce
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
         mse, ce, *_, data = self._losses(batch)
-        loss = self.hparams.data_loss_weight * data + self.hparams.text_loss_weight * ce
+        loss = self._trained_loss(data, ce)
         bs = batch["data_in"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/mse", mse, on_step=True, on_epoch=False, batch_size=bs, sync_dist=True)
-        self.log("train/ce", ce, on_step=True, on_epoch=False, batch_size=bs, sync_dist=True)
+        if self.hparams.text_input:
+            self.log("train/ce", ce, on_step=True, on_epoch=False, batch_size=bs, sync_dist=True)
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> None:
@@ -369,11 +385,30 @@ class ProseModule(L.LightningModule):
         err = (((pred - batch["target"]) * scale) ** 2 * mask).sum((1, 2))
         ref = ((batch["target"] * scale) ** 2 * mask).sum((1, 2))
         rel_l2 = (err.sqrt() / ref.sqrt().clamp_min(1e-8)).mean()
+        log = functools.partial(self.log, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        log(f"{split}/rel_l2", rel_l2, prog_bar=True)
+        log(f"{split}/mse", mse)
+        log(f"{split}/loss", self._trained_loss(data, ce))  # as trained
+        ids = None
+        if logits is not None:  # the symbol decoder: teacher-forced tokens and greedy decoding of the expression
+            log(f"{split}/ce", ce)
+            ids = self._symbolic_metrics(batch, split, batch_idx, logits, tgt)
+        if batch_idx == 0:
+            s = batch["scale"][0].cpu()
+            self._sample = {"t_in": batch["t_in"][0].cpu(), "t_out": batch["t_out"][0].cpu(),
+                            "data_in": batch["data_in"][0].cpu() * s, "target": batch["target"][0].cpu() * s,
+                            "pred": pred[0].detach().cpu() * s, "dims": int(batch["dim_mask"][0].sum()),
+                            "generated": "" if ids is None else " ".join(self.tokenizer.ids_to_tokens(ids[0])),
+                            "expr": None if ids is None else self.tokenizer.decode(ids[0])}
+
+    def _symbolic_metrics(self, batch: dict[str, Tensor], split: str, batch_idx: int, logits: Tensor,
+                          tgt: Tensor) -> Tensor:
+        """Teacher-forced token accuracy, greedy decodes (valid prefix expressions, exact skeletons, text_rel_l2);
+        returns the decoded ids."""
+        bs = logits.shape[0]
         keep = tgt != self.tokenizer.pad_id
         token_hits = (logits.argmax(-1) == tgt)[keep]
-        # greedy decoding of the full expression
-        text_in = batch["text_in"] if self.hparams.text_input else None
-        _, (memory, pad) = self.model.memories(*self.model.fuse(batch["data_in"], batch["t_in"], text_in))
+        _, (memory, pad) = self.model.memories(*self.model.fuse(batch["data_in"], batch["t_in"], batch["text_in"]))
         ids = self.model.generate(memory, pad, self.tokenizer.bos_id, self.tokenizer.eos_id,
                                   self.hparams.max_gen_len).cpu()
         valid, skeleton = torch.zeros(bs, dtype=torch.bool), torch.zeros(bs, dtype=torch.bool)
@@ -388,22 +423,11 @@ class ProseModule(L.LightningModule):
                 err = expression_rel_l2(expr, true, points) if true is not None else None
                 if err is not None:
                     self.text_rel_l2[split].update(torch.tensor(err))
-        log = functools.partial(self.log, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
-        log(f"{split}/rel_l2", rel_l2, prog_bar=True)
-        log(f"{split}/mse", mse)
-        log(f"{split}/ce", ce)
-        log(f"{split}/loss", self.hparams.data_loss_weight * data + self.hparams.text_loss_weight * ce)  # as trained
         for name, correct in (("symbol_token_acc", token_hits), ("valid_frac", valid), ("skeleton_acc", skeleton)):
             metric = self.symbolic[f"{split}_{name}"]
             metric.update(correct)
             self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True)
-        if batch_idx == 0:
-            s = batch["scale"][0].cpu()
-            self._sample = {"t_in": batch["t_in"][0].cpu(), "t_out": batch["t_out"][0].cpu(),
-                            "data_in": batch["data_in"][0].cpu() * s, "target": batch["target"][0].cpu() * s,
-                            "pred": pred[0].detach().cpu() * s, "dims": int(batch["dim_mask"][0].sum()),
-                            "generated": " ".join(self.tokenizer.ids_to_tokens(ids[0])),
-                            "expr": self.tokenizer.decode(ids[0])}
+        return ids
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
         self._evaluate(batch, "val", batch_idx)
