@@ -78,7 +78,7 @@ def test_fno_datamodule_from_data_dir_and_url(tmp_path, monkeypatch):
                               batch_size=2, unroll=4, steps_per_epoch=1)
     dm.setup()
     assert dm.u_train.shape == (3, 10, 8, 8) and dm.u_test.shape == (2, 10, 8, 8)
-    assert dm.mask.shape == (8, 8) and int(dm.mask.sum()) == 16
+    assert dm.mask.shape == (8, 8) and int(dm.mask.sum()) == 64  # the default: the whole grid (data.obs_fraction=1)
     batch = next(iter(dm.train_dataloader()))
     assert batch["u"].shape == (2, 4, 8, 8) and batch["mask"].shape == (2, 8, 8)
     monkeypatch.setenv("PAPERZOO_DATA", str(tmp_path / "cache"))
