@@ -86,6 +86,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.samplers import EpochSampler
 from launch.errors import UserError, check_min
 from lit_models.common import mesh as M
 
@@ -228,7 +229,7 @@ def epoch_loader(dataset, batch_size: int, seed: int, steps_per_epoch: int | Non
         if passes_per_epoch == 1.0:
             return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, drop_last=True)
         steps = max(1, int(passes_per_epoch * len(dataset) / batch_size))
-    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=batch_size * steps, generator=g)
+    sampler = EpochSampler(len(dataset), batch_size * steps, replacement=True, generator=g)  # its length under DDP too
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
 
 

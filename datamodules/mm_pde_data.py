@@ -24,9 +24,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.pde_solvers import etdrk4_coefficients, etdrk4_step
+from datamodules.samplers import EpochSampler
 from launch.errors import UserError
 
 __all__ = ["MMPDEDataModule", "burgers2d", "burgers2d_energy", "random_smooth_field"]
@@ -196,8 +197,7 @@ class MMPDEDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = _Trajectories(self.train_u)
         g = torch.Generator().manual_seed(self.hparams.seed)
-        sampler = RandomSampler(ds, replacement=False, num_samples=len(ds) * self.hparams.passes_per_epoch,
-                                generator=g)
+        sampler = EpochSampler(len(ds), len(ds) * self.hparams.passes_per_epoch, replacement=False, generator=g)
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=len(ds) >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
