@@ -52,6 +52,8 @@ __all__ = ["BASE_URL", "GRANULARITY", "PERIODS", "DystsPrecomputedDataModule", "
            "load_precomputed", "locate_file", "system_series"]
 
 BASE_URL = "https://raw.githubusercontent.com/williamgilpin/dysts_data/main/dysts_data/data"
+# the official per-system hyperparameters of compute_benchmarks.py (find_hyperparameters.py, tuned on the train file)
+HYPERPARAMETERS_URL = "https://raw.githubusercontent.com/williamgilpin/dysts/master/benchmarks/hyperparameters"
 GRANULARITY = {"fine": 100, "coarse": 15}  # points per dominant period
 PERIODS = 12
 SPLIT_FRACTION = 5 / 6                        # dysts: history = first 5/6, forecast = last 1/6
@@ -147,6 +149,11 @@ def _lyapunov_per_step(name: str, dt: float) -> float | None:
     return lyap * dt if np.isfinite(lyap * dt) else None
 
 
+def hyperparameter_filename(granularity: str) -> str:
+    """The official hyperparameter file compute_benchmarks.py reads for a granularity."""
+    return f"hyperparameters_train_univariate__pts_per_period_{GRANULARITY[granularity]}__periods_{PERIODS}.json"
+
+
 def official_input_lengths(path: str | Path) -> dict[str, int]:
     """System -> NBEATSModel input_chunk_length from the official hyperparameter JSON (systems without an entry are
     left out)."""
@@ -177,7 +184,9 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
         univariate: bool = True,       # the univariate files (the paper's forecasting table)
         coordinate: int = 0,           # which coordinate of a multivariate file
         lags: int | None = None,       # input window; None: one dominant period (100 / 15 points)
-        hyperparameters: str | None = None,  # official hyperparameter JSON: lags = the system's input_chunk_length
+        hyperparameters: str | None = None,  # official hyperparameter JSON: lags = the system's input_chunk_length;
+                                       # "official": that file for this granularity, from data_dir or downloaded
+        hyperparameters_url: str = HYPERPARAMETERS_URL,
         horizon: int | None = None,    # None: the whole held-out sixth (200 / 30 points), as in the paper
         train_horizon: int | None = None,  # targets per training window; None: horizon (1: a one-step model's)
         batch_size: int = 64,
@@ -191,7 +200,7 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
         dataset_filename("test", granularity, noise, univariate)  # validates granularity early
         self.name = system
         self.lags = int(lags) if lags is not None else GRANULARITY[granularity]
-        if hyperparameters is not None:  # the official per-system N-BEATS input length, one period where it has none
+        if hyperparameters is not None and hyperparameters != "official":  # the per-system N-BEATS input length
             self.lags = official_input_lengths(hyperparameters).get(system, GRANULARITY[granularity])
         self.horizon = int(horizon) if horizon is not None else None
         check_min("data", 1, lags=self.lags, horizon=self.horizon, train_horizon=train_horizon)
@@ -205,6 +214,16 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
     def prepare_data(self) -> None:
         for split in ("train", "test"):
             self._file(split)
+        if self.hparams.hyperparameters == "official":
+            self._hyperparameter_file()
+
+    def _hyperparameter_file(self) -> Path:
+        """The official hyperparameter JSON of this granularity: `data_dir/<name>` when there, else downloaded."""
+        h = self.hparams
+        name = hyperparameter_filename(h.granularity)
+        if h.data_dir is not None and (Path(h.data_dir).expanduser() / name).is_file():
+            return Path(h.data_dir).expanduser() / name
+        return fetch(f"{h.hyperparameters_url.rstrip('/')}/{name}", subdir=SUBDIR)
 
     def _series(self, split: str) -> tuple[np.ndarray, float]:
         dataset = load_precomputed(self._file(split))
@@ -213,6 +232,9 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._loaded:
             return
+        if self.hparams.hyperparameters == "official":  # the system's official input length, one period without
+            self.lags = official_input_lengths(self._hyperparameter_file()).get(
+                self.hparams.system, GRANULARITY[self.hparams.granularity])
         test_series, dt = self._series("test")
         tune_series, _ = self._series("train")
         if self.hparams.measurement_noise:  # the noisy benchmark: the whole test series, history and scored future

@@ -51,6 +51,11 @@ def write_fixture(folder, granularities=("fine", "coarse"), noise_options=(False
                     (folder / filename).write_bytes(gzip.compress(text))
                 else:
                     (folder / filename.removesuffix(".gz")).write_bytes(text)
+        # the official per-system hyperparameters (compute_benchmarks.py reads NBEATSModel's input_chunk_length)
+        lengths = {"Lorenz": 5, "Rossler": 10} if granularity == "coarse" else {"Lorenz": 25, "Rossler": 50}
+        table = {name: {"NBEATSModel": {"input_chunk_length": n, "output_chunk_length": 1}, "ARIMA": {"p": 3}}
+                 for name, n in lengths.items()}
+        (folder / dysts_data.hyperparameter_filename(granularity)).write_text(json.dumps(table))
 
 
 @pytest.fixture
@@ -113,7 +118,7 @@ def test_measurement_noise_is_the_official_noisy_benchmark(tmp_path):
     """compute_benchmarks_noise_*.py: the clean test series + 0.2 std(series) N(0, 1) over its whole length, so the
     history and the scored future are both noisy; the tuning series stays clean; seeded by data.seed here."""
     write_fixture(tmp_path / "d")
-    kw = dict(system="Chua", granularity="coarse", data_dir=str(tmp_path / "d"))
+    kw = {"system": "Chua", "granularity": "coarse", "data_dir": str(tmp_path / "d")}
     clean, noisy = DystsPrecomputedDataModule(**kw), DystsPrecomputedDataModule(**kw, measurement_noise=0.2)
     again = DystsPrecomputedDataModule(**kw, measurement_noise=0.2)
     for dm in (clean, noisy, again):
@@ -160,6 +165,7 @@ def test_variant_composes_with_paper_settings(variant, lags, horizon):
     cfg = zconfig.compose([f"experiment=dysts_benchmark/{variant}"])
     assert cfg.data.lags == lags and cfg.data.horizon == horizon and cfg.data.data_dir is None
     assert cfg.data.base_url == dysts_data.BASE_URL
+    assert cfg.data.hyperparameters == "official" and cfg.data.hyperparameters_url == dysts_data.HYPERPARAMETERS_URL
     assert (cfg.model.width, cfg.model.num_layers, cfg.model.num_blocks) == (256, 4, 30)  # darts N-BEATS defaults
     assert cfg.trainer.max_epochs == 100 and cfg.trainer.precision == "32-true"
     datamodule, model = train.instantiate(cfg)  # no download at instantiation
@@ -231,11 +237,31 @@ TINY = ["model.width=16", "model.num_layers=1", "model.num_blocks=2", "data.batc
         "trainer.check_val_every_n_epoch=1"]
 
 
+def test_official_input_length_reaches_the_model(tmp_path):
+    """`zoo train experiment=dysts_benchmark/... data.hyperparameters=<json>`: the network is built for the system's
+    official input length (it was built for data.lags and the first batch failed with a shape error), and the
+    checkpoint records it."""
+    import json
+
+    write_fixture(tmp_path / "d", granularities=("coarse",), noise_options=(False,))
+    hp = tmp_path / "hp.json"
+    hp.write_text(json.dumps({"Lorenz": {"NBEATSModel": {"input_chunk_length": 5}}}))
+    run = fast_run("dysts_benchmark/dysts_data_coarse", *TINY, "data.system=Lorenz", f"data.data_dir={tmp_path / 'd'}",
+                   f"data.hyperparameters={hp}")
+    run.assert_contract()
+    assert run.datamodule.lags == run.model.hparams.lags == 5
+    assert run.model.model.blocks[0].mlp[0].in_features == 5
+
+
 @pytest.mark.parametrize("variant", ["dysts_data_fine", "dysts_data_coarse"])
 def test_variant_fast_run_through_download(served, variant):
     base_url, cache = served
-    run = fast_run(f"dysts_benchmark/{variant}", *TINY, "data.system=Lorenz", f"data.base_url={base_url}")
+    run = fast_run(f"dysts_benchmark/{variant}", *TINY, "data.system=Lorenz", f"data.base_url={base_url}",
+                   f"data.hyperparameters_url={base_url}")
     run.assert_contract()
+    # the system's official input length (fixture: Lorenz 25 fine / 5 coarse), downloaded with the data
+    assert run.datamodule.lags == run.model.hparams.lags == (25 if variant == "dysts_data_fine" else 5)
+    assert (cache / "dysts_data" / dysts_data.hyperparameter_filename(run.datamodule.hparams.granularity)).is_file()
     for key in ("train/loss", "val/smape", "test/smape", "test/smape_naive", "test/nrmse"):
         assert key in run.metrics and math.isfinite(run.metrics[key]), sorted(run.metrics)
     assert "test/vpt" in run.metrics  # Lorenz is a dysts system: its Lyapunov exponent sets the VPT scale

@@ -150,6 +150,14 @@ class DystsForecastModule(L.LightningModule):
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is not None and hasattr(dm, "setup"):
             dm.setup(stage)
+            lags = getattr(dm, "lags", None)
+            if lags is not None and int(lags) != self.hparams.lags:
+                # the datamodule's input length wins (e.g. the system's official N-BEATS input_chunk_length from
+                # data.hyperparameters): rebuild the untrained network for it before the optimiser or a checkpoint
+                # sees it (the saved hyperparameters record the length used)
+                h = self.hparams
+                h.lags = int(lags)
+                self.model = NBeatsLite(h.lags, self.chunk, h.width, h.num_layers, h.num_blocks, h.theta_dim)
             if getattr(dm, "mean", None) is not None:
                 self.mean.fill_(float(dm.mean))
                 self.std.fill_(float(dm.std))
