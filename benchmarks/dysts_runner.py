@@ -22,7 +22,8 @@ official benchmarks/compute_benchmarks.py: darts' NBEATSModel defaults (generic,
 expansion coefficients theta of dimension 5, Adam 1e-3, batch 32, 100 epochs; ``--quick``: 2 epochs of a 3-block lite
 net) as a one-step model on raw values, trained on every window of the history with its next point, rolled forward over
 the held-out sixth and scored on all but its last point; its input length per system is the file's ``NBEATSModel``
-``input_chunk_length`` when ``--hyperparameters`` names the official hyperparameter JSON (williamgilpin/dysts
+``input_chunk_length`` when ``--hyperparameters`` names the official hyperparameter JSON (``official``: that file,
+downloaded like the data; williamgilpin/dysts
 benchmarks/hyperparameters/hyperparameters_train_univariate__pts_per_period_{100,15}__periods_12.json), else one period.
 Row name ``nbeats_official``.
 
@@ -316,6 +317,10 @@ def run(quick: bool = False, out_dir: Path | None = None, systems: list[str] | s
         raise UserError("--hyperparameters sets the official protocol's input lengths: add --protocol official")
     official = None
     if protocol == "official":  # darts NBEATSModel defaults: 30 blocks x 4 layers x 256, 100 epochs
+        if hyperparameters == "official":  # the file of this granularity, from data_dir or downloaded
+            from datamodules.dysts_data import official_hyperparameter_file
+
+            hyperparameters = str(official_hyperparameter_file(dataset.partition("_")[0], data_dir))
         official = {"epochs": 2 if quick else 100, "size": (3, 2, 32) if quick else (30, 4, 256),
                     "lags": official_input_lengths(hyperparameters) if hyperparameters else {}}
     part = parse_shard(shard)

@@ -154,6 +154,15 @@ def hyperparameter_filename(granularity: str) -> str:
     return f"hyperparameters_train_univariate__pts_per_period_{GRANULARITY[granularity]}__periods_{PERIODS}.json"
 
 
+def official_hyperparameter_file(granularity: str, data_dir: str | None = None,
+                                 url: str = HYPERPARAMETERS_URL) -> Path:
+    """The official hyperparameter JSON of a granularity: `data_dir/<name>` when there, else downloaded from `url`."""
+    name = hyperparameter_filename(granularity)
+    if data_dir is not None and (Path(data_dir).expanduser() / name).is_file():
+        return Path(data_dir).expanduser() / name
+    return fetch(f"{url.rstrip('/')}/{name}", subdir=SUBDIR)
+
+
 def official_input_lengths(path: str | Path) -> dict[str, int]:
     """System -> NBEATSModel input_chunk_length from the official hyperparameter JSON (systems without an entry are
     left out)."""
@@ -218,12 +227,8 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
             self._hyperparameter_file()
 
     def _hyperparameter_file(self) -> Path:
-        """The official hyperparameter JSON of this granularity: `data_dir/<name>` when there, else downloaded."""
         h = self.hparams
-        name = hyperparameter_filename(h.granularity)
-        if h.data_dir is not None and (Path(h.data_dir).expanduser() / name).is_file():
-            return Path(h.data_dir).expanduser() / name
-        return fetch(f"{h.hyperparameters_url.rstrip('/')}/{name}", subdir=SUBDIR)
+        return official_hyperparameter_file(h.granularity, h.data_dir, h.hyperparameters_url)
 
     def _series(self, split: str) -> tuple[np.ndarray, float]:
         dataset = load_precomputed(self._file(split))

@@ -271,6 +271,12 @@ def test_official_protocol_one_step_nbeats_with_per_system_input_lengths(tmp_pat
     assert sorted(calls.values()) == [(5, 30, 2, (3, 2, 32)), (15, 30, 2, (3, 2, 32))]
     assert all(math.isfinite(r["smape"]) for r in nb.values())
     assert (tmp_path / "out" / "dysts_runner_coarse_official_quick.md").is_file()
+    # --hyperparameters official: compute_benchmarks.py's file for the granularity (the fixture's: Lorenz 5, Rossler 10)
+    calls.clear()
+    rows = dysts_runner.run(quick=True, out_dir=tmp_path / "out2", dataset="coarse", systems="Lorenz,Rossler",
+                            data_dir=str(tmp_path / "d"), protocol="official", hyperparameters="official")
+    assert {r["system"]: r.get("lags") for r in rows if r["forecaster"] == "nbeats_official" and
+            r["system"] in ("Lorenz", "Rossler")} == {"Lorenz": 5, "Rossler": 10}
     # scored on all but the last point: a forecast exact there and wrong only at the end scores 0
     monkeypatch.setattr(dysts_runner, "_nbeats_one_step",
                         lambda history, lags, horizon, *a, **k: np.concatenate([truth[:, :-1], truth[:, -1:] + 9], 1))
