@@ -137,7 +137,7 @@ class DystsForecastModule(L.LightningModule):
             raise ValueError(f"model.output_chunk ({output_chunk}) must be <= horizon ({horizon})")
         self.optimizer_factory = optimizer
         self.chunk = output_chunk or horizon
-        self.model = NBeatsLite(lags, self.chunk, width, num_layers, num_blocks, theta_dim)
+        self.model = self._network(lags)
         self.register_buffer("mean", torch.zeros(()))
         self.register_buffer("std", torch.ones(()))
         self.lyapunov_per_step: float | None = None
@@ -145,6 +145,10 @@ class DystsForecastModule(L.LightningModule):
         self.metrics = nn.ModuleDict({f"{s}_{m}": MeanMetric() for s in ("val", "test")
                                       for m in ("smape", "smape_naive", "mse")})
         self._sample: dict[str, Tensor] | None = None
+
+    def _network(self, lags: int) -> NBeatsLite:
+        h = self.hparams
+        return NBeatsLite(lags, self.chunk, h.width, h.num_layers, h.num_blocks, h.theta_dim)
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
@@ -155,9 +159,8 @@ class DystsForecastModule(L.LightningModule):
                 # the datamodule's input length wins (e.g. the system's official N-BEATS input_chunk_length from
                 # data.hyperparameters): rebuild the untrained network for it before the optimiser or a checkpoint
                 # sees it (the saved hyperparameters record the length used)
-                h = self.hparams
-                h.lags = int(lags)
-                self.model = NBeatsLite(h.lags, self.chunk, h.width, h.num_layers, h.num_blocks, h.theta_dim)
+                self.hparams.lags = int(lags)
+                self.model = self._network(self.hparams.lags)
             if getattr(dm, "mean", None) is not None:
                 self.mean.fill_(float(dm.mean))
                 self.std.fill_(float(dm.std))

@@ -45,6 +45,24 @@ from lit_models.common.pde import no_autocast
 from lit_models.common.steps import computed_once
 
 
+def batch_of(data, device) -> Tensor:
+    """The graph index of every node (zeros for a single graph)."""
+    batch = getattr(data, "batch", None)
+    return batch if batch is not None else torch.zeros(data.num_nodes, dtype=torch.long, device=device)
+
+
+def boundary_masks(data, project_boundary: bool) -> tuple[Tensor, Tensor]:
+    """(x_fixed, y_fixed): which coordinate of a node stays at its reference value (none without the projection)."""
+    if not project_boundary:
+        return torch.zeros_like(data.x_fixed), torch.zeros_like(data.y_fixed)
+    return data.x_fixed, data.y_fixed
+
+
+def project_to_boundary(new: Tensor, ref: Tensor, x_fixed: Tensor, y_fixed: Tensor) -> Tensor:
+    """Boundary nodes keep their normal coordinate: the fixed coordinates of `new` (V, 2) reset to `ref`'s."""
+    return torch.stack([torch.where(x_fixed, ref[:, 0], new[:, 0]), torch.where(y_fixed, ref[:, 1], new[:, 1])], -1)
+
+
 class GraphTransformerEncoder(nn.Module):
     """Per-vertex features from a transformer over all vertices of each graph (MRTransformer's TransformerModel):
     Linear(in, embed) -> `num_layers` x TransformerEncoderLayer(embed, heads) -> Linear(embed, out)."""
@@ -89,8 +107,7 @@ class RecurrentGATDeformer(nn.Module):
             new = torch.zeros_like(coord).index_add_(0, dst, w * coord[src])
         else:
             new = self.to_coord(hidden)
-        new = torch.stack([torch.where(x_fixed, ref[:, 0], new[:, 0]), torch.where(y_fixed, ref[:, 1], new[:, 1])], -1)
-        return new, hidden
+        return project_to_boundary(new, ref, x_fixed, y_fixed), hidden
 
 
 class UM2N(nn.Module):
@@ -114,24 +131,14 @@ class UM2N(nn.Module):
         x = data.x.to(dtype)
         if not self.use_monitor:
             x = torch.cat([x[:, :3], torch.zeros_like(x[:, 3:])], -1)
-        batch = data.batch if getattr(data, "batch", None) is not None else torch.zeros(len(x), dtype=torch.long,
-                                                                                       device=x.device)
-        feats = self.encoder(x, batch)
+        feats = self.encoder(x, batch_of(data, x.device))
         hidden = F.selu(self.lin(torch.cat([x[:, 2:3], feats], -1)))
         ref = data.pos.to(dtype)
-        x_fixed, y_fixed = data.x_fixed, data.y_fixed
-        if not project_boundary:
-            x_fixed, y_fixed = torch.zeros_like(x_fixed), torch.zeros_like(y_fixed)
+        x_fixed, y_fixed = boundary_masks(data, project_boundary)
         coord = ref
         for _ in range(self.num_loop):
             coord, hidden = self.deformer(coord, hidden, data.edge_index, ref, x_fixed, y_fixed)
         return coord
-
-
-def _batch_of(data, device) -> Tensor:
-    """The graph index of every node (zeros for a single graph)."""
-    batch = getattr(data, "batch", None)
-    return batch if batch is not None else torch.zeros(data.num_nodes, dtype=torch.long, device=device)
 
 
 def chamfer_distance(pred: Tensor, target: Tensor, batch: Tensor) -> Tensor:
@@ -383,7 +390,7 @@ class UM2NModule(L.LightningModule):
         loss = hp.coord_weight * coord_loss + hp.area_weight * area_loss
         n = int(data.num_graphs)
         if hp.chamfer_weight:
-            chamfer = chamfer_distance(pred, data.y.to(pred.dtype), _batch_of(data, pred.device))
+            chamfer = chamfer_distance(pred, data.y.to(pred.dtype), batch_of(data, pred.device))
             loss = loss + hp.chamfer_weight * chamfer
             self.log("train/chamfer_loss", chamfer, on_step=True, on_epoch=False, batch_size=n)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)

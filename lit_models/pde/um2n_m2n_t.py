@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_models.pde.um2n import GraphTransformerEncoder, batch_of, boundary_masks, project_to_boundary
+
 
 def edge_softmax(logits: Tensor, dst: Tensor, n_nodes: int) -> Tensor:
     """Softmax of edge logits (E, H) over the incoming edges of each target node (torch_geometric's softmax)."""
@@ -87,8 +89,7 @@ class StackedGATDeformer(nn.Module):
         feat = F.selu(self.lin(x))
         for layer in self.layers:
             new, feat = layer(coords[-1], torch.cat([*coords[::-1], feat], 1), edge_index)
-            coords.append(torch.stack([torch.where(x_fixed, ref[:, 0], new[:, 0]),
-                                       torch.where(y_fixed, ref[:, 1], new[:, 1])], -1))
+            coords.append(project_to_boundary(new, ref, x_fixed, y_fixed))
         return coords[-1]
 
 
@@ -99,8 +100,6 @@ class M2NT(nn.Module):
                  local_out: int = 16, lin_width: int = 254, widths: tuple[int, ...] = (508, 250, 120, 20),
                  gat_heads: int = 6, use_monitor: bool = True) -> None:
         super().__init__()
-        from lit_models.pde.um2n import GraphTransformerEncoder
-
         self.encoder = GraphTransformerEncoder(3, embed_dim, transformer_out, num_heads, num_layers)
         self.local = LocalFeatureExtractor(local_out)
         self.deformer = StackedGATDeformer(3 + local_out + transformer_out, lin_width, tuple(widths), gat_heads)
@@ -114,13 +113,9 @@ class M2NT(nn.Module):
         x = data.x.to(self.dtype)  # [x, y, boundary mask, m / max m]
         monitor = x[:, 3:4] if self.use_monitor else torch.zeros_like(x[:, 3:4])
         mesh_feat = torch.cat([x[:, :2], monitor], 1)
-        batch = data.batch if getattr(data, "batch", None) is not None else torch.zeros(len(x), dtype=torch.long,
-                                                                                       device=x.device)
-        global_feat = F.selu(self.encoder(mesh_feat, batch))
+        global_feat = F.selu(self.encoder(mesh_feat, batch_of(data, x.device)))
         local_feat = self.local(mesh_feat, data.edge_index)
         ref = data.pos.to(self.dtype)
-        x_fixed, y_fixed = data.x_fixed, data.y_fixed
-        if not project_boundary:
-            x_fixed, y_fixed = torch.zeros_like(x_fixed), torch.zeros_like(y_fixed)
+        x_fixed, y_fixed = boundary_masks(data, project_boundary)
         return self.deformer(torch.cat([x[:, :3], local_feat, global_feat], 1), data.edge_index, ref, x_fixed,
                              y_fixed)
