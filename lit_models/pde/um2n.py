@@ -64,12 +64,22 @@ def project_to_boundary(new: Tensor, ref: Tensor, x_fixed: Tensor, y_fixed: Tens
 
 
 class GraphTransformerEncoder(nn.Module):
-    """Per-vertex features from a transformer over all vertices of each graph (MRTransformer's TransformerModel):
-    Linear(in, embed) -> `num_layers` x TransformerEncoderLayer(embed, heads) -> Linear(embed, out)."""
+    """Per-vertex features from a transformer over all vertices of each graph, attention masked per graph.
+    `layout="official"`: the released code's TransformerModel (`um2n_transformer`: GELU MLPs in and out, ParT-style
+    blocks with per-head scales, residual weights and dropout 0.1); `layout="torch"`: Linear(in, embed) ->
+    `num_layers` x torch TransformerEncoderLayer(embed, heads, post-norm, ReLU, no dropout) -> Linear(embed, out)."""
 
     def __init__(self, in_dim: int = 4, embed_dim: int = 64, out_dim: int = 16, num_heads: int = 4,
-                 num_layers: int = 1) -> None:
+                 num_layers: int = 1, layout: str = "torch") -> None:
         super().__init__()
+        if layout not in ("official", "torch"):
+            raise ValueError(f"encoder layout must be 'official' or 'torch', got {layout!r}")
+        self.layout = layout
+        if layout == "official":
+            from lit_models.pde.um2n_transformer import TransformerModel
+
+            self.model = TransformerModel(in_dim, embed_dim, out_dim, num_heads, num_layers)
+            return
         self.embed = nn.Linear(in_dim, embed_dim)
         layer = nn.TransformerEncoderLayer(embed_dim, num_heads, dim_feedforward=embed_dim * 4, dropout=0.0,
                                            batch_first=True)
@@ -79,6 +89,9 @@ class GraphTransformerEncoder(nn.Module):
     def forward(self, x: Tensor, batch: Tensor) -> Tensor:
         from torch_geometric.utils import to_dense_batch
 
+        if self.layout == "official":
+            dense, mask = to_dense_batch(x, batch)
+            return self.model(dense, ~mask)[mask]
         dense, mask = to_dense_batch(self.embed(x), batch)
         h = self.encoder(dense, src_key_padding_mask=~mask)
         return self.out(h[mask])
@@ -115,9 +128,10 @@ class UM2N(nn.Module):
 
     def __init__(self, in_dim: int = 4, embed_dim: int = 64, transformer_out: int = 16, num_heads: int = 4,
                  num_layers: int = 1, hidden: int = 512, gat_heads: int = 6, num_loop: int = 3,
-                 decoder: str = "average", use_monitor: bool = True) -> None:
+                 decoder: str = "average", use_monitor: bool = True, encoder_layout: str = "torch") -> None:
         super().__init__()
-        self.encoder = GraphTransformerEncoder(in_dim, embed_dim, transformer_out, num_heads, num_layers)
+        self.encoder = GraphTransformerEncoder(in_dim, embed_dim, transformer_out, num_heads, num_layers,
+                                               encoder_layout)
         self.lin = nn.Linear(1 + transformer_out, hidden)
         # with one averaging loop the GAT output (hidden state) is never used again: its bias would get no gradient
         self.deformer = RecurrentGATDeformer(hidden, gat_heads, decoder, bias=num_loop > 1 or decoder == "coord")
@@ -312,6 +326,7 @@ class UM2NModule(L.LightningModule):
                  use_monitor: bool = True, mover: str = "um2n", coord_loss: str = "l1", coord_weight: float = 0.0,
                  area_weight: float = 300.0, chamfer_weight: float = 0.0, architecture: str = "mrt",
                  deformer_lin: int = 254, deformer_widths: tuple[int, ...] = (508, 250, 120, 20),
+                 encoder_layout: str = "torch",
                  n_interp_points: int = 20000, project_boundary: bool = True, coupled_swirl: dict | None = None,
                  coupled_cylinder: dict | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
@@ -355,10 +370,10 @@ class UM2NModule(L.LightningModule):
             from lit_models.pde.um2n_m2n_t import M2NT
 
             self.net = M2NT(embed_dim, transformer_out, num_heads, num_layers, 16, deformer_lin, deformer_widths,
-                            gat_heads, use_monitor)
+                            gat_heads, use_monitor, encoder_layout)
         else:
             self.net = UM2N(4, embed_dim, transformer_out, num_heads, num_layers, hidden, gat_heads, num_loop,
-                            decoder, use_monitor)
+                            decoder, use_monitor, encoder_layout)
         self._eval: dict[str, list] = {}
         self._last: list[dict[str, Any]] = []
         self._coupled = None  # the last coupled swirl solve (um2n_coupled.CoupledSwirlResult)

@@ -98,9 +98,9 @@ class M2NT(nn.Module):
 
     def __init__(self, embed_dim: int = 64, transformer_out: int = 16, num_heads: int = 4, num_layers: int = 1,
                  local_out: int = 16, lin_width: int = 254, widths: tuple[int, ...] = (508, 250, 120, 20),
-                 gat_heads: int = 6, use_monitor: bool = True) -> None:
+                 gat_heads: int = 6, use_monitor: bool = True, encoder_layout: str = "torch") -> None:
         super().__init__()
-        self.encoder = GraphTransformerEncoder(3, embed_dim, transformer_out, num_heads, num_layers)
+        self.encoder = GraphTransformerEncoder(3, embed_dim, transformer_out, num_heads, num_layers, encoder_layout)
         self.local = LocalFeatureExtractor(local_out)
         self.deformer = StackedGATDeformer(3 + local_out + transformer_out, lin_width, tuple(widths), gat_heads)
         self.use_monitor = use_monitor

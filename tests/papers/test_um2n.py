@@ -76,18 +76,45 @@ def test_deformer_is_a_convex_combination_and_keeps_the_boundary():
     torch.testing.assert_close(new, same)
 
 
-def test_transformer_attention_is_masked_per_graph():
+@pytest.mark.parametrize("layout", ["torch", "official"])
+def test_transformer_attention_is_masked_per_graph(layout):
     """Features of one graph do not change when another graph is batched with it."""
     from torch_geometric.data import Batch
 
     torch.manual_seed(0)
-    enc = GraphTransformerEncoder(4, 16, 8, 4, 1).eval()
+    enc = GraphTransformerEncoder(4, 16, 8, 4, 1, layout).eval()
     a, b = front_graph(5, 20.0, 0.4), separable_graph(6, np.random.default_rng(1))
     batch = Batch.from_data_list([a, b])
     with torch.no_grad():
         both = enc(batch.x, batch.batch)
         alone = enc(a.x, torch.zeros(a.num_nodes, dtype=torch.long))
     torch.testing.assert_close(both[: a.num_nodes], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_official_transformer_block():
+    """The released TransformerModel's block: pre-norm attention scaled per head (c_attn, reordering channels to
+    head-minor as the official einsum), post-attention LayerNorm, residual; pre-norm GELU MLP of width 4 D with a
+    LayerNorm on its hidden layer and a per-channel residual weight; computed by hand here (eval: no dropout)."""
+    import torch.nn.functional as F
+
+    from lit_models.pde.um2n_transformer import TransformerBlock, TransformerModel
+
+    torch.manual_seed(0)
+    block = TransformerBlock(8, 2).eval()
+    with torch.no_grad():
+        block.c_attn.copy_(torch.tensor([0.5, 2.0]))
+        block.residual_weight.uniform_(0.5, 1.5)
+        x = torch.randn(1, 5, 8)
+        h = block.pre_attn_norm(x)
+        att = block.attn(h, h, h, need_weights=False)[0].view(1, 5, 2, 4)  # (b, n, heads, head_dim)
+        att = (att * block.c_attn[:, None]).permute(0, 1, 3, 2).reshape(1, 5, 8)
+        y = block.post_attn_norm(att) + x
+        hid = block.post_dense_norm(F.gelu(block.dense_1(block.pre_dense_norm(y))))
+        torch.testing.assert_close(block(x), block.dense_2(hid) + block.residual_weight * y)
+    model = TransformerModel(3, 16, 4, num_heads=4, num_layers=1)
+    assert [m.out_features for m in model.mlp_in if hasattr(m, "out_features")] == [16, 16]
+    assert [m.out_features for m in model.mlp_out if hasattr(m, "out_features")] == [16, 4]
+    assert model.blocks[0].dense_1.out_features == 64 and model.blocks[0].attn.dropout == 0.1
 
 
 def test_graphs_and_exact_targets():

@@ -118,6 +118,7 @@ def test_training_run_on_the_fixture(helmholtz_root):
     run.assert_contract()
     hp = run.model.hparams  # the released checkpoint's training (pretrain_model/config.yaml)
     assert hp.architecture == "m2n_t" and (hp.coord_weight, hp.area_weight, hp.chamfer_weight) == (0.0, 300.0, 100.0)
+    assert hp.encoder_layout == "official"
     opt = run.model.configure_optimizers()
     assert type(opt) is torch.optim.Adam and opt.defaults["lr"] == 5e-5 and opt.defaults["weight_decay"] == 5e-4
     assert len(run.coverage.losses) == 2
