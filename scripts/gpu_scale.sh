@@ -36,10 +36,10 @@ job dmm_s1 data_free_mesh_mover trainer.max_steps=15000 seed=1 --claim ma_residu
 # UM2N: every claim of the module shares its run (CPU: 400 steps)
 job um2n_s0 um2n trainer.max_steps=4000 seed=0
 job um2n_s1 um2n trainer.max_steps=4000 seed=1
-# NODA with the card's 25 % spatial sensors (the default, the paper's full-grid measurements, passes on the CPU):
-# predictor sanity and the two assimilation claims share the run (CPU: 1,500 steps)
-job noda_s0 semilinear_operator trainer.max_steps=15000 seed=0 data.obs_fraction=0.25
-job noda_s1 semilinear_operator trainer.max_steps=15000 seed=1 data.obs_fraction=0.25
+# NODA with the card's 25 % spatial sensors and gate (the default, the paper's full-grid measurements and gain
+# K(u^f), passes on the CPU): predictor sanity and the two assimilation claims share the run (CPU: 1,500 steps)
+job noda_s0 semilinear_operator trainer.max_steps=15000 seed=0 data.obs_fraction=0.25 model.gate_input=forecast_innovation
+job noda_s1 semilinear_operator trainer.max_steps=15000 seed=1 data.obs_fraction=0.25 model.gate_input=forecast_innovation
 # MEDIDA 1-D spectral bias: RFF and plain MLP (CPU: 2,000 steps)
 job medida_1d medida trainer.max_steps=20000 --claim spectral_bias
 # GTF vs BPTT is no longer a gap: its claim trains 120 epochs on the CPU and passes (seeds 0-5, 2026-12-05)

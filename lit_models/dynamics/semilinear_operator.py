@@ -21,9 +21,10 @@ filter:
   only, and the paper's training section could not be read, so it is off in every shipped config.
 
 NODA-lite (the card's small-scale check): W_theta = 1D FNO (2 Fourier layers, 12 modes, width 32);
-E_theta = 1x1 conv then the sensor mask; K_theta(u^f) d = sigmoid(conv_k5([u^f, d])) * conv(d) summed over
-`gain_channels` channels, d = mask (.) (y - E_theta(u^f)) the masked innovation. The paper's gate (Eq. 15) was not
-verified; this sigmoid-gated convolution is the card's stand-in. The gate in (0, 1) keeps K bounded.
+E_theta = 1x1 conv then the sensor mask; K_theta(u^f) d = sigmoid(conv_k5(u^f)) * conv(d) summed over
+`gain_channels` channels, d = mask (.) (y - E_theta(u^f)) the masked innovation: a gain that depends on the forecast
+and acts linearly on d, as the paper writes the update (its Eq. 15 gate itself was not verified; the card's gate also
+read d: `gate_input="forecast_innovation"`). The gate in (0, 1) keeps K bounded.
 FFTs run in float32 with autocast disabled.
 """
 from __future__ import annotations
@@ -150,19 +151,26 @@ class ObservationOperator(nn.Module):
 
 
 class GatedGain(nn.Module):
-    """K_theta applied to the masked innovation d: sum_c sigmoid(conv_k5([u^f, d]))_c * conv(d)_c, the card's
-    NODA-lite gain (the paper's Eq. 15 gate could not be verified). The gate sees d as well as u^f, so K d is not
-    linear in d (the paper writes K_theta(u^f) [y - E(u^f)]); it is bounded: |K d| <= sum_c |mix_c| |conv(d)_c|."""
+    """K_theta applied to the masked innovation d: sum_c sigmoid(conv_k5(g))_c * conv(d)_c, the card's NODA-lite gain
+    (the paper's Eq. 15 gate could not be verified). `gate_input="forecast_innovation"` (card): g = [u^f, d], so K d
+    is not linear in d; `"forecast"`: g = u^f, a gain K_theta(u^f) applied linearly to d, as the paper's update
+    u^a = u^f + K_theta(u^f) [y - E(u^f)] is written. Bounded either way: |K d| <= sum_c |mix_c| |conv(d)_c|."""
 
-    def __init__(self, channels: int = 8, gate_kernel: int = 5, gain_kernel: int = 9, dim: int = 1) -> None:
+    def __init__(self, channels: int = 8, gate_kernel: int = 5, gain_kernel: int = 9, dim: int = 1,
+                 gate_input: str = "forecast") -> None:
         super().__init__()
-        self.gate = _conv(dim, 2, channels, gate_kernel, padding=gate_kernel // 2, padding_mode="circular")
+        if gate_input not in ("forecast_innovation", "forecast"):
+            raise ValueError(f"gate_input must be 'forecast_innovation' or 'forecast', got {gate_input!r}")
+        self.gate_input = gate_input
+        self.gate = _conv(dim, 2 if gate_input == "forecast_innovation" else 1, channels, gate_kernel,
+                          padding=gate_kernel // 2, padding_mode="circular")
         self.gain = _conv(dim, 1, channels, gain_kernel, padding=gain_kernel // 2, padding_mode="circular",
                           bias=False)
         self.mix = _conv(dim, channels, 1, 1, bias=False)
 
     def forward(self, u_f: Tensor, innovation: Tensor) -> Tensor:
-        gate = torch.sigmoid(_apply_conv(self.gate, torch.stack([u_f, innovation], dim=1)))
+        g = torch.stack([u_f, innovation], dim=1) if self.gate_input == "forecast_innovation" else u_f[:, None]
+        gate = torch.sigmoid(_apply_conv(self.gate, g))
         return _apply_conv(self.mix, gate * _apply_conv(self.gain, innovation[:, None]))[:, 0]
 
 
@@ -172,11 +180,12 @@ class NODA(nn.Module):
     states) or 2 (B x T x H x W, e.g. Navier-Stokes vorticity)."""
 
     def __init__(self, modes: int = 12, width: int = 32, n_layers: int = 2, gain_channels: int = 8,
-                 gate_kernel: int = 5, gain_kernel: int = 9, persistence: bool = False, dim: int = 1) -> None:
+                 gate_kernel: int = 5, gain_kernel: int = 9, persistence: bool = False, dim: int = 1,
+                 gate_input: str = "forecast") -> None:
         super().__init__()
         self.predictor = ResidualPredictor(modes, width, n_layers, persistence, dim)
         self.observation = ObservationOperator(dim)
-        self.gain = GatedGain(gain_channels, gate_kernel, gain_kernel, dim)
+        self.gain = GatedGain(gain_channels, gate_kernel, gain_kernel, dim, gate_input)
 
     def correct(self, u_f: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """(u^a, E(u^f)): u^a = u^f + K(u^f) [y - E(u^f)], the innovation masked to the sensors."""
@@ -241,6 +250,7 @@ class SemilinearOperatorModule(L.LightningModule):
         gain_channels: int = 8,
         gate_kernel: int = 5,
         gain_kernel: int = 9,
+        gate_input: str = "forecast",
         predictor: str = "fno",
         obs_weight: float = 1.0,
         pred_weight: float = 0.0,
@@ -274,7 +284,7 @@ class SemilinearOperatorModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.model = NODA(modes, width, n_layers, gain_channels, gate_kernel, gain_kernel,
-                          persistence=predictor == "persistence", dim=dim)
+                          persistence=predictor == "persistence", dim=dim, gate_input=gate_input)
         self.metrics = nn.ModuleDict({f"{s}_{m}": MeanMetric() for s in ("val", "test")
                                       for m in ("rel_l2", "rel_l2_all", "one_step_rel_l2")})
         self._sample: dict[str, Tensor] | None = None
