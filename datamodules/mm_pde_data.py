@@ -14,7 +14,9 @@ official code Peiyannn/MM-PDE): the neural solver learns u(t) -> u(t + dt) on a 
 
 Training batches are whole trajectories (B, T, G, G): the module draws the start frame and the unrolling depth
 itself (train_helper_2d.training_loop_branch draws them per batch). One epoch is `passes_per_epoch` shuffled passes
-over the training trajectories (official: t_res = 31 passes per epoch, mmpde.train). Validation and test batches
+over the training trajectories, each cut into batches with a short last one (official: t_res = 31 passes of a
+shuffled DataLoader per epoch, mmpde.train: 31 x ceil(80 / 6) = 434 steps; `datamodules.samplers.PassBatchSampler`).
+Validation and test batches
 are whole held-out trajectories.
 """
 from __future__ import annotations
@@ -24,10 +26,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from datamodules.pde_solvers import etdrk4_coefficients, etdrk4_step
-from datamodules.samplers import EpochSampler
+from datamodules.samplers import PassBatchSampler
 from launch.errors import UserError
 
 __all__ = ["MMPDEDataModule", "burgers2d", "burgers2d_energy", "random_smooth_field"]
@@ -196,9 +198,9 @@ class MMPDEDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
         ds = _Trajectories(self.train_u)
-        g = torch.Generator().manual_seed(self.hparams.seed)
-        sampler = EpochSampler(len(ds), len(ds) * self.hparams.passes_per_epoch, replacement=False, generator=g)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=len(ds) >= self.batch_size)
+        batches = PassBatchSampler(SequentialSampler(ds), self.batch_size, passes=self.hparams.passes_per_epoch,
+                                   seed=self.hparams.seed, datamodule=self)
+        return DataLoader(ds, batch_sampler=batches)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Trajectories(self.test_u), batch_size=self.batch_size)

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
-from torch.utils.data import RandomSampler, Sampler
+from torch.utils.data import BatchSampler, RandomSampler, Sampler
+
+from datamodules.context import sampling_context
 
 
 class EpochSampler(Sampler[int]):
@@ -23,3 +26,43 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self._inner)
+
+
+class PassBatchSampler(BatchSampler):
+    """`passes` shuffled passes over the dataset per epoch, each pass cut into batches of `batch_size` with a short
+    last batch: a `DataLoader(shuffle=True)` iterated `passes` times, as the MM-PDE training loop does (mmpde.train:
+    t_res = 31 passes of ceil(80 / 6) = 14 batches, 434 steps an epoch; one sampler over all the draws would give
+    floor(31 x 80 / 6) = 413). Pass k of epoch e is a permutation seeded by (seed, e, k), so a run resumed at an epoch
+    boundary draws what the uninterrupted run drew. Under DDP every rank draws the same permutation, pads it to a
+    multiple of the world size (as DistributedSampler does) and keeps every world-size-th item from its rank on, so
+    the ranks share each pass and agree on the number of steps. `sampler` only gives the dataset size: Lightning
+    passes its DistributedSampler there under DDP."""
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool = False, *, passes: int, seed: int,
+                 datamodule=None) -> None:
+        if batch_size < 1 or passes < 1:
+            raise ValueError(f"need batch_size >= 1 and passes >= 1, got {batch_size} and {passes}")
+        super().__init__(sampler, batch_size, drop_last)
+        self.passes, self.seed, self.datamodule = passes, seed, datamodule
+        self.n = len(getattr(sampler, "dataset", sampler))
+
+    def _share(self, world: int) -> int:
+        return -(-self.n // world)
+
+    def _per_pass(self, world: int) -> int:
+        share = self._share(world)
+        return share // self.batch_size if self.drop_last else -(-share // self.batch_size)
+
+    def __len__(self) -> int:
+        _, _, world = sampling_context(self.datamodule)
+        return self.passes * self._per_pass(world)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, rank, world = sampling_context(self.datamodule)
+        share = self._share(world)
+        for k in range(self.passes):
+            words = np.random.SeedSequence([self.seed, epoch, k]).generate_state(1)
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(int(words[0])))
+            order = order.repeat(-(-share * world // self.n))[:share * world][rank::world].tolist()
+            for b in range(self._per_pass(world)):
+                yield order[b * self.batch_size:(b + 1) * self.batch_size]
