@@ -2,6 +2,7 @@
 restore of `checkpoint.test_on=best`."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -12,6 +13,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from launch.errors import UserError
+
+log = logging.getLogger("paperzoo")
 
 
 class NonFiniteLossError(UserError):
@@ -117,6 +120,9 @@ class RestoreBestWeights(L.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.best_state is None:
+            if trainer.is_global_zero:
+                log.warning("checkpoint.test_on=best: no validation ran (the step budget ended first), so the test "
+                            "sees the final weights; best_epoch is not reported")
             return
         pl_module.load_state_dict(self.best_state)
         if trainer.is_global_zero:
@@ -173,6 +179,36 @@ def _nvml_compute_major() -> int | None:
             pynvml.nvmlShutdown()
     except pynvml.NVMLError:
         return None
+
+
+class SaveResumedConfig(L.Callback):
+    """A resumed run's changed settings (a new budget, another precision) go into its config.yaml once the resumed
+    fit has trained a step: a resume that fails before that (a bad value, a schedule that cannot be extended, an
+    error on restore) leaves the run's config as it was, next to the checkpoint it describes. The saved stage is
+    kept (a stage given on resume is for that call only)."""
+
+    def __init__(self, run, cfg) -> None:
+        from omegaconf import OmegaConf
+
+        from launch import runs
+
+        saved = runs.saved_config(run)
+        self.run, self.cfg, self.done = run, cfg, saved is None
+        if saved is not None:
+            self.stage = saved.get("stage")
+            mine = OmegaConf.to_container(cfg, resolve=True)
+            theirs = OmegaConf.to_container(saved, resolve=True)
+            mine["stage"] = theirs.get("stage")
+            self.done = mine == theirs
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if self.done:
+            return
+        self.done = True
+        if trainer.is_global_zero:
+            from launch import runs
+
+            runs.save_resumed_config(self.run, self.cfg, stage=self.stage)
 
 
 class FitStarted(L.Callback):

@@ -162,14 +162,12 @@ def _resume_or_new(cfg, overrides: list[str] = ()):
         run = runs.run_of(runs.assign_run_id(cfg))
         saved = runs.saved_config(run)
         if saved is not None:
-            saved_stage = saved.get("stage")
             changes = runs.apply_resume_overrides(saved, cfg, list(overrides))
             if _is_rank_zero():
                 changed = f" (changed: {'; '.join(changes)})" if changes else ""
                 print(f"resuming run {cfg.run_id} with its saved config{changed}", file=sys.stderr)
             saved.launcher = cfg.launcher
-            if changes:
-                runs.save_resumed_config(run, saved, stage=saved_stage)
+            # config.yaml takes the changes once the resumed fit has trained a step (callbacks.SaveResumedConfig)
             return saved
         if _is_rank_zero():  # a mistyped id would otherwise start a new run without a word
             print(f"no run {cfg.run_id} under {run.dir.parent}: starting a new run with this id", file=sys.stderr)

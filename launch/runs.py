@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import secrets
 import subprocess
 import sys
@@ -73,11 +74,23 @@ def run_of(cfg: DictConfig) -> Run:
     return Run(cfg.experiment_name, cfg.run_id, Path(cfg.runs_root).expanduser().absolute())
 
 
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")
+
+
+def check_run_id(run_id) -> None:
+    """A run id names one directory under runs/<experiment>/: letters, digits and . _ = + - (not leading), so that
+    `run_id=../x` or `run_id=a/b` cannot put a run outside the runs root."""
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
+        raise UserError(f"run_id must be one directory name (letters, digits, '.', '_', '=', '+', '-', not starting "
+                        f"with a dot or a dash), got {run_id!r}")
+
+
 def assign_run_id(cfg: DictConfig) -> DictConfig:
     """Give the config its run id (kept if set; inherited by Lightning's DDP child processes) and an
     absolute runs root, so that every rank and every requeue resolves the same directory."""
     with open_dict(cfg):
-        cfg.run_id = cfg.run_id or os.environ.get(RUN_ID_ENV) or new_run_id()
+        cfg.run_id = str(cfg.run_id or os.environ.get(RUN_ID_ENV) or new_run_id())
+        check_run_id(cfg.run_id)
         cfg.runs_root = str(Path(cfg.runs_root).expanduser().absolute())
     os.environ[RUN_ID_ENV] = cfg.run_id
     return cfg

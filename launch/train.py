@@ -59,8 +59,12 @@ def own_wandb_service() -> None:
     os.environ.pop("WANDB_SERVICE", None)
 
 
-def build_loggers(cfg: DictConfig, run: runs.Run) -> list:
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+def build_loggers(cfg: DictConfig, run: runs.Run, resume_step: int | None = None) -> list:
+    """W&B (resumed under the run id) and the run's metrics.csv (kept across restarts; `resume_step`: the global
+    step a fit resumes from, whose later rows the resumed run logs again)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from launch.metrics_csv import RunCSVLogger
 
     loggers = []
     wb = cfg.logger.get("wandb")
@@ -73,11 +77,12 @@ def build_loggers(cfg: DictConfig, run: runs.Run) -> list:
                 save_dir=str(run.dir), resume="allow", mode=mode, tags=list(wb.tags), group=wb.group,
                 config=OmegaConf.to_container(cfg, resolve=True), log_model=False))
     if cfg.logger.get("csv"):
-        loggers.append(CSVLogger(save_dir=str(run.dir), name="", version=""))
+        loggers.append(RunCSVLogger(save_dir=str(run.dir), resume_step=resume_step))
     return loggers
 
 
-def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list | None = None):
+def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list | None = None,
+                  resume_step: int | None = None):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
@@ -120,8 +125,14 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
     if cfg.get("early_stopping"):
         from lightning.pytorch.callbacks import EarlyStopping
 
+        spec = OmegaConf.to_container(cfg.early_stopping, resolve=True)
+        if isinstance(spec, dict):
+            # decide after each validation, not at the end of a training epoch: a run whose step budget ends before
+            # its first validation (trainer.max_steps below one epoch) has no val metric there, and Lightning would
+            # stop it with an error instead of finishing it
+            spec.setdefault("check_on_train_epoch_end", False)
         try:
-            callbacks.append(EarlyStopping(**OmegaConf.to_container(cfg.early_stopping, resolve=True)))
+            callbacks.append(EarlyStopping(**spec))
         except Exception as err:  # noqa: BLE001 - an unknown key (TypeError) or a bad mode / value
             raise UserError(f"early_stopping: {one_line(err, 200)}") from None
     show_bar = cfg.progress_bar if cfg.progress_bar != "auto" else True
@@ -136,7 +147,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
     try:
         return L.Trainer(
             **kwargs, callbacks=callbacks, plugins=plugins,
-            logger=build_loggers(cfg, run) if run is not None else False,
+            logger=build_loggers(cfg, run, resume_step) if run is not None else False,
             enable_checkpointing=run is not None, enable_progress_bar=bool(show_bar),
             default_root_dir=str(run.dir) if run is not None else None)
     except (MisconfigurationException, ValueError, TypeError) as err:  # a bad trainer.* value
@@ -148,6 +159,8 @@ def instantiate(cfg: DictConfig):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 
+    for group in ("data", "model"):
+        check_flags(cfg[group], group)
     try:
         datamodule = hydra_instantiate(cfg.data, _convert_="partial")
         model = hydra_instantiate(cfg.model, _convert_="partial")
@@ -156,6 +169,34 @@ def instantiate(cfg: DictConfig):
         raise UserError(f"cannot build the experiment: {one_line(cause)}") from None
     _probe_optimizer(cfg)
     return datamodule, model
+
+
+def check_flags(node: DictConfig, group: str) -> None:
+    """An on/off option (a constructor argument annotated `bool`) takes true or false only: a typo such as
+    `model.rff=flase` is a non-empty string, which Python reads as true, and would silently train the method in
+    place of its baseline."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        return
+    try:
+        params = inspect.signature(get_class(target)).parameters
+    except Exception:  # noqa: BLE001 - an unknown target is reported when the experiment is built
+        return
+    for name, param in params.items():
+        annotation = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation,
+                                                                                        "__name__", "")
+        kinds = {part.strip() for part in annotation.split("|")}
+        if "bool" not in kinds or not kinds <= {"bool", "None"} or name not in node:
+            continue
+        value = node[name]
+        if isinstance(value, bool) or (value is None and "None" in kinds):
+            continue
+        allowed = "true, false or null" if "None" in kinds else "true or false"
+        raise UserError(f"{group}.{name} is an on/off option ({allowed}), got {value!r}")
 
 
 def _probe_optimizer(cfg: DictConfig) -> None:
@@ -193,7 +234,7 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     import lightning as L
     import torch
 
-    from launch.callbacks import FitStarted
+    from launch.callbacks import FitStarted, SaveResumedConfig
 
     _quiet_known_warnings()
     if cfg.get("threads"):
@@ -209,7 +250,12 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     run_dir = runs.run_of(cfg) if make_run_dir else None
     fresh = run_dir is not None and not run_dir.config_file.exists()  # this call makes the run directory
     started = FitStarted()
-    trainer = build_trainer(cfg, run_dir, [*(extra_callbacks or []), started])
+    if run_dir is not None and not fresh and cfg.stage in ("fit", "fit_test"):
+        extra_callbacks = [*(extra_callbacks or []), SaveResumedConfig(run_dir, cfg)]
+    # a fit that resumes: its checkpoint is checked now (a torn or foreign last.ckpt is one line) and its step keeps
+    # the run's metrics.csv up to there
+    resume_step = _guard_checkpoint(run_dir) if cfg.stage in ("fit", "fit_test") else None
+    trainer = build_trainer(cfg, run_dir, [*(extra_callbacks or []), started], resume_step)
     if make_run_dir:
         run_dir = runs.create(cfg)
     try:
@@ -232,7 +278,6 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
     metrics: dict[str, float] = {}
     if cfg.stage in ("fit", "fit_test"):
         ckpt = "last" if run_dir is not None else None
-        _guard_checkpoint(run_dir)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
         metrics.update(_floats(trainer.callback_metrics))
         best = next((c for c in trainer.callbacks if isinstance(c, RestoreBestWeights)), None)
@@ -240,9 +285,11 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
             metrics["best_epoch"] = float(best.best_epoch)
     if cfg.stage == "test" and test_ckpt is None and run_dir is not None:  # `zoo train ... run_id=X stage=test`
         test_ckpt = str(_checkpoint_to_test(cfg, run_dir))
+    tested_at = None
     if cfg.stage in ("test", "fit_test"):
         if test_ckpt is not None:
-            _load_checkpoint(test_ckpt)
+            ckpt = _load_checkpoint(test_ckpt)
+            tested_at = (float(ckpt.get("global_step", 0)), float(ckpt.get("epoch", 0)))
         try:
             trainer.test(model, datamodule=datamodule, verbose=False, ckpt_path=test_ckpt)
         except RuntimeError as err:
@@ -251,8 +298,8 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
             raise UserError(f"checkpoint {test_ckpt} does not fit this model: {str(err).splitlines()[0][:200]}") \
                 from None
         metrics.update(_floats(trainer.callback_metrics))
-    metrics["global_step"] = float(trainer.global_step)
-    metrics["epoch"] = float(trainer.current_epoch)
+    # a test of a checkpoint reports the checkpoint's step and epoch (the test-only trainer's are 0)
+    metrics["global_step"], metrics["epoch"] = tested_at or (float(trainer.global_step), float(trainer.current_epoch))
     if keep is not None:
         keep.update(trainer=trainer, model=model, datamodule=datamodule)
     if run_dir is not None and trainer.is_global_zero:
@@ -279,7 +326,7 @@ def _discard_unstarted(trainer, run: runs.Run) -> None:
     """After a UserError in a run this call created: close its W&B run and, when no checkpoint was written, remove
     the run directory (rank zero), so a bad input leaves nothing half-made behind."""
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-        sys.modules["wandb"].finish(exit_code=2, quiet=True)
+        sys.modules["wandb"].finish(exit_code=2)
     if trainer.is_global_zero:
         runs.remove_unstarted(run)
 
@@ -318,10 +365,13 @@ def _seed(cfg: DictConfig) -> int | None:
         raise UserError(f"seed must be an integer, got {seed!r}") from None
 
 
-def _guard_checkpoint(run: runs.Run | None) -> None:
-    """A torn or foreign last.ckpt is a clear error, not a stack trace deep inside Lightning."""
+def _guard_checkpoint(run: runs.Run | None) -> int | None:
+    """A torn or foreign last.ckpt is a clear error, not a stack trace deep inside Lightning; returns its global step
+    (None without one)."""
     if run is not None and run.last_checkpoint.exists():
-        _load_checkpoint(run.last_checkpoint, hint="; move it away to restart the run from scratch")
+        ckpt = _load_checkpoint(run.last_checkpoint, hint="; move it away to restart the run from scratch")
+        return int(ckpt.get("global_step", 0))
+    return None
 
 
 def _load_checkpoint(path, hint: str = "") -> dict:

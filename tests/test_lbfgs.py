@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from launch.errors import UserError
 from lit_models.common.lbfgs import LBFGSPhase
 from tests.papers.contract import fast_run
 
@@ -82,11 +83,49 @@ def test_lbfgs_phase_longer_than_the_run_uses_lbfgs_throughout(tmp_path):
     assert module.used == ["LBFGS"] * 4
 
 
-def test_lbfgs_phase_needs_max_steps(tmp_path):
+def _stopped_at(tmp_path, step: int, max_steps: int, name: str):
+    """A run of `max_steps` stopped (as by a preemption) after `step` steps; its checkpoint."""
+    class StopAt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == step:
+                trainer.should_stop = True
+
     module = LeastSquares(lbfgs_steps=5)
-    with pytest.raises(ValueError, match="needs trainer.max_steps"):
+    trainer = _trainer(tmp_path, max_steps, callbacks=[StopAt()])
+    trainer.fit(module, _data())
+    ckpt = tmp_path / name
+    trainer.save_checkpoint(ckpt)
+    return module, ckpt
+
+
+def test_resume_restores_the_optimiser_its_checkpoint_holds(tmp_path):
+    """Stopped exactly where the L-BFGS phase begins (its checkpoint holds Adam's state: a paper config preempted in
+    the epoch where L-BFGS starts), a resume at the same budget switches then; a checkpoint taken in the L-BFGS phase
+    resumes with L-BFGS also when the budget is extended (its Adam state is gone), and an Adam checkpoint resumed onto
+    a shorter budget switches at once. Deciding by the step and the new budget, as before, restored one optimiser's
+    state into the other (KeyError) in all three cases."""
+    first, ckpt = _stopped_at(tmp_path, 15, 20, "boundary.ckpt")
+    assert first.used == ["Adam"] * 15
+    resumed = LeastSquares(lbfgs_steps=5)
+    _trainer(tmp_path, 20).fit(resumed, _data(), ckpt_path=ckpt)
+    assert resumed.used == ["LBFGS"] * 5
+    _, ckpt = _stopped_at(tmp_path, 17, 20, "lbfgs.ckpt")
+    extended = LeastSquares(lbfgs_steps=5)
+    _trainer(tmp_path, 30).fit(extended, _data(), ckpt_path=ckpt)
+    assert extended.used == ["LBFGS"] * 13
+    _, ckpt = _stopped_at(tmp_path, 10, 20, "adam.ckpt")
+    shortened = LeastSquares(lbfgs_steps=5)
+    _trainer(tmp_path, 12).fit(shortened, _data(), ckpt_path=ckpt)
+    assert shortened.used == ["LBFGS"] * 2
+
+
+def test_lbfgs_phase_needs_max_steps(tmp_path):
+    """A one-line error (UserError) before training, not at the first step."""
+    module = LeastSquares(lbfgs_steps=5)
+    with pytest.raises(UserError, match="needs trainer.max_steps"):
         L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
                   default_root_dir=tmp_path).fit(module, _data())
+    assert module.used == []
 
 
 def test_lagrangian_pinn_runs_its_lbfgs_phase():

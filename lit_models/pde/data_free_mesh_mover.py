@@ -377,7 +377,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             return False
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
-            raise ValueError("the random-feature BFGS epochs need a finite run length (trainer.max_steps or "
+            raise UserError("the random-feature BFGS epochs need a finite run length (trainer.max_steps or "
                              "max_epochs with a sized train loader): they are its last rf_epochs steps")
         return global_step >= max(0, int(total) - self.lbfgs_steps)
 

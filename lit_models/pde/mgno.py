@@ -215,7 +215,8 @@ class MgNO(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.biases is not None and tuple(x.shape[-2:]) != (self.resolution, self.resolution):
-            raise ValueError(f"input grid {tuple(x.shape[-2:])} != bias-field resolution {self.resolution}")
+            raise UserError(f"input grid {tuple(x.shape[-2:])} != the bias field's resolution {self.resolution}: a "
+                            "model with model.bias_field=true runs at the resolution it was trained at")
         u = x
         for i, conv in enumerate(self.convs):
             z = conv(u)
@@ -430,11 +431,25 @@ class MgNOModule(L.LightningModule):
                             f"{interval}s leaves a warm-up of one step, which torch cannot anneal: change the number "
                             "of epochs / steps or pct_start")
         max_lr = [g["lr"] for g in opt.param_groups]
+        self._one_cycle_total = max(total, 2)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=max(total, 2),
                                                     div_factor=self.hparams.div_factor,
                                                     final_div_factor=self.hparams.final_div_factor,
                                                     pct_start=self.hparams.pct_start)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+
+    def on_train_start(self) -> None:
+        """A resumed run keeps the OneCycle schedule of its first budget (restored with the scheduler), which cannot be
+        stretched: training it on to another trainer.max_steps / max_epochs would step past its end (torch raises
+        there), so that is a one-line error before the first step."""
+        planned = getattr(self, "_one_cycle_total", None)
+        scheduler = self.lr_schedulers()
+        restored = getattr(scheduler, "total_steps", None)
+        if planned is not None and restored is not None and restored != planned:
+            unit = self.hparams.scheduler_interval
+            raise UserError(f"this run's OneCycle learning-rate schedule spans {restored} {unit}s (its first budget) "
+                            f"and cannot be stretched to {planned}: resume it with its own budget, or start a new run "
+                            "for the longer one")
 
     def figures(self) -> dict[str, Any]:
         """{"fields": coefficient | prediction | reference | error for the first test sample}."""

@@ -1,0 +1,63 @@
+"""The run's metrics.csv, kept across restarts: Lightning's CSVLogger deletes an existing metrics.csv when it starts,
+so a resumed or requeued run (and `stage=test` of a trained run) would lose the curve logged before."""
+from __future__ import annotations
+
+import csv
+import os
+
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+
+class KeptMetricsWriter(ExperimentWriter):
+    """Appends to an existing metrics.csv instead of deleting it. When a fit resumes from a checkpoint at global step
+    `resume_step`, the rows logged at or after that step (the part of an interrupted run after its last checkpoint,
+    which the resumed run trains and logs again) are dropped first; test rows are kept (a test at the end of an
+    earlier budget is part of the run's history)."""
+
+    def __init__(self, log_dir: str, resume_step: int | None = None) -> None:
+        self.resume_step = resume_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as file:
+            reader = csv.DictReader(file)
+            keys, rows = list(reader.fieldnames or []), list(reader)
+        self.metrics_keys = keys
+        if self.resume_step is None:
+            return
+        kept = [row for row in rows if not self._replayed(row)]
+        if len(kept) < len(rows):
+            tmp = self.metrics_file_path + ".tmp"
+            with open(tmp, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(kept)
+            os.replace(tmp, self.metrics_file_path)
+
+    def _replayed(self, row: dict[str, str]) -> bool:
+        try:
+            step = int(float(row.get("step") or ""))
+        except ValueError:
+            return False
+        is_test = any(key.startswith("test/") and value not in ("", None) for key, value in row.items())
+        return step >= self.resume_step and not is_test
+
+
+class RunCSVLogger(CSVLogger):
+    """CSVLogger writing `<run>/metrics.csv` through KeptMetricsWriter."""
+
+    def __init__(self, save_dir: str, resume_step: int | None = None) -> None:
+        super().__init__(save_dir=save_dir, name="", version="")
+        self.resume_step = resume_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> KeptMetricsWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = KeptMetricsWriter(log_dir=self.log_dir, resume_step=self.resume_step)
+        return self._experiment
