@@ -298,7 +298,7 @@ class DarcyDataModule(PairLoaders, L.LightningDataModule):
             if hp.data_dir:
                 paths[split] = Path(hp.data_dir) / file
                 if not paths[split].is_file():
-                    raise ValueError(f"{paths[split]} not found (data_dir={hp.data_dir})")
+                    raise UserError(f"data: {paths[split]} not found (data.data_dir={hp.data_dir})")
             else:
                 from datamodules.download import fetch
 

@@ -171,14 +171,17 @@ def exact_front_mesh(pos: np.ndarray, monitor_row: np.ndarray) -> np.ndarray:
 def load_burgers_192(path: str | Path) -> np.ndarray:
     """The MM-PDE Burgers file: (n_traj, T, 192, 192) float (any array reshapable to (-1, T, 192, 192))."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: download burgers_192.npy from the Google Drive link in the "
-                                "Peiyannn/MM-PDE README (mesh/data/) and pass data.data_dir")
-    a = np.load(path, mmap_mode="r")
+    if not path.is_file():
+        raise UserError(f"{path} not found: download burgers_192.npy from the Google Drive link in the "
+                        "Peiyannn/MM-PDE README (mesh/data/) and pass data.data_dir")
+    try:
+        a = np.load(path, mmap_mode="r")
+    except Exception as err:  # noqa: BLE001 - not a numpy array file
+        raise UserError(f"{path}: cannot read the Burgers array ({type(err).__name__})") from None
     if a.ndim == 3:
         a = a[:, None]
     if a.ndim != 4 or a.shape[-2:] != (192, 192):
-        raise ValueError(f"{path}: expected an array (n_traj, T, 192, 192), got shape {a.shape}")
+        raise UserError(f"{path}: expected an array (n_traj, T, 192, 192), got shape {a.shape}")
     return np.asarray(a, np.float32)
 
 

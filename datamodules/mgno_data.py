@@ -66,12 +66,12 @@ def load_helmholtz(x_path: str | os.PathLike, y_path: str | os.PathLike, train_r
     xs = np.load(x_path, mmap_mode="r")
     ys = np.load(y_path, mmap_mode="r")
     if xs.ndim != 3 or xs.shape != ys.shape:
-        raise ValueError(f"helmholtz: expected inputs and outputs of the same shape (s, s, N), got {xs.shape}, "
+        raise UserError(f"helmholtz: expected inputs and outputs of the same shape (s, s, N), got {xs.shape}, "
                          f"{ys.shape}")
     n = xs.shape[-1]
     for lo, hi in (train_rows, test_rows):
         if not 0 <= lo < hi <= n:
-            raise ValueError(f"helmholtz: rows {lo}..{hi - 1} outside the file's {n} samples")
+            raise UserError(f"helmholtz: rows {lo}..{hi - 1} outside the file's {n} samples")
 
     def take(arr: np.ndarray, rows: tuple[int, int]) -> np.ndarray:
         return np.ascontiguousarray(np.moveaxis(arr[..., rows[0]:rows[1]], -1, 0), dtype=np.float64)
@@ -87,9 +87,9 @@ def load_pipe(x_path: str | os.PathLike, y_path: str | os.PathLike, q_path: str 
     q = np.load(q_path, mmap_mode="r")
     if (px.ndim != 3 or px.shape != py.shape or q.ndim != 4 or q.shape[0] != px.shape[0]
             or q.shape[2:] != px.shape[1:]):
-        raise ValueError(f"pipe: expected X, Y (N, s1, s2) and Q (N, C, s1, s2), got {px.shape}, {py.shape}, {q.shape}")
+        raise UserError(f"pipe: expected X, Y (N, s1, s2) and Q (N, C, s1, s2), got {px.shape}, {py.shape}, {q.shape}")
     if n_total > px.shape[0] or n_train + n_test > n_total:
-        raise ValueError(f"pipe: need n_train + n_test <= n_total <= {px.shape[0]} samples, got {n_train} + {n_test}"
+        raise UserError(f"pipe: need n_train + n_test <= n_total <= {px.shape[0]} samples, got {n_train} + {n_test}"
                          f" of {n_total}")
     a = np.stack([px[:n_total, :crop, :crop], py[:n_total, :crop, :crop]], axis=1).astype(np.float64)
     u = np.asarray(q[:n_total, 0, :crop, :crop], dtype=np.float64)
@@ -100,9 +100,9 @@ def navier_stokes_pairs(u: np.ndarray, n_train: int, n_test: int, t_steps: int =
     """From trajectories u (N, T_file, H, W): training one-step pairs (u_t -> u_{t+1}, t < t_steps) of the first
     n_train trajectories, test (frame 0 -> frames 1..t_steps) of the last n_test (official `getNavierDataSet3`)."""
     if u.ndim != 4 or u.shape[1] < t_steps + 1:
-        raise ValueError(f"navier_stokes: need (N, T >= {t_steps + 1}, H, W) trajectories, got {u.shape}")
+        raise UserError(f"navier_stokes: need (N, T >= {t_steps + 1}, H, W) trajectories, got {u.shape}")
     if n_train + n_test > u.shape[0]:
-        raise ValueError(f"navier_stokes: {n_train} train + {n_test} test trajectories > {u.shape[0]} in the file")
+        raise UserError(f"navier_stokes: {n_train} train + {n_test} test trajectories > {u.shape[0]} in the file")
     tr = u[:n_train]
     x_tr = tr[:, :t_steps].reshape(-1, *u.shape[2:])  # (n_train * t_steps, H, W), trajectory-major
     y_tr = tr[:, 1:t_steps + 1].reshape(-1, *u.shape[2:])
@@ -157,7 +157,8 @@ class MgNODataModule(PairLoaders, L.LightningDataModule):
             if hp.data_dir:
                 paths[key] = Path(hp.data_dir).expanduser() / file
                 if not paths[key].is_file():
-                    raise ValueError(f"{paths[key]} not found (data_dir={hp.data_dir})")
+                    raise UserError(f"data: {paths[key]} not found (data.data_dir={hp.data_dir}; {self.name} needs "
+                                    f"{', '.join(DATASETS[self.name].values())})")
             else:
                 from datamodules.download import fetch
 

@@ -158,12 +158,7 @@ class MMPDEDataModule(L.LightningDataModule):
 
         hp = self.hparams
         src = Path(hp.path) if hp.path else Path(hp.data_dir or ".") / "burgers_192.npy"
-        try:
-            a = load_burgers_192(src)
-        except (FileNotFoundError, ValueError) as err:
-            raise UserError(str(err).splitlines()[0]) from None
-        except Exception as err:  # an unreadable or non-numpy file
-            raise UserError(f"{src}: cannot read the Burgers array ({type(err).__name__}: {err})") from None
+        a = load_burgers_192(src)  # a missing, unreadable or misshapen file is a one-line error
         if a.shape[1] < 3:
             raise UserError(f"{src}: needs >= 3 frames per trajectory, got shape {a.shape}")
         if not 1 <= hp.n_burgers_train < a.shape[0]:

@@ -60,7 +60,7 @@ import torch
 from torch import Tensor
 
 from datamodules.collocation import FreshSampleLoaders
-from launch.errors import check_min, check_positive
+from launch.errors import UserError, check_min, check_positive
 
 
 @dataclass(frozen=True)
@@ -217,23 +217,32 @@ def nonlinear_diffusion_reference(n_grid: int = 101, n_snapshots: int = 101, alp
     return {"t": t_save, "x": coords, "y": coords.copy(), "u": np.stack(snaps)}
 
 
-def load_nonlinear_diffusion_npy(directory: str, n_snapshots: int = 101) -> dict[str, np.ndarray]:
+def load_nonlinear_diffusion_npy(directory: str, n_snapshots: int = 101,
+                                  check_only: bool = False) -> dict[str, np.ndarray] | None:
     """The official reference files (SPINN data/diffusion3d, read by the official diffusion3d.py test generator):
     heat_gaussian_{t:.2f}.npy for t = 0, 0.01, .., 0.01 (n_snapshots - 1), each a square (G, G) array on
-    linspace(-1, 1, G)^2 (indexing ij; official G = 101). Returns the same dict as the solver."""
+    linspace(-1, 1, G)^2 (indexing ij; official G = 101). Returns the same dict as the solver; `check_only`: only
+    that every file is there (at setup, so a wrong folder is found before training, not at the first validation)."""
     import os
 
     snaps = []
     for i in range(n_snapshots):
         path = os.path.join(directory, f"heat_gaussian_{i * 0.01:.2f}.npy")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"nonlinear diffusion reference: missing {path} (expected {n_snapshots} files "
-                                    "heat_gaussian_0.00.npy .. heat_gaussian_1.00.npy)")
-        a = np.asarray(np.load(path), dtype=np.float64)
+            raise UserError(f"nonlinear diffusion reference: missing {path} (expected {n_snapshots} files "
+                            "heat_gaussian_0.00.npy .. heat_gaussian_1.00.npy)")
+        if check_only:
+            continue
+        try:
+            a = np.asarray(np.load(path), dtype=np.float64)
+        except Exception as err:  # noqa: BLE001 - not a numpy array file
+            raise UserError(f"nonlinear diffusion reference: cannot read {path} ({type(err).__name__})") from None
         if a.ndim != 2 or a.shape[0] != a.shape[1] or (snaps and a.shape != snaps[0].shape):
-            raise ValueError(f"nonlinear diffusion reference: {path} has shape {a.shape}; expected one square (G, G) "
+            raise UserError(f"nonlinear diffusion reference: {path} has shape {a.shape}; expected one square (G, G) "
                              "grid shared by every snapshot")
         snaps.append(a)
+    if check_only:
+        return None
     g = np.linspace(-1.0, 1.0, snaps[0].shape[0])
     return {"t": 0.01 * np.arange(n_snapshots), "x": g, "y": g.copy(), "u": np.stack(snaps)}
 
@@ -353,6 +362,11 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
         side = self._uniform(4 * n).reshape(4, n, 3)
         side[0, :, 1], side[1, :, 1], side[2, :, 2], side[3, :, 2] = x_lo, x_hi, y_lo, y_hi
         return side.reshape(4 * n, 3)
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if self.name == "nonlinear_diffusion3d" and hp.nd_reference_dir:
+            load_nonlinear_diffusion_npy(hp.nd_reference_dir, hp.nd_snapshots, check_only=True)
 
     # ---- evaluation grid
     def eval_item(self) -> dict[str, Tensor]:

@@ -200,6 +200,9 @@ class SemilinearDataModule(L.LightningDataModule):
         else:
             u = make_pde_trajectories(hp.name, n, hp.grid, float(hp.domain_length), float(hp.solver_dt),
                                       hp.save_every, float(hp.burn_in_time), hp.n_frames, hp.seed, float(hp.viscosity))
+            if not np.isfinite(u).all():
+                raise UserError(f"data: the {hp.name} solver diverged at data.solver_dt={hp.solver_dt}: lower it (and "
+                                "raise data.save_every to keep the frame spacing)")
         space = u.shape[2:]
         rng = np.random.default_rng([hp.seed, 1])
         n_points = int(np.prod(space))

@@ -133,7 +133,7 @@ def test_helmholtz_rows_and_sample_axis(tmp_path):
     np.testing.assert_array_equal(a_tr[2], x[..., 2])
     np.testing.assert_array_equal(u_te[0], y[..., 8])
     assert a_tr.shape == (4, 16, 16) and u_te.shape == (3, 16, 16)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(UserError, match="outside"):
         load_helmholtz(tmp_path / "Helmholtz_inputs.npy", tmp_path / "Helmholtz_outputs.npy", (0, 4), (10, 13))
     dm = MgNODataModule(name="helmholtz", resolution=16, n_train=4, n_test=3, test_offset=8, sampling_rate=1,
                         data_dir=str(tmp_path))
@@ -153,7 +153,7 @@ def test_pipe_mesh_channels_crop_and_split(tmp_path):
     dm.setup()
     assert dm.in_channels == 2 and dm.tensors["x_train"].shape == (6, 2, 16, 16)
     np.testing.assert_allclose(dm.tensors["y_test"][:, 0].numpy(), q[7:10, 0, :16, :16])  # raw, as the official
-    with pytest.raises(ValueError, match="n_total"):
+    with pytest.raises(UserError, match="n_total"):
         load_pipe(tmp_path / "Pipe_X.npy", tmp_path / "Pipe_Y.npy", tmp_path / "Pipe_Q.npy", 8, 3, 10)
 
 
@@ -171,7 +171,7 @@ def test_navier_stokes_one_step_pairs_and_rollout_targets(tmp_path, v73):
     assert t["x_test"].shape == (2, 1, 16, 16) and t["y_test"].shape == (2, 3, 16, 16)
     np.testing.assert_allclose(t["x_test"][0, 0].numpy(), u[4, :, :, 0], rtol=1e-6)  # last 2 trajectories
     np.testing.assert_allclose(t["y_test"][1, 2].numpy(), u[5, :, :, 3], rtol=1e-6)
-    with pytest.raises(ValueError, match="T >= 6"):
+    with pytest.raises(UserError, match="T >= 6"):
         navier_stokes_pairs(np.zeros((4, 5, 8, 8)), 2, 1, t_steps=5)
 
 
@@ -192,7 +192,7 @@ def test_missing_files_and_bad_config(tmp_path):
         MgNODataModule(name="darcy_smooth_typo", data_dir=str(tmp_path))
     with pytest.raises(UserError, match="data_dir"):
         MgNODataModule(name="pipe").setup()
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         MgNODataModule(name="darcy_rough", data_dir=str(tmp_path)).setup()
     write_darcy(tmp_path / "r", "darcy_rough")
     with pytest.raises(ValueError, match="resolution"):

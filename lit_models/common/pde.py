@@ -83,3 +83,19 @@ def no_autocast(device_type: str = "cpu"):
         return torch.autocast(device_type=device_type, enabled=False)
     except RuntimeError:  # pragma: no cover - device types without autocast support
         return contextlib.nullcontext()
+
+
+def check_problem_matches_data(module, problem: str, strip_suffix: str = "") -> None:
+    """In a module's `setup`: its `model.problem` must be the problem of the attached datamodule's `data.name` (minus
+    `strip_suffix`, e.g. a paper file `ks_mat` holds problem `ks`). Overriding one without the other would train one
+    problem's residual on another's data (a shape error mid-training, or silently wrong numbers)."""
+    from launch.errors import UserError
+
+    trainer = getattr(module, "_trainer", None)
+    name = getattr(getattr(trainer, "datamodule", None), "name", None)
+    if not isinstance(name, str):
+        return
+    data_problem = name[:-len(strip_suffix)] if strip_suffix and name.endswith(strip_suffix) else name
+    if data_problem != problem:
+        raise UserError(f"model.problem={problem} but data.name={name}: set both to the same problem (e.g. "
+                        f"model.problem={data_problem} data.name={name})")

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 # D_stsp / D_H live in lit_models/common/dynamics_metrics.py (shared, with DDP-correct torchmetrics versions);
 # re-exported here for existing imports
-from launch.errors import check_min
+from launch.errors import UserError, check_min
 from lit_models.common.dynamics_metrics import (  # noqa: F401
     PowerSpectrumDistance,
     StateSpaceDivergence,
@@ -423,7 +423,9 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
                 self.obs = AffineObservation(n, self.hparams.latent_dim, self.hparams.obs_bias)
             return
         if n > self.hparams.latent_dim:
-            raise ValueError(f"identity observation model needs latent_dim >= obs_dim, got {self.hparams.latent_dim} < {n}")
+            raise UserError(f"model.latent_dim={self.hparams.latent_dim} is below the data's {n} dimensions: the identity "
+                            f"observation model reads the first {n} latent states (set model.latent_dim >= {n}, or "
+                            "model.observation_model=affine)")
         self.hparams["obs_dim"] = n
         if n < self.hparams.latent_dim and self.z0_rest is None:
             self.z0_rest = nn.Parameter(torch.zeros(self.hparams.latent_dim - n))

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from launch.errors import check_min, check_positive
+from datamodules.medida_data import QG_LIBRARY_TERMS
+from launch.errors import UserError, check_min, check_positive
 from lit_models.common.pde import no_autocast
 from lit_models.common.steps import EvaluateOnValAndTest
 
@@ -178,11 +179,21 @@ class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
                                  if increments == "observed" else None)  # built second: the first's init unchanged
         self.true_coefficients = np.asarray(true_coefficients if true_coefficients is not None
                                             else [0, 0, -0.2, 0, 0, 0, 0, 0], dtype=np.float64)
+        if self.true_coefficients.shape != (len(LIBRARY_TERMS),):
+            raise UserError(f"model.true_coefficients needs one value per library term ({', '.join(LIBRARY_TERMS)}), "
+                            f"got {[float(v) for v in self.true_coefficients.reshape(-1)]}")
         self.register_buffer("u_scale", torch.ones(()))
         self._last: dict[str, Any] | None = None
 
     def forward(self, s: Tensor) -> Tensor:
         return self.interpolant(s) * self.u_scale
+
+    def setup(self, stage: str | None = None) -> None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        n = getattr(getattr(dm, "hparams", None), "n", None)
+        if isinstance(n, int) and n - 2 * self.hparams.cut < 2:
+            raise UserError(f"model.cut={self.hparams.cut} drops {2 * self.hparams.cut} of the {n} grid points "
+                            "(data.n): the regression needs at least 2 left")
 
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule
@@ -341,6 +352,9 @@ class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
             raise ValueError(f"library_at must be 'forecast' or 'analysis', got {library_at!r}")
         if n_snapshots < 1 or cut < 0:
             raise ValueError(f"need n_snapshots >= 1 and cut >= 0, got {n_snapshots}, {cut}")
+        if true_coefficients is not None and np.size(true_coefficients) != 2 * len(QG_LIBRARY_TERMS):
+            raise UserError(f"model.true_coefficients needs 2 x {len(QG_LIBRARY_TERMS)} values (per layer, one per "
+                            f"library term: {', '.join(QG_LIBRARY_TERMS)}), got {np.size(true_coefficients)}")
         check_min("model", 1, width=width, num_features=num_features)
         check_min("model", 0, depth=depth)
         self.save_hyperparameters(ignore=["optimizer"])
@@ -349,6 +363,21 @@ class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
                                               rff_seed + k if rff_per_network else rff_seed, in_dim=2)
                                   for k in range(2 * n_snapshots))
         self._last: dict[str, Any] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Settings that must agree with the data, checked before training (not after it, at the discovery)."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        data = getattr(dm, "hparams", None)
+        if data is None:
+            return
+        nx, ny, ratio = data.get("nx"), data.get("ny"), data.get("sensor_ratio")
+        cut = self.hparams.cut
+        if isinstance(nx, int) and isinstance(ny, int) and min(nx, ny) - 2 * cut < 2:
+            raise UserError(f"model.cut={cut} drops {2 * cut} points of each axis of the {nx} x {ny} grid "
+                            "(data.nx, data.ny): the regression needs points left")
+        if self.hparams.analysis == "observations" and ratio is not None and ratio < 1:
+            raise UserError(f"model.analysis=observations needs every grid point observed (data.sensor_ratio=1), "
+                            f"got data.sensor_ratio={ratio}")
 
     def forward(self, xy: Tensor) -> Tensor:
         """(P, 2) coordinates in [-pi, pi) -> (2 S, P, 2) interpolated (psi1, psi2), field k = 2 snapshot + time."""

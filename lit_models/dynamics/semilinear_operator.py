@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from launch.errors import check_min
+from launch.errors import UserError, check_min
 
 
 class SpectralConv(nn.Module):
@@ -323,6 +323,16 @@ class SemilinearOperatorModule(L.LightningModule):
         """Per frame: ||pred - truth||_2 / ||truth||_2 over the grid (the last `dim` axes)."""
         pred, truth = pred.flatten(-self.hparams.dim), truth.flatten(-self.hparams.dim)
         return (pred - truth).norm(dim=-1) / truth.norm(dim=-1).clamp_min(1e-12)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Warm-up + rollout must fit in the held-out trajectories: checked before training, not at the first
+        validation."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        u_test = getattr(datamodule, "u_test", None)
+        need = self.hparams.warmup + self.hparams.rollout
+        if u_test is not None and u_test.shape[1] < need:
+            raise UserError(f"model.warmup + model.rollout = {need} frames, but the held-out trajectories have "
+                            f"{u_test.shape[1]} (data.n_frames): shorten the rollout or raise data.n_frames")
 
     def rollout_errors(self, batch: dict[str, Tensor], alpha: float | None = None) -> tuple[Tensor, Tensor]:
         """(errors B x (rollout + 1) for rollout frames 0..rollout, assimilated states B x T x N)."""

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from launch.errors import UserError, check_min, check_positive
-from lit_models.common.pde import RelativeL2, no_autocast, partial
+from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast, partial
 from lit_models.common.steps import EvaluateOnValAndTest
 
 PROBLEMS = ("oscillator", "lorenz", "allen_cahn", "ks", "ks_chaotic")
@@ -333,6 +333,9 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
         with no_autocast(x_ic.device.type):
             pred = self.model(torch.zeros_like(x_ic, dtype=dtype), x_ic.to(dtype))
         return torch.mean((pred.reshape(u_ic.shape) - u_ic.to(dtype)) ** 2)
+
+    def setup(self, stage: str | None = None) -> None:
+        check_problem_matches_data(self, self.hparams.problem, "_mat")
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
         t, x = batch["t"], batch["x"]

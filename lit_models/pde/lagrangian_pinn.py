@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from launch.errors import check_min
 from lit_models.common.lbfgs import LBFGSPhase
-from lit_models.common.pde import grad, no_autocast, relative_l2
+from lit_models.common.pde import check_problem_matches_data, grad, no_autocast, relative_l2
 from lit_models.common.steps import EvaluateOnValAndTest
 
 TWO_PI = 2 * math.pi
@@ -217,6 +217,9 @@ class LagrangianPINNModule(EvaluateOnValAndTest, LBFGSPhase, L.LightningModule):
                 else:
                     terms["ic"] = hp.g_ic * self._norm(self.model(x0, t0) - self.u0(x0))
         return terms
+
+    def setup(self, stage: str | None = None) -> None:
+        check_problem_matches_data(self, self.problem)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
         terms = self.loss_terms(batch["x"], batch["t"])

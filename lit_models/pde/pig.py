@@ -70,7 +70,7 @@ from torch import Tensor, nn
 
 from datamodules.pig_data import AC_DIFFUSION, AC_REACTION, CAVITY_RE, ND_ALPHA, PROBLEMS
 from launch.errors import check_min
-from lit_models.common.pde import RelativeL2, no_autocast
+from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast
 
 MODELS = ("pig", "mlp")
 LAPLACIANS = ("autograd", "analytic")
@@ -437,6 +437,9 @@ class PIGModule(L.LightningModule):
             loss = loss + self.initial_weight * out["initial"]
         out["loss"] = loss
         return out
+
+    def setup(self, stage: str | None = None) -> None:
+        check_problem_matches_data(self, self.hparams.problem)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
         with no_autocast(self.device.type):

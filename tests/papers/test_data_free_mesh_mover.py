@@ -10,6 +10,7 @@ import torch
 
 from datamodules.meshes import FrontFieldDataModule, exact_front_mesh, front_fields, load_burgers_192
 from launch.check import claims_of, run_claim
+from launch.errors import UserError
 from lit_models.common import mesh as M
 from lit_models.pde.data_free_mesh_mover import DataFreeMeshMoverModule
 from lit_models.pde.dmm_networks import DMMNet
@@ -184,8 +185,6 @@ def test_official_kernel_interpolation_and_pulled_back_monitor():
 def test_pulled_back_monitor_trains_with_the_fields_gradients():
     """data.with_gradient gives grad u and scale alpha with each field (consistent with its monitor); the official
     pulled-back loss then trains end to end; without the gradients it is a one-line error."""
-    from launch.errors import UserError
-
     dm = FrontFieldDataModule(n_train=4, n_test=2, n_test_aligned=2, grid=16, with_gradient=True)
     dm.setup()
     item = dm.train_set[0]
@@ -291,11 +290,15 @@ def test_burgers_loader_reads_the_paper_file_format(tmp_path):
     assert full.train_set[0]["monitor"].shape == (193, 193)
     with pytest.raises(ValueError, match="burgers_monitor"):
         FrontFieldDataModule(burgers_monitor="fine")
+    # bad files are one-line errors (UserError, exit 2), for the DMM as for MM-PDE
     np.save(tmp_path / "bad.npy", a[:, :, :10])
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="expected an array"):
         load_burgers_192(tmp_path / "bad.npy")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="not found"):
         load_burgers_192(tmp_path / "missing.npy")
+    (tmp_path / "junk.npy").write_bytes(b"junk")
+    with pytest.raises(UserError, match="cannot read"):
+        load_burgers_192(tmp_path / "junk.npy")
 
 
 def test_paper_epoch_length_and_lr_milestones(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from launch.check import run_claim
+from launch.errors import UserError
 from lit_models.pde.mgno import MgConv, MgNO, MgNOModule, boundary_ring, parse_levels, relative_h1
 from tests.papers.contract import fast_run
 
@@ -30,8 +31,6 @@ def test_output_normalizer_decodes_with_the_training_statistics(tmp_path):
     """model.output_normalizer (official --normalizer) with data.normalizer_type=PGN: the output is decoded as
     net(x) x std + mean with the training solutions' point-wise statistics (copied at fit start, kept in checkpoints),
     the loss compares raw solutions; without the data's statistics it is a one-line error."""
-    from launch.errors import UserError
-
     run = fast_run("mgno", *SMALL, f"data.cache_dir={tmp_path}", "data.normalizer_type=PGN",
                    "model.output_normalizer=true")
     run.assert_contract()
@@ -147,7 +146,7 @@ def test_padding_mode_is_the_boundary_condition():
 def test_bias_is_a_field_tied_to_the_resolution():
     net = MgNO(1, 1, 2, 4, ["10", "10"], resolution=16)
     assert net.biases[0].shape == (4, 16, 16)
-    with pytest.raises(ValueError, match="resolution"):
+    with pytest.raises(UserError, match="resolution"):
         net(torch.zeros(1, 1, 32, 32))
 
 

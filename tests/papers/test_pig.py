@@ -16,6 +16,7 @@ from datamodules.pig_data import (PROBLEMS, PigDataModule, allen_cahn_grid, alle
                                   klein_gordon_source, load_nonlinear_diffusion_npy, nonlinear_diffusion_initial,
                                   nonlinear_diffusion_reference)
 from launch.check import run_claim
+from launch.errors import UserError
 from lit_models.common.pde import relative_l2
 from lit_models.pde.pig import GaussianFeatures, PIGModule, PIGNet, grid_means_and_sigma, pde_residual
 from tests.papers.contract import fast_run
@@ -630,10 +631,16 @@ def test_nonlinear_diffusion_npy_loader(tmp_path):
     assert ev["shape"].tolist() == [3, 5, 5]
     torch.testing.assert_close(ev["u"][:, 0], torch.from_numpy(fields).float().reshape(-1))
     assert float(ev["x"][1, 2]) == -0.5 and float(ev["x"][25, 0]) == pytest.approx(0.01)  # (t, x, y), y fastest
-    with pytest.raises(FileNotFoundError, match="heat_gaussian_0.03.npy"):
+    with pytest.raises(UserError, match="heat_gaussian_0.03.npy"):
         load_nonlinear_diffusion_npy(str(tmp_path), 4)
+    # a folder without every snapshot is found at setup, before training (it used to fail at the first validation)
+    with pytest.raises(UserError, match="heat_gaussian_0.03.npy"):
+        PigDataModule(name="nonlinear_diffusion3d", nd_snapshots=4, nd_reference_dir=str(tmp_path)).setup("fit")
     np.save(tmp_path / "heat_gaussian_0.02.npy", np.zeros((4, 4)))
-    with pytest.raises(ValueError, match="square"):
+    with pytest.raises(UserError, match="square"):
+        load_nonlinear_diffusion_npy(str(tmp_path), 3)
+    (tmp_path / "heat_gaussian_0.02.npy").write_bytes(b"not numpy")
+    with pytest.raises(UserError, match="cannot read"):
         load_nonlinear_diffusion_npy(str(tmp_path), 3)
 
 
