@@ -282,7 +282,9 @@ class FrontFieldDataModule(L.LightningDataModule):
             raise ValueError("grid must be >= 8, eval_nodes >= 2, batch_size >= 1")
         if burgers_monitor not in ("branch", "full"):
             raise ValueError(f"burgers_monitor must be 'branch' (official) or 'full', got {burgers_monitor!r}")
-        if passes_per_epoch <= 0:
+        if steps_per_epoch is None and passes_per_epoch is None:
+            raise ValueError("set data.steps_per_epoch or data.passes_per_epoch (both are null)")
+        if passes_per_epoch is not None and not passes_per_epoch > 0:
             raise ValueError(f"passes_per_epoch must be > 0, got {passes_per_epoch}")
         check_min("data", 1, n_train=n_train, n_test=n_test, n_test_aligned=n_test_aligned,
                   steps_per_epoch=steps_per_epoch, sub=sub, n_burgers_train=n_burgers_train)

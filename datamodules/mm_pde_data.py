@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from datamodules.pde_solvers import etdrk4_coefficients, etdrk4_step
 from datamodules.samplers import PassBatchSampler
-from launch.errors import UserError
+from launch.errors import UserError, check_min
 
 __all__ = ["MMPDEDataModule", "burgers2d", "burgers2d_energy", "random_smooth_field"]
 
@@ -128,6 +128,7 @@ class MMPDEDataModule(L.LightningDataModule):
         super().__init__()
         if name not in self.NAMES:
             raise UserError(f"data.name: unknown MM-PDE dataset {name!r}; known: {', '.join(self.NAMES)}")
+        check_min("data", 2, grid=grid, solve_grid=solve_grid)
         if name == "burgers_offline":
             if solve_grid % grid:
                 raise UserError(f"data.solve_grid ({solve_grid}) must be a multiple of data.grid ({grid})")

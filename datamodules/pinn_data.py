@@ -325,8 +325,10 @@ class CausalPINNDataModule(L.LightningDataModule):
             from datamodules.download import fetch
 
             url, sha, fname = PAPER_FILES[self.name]
-            path = Path(hp.data_dir) / fname if hp.data_dir and (Path(hp.data_dir) / fname).exists() else \
-                fetch(url, sha256=sha)
+            if hp.data_dir and not (Path(hp.data_dir).expanduser() / fname).is_file():
+                raise UserError(f"data: {fname} is not in data.data_dir={hp.data_dir} (put it there, or leave "
+                                f"data.data_dir unset to download it from {url})")
+            path = Path(hp.data_dir).expanduser() / fname if hp.data_dir else fetch(url, sha256=sha)
             ref = load_mat_reference(path, self.name)
             check_reference_horizon(ref["t"], self.horizon, self.name)
         elif self.name == "allen_cahn":

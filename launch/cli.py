@@ -19,7 +19,7 @@ USAGE = """zoo <command> [args]
   zoo check ... --seeds 0,1,2 | 0-4                             each claim at several seeds: how many pass, spread
   zoo check ... --launcher slurm [launcher.k=v ...]             the same as SLURM jobs (one per paper and seed)
   zoo bench <slug> | --all [--quick]                           speed and memory benchmarks (ratios)
-  zoo status <run_id | run_dir>                                progress, checkpoint, metrics, SLURM jobs of a run
+  zoo status <run_id | run_dir> [--root R]                     progress, checkpoint, metrics, SLURM jobs of a run
   zoo runs [<experiment>] [--sweep ID] [--over seed] [--csv F]  runs as a table: what differs, final metrics
                                                                (--over seed: mean ± std over seeds per setting;
                                                                --plot F.png: those against the first setting)
@@ -432,9 +432,12 @@ def cmd_bench(args: list[str]) -> int:
 def cmd_status(args: list[str]) -> int:
     from launch import runs, summary
 
+    root = "runs"
+    if len(args) == 3 and args[1] == "--root":
+        args, root = args[:1], args[2]
     if len(args) != 1:
-        raise UserError("usage: zoo status <run_id | run_dir>")
-    run_dir = runs.find(args[0])
+        raise UserError("usage: zoo status <run_id | run_dir> [--root <runs_root>]")
+    run_dir = runs.find(args[0], root)
     cfg = runs.saved_config(runs.Run.at(run_dir))
     print(f"run {cfg.run_id}  experiment {cfg.experiment_name}  dir {run_dir}")
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -28,6 +28,10 @@ CASES = {
                                     "model.problem=oscillator but data.name=lorenz"),
     "lagrangian_pinn_problem_vs_data": (["experiment=lagrangian_pinn", "model.problem=burgers", "model.nu=0.01"],
                                         "model.problem=burgers but data.name=convection"),
+    "insr_equation_vs_data": (["experiment=insr", "data.name=taylor_green", "data.length=2.0"],
+                              "model.equation=advection but data.name=taylor_green"),
+    "insr_fluid_integrator": (["experiment=insr/taylor_green", "model.integrator=explicit_euler"],
+                              "applies to the advection equation"),
     "pig_problem_vs_data": (["experiment=pig", "model.problem=helmholtz2d", "data.name=klein_gordon3d"],
                             "model.problem=helmholtz2d but data.name=klein_gordon3d"),
 }
@@ -53,3 +57,16 @@ def test_mgno_file_missing_from_data_dir(variant, runs_root, tmp_path, monkeypat
                                     "trainer.max_steps=1", f"runs_root={runs_root}", "progress_bar=false")
     assert code == 2 and "not found (data.data_dir=" in err, err + out
     assert not list(runs_root.iterdir())
+
+
+def test_small_config_errors_name_the_setting():
+    """Errors that were one line but said nothing useful ("integer modulo by zero", "'<=' not supported ...")."""
+    from datamodules.meshes import FrontFieldDataModule
+    from datamodules.mm_pde_data import MMPDEDataModule
+    from launch.errors import UserError
+
+    with pytest.raises(UserError, match="data.grid must be >= 2"):
+        MMPDEDataModule(grid=0)
+    with pytest.raises(ValueError, match="set data.steps_per_epoch or data.passes_per_epoch"):
+        FrontFieldDataModule(steps_per_epoch=None, passes_per_epoch=None)
+    FrontFieldDataModule(steps_per_epoch=2, passes_per_epoch=None)  # a step count alone is enough

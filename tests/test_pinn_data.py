@@ -253,3 +253,7 @@ def test_paper_file_short_of_the_horizon_is_a_one_line_error(tmp_path):
     ok = CausalPINNDataModule(name="ks_chaotic_mat", t_end=0.1, time_windows=5, data_dir=str(tmp_path))
     ok.setup()
     assert ok.reference["u"].shape == (6, 16)
+    # a data_dir without the file is an error naming both (it fell back to a download without a word)
+    empty = CausalPINNDataModule(name="ks_chaotic_mat", t_end=0.1, time_windows=5, data_dir=str(tmp_path / "none"))
+    with pytest.raises(UserError, match="ks_chaotic.mat is not in data.data_dir"):
+        empty.setup()

@@ -10,7 +10,7 @@ with f_{θ^n} a frozen copy of the network (requires_grad False, loaded with loa
 
 - `equation="advection"` (1D, Sec. 5.1): u_t + a u_x = 0, integrator `midpoint` (official code):
   loss = mean[((u_θ - u_prev)/Δt + a (∂x u_θ + ∂x u_prev)/2)²] + boundary_weight · mean[u_θ(±L/2)²];
-  `explicit_euler` uses a ∂x u_prev, `implicit_euler` a ∂x u_θ.
+  `explicit_euler` uses a ∂x u_prev, `implicit_euler` a ∂x u_θ (advection only).
 - `equation="fluid"` (2D inviscid Euler, Sec. 5.2, operator splitting, three optimisations per step):
   (1) advection by semi-Lagrangian backtracking, fit u_θ(x) ≈ u_prev(clamp(x - Δt u_prev(x)));
   (2) pressure: a second SIREN p solves Δp = ∇·u with the Neumann condition ∂n p = 0 (soft);
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from launch.errors import check_min, check_positive
+from launch.errors import UserError, check_min, check_positive
 from lit_models.common.pde import grad, no_autocast, relative_l2
 from lit_models.common.steps import EvaluateOnValAndTest
 
@@ -131,6 +131,9 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         if dt <= 0 or n_steps < 0 or max_iters < 1 or (ic_max_iters is not None and ic_max_iters < 1):
             raise ValueError(f"need dt > 0, n_steps >= 0, max_iters >= 1; got dt={dt}, n_steps={n_steps}, "
                              f"max_iters={max_iters}, ic_max_iters={ic_max_iters}")
+        if equation == "fluid" and integrator != "midpoint":
+            raise ValueError(f"integrator={integrator!r} applies to the advection equation; the fluid case splits each "
+                             "step into advection, pressure and projection (Sec. 5.2) and takes no integrator")
         if equation == "fluid" and (in_features, out_features) != (2, 2):
             raise ValueError(f"fluid needs in_features = out_features = 2, got {in_features}, {out_features}")
         if equation == "advection" and out_features != 1:
@@ -293,6 +296,14 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
             main = torch.mean((self.field(x) - target) ** 2)
         un = self.field(xb).gather(1, axis[:, None])
         return main, torch.mean(un**2) * 2
+
+    def setup(self, stage: str | None = None) -> None:
+        """The equation must be the data's: advection1d is the advection equation, taylor_green the fluid case."""
+        name = getattr(getattr(self._trainer, "datamodule", None), "name", None) if self._trainer is not None else None
+        wanted = {"advection1d": "advection", "taylor_green": "fluid"}.get(name)
+        if wanted is not None and wanted != self.hparams.equation:
+            raise UserError(f"model.equation={self.hparams.equation} but data.name={name}: {name} needs "
+                            f"model.equation={wanted} (experiment=insr/{name} sets both)")
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor | None:
         if self.done:

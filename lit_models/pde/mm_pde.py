@@ -259,6 +259,10 @@ def load_mover(path: str | Path) -> nn.Module:
     except Exception as err:
         raise UserError(f"model.mover_ckpt: {path} is not a DataFreeMeshMoverModule checkpoint "
                         f"({type(err).__name__}: {one_line(err, 160)})") from None
+    if mover.hparams.get("branch", "cnn") != "cnn":
+        raise UserError(f"model.mover_ckpt: {path} is a {mover.hparams.branch}-branch DMM (a mesh with its own node "
+                        "set, e.g. the cylinder); MM-PDE moves a square grid and needs a cnn-branch DMM (e.g. "
+                        "experiment=data_free_mesh_mover/burgers)")
     return mover
 
 
