@@ -61,6 +61,9 @@ def test_metrics_csv_keeps_the_curve_across_resume_and_test(runs_root):
     rows = _rows(run / "metrics.csv")
     assert "123.0" not in [r.get("train/loss") for r in rows]
     assert [int(r["step"]) for r in rows if r.get("train/loss")] == [0, 1, 2, 3, 4, 5]
+    # zoo status finds the run by its id under another runs root
+    code, out, err = zoo_in_process("status", "hist", "--root", str(runs_root))
+    assert code == 0 and "global_step 6" in out, err + out
 
 
 def test_a_failed_resume_leaves_config_yaml_as_it_was(runs_root):
