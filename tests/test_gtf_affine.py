@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from launch.errors import UserError
 from lit_models.dynamics.gtf_plrnn import (
     AffineObservation,
     GTFPLRNNModule,
@@ -150,7 +151,7 @@ def test_module_affine_paths_and_bad_config():
         GTFPLRNNModule(obs_dim=3, observation_model="linear")
     with pytest.raises(ValueError, match="affine"):
         GTFPLRNNModule(obs_dim=3, obs_model_regularization=1e-7)
-    with pytest.raises(ValueError, match="latent_dim >= obs_dim"):
+    with pytest.raises(UserError, match="model.latent_dim=2 is below the data.s 3 dimensions"):
         GTFPLRNNModule(latent_dim=2, obs_dim=3)  # identity needs M >= N; affine does not
     GTFPLRNNModule(latent_dim=2, obs_dim=3, observation_model="affine")
 
@@ -194,7 +195,6 @@ def test_eeg_variant_reads_its_files(tmp_path):
     Gaussian-mixture D_stsp)."""
     from launch import config as zconfig
     from launch import train
-    from launch.errors import UserError
 
     cfg = zconfig.compose(["experiment=gtf_plrnn/eeg", "logger=none"])
     m, d = cfg.model, cfg.data
