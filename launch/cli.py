@@ -13,7 +13,7 @@ USAGE = """zoo <command> [args]
 
   zoo train experiment=<slug> [group=option] [key=value ...]   train locally or (launcher=slurm) on SLURM
   zoo train -m experiment=<slug> key=a,b,c                     a sweep (one SLURM job array with launcher=slurm)
-  zoo eval ckpt=<path/to/ckpt> [key=value ...]                 test metrics from a checkpoint and its saved config
+  zoo eval ckpt=<path/to/ckpt> [out=F.json] [key=value ...]    test metrics from a checkpoint and its saved config
   zoo list                                                     every paper, its data and the state of its claims
   zoo check <slug>[/<variant>] [--claim NAME] [k=v ...] | --all  rerun the papers' small-scale claims
   zoo check ... --seeds 0,1,2 | 0-4                             each claim at several seeds: how many pass, spread
@@ -241,8 +241,9 @@ def cmd_eval(args: list[str]) -> int:
     from launch import runs, train
 
     ckpt = next((a.split("=", 1)[1] for a in args if a.startswith("ckpt=")), None)
+    out = next((a.split("=", 1)[1] for a in args if a.startswith("out=")), None)
     if not ckpt:
-        raise UserError("usage: zoo eval ckpt=<path/to/checkpoint.ckpt> [key=value ...]")
+        raise UserError("usage: zoo eval ckpt=<path/to/checkpoint.ckpt> [out=<metrics.json>] [key=value ...]")
     ckpt_path = Path(ckpt).expanduser()
     if not ckpt_path.is_file():
         raise UserError(f"no checkpoint at {ckpt_path}")
@@ -251,7 +252,7 @@ def cmd_eval(args: list[str]) -> int:
     if not config_file.exists():
         raise UserError(f"no saved config next to the checkpoint (expected {config_file})")
     cfg = runs.saved_config(runs.Run.at(run_dir))
-    others = [a for a in args if not a.startswith("ckpt=")]
+    others = [a for a in args if not a.startswith(("ckpt=", "out="))]
     _check_eval_overrides(cfg, others)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in others]),
@@ -260,6 +261,13 @@ def cmd_eval(args: list[str]) -> int:
         raise UserError(f"bad override in {others}: {one_line(err, 200)}") from None
     metrics = train.run(cfg, make_run_dir=False, test_ckpt=str(ckpt_path))
     print_metrics(f"eval {ckpt_path}", metrics)
+    if out:  # a record of the evaluation: which checkpoint, under which overrides, with what result
+        record = {"checkpoint": str(ckpt_path.absolute()), "overrides": others, "metrics": metrics}
+        try:
+            runs.write_atomic(Path(out).expanduser(), json.dumps(record, indent=2, sort_keys=True))
+        except OSError as err:
+            raise UserError(f"cannot write out={out}: {err.strerror or one_line(err)}") from None
+        print(f"wrote {out}")
     return 0
 
 

@@ -47,8 +47,11 @@ def test_metrics_csv_keeps_the_curve_across_resume_and_test(runs_root):
     assert code == 0, err + out
     # the test of a checkpoint reports its step (the test-only trainer's was 0), here and in zoo eval
     assert json.loads((run / "test_metrics.json").read_text())["global_step"] == 4
-    code, out, err = zoo_in_process("eval", f"ckpt={run / 'checkpoints' / 'last.ckpt'}")
+    record = runs_root / "eval.json"
+    code, out, err = zoo_in_process("eval", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"out={record}")
     assert code == 0 and re.search(r"global_step\s*│\s*4\s*│", out), out
+    saved = json.loads(record.read_text())  # zoo eval out=: the evaluation's record
+    assert saved["checkpoint"].endswith("last.ckpt") and saved["metrics"]["global_step"] == 4
     rows = _rows(run / "metrics.csv")
     assert [int(r["step"]) for r in rows if r.get("train/loss")] == [0, 1, 2, 3]
     assert len([r for r in rows if r.get("test/rel_l2")]) == 3
