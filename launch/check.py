@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from launch import config as zconfig
 from launch.errors import UserError
-from launch.runs import write_atomic
+from launch.runs import global_rank, write_atomic
 
 CHECK_OVERRIDES = ["logger=none", "launcher=local", "progress_bar=false", "stage=fit_test",
                    "trainer.enable_model_summary=false"]
@@ -287,6 +287,10 @@ def check(slug: str, out_dir: Path | None = None, *, names: list[str] | None = N
     return results
 
 
+# overrides that change where and how a check reports, not what it measures: not recorded as its setting
+NOT_A_SETTING = ("runs_root", "progress_bar", "logger")
+
+
 def write_results(slug: str, results: list[ClaimResult], out_dir: Path, extra: list[str] = (),
                   order: list[str] | None = None) -> None:
     """`<slug>.json` and `<slug>.md` under out_dir; `extra` (overrides on top of every run, e.g. a longer schedule on
@@ -297,6 +301,7 @@ def write_results(slug: str, results: list[ClaimResult], out_dir: Path, extra: l
     replaced, so one file never mixes settings. `order`: the experiment's claim names, in config order (claims no
     longer in it are dropped). Both files are written atomically (a temporary file, then a rename)."""
     (out_dir / slug).parent.mkdir(parents=True, exist_ok=True)  # a variant `<slug>/<dataset>` gets a subfolder
+    extra = [o for o in extra if o.lstrip("+~").split("=", 1)[0].split(".")[0] not in NOT_A_SETTING]
     when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     claims = {c["claim"]: c for c in _previous_claims(out_dir / f"{slug}.json", list(extra))}
     claims.update({r.claim: asdict(r) | {"passed": r.passed, "verdict": r.verdict, "when": when} for r in results})
@@ -312,8 +317,9 @@ def write_results(slug: str, results: list[ClaimResult], out_dir: Path, extra: l
         steps = ", ".join(f"{k}={v}" for k, v in c.get("steps", {}).items())
         lines.append(f"| {c['claim']} | {measured} | {'; '.join(c['expect'])} | {c['verdict']} "
                      f"| {c['seconds']:.1f} | {steps} | {c.get('when', '')[:16]} |")
-    write_atomic(out_dir / f"{slug}.json", json.dumps(payload, indent=2))
-    write_atomic(out_dir / f"{slug}.md", "\n".join(lines) + "\n")
+    if global_rank() == 0:  # under DDP every rank measured the same (synced) values: rank zero writes them
+        write_atomic(out_dir / f"{slug}.json", json.dumps(payload, indent=2))
+        write_atomic(out_dir / f"{slug}.md", "\n".join(lines) + "\n")
 
 
 def _previous_claims(path: Path, extra: list[str]) -> list[dict]:
@@ -412,17 +418,24 @@ def summarize_seeds(slug: str, seeds: list[int], out_dir: Path) -> list[str]:
     return lines
 
 
-def status(slug: str, out_dir: Path) -> str:
-    """Claim status for `zoo list`: from the last `zoo check` results written under out_dir."""
+def status(slug: str, out_dir: Path, n_claims: int | None = None) -> str:
+    """Claim status for `zoo list`: from the last `zoo check` results written under out_dir; of `n_claims` (the
+    config's), those without a result are counted as not checked. An unreadable results file says so."""
     path = out_dir / f"{slug}.json"
     if not path.exists():
         return "not checked"
-    data = json.loads(path.read_text())
-    n = len(data["claims"])
-    ok = sum(c["passed"] for c in data["claims"])
-    gaps = sum(c.get("verdict") == "KNOWN GAP" for c in data["claims"])
+    try:
+        data = json.loads(path.read_text())
+        claims = list(data["claims"])
+        n = len(claims)
+        ok = sum(bool(c["passed"]) for c in claims)
+        gaps = sum(c.get("verdict") == "KNOWN GAP" for c in claims)
+        days = sorted({str(c.get("when", data.get("when", "?")))[:10] for c in claims} or {str(data.get("when"))[:10]})
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"results unreadable ({path.name}: {type(err).__name__})"
     gap_text = f", {gaps} known gap" if gaps else ""
+    unchecked = (n_claims - n) if n_claims is not None and n_claims > n else 0
+    gap_text += f", {unchecked} not checked" if unchecked else ""
     extra = f", with {' '.join(data['overrides'])}" if data.get("overrides") else ""
-    days = sorted({c.get("when", data["when"])[:10] for c in data["claims"]} or {data["when"][:10]})
     when = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"  # claims rerun alone keep their own date
     return f"{ok}/{n} pass{gap_text} ({when}{extra})"

@@ -63,6 +63,13 @@ def writable_dir(path: Path, what: str) -> Path:
     return path
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command's flags: a mistake is one line (exit 2), not the usage block; `zoo <command> --help` shows it."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (`{self.prog} --help` lists the options)")
+
+
 def _is_rank_zero() -> bool:
     from launch.runs import global_rank
 
@@ -260,6 +267,8 @@ def cmd_eval(args: list[str]) -> int:
     except Exception as err:  # noqa: BLE001
         raise UserError(f"bad override in {others}: {one_line(err, 200)}") from None
     metrics = train.run(cfg, make_run_dir=False, test_ckpt=str(ckpt_path))
+    if not _is_rank_zero():  # under DDP every rank returns the same (synced) metrics: one report, one file
+        return 0
     print_metrics(f"eval {ckpt_path}", metrics)
     if out:  # a record of the evaluation: which checkpoint, under which overrides, with what result
         record = {"checkpoint": str(ckpt_path.absolute()), "overrides": others, "metrics": metrics}
@@ -301,6 +310,9 @@ def cmd_list(args: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    if args:
+        raise UserError(f"zoo list takes no arguments, got {' '.join(args)}")
+
     from launch import check
     from launch import config as zconfig
 
@@ -308,14 +320,19 @@ def cmd_list(args: list[str]) -> int:
     table = Table(title="paperzoo")
     for col in ("slug", "paper", "domain", "data (offline default / real)", "claims"):
         table.add_column(col)
+    with_claims = zconfig.variants_with_claims()
     for slug in zconfig.experiments():
         cfg = zconfig.compose([f"experiment={slug}"])
         paper = cfg.get("paper") or {}
         variants = [v.split("/", 1)[1] for v in zconfig.options("experiment") if v.startswith(slug + "/")]
         data = f"{cfg.data.get('name', '?')} / {', '.join(variants) or '-'}"
         title = str(paper.get("title", "?")).split(":")[0]
+        n = len(cfg.get("claims") or {})
         table.add_row(slug, f"{title} ({paper.get('venue', paper.get('arxiv', '?'))})", str(paper.get("domain", "?")), data,
-                      f"{len(cfg.get('claims') or {})}: {check.status(slug, out_dir)}")
+                      f"{n}: {check.status(slug, out_dir, n)}")
+        for variant in (v for v in with_claims if v.startswith(slug + "/")):  # variants with claims of their own
+            n = len(zconfig.compose([f"experiment={variant}"]).get("claims") or {})
+            table.add_row(f"  {variant}", "", "", "", f"{n}: {check.status(variant, out_dir, n)}")
     Console(width=max(Console().width, 140)).print(table)
     return 0
 
@@ -327,7 +344,7 @@ def cmd_check(args: list[str]) -> int:
     from launch import check
     from launch import config as zconfig
 
-    parser = argparse.ArgumentParser(prog="zoo check")
+    parser = _Parser(prog="zoo check")
     parser.add_argument("slug", nargs="?")
     parser.add_argument("overrides", nargs="*", help="key=value on top of every run")
     parser.add_argument("--all", action="store_true")
@@ -348,7 +365,7 @@ def cmd_check(args: list[str]) -> int:
         raise UserError("usage: zoo check <slug> [--claim NAME] [key=value ...] | --all")
     bad = [o for o in opts.overrides if "=" not in o]
     if bad:
-        raise UserError(f"zoo check: overrides look like key=value, got {', '.join(map(repr, bad))}")
+        raise UserError(f"overrides look like key=value, got {', '.join(map(repr, bad))}")
     for slug in slugs:
         if slug not in checkable:
             raise UserError(f"unknown experiment '{slug}' (or it declares no claims){zconfig._closest(slug, checkable)}")
@@ -356,14 +373,14 @@ def cmd_check(args: list[str]) -> int:
     extra = [o for o in opts.overrides if o not in launcher_overrides]
     seeds = check.parse_seeds(opts.seeds) if opts.seeds is not None else None
     if seeds is not None and any(o.lstrip("+").split("=", 1)[0] == "seed" for o in extra):
-        raise UserError("zoo check: give the seeds with --seeds or seed=<k>, not both")
+        raise UserError("give the seeds with --seeds or seed=<k>, not both")
     for slug in slugs if extra else ():  # a mistyped key fails now, not after hours of other claims (or never)
         zconfig.compose([f"experiment={slug}", *extra])
     writable_dir(Path(opts.out), "--out")
     if opts.launcher == "slurm":
         return _submit_checks(slugs, opts.claims, extra, Path(opts.out).resolve(), launcher_overrides, seeds)
     if launcher_overrides:
-        raise UserError(f"zoo check: {', '.join(launcher_overrides)} needs --launcher slurm (claims run locally)")
+        raise UserError(f"{', '.join(launcher_overrides)} needs --launcher slurm (claims run locally)")
     failed = 0
     out = Path(opts.out)
     for slug in slugs:
@@ -371,12 +388,13 @@ def cmd_check(args: list[str]) -> int:
             if seed is not None:
                 check.clear_cache()  # nothing is shared between seeds: free the trained models
             results = check.check_at_seed(slug, out, opts.claims, extra, seed)
-            for r in results:
+            for r in results if _is_rank_zero() else ():
                 print(check.seed_report(r, seed))
             failed += sum(r.verdict == "FAIL" for r in results)
-        if seeds is not None:
+        if seeds is not None and _is_rank_zero():
             print("\n".join(check.summarize_seeds(slug, seeds, out)))
-    print(f"results written to {opts.out}/")
+    if _is_rank_zero():
+        print(f"results written to {opts.out}/")
     return 1 if failed else 0
 
 
@@ -412,7 +430,7 @@ def _submit_checks(slugs: list[str], names: list[str] | None, extra: list[str], 
 def cmd_bench(args: list[str]) -> int:
     from benchmarks import run_benchmarks
 
-    parser = argparse.ArgumentParser(prog="zoo bench")
+    parser = _Parser(prog="zoo bench")
     parser.add_argument("slug", nargs="?")
     parser.add_argument("--all", action="store_true")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
@@ -432,6 +450,10 @@ def cmd_bench(args: list[str]) -> int:
     options = {key: value for key in ("systems", "all_systems", "shard", "merge", "dataset", "device", "protocol",
                                       "hyperparameters")
                if (value := getattr(opts, key)) not in (None, False)}
+    from benchmarks import REGISTRY
+
+    if opts.slug is not None and opts.slug not in REGISTRY:  # before --out is made
+        raise UserError(f"no benchmark for '{opts.slug}' (have: {', '.join(sorted(REGISTRY))})")
     writable_dir(Path(opts.out), "--out")
     run_benchmarks(None if opts.all else opts.slug, quick=opts.quick, out_dir=Path(opts.out), options=options)
     return 0
@@ -478,7 +500,7 @@ def cmd_status(args: list[str]) -> int:
 def cmd_runs(args: list[str]) -> int:
     from launch import summary
 
-    parser = argparse.ArgumentParser(prog="zoo runs")
+    parser = _Parser(prog="zoo runs")
     parser.add_argument("experiment", nargs="?", help="experiment name (runs/<experiment>/); default: every one")
     parser.add_argument("--root", default="runs", help="runs root (the runs_root of the runs)")
     parser.add_argument("--sweep", help="only the runs of this `zoo train -m` sweep id")

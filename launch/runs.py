@@ -186,9 +186,12 @@ def create(cfg: DictConfig) -> Run:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to a temporary name beside `path`, then rename: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")  # writers never share one
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def remove_unstarted(run: Run) -> None:

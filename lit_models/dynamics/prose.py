@@ -342,8 +342,8 @@ class ProseModule(L.LightningModule):
     def _losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(mse, ce, pred, logits, text target, the training data loss: `data_loss`); ce 0 and logits None for the
         data-only model (no symbol decoder)."""
-        with torch.autocast(self.device.type, enabled=False):  # data loss and float tokens in fp32
-            pred, logits = self(batch)
+        pred, logits = self(batch)  # under the trainer's autocast (bf16-mixed on GPUs)
+        with torch.autocast(self.device.type, enabled=False):  # the data loss and the symbols' CE in fp32 (card)
             pred = pred.float()
             mask = batch["dim_mask"][:, None, :].expand_as(pred).float()
             sq = (pred - batch["target"]) ** 2 * mask

@@ -488,3 +488,29 @@ def test_claim(claim):
         return
     swapped = run_claim("data_free_mesh_mover", claim, swap_baseline=True)
     assert not swapped.passed, swapped.report()
+
+
+@pytest.mark.slow
+def test_test_metrics_reduce_right_under_ddp(runs_root):
+    """The test metrics of one checkpoint, evaluated by 1 process and by 2 DDP ranks (gloo), each rank on half the
+    fields: `inverted` adds up, `min_det` is the minimum and `boundary_disp` the maximum over all fields. With the
+    default mean over ranks (before) DDP halved the count and averaged the per-rank minima, which can pass
+    min det J > 0 where one rank's mesh folds."""
+    import json
+
+    from tests.conftest import zoo_subprocess
+
+    tiny = ["experiment=data_free_mesh_mover", "trainer.max_steps=3", "data.n_test=8", "data.n_test_aligned=4",
+            f"runs_root={runs_root}", "run_id=ddp_eval", "logger=csv", "progress_bar=false"]
+    zoo_subprocess("train", *tiny, check=True)
+    ckpt = runs_root / "data_free_mesh_mover" / "ddp_eval" / "checkpoints" / "last.ckpt"
+    results = {}
+    for name, extra in (("one", []), ("ddp", ["trainer.strategy=ddp", "trainer.devices=2"])):
+        out = runs_root / f"{name}.json"
+        zoo_subprocess("eval", f"ckpt={ckpt}", f"out={out}", *extra, check=True)
+        results[name] = json.loads(out.read_text())["metrics"]
+    one, ddp = results["one"], results["ddp"]
+    assert one["test/inverted"] > 0, one  # an untrained mover tangles: a count worth comparing
+    assert ddp["test/inverted"] == one["test/inverted"]
+    for key in ("test/min_det", "test/boundary_disp"):  # float32 maps of 4 vs 8 fields a batch: ~1e-4 apart
+        assert ddp[key] == pytest.approx(one[key], rel=1e-3), (key, one[key], ddp[key])
