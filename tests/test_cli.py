@@ -104,6 +104,20 @@ def test_check_results_files_and_list_status(tmp_path):
     assert status("other", tmp_path) == "not checked"
     write_results("demo/variant", [ok], tmp_path)  # `zoo check <slug>/<variant>` (e.g. medida/qg)
     assert status("demo/variant", tmp_path).startswith("1/1 pass")
+    # of a config's 3 claims, 1 checked: the others are counted (it read "1/1 pass"); where a check reported is not
+    # its setting; an unreadable results file is a status, not a traceback in `zoo list`
+    write_results("demo", [ok], tmp_path, ["runs_root=/tmp/x", "progress_bar=false", "trainer.max_steps=9"])
+    assert status("demo", tmp_path, 3).startswith("1/1 pass, 2 not checked")
+    assert status("demo", tmp_path, 3).endswith("with trainer.max_steps=9)")
+    (tmp_path / "demo.json").write_text("{not json")
+    assert status("demo", tmp_path, 3) == "results unreadable (demo.json: JSONDecodeError)"
+
+
+def test_flag_mistakes_are_one_line():
+    for args in (("check", "prose", "--claim"), ("check", "prose", "--bogus"), ("bench", "nosuch"), ("list", "x"),
+                 ("runs", "--nope")):
+        code, out, err = zoo_in_process(*args)
+        one_line_error(code, err)
 
 
 def test_check_of_one_claim_keeps_the_other_claims_results(tmp_path):
