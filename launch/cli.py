@@ -512,6 +512,8 @@ def cmd_runs(args: list[str]) -> int:
     opts = parser.parse_args(args)
     if opts.plot and not opts.over:
         raise UserError("--plot needs --over <key> (the metrics are plotted as mean ± std over it)")
+    if opts.plot and Path(opts.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UserError(f"--plot {opts.plot}: give a .png, .pdf or .svg file")
     for flag, target in (("--csv", opts.csv), ("--plot", opts.plot)):
         if target:
             writable_dir(Path(target).expanduser().absolute().parent, flag)

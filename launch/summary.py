@@ -18,6 +18,7 @@ from launch.errors import UserError, one_line
 
 # never shown as "what differs": bookkeeping that differs between any two runs
 IGNORED_KEYS = ("run_id", "runs_root")
+DESCRIPTIVE = ("claims.", "paper.")  # an experiment's claim texts and paper block describe it; they are no settings
 
 
 @dataclass
@@ -141,18 +142,19 @@ def varying_keys(records: list[RunRecord]) -> list[str]:
         return value.replace(record.run_id, "<run>") if isinstance(value, str) else value
 
     keys = sorted({key for record in records for key in record.config})
-    return [key for key in keys if key not in IGNORED_KEYS
+    return [key for key in keys if key not in IGNORED_KEYS and not key.startswith(DESCRIPTIVE)
             and len({json.dumps(comparable(r, key), default=str) for r in records}) > 1]
 
 
-def default_metrics(records: list[RunRecord], limit: int = 6) -> list[str]:
-    """The test metrics of the finished runs (else their val metrics), at most `limit` of them."""
+def default_metrics(records: list[RunRecord]) -> list[str]:
+    """Every test metric of the finished runs (else their val metrics; a claim's metric may sort anywhere, so none
+    is cut)."""
     names = sorted({name for r in records if r.metrics for name in r.metrics})
     for prefix in ("test/", "val/"):
         chosen = [n for n in names if n.startswith(prefix)]
         if chosen:
-            return chosen[:limit]
-    return [n for n in names if n not in ("epoch", "global_step")][:limit]
+            return chosen
+    return [n for n in names if n not in ("epoch", "global_step")]
 
 
 def _fmt(value) -> str:
@@ -212,6 +214,15 @@ def over_seeds(records: list[RunRecord], keys: list[str], metrics: list[str], ov
 def build(records: list[RunRecord], metrics: list[str] | None = None, over: str | None = None) -> Table:
     """The per-run table, or with `over` (a config key, e.g. seed) the table aggregated over that key."""
     keys = varying_keys(records)
+    if metrics:
+        logged = {name for r in records if r.metrics for name in r.metrics}
+        missing = [m for m in metrics if m not in logged]
+        if missing:
+            import difflib
+
+            close = difflib.get_close_matches(missing[0], sorted(logged), n=1)
+            raise UserError(f"--metric {missing[0]}: no run has it in its final metrics"
+                            + (f" (did you mean '{close[0]}'?)" if close else ""))
     metrics = metrics or default_metrics(records)
     if over:
         if not any(over in r.config for r in records):

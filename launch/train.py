@@ -410,5 +410,8 @@ def _finish(trainer, run: runs.Run, metrics: dict[str, float], stage: str = "fit
             offline = wandb.run is not None and wandb.run.settings.mode == "offline"
             wandb.finish()
             if offline:
-                print(f"W&B run saved offline; upload it with: wandb sync {run.dir / 'wandb'}/offline-run-*-{run.run_id}",
-                      file=sys.stderr)
+                # a resumed or requeued run writes one offline folder per start, each counting its steps from 0:
+                # `--id` syncs them into the one run, in order of start time (separately, a later one would start
+                # the run's history over)
+                print(f"W&B run saved offline; upload it with: wandb sync --id {run.run_id} "
+                      f"{run.dir / 'wandb'}/offline-run-*-{run.run_id}", file=sys.stderr)

@@ -157,3 +157,24 @@ def test_unfinished_slurm_runs_show_their_job_state(tmp_path, monkeypatch, capsy
     status = {r.run_id: r.status for r in summary.collect(root)}
     assert status == {"a-0": "running (job 77)", "a-1": "cancelled (job 78_1)", "a-2": "stopped", "a-3": "done"}
     assert calls.read_text().count("\n") == 1 and "77,78_1,79" in calls.read_text()
+
+
+def test_descriptive_keys_and_every_test_metric(tmp_path):
+    """Across experiments the claim texts and paper blocks differ but are no settings (they made a table of 116
+    columns); every test metric is shown (the first 6 alphabetically were, which dropped claim metrics such as
+    PROSE's test/valid_frac); a metric no run has, or a plot file matplotlib cannot write, is a one-line error."""
+    root = tmp_path / "runs"
+    for i, experiment in enumerate(("prose", "medida")):
+        run = fake_run(root, f"r-{i}", 0, 1, 0.3, experiment=experiment)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config |= {"claims": {"c": {"text": f"claim of {experiment}"}}, "paper": {"title": experiment}}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        metrics = {f"test/m{k}": float(k) for k in range(8)} | {"test/valid_frac": 1.0}
+        (run / "final_metrics.json").write_text(json.dumps(metrics))
+    records = summary.collect(root)
+    assert not [k for k in summary.varying_keys(records) if k.startswith(("claims.", "paper."))]
+    assert "test/valid_frac" in summary.default_metrics(records) and len(summary.default_metrics(records)) == 9
+    with pytest.raises(cli.UserError, match="--metric test/nosuch: no run has it"):
+        summary.build(records, ["test/nosuch"])
+    code = cli.main(["runs", "--root", str(root), "--over", "seed", "--plot", str(tmp_path / "x.txt")])
+    assert code == 2

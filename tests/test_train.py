@@ -42,7 +42,7 @@ def test_local_run_writes_complete_run_dir(runs_root):
     # the W&B run id is the run id (offline here), and the sync command is printed
     wandb_runs = list((run / "wandb").glob(f"offline-run-*-{run.name}"))
     assert wandb_runs, list((run / "wandb").iterdir())
-    assert "wandb sync" in proc.stderr
+    assert f"wandb sync --id {run.name} " in proc.stderr
     assert "test/recall@20" in proc.stdout  # metrics table
     final = json.loads((run / "final_metrics.json").read_text())
     assert final["global_step"] > 0 and 0.0 <= final["test/recall@20"] <= 1.0
