@@ -103,13 +103,14 @@ def cmd_train(args: list[str]) -> int:
     if len(cfgs) > 1 and len(set(given)) < len(given):
         raise UserError(f"run_id={given[0]} would put every run of the sweep in one run directory: omit it (the runs "
                         "are <sweep id>-<i>) or sweep it too (run_id=a,b,...)")
+    named = [bool(cfg.run_id) for cfg in cfgs]  # ids the user gave (a sweep's own ids are new by construction)
     if len(cfgs) > 1:
         sweep_id = runs.new_run_id()
         for i, cfg in enumerate(cfgs):
             cfg.run_id = cfg.run_id or f"{sweep_id}-{i}"
     else:
         sweep_id = None
-    cfgs = [_resume_or_new(cfg, combo) for cfg, combo in zip(cfgs, combos)]
+    cfgs = [_resume_or_new(cfg, combo, announce_new) for cfg, combo, announce_new in zip(cfgs, combos, named)]
     if cfgs[0].launcher.name == "slurm":
         return _submit(cfgs, sweep_id)
     if len(cfgs) > 1 and any(_processes(cfg) > 1 for cfg in cfgs):
@@ -160,7 +161,7 @@ def _processes(cfg) -> int:
     return count * int(cfg.trainer.get("num_nodes", 1) or 1)
 
 
-def _resume_or_new(cfg, overrides: list[str] = ()):
+def _resume_or_new(cfg, overrides: list[str] = (), announce_new: bool = True):
     """An existing run id resumes that run with its saved config, changed by the overrides a resume may change (how
     long and how it trains: `runs.apply_resume_overrides`); otherwise a new run is created."""
     from launch import runs
@@ -176,7 +177,7 @@ def _resume_or_new(cfg, overrides: list[str] = ()):
             saved.launcher = cfg.launcher
             # config.yaml takes the changes once the resumed fit has trained a step (callbacks.SaveResumedConfig)
             return saved
-        if _is_rank_zero():  # a mistyped id would otherwise start a new run without a word
+        if announce_new and _is_rank_zero():  # a mistyped id would otherwise start a new run without a word
             print(f"no run {cfg.run_id} under {run.dir.parent}: starting a new run with this id", file=sys.stderr)
     return runs.assign_run_id(cfg)
 

@@ -244,7 +244,9 @@ def print_table(table: Table, title: str) -> None:
         rich_table.add_column(column, justify="left" if column in ("experiment", "run", "status") else "right")
     for row in table.rows:
         rich_table.add_row(*row)
-    Console(width=max(120, sum(len(c) + 3 for c in table.columns))).print(rich_table)
+    # wide enough for every cell: run ids and metric names were cut ("20261206-064…") on a narrow or piped console
+    widths = [max([len(c)] + [len(str(row[i])) for row in table.rows]) for i, c in enumerate(table.columns)]
+    Console(width=max(120, sum(w + 3 for w in widths) + 1)).print(rich_table)
 
 
 def can_plot(table: Table) -> bool:
