@@ -242,5 +242,10 @@ class DystsForecastModule(L.LightningModule):
         ax.plot(t_out, pred, color="C3", lw=1.2, label=self.hparams.forecaster)
         ax.set_xlabel("sample (0 = forecast start)")
         ax.legend(loc="upper left", fontsize=7, ncol=3)
+        smape = float(200 * torch.mean(torch.abs(y - pred) / (torch.abs(y) + torch.abs(pred)).clamp_min(1e-12)))
+        system = getattr(getattr(self._trainer, "datamodule", None), "hparams", {}).get("name", "") \
+            if self._trainer is not None else ""
+        ax.set_title(f"{system} {self.hparams.forecaster} forecast, first held-out window: sMAPE {smape:.1f}".strip(),
+                     fontsize=8)
         fig.tight_layout()
         return {"forecast": fig}

@@ -497,7 +497,13 @@ class ProseModule(L.LightningModule):
                 ax.plot(s["t_out"], sym[:, i], "--", color="C0", lw=1, label="generated expression")
             ax.set_ylabel(f"x_{i}")
         axes[0, 0].legend(loc="upper left", fontsize=7, ncol=2)
-        axes[0, 0].set_title(s["generated"][:90], fontsize=7)
+        if s["expr"] is not None:
+            from lit_models.dynamics.prose_symbolic import format_expression
+
+            title = "generated: " + format_expression(s["expr"])
+        else:
+            title = "generated (not a valid expression): " + s["generated"]
+        axes[0, 0].set_title(title[:120], fontsize=7)
         axes[-1, 0].set_xlabel("t")
         fig.tight_layout()
         return {"trajectory": fig}

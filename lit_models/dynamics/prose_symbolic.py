@@ -194,6 +194,26 @@ def eval_monomial(mono: Monomial, u: np.ndarray) -> np.ndarray:
     return eval_monomial(args[0], u) * eval_monomial(args[1], u)
 
 
+def format_monomial(mono: Monomial) -> str:
+    if mono is None:
+        return ""
+    if isinstance(mono, str):
+        return mono
+    op, *args = mono
+    if op in ("pow2", "pow3"):
+        return f"{format_monomial(args[0])}^{op[-1]}"
+    return "*".join(format_monomial(a) for a in args)
+
+
+def format_expression(expr: Expression) -> str:
+    """Infix text of a right-hand side, one `dx_i/dt = ...` per component (figure titles)."""
+    parts = []
+    for i, comp in enumerate(expr):
+        terms = " + ".join(f"{c:.3g}" + (f"*{format_monomial(m)}" if m is not None else "") for c, m in comp)
+        parts.append(f"dx_{i}/dt = {terms or '0'}".replace("+ -", "- "))
+    return "; ".join(parts)
+
+
 def eval_rhs(expr: Expression, u: np.ndarray) -> np.ndarray:
     """f(u) for u of shape (..., >= len(expr)); returns (..., len(expr))."""
     return np.stack([sum(c * eval_monomial(m, u) for c, m in comp) for comp in expr], axis=-1)

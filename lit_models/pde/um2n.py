@@ -557,12 +557,15 @@ class UM2NModule(L.LightningModule):
 
         n = len(self._last)
         fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
-        for ax, d in zip(axes[0], self._last):
+        for k, (ax, d) in enumerate(zip(axes[0], self._last)):
             ax.tripcolor(d["ref"][:, 0], d["ref"][:, 1], d["tri"], d["monitor"], shading="gouraud", cmap="viridis")
-            if np.all(np.isfinite(d["target"])):  # swirl snapshots have no target mesh
+            has_target = np.all(np.isfinite(d["target"]))  # swirl snapshots have no target mesh
+            if has_target:
                 ax.triplot(d["target"][:, 0], d["target"][:, 1], d["tri"], color="r", lw=0.4, ls="--")
             ax.triplot(d["pred"][:, 0], d["pred"][:, 1], d["tri"], color="w", lw=0.5)
             ax.set_xticks([])
             ax.set_yticks([])
+            ax.set_title(f"test mesh {k}: UM2N (white)" + (", exact MA (red)" if has_target else ""), fontsize=7)
+        fig.suptitle("moved meshes over their monitor", fontsize=8)
         fig.tight_layout()
         return figs | {"moved_meshes": fig}

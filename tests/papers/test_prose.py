@@ -519,3 +519,11 @@ def test_claims_symbol_decoder_valid_and_skeleton_exact_and_fail_untrained():
     prefix logits equal the teacher-forced ones)."""
     torch.set_num_threads(1)
     claims_pass_or_xfail("prose", ("symbols_valid", "skeleton_exact"))
+
+
+def test_generated_expression_reads_as_infix():
+    """The trajectory figure's title shows the decoded right-hand side (it showed raw prefix tokens)."""
+    from lit_models.dynamics.prose_symbolic import format_expression
+
+    expr = [[(1.5, "x_0"), (-0.5, ("mul", "x_0", "x_1"))], [(0.2, None), (-1.0, ("pow3", "x_1"))]]
+    assert format_expression(expr) == "dx_0/dt = 1.5*x_0 - 0.5*x_0*x_1; dx_1/dt = 0.2 - 1*x_1^3"
