@@ -90,9 +90,9 @@ def check_problem_matches_data(module, problem: str, strip_suffix: str = "") -> 
     `strip_suffix`, e.g. a paper file `ks_mat` holds problem `ks`). Overriding one without the other would train one
     problem's residual on another's data (a shape error mid-training, or silently wrong numbers)."""
     from launch.errors import UserError
+    from lit_models.common.steps import attached_datamodule
 
-    trainer = getattr(module, "_trainer", None)
-    name = getattr(getattr(trainer, "datamodule", None), "name", None)
+    name = getattr(attached_datamodule(module), "name", None)
     if not isinstance(name, str):
         return
     data_problem = name[:-len(strip_suffix)] if strip_suffix and name.endswith(strip_suffix) else name

@@ -24,3 +24,10 @@ def computed_once(module: Any, compute: Any) -> Any:
         return compute()
     result = compute() if trainer.is_global_zero else None
     return trainer.strategy.broadcast(result, src=0)
+
+
+def attached_datamodule(module: Any) -> Any:
+    """The datamodule of the trainer `module` is attached to, or None (a module used on its own, in a test or a
+    probe): where a module's `setup` checks its settings against the data."""
+    trainer = getattr(module, "_trainer", None)
+    return getattr(trainer, "datamodule", None) if trainer is not None else None

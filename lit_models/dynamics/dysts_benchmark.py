@@ -36,6 +36,7 @@ from torchmetrics import MeanMetric
 
 from launch.errors import check_min
 from lit_models.common.forecast_metrics import ValidPredictionTime, smape
+from lit_models.common.steps import attached_datamodule
 
 __all__ = ["DystsForecastModule", "NBeatsBlock", "NBeatsLite", "roll_forward", "smape"]
 
@@ -243,8 +244,7 @@ class DystsForecastModule(L.LightningModule):
         ax.set_xlabel("sample (0 = forecast start)")
         ax.legend(loc="upper left", fontsize=7, ncol=3)
         smape = float(200 * torch.mean(torch.abs(y - pred) / (torch.abs(y) + torch.abs(pred)).clamp_min(1e-12)))
-        system = getattr(getattr(self._trainer, "datamodule", None), "hparams", {}).get("name", "") \
-            if self._trainer is not None else ""
+        system = getattr(attached_datamodule(self), "hparams", {}).get("name", "")
         ax.set_title(f"{system} {self.hparams.forecaster} forecast, first held-out window: sMAPE {smape:.1f}".strip(),
                      fontsize=8)
         fig.tight_layout()

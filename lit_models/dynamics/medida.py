@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from datamodules.medida_data import QG_LIBRARY_TERMS
 from launch.errors import UserError, check_min, check_positive
 from lit_models.common.pde import no_autocast
-from lit_models.common.steps import EvaluateOnValAndTest
+from lit_models.common.steps import EvaluateOnValAndTest, attached_datamodule
 
 LIBRARY_TERMS = ("u", "u_x", "u_xx", "u_xxx", "u_xxxx", "u*u_x", "u^2", "u^3")
 
@@ -189,7 +189,7 @@ class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
         return self.interpolant(s) * self.u_scale
 
     def setup(self, stage: str | None = None) -> None:
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        dm = attached_datamodule(self)
         n = getattr(getattr(dm, "hparams", None), "n", None)
         if isinstance(n, int) and n - 2 * self.hparams.cut < 2:
             raise UserError(f"model.cut={self.hparams.cut} drops {2 * self.hparams.cut} of the {n} grid points "
@@ -366,7 +366,7 @@ class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Settings that must agree with the data, checked before training (not after it, at the discovery)."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        dm = attached_datamodule(self)
         data = getattr(dm, "hparams", None)
         if data is None:
             return

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from launch.errors import UserError, check_min
+from lit_models.common.steps import attached_datamodule
 
 
 class SpectralConv(nn.Module):
@@ -327,8 +328,7 @@ class SemilinearOperatorModule(L.LightningModule):
     def setup(self, stage: str | None = None) -> None:
         """Warm-up + rollout must fit in the held-out trajectories: checked before training, not at the first
         validation."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        u_test = getattr(datamodule, "u_test", None)
+        u_test = getattr(attached_datamodule(self), "u_test", None)
         need = self.hparams.warmup + self.hparams.rollout
         if u_test is not None and u_test.shape[1] < need:
             raise UserError(f"model.warmup + model.rollout = {need} frames, but the held-out trajectories have "

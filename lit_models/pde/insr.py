@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from launch.errors import UserError, check_min, check_positive
 from lit_models.common.pde import grad, no_autocast, relative_l2
-from lit_models.common.steps import EvaluateOnValAndTest
+from lit_models.common.steps import EvaluateOnValAndTest, attached_datamodule
 
 EQUATIONS = ("advection", "fluid")
 INTEGRATORS = ("midpoint", "explicit_euler", "implicit_euler")
@@ -299,7 +299,7 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
 
     def setup(self, stage: str | None = None) -> None:
         """The equation must be the data's: advection1d is the advection equation, taylor_green the fluid case."""
-        name = getattr(getattr(self._trainer, "datamodule", None), "name", None) if self._trainer is not None else None
+        name = getattr(attached_datamodule(self), "name", None)
         wanted = {"advection1d": "advection", "taylor_green": "fluid"}.get(name)
         if wanted is not None and wanted != self.hparams.equation:
             raise UserError(f"model.equation={self.hparams.equation} but data.name={name}: {name} needs "
