@@ -45,13 +45,18 @@ def _run_kwargs(module, name: str, out_dir: Path, options: dict) -> dict:
     return {**({"out_dir": out_dir} if "out_dir" in params else {}), **options}
 
 
+def check_name(slug: str | None) -> None:
+    """A one-line error for a paper without a benchmark (None: every benchmark)."""
+    if slug is not None and slug not in REGISTRY:
+        raise UserError(f"no benchmark for '{slug}' (have: {', '.join(sorted(REGISTRY))})")
+
+
 def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path,
                    options: dict | None = None) -> dict[str, list[dict]]:
     from rich.console import Console
     from rich.table import Table
 
-    if slug is not None and slug not in REGISTRY:
-        raise UserError(f"no benchmark for '{slug}' (have: {', '.join(sorted(REGISTRY))})")
+    check_name(slug)
     modules = sorted(set(_modules(REGISTRY[slug])) if slug else {m for v in REGISTRY.values() for m in _modules(v)})
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}

@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from launch import config as zconfig
 from launch.errors import UserError
-from launch.runs import global_rank, write_atomic
+from launch.runs import global_rank, override_key, write_atomic
 
 CHECK_OVERRIDES = ["logger=none", "launcher=local", "progress_bar=false", "stage=fit_test",
                    "trainer.enable_model_summary=false"]
@@ -301,7 +301,7 @@ def write_results(slug: str, results: list[ClaimResult], out_dir: Path, extra: l
     replaced, so one file never mixes settings. `order`: the experiment's claim names, in config order (claims no
     longer in it are dropped). Both files are written atomically (a temporary file, then a rename)."""
     (out_dir / slug).parent.mkdir(parents=True, exist_ok=True)  # a variant `<slug>/<dataset>` gets a subfolder
-    extra = [o for o in extra if o.lstrip("+~").split("=", 1)[0].split(".")[0] not in NOT_A_SETTING]
+    extra = [o for o in extra if override_key(o).split(".")[0] not in NOT_A_SETTING]
     when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     claims = {c["claim"]: c for c in _previous_claims(out_dir / f"{slug}.json", list(extra))}
     claims.update({r.claim: asdict(r) | {"passed": r.passed, "verdict": r.verdict, "when": when} for r in results})

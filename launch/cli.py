@@ -451,10 +451,9 @@ def cmd_bench(args: list[str]) -> int:
     options = {key: value for key in ("systems", "all_systems", "shard", "merge", "dataset", "device", "protocol",
                                       "hyperparameters")
                if (value := getattr(opts, key)) not in (None, False)}
-    from benchmarks import REGISTRY
+    from benchmarks import check_name
 
-    if opts.slug is not None and opts.slug not in REGISTRY:  # before --out is made
-        raise UserError(f"no benchmark for '{opts.slug}' (have: {', '.join(sorted(REGISTRY))})")
+    check_name(None if opts.all else opts.slug)  # before --out is made
     writable_dir(Path(opts.out), "--out")
     run_benchmarks(None if opts.all else opts.slug, quick=opts.quick, out_dir=Path(opts.out), options=options)
     return 0

@@ -3,11 +3,15 @@ so a resumed or requeued run (and `stage=test` of a trained run) would lose the 
 from __future__ import annotations
 
 import csv
+import io
 import os
+from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from launch.runs import write_atomic
 
 
 class KeptMetricsWriter(ExperimentWriter):
@@ -31,12 +35,11 @@ class KeptMetricsWriter(ExperimentWriter):
             return
         kept = [row for row in rows if not self._replayed(row)]
         if len(kept) < len(rows):
-            tmp = self.metrics_file_path + ".tmp"
-            with open(tmp, "w", newline="") as file:
-                writer = csv.DictWriter(file, fieldnames=keys)
-                writer.writeheader()
-                writer.writerows(kept)
-            os.replace(tmp, self.metrics_file_path)
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(kept)
+            write_atomic(Path(self.metrics_file_path), text.getvalue())
 
     def _replayed(self, row: dict[str, str]) -> bool:
         try:

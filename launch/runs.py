@@ -113,7 +113,7 @@ FIXED_TRAINER_KEYS = ("trainer.gradient_clip_val", "trainer.gradient_clip_algori
                       "trainer.accumulate_grad_batches", "trainer.deterministic")
 
 
-def _override_key(override: str) -> str:
+def override_key(override: str) -> str:
     """`+trainer.max_steps=9` -> `trainer.max_steps`; `trainer=gpu` -> `trainer` (a config group)."""
     return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
 
@@ -131,7 +131,7 @@ def apply_resume_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[s
     what it trains (model, data, seed, gradient clipping, ...) to a value other than the saved one is a one-line
     UserError (start a new run instead). Returns the changes made, as "key: old -> new"."""
     changes, refused = [], []
-    for key in dict.fromkeys(_override_key(o) for o in overrides):
+    for key in dict.fromkeys(override_key(o) for o in overrides):
         if key == "experiment":  # the run directory is found under the experiment's name: always the same
             continue
         node = OmegaConf.select(cfg, key, default=None)
