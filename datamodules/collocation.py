@@ -8,6 +8,7 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.context import sampling_context
+from datamodules.resumable import ResumableDataLoader
 
 
 class MadeItems(Dataset):
@@ -64,8 +65,8 @@ class FreshSampleLoaders:
             self.generator.set_state(state["generator"])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(MadeItems(lambda _: own_draw(self, self.sample), self.hparams.steps_per_epoch),
-                          batch_size=None, shuffle=False)
+        return ResumableDataLoader(MadeItems(lambda _: own_draw(self, self.sample), self.hparams.steps_per_epoch),
+                                   batch_size=None, datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(OneItem(self.eval_item()), batch_size=None)

@@ -55,6 +55,7 @@ from scipy.spatial import Delaunay, cKDTree
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.meshes import epoch_loader
+from datamodules.resumable import CheckpointedShuffle
 from launch.errors import UserError
 from lit_models.common import mesh as M
 
@@ -333,7 +334,7 @@ class _Frames(Dataset):
         return item
 
 
-class CylinderFlowDataModule(L.LightningDataModule):
+class CylinderFlowDataModule(CheckpointedShuffle, L.LightningDataModule):
     """Flow around a cylinder for the DMM's GNN branch (see the module docstring).
 
     name: "potential" (offline exact potential flow) | "navier_stokes" (offline, `datamodules.cylinder_ns`; cached
@@ -433,7 +434,7 @@ class CylinderFlowDataModule(L.LightningDataModule):
         self.test_set = frames(slice(hp.n_train_traj, None), hp.n_test_frames)
 
     def train_dataloader(self) -> DataLoader:
-        return epoch_loader(self.train_set, self.batch_size, self.seed, self.steps_per_epoch,
+        return epoch_loader(self.train_set, self.batch_size, self, self.seed, self.steps_per_epoch,
                             self.hparams.passes_per_epoch)
 
     def val_dataloader(self) -> DataLoader:

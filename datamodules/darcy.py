@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader
 from launch.errors import UserError, check_min
 
 FNO_DARCY_URL = "https://pde-xd.s3.amazonaws.com/{file}"  # NAS-Bench-360 mirror of the FNO Google-Drive files
@@ -167,16 +168,19 @@ def load_fno_mat(path: str | os.PathLike, n_samples: int, sampling_rate: int = 2
 
 
 # ------------------------------------------------------------------------------------------------ datamodule
-class PairLoaders:
+class PairLoaders(CheckpointedShuffle):
     """Loaders over `self.tensors` {x_train, y_train, x_test, y_test[, x_val, y_val]} as {"x", "y"} batches
     (shuffled, seeded, drop_last for training; without a validation split the test split also serves validation),
     for datamodules of input -> output fields."""
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         ds = _Pairs(self.tensors[f"x_{split}"], self.tensors[f"y_{split}"])
-        g = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=shuffle,
-                          num_workers=self.hparams.num_workers)
+        if not shuffle:  # (its generator only seeds workers, as before)
+            return DataLoader(ds, batch_size=batch_size, generator=torch.Generator().manual_seed(self.hparams.seed),
+                              num_workers=self.hparams.num_workers)
+        return ResumableDataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
+                                   generator=self.shuffle_generator(self.hparams.seed),
+                                   num_workers=self.hparams.num_workers, datamodule=self)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size)

@@ -53,6 +53,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.context import sampling_context
+from datamodules.resumable import ResumableDataLoader
 from launch.errors import UserError, check_choice, check_min, one_line
 
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
@@ -229,7 +230,7 @@ class _SegmentLoaders:
                                   lambda: sampling_context(self))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset(), batch_size=None)
+        return ResumableDataLoader(self.train_dataset(), batch_size=None, datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()

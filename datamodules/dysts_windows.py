@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.dynamics import make_trajectories
+from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader
 from launch.errors import UserError, check_min
 
 __all__ = ["DystsWindowsDataModule", "load_series", "lyapunov_per_step", "sliding_windows"]
@@ -56,7 +57,7 @@ def sliding_windows(series: np.ndarray, lags: int, horizon: int, stride: int = 1
     return w[:, :lags], w[:, lags:]
 
 
-class WindowLoaders:
+class WindowLoaders(CheckpointedShuffle):
     """Loaders over TensorDatasets of (input window, target window) pairs: `train_set` (shuffled with a generator
     seeded by `hparams.seed`, whole batches), `val_set` (the test set when a module has none) and `test_set`,
     batches as {"x": (B, lags), "y": (B, horizon)}."""
@@ -71,10 +72,10 @@ class WindowLoaders:
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        gen = torch.Generator().manual_seed(int(self.hparams.seed))
         batch = min(int(self.hparams.batch_size), len(self.train_set))
-        return DataLoader(self.train_set, batch_size=batch, shuffle=True, generator=gen, drop_last=True,
-                          collate_fn=self._collate)
+        return ResumableDataLoader(self.train_set, batch_size=batch, shuffle=True, drop_last=True,
+                                   generator=self.shuffle_generator(int(self.hparams.seed)), collate_fn=self._collate,
+                                   datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader
 from launch.errors import UserError, check_choice, one_line
 
 __all__ = [
@@ -363,7 +364,7 @@ class WindowDataset(Dataset):
 # datamodule
 
 
-class ForecastingDataModule(L.LightningDataModule):
+class ForecastingDataModule(CheckpointedShuffle, L.LightningDataModule):
     """Lookback/horizon windows of a multivariate CSV series, z-scored with train-split statistics.
 
     Args:
@@ -499,10 +500,10 @@ class ForecastingDataModule(L.LightningDataModule):
         return x * torch.as_tensor(self.std, device=x.device) + torch.as_tensor(self.mean, device=x.device)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed) if train else None
-        return DataLoader(self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size,
-                          shuffle=train, drop_last=train, generator=gen, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        kind = dict(generator=self.shuffle_generator(self.seed), datamodule=self) if train else {}
+        return (ResumableDataLoader if train else DataLoader)(
+            self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+            drop_last=train, num_workers=self.num_workers, persistent_workers=self.num_workers > 0, **kind)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

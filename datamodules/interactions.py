@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.context import sampling_context
+from datamodules.resumable import ResumableDataLoader
 from launch.errors import UserError, check_choice
 
 # Lightning warns about any IterableDataset with __len__ because of multi-worker loading; these
@@ -539,7 +540,7 @@ class InteractionDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._train_dataset(), batch_size=None)
+        return ResumableDataLoader(self._train_dataset(), batch_size=None, datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()

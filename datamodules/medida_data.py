@@ -21,11 +21,12 @@ The paper's own setting (card "Offline default (full pipeline)") is `MedidaQGDat
 """
 from __future__ import annotations
 
-import numpy as np
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.resumable import ResumableDataLoader
 from launch.errors import check_min, check_positive
 
 
@@ -133,7 +134,7 @@ class _WholeDatasetLoaders:
     `_eval_item()` for validation and test (shared by the KS and QG datamodules)."""
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Repeat(self._train_item(), self.steps_per_epoch), batch_size=None, shuffle=False)
+        return ResumableDataLoader(_Repeat(self._train_item(), self.steps_per_epoch), batch_size=None, datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Repeat(self._eval_item(), 1), batch_size=None)

@@ -86,6 +86,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader, resumable_geometric_loader
 from datamodules.samplers import EpochSampler
 from launch.errors import UserError, check_min
 from lit_models.common import mesh as M
@@ -220,20 +221,21 @@ def burgers_fields(u192: np.ndarray, sub: int, monitor_scale: float, monitor_der
     return _with_gradient(out, list(g), list(norms)) if with_gradient else out
 
 
-def epoch_loader(dataset, batch_size: int, seed: int, steps_per_epoch: int | None,
+def epoch_loader(dataset, batch_size: int, datamodule: CheckpointedShuffle, seed: int, steps_per_epoch: int | None,
                  passes_per_epoch: float) -> DataLoader:
     """Training batches of a DMM field set: `steps_per_epoch` batches drawn with replacement per epoch, or (None)
     `passes_per_epoch` passes over the set: 1 = one shuffled pass, otherwise the official dmm_utils.train_MA_res
     count int(train_sample_grid N / (120 x 160)) Adam steps per epoch = train_sample_grid / 120 passes over the N
     fields at 160 fields per batch."""
-    g = torch.Generator().manual_seed(seed)
+    g = datamodule.shuffle_generator(seed)  # checkpointed: a resumed run draws the uninterrupted run's batches
     steps = steps_per_epoch
     if steps is None:
         if passes_per_epoch == 1.0:
-            return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, drop_last=True)
+            return ResumableDataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, drop_last=True,
+                                       datamodule=datamodule)
         steps = max(1, int(passes_per_epoch * len(dataset) / batch_size))
     sampler = EpochSampler(len(dataset), batch_size * steps, replacement=True, generator=g)  # its length under DDP too
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
+    return ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, datamodule=datamodule)
 
 
 class _Fields(Dataset):
@@ -258,7 +260,7 @@ class _Fields(Dataset):
         return item
 
 
-class FrontFieldDataModule(L.LightningDataModule):
+class FrontFieldDataModule(CheckpointedShuffle, L.LightningDataModule):
     """Solution fields and monitors for the data-free mesh mover (see the module docstring)."""
 
     def __init__(self, name: str = "fronts", n_train: int = 400, n_test: int = 16, n_test_aligned: int = 8,
@@ -320,7 +322,7 @@ class FrontFieldDataModule(L.LightningDataModule):
         self.test_set = _Fields(test, targets)
 
     def train_dataloader(self) -> DataLoader:
-        return epoch_loader(self.train_set, self.batch_size, self.seed, self.steps_per_epoch,
+        return epoch_loader(self.train_set, self.batch_size, self, self.seed, self.steps_per_epoch,
                             self.hparams.passes_per_epoch)
 
     def val_dataloader(self) -> DataLoader:
@@ -666,7 +668,7 @@ class _List(Dataset):
         return self.items[i]
 
 
-class MeshGraphDataModule(L.LightningDataModule):
+class MeshGraphDataModule(CheckpointedShuffle, L.LightningDataModule):
     """Meshes + monitors + exact MA targets as torch_geometric graphs (see the module docstring).
 
     mesh: the training meshes, "structured" (default) or "unstructured" (Delaunay, the paper trains on unstructured
@@ -808,10 +810,8 @@ class MeshGraphDataModule(L.LightningDataModule):
         return OmegaConf.to_container(value, resolve=True)
 
     def train_dataloader(self):
-        from torch_geometric.loader import DataLoader as GeoLoader
-
-        g = torch.Generator().manual_seed(self.seed)
-        return GeoLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g)
+        return resumable_geometric_loader(self.train_set, batch_size=self.batch_size, shuffle=True,
+                                          generator=self.shuffle_generator(self.seed), datamodule=self)
 
     def val_dataloader(self):
         from torch_geometric.loader import DataLoader as GeoLoader

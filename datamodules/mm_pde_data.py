@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from datamodules.pde_solvers import etdrk4_coefficients, etdrk4_step
+from datamodules.resumable import ResumableDataLoader
 from datamodules.samplers import PassBatchSampler
 from launch.errors import UserError, check_min
 
@@ -196,7 +197,7 @@ class MMPDEDataModule(L.LightningDataModule):
         ds = _Trajectories(self.train_u)
         batches = PassBatchSampler(SequentialSampler(ds), self.batch_size, passes=self.hparams.passes_per_epoch,
                                    seed=self.hparams.seed, datamodule=self)
-        return DataLoader(ds, batch_sampler=batches)
+        return ResumableDataLoader(ds, batch_sampler=batches, datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Trajectories(self.test_u), batch_size=self.batch_size)

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.collocation import MadeItems, own_draw
 from datamodules.pde_solvers import etdrk4
+from datamodules.resumable import ResumableDataLoader
 from launch.errors import UserError, check_min, check_positive
 
 # ------------------------------------------------------------------------------------------------ solvers
@@ -375,7 +376,7 @@ class CausalPINNDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(MadeItems(self._train_batch, self.steps_per_epoch), batch_size=None)
+        return ResumableDataLoader(MadeItems(self._train_batch, self.steps_per_epoch), batch_size=None, datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
@@ -454,7 +455,7 @@ class LagrangianPINNDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         item = self._train_item()
-        return DataLoader(MadeItems(lambda i: item, self.steps_per_epoch), batch_size=None)
+        return ResumableDataLoader(MadeItems(lambda i: item, self.steps_per_epoch), batch_size=None, datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()

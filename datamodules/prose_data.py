@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.context import sampling_context
+from datamodules.resumable import ResumableDataLoader
 from launch.errors import UserError, check_min, check_positive
 from lit_models.dynamics.prose_symbolic import FAMILIES, SymbolicTokenizer, corrupt, corrupt_one_term, eval_monomial
 
@@ -280,6 +281,8 @@ class ProseDataModule(L.LightningDataModule):
                           h.noise, train, p_add, p_delete, h.seed, datamodule=self,
                           eval_text="own" if train else h.eval_text, text_corruption=h.text_corruption,
                           noise_scope=h.noise_scope, normalize=h.normalize)
+        if train:
+            return ResumableDataLoader(ds, batch_size=None, num_workers=h.num_workers, datamodule=self)
         return DataLoader(ds, batch_size=None, num_workers=h.num_workers)
 
     def train_dataloader(self) -> DataLoader:

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from datamodules.context import sampling_context
 from datamodules.navier_stokes import navier_stokes_2d, random_vorticity
 from datamodules.pde_solvers import kdv_etdrk4, ks_etdrk4, random_ks_initial_condition
+from datamodules.resumable import ResumableDataLoader
 from launch.errors import UserError, check_min, check_positive
 
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
@@ -219,7 +220,7 @@ class SemilinearDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = WindowBatches(self.u_train, self.mask, self.sigma, self.hp.unroll, self.hp.batch_size,
                            self.hp.steps_per_epoch, self.hp.seed, self)
-        return DataLoader(ds, batch_size=None, num_workers=self.hp.num_workers)
+        return ResumableDataLoader(ds, batch_size=None, num_workers=self.hp.num_workers, datamodule=self)
 
     def _eval_loader(self) -> DataLoader:
         return DataLoader(FullTrajectories(self.u_test, self.y_test, self.mask), batch_size=self.hp.eval_batch_size,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -209,6 +211,43 @@ class SaveResumedConfig(L.Callback):
             from launch import runs
 
             runs.save_resumed_config(self.run, self.cfg, stage=self.stage)
+
+
+class ResumeRandomState(L.Callback):
+    """The global random states (torch on the CPU and on this process's CUDA device, numpy, Python's `random`) go into
+    every checkpoint and are put back when a resumed fit starts training, so the layers that draw from them (dropout,
+    stochastic depth, noise injection) draw what the uninterrupted run drew after the checkpoint. Lightning restores
+    weights, optimizer and loops but not these: a resumed run re-seeded at start and diverged from its first step.
+    Under DDP the checkpoint holds rank 0's states and every rank gets them back; `seed_everything` seeds all ranks
+    alike, so their streams were the same. Put back in `on_train_start`, after the sanity check (which Lightning
+    runs in isolated random states anyway)."""
+
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()  # plain values: checkpoints load weights_only
+        # this process's CUDA device only (every device's state would open a CUDA context on each GPU in every rank)
+        cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        return {"torch": torch.get_rng_state(), "cuda": cuda,
+                "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "gauss": float(gauss)},
+                "python": random.getstate()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        state, self._pending = self._pending, None
+        if not state:
+            return
+        torch.set_rng_state(state["torch"])
+        if isinstance(state.get("cuda"), torch.Tensor) and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
+        numpy_state = state["numpy"]
+        np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                             numpy_state["has_gauss"], numpy_state["gauss"]))
+        random.setstate(state["python"])
 
 
 class FitStarted(L.Callback):

@@ -91,12 +91,13 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
         FiguresCallback,
         FiniteLossGuard,
         RestoreBestWeights,
+        ResumeRandomState,
         resolve_precision,
     )
 
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"), kwargs.get("accelerator", "cpu"))
-    callbacks = [FiniteLossGuard(), *(extra_callbacks or [])]
+    callbacks = [FiniteLossGuard(), ResumeRandomState(), *(extra_callbacks or [])]
     plugins = [AtomicCheckpointIO()]
     ck = cfg.checkpoint
     test_on = ck.get("test_on", "final")
