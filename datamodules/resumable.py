@@ -22,6 +22,7 @@ import copy
 import functools
 from typing import Any
 
+import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
@@ -154,6 +155,35 @@ class ResumableDataLoader(ResumableLoaderMixin, DataLoader):
     def __init__(self, *args: Any, datamodule: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._init_resume(datamodule)
+
+
+class ResumeLoaderState(L.Callback):
+    """Hands a mid-epoch checkpoint's loader states to the training loaders when Lightning does not. Lightning loads
+    them when it first builds the training loader, unless that happened before the checkpoint was restored: a module
+    whose `configure_optimizers` reads `trainer.estimated_stepping_batches` or `num_training_batches` (GTF's lr decay,
+    MgNO's per-step OneCycle) makes Lightning build it during setup, and the states were then never loaded (the resumed epoch
+    started its data over). Applied in `on_train_start`, before the epoch's first batch makes its iterator; loading
+    twice is harmless (the same pending state)."""
+
+    def __init__(self) -> None:
+        self._states: list[dict[str, Any]] | None = None
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        self._states = fit_loop.get("state_dict", {}).get("combined_loader") or None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        states, self._states = self._states, None
+        combined = getattr(trainer.fit_loop, "_combined_loader", None)
+        if not states or combined is None:
+            return
+        stateful = [loader for loader in combined.flattened if hasattr(loader, "state_dict")
+                    and hasattr(loader, "load_state_dict")]
+        if len(stateful) != len(states):
+            return  # not the loaders that saved these states (Lightning itself raises on this when it loads them)
+        for loader, state in zip(stateful, states):
+            if isinstance(loader, ResumableLoaderMixin):
+                loader.load_state_dict(state)
 
 
 @functools.cache

@@ -86,6 +86,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
+    from datamodules.resumable import ResumeLoaderState
     from launch.callbacks import (
         AtomicCheckpointIO,
         FiguresCallback,
@@ -97,7 +98,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
 
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"), kwargs.get("accelerator", "cpu"))
-    callbacks = [FiniteLossGuard(), ResumeRandomState(), *(extra_callbacks or [])]
+    callbacks = [FiniteLossGuard(), ResumeRandomState(), ResumeLoaderState(), *(extra_callbacks or [])]
     plugins = [AtomicCheckpointIO()]
     ck = cfg.checkpoint
     test_on = ck.get("test_on", "final")
