@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -211,6 +212,29 @@ class SaveResumedConfig(L.Callback):
             from launch import runs
 
             runs.save_resumed_config(self.run, self.cfg, stage=self.stage)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """The run's `last.ckpt`: Lightning's periodic ModelCheckpoint (every_n_epochs or every_n_train_steps), which
+    also saves when the fit ends: at the batch that reaches `trainer.max_steps`, and at the end of the epoch that
+    reaches `trainer.max_epochs` or stops early. With a step period that does not divide the budget, last.ckpt
+    lagged the final weights: `stage=test` and `zoo eval` tested older weights, and a longer budget redid the last
+    steps. Saved at the same hooks as the periodic checkpoints, so a resume from it continues exactly."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if 0 < trainer.max_steps <= trainer.global_step:
+            self._save_final(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        max_epochs = trainer.max_epochs
+        if trainer.should_stop or (max_epochs is not None and 0 <= max_epochs <= trainer.current_epoch + 1):
+            self._save_final(trainer)
+
+    def _save_final(self, trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # skips a step it has already saved
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class ResumeRandomState(L.Callback):

@@ -93,6 +93,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
         FiniteLossGuard,
         RestoreBestWeights,
         ResumeRandomState,
+        RunCheckpoint,
         resolve_precision,
     )
 
@@ -113,7 +114,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
         # every_n_train_steps alone (long paper-scale epochs), the epoch period is dropped (Lightning takes one).
         every_epochs = ck.every_n_epochs if not ck.every_n_train_steps else None
         try:
-            callbacks.append(ModelCheckpoint(
+            callbacks.append(RunCheckpoint(
                 dirpath=str(run.checkpoints), filename="last", save_top_k=1, monitor=None,
                 every_n_epochs=every_epochs, every_n_train_steps=ck.every_n_train_steps,
                 save_on_train_epoch_end=True, enable_version_counter=False))

@@ -89,8 +89,9 @@ def test_resume_after_killed_run_matches_uninterrupted(runs_root):
 
 @pytest.mark.parametrize("experiment", ["lightgcn", "itransformer", "semilinear_operator"])
 def test_mid_epoch_resume_matches_uninterrupted(runs_root, experiment):
-    """A run stopped inside an epoch (`checkpoint.every_n_train_steps`, here at step 3 of a longer epoch) and resumed
-    with a larger budget trains as the uninterrupted run did: same test metrics to 1e-6. Seen failing before: the
+    """A run stopped inside an epoch (trainer.max_steps=3 of a longer epoch, `checkpoint.every_n_train_steps=2`: its
+    last.ckpt is the final step's) and resumed with a larger budget trains as the uninterrupted run did: same test
+    metrics to 1e-6. Seen failing before: last.ckpt held step 2 (the period only); the
     resumed epoch started its data over (steps 4-6 saw batches 1-3 again; all three); itransformer's dropout drew
     from a re-seeded global random state (without launch.callbacks.ResumeRandomState); semilinear_operator's
     frame masks (train_alpha 0.5, global random state) were shifted by the draw a new loader iterator makes (without
@@ -100,14 +101,15 @@ def test_mid_epoch_resume_matches_uninterrupted(runs_root, experiment):
                              "data.eval_batch_size=512"],
             "semilinear_operator": ["experiment=semilinear_operator", "model.train_alpha=0.5"]}
     overrides = [*base[experiment], "seed=4", "trainer.max_epochs=null", "trainer.limit_val_batches=0",
-                 "checkpoint.every_n_train_steps=3", "checkpoint.every_n_epochs=null"]
+                 "checkpoint.every_n_train_steps=2", "checkpoint.every_n_epochs=null"]
     args = [*overrides, f"runs_root={runs_root}", "run_id=midepoch", "logger=csv", "progress_bar=false"]
     code, _, err = zoo_in_process("train", *args, "trainer.max_steps=3")
     assert code == 0, err
     ckpt = runs_root / experiment / "midepoch" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     progress = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
-    assert state["global_step"] == 3 and progress == 3, "the checkpoint must land inside the first epoch"
+    # saved at the fit's last step (launch.callbacks.RunCheckpoint), not only at the period (step 2)
+    assert state["global_step"] == 3 and progress == 3, "the checkpoint must hold the final step, inside epoch 0"
     code, _, err = zoo_in_process("train", *args, "trainer.max_steps=6")
     assert code == 0 and "changed: trainer.max_steps: 3 -> 6" in err, err
     final = json.loads((runs_root / experiment / "midepoch" / "final_metrics.json").read_text())
