@@ -500,10 +500,11 @@ class ForecastingDataModule(CheckpointedShuffle, L.LightningDataModule):
         return x * torch.as_tensor(self.std, device=x.device) + torch.as_tensor(self.mean, device=x.device)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        kind = dict(generator=self.shuffle_generator(self.seed), datamodule=self) if train else {}
+        kind = {"generator": self.shuffle_generator(self.seed), "datamodule": self} if train else {}
+        # workers restart each epoch (persistent ones would break exact resume: datamodules.resumable)
         return (ResumableDataLoader if train else DataLoader)(
             self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
-            drop_last=train, num_workers=self.num_workers, persistent_workers=self.num_workers > 0, **kind)
+            drop_last=train, num_workers=self.num_workers, **kind)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

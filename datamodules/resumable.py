@@ -55,6 +55,11 @@ class ResumableLoaderMixin:
     batch of the interrupted epoch (module docstring). `datamodule` is the LightningDataModule that built the loader."""
 
     def _init_resume(self, datamodule: Any) -> None:
+        if self.persistent_workers:
+            # persistent workers reuse one iterator: the epochs after the first draw no base seed from the generator
+            # that also shuffles, so a resumed run (a new iterator) would shuffle differently; workers that restart
+            # each epoch draw alike in both runs (seen: itransformer with 2 persistent workers resumed on other batches)
+            raise ValueError("a resumable training loader cannot keep persistent workers (they break exact resume)")
         self.datamodule = datamodule
         self._epoch_start: dict[str, Any] | None = None
         self._pending: dict[str, Any] | None = None

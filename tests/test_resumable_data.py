@@ -36,6 +36,7 @@ DATAMODULES = [
     ("pde_barron", []),                               # numpy generator in the datamodule state
     ("medida", []),                                   # the whole dataset every step
     ("itransformer", []),                             # shuffled windows (CheckpointedShuffle)
+    ("itransformer", ["data.num_workers=2"]),         # ... drawn by worker processes
     ("mgno", []),                                     # shuffled pairs (PairLoaders)
     ("dysts_benchmark", []),                          # shuffled windows (WindowLoaders)
     ("data_free_mesh_mover", []),                     # EpochSampler with replacement
@@ -120,3 +121,12 @@ def test_resumed_run_trains_on_the_uninterrupted_runs_batches(experiment, overri
         first = _fit(make_datamodule, root, callbacks=[saver], max_steps=stop)
         rest = _fit(make_datamodule, root, ckpt=str(root / "at.ckpt"), max_epochs=3)
         assert first + rest == full, (experiment, stop, varies)
+
+
+def test_persistent_workers_are_refused():
+    """Persistent workers reuse one iterator, so the epochs after the first draw no base seed from the shuffling
+    generator while a resumed run's new iterator does: seen resuming on other batches (itransformer, 2 workers)."""
+    from datamodules.resumable import ResumableDataLoader
+
+    with pytest.raises(ValueError, match="persistent workers"):
+        ResumableDataLoader(list(range(8)), batch_size=2, num_workers=1, persistent_workers=True)

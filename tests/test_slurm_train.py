@@ -64,9 +64,11 @@ def test_two_task_ddp_job(runs_root):
 def test_preempted_job_requeues_and_matches_uninterrupted_run(runs_root):
     """USR2 (what SLURM sends before preemption/timeout) -> submitit checkpoints and requeues the job; the
     new start resumes from last.ckpt with the same run id and W&B id and ends exactly like a run that was
-    never interrupted (same global step, same metrics). The submitter's environment names a W&B service that no
-    longer runs (as wandb leaves in a process that used it): the jobs must start their own."""
-    overrides = [*BASE[:4], "trainer.max_epochs=40", "trainer.check_val_every_n_epoch=20", "seed=5"]
+    never interrupted (same global step, same metrics). Checkpoints every 7 steps (not an epoch boundary): the
+    requeued job resumes inside an epoch, on the batch after the checkpoint's. The submitter's environment names a
+    W&B service that no longer runs (as wandb leaves in a process that used it): the jobs must start their own."""
+    overrides = [*BASE[:4], "trainer.max_epochs=40", "trainer.check_val_every_n_epoch=20", "seed=5",
+                 "checkpoint.every_n_train_steps=7", "checkpoint.every_n_epochs=null"]
     proc = zoo_subprocess("train", *overrides, *BASE[4:], "trainer.devices=1", f"runs_root={runs_root}",
                           "run_id=preempt", "logger=wandb", check=True,
                           env={"WANDB_SERVICE": "3-4242-tcp-localhost-9"})
