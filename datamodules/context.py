@@ -14,3 +14,14 @@ def sampling_context(datamodule) -> tuple[int, int, int]:
         return 0, 0, 1
     epoch = int(trainer.fit_loop.epoch_progress.current.processed)
     return epoch, int(trainer.global_rank), int(trainer.world_size)
+
+
+def worker_share() -> tuple[int, int]:
+    """(this DataLoader worker's index, the number of workers); (0, 1) in the main process. An IterableDataset that
+    makes its batches from one stream makes them all in every worker (so the stream is the single-process one) and
+    yields every n-th from its index on: the DataLoader takes the workers' batches in turn, so the batches arrive in
+    the single-process order. Yielding all of them in every worker repeated each batch once per worker."""
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)

@@ -287,6 +287,15 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
         self._cached: dict[str, Tensor] | None = None
         self._draws = 0
 
+    def state_dict(self) -> dict:
+        # with resample_every > 1 a batch is reused: where the cycle stands is part of the stream
+        return {**super().state_dict(), "draws": self._draws, "cached": self._cached}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._draws = int(state.get("draws", 0))
+        self._cached = state.get("cached")
+
     # ---- closed forms
     def exact(self, x: Tensor) -> Tensor:
         if self.name == "helmholtz2d":

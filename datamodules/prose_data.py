@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from datamodules.context import sampling_context
+from datamodules.context import sampling_context, worker_share
 from datamodules.resumable import ResumableDataLoader
 from launch.errors import UserError, check_min, check_positive
 from lit_models.dynamics.prose_symbolic import FAMILIES, SymbolicTokenizer, corrupt, corrupt_one_term, eval_monomial
@@ -172,11 +172,14 @@ class ProseBatches(IterableDataset):
             rng = np.random.default_rng([self.seed, 99])
             text_rng = np.random.default_rng([self.seed, 98])  # eval: corrupting the text leaves the data noise as is
             order = np.arange(n)
+        worker, workers = worker_share()  # each worker makes every batch (one random stream) and yields its share
         for b in range(self.steps):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             if len(idx) == 0:
                 return
-            yield self._batch(idx, rng, text_rng)
+            batch = self._batch(idx, rng, text_rng)
+            if b % workers == worker:
+                yield batch
 
     def _batch(self, idx: np.ndarray, rng: np.random.Generator, text_rng: np.random.Generator) -> dict:
         s = self.split

@@ -166,29 +166,15 @@ class ResumeLoaderState(L.Callback):
     """Hands a mid-epoch checkpoint's loader states to the training loaders when Lightning does not. Lightning loads
     them when it first builds the training loader, unless that happened before the checkpoint was restored: a module
     whose `configure_optimizers` reads `trainer.estimated_stepping_batches` or `num_training_batches` (GTF's lr decay,
-    MgNO's per-step OneCycle) makes Lightning build it during setup, and the states were then never loaded (the resumed epoch
-    started its data over). Applied in `on_train_start`, before the epoch's first batch makes its iterator; loading
-    twice is harmless (the same pending state)."""
-
-    def __init__(self) -> None:
-        self._states: list[dict[str, Any]] | None = None
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        self._states = fit_loop.get("state_dict", {}).get("combined_loader") or None
+    MgNO's per-step OneCycle) makes Lightning build it during setup, and the states were then never loaded (the
+    resumed epoch started its data over). Applied in `on_train_start`, before the epoch's first batch makes its
+    iterator, through Lightning's own loading, which does it only for a run restarting inside an epoch and only
+    once (it empties its list of states to load)."""
 
     def on_train_start(self, trainer, pl_module) -> None:
-        states, self._states = self._states, None
-        combined = getattr(trainer.fit_loop, "_combined_loader", None)
-        if not states or combined is None:
-            return
-        stateful = [loader for loader in combined.flattened if hasattr(loader, "state_dict")
-                    and hasattr(loader, "load_state_dict")]
-        if len(stateful) != len(states):
-            return  # not the loaders that saved these states (Lightning itself raises on this when it loads them)
-        for loader, state in zip(stateful, states):
-            if isinstance(loader, ResumableLoaderMixin):
-                loader.load_state_dict(state)
+        fit_loop = trainer.fit_loop
+        if getattr(fit_loop, "_combined_loader_states_to_load", None):
+            fit_loop._load_combined_loader_states()
 
 
 @functools.cache

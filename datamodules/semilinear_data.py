@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from datamodules.context import sampling_context
+from datamodules.context import sampling_context, worker_share
 from datamodules.navier_stokes import navier_stokes_2d, random_vorticity
 from datamodules.pde_solvers import kdv_etdrk4, ks_etdrk4, random_ks_initial_condition
 from datamodules.resumable import ResumableDataLoader
@@ -122,13 +122,15 @@ class WindowBatches(IterableDataset):
         epoch, rank, _ = sampling_context(self.datamodule)
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch, rank]).generate_state(1)[0]))
         n_traj, n_frames = self.u.shape[:2]
-        for _ in range(self.steps_per_epoch):
+        worker, workers = worker_share()  # each worker draws every batch (one random stream) and yields its share
+        for b in range(self.steps_per_epoch):
             traj = torch.randint(0, n_traj, (self.batch_size,), generator=g)
             start = torch.randint(0, n_frames - self.unroll + 1, (self.batch_size,), generator=g)
             idx = start[:, None] + torch.arange(self.unroll)
             u = self.u[traj[:, None], idx]  # B x T x N
             y = (u + self.sigma * torch.randn(u.shape, generator=g)) * self.mask
-            yield {"u": u, "y": y, "mask": self.mask.expand(self.batch_size, *self.mask.shape)}
+            if b % workers == worker:
+                yield {"u": u, "y": y, "mask": self.mask.expand(self.batch_size, *self.mask.shape)}
 
 
 class FullTrajectories(Dataset):

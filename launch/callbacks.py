@@ -223,6 +223,10 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # at the batch that reaches the budget, also on an epoch's last batch: a checkpoint from the epoch-end hook of
+        # an iteration-based run makes Lightning train one more batch on resume (see the README); this one makes a
+        # longer resumed budget skip the first budget's last validation instead, which only the validation's own
+        # effects (its random draws, early-stopping counts) can tell
         if 0 < trainer.max_steps <= trainer.global_step:
             self._save_final(trainer)
 
@@ -235,6 +239,15 @@ class RunCheckpoint(ModelCheckpoint):
     def _save_final(self, trainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer):  # skips a step it has already saved
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def state_dict(self) -> dict:
+        # the step last saved, so that a resumed run does not save that step again in the middle of a gradient
+        # accumulation window (ModelCheckpoint starts from 0 in a new process)
+        return {**super().state_dict(), "last_global_step_saved": self._last_global_step_saved}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._last_global_step_saved = int(state_dict.get("last_global_step_saved", self._last_global_step_saved))
 
 
 class ResumeRandomState(L.Callback):
