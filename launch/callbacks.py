@@ -255,14 +255,19 @@ class ResumeRandomState(L.Callback):
     every checkpoint and are put back when a resumed fit starts training, so the layers that draw from them (dropout,
     stochastic depth, noise injection) draw what the uninterrupted run drew after the checkpoint. Lightning restores
     weights, optimizer and loops but not these: a resumed run re-seeded at start and diverged from its first step.
-    Under DDP the checkpoint holds rank 0's states and every rank gets them back; `seed_everything` seeds all ranks
-    alike, so their streams were the same. Put back in `on_train_start`, after the sanity check (which Lightning
-    runs in isolated random states anyway)."""
+    Under DDP every rank's states are gathered into the checkpoint (ranks whose batches differ in shape draw
+    different amounts) and each rank gets its own back; on another number of ranks, every rank gets rank 0's. Put
+    back in `on_train_start`, after the sanity check (which Lightning runs in isolated random states anyway)."""
 
     def __init__(self) -> None:
         self._pending: dict | None = None
+        self._trainer = None
 
-    def state_dict(self) -> dict:
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._trainer = trainer
+
+    @staticmethod
+    def _local_states() -> dict:
         kind, keys, pos, has_gauss, gauss = np.random.get_state()  # plain values: checkpoints load weights_only
         # this process's CUDA device only (every device's state would open a CUDA context on each GPU in every rank)
         cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
@@ -271,13 +276,25 @@ class ResumeRandomState(L.Callback):
                           "has_gauss": int(has_gauss), "gauss": float(gauss)},
                 "python": random.getstate()}
 
+    def state_dict(self) -> dict:
+        # called on every rank while a checkpoint is made (Lightning's dump_checkpoint), so the gather is collective
+        mine = self._local_states()
+        world = getattr(self._trainer, "world_size", 1)
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks: list = [None] * world
+            torch.distributed.all_gather_object(ranks, mine)
+            return {"ranks": ranks}
+        return {"ranks": [mine]}
+
     def load_state_dict(self, state_dict: dict) -> None:
         self._pending = state_dict
 
     def on_train_start(self, trainer, pl_module) -> None:
-        state, self._pending = self._pending, None
-        if not state:
+        pending, self._pending = self._pending, None
+        ranks = (pending or {}).get("ranks")
+        if not ranks:
             return
+        state = ranks[trainer.global_rank] if len(ranks) == trainer.world_size else ranks[0]
         torch.set_rng_state(state["torch"])
         if isinstance(state.get("cuda"), torch.Tensor) and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
