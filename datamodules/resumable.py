@@ -14,7 +14,8 @@ on next. Drawing them (not skipping indices) keeps this exact for datasets that 
 Datamodules whose batches are a function of (seed, epoch) (`datamodules.context.sampling_context`) need no snapshot.
 
 The batch count comes from the trainer's own progress (`batch_progress.current.processed`), not from counting what
-the loader yielded: Lightning prefetches a batch ahead, so the loader has always yielded one more than was trained.
+the loader yielded: Lightning prefetches a batch ahead of a loader without a length, which has then yielded one more
+than was trained.
 """
 from __future__ import annotations
 
@@ -106,14 +107,11 @@ class ResumableLoaderMixin:
                 "batches": batches}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Called by Lightning only when a run restarts inside an epoch; applied by the next `__iter__`."""
+        """Called by Lightning only when a run restarts inside an epoch; applied when the epoch's first batch is asked
+        for. Nothing to do for a state saved after an epoch's last batch (`state_dict` stores 0 batches then)."""
         batches = int(state.get("batches", 0))
-        if "epoch_start" not in state or batches <= 0:
-            return
-        length = _length(self)
-        if length is not None and batches >= length:
-            return  # saved after the epoch's last batch: Lightning starts the next epoch, nothing to skip
-        self._pending = {"epoch_start": state["epoch_start"], "batches": batches}
+        if "epoch_start" in state and batches > 0:
+            self._pending = {"epoch_start": state["epoch_start"], "batches": batches}
 
 
 class CheckpointedShuffle:
@@ -145,13 +143,6 @@ class CheckpointedShuffle:
         generator = getattr(self, "_shuffle_generator", None)
         if generator is not None and "shuffle_generator" in state:
             generator.set_state(state["shuffle_generator"])
-
-
-def _length(loader: DataLoader) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
 
 
 class ResumableDataLoader(ResumableLoaderMixin, DataLoader):
