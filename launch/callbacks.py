@@ -219,7 +219,8 @@ class RunCheckpoint(ModelCheckpoint):
     also saves when the fit ends: at the batch that reaches `trainer.max_steps`, and at the end of the epoch that
     reaches `trainer.max_epochs` or stops early. With a step period that does not divide the budget, last.ckpt
     lagged the final weights: `stage=test` and `zoo eval` tested older weights, and a longer budget redid the last
-    steps. Saved at the same hooks as the periodic checkpoints, so a resume from it continues exactly."""
+    steps. A longer budget resumed from it continues exactly, except that one saved at `max_steps` on an epoch's last
+    batch precedes that epoch's validation, which the resume skips (see `on_train_batch_end`)."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
