@@ -216,25 +216,34 @@ class SaveResumedConfig(L.Callback):
 
 class RunCheckpoint(ModelCheckpoint):
     """The run's `last.ckpt`: Lightning's periodic ModelCheckpoint (every_n_epochs or every_n_train_steps), which
-    also saves when the fit ends: at the batch that reaches `trainer.max_steps`, and at the end of the epoch that
-    reaches `trainer.max_epochs` or stops early. With a step period that does not divide the budget, last.ckpt
-    lagged the final weights: `stage=test` and `zoo eval` tested older weights, and a longer budget redid the last
-    steps. A longer budget resumed from it continues exactly, except that one saved at `max_steps` on an epoch's last
-    batch precedes that epoch's validation, which the resume skips (see `on_train_batch_end`)."""
+    also saves when the fit ends: at the end of the epoch that reaches `trainer.max_steps` or `trainer.max_epochs` or
+    stops early, and at the batch that reaches `max_steps` inside an epoch. With a step period that does not divide
+    the budget, last.ckpt lagged the final weights: `stage=test` and `zoo eval` tested older weights, and a longer
+    budget redid the last steps. A save that falls on an epoch's last batch (a step period, or the budget) is made at
+    the epoch's end instead, after that epoch's validation and end hooks: a checkpoint taken at the batch precedes
+    them, and Lightning skips both on resume. Resumed from any of these, a run continues exactly (with
+    `launch.fit_loop`'s loop, which `build_trainer` installs)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferred_to_epoch_end = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._deferred_to_epoch_end = self._deferred_to_epoch_end or (
+                0 < trainer.max_steps <= trainer.global_step
+                or (bool(self._every_n_train_steps) and trainer.global_step % self._every_n_train_steps == 0))
+            return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        # at the batch that reaches the budget, also on an epoch's last batch: a checkpoint from the epoch-end hook of
-        # an iteration-based run makes Lightning train one more batch on resume (see the README); this one makes a
-        # longer resumed budget skip the first budget's last validation instead, which only the validation's own
-        # effects (its random draws, early-stopping counts) can tell
-        if 0 < trainer.max_steps <= trainer.global_step:
+        if 0 < trainer.max_steps <= trainer.global_step:  # the budget ends inside an epoch
             self._save_final(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         max_epochs = trainer.max_epochs
-        if trainer.should_stop or (max_epochs is not None and 0 <= max_epochs <= trainer.current_epoch + 1):
+        deferred, self._deferred_to_epoch_end = self._deferred_to_epoch_end, False
+        if (deferred or trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
+                or (max_epochs is not None and 0 <= max_epochs <= trainer.current_epoch + 1)):
             self._save_final(trainer)
 
     def _save_final(self, trainer) -> None:

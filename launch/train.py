@@ -96,6 +96,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
         RunCheckpoint,
         resolve_precision,
     )
+    from launch.fit_loop import use_epoch_end_resume_loop
 
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"), kwargs.get("accelerator", "cpu"))
@@ -148,13 +149,15 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        return L.Trainer(
+        trainer = L.Trainer(
             **kwargs, callbacks=callbacks, plugins=plugins,
             logger=build_loggers(cfg, run, resume_step) if run is not None else False,
             enable_checkpointing=run is not None, enable_progress_bar=bool(show_bar),
             default_root_dir=str(run.dir) if run is not None else None)
     except (MisconfigurationException, ValueError, TypeError) as err:  # a bad trainer.* value
         raise UserError(f"trainer: {one_line(err)}") from None
+    use_epoch_end_resume_loop(trainer)  # exact resume of max_steps runs from epoch-end checkpoints
+    return trainer
 
 
 def instantiate(cfg: DictConfig):
