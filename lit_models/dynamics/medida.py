@@ -135,6 +135,15 @@ def relative_l2(pred: Tensor, true: Tensor) -> float:
     return float(torch.linalg.vector_norm(pred - true) / torch.linalg.vector_norm(true))
 
 
+def _scale_for_true_coefficients(ax: Any, true: Any, discovered: Any) -> None:
+    """A symmetric-log y axis when the discovered coefficients dwarf the true ones (an untrained or failed
+    interpolant), so that the true bars stay visible; linear otherwise."""
+    true_max = float(np.max(np.abs(true))) if np.size(true) else 0.0
+    found_max = float(np.max(np.abs(discovered))) if np.size(discovered) else 0.0
+    if true_max > 0 and found_max > 10 * true_max:
+        ax.set_yscale("symlog", linthresh=true_max / 2)
+
+
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=0.01, amsgrad=True)  # ModelErrorQGarg.py
 
 
@@ -265,6 +274,7 @@ class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
         ax.bar(idx + 0.2, coef, 0.4, color="C3", label="discovered")
         ax.set_xticks(idx, LIBRARY_TERMS)
         ax.set_ylabel("coefficient")
+        _scale_for_true_coefficients(ax, self.true_coefficients, coef)
         ax.legend(fontsize=7)
         fig2.tight_layout()
         return {"derivatives": fig, "coefficients": fig2}
@@ -480,6 +490,7 @@ class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
             ax.bar(idx - 0.2, last["true"][layer], 0.4, color="k", label="true")
             ax.bar(idx + 0.2, last["coef"][layer], 0.4, color="C3", label="discovered")
             ax.set_ylabel(f"layer {layer + 1}")
+            _scale_for_true_coefficients(ax, last["true"][layer], last["coef"][layer])
         axes2[0].legend(fontsize=7)
         axes2[-1].set_xticks(idx, last["terms"], rotation=30, fontsize=7)
         fig2.tight_layout()

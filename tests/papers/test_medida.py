@@ -46,6 +46,24 @@ def test_fourier_features_ignore_mixed_precision():
     torch.testing.assert_close(mixed, rff(s))
 
 
+def test_coefficient_figure_keeps_the_true_bars_visible():
+    """Discovered coefficients 100x the true ones (an untrained interpolant) switch the bar chart to a symmetric-log
+    axis, on which the true -0.2 bar stays visible; a discovery near the truth keeps a linear axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lit_models.dynamics.medida import _scale_for_true_coefficients
+
+    true = np.array([0.0, 0.0, -0.2, 0.0])
+    for discovered, scale in ((np.array([10.0, -3.0, -20.0, 5.0]), "symlog"), (true + 0.01, "linear")):
+        fig, ax = plt.subplots()
+        _scale_for_true_coefficients(ax, true, discovered)
+        assert ax.get_yscale() == scale
+        plt.close(fig)
+
+
 def test_ks_linear_part_decays_exactly():
     """Without the nonlinear term ETDRK4 is exact: each Fourier mode evolves as exp((k^2 - k^4) t)."""
     n, length, h, steps = 64, 22.0, 0.05, 40
