@@ -40,6 +40,7 @@ from lit_models.common.pde import RelativeL2, relative_l2
 from lit_models.pde.mgno_helm import MgNOHelm, fd_h1_error
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
+PROLONGATION_PADDINGS = ("same", "zeros")  # R^T: padded as the other convolutions, or with zeros (official MgNO_NS)
 
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -121,8 +122,12 @@ class MgConv(nn.Module):
 
     def __init__(self, levels: Sequence[Sequence[int]], c_u: int, c_f: int, padding_mode: str = "zeros",
                  use_res: bool = False, layer_norm: bool = False, resolution: int | None = None,
-                 conv_bias: bool = False, prolongation_kernel: int | str = 4) -> None:
+                 conv_bias: bool = False, prolongation_kernel: int | str = 4,
+                 prolongation_padding: str = "same") -> None:
         super().__init__()
+        if prolongation_padding not in PROLONGATION_PADDINGS:
+            raise ValueError(f"prolongation_padding must be one of {PROLONGATION_PADDINGS}, "
+                             f"got {prolongation_padding!r}")
         self.levels = [list(p) for p in levels]
         if self.levels and self.levels[-1][1]:
             # official MgConv / MgConv_DC build post_smooth_layer{L-1} but their forward never reaches it: the
@@ -140,10 +145,11 @@ class MgConv(nn.Module):
                 self.restrict.append(Restrict(c_u, c_f, padding_mode, use_res))
         # R^T: 4 x 4 stride-2 transposed conv (2n nodes, cropped to the finer level). The coarse grid is padded by one
         # cell with the padding mode and the transposed conv crops 3 instead of 1, so that R^T follows the boundary
-        # condition too (identical to the official padding=1 for zeros; the official code has no circular R^T).
+        # condition too (identical to the official padding=1 for zeros). The official code has no circular R^T: its
+        # MgNO_NS pads every convolution circularly but R^T with zeros, which `prolongation_padding="zeros"` gives.
         # prolongation_kernel="auto" (official MgConv_DC_smooth): 3 x 3 onto odd levels (2n - 1 nodes, no crop, the
         # symmetric stencil of nested vertex grids), 4 x 4 onto even ones
-        self.padding_mode = padding_mode
+        self.prolong_pad = "constant" if "zeros" in (padding_mode, prolongation_padding) else padding_mode
         self.prolong = nn.ModuleList([nn.ConvTranspose2d(c_u, c_u, k, stride=2, padding=3, bias=False)
                                       for k in prolongation_kernels(len(self.levels), resolution, prolongation_kernel)])
         self.norms = nn.ModuleList()
@@ -167,9 +173,7 @@ class MgConv(nn.Module):
         u_coarse = states[-1][0]
         for l in range(len(self.levels) - 2, -1, -1):
             u, f = states[l]
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            up = self.prolong[l](F.pad(u_coarse, (1, 1, 1, 1), mode=mode))[..., : u.shape[-2], : u.shape[-1]]
-            u = u + up
+            u = u + self.prolongate(l, u_coarse, u.shape[-2:])
             if len(self.norms):
                 u = self.norms[l](u)
             for it in self.post[l]:
@@ -177,19 +181,27 @@ class MgConv(nn.Module):
             u_coarse = u
         return u_coarse
 
+    def prolongate(self, level: int, u_coarse: Tensor, size: Sequence[int]) -> Tensor:
+        """R^T from level + 1 onto `level` (`size` nodes a side): the coarse grid padded by one cell, the transposed
+        convolution, cropped to the finer grid."""
+        padded = F.pad(u_coarse, (1, 1, 1, 1), mode=self.prolong_pad)
+        return self.prolong[level](padded)[..., : size[0], : size[1]]
+
 
 class MgNO(nn.Module):
     """Stack of `num_layer` operator layers u <- GELU(MgConv(u) + Conv1x1(u) + B) and a 1 x 1 read-out
     (official `MgNO_DC`; B a bias field when `bias_field`; `pointwise=False` drops the 1 x 1 branch as the official
     `MgNO_NS`, `conv_bias=True` gives the smoothers S, A a per-channel bias, the NS `--bias`;
-    `prolongation_kernel="auto"` the 3 x 3 / 4 x 4 prolongations of `MgNO_DC_smooth`).
+    `prolongation_kernel="auto"` the 3 x 3 / 4 x 4 prolongations of `MgNO_DC_smooth`; `prolongation_padding="zeros"`
+    the zero-padded R^T of `MgNO_NS` under circular padding, "same": R^T padded as every other convolution).
     `skip=True` adds the NS global skip u_out + u_in."""
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, num_layer: int = 5, num_channel_u: int = 24,
                  levels: Sequence[Any] | str = ("10", "10", "10", "10", "10", "20"), padding_mode: str = "zeros",
                  use_res: bool = False, layer_norm: bool = False, bias_field: bool = True, resolution: int = 64,
                  activation: str = "gelu", skip: bool = False, pointwise: bool = True,
-                 conv_bias: bool = False, prolongation_kernel: int | str = 4) -> None:
+                 conv_bias: bool = False, prolongation_kernel: int | str = 4,
+                 prolongation_padding: str = "same") -> None:
         super().__init__()
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
@@ -205,7 +217,8 @@ class MgNO(nn.Module):
         self.levels, self.resolution, self.skip = lv, resolution, skip
         chans = [in_channels] + [num_channel_u] * num_layer
         self.convs = nn.ModuleList([MgConv(lv, num_channel_u, chans[i], padding_mode, use_res, layer_norm, resolution,
-                                           conv_bias, prolongation_kernel) for i in range(num_layer)])
+                                           conv_bias, prolongation_kernel, prolongation_padding)
+                                    for i in range(num_layer)])
         self.linears = nn.ModuleList([nn.Conv2d(chans[i], num_channel_u, 1) for i in range(num_layer)]) \
             if pointwise else None
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(num_channel_u, resolution, resolution))
@@ -268,7 +281,7 @@ def build_mgno_helm(in_channels: int, num_layer: int, num_channel_u: int, levels
                     resolution: int, activation: str, **darcy_only: bool) -> MgNOHelm:
     """`architecture="helm"`: the official MgNO_helm from the same level spec (pre-smoothings per level; it has no
     post-smoothing) and sizes. Its smoothers pad by reflection and its restrictions not at all, so padding_mode,
-    pointwise, conv_bias and prolongation_kernel do not enter; the Darcy-only switches must stay off."""
+    pointwise, conv_bias and the prolongation options do not enter; the Darcy-only switches must stay off."""
     on = sorted(k for k, v in darcy_only.items() if v)
     if on:
         raise ValueError(f"architecture=helm has no {', '.join(on)} (official MgNO_helm): set them false")
@@ -309,7 +322,7 @@ class MgNOModule(L.LightningModule):
                  loss: str = "h1", loss_reduction: str = "sum", h1_truncation: int | None = 20,
                  div_factor: float = 2.0, final_div_factor: float = 100.0, pct_start: float = 0.2,
                  output_normalizer: bool = False, prolongation_kernel: int | str = 4,
-                 scheduler_interval: str = "step", architecture: str = "dc",
+                 prolongation_padding: str = "same", scheduler_interval: str = "step", architecture: str = "dc",
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
         if loss not in ("h1", "l2", "fd_h1"):
@@ -331,7 +344,8 @@ class MgNOModule(L.LightningModule):
                                        bias_field=bias_field, skip=skip, use_res=use_res, layer_norm=layer_norm)
         else:
             self.net = MgNO(in_channels, 1, num_layer, num_channel_u, levels, padding_mode, use_res, layer_norm,
-                            bias_field, resolution, activation, skip, pointwise, conv_bias, prolongation_kernel)
+                            bias_field, resolution, activation, skip, pointwise, conv_bias, prolongation_kernel,
+                            prolongation_padding)
         if output_normalizer:  # the training solutions' mean / std fields (std + 1e-5), set from the data at fit start
             self.register_buffer("y_mean", torch.zeros(resolution, resolution))
             self.register_buffer("y_std", torch.ones(resolution, resolution))

@@ -82,6 +82,29 @@ def test_smooth_darcy_prolongations_are_the_official_mgno_dc_smooth():
     assert zconfig.compose(["experiment=mgno/darcy_smooth"]).model.prolongation_kernel == "auto"
 
 
+def test_navier_stokes_prolongation_pads_with_zeros_as_the_official_mgno_ns():
+    """Official MgNO_NS pads every convolution circularly but its R^T (MgConv: ConvTranspose2d(4, stride 2,
+    padding 1) on the unpadded coarse grid) with zeros: `prolongation_padding="zeros"` gives exactly that, and the
+    NS paper-scale config uses it; the default ("same") pads R^T circularly too, which differs on the edge rows."""
+    from launch import config as zconfig
+    from lit_models.pde.mgno import MgConv
+
+    levels = [[1, 0], [1, 0], [1, 0]]
+    official_padding = MgConv(levels, 8, 1, padding_mode="circular", prolongation_padding="zeros")
+    periodic = MgConv(levels, 8, 1, padding_mode="circular")
+    periodic.load_state_dict(official_padding.state_dict())
+    official = torch.nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1, bias=False)
+    coarse = torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        official.weight.copy_(official_padding.prolong[0].weight)
+        torch.testing.assert_close(official_padding.prolongate(0, coarse, (16, 16)), official(coarse))
+        assert not torch.allclose(periodic.prolongate(0, coarse, (16, 16)), official(coarse))
+    with pytest.raises(ValueError, match="prolongation_padding"):
+        MgConv(levels, 8, 1, prolongation_padding="circular")
+    assert zconfig.compose(["experiment=mgno/navier_stokes"]).model.prolongation_padding == "zeros"
+    assert zconfig.compose(["experiment=mgno"]).model.prolongation_padding == "same"
+
+
 def test_coarsest_level_has_no_post_smoothing():
     """The official forward never runs the coarsest level's post-smoother (built, not called): a level spec asking for
     one is an error rather than a silent no-op; the other levels' post-smoothings run (the pipe variant's "11")."""
