@@ -216,35 +216,48 @@ class SaveResumedConfig(L.Callback):
 
 class RunCheckpoint(ModelCheckpoint):
     """The run's `last.ckpt`: Lightning's periodic ModelCheckpoint (every_n_epochs or every_n_train_steps), which
-    also saves when the fit ends: at the end of the epoch that reaches `trainer.max_steps` or `trainer.max_epochs` or
-    stops early, and at the batch that reaches `max_steps` inside an epoch. With a step period that does not divide
-    the budget, last.ckpt lagged the final weights: `stage=test` and `zoo eval` tested older weights, and a longer
-    budget redid the last steps. A save that falls on an epoch's last batch (a step period, or the budget) is made at
-    the epoch's end instead, after that epoch's validation and end hooks: a checkpoint taken at the batch precedes
-    them, and Lightning skips both on resume. Resumed from any of these, a run continues exactly (with
-    `launch.fit_loop`'s loop, which `build_trainer` installs)."""
+    also saves when the fit ends: at the batch that reaches `trainer.max_steps`, and at the end of the epoch that
+    reaches it, `trainer.max_epochs` or stops early. With a step period that does not divide the budget, last.ckpt
+    lagged the final weights: `stage=test` and `zoo eval` tested older weights, and a longer budget redid the last
+    steps.
+
+    A save made at a batch that a validation follows (the epoch's last batch, or a `val_check_interval` batch) is
+    made again, over it, after that validation (at the epoch's end, or at the validation's end): Lightning skips, on
+    resume, a validation that follows the checkpoint's batch, and with it its early-stopping and best-weights
+    bookkeeping and the epoch-end hooks. A run resumed from the second save continues exactly (with
+    `launch.fit_loop`'s loop, which `build_trainer` installs); the first is what is left if the run stops during the
+    validation, and resumes with the same weights and batches, skipping that validation."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._deferred_to_epoch_end = False
+        self._save_again_after: str | None = None  # "epoch_end" | "validation_end"
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            self._deferred_to_epoch_end = self._deferred_to_epoch_end or (
-                0 < trainer.max_steps <= trainer.global_step
-                or (bool(self._every_n_train_steps) and trainer.global_step % self._every_n_train_steps == 0))
-            return
+        saved_before = self._last_global_step_saved
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if 0 < trainer.max_steps <= trainer.global_step:  # the budget ends inside an epoch
+        if 0 < trainer.max_steps <= trainer.global_step:
             self._save_final(trainer)
+        if self._last_global_step_saved != saved_before:  # saved at this batch (not at a later gradient-accumulation
+            self._save_again_after = _validation_or_epoch_end_after(trainer)  # batch of the same step)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self._save_again_after == "validation_end" and not trainer.sanity_checking:
+            self._save_again(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         max_epochs = trainer.max_epochs
-        deferred, self._deferred_to_epoch_end = self._deferred_to_epoch_end, False
-        if (deferred or trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
+        if self._save_again_after == "epoch_end":
+            self._save_again(trainer)
+        elif (trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
                 or (max_epochs is not None and 0 <= max_epochs <= trainer.current_epoch + 1)):
             self._save_final(trainer)
+
+    def _save_again(self, trainer) -> None:
+        self._save_again_after = None
+        self._last_global_step_saved = -1  # the same step, saved again after its validation
+        self._save_final(trainer)
 
     def _save_final(self, trainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer):  # skips a step it has already saved
@@ -258,6 +271,18 @@ class RunCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self._last_global_step_saved = int(state_dict.get("last_global_step_saved", self._last_global_step_saved))
+
+
+def _validation_or_epoch_end_after(trainer) -> str | None:
+    """What follows the batch just trained: "epoch_end" on an epoch's last batch (its validation, if due, comes
+    first), "validation_end" before a validation inside the epoch, else None. Time-based validation intervals are
+    not looked at (Lightning's check reads the clock)."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    if epoch_loop.batch_progress.is_last_batch:
+        return "epoch_end"
+    if getattr(trainer, "_val_check_time_interval", None) is not None:
+        return None
+    return "validation_end" if epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher) else None
 
 
 class ResumeRandomState(L.Callback):

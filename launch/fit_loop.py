@@ -14,7 +14,7 @@ an epoch whose batches all ran (its last batch seen) as the epoch-based run does
 from __future__ import annotations
 
 import lightning as L
-from lightning.pytorch.loops.fit_loop import _FitLoop
+from lightning.pytorch.loops.fit_loop import RestartStage, _FitLoop
 from lightning.pytorch.loops.loop import _Loop
 
 
@@ -41,7 +41,11 @@ class EpochEndResumeFitLoop(_FitLoop):
 
 
 def use_epoch_end_resume_loop(trainer: L.Trainer) -> None:
-    """Give `trainer` an `EpochEndResumeFitLoop` (keeping its limits and epoch loop); call before `fit`."""
+    """Give `trainer` an `EpochEndResumeFitLoop` (keeping its limits and epoch loop); call before `fit`. Only on a
+    Lightning whose fit loop resumes an epoch-based run at an epoch's end (`RestartStage.RESUMED_ON_EPOCH_END`,
+    Lightning 2.5 on): the loop hands iteration-based runs to that path; without it, Lightning's loop is kept."""
+    if not hasattr(RestartStage, "RESUMED_ON_EPOCH_END"):
+        return
     old = trainer.fit_loop
     loop = EpochEndResumeFitLoop(trainer, min_epochs=old.min_epochs, max_epochs=old.max_epochs)
     loop.epoch_loop = old.epoch_loop

@@ -185,6 +185,49 @@ class _PreemptAt(L.Callback):
             raise _Preempted
 
 
+class _SeenInCheckpoint(_EpochRecorder):
+    def on_save_checkpoint(self, checkpoint) -> None:
+        checkpoint["seen_so_far"] = len(self.seen)
+
+
+@pytest.mark.parametrize(("trainer_kw", "period", "preempt_at"), [
+    ({"val_check_interval": 2}, 2, 3),           # a step save before a validation inside the epoch
+    ({"check_val_every_n_epoch": 1}, BATCHES, BATCHES + 1),  # a step save on the epoch's last batch
+], ids=["validation_inside_the_epoch", "last_batch"])
+def test_step_checkpoint_before_a_validation_is_saved_again_after_it(trainer_kw, period, preempt_at, tmp_path):
+    """`RunCheckpoint`: a step save due on a batch that a validation follows is made at the batch and again after the
+    validation (at its end, or at the epoch's end for the last batch), so a run preempted after it resumes with that
+    validation done, as the straight run: same batches, validations, learning rates and hooks afterwards. Seen
+    failing with the second save disabled: last.ckpt then precedes the validation, which Lightning skips on resume."""
+    from launch.callbacks import RunCheckpoint
+    from launch.fit_loop import use_epoch_end_resume_loop
+
+    cfg = zconfig.compose(["experiment=lightgcn"])
+
+    def fit(root, ckpt=None, callbacks=()):
+        model = _SeenInCheckpoint()
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=list(callbacks), default_root_dir=str(root),
+                            limit_train_batches=BATCHES, limit_val_batches=1, num_sanity_val_steps=0, max_epochs=-1,
+                            max_steps=3 * BATCHES, **trainer_kw)
+        use_epoch_end_resume_loop(trainer)
+        try:
+            trainer.fit(model, train.instantiate(cfg)[0], ckpt_path=ckpt)
+        except _Preempted:
+            pass
+        return model.seen
+
+    full = fit(tmp_path / "full")
+    saver = RunCheckpoint(dirpath=str(tmp_path / "r"), filename="last", save_top_k=1, monitor=None,
+                          every_n_train_steps=period, save_on_train_epoch_end=True, enable_version_counter=False)
+    fit(tmp_path / "r", callbacks=[saver, _PreemptAt(preempt_at)])
+    checkpoint = torch.load(tmp_path / "r" / "last.ckpt", map_location="cpu", weights_only=False)
+    done = checkpoint["seen_so_far"]
+    assert checkpoint["global_step"] == period and full[done - 1][0] in ("validation", "end"), full[done - 1]
+    rest = fit(tmp_path / "r", ckpt=str(tmp_path / "r" / "last.ckpt"))
+    assert rest == full[done:]
+
+
 @pytest.mark.parametrize("first_run", ["preempted", "budget_ends_epoch"])
 def test_iteration_based_resume_from_an_epoch_end_checkpoint(first_run, tmp_path):
     """`trainer.max_steps` set, validation every 2nd epoch, an epoch-interval scheduler, last.ckpt from epoch 0's end
