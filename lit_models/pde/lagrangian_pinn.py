@@ -15,8 +15,11 @@ Implementation choices (stated, as the card asks):
   its second hidden layer again for the deeper ones (DEEPu 5: three distinct hidden matrices).
 - x_L = x0 + L * N_x (soft IC) or x0 + L * t * N_x (hard IC): the output is scaled by the period L so that x_L can
   reach x0 + c t; x_L is wrapped modulo L only for evaluation (never in the loss).
-- u_xx for the Lagrangian state uses the chain rule, u_x = (du_L/dx0) / (dx_L/dx0) and
-  u_xx = d(u_x)/dx0 / (dx_L/dx0); for constant a (dx_L/dx0 = 1) this is the official code's d2u_L/dx0^2.
+- u_xx for the Lagrangian state (`diffusion_derivative`): "label", the official code's d2u_L/dx0^2 (mynet_POLAR.py
+  `lib`: both derivatives in the label input), exact for convection, where dx_L/dx0 = 1 along the exact
+  characteristics; "chain", the derivative in the Eulerian x through the learned map, u_x = (du_L/dx0) / (dx_L/dx0)
+  and u_xx = d(u_x)/dx0 / (dx_L/dx0) (exact also for Burgers, but dx_L/dx0 is a free network output during training:
+  it changes sign at the default initialisation in 6 of 10 seeds, and ||R_u|| is then 1e7-1e10; not the paper's).
 - Loss (official code): g_rx ||R_x||_2 + g_ru ||R_u||_2 + g_ic (||x_L(.,0) - x0||_2 + ||u_L(.,0) - u0||_2), plain
   2-norms over the full collocation grid (`loss_norm="l2"`); `loss_norm="mse"` uses mean squares (card check).
   `hard_ic=True`: u = u0(x) + t N (both models), x_L = x0 + L t N_x, no IC terms. The Eulerian PINN uses
@@ -94,8 +97,9 @@ class EulerianPINN(nn.Module):
 
 
 def lagrangian_residuals(model: LagrangianPINN, x0: Tensor, t: Tensor, problem: str, c: float,
-                         nu: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(R_x, R_u, u_L, x_L) at the labels (x0, t) (1-D tensors of the same length)."""
+                         nu: float, diffusion_derivative: str = "label") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(R_x, R_u, u_L, x_L) at the labels (x0, t) (1-D tensors of the same length); u_xx of R_u in the label x0
+    ("label", official) or in the Eulerian x through the learned map ("chain"; module docstring)."""
     x0 = x0.detach().requires_grad_(True)
     t = t.detach().requires_grad_(True)
     with no_autocast(x0.device.type):
@@ -103,11 +107,12 @@ def lagrangian_residuals(model: LagrangianPINN, x0: Tensor, t: Tensor, problem: 
         u_t, x_t = grad(u, t), grad(xl, t)
         a = c if problem == "convection" else u
         r_x = x_t - a
-        if nu > 0:
+        if nu > 0 and diffusion_derivative == "chain":
             x_x0 = grad(xl, x0)
             u_x = grad(u, x0) / x_x0
-            u_xx = grad(u_x, x0) / x_x0
-            r_u = u_t - nu * u_xx
+            r_u = u_t - nu * grad(u_x, x0) / x_x0
+        elif nu > 0:
+            r_u = u_t - nu * grad(grad(u, x0), x0)
         else:
             r_u = u_t
     return r_x, r_u, u, xl
@@ -158,7 +163,7 @@ class LagrangianPINNModule(EvaluateOnValAndTest, LBFGSPhase, L.LightningModule):
     def __init__(self, method: str = "lpinn", problem: str = "convection", c: float = 30.0, nu: float = 0.01,
                  shift: float = 0.0, width: int = 50, depth_u: int = 5, depth_x: int = 2, hard_ic: bool = False,
                  loss_norm: str = "l2", g_rx: float = 10.0, g_ru: float = 1.0, g_ic: float = 1000.0,
-                 lbfgs_steps: int = 0, lbfgs_lr: float = 0.01,
+                 lbfgs_steps: int = 0, lbfgs_lr: float = 0.01, diffusion_derivative: str = "label",
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER) -> None:
         super().__init__()
         if method not in ("lpinn", "pinn"):
@@ -169,6 +174,9 @@ class LagrangianPINNModule(EvaluateOnValAndTest, LBFGSPhase, L.LightningModule):
             raise ValueError(f"loss_norm must be 'l2' (paper) or 'mse', got {loss_norm!r}")
         if nu < 0:
             raise ValueError(f"nu must be >= 0, got {nu}")
+        if diffusion_derivative not in ("label", "chain"):
+            raise ValueError(f"diffusion_derivative must be 'label' (official) or 'chain', "
+                             f"got {diffusion_derivative!r}")
         if lbfgs_steps < 0 or lbfgs_lr <= 0:
             raise ValueError(f"need lbfgs_steps >= 0 and lbfgs_lr > 0, got {lbfgs_steps}, {lbfgs_lr}")
         check_min("model", 1, width=width)
@@ -200,7 +208,8 @@ class LagrangianPINNModule(EvaluateOnValAndTest, LBFGSPhase, L.LightningModule):
         x, t = x.to(dtype), t.to(dtype)
         terms: dict[str, Tensor] = {}
         if self.method == "lpinn":
-            r_x, r_u, _, _ = lagrangian_residuals(self.model, x, t, self.problem, self.c, self.nu)
+            r_x, r_u, _, _ = lagrangian_residuals(self.model, x, t, self.problem, self.c, self.nu,
+                                                  hp.diffusion_derivative)
             terms["res_x"] = hp.g_rx * self._norm(r_x)
             terms["res_u"] = hp.g_ru * self._norm(r_u)
         else:

@@ -92,13 +92,16 @@ def _fd(f, z, h, order):
     return (f(z + h) - 2 * f(z) + f(z - h)) / h ** 2
 
 
-@pytest.mark.parametrize("problem,nu", [("convection", 0.0), ("convection", 0.01), ("burgers", 0.01)])
-def test_lagrangian_residuals_match_finite_differences(problem, nu):
+@pytest.mark.parametrize("problem,nu,form", [("convection", 0.0, "label"), ("convection", 0.01, "label"),
+                                             ("burgers", 0.01, "label"), ("burgers", 0.01, "chain")])
+def test_lagrangian_residuals_match_finite_differences(problem, nu, form):
+    """R_x, R_u against central differences; u_xx of R_u is d2u_L/dx0^2 in the label (the official mynet_POLAR.py
+    `lib`, the default) or, with diffusion_derivative="chain", the Eulerian derivative through dx_L/dx0."""
     torch.manual_seed(0)
     model = LagrangianPINN(width=12, depth_u=2, depth_x=2, hard_ic=False).double()
     x0 = torch.tensor([0.3, 2.0, 5.1], dtype=torch.float64)
     t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
-    r_x, r_u, u, xl = lagrangian_residuals(model, x0, t, problem, 7.0, nu)
+    r_x, r_u, u, xl = lagrangian_residuals(model, x0, t, problem, 7.0, nu, form)
     with torch.no_grad():
         uf = lambda a, b: model(a, b)[0]  # noqa: E731
         xf = lambda a, b: model(a, b)[1]  # noqa: E731
@@ -106,11 +109,13 @@ def test_lagrangian_residuals_match_finite_differences(problem, nu):
         x_t = _fd(lambda s: xf(x0, s), t, 1e-5, 1)
         a = 7.0 if problem == "convection" else uf(x0, t)
         torch.testing.assert_close(r_x, x_t - a, rtol=1e-6, atol=1e-7)
-        if nu > 0:
+        if nu > 0 and form == "chain":
             # chain rule: u_x = u_x0 / x_x0, u_xx = d(u_x)/dx0 / x_x0, differences in the label x0
             ux = lambda s: _fd(lambda z: uf(z, t), s, 1e-5, 1) / _fd(lambda z: xf(z, t), s, 1e-5, 1)  # noqa: E731
             u_xx = _fd(ux, x0, 1e-4, 1) / _fd(lambda z: xf(z, t), x0, 1e-5, 1)
             expected = u_t - nu * u_xx
+        elif nu > 0:
+            expected = u_t - nu * _fd(lambda z: uf(z, t), x0, 1e-4, 2)
         else:
             expected = u_t
         torch.testing.assert_close(r_u, expected, rtol=1e-5, atol=1e-6)
