@@ -13,7 +13,11 @@ evaluated at the *moved* point by bilinear interpolation of the monitor grid (`m
 default: the classical MA / equidistribution form, whose exact 1-D solutions are the card's evaluation targets).
 `monitor_gradient="pulled_back"` is the official dmm_utils.py loss: the monitor of the pulled-back gradient, m = 1 +
 |J^T grad u(x(xi))| / (monitor_scale alpha), so m depends on the map's Jacobian, with grad u interpolated at x(xi) by
-the official softmax kernel (`gradient_interp="kernel"`) or bilinearly (needs data.with_gradient). Collocation: grid
+the official softmax kernel (`gradient_interp="kernel"`) or bilinearly (needs data.with_gradient). One difference
+kept on purpose: the official Burgers code's `diff_x` differences along the grid's y axis (its own `interpolate`
+puts x on the last axis) and pairs it with phi_xx, i.e. it uses J^T (u_y, u_x); this module pairs the axes
+consistently, J^T (u_x, u_y) (the card's u_xi = J^T grad u). They agree on axis-aligned fronts; on an x-front under
+a map compressing x (phi_xx = -0.7) the official pairing gives a ~3x larger m. Collocation: grid
 nodes drawn ~ m with replacement plus a half-cell jitter (`collocation="jitter"`), or the official 40 n uniform
 candidates of which n are drawn ~ m without replacement (`"candidates"`; both in `lit_models.pde.dmm_sampling`).
 The network (`lit_models.pde.dmm_networks`) is DeepONet-like (`DMM` in dmm_model.py): a tanh CNN branch (5 x 5

@@ -47,7 +47,10 @@ MOVERS = ("dmm", "identity")
 
 def uniform_nodes(grid: int) -> Tensor:
     """(G^2, 2) nodes of linspace(0, 1, G)^2; node j G + i is (x_i, y_j), matching a field's [j, i] = (y_j, x_i)
-    layout (the official grid is linspace(0, L, n) with L = 1, data_creator_2d.create_graph)."""
+    layout (the official grid is linspace(0, L, n) with L = 1, data_creator_2d.create_graph). One convention here
+    for the solver graph and the mover: the official data_creator_2d puts x on the field's second-to-last axis while
+    its mover was trained with x on the last one, so its moved mesh adapts to the transposed field (not copied;
+    paper-scale numbers may differ where the data are not transpose-symmetric)."""
     s = torch.linspace(0.0, 1.0, grid)
     yy, xx = torch.meshgrid(s, s, indexing="ij")
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
