@@ -122,7 +122,8 @@ def _with_gradient(out: dict[str, np.ndarray], grads: list[np.ndarray], norms: l
 
 
 def _trapz2(f: np.ndarray) -> float:
-    """Domain average (integral over the unit square) of node values on a uniform R x R grid (trapezoid rule)."""
+    """Domain average (integral over the unit square) of node values on a uniform R x R grid (trapezoid rule). The
+    official dmm_utils takes sum / (R - 1)^2 over all R^2 nodes for alpha and c, ~4.3 % larger at R = 48."""
     w = np.ones(f.shape[-1])
     w[0] = w[-1] = 0.5
     w /= w.sum()

@@ -344,7 +344,10 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
     alpha* > alpha, else alpha_decay * alpha + (1 - alpha_decay) * alpha*) or "constant" (alpha fixed; 0 = BPTT,
     1 = one-step teacher forcing).
     observation_model: "identity" (x = z[:N], partial forcing of the first N latents; M >= N) or "affine"
-    (official `Affine`: x = B z + b, forcing signals pinv(B) (x - b) on all M latents; any M, N).
+    (official `Affine`: x = B z + b, forcing signals pinv(B) (x - b) on all M latents; any M, N). For M > N the
+    identity model follows the card (partial forcing, a learned constant initial state of the unobserved latents);
+    the official default (`partial_forcing: false`) forces all M latents, the unobserved ones toward 0, and starts
+    them from a learned linear map of x_1. Every shipped config has M = N or the affine model.
     obs_bias: train b of the affine model (official: false, b = 0).
     obs_model_regularization / lat_model_regularization: the official loss terms `regularize(O)` (affine:
     condition number of B) and `regularize(model)` (L2 of 1 - A, W1, W2, h1, h2), added with these weights
