@@ -97,6 +97,8 @@ def make_split(name: str, n: int, seed: int, param_range: float, t_end: float, d
             size = (count, len(nominal))
             params = nominal * (1 + rng.choice([-1.0, 1.0], size=size) * rng.uniform(shell[0], shell[1], size=size))
         u0 = rng.uniform(fam.ic_low, fam.ic_high, size=(count, fam.dim))
+        # integrated with the full-precision constants; the target text rounds them to float_precision digits (the
+        # official generator rounds first, so its target generates the data exactly; <= 0.05 % per constant here)
         ex = [fam.expression(p) for p in params]
         if fam.dim > max_dim:
             raise UserError(f"data: family {fname} is {fam.dim}D but max_dim={max_dim}")
@@ -153,7 +155,8 @@ class ProseBatches(IterableDataset):
         # sample's own expression (eval_text="own") or of another family's sample ("other_family")
         self.targets = [tokenizer.encode(e) for e in split["exprs"]]
         self.text_source = list(range(n)) if eval_text == "own" else _other_family_sources(split["family"])
-        self.skeletons = [tokenizer.encode(split["exprs"][j], skeleton=True) for j in self.text_source]
+        # the text encoder's input has no <bos> / <eos> (official trainer.enc_dec_step); the decoder target has both
+        self.skeletons = [tokenizer.encode(split["exprs"][j], skeleton=True, bos_eos=False) for j in self.text_source]
 
     def __len__(self) -> int:
         return self.steps
@@ -201,7 +204,7 @@ class ProseBatches(IterableDataset):
         scale = np.maximum(scale, 1e-3)
         if self.train or self.p_add > 0 or self.p_delete > 0:  # eval: the robustness test's corrupted text
             text = [self.tok.encode(self.corrupt(s["exprs"][self.text_source[i]], text_rng, self.p_add,
-                                                 self.p_delete), skeleton=True) for i in idx]
+                                                 self.p_delete), skeleton=True, bos_eos=False) for i in idx]
         else:
             text = [self.skeletons[i] for i in idx]
         B = len(idx)
