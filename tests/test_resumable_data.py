@@ -185,6 +185,24 @@ class _PreemptAt(L.Callback):
             raise _Preempted
 
 
+def _fit_until_preempted(model, datamodule, root, ckpt=None, callbacks=(), exact_loop=True, **trainer_kw) -> list:
+    """Fit `model` on 4-batch epochs with one validation batch (a `_Preempted` from a callback ends the fit as a
+    preemption would); `exact_loop` installs `launch.fit_loop`'s loop, as `zoo train` does. -> the model's records."""
+    from launch.fit_loop import use_epoch_end_resume_loop
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=list(callbacks), default_root_dir=str(root),
+                        limit_train_batches=BATCHES, limit_val_batches=1, num_sanity_val_steps=0, max_epochs=-1,
+                        **trainer_kw)
+    if exact_loop:
+        use_epoch_end_resume_loop(trainer)
+    try:
+        trainer.fit(model, datamodule, ckpt_path=ckpt)
+    except _Preempted:
+        pass
+    return model.seen
+
+
 class _SeenInCheckpoint(_EpochRecorder):
     def on_save_checkpoint(self, checkpoint) -> None:
         checkpoint["seen_so_far"] = len(self.seen)
@@ -200,22 +218,12 @@ def test_step_checkpoint_before_a_validation_is_saved_again_after_it(trainer_kw,
     validation done, as the straight run: same batches, validations, learning rates and hooks afterwards. Seen
     failing with the second save disabled: last.ckpt then precedes the validation, which Lightning skips on resume."""
     from launch.callbacks import RunCheckpoint
-    from launch.fit_loop import use_epoch_end_resume_loop
 
     cfg = zconfig.compose(["experiment=lightgcn"])
 
     def fit(root, ckpt=None, callbacks=()):
-        model = _SeenInCheckpoint()
-        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, callbacks=list(callbacks), default_root_dir=str(root),
-                            limit_train_batches=BATCHES, limit_val_batches=1, num_sanity_val_steps=0, max_epochs=-1,
-                            max_steps=3 * BATCHES, **trainer_kw)
-        use_epoch_end_resume_loop(trainer)
-        try:
-            trainer.fit(model, train.instantiate(cfg)[0], ckpt_path=ckpt)
-        except _Preempted:
-            pass
-        return model.seen
+        return _fit_until_preempted(_SeenInCheckpoint(), train.instantiate(cfg)[0], root, ckpt, callbacks,
+                                    max_steps=3 * BATCHES, **trainer_kw)
 
     full = fit(tmp_path / "full")
     saver = RunCheckpoint(dirpath=str(tmp_path / "r"), filename="last", save_top_k=1, monitor=None,
@@ -236,23 +244,11 @@ def test_iteration_based_resume_from_an_epoch_end_checkpoint(first_run, tmp_path
     straight run: the same batches, learning rates, hooks and validations. Lightning's own fit loop (checked here,
     so that this test tells when Lightning fixes it) re-enters the finished epoch: it trains batch (0, 4) of a
     4-batch epoch and runs epoch 0's end again, so the scheduler steps twice (lr 0.25 in epoch 1, not 0.5)."""
-    from launch.fit_loop import use_epoch_end_resume_loop
-
     cfg = zconfig.compose(["experiment=lightgcn"])
 
     def fit(root, exact_loop, ckpt=None, callbacks=(), max_steps=3 * BATCHES):
-        model = _EpochRecorder()
-        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, callbacks=list(callbacks), default_root_dir=str(root),
-                            limit_train_batches=BATCHES, limit_val_batches=1, check_val_every_n_epoch=2,
-                            num_sanity_val_steps=0, max_epochs=-1, max_steps=max_steps)
-        if exact_loop:
-            use_epoch_end_resume_loop(trainer)
-        try:
-            trainer.fit(model, train.instantiate(cfg)[0], ckpt_path=ckpt)
-        except _Preempted:
-            pass
-        return model.seen
+        return _fit_until_preempted(_EpochRecorder(), train.instantiate(cfg)[0], root, ckpt, callbacks, exact_loop,
+                                    check_val_every_n_epoch=2, max_steps=max_steps)
 
     full = fit(tmp_path / "full", exact_loop=False)
     assert fit(tmp_path / "full_exact", exact_loop=True) == full  # the loop changes nothing in a run without resume
