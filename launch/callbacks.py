@@ -237,8 +237,9 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if 0 < trainer.max_steps <= trainer.global_step:
             self._save_final(trainer)
-        if self._last_global_step_saved != saved_before:  # saved at this batch (not at a later gradient-accumulation
-            self._save_again_after = _validation_or_epoch_end_after(trainer)  # batch of the same step)
+        # saved at this batch (a later gradient-accumulation batch of the same step does not count)
+        if self._last_global_step_saved != saved_before:
+            self._save_again_after = _validation_or_epoch_end_after(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
