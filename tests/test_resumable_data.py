@@ -43,7 +43,8 @@ DATAMODULES = [
     ("data_free_mesh_mover", []),                     # EpochSampler with replacement
     ("data_free_mesh_mover", ["data.steps_per_epoch=null"]),  # one shuffled pass an epoch
     ("um2n", []),                                     # torch_geometric loader
-    ("lightgcn", []),                                 # (seed, epoch)-seeded negative sampling
+    ("lightgcn", []),                                 # (seed, epoch)-seeded users, positives and negatives
+    ("lightgcn", ["data.sampling=edge"]),             # ... a (seed, epoch)-seeded pass over the train edges
     ("gtf_plrnn", []),                                # (seed, epoch)-seeded subsequences
     ("prose", []),                                    # (seed, epoch)-seeded generated batches
     ("semilinear_operator", []),                      # (seed, epoch, rank)-seeded windows
