@@ -249,7 +249,8 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         max_epochs = trainer.max_epochs
-        if self._save_again_after == "epoch_end":
+        pending, self._save_again_after = self._save_again_after, None  # a save-again never outlives its epoch
+        if pending == "epoch_end":
             self._save_again(trainer)
         elif (trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
                 or (max_epochs is not None and 0 <= max_epochs <= trainer.current_epoch + 1)):
