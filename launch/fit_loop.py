@@ -10,6 +10,10 @@ epoch-based run (`max_steps=-1`) restored from the same checkpoint starts the ne
 Lightning forces the restart for iteration-based runs because `max_steps` can end an epoch early: a checkpoint
 taken at that epoch's end must continue the epoch. `EpochEndResumeFitLoop` keeps that, and treats a checkpoint of
 an epoch whose batches all ran (its last batch seen) as the epoch-based run does.
+
+The loop also carries `trainer.should_stop` through the checkpoint. Lightning does not save it, so a run that early
+stopping (or a model, e.g. causal PINN's last time window) asked to stop, restored from the checkpoint written at that
+stop (for instance when the job is preempted during the test that follows), trained on where the straight run ended.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from lightning.pytorch.loops.loop import _Loop
 
 
 class EpochEndResumeFitLoop(_FitLoop):
-    """`_FitLoop` whose restore from a finished epoch's end starts the next epoch, also under `max_steps`."""
+    """`_FitLoop` whose restore from a finished epoch's end starts the next epoch, also under `max_steps`, and whose
+    checkpoint keeps `trainer.should_stop`."""
 
     @property
     def restarting(self) -> bool:
@@ -31,6 +36,14 @@ class EpochEndResumeFitLoop(_FitLoop):
             _Loop.restarting.fset(self, False)  # the epoch-based decision: nothing of that epoch is left to run
         else:
             _FitLoop.restarting.fset(self, restarting)
+
+    def on_save_checkpoint(self) -> dict:
+        return {**super().on_save_checkpoint(), "should_stop": bool(self.trainer.should_stop)}
+
+    def on_load_checkpoint(self, state_dict: dict) -> None:
+        super().on_load_checkpoint(state_dict)
+        if state_dict.get("should_stop"):  # restored after `fit` cleared it: the loop's `done` now holds, as it did
+            self.trainer.should_stop = True
 
     def _restored_after_complete_epoch(self) -> bool:
         """The loaded state is an epoch's end (processed, not yet completed) after the epoch's last batch (not an

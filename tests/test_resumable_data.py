@@ -191,10 +191,10 @@ def _fit_until_preempted(model, datamodule, root, ckpt=None, callbacks=(), exact
     preemption would); `exact_loop` installs `launch.fit_loop`'s loop, as `zoo train` does. -> the model's records."""
     from launch.fit_loop import use_epoch_end_resume_loop
 
+    trainer_kw.setdefault("max_epochs", -1)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=list(callbacks), default_root_dir=str(root),
-                        limit_train_batches=BATCHES, limit_val_batches=1, num_sanity_val_steps=0, max_epochs=-1,
-                        **trainer_kw)
+                        limit_train_batches=BATCHES, limit_val_batches=1, num_sanity_val_steps=0, **trainer_kw)
     if exact_loop:
         use_epoch_end_resume_loop(trainer)
     try:
@@ -267,3 +267,42 @@ def test_iteration_based_resume_from_an_epoch_end_checkpoint(first_run, tmp_path
             assert rest == after_checkpoint
         else:  # Lightning 2.6.6 (related: Lightning-AI/pytorch-lightning#19617)
             assert rest[0][:2] == (0, BATCHES) and ("end", 0) in rest and rest[rest.index(("start", 1)) + 1][3] == 0.25
+
+
+class _NoImprovement(_EpochRecorder):
+    """Validation every epoch, a metric that never improves: early stopping (patience 1) stops at epoch 1's end."""
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        self.log("val/loss", 1.0)
+
+
+@pytest.mark.parametrize("exact_loop", [True, False])
+@pytest.mark.parametrize("budget", ["max_steps", "max_epochs"])
+def test_run_stopped_early_stays_stopped_when_resumed(budget, exact_loop, tmp_path):
+    """Early stopping ends the run at epoch 1's end, well inside its budget; `RunCheckpoint` saves there. A job
+    preempted after that save (during the test that follows) is restored from it: with `launch.fit_loop`'s loop
+    (which `zoo train` uses) it trains nothing more, as the straight run. Lightning's own loop does not keep
+    `trainer.should_stop` (checked here, so that this test tells when it does): the resumed run trains another epoch
+    (patience is spent, so it stops again at that epoch's end)."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from launch.callbacks import RunCheckpoint
+
+    cfg = zconfig.compose(["experiment=lightgcn"])
+
+    def fit(root, ckpt=None, callbacks=()):
+        stopper = EarlyStopping(monitor="val/loss", patience=1, check_on_train_epoch_end=False)
+        return _fit_until_preempted(_NoImprovement(), train.instantiate(cfg)[0], root, ckpt, [stopper, *callbacks],
+                                    exact_loop, check_val_every_n_epoch=1,
+                                    **({"max_steps": 5 * BATCHES} if budget == "max_steps" else {"max_epochs": 5}))
+
+    saver = RunCheckpoint(dirpath=str(tmp_path), filename="last", save_top_k=1, monitor=None, every_n_epochs=1,
+                          save_on_train_epoch_end=True, enable_version_counter=False)
+    full = fit(tmp_path, callbacks=[saver])
+    assert full[-1] == ("end", 1) and sum(1 for r in full if r[0] == 1) == BATCHES  # stopped early, epoch 1 whole
+    rest = fit(tmp_path, ckpt=str(tmp_path / "last.ckpt"))
+    if exact_loop:
+        assert rest == []
+    else:  # Lightning 2.6.6 (under max_steps it first re-enters epoch 1, see the test above)
+        assert rest[-1] == ("end", 2) and rest[rest.index(("start", 2)) + 1][:2] == (2, 0)

@@ -151,6 +151,30 @@ def test_step_budget_resumed_from_an_epoch_end_matches_uninterrupted(runs_root):
         assert final[key] == pytest.approx(reference[key], abs=1e-6), key
 
 
+def test_run_stopped_early_and_restarted_trains_no_more(runs_root):
+    """Early stopping ends a run at its 2nd validation (min_delta 1: no later epoch counts as better), inside its
+    epoch budget. Restarted with the same run id (a job preempted during its test is requeued so), it resumes from
+    last.ckpt, trains nothing more and tests the same weights. Seen failing without the fit loop's `should_stop`
+    state (`launch.fit_loop.EpochEndResumeFitLoop.on_save_checkpoint`): the restart trained a 3rd epoch and
+    stopped again (global step 3 epochs, not 2)."""
+    overrides = [*TINY[:2], "data.batch_size=256", "seed=5", "trainer.max_epochs=6", "trainer.check_val_every_n_epoch=1",
+                 "+early_stopping={monitor: val/recall@20, mode: max, patience: 1, min_delta: 1.0}"]
+    args = [*overrides, f"runs_root={runs_root}", "run_id=stopped", "logger=csv", "progress_bar=false"]
+    code, _, err = zoo_in_process("train", *args)
+    assert code == 0, err
+    first = json.loads((runs_root / "lightgcn" / "stopped" / "final_metrics.json").read_text())
+    cfg = zconfig.compose([*overrides, f"runs_root={runs_root}"])
+    datamodule = train.instantiate(cfg)[0]
+    datamodule.setup("fit")
+    assert first["global_step"] == 2 * len(datamodule.train_dataloader())  # stopped at epoch 1's end
+    code, _, err = zoo_in_process("train", *args)
+    assert code == 0, err
+    again = json.loads((runs_root / "lightgcn" / "stopped" / "final_metrics.json").read_text())
+    assert again["global_step"] == first["global_step"]
+    for key in ("test/recall@20", "test/ndcg@20"):
+        assert again[key] == pytest.approx(first[key], abs=1e-6), key
+
+
 def test_mid_epoch_resume_under_ddp_matches_uninterrupted(runs_root):
     """The same under DDP (2 gloo ranks): Lightning rebuilds the shuffled training loader with a DistributedSampler
     (keeping it resumable), and the run resumed at step 3 of the epoch ends with the uninterrupted run's test MSE."""
