@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -138,6 +138,17 @@ class RestoreBestWeights(L.Callback):
         self.best_value = state_dict.get("best_value")
         self.best_epoch = state_dict.get("best_epoch")
         self.best_state = state_dict.get("best_state")
+
+
+class ConfiguredEarlyStopping(EarlyStopping):
+    """Lightning's `EarlyStopping`, except that a restore keeps the configured patience. Lightning's takes the
+    checkpoint's, so `early_stopping.patience=N` given to a resumed run (a key a resume may change) was ignored. The
+    wait count and best score are restored as before."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,6 +1,7 @@
 """compose -> instantiate -> fit/test: the one code path for local runs, SLURM jobs, checks and tests."""
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -126,17 +127,18 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
         except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException and friends
             raise UserError(f"checkpoint: {one_line(err, 200)}") from None
         callbacks.append(FiguresCallback(run.figures))
-    if cfg.get("early_stopping"):
-        from lightning.pytorch.callbacks import EarlyStopping
+    early_stopping = OmegaConf.to_container(cfg.early_stopping, resolve=True) if cfg.get("early_stopping") else None
+    if early_stopping is not None:
+        from launch.callbacks import ConfiguredEarlyStopping
 
-        spec = OmegaConf.to_container(cfg.early_stopping, resolve=True)
+        spec = copy.deepcopy(early_stopping)
         if isinstance(spec, dict):
             # decide after each validation, not at the end of a training epoch: a run whose step budget ends before
             # its first validation (trainer.max_steps below one epoch) has no val metric there, and Lightning would
             # stop it with an error instead of finishing it
             spec.setdefault("check_on_train_epoch_end", False)
         try:
-            callbacks.append(EarlyStopping(**spec))
+            callbacks.append(ConfiguredEarlyStopping(**spec))
         except Exception as err:  # noqa: BLE001 - an unknown key (TypeError) or a bad mode / value
             raise UserError(f"early_stopping: {one_line(err, 200)}") from None
     show_bar = cfg.progress_bar if cfg.progress_bar != "auto" else True
@@ -156,7 +158,8 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
             default_root_dir=str(run.dir) if run is not None else None)
     except (MisconfigurationException, ValueError, TypeError) as err:  # a bad trainer.* value
         raise UserError(f"trainer: {one_line(err)}") from None
-    use_epoch_end_resume_loop(trainer)  # exact resume of max_steps runs from epoch-end checkpoints
+    # exact resume of max_steps runs from epoch-end checkpoints, and of a stop asked for under the same early stopping
+    use_epoch_end_resume_loop(trainer, stop_setting=early_stopping)
     return trainer
 
 

@@ -156,7 +156,12 @@ def test_run_stopped_early_and_restarted_trains_no_more(runs_root):
     epoch budget. Restarted with the same run id (a job preempted during its test is requeued so), it resumes from
     last.ckpt, trains nothing more and tests the same weights. Seen failing without the fit loop's `should_stop`
     state (`launch.fit_loop.EpochEndResumeFitLoop.on_save_checkpoint`): the restart trained a 3rd epoch and
-    stopped again (global step 3 epochs, not 2)."""
+    stopped again (global step 3 epochs, not 2).
+
+    A resume that changes early stopping trains on as a straight run with the new setting: patience 3 stops at the
+    4th validation, as the straight run with patience 3 (seen failing with Lightning's EarlyStopping, which restores
+    the checkpoint's patience 1: stopped after 3 epochs; and with the stop restored whatever the setting: it trained
+    nothing more); no early stopping trains to max_epochs."""
     overrides = [*TINY[:2], "data.batch_size=256", "seed=5", "trainer.max_epochs=6", "trainer.check_val_every_n_epoch=1",
                  "+early_stopping={monitor: val/recall@20, mode: max, patience: 1, min_delta: 1.0}"]
     args = [*overrides, f"runs_root={runs_root}", "run_id=stopped", "logger=csv", "progress_bar=false"]
@@ -173,6 +178,19 @@ def test_run_stopped_early_and_restarted_trains_no_more(runs_root):
     assert again["global_step"] == first["global_step"]
     for key in ("test/recall@20", "test/ndcg@20"):
         assert again[key] == pytest.approx(first[key], abs=1e-6), key
+
+    epoch = first["global_step"] // 2
+    code, _, err = zoo_in_process("train", *args, "early_stopping.patience=3")
+    assert code == 0, err
+    patient = json.loads((runs_root / "lightgcn" / "stopped" / "final_metrics.json").read_text())
+    reference = _uninterrupted(runs_root, [*overrides, "early_stopping.patience=3"])
+    assert patient["global_step"] == reference["global_step"] == 4 * epoch
+    for key in ("test/recall@20", "test/ndcg@20"):
+        assert patient[key] == pytest.approx(reference[key], abs=1e-6), key
+    code, _, err = zoo_in_process("train", *(a for a in args if not a.startswith("+early_stopping")),
+                                  "early_stopping=null")
+    assert code == 0, err
+    assert json.loads((runs_root / "lightgcn" / "stopped" / "final_metrics.json").read_text())["global_step"] == 6 * epoch
 
 
 def test_mid_epoch_resume_under_ddp_matches_uninterrupted(runs_root):
