@@ -132,9 +132,17 @@ class RestoreBestWeights(L.Callback):
             print(f"test on the best weights: epoch {self.best_epoch}, {self.monitor} = {self.best_value:.6g}")
 
     def state_dict(self) -> dict:
-        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state}
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state,
+                "monitor": self.monitor, "mode": self.mode}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """The best so far of the same monitor and mode; a resume that changes either (`checkpoint.monitor` /
+        `checkpoint.mode`, keys a resume may change) starts a new search, since the old best is not comparable."""
+        saved = (state_dict.get("monitor", self.monitor), state_dict.get("mode", self.mode))
+        if saved != (self.monitor, self.mode):
+            log.warning("checkpoint.test_on=best: the resumed run monitors %s (%s), the checkpoint's best was of %s "
+                        "(%s); the best epoch is searched again from here", self.monitor, self.mode, *saved)
+            return
         self.best_value = state_dict.get("best_value")
         self.best_epoch = state_dict.get("best_epoch")
         self.best_state = state_dict.get("best_state")

@@ -70,6 +70,14 @@ def test_min_mode_and_resume_keeps_the_best_so_far():
     resumed = RestoreBestWeights("val/score", "min")
     resumed.load_state_dict(state)
     assert resumed.best_epoch == 0 and torch.equal(resumed.best_state["w"], torch.tensor(1.0))
+    # a resume that monitors another metric or direction does not compare against the old best, a value of another
+    # metric or the extreme of the other direction (before, both took epoch 0's -4.0)
+    for other in (RestoreBestWeights("val/score", "max"), RestoreBestWeights("val/other", "min")):
+        other.load_state_dict(state)
+        assert other.best_value is other.best_epoch is other.best_state is None
+    older = RestoreBestWeights("val/score", "min")  # a checkpoint from before monitor and mode were saved
+    older.load_state_dict({k: state[k] for k in ("best_value", "best_epoch", "best_state")})
+    assert older.best_epoch == 0
 
 
 def test_bad_settings_are_one_line_errors(tmp_path, monkeypatch):
