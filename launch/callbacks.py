@@ -101,6 +101,12 @@ class RestoreBestWeights(L.Callback):
         self.best_value: float | None = None
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        self._state_seen = False  # a checkpoint's state was offered to load_state_dict
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step > 0 and not self._state_seen and trainer.is_global_zero:
+            log.warning("checkpoint.test_on=best was added on resume: the best epoch is searched from step %d on (the "
+                        "validations before it are in metrics.csv, not compared)", trainer.global_step)
 
     def _better(self, value: float) -> bool:
         if self.best_value is None:
@@ -138,6 +144,7 @@ class RestoreBestWeights(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         """The best so far of the same monitor and mode; a resume that changes either (`checkpoint.monitor` /
         `checkpoint.mode`, keys a resume may change) starts a new search, since the old best is not comparable."""
+        self._state_seen = True
         saved = (state_dict.get("monitor", self.monitor), state_dict.get("mode", self.mode))
         if saved != (self.monitor, self.mode):
             log.warning("checkpoint.test_on=best: the resumed run monitors %s (%s), the checkpoint's best was of %s "
@@ -151,12 +158,23 @@ class RestoreBestWeights(L.Callback):
 class ConfiguredEarlyStopping(EarlyStopping):
     """Lightning's `EarlyStopping`, except that a restore keeps the configured patience. Lightning's takes the
     checkpoint's, so `early_stopping.patience=N` given to a resumed run (a key a resume may change) was ignored. The
-    wait count and best score are restored as before."""
+    wait count and best score are restored as before (under the same monitor and mode; otherwise the search starts at
+    the resume, with a warning)."""
+
+    _state_loaded = False
 
     def load_state_dict(self, state_dict: dict) -> None:
         patience = self.patience
         super().load_state_dict(state_dict)
         self.patience = patience
+        self._state_loaded = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.global_step > 0 and not self._state_loaded and trainer.is_global_zero:
+            log.warning("early stopping on %s (%s) was added or changed on resume: it counts from step %d on (the "
+                        "validations before it are in metrics.csv, not counted)", self.monitor, self.mode,
+                        trainer.global_step)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -205,9 +223,10 @@ def _nvml_compute_major() -> int | None:
 
 class SaveResumedConfig(L.Callback):
     """A resumed run's changed settings (a new budget, another precision) go into its config.yaml once the resumed
-    fit has trained a step: a resume that fails before that (a bad value, a schedule that cannot be extended, an
-    error on restore) leaves the run's config as it was, next to the checkpoint it describes. The saved stage is
-    kept (a stage given on resume is for that call only)."""
+    fit has trained a step, or its test starts (a finished run restarted, e.g. under another precision, trains
+    nothing but writes new test metrics): a resume that fails before that (a bad value, a schedule that cannot be
+    extended, an error on restore) leaves the run's config as it was, next to the checkpoint it describes. The saved
+    stage is kept (a stage given on resume is for that call only)."""
 
     def __init__(self, run, cfg) -> None:
         from omegaconf import OmegaConf
@@ -224,6 +243,12 @@ class SaveResumedConfig(L.Callback):
             self.done = mine == theirs
 
     def on_train_batch_end(self, trainer, *args) -> None:
+        self._save(trainer)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer) -> None:
         if self.done:
             return
         self.done = True
@@ -283,6 +308,12 @@ class RunCheckpoint(ModelCheckpoint):
     def _save_final(self, trainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer):  # skips a step it has already saved
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        # the step of this save, before the checkpoint's state is taken: Lightning sets it after writing, so the
+        # checkpoint recorded the save before it and a resumed accumulation run saved again inside its first window
+        self._last_global_step_saved = trainer.global_step
+        super()._save_checkpoint(trainer, filepath)
 
     def state_dict(self) -> dict:
         # the step last saved, so that a resumed run does not save that step again in the middle of a gradient
@@ -362,10 +393,15 @@ class ResumeRandomState(L.Callback):
 
 class FitStarted(L.Callback):
     """Records whether fitting started (on_fit_start: after the datamodule's setup), so that `train.run` can tell
-    an input error found in setup (nothing to keep) from one during training (the run's evidence is kept)."""
+    an input error found in setup (nothing to keep) from one during training (the run's evidence is kept), and
+    whether this process trained a batch."""
 
     def __init__(self) -> None:
         self.started = False
+        self.trained = False
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.started = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.trained = True

@@ -175,6 +175,9 @@ def _resume_or_new(cfg, overrides: list[str] = (), announce_new: bool = True):
                 changed = f" (changed: {'; '.join(changes)})" if changes else ""
                 print(f"resuming run {cfg.run_id} with its saved config{changed}", file=sys.stderr)
             saved.launcher = cfg.launcher
+            # where the run was found: a moved or copied runs tree, or a relative runs_root from another directory,
+            # resumes there (the saved absolute path would start the run afresh at its old place)
+            saved.runs_root, saved.run_id = cfg.runs_root, cfg.run_id
             # config.yaml takes the changes once the resumed fit has trained a step (callbacks.SaveResumedConfig)
             return saved
         if announce_new and _is_rank_zero():  # a mistyped id would otherwise start a new run without a word

@@ -105,6 +105,8 @@ def saved_config(run: Run) -> DictConfig | None:
     return None
 
 
+_ABSENT = object()  # a key the saved config does not have
+
 # What a resumed run may change: how and how long it trains, where and how it logs, not what it trains.
 RESUMABLE_KEYS = ("trainer", "launcher", "logger", "progress_bar", "threads", "matmul_precision", "checkpoint",
                   "early_stopping", "stage", "run_id", "runs_root")
@@ -139,16 +141,20 @@ def apply_resume_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[s
             refused.append(f"{key} (a config group that sets keys across the config; give those keys instead)")
             continue
         for leaf in leaves(node, key) if node is not None else [key]:
-            new, old = OmegaConf.select(cfg, leaf, default=None), OmegaConf.select(saved, leaf, default=None)
+            new, old = OmegaConf.select(cfg, leaf, default=None), OmegaConf.select(saved, leaf, default=_ABSENT)
+            absent = old is _ABSENT  # e.g. logger.wandb.entity under a csv run's `logger.wandb: null`
+            old = None if absent else old
             if OmegaConf.is_config(new):
                 new = OmegaConf.to_container(new, resolve=True)
             if OmegaConf.is_config(old):
                 old = OmegaConf.to_container(old, resolve=True)
-            if new == old:
+            resumable = leaf.split(".", 1)[0] in RESUMABLE_KEYS and not leaf.startswith(FIXED_TRAINER_KEYS)
+            if new == old and not (absent and resumable):
                 continue
-            if leaf.split(".", 1)[0] in RESUMABLE_KEYS and not leaf.startswith(FIXED_TRAINER_KEYS):
-                OmegaConf.update(saved, leaf, new, force_add=True)
-                changes.append(f"{leaf}: {old!r} -> {new!r}")
+            if resumable:
+                OmegaConf.update(saved, leaf, new, force_add=True)  # a null leaf too: the code reads every key
+                if new != old:
+                    changes.append(f"{leaf}: {old!r} -> {new!r}")
             else:
                 refused.append(f"{leaf} (saved {old!r}, given {new!r})")
     if refused:

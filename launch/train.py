@@ -263,7 +263,7 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
         extra_callbacks = [*(extra_callbacks or []), SaveResumedConfig(run_dir, cfg)]
     # a fit that resumes: its checkpoint is checked now (a torn or foreign last.ckpt is one line) and its step keeps
     # the run's metrics.csv up to there
-    resume_step = _guard_checkpoint(run_dir) if cfg.stage in ("fit", "fit_test") else None
+    resume_step = _guard_checkpoint(run_dir, cfg) if cfg.stage in ("fit", "fit_test") else None
     trainer = build_trainer(cfg, run_dir, [*(extra_callbacks or []), started], resume_step)
     if make_run_dir:
         run_dir = runs.create(cfg)
@@ -279,7 +279,7 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
 
 def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> dict[str, float]:
     """`run`'s fit (resuming from last.ckpt) and test stages; the final metrics."""
-    from launch.callbacks import RestoreBestWeights
+    from launch.callbacks import FitStarted, RestoreBestWeights
 
     notice = effective_batch_notice(cfg, trainer.world_size)
     if notice and trainer.is_global_zero:
@@ -287,7 +287,16 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
     metrics: dict[str, float] = {}
     if cfg.stage in ("fit", "fit_test"):
         ckpt = "last" if run_dir is not None else None
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+        except MisconfigurationException as err:
+            # a setting Lightning refuses before training, e.g. a resume whose trainer.max_epochs is below the run's
+            # epoch; one raised by a training step is a bug to show in full
+            if any(isinstance(c, FitStarted) and c.trained for c in trainer.callbacks):
+                raise
+            raise UserError(f"trainer: {one_line(err, 300)}") from None
         metrics.update(_floats(trainer.callback_metrics))
         best = next((c for c in trainer.callbacks if isinstance(c, RestoreBestWeights)), None)
         if best is not None and best.best_epoch is not None:
@@ -374,13 +383,39 @@ def _seed(cfg: DictConfig) -> int | None:
         raise UserError(f"seed must be an integer, got {seed!r}") from None
 
 
-def _guard_checkpoint(run: runs.Run | None) -> int | None:
-    """A torn or foreign last.ckpt is a clear error, not a stack trace deep inside Lightning; returns its global step
-    (None without one)."""
-    if run is not None and run.last_checkpoint.exists():
-        ckpt = _load_checkpoint(run.last_checkpoint, hint="; move it away to restart the run from scratch")
-        return int(ckpt.get("global_step", 0))
-    return None
+def _guard_checkpoint(run: runs.Run | None, cfg: DictConfig | None = None) -> int | None:
+    """A torn or foreign last.ckpt is a clear error, not a stack trace deep inside Lightning, and so is a budget
+    (`cfg.trainer`) below what the run has trained; returns its global step (None without one)."""
+    if run is None or not run.last_checkpoint.exists():
+        return None
+    ckpt = _load_checkpoint(run.last_checkpoint, hint="; move it away to restart the run from scratch")
+    step = int(ckpt.get("global_step", 0))
+    trainer_cfg = cfg.get("trainer") or {} if cfg is not None else {}
+    try:
+        epochs = int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        epochs = None
+    max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps")
+    limit = trainer_cfg.get("limit_train_batches")
+    try:
+        batches = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        in_epoch = 0 if batches["is_last_batch"] else int(batches["current"]["ready"])
+    except (KeyError, TypeError, ValueError):
+        in_epoch = 0
+    if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < in_epoch:
+        # Lightning would train the interrupted epoch on to its full length (it ends an epoch at exactly the limit)
+        raise UserError(f"run {run.run_id} stopped {in_epoch} batches into an epoch: it cannot resume with "
+                        f"trainer.limit_train_batches={limit}; keep the limit until the epoch ends, or resume from an "
+                        f"epoch's end")
+    below = []
+    if epochs is not None and max_epochs is not None and 0 <= int(max_epochs) < epochs:
+        below.append(f"trainer.max_epochs={max_epochs} (it has trained {epochs} epochs)")
+    if max_steps is not None and 0 <= int(max_steps) < step:
+        below.append(f"trainer.max_steps={max_steps} (it has trained {step} steps)")
+    if below:
+        raise UserError(f"run {run.run_id} cannot resume with {' and '.join(below)}: give a budget at or above what "
+                        "it has trained (stage=test tests it as it is)")
+    return step
 
 
 def _load_checkpoint(path, hint: str = "") -> dict:
@@ -405,11 +440,33 @@ def _floats(metrics) -> dict[str, float]:
     return out
 
 
+def _with_earlier_metrics(path: Path, metrics: dict[str, float]) -> dict[str, float]:
+    """A restarted run's final metrics over those an earlier start of the run wrote: a train or validation metric
+    this process did not log keeps its last value (as in a straight run's callback metrics), e.g. those of a finished
+    run whose restart (a requeue during its test) trains nothing; a restart that trains nothing keeps the epoch
+    (Lightning's counter is not advanced by an empty fit). Test metrics and `best_epoch` are this process's only."""
+    import json
+
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return metrics
+    if not isinstance(earlier, dict):
+        return metrics
+    kept = {k: v for k, v in earlier.items() if k.startswith(("train/", "val/")) and isinstance(v, (int, float))}
+    merged = {**kept, **metrics}
+    if metrics.get("global_step") == earlier.get("global_step") and "epoch" in earlier:
+        merged["epoch"] = earlier["epoch"]
+    return merged
+
+
 def _finish(trainer, run: runs.Run, metrics: dict[str, float], stage: str = "fit_test") -> None:
     import json
 
     # stage=test of a trained run adds test_metrics.json: the run's own final metrics (train, val, best epoch) stay
     name = "test_metrics.json" if stage == "test" else "final_metrics.json"
+    if stage != "test":
+        metrics = _with_earlier_metrics(run.dir / name, metrics)
     runs.write_atomic(run.dir / name, json.dumps(metrics, indent=2, sort_keys=True))
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger":

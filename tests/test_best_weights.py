@@ -80,6 +80,32 @@ def test_min_mode_and_resume_keeps_the_best_so_far():
     assert older.best_epoch == 0
 
 
+def test_best_weights_or_early_stopping_added_on_resume_warn(tmp_path, caplog):
+    """A resume that adds `checkpoint.test_on=best` or early stopping (or changes its monitor) cannot compare the
+    validations before it (the checkpoint holds no state for them): the run says so (it was silent, found by the
+    resume-keys audit). A resume with their state says nothing."""
+    from launch.callbacks import ConfiguredEarlyStopping
+
+    first = _trainer(RestoreBestWeights("val/score", "max"), epochs=2)
+    first.fit(Climber(), _loader(), _loader())
+    first.save_checkpoint(tmp_path / "with_best.ckpt")
+    plain = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0)
+    plain.fit(Climber(), _loader(), _loader())
+    plain.save_checkpoint(tmp_path / "plain.ckpt")
+
+    def warnings_resuming(ckpt: str, callback) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="paperzoo"):
+            _trainer(callback, epochs=3).fit(Climber(), _loader(), _loader(), ckpt_path=str(tmp_path / ckpt))
+        return [r.getMessage() for r in caplog.records if r.name == "paperzoo"]
+
+    assert any("added on resume" in m for m in warnings_resuming("plain.ckpt", RestoreBestWeights("val/score")))
+    assert warnings_resuming("with_best.ckpt", RestoreBestWeights("val/score")) == []
+    stopper = ConfiguredEarlyStopping(monitor="val/score", mode="max", patience=5)
+    assert any("added or changed on resume" in m for m in warnings_resuming("plain.ckpt", stopper))
+
+
 def test_bad_settings_are_one_line_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="'min' or 'max'"):
         RestoreBestWeights("val/score", "biggest")

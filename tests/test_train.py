@@ -256,6 +256,76 @@ def test_resume_trains_on_with_a_new_budget_and_refuses_to_change_what_it_trains
     assert code == 2 and "stage must be one of fit, test, fit_test" in err, err + out
 
 
+def test_a_finished_run_restarted_keeps_its_record_and_a_moved_run_resumes_where_it_is(tmp_path, monkeypatch):
+    """Found by a read-only audit of the keys a resume may change (stop 32); each part seen failing before its fix:
+    - a finished run restarted as it stands (a requeue during its test) trains nothing; its final_metrics.json kept
+      only the test metrics (train/* and val/* were dropped) and its epoch went from 2 to 1;
+    - restarted under another precision it tests under that precision, and config.yaml now says so (it kept the old
+      one: the config was saved only after a training batch);
+    - a resume that lowers trainer.max_epochs below the run's epoch: a one-line error, the run as it was (was a
+      Lightning traceback);
+    - a runs tree moved away, resumed from its new place with the default (relative) runs_root: it resumed at the
+      saved absolute path, i.e. started a new run from step 0 at the old place."""
+    monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    args = [*TINY[:2], "data.batch_size=256", "trainer.check_val_every_n_epoch=1", "run_id=kept", "logger=csv",
+            "progress_bar=false", "trainer.max_epochs=2"]
+    run = tmp_path / "a" / "runs" / "lightgcn" / "kept"
+    code, _, err = zoo_in_process("train", *args)
+    assert code == 0, err
+    first = json.loads((run / "final_metrics.json").read_text())
+    assert {"train/loss_epoch", "val/recall@20", "test/recall@20"} <= set(first) and first["epoch"] == 2
+    code, _, err = zoo_in_process("train", *args)
+    assert code == 0, err
+    again = json.loads((run / "final_metrics.json").read_text())
+    assert again.keys() == first.keys() and all(again[k] == pytest.approx(first[k], abs=1e-6) for k in first)
+    code, _, err = zoo_in_process("train", *args, "trainer.precision=64-true")
+    assert code == 0 and "trainer.precision" in err, err
+    assert OmegaConf.load(run / "config.yaml").trainer.precision == "64-true"
+    saved = (run / "config.yaml").read_text()
+    code, out, err = zoo_in_process("train", *args, "trainer.max_epochs=1")
+    assert code == 2 and "max_epochs" in err and len(err.strip().splitlines()) == 2, err + out  # "resuming ..." + error
+    assert (run / "config.yaml").read_text() == saved
+
+    import shutil
+
+    shutil.move(tmp_path / "a" / "runs", tmp_path / "b" / "runs")
+    monkeypatch.chdir(tmp_path / "b")
+    code, _, err = zoo_in_process("train", *args[:-1], "trainer.max_epochs=3")
+    assert code == 0 and "resuming run kept" in err, err
+    moved = json.loads((tmp_path / "b" / "runs" / "lightgcn" / "kept" / "final_metrics.json").read_text())
+    assert moved["global_step"] == 3 * first["global_step"] // 2 and not (tmp_path / "a" / "runs").exists()
+
+
+def test_a_limit_below_the_interrupted_epochs_batches_is_refused(runs_root):
+    """A run stopped 5 batches into an epoch, resumed with trainer.limit_train_batches=3: a one-line error (exit 2).
+    Lightning ends an epoch at exactly the limit, so it trained that epoch to its full length instead (the audit:
+    35 steps where 30 were due); a limit at or above the batches done resumes."""
+    args = [*TINY[:2], "data.batch_size=256", f"runs_root={runs_root}", "run_id=limit", "logger=csv",
+            "progress_bar=false", "trainer.max_epochs=3"]
+    code, _, err = zoo_in_process("train", *args, "trainer.max_steps=5")
+    assert code == 0, err
+    code, out, err = zoo_in_process("train", *args, "trainer.max_steps=-1", "trainer.limit_train_batches=3")
+    assert code == 2 and "limit_train_batches=3" in err and len(err.strip().splitlines()) == 2, err + out
+    code, _, err = zoo_in_process("train", *args, "trainer.max_steps=-1", "trainer.limit_train_batches=6")
+    assert code == 0, err
+    assert json.loads((runs_root / "lightgcn" / "limit" / "final_metrics.json").read_text())["global_step"] == 6 + 6 + 6
+
+
+@pytest.mark.wandb
+def test_a_csv_run_resumes_with_wandb(runs_root):
+    """`logger=wandb` given to a resume of a `logger=csv` run logs to W&B (offline here) from then on. It crashed
+    with a traceback (`Missing key entity`): the resume dropped the W&B settings whose value is null."""
+    args = [*TINY[:2], "data.batch_size=256", f"runs_root={runs_root}", "run_id=tow", "progress_bar=false"]
+    zoo_subprocess("train", *args, "logger=csv", "trainer.max_epochs=1", check=True)
+    proc = zoo_subprocess("train", *args, "logger=wandb", "trainer.max_epochs=2", env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = runs_root / "lightgcn" / "tow"
+    assert list((run / "wandb").glob("offline-run-*-tow")) and OmegaConf.load(run / "config.yaml").logger.wandb.mode
+
+
 def test_bad_data_found_in_setup_leaves_no_run_directory(runs_root, tmp_path, monkeypatch):
     """A data error that only the datamodule's setup can see (here the real ETTh1 file is missing) is one line, exit
     2, and the run directory made for the run is removed (nothing half-made; it had no checkpoint), W&B included."""
