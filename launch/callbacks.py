@@ -391,6 +391,18 @@ class ResumeRandomState(L.Callback):
         random.setstate(state["python"])
 
 
+class RunIdentity(L.Callback):
+    """Writes the experiment and model class into every checkpoint (`checkpoint["paperzoo"]`), so that a resume from
+    another run's last.ckpt (a copied file) is a one-line error (`train._guard_checkpoint`), not a load of weights
+    whose names and shapes happen to match (seen: an UltraGCN checkpoint trained on as LightGCN)."""
+
+    def __init__(self, experiment: str, model: str) -> None:
+        self.identity = {"experiment": experiment, "model": model}
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        checkpoint["paperzoo"] = dict(self.identity)
+
+
 class FitStarted(L.Callback):
     """Records whether fitting started (on_fit_start: after the datamodule's setup), so that `train.run` can tell
     an input error found in setup (nothing to keep) from one during training (the run's evidence is kept), and

@@ -49,6 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"zoo {command}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as stop:
+        # Lightning ends a fit on Ctrl-C with sys.exit(1) and on SIGTERM with an exception whose exit code is None
+        # (status 0: a killed run would look finished); both leave last.ckpt for a restart with the same run_id
+        if isinstance(stop.__context__, KeyboardInterrupt):
+            print(f"zoo {command}: interrupted", file=sys.stderr)
+            return 130
+        if type(stop).__name__ == "SIGTERMException":
+            print(f"zoo {command}: terminated (SIGTERM)", file=sys.stderr)
+            return 143
+        raise
 
 
 def writable_dir(path: Path, what: str) -> Path:
@@ -488,9 +498,14 @@ def cmd_status(args: list[str]) -> int:
     final = run_dir / "final_metrics.json"
     if final.exists():
         try:
-            print_metrics("final metrics", json.loads(final.read_text()))
+            metrics = json.loads(final.read_text())
         except (OSError, ValueError) as err:
             print(f"final_metrics.json unreadable: {type(err).__name__}")
+        else:
+            if isinstance(metrics, dict):
+                print_metrics("final metrics", metrics)
+            else:
+                print(f"final_metrics.json unreadable: not a mapping ({type(metrics).__name__})")
     jobs_file = run_dir / "slurm" / "jobs.txt"
     if jobs_file.exists():
         jobs = jobs_file.read_text().split()

@@ -1,6 +1,7 @@
 """Run directories and run ids: `runs/<experiment>/<run_id>/`, fixed once when a run is created."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -99,10 +100,27 @@ def assign_run_id(cfg: DictConfig) -> DictConfig:
 def saved_config(run: Run) -> DictConfig | None:
     if run.config_file.exists():
         try:
-            return OmegaConf.load(run.config_file)
+            saved = OmegaConf.load(run.config_file)
         except Exception as err:  # noqa: BLE001
             raise UserError(f"{run.config_file} is not a readable config: {one_line(err, 200)}") from None
+        _check_run_config(saved, run.config_file)
+        return saved
     return None
+
+
+RUN_CONFIG_SECTIONS = ("model", "data", "trainer", "checkpoint")  # mappings every saved run config has
+
+
+def _check_run_config(saved, path) -> None:
+    """A saved config that parses but is not a run's (a list, a scalar, sections missing or not mappings) is a
+    one-line error, not a KeyError deep in the code that reads it."""
+    if not OmegaConf.is_dict(saved):
+        raise UserError(f"{path} is not a run config (its top level is not a mapping)")
+    bad = [key for key in RUN_CONFIG_SECTIONS if not OmegaConf.is_dict(saved.get(key))]
+    bad += [key for key in ("experiment_name", "run_id") if not isinstance(saved.get(key), str)]
+    if bad:
+        raise UserError(f"{path} is not a run config: {', '.join(bad)} missing or of the wrong kind (repair it, or "
+                        "move the run directory away)")
 
 
 _ABSENT = object()  # a key the saved config does not have
@@ -181,6 +199,8 @@ def create(cfg: DictConfig) -> Run:
         try:
             run.checkpoints.mkdir(parents=True, exist_ok=True)
             run.figures.mkdir(exist_ok=True)
+            if not os.access(run.dir, os.W_OK):  # an existing run directory on a read-only mount, or not ours
+                raise PermissionError(errno.EROFS, "not writable", str(run.dir))
             if not run.config_file.exists():
                 write_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
                 write_atomic(run.dir / "meta.json", json.dumps(provenance(), indent=2))

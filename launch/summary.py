@@ -104,6 +104,8 @@ def collect(root: Path, experiment: str | None = None, sweep: str | None = None)
             continue
         try:
             metrics = json.loads(final.read_text()) if final.exists() else None
+            if final.exists() and not isinstance(metrics, dict):
+                raise ValueError(f"not a mapping of metrics ({type(metrics).__name__})")
         except (OSError, ValueError) as err:
             _skip(run_dir, final, err)
             continue

@@ -95,13 +95,21 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
         RestoreBestWeights,
         ResumeRandomState,
         RunCheckpoint,
+        RunIdentity,
         resolve_precision,
     )
     from launch.fit_loop import use_epoch_end_resume_loop
 
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    for key in ("max_epochs", "min_epochs", "max_steps", "min_steps", "check_val_every_n_epoch",
+                "accumulate_grad_batches", "log_every_n_steps", "num_sanity_val_steps"):
+        value = kwargs.get(key)  # Lightning takes a string here and fails later with an assertion deep in its loop
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UserError(f"trainer.{key} must be an integer, got {value!r}")
     kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"), kwargs.get("accelerator", "cpu"))
-    callbacks = [FiniteLossGuard(), ResumeRandomState(), ResumeLoaderState(), *(extra_callbacks or [])]
+    callbacks = [FiniteLossGuard(), ResumeRandomState(), ResumeLoaderState(),
+                 RunIdentity(str(cfg.get("experiment_name")), str(OmegaConf.select(cfg, "model._target_"))),
+                 *(extra_callbacks or [])]
     plugins = [AtomicCheckpointIO()]
     ck = cfg.checkpoint
     test_on = ck.get("test_on", "final")
@@ -264,6 +272,13 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     # a fit that resumes: its checkpoint is checked now (a torn or foreign last.ckpt is one line) and its step keeps
     # the run's metrics.csv up to there
     resume_step = _guard_checkpoint(run_dir, cfg) if cfg.stage in ("fit", "fit_test") else None
+    if (resume_step is None and run_dir is not None and cfg.stage in ("fit", "fit_test")
+            and (run_dir.dir / "metrics.csv").exists()):
+        # a run that logged but has no last.ckpt (moved away, or killed before its first save) trains again from
+        # step 0; the earlier attempt's rows leave metrics.csv once the new ones come (they were kept twice)
+        resume_step = 0
+        if runs.global_rank() == 0:
+            print(f"run {run_dir.run_id} has no checkpoint: it trains again from step 0", file=sys.stderr)
     trainer = build_trainer(cfg, run_dir, [*(extra_callbacks or []), started], resume_step)
     if make_run_dir:
         run_dir = runs.create(cfg)
@@ -291,12 +306,17 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
 
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
-        except MisconfigurationException as err:
-            # a setting Lightning refuses before training, e.g. a resume whose trainer.max_epochs is below the run's
-            # epoch; one raised by a training step is a bug to show in full
-            if any(isinstance(c, FitStarted) and c.trained for c in trainer.callbacks):
+        except (MisconfigurationException, RuntimeError) as err:
+            # before training: a setting Lightning refuses (e.g. a resume whose trainer.max_epochs is below the run's
+            # epoch), or a last.ckpt whose weights do not fit the model; one raised by a training step is a bug to
+            # show in full
+            trained = any(isinstance(c, FitStarted) and c.trained for c in trainer.callbacks)
+            if trained or not (isinstance(err, MisconfigurationException) or "state_dict" in str(err)):
                 raise
-            raise UserError(f"trainer: {one_line(err, 300)}") from None
+            if isinstance(err, MisconfigurationException):
+                raise UserError(f"trainer: {one_line(err, 300)}") from None
+            raise UserError(f"checkpoint {run_dir.last_checkpoint if run_dir else ckpt} does not fit this model: "
+                            f"{str(err).splitlines()[0][:200]}; move it away to restart the run from scratch") from None
         metrics.update(_floats(trainer.callback_metrics))
         best = next((c for c in trainer.callbacks if isinstance(c, RestoreBestWeights)), None)
         if best is not None and best.best_epoch is not None:
@@ -389,6 +409,16 @@ def _guard_checkpoint(run: runs.Run | None, cfg: DictConfig | None = None) -> in
     if run is None or not run.last_checkpoint.exists():
         return None
     ckpt = _load_checkpoint(run.last_checkpoint, hint="; move it away to restart the run from scratch")
+    if not {"optimizer_states", "loops"} <= ckpt.keys():
+        raise UserError(f"checkpoint {run.last_checkpoint} holds weights only (no optimizer or loop state), so it "
+                        "cannot resume the run; move it away to restart the run from scratch")
+    identity = ckpt.get("paperzoo")
+    if cfg is not None and isinstance(identity, dict):
+        mine = {"experiment": str(cfg.get("experiment_name")), "model": str(OmegaConf.select(cfg, "model._target_"))}
+        if identity != mine:
+            raise UserError(f"checkpoint {run.last_checkpoint} was written by experiment {identity.get('experiment')} "
+                            f"({identity.get('model')}), not by this run's {mine['experiment']}; move it away to "
+                            "restart the run from scratch")
     step = int(ckpt.get("global_step", 0))
     trainer_cfg = cfg.get("trainer") or {} if cfg is not None else {}
     try:
@@ -408,9 +438,11 @@ def _guard_checkpoint(run: runs.Run | None, cfg: DictConfig | None = None) -> in
                         f"trainer.limit_train_batches={limit}; keep the limit until the epoch ends, or resume from an "
                         f"epoch's end")
     below = []
-    if epochs is not None and max_epochs is not None and 0 <= int(max_epochs) < epochs:
+    max_epochs, max_steps = (v if isinstance(v, int) and not isinstance(v, bool) else None  # bad types: build_trainer
+                             for v in (max_epochs, max_steps))
+    if epochs is not None and max_epochs is not None and 0 <= max_epochs < epochs:
         below.append(f"trainer.max_epochs={max_epochs} (it has trained {epochs} epochs)")
-    if max_steps is not None and 0 <= int(max_steps) < step:
+    if max_steps is not None and 0 <= max_steps < step:
         below.append(f"trainer.max_steps={max_steps} (it has trained {step} steps)")
     if below:
         raise UserError(f"run {run.run_id} cannot resume with {' and '.join(below)}: give a budget at or above what "

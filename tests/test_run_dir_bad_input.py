@@ -1,0 +1,148 @@
+"""Broken run directories and interrupted runs: a one-line error (exit 2) that leaves the run as it was, or a repair,
+never a traceback or a silently corrupted record. Each case was found by a read-only audit of the run-directory and
+resume paths (stop 32) and seen failing before its fix (what it did is in each test's docstring)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from tests.conftest import ZOO, zoo_in_process
+
+TINY = ["experiment=lightgcn", "data=synthetic_graph", "data.batch_size=256", "trainer.check_val_every_n_epoch=1",
+        "logger=csv", "progress_bar=false"]
+
+
+def _train(runs_root: Path, run_id: str, *overrides: str) -> tuple[int, str]:
+    code, out, err = zoo_in_process("train", *TINY, f"runs_root={runs_root}", f"run_id={run_id}", *overrides)
+    return code, err + out
+
+
+def _snapshot(run: Path) -> dict[str, str]:
+    return {str(p.relative_to(run)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(run.rglob("*"))
+            if p.is_file()}
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _error_line(text: str) -> str:
+    errors = [line for line in text.strip().splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "Traceback" not in text, text[-3000:]
+    return errors[0]
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_line_and_changes_nothing(runs_root):
+    """A last.ckpt of another model size: was a 39-line traceback (the size mismatch inside Lightning's restore),
+    and metrics.csv had already lost the rows logged after the checkpoint (an interrupted run's tail). A last.ckpt of
+    another experiment whose weights have the same names and shapes (UltraGCN's, in a LightGCN run): was loaded and
+    trained on, exit 0. A weights-only checkpoint: was a KeyError traceback."""
+    assert _train(runs_root, "donor", "trainer.max_epochs=1", "model.embedding_dim=32")[0] == 0
+    code, text = zoo_in_process("train", "experiment=ultragcn", *TINY[1:], f"runs_root={runs_root}", "run_id=other",
+                                "trainer.max_epochs=1")[::2]
+    assert code == 0, text
+    assert _train(runs_root, "victim", "trainer.max_epochs=1")[0] == 0
+    run = runs_root / "lightgcn" / "victim"
+    with open(run / "metrics.csv", "a", newline="") as file:  # a row an interrupted run logged after its checkpoint
+        file.write(",".join(["1", "20"] + [""] * (len(_rows(run)[0]) - 2)) + "\r\n")
+    own = run / "checkpoints" / "last.ckpt"
+    own.rename(run / "own.ckpt")
+    for donor, words in ((runs_root / "lightgcn" / "donor", "does not fit this model"),
+                         (runs_root / "ultragcn" / "other", "was written by experiment ultragcn")):
+        own.write_bytes((donor / "checkpoints" / "last.ckpt").read_bytes())
+        before = _snapshot(run)
+        code, text = _train(runs_root, "victim", "trainer.max_epochs=2")
+        assert code == 2 and words in _error_line(text), text[-3000:]
+        assert _snapshot(run) == before
+    state = torch.load(run / "own.ckpt", map_location="cpu", weights_only=False)
+    del state["optimizer_states"]
+    torch.save(state, own)
+    code, text = _train(runs_root, "victim", "trainer.max_epochs=2")
+    assert code == 2 and "holds weights only" in _error_line(text)
+
+
+def test_a_torn_or_malformed_metrics_csv(runs_root):
+    """A last line torn by a kill (no line end): the next resume glued its first row onto it (15 fields under a
+    10-column header), and the resume after that crashed in the CSV reader. Now the torn line is dropped when the
+    resumed run saves its first rows. A row that does not fit the header (a hand edit): a one-line error."""
+    assert _train(runs_root, "torn", "trainer.max_epochs=2")[0] == 0
+    run = runs_root / "lightgcn" / "torn"
+    text = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text(text[: text.rstrip("\n").rfind("\n") + 8])  # 7 characters of the last row
+    assert _train(runs_root, "torn", "trainer.max_epochs=3")[0] == 0
+    rows = _rows(run)
+    assert rows and all(None not in row and None not in row.values() for row in rows)
+    assert _train(runs_root, "torn", "trainer.max_epochs=4")[0] == 0
+    with open(run / "metrics.csv", "a") as file:
+        file.write("1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n")
+    before = _snapshot(run)
+    code, text = _train(runs_root, "torn", "trainer.max_epochs=5")
+    assert code == 2 and "does not fit its header" in _error_line(text) and _snapshot(run) == before
+
+
+def test_a_run_without_its_checkpoint_trains_again_without_duplicate_rows(runs_root):
+    """last.ckpt moved away (as the corrupt-checkpoint error advises) or never written: the restart printed
+    "resuming", trained from step 0 and kept the earlier attempt's rows too (steps 9, 19, 26 twice)."""
+    assert _train(runs_root, "again", "trainer.max_epochs=2")[0] == 0
+    run = runs_root / "lightgcn" / "again"
+    straight = [(r["epoch"], r["step"]) for r in _rows(run)]
+    (run / "checkpoints" / "last.ckpt").unlink()
+    code, text = _train(runs_root, "again", "trainer.max_epochs=2")
+    assert code == 0 and "has no checkpoint: it trains again from step 0" in text
+    assert [(r["epoch"], r["step"]) for r in _rows(run)] == straight
+
+
+def test_broken_run_files_are_one_line_errors(runs_root):
+    """config.yaml that parses but is not a run config (no model section; a list): tracebacks in resume, status and
+    eval; trainer.max_epochs=abc: a traceback on resume and, on a new run, an AssertionError deep in Lightning that
+    left a half-made run directory; final_metrics.json that is JSON but not a mapping: tracebacks in zoo status and
+    zoo runs (one bad run hid the table)."""
+    assert _train(runs_root, "cfg", "trainer.max_epochs=1")[0] == 0
+    assert _train(runs_root, "good", "trainer.max_epochs=1")[0] == 0
+    run = runs_root / "lightgcn" / "cfg"
+    config = (run / "config.yaml").read_text()
+    code, text = _train(runs_root, "cfg", "trainer.max_epochs=abc")
+    assert code == 2 and "trainer.max_epochs must be an integer" in _error_line(text)
+    code, text = _train(runs_root, "fresh", "trainer.max_epochs=abc")
+    assert code == 2 and not (runs_root / "lightgcn" / "fresh").exists()
+    without_model = OmegaConf.load(run / "config.yaml")
+    del without_model["model"]
+    for broken in (OmegaConf.to_yaml(without_model), "- a\n"):
+        (run / "config.yaml").write_text(broken)
+        assert "is not a run config" in _error_line(_train(runs_root, "cfg", "trainer.max_epochs=2")[1])
+        code, out, err = zoo_in_process("status", str(run))
+        assert code == 2 and "is not a run config" in _error_line(err + out)
+        code, out, err = zoo_in_process("eval", f"ckpt={run / 'checkpoints' / 'last.ckpt'}")
+        assert code == 2 and "is not a run config" in _error_line(err + out)
+    (run / "config.yaml").write_text(config)
+    (run / "final_metrics.json").write_text("[1, 2]\n")
+    code, out, err = zoo_in_process("status", str(run))
+    assert code == 0 and "final_metrics.json unreadable" in out
+    code, out, err = zoo_in_process("runs", "lightgcn", "--root", str(runs_root))
+    assert code == 0 and "good" in out and "skipping" in err + out
+
+
+def test_interrupted_train_exits_with_the_signals_status(runs_root):
+    """Ctrl-C and SIGTERM during a fit: exit 130 / 143 with one line. Lightning turned SIGTERM into exit status 0
+    (a killed run looked finished to a script) and Ctrl-C into 1 without the line."""
+    for sig, status, words in ((signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")):
+        run = runs_root / "lightgcn" / f"sig{status}"
+        proc = subprocess.Popen([ZOO, "train", *TINY, f"runs_root={runs_root}", f"run_id=sig{status}",
+                                 "trainer.max_epochs=10000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == status and f"zoo train: {words}" in err.strip().splitlines()[-1], err[-2000:]
+        assert not (run / "final_metrics.json").exists()  # its restart resumes from last.ckpt (tests/test_train.py)
