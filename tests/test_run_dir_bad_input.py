@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -146,3 +147,17 @@ def test_interrupted_train_exits_with_the_signals_status(runs_root):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == status and f"zoo train: {words}" in err.strip().splitlines()[-1], err[-2000:]
         assert not (run / "final_metrics.json").exists()  # its restart resumes from last.ckpt (tests/test_train.py)
+
+
+def test_a_read_only_run_directory_is_one_line(runs_root):
+    """A run directory on a read-only mount, resumed: was an OSError traceback (hparams.yaml). Needs a private mount
+    namespace (root); skipped where `unshare -m` is refused."""
+    assert _train(runs_root, "ro", "trainer.max_epochs=1")[0] == 0
+    run = runs_root / "lightgcn" / "ro"
+    script = (f"mount --bind {run} {run} && mount -o remount,bind,ro {run} || exit 99; "
+              f"{ZOO} train {' '.join(TINY)} runs_root={runs_root} run_id=ro trainer.max_epochs=2")
+    proc = subprocess.run(["unshare", "-m", "bash", "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode == 99 or proc.stderr.startswith("unshare:"):
+        pytest.skip(f"no private read-only mount here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 2 and "not writable" in _error_line(proc.stderr), proc.stderr[-2000:]
