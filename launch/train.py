@@ -108,7 +108,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
             raise UserError(f"trainer.{key} must be an integer, got {value!r}")
     kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"), kwargs.get("accelerator", "cpu"))
     callbacks = [FiniteLossGuard(), ResumeRandomState(), ResumeLoaderState(),
-                 RunIdentity(str(cfg.get("experiment_name")), str(OmegaConf.select(cfg, "model._target_"))),
+                 RunIdentity(**run_identity(cfg)),
                  *(extra_callbacks or [])]
     plugins = [AtomicCheckpointIO()]
     ck = cfg.checkpoint
@@ -403,6 +403,11 @@ def _seed(cfg: DictConfig) -> int | None:
         raise UserError(f"seed must be an integer, got {seed!r}") from None
 
 
+def run_identity(cfg: DictConfig) -> dict[str, str]:
+    """What a run's checkpoints record of it (`callbacks.RunIdentity`): its experiment and model class."""
+    return {"experiment": str(cfg.get("experiment_name")), "model": str(OmegaConf.select(cfg, "model._target_"))}
+
+
 def _guard_checkpoint(run: runs.Run | None, cfg: DictConfig | None = None) -> int | None:
     """A torn or foreign last.ckpt is a clear error, not a stack trace deep inside Lightning, and so is a budget
     (`cfg.trainer`) below what the run has trained; returns its global step (None without one)."""
@@ -414,7 +419,7 @@ def _guard_checkpoint(run: runs.Run | None, cfg: DictConfig | None = None) -> in
                         "cannot resume the run; move it away to restart the run from scratch")
     identity = ckpt.get("paperzoo")
     if cfg is not None and isinstance(identity, dict):
-        mine = {"experiment": str(cfg.get("experiment_name")), "model": str(OmegaConf.select(cfg, "model._target_"))}
+        mine = run_identity(cfg)
         if identity != mine:
             raise UserError(f"checkpoint {run.last_checkpoint} was written by experiment {identity.get('experiment')} "
                             f"({identity.get('model')}), not by this run's {mine['experiment']}; move it away to "
