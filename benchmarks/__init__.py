@@ -58,11 +58,13 @@ def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path,
 
     check_name(slug)
     modules = sorted(set(_modules(REGISTRY[slug])) if slug else {m for v in REGISTRY.values() for m in _modules(v)})
+    # every selected benchmark takes the options, or none runs (with --all, a later one refused them after hours)
+    kwargs = {name: _run_kwargs(importlib.import_module(name), name, out_dir, options or {}) for name in modules}
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in modules:
         module = importlib.import_module(name)
-        rows = module.run(quick=quick, **_run_kwargs(module, name, out_dir, options or {}))
+        rows = module.run(quick=quick, **kwargs[name])
         results[name] = rows
         short = name.rsplit(".", 1)[-1]
         payload = {"benchmark": short, "quick": quick, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

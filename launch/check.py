@@ -318,8 +318,22 @@ def write_results(slug: str, results: list[ClaimResult], out_dir: Path, extra: l
         lines.append(f"| {c['claim']} | {measured} | {'; '.join(c['expect'])} | {c['verdict']} "
                      f"| {c['seconds']:.1f} | {steps} | {c.get('when', '')[:16]} |")
     if global_rank() == 0:  # under DDP every rank measured the same (synced) values: rank zero writes them
-        write_atomic(out_dir / f"{slug}.json", json.dumps(payload, indent=2))
-        write_atomic(out_dir / f"{slug}.md", "\n".join(lines) + "\n")
+        _write_results_files({out_dir / f"{slug}.json": json.dumps(payload, indent=2),
+                              out_dir / f"{slug}.md": "\n".join(lines) + "\n"})
+
+
+def _write_results_files(texts: dict[Path, str]) -> None:
+    """Write each file atomically; a target that cannot be written (a folder in its place, a full disk) is a one-line
+    error naming it (the claims' values are in the report printed above), and is checked for all files before any
+    is written, so a pair is never half made."""
+    for path in texts:
+        if path.is_dir():
+            raise UserError(f"cannot write the check results: {path} is a folder")
+    for path, text in texts.items():
+        try:
+            write_atomic(path, text)
+        except OSError as err:
+            raise UserError(f"cannot write the check results: {path}: {err.strerror or err}") from None
 
 
 def _previous_claims(path: Path, extra: list[str]) -> list[dict]:
@@ -334,6 +348,9 @@ def _previous_claims(path: Path, extra: list[str]) -> list[dict]:
         return []
 
 
+MAX_SEEDS = 1000  # a bound on `--seeds` ranges (0-10000000000 tried to build the list)
+
+
 def parse_seeds(text: str) -> list[int]:
     """`--seeds` of `zoo check`: "0,1,2" or an inclusive range "0-4" (or both, "0-2,7"); distinct integers >= 0."""
     seeds: list[int] = []
@@ -345,6 +362,8 @@ def parse_seeds(text: str) -> list[int]:
             raise UserError(f"--seeds takes integers like 0,1,2 or 0-4, got {text!r}") from None
         if first < 0 or last < first:
             raise UserError(f"--seeds: bad range {part.strip()!r} in {text!r} (integers >= 0, low-high)")
+        if len(seeds) + last - first + 1 > MAX_SEEDS:
+            raise UserError(f"--seeds: at most {MAX_SEEDS} seeds, got {text!r}")
         seeds.extend(range(first, last + 1))
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds repeats a seed: {text!r}")
@@ -413,8 +432,9 @@ def summarize_seeds(slug: str, seeds: list[int], out_dir: Path) -> list[str]:
         lines.append(f"{slug}/{name}: {passing}/{len(seeds)} seeds pass ({values_text}; {per_seed_text})")
     header = f"# zoo check {slug} --seeds {','.join(map(str, seeds))}"
     (out_dir / f"{slug}.seeds.md").parent.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{slug}.seeds.md").write_text("\n".join([header, "", *table]) + "\n")
-    (out_dir / f"{slug}.seeds.json").write_text(json.dumps({"slug": slug, "seeds": seeds, "claims": rows}, indent=2))
+    _write_results_files({out_dir / f"{slug}.seeds.md": "\n".join([header, "", *table]) + "\n",
+                          out_dir / f"{slug}.seeds.json": json.dumps({"slug": slug, "seeds": seeds, "claims": rows},
+                                                                     indent=2)})
     return lines
 
 

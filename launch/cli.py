@@ -61,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-def writable_dir(path: Path, what: str) -> Path:
+def writable_dir(path: Path | str, what: str) -> Path:
     """Make the output folder `path` (a command's `what`, e.g. --out) before any work: a one-line error when it
-    cannot be made or written, rather than a traceback after the work is done."""
+    cannot be made or written (or is given as an empty string: not the current folder), rather than a traceback
+    after the work is done."""
+    if isinstance(path, str) and not path.strip():
+        raise UserError(f"{what}: empty path")
+    path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -265,6 +269,12 @@ def cmd_eval(args: list[str]) -> int:
     out = next((a.split("=", 1)[1] for a in args if a.startswith("out=")), None)
     if not ckpt:
         raise UserError("usage: zoo eval ckpt=<path/to/checkpoint.ckpt> [out=<metrics.json>] [key=value ...]")
+    if out is not None:  # checked before the evaluation, not after it
+        out_file = Path(out).expanduser()
+        if not out.strip() or out_file.is_dir():
+            what = "a folder" if out.strip() else "empty"
+            raise UserError(f"out={out}: give a file name for the metrics (it is {what})")
+        writable_dir(out_file.absolute().parent, "out=")
     ckpt_path = Path(ckpt).expanduser()
     if not ckpt_path.is_file():
         raise UserError(f"no checkpoint at {ckpt_path}")
@@ -388,13 +398,24 @@ def cmd_check(args: list[str]) -> int:
     seeds = check.parse_seeds(opts.seeds) if opts.seeds is not None else None
     if seeds is not None and any(o.lstrip("+").split("=", 1)[0] == "seed" for o in extra):
         raise UserError("give the seeds with --seeds or seed=<k>, not both")
+    fixed = [o for o in extra if o.lstrip("+~").split("=", 1)[0] in ("experiment", "run_id")]
+    if fixed:  # experiment=<other> would train another paper's model under this paper's claims
+        raise UserError(f"{', '.join(fixed)}: the experiment is the slug (zoo check <slug>) and claim runs have no "
+                        "run id")
     for slug in slugs if extra else ():  # a mistyped key fails now, not after hours of other claims (or never)
         zconfig.compose([f"experiment={slug}", *extra])
-    writable_dir(Path(opts.out), "--out")
+    if launcher_overrides and opts.launcher != "slurm":
+        raise UserError(f"{', '.join(launcher_overrides)} needs --launcher slurm (claims run locally)")
+    writable_dir(opts.out, "--out")
+    for slug in slugs:  # a folder where a results file goes fails now, not after the claims have run
+        folders = [check.seed_dir(Path(opts.out), k) for k in seeds] if seeds is not None else [Path(opts.out)]
+        targets = [d / f"{slug}{ext}" for d in folders for ext in (".json", ".md")]
+        targets += [Path(opts.out) / f"{slug}.seeds{ext}" for ext in (".json", ".md")] if seeds is not None else []
+        taken = next((t for t in targets if t.is_dir()), None)
+        if taken is not None:
+            raise UserError(f"cannot write the check results: {taken} is a folder")
     if opts.launcher == "slurm":
         return _submit_checks(slugs, opts.claims, extra, Path(opts.out).resolve(), launcher_overrides, seeds)
-    if launcher_overrides:
-        raise UserError(f"{', '.join(launcher_overrides)} needs --launcher slurm (claims run locally)")
     failed = 0
     out = Path(opts.out)
     for slug in slugs:
@@ -467,7 +488,7 @@ def cmd_bench(args: list[str]) -> int:
     from benchmarks import check_name
 
     check_name(None if opts.all else opts.slug)  # before --out is made
-    writable_dir(Path(opts.out), "--out")
+    writable_dir(opts.out, "--out")
     run_benchmarks(None if opts.all else opts.slug, quick=opts.quick, out_dir=Path(opts.out), options=options)
     return 0
 
@@ -534,9 +555,13 @@ def cmd_runs(args: list[str]) -> int:
         raise UserError(f"--plot {opts.plot}: give a .png, .pdf or .svg file")
     for flag, target in (("--csv", opts.csv), ("--plot", opts.plot)):
         if target:
+            if Path(target).expanduser().is_dir():
+                raise UserError(f"{flag} {target}: is a folder (give a file name)")
             writable_dir(Path(target).expanduser().absolute().parent, flag)
     records = summary.collect(Path(opts.root), opts.experiment, opts.sweep)
     table = summary.build(records, opts.metric, opts.over)
+    if opts.plot and summary.plot_problem(table):  # before anything is written
+        raise UserError(summary.plot_problem(table))
     title = f"{len(records)} runs under {opts.root}" + (f" (sweep {opts.sweep})" if opts.sweep else "")
     summary.print_table(table, title + (f", mean ± std over {opts.over}" if opts.over else ""))
     if opts.csv:

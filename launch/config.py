@@ -70,6 +70,8 @@ def _check_overrides(overrides: list[str]) -> None:
             first = str(err).strip().splitlines()[0]
             raise UserError(f"malformed override '{text}': {first}") from None
         key = override.key_or_group.lstrip("+~")
+        if not key:
+            raise UserError(f"malformed override '{text}': no key before '='")
         if key in GROUPS and not override.is_sweep_override() and override.value() is not None:
             value = str(override.value())
             valid = options(key)
@@ -99,7 +101,20 @@ def compose(overrides: list[str]) -> DictConfig:
     if cfg.get("model") is None or cfg.get("data") is None:
         raise UserError(f"no model/data selected: pass experiment=<slug>{_closest('', experiments())} "
                         f"(one of: {', '.join(experiments())})")
+    check_resolves(cfg)
     return cfg
+
+
+def check_resolves(cfg: DictConfig) -> None:
+    """Every interpolation resolves (e.g. `trainer.max_epochs=${oops}` does not): a one-line error before anything
+    is built, not an InterpolationKeyError from deep inside the trainer."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        raise UserError(f"{key + ': ' if key else ''}{str(err).splitlines()[0]}") from None
 
 
 def _explain(err: Exception, overrides: list[str]) -> str:

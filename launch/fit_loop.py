@@ -66,7 +66,8 @@ def use_epoch_end_resume_loop(trainer: L.Trainer, stop_setting: Any = None) -> N
     """Give `trainer` an `EpochEndResumeFitLoop` (keeping its limits and epoch loop); call before `fit`. Only on a
     Lightning whose fit loop resumes an epoch-based run at an epoch's end (`RestartStage.RESUMED_ON_EPOCH_END`,
     Lightning 2.5 on): the loop hands iteration-based runs to that path; without it, Lightning's loop is kept.
-    `stop_setting`: the run's early-stopping configuration (a plain dict, or None), under which a restored stop holds."""
+    `stop_setting`: the run's early-stopping configuration (a plain dict, or None), under which a restored stop
+    holds."""
     if not hasattr(RestartStage, "RESUMED_ON_EPOCH_END"):
         return
     old = trainer.fit_loop

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 import statistics
 import subprocess
@@ -94,7 +95,7 @@ def collect(root: Path, experiment: str | None = None, sweep: str | None = None)
     records = []
     for config_file in sorted(root.glob(pattern)):
         run_dir = config_file.parent
-        if sweep and not run_dir.name.startswith(f"{sweep}-"):
+        if sweep and not re.fullmatch(re.escape(sweep) + r"-\d+", run_dir.name):  # not a longer id's prefix
             continue
         final = run_dir / "final_metrics.json"
         try:
@@ -265,10 +266,9 @@ def plot(table: Table, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not table.settings:
-        raise UserError("--plot needs a setting that differs between the runs (besides the aggregated key)")
-    if not can_plot(table):
-        raise UserError("--plot needs finished runs with final metrics, aggregated with --over")
+    problem = plot_problem(table)
+    if problem:
+        raise UserError(problem)
     metrics = table.metrics
     x_key, line_keys = table.settings[0], table.settings[1:]
     lines: dict[tuple, list[dict]] = {}
@@ -299,9 +299,30 @@ def plot(table: Table, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=120)
+        _replace(tmp, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_problem(table: Table) -> str | None:
+    """Why `table` cannot be plotted (a one-line reason), or None."""
+    if not table.settings:
+        return "--plot needs a setting that differs between the runs (besides the aggregated key)"
+    if not can_plot(table):
+        return "--plot needs finished runs with final metrics, aggregated with --over"
+    return None
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Rename a written temporary file over `path`; a failure is one line and leaves no temporary file."""
+    try:
+        tmp.replace(path)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_csv(table: Table, path: Path) -> None:
@@ -314,4 +335,4 @@ def write_csv(table: Table, path: Path) -> None:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(table.numbers)
-    tmp.replace(path)
+    _replace(tmp, path)

@@ -259,6 +259,9 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     torch.set_float32_matmul_precision(_matmul_precision(cfg))
     if cfg.get("stage") not in STAGES:
         raise UserError(f"stage must be one of {', '.join(STAGES)}, got {cfg.get('stage')!r}")
+    from launch.config import check_resolves
+
+    check_resolves(cfg)  # a resumed or evaluated run's overrides are applied to its saved config, not composed
     if make_run_dir:
         cfg = runs.assign_run_id(cfg)
     L.seed_everything(_seed(cfg), workers=True, verbose=False)

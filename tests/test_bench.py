@@ -49,3 +49,11 @@ def test_bench_lightgcn_quick(tmp_path):
     gowalla = [r for r in rows if r["case"].startswith("gowalla_")]
     assert len(gowalla) == 8
     assert all("met" in r for r in gowalla if r["what"].endswith("(extrapolated)"))
+
+
+def test_an_option_some_benchmark_refuses_fails_before_any_runs(tmp_path):
+    """`zoo bench --all --systems lorenz`: a one-line error before any benchmark runs. Before, the benchmarks that
+    take --systems ran (the whole dysts runner) and a later one refused it (found by the CLI audit, stop 32)."""
+    code, _, err = zoo_in_process("bench", "--all", "--quick", "--systems", "lorenz", "--out", str(tmp_path / "b"))
+    assert code == 2 and "does not take --systems" in err and len(err.strip().splitlines()) == 1, err
+    assert not list((tmp_path / "b").glob("*.json"))

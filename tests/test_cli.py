@@ -260,3 +260,41 @@ def test_check_seeds_runs_each_claim_per_seed_and_summarises(monkeypatch, tmp_pa
             check.parse_seeds(bad)
     with pytest.raises(UserError, match="not both"):
         cmd_check(["um2n", "--seeds", "0,1", "seed=3", "--out", str(out)])
+
+
+def test_cli_audit_cases_are_one_line_and_write_nothing(tmp_path):
+    """Found by a read-only audit of the CLI's bad-input contract (stop 32); each was a traceback, a late failure or a
+    wrong action before: an override with no key (`=5`, Hydra's ValueError); an interpolation that does not resolve
+    (an InterpolationKeyError from inside the trainer, in train, check and eval); `zoo check <slug> experiment=<other>`
+    (accepted: it would train the other paper's model under these claims); `--out ""` (wrote into the current
+    folder); a huge --seeds range (MemoryError); a results file that is a folder (a traceback after every claim had
+    run); `zoo runs --csv <folder>` (a traceback that left a .tmp file); `zoo eval out=<folder>` (refused only after
+    the evaluation)."""
+    tiny = ["experiment=lightgcn", "data=synthetic_graph", f"runs_root={tmp_path / 'runs'}", "logger=csv",
+            "progress_bar=false", "trainer.max_epochs=1"]
+    for args in (("train", *tiny, "=5"), ("train", *tiny, "trainer.max_epochs=${oops}"),
+                 ("check", "pde_barron", "trainer.max_epochs=${oops}", "--out", str(tmp_path / "c0")),
+                 ("check", "pde_barron", "experiment=lightgcn", "--out", str(tmp_path / "c1")),
+                 ("check", "pde_barron", "--out", ""),
+                 ("check", "pde_barron", "--seeds", "0-10000000000", "--out", str(tmp_path / "c2"))):
+        code, out, err = zoo_in_process(*args)
+        one_line_error(code, err)
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "c3" / "pde_barron.json").mkdir(parents=True)
+    code, out, err = zoo_in_process("check", "pde_barron", "--claim", "preconditioning_matters", "--out",
+                                    str(tmp_path / "c3"))
+    one_line_error(code, err)
+    assert "is a folder" in err and "PASS" not in out  # refused before the claim ran
+
+    code, _, err = zoo_in_process("train", *tiny, "run_id=r")
+    assert code == 0, err
+    ckpt = tmp_path / "runs" / "lightgcn" / "r" / "checkpoints" / "last.ckpt"
+    code, out, err = zoo_in_process("eval", f"ckpt={ckpt}", "data.batch_size=${oops}")
+    one_line_error(code, err)
+    code, out, err = zoo_in_process("eval", f"ckpt={ckpt}", f"out={tmp_path}")
+    one_line_error(code, err)
+    assert "test/recall@20" not in out  # refused before the evaluation
+    (tmp_path / "table").mkdir()
+    code, out, err = zoo_in_process("runs", "--root", str(tmp_path / "runs"), "--csv", str(tmp_path / "table"))
+    one_line_error(code, err)
+    assert not list(tmp_path.glob("*.tmp"))

@@ -178,3 +178,11 @@ def test_descriptive_keys_and_every_test_metric(tmp_path):
         summary.build(records, ["test/nosuch"])
     code = cli.main(["runs", "--root", str(root), "--over", "seed", "--plot", str(tmp_path / "x.txt")])
     assert code == 2
+
+
+def test_a_sweep_id_is_matched_whole(sweep_root):
+    """`--sweep s` lists the runs `s-<i>` of that sweep only: a run of another sweep whose id starts with it (here
+    sweep `s-9`'s run `s-9-0`) was listed too (found by the CLI audit, stop 32)."""
+    fake_run(sweep_root, "s-9-0", 0, 1, 0.5)
+    assert sorted(r.run_id for r in summary.collect(sweep_root, "lightgcn", sweep="s")) == [f"s-{i}" for i in range(5)]
+    assert [r.run_id for r in summary.collect(sweep_root, "lightgcn", sweep="s-9")] == ["s-9-0"]

@@ -162,7 +162,8 @@ def test_run_stopped_early_and_restarted_trains_no_more(runs_root):
     4th validation, as the straight run with patience 3 (seen failing with Lightning's EarlyStopping, which restores
     the checkpoint's patience 1: stopped after 3 epochs; and with the stop restored whatever the setting: it trained
     nothing more); no early stopping trains to max_epochs."""
-    overrides = [*TINY[:2], "data.batch_size=256", "seed=5", "trainer.max_epochs=6", "trainer.check_val_every_n_epoch=1",
+    overrides = [*TINY[:2], "data.batch_size=256", "seed=5", "trainer.max_epochs=6",
+                 "trainer.check_val_every_n_epoch=1",
                  "+early_stopping={monitor: val/recall@20, mode: max, patience: 1, min_delta: 1.0}"]
     args = [*overrides, f"runs_root={runs_root}", "run_id=stopped", "logger=csv", "progress_bar=false"]
     code, _, err = zoo_in_process("train", *args)
@@ -190,7 +191,8 @@ def test_run_stopped_early_and_restarted_trains_no_more(runs_root):
     code, _, err = zoo_in_process("train", *(a for a in args if not a.startswith("+early_stopping")),
                                   "early_stopping=null")
     assert code == 0, err
-    assert json.loads((runs_root / "lightgcn" / "stopped" / "final_metrics.json").read_text())["global_step"] == 6 * epoch
+    final = json.loads((runs_root / "lightgcn" / "stopped" / "final_metrics.json").read_text())
+    assert final["global_step"] == 6 * epoch
 
 
 def test_mid_epoch_resume_under_ddp_matches_uninterrupted(runs_root):
