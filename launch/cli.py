@@ -265,10 +265,14 @@ def cmd_eval(args: list[str]) -> int:
 
     from launch import runs, train
 
+    usage = "usage: zoo eval ckpt=<path/to/checkpoint.ckpt> [out=<metrics.json>] [key=value ...]"
+    if args in (["-h"], ["--help"]):
+        print(f"{usage}\n  test metrics of a checkpoint under its run's saved config (key=value changes it)")
+        return 0
     ckpt = next((a.split("=", 1)[1] for a in args if a.startswith("ckpt=")), None)
     out = next((a.split("=", 1)[1] for a in args if a.startswith("out=")), None)
     if not ckpt:
-        raise UserError("usage: zoo eval ckpt=<path/to/checkpoint.ckpt> [out=<metrics.json>] [key=value ...]")
+        raise UserError(usage)
     if out is not None:  # checked before the evaluation, not after it
         out_file = Path(out).expanduser()
         if not out.strip() or out_file.is_dir():
@@ -334,6 +338,10 @@ def cmd_list(args: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    if args in (["-h"], ["--help"]):
+        print("zoo list: every paper, its data and the state of its claims (results under $PAPERZOO_CHECKS, default "
+              "runs/checks)")
+        return 0
     if args:
         raise UserError(f"zoo list takes no arguments, got {' '.join(args)}")
 
@@ -381,6 +389,7 @@ def cmd_check(args: list[str]) -> int:
                         help="slurm: one job per paper (a job array for several); launcher.* overrides set its "
                              "resources, launcher.wait=true waits for the results")
     opts = parser.parse_intermixed_args(args)
+    opts.claims = list(dict.fromkeys(opts.claims)) if opts.claims else opts.claims  # --claim X --claim X: once
     checkable = zconfig.experiments() + zconfig.variants_with_claims()
     if opts.all and (opts.slug or opts.claims):
         raise UserError("zoo check --all takes no slug and no --claim")
@@ -496,12 +505,11 @@ def cmd_bench(args: list[str]) -> int:
 def cmd_status(args: list[str]) -> int:
     from launch import runs, summary
 
-    root = "runs"
-    if len(args) == 3 and args[1] == "--root":
-        args, root = args[:1], args[2]
-    if len(args) != 1:
-        raise UserError("usage: zoo status <run_id | run_dir> [--root <runs_root>]")
-    run_dir = runs.find(args[0], root)
+    parser = _Parser(prog="zoo status", description="progress, checkpoint, metrics and SLURM jobs of a run")
+    parser.add_argument("run", help="a run id (searched under --root) or a run directory")
+    parser.add_argument("--root", default="runs", help="the runs root to search (default: runs)")
+    opts = parser.parse_args(args)  # --root before or after the run, --root=R, --help
+    run_dir = runs.find(opts.run, opts.root)
     cfg = runs.saved_config(runs.Run.at(run_dir))
     print(f"run {cfg.run_id}  experiment {cfg.experiment_name}  dir {run_dir}")
     last = run_dir / "checkpoints" / "last.ckpt"

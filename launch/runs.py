@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import platform
@@ -269,7 +270,7 @@ def find(run: str, runs_root: str = "runs") -> Path:
     path = Path(run).expanduser()
     if (path / "config.yaml").exists():
         return path.absolute()
-    matches = sorted(Path(runs_root).glob(f"*/{run}"))
+    matches = sorted(Path(runs_root).glob(f"*/{glob.escape(run)}"))  # an id, not a pattern ('a[2]' is not a2)
     matches = [m for m in matches if (m / "config.yaml").exists()]
     if not matches:
         raise UserError(f"no run '{run}' (looked for {path}/config.yaml and {runs_root}/*/{run}/config.yaml)")

@@ -298,3 +298,24 @@ def test_cli_audit_cases_are_one_line_and_write_nothing(tmp_path):
     code, out, err = zoo_in_process("runs", "--root", str(tmp_path / "runs"), "--csv", str(tmp_path / "table"))
     one_line_error(code, err)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_status_list_and_eval_take_help_and_status_takes_root_anywhere(tmp_path):
+    """`zoo status|list|eval --help` print their usage (exit 0; they were errors); `zoo status` takes --root before
+    or after the run and as --root=R (only `<id> --root R` worked), and a run id is not a glob pattern ('a[2]'
+    showed run a2). Found by the CLI audit (stop 32)."""
+    for command in ("status", "list", "eval"):
+        try:
+            code = zoo_in_process(command, "--help")[0]
+        except SystemExit as stop:  # argparse's --help (the console script exits with it)
+            code = stop.code
+        assert code == 0, command
+    root = tmp_path / "runs"
+    for run in ("a2", "a[2]x"):
+        (root / "lightgcn" / run).mkdir(parents=True)
+    code, _, err = zoo_in_process("status", "--root", str(root), "a[2]")
+    one_line_error(code, err)
+    assert "no run 'a[2]'" in err
+    for args in (("--root", str(root), "nosuch"), ("nosuch", f"--root={root}")):
+        code, _, err = zoo_in_process("status", *args)
+        assert code == 2 and "no run 'nosuch'" in err, err
