@@ -77,6 +77,17 @@ def writable_dir(path: Path | str, what: str) -> Path:
     return path
 
 
+def writable_file(target: str, what: str) -> Path:
+    """An output file (`what`, e.g. --csv) checked before any work: a name (not empty, not a folder) in a folder that
+    can be made and written (`writable_dir`)."""
+    path = Path(target).expanduser()
+    if not target.strip() or path.is_dir():
+        given = f"{what}{target}" if what.endswith("=") else f"{what} {target}"
+        raise UserError(f"{given}: give a file name (it is {'a folder' if target.strip() else 'empty'})")
+    writable_dir(path.absolute().parent, what)
+    return path
+
+
 class _Parser(argparse.ArgumentParser):
     """A command's flags: a mistake is one line (exit 2), not the usage block; `zoo <command> --help` shows it."""
 
@@ -274,11 +285,7 @@ def cmd_eval(args: list[str]) -> int:
     if not ckpt:
         raise UserError(usage)
     if out is not None:  # checked before the evaluation, not after it
-        out_file = Path(out).expanduser()
-        if not out.strip() or out_file.is_dir():
-            what = "a folder" if out.strip() else "empty"
-            raise UserError(f"out={out}: give a file name for the metrics (it is {what})")
-        writable_dir(out_file.absolute().parent, "out=")
+        writable_file(out, "out=")
     ckpt_path = Path(ckpt).expanduser()
     if not ckpt_path.is_file():
         raise UserError(f"no checkpoint at {ckpt_path}")
@@ -563,9 +570,7 @@ def cmd_runs(args: list[str]) -> int:
         raise UserError(f"--plot {opts.plot}: give a .png, .pdf or .svg file")
     for flag, target in (("--csv", opts.csv), ("--plot", opts.plot)):
         if target:
-            if Path(target).expanduser().is_dir():
-                raise UserError(f"{flag} {target}: is a folder (give a file name)")
-            writable_dir(Path(target).expanduser().absolute().parent, flag)
+            writable_file(target, flag)
     records = summary.collect(Path(opts.root), opts.experiment, opts.sweep)
     table = summary.build(records, opts.metric, opts.over)
     if opts.plot and summary.plot_problem(table):  # before anything is written

@@ -1,7 +1,6 @@
 """compose -> instantiate -> fit/test: the one code path for local runs, SLURM jobs, checks and tests."""
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import sys
@@ -101,11 +100,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
     from launch.fit_loop import use_epoch_end_resume_loop
 
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
-    for key in ("max_epochs", "min_epochs", "max_steps", "min_steps", "check_val_every_n_epoch",
-                "accumulate_grad_batches", "log_every_n_steps", "num_sanity_val_steps"):
-        value = kwargs.get(key)  # Lightning takes a string here and fails later with an assertion deep in its loop
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise UserError(f"trainer.{key} must be an integer, got {value!r}")
+    _check_trainer_integers(kwargs)
     kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"), kwargs.get("accelerator", "cpu"))
     callbacks = [FiniteLossGuard(), ResumeRandomState(), ResumeLoaderState(),
                  RunIdentity(**run_identity(cfg)),
@@ -135,11 +130,10 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
         except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException and friends
             raise UserError(f"checkpoint: {one_line(err, 200)}") from None
         callbacks.append(FiguresCallback(run.figures))
-    early_stopping = OmegaConf.to_container(cfg.early_stopping, resolve=True) if cfg.get("early_stopping") else None
-    if early_stopping is not None:
+    spec = OmegaConf.to_container(cfg.early_stopping, resolve=True) if cfg.get("early_stopping") else None
+    if spec is not None:
         from launch.callbacks import ConfiguredEarlyStopping
 
-        spec = copy.deepcopy(early_stopping)
         if isinstance(spec, dict):
             # decide after each validation, not at the end of a training epoch: a run whose step budget ends before
             # its first validation (trainer.max_steps below one epoch) has no val metric there, and Lightning would
@@ -167,7 +161,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
     except (MisconfigurationException, ValueError, TypeError) as err:  # a bad trainer.* value
         raise UserError(f"trainer: {one_line(err)}") from None
     # exact resume of max_steps runs from epoch-end checkpoints, and of a stop asked for under the same early stopping
-    use_epoch_end_resume_loop(trainer, stop_setting=early_stopping)
+    use_epoch_end_resume_loop(trainer, stop_setting=spec)
     return trainer
 
 
@@ -307,17 +301,21 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
         ckpt = "last" if run_dir is not None else None
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+        # before training, a setting Lightning refuses (e.g. a resume whose trainer.max_epochs is below the run's
+        # epoch) or a last.ckpt whose weights do not fit the model is one line; raised by a training step, a bug to
+        # show in full
+        def trained() -> bool:
+            return any(isinstance(c, FitStarted) and c.trained for c in trainer.callbacks)
+
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
-        except (MisconfigurationException, RuntimeError) as err:
-            # before training: a setting Lightning refuses (e.g. a resume whose trainer.max_epochs is below the run's
-            # epoch), or a last.ckpt whose weights do not fit the model; one raised by a training step is a bug to
-            # show in full
-            trained = any(isinstance(c, FitStarted) and c.trained for c in trainer.callbacks)
-            if trained or not (isinstance(err, MisconfigurationException) or "state_dict" in str(err)):
+        except MisconfigurationException as err:
+            if trained():
                 raise
-            if isinstance(err, MisconfigurationException):
-                raise UserError(f"trainer: {one_line(err, 300)}") from None
+            raise UserError(f"trainer: {one_line(err, 300)}") from None
+        except RuntimeError as err:
+            if trained() or "state_dict" not in str(err):
+                raise
             raise UserError(f"checkpoint {run_dir.last_checkpoint if run_dir else ckpt} does not fit this model: "
                             f"{str(err).splitlines()[0][:200]}; move it away to restart the run from scratch") from None
         metrics.update(_floats(trainer.callback_metrics))
@@ -406,6 +404,18 @@ def _seed(cfg: DictConfig) -> int | None:
         raise UserError(f"seed must be an integer, got {seed!r}") from None
 
 
+TRAINER_INTEGERS = ("max_epochs", "min_epochs", "max_steps", "min_steps", "check_val_every_n_epoch",
+                    "accumulate_grad_batches", "log_every_n_steps", "num_sanity_val_steps")
+
+
+def _check_trainer_integers(trainer_cfg) -> None:
+    """Lightning takes a string for these and fails later with an assertion deep in its loop: one line instead."""
+    for key in TRAINER_INTEGERS:
+        value = trainer_cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UserError(f"trainer.{key} must be an integer, got {value!r}")
+
+
 def run_identity(cfg: DictConfig) -> dict[str, str]:
     """What a run's checkpoints record of it (`callbacks.RunIdentity`): its experiment and model class."""
     return {"experiment": str(cfg.get("experiment_name")), "model": str(OmegaConf.select(cfg, "model._target_"))}
@@ -429,6 +439,7 @@ def _guard_checkpoint(run: runs.Run | None, cfg: DictConfig | None = None) -> in
                             "restart the run from scratch")
     step = int(ckpt.get("global_step", 0))
     trainer_cfg = cfg.get("trainer") or {} if cfg is not None else {}
+    _check_trainer_integers(trainer_cfg)
     try:
         epochs = int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
     except (KeyError, TypeError, ValueError):
@@ -446,8 +457,6 @@ def _guard_checkpoint(run: runs.Run | None, cfg: DictConfig | None = None) -> in
                         f"trainer.limit_train_batches={limit}; keep the limit until the epoch ends, or resume from an "
                         f"epoch's end")
     below = []
-    max_epochs, max_steps = (v if isinstance(v, int) and not isinstance(v, bool) else None  # bad types: build_trainer
-                             for v in (max_epochs, max_steps))
     if epochs is not None and max_epochs is not None and 0 <= max_epochs < epochs:
         below.append(f"trainer.max_epochs={max_epochs} (it has trained {epochs} epochs)")
     if max_steps is not None and 0 <= max_steps < step:
