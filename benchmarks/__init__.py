@@ -53,8 +53,9 @@ def check_name(slug: str | None) -> None:
 
 def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path,
                    options: dict | None = None) -> dict[str, list[dict]]:
-    from rich.console import Console
     from rich.table import Table
+
+    from launch.summary import wide_console
 
     check_name(slug)
     modules = sorted(set(_modules(REGISTRY[slug])) if slug else {m for v in REGISTRY.values() for m in _modules(v)})
@@ -72,11 +73,12 @@ def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path,
         (out_dir / f"{short}.json").write_text(json.dumps(payload, indent=2))
         table = Table(title=f"{short}{' (quick)' if quick else ''}")
         columns = list(dict.fromkeys(k for row in rows for k in row))
+        cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
         for col in columns:
             table.add_column(col)
-        for row in rows:
-            table.add_row(*[_fmt(row.get(c)) for c in columns])
-        Console().print(table)
+        for row in cells:
+            table.add_row(*row)
+        wide_console(columns, cells).print(table)
         if getattr(module, "SUMMARY", ""):
             print(module.SUMMARY)
     return results

@@ -41,8 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"zoo: unknown command '{command}'{hint}; run `zoo --help`", file=sys.stderr)
         return 2
+    finished = False
+    _MADE_DIRS.clear()
     try:
-        return handlers[command](rest) or 0
+        code = handlers[command](rest) or 0
+        finished = True
+        return code
     except UserError as err:
         print(f"zoo {command}: error: {err}", file=sys.stderr)
         return 2
@@ -59,6 +63,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"zoo {command}: terminated (SIGTERM)", file=sys.stderr)
             return 143
         raise
+    finally:
+        if not finished:  # an error after --out was made leaves no empty folder behind
+            _remove_empty_made_dirs()
+
+
+_MADE_DIRS: list[Path] = []  # folders `writable_dir` created in this command, outermost first
+
+
+def _remove_empty_made_dirs() -> None:
+    for path in reversed(_MADE_DIRS):
+        try:
+            path.rmdir()  # only when empty
+        except OSError:
+            pass
+    _MADE_DIRS.clear()
 
 
 def writable_dir(path: Path | str, what: str) -> Path:
@@ -68,8 +87,10 @@ def writable_dir(path: Path | str, what: str) -> Path:
     if isinstance(path, str) and not path.strip():
         raise UserError(f"{what}: empty path")
     path = Path(path)
+    missing = [p for p in (path.absolute(), *path.absolute().parents) if not p.exists()][::-1]
     try:
         path.mkdir(parents=True, exist_ok=True)
+        _MADE_DIRS.extend(missing)
     except OSError as err:
         raise UserError(f"{what} {path}: cannot create it ({err.strerror or err})") from None
     if not os.access(path, os.W_OK):
@@ -380,7 +401,7 @@ def cmd_check(args: list[str]) -> int:
     """`zoo check <slug> [--claim NAME ...] [key=value ...]`: the overrides go on top of every run of the claims
     (before each run's own, so a baseline's `trainer.max_steps=1` still holds), e.g. a GPU and a longer schedule:
     `zoo check um2n --claim node_rmse trainer=gpu trainer.max_steps=4000`."""
-    from launch import check
+    from launch import check, train
     from launch import config as zconfig
 
     parser = _Parser(prog="zoo check")
@@ -419,7 +440,9 @@ def cmd_check(args: list[str]) -> int:
         raise UserError(f"{', '.join(fixed)}: the experiment is the slug (zoo check <slug>) and claim runs have no "
                         "run id")
     for slug in slugs if extra else ():  # a mistyped key fails now, not after hours of other claims (or never)
-        zconfig.compose([f"experiment={slug}", *extra])
+        composed = zconfig.compose([f"experiment={slug}", *extra])
+        # and so does a malformed value (a probe-only claim would record it as its setting without applying it)
+        train.check_trainer_integers(composed.trainer)
     if launcher_overrides and opts.launcher != "slurm":
         raise UserError(f"{', '.join(launcher_overrides)} needs --launcher slurm (claims run locally)")
     writable_dir(opts.out, "--out")

@@ -239,7 +239,6 @@ def build(records: list[RunRecord], metrics: list[str] | None = None, over: str 
 
 
 def print_table(table: Table, title: str) -> None:
-    from rich.console import Console
     from rich.table import Table as RichTable
 
     rich_table = RichTable(title=title)
@@ -247,9 +246,16 @@ def print_table(table: Table, title: str) -> None:
         rich_table.add_column(column, justify="left" if column in ("experiment", "run", "status") else "right")
     for row in table.rows:
         rich_table.add_row(*row)
-    # wide enough for every cell: run ids and metric names were cut ("20261206-064…") on a narrow or piped console
-    widths = [max([len(c)] + [len(str(row[i])) for row in table.rows]) for i, c in enumerate(table.columns)]
-    Console(width=max(120, sum(w + 3 for w in widths) + 1)).print(rich_table)
+    wide_console(table.columns, table.rows).print(rich_table)
+
+
+def wide_console(columns: list[str], rows: list[list[str]]):
+    """A console wide enough for every cell of a table: run ids, metric names and numbers were cut ("20261206-064…",
+    "0.8…") on a narrow or piped console (rich assumes 80 columns when stdout is not a terminal)."""
+    from rich.console import Console
+
+    widths = [max([len(c)] + [len(str(row[i])) for row in rows]) for i, c in enumerate(columns)]
+    return Console(width=max(120, sum(w + 3 for w in widths) + 1))
 
 
 def can_plot(table: Table) -> bool:

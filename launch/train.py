@@ -100,7 +100,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
     from launch.fit_loop import use_epoch_end_resume_loop
 
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
-    _check_trainer_integers(kwargs)
+    check_trainer_integers(kwargs)
     kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"), kwargs.get("accelerator", "cpu"))
     callbacks = [FiniteLossGuard(), ResumeRandomState(), ResumeLoaderState(),
                  RunIdentity(**run_identity(cfg)),
@@ -408,7 +408,7 @@ TRAINER_INTEGERS = ("max_epochs", "min_epochs", "max_steps", "min_steps", "check
                     "accumulate_grad_batches", "log_every_n_steps", "num_sanity_val_steps")
 
 
-def _check_trainer_integers(trainer_cfg) -> None:
+def check_trainer_integers(trainer_cfg) -> None:
     """Lightning takes a string for these and fails later with an assertion deep in its loop: one line instead."""
     for key in TRAINER_INTEGERS:
         value = trainer_cfg.get(key)
@@ -439,7 +439,7 @@ def _guard_checkpoint(run: runs.Run | None, cfg: DictConfig | None = None) -> in
                             "restart the run from scratch")
     step = int(ckpt.get("global_step", 0))
     trainer_cfg = cfg.get("trainer") or {} if cfg is not None else {}
-    _check_trainer_integers(trainer_cfg)
+    check_trainer_integers(trainer_cfg)
     try:
         epochs = int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
     except (KeyError, TypeError, ValueError):

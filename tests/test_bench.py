@@ -20,6 +20,7 @@ def test_bench_lightgcn_quick(tmp_path):
     rows = payload["rows"]
     assert not [r for r in rows if r.get("error")], [r["error"] for r in rows if r.get("error")]
     assert "recsys_speed" in stdout
+    assert "…" not in stdout  # every cell whole in a pipe (rich cut the table to 80 columns: "0.8…", "qua…")
 
     cases = {r["case"] for r in rows}
     assert {"ml100k", "prop_ml100k", "prop_gowalla", "gowalla_lightgcn", "gowalla_ultragcn"} <= cases

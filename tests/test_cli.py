@@ -300,6 +300,20 @@ def test_cli_audit_cases_are_one_line_and_write_nothing(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_failed_check_leaves_no_out_folder_and_a_probe_only_check_refuses_a_malformed_value(tmp_path):
+    """The CLI audit's leftovers (stop 32): an error found after `--out` was made left the empty folder (here: a
+    claim the paper does not have), and a probe-only claim recorded `trainer.max_epochs=abc` as its results' setting
+    without applying it (exit 0)."""
+    code, _, err = zoo_in_process("check", "pde_barron", "--claim", "nosuch", "--out", str(tmp_path / "new" / "a"))
+    one_line_error(code, err)
+    assert not (tmp_path / "new").exists()
+    code, out, err = zoo_in_process("check", "gtf_plrnn", "--claim", "alpha_star", "trainer.max_epochs=abc",
+                                    "--out", str(tmp_path / "c"))
+    one_line_error(code, err)
+    assert "trainer.max_epochs must be an integer" in err and "PASS" not in out
+    assert not (tmp_path / "c").exists()
+
+
 def test_status_list_and_eval_take_help_and_status_takes_root_anywhere(tmp_path):
     """`zoo status|list|eval --help` print their usage (exit 0; they were errors); `zoo status` takes --root before
     or after the run and as --root=R (only `<id> --root R` worked), and a run id is not a glob pattern ('a[2]'
