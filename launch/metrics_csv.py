@@ -22,11 +22,14 @@ class KeptMetricsWriter(ExperimentWriter):
     budget is part of the run's history), except when the run starts again from step 0 (`resume_step` 0: its
     checkpoint is gone), which keeps nothing of the earlier attempt. A last line torn by a kill (no line end) is
     dropped too. The file is rewritten (atomically) only when the first new rows are saved, so a resume that fails
-    before (in Lightning's restore) leaves it as it was. Rows that do not fit the header are a one-line error."""
+    before (in Lightning's restore) leaves it as it was. Rows that do not fit the header are a one-line error. A
+    resumed fit that tests at the step of an earlier test row (a restart killed after its test was logged, before it
+    finished: nothing more to train) replaces that row rather than repeating it."""
 
     def __init__(self, log_dir: str, resume_step: int | None = None) -> None:
         self.resume_step = resume_step
         self._kept_rows: list[dict[str, str]] | None = None  # the rewrite due before the first save
+        self._earlier_test_steps: set[int | None] = set()  # steps of the test rows kept from earlier attempts
         super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:
@@ -47,8 +50,14 @@ class KeptMetricsWriter(ExperimentWriter):
         kept = rows if self.resume_step is None else [row for row in rows if not self._replayed(row)]
         if torn or len(kept) < len(rows):
             self._kept_rows = kept
+        if self.resume_step:
+            self._earlier_test_steps = {_step(row) for row in kept if _is_test(row)}
 
     def save(self) -> None:
+        repeated = {_step(row) for row in self.metrics if _is_test(row)} & self._earlier_test_steps
+        if repeated:  # a restart tests the same weights again (it was killed after its test row, a requeue)
+            self._kept_rows = [row for row in self._rows_so_far() if not (_is_test(row) and _step(row) in repeated)]
+            self._earlier_test_steps -= repeated
         if self._kept_rows is not None and self.metrics:
             text = io.StringIO(newline="")
             writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
@@ -58,13 +67,26 @@ class KeptMetricsWriter(ExperimentWriter):
             self._kept_rows = None
         super().save()
 
+    def _rows_so_far(self) -> list[dict[str, str]]:
+        if self._kept_rows is not None:
+            return self._kept_rows
+        with open(self.metrics_file_path, newline="") as file:
+            return list(csv.DictReader(file))
+
     def _replayed(self, row: dict[str, str]) -> bool:
-        try:
-            step = int(float(row.get("step") or ""))
-        except ValueError:
-            return False
-        is_test = any(key.startswith("test/") and value not in ("", None) for key, value in row.items())
-        return step >= self.resume_step and (not is_test or self.resume_step == 0)
+        step = _step(row)
+        return step is not None and step >= self.resume_step and (not _is_test(row) or self.resume_step == 0)
+
+
+def _step(row: dict) -> int | None:
+    try:
+        return int(float(row.get("step") or ""))
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_test(row: dict) -> bool:
+    return any(str(key).startswith("test/") and value not in ("", None) for key, value in row.items())
 
 
 class RunCSVLogger(CSVLogger):

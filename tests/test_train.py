@@ -264,6 +264,8 @@ def test_a_finished_run_restarted_keeps_its_record_and_a_moved_run_resumes_where
       only the test metrics (train/* and val/* were dropped) and its epoch went from 2 to 1;
     - restarted under another precision it tests under that precision, and config.yaml now says so (it kept the old
       one: the config was saved only after a training batch);
+    - either restart appended a second test row at the same step to metrics.csv (now it replaces the first; the
+      audit saw it after a kill during the test);
     - a resume that lowers trainer.max_epochs below the run's epoch: a one-line error, the run as it was (was a
       Lightning traceback);
     - a runs tree moved away, resumed from its new place with the default (relative) runs_root: it resumed at the
@@ -283,8 +285,10 @@ def test_a_finished_run_restarted_keeps_its_record_and_a_moved_run_resumes_where
     assert code == 0, err
     again = json.loads((run / "final_metrics.json").read_text())
     assert again.keys() == first.keys() and all(again[k] == pytest.approx(first[k], abs=1e-6) for k in first)
+    assert _test_row_steps(run) == [first["global_step"]]  # the test again replaces its row (it was appended)
     code, _, err = zoo_in_process("train", *args, "trainer.precision=64-true")
     assert code == 0 and "trainer.precision" in err, err
+    assert _test_row_steps(run) == [first["global_step"]]
     assert OmegaConf.load(run / "config.yaml").trainer.precision == "64-true"
     saved = (run / "config.yaml").read_text()
     code, out, err = zoo_in_process("train", *args, "trainer.max_epochs=1")
@@ -299,6 +303,15 @@ def test_a_finished_run_restarted_keeps_its_record_and_a_moved_run_resumes_where
     assert code == 0 and "resuming run kept" in err, err
     moved = json.loads((tmp_path / "b" / "runs" / "lightgcn" / "kept" / "final_metrics.json").read_text())
     assert moved["global_step"] == 3 * first["global_step"] // 2 and not (tmp_path / "a" / "runs").exists()
+    assert _test_row_steps(tmp_path / "b" / "runs" / "lightgcn" / "kept") == [first["global_step"],
+                                                                              moved["global_step"]]
+
+
+def _test_row_steps(run) -> list[int]:
+    import csv
+
+    with open(run / "metrics.csv", newline="") as file:
+        return [int(row["step"]) for row in csv.DictReader(file) if row.get("test/recall@20")]
 
 
 def test_a_limit_below_the_interrupted_epochs_batches_is_refused(runs_root):
