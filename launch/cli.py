@@ -12,6 +12,7 @@ from launch.errors import UserError, one_line
 USAGE = """zoo <command> [args]
 
   zoo train experiment=<slug> [group=option] [key=value ...]   train locally or (launcher=slurm) on SLURM
+  zoo train ... --cfg job                                      print the resolved config (and sbatch resources)
   zoo train -m experiment=<slug> key=a,b,c                     a sweep (one SLURM job array with launcher=slurm)
   zoo eval ckpt=<path/to/ckpt> [out=F.json] [key=value ...]    test metrics from a checkpoint and its saved config
   zoo list                                                     every paper, its data and the state of its claims
@@ -21,7 +22,7 @@ USAGE = """zoo <command> [args]
   zoo bench <slug> | --all [--quick]                           speed and memory benchmarks (ratios)
   zoo status <run_id | run_dir> [--root R]                     progress, checkpoint, metrics, SLURM jobs of a run
   zoo runs [<experiment>] [--sweep ID] [--over seed] [--csv F]  runs as a table: what differs, final metrics
-                                                               (--over seed: mean ± std over seeds per setting;
+           [--metric M ...] [--plot F.png] [--root R]           (--over seed: mean ± std over seeds per setting;
                                                                --plot F.png: those against the first setting)
 """
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"zoo {command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `zoo ... | head`: the reader has gone; no traceback (and none at exit's flush)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SystemExit as stop:
         # Lightning ends a fit on Ctrl-C with sys.exit(1) and on SIGTERM with an exception whose exit code is None
         # (status 0: a killed run would look finished); both leave last.ckpt for a restart with the same run_id
@@ -135,16 +139,72 @@ def print_metrics(title: str, metrics: dict[str, float]) -> None:
     Console(stderr=False).print(table)
 
 
+TRAIN_USAGE = """zoo train [-m] experiment=<slug>[/<variant>] [group=option ...] [key=value ...] [--cfg job]
+
+  experiment=<slug>      the paper (zoo list shows them); groups: trainer=cpu|gpu|ddp, launcher=local|slurm,
+                         logger=wandb|csv|none, debug=fast|overfit; any key is overridable (model.x=..., data.y=...)
+  run_id=<id>            resume that run from its last.ckpt (a resume may change trainer.*, launcher.*, logger)
+  stage=fit|test|fit_test  test only: the run's last.ckpt (best-*.ckpt with checkpoint.test_on=best)
+  -m k=a,b,c             a sweep: one run per combination (one SLURM job array with launcher=slurm)
+  --cfg job              print the resolved config this command would run (and its sbatch resources with
+                         launcher=slurm), then stop: nothing is trained, written or submitted
+"""
+
+
+def _pop_cfg_flag(args: list[str]) -> tuple[list[str], bool]:
+    """Hydra's `--cfg job` (or `--cfg=job`): print the config instead of running it."""
+    rest, show, i = [], False, 0
+    while i < len(args):
+        if args[i] == "--cfg" or args[i].startswith("--cfg="):
+            value = args[i].split("=", 1)[1] if "=" in args[i] else (args[i + 1] if i + 1 < len(args) else "")
+            if value != "job":
+                raise UserError(f"--cfg takes 'job' (the resolved config), got {value!r}")
+            show, i = True, i + (1 if "=" in args[i] else 2)
+            continue
+        rest.append(args[i])
+        i += 1
+    return rest, show
+
+
+def _show_config(cfg, overrides: list[str]) -> None:
+    """`zoo train ... --cfg job`: the resolved config (a resumed run's: its saved config with this resume's
+    changes), and with launcher=slurm the sbatch resources; nothing is created."""
+    from omegaconf import OmegaConf
+
+    from launch import runs, slurm
+
+    if cfg.run_id:
+        runs.check_run_id(cfg.run_id)
+        if runs.saved_config(runs.run_of(cfg)) is not None:
+            given = os.environ.get(runs.RUN_ID_ENV)
+            cfg = _resume_or_new(cfg, overrides, False)
+            if given is None:  # the run id goes to DDP children of a run; this command starts none
+                os.environ.pop(runs.RUN_ID_ENV, None)
+    print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+    if cfg.launcher.name == "slurm":
+        print(f"# sbatch resources (launcher=slurm): {slurm.resources(cfg)}")
+
+
 def cmd_train(args: list[str]) -> int:
     from launch import config as zconfig
     from launch import runs
 
+    if any(a in ("-h", "--help") for a in args):
+        print(TRAIN_USAGE)
+        return 0
+    args, show = _pop_cfg_flag(args)
     multirun = bool(args) and args[0] in ("-m", "--multirun")
     overrides = args[1:] if multirun else args
     combos = zconfig.expand_sweep(overrides)
     if len(combos) > 1 and not multirun:
         raise UserError("overrides with several values (a,b) need `zoo train -m ...` to run as a sweep")
     cfgs = [zconfig.compose(c) for c in combos]
+    if show:
+        for i, (cfg, combo) in enumerate(zip(cfgs, combos)):
+            if len(cfgs) > 1:
+                print(f"# run {i + 1} of {len(cfgs)}: {' '.join(combo)}")
+            _show_config(cfg, combo)
+        return 0
     given = [cfg.run_id for cfg in cfgs if cfg.run_id]
     if len(cfgs) > 1 and len(set(given)) < len(given):
         raise UserError(f"run_id={given[0]} would put every run of the sweep in one run directory: omit it (the runs "
@@ -405,9 +465,9 @@ def cmd_check(args: list[str]) -> int:
     from launch import config as zconfig
 
     parser = _Parser(prog="zoo check")
-    parser.add_argument("slug", nargs="?")
+    parser.add_argument("slug", nargs="?", help="the paper (or <slug>/<variant> with claims of its own)")
     parser.add_argument("overrides", nargs="*", help="key=value on top of every run")
-    parser.add_argument("--all", action="store_true")
+    parser.add_argument("--all", action="store_true", help="every paper and variant with claims")
     parser.add_argument("--claim", action="append", dest="claims", metavar="NAME",
                         help="only this claim (repeatable)")
     parser.add_argument("--out", default="runs/checks", help="where the JSON and markdown results go")
@@ -533,7 +593,7 @@ def cmd_bench(args: list[str]) -> int:
 
 
 def cmd_status(args: list[str]) -> int:
-    from launch import runs, summary
+    from launch import runs, summary, train
 
     parser = _Parser(prog="zoo status", description="progress, checkpoint, metrics and SLURM jobs of a run")
     parser.add_argument("run", help="a run id (searched under --root) or a run directory")
@@ -548,8 +608,10 @@ def cmd_status(args: list[str]) -> int:
 
         try:
             ckpt = torch.load(last, map_location="cpu", weights_only=False)
-            print(f"last.ckpt: epoch {ckpt.get('epoch')} global_step {ckpt.get('global_step')} "
-                  f"of max_epochs {cfg.trainer.max_epochs}")
+            epochs = train.epochs_trained(ckpt)
+            done = f"{epochs} epochs" if epochs is not None else f"epoch {ckpt.get('epoch')}"
+            print(f"last.ckpt: {done} of max_epochs {cfg.trainer.max_epochs}, global_step {ckpt.get('global_step')}"
+                  + (f" of max_steps {cfg.trainer.max_steps}" if (cfg.trainer.get("max_steps") or -1) > 0 else ""))
         except Exception as err:  # noqa: BLE001
             print(f"last.ckpt unreadable: {type(err).__name__}")
     else:
@@ -578,7 +640,8 @@ def cmd_runs(args: list[str]) -> int:
     from launch import summary
 
     parser = _Parser(prog="zoo runs")
-    parser.add_argument("experiment", nargs="?", help="experiment name (runs/<experiment>/); default: every one")
+    parser.add_argument("experiment", nargs="?", help="experiment name (runs/<experiment>/; a variant as "
+                                                      "<slug>/<variant> or <slug>-<variant>); default: every one")
     parser.add_argument("--root", default="runs", help="runs root (the runs_root of the runs)")
     parser.add_argument("--sweep", help="only the runs of this `zoo train -m` sweep id")
     parser.add_argument("--metric", action="append", help="a final metric to show (repeatable); default: test/*")
@@ -594,7 +657,8 @@ def cmd_runs(args: list[str]) -> int:
     for flag, target in (("--csv", opts.csv), ("--plot", opts.plot)):
         if target:
             writable_file(target, flag)
-    records = summary.collect(Path(opts.root), opts.experiment, opts.sweep)
+    experiment = opts.experiment.replace("/", "-") if opts.experiment else None  # a variant's runs/<slug>-<variant>
+    records = summary.collect(Path(opts.root), experiment, opts.sweep)
     table = summary.build(records, opts.metric, opts.over)
     if opts.plot and summary.plot_problem(table):  # before anything is written
         raise UserError(summary.plot_problem(table))

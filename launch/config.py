@@ -79,6 +79,18 @@ def _check_overrides(overrides: list[str]) -> None:
                 raise UserError(f"unknown {key} '{value}'{_closest(value, valid)}; `zoo list` shows all")
 
 
+# free-form mappings (null or {} in the config): a key under them is set as given, `early_stopping.patience=10` or
+# `launcher.additional_parameters.reservation=foo`, without Hydra's `+` for a key the config does not have yet
+OPEN_MAPPINGS = ("early_stopping", "launcher.additional_parameters")
+
+
+def _open_mapping_override(text: str) -> str:
+    key = text.split("=", 1)[0]
+    if "=" in text and any(key == m or key.startswith(m + ".") for m in OPEN_MAPPINGS):
+        return "++" + text  # Hydra's "set, adding the key if missing"
+    return text
+
+
 def compose(overrides: list[str]) -> DictConfig:
     """Compose `train.yaml` with command-line overrides; return a config with `experiment_name` set."""
     from hydra import compose as hydra_compose
@@ -91,7 +103,8 @@ def compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            cfg = hydra_compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+            cfg = hydra_compose(config_name="train", overrides=[_open_mapping_override(o) for o in overrides],
+                                return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(_explain(err, overrides)) from None
     choice = cfg.hydra.runtime.choices.get("experiment")

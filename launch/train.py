@@ -24,6 +24,9 @@ def _quiet_known_warnings() -> None:
         ".*srun.*command is available on your system but is not used.*",
         ".*LeafSpec.*is deprecated.*",
         ".*is set, but there is no last checkpoint available.*",  # every fresh run: fit(ckpt_path="last") resumes
+        # the callbacks are rebuilt from the run's config; the test-only trainer of eval / stage=test needs none of
+        # their state, and a resume that adds or drops one says so itself (callbacks.RestoreBestWeights and friends)
+        ".*Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
@@ -134,6 +137,9 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
     if spec is not None:
         from launch.callbacks import ConfiguredEarlyStopping
 
+        if isinstance(spec, dict) and not spec.get("monitor"):
+            raise UserError(f"early_stopping needs a monitor, e.g. early_stopping='{{monitor: val/<metric>, mode: max, "
+                            f"patience: 5}}' (got {spec})")
         if isinstance(spec, dict):
             # decide after each validation, not at the end of a training epoch: a run whose step budget ends before
             # its first validation (trainer.max_steps below one epoch) has no val metric there, and Lightning would
@@ -253,6 +259,8 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     torch.set_float32_matmul_precision(_matmul_precision(cfg))
     if cfg.get("stage") not in STAGES:
         raise UserError(f"stage must be one of {', '.join(STAGES)}, got {cfg.get('stage')!r}")
+    if cfg.get("progress_bar", "auto") not in ("auto", True, False):
+        raise UserError(f"progress_bar must be auto, true or false, got {cfg.progress_bar!r}")
     from launch.config import check_resolves
 
     check_resolves(cfg)  # a resumed or evaluated run's overrides are applied to its saved config, not composed
@@ -328,7 +336,8 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
     if cfg.stage in ("test", "fit_test"):
         if test_ckpt is not None:
             ckpt = _load_checkpoint(test_ckpt)
-            tested_at = (float(ckpt.get("global_step", 0)), float(ckpt.get("epoch", 0)))
+            epochs = epochs_trained(ckpt)
+            tested_at = (float(ckpt.get("global_step", 0)), float(ckpt.get("epoch", 0) if epochs is None else epochs))
         try:
             trainer.test(model, datamodule=datamodule, verbose=False, ckpt_path=test_ckpt)
         except RuntimeError as err:
@@ -416,6 +425,15 @@ def check_trainer_integers(trainer_cfg) -> None:
             raise UserError(f"trainer.{key} must be an integer, got {value!r}")
 
 
+def epochs_trained(ckpt: dict) -> int | None:
+    """The epochs whose training had finished when `ckpt` was saved, as final_metrics.json counts them (Lightning's
+    own `epoch` entry is the index of the epoch it was saved in: one less at an epoch's end); None when unknown."""
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def run_identity(cfg: DictConfig) -> dict[str, str]:
     """What a run's checkpoints record of it (`callbacks.RunIdentity`): its experiment and model class."""
     return {"experiment": str(cfg.get("experiment_name")), "model": str(OmegaConf.select(cfg, "model._target_"))}
@@ -440,10 +458,7 @@ def _guard_checkpoint(run: runs.Run | None, cfg: DictConfig | None = None) -> in
     step = int(ckpt.get("global_step", 0))
     trainer_cfg = cfg.get("trainer") or {} if cfg is not None else {}
     check_trainer_integers(trainer_cfg)
-    try:
-        epochs = int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-    except (KeyError, TypeError, ValueError):
-        epochs = None
+    epochs = epochs_trained(ckpt)
     max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps")
     limit = trainer_cfg.get("limit_train_batches")
     try:

@@ -56,6 +56,39 @@ def test_slurm_resources_must_map():
     assert "trainer.devices" in line
 
 
+def test_train_prints_its_config_and_help_and_open_mappings_take_new_keys(tmp_path):
+    """Found by the README audit (stop 33): `zoo train ... --cfg job` (docker/README) and `zoo train --help` were
+    malformed-override errors; `launcher.additional_parameters.<key>=` and `early_stopping.patience=` (README's resume
+    example) were "unknown config key" (only Hydra's `+key` form worked); `progress_bar=maybe` trained. `--cfg job` prints the resolved config and
+    the sbatch resources and creates nothing; a resumed run shows its saved config with the resume's changes."""
+    from omegaconf import OmegaConf
+
+    code, out, err = zoo_in_process("train", "--help")
+    assert code == 0 and "--cfg job" in out, err
+    root = tmp_path / "runs"
+    code, out, err = zoo_in_process("train", "experiment=lightgcn", "launcher=slurm", "trainer=cpu",
+                                    "launcher.additional_parameters.reservation=foo", "early_stopping.patience=7",
+                                    f"runs_root={root}", "--cfg", "job")
+    assert code == 0, err
+    shown = OmegaConf.create(out.split("# sbatch resources")[0])
+    assert shown.launcher.additional_parameters == {"reservation": "foo"} and shown.early_stopping.patience == 7
+    assert "'slurm_additional_parameters': {'reservation': 'foo'}" in out and not root.exists()
+    line = one_line_error(*zoo_in_process("train", "experiment=lightgcn", "early_stopping.patience=7",
+                                          f"runs_root={root}")[::2])
+    assert "early_stopping needs a monitor" in line and not root.exists()
+    one_line_error(*zoo_in_process("train", "experiment=lightgcn", "--cfg", "all")[::2])
+    line = one_line_error(*zoo_in_process("train", "experiment=lightgcn", "progress_bar=maybe",
+                                          f"runs_root={root}")[::2])  # trained with a bar before
+    assert "progress_bar must be auto, true or false" in line and not root.exists()
+
+    tiny = ["experiment=lightgcn", "data=synthetic_graph", f"runs_root={root}", "run_id=shown", "logger=none",
+            "progress_bar=false", "trainer.max_epochs=1"]
+    assert zoo_in_process("train", *tiny)[0] == 0
+    code, out, err = zoo_in_process("train", *tiny[:-1], "trainer.max_epochs=4", "--cfg=job")
+    assert code == 0 and OmegaConf.create(out).trainer.max_epochs == 4, err
+    assert OmegaConf.load(root / "lightgcn" / "shown" / "config.yaml").trainer.max_epochs == 1  # nothing written
+
+
 def test_cli_subprocess_error_is_one_line():
     """The installed console script, not just `main()`: exit 2, no traceback."""
     proc = zoo_subprocess("train", "experiment=nope")

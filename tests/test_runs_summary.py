@@ -126,7 +126,7 @@ def test_a_torn_run_is_skipped_by_zoo_runs_and_a_one_line_error_for_status_and_e
 
 
 def test_a_local_sweep_ends_with_the_table_over_seeds(runs_root):
-    proc = zoo_subprocess("train", "-m", "experiment=lightgcn", "data=synthetic_graph", "trainer=debug", "logger=none",
+    proc = zoo_subprocess("train", "-m", "experiment=lightgcn", "data=synthetic_graph", "debug=fast", "logger=none",
                           "seed=0,1", "model.num_layers=0,1", f"runs_root={runs_root}", check=True, timeout=300)
     assert "mean ± std over seed" in proc.stdout
     sweep_files = sorted(p.suffix for p in (runs_root / "sweeps").iterdir())
@@ -186,3 +186,13 @@ def test_a_sweep_id_is_matched_whole(sweep_root):
     fake_run(sweep_root, "s-9-0", 0, 1, 0.5)
     assert sorted(r.run_id for r in summary.collect(sweep_root, "lightgcn", sweep="s")) == [f"s-{i}" for i in range(5)]
     assert [r.run_id for r in summary.collect(sweep_root, "lightgcn", sweep="s-9")] == ["s-9-0"]
+
+
+def test_a_variant_is_named_as_in_zoo_train(tmp_path, capsys):
+    """`zoo runs insr/advection1d` finds the runs of `zoo train experiment=insr/advection1d`, which live under
+    runs/insr-advection1d/ (it was an error naming only the dashed form; README audit, stop 33)."""
+    root = tmp_path / "runs"
+    fake_run(root, "v1", 0, 1, 0.25, experiment="insr-advection1d")
+    for name in ("insr/advection1d", "insr-advection1d"):
+        assert cli.main(["runs", name, "--root", str(root)]) == 0
+        assert "v1" in capsys.readouterr().out

@@ -181,8 +181,10 @@ def test_run_stopped_early_and_restarted_trains_no_more(runs_root):
         assert again[key] == pytest.approx(first[key], abs=1e-6), key
 
     epoch = first["global_step"] // 2
-    code, _, err = zoo_in_process("train", *args, "early_stopping.patience=3")
-    assert code == 0, err
+    # the resume gives only the key it changes (refused before: early_stopping is null in the root config)
+    code, _, err = zoo_in_process("train", *(a for a in args if not a.startswith("+early_stopping")),
+                                  "early_stopping.patience=3")
+    assert code == 0 and "early_stopping.patience: 1 -> 3" in err, err
     patient = json.loads((runs_root / "lightgcn" / "stopped" / "final_metrics.json").read_text())
     reference = _uninterrupted(runs_root, [*overrides, "early_stopping.patience=3"])
     assert patient["global_step"] == reference["global_step"] == 4 * epoch
@@ -266,6 +268,7 @@ def test_a_finished_run_restarted_keeps_its_record_and_a_moved_run_resumes_where
       one: the config was saved only after a training batch);
     - either restart appended a second test row at the same step to metrics.csv (now it replaces the first; the
       audit saw it after a kill during the test);
+    - `zoo status` and a `stage=test`'s test_metrics.json counted epochs from 0 (2 where final_metrics.json says 3);
     - a resume that lowers trainer.max_epochs below the run's epoch: a one-line error, the run as it was (was a
       Lightning traceback);
     - a runs tree moved away, resumed from its new place with the default (relative) runs_root: it resumed at the
@@ -305,6 +308,14 @@ def test_a_finished_run_restarted_keeps_its_record_and_a_moved_run_resumes_where
     assert moved["global_step"] == 3 * first["global_step"] // 2 and not (tmp_path / "a" / "runs").exists()
     assert _test_row_steps(tmp_path / "b" / "runs" / "lightgcn" / "kept") == [first["global_step"],
                                                                               moved["global_step"]]
+    # one epoch count everywhere (README audit, stop 33: status and test_metrics.json gave the checkpoint's 0-based
+    # epoch index, 2 where final_metrics.json says 3 epochs)
+    code, out, err = zoo_in_process("status", "kept")
+    assert code == 0 and "last.ckpt: 3 epochs of max_epochs 3" in out, out + err
+    code, _, err = zoo_in_process("train", *args[:-1], "trainer.max_epochs=3", "stage=test")
+    assert code == 0, err
+    tested = json.loads((tmp_path / "b" / "runs" / "lightgcn" / "kept" / "test_metrics.json").read_text())
+    assert tested["epoch"] == moved["epoch"] == 3 and tested["global_step"] == moved["global_step"]
 
 
 def _test_row_steps(run) -> list[int]:
