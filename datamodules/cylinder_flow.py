@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.meshes import epoch_loader
 from datamodules.resumable import CheckpointedShuffle
+from datamodules.samplers import eval_sampler
 from launch.errors import UserError
 from lit_models.common import mesh as M
 
@@ -325,7 +326,8 @@ class _Frames(Dataset):
         u = torch.tensor(self.u[i], dtype=torch.float32)[:, None]
         item = {"u": torch.cat([u, self.pos], 1), "monitor": torch.tensor(self.monitor[i]),
                 "c": torch.tensor(self.c[i]), "tri": self.tri, "rim_pos": self.rim_pos, "rim_normal": self.rim_normal,
-                "flow": torch.tensor(np.append(self.flows[i], self.field - 2))}
+                "flow": torch.tensor(np.append(self.flows[i], self.field - 2)),
+                "index": torch.tensor(i)}  # seeds the frame's evaluation points (DataFreeMeshMoverModule)
         if self.ref is not None:
             item |= {"ref_pos": self.ref[0], "ref_tri": self.ref[1],
                      "ref_val": torch.tensor(self.ref[2][i], dtype=torch.float32)}
@@ -438,7 +440,7 @@ class CylinderFlowDataModule(CheckpointedShuffle, L.LightningDataModule):
                             self.hparams.passes_per_epoch)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, batch_size=len(self.test_set))
+        return DataLoader(self.test_set, batch_size=len(self.test_set), sampler=eval_sampler(self.test_set))
 
     def test_dataloader(self) -> DataLoader:  # one batch: min det / max displacement metrics are not batch means
-        return DataLoader(self.test_set, batch_size=len(self.test_set))
+        return self.val_dataloader()

@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader
+from datamodules.samplers import eval_sampler
 from launch.errors import UserError, check_min
 
 FNO_DARCY_URL = "https://pde-xd.s3.amazonaws.com/{file}"  # NAS-Bench-360 mirror of the FNO Google-Drive files
@@ -177,7 +178,7 @@ class PairLoaders(CheckpointedShuffle):
         ds = _Pairs(self.tensors[f"x_{split}"], self.tensors[f"y_{split}"])
         if not shuffle:  # (its generator only seeds workers, as before)
             return DataLoader(ds, batch_size=batch_size, generator=torch.Generator().manual_seed(self.hparams.seed),
-                              num_workers=self.hparams.num_workers)
+                              num_workers=self.hparams.num_workers, sampler=eval_sampler(ds))
         return ResumableDataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
                                    generator=self.shuffle_generator(self.hparams.seed),
                                    num_workers=self.hparams.num_workers, datamodule=self)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.dynamics import make_trajectories
 from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader
+from datamodules.samplers import eval_sampler
 from launch.errors import UserError, check_min
 
 __all__ = ["DystsWindowsDataModule", "load_series", "lyapunov_per_step", "sliding_windows"]
@@ -68,7 +69,8 @@ class WindowLoaders(CheckpointedShuffle):
         return {"x": torch.stack(x), "y": torch.stack(y)}
 
     def _eval_loader(self, dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, collate_fn=self._collate)
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, collate_fn=self._collate,
+                          sampler=eval_sampler(dataset))
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

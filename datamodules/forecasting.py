@@ -57,6 +57,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader
+from datamodules.samplers import eval_sampler
 from launch.errors import UserError, check_choice, one_line
 
 __all__ = [
@@ -500,10 +501,12 @@ class ForecastingDataModule(CheckpointedShuffle, L.LightningDataModule):
         return x * torch.as_tensor(self.std, device=x.device) + torch.as_tensor(self.mean, device=x.device)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        kind = {"generator": self.shuffle_generator(self.seed), "datamodule": self} if train else {}
+        dataset = self.datasets[split]
+        kind = {"generator": self.shuffle_generator(self.seed), "datamodule": self} if train else \
+            {"sampler": eval_sampler(dataset)}
         # workers restart each epoch (persistent ones would break exact resume: datamodules.resumable)
         return (ResumableDataLoader if train else DataLoader)(
-            self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+            dataset, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
             drop_last=train, num_workers=self.num_workers, **kind)
 
     def train_dataloader(self) -> DataLoader:

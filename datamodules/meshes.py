@@ -87,7 +87,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader, resumable_geometric_loader
-from datamodules.samplers import EpochSampler
+from datamodules.samplers import EpochSampler, eval_sampler
 from launch.errors import UserError, check_min
 from lit_models.common import mesh as M
 
@@ -252,7 +252,8 @@ class _Fields(Dataset):
                 "monitor": torch.tensor(d["monitor"][i], dtype=torch.float32),
                 "c": torch.tensor(d["c"][i], dtype=torch.float32),
                 "params": torch.tensor(d["params"][i], dtype=torch.float64),
-                "aligned": torch.tensor(bool(d["aligned"][i]))}
+                "aligned": torch.tensor(bool(d["aligned"][i])),
+                "index": torch.tensor(i)}  # seeds the field's evaluation points (DataFreeMeshMoverModule)
         if "grad" in d:
             item["grad"] = torch.tensor(d["grad"][i])
             item["monitor_norm"] = torch.tensor(d["monitor_norm"][i], dtype=torch.float32)
@@ -327,10 +328,10 @@ class FrontFieldDataModule(CheckpointedShuffle, L.LightningDataModule):
                             self.hparams.passes_per_epoch)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, batch_size=len(self.test_set))
+        return DataLoader(self.test_set, batch_size=len(self.test_set), sampler=eval_sampler(self.test_set))
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, batch_size=len(self.test_set))
+        return self.val_dataloader()
 
 
 # ============================================================================================== UM2N: graphs
@@ -817,7 +818,7 @@ class MeshGraphDataModule(CheckpointedShuffle, L.LightningDataModule):
     def val_dataloader(self):
         from torch_geometric.loader import DataLoader as GeoLoader
 
-        return GeoLoader(self.test_set, batch_size=1)
+        return GeoLoader(self.test_set, batch_size=1, sampler=eval_sampler(self.test_set))
 
     def test_dataloader(self):
         return self.val_dataloader()

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from datamodules.pde_solvers import etdrk4_coefficients, etdrk4_step
 from datamodules.resumable import ResumableDataLoader
-from datamodules.samplers import PassBatchSampler
+from datamodules.samplers import PassBatchSampler, eval_sampler
 from launch.errors import UserError, check_min
 
 __all__ = ["MMPDEDataModule", "burgers2d", "burgers2d_energy", "random_smooth_field"]
@@ -200,7 +200,8 @@ class MMPDEDataModule(L.LightningDataModule):
         return ResumableDataLoader(ds, batch_sampler=batches, datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Trajectories(self.test_u), batch_size=self.batch_size)
+        dataset = _Trajectories(self.test_u)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=eval_sampler(dataset))
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -1,11 +1,12 @@
-"""Training samplers that keep their epoch length under DDP."""
+"""Training samplers that keep their epoch length under DDP, and the evaluation sampler that counts each sample once."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, RandomSampler, Sampler
+import torch.distributed as dist
+from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler, Sampler
 
 from datamodules.context import sampling_context
 
@@ -66,3 +67,33 @@ class PassBatchSampler(BatchSampler):
             order = order.repeat(-(-share * world // self.n))[:share * world][rank::world].tolist()
             for b in range(self._per_pass(world)):
                 yield order[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+class EvalShardSampler(DistributedSampler):
+    """The validation / test samples of one DDP rank, each sample on exactly one rank (strided: rank r takes r, r + W,
+    ...). Lightning's default for an evaluation loader is `DistributedSampler`, which pads the set to a multiple of the
+    world size W by repeating its first samples, so the metrics, reduced over the ranks, count those twice (471 test
+    windows of iTransformer on 2 ranks: 472). A set smaller than W goes whole to every rank (every rank then needs a
+    batch: its metrics, means or extremes over W identical copies, are the set's own). A subclass of
+    DistributedSampler, so Lightning keeps it."""
+
+    def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        # world size and rank: from torch.distributed unless given
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        n = len(dataset)
+        self.indices = list(range(self.rank, n, self.num_replicas)) if n >= self.num_replicas else list(range(n))
+        self.num_samples = self.total_size = len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def eval_sampler(dataset) -> EvalShardSampler | None:
+    """The sampler of an evaluation DataLoader: `EvalShardSampler` under DDP (a process group of several ranks),
+    None (sequential) otherwise."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    return EvalShardSampler(dataset)

@@ -43,6 +43,7 @@ from datamodules.context import sampling_context, worker_share
 from datamodules.navier_stokes import navier_stokes_2d, random_vorticity
 from datamodules.pde_solvers import kdv_etdrk4, ks_etdrk4, random_ks_initial_condition
 from datamodules.resumable import ResumableDataLoader
+from datamodules.samplers import eval_sampler
 from launch.errors import UserError, check_min, check_positive
 
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
@@ -225,8 +226,9 @@ class SemilinearDataModule(L.LightningDataModule):
         return ResumableDataLoader(ds, batch_size=None, num_workers=self.hp.num_workers, datamodule=self)
 
     def _eval_loader(self) -> DataLoader:
-        return DataLoader(FullTrajectories(self.u_test, self.y_test, self.mask), batch_size=self.hp.eval_batch_size,
-                          shuffle=False, num_workers=self.hp.num_workers)
+        dataset = FullTrajectories(self.u_test, self.y_test, self.mask)
+        return DataLoader(dataset, batch_size=self.hp.eval_batch_size, sampler=eval_sampler(dataset),
+                          num_workers=self.hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader()

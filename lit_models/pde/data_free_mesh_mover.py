@@ -70,6 +70,7 @@ from torch import Tensor
 
 from launch.errors import UserError, check_min
 from lit_models.common import mesh as M
+from lit_models.common.ddp_eval import combine, gather_lists
 from lit_models.common.lbfgs import LBFGSPhase
 from lit_models.common.pde import no_autocast
 from lit_models.pde.dmm_networks import DMMNet
@@ -156,6 +157,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                           gnn_hidden=gnn_hidden, gnn_layers=gnn_layers, gnn_knn=gnn_knn,
                           gnn_decoder=list(gnn_decoder), gnn_readout=list(gnn_readout))
         self._last: dict[str, Any] | None = None
+        self._test_rows: list[tuple[str, float, float, str]] = []  # (metric, value, weight, reduction) per batch
         # the random-feature BFGS epochs: LBFGSPhase switches to `make_lbfgs` for the last rf_epochs steps
         self.lbfgs_steps = rf_epochs if mover != "identity" else 0
         self.lbfgs_options = {"lr": 1.0, "max_iter": rf_max_iter, "max_eval": 26 * rf_max_iter,
@@ -394,9 +396,17 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                 opt.state.clear()
 
     # --------------------------------------------------------------------------------------------- evaluation
+    @staticmethod
+    def _sample_generators(batch: dict[str, Tensor], seed: int) -> list[torch.Generator]:
+        """One generator per test field, seeded by (seed, the field's index in its dataset): a field's evaluation
+        points do not depend on the batch it comes in (a batch of its own, or a DDP rank's share of the set)."""
+        index = batch["index"].tolist() if "index" in batch else range(batch["u"].shape[0])
+        return [torch.Generator().manual_seed(seed + 100_003 * int(i)) for i in index]
+
     def _eval_residual(self, batch: dict[str, Tensor]) -> Tensor:
-        g = torch.Generator().manual_seed(12345)
-        xi = importance_points(self._cast(batch["monitor"]).cpu(), self.hparams.n_eval_points, g).to(self.device)
+        monitor = self._cast(batch["monitor"]).cpu()
+        xi = torch.cat([importance_points(monitor[b:b + 1], self.hparams.n_eval_points, g)
+                        for b, g in enumerate(self._sample_generators(batch, 12345))]).to(self.device)
         r, _ = self.residual(batch, xi, create_graph=False)
         return r.detach().abs().median(dim=1).values
 
@@ -413,13 +423,15 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         _, hess, _ = self.mesh_map(batch["u"], grid, create_graph=False)
         dets = self.det(hess.detach())
         min_det = dets.min()
-        pb, normal = boundary_points(B, 100, self.device, self.net_dtype, torch.Generator().manual_seed(1))
+        edges = [boundary_points(1, 100, self.device, self.net_dtype, g) for g in self._sample_generators(batch, 1)]
+        pb, normal = torch.cat([p for p, _ in edges]), edges[0][1]
         _, _, gb = self.mesh_map(batch["u"], pb, create_graph=False)
         bdisp = torch.gather(gb.detach(), -1, normal[None, :, None].expand(B, -1, 1)).abs().max()
         if "tri" in batch:  # solutions on a mesh with a hole (the cylinder case)
+            mesh_metrics, counts = self._mesh_metrics(batch, grid[0], dets)
             metrics = {"ma_residual": float(res.mean()), "min_det": float(min_det), "boundary_disp": float(bdisp),
-                       **self._mesh_metrics(batch, grid[0], dets)}
-            self._log_test(metrics, B)
+                       **mesh_metrics}
+            self._log_test(metrics, B, counts)
             return
         ref, tri = M.unit_square_mesh(hp.eval_nodes)
         ref_t = torch.tensor(ref, dtype=self.net_dtype, device=self.device)[None].expand(B, -1, -1)
@@ -441,7 +453,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                 rmses.append(float(np.sqrt(np.mean(np.sum((moved[b] - tgt) ** 2, 1)))) / h)
         if ratios:
             metrics |= {"interp_ratio": float(np.mean(ratios)), "node_rmse_cells": float(np.mean(rmses))}
-        self._log_test(metrics, B)
+        self._log_test(metrics, B, {"interp_ratio": len(ratios), "node_rmse_cells": len(rmses)})
         self._last = {"moved": moved, "tri": tri, "monitor": batch["monitor"].cpu().numpy(),
                       "target": batch["target"].cpu().numpy() if "target" in batch else None}
 
@@ -450,12 +462,24 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
     TEST_REDUCE = {"inverted": "sum", "ma_inverted": "sum", "min_det": "min", "min_det_fluid": "min",
                    "boundary_disp": "max", "hole_disp": "max", "ma_residual_fem": "max"}
 
-    def _log_test(self, metrics: dict[str, float], batch_size: int) -> None:
+    def _log_test(self, metrics: dict[str, float], batch_size: int, counts: dict[str, int] | None = None) -> None:
+        """Keep the batch's test metrics for the epoch's end (`on_test_epoch_end`); a mean over the fields that have
+        a reference (`counts`: how many) is weighted by that number, so a batch or DDP rank with more such fields
+        counts for more."""
         for k, v in metrics.items():
-            self.log(f"test/{k}", v, batch_size=batch_size, sync_dist=True,
-                     reduce_fx=self.TEST_REDUCE.get(k, "mean"))
+            self._test_rows.append((k, v, (counts or {}).get(k, batch_size), self.TEST_REDUCE.get(k, "mean")))
 
-    def _mesh_metrics(self, batch: dict[str, Tensor], grid: Tensor, dets: Tensor) -> dict[str, float]:
+    def on_test_epoch_start(self) -> None:
+        self._test_rows = []
+
+    def on_test_epoch_end(self) -> None:
+        """The test metrics of the whole set, from every rank's batches (`common.ddp_eval`): the same keys and values
+        on every rank, whatever share of the fields (and of those with a reference) each rank held."""
+        for k, v in combine(gather_lists({"rows": self._test_rows}).get("rows", [])).items():
+            self.log(f"test/{k}", v, sync_dist=True)
+
+    def _mesh_metrics(self, batch: dict[str, Tensor], grid: Tensor, dets: Tensor
+                      ) -> tuple[dict[str, float], dict[str, int]]:
         """Metrics of the moved data mesh (batch "u" (B, V, 3) = [u, x, y] at the nodes, "tri" (B, T, 3) its fluid
         triangles, "flow" (B, 7) the exact flow or NaN; `datamodules.cylinder_flow`): `inverted` (tangled moved
         triangles, summed over fields), `min_det_fluid` (min det J over the 100 x 100 grid points inside the fluid
@@ -538,7 +562,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                 out["ma_interp_ratio"] = float(np.mean(ma["ratio"]))
         self._last = {"moved": moved, "tri": tri, "monitor": batch["monitor"].cpu().numpy(),
                       "target": None if ma is None else np.stack(ma["pos"])}  # figures() draws the MA meshes dashed
-        return out
+        return out, {"interp_ratio": len(ratios), "ma_interp_ratio": len(ma["ratio"]) if ma is not None else 0}
 
     def _ma_reference(self, batch: dict[str, Tensor], nodes: np.ndarray, tri: np.ndarray, rim: np.ndarray
                       ) -> dict[str, list]:

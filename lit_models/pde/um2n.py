@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from launch.errors import UserError, check_min
 from lit_models.common import mesh as M
+from lit_models.common.ddp_eval import gather_lists
 from lit_models.common.pde import no_autocast
 from lit_models.common.steps import computed_once
 
@@ -479,7 +480,11 @@ class UM2NModule(L.LightningModule):
         self._evaluate(data)
 
     def _log_eval(self, split: str) -> None:
-        e = self._eval
+        """The epoch's metrics from every rank's meshes (`common.ddp_eval.gather_lists`): the same keys and values on
+        every rank, whatever test families and times each rank held."""
+        e = {key: [] for key in self._eval} | gather_lists(self._eval)
+        if not e["inverted"]:
+            return
         rm = e["rmse_f"] + e["rmse_b"] + e["rmse_d"]
         metrics = {"inverted": float(np.sum(e["inverted"])), "boundary_violation": float(np.max(e["bd"]))}
         if rm:
@@ -498,11 +503,11 @@ class UM2NModule(L.LightningModule):
             self.log(f"{split}/{k}", v, sync_dist=True, batch_size=1, prog_bar=k == "interp_ratio")
 
     def on_validation_epoch_end(self) -> None:
-        if self._eval.get("inverted"):
+        if self._eval:
             self._log_eval("val")
 
     def on_test_epoch_end(self) -> None:
-        if self._eval.get("inverted"):
+        if self._eval:
             self._log_eval("test")
         if self.hparams.get("coupled_swirl") is not None:
             self._run_coupled_swirl()

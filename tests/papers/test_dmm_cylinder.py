@@ -226,7 +226,7 @@ def test_evaluation_detects_a_folded_mesh():
     grid = torch.rand(50, 2)
     dets = torch.ones(len(batch["u"]), 50)
     m.forward = lambda u, xi: torch.stack([1 - xi[..., 0], xi[..., 1]], -1)  # a reflection: orientation flips
-    out = m._mesh_metrics(batch, grid, dets)
+    out, _ = m._mesh_metrics(batch, grid, dets)
     assert out["inverted"] == len(batch["u"]) * len(dm.tri)
     assert out["hole_disp"] > 0.1  # the cylinder at x = 0.3 is mirrored to x = 0.7
     assert out["equi_ratio"] > 0 and np.isfinite(out["interp_ratio"])
@@ -245,7 +245,7 @@ def test_monge_ampere_reference_metrics():
     nodes, tri = batch["u"][0, :, 1:3].double().numpy(), batch["tri"][0].numpy()
     ma = m._ma_reference(batch, nodes, tri, hole_boundary_edges(nodes, tri))
     assert max(ma["residual"]) < 1e-3
-    out = m._mesh_metrics(batch, grid, dets)
+    out, _ = m._mesh_metrics(batch, grid, dets)
     for key in ("ma_interp_ratio", "ma_equi_ratio", "ma_inverted", "ma_residual_fem", "node_rmse_to_ma_edges"):
         assert np.isfinite(out[key]), key
     assert out["ma_residual_fem"] < 1e-3 and out["ma_equi_ratio"] < 0.9
@@ -260,7 +260,7 @@ def test_monge_ampere_reference_metrics():
     plt.close(m.figures()["moved_meshes"])
     ma_pos = torch.as_tensor(np.stack(ma["pos"]))
     m.forward = lambda u, xi: ma_pos.to(xi.dtype)  # the MA meshes themselves as the mover
-    exact = m._mesh_metrics(batch, grid, dets)
+    exact, _ = m._mesh_metrics(batch, grid, dets)
     assert exact["node_rmse_to_ma_edges"] == pytest.approx(0.0, abs=1e-5)  # the mover output is float32
     assert exact["interp_ratio"] == pytest.approx(out["ma_interp_ratio"])
 
