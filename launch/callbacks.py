@@ -178,14 +178,20 @@ class ConfiguredEarlyStopping(EarlyStopping):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temporary name and rename, so a killed job never leaves a torn last.ckpt."""
+    """Write checkpoints to a temporary name and rename, so a killed job never leaves a torn last.ckpt (the name is
+    the writing process's own: two writers never share one, and a failed write leaves no temporary file)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        import secrets
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

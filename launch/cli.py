@@ -177,7 +177,7 @@ def _show_config(cfg, overrides: list[str]) -> None:
         runs.check_run_id(cfg.run_id)
         if runs.saved_config(runs.run_of(cfg)) is not None:
             given = os.environ.get(runs.RUN_ID_ENV)
-            cfg = _resume_or_new(cfg, overrides, False)
+            cfg = _resume_or_new(cfg, overrides, False, check_jobs=False)
             if given is None:  # the run id goes to DDP children of a run; this command starts none
                 os.environ.pop(runs.RUN_ID_ENV, None)
     print(OmegaConf.to_yaml(cfg, resolve=True), end="")
@@ -267,20 +267,26 @@ def _processes(cfg) -> int:
     return count * int(cfg.trainer.get("num_nodes", 1) or 1)
 
 
-def _resume_or_new(cfg, overrides: list[str] = (), announce_new: bool = True):
+def _resume_or_new(cfg, overrides: list[str] = (), announce_new: bool = True, check_jobs: bool = True):
     """An existing run id resumes that run with its saved config, changed by the overrides a resume may change (how
-    long and how it trains: `runs.apply_resume_overrides`); otherwise a new run is created."""
+    long and how it trains: `runs.apply_resume_overrides`; its launcher settings stay unless the command names
+    them: a SLURM run resumes as a SLURM job with its partition, time and setup); otherwise a new run is created.
+    A run whose SLURM job is still queued or running is refused (`check_jobs`)."""
+    from launch import config as zconfig
     from launch import runs
 
     if cfg.run_id:
         run = runs.run_of(runs.assign_run_id(cfg))
         saved = runs.saved_config(run)
         if saved is not None:
-            changes = runs.apply_resume_overrides(saved, cfg, list(overrides))
+            if check_jobs:
+                _refuse_while_its_job_runs(run)
+            own = {runs.override_key(o): zconfig.option_keys(runs.override_key(o), o.split("=", 1)[1])
+                   for o in overrides if runs.override_key(o) in ("trainer", "launcher", "logger") and "=" in o}
+            changes = runs.apply_resume_overrides(saved, cfg, list(overrides), own)
             if _is_rank_zero():
                 changed = f" (changed: {'; '.join(changes)})" if changes else ""
                 print(f"resuming run {cfg.run_id} with its saved config{changed}", file=sys.stderr)
-            saved.launcher = cfg.launcher
             # where the run was found: a moved or copied runs tree, or a relative runs_root from another directory,
             # resumes there (the saved absolute path would start the run afresh at its old place)
             saved.runs_root, saved.run_id = cfg.runs_root, cfg.run_id
@@ -291,11 +297,26 @@ def _resume_or_new(cfg, overrides: list[str] = (), announce_new: bool = True):
     return runs.assign_run_id(cfg)
 
 
+def _refuse_while_its_job_runs(run) -> None:
+    """A run whose SLURM job is queued, running or waiting to requeue is not started a second time (here or as
+    another job): both would write its checkpoint and metrics.csv. Not asked inside a job (a batch script's own
+    `srun zoo train`), nor by the other ranks of a local DDP run (their rank 0 asked)."""
+    from launch import summary
+
+    if os.environ.get("SLURM_JOB_ID") or not _is_rank_zero():
+        return
+    active = summary.active_job(run.dir)
+    if active is not None:
+        raise UserError(f"run {run.run_id} is {active[1].lower()} as SLURM job {active[0]}: wait for it, or "
+                        f"`scancel {active[0]}` first (a second start would write the same checkpoint)")
+
+
 def _submit(cfgs, sweep_id) -> int:
-    from launch import runs, slurm
+    from launch import runs, slurm, train
 
     for cfg in cfgs:
         slurm.resources(cfg)  # bad resources fail before anything is written
+        train.preflight(cfg)  # and so do bad settings, model or data options (not a failed job)
     fresh = [runs.run_of(cfg) for cfg in cfgs if not runs.run_of(cfg).config_file.exists()]
     for cfg in cfgs:
         runs.create(cfg)
@@ -333,6 +354,22 @@ def _remove_unstarted(fresh_runs: list, sweep_id: str | None) -> None:
         runs.remove_unstarted(run)
 
 
+def _job_failure(err: Exception, stderr_log: Path) -> str:
+    """Why a SLURM job failed, in one line: the exception its trace ends with (`UserError: ...`, `NonFiniteLossError:
+    ...`), or, for a job that produced no result (srun or the setup lines failed), the last line of its error log.
+    submitit's own first line ("Job (task=0) failed during processing with trace:") says nothing."""
+    from submitit.core.utils import FailedJobError
+
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if isinstance(err, FailedJobError) and len(lines) > 1:
+        return lines[-1].removeprefix("launch.errors.")[:300]
+    try:
+        tail = [line.strip() for line in Path(stderr_log).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        tail = []
+    return (tail[-1] if tail else lines[0] if lines else type(err).__name__)[:300]
+
+
 def _wait_for(jobs: list, names: list[str], report) -> int:
     """Wait for the submitit jobs in order; `report(i, task results)` as each one finishes (it may return a number
     of failures found in the results), a job that failed is one printed line (job, what it ran, why, its log).
@@ -345,7 +382,7 @@ def _wait_for(jobs: list, names: list[str], report) -> int:
             results = job.results()
         except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:
             failed += 1
-            print(f"job {job.job_id} ({name}) failed: {str(err).strip().splitlines()[0][:200]} "
+            print(f"job {job.job_id} ({name}) failed: {_job_failure(err, job.paths.stderr)} "
                   f"(logs: {job.paths.stderr})", file=sys.stderr)
             continue
         failed += report(i, results) or 0
@@ -557,7 +594,8 @@ def _submit_checks(slugs: list[str], names: list[str] | None, extra: list[str], 
     if seeds is not None:
         for slug in slugs:
             print("\n".join(check.summarize_seeds(slug, seeds, out_dir)))
-    print(f"results written to {out_dir}/")
+    print(f"results written to {out_dir}/" if not failed else
+          f"{failed} claim(s) or job(s) failed; the results that were written are in {out_dir}/")
     return 1 if failed else 0
 
 

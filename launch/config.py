@@ -20,9 +20,24 @@ def config_root() -> Path:
 
 
 def options(group: str) -> list[str]:
-    """Names selectable in a config group, nested ones as `a/b` (e.g. `lightgcn/gowalla`)."""
+    """Names selectable in a config group, nested ones as `a/b` (e.g. `lightgcn/gowalla`); `_name` files are shared
+    defaults of the others (`trainer/_base`), not options."""
     root = config_root() / group
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_"))
+
+
+def option_keys(group: str, option: str) -> list[str]:
+    """The dotted keys that a group option's own file sets (`trainer/gpu.yaml`: trainer.accelerator, trainer.devices,
+    trainer.strategy), not those it inherits through its `defaults` list; [] for an unknown option."""
+    from launch.runs import leaves
+
+    path = config_root() / group / f"{option}.yaml"
+    if not path.is_file():
+        return []
+    own = OmegaConf.load(path)
+    with open_dict(own):
+        own.pop("defaults", None)
+    return leaves(own, group)
 
 
 def experiments() -> list[str]:

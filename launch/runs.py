@@ -146,11 +146,15 @@ def leaves(node, prefix: str = "") -> list[str]:
     return [prefix]
 
 
-def apply_resume_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str]) -> list[str]:
+def apply_resume_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str],
+                           group_keys: dict[str, list[str]] | None = None) -> list[str]:
     """Resuming a run keeps its saved config; the command line's overrides of how it trains (`RESUMABLE_KEYS`, e.g.
     `trainer.max_steps=...` to train on, `trainer=gpu`, `launcher.*`) are applied to it, and one that would change
     what it trains (model, data, seed, gradient clipping, ...) to a value other than the saved one is a one-line
-    UserError (start a new run instead). Returns the changes made, as "key: old -> new"."""
+    UserError (start a new run instead). A group choice (`trainer=gpu`) changes the keys its option's file sets
+    (`group_keys[group]`, `config.option_keys`), not every key of the group back to a default (the run's own
+    `trainer.max_epochs=800`); `launcher=<the saved launcher>` changes nothing, another launcher replaces the saved
+    one. Returns the changes made, as "key: old -> new"."""
     changes, refused = [], []
     for key in dict.fromkeys(override_key(o) for o in overrides):
         if key == "experiment":  # the run directory is found under the experiment's name: always the same
@@ -159,7 +163,14 @@ def apply_resume_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[s
         if node is None and key in GROUPS:  # a group whose options set keys all over the config (debug: no node)
             refused.append(f"{key} (a config group that sets keys across the config; give those keys instead)")
             continue
-        for leaf in leaves(node, key) if node is not None else [key]:
+        own = (group_keys or {}).get(key)
+        if key == "launcher" and own is not None:
+            if cfg.launcher.name != saved.launcher.get("name"):  # another launcher: its settings, not the old ones
+                changes.append(f"launcher: {saved.launcher.get('name')!r} -> {cfg.launcher.name!r}")
+                saved.launcher = OmegaConf.create(OmegaConf.to_container(cfg.launcher, resolve=True))
+            continue
+        group_leaves = own if own is not None else leaves(node, key) if node is not None else [key]
+        for leaf in group_leaves:
             new, old = OmegaConf.select(cfg, leaf, default=None), OmegaConf.select(saved, leaf, default=_ABSENT)
             absent = old is _ABSENT  # e.g. logger.wandb.entity under a csv run's `logger.wandb: null`
             old = None if absent else old

@@ -8,7 +8,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from launch import runs
-from launch.errors import UserError, one_line
+from launch.errors import UserError, check_min, check_positive, one_line
 
 
 def resources(cfg: DictConfig) -> dict:
@@ -23,6 +23,7 @@ def resources(cfg: DictConfig) -> dict:
     if accelerator == "auto":
         raise UserError("launcher=slurm needs an explicit trainer.accelerator (trainer=gpu or trainer=cpu)")
     launcher = cfg.launcher
+    check_launcher(launcher)
     params = {
         "nodes": nodes,
         "tasks_per_node": devices,
@@ -46,6 +47,27 @@ def resources(cfg: DictConfig) -> dict:
     if launcher.srun_args:
         params["slurm_srun_args"] = list(launcher.srun_args)
     return params
+
+
+def check_launcher(launcher: DictConfig) -> None:
+    """The launcher's numbers and switches, before anything is submitted: a one-line error, not a traceback from
+    `int()` or submitit, and not a job that sbatch accepts but that cannot work (a negative time limit, an array
+    run with at most 0 tasks at a time, a USR2 due before the job has started)."""
+    integers = {key: launcher.get(key) for key in ("time_min", "array_parallelism", "max_num_timeout",
+                                                   "signal_delay_s", "cpus_per_task")}
+    for key, value in integers.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UserError(f"launcher.{key} must be an integer, got {value!r}")
+    check_min("launcher", 1, time_min=integers["time_min"], array_parallelism=integers["array_parallelism"],
+              cpus_per_task=integers["cpus_per_task"])
+    check_min("launcher", 0, max_num_timeout=integers["max_num_timeout"], signal_delay_s=integers["signal_delay_s"])
+    check_positive("launcher", mem_gb=launcher.get("mem_gb"))
+    if integers["signal_delay_s"] is not None and integers["signal_delay_s"] >= 60 * integers["time_min"]:
+        raise UserError(f"launcher.signal_delay_s={integers['signal_delay_s']} must be below the time limit "
+                        f"(launcher.time_min={integers['time_min']} min): the job would be told to requeue as it "
+                        "starts")
+    if not isinstance(launcher.get("wait", False), bool):
+        raise UserError(f"launcher.wait is an on/off option (true or false), got {launcher.wait!r}")
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -150,7 +172,16 @@ def submit_checks(tasks: list[tuple[str, int | None]], names: list[str] | None, 
         raise UserError("zoo check runs each claim on one device: leave trainer.devices and trainer.num_nodes at 1")
     if not cfg.launcher.job_name:
         cfg.launcher.job_name = "zoo-check"
+    resources(cfg)  # a bad launcher value fails before the folder is made
     folder = out_dir / "slurm"
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    ex = executor(folder, cfg)
-    return cfg, _submit_calls(ex, [CheckJob(slug, names, extra, str(out_dir), seed) for slug, seed in tasks])
+    try:
+        ex = executor(folder, cfg)
+        return cfg, _submit_calls(ex, [CheckJob(slug, names, extra, str(out_dir), seed) for slug, seed in tasks])
+    except BaseException:  # refused (sbatch): no folder of logs for jobs that never ran
+        if made:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+        raise

@@ -41,24 +41,49 @@ class RunRecord:
             return "done"
         if self.job and self.job_state and self.job_state != "COMPLETED":  # running, pending, failed, cancelled...
             return f"{self.job_state.lower()} (job {self.job})"
+        if self.job and not self.job_state:  # neither sacct nor squeue knows it: it may still be running
+            return f"state unknown (job {self.job})"
         return "stopped" if (self.path / "checkpoints" / "last.ckpt").exists() else "no checkpoint"
 
 
+# the states of a job that is (or will be again) running: a second job on its run would write the same files
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT")
+
+
 def slurm_states(jobs: list[str]) -> dict[str, str]:
-    """The state of each SLURM job id from one `sacct` call ({} without sacct or when it fails)."""
-    if not jobs or shutil.which("sacct") is None:
+    """The state of each SLURM job id from one `sacct` call; where sacct is missing or fails (no accounting, slurmdbd
+    down), `squeue`'s, which knows only the jobs still queued or running. Jobs neither knows are left out."""
+    if not jobs:
         return {}
-    try:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(jobs), "-o", "JobID,State"],
-                             capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    states = {}
-    for line in out.stdout.splitlines():
-        job, _, state = line.partition("|")
-        if state.strip():
-            states[job.strip()] = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
-    return states
+    for command in (["sacct", "-n", "-P", "-X", "-j", ",".join(jobs), "-o", "JobID,State"],
+                    ["squeue", "-h", "-j", ",".join(jobs), "-o", "%i|%T"]):
+        if shutil.which(command[0]) is None:
+            continue
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode != 0 and command[0] == "sacct":
+            continue
+        states = {}
+        for line in out.stdout.splitlines():
+            job, _, state = line.partition("|")
+            if state.strip():
+                states[job.strip()] = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
+        return states
+    return {}
+
+
+def active_job(run_dir: Path) -> tuple[str, str] | None:
+    """(job id, state) of the run's latest SLURM job (slurm/jobs.txt) while it is queued, running or requeued; None
+    when it has ended, or its state cannot be known (no SLURM here)."""
+    jobs_file = run_dir / "slurm" / "jobs.txt"
+    jobs = jobs_file.read_text().split() if jobs_file.exists() else []
+    if not jobs:
+        return None
+    state = slurm_states(jobs[-1:]).get(jobs[-1])
+    return (jobs[-1], state) if state in ACTIVE_STATES else None
 
 
 @dataclass

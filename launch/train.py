@@ -256,14 +256,8 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     _quiet_known_warnings()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    _check_settings(cfg)
     torch.set_float32_matmul_precision(_matmul_precision(cfg))
-    if cfg.get("stage") not in STAGES:
-        raise UserError(f"stage must be one of {', '.join(STAGES)}, got {cfg.get('stage')!r}")
-    if cfg.get("progress_bar", "auto") not in ("auto", True, False):
-        raise UserError(f"progress_bar must be auto, true or false, got {cfg.progress_bar!r}")
-    from launch.config import check_resolves
-
-    check_resolves(cfg)  # a resumed or evaluated run's overrides are applied to its saved config, not composed
     if make_run_dir:
         cfg = runs.assign_run_id(cfg)
     L.seed_everything(_seed(cfg), workers=True, verbose=False)
@@ -295,6 +289,27 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
         if fresh and not started.started:
             _discard_unstarted(trainer, run_dir)
         raise
+
+
+def _check_settings(cfg: DictConfig) -> None:
+    """The run's own settings (stage, progress bar, matmul precision, interpolations, trainer integers)."""
+    _matmul_precision(cfg)
+    if cfg.get("stage") not in STAGES:
+        raise UserError(f"stage must be one of {', '.join(STAGES)}, got {cfg.get('stage')!r}")
+    if cfg.get("progress_bar", "auto") not in ("auto", True, False):
+        raise UserError(f"progress_bar must be auto, true or false, got {cfg.progress_bar!r}")
+    from launch.config import check_resolves
+
+    check_resolves(cfg)  # a resumed or evaluated run's overrides are applied to its saved config, not composed
+    check_trainer_integers(cfg.get("trainer") or {})
+
+
+def preflight(cfg: DictConfig) -> None:
+    """What `run` checks before it writes anything, for a job about to be submitted (`zoo train launcher=slurm`): a
+    bad setting, model or datamodule option is a one-line error (exit 2) here, not a failed job that leaves a run
+    directory behind. The trainer is not built (a login node may have no GPU), nor is any data read."""
+    _check_settings(cfg)
+    instantiate(cfg)
 
 
 def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> dict[str, float]:
@@ -330,6 +345,12 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
         best = next((c for c in trainer.callbacks if isinstance(c, RestoreBestWeights)), None)
         if best is not None and best.best_epoch is not None:
             metrics["best_epoch"] = float(best.best_epoch)
+        if run_dir is not None and trainer.is_global_zero and trained():
+            # the fit's train and val metrics, for a restart that only tests (a job preempted during the test)
+            import json
+
+            fit = {**metrics, "global_step": float(trainer.global_step), "epoch": float(trainer.current_epoch)}
+            runs.write_atomic(run_dir.dir / FIT_METRICS, json.dumps(fit, indent=2, sort_keys=True))
     if cfg.stage == "test" and test_ckpt is None and run_dir is not None:  # `zoo train ... run_id=X stage=test`
         test_ckpt = str(_checkpoint_to_test(cfg, run_dir))
     tested_at = None
@@ -504,19 +525,30 @@ def _floats(metrics) -> dict[str, float]:
     return out
 
 
+FIT_METRICS = "fit_metrics.json"  # the last fit's metrics, written when it ends (before its test)
+
+
 def _with_earlier_metrics(path: Path, metrics: dict[str, float]) -> dict[str, float]:
-    """A restarted run's final metrics over those an earlier start of the run wrote: a train or validation metric
-    this process did not log keeps its last value (as in a straight run's callback metrics), e.g. those of a finished
-    run whose restart (a requeue during its test) trains nothing; a restart that trains nothing keeps the epoch
-    (Lightning's counter is not advanced by an empty fit). Test metrics and `best_epoch` are this process's only."""
+    """A restarted run's final metrics over those an earlier start of the run wrote (its final metrics, else the
+    metrics its fit ended with, `FIT_METRICS` beside them: a start preempted during its test wrote no final ones): a
+    train or validation metric this process did not log keeps its last value (as in a straight run's callback
+    metrics), e.g. those of a finished run whose restart (a requeue during its test) trains nothing; a restart that
+    trains nothing keeps the epoch (Lightning's counter is not advanced by an empty fit). Test metrics and
+    `best_epoch` are this process's only."""
     import json
 
-    try:
-        earlier = json.loads(path.read_text())
-    except (OSError, ValueError):
+    found = []
+    for source in (path, path.with_name(FIT_METRICS)):
+        try:
+            record = json.loads(source.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            found.append(record)
+    if not found:
         return metrics
-    if not isinstance(earlier, dict):
-        return metrics
+    earlier = max(found, key=lambda r: r.get("global_step", -1) if isinstance(r.get("global_step"), (int, float))
+                  else -1)  # the later of the two (the final metrics when they are as late: max keeps the first)
     kept = {k: v for k, v in earlier.items() if k.startswith(("train/", "val/")) and isinstance(v, (int, float))}
     merged = {**kept, **metrics}
     if metrics.get("global_step") == earlier.get("global_step") and "epoch" in earlier:

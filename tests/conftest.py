@@ -50,6 +50,14 @@ def serve_directory(root: Path,
         thread.join(5)
 
 
+@pytest.fixture(autouse=True)
+def _no_run_id_left_behind():
+    """`runs.assign_run_id` hands a run's id to DDP children through PAPERZOO_RUN_ID: a run made in this process by
+    one test must not lend its id to a later test's new run."""
+    yield
+    os.environ.pop("PAPERZOO_RUN_ID", None)
+
+
 @pytest.fixture
 def runs_root(tmp_path: Path) -> Path:
     root = tmp_path / "runs"

@@ -318,6 +318,23 @@ def test_a_finished_run_restarted_keeps_its_record_and_a_moved_run_resumes_where
     assert tested["epoch"] == moved["epoch"] == 3 and tested["global_step"] == moved["global_step"]
 
 
+def test_a_run_stopped_during_its_test_keeps_its_fit_metrics(runs_root):
+    """A job preempted during its final test (after the fit, before final_metrics.json) is requeued, trains nothing
+    and tests: its final metrics had no train/* metrics and epoch 0 (the SLURM audit, stop 33); now the fit's metrics
+    (fit_metrics.json, written when the fit ends) fill them in, as in the straight run."""
+    args = [*TINY[:2], "data.batch_size=256", "trainer.check_val_every_n_epoch=1", f"runs_root={runs_root}",
+            "run_id=pt", "logger=csv", "progress_bar=false", "trainer.max_epochs=2"]
+    run = runs_root / "lightgcn" / "pt"
+    assert zoo_in_process("train", *args)[0] == 0
+    first = json.loads((run / "final_metrics.json").read_text())
+    (run / "final_metrics.json").unlink()  # stopped during the test
+    code, _, err = zoo_in_process("train", *args)
+    assert code == 0, err
+    again = json.loads((run / "final_metrics.json").read_text())
+    assert again.keys() == first.keys() and again["epoch"] == first["epoch"] == 2, (sorted(again), sorted(first))
+    assert all(again[k] == pytest.approx(first[k], abs=1e-6) for k in first)
+
+
 def _test_row_steps(run) -> list[int]:
     import csv
 
