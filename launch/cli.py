@@ -199,12 +199,6 @@ def cmd_train(args: list[str]) -> int:
     if len(combos) > 1 and not multirun:
         raise UserError("overrides with several values (a,b) need `zoo train -m ...` to run as a sweep")
     cfgs = [zconfig.compose(c) for c in combos]
-    if show:
-        for i, (cfg, combo) in enumerate(zip(cfgs, combos)):
-            if len(cfgs) > 1:
-                print(f"# run {i + 1} of {len(cfgs)}: {' '.join(combo)}")
-            _show_config(cfg, combo)
-        return 0
     given = [cfg.run_id for cfg in cfgs if cfg.run_id]
     if len(cfgs) > 1 and len(set(given)) < len(given):
         raise UserError(f"run_id={given[0]} would put every run of the sweep in one run directory: omit it (the runs "
@@ -214,8 +208,16 @@ def cmd_train(args: list[str]) -> int:
         sweep_id = runs.new_run_id()
         for i, cfg in enumerate(cfgs):
             cfg.run_id = cfg.run_id or f"{sweep_id}-{i}"
+            if (cfg.get("logger") or {}).get("wandb") and not cfg.logger.wandb.get("group"):
+                cfg.logger.wandb.group = f"sweep-{sweep_id}"  # the sweep's runs side by side in the W&B UI
     else:
         sweep_id = None
+    if show:
+        for i, (cfg, combo) in enumerate(zip(cfgs, combos)):
+            if len(cfgs) > 1:
+                print(f"# run {i + 1} of {len(cfgs)}: {' '.join(combo)}")
+            _show_config(cfg, combo)
+        return 0
     cfgs = [_resume_or_new(cfg, combo, announce_new) for cfg, combo, announce_new in zip(cfgs, combos, named)]
     if cfgs[0].launcher.name == "slurm":
         return _submit(cfgs, sweep_id)

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from launch.errors import UserError
 from launch.runs import write_atomic
+from launch.wandb_logger import TestedAtStep
 
 
 class KeptMetricsWriter(ExperimentWriter):
@@ -89,12 +90,15 @@ def _is_test(row: dict) -> bool:
     return any(str(key).startswith("test/") and value not in ("", None) for key, value in row.items())
 
 
-class RunCSVLogger(CSVLogger):
-    """CSVLogger writing `<run>/metrics.csv` through KeptMetricsWriter."""
+class RunCSVLogger(TestedAtStep, CSVLogger):
+    """CSVLogger writing `<run>/metrics.csv` through KeptMetricsWriter (a re-test's row at the tested step)."""
 
     def __init__(self, save_dir: str, resume_step: int | None = None) -> None:
         super().__init__(save_dir=save_dir, name="", version="")
         self.resume_step = resume_step
+
+    def log_metrics(self, metrics, step=None) -> None:
+        super().log_metrics(*self._at_tested_step(metrics, step))
 
     @property
     @rank_zero_experiment

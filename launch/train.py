@@ -40,17 +40,14 @@ def _drop_advert(record: logging.LogRecord) -> bool:
 
 
 def wandb_mode(requested: str) -> str:
-    """`auto`: online when W&B credentials exist (env key or ~/.netrc), otherwise offline."""
+    """`auto`: online when W&B credentials exist (`wandb_logger.has_credentials`), otherwise offline."""
+    from launch.wandb_logger import has_credentials
+
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     if requested != "auto":
         return requested
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return "online"
-    return "offline"
+    return "online" if has_credentials() else "offline"
 
 
 def own_wandb_service() -> None:
@@ -65,9 +62,8 @@ def own_wandb_service() -> None:
 def build_loggers(cfg: DictConfig, run: runs.Run, resume_step: int | None = None) -> list:
     """W&B (resumed under the run id) and the run's metrics.csv (kept across restarts; `resume_step`: the global
     step a fit resumes from, whose later rows the resumed run logs again)."""
-    from lightning.pytorch.loggers import WandbLogger
-
     from launch.metrics_csv import RunCSVLogger
+    from launch.wandb_logger import RunWandbLogger, tags
 
     loggers = []
     wb = cfg.logger.get("wandb")
@@ -75,10 +71,13 @@ def build_loggers(cfg: DictConfig, run: runs.Run, resume_step: int | None = None
         mode = wandb_mode(wb.mode)
         if mode != "disabled":
             own_wandb_service()
-            loggers.append(WandbLogger(
+            config = OmegaConf.to_container(cfg, resolve=True)
+            config.pop("claims", None)  # the claims' prose: what `zoo check` measures, not a setting of the run
+            config["meta"] = runs.provenance()  # this start's code: git commit, package versions, host, command
+            loggers.append(RunWandbLogger(
                 project=wb.project, entity=wb.entity, id=run.run_id, name=f"{run.experiment}/{run.run_id}",
-                save_dir=str(run.dir), resume="allow", mode=mode, tags=list(wb.tags), group=wb.group,
-                config=OmegaConf.to_container(cfg, resolve=True), log_model=False))
+                save_dir=str(run.dir), resume="allow", mode=mode, tags=tags(wb.get("tags")), group=wb.group,
+                config=config, log_model=wb.get("log_model") or False))
     if cfg.logger.get("csv"):
         loggers.append(RunCSVLogger(save_dir=str(run.dir), resume_step=resume_step))
     return loggers
@@ -252,6 +251,7 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     import torch
 
     from launch.callbacks import FitStarted, SaveResumedConfig
+    from launch.wandb_logger import finish_failed
 
     _quiet_known_warnings()
     if cfg.get("threads"):
@@ -283,11 +283,16 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
         run_dir = runs.create(cfg)
     try:
         return _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep)
-    except UserError:
+    except UserError as err:
         # bad data found in the datamodule's setup (a missing file, a wrong shape), before any training: no run
         # directory is left behind; an error once training has started (a NaN loss) keeps the run's evidence
         if fresh and not started.started:
             _discard_unstarted(trainer, run_dir)
+        else:
+            finish_failed(err)
+        raise
+    except BaseException as err:  # a bug, Ctrl-C, SIGTERM, a preemption: the W&B run does not end as finished
+        finish_failed(err)
         raise
 
 
@@ -298,6 +303,10 @@ def _check_settings(cfg: DictConfig) -> None:
         raise UserError(f"stage must be one of {', '.join(STAGES)}, got {cfg.get('stage')!r}")
     if cfg.get("progress_bar", "auto") not in ("auto", True, False):
         raise UserError(f"progress_bar must be auto, true or false, got {cfg.progress_bar!r}")
+    if (cfg.get("logger") or {}).get("wandb"):
+        from launch.wandb_logger import check_wandb_settings
+
+        check_wandb_settings(cfg.logger.wandb)
     from launch.config import check_resolves
 
     check_resolves(cfg)  # a resumed or evaluated run's overrides are applied to its saved config, not composed
@@ -359,6 +368,10 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
             ckpt = _load_checkpoint(test_ckpt)
             epochs = epochs_trained(ckpt)
             tested_at = (float(ckpt.get("global_step", 0)), float(ckpt.get("epoch", 0) if epochs is None else epochs))
+        if cfg.stage == "test" and tested_at is not None:  # logged at the tested weights' step, not step 0
+            for logger in trainer.loggers:
+                if hasattr(logger, "tested_at"):
+                    logger.tested_at = tested_at
         try:
             trainer.test(model, datamodule=datamodule, verbose=False, ckpt_path=test_ckpt)
         except RuntimeError as err:
@@ -564,12 +577,16 @@ def _finish(trainer, run: runs.Run, metrics: dict[str, float], stage: str = "fit
     if stage != "test":
         metrics = _with_earlier_metrics(run.dir / name, metrics)
     runs.write_atomic(run.dir / name, json.dumps(metrics, indent=2, sort_keys=True))
+    from lightning.pytorch.loggers import WandbLogger
+
     for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
+        if isinstance(logger, WandbLogger):
             logger.experiment  # noqa: B018 - make sure the run exists before finishing
             import wandb
 
-            offline = wandb.run is not None and wandb.run.settings.mode == "offline"
+            if "best_epoch" in metrics and wandb.run is not None:  # not logged by a step: the run's summary only
+                wandb.run.summary["best_epoch"] = metrics["best_epoch"]
+            offline = wandb.run is not None and wandb.run.settings.mode in ("offline", "dryrun")
             wandb.finish()
             if offline:
                 # a resumed or requeued run writes one offline folder per start, each counting its steps from 0:
