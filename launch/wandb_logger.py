@@ -35,7 +35,7 @@ class RunWandbLogger(TestedAtStep, WandbLogger):
         super().__init__(**kwargs)
         self._wandb_init.pop("anonymous", None)  # wandb warns on every run that it has no effect
 
-    def log_hyperparams(self, params, *args, **kwargs) -> None:  # noqa: ARG002 - the config holds them (see above)
+    def log_hyperparams(self, params, *args, **kwargs) -> None:  # the config holds them (see above)
         return
 
     def log_metrics(self, metrics, step=None) -> None:
