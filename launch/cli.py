@@ -539,9 +539,8 @@ def cmd_check(args: list[str]) -> int:
         raise UserError(f"{', '.join(fixed)}: the experiment is the slug (zoo check <slug>) and claim runs have no "
                         "run id")
     for slug in slugs if extra else ():  # a mistyped key fails now, not after hours of other claims (or never)
-        composed = zconfig.compose([f"experiment={slug}", *extra])
         # and so does a malformed value (a probe-only claim would record it as its setting without applying it)
-        train.check_trainer_integers(composed.trainer)
+        train.check_settings(zconfig.compose([f"experiment={slug}", *extra]))
     if launcher_overrides and opts.launcher != "slurm":
         raise UserError(f"{', '.join(launcher_overrides)} needs --launcher slurm (claims run locally)")
     writable_dir(opts.out, "--out")
@@ -667,12 +666,10 @@ def cmd_status(args: list[str]) -> int:
                 print_metrics("final metrics", metrics)
             else:
                 print(f"final_metrics.json unreadable: not a mapping ({type(metrics).__name__})")
-    jobs_file = run_dir / "slurm" / "jobs.txt"
-    if jobs_file.exists():
-        jobs = jobs_file.read_text().split()
-        states = summary.slurm_states(jobs)
-        for job in jobs:
-            print(f"slurm job {job}: {states.get(job, 'unknown')}")
+    jobs = summary.run_jobs(run_dir)
+    states = summary.slurm_states(jobs)
+    for job in jobs:
+        print(f"slurm job {job}: {states.get(job, 'unknown')}")
     return 0
 
 

@@ -75,11 +75,16 @@ def slurm_states(jobs: list[str]) -> dict[str, str]:
     return {}
 
 
-def active_job(run_dir: Path) -> tuple[str, str] | None:
-    """(job id, state) of the run's latest SLURM job (slurm/jobs.txt) while it is queued, running or requeued; None
-    when it has ended, or its state cannot be known (no SLURM here)."""
+def run_jobs(run_dir: Path) -> list[str]:
+    """The SLURM job ids of a run, oldest first (`slurm/jobs.txt`, one line per submission); [] for a local run."""
     jobs_file = run_dir / "slurm" / "jobs.txt"
-    jobs = jobs_file.read_text().split() if jobs_file.exists() else []
+    return jobs_file.read_text().split() if jobs_file.exists() else []
+
+
+def active_job(run_dir: Path) -> tuple[str, str] | None:
+    """(job id, state) of the run's latest SLURM job while it is queued, running or requeued; None when it has ended,
+    or its state cannot be known (no SLURM here)."""
+    jobs = run_jobs(run_dir)
     if not jobs:
         return None
     state = slurm_states(jobs[-1:]).get(jobs[-1])
@@ -136,8 +141,7 @@ def collect(root: Path, experiment: str | None = None, sweep: str | None = None)
             _skip(run_dir, final, err)
             continue
         created = _created(run_dir / "meta.json")
-        jobs_file = run_dir / "slurm" / "jobs.txt"
-        jobs = jobs_file.read_text().split() if jobs_file.exists() else []
+        jobs = run_jobs(run_dir)
         records.append(RunRecord(run_dir.parent.name, run_dir.name, run_dir, _flatten(config), metrics, created,
                                  jobs[-1] if jobs else None))
     if not records:

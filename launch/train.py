@@ -256,7 +256,7 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     _quiet_known_warnings()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    _check_settings(cfg)
+    check_settings(cfg)
     torch.set_float32_matmul_precision(_matmul_precision(cfg))
     if make_run_dir:
         cfg = runs.assign_run_id(cfg)
@@ -296,7 +296,7 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
         raise
 
 
-def _check_settings(cfg: DictConfig) -> None:
+def check_settings(cfg: DictConfig) -> None:
     """The run's own settings (stage, progress bar, matmul precision, interpolations, trainer integers)."""
     _matmul_precision(cfg)
     if cfg.get("stage") not in STAGES:
@@ -317,7 +317,7 @@ def preflight(cfg: DictConfig) -> None:
     """What `run` checks before it writes anything, for a job about to be submitted (`zoo train launcher=slurm`): a
     bad setting, model or datamodule option is a one-line error (exit 2) here, not a failed job that leaves a run
     directory behind. The trainer is not built (a login node may have no GPU), nor is any data read."""
-    _check_settings(cfg)
+    check_settings(cfg)
     instantiate(cfg)
 
 
