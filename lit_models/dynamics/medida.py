@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from datamodules.medida_data import QG_LIBRARY_TERMS
 from launch.errors import UserError, check_min, check_positive
-from lit_models.common.pde import no_autocast
+from lit_models.common.pde import no_autocast, reference_colours
 from lit_models.common.steps import EvaluateOnValAndTest, attached_datamodule
 
 LIBRARY_TERMS = ("u", "u_x", "u_xx", "u_xxx", "u_xxxx", "u*u_x", "u^2", "u^3")
@@ -479,7 +479,10 @@ class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
         for layer in range(2):
             for ax, f, title in zip(axes[layer], (last["psi"][layer], last["psi_a"][layer], last["dq"][layer]),
                                     ("truth psi", "analysis psi", "dq/dt")):
-                ax.imshow(f, origin="lower", cmap="RdBu_r")
+                # truth and analysis on the truth's colour range (one colour, one value); each with its colourbar
+                colours = reference_colours(last["psi"][layer]) if title != "dq/dt" else {}
+                im = ax.imshow(f, origin="lower", cmap="RdBu_r", **colours)
+                fig.colorbar(im, ax=ax, shrink=0.8)
                 ax.set_title(f"{title}{layer + 1}", fontsize=8)
                 ax.set_xticks([])
                 ax.set_yticks([])

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from launch.errors import UserError, check_min, check_positive
-from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast, partial
+from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast, partial, reference_colours
 from lit_models.common.steps import EvaluateOnValAndTest
 
 PROBLEMS = ("oscillator", "lorenz", "allen_cahn", "ks", "ks_chaotic")
@@ -297,11 +297,14 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         """The solution at global times t: window k = floor(t / Delta)'s network at t - k Delta (one network
-        without time marching)."""
+        without time marching); never a window after the one being trained: the end of the trained span, t = (w + 1)
+        Delta, is window w's at local time Delta (the next window's untrained network gave its hard initial
+        condition, 0, there: a drop to 0 in the figures and the evaluation before marching ends)."""
         if len(self.nets) == 1:
             return self.nets[0](t, x)
         delta = self.window_length
-        k = torch.clamp(torch.floor(t.detach() / delta + 1e-6), 0, len(self.nets) - 1).long()
+        last = min(len(self.nets) - 1, int(self.window))
+        k = torch.clamp(torch.floor(t.detach() / delta + 1e-6), 0, last).long()
         out = None
         for j in torch.unique(k).tolist():
             mask = k == j
@@ -491,7 +494,8 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
             ext = (t[0], t[-1], x[0], x[-1])
             for ax, field, title in zip(axes, (pred, ref, np.abs(pred - ref)), ("prediction", "reference", "|error|")):
                 im = ax.imshow(field.T, aspect="auto", origin="lower", extent=ext,
-                               cmap="viridis" if title == "|error|" else "RdBu_r")
+                               **({"cmap": "viridis"} if title == "|error|"
+                                  else {"cmap": "RdBu_r", **reference_colours(ref)}))
                 fig.colorbar(im, ax=ax)
                 ax.set_title(title)
                 ax.set_xlabel("t")

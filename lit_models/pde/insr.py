@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from launch.errors import UserError, check_min, check_positive
-from lit_models.common.pde import grad, no_autocast, relative_l2
+from lit_models.common.pde import grad, no_autocast, reference_colours, relative_l2
 from lit_models.common.steps import EvaluateOnValAndTest, attached_datamodule
 
 EQUATIONS = ("advection", "fluid")
@@ -449,7 +449,8 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
                 for ax, img, title in zip(axes, mags + [np.abs(mags[1] - mags[0])],
                                           ("|u| exact", "|u| INSR", "| |u| error |")):
                     h = hp.length / 2
-                    im = ax.imshow(img.T, origin="lower", extent=(-h, h, -h, h))
+                    im = ax.imshow(img.T, origin="lower", extent=(-h, h, -h, h),
+                                   **({} if title.startswith("| |u|") else reference_colours(mags[0])))
                     ax.set_title(f"{title}, t={ev['t']:.2f}", fontsize=9)
                     fig.colorbar(im, ax=ax, shrink=0.8)
                 fig.tight_layout()

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from launch.errors import check_min
 from lit_models.common.lbfgs import LBFGSPhase
-from lit_models.common.pde import check_problem_matches_data, grad, no_autocast, relative_l2
+from lit_models.common.pde import check_problem_matches_data, grad, no_autocast, reference_colours, relative_l2
 from lit_models.common.steps import EvaluateOnValAndTest
 
 TWO_PI = 2 * math.pi
@@ -294,7 +294,8 @@ class LagrangianPINNModule(EvaluateOnValAndTest, LBFGSPhase, L.LightningModule):
         for ax, field, title in zip(axes, (d["u"], d["ref"], np.abs(d["u"] - d["ref"])),
                                     (f"{name} prediction", "reference", "|error|")):
             im = ax.imshow(field, aspect="auto", origin="lower", extent=ext,
-                           cmap="viridis" if title == "|error|" else "RdBu_r")
+                           **({"cmap": "viridis"} if title == "|error|"
+                              else {"cmap": "RdBu_r", **reference_colours(d["ref"])}))
             fig.colorbar(im, ax=ax)
             ax.set_title(title)
             ax.set_xlabel("x")

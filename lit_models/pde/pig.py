@@ -70,7 +70,7 @@ from torch import Tensor, nn
 
 from datamodules.pig_data import AC_DIFFUSION, AC_REACTION, CAVITY_RE, ND_ALPHA, PROBLEMS
 from launch.errors import check_min
-from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast
+from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast, reference_colours
 
 MODELS = ("pig", "mlp")
 LAPLACIANS = ("autograd", "analytic")
@@ -565,7 +565,8 @@ class PIGModule(L.LightningModule):
             exact_title = "reference" if problem in ("allen_cahn", "nonlinear_diffusion3d") else "exact"
             for ax, img, title in zip(axes, imgs, (exact_title, name, "|error|")):
                 im = ax.imshow(img, origin="lower", extent=extent, aspect="auto",
-                               cmap="RdBu_r" if title != "|error|" else "magma")
+                               **({"cmap": "magma"} if title == "|error|"
+                                  else {"cmap": "RdBu_r", **reference_colours(imgs[0])}))
                 ax.set_title(title + suffix)
                 ax.set_xlabel(spec.coords[h_ax])
                 ax.set_ylabel(spec.coords[v_ax])
