@@ -561,7 +561,8 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             if ma["ratio"]:
                 out["ma_interp_ratio"] = float(np.mean(ma["ratio"]))
         self._last = {"moved": moved, "tri": tri, "monitor": batch["monitor"].cpu().numpy(),
-                      "target": None if ma is None else np.stack(ma["pos"])}  # figures() draws the MA meshes dashed
+                      "target": None if ma is None else np.stack(ma["pos"]),  # figures() draws the MA meshes dashed
+                      "rim": np.stack([a, b], 1)}  # the hole's edges before moving: figures() draws the cylinder
         return out, {"interp_ratio": len(ratios), "ma_interp_ratio": len(ma["ratio"]) if ma is not None else 0}
 
     def _ma_reference(self, batch: dict[str, Tensor], nodes: np.ndarray, tri: np.ndarray, rim: np.ndarray
@@ -613,7 +614,12 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             ax.triplot(d["moved"][b][:, 0], d["moved"][b][:, 1], d["tri"], color="w", lw=0.5)
             if d["target"] is not None and np.all(np.isfinite(d["target"][b])):
                 ax.triplot(d["target"][b][:, 0], d["target"][b][:, 1], d["tri"], color="r", lw=0.4, ls="--")
-            ax.set_title(f"field {b} ({self.hparams.mover})", fontsize=8)
+            if d.get("rim") is not None and len(d["rim"]):  # the cylinder: nodes moved into it show (figures audit)
+                from matplotlib.collections import LineCollection
+
+                ax.add_collection(LineCollection(d["rim"], colors="k", linewidths=1.2))
+            ax.set_title(f"field {b} ({self.hparams.mover})" + (", cylinder black" if d.get("rim") is not None
+                                                                   else ""), fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
         fig.tight_layout()
