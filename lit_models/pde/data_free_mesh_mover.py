@@ -614,12 +614,12 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             ax.triplot(d["moved"][b][:, 0], d["moved"][b][:, 1], d["tri"], color="w", lw=0.5)
             if d["target"] is not None and np.all(np.isfinite(d["target"][b])):
                 ax.triplot(d["target"][b][:, 0], d["target"][b][:, 1], d["tri"], color="r", lw=0.4, ls="--")
-            if d.get("rim") is not None and len(d["rim"]):  # the cylinder: nodes moved into it show (figures audit)
+            hole = d.get("rim") is not None and len(d["rim"]) > 0
+            if hole:  # the cylinder: nodes moved into it show (figures audit)
                 from matplotlib.collections import LineCollection
 
                 ax.add_collection(LineCollection(d["rim"], colors="k", linewidths=1.2))
-            ax.set_title(f"field {b} ({self.hparams.mover})" + (", cylinder black" if d.get("rim") is not None
-                                                                   else ""), fontsize=8)
+            ax.set_title(f"field {b} ({self.hparams.mover})" + (", cylinder black" if hole else ""), fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
         fig.tight_layout()
