@@ -51,10 +51,13 @@ class FiniteLossGuard(L.Callback):
 
 
 class FiguresCallback(L.Callback):
-    """Save each module's `figures()` as PNG under the run dir and log them to W&B (rank zero)."""
+    """Save each module's `figures()` as PNG under the run dir and log them to W&B (rank zero): after the test, and
+    after the fit only when no test follows (`stage=fit`). A test after the fit draws from the same weights, so figures
+    at both ends would be saved under one name and logged twice (as val/ and test/)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, at_fit_end: bool = True) -> None:
         self.directory = Path(directory)
+        self.at_fit_end = at_fit_end
 
     @rank_zero_only
     def _save(self, trainer, pl_module, stage: str) -> None:
@@ -82,7 +85,7 @@ class FiguresCallback(L.Callback):
         self._save(trainer, pl_module, "test")
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
+        if self.at_fit_end and not trainer.sanity_checking:
             self._save(trainer, pl_module, "val")
 
 

@@ -500,7 +500,7 @@ def cmd_check(args: list[str]) -> int:
     """`zoo check <slug> [--claim NAME ...] [key=value ...]`: the overrides go on top of every run of the claims
     (before each run's own, so a baseline's `trainer.max_steps=1` still holds), e.g. a GPU and a longer schedule:
     `zoo check um2n --claim node_rmse trainer=gpu trainer.max_steps=4000`."""
-    from launch import check, train
+    from launch import check, runs, train
     from launch import config as zconfig
 
     parser = _Parser(prog="zoo check")
@@ -541,6 +541,10 @@ def cmd_check(args: list[str]) -> int:
     for slug in slugs if extra else ():  # a mistyped key fails now, not after hours of other claims (or never)
         # and so does a malformed value (a probe-only claim would record it as its setting without applying it)
         train.check_settings(zconfig.compose([f"experiment={slug}", *extra]))
+    ignored = [o for o in extra if runs.override_key(o).split(".")[0] == "logger"]
+    if ignored and _is_rank_zero():  # accepted (a shared command line may carry it), but a claim run never logs
+        print(f"zoo check: {', '.join(ignored)} has no effect: claim runs keep no run directory and log to no "
+              "logger; the results go to --out", file=sys.stderr)
     if launcher_overrides and opts.launcher != "slurm":
         raise UserError(f"{', '.join(launcher_overrides)} needs --launcher slurm (claims run locally)")
     writable_dir(opts.out, "--out")

@@ -17,8 +17,9 @@ from omegaconf import OmegaConf
 
 from launch.errors import UserError, one_line
 
-# never shown as "what differs": bookkeeping that differs between any two runs
-IGNORED_KEYS = ("run_id", "runs_root")
+# never shown as "what differs": bookkeeping that differs between any two runs, and how a run was watched (a
+# progress bar, waiting for a SLURM job), which changes nothing it computes
+IGNORED_KEYS = ("run_id", "runs_root", "progress_bar", "launcher.wait")
 DESCRIPTIVE = ("claims.", "paper.")  # an experiment's claim texts and paper block describe it; they are no settings
 
 

@@ -131,7 +131,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
                     save_top_k=1, enable_version_counter=False))
         except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException and friends
             raise UserError(f"checkpoint: {one_line(err, 200)}") from None
-        callbacks.append(FiguresCallback(run.figures))
+        callbacks.append(FiguresCallback(run.figures, at_fit_end=cfg.get("stage", "fit_test") == "fit"))
     spec = OmegaConf.to_container(cfg.early_stopping, resolve=True) if cfg.get("early_stopping") else None
     if spec is not None:
         from launch.callbacks import ConfiguredEarlyStopping

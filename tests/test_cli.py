@@ -366,3 +366,13 @@ def test_status_list_and_eval_take_help_and_status_takes_root_anywhere(tmp_path)
     for args in (("--root", str(root), "nosuch"), ("nosuch", f"--root={root}")):
         code, _, err = zoo_in_process("status", *args)
         assert code == 2 and "no run 'nosuch'" in err, err
+
+
+def test_check_says_a_logger_override_has_no_effect(tmp_path):
+    """`zoo check ... logger=wandb` was accepted and silently ignored (claim runs never log): it now says so."""
+    code, _, err = zoo_in_process("check", "prose", "--claim", "tokenizer_round_trip", "logger=wandb",
+                                  "--out", str(tmp_path))
+    assert code == 0, err
+    assert "logger=wandb has no effect" in err
+    code, _, err = zoo_in_process("check", "prose", "--claim", "tokenizer_round_trip", "--out", str(tmp_path))
+    assert code == 0 and "no effect" not in err

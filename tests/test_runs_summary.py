@@ -49,6 +49,10 @@ def test_varying_keys_ignore_bookkeeping_and_run_id_paths(sweep_root):
     # logger.save_dir differs only by the run id, run_id/runs_root are bookkeeping, batch_size/dims never differ
     assert summary.varying_keys(records) == ["data.seed", "model.num_layers", "seed"]
     assert summary.default_metrics(records) == ["test/recall@20"]
+    # how a run was watched is not a setting (launcher.wait showed as a column of a SLURM sweep)
+    for record, value in zip(records, (True, False, True, False, True)):
+        record.config.update({"launcher.wait": value, "progress_bar": not value})
+    assert summary.varying_keys(records) == ["data.seed", "model.num_layers", "seed"]
 
 
 def test_mean_and_sample_std_over_seeds_per_setting(sweep_root, tmp_path):

@@ -87,3 +87,30 @@ def test_auto_mode_finds_credentials_for_the_wandb_host(base_url, host, tmp_path
     assert has_credentials() and train.wandb_mode("auto") == "online"
     netrc.write_text("machine elsewhere.org\n  login user\n  password secret\n")
     assert not has_credentials() and train.wandb_mode("auto") == "offline"
+
+
+def test_figures_are_saved_and_logged_once_per_run(tmp_path):
+    """A fit followed by its test saved `figures()` at both ends under one file name and logged the same figure twice
+    (val/ and test/, from the same weights): the fit end now draws only when no test follows (`stage=fit`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from launch.callbacks import FiguresCallback
+
+    for stage, at_fit_end in (("fit_test", False), ("fit", True)):
+        cfg = runs.assign_run_id(zconfig.compose([*TINY, f"runs_root={tmp_path}", f"run_id={stage}", f"stage={stage}",
+                                                  "logger=csv"]))
+        (callback,) = [c for c in train.build_trainer(cfg, runs.run_of(cfg)).callbacks
+                       if isinstance(c, FiguresCallback)]
+        assert callback.at_fit_end is at_fit_end, stage
+        logged: list[str] = []
+        logger = types.SimpleNamespace(log_image=lambda key, images, step, into=logged: into.append(key))
+        trainer = types.SimpleNamespace(loggers=[logger], global_step=3, sanity_checking=False)
+        module = types.SimpleNamespace(figures=lambda: {"field": plt.figure()})
+        callback.on_fit_end(trainer, module)
+        if stage == "fit_test":
+            callback.on_test_end(trainer, module)
+        assert logged == (["test/field"] if stage == "fit_test" else ["val/field"])
+        assert (callback.directory / "field.png").is_file()
