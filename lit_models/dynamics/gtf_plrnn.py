@@ -414,6 +414,7 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
             self._build_obs(int(obs_dim))
         self.register_buffer("alpha_current", torch.tensor(float(alpha), dtype=torch.float64))
         self._last_eval: tuple[np.ndarray, np.ndarray] | None = None
+        self._last_stage = "test"
         # D_stsp and D_H of (ground truth, free run) pairs: torchmetrics states reduced across DDP ranks
         self.eval_metrics = nn.ModuleDict({f"{stage}_{name}": metric for stage in ("val", "test") for name, metric in
                                            (("d_stsp", StateSpaceDivergence(d_stsp_bins)),
@@ -544,6 +545,7 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
         gen = self.free_run(x, t + drop)[drop:].cpu().numpy()
         truth = x[0].detach().cpu().double().numpy()
         self._last_eval = (truth, gen)
+        self._last_stage = stage
         for name in ("d_stsp", "d_h"):
             metric = self.eval_metrics[f"{stage}_{name}"]
             metric.update(truth, gen)
@@ -553,6 +555,8 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
             self.log(f"{stage}/pe", self.prediction_error(x, pe_n), on_epoch=True, batch_size=1, sync_dist=True)
 
     def figures(self) -> dict[str, Any]:
+        """{"attractor": ground truth and free run (the last evaluation's), projected on pairs of dimensions; the title
+        names the split, the logged D_stsp and D_H, and how many non-finite free-run points were left out}."""
         if self._last_eval is None:
             return {}
         import matplotlib.pyplot as plt
@@ -560,15 +564,22 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
         truth, gen = self._last_eval
         n = truth.shape[1]
         pairs = [(0, 1), (0, 2), (1, 2)] if n >= 3 else [(0, min(1, n - 1))]
-        fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 4.3), squeeze=False)
         g = gen[np.all(np.isfinite(gen), axis=1)]
         for ax, (i, j) in zip(axes[0], pairs):
-            ax.plot(truth[:, i], truth[:, j], lw=0.3, color="0.5", label="ground truth")
-            ax.plot(g[:, i], g[:, j], lw=0.3, color="C3", label="free run")
+            ax.plot(truth[:, i], truth[:, j], lw=0.8, color="0.5", label="ground truth")
+            ax.plot(g[:, i], g[:, j], lw=0.8, color="C3", alpha=0.8, label="free run")
             ax.set_xlabel(f"x{i + 1}")
             ax.set_ylabel(f"x{j + 1}")
         axes[0][0].legend(loc="upper right", fontsize=8)
-        fig.suptitle(f"shPLRNN free run vs ground truth ({len(truth)} steps)")
+        stage = self._last_stage
+        logged = self._trainer.callback_metrics if self._trainer is not None else {}
+        title = f"shPLRNN free run vs ground truth, {stage} ({len(truth)} steps)" + "".join(
+            f", {name} = {float(logged[f'{stage}/{key}']):.3g}" for key, name in (("d_stsp", "D_stsp"), ("d_h", "D_H"))
+            if f"{stage}/{key}" in logged)
+        if len(g) < len(gen):
+            title += f"\n{len(gen) - len(g)} of {len(gen)} free-run points non-finite (not drawn)"
+        fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         return {"attractor": fig}
 

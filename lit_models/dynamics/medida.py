@@ -240,7 +240,11 @@ class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
             self.log(f"{split}/{k}", v, on_step=False, on_epoch=True, batch_size=1, sync_dist=True,
                      prog_bar=k == "uxxxx_rel_l2")
         self._last = {"x": batch["x"][keep, 0].cpu().numpy() * self.hparams.length, "pred": d[:, :, 0].cpu().numpy(),
-                      "true": true[:, :, 0].cpu().numpy(), "coef": coef}
+                      "true": true[:, :, 0].cpu().numpy(), "coef": coef, "split": split, "metrics": metrics,
+                      "n_snapshots": d.shape[-1]}
+        data = getattr(attached_datamodule(self), "data", None)
+        if data is not None and "sensors" in data:  # the first snapshot's sensors (the interpolant's training data)
+            self._last["sensors"] = (data["sensors"] / len(batch["x"]) * self.hparams.length, data["obs"][0])
 
 
     def observed_increments(self, s: Tensor) -> np.ndarray:
@@ -254,19 +258,26 @@ class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
         return ((nxt - solver.step(now)) / solver.h).T
 
     def figures(self) -> dict[str, Any]:
-        """{"derivatives": interpolant vs exact u, u_xx, u_xxxx (first snapshot), "coefficients": discovered vs true}."""
+        """{"derivatives": interpolant vs exact u, u_xx, u_xxxx (first snapshot, boundary strips cut) with the noisy
+        sensor observations on u, "coefficients": discovered vs true}."""
         if self._last is None:
             return {}
         import matplotlib.pyplot as plt
 
         x, pred, true, coef = self._last["x"], self._last["pred"], self._last["true"], self._last["coef"]
-        fig, axes = plt.subplots(3, 1, figsize=(7, 6), sharex=True)
+        fig, axes = plt.subplots(3, 1, figsize=(7, 6.3), sharex=True)
         for ax, p, name in zip(axes, (0, 2, 4), ("u", "u_xx", "u_xxxx")):
             ax.plot(x, true[p], "k", lw=1.2, label="exact")
             ax.plot(x, pred[p], "C3--", lw=1.2, label="RFF-MLP" if self.hparams.rff else "MLP")
             ax.set_ylabel(name)
-        axes[0].legend(fontsize=7)
+        if "sensors" in self._last:
+            sx, su = self._last["sensors"]
+            axes[0].plot(sx, su, "o", color="C0", ms=3.5, mfc="none", label=f"sensors ({len(sx)}, noisy)")
+        axes[0].legend(fontsize=7, ncol=3)
         axes[-1].set_xlabel("x")
+        m = self._last["metrics"]
+        fig.suptitle(f"MEDIDA KS {self._last['split']}, snapshot 1 of {self._last['n_snapshots']}; over all: "
+                     f"u_xxxx rel L2 = {m['uxxxx_rel_l2']:.3g}, coef error = {m['coef_error']:.3g}", fontsize=9)
         fig.tight_layout()
         fig2, ax = plt.subplots(figsize=(7, 3))
         idx = np.arange(len(LIBRARY_TERMS))
@@ -276,6 +287,7 @@ class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
         ax.set_ylabel("coefficient")
         _scale_for_true_coefficients(ax, self.true_coefficients, coef)
         ax.legend(fontsize=7)
+        ax.set_title(f"MEDIDA KS {self._last['split']}: coef error = {m['coef_error']:.3g}", fontsize=9)
         fig2.tight_layout()
         return {"derivatives": fig, "coefficients": fig2}
 

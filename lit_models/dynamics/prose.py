@@ -395,7 +395,9 @@ class ProseModule(L.LightningModule):
             ids = self._symbolic_metrics(batch, split, batch_idx, logits, tgt)
         if batch_idx == 0:
             s = batch["scale"][0].cpu()
-            self._sample = {"t_in": batch["t_in"][0].cpu(), "t_out": batch["t_out"][0].cpu(),
+            self._sample = {"split": split, "rel_l2": float(err[0].sqrt() / ref[0].sqrt().clamp_min(1e-8)),
+                            "true": self.tokenizer.decode(batch["text_out"][0].cpu()),
+                            "t_in": batch["t_in"][0].cpu(), "t_out": batch["t_out"][0].cpu(),
                             "data_in": batch["data_in"][0].cpu() * s, "target": batch["target"][0].cpu() * s,
                             "pred": pred[0].detach().cpu() * s, "dims": int(batch["dim_mask"][0].sum()),
                             "generated": "" if ids is None else " ".join(self.tokenizer.ids_to_tokens(ids[0])),
@@ -463,14 +465,15 @@ class ProseModule(L.LightningModule):
 
     def figures(self) -> dict[str, Any]:
         """{"trajectory": input data, true and predicted query window; with the generated expression
-        integrated from the first query point when it parses (text_ode_solve)}."""
+        integrated from the first query point when it parses (text_ode_solve). Each panel's title gives the true and
+        the generated right-hand side of its component; the figure's, the split and the sample's rel L2}."""
         if self._sample is None:
             return {}
         import matplotlib.pyplot as plt
 
         s = self._sample
         d = s["dims"]
-        fig, axes = plt.subplots(d, 1, figsize=(7, 1.8 * d), sharex=True, squeeze=False)
+        fig, axes = plt.subplots(d, 1, figsize=(7, 1.2 + 1.9 * d), sharex=True, squeeze=False)
         sym = None
         if s["expr"] is not None and len(s["expr"]) == d:
             from lit_models.dynamics.prose_symbolic import eval_rhs
@@ -497,13 +500,21 @@ class ProseModule(L.LightningModule):
                 ax.plot(s["t_out"], sym[:, i], "--", color="C0", lw=1, label="generated expression")
             ax.set_ylabel(f"x_{i}")
         axes[0, 0].legend(loc="upper left", fontsize=7, ncol=2)
-        if s["expr"] is not None:
-            from lit_models.dynamics.prose_symbolic import format_expression
+        from lit_models.dynamics.prose_symbolic import format_expression
 
-            title = "generated: " + format_expression(s["expr"])
-        else:
-            title = "generated (not a valid expression): " + s["generated"]
-        axes[0, 0].set_title(title[:120], fontsize=7)
+        # per component: the true right-hand side above the decoded one (format_expression: "dx_i/dt = ...; ...")
+        true = format_expression(s["true"]).split("; ") if s["true"] is not None else []
+        gen = format_expression(s["expr"]).split("; ") if s["expr"] is not None else []
+        for i, ax in enumerate(axes[:, 0]):
+            lines = [f"true: {true[i]}" if i < len(true) else "true: (not decodable)"]
+            if i < len(gen):
+                lines.append(f"generated: {gen[i]}")
+            elif s["expr"] is None and s["generated"] and i == 0:
+                lines.append(f"generated (not a valid expression): {s['generated'][:90]}")
+            elif s["expr"] is not None:
+                lines.append("generated: (no such component)")
+            ax.set_title("\n".join(line[:110] for line in lines), fontsize=7, loc="left")
+        fig.suptitle(f"PROSE {s['split']} sample 0: data decoder rel L2 = {s['rel_l2']:.3g}", fontsize=9)
         axes[-1, 0].set_xlabel("t")
         fig.tight_layout()
         return {"trajectory": fig}

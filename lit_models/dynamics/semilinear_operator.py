@@ -361,7 +361,11 @@ class SemilinearOperatorModule(L.LightningModule):
             self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "rel_l2")
         if batch_idx == 0:
             t = u_a.shape[1]
-            self._sample = {"truth": u[0, :t].detach().cpu(), "assimilated": u_a[0].detach().float().cpu()}
+            self._sample = {"split": split, "truth": u[0, :t].detach().cpu(), "assimilated": u_a[0].detach().float().cpu(),
+                            "errors": err[0].detach().float().cpu()}
+            if hp.alpha > 0:  # the figure's baseline: the same model on the first trajectory, no correction after warm-up
+                err0, u_0 = self.rollout_errors({k: v[:1] for k, v in batch.items()}, alpha=0.0)
+                self._sample.update(free=u_0[0].detach().float().cpu(), free_errors=err0[0].detach().float().cpu())
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
         self._evaluate(batch, "val", batch_idx)
@@ -373,41 +377,69 @@ class SemilinearOperatorModule(L.LightningModule):
         return self.optimizer_factory(self.parameters())
 
     def figures(self) -> dict[str, Any]:
-        """1D: {"space_time": truth | assimilated | error of the first held-out trajectory (x vs frame)};
+        """Of the first held-out trajectory, at the configured alpha and (when alpha > 0) at alpha = 0, the same model
+        without corrections after the warm-up. Each error panel on its own symmetric range (max |error|).
+        1D: {"space_time": truth | assimilated | error (x vs frame), and per-frame rel. L2};
         2D: {"snapshots": truth, assimilated and error fields at four rollout frames}."""
         if self._sample is None:
             return {}
         import matplotlib.pyplot as plt
 
-        truth, est = self._sample["truth"], self._sample["assimilated"]
-        if self.hparams.dim == 2:
-            return {"snapshots": self._snapshot_figure(truth, est)}
-        err = est - truth
+        s, hp = self._sample, self.hparams
+        truth = s["truth"]
+        rows = [(s["assimilated"], hp.alpha, s["errors"])] + ([(s["free"], 0.0, s["free_errors"])] if "free" in s else [])
+        title = (f"NODA {s['split']} trajectory 0: rel L2 over rollout frames {hp.error_start}-{hp.error_end} = "
+                 + ", ".join(f"{float(e[hp.error_start: hp.error_end + 1].mean()):.3g} (alpha={a:g})"
+                             for _, a, e in rows))
+        if hp.dim == 2:
+            return {"snapshots": self._snapshot_figure(truth, rows, title)}
         vmax = float(truth.abs().max())
-        fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharey=True)
-        panels = [(truth, "truth", "RdBu_r", vmax), (est, f"NODA (alpha={self.hparams.alpha:g})", "RdBu_r", vmax),
-                  (err, "error", "RdBu_r", vmax)]
-        for ax, (field, title, cmap, vm) in zip(axes, panels):
-            im = ax.imshow(field.numpy(), aspect="auto", origin="lower", cmap=cmap, vmin=-vm, vmax=vm)
-            ax.axhline(self.hparams.warmup - 0.5, color="k", lw=0.8, ls="--")
-            ax.set_title(title)
+
+        def panel(ax, field: Tensor, name: str, vm: float) -> None:
+            im = ax.imshow(field.numpy(), aspect="auto", origin="lower", cmap="RdBu_r", vmin=-vm, vmax=vm)
+            ax.axhline(hp.warmup - 0.5, color="k", lw=0.8, ls="--")
+            ax.set_title(name, fontsize=9)
             ax.set_xlabel("grid point")
+            ax.set_ylabel("frame (dashed: end of warm-up)", fontsize=8)
             fig.colorbar(im, ax=ax, fraction=0.046)
-        axes[0].set_ylabel("frame (dashed: end of warm-up)")
+
+        fig, axes = plt.subplots(len(rows), 3, figsize=(12, 4 * len(rows)), squeeze=False)
+        panel(axes[0, 0], truth, "truth", vmax)
+        for r, (est, alpha, _) in enumerate(rows):
+            err = est - truth
+            panel(axes[r, 1], est, f"NODA (alpha={alpha:g})", vmax)
+            panel(axes[r, 2], err, f"error (alpha={alpha:g}), own range", max(float(err.abs().max()), 1e-12))
+        if len(rows) > 1:  # per-frame rel. L2 of both, the metric's frames shaded
+            ax = axes[1, 0]
+            for _, alpha, errors in rows:
+                ax.plot(errors.numpy(), lw=1.2, label=f"alpha={alpha:g}")
+            ax.axvspan(hp.error_start, hp.error_end, color="0.9", label="metric frames")
+            ax.set_yscale("log")
+            ax.set_xlabel("rollout frame (0 = last warm-up frame)")
+            ax.set_ylabel("rel. L2")
+            ax.legend(fontsize=7)
+        fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         return {"space_time": fig}
 
-    def _snapshot_figure(self, truth: Tensor, est: Tensor):
+    def _snapshot_figure(self, truth: Tensor, rows: list, title: str):
         import matplotlib.pyplot as plt
 
         t = truth.shape[0]
         frames = sorted({self.hparams.warmup - 1, t // 3, (2 * t) // 3, t - 1})
         vmax = float(truth.abs().max())
-        fig, axes = plt.subplots(3, len(frames), figsize=(3 * len(frames), 9), squeeze=False)
-        for j, k in enumerate(frames):
-            for i, (field, name) in enumerate(((truth[k], "truth"), (est[k], "NODA"), (est[k] - truth[k], "error"))):
-                axes[i, j].imshow(field.numpy(), origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-                axes[i, j].set_title(f"{name}, frame {k}")
+        fields = [(truth, "truth", vmax)]
+        for est, alpha, _ in rows:
+            err = (est - truth)[frames]
+            fields += [(est, f"NODA (alpha={alpha:g})", vmax),
+                       (est - truth, f"error (alpha={alpha:g})", max(float(err.abs().max()), 1e-12))]
+        fig, axes = plt.subplots(len(fields), len(frames), figsize=(3 * len(frames) + 1, 3 * len(fields)),
+                                 squeeze=False, layout="constrained")
+        for i, (field, name, vm) in enumerate(fields):
+            for j, k in enumerate(frames):
+                im = axes[i, j].imshow(field[k].numpy(), origin="lower", cmap="RdBu_r", vmin=-vm, vmax=vm)
+                axes[i, j].set_title(f"{name}, frame {k}", fontsize=9)
                 axes[i, j].axis("off")
-        fig.tight_layout()
+            fig.colorbar(im, ax=axes[i, :].tolist(), shrink=0.8)  # one range per row: each error row its own
+        fig.suptitle(title, fontsize=10)
         return fig

@@ -429,6 +429,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         bdisp = torch.gather(gb.detach(), -1, normal[None, :, None].expand(B, -1, 1)).abs().max()
         if "tri" in batch:  # solutions on a mesh with a hole (the cylinder case)
             mesh_metrics, counts = self._mesh_metrics(batch, grid[0], dets)
+            self._last["residual"] = res.cpu().numpy()
             metrics = {"ma_residual": float(res.mean()), "min_det": float(min_det), "boundary_disp": float(bdisp),
                        **mesh_metrics}
             self._log_test(metrics, B, counts)
@@ -455,7 +456,10 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             metrics |= {"interp_ratio": float(np.mean(ratios)), "node_rmse_cells": float(np.mean(rmses))}
         self._log_test(metrics, B, {"interp_ratio": len(ratios), "node_rmse_cells": len(rmses)})
         self._last = {"moved": moved, "tri": tri, "monitor": batch["monitor"].cpu().numpy(),
-                      "target": batch["target"].cpu().numpy() if "target" in batch else None}
+                      "target": batch["target"].cpu().numpy() if "target" in batch else None,
+                      "residual": res.cpu().numpy()}
+        if "aligned" in batch:  # front fields: figures() shows oblique fronts (no exact MA mesh) beside aligned ones
+            self._last |= {"aligned": batch["aligned"].cpu().numpy(), "params": batch["params"].cpu().numpy()}
 
     # how a test metric combines over batches and DDP ranks: counts add up, a minimum stays the minimum (the mean of
     # per-rank minima would pass min det J > 0 where one rank's mesh folds), a largest displacement the largest
@@ -599,28 +603,59 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         return self.lbfgs_or({"optimizer": opt,
                               "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}})
 
+    @staticmethod
+    def _figure_fields(d: dict[str, Any], n: int = 4) -> list[int]:
+        """The fields figures() shows: on front fields up to two axis-aligned ones (which have an exact MA mesh), then
+        oblique ones (which have none), those whose front crosses the square first, the most oblique first; otherwise
+        the first n."""
+        everything = list(range(len(d["moved"])))
+        if d.get("params") is None:
+            return everything[:n]
+        _, c, angle, _ = d["params"].T
+        proj = np.stack([np.cos(angle), np.sin(angle)], 1) @ np.array([[0, 1, 0, 1], [0, 0, 1, 1]])  # n . corners
+        crossing = (proj.min(1) < c) & (c < proj.max(1))
+        aligned = np.flatnonzero(d["aligned"]).tolist()
+        oblique = sorted(np.flatnonzero(~d["aligned"] & np.isfinite(angle)).tolist(),
+                         key=lambda i: (not crossing[i], -abs(np.sin(2 * angle[i]))))
+        rest = [i for i in everything if i not in aligned and i not in oblique]
+        return [*aligned[:2], *oblique[:2], *aligned[2:], *oblique[2:], *rest][:n]
+
     def figures(self) -> dict[str, Any]:
-        """{"moved_meshes": the moved eval meshes of the first test fields over their monitor (exact MA mesh dashed
-        where it exists; on cylinder meshes with `ma_reference`, the converged FEM MA mesh)}."""
+        """{"moved_meshes": the moved eval meshes of test fields over their monitor (exact MA mesh dashed where it
+        exists; on cylinder meshes with `ma_reference`, the converged FEM MA mesh); on front fields two axis-aligned
+        fronts and two oblique ones (`_figure_fields`), each titled with its kind and its MA residual}."""
         if self._last is None:
             return {}
         import matplotlib.pyplot as plt
 
         d = self._last
-        n = min(4, len(d["moved"]))
-        fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
-        for ax, b in zip(axes[0], range(n)):
+        fields = self._figure_fields(d)
+        res, aligned, params = d.get("residual"), d.get("aligned"), d.get("params")
+        fig, axes = plt.subplots(1, len(fields), figsize=(3.2 * len(fields), 3.5), squeeze=False)
+        for ax, b in zip(axes[0], fields):
             ax.imshow(d["monitor"][b], origin="lower", extent=(0, 1, 0, 1), cmap="viridis")
             ax.triplot(d["moved"][b][:, 0], d["moved"][b][:, 1], d["tri"], color="w", lw=0.5)
-            if d["target"] is not None and np.all(np.isfinite(d["target"][b])):
+            target = d["target"] is not None and np.all(np.isfinite(d["target"][b]))
+            if target:
                 ax.triplot(d["target"][b][:, 0], d["target"][b][:, 1], d["tri"], color="r", lw=0.4, ls="--")
             hole = d.get("rim") is not None and len(d["rim"]) > 0
             if hole:  # the cylinder: nodes moved into it show (figures audit)
                 from matplotlib.collections import LineCollection
 
                 ax.add_collection(LineCollection(d["rim"], colors="k", linewidths=1.2))
-            ax.set_title(f"field {b} ({self.hparams.mover})" + (", cylinder black" if hole else ""), fontsize=8)
+            kind = f"field {b}"
+            if aligned is not None and aligned[b]:
+                kind = f"field {b}: axis-aligned front"
+            elif params is not None and np.isfinite(params[b, 2]):
+                kind = f"field {b}: oblique front ({np.degrees(params[b, 2]):.0f} deg), no exact MA mesh"
+            notes = [self.hparams.mover] + ([f"MA residual {res[b]:.3f}"] if res is not None else [])
+            notes += ([("exact" if params is not None else "FEM") + " MA mesh red"] if target else [])
+            notes += ["cylinder black"] if hole else []
+            ax.set_title(kind + "\n" + ", ".join(notes), fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
-        fig.tight_layout()
+        if res is not None:
+            fig.suptitle(f"test set, {self.hparams.mover} mover: moved meshes over the monitor; MA residual "
+                         f"{res.mean():.3f} (mean of {len(res)} fields)", fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
         return {"moved_meshes": fig}

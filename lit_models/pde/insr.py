@@ -370,7 +370,8 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         for k, v in metrics.items():
             self.log(f"{split}/{k}", v, on_step=False, on_epoch=True, batch_size=1, sync_dist=True,
                      prog_bar=k == "rel_l2")
-        self._last_eval = {"x": x.cpu(), "pred": pred.cpu(), "exact": exact.cpu(), "t": n * self.hparams.dt}
+        self._last_eval = {"x": x.cpu(), "pred": pred.cpu(), "exact": exact.cpu(), "t": n * self.hparams.dt,
+                           "split": split, "rel_l2": float(rel)}
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -401,7 +402,8 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
     def figures(self) -> dict[str, Any]:
         """1D: {"pulse_profile": INSR vs exact pulse at the recorded step times, "field": INSR, exact and |error| side
         by side at the last evaluated step};
-        2D: {"field": |u| of INSR vs exact side by side, with the error}."""
+        2D: {"field": |u| of INSR vs exact side by side, with the error's magnitude |u - u*| (0 to its max)}; the
+        field figure's title names the split, the time and the relative L2 error."""
         import matplotlib.pyplot as plt
 
         figs: dict[str, Any] = {}
@@ -441,18 +443,19 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
                 axes[2].set_title(f"|error|, t={ev['t']:.2f}", fontsize=9)
                 for ax in axes:
                     ax.set_xlabel("x")
-                fig.tight_layout()
             else:
                 m = round(math.sqrt(ev["x"].shape[0]))
                 mags = [ev["exact"].norm(dim=1).reshape(m, m).numpy(), ev["pred"].norm(dim=1).reshape(m, m).numpy()]
+                err = (ev["pred"] - ev["exact"]).norm(dim=1).reshape(m, m).numpy()  # |u - u*|, not | |u| - |u*| |
                 fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-                for ax, img, title in zip(axes, mags + [np.abs(mags[1] - mags[0])],
-                                          ("|u| exact", "|u| INSR", "| |u| error |")):
+                for ax, img, title in zip(axes, mags + [err], ("|u| exact", "|u| INSR", "|u - u*|")):
                     h = hp.length / 2
                     im = ax.imshow(img.T, origin="lower", extent=(-h, h, -h, h),
-                                   **({} if title.startswith("| |u|") else reference_colours(mags[0])))
+                                   **({"cmap": "viridis", "vmin": 0.0, "vmax": float(err.max()) or 1.0}
+                                      if title == "|u - u*|" else reference_colours(mags[0])))
                     ax.set_title(f"{title}, t={ev['t']:.2f}", fontsize=9)
                     fig.colorbar(im, ax=ax, shrink=0.8)
-                fig.tight_layout()
+            fig.suptitle(f"{ev['split']} set, t={ev['t']:.2f}: rel L2 {ev['rel_l2']:.3g}", fontsize=9)
+            fig.tight_layout()
             figs["field"] = fig
         return figs

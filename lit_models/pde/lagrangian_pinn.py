@@ -137,6 +137,26 @@ def periodic_interp(x_query: np.ndarray, x_points: np.ndarray, values: np.ndarra
     return np.interp(x_query, np.mod(x_points, length), values, period=length)
 
 
+def exact_characteristics(x0: np.ndarray, t: np.ndarray, x: np.ndarray, u: np.ndarray, length: float = TWO_PI,
+                          substeps: int = 4) -> np.ndarray:
+    """Characteristics of dx/dt = u(x, t) from x0 (K,) at the times t (T,), unwrapped (T, K): RK4 with `substeps`
+    steps per interval of t, u (T, X) on the periodic grid x linear in time between its rows and in x."""
+    def velocity(i: int, w: float, p: np.ndarray) -> np.ndarray:
+        return np.interp(p, x, (1 - w) * u[i] + w * u[i + 1], period=length)
+
+    out = [np.asarray(x0, np.float64)]
+    for i in range(len(t) - 1):
+        p, h = out[-1], (t[i + 1] - t[i]) / substeps
+        for j in range(substeps):
+            w0, w1 = j / substeps, (j + 1) / substeps
+            k1 = velocity(i, w0, p)
+            k2 = velocity(i, (w0 + w1) / 2, p + h / 2 * k1)
+            k3 = velocity(i, (w0 + w1) / 2, p + h / 2 * k2)
+            p = p + h / 6 * (k1 + 2 * k2 + 2 * k3 + velocity(i, w1, p + h * k3))
+        out.append(p)
+    return np.stack(out)
+
+
 def _pooled_rel_l2(pred: np.ndarray, target: np.ndarray) -> float:
     """||pred - target|| / ||target|| over every point at once (`relative_l2` of the flattened arrays)."""
     return float(relative_l2(torch.from_numpy(np.ascontiguousarray(pred, np.float64)).reshape(-1),
@@ -274,14 +294,16 @@ class LagrangianPINNModule(EvaluateOnValAndTest, LBFGSPhase, L.LightningModule):
         for k, v in metrics.items():
             self.log(f"{split}/{k}", v, on_step=False, on_epoch=True, batch_size=1, sync_dist=True,
                      prog_bar=k == "rel_l2")
-        self._last = {"x": x.cpu().numpy(), "t": t.cpu().numpy(), "ref": ref, **p}
+        self._last = {"x": x.cpu().numpy(), "t": t.cpu().numpy(), "ref": ref, "split": split,
+                      "rel_l2": metrics["rel_l2"], **p}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.lbfgs_or(self.optimizer_factory(self.parameters()))
 
     def figures(self) -> dict[str, Any]:
         """{"field": prediction vs reference vs error on the Eulerian grid; LPINN also "characteristics":
-        x_L(x0, t)}."""
+        x_L(x0, t) against the exact characteristics from the same x0 (dx/dt = c, or dx/dt = u of the reference
+        for Burgers, `exact_characteristics`)}; titled with the split and the relative L2 error."""
         if self._last is None:
             return {}
         import matplotlib.pyplot as plt
@@ -300,16 +322,25 @@ class LagrangianPINNModule(EvaluateOnValAndTest, LBFGSPhase, L.LightningModule):
             ax.set_title(title)
             ax.set_xlabel("x")
         axes[0].set_ylabel("t")
+        metric = f"{d['split']} set: {name}, {self.problem}, rel L2 {d['rel_l2']:.3g}"
+        fig.suptitle(metric, fontsize=10)
         fig.tight_layout()
         figs = {"field": fig}
         if self.method == "lpinn":
             fig2, ax = plt.subplots(figsize=(6, 4))
             stride = max(1, len(x) // 16)
-            for j in range(0, len(x), stride):
-                ax.plot(d["x_L"][:, j], t, "C0", lw=0.8)
+            x0 = x[::stride]
+            if self.problem == "convection":
+                exact = x0[None] + self.c * t[:, None]
+            else:
+                exact = exact_characteristics(x0, t, x, d["ref"])
+            for j in range(len(x0)):
+                ax.plot(d["x_L"][:, j * stride], t, "C0", lw=0.8, label="learned x_L" if j == 0 else None)
+                ax.plot(exact[:, j], t, "k--", lw=0.8, gid="exact", label="exact" if j == 0 else None)
             ax.set_xlabel("x_L(x0, t)")
             ax.set_ylabel("t")
-            ax.set_title("characteristics")
+            ax.set_title(f"characteristics from {len(x0)} x0; {metric}", fontsize=9)
+            ax.legend(fontsize=7)
             fig2.tight_layout()
             figs["characteristics"] = fig2
         return figs

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,7 +51,16 @@ def test_fast_contract(overrides):
     assert set(figs) == {"attractor"}
     import matplotlib.pyplot as plt
 
-    plt.close(figs["attractor"])
+    fig = figs["attractor"]
+    assert all(line.get_linewidth() >= 0.8 for ax in fig.axes for line in ax.lines)  # visible (was 0.3)
+    assert "test (" in fig._suptitle.get_text() and "D_stsp = " in fig._suptitle.get_text()
+    assert "non-finite" not in fig._suptitle.get_text()
+    plt.close(fig)
+    truth, gen = run.model._last_eval
+    run.model._last_eval = (truth, np.where(np.arange(len(gen))[:, None] < 7, np.nan, gen))  # 7 diverged points
+    fig = run.model.figures()["attractor"]
+    assert f"7 of {len(gen)} free-run points non-finite" in fig._suptitle.get_text(), fig._suptitle.get_text()
+    plt.close(fig)
 
 
 # ---- check 1 and 2: the exact chaotic tent map as a shPLRNN -------------------------------------------------

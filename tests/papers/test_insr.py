@@ -274,3 +274,29 @@ def test_field_figure_shows_prediction_reference_and_error():
     np.testing.assert_allclose(err, (pred - torch.exp(-x**2)[:, 0]).abs().numpy()[np.argsort(x[:, 0].numpy())],
                                rtol=1e-6)
     _close(figs)
+
+
+def test_fluid_error_panel_is_the_magnitude_of_the_difference():
+    """2D: the error panel shows |u - u*| (the error's magnitude, 0 to its max, with a colourbar), not the difference
+    of the magnitudes | |u| - |u*| |, which is zero for a field rotated against the reference; the figure's title names
+    the split and the relative L2 error."""
+    torch.manual_seed(0)
+    model = InsrModule(hidden_features=8, num_hidden_layers=1, equation="fluid", in_features=2, out_features=2)
+    model.log = lambda *a, **k: None
+    s = torch.linspace(-1, 1, 6)
+    x = torch.stack(torch.meshgrid(s, s, indexing="ij"), -1).reshape(-1, 2)
+    pred = model.field(x).detach()
+    exact = torch.stack([-pred[:, 1], pred[:, 0]], 1)  # the prediction turned by 90 degrees: same |u| everywhere
+    model._evaluate({"x": x, "u": exact[None]}, "test")
+    figs = model.figures()
+    fig = figs["field"]
+    img = fig.axes[2].images[0]  # the panels come first, then their colourbars
+    expected = (pred - exact).norm(dim=1).reshape(6, 6).numpy().T
+    np.testing.assert_allclose(img.get_array(), expected, rtol=1e-6)
+    assert fig.axes[2].get_title().startswith("|u - u*|")
+    assert img.get_array().min() >= 0 and expected.max() > 0.1
+    assert img.get_clim() == pytest.approx((0.0, float(expected.max())), rel=1e-6)
+    assert len(fig.axes) == 6  # three panels and their colourbars
+    rel = float(torch.linalg.vector_norm(pred - exact) / torch.linalg.vector_norm(exact))
+    assert fig._suptitle.get_text() == f"test set, t=0.00: rel L2 {rel:.3g}"
+    _close(figs)

@@ -15,6 +15,7 @@ from lit_models.pde.lagrangian_pinn import (
     LagrangianPINN,
     LagrangianPINNModule,
     eulerian_residual,
+    exact_characteristics,
     lagrangian_residuals,
     periodic_interp,
 )
@@ -50,6 +51,18 @@ def test_fast_contract(overrides):
         assert out.shape == (5,)
     figs = run.model.figures()
     assert set(figs) == ({"field", "characteristics"} if lpinn else {"field"})
+    if lpinn:  # the exact characteristics from the learned ones' x0, dashed: dx/dt = c, or u of the reference
+        ax = figs["characteristics"].axes[0]
+        exact = [line for line in ax.lines if line.get_gid() == "exact"]
+        assert len(exact) >= 4 and len(exact) == len(ax.lines) // 2
+        x, t = run.model._last["x"], run.model._last["t"]
+        for line in exact:
+            xs, ts = line.get_data()
+            np.testing.assert_allclose(ts, t)
+            if "data.name=burgers" not in overrides:
+                np.testing.assert_allclose(xs, xs[0] + run.model.c * t, rtol=1e-6)
+        assert {line.get_data()[0][0] for line in exact} <= set(x.tolist())
+    assert figs["field"]._suptitle.get_text().startswith("test set: ")
     _close_figures(figs)
 
 
@@ -157,6 +170,19 @@ def test_periodic_interp_handles_the_seam():
     grid = 2 * np.pi * np.arange(200) / 200
     out = periodic_interp(grid, shifted, values, 2 * np.pi)
     assert np.abs(out - np.sin(grid)).max() < 2e-3
+
+
+def test_exact_characteristics_follow_the_velocity_field():
+    """RK4 on a gridded velocity: dx/dt = sin x has x(t) = 2 arctan(tan(x0 / 2) e^t); a field that changes in time,
+    u = t, gives x0 + t^2 / 2 (linear in t between the rows: exact)."""
+    x = 2 * np.pi * np.arange(256) / 256
+    t = np.linspace(0, 1, 11)
+    x0 = np.array([0.3, 1.0, 2.0, 3.0])
+    u = np.broadcast_to(np.sin(x), (len(t), len(x)))
+    np.testing.assert_allclose(exact_characteristics(x0, t, x, u),
+                               2 * np.arctan(np.tan(x0[None] / 2) * np.exp(t[:, None])), atol=2e-4)
+    u = np.broadcast_to(t[:, None], (len(t), len(x)))
+    np.testing.assert_allclose(exact_characteristics(x0, t, x, u), x0[None] + t[:, None] ** 2 / 2, atol=1e-12)
 
 
 @pytest.mark.parametrize("kwargs", [{"method": "fem"}, {"problem": "kdv"}, {"loss_norm": "l1"}, {"nu": -0.1}])

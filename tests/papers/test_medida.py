@@ -27,6 +27,13 @@ def test_fast_contract(rff):
     assert run.model(torch.rand(5, 1, dtype=run.model.dtype)).shape == (5, 3)
     figs = run.model.figures()
     assert set(figs) == {"derivatives", "coefficients"}
+    # the sensors are marked on u: one marker per sensor, at its x with its observed value (first snapshot)
+    data, length = run.datamodule.data, run.datamodule.length
+    markers = [line for line in figs["derivatives"].axes[0].lines if line.get_marker() == "o"]
+    assert len(markers) == 1 and len(markers[0].get_xdata()) == len(data["sensors"])
+    np.testing.assert_allclose(markers[0].get_xdata(), data["sensors"] * length / run.datamodule.n)
+    np.testing.assert_allclose(markers[0].get_ydata(), data["obs"][0])
+    assert "test" in figs["derivatives"]._suptitle.get_text()
     import matplotlib.pyplot as plt
 
     for fig in figs.values():

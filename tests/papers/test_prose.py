@@ -9,7 +9,7 @@ import torch
 from launch.check import run_claim
 from lit_models.dynamics.prose import PROSE
 from lit_models.dynamics.prose_symbolic import (FAMILIES, SymbolicTokenizer, addition_pool, corrupt, corrupt_one_term,
-                                                random_expression)
+                                                format_expression, random_expression)
 from tests.papers.contract import claims_pass_or_xfail, fast_run
 
 SMALL = ["data.num_train=256", "data.num_val=32", "data.num_test=32", "data.eval_batch_size=32",
@@ -31,7 +31,9 @@ def test_fast_contract_data_only_is_the_official_no_text_model():
     assert float(run.model._trained_loss(data, ce)) == pytest.approx(float(data))  # no 6.0 weight, no CE
     import matplotlib.pyplot as plt
 
-    plt.close(run.model.figures()["trajectory"])
+    fig = run.model.figures()["trajectory"]
+    assert fig.axes[0].get_title(loc="left").startswith("true: dx_0/dt = ")  # the true expression, no decoder
+    plt.close(fig)
 
 
 @pytest.mark.parametrize("text_input", [True])
@@ -51,8 +53,13 @@ def test_fast_contract(text_input):
     assert model.text_rel_l2["test"].update_count > 0
     assert model.text_rel_l2["test"].compute().item() == pytest.approx(0.0, abs=1e-9)
     assert (run.model.model.text_encoder is not None) == text_input
-    figs = run.model.figures()
+    figs = run.model.figures()  # of the sample just evaluated, decoded as its true expression
     assert set(figs) == {"trajectory"}
+    fig = figs["trajectory"]
+    true = model.tokenizer.decode(batch["text_out"][0])
+    for ax, component in zip(fig.axes, format_expression(true).split("; "), strict=True):  # true beside decoded
+        assert f"true: {component}\ngenerated: {component}" in ax.get_title(loc="left"), ax.get_title(loc="left")
+    assert "test sample 0" in fig._suptitle.get_text() and "rel L2" in fig._suptitle.get_text()
     import matplotlib.pyplot as plt
 
     plt.close(figs["trajectory"])

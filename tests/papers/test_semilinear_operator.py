@@ -27,6 +27,20 @@ def test_trains_in_float64():
     assert run.model.dtype == torch.float64 and all(p.dtype == torch.float64 for p in run.model.parameters())
 
 
+def assert_error_panels_on_their_own_range(fig) -> None:
+    """The error panels, at alpha = 1 and at alpha = 0 (no correction after the warm-up) beside it, each on a symmetric
+    colour range of its own (on the truth's range a small error looked blank); the title names split and metric."""
+    images = [(ax.get_title(), ax.images[0]) for ax in fig.axes if ax.images]
+    truth = next(im.get_clim() for title, im in images if title.startswith("truth"))
+    errors = [(title, im) for title, im in images if title.startswith("error")]
+    assert {title.split(")")[0] for title, _ in errors} == {"error (alpha=1", "error (alpha=0"}, [t for t, _ in images]
+    for title, im in errors:
+        low, high = im.get_clim()
+        assert low == -high and (low, high) != pytest.approx(truth), (title, (low, high), truth)
+        assert high >= float(abs(im.get_array()).max()) * (1 - 1e-6)
+    assert "test trajectory 0: rel L2" in fig._suptitle.get_text()
+
+
 def test_fast_contract():
     run = fast_run("semilinear_operator", *SMALL_DATA, "model.rollout=20", "model.error_start=10",
                    "model.error_end=20")
@@ -37,6 +51,7 @@ def test_fast_contract():
     assert run.model(y, mask, torch.ones(7, dtype=torch.bool)).shape == (2, 7, 64)
     figs = run.model.figures()
     assert set(figs) == {"space_time"}
+    assert_error_panels_on_their_own_range(figs["space_time"])
     import matplotlib.pyplot as plt
 
     plt.close(figs["space_time"])
@@ -212,6 +227,7 @@ def test_fast_contract_two_dimensional_navier_stokes():
                      torch.ones(5, dtype=torch.bool)).shape == (2, 5, 16, 16)
     figs = run.model.figures()
     assert set(figs) == {"snapshots"}
+    assert_error_panels_on_their_own_range(figs["snapshots"])
     import matplotlib.pyplot as plt
 
     plt.close(figs["snapshots"])
