@@ -673,7 +673,8 @@ def cmd_status(args: list[str]) -> int:
     jobs = summary.run_jobs(run_dir)
     states = summary.slurm_states(jobs)
     for job in jobs:
-        print(f"slurm job {job}: {states.get(job, 'unknown')}")
+        log = summary.job_log(run_dir, job)
+        print(f"slurm job {job}: {states.get(job, 'unknown')}" + (f"  logs {log} (.err beside it)" if log else ""))
     return 0
 
 

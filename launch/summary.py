@@ -82,6 +82,13 @@ def run_jobs(run_dir: Path) -> list[str]:
     return jobs_file.read_text().split() if jobs_file.exists() else []
 
 
+def job_log(run_dir: Path, job: str) -> Path | None:
+    """submitit's stdout log of one of the run's jobs: in the run's `slurm/` folder, or for an element of a sweep (one
+    job array) in the sweep's `sweep-<id>/slurm/` folder beside the runs; None when it is not (or no longer) there."""
+    folders = [run_dir / "slurm", *sorted(run_dir.parent.glob("sweep-*/slurm"))]
+    return next((log for folder in folders for log in sorted(folder.glob(f"{job}_*_log.out"))), None)
+
+
 def active_job(run_dir: Path) -> tuple[str, str] | None:
     """(job id, state) of the run's latest SLURM job while it is queued, running or requeued; None when it has ended,
     or its state cannot be known (no SLURM here)."""

@@ -200,3 +200,30 @@ def test_a_variant_is_named_as_in_zoo_train(tmp_path, capsys):
     for name in ("insr/advection1d", "insr-advection1d"):
         assert cli.main(["runs", name, "--root", str(root)]) == 0
         assert "v1" in capsys.readouterr().out
+
+
+def test_status_shows_where_each_jobs_log_is(tmp_path, monkeypatch, capsys):
+    """A sweep's job array keeps its logs in the sweep's `slurm/` folder, not in the run's: `zoo status` names the log
+    of each job, wherever it is."""
+    root = tmp_path / "runs"
+    single, element = fake_run(root, "r", 0, 1, 0.3), fake_run(root, "s-1", 1, 1, 0.3)
+    for run, jobs in ((single, "70\n77"), (element, "78_1")):
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "trainer": {"max_epochs": 3}, "checkpoint": {}}))
+        (run / "slurm").mkdir()
+        (run / "slurm" / "jobs.txt").write_text(jobs + "\n")
+    (single / "slurm" / "77_0_log.out").write_text("")
+    sweep_logs = root / "lightgcn" / "sweep-s" / "slurm"
+    sweep_logs.mkdir(parents=True)
+    (sweep_logs / "78_1_0_log.out").write_text("")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text("#!/bin/sh\nprintf '70|PREEMPTED\\n77|COMPLETED\\n78_1|COMPLETED\\n'\n")
+    (bin_dir / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert cli.main(["status", "r", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "slurm job 70: PREEMPTED\n" in out  # its log is gone: no path
+    assert f"slurm job 77: COMPLETED  logs {single / 'slurm' / '77_0_log.out'}" in out
+    assert cli.main(["status", "s-1", "--root", str(root)]) == 0
+    assert f"slurm job 78_1: COMPLETED  logs {sweep_logs / '78_1_0_log.out'}" in capsys.readouterr().out
