@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 import time
 from pathlib import Path
 
 from launch.errors import UserError
+from launch.runs import write_atomic
 
 REGISTRY: dict[str, str | tuple[str, ...]] = {
     "lightgcn": "benchmarks.recsys_speed",
@@ -53,6 +55,7 @@ def check_name(slug: str | None) -> None:
 
 def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path,
                    options: dict | None = None) -> dict[str, list[dict]]:
+    import torch
     from rich.table import Table
 
     from launch.summary import wide_console
@@ -65,12 +68,19 @@ def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path,
     results = {}
     for name in modules:
         module = importlib.import_module(name)
-        rows = module.run(quick=quick, **kwargs[name])
+        threads = torch.get_num_threads()
+        try:
+            rows = module.run(quick=quick, **kwargs[name])
+        finally:  # a benchmark sets its own threads: the next one starts from the same count
+            torch.set_num_threads(threads)
         results[name] = rows
         short = name.rsplit(".", 1)[-1]
         payload = {"benchmark": short, "quick": quick, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                   "summary": getattr(module, "SUMMARY", ""), "rows": rows}
-        (out_dir / f"{short}.json").write_text(json.dumps(payload, indent=2))
+                   "options": {k: v for k, v in kwargs[name].items() if k != "out_dir"},
+                   "machine": machine(threads), "summary": getattr(module, "SUMMARY", ""), "rows": rows}
+        name_of = getattr(module, "result_name", None)  # e.g. one file per shard of the dysts runner
+        stem = name_of(quick=quick, **kwargs[name]) if name_of else short
+        write_atomic(out_dir / f"{stem}.json", json.dumps(_finite(payload), indent=2))
         table = Table(title=f"{short}{' (quick)' if quick else ''}")
         columns = list(dict.fromkeys(k for row in rows for k in row))
         cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
@@ -82,6 +92,38 @@ def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path,
         if getattr(module, "SUMMARY", ""):
             print(module.SUMMARY)
     return results
+
+
+def machine(threads: int) -> dict:
+    """Where and with what the numbers were measured: the timings mean little without it."""
+    import os
+    import platform
+
+    import torch
+
+    from launch.runs import git_commit
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": threads,
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version(), "git_commit": git_commit()}
+
+
+def _finite(value):
+    """NaN / inf as null: JSON has no such numbers (json.dumps writes a bare NaN that strict readers refuse)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _fmt(value) -> str:

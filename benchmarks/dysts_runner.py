@@ -121,7 +121,8 @@ def _resolve_systems(systems: list[str] | str | None, all_systems_flag: bool, qu
         return all_systems()
     if isinstance(systems, str):
         systems = [s.strip() for s in systems.split(",") if s.strip()]
-    return list(systems) if systems else list(QUICK_SYSTEMS if quick else SYSTEMS)
+    # a system named twice runs once (it was counted twice in the Spearman rows)
+    return list(dict.fromkeys(systems)) if systems else list(QUICK_SYSTEMS if quick else SYSTEMS)
 
 
 # ------------------------------------------------------------------------------------------------ forecasts
@@ -367,6 +368,15 @@ def merge_shards(out_dir: Path, quick: bool = False, dataset: str | None = None,
     rows += summary_rows(rows)
     _write(rows, out_dir / stem)
     return rows
+
+
+def result_name(quick: bool = False, dataset: str | None = None, protocol: str = "direct", shard: str | None = None,
+                merge: bool = False, **_) -> str:
+    """The name of `zoo bench`'s JSON of this run, as its tables are named: one per dataset, protocol and shard (the
+    tasks of a job array wrote one file, each over the other)."""
+    part = None if merge else parse_shard(shard)
+    stem = _stem(quick, dataset, protocol)
+    return stem if part is None else f"{stem}_shard{part[0]}of{part[1]}"
 
 
 def _stem(quick: bool, dataset: str | None, protocol: str = "direct") -> str:

@@ -27,6 +27,8 @@ from lit_models.common.monge_ampere import CosineMongeAmpere
 from lit_models.common.monge_ampere_fem import FEMMongeAmpere
 
 SUMMARY = ("`ratio` = baseline seconds / ours seconds (> 1: the learned mover is faster than that solve); "
+           "`baseline_steps` / `baseline_converged`: the steps the solve took and whether it met its tolerance (ma_fd "
+           "stopped by its step cap is not yet the MA mesh), `baseline_rmse_cells` its node RMSE to the exact mesh; "
            "baseline `ma_fd` is the finite-difference MA relaxation, `ma_cosine` the cosine-series MA solve, "
            "`ma_fem` the finite-element MA relaxation, "
            "`equidistribution_1d` the exact separable solve; timings on 1 thread of a shared CPU (inflated when "
@@ -41,6 +43,11 @@ def _time(fn, repeats: int) -> float:
         fn()
         ts.append(time.perf_counter() - t)
     return float(np.median(ts))
+
+
+def _rmse_cells(nodes: np.ndarray, exact: np.ndarray, n: int) -> float:
+    """Node RMSE of a mesh to the exact MA mesh, in cell widths 1 / (n - 1)."""
+    return float(np.sqrt(np.mean(np.sum((np.asarray(nodes) - exact) ** 2, axis=1))) * (n - 1))
 
 
 # the networks timed: the CPU-scale experiment and the paper-scale variant of each paper, built from their configs
@@ -75,6 +82,14 @@ def run(quick: bool = True) -> list[dict]:
         monitor_nodes = m1(pos[:, 0])
         t_cos = _time(lambda: CosineMongeAmpere(warm_start=False).solve(monitor_nodes, n), repeats)
         t_fem = _time(lambda: FEMMongeAmpere.unit_square(pos, tri).solve(lambda p: m1(p[:, 0])), repeats)
+        # what each solve delivers at its stopping point (a solve stopped by its step cap is not the MA mesh): the
+        # steps or iterations it took, whether it met its own tolerance, its node RMSE to the exact mesh in cells
+        exact = M.equidistributed_mesh(pos, m1)
+        fd_nodes, fd_steps = M.ma_relaxation_mesh(lambda p: m1(p[:, 0]), n, steps=steps)
+        fem, _ = FEMMongeAmpere.unit_square(pos, tri).solve(lambda p: m1(p[:, 0]))
+        solved = {"ma_fd": (fd_steps, fd_steps < steps, fd_nodes),
+                  "ma_cosine": (None, None, CosineMongeAmpere(warm_start=False).solve(monitor_nodes, n)),
+                  "ma_fem": (fem.iterations, fem.converged, fem.pos), "equidistribution_1d": (None, True, exact)}
         d = front_fields(1, 48, 189, seed=0, monitor_scale=1.0, monitor_derivative="normal", force_aligned_k=20)
         u = torch.tensor(d["u"], dtype=torch.float32)[:, None]
         xi = torch.tensor(pos, dtype=torch.float32)[None]
@@ -89,11 +104,14 @@ def run(quick: bool = True) -> list[dict]:
                     t_ours = _time(lambda: call(mod), repeats)
                 for base, t_base in (("ma_fd", t_fd), ("ma_cosine", t_cos), ("ma_fem", t_fem),
                                      ("equidistribution_1d", t_1d)):
+                    taken, converged, nodes = solved[base]
                     rows.append({"mover": name, "size": "paper" if paper else "cpu",
                                  "experiment": EXPERIMENTS[name][int(paper)], "n_nodes": n * n,
                                  "baseline": base, "ours_s": t_ours, "baseline_s": t_base,
                                  "ratio": t_base / max(t_ours, 1e-12),
-                                 "fd_steps_cap": steps if base == "ma_fd" else None})
+                                 "fd_steps_cap": steps if base == "ma_fd" else None,
+                                 "baseline_steps": taken, "baseline_converged": converged,
+                                 "baseline_rmse_cells": _rmse_cells(nodes, exact, n)})
     return rows
 
 

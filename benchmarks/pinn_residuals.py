@@ -141,10 +141,10 @@ def compare(problem: str, n: int, repeats: int = 3, loop_points: int = 0, seed: 
                          f"{loop_points} points)", "ours": ours, "baseline": loop_s, "ratio": loop_s / ours,
                          "unit": "s", "note": "baseline = loop over points with autograd per point"})
     rows.append({"case": f"{problem}_n{n}", "what": "agreement: max |r_autograd - r_func| / max |r|",
-                 "ours": r_diff / max(scale, 1e-30), "baseline": None, "ratio": None, "unit": "max abs diff",
+                 "ours": r_diff / max(scale, 1e-30), "baseline": None, "ratio": None, "unit": "max rel diff",
                  "note": f"max |r| = {scale:.3g}"})
     rows.append({"case": f"{problem}_n{n}", "what": "agreement: max relative diff of parameter gradients",
-                 "ours": g_diff, "baseline": None, "ratio": None, "unit": "max abs diff", "note": "per tensor, / max"})
+                 "ours": g_diff, "baseline": None, "ratio": None, "unit": "max rel diff", "note": "per tensor, / max"})
     return rows
 
 

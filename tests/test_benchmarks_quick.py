@@ -33,3 +33,41 @@ def test_benchmark_quick(name):
         assert numbers and all(math.isfinite(v) for v in numbers.values()), row
         ratios += [v for k, v in numbers.items() if "ratio" in k]
     assert ratios and all(r > 0 for r in ratios)  # every benchmark reports ratios against its baseline
+
+
+def test_mesh_mover_rows_say_how_far_each_solve_got():
+    """The finite-difference MA relaxation stops at its step cap, before its tolerance (benchmark audit: its ratio
+    only measured the cap): each row says the steps taken, whether the solve converged and how close its mesh is to
+    the exact one."""
+    from benchmarks import mesh_mover_speed
+
+    rows = {r["baseline"]: r for r in mesh_mover_speed.run(quick=True) if r["mover"] == "dmm" and r["size"] == "cpu"}
+    fd, fem, exact = rows["ma_fd"], rows["ma_fem"], rows["equidistribution_1d"]
+    assert fd["baseline_steps"] <= fd["fd_steps_cap"] and fd["baseline_converged"] == (
+        fd["baseline_steps"] < fd["fd_steps_cap"])
+    assert fem["baseline_converged"] and fem["baseline_steps"] > 0
+    assert exact["baseline_rmse_cells"] == 0.0
+    assert 0 < fd["baseline_rmse_cells"] < 0.5 and 0 < fem["baseline_rmse_cells"] < 0.5
+
+
+def test_a_benchmark_leaves_the_thread_count_as_it_found_it(tmp_path, monkeypatch):
+    """pig, mgno, mesh_mover, mm_pde set one thread and kept it, so under `--all` a later benchmark (precision_speed,
+    threads=null) ran on whatever an earlier one left."""
+    import sys
+    import types
+
+    import torch
+
+    import benchmarks
+
+    fake = types.ModuleType("benchmarks.fake_threads")
+    fake.run = lambda quick: (torch.set_num_threads(1), [{"what": "x", "ratio": 1.0}])[1]
+    monkeypatch.setitem(sys.modules, "benchmarks.fake_threads", fake)
+    monkeypatch.setitem(benchmarks.REGISTRY, "fake", "benchmarks.fake_threads")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        benchmarks.run_benchmarks("fake", quick=True, out_dir=tmp_path)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

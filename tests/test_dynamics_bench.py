@@ -1,10 +1,12 @@
 """Smoke test of benchmarks/itransformer_speed.py and benchmarks/gtf_speed.py on tiny sizes (no timing asserts)."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
+import torch
 
 
 def _check(rows: list[dict], keys: set[str]) -> None:
@@ -129,10 +131,38 @@ def test_zoo_bench_dysts_writes_its_table_under_out(tmp_path, monkeypatch):
                                           "--out", str(out))
     assert code == 0, stderr
     assert (out / "dysts_runner_quick.csv").is_file() and (out / "dysts_runner_quick.md").is_file()
-    assert (out / "dysts_runner.json").is_file()
+    payload = json.loads((out / "dysts_runner_quick.json").read_text())  # named as its tables (was dysts_runner.json)
+    assert payload["options"] == {"systems": "Rossler,Chua"}
+    machine = payload["machine"]  # where the numbers come from (benchmark audit: no result recorded it)
+    assert machine["torch"] == torch.__version__ and machine["cpu_count"] >= 1 and machine["torch_threads"] >= 1
+    assert machine["git_commit"] and machine["cpu"]
     assert not (tmp_path / "runs").exists()  # nothing lands in ./runs/bench any more
     text = (out / "dysts_runner_quick.csv").read_text()
     assert "Rossler" in text and "Chua" in text and "Lorenz," not in text
+
+
+def test_each_shard_and_dataset_has_its_own_json():
+    """The tasks of a sharded job array all wrote `dysts_runner.json`, each over the other (benchmark audit)."""
+    from benchmarks.dysts_runner import result_name
+
+    names = {result_name(quick=False, shard="0/2"), result_name(quick=False, shard="1/2"), result_name(quick=False),
+             result_name(quick=True), result_name(quick=False, dataset="fine", shard="0/2"),
+             result_name(quick=False, shard="0/2", merge=True)}
+    assert names == {"dysts_runner_shard0of2", "dysts_runner_shard1of2", "dysts_runner", "dysts_runner_quick",
+                     "dysts_runner_fine_shard0of2"}
+
+
+def test_a_system_named_twice_runs_once():
+    from benchmarks.dysts_runner import _resolve_systems
+
+    assert _resolve_systems("Chua,Rossler,Chua", False, True) == ["Chua", "Rossler"]
+
+
+def test_benchmark_json_has_no_bare_nan():
+    from benchmarks import _finite
+
+    assert json.loads(json.dumps(_finite({"a": [float("nan"), 1.0], "b": float("inf")}))) == {"a": [None, 1.0],
+                                                                                              "b": None}
 
 
 def test_parse_shard_and_slurm_environment():
