@@ -12,9 +12,12 @@ Guarantees
 * Verified: ``sha256=`` / ``md5=`` are checked on every call. A cached file whose checksum matches is
   returned without touching the network; one whose checksum does not match is downloaded again.
 * Trust on first use: when no checksum is given, the sha256 of the first successful download (or of
-  an already present file) is recorded in a ``<file>.sha256`` sidecar next to it; later calls verify
-  the file against that sidecar, and a re-download that does not match it is an error (the source
-  changed). Delete the file and its sidecar to accept a new upstream version.
+  an already present file) is recorded in a ``<file>.sha256`` sidecar next to it, with the URL it came
+  from; later calls verify the file against that sidecar, and a re-download that does not match it is
+  an error (the source changed). Delete the file and its sidecar to accept a new upstream version. A
+  call with another URL than the recorded one downloads that URL's file in place of the cached one.
+* Offline: a failed download says where to put the file by hand (with its checksum when one is pinned).
+* Shared: cached files get the permissions a plain write would (the umask's), so one cache serves a group.
 * Errors (HTTP/URL errors, truncated bodies, checksum mismatches, unsafe archives) raise
   :class:`DownloadError`, a :class:`~launch.errors.UserError`, with a single-line message.
 
@@ -48,6 +51,7 @@ __all__ = ["DownloadError", "cache_dir", "fetch", "extract", "file_sha256"]
 
 CHUNK = 1 << 20
 SIDECAR_SUFFIX = ".sha256"
+SOURCE_PREFIX = "# source: "
 EXTRACTED_MARKER = ".paperzoo-extracted"
 _USER_AGENT = "paperzoo-download/1"
 
@@ -83,9 +87,15 @@ def cached_npz(folder: str | os.PathLike | None, prefix: str, key: dict, make) -
             log.warning("cache file %s is unreadable (%s): regenerating it", path, one_line(err, 120))
     out = make()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part.npz")
-    np.savez(tmp, **out)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part.npz")  # never shared by two
+    try:  # writers (a pid alone is, across containers)
+        with os.fdopen(fd, "wb") as file:
+            np.savez(file, **out)
+        _shareable(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(Path(tmp))
+        raise
     return out
 
 
@@ -123,12 +133,28 @@ def _mismatch(want: dict[str, str], got: dict[str, str]) -> str | None:
     return None
 
 
-def _read_sidecar(sidecar: Path) -> str | None:
+def _read_sidecar(sidecar: Path) -> tuple[str | None, str | None]:
+    """(recorded sha256, the URL it was downloaded from: None for a file placed by hand or an older sidecar)."""
     try:
-        text = sidecar.read_text().split()
+        lines = sidecar.read_text().splitlines()
     except FileNotFoundError:
-        return None
-    return text[0].lower() if text else None
+        return None, None
+    words = lines[0].split() if lines else []
+    url = next((line[len(SOURCE_PREFIX):].strip() for line in lines[1:] if line.startswith(SOURCE_PREFIX)), None)
+    return (words[0].lower() if words else None), url or None
+
+
+def _sidecar_text(sha256: str, dest: Path, url: str | None) -> str:
+    """`sha256sum` format, then the source URL (a file placed by hand has none)."""
+    return f"{sha256}  {dest.name}\n" + (f"{SOURCE_PREFIX}{url}\n" if url else "")
+
+
+def _shareable(path: Path, directory: bool = False) -> None:
+    """The permissions a plain write would give (mkstemp / mkdtemp make 0600 / 0700: a cache shared by a group of
+    users, e.g. on a cluster's shared disk, could not be read by the others)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~mask)
 
 
 def _write_atomic_text(path: Path, text: str) -> None:
@@ -136,6 +162,7 @@ def _write_atomic_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        _shareable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         _unlink(Path(tmp))
@@ -230,6 +257,7 @@ def _download(url: str, dest: Path, algos: tuple[str, ...], timeout: float
                                         f"{expected_len} bytes")
                 out.flush()
                 os.fsync(out.fileno())
+            _shareable(tmp)
         except DownloadError:
             raise
         except urllib.error.HTTPError as e:
@@ -287,23 +315,37 @@ def fetch(url: str, *, sha256: str | None = None, md5: str | None = None,
     sidecar = dest.with_name(dest.name + SIDECAR_SUFFIX)
     want = _expected(sha256, md5)
     tofu = not want
+    other_source = False
     if tofu:
-        recorded = _read_sidecar(sidecar)
-        if recorded:
+        recorded, source = _read_sidecar(sidecar)
+        # the cached file was downloaded from another URL (e.g. `data.url=` changed): that file is not this one
+        other_source = bool(recorded) and source is not None and source != url
+        if other_source:
+            log.warning("%s was downloaded from %s: fetching %s in its place", dest, source, url)
+        elif recorded:
             want = {"sha256": recorded}
 
-    if dest.is_file():
+    failed_check = None
+    if dest.is_file() and not other_source:
         got = _digests(dest, tuple(want) or ("sha256",))
-        if not want:  # present, never recorded: trust it now
-            _write_atomic_text(sidecar, f"{got['sha256']}  {dest.name}\n")
+        if not want:  # present, never recorded (placed by hand): trust it now
+            _write_atomic_text(sidecar, _sidecar_text(got["sha256"], dest, None))
             return dest
-        if _mismatch(want, got) is None:
+        failed_check = _mismatch(want, got)
+        if failed_check is None:
             return dest
         # stale or corrupt copy: fall through and download again (replaced atomically)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     algos = tuple(dict.fromkeys((*want, "sha256")))
-    tmp, got = _download(url, dest, algos, timeout)
+    try:
+        tmp, got = _download(url, dest, algos, timeout)
+    except DownloadError as err:  # e.g. offline: say how to provide the file by hand
+        checksum = next((f"{algo} {value}" for algo, value in want.items()), None)
+        found = f"the file at {dest} failed its checksum ({failed_check}) and " if failed_check else ""
+        raise DownloadError(f"{found}{err}; offline, put the file at {dest}"
+                            + (f" ({checksum})" if checksum and not tofu else "")
+                            + " (the cache root is $PAPERZOO_DATA, default ~/.cache/paperzoo)") from None
     problem = _mismatch(want, got)
     if problem is not None:
         _unlink(tmp)
@@ -317,8 +359,8 @@ def fetch(url: str, *, sha256: str | None = None, md5: str | None = None,
     except BaseException:
         _unlink(tmp)
         raise
-    if tofu and not sidecar.is_file():
-        _write_atomic_text(sidecar, f"{got['sha256']}  {dest.name}\n")
+    if tofu and (other_source or not sidecar.is_file()):
+        _write_atomic_text(sidecar, _sidecar_text(got["sha256"], dest, url))
     return dest
 
 
@@ -436,6 +478,7 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
             except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
                 raise DownloadError(f"cannot extract {archive.name}: {_one_line(e)}") from None
             (tmp / EXTRACTED_MARKER).write_text(f"{archive.name}\n")
+            _shareable(tmp, directory=True)
             if dest.exists() and not marker.is_file():
                 # leftover of an interrupted extraction by an older version / by hand
                 if dest.is_dir() and not dest.is_symlink():

@@ -304,3 +304,56 @@ def test_fetch_then_extract(served, cache):
     dest = extract(arc, cache / "bundle")
     assert (dest / "bundle" / "x.txt").read_bytes() == b"X"
     assert sorted(os.listdir(cache)) == ["bundle", "bundle.tar.gz"]
+
+
+# ------------------------------------------------------------------- found by the real-data audit (stop 34)
+def test_another_url_replaces_the_file_cached_from_the_first(served, cache):
+    """`data.url=` changed to another source under the same cached name: the first URL's file was used silently (the
+    second URL was never fetched)."""
+    base, root, server = served
+    (root / "other.bin").write_bytes(b"another source")
+    first = fetch(f"{base}/data.bin", filename="x.bin")
+    assert fetch(f"{base}/data.bin", filename="x.bin") == first and server.hits == ["/data.bin"]
+    assert fetch(f"{base}/other.bin", filename="x.bin").read_bytes() == b"another source"
+    assert server.hits == ["/data.bin", "/other.bin"]
+    assert fetch(f"{base}/other.bin", filename="x.bin").read_bytes() == b"another source"  # recorded: no network
+    assert len(server.hits) == 2 and (cache / "x.bin.sha256").read_text().split()[0] == _sha(b"another source")
+
+
+def test_offline_error_says_where_to_put_the_file(served, cache):
+    base, _, server = served
+    server.shutdown()
+    server.server_close()
+    with pytest.raises(DownloadError) as ei:
+        fetch(f"{base}/data.bin", sha256=_sha(PAYLOAD), subdir="o", timeout=5)
+    message = str(ei.value)
+    assert "\n" not in message and f"put the file at {cache / 'o' / 'data.bin'}" in message
+    assert f"sha256 {_sha(PAYLOAD)}" in message and "PAPERZOO_DATA" in message
+    (cache / "o" / "data.bin").write_bytes(b"placed by hand, wrong")
+    with pytest.raises(DownloadError, match="failed its checksum"):
+        fetch(f"{base}/data.bin", sha256=_sha(PAYLOAD), subdir="o", timeout=5)
+    (cache / "o" / "data.bin").write_bytes(PAYLOAD)
+    assert fetch(f"{base}/data.bin", sha256=_sha(PAYLOAD), subdir="o", timeout=5).read_bytes() == PAYLOAD
+
+
+def test_cached_files_are_readable_by_the_group_as_a_plain_write(served, cache, tmp_path):
+    """mkstemp's 0600 made a shared cache unreadable for the other users of a cluster."""
+    base, _, _ = served
+    old = os.umask(0o022)
+    try:
+        path = fetch(f"{base}/data.bin", subdir="p")
+        archive = tmp_path / "a.tar"
+        with tarfile.open(archive, "w") as tar:
+            info = tarfile.TarInfo("f.txt")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        extracted = extract(archive, cache / "p" / "a")
+        npz = download.cached_npz(cache / "p", "arrays", {"k": 1}, lambda: {"a": __import__("numpy").zeros(2)})
+    finally:
+        os.umask(old)
+    assert npz["a"].shape == (2,)
+    assert (path.stat().st_mode & 0o777) == 0o644
+    assert (path.with_name("data.bin.sha256").stat().st_mode & 0o777) == 0o644
+    assert (extracted.stat().st_mode & 0o777) == 0o755
+    assert [p.stat().st_mode & 0o777 for p in (cache / "p").glob("arrays_*.npz")] == [0o644]
+    assert not list((cache / "p").glob(".*part*"))
