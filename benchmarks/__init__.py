@@ -62,8 +62,17 @@ def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path,
 
     check_name(slug)
     modules = sorted(set(_modules(REGISTRY[slug])) if slug else {m for v in REGISTRY.values() for m in _modules(v)})
-    # every selected benchmark takes the options, or none runs (with --all, a later one refused them after hours)
-    kwargs = {name: _run_kwargs(importlib.import_module(name), name, out_dir, options or {}) for name in modules}
+    # every selected benchmark takes the options, or none runs (with --all, a later one refused them after hours);
+    # under --all, --device goes to the benchmarks that take it and the others run on the CPU, as they always do
+    options = options or {}
+    cpu_only = [name for name in modules if slug is None and "device" in options
+                and "device" not in inspect.signature(importlib.import_module(name).run).parameters]
+    kwargs = {name: _run_kwargs(importlib.import_module(name), name, out_dir,
+                                {k: v for k, v in options.items() if not (k == "device" and name in cpu_only)})
+              for name in modules}
+    if cpu_only:
+        print(f"--device {options['device']}: {', '.join(n.rsplit('.', 1)[-1] for n in cpu_only)} run on the CPU "
+              "(they take no --device)")
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in modules:

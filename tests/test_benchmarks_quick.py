@@ -71,3 +71,26 @@ def test_a_benchmark_leaves_the_thread_count_as_it_found_it(tmp_path, monkeypatc
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_all_with_a_device_runs_the_others_on_the_cpu(tmp_path, monkeypatch, capsys):
+    """`zoo bench --all --device cuda` was refused ("gtf_speed does not take --device"), so no one command ran every
+    benchmark on a GPU node; one benchmark named with --device it does not take is still refused."""
+    import sys
+    import types
+
+    import benchmarks
+    from launch.errors import UserError
+
+    seen = {}
+    with_device, without = types.ModuleType("benchmarks.fake_gpu"), types.ModuleType("benchmarks.fake_cpu")
+    with_device.run = lambda quick, device="cpu": (seen.update(gpu=device), [{"what": "x", "ratio": 1.0}])[1]
+    without.run = lambda quick: (seen.update(cpu=True), [{"what": "y", "ratio": 1.0}])[1]
+    for module in (with_device, without):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(benchmarks, "REGISTRY", {"gpu": with_device.__name__, "cpu": without.__name__})
+    benchmarks.run_benchmarks(None, quick=True, out_dir=tmp_path, options={"device": "cpu"})
+    assert seen == {"gpu": "cpu", "cpu": True}
+    assert "fake_cpu run on the CPU" in capsys.readouterr().out
+    with pytest.raises(UserError, match="does not take --device"):
+        benchmarks.run_benchmarks("cpu", quick=True, out_dir=tmp_path, options={"device": "cpu"})
