@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader
 from datamodules.samplers import eval_sampler
-from launch.errors import UserError, check_min
+from launch.errors import UserError, check_min, one_line
 
 FNO_DARCY_URL = "https://pde-xd.s3.amazonaws.com/{file}"  # NAS-Bench-360 mirror of the FNO Google-Drive files
 FNO_DARCY_FILES = {"train": "piececonst_r421_N1024_smooth1.mat", "test": "piececonst_r421_N1024_smooth2.mat"}
@@ -146,26 +146,74 @@ def cached_darcy(n_samples: int, n: int, seed: int, cache_dir: str | os.PathLike
 
 
 # ------------------------------------------------------------------------------------------- FNO .mat files
+class DataFileError(UserError, ValueError):
+    """A data file that cannot be used (unreadable, missing keys, wrong shapes or sizes): a UserError (one line, exit
+    2 through the CLI), and a ValueError as these checks raised before, for callers that catch that."""
+
+
+def mat_read_errors() -> tuple[type[BaseException], ...]:
+    """What scipy.io.loadmat and h5py raise on a damaged, truncated or foreign file."""
+    import zlib
+
+    from scipy.io.matlab import MatReadError
+
+    return OSError, ValueError, EOFError, KeyError, TypeError, IndexError, MatReadError, zlib.error
+
+
+def read_mat_arrays(path: str | os.PathLike, keys: tuple[str, ...], what: str) -> list[np.ndarray]:
+    """The arrays `keys` of a MATLAB file, v5 through scipy.io.loadmat or v7.3 (HDF5) through h5py (axes reversed
+    back to MATLAB's order); a DataFileError naming the file when it cannot be read or lacks a key (`what`: the
+    expected content, for the message)."""
+    import scipy.io
+
+    errors = mat_read_errors()
+    try:
+        data = scipy.io.loadmat(path, variable_names=list(keys))
+        held = [k for k in data if not k.startswith("__")]
+        if set(keys) - set(held):
+            held = [name for name, _, _ in scipy.io.whosmat(path)]
+    except NotImplementedError:  # v7.3
+        try:
+            import h5py
+        except ImportError:
+            raise DataFileError(f"{path} is a MATLAB v7.3 (HDF5) file: install h5py to read it") from None
+        try:
+            with h5py.File(path, "r") as f:
+                held = list(f.keys())
+                data = {k: np.asarray(f[k]).T for k in keys if isinstance(f.get(k), h5py.Dataset)}
+        except errors as err:
+            raise DataFileError(f"cannot read {path} as a MATLAB v7.3 (HDF5) file: {one_line(err, 160)}") from None
+    except errors as err:
+        raise DataFileError(f"cannot read {path} as a MATLAB .mat file: {one_line(err, 160)}") from None
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise DataFileError(f"{path}: no variable {', '.join(missing)} ({what}; the file holds "
+                            f"{', '.join(sorted(held)[:8]) or 'nothing'})")
+    return [data[k] for k in keys]
+
+
 def load_fno_mat(path: str | os.PathLike, n_samples: int, sampling_rate: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """(coeff, sol) of the first n_samples of an FNO Darcy .mat file, subsampled by `sampling_rate`
     (MATLAB v5 through scipy.io.loadmat; v7.3 (HDF5) through h5py when installed)."""
-    import scipy.io
-
-    try:
-        data = scipy.io.loadmat(path, variable_names=["coeff", "sol"])
-        coeff, sol = data["coeff"], data["sol"]
-    except NotImplementedError:  # v7.3
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            coeff, sol = np.asarray(f["coeff"]).T, np.asarray(f["sol"]).T
-    if coeff.ndim != 3 or coeff.shape != sol.shape:
-        raise ValueError(f"{path}: expected coeff and sol of the same shape (N, s, s), got {coeff.shape}, {sol.shape}")
+    coeff, sol = read_mat_arrays(path, ("coeff", "sol"), "an FNO Darcy file holds coeff and sol, N x s x s")
+    if coeff.ndim != 3 or coeff.shape != sol.shape or not (np.issubdtype(coeff.dtype, np.number)
+                                                            and np.issubdtype(sol.dtype, np.number)):
+        raise DataFileError(f"{path}: expected numeric coeff and sol of the same shape (N, s, s), got "
+                            f"{coeff.shape} {coeff.dtype}, {sol.shape} {sol.dtype}")
     if n_samples > coeff.shape[0]:
-        raise ValueError(f"{path}: asked for {n_samples} samples, the file has {coeff.shape[0]}")
+        raise DataFileError(f"{path}: asked for {n_samples} samples, the file has {coeff.shape[0]}")
     r = sampling_rate
     return (np.asarray(coeff[:n_samples, ::r, ::r], dtype=np.float64),
             np.asarray(sol[:n_samples, ::r, ::r], dtype=np.float64))
+
+
+def check_grid(path: str | os.PathLike, a: np.ndarray, resolution: int, sampling_rate: int) -> None:
+    """A DataFileError naming `path` unless its fields `a` (N, ..., H, W), subsampled by `sampling_rate`, are
+    resolution x resolution."""
+    if tuple(a.shape[-2:]) != (resolution, resolution):
+        raise DataFileError(f"{path}: the grid is {' x '.join(map(str, a.shape[-2:]))} at "
+                            f"data.sampling_rate={sampling_rate}, data.resolution={resolution} expects "
+                            f"{resolution} x {resolution} (check the file, data.resolution, data.sampling_rate)")
 
 
 # ------------------------------------------------------------------------------------------------ datamodule
@@ -281,7 +329,9 @@ class DarcyDataModule(PairLoaders, L.LightningDataModule):
             return a_tr, u_tr, a_te, u_te
         paths = self._paths()
         a_tr, u_tr = load_fno_mat(paths["train"], hp.n_train, hp.sampling_rate)
+        check_grid(paths["train"], a_tr, self.resolution, hp.sampling_rate)
         a_te, u_te = load_fno_mat(paths["test"], hp.n_test, hp.sampling_rate)
+        check_grid(paths["test"], a_te, self.resolution, hp.sampling_rate)
         return a_tr, u_tr, a_te, u_te
 
     def _raw_val(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -313,14 +363,14 @@ class DarcyDataModule(PairLoaders, L.LightningDataModule):
     def prepare_data(self) -> None:
         if self.name == "offline" or self.hparams.data_dir:
             return
-        self._raw()  # downloads once (rank 0); setup() reads from the cache
+        self._paths()  # downloads once (rank 0); setup() reads from the cache
 
     def setup(self, stage: str | None = None) -> None:
         if self.tensors is not None:
             return
         a_tr, u_tr, a_te, u_te = self._raw()
-        if a_tr.shape[-1] != self.resolution:
-            raise ValueError(f"data resolution {a_tr.shape[-1]} != configured resolution {self.resolution}")
+        if a_tr.shape[-1] != self.resolution:  # (the files' grids are checked in _raw, naming the file)
+            raise DataFileError(f"data resolution {a_tr.shape[-1]} != configured resolution {self.resolution}")
         if self.hparams.normalizer_type is not None:
             a_mean, a_std, self.output_stats = official_normalizers(a_tr, u_tr, self.hparams.normalizer_type,
                                                                     self.hparams.encode_inputs)

@@ -32,7 +32,8 @@ dataset by ``name``; all of them, including the offline default, go through the 
 - ``PEMS03``/``PEMS04``/``PEMS07``/``PEMS08`` (``PEMSxx.npz``, array ``data`` of shape T x N x C; channel 0 (flow)
   is used, thuml ``Dataset_PEMS``): train [0, int(0.6 T)), val [int(0.6 T), int(0.8 T)), test [int(0.8 T), T),
   without the L-row overlap of the other datasets; missing values are forward- then backward-filled within each
-  split after scaling (the scaler ignores them).
+  split after scaling (the scaler ignores them). The other datasets have no gaps: a missing or non-finite value
+  there (a damaged or truncated file) is an error naming the file, row and column.
 
 The scaler (per-variate mean / std, numpy std with ddof=0 as sklearn's StandardScaler) is fitted on the train
 rows only and applied to the whole series; losses and metrics are in these z-scored units (card: "Report
@@ -172,8 +173,33 @@ def read_csv(path: Path, target: str | None = None) -> tuple[np.ndarray, np.ndar
         values = df[cols].to_numpy(dtype=np.float32)
     except ValueError as e:
         raise UserError(f"{path}: non-numeric variate values ({one_line(e, 120)})") from None
-    dates = pd.to_datetime(df["date"]).to_numpy().astype("datetime64[s]")
+    try:
+        dates, why = pd.to_datetime(df["date"]).to_numpy().astype("datetime64[s]"), None
+    except (ValueError, TypeError, OverflowError) as e:
+        dates, why = None, one_line(e, 160)
+    if dates is None or np.isnat(dates).any():  # name the first row without a readable date
+        try:
+            bad = np.flatnonzero(pd.to_datetime(df["date"], errors="coerce").isna().to_numpy())
+        except (ValueError, TypeError, OverflowError):
+            bad = np.zeros(0, dtype=int)
+        if bad.size:
+            row = int(bad[0])
+            raise UserError(f"{path}: data row {row + 1} (after the header) has no readable date: "
+                            f"{one_line(repr(df['date'].iloc[row]), 60)}")
+        raise UserError(f"{path}: unreadable 'date' column ({why})")
     return values, dates, cols
+
+
+def check_finite(values: np.ndarray, path: Path, names: list[str], dates: np.ndarray | None) -> None:
+    """A one-line UserError naming the file, the first data row and the column of a missing (NaN) or infinite
+    value. Only PEMS gaps are filled (thuml ``Dataset_PEMS``); the other official datasets (``Dataset_ETT_*``,
+    ``Dataset_Custom``, ``Dataset_Solar``) are complete, so a gap there is a damaged or truncated file."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        when = f" ({np.datetime_as_string(dates[row], unit='s').replace('T', ' ')})" if dates is not None else ""
+        raise UserError(f"{path}: missing or non-finite value in data row {row + 1}{when}, column {names[col]!r} "
+                        f"({int(bad.sum())} in all); only PEMS gaps are filled: repair or download the file again")
 
 
 def read_solar_txt(path: Path) -> tuple[np.ndarray, None, list[str]]:
@@ -294,6 +320,8 @@ def write_csv(path: Path, values: np.ndarray, names: list[str], start: str = "20
 
     import pandas as pd
 
+    from datamodules.download import _shareable
+
     dates = pd.date_range(start, periods=len(values), freq=freq.replace("t", "min"))
     df = pd.DataFrame(values, columns=names)
     df.insert(0, "date", dates.strftime("%Y-%m-%d %H:%M:%S"))
@@ -302,6 +330,7 @@ def write_csv(path: Path, values: np.ndarray, names: list[str], start: str = "20
     os.close(fd)
     try:
         df.to_csv(tmp, index=False, float_format="%.7g")
+        _shareable(Path(tmp))  # as a plain write (mkstemp: 0600), for a cache shared by a group of users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -449,22 +478,25 @@ class ForecastingDataModule(CheckpointedShuffle, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._loaded:
             return
+        path = self.csv_path()
         if self.spec.fmt == "solar_txt":
-            values, dates, names = read_solar_txt(self.csv_path())
+            values, dates, names = read_solar_txt(path)
         elif self.spec.fmt == "pems_npz":
-            values, dates, names = read_pems_npz(self.csv_path())
+            values, dates, names = read_pems_npz(path)
         else:
-            values, dates, names = read_csv(self.csv_path(), target=None if self.spec.generated
-                                            else self.spec.target)
+            values, dates, names = read_csv(path, target=None if self.spec.generated else self.spec.target)
         if self.use_time_features and dates is None:
             raise UserError(f"{self.name}: the file has no timestamps; set data.time_features=false")
         expected = self.offline.get("num_variates", self.spec.num_variates)
         if expected is not None and values.shape[1] != expected:
             raise UserError(f"{self.name}: expected {expected} variates, the file has {values.shape[1]}")
+        if self.spec.fmt != "pems_npz":
+            check_finite(values, path, names, dates)
         self.borders = split_borders(self.spec.split, len(values), self.seq_len, self.offline.get("train_end"))
         b0, b1 = self.borders[0]
         train = values[b0:b1]
-        missing = bool(np.isnan(values).any())  # PEMS may have gaps: the scaler ignores them (as sklearn's)
+        # PEMS may have gaps (the other formats were checked above): the scaler ignores them (as sklearn's)
+        missing = self.spec.fmt == "pems_npz" and bool(np.isnan(values).any())
         self.mean = (np.nanmean if missing else np.mean)(train, axis=0).astype(np.float32)
         self.std = (np.nanstd if missing else np.std)(train, axis=0)
         self.std = np.where(self.std > 0, self.std, 1.0).astype(np.float32)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from datamodules.darcy import (
+    DataFileError,
     PairLoaders,
     check_normalizer_type,
     check_val_split,
@@ -46,7 +47,7 @@ from datamodules.darcy import (
     load_fno_mat,
     official_normalizers,
 )
-from launch.errors import UserError
+from launch.errors import UserError, one_line
 
 DATASETS = {
     "darcy_rough": {"train": "darcy_alpha2_tau5_512_train.mat", "test": "darcy_alpha2_tau5_512_test.mat"},
@@ -60,11 +61,26 @@ IN_CHANNELS = {"darcy_rough": 1, "darcy_multiscale": 1, "helmholtz": 1, "pipe": 
 
 
 # --------------------------------------------------------------------------------------------- raw loaders
+def load_npy(path: str | os.PathLike) -> np.ndarray:
+    """A numeric array from an ``.npy`` file, memory-mapped; a one-line UserError naming the file when it is not one
+    (corrupt, truncated, pickled objects, an .npz archive)."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"cannot read {path} as a numpy .npy array: {one_line(err, 160)}") from None
+    if not isinstance(arr, np.ndarray):
+        if hasattr(arr, "close"):
+            arr.close()
+        raise UserError(f"{path}: expected a numpy .npy array, got {type(arr).__name__}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise UserError(f"{path}: expected a numeric array, got dtype {arr.dtype}")
+    return arr
+
+
 def load_helmholtz(x_path: str | os.PathLike, y_path: str | os.PathLike, train_rows: tuple[int, int],
                    test_rows: tuple[int, int]) -> tuple[np.ndarray, ...]:
     """(a_train, u_train, a_test, u_test) from Huang et al.'s arrays (s, s, N): sample axis moved first."""
-    xs = np.load(x_path, mmap_mode="r")
-    ys = np.load(y_path, mmap_mode="r")
+    xs, ys = load_npy(x_path), load_npy(y_path)
     if xs.ndim != 3 or xs.shape != ys.shape:
         raise UserError(f"helmholtz: expected inputs and outputs of the same shape (s, s, N), got {xs.shape}, "
                          f"{ys.shape}")
@@ -83,8 +99,7 @@ def load_pipe(x_path: str | os.PathLike, y_path: str | os.PathLike, q_path: str 
               n_test: int, n_total: int = 1200, crop: int = 128) -> tuple[np.ndarray, ...]:
     """(a_train (n, 2, c, c), u_train (n, c, c), a_test, u_test): mesh coordinates (X, Y) as input channels,
     Q[:, 0] as target; the first n_train of the first n_total samples train, the last n_test of them test."""
-    px, py = np.load(x_path, mmap_mode="r"), np.load(y_path, mmap_mode="r")
-    q = np.load(q_path, mmap_mode="r")
+    px, py, q = load_npy(x_path), load_npy(y_path), load_npy(q_path)
     if (px.ndim != 3 or px.shape != py.shape or q.ndim != 4 or q.shape[0] != px.shape[0]
             or q.shape[2:] != px.shape[1:]):
         raise UserError(f"pipe: expected X, Y (N, s1, s2) and Q (N, C, s1, s2), got {px.shape}, {py.shape}, {q.shape}")
@@ -167,6 +182,7 @@ class MgNODataModule(PairLoaders, L.LightningDataModule):
 
     def _raw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         hp, p = self.hparams, self._paths()
+        self._files = p  # named by setup's grid check
         if self.name in ("darcy_rough", "darcy_multiscale"):
             a_tr, u_tr = load_fno_mat(p["train"], hp.n_train, hp.sampling_rate)
             a_te, u_te = load_fno_mat(p["test"], hp.n_test, hp.sampling_rate)
@@ -210,8 +226,9 @@ class MgNODataModule(PairLoaders, L.LightningDataModule):
             return
         a_tr, u_tr, a_te, u_te = self._raw()
         if a_tr.shape[-2:] != (self.resolution, self.resolution):
-            raise ValueError(f"{self.name}: data grid {tuple(a_tr.shape[-2:])} != configured resolution "
-                             f"{self.resolution} (check data.resolution / data.sampling_rate)")
+            files = ", ".join(str(f) for f in self._files.values())
+            raise DataFileError(f"{self.name}: data grid {tuple(a_tr.shape[-2:])} of {files} != configured "
+                                f"resolution {self.resolution} (check data.resolution / data.sampling_rate)")
         if self.hparams.normalizer_type is not None:
             if u_tr.shape[1] != 1:
                 raise UserError(f"data.normalizer_type: the output decoder needs one output channel, {self.name} has "

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from datamodules.collocation import MadeItems, own_draw
 from datamodules.pde_solvers import etdrk4
 from datamodules.resumable import ResumableDataLoader
-from launch.errors import UserError, check_min, check_positive
+from launch.errors import UserError, check_min, check_positive, one_line
 
 # ------------------------------------------------------------------------------------------------ solvers
 
@@ -224,17 +224,29 @@ def load_mat_reference(path: str | Path, name: str) -> dict[str, np.ndarray]:
     `usol`); the layouts are in MAT_KEYS."""
     from scipy.io import loadmat
 
+    from datamodules.darcy import DataFileError, mat_read_errors
+
     if name not in MAT_KEYS:
         raise ValueError(f"no .mat layout for {name!r}")
     keys = MAT_KEYS[name]
-    d = loadmat(str(path))
+    try:
+        d = loadmat(str(path))
+    except NotImplementedError:
+        raise DataFileError(f"{path} is a MATLAB v7.3 (HDF5) file; {name} reads the official MATLAB v5 .mat "
+                            f"(keys {', '.join(keys)})") from None
+    except mat_read_errors() as err:
+        raise DataFileError(f"cannot read {path} as a MATLAB .mat file: {one_line(err, 160)}") from None
     missing = [k for k in keys if k not in d]
     if missing:
-        raise ValueError(f"{path}: missing keys {missing} for {name} (has {sorted(k for k in d if k[0] != '_')})")
-    t, x, u = (np.asarray(d[k], dtype=np.float64) for k in keys)
+        raise DataFileError(f"{path}: missing keys {missing} for {name} (has {sorted(k for k in d if k[0] != '_')})")
+    try:
+        t, x, u = (np.asarray(d[k], dtype=np.float64) for k in keys)
+    except (TypeError, ValueError) as err:
+        raise DataFileError(f"{path}: {', '.join(keys)} must be numeric arrays ({one_line(err, 120)})") from None
     t, x = t.reshape(-1), x.reshape(-1)
-    if u.shape != (x.size, t.size):
-        raise ValueError(f"{path}: {keys[2]} has shape {u.shape}, expected ({x.size}, {t.size})")
+    if t.size == 0 or x.size == 0 or u.shape != (x.size, t.size):
+        raise DataFileError(f"{path}: {keys[2]} has shape {u.shape}, expected ({x.size}, {t.size}) with non-empty "
+                            f"{keys[1]} and {keys[0]}")
     return {"x": x, "t": t, "u": u.T}
 
 

@@ -44,7 +44,7 @@ from datamodules.navier_stokes import navier_stokes_2d, random_vorticity
 from datamodules.pde_solvers import kdv_etdrk4, ks_etdrk4, random_ks_initial_condition
 from datamodules.resumable import ResumableDataLoader
 from datamodules.samplers import eval_sampler
-from launch.errors import UserError, check_min, check_positive
+from launch.errors import UserError, check_min, check_positive, one_line
 
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
@@ -56,26 +56,45 @@ FNO_NS_DEFAULT_FILE = "NavierStokes_V1e-5_N1200_T20.mat"
 
 def load_fno_navier_stokes(path, n: int) -> np.ndarray:
     """The first n trajectories of an FNO-benchmark Navier-Stokes file as (n, T, H, W) float32. MATLAB stores `u` as
-    (N, H, W, T); v7.3 files are HDF5, where h5py sees the axes reversed."""
+    (N, H, W, T); v7.3 files are HDF5, where h5py sees the axes reversed. A missing, unreadable (corrupt, truncated)
+    or misshapen file is a one-line UserError naming it."""
     from scipy.io import loadmat
 
+    from datamodules.darcy import mat_read_errors
+
+    errors = mat_read_errors()
     try:
         u = loadmat(str(path), variable_names=["u"]).get("u")
+    except NotImplementedError:  # MATLAB v7.3
+        u = _read_h5_u(path, n, errors)
+    except errors as err:
+        raise UserError(f"data: cannot read {path} as a .mat file ({one_line(err, 160)})") from None
+    else:
         if u is None:
             raise UserError(f"data: {path} has no variable 'u' (an FNO Navier-Stokes file has u of shape N x H x W x T)")
         u = np.asarray(u[:n])
-    except NotImplementedError:  # MATLAB v7.3
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            if "u" not in f:
-                raise UserError(f"data: {path} has no dataset 'u'") from None
-            u = np.asarray(f["u"][..., :n]).transpose(3, 2, 1, 0)
-    except ValueError as err:
-        raise UserError(f"data: cannot read {path} as a .mat file ({err})") from None
     if u.ndim != 4:
         raise UserError(f"data: {path}: u has shape {u.shape}, expected N x H x W x T")
+    if not np.issubdtype(u.dtype, np.number):
+        raise UserError(f"data: {path}: u has dtype {u.dtype}, expected numbers")
     return np.ascontiguousarray(u.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def _read_h5_u(path, n: int, errors: tuple[type[BaseException], ...]) -> np.ndarray:
+    """`u` of a MATLAB v7.3 (HDF5) file, first n trajectories, in MATLAB's axis order (N, H, W, T)."""
+    try:
+        import h5py
+    except ImportError:
+        raise UserError(f"data: {path} is a MATLAB v7.3 (HDF5) file: install h5py to read it") from None
+    try:
+        with h5py.File(path, "r") as f:
+            if not isinstance(f.get("u"), h5py.Dataset):
+                raise UserError(f"data: {path} has no dataset 'u'")
+            if f["u"].ndim != 4:  # h5py's axes are MATLAB's reversed
+                raise UserError(f"data: {path}: u has shape {f['u'].shape[::-1]}, expected N x H x W x T")
+            return np.asarray(f["u"][..., :n]).transpose(3, 2, 1, 0)
+    except errors as err:
+        raise UserError(f"data: cannot read {path} as a MATLAB v7.3 (HDF5) file ({one_line(err, 160)})") from None
 
 
 @functools.lru_cache(maxsize=8)
