@@ -166,7 +166,8 @@ class MgNODataModule(PairLoaders, L.LightningDataModule):
         if not hp.data_dir and not hp.url:
             raise UserError(f"data: {self.name} has no public direct download (Google Drive / CaltechDATA landing "
                             f"page): download {', '.join(DATASETS[self.name].values())} and set "
-                            f"data.data_dir=<folder>, or data.url=<direct URL template with {{file}}>")
+                            f"data.data_dir=<folder>, or a direct URL template, quoted for Hydra: "
+                            f"\"data.url='https://<host>/<path>/{{file}}'\"")
         paths = {}
         for key, file in DATASETS[self.name].items():
             if hp.data_dir:

@@ -269,3 +269,18 @@ def test_variant_reports_the_best_validation_epoch(name):
     assert cfg.checkpoint.monitor == "val/rel_l2" and cfg.checkpoint.mode == "min" and cfg.checkpoint.test_on == "best"
     if name == "darcy_multiscale":
         assert cfg.data.n_val == 0
+
+
+def test_the_url_template_hint_is_one_hydra_accepts():
+    """The no-download error suggested `data.url=<... {file}>`, which Hydra's override parser refuses unquoted: the
+    hint's quoted form composes to the template."""
+    import re
+
+    from datamodules.mgno_data import MgNODataModule
+    from launch import config as zconfig
+    from launch.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        MgNODataModule(name="helmholtz")._paths()
+    override = re.search(r"\"(data\.url=.*)\"", str(err.value)).group(1)
+    assert zconfig.compose(["experiment=mgno/helmholtz", override]).data.url == "https://<host>/<path>/{file}"
