@@ -281,6 +281,22 @@ def _download(url: str, dest: Path, algos: tuple[str, ...], timeout: float
     return tmp, {a: h.hexdigest() for a, h in hashers.items()}
 
 
+STALE_PART_S = 24 * 3600
+
+
+def _remove_stale_parts(dest: Path) -> None:
+    """Temporary files of downloads of `dest` killed a day or more ago (SIGKILL, a preempted job: nothing could clean
+    up); a younger one may be another process's download in progress and stays."""
+    import time
+
+    for part in dest.parent.glob(f".{dest.name}.*.part"):
+        try:
+            if time.time() - part.stat().st_mtime > STALE_PART_S:
+                part.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove
+            pass
+
+
 def _one_line(x) -> str:
     return " ".join(str(x).split()) or type(x).__name__
 
@@ -337,6 +353,7 @@ def fetch(url: str, *, sha256: str | None = None, md5: str | None = None,
         # stale or corrupt copy: fall through and download again (replaced atomically)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(dest)
     algos = tuple(dict.fromkeys((*want, "sha256")))
     try:
         tmp, got = _download(url, dest, algos, timeout)

@@ -357,3 +357,19 @@ def test_cached_files_are_readable_by_the_group_as_a_plain_write(served, cache, 
     assert (extracted.stat().st_mode & 0o777) == 0o755
     assert [p.stat().st_mode & 0o777 for p in (cache / "p").glob("arrays_*.npz")] == [0o644]
     assert not list((cache / "p").glob(".*part*"))
+
+
+def test_parts_of_downloads_killed_long_ago_are_removed(served, cache):
+    """A download killed by SIGKILL (a preempted job) left its .part file behind, one more per kill (real-data audit)."""
+    import time
+
+    base, _, _ = served
+    folder = cache / "k"
+    folder.mkdir(parents=True)
+    old, fresh = folder / ".data.bin.abc123.part", folder / ".data.bin.def456.part"
+    for part in (old, fresh):
+        part.write_bytes(b"half")
+    day_ago = time.time() - download.STALE_PART_S - 60
+    os.utime(old, (day_ago, day_ago))
+    assert fetch(f"{base}/data.bin", subdir="k").read_bytes() == PAYLOAD
+    assert not old.exists() and fresh.exists()  # a younger one may be another process's download in progress
