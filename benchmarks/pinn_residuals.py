@@ -14,6 +14,7 @@ Ways, timed on the same network, points and thread count (1 thread):
 Each is timed for the residual alone ("residual") and for residual + backward of mean(r^2) to the parameters
 ("train step"). Rows say `ratio = baseline seconds / torch.func seconds` (> 1: torch.func faster) and the largest
 absolute differences of the residuals and of the parameter gradients (they must agree to float32 round-off).
+`--device cuda` times the same on a GPU (synchronised before each clock read).
 """
 from __future__ import annotations
 
@@ -92,12 +93,14 @@ def residual_loop(model, problem: str, t, x):
     return torch.cat([residual_autograd(model, problem, t[i:i + 1], x[i:i + 1]) for i in range(t.numel())])
 
 
-def _time(fn, repeats: int) -> float:
+def _time(fn, repeats: int, sync=lambda: None) -> float:
     fn()  # warm-up
     best = float("inf")
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()  # a GPU runs its kernels asynchronously
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -107,10 +110,13 @@ def _grads(model, r):
 
 
 def compare(problem: str, n: int, repeats: int = 3, loop_points: int = 0, seed: int = 0,
-            width: int = 256) -> list[dict]:
-    model = _network(seed, width)
+            width: int = 256, device: str = "cpu") -> list[dict]:
+    from benchmarks.timing import device_sync
+
+    sync = device_sync(device)
+    model = _network(seed, width).to(device)
     g = torch.Generator().manual_seed(seed)
-    t, x = torch.rand(n, generator=g), -1 + 2 * torch.rand(n, generator=g)
+    t, x = torch.rand(n, generator=g).to(device), (-1 + 2 * torch.rand(n, generator=g)).to(device)
     r_a, r_f = residual_autograd(model, problem, t, x), residual_func(model, problem, t, x)
     g_a, g_f = _grads(model, r_a), _grads(model, r_f)
     scale = float(r_a.detach().abs().max())
@@ -125,10 +131,11 @@ def compare(problem: str, n: int, repeats: int = 3, loop_points: int = 0, seed: 
                     _grads(model, r)
             return call
 
-        base = _time(run(residual_autograd), repeats)
-        ours = _time(run(residual_func), repeats)
+        base = _time(run(residual_autograd), repeats, sync)
+        ours = _time(run(residual_func), repeats, sync)
         rows.append({"case": f"{problem}_n{n}", "what": what, "ours": ours, "baseline": base, "ratio": base / ours,
-                     "unit": "s", "note": "ours = torch.func vmap(jacfwd); baseline = nested autograd on the batch"})
+                     "unit": "s", "device": device,
+                     "note": "ours = torch.func vmap(jacfwd); baseline = nested autograd on the batch"})
         if loop_points:
             tl, xl = t[:loop_points], x[:loop_points]
 
@@ -136,7 +143,7 @@ def compare(problem: str, n: int, repeats: int = 3, loop_points: int = 0, seed: 
                 r = residual_loop(model, problem, tl, xl)
                 if with_backward:
                     _grads(model, r)
-            loop_s = _time(loop_call, 1) * n / loop_points
+            loop_s = _time(loop_call, 1, sync) * n / loop_points
             rows.append({"case": f"{problem}_n{n}", "what": f"{what}, per-point Python loop (extrapolated from "
                          f"{loop_points} points)", "ours": ours, "baseline": loop_s, "ratio": loop_s / ours,
                          "unit": "s", "note": "baseline = loop over points with autograd per point"})
@@ -148,7 +155,10 @@ def compare(problem: str, n: int, repeats: int = 3, loop_points: int = 0, seed: 
     return rows
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, device: str = "cpu") -> list[dict]:
+    from benchmarks.timing import check_device
+
+    device = check_device(device)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -158,7 +168,7 @@ def run(quick: bool = False) -> list[dict]:
             plan = [("allen_cahn", 2048, 3, 32), ("allen_cahn", 8192, 2, 0), ("ks", 1024, 2, 16)]
         rows = []
         for problem, n, repeats, loop_points in plan:
-            rows += compare(problem, n, repeats, loop_points)
+            rows += compare(problem, n, repeats, loop_points, device=device)
         return rows
     finally:
         torch.set_num_threads(threads)

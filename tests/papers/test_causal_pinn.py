@@ -281,6 +281,7 @@ def test_residual_benchmark_ways_agree():
     assert len(agreement) == 2 and all(r["ours"] < 1e-5 for r in agreement), agreement
     timed = [r for r in rows if r["unit"] == "s"]
     assert timed and all(r["ours"] > 0 and r["baseline"] > 0 and r["ratio"] > 0 for r in timed)
+    assert {r["device"] for r in timed} == {"cpu"}  # `zoo bench causal_pinn --device cuda` times it on a GPU
 
 
 def test_residuals_ignore_autocast():
