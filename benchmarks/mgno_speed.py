@@ -6,6 +6,7 @@ loss, batch 8, 1 torch thread) on the same data (the `mgno` experiment's 32 x 32
 card's 64 x 64 reference scale). The baseline is a plain FNO-2d written here (Li et al. 2021: lifting 1x1 -> 4
 Fourier layers GELU(K v + W v), K truncated to `modes` x `modes` corner modes -> projection MLP), its width chosen so
 that its parameter count is the closest to MgNO's. `--quick`: a few steps only (timings valid, errors not converged).
+`--device cuda`: both on the GPU, synchronised before each clock read.
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ class FNO2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        gy, gx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+        gy, gx = torch.meshgrid(torch.linspace(0, 1, h, device=x.device), torch.linspace(0, 1, w, device=x.device),
+                                indexing="ij")
         v = self.lift(torch.cat([x, gx.expand(b, 1, h, w), gy.expand(b, 1, h, w)], 1))
         for i, (k, lin) in enumerate(zip(self.spectral, self.local)):
             v = k(v) + lin(v)
@@ -76,8 +78,12 @@ def matched_fno(target: int, modes: int) -> FNO2d:
     return FNO2d(modes, best)
 
 
-def _train(model: nn.Module, dm, steps: int, timed: int) -> tuple[float, float]:
+def _train(model: nn.Module, dm, steps: int, timed: int, device: str = "cpu") -> tuple[float, float]:
+    from benchmarks.timing import device_sync
     from lit_models.common.pde import relative_l2
+
+    sync = device_sync(device)
+    model.to(device)
 
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=max(steps, 2), div_factor=2.0,
@@ -88,25 +94,30 @@ def _train(model: nn.Module, dm, steps: int, timed: int) -> tuple[float, float]:
         for batch in dm.train_dataloader():
             if step >= steps:
                 break
+            x, y = batch["x"].to(device), batch["y"].to(device)
+            sync()
             t0 = time.perf_counter()
-            loss = relative_l2(model(batch["x"]), batch["y"]).mean()
+            loss = relative_l2(model(x), y).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
+            sync()  # a GPU runs its kernels asynchronously
             if step >= steps - timed:
                 times.append(time.perf_counter() - t0)
             step += 1
     model.eval()
     with torch.no_grad():
-        errs = [relative_l2(model(b["x"]), b["y"]) for b in dm.test_dataloader()]
+        errs = [relative_l2(model(b["x"].to(device)), b["y"].to(device)).cpu() for b in dm.test_dataloader()]
     return statistics.median(times) * 1e3, float(torch.cat(errs).mean())
 
 
-def run(quick: bool = True) -> list[dict]:
+def run(quick: bool = True, device: str = "cpu") -> list[dict]:
+    from benchmarks.timing import check_device
     from datamodules.darcy import DarcyDataModule
     from lit_models.pde.mgno import MgNO
 
+    device = check_device(device)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if quick:
@@ -121,10 +132,10 @@ def run(quick: bool = True) -> list[dict]:
     results = {}
     for name, model in (("mgno", mg), ("fno", fno)):
         torch.manual_seed(0)
-        ms, err = _train(model, dm, steps, timed)
+        ms, err = _train(model, dm, steps, timed, device)
         results[name] = (ms, err)
         rows.append({"model": name, "grid": res, "params": n_params(model), "steps": steps, "step_ms": ms,
-                     "test_rel_l2": err})
+                     "test_rel_l2": err, "device": device})
     rows.append({"model": "fno / mgno", "grid": res, "params": n_params(fno) / n_params(mg), "steps": steps,
                  "time_ratio": results["fno"][0] / results["mgno"][0],
                  "error_ratio": results["fno"][1] / results["mgno"][1]})
