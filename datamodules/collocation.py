@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.context import sampling_context
 from datamodules.resumable import ResumableDataLoader
+from datamodules.samplers import generated_train_sampler
 
 
 class MadeItems(Dataset):
@@ -65,8 +66,8 @@ class FreshSampleLoaders:
             self.generator.set_state(state["generator"])
 
     def train_dataloader(self) -> DataLoader:
-        return ResumableDataLoader(MadeItems(lambda _: own_draw(self, self.sample), self.hparams.steps_per_epoch),
-                                   batch_size=None, datamodule=self)
+        items = MadeItems(lambda _: own_draw(self, self.sample), self.hparams.steps_per_epoch)
+        return ResumableDataLoader(items, batch_size=None, sampler=generated_train_sampler(items), datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(OneItem(self.eval_item()), batch_size=None)

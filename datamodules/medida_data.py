@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.resumable import ResumableDataLoader
+from datamodules.samplers import generated_train_sampler
 from launch.errors import check_min, check_positive
 
 
@@ -134,7 +135,8 @@ class _WholeDatasetLoaders:
     `_eval_item()` for validation and test (shared by the KS and QG datamodules)."""
 
     def train_dataloader(self) -> DataLoader:
-        return ResumableDataLoader(_Repeat(self._train_item(), self.steps_per_epoch), batch_size=None, datamodule=self)
+        repeats = _Repeat(self._train_item(), self.steps_per_epoch)
+        return ResumableDataLoader(repeats, batch_size=None, sampler=generated_train_sampler(repeats), datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Repeat(self._eval_item(), 1), batch_size=None)

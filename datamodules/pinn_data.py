@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 from datamodules.collocation import MadeItems, own_draw
 from datamodules.pde_solvers import etdrk4
 from datamodules.resumable import ResumableDataLoader
+from datamodules.samplers import generated_train_sampler
 from launch.errors import UserError, check_min, check_positive, one_line
 
 # ------------------------------------------------------------------------------------------------ solvers
@@ -388,7 +389,8 @@ class CausalPINNDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return ResumableDataLoader(MadeItems(self._train_batch, self.steps_per_epoch), batch_size=None, datamodule=self)
+        items = MadeItems(self._train_batch, self.steps_per_epoch)
+        return ResumableDataLoader(items, batch_size=None, sampler=generated_train_sampler(items), datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
@@ -467,7 +469,8 @@ class LagrangianPINNDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         item = self._train_item()
-        return ResumableDataLoader(MadeItems(lambda i: item, self.steps_per_epoch), batch_size=None, datamodule=self)
+        items = MadeItems(lambda i: item, self.steps_per_epoch)
+        return ResumableDataLoader(items, batch_size=None, sampler=generated_train_sampler(items), datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()

@@ -97,3 +97,29 @@ def eval_sampler(dataset) -> EvalShardSampler | None:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return None
     return EvalShardSampler(dataset)
+
+
+class EveryRankSampler(DistributedSampler):
+    """Every index of a generated training set on every DDP rank: a datamodule that makes each step's batch itself
+    (fresh collocation points, each rank its own draw: `collocation.own_draw`; or the same full batch) has
+    `steps_per_epoch` steps per epoch whatever the number of ranks. Lightning's default DistributedSampler split the
+    indices, so under 2 ranks every epoch had half its steps and a run of `max_epochs` trained half the steps (and an
+    L-BFGS phase at the end of `max_steps` never came). A subclass of DistributedSampler, so Lightning keeps it."""
+
+    def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = self.total_size = len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self.dataset)))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def generated_train_sampler(dataset) -> EveryRankSampler | None:
+    """The sampler of a generated training set's DataLoader: `EveryRankSampler` under DDP, None (sequential)
+    otherwise."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    return EveryRankSampler(dataset)

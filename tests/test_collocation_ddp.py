@@ -47,3 +47,27 @@ def test_each_ddp_rank_draws_its_own_points_from_one_generator_state():
         s0, s1 = _state(rank0), _state(rank1)
         assert (torch.equal(s0, s1) if isinstance(s0, torch.Tensor) else s0 == s1), kind  # one generator state
         assert not (torch.equal(s0, _state(single)) if isinstance(s0, torch.Tensor) else s0 == _state(single))
+
+
+def test_every_rank_sampler_keeps_the_whole_generated_epoch():
+    from datamodules.samplers import EveryRankSampler
+
+    items = list(range(5))
+    assert [list(EveryRankSampler(items, num_replicas=2, rank=r)) for r in (0, 1)] == [items, items]
+    assert len(EveryRankSampler(items, num_replicas=2, rank=1)) == 5
+
+
+def test_a_generated_epoch_has_all_its_steps_under_ddp(tmp_path):
+    """Lightning split a generated training set's indices over the ranks (DistributedSampler), so under 2 ranks an
+    epoch had half its steps: a `max_epochs` run trained half the steps of a single process (DDP training audit: the
+    causal PINN 750 of 1500, pig/lid_driven_cavity 30,500 of 60,001; an L-BFGS phase at the end never ran)."""
+    import json
+
+    from tests.conftest import zoo_subprocess
+
+    zoo_subprocess("train", "experiment=pde_barron", "data.dims=[2]", "data.seeds=[0]", "data.batch_size=64",
+                   "data.steps_per_epoch=4", "data.n_test=64", "trainer.max_epochs=1", "trainer.max_steps=-1",
+                   "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "logger=csv", "progress_bar=false",
+                   f"runs_root={tmp_path}", "run_id=ddp", check=True, timeout=300)
+    final = json.loads((tmp_path / "pde_barron" / "ddp" / "final_metrics.json").read_text())
+    assert final["global_step"] == 4  # as one process (2 before)
