@@ -65,8 +65,12 @@ class FreshSampleLoaders:
         if "generator" in state:
             self.generator.set_state(state["generator"])
 
+    def step_batch(self) -> Any:
+        """This rank's batch of the next training step."""
+        return own_draw(self, self.sample)
+
     def train_dataloader(self) -> DataLoader:
-        items = MadeItems(lambda _: own_draw(self, self.sample), self.hparams.steps_per_epoch)
+        items = MadeItems(lambda _: self.step_batch(), self.hparams.steps_per_epoch)
         return ResumableDataLoader(items, batch_size=None, sampler=generated_train_sampler(items), datamodule=self)
 
     def val_dataloader(self) -> DataLoader:

@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 
 from datamodules.collocation import FreshSampleLoaders
+from datamodules.context import sampling_context
 from launch.errors import UserError, check_min, check_positive
 
 
@@ -284,8 +285,8 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
         self.n_initial = n_initial if n_initial is not None else n_boundary
         self.generator = torch.Generator().manual_seed(seed)
         self._eval: dict[str, Tensor] | None = None
-        self._cached: dict[str, Tensor] | None = None
-        self._draws = 0
+        self._cached: list[dict[str, Tensor]] | None = None  # the batches of every rank, while they are reused
+        self._draws = 0  # training steps so far (the resampling cycle)
 
     def state_dict(self) -> dict:
         # with resample_every > 1 a batch is reused: where the cycle stands is part of the stream
@@ -294,7 +295,8 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self._draws = int(state.get("draws", 0))
-        self._cached = state.get("cached")
+        cached = state.get("cached")
+        self._cached = [cached] if isinstance(cached, dict) else cached  # a single batch: saved before 2026-12-06
 
     # ---- closed forms
     def exact(self, x: Tensor) -> Tensor:
@@ -317,11 +319,18 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
 
     # ---- training batches
     def sample(self) -> dict[str, Tensor]:
-        """A fresh batch (or the previous one when `resample_every` > 1 and it is not yet due)."""
-        if self._cached is None or self._draws % self.hparams.resample_every == 0:
-            self._cached = self._draw()
+        """A fresh batch of training points."""
+        return self._draw()
+
+    def step_batch(self) -> dict[str, Tensor]:
+        """This rank's batch of the next step: every `resample_every` steps each rank gets a fresh batch of its own
+        (all ranks' draws come from the shared generator, as `collocation.own_draw`), reused in between. The cycle
+        counts steps: counting draws made every DDP rank reuse rank 0's batch and halved the period (DDP audit)."""
+        _, rank, world = sampling_context(self)
+        if self._cached is None or len(self._cached) != world or self._draws % self.hparams.resample_every == 0:
+            self._cached = [self._draw() for _ in range(world)]
         self._draws += 1
-        return self._cached
+        return self._cached[rank]
 
     def _draw(self) -> dict[str, Tensor]:
         hp, g = self.hparams, self.generator

@@ -71,3 +71,22 @@ def test_a_generated_epoch_has_all_its_steps_under_ddp(tmp_path):
                    f"runs_root={tmp_path}", "run_id=ddp", check=True, timeout=300)
     final = json.loads((tmp_path / "pde_barron" / "ddp" / "final_metrics.json").read_text())
     assert final["global_step"] == 4  # as one process (2 before)
+
+
+def test_pig_reuses_each_ranks_own_batch_for_resample_every_steps():
+    """With `resample_every` > 1 the cycle counted draws, and under DDP every step made one draw per rank: rank 1
+    got rank 0's batch (the ranks trained on the same points) and a new batch came every R / 2 steps (DDP audit)."""
+    def batches(rank: int, world: int, steps: int) -> list[np.ndarray]:
+        dm = PigDataModule(n_collocation=50, n_boundary=10, eval_grid=11, resample_every=4)
+        dm.setup("fit")
+        epoch = SimpleNamespace(epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=0)))
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, fit_loop=epoch)
+        loader = iter(dm.train_dataloader())
+        return [_points(next(loader)) for _ in range(steps)]
+
+    single, rank0, rank1 = batches(0, 1, 8), batches(0, 2, 8), batches(1, 2, 8)
+    for run in (single, rank0, rank1):  # a new batch at steps 0 and 4, reused in between
+        assert all(np.array_equal(run[0], run[k]) for k in (1, 2, 3)) and not np.array_equal(run[0], run[4])
+        assert all(np.array_equal(run[4], run[k]) for k in (5, 6, 7))
+    assert not np.array_equal(rank0[0], rank1[0]) and not np.array_equal(rank0[4], rank1[4])
+    np.testing.assert_array_equal(rank0[0], single[0])  # rank 0 keeps the single process's first draw

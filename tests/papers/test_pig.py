@@ -374,7 +374,7 @@ def test_loss_terms_are_the_stated_ones(problem):
 def test_time_dependent_datamodules():
     fm = PigDataModule(name="flow_mixing3d", n_collocation=50, n_boundary=7, n_initial=11, eval_grid=5,
                        resample_every=3)
-    a, b, c, d = fm.sample(), fm.sample(), fm.sample(), fm.sample()
+    a, b, c, d = fm.step_batch(), fm.step_batch(), fm.step_batch(), fm.step_batch()
     assert a is b is c and d is not a  # fresh points every 3 steps (official: every 100)
     assert a["x"].shape == (50, 3) and a["a"].shape == (50, 1) and a["x_initial"].shape == (11, 3)
     assert a["x_boundary"].shape == (28, 3) and a["g"].shape == (28, 1)
