@@ -318,7 +318,9 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         opt.zero_grad()
         self.manual_backward(loss)
         opt.step()
-        value = float(main.detach())
+        # the plateau schedule and the stage's early stop follow the loss over every DDP rank: each rank's own loss
+        # dropped the learning rate at different steps, and the ranks trained different models (DDP audit)
+        value = float(self.trainer.strategy.reduce(main.detach(), reduce_op="mean"))
         self._plateau.step(value)
         if value < self.best_loss:
             self.best_loss, self.plateau_count = value, 0

@@ -300,3 +300,21 @@ def test_fluid_error_panel_is_the_magnitude_of_the_difference():
     rel = float(torch.linalg.vector_norm(pred - exact) / torch.linalg.vector_norm(exact))
     assert fig._suptitle.get_text() == f"test set, t=0.00: rel L2 {rel:.3g}"
     _close(figs)
+
+
+def test_plateau_and_early_stop_follow_the_loss_over_every_ddp_rank():
+    """Each DDP rank stepped its plateau schedule and early stop on its own loss, so the ranks dropped the learning
+    rate at different steps and trained different models (DDP audit: with plateau_patience=1, rank 0 at lr 1e-3 and
+    rank 1 at 1e-4 from step 4). The decisions now take the loss reduced over the ranks (here a stand-in reduce)."""
+    run = fast_run("insr", "model.ic_max_iters=50", "model.max_iters=50", "data.n_steps=2", "data.n_samples=200",
+                   steps=2)
+    model = run.model
+    assert not model.done
+    batch = next(iter(run.datamodule.train_dataloader()))
+    local = []
+    model.trainer.strategy.reduce = lambda value, reduce_op=None: (local.append(float(value)), torch.tensor(-1.0))[1]
+    model.log = lambda *args, **kwargs: None  # outside the trainer's loop
+    model.best_loss = float("inf")
+    model.training_step(batch, 0)
+    assert len(local) == 1 and local[0] > 0  # the rank's own loss went to the reduction
+    assert model.best_loss == -1.0  # and the reduced value decided
