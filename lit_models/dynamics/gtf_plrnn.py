@@ -462,7 +462,11 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
             return
         with torch.autocast(device_type=x.device.type, enabled=False):
             states = self.latent_states(x.to(self.model.A.dtype))[:, 1:]
-            star = alpha_star(ALPHA_ESTIMATORS[h.alpha_estimator](self.model, states))
+            estimate = ALPHA_ESTIMATORS[h.alpha_estimator](self.model, states)  # a max over the sequences
+        if self._trainer is not None and self.trainer.world_size > 1:  # over every rank's sequences (DDP audit: rank
+            estimate = float(self.trainer.strategy.reduce(  # 0's half of the batch decided alone)
+                torch.tensor(estimate, dtype=torch.float64, device=x.device), reduce_op="max"))
+        star = alpha_star(estimate)
         gamma, alpha = float(h.alpha_decay), self.alpha
         self.alpha_current.fill_(star if star > alpha else gamma * alpha + (1.0 - gamma) * star)
         self.log("train/alpha_star", star, on_step=True, on_epoch=False)

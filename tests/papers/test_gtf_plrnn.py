@@ -222,3 +222,21 @@ def test_official_lr_schedule_and_bad_config():
     assert lrs[10] == pytest.approx(1e-3 * 0.01 ** 0.25) and lrs[39] == pytest.approx(1e-3 * 0.01 ** 0.75)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)
     assert not isinstance(GTFPLRNNModule(obs_dim=3, end_lr=None).configure_optimizers(), dict)
+
+
+def test_adaptive_alpha_takes_the_largest_estimate_over_the_ddp_ranks(monkeypatch):
+    """aGTF's estimate is a max over the batch's sequences; under DDP each rank saw half of them and rank 0's half
+    decided alone (DDP audit): the estimate is now reduced with max over the ranks (here a stand-in reduce)."""
+    from lightning.pytorch import Trainer
+
+    run = fast_run("gtf_plrnn", *SMALL_DATA, "model.alpha_update_every=1")
+    model = run.model
+    x = next(iter(run.datamodule.train_dataloader()))
+    x = x["x"] if isinstance(x, dict) else x
+    ops = []
+    monkeypatch.setattr(Trainer, "world_size", property(lambda self: 2))
+    model.trainer.strategy.reduce = lambda value, reduce_op=None: (ops.append(reduce_op), torch.tensor(4.0))[1]
+    model.log = lambda *args, **kwargs: None
+    model.alpha_current.fill_(0.0)
+    model._update_alpha(x.to(model.dtype))
+    assert ops == ["max"] and model.alpha == pytest.approx(0.75)  # alpha* = 1 - 1/4 from the reduced estimate
