@@ -158,25 +158,38 @@ class ProseBatches(IterableDataset):
         # the text encoder's input has no <bos> / <eos> (official trainer.enc_dec_step); the decoder target has both
         self.skeletons = [tokenizer.encode(split["exprs"][j], skeleton=True, bos_eos=False) for j in self.text_source]
 
+    def _rank_steps(self, world: int) -> int:
+        """Batches per epoch on each of `world` ranks: the same count on every rank (DDP steps together)."""
+        if not self.train or world == 1:
+            return self.steps
+        return min(self.steps, (len(self.split["exprs"]) // world) // self.batch_size)
+
     def __len__(self) -> int:
-        return self.steps
+        return self._rank_steps(sampling_context(self.datamodule)[2])
 
     def __iter__(self) -> Iterator[dict]:
         s = self.split
         n = len(s["exprs"])
+        steps = self.steps
         if self.train:
             epoch, rank, world = sampling_context(self.datamodule)
-            rng = np.random.default_rng([self.seed, epoch, rank, 11])
+            # one permutation of the epoch shared by the ranks, each rank its share of it (seeded with the rank, the
+            # ranks' permutations overlapped: a quarter of the samples twice an epoch and a quarter never, DDP audit);
+            # the noise and text corruption: rank 0 continues that stream (a single process as before), the others
+            # their own
+            rng = np.random.default_rng([self.seed, epoch, 0, 11])
             order = rng.permutation(n)
-            # each rank takes its own share of the permutation
-            order = order[rank::world]
+            if world > 1:
+                order = order[:(n // world) * world][rank::world]
+                steps = self._rank_steps(world)
+                rng = rng if rank == 0 else np.random.default_rng([self.seed, epoch, rank, 11])
             text_rng = rng
         else:
             rng = np.random.default_rng([self.seed, 99])
             text_rng = np.random.default_rng([self.seed, 98])  # eval: corrupting the text leaves the data noise as is
             order = np.arange(n)
         worker, workers = worker_share()  # each worker makes every batch (one random stream) and yields its share
-        for b in range(self.steps):
+        for b in range(steps):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             if len(idx) == 0:
                 return

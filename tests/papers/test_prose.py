@@ -541,3 +541,27 @@ def test_generated_expression_reads_as_infix():
 
     expr = [[(1.5, "x_0"), (-0.5, ("mul", "x_0", "x_1"))], [(0.2, None), (-1.0, ("pow3", "x_1"))]]
     assert format_expression(expr) == "dx_0/dt = 1.5*x_0 - 0.5*x_0*x_1; dx_1/dt = 0.2 - 1*x_1^3"
+
+
+def test_ddp_ranks_share_one_permutation_of_the_epoch():
+    """Each rank permuted the epoch with its own seed and took every world-th sample of it: a quarter of the samples
+    went to both ranks and a quarter to neither, and the loader's length said 625 batches where a rank made 313 (DDP
+    audit). The ranks now split one permutation: disjoint, together the epoch, the same number of batches."""
+    from types import SimpleNamespace
+
+    from datamodules.prose_data import ProseDataModule
+
+    def samples(rank: int, world: int) -> tuple[set, int]:
+        dm = ProseDataModule(num_train=64, num_val=8, num_test=8, batch_size=8)
+        dm.setup("fit")
+        epoch = SimpleNamespace(epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=0)))
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, fit_loop=epoch)
+        loader = dm.train_dataloader()
+        rows = [tuple(np.round((b["target"] * b["scale"][:, None, :])[i].flatten().numpy(), 2))
+                for b in loader for i in range(len(b["target"]))]
+        assert len(rows) == len(loader.dataset) * 8, (len(rows), len(loader.dataset))
+        return set(rows), len(loader.dataset)
+
+    (all_rows, steps), (rank0, steps0), (rank1, steps1) = samples(0, 1), samples(0, 2), samples(1, 2)
+    assert steps == 8 and steps0 == steps1 == 4
+    assert not rank0 & rank1 and rank0 | rank1 == all_rows
