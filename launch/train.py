@@ -84,7 +84,7 @@ def build_loggers(cfg: DictConfig, run: runs.Run, resume_step: int | None = None
 
 
 def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list | None = None,
-                  resume_step: int | None = None):
+                  resume_step: int | None = None, model=None):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
@@ -104,6 +104,10 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     check_trainer_integers(kwargs)
     kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"), kwargs.get("accelerator", "cpu"))
+    if kwargs.get("strategy") == "ddp" and getattr(model, "ddp_unused_parameters", False):
+        # a model that trains only part of its parameters in a step (one time-marching window's network, one INSR
+        # stage, MM-PDE's branches): DDP must look for the unused ones, or its first step fails on every rank
+        kwargs["strategy"] = "ddp_find_unused_parameters_true"
     callbacks = [FiniteLossGuard(), ResumeRandomState(), ResumeLoaderState(),
                  RunIdentity(**run_identity(cfg)),
                  *(extra_callbacks or [])]
@@ -278,7 +282,7 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
         resume_step = 0
         if runs.global_rank() == 0:
             print(f"run {run_dir.run_id} has no checkpoint: it trains again from step 0", file=sys.stderr)
-    trainer = build_trainer(cfg, run_dir, [*(extra_callbacks or []), started], resume_step)
+    trainer = build_trainer(cfg, run_dir, [*(extra_callbacks or []), started], resume_step, model=model)
     if make_run_dir:
         run_dir = runs.create(cfg)
     try:

@@ -90,3 +90,25 @@ def test_pig_reuses_each_ranks_own_batch_for_resample_every_steps():
         assert all(np.array_equal(run[4], run[k]) for k in (5, 6, 7))
     assert not np.array_equal(rank0[0], rank1[0]) and not np.array_equal(rank0[4], rank1[4])
     np.testing.assert_array_equal(rank0[0], single[0])  # rank 0 keeps the single process's first draw
+
+
+def test_models_that_train_part_of_their_parameters_run_under_ddp(tmp_path):
+    """`trainer=ddp` failed on every rank's first step for INSR's fluid case and the MM-PDE variants ("parameters that
+    were not used in producing the loss"), and the time-marching causal PINN needed a strategy override by hand (DDP
+    audit): such models now get DDP's search for unused parameters."""
+    from hydra.utils import instantiate
+
+    from launch import config as zconfig
+    from launch import train
+    from tests.conftest import zoo_subprocess
+
+    for experiment, unused in (("data_free_mesh_mover/mm_pde", True), ("causal_pinn/ks", True), ("causal_pinn", False),
+                               ("lightgcn", False)):
+        cfg = zconfig.compose([f"experiment={experiment}", "trainer=ddp", "trainer.accelerator=cpu"])
+        model = instantiate(cfg.model, _convert_="partial")
+        strategy = train.build_trainer(cfg, None, model=model).strategy
+        assert getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False) is unused, experiment
+    zoo_subprocess("train", "experiment=insr/taylor_green", "model.ic_max_iters=1", "model.max_iters=1",
+                   "data.n_steps=2", "data.n_samples=256", "data.eval_points=256", "model.hidden_features=8",
+                   "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "logger=none",
+                   "progress_bar=false", f"runs_root={tmp_path}", check=True, timeout=300)

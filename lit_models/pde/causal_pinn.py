@@ -222,6 +222,11 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
     `min_weight` (min_i w_i at the current eps), `epsilon`.
     """
 
+    @property
+    def ddp_unused_parameters(self) -> bool:
+        """Time marching trains one window's network at a time: trainer=ddp then finds the unused parameters."""
+        return self.hparams.time_windows > 1
+
     def __init__(self, problem: str = "allen_cahn", arch: str = "modified_mlp", width: int = 128, depth: int = 4,
                  fourier_modes: int = 1, length: float = 2.0, t_scale: float = 1.0, causal: bool = True,
                  epsilons: list[float] | tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0), tol: float = 0.99,
@@ -361,10 +366,17 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
         loss = self.hparams.ic_weight * l_ic + l_r
         # the annealing test reads the weights the loss uses: with the IC term in the exponent (KS script) W.min()
         # includes it, so a window does not pass while its initial condition is still poorly fitted
-        min_w = (w if self.causal and self.hparams.ic_in_weights else causal_weights(losses, eps)).min()
-        if self._trainer is not None:  # one eps / window decision on every DDP rank
-            min_w = self.trainer.strategy.reduce(min_w.detach(), reduce_op="mean")
-        min_w = float(min_w)
+        decide_losses, decide_ic = losses.detach(), l_ic.detach()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # one eps / window decision on every DDP rank, from the weights of the whole batch: the per-chunk losses
+            # averaged over the ranks (the mean of each rank's min W was neither; DDP audit)
+            decide_losses = self.trainer.strategy.reduce(decide_losses, reduce_op="mean")
+            decide_ic = self.trainer.strategy.reduce(decide_ic, reduce_op="mean")
+        if self.causal and self.hparams.ic_in_weights:
+            previous = torch.cumsum(decide_losses, 0) - decide_losses
+            min_w = float(torch.exp(-eps * (previous + self.hparams.ic_weight * decide_ic)).min())
+        else:
+            min_w = float(causal_weights(decide_losses, eps).min())
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=1, sync_dist=True)
         self.log("train/ic_loss", l_ic, on_step=True, on_epoch=False, batch_size=1, sync_dist=True)
         self.log("train/residual_loss", losses.mean(), on_step=True, on_epoch=False, batch_size=1, sync_dist=True)

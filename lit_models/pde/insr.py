@@ -114,6 +114,8 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
     (|argmax u - argmax u_exact|, 1D), `ic_mse` (fit of the initial condition), `steps_done`.
     """
 
+    ddp_unused_parameters = True  # a stage trains part of the parameters: trainer=ddp finds the unused ones
+
     def __init__(self, equation: str = "advection", in_features: int = 1, out_features: int = 1,
                  hidden_features: int = 64, num_hidden_layers: int = 3, velocity: float = 0.25, dt: float = 0.05,
                  n_steps: int = 30, integrator: str = "midpoint", max_iters: int = 20000,

@@ -279,6 +279,8 @@ class MMPDEModule(L.LightningModule):
     interpolation round-trip MSE during pre-training), val|test/one_step_mse (the official test metric),
     val|test/rollout_rel_l2."""
 
+    ddp_unused_parameters = True  # not every branch has a gradient every step: trainer=ddp finds the unused ones
+
     def __init__(self, mesh_mover: str = "dmm", mover_ckpt: str | None = None, mover_fit_steps: int = 0,
                  mover_net: dict[str, Any] | None = None, mover_fit_frames: int = 400, mover_fit_batch: int = 8,
                  mover_fit_lr: float = 1e-3, mover_monitor_scale: float = 1.0, grid: int = 48, time_window: int = 1,

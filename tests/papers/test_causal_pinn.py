@@ -484,3 +484,20 @@ def test_fast_contract_ks_chaotic_on_the_official_file_layout(tmp_path, monkeypa
     assert run.metrics["test/window"] == 2.0
     assert module(torch.rand(5) * 0.3, torch.rand(5) * 2 * math.pi).shape == (5, 1)
     _close_figures(module.figures())
+
+
+def test_ddp_ranks_decide_on_the_weights_of_the_whole_batch(monkeypatch):
+    """Under DDP the eps / window decision used the mean over ranks of each rank's min W (DDP audit); it now computes
+    W from the per-chunk losses averaged over the ranks (here a stand-in reduce returning zero losses: W = 1)."""
+    from lightning.pytorch import Trainer
+
+    run = fast_run("causal_pinn", "trainer.max_steps=2")
+    model = run.model
+    batch = next(iter(run.datamodule.train_dataloader()))
+    monkeypatch.setattr(Trainer, "world_size", property(lambda self: 2))
+    reduced = []
+    model.trainer.strategy.reduce = lambda value, reduce_op=None: (reduced.append(reduce_op), torch.zeros_like(value))[1]
+    logged = {}
+    model.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
+    model.training_step(batch, 0)
+    assert reduced == ["mean", "mean"] and logged["train/min_weight"] == 1.0
