@@ -134,6 +134,8 @@ class _WholeDatasetLoaders:
     """Every batch is the whole (small) dataset: `steps_per_epoch` repeats of `_train_item()` for training, one
     `_eval_item()` for validation and test (shared by the KS and QG datamodules)."""
 
+    same_batch_on_every_rank = True  # the whole dataset is every step's batch, on every DDP rank
+
     def train_dataloader(self) -> DataLoader:
         repeats = _Repeat(self._train_item(), self.steps_per_epoch)
         return ResumableDataLoader(repeats, batch_size=None, sampler=generated_train_sampler(repeats), datamodule=self)

@@ -283,6 +283,11 @@ class CausalPINNDataModule(L.LightningDataModule):
     trains each window on [0, 1.1 t_end]).
     """
 
+    @property
+    def same_batch_on_every_rank(self) -> bool:
+        """The collocation grid (sampling=grid) is every step's batch, on every DDP rank."""
+        return self.sampling == "grid"
+
     def __init__(self, name: str = "oscillator", n_t: int = 128, n_x: int = 1, sampling: str = "grid",
                  t_end: float | None = None, steps_per_epoch: int = 100, n_modes: int = 512, dt: float = 1e-4,
                  n_snapshots: int = 201, data_dir: str | None = None, seed: int = 0, time_windows: int = 1,
@@ -407,6 +412,8 @@ class LagrangianPINNDataModule(L.LightningDataModule):
     name=burgers: u_t + u u_x = nu u_xx, u0 = sin x + shift (moving shock), reference C + v(x - C t, t) with v the
     512-mode spectral solution for v0 = sin x.
     """
+
+    same_batch_on_every_rank = True  # one fixed grid is every step's batch, on every DDP rank
 
     def __init__(self, name: str = "convection", c: float = 30.0, nu: float = 0.0, shift: float = 0.0,
                  n_x: int = 256, n_t: int = 100, t_end: float = 1.0, eval_n_x: int = 256, eval_n_t: int = 100,

@@ -332,6 +332,10 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
     notice = effective_batch_notice(cfg, trainer.world_size)
     if notice and trainer.is_global_zero:
         log.warning(notice)
+    if trainer.world_size > 1 and getattr(datamodule, "same_batch_on_every_rank", False) and trainer.is_global_zero:
+        log.warning("DDP: %s trains every step on one full batch, the same on every rank: %d processes repeat the "
+                    "same computation (no speed-up; train on one device)", type(datamodule).__name__,
+                    trainer.world_size)
     metrics: dict[str, float] = {}
     if cfg.stage in ("fit", "fit_test"):
         ckpt = "last" if run_dir is not None else None

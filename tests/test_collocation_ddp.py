@@ -112,3 +112,20 @@ def test_models_that_train_part_of_their_parameters_run_under_ddp(tmp_path):
                    "data.n_steps=2", "data.n_samples=256", "data.eval_points=256", "model.hidden_features=8",
                    "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "logger=none",
                    "progress_bar=false", f"runs_root={tmp_path}", check=True, timeout=300)
+
+
+def test_full_batch_papers_say_that_ddp_repeats_their_computation(tmp_path):
+    """The Lagrangian PINN, the causal PINN on its grid and MEDIDA train every step on one full batch: under DDP every
+    rank trains the same batch, silently doubling the compute (DDP audit); the run now says so."""
+    from datamodules.medida_data import MedidaDataModule
+    from datamodules.pinn_data import CausalPINNDataModule, LagrangianPINNDataModule
+    from tests.conftest import zoo_subprocess
+
+    assert LagrangianPINNDataModule.same_batch_on_every_rank and MedidaDataModule.same_batch_on_every_rank
+    assert CausalPINNDataModule(sampling="grid").same_batch_on_every_rank
+    assert not CausalPINNDataModule(sampling="random").same_batch_on_every_rank
+    proc = zoo_subprocess("train", "experiment=lagrangian_pinn", "data.n_x=32", "data.n_t=16", "data.eval_n_x=32",
+                          "data.eval_n_t=16", "trainer.max_steps=2", "trainer=ddp", "trainer.devices=2",
+                          "trainer.accelerator=cpu", "logger=none", "progress_bar=false", f"runs_root={tmp_path}",
+                          check=True, timeout=300)
+    assert (proc.stdout + proc.stderr).count("the same on every rank") == 1  # rank 0 says it once
