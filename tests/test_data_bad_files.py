@@ -18,22 +18,12 @@ from datamodules.pinn_data import CausalPINNDataModule
 from datamodules.semilinear_data import FNO_NS_DEFAULT_FILE, SemilinearDataModule
 from launch.errors import UserError
 from tests.conftest import zoo_in_process
+from tests.test_mgno_real_data import save_mat73  # a MATLAB v7.3 file as MATLAB writes it
 
 RNG = np.random.default_rng(0)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def save_mat73(path, arrays: dict) -> None:
-    """A MATLAB v7.3 file: HDF5 with a 512-byte MATLAB header, axes reversed (as MATLAB writes them)."""
-    h5py = pytest.importorskip("h5py")
-    with h5py.File(path, "w", userblock_size=512) as f:
-        for key, arr in arrays.items():
-            f.create_dataset(key, data=np.ascontiguousarray(np.asarray(arr).T))
-    text = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Tue Dec  1 00:00:00 2026 HDF5 schema 1.00 ."
-    with open(path, "r+b") as f:
-        f.write(text.ljust(116, b" ") + bytes(8) + b"\x00\x02IM")
-
-
 def truncate(path, keep: float = 0.5) -> None:
     data = path.read_bytes()
     path.write_bytes(data[:int(len(data) * keep)])
