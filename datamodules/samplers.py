@@ -94,9 +94,7 @@ class EvalShardSampler(DistributedSampler):
 def eval_sampler(dataset) -> EvalShardSampler | None:
     """The sampler of an evaluation DataLoader: `EvalShardSampler` under DDP (a process group of several ranks),
     None (sequential) otherwise."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return None
-    return EvalShardSampler(dataset)
+    return EvalShardSampler(dataset) if _ranks() else None
 
 
 class EveryRankSampler(DistributedSampler):
@@ -120,6 +118,9 @@ class EveryRankSampler(DistributedSampler):
 def generated_train_sampler(dataset) -> EveryRankSampler | None:
     """The sampler of a generated training set's DataLoader: `EveryRankSampler` under DDP, None (sequential)
     otherwise."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return None
-    return EveryRankSampler(dataset)
+    return EveryRankSampler(dataset) if _ranks() else None
+
+
+def _ranks() -> bool:
+    """Whether this process is one of several DDP ranks (a process group of two or more)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() >= 2
