@@ -322,7 +322,10 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         opt.step()
         # the plateau schedule and the stage's early stop follow the loss over every DDP rank: each rank's own loss
         # dropped the learning rate at different steps, and the ranks trained different models (DDP audit)
-        value = float(self.trainer.strategy.reduce(main.detach(), reduce_op="mean"))
+        value = main.detach()
+        if self._trainer is not None:
+            value = self.trainer.strategy.reduce(value, reduce_op="mean")
+        value = float(value)
         self._plateau.step(value)
         if value < self.best_loss:
             self.best_loss, self.plateau_count = value, 0
