@@ -35,14 +35,19 @@ SUMMARY = ("`ratio` = baseline seconds / ours seconds (> 1: the learned mover is
            "other jobs run).")
 
 
-def _time(fn, repeats: int) -> float:
-    fn()
+def _timed(fn, repeats: int):
+    """(median seconds of `repeats` calls after one warm-up, the last call's result)."""
+    out = fn()
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()
-        fn()
+        out = fn()
         ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+    return float(np.median(ts)), out
+
+
+def _time(fn, repeats: int) -> float:
+    return _timed(fn, repeats)[0]
 
 
 def _rmse_cells(nodes: np.ndarray, exact: np.ndarray, n: int) -> float:
@@ -77,18 +82,15 @@ def run(quick: bool = True) -> list[dict]:
         pos, tri = M.unit_square_mesh(n)
         m1 = M.front_monitor_1d(20, 0.4)
         steps = 300 if quick else 2000
-        t_fd = _time(lambda: M.ma_relaxation_mesh(lambda p: m1(p[:, 0]), n, steps=steps), 1 if quick else 2)
-        t_1d = _time(lambda: M.equidistributed_mesh(pos, m1), repeats)
+        t_fd, (fd_nodes, fd_steps) = _timed(lambda: M.ma_relaxation_mesh(lambda p: m1(p[:, 0]), n, steps=steps),
+                                            1 if quick else 2)
+        t_1d, exact = _timed(lambda: M.equidistributed_mesh(pos, m1), repeats)
         monitor_nodes = m1(pos[:, 0])
-        t_cos = _time(lambda: CosineMongeAmpere(warm_start=False).solve(monitor_nodes, n), repeats)
-        t_fem = _time(lambda: FEMMongeAmpere.unit_square(pos, tri).solve(lambda p: m1(p[:, 0])), repeats)
+        t_cos, cos_nodes = _timed(lambda: CosineMongeAmpere(warm_start=False).solve(monitor_nodes, n), repeats)
+        t_fem, (fem, _) = _timed(lambda: FEMMongeAmpere.unit_square(pos, tri).solve(lambda p: m1(p[:, 0])), repeats)
         # what each solve delivers at its stopping point (a solve stopped by its step cap is not the MA mesh): the
         # steps or iterations it took, whether it met its own tolerance, its node RMSE to the exact mesh in cells
-        exact = M.equidistributed_mesh(pos, m1)
-        fd_nodes, fd_steps = M.ma_relaxation_mesh(lambda p: m1(p[:, 0]), n, steps=steps)
-        fem, _ = FEMMongeAmpere.unit_square(pos, tri).solve(lambda p: m1(p[:, 0]))
-        solved = {"ma_fd": (fd_steps, fd_steps < steps, fd_nodes),
-                  "ma_cosine": (None, None, CosineMongeAmpere(warm_start=False).solve(monitor_nodes, n)),
+        solved = {"ma_fd": (fd_steps, fd_steps < steps, fd_nodes), "ma_cosine": (None, None, cos_nodes),
                   "ma_fem": (fem.iterations, fem.converged, fem.pos), "equidistribution_1d": (None, True, exact)}
         d = front_fields(1, 48, 189, seed=0, monitor_scale=1.0, monitor_derivative="normal", force_aligned_k=20)
         u = torch.tensor(d["u"], dtype=torch.float32)[:, None]
