@@ -24,9 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.collocation import own_draw
-from datamodules.resumable import ResumableDataLoader
-from datamodules.samplers import generated_train_sampler
+from datamodules.collocation import generated_train_loader, own_draw
 from launch.errors import check_min
 
 _HASH_WEIGHTS: dict[tuple[int, int], np.ndarray] = {}
@@ -292,7 +290,7 @@ class BarronDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         samples = _Samples(self.ritz, hp.batch_size, hp.steps_per_epoch, hp.seed, self.generator, self)
-        return ResumableDataLoader(samples, batch_size=None, sampler=generated_train_sampler(samples), datamodule=self)
+        return generated_train_loader(samples, self)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Samples(self.ritz, self.hparams.n_test, 1, self.hparams.seed + 7919), batch_size=None)

@@ -39,6 +39,12 @@ class OneItem(Dataset):
         return self.item
 
 
+def generated_train_loader(dataset: Dataset, datamodule: Any) -> DataLoader:
+    """The training loader of a dataset whose items are whole step batches the datamodule makes: resumable mid-epoch,
+    and under DDP all `len(dataset)` steps on every rank (`samplers.EveryRankSampler`)."""
+    return ResumableDataLoader(dataset, batch_size=None, sampler=generated_train_sampler(dataset), datamodule=datamodule)
+
+
 def own_draw(datamodule: Any, draw: Callable[[], Any]) -> Any:
     """One fresh batch for this process: under DDP every rank makes all `world size` draws from the shared seeded
     generator and keeps the one of its rank, so the ranks train on different points (not W copies of one batch)
@@ -70,8 +76,7 @@ class FreshSampleLoaders:
         return own_draw(self, self.sample)
 
     def train_dataloader(self) -> DataLoader:
-        items = MadeItems(lambda _: self.step_batch(), self.hparams.steps_per_epoch)
-        return ResumableDataLoader(items, batch_size=None, sampler=generated_train_sampler(items), datamodule=self)
+        return generated_train_loader(MadeItems(lambda _: self.step_batch(), self.hparams.steps_per_epoch), self)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(OneItem(self.eval_item()), batch_size=None)

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.resumable import ResumableDataLoader
-from datamodules.samplers import generated_train_sampler
+from datamodules.collocation import generated_train_loader
 from launch.errors import check_min, check_positive
 
 
@@ -137,8 +136,7 @@ class _WholeDatasetLoaders:
     same_batch_on_every_rank = True  # the whole dataset is every step's batch, on every DDP rank
 
     def train_dataloader(self) -> DataLoader:
-        repeats = _Repeat(self._train_item(), self.steps_per_epoch)
-        return ResumableDataLoader(repeats, batch_size=None, sampler=generated_train_sampler(repeats), datamodule=self)
+        return generated_train_loader(_Repeat(self._train_item(), self.steps_per_epoch), self)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Repeat(self._eval_item(), 1), batch_size=None)

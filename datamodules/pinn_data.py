@@ -40,10 +40,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.collocation import MadeItems, own_draw
+from datamodules.collocation import MadeItems, generated_train_loader, own_draw
 from datamodules.pde_solvers import etdrk4
-from datamodules.resumable import ResumableDataLoader
-from datamodules.samplers import generated_train_sampler
 from launch.errors import UserError, check_min, check_positive, one_line
 
 # ------------------------------------------------------------------------------------------------ solvers
@@ -394,8 +392,7 @@ class CausalPINNDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        items = MadeItems(self._train_batch, self.steps_per_epoch)
-        return ResumableDataLoader(items, batch_size=None, sampler=generated_train_sampler(items), datamodule=self)
+        return generated_train_loader(MadeItems(self._train_batch, self.steps_per_epoch), self)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
@@ -476,8 +473,7 @@ class LagrangianPINNDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         item = self._train_item()
-        items = MadeItems(lambda i: item, self.steps_per_epoch)
-        return ResumableDataLoader(items, batch_size=None, sampler=generated_train_sampler(items), datamodule=self)
+        return generated_train_loader(MadeItems(lambda i: item, self.steps_per_epoch), self)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
