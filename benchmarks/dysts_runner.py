@@ -235,6 +235,8 @@ def _precomputed_loader(dataset: str, data_dir: str | None, base_url: str | None
     return task, sorted(table)
 
 
+# Not a paired speed measurement: the runner times each system's whole set of forecasters once (`seconds`, for the
+# record), its results are forecast errors, not ratios of timings, so nothing here is interleaved.
 def _system_rows(name: str, task, steps: int, device: str, official: dict | None = None) -> list[dict]:
     """The three forecasters' rows for one system (or one 'skipped' row when its data cannot be made). `official`
     (protocol official): {"epochs", "size", "lags": per-system input lengths} for the one-step N-BEATS row."""

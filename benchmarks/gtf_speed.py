@@ -13,7 +13,11 @@ B = 16 (paper_experiments/ECG, identity observation model). Data: a Lorenz-63 tr
 `DystsDataModule` (z-scored; for `ecg` a 5-d delay embedding of its x coordinate, as the ECG's 5-d PECUZAL
 embedding), random subsequences drawn once, then cycled. 1 torch thread, float32, all in this process: the three
 variants take turns (benchmarks/timing.py: 10 rounds of 15 iterations each, the order alternated), since their
-speeds differ by a few percent, less than the machine's drift between runs one after the other.
+speeds differ by a few percent, less than the machine's drift between runs one after the other. `ratio` is the
+median over rounds of the per-round ratio (`ratio_method`), with its quartiles; `ours` / `baseline` are steps/s at
+each variant's median per-round step time. `--device cuda`: models and batches on the GPU, synchronised before each
+clock read (the step's gradient-norm record also waits for the GPU, as it does in training), plus the peak GPU memory
+of one iteration of each variant (`benchmarks.timing.cuda_peak_mib`).
 
 Besides the per-iteration cost, GTF's point is that its gradients stay bounded where BPTT's explode: the median
 gradient norm per variant is in each row's note (one step's cost is nearly the same; what differs is what a step is
@@ -29,7 +33,8 @@ import statistics
 SUMMARY = (
     "How to read: `ours` = GTF (constant alpha) or aGTF (adaptive alpha, alpha* every 5 iterations), `baseline` = "
     "plain BPTT (alpha = 0) on the same batches, the same clipped shPLRNN and optimiser (RAdam), 1 torch thread; "
-    "`ratio` = ours / baseline in steps/s (> 1: GTF trains faster per iteration). The forcing itself is a convex "
+    "`ratio` = ours / baseline in steps/s (> 1: GTF trains faster per iteration), the median of the per-round "
+    "ratios of the interleaved rounds. The forcing itself is a convex "
     "mix per step, so GTF and BPTT should cost about the same per iteration; aGTF adds the Jacobian spectral norms "
     "every 5 iterations. The note gives the median gradient norm of each (GTF's bounded gradients are the point of "
     "the method). Wall-clock numbers depend on machine load (1-min load average in the note); compare ratios. "
@@ -71,7 +76,7 @@ def _series(setting: str, quick: bool):
     return x
 
 
-def _variant(setting: str, variant: str, quick: bool, seed: int = 0):
+def _variant(setting: str, variant: str, quick: bool, seed: int = 0, device: str = "cpu"):
     """(step(i), state) for one variant: a fresh model and optimiser on the setting's fixed batches."""
     import torch
 
@@ -81,12 +86,12 @@ def _variant(setting: str, variant: str, quick: bool, seed: int = 0):
     method, alpha0 = VARIANTS[variant]
     torch.manual_seed(seed)
     series = _series(setting, quick)
-    model = ShallowPLRNN(cfg["latent_dim"], cfg["hidden_dim"], clipped=True)
+    model = ShallowPLRNN(cfg["latent_dim"], cfg["hidden_dim"], clipped=True).to(device)
     opt = torch.optim.RAdam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     n_batches = 8
     starts = torch.randint(0, series.shape[0] - cfg["seq_len"], (n_batches, cfg["batch"]), generator=gen)
-    batches = [torch.stack([series[s: s + cfg["seq_len"]] for s in row.tolist()]) for row in starts]
+    batches = [torch.stack([series[s: s + cfg["seq_len"]] for s in row.tolist()]).to(device) for row in starts]
     state = {"alpha": alpha0, "grad_norms": [], "obs_dim": series.shape[1], **cfg}
 
     def step(i: int) -> None:
@@ -104,31 +109,35 @@ def _variant(setting: str, variant: str, quick: bool, seed: int = 0):
     return step, state
 
 
-def measure(setting: str, quick: bool, seed: int = 0) -> dict[str, dict]:
+def measure(setting: str, quick: bool, seed: int = 0, device: str = "cpu") -> dict[str, dict]:
     """All variants of one setting, taking turns in this process (benchmarks/timing.py): per variant the median
-    seconds per iteration, its per-round times, the median gradient norm and the final alpha."""
-    from benchmarks.timing import interleaved_step_times
+    seconds per iteration, its per-round times, the median gradient norm and the final alpha (and on CUDA the peak
+    GPU memory of one more iteration)."""
+    from benchmarks.timing import cuda_peak_mib, device_sync, interleaved_step_times
 
     warmup, rounds, block = STEPS[quick]
-    built = {variant: _variant(setting, variant, quick, seed) for variant in VARIANTS}
+    built = {variant: _variant(setting, variant, quick, seed, device) for variant in VARIANTS}
     times = interleaved_step_times({v: step for v, (step, _) in built.items()}, rounds=rounds, block=block,
-                                   warmup=warmup)
+                                   warmup=warmup, sync=device_sync(device))
+    peaks = {v: cuda_peak_mib(lambda step=step: step(warmup + rounds * block), device) for v, (step, _) in
+             built.items()} if device == "cuda" else {}
     out = {}
     for variant, (_, state) in built.items():
         finite = [g for g in state["grad_norms"] if math.isfinite(g)]
         out[variant] = {"setting": setting, "variant": variant, "step_s": statistics.median(times[variant]),
                         "round_step_s": times[variant], "timed_steps": rounds * block,
                         "median_grad_norm": statistics.median(finite) if finite else float("nan"),
-                        "alpha_final": state["alpha"],
+                        "alpha_final": state["alpha"], "peak_gpu_mib": peaks.get(variant),
                         **{k: v for k, v in state.items() if k not in ("grad_norms", "alpha")}}
     return out
 
 
-def run(quick: bool) -> list[dict]:
+def run(quick: bool, device: str = "cpu") -> list[dict]:
     import torch
 
-    from benchmarks.timing import paired_speed_ratio
+    from benchmarks.timing import check_device, paired_fields, paired_speed_ratio
 
+    device = check_device(device)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows: list[dict] = []
@@ -136,7 +145,7 @@ def run(quick: bool) -> list[dict]:
         for setting in SETTINGS:
             load = os.getloadavg()[0]
             try:
-                res = measure(setting, quick)
+                res = measure(setting, quick, device=device)
             except Exception as err:  # noqa: BLE001 - a failing setting becomes a FAILED row
                 rows.append({"case": f"{setting}", "what": "FAILED", "ours": None, "baseline": None,
                              "ratio": None, "unit": "", "error": f"{type(err).__name__}: {err}"[:400], "note": ""})
@@ -146,7 +155,8 @@ def run(quick: bool) -> list[dict]:
                 continue
             cfg = base
             shape = (f"clipped shPLRNN M={cfg['latent_dim']} L={cfg['hidden_dim']}, T={cfg['seq_len']}, "
-                     f"B={cfg['batch']}, RAdam, 1 thread, load {load:.1f}" + (" (quick: tiny sizes)" if quick else ""))
+                     f"B={cfg['batch']}, RAdam, 1 thread, {device}, load {load:.1f}"
+                     + (" (quick: tiny sizes)" if quick else ""))
             for variant in ("gtf", "agtf"):
                 ours = res.get(variant)
                 if ours is None:
@@ -156,9 +166,9 @@ def run(quick: bool) -> list[dict]:
                 rows.append({
                     "case": f"{setting}_{variant}", "what": f"train iterations/s, {label} vs BPTT",
                     "ours": 1.0 / ours["step_s"], "baseline": 1.0 / base["step_s"],
-                    "ratio": base["step_s"] / ours["step_s"], "unit": "steps/s",
-                    "ratio_median": paired["ratio_median"], "ratio_q1": paired["ratio_q1"],
-                    "ratio_q3": paired["ratio_q3"],
+                    "ratio": paired["ratio_median"], "unit": "steps/s", **paired_fields(paired), "device": device,
+                    **({"ours_peak_gpu_mib": ours["peak_gpu_mib"], "baseline_peak_gpu_mib": base["peak_gpu_mib"]}
+                       if device == "cuda" else {}),
                     "note": (f"{shape}; {paired['rounds']} rounds of {STEPS[quick][2]} iterations per variant, "
                              f"taking turns: {1e3 * ours['step_s']:.2f} vs {1e3 * base['step_s']:.2f} ms (median "
                              f"per round), per-round ratio median {paired['ratio_median']:.3f}, quartiles "

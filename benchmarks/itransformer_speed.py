@@ -47,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.timing import check_device, device_sync
+from benchmarks.timing import RATIO_METHOD, check_device, device_sync
 
 MARK = "@@ITRANSFORMER_BENCH@@ "
 ROOT = Path(__file__).resolve().parents[1]
@@ -382,9 +382,13 @@ def run(quick: bool, device: str | None = None) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ rows
 def _row(case: str, what: str, ours, baseline, unit: str, better_if: str, note: str = "", **extra) -> dict:
+    """A table row; `ratio` = ours / baseline, except for a paired row (`ratio_median` given: the two took turns in
+    one process), whose ratio is the median of the per-round ratios (benchmarks.timing.RATIO_METHOD)."""
     ratio = None
     if ours is not None and baseline is not None and baseline > 0 and math.isfinite(ours):
         ratio = float(ours) / float(baseline)
+    if extra.get("ratio_median") is not None:
+        ratio = float(extra["ratio_median"])
     row = {"case": case, "what": what, "ours": None if ours is None else float(ours),
            "baseline": None if baseline is None else float(baseline), "ratio": ratio, "unit": unit,
            "better_if": better_if}
@@ -409,6 +413,9 @@ def build_rows(results: dict[str, dict], quick: bool) -> list[dict]:
                          "unit": "", "better_if": "", "error": res["error"], "note": res["error"]})
     tag = " (quick: tiny sizes)" if quick else ""
     for suffix in ("", "_cuda"):
+        # not interleaved: the two models' step cases ran one after the other, each (on the CPU) in a fresh process
+        # of its own, so that each case's peak RSS is its own; their speeds differ several-fold, more than the
+        # machine's drift. The close pair (ours vs the official structure, ~1x) takes turns: pair_ref below.
         for h in (96, 336):
             itr, tmp = results.get(f"step_itr_h{h}{suffix}", {}), results.get(f"step_tmp_h{h}{suffix}", {})
             if "step_s" not in itr or "step_s" not in tmp:
@@ -474,7 +481,8 @@ def build_rows(results: dict[str, dict], quick: bool) -> list[dict]:
                              f"{pair['pair_block']} steps each, order alternated): per-round speed ratio median "
                              f"{pair['ratio_median']:.3f}, quartiles {pair['ratio_q1']:.3f}-{pair['ratio_q3']:.3f}; "
                              f"load {pair.get('load1', float('nan')):.1f}{tag}",
-                             ratio_median=pair["ratio_median"], ratio_q1=pair["ratio_q1"], ratio_q3=pair["ratio_q3"]))
+                             ratio_median=pair["ratio_median"], ratio_q1=pair["ratio_q1"], ratio_q3=pair["ratio_q3"],
+                             rounds=pair["rounds"], ratio_method=RATIO_METHOD))
             fit = results.get(f"fit_itr_h{h}{suffix}", {})
             if "step_s" in fit:
                 rows.append(_row(case, "train steps/s, our full `zoo train` loop vs the reference's bare step",

@@ -13,14 +13,21 @@ m = 1 + |u_x| / mean|u_x| of u = tanh(20 (x - 0.4)) + 0.3 sin(2 pi y):
   of the potential network) and of UM2N (transformer + recurrent GAT deformer), untrained weights (cost does not
   depend on training), in the CPU-scale experiment sizes (`experiment=data_free_mesh_mover`, `experiment=um2n`)
   and at the paper's sizes (`data_free_mesh_mover/burgers`, `um2n/helmholtz`), each built from its config.
-All on 1 torch thread, float32 networks, median of `repeats` timed calls after one warm-up.
+All on 1 torch thread, float32 networks. Per mesh size every solve and every network takes turns in one process
+(`benchmarks.timing.interleaved_call_times`: one warm-up call of each, then `repeats` rounds of one call of each, the
+order alternated), so a change of machine speed during the measurement hits all of them alike; `ours_s` /
+`baseline_s` are median seconds per call and `ratio` the median over rounds of baseline / ours in the same round.
+`--device cuda`: the two networks' forwards on the GPU (synchronised before each clock read; `ours_peak_gpu_mib` the
+peak GPU memory of one forward); the classical solves are CPU code (numpy / scipy) and stay on the CPU, so the ratio
+is then a GPU network against a CPU solve.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
+
+from benchmarks.timing import (check_device, cuda_peak_mib, device_sync, interleaved_call_times, paired_fields,
+                               paired_speed_ratio)
 
 from lit_models.common import mesh as M
 from lit_models.common.monge_ampere import CosineMongeAmpere
@@ -31,23 +38,9 @@ SUMMARY = ("`ratio` = baseline seconds / ours seconds (> 1: the learned mover is
            "stopped by its step cap is not yet the MA mesh), `baseline_rmse_cells` its node RMSE to the exact mesh; "
            "baseline `ma_fd` is the finite-difference MA relaxation, `ma_cosine` the cosine-series MA solve, "
            "`ma_fem` the finite-element MA relaxation, "
-           "`equidistribution_1d` the exact separable solve; timings on 1 thread of a shared CPU (inflated when "
-           "other jobs run).")
-
-
-def _timed(fn, repeats: int):
-    """(median seconds of `repeats` calls after one warm-up, the last call's result)."""
-    out = fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)), out
-
-
-def _time(fn, repeats: int) -> float:
-    return _timed(fn, repeats)[0]
+           "`equidistribution_1d` the exact separable solve; the solves and the networks take turns (interleaved "
+           "rounds), `ratio` is the median of the per-round ratios; timings on 1 thread of a shared CPU (inflated "
+           "when other jobs run).")
 
 
 def _rmse_cells(nodes: np.ndarray, exact: np.ndarray, n: int) -> float:
@@ -70,50 +63,64 @@ def _module(name: str, paper: bool):
     return instantiate(cfg.model, _convert_="partial").eval()
 
 
-def run(quick: bool = True) -> list[dict]:
+def run(quick: bool = True, device: str = "cpu") -> list[dict]:
+    device = check_device(device)
     torch.set_num_threads(1)
     from datamodules.meshes import front_fields, front_graph
 
     sizes = (20,) if quick else (20, 35)
-    repeats = 2 if quick else 5
+    repeats = 2 if quick else 5  # rounds: one timed call of every solve and network each
     rows = []
-    modules = {(name, paper): _module(name, paper) for name in EXPERIMENTS for paper in (False, True)}  # built once
+    modules = {(name, paper): _module(name, paper).to(device)  # built once
+               for name in EXPERIMENTS for paper in (False, True)}
+    sync = device_sync(device)
     for n in sizes:
         pos, tri = M.unit_square_mesh(n)
         m1 = M.front_monitor_1d(20, 0.4)
         steps = 300 if quick else 2000
-        t_fd, (fd_nodes, fd_steps) = _timed(lambda: M.ma_relaxation_mesh(lambda p: m1(p[:, 0]), n, steps=steps),
-                                            1 if quick else 2)
-        t_1d, exact = _timed(lambda: M.equidistributed_mesh(pos, m1), repeats)
         monitor_nodes = m1(pos[:, 0])
-        t_cos, cos_nodes = _timed(lambda: CosineMongeAmpere(warm_start=False).solve(monitor_nodes, n), repeats)
-        t_fem, (fem, _) = _timed(lambda: FEMMongeAmpere.unit_square(pos, tri).solve(lambda p: m1(p[:, 0])), repeats)
+        calls = {  # the classical solves (CPU) and the learned movers' forwards, each call's last result kept
+            "ma_fd": lambda: M.ma_relaxation_mesh(lambda p: m1(p[:, 0]), n, steps=steps),
+            "equidistribution_1d": lambda: M.equidistributed_mesh(pos, m1),
+            "ma_cosine": lambda: CosineMongeAmpere(warm_start=False).solve(monitor_nodes, n),
+            "ma_fem": lambda: FEMMongeAmpere.unit_square(pos, tri).solve(lambda p: m1(p[:, 0])),
+        }
+        d = front_fields(1, 48, 189, seed=0, monitor_scale=1.0, monitor_derivative="normal", force_aligned_k=20)
+        u = torch.tensor(d["u"], dtype=torch.float32)[:, None].to(device)
+        xi = torch.tensor(pos, dtype=torch.float32)[None].to(device)
+        graph = front_graph(n, 20.0, 0.4).to(device)
+
+        def forward(name: str, mod):
+            if name == "dmm":  # x = xi + grad phi: a forward and a backward of the potential network
+                return lambda: mod(u, xi)
+            def um2n():
+                with torch.no_grad():
+                    return mod(graph)
+            return um2n
+
+        ours = {(name, paper): f"{name}_{'paper' if paper else 'cpu'}" for name, paper in modules}
+        calls.update({ours[key]: forward(key[0], mod) for key, mod in modules.items()})
+        times, last = interleaved_call_times(calls, rounds=repeats, warmup=1, sync=sync)
+        (fd_nodes, fd_steps), exact, cos_nodes, (fem, _) = (last["ma_fd"], last["equidistribution_1d"],
+                                                             last["ma_cosine"], last["ma_fem"])
         # what each solve delivers at its stopping point (a solve stopped by its step cap is not the MA mesh): the
         # steps or iterations it took, whether it met its own tolerance, its node RMSE to the exact mesh in cells
         solved = {"ma_fd": (fd_steps, fd_steps < steps, fd_nodes), "ma_cosine": (None, None, cos_nodes),
                   "ma_fem": (fem.iterations, fem.converged, fem.pos), "equidistribution_1d": (None, True, exact)}
-        d = front_fields(1, 48, 189, seed=0, monitor_scale=1.0, monitor_derivative="normal", force_aligned_k=20)
-        u = torch.tensor(d["u"], dtype=torch.float32)[:, None]
-        xi = torch.tensor(pos, dtype=torch.float32)[None]
-        graph = front_graph(n, 20.0, 0.4)
-        for name, call in (
-            ("dmm", lambda mod: mod(u, xi)),
-            ("um2n", lambda mod: mod(graph)),
-        ):
-            for paper in (False, True):
-                mod = modules[name, paper]
-                with torch.no_grad() if name == "um2n" else torch.enable_grad():
-                    t_ours = _time(lambda: call(mod), repeats)
-                for base, t_base in (("ma_fd", t_fd), ("ma_cosine", t_cos), ("ma_fem", t_fem),
-                                     ("equidistribution_1d", t_1d)):
-                    taken, converged, nodes = solved[base]
-                    rows.append({"mover": name, "size": "paper" if paper else "cpu",
-                                 "experiment": EXPERIMENTS[name][int(paper)], "n_nodes": n * n,
-                                 "baseline": base, "ours_s": t_ours, "baseline_s": t_base,
-                                 "ratio": t_base / max(t_ours, 1e-12),
-                                 "fd_steps_cap": steps if base == "ma_fd" else None,
-                                 "baseline_steps": taken, "baseline_converged": converged,
-                                 "baseline_rmse_cells": _rmse_cells(nodes, exact, n)})
+        for (name, paper), mod in modules.items():
+            key = ours[name, paper]
+            peak = cuda_peak_mib(calls[key], device) if device == "cuda" else None
+            for base in ("ma_fd", "ma_cosine", "ma_fem", "equidistribution_1d"):
+                paired = paired_speed_ratio(times[key], times[base])
+                taken, converged, nodes = solved[base]
+                rows.append({"mover": name, "size": "paper" if paper else "cpu",
+                             "experiment": EXPERIMENTS[name][int(paper)], "n_nodes": n * n,
+                             "baseline": base, "ours_s": paired["ours_step_s"], "baseline_s": paired["baseline_step_s"],
+                             "ratio": paired["ratio_median"],
+                             "fd_steps_cap": steps if base == "ma_fd" else None,
+                             "baseline_steps": taken, "baseline_converged": converged,
+                             "baseline_rmse_cells": _rmse_cells(nodes, exact, n), **paired_fields(paired),
+                             "device": device, **({"ours_peak_gpu_mib": peak} if peak is not None else {})})
     return rows
 
 

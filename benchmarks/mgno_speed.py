@@ -6,22 +6,26 @@ loss, batch 8, 1 torch thread) on the same data (the `mgno` experiment's 32 x 32
 card's 64 x 64 reference scale). The baseline is a plain FNO-2d written here (Li et al. 2021: lifting 1x1 -> 4
 Fourier layers GELU(K v + W v), K truncated to `modes` x `modes` corner modes -> projection MLP), its width chosen so
 that its parameter count is the closest to MgNO's. `--quick`: a few steps only (timings valid, errors not converged).
-`--device cuda`: both on the GPU, synchronised before each clock read.
+The two train side by side in one process on the same batches: step i of MgNO, then step i of the FNO, untimed for
+the first `steps - timed` steps; the last `timed` steps are timed in rounds (`benchmarks.timing.interleaved_step_times`:
+a block of steps of each, the order alternated), so a change of machine speed hits both alike. `time_ratio` is the
+median of the per-round ratios, `step_ms` each model's median per-round step time.
+`--device cuda`: both on the GPU, synchronised before each clock read; `peak_gpu_mib` the peak GPU memory of one
+step on top of the model, optimiser state and batch (`benchmarks.timing.cuda_peak_mib`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from torch import nn
 
 SUMMARY = ("mgno_speed: `step_ms` is the median wall time of one training step (forward + backward + Adam) with 1 "
            "torch thread; `test_rel_l2` after the same number of steps. Ratios are FNO / MgNO, so > 1 means MgNO is faster "
-           "(time_ratio) or more accurate (error_ratio). On a shared CPU the absolute times are inflated; the ratio is "
-           "what to read.")
+           "(time_ratio) or more accurate (error_ratio). The two models take turns (interleaved rounds); time_ratio is "
+           "the median of the per-round ratios (quartiles in ratio_q1 / ratio_q3). On a shared CPU the absolute times "
+           "are inflated; the ratio is what to read.")
 
 
 class SpectralConv2d(nn.Module):
@@ -78,42 +82,63 @@ def matched_fno(target: int, modes: int) -> FNO2d:
     return FNO2d(modes, best)
 
 
-def _train(model: nn.Module, dm, steps: int, timed: int, device: str = "cpu") -> tuple[float, float]:
-    from benchmarks.timing import device_sync
+def _batch_stream(dm, device: str):
+    """The training batches (x, y) on `device`, epoch after epoch."""
+    while True:
+        for batch in dm.train_dataloader():
+            yield batch["x"].to(device), batch["y"].to(device)
+
+
+def _train_side_by_side(models: dict[str, nn.Module], dm, steps: int, timed: int, block: int,
+                        device: str = "cpu") -> tuple[dict[str, list[float]], dict[str, float | None]]:
+    """Train every model for `steps` steps on the same batches, taking turns; the last `timed` steps timed in
+    interleaved rounds of `block` steps. Returns each model's seconds per step per round and its peak GPU memory of
+    one step (None on the CPU)."""
+    from benchmarks.timing import cuda_peak_mib, device_sync, interleaved_step_times
     from lit_models.common.pde import relative_l2
 
-    sync = device_sync(device)
-    model.to(device)
+    def trainer(model: nn.Module):
+        model.to(device).train()
+        opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=max(steps, 2), div_factor=2.0,
+                                                    final_div_factor=100.0)
 
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=max(steps, 2), div_factor=2.0,
-                                                final_div_factor=100.0)
-    times: list[float] = []
-    step = 0
-    while step < steps:
-        for batch in dm.train_dataloader():
-            if step >= steps:
-                break
-            x, y = batch["x"].to(device), batch["y"].to(device)
-            sync()
-            t0 = time.perf_counter()
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
             loss = relative_l2(model(x), y).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-            sync()  # a GPU runs its kernels asynchronously
-            if step >= steps - timed:
-                times.append(time.perf_counter() - t0)
-            step += 1
+
+        return step
+
+    train = {name: trainer(model) for name, model in models.items()}
+    stream = _batch_stream(dm, device)
+    peaks: dict[str, float | None] = dict.fromkeys(train)
+    for i in range(steps - timed):  # untimed: each batch to every model in turn
+        x, y = next(stream)
+        for name, step in train.items():
+            if i == steps - timed - 1:  # the last untimed step: its peak GPU memory (None on the CPU)
+                peaks[name] = cuda_peak_mib(lambda step=step: step(x, y), device)
+            else:
+                step(x, y)
+    batches = [next(stream) for _ in range(timed)]  # fetched before the clock starts
+    times = interleaved_step_times({name: (lambda i, step=step: step(*batches[i])) for name, step in train.items()},
+                                   rounds=timed // block, block=block, warmup=0, sync=device_sync(device))
+    return times, peaks
+
+
+def _evaluate(model: nn.Module, dm, device: str) -> float:
+    from lit_models.common.pde import relative_l2
+
     model.eval()
     with torch.no_grad():
         errs = [relative_l2(model(b["x"].to(device)), b["y"].to(device)).cpu() for b in dm.test_dataloader()]
-    return statistics.median(times) * 1e3, float(torch.cat(errs).mean())
+    return float(torch.cat(errs).mean())
 
 
 def run(quick: bool = True, device: str = "cpu") -> list[dict]:
-    from benchmarks.timing import check_device
+    from benchmarks.timing import check_device, paired_fields, paired_speed_ratio
     from datamodules.darcy import DarcyDataModule
     from lit_models.pde.mgno import MgNO
 
@@ -121,24 +146,28 @@ def run(quick: bool = True, device: str = "cpu") -> list[dict]:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if quick:
-        res, levels, c_u, steps, timed, n_train = 32, ["10"] * 4, 12, 12, 8, 200
+        res, levels, c_u, steps, timed, block, n_train = 32, ["10"] * 4, 12, 12, 8, 1, 200
     else:
-        res, levels, c_u, steps, timed, n_train = 64, ["10"] * 5, 16, 700, 100, 1000
+        res, levels, c_u, steps, timed, block, n_train = 64, ["10"] * 5, 16, 700, 100, 4, 1000
     dm = DarcyDataModule(resolution=res, n_train=n_train, n_test=100, batch_size=8, eval_batch_size=50)
     dm.setup()
     mg = MgNO(1, 1, num_layer=3, num_channel_u=c_u, levels=levels, resolution=res)
     fno = matched_fno(n_params(mg), modes=min(12, res // 4))
+    models = {"mgno": mg, "fno": fno}
+    torch.manual_seed(0)
+    times, peaks = _train_side_by_side(models, dm, steps, timed, block, device)
+    paired = paired_speed_ratio(times["mgno"], times["fno"])  # per round: fno seconds / mgno seconds
     rows = []
-    results = {}
-    for name, model in (("mgno", mg), ("fno", fno)):
-        torch.manual_seed(0)
-        ms, err = _train(model, dm, steps, timed, device)
-        results[name] = (ms, err)
-        rows.append({"model": name, "grid": res, "params": n_params(model), "steps": steps, "step_ms": ms,
-                     "test_rel_l2": err, "device": device})
+    errors = {}
+    for name, model in models.items():
+        errors[name] = _evaluate(model, dm, device)
+        rows.append({"model": name, "grid": res, "params": n_params(model), "steps": steps,
+                     "step_ms": 1e3 * (paired["ours_step_s"] if name == "mgno" else paired["baseline_step_s"]),
+                     "test_rel_l2": errors[name], "device": device,
+                     **({"peak_gpu_mib": peaks[name]} if peaks.get(name) is not None else {})})
     rows.append({"model": "fno / mgno", "grid": res, "params": n_params(fno) / n_params(mg), "steps": steps,
-                 "time_ratio": results["fno"][0] / results["mgno"][0],
-                 "error_ratio": results["fno"][1] / results["mgno"][1]})
+                 "time_ratio": paired["ratio_median"], "error_ratio": errors["fno"] / errors["mgno"],
+                 **paired_fields(paired), "timed_steps": timed, "block": block})
     return rows
 
 

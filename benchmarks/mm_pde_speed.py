@@ -10,7 +10,9 @@ sets and the residual cut. This measures what that costs per step, as ratios aga
 Sizes: the CPU-scale experiment (`data_free_mesh_mover/mm_pde`) and, unless quick, the paper's
 (`data_free_mesh_mover/mm_pde_burgers`: 48 x 48 nodes, hidden 128, 6 layers, 35 kNN edges, batch 6). Untrained
 weights (the cost does not depend on training; the DMM is marked ready so no fit runs). Steps of both variants take
-turns in one process (`benchmarks.timing.interleaved_step_times`), 1 torch thread.
+turns in one process (`benchmarks.timing.interleaved_step_times`), 1 torch thread; `ratio` is the median of the
+per-round ratios (`ratio_method`). `--device cuda`: both modules and the batch on the GPU, synchronised before each
+clock read, plus the peak GPU memory of one step of each (`mm_pde_peak_gpu_mib` / `fixed_mesh_peak_gpu_mib`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import warnings
 
 import torch
 
-from benchmarks.timing import interleaved_step_times, paired_speed_ratio
+from benchmarks.timing import (check_device, cuda_peak_mib, device_sync, interleaved_step_times, paired_fields,
+                               paired_speed_ratio)
 
 SUMMARY = ("`ratio` = fixed-mesh GNN seconds / MM-PDE seconds per step (< 1: MM-PDE costs more; 0.5 = twice the "
            "cost), median over interleaved rounds with quartiles; untrained weights, 1 thread of a shared CPU.")
@@ -51,12 +54,13 @@ def _steps(module, batch: torch.Tensor):
 
     def rollout(_: int) -> None:
         with torch.no_grad():
-            module.step(batch[:, :1], torch.ones(batch.shape[0], dtype=torch.long), T)
+            module.step(batch[:, :1], torch.ones(batch.shape[0], dtype=torch.long, device=batch.device), T)
 
     return train, rollout
 
 
-def run(quick: bool = True) -> list[dict]:
+def run(quick: bool = True, device: str = "cpu") -> list[dict]:
+    device = check_device(device)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     sizes = ("cpu",) if quick else ("cpu", "paper")
@@ -68,16 +72,20 @@ def run(quick: bool = True) -> list[dict]:
             rounds, block = (2, 1) if quick else {"cpu": (6, 2), "paper": (3, 1)}[size]
             ours, batch_size, grid = _module(EXPERIMENTS[size], "dmm")
             base, _, _ = _module(EXPERIMENTS[size], "identity")
-            batch = torch.randn(batch_size, 4, grid, grid)
+            ours, base = ours.to(device), base.to(device)
+            batch = torch.randn(batch_size, 4, grid, grid).to(device)
             (ours_train, ours_roll), (base_train, base_roll) = _steps(ours, batch), _steps(base, batch)
             for case, a, b in (("train_step", ours_train, base_train), ("rollout_step", ours_roll, base_roll)):
                 times = interleaved_step_times({"mm_pde": a, "fixed_mesh": b}, rounds=rounds, block=block,
-                                               warmup=1)
+                                               warmup=1, sync=device_sync(device))
                 stats = paired_speed_ratio(times["mm_pde"], times["fixed_mesh"])
+                peaks = {"mm_pde_peak_gpu_mib": cuda_peak_mib(lambda: a(0), device),
+                         "fixed_mesh_peak_gpu_mib": cuda_peak_mib(lambda: b(0), device)} if device == "cuda" else {}
                 rows.append({"size": size, "experiment": EXPERIMENTS[size], "case": case, "nodes": grid * grid,
                              "batch": batch_size, "mm_pde_s": stats["ours_step_s"],
                              "fixed_mesh_s": stats["baseline_step_s"], "ratio": stats["ratio_median"],
-                             "ratio_q1": stats["ratio_q1"], "ratio_q3": stats["ratio_q3"]})
+                             "ratio_q1": stats["ratio_q1"], "ratio_q3": stats["ratio_q3"], **paired_fields(stats),
+                             "device": device, **peaks})
     return rows
 
 

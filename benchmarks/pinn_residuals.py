@@ -14,7 +14,11 @@ Ways, timed on the same network, points and thread count (1 thread):
 Each is timed for the residual alone ("residual") and for residual + backward of mean(r^2) to the parameters
 ("train step"). Rows say `ratio = baseline seconds / torch.func seconds` (> 1: torch.func faster) and the largest
 absolute differences of the residuals and of the parameter gradients (they must agree to float32 round-off).
-`--device cuda` times the same on a GPU (synchronised before each clock read).
+Autograd and torch.func take turns (`benchmarks.timing.interleaved_step_times`: one warm-up call each, then
+`repeats` rounds of one call of each, the order alternated): `ours` / `baseline` are the median seconds per call,
+`ratio` the median of the per-round ratios (so a change of machine speed during the measurement hits both alike).
+`--device cuda` times the same on a GPU (synchronised before each clock read), with the peak GPU memory of one call
+of each (`ours_peak_gpu_mib` / `baseline_peak_gpu_mib`).
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ import time
 import torch
 
 SUMMARY = ("PINN residual cost: seconds per call of the nested-autograd residual (baseline, the module's way) vs "
-           "torch.func vmap(jacfwd) (ours), ratio = autograd / torch.func (> 1: torch.func faster), and max |diff| of "
+           "torch.func vmap(jacfwd) (ours), ratio = autograd / torch.func (> 1: torch.func faster; the two take turns, "
+           "median of the per-round ratios), and max |diff| of "
            "residuals and parameter gradients between the two (agreement check). 1 torch thread; wall times on a "
            "shared machine are inflated, compare ratios only.")
 
@@ -94,6 +99,7 @@ def residual_loop(model, problem: str, t, x):
 
 
 def _time(fn, repeats: int, sync=lambda: None) -> float:
+    """Best of `repeats` calls after a warm-up: only for the per-point loop reference (one call, extrapolated)."""
     fn()  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -111,7 +117,8 @@ def _grads(model, r):
 
 def compare(problem: str, n: int, repeats: int = 3, loop_points: int = 0, seed: int = 0,
             width: int = 256, device: str = "cpu") -> list[dict]:
-    from benchmarks.timing import device_sync
+    from benchmarks.timing import (cuda_peak_mib, device_sync, interleaved_step_times, paired_fields,
+                                   paired_speed_ratio)
 
     sync = device_sync(device)
     model = _network(seed, width).to(device)
@@ -131,12 +138,21 @@ def compare(problem: str, n: int, repeats: int = 3, loop_points: int = 0, seed: 
                     _grads(model, r)
             return call
 
-        base = _time(run(residual_autograd), repeats, sync)
-        ours = _time(run(residual_func), repeats, sync)
-        rows.append({"case": f"{problem}_n{n}", "what": what, "ours": ours, "baseline": base, "ratio": base / ours,
-                     "unit": "s", "device": device,
-                     "note": "ours = torch.func vmap(jacfwd); baseline = nested autograd on the batch"})
+        calls = {"autograd": run(residual_autograd), "func": run(residual_func)}
+        times = interleaved_step_times({k: (lambda _, call=call: call()) for k, call in calls.items()},
+                                       rounds=repeats, block=1, warmup=1, sync=sync)
+        paired = paired_speed_ratio(times["func"], times["autograd"])
+        ours = paired["ours_step_s"]
+        peaks = ({"ours_peak_gpu_mib": cuda_peak_mib(calls["func"], device),
+                  "baseline_peak_gpu_mib": cuda_peak_mib(calls["autograd"], device)} if device == "cuda" else {})
+        rows.append({"case": f"{problem}_n{n}", "what": what, "ours": ours, "baseline": paired["baseline_step_s"],
+                     "ratio": paired["ratio_median"], "unit": "s", "device": device, **paired_fields(paired),
+                     **peaks, "note": "ours = torch.func vmap(jacfwd); baseline = nested autograd on the batch; "
+                     f"{paired['rounds']} interleaved rounds, per-round ratio quartiles "
+                     f"{paired['ratio_q1']:.3f}-{paired['ratio_q3']:.3f}"})
         if loop_points:
+            # not interleaved: one call of the per-point loop on a few points, extrapolated to N, against `ours`
+            # above; a rough reference (orders of magnitude slower), not a paired measurement
             tl, xl = t[:loop_points], x[:loop_points]
 
             def loop_call():

@@ -82,6 +82,10 @@ def case(experiment: str, precision: str, *, quick: bool, device: str) -> dict:
 
 
 def run(quick: bool = False, device: str | None = None) -> list[dict]:
+    # Not interleaved: each precision is a whole `launch.train.run` (the precision plugin is fixed when the Trainer is
+    # built), so the precisions of a case run one after the other, and a change of machine speed between two runs
+    # biases their ratio (the README says so of its numbers). Taking turns would mean several short Trainer runs per
+    # precision in A B B A order, each with its own start-up; not done.
     import torch
 
     from benchmarks.timing import check_device

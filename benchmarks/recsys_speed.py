@@ -518,6 +518,12 @@ def _spawn(cases: tuple[str, ...], quick: bool, data_dir: Path, out_dir: Path, t
 
 def run(quick: bool) -> list[dict]:
     """Run every case (fresh subprocesses) and return the table rows."""
+    # Not interleaved, and no --device: every case is a fresh process so that its peak RSS (ru_maxrss) is its own,
+    # so ours and torch-geometric's propagation are timed in two processes one after the other (in --quick, two
+    # groups at a time), and a change of machine speed between them biases that ratio (17-47x in the README: far
+    # from 1, the drift of tens of percent does not change the conclusion); the ML-100K rows are whole trainings
+    # (UltraGCN until it reaches LightGCN's recall), and the Gowalla rows compare with quoted CPU figures of the
+    # official code on a 2-core machine (a GPU time would not be comparable with them).
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="recsys_bench_") as tmp:
         data_dir, out_dir = Path(tmp) / "gowalla", Path(tmp) / "out"

@@ -24,10 +24,16 @@ def test_every_registered_benchmark_is_smoke_tested():
 
 @pytest.mark.parametrize("name", MODULES)
 def test_benchmark_quick(name):
-    rows = importlib.import_module(name).run(quick=True)
+    import inspect
+
+    module = importlib.import_module(name)
+    takes_device = "device" in inspect.signature(module.run).parameters
+    rows = module.run(quick=True, **({"device": "cpu"} if takes_device else {}))  # the --device path, on the CPU
     assert rows
     ratios = []
     for row in rows:
+        assert row.get("device", "cpu") == "cpu", row
+        assert not [k for k in row if "gpu" in k], row  # CUDA peak memory only on a GPU
         assert not row.get("error") and row.get("what") != "FAILED", row
         numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         assert numbers and all(math.isfinite(v) for v in numbers.values()), row
@@ -94,3 +100,56 @@ def test_all_with_a_device_runs_the_others_on_the_cpu(tmp_path, monkeypatch, cap
     assert "fake_cpu run on the CPU" in capsys.readouterr().out
     with pytest.raises(UserError, match="does not take --device"):
         benchmarks.run_benchmarks("cpu", quick=True, out_dir=tmp_path, options={"device": "cpu"})
+
+
+# every benchmark that can time on a GPU (`zoo bench --all --device cuda` passes --device only to these)
+DEVICE_MODULES = ["benchmarks.pig_speed", "benchmarks.mgno_speed", "benchmarks.mesh_mover_speed",
+                  "benchmarks.mm_pde_speed", "benchmarks.gtf_speed", "benchmarks.pinn_residuals",
+                  "benchmarks.precision_speed", "benchmarks.itransformer_speed", "benchmarks.dysts_runner"]
+
+
+def test_which_benchmarks_take_a_device():
+    """Every registered benchmark but recsys_speed takes --device (its cases are fresh processes per case for their
+    peak RSS, and its Gowalla rows compare with CPU figures; it runs on the CPU under --all --device cuda)."""
+    import inspect
+
+    from benchmarks import REGISTRY, _modules
+
+    takes = {m for entry in REGISTRY.values() for m in _modules(entry)
+             if "device" in inspect.signature(importlib.import_module(m).run).parameters}
+    assert takes == set(DEVICE_MODULES)
+
+
+@pytest.mark.parametrize("name", [m for m in DEVICE_MODULES if m not in ("benchmarks.dysts_runner",
+                                                                        "benchmarks.itransformer_speed")])
+def test_a_bad_or_missing_device_is_a_one_line_error_before_any_work(name, monkeypatch):
+    """--device tpu, or --device cuda where torch sees no GPU: a UserError (exit 2 from `zoo bench`), raised before
+    any model is built (dysts_runner and itransformer_speed: tests/test_dynamics_bench.py)."""
+    import torch
+
+    from launch.errors import UserError
+
+    module = importlib.import_module(name)
+    with pytest.raises(UserError, match="--device must be 'cpu' or 'cuda'"):
+        module.run(quick=True, device="tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        module.run(quick=True, device="cuda")
+
+
+def test_zoo_bench_device_cuda_without_a_gpu_exits_2_with_one_line(tmp_path, monkeypatch):
+    import torch
+
+    from tests.conftest import zoo_in_process
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = zoo_in_process("bench", "pig", "--quick", "--device", "cuda", "--out", str(tmp_path / "b"))
+    assert code == 2 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1, err
+    assert not list((tmp_path / "b").glob("*.json"))
+
+
+def test_cuda_peak_mib_calls_once_and_measures_only_on_cuda():
+    from benchmarks.timing import cuda_peak_mib
+
+    calls = []
+    assert cuda_peak_mib(lambda: calls.append(1), "cpu") is None and calls == [1]
