@@ -59,6 +59,35 @@ def own_draw(datamodule: Any, draw: Callable[[], Any]) -> Any:
     return mine
 
 
+# The data.* settings that count the points each DDP rank draws afresh for one step, by datamodule (a datamodule may
+# name its own in a `fresh_points` attribute); the points of a paper whose per-rank draw is `data.batch_size` (Barron,
+# the mesh movers' fields) are in `train.effective_batch_notice`. The causal PINN's random sampling draws an n_t x n_x
+# grid: n_t alone scales it.
+FRESH_POINTS = {"PigDataModule": ("n_collocation", "n_boundary", "n_initial"), "InsrDataModule": ("n_samples",),
+                "CausalPINNDataModule": ("n_t",)}
+
+
+def fresh_points_notice(datamodule: Any, world_size: int) -> str | None:
+    """The start-up line of a DDP run whose datamodule draws fresh collocation points on every rank (`own_draw`): a
+    step trains on world_size times the configured points, with the configured learning rate. None for one process
+    and for a datamodule that trains every rank on the same full batch (`same_batch_on_every_rank`)."""
+    if world_size <= 1 or getattr(datamodule, "same_batch_on_every_rank", False):
+        return None
+    keys = getattr(datamodule, "fresh_points", None) or FRESH_POINTS.get(type(datamodule).__name__, ())
+    hparams = getattr(datamodule, "hparams", None) or {}
+    counts = {k: hparams.get(k) for k in keys}
+    counts = {k: v for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool)}
+    if not counts:
+        return None
+    given = ", ".join(f"data.{k}={v}" for k, v in counts.items())
+    keep = (" ".join(f"data.{k}={v // world_size}" for k, v in counts.items()) + " keep one process's number"
+            if all(v % world_size == 0 for v in counts.values())
+            else f"not all divisible by {world_size}, so no per-process number keeps it exactly")
+    return (f"DDP: {type(datamodule).__name__} draws fresh collocation points on every rank ({given} per process); "
+            f"{world_size} processes train each step on {world_size} times as many points with the configured "
+            f"learning rate ({keep})")
+
+
 class FreshSampleLoaders:
     """Datamodule mix-in for collocation methods that draw fresh points every step: `steps_per_epoch` batches from
     `self.sample()` (a seeded `self.generator`, saved and restored with the checkpoint), and `self.eval_item()` as

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import submitit
@@ -72,7 +76,15 @@ def check_launcher(launcher: DictConfig) -> None:
 
 class TrainJob(submitit.helpers.Checkpointable):
     """The submitted callable: trains one resolved config; on preemption or timeout it resubmits itself
-    with the same config (same run id), and the new job resumes from `last.ckpt`."""
+    with the same config (same run id), and the new job resumes from `last.ckpt`.
+
+    Two things around submitit's preemption signal (USR2), which SLURM sends to every task of the job:
+    - once the run has finished (its final metrics written by this start, or `train.run` returned), the signal is
+      ignored: submitit's handler would checkpoint and requeue a finished run, or end its job FAILED, when the signal
+      came in the last moments of the job (while submitit pickles the result, or W&B finishes);
+    - a rank other than 0 that loses its process group because rank 0 stopped for the signal (gloo: "Connection
+      closed by peer"; Lightning's SIGTERM broadcast) ends with one line instead of a traceback. Any other error, or
+      one without the signal, is raised as it is."""
 
     def __init__(self, config: dict) -> None:
         self.config = config
@@ -82,11 +94,87 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         cfg = OmegaConf.create(self.config)
         check_allocation(cfg)
-        return train.run(cfg)
+        watch = _PreemptionWatch(_finished_marker(cfg))
+        try:
+            result = train.run(cfg)
+        except Exception as err:
+            rank = int(os.environ.get("SLURM_PROCID") or 0)
+            if rank != 0 and watch.signalled and _lost_process_group(err):
+                print(f"rank {rank}: stopped with the job after the preemption signal (rank 0 checkpoints and "
+                      f"requeues it): {one_line(err, 160)}", file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
+            raise
+        watch.done = True
+        return result
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         # State lives in the periodic last.ckpt; the resubmission only has to carry the same config.
         return submitit.helpers.DelayedSubmission(TrainJob(self.config))
+
+
+def _preemption_signal() -> int:
+    """The signal submitit handles as preemption/timeout (SUBMITIT_PREEMPT_SIGNAL, USR2 by default)."""
+    try:
+        return submitit.JobEnvironment._usr_sig()
+    except Exception:  # noqa: BLE001 - a private helper of submitit's; its default otherwise
+        return signal.SIGUSR2
+
+
+class _PreemptionWatch:
+    """Wraps the handler installed for the preemption signal (submitit's): records that the signal came, and ignores
+    it once the run is done (`done`, or `marker` written since this start)."""
+
+    def __init__(self, marker: Path | None) -> None:
+        self.done, self.signalled, self.marker, self.start = False, False, marker, time.time()
+        self.signum = _preemption_signal()
+        self.previous = None
+        if threading.current_thread() is threading.main_thread() and callable(signal.getsignal(self.signum)):
+            self.previous = signal.getsignal(self.signum)  # submitit's (not installed: a call outside a job)
+            signal.signal(self.signum, self._handle)
+
+    def finished(self) -> bool:
+        if self.done:
+            return True
+        try:
+            return self.marker is not None and self.marker.stat().st_mtime >= self.start
+        except OSError:
+            return False
+
+    def _handle(self, signum, frame) -> None:
+        self.signalled = True
+        if self.finished():
+            print(f"signal {signal.Signals(signum).name} after the run finished: ignored (nothing to requeue)",
+                  file=sys.stderr, flush=True)
+            return
+        self.previous(signum, frame)
+
+
+def _finished_marker(cfg: DictConfig) -> Path | None:
+    """The file a start writes when its run is done (`train._finish`): final_metrics.json, test_metrics.json for
+    `stage=test`."""
+    try:
+        return runs.run_of(cfg).dir / ("test_metrics.json" if cfg.get("stage") == "test" else "final_metrics.json")
+    except Exception:  # noqa: BLE001 - a config without a run (its own error comes from train.run)
+        return None
+
+
+LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
+             "NCCL communicator was aborted")
+
+
+def _lost_process_group(err: BaseException) -> bool:
+    """An error of a collective whose peer went away (torch.distributed's DistError, gloo's RuntimeError naming a
+    closed connection) or Lightning's SIGTERMException, anywhere in the exception's chain."""
+    import torch.distributed as dist
+
+    dist_error = getattr(dist, "DistError", ())
+    seen = 0
+    while err is not None and seen < 10:
+        if (isinstance(err, dist_error) or type(err).__name__ == "SIGTERMException"
+                or (isinstance(err, RuntimeError) and any(text in str(err) for text in LOST_PEER))):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def check_allocation(cfg: DictConfig) -> None:
@@ -127,7 +215,14 @@ def submit(cfgs: list[DictConfig], sweep_id: str | None = None) -> list[submitit
 
 
 def _submit_calls(ex: submitit.AutoExecutor, calls: list) -> list[submitit.Job]:
-    """One call: one job; several: one job array (`ex.batch()`). sbatch's refusal is a one-line UserError."""
+    """One call: one job; several: one job array (`ex.batch()`). sbatch's refusal is a one-line UserError.
+
+    submitit leaves a `.submission_file_<uuid>.sh` link to `<job>_submission.sh` per submission (and, when sbatch
+    refuses, the script and the `<uuid>.pkl` it was given): nothing reads them once sbatch has answered (SLURM keeps
+    its own copy of the script, for requeues too), so the links are removed after each submission, and what a
+    refused one wrote with it."""
+    folder = submitit.core.utils.JobPaths.get_first_id_independent_folder(ex.folder)
+    before = set(folder.iterdir()) if folder.is_dir() else set()
     try:
         if len(calls) == 1:
             return [ex.submit(calls[0])]
@@ -135,7 +230,25 @@ def _submit_calls(ex: submitit.AutoExecutor, calls: list) -> list[submitit.Job]:
             jobs = [ex.submit(call) for call in calls]
         return jobs
     except submitit.core.utils.FailedJobError as err:
+        _remove_submission_leftovers(folder, before)
         raise UserError(f"sbatch refused the job: {one_line(err)}") from None
+    finally:
+        _remove_submission_links(folder)
+
+
+def _remove_submission_links(folder: Path) -> None:
+    """The `.submission_file_*.sh` links in `folder` (each names the `<job>_submission.sh` beside it). A regular file
+    of that name is a submission in progress (submitit renames it when sbatch answers): kept."""
+    for path in folder.glob(".submission_file_*.sh"):
+        if path.is_symlink():
+            path.unlink(missing_ok=True)
+
+
+def _remove_submission_leftovers(folder: Path, before: set[Path]) -> None:
+    """What a refused submission wrote into `folder`: its script and its pickled call (`<uuid>.pkl`)."""
+    for path in set(folder.iterdir()) - before if folder.is_dir() else ():
+        if path.is_file() and (path.name.startswith(".submission_file_") or path.suffix == ".pkl"):
+            path.unlink(missing_ok=True)
 
 
 class CheckJob(submitit.helpers.Checkpointable):

@@ -40,14 +40,10 @@ def _drop_advert(record: logging.LogRecord) -> bool:
 
 
 def wandb_mode(requested: str) -> str:
-    """`auto`: online when W&B credentials exist (`wandb_logger.has_credentials`), otherwise offline."""
-    from launch.wandb_logger import has_credentials
+    """An explicit mode, then WANDB_MODE, then `auto`'s credentials check (`wandb_logger.resolve_mode`)."""
+    from launch.wandb_logger import resolve_mode
 
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if requested != "auto":
-        return requested
-    return "online" if has_credentials() else "offline"
+    return resolve_mode(requested)
 
 
 def own_wandb_service() -> None:
@@ -100,6 +96,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
         resolve_precision,
     )
     from launch.fit_loop import use_epoch_end_resume_loop
+    from launch.rank_seed import RankSeed
 
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     check_trainer_integers(kwargs)
@@ -108,7 +105,8 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
         # a model that trains only part of its parameters in a step (one time-marching window's network, one INSR
         # stage, MM-PDE's branches): DDP must look for the unused ones, or its first step fails on every rank
         kwargs["strategy"] = "ddp_find_unused_parameters_true"
-    callbacks = [FiniteLossGuard(), ResumeRandomState(), ResumeLoaderState(),
+    # RankSeed after ResumeRandomState: a resumed fit's restored per-rank states are what it keeps (launch/rank_seed.py)
+    callbacks = [FiniteLossGuard(), ResumeRandomState(), RankSeed(_seed(cfg)), ResumeLoaderState(),
                  RunIdentity(**run_identity(cfg)),
                  *(extra_callbacks or [])]
     plugins = [AtomicCheckpointIO()]
@@ -169,9 +167,21 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
             default_root_dir=str(run.dir) if run is not None else None)
     except (MisconfigurationException, ValueError, TypeError) as err:  # a bad trainer.* value
         raise UserError(f"trainer: {one_line(err)}") from None
+    check_sync_batchnorm(trainer, kwargs)
     # exact resume of max_steps runs from epoch-end checkpoints, and of a stop asked for under the same early stopping
     use_epoch_end_resume_loop(trainer, stop_setting=spec)
     return trainer
+
+
+def check_sync_batchnorm(trainer, kwargs: dict) -> None:
+    """`trainer.sync_batchnorm=true` (Lightning converts the BatchNorm layers, e.g. MgNO's, to SyncBatchNorm: batch
+    statistics over all ranks) runs on CUDA GPUs only: torch's DistributedDataParallel refuses SyncBatchNorm on CPU
+    processes (gloo) with a traceback at the first fit. One line instead; one process has nothing to sync."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if kwargs.get("sync_batchnorm") and trainer.world_size > 1 and isinstance(trainer.accelerator, CPUAccelerator):
+        raise UserError("trainer.sync_batchnorm=true needs CUDA GPUs (torch's SyncBatchNorm does not run on CPU "
+                        "processes): drop it to normalise with each rank's own batch statistics, or use trainer=gpu")
 
 
 def instantiate(cfg: DictConfig):
@@ -336,6 +346,11 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
         log.warning("DDP: %s trains every step on one full batch, the same on every rank: %d processes repeat the "
                     "same computation (no speed-up; train on one device)", type(datamodule).__name__,
                     trainer.world_size)
+    from datamodules.collocation import fresh_points_notice
+
+    notice = fresh_points_notice(datamodule, trainer.world_size)
+    if notice and trainer.is_global_zero:
+        log.warning(notice)
     metrics: dict[str, float] = {}
     if cfg.stage in ("fit", "fit_test"):
         ckpt = "last" if run_dir is not None else None

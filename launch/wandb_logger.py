@@ -2,11 +2,13 @@
 of it), its metrics at the step of the weights they measure, and its end recorded as it happened."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 WANDB_KEYS = ("project", "entity", "mode", "tags", "group", "log_model")
 MODES = ("auto", "online", "offline", "disabled")
@@ -32,14 +34,83 @@ class RunWandbLogger(TestedAtStep, WandbLogger):
     the string "pig"; a datamodule's `seed` replaced the run's)."""
 
     def __init__(self, **kwargs) -> None:
+        requested = ((kwargs.get("config") or {}).get("logger") or {}).get("wandb") or {}
+        if requested.get("mode") in EXPLICIT_MODES:  # the config's explicit mode wins over WANDB_MODE (resolve_mode)
+            kwargs["mode"] = requested["mode"]
         super().__init__(**kwargs)
         self._wandb_init.pop("anonymous", None)  # wandb warns on every run that it has no effect
+        self._logged_path = Path(self.save_dir or ".") / "wandb" / LOGGED_FILE
+        self._logged_before = _read_logged(self._logged_path)  # (step, keys at it) of the run's earlier starts
+        self._logged: tuple[int, set[str]] | None = None
 
     def log_hyperparams(self, params, *args, **kwargs) -> None:  # the config holds them (see above)
         return
 
+    @rank_zero_only
     def log_metrics(self, metrics, step=None) -> None:
-        super().log_metrics(*self._at_tested_step(metrics, step))
+        if self.tested_at is not None or step is None:  # a re-test's rows are new rows, at the tested step
+            super().log_metrics(*self._at_tested_step(metrics, step))
+            return
+        metrics = self._not_logged_before(metrics, int(step))
+        if metrics:
+            super().log_metrics(metrics, step)
+            if self._wandb_init.get("mode") != "disabled":
+                self._record(metrics, int(step))
+
+    def _not_logged_before(self, metrics: dict, step: int) -> dict:
+        """A start that resumes from a checkpoint trains and logs again the steps its run had logged after that
+        checkpoint (a preemption, a kill): W&B already has them (at the same `trainer/global_step`, a second row each,
+        a chart that runs back). Rows at steps below the last step an earlier start logged are dropped; at that step,
+        the keys it had not logged yet (a validation after the step's training row) still go."""
+        if self._logged_before is None:
+            return metrics
+        last, keys = self._logged_before
+        if step > last:
+            self._logged_before = None  # past what W&B has: nothing more to compare
+            return metrics
+        if step < last:
+            return {}
+        new = {k: v for k, v in metrics.items() if k not in keys and k != "epoch"}
+        return {**new, "epoch": metrics["epoch"]} if new and "epoch" in metrics else new
+
+    def _record(self, metrics: dict, step: int) -> None:
+        """The last step sent to W&B and its keys, in `<run>/wandb/logged_step.json` (the next start of the run reads
+        it): a few bytes, rewritten on each log call (every `log_every_n_steps` steps and at epoch ends)."""
+        keys = set(metrics)
+        if self._logged is not None and self._logged[0] == step:
+            keys |= self._logged[1]
+        elif self._logged_before is not None and self._logged_before[0] == step:
+            keys |= self._logged_before[1]
+        self._logged = (step, keys)
+        try:
+            self._logged_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._logged_path.with_name(f".{LOGGED_FILE}.tmp")
+            tmp.write_text(json.dumps({"step": step, "keys": sorted(keys)}))
+            os.replace(tmp, self._logged_path)
+        except OSError:  # a full or read-only disk must not stop the training; a later start logs these steps again
+            pass
+
+
+LOGGED_FILE = "logged_step.json"
+EXPLICIT_MODES = ("online", "offline", "disabled")
+
+
+def _read_logged(path: Path) -> tuple[int, set[str]] | None:
+    try:
+        record = json.loads(path.read_text())
+        return int(record["step"]), {str(k) for k in record["keys"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def resolve_mode(requested: str) -> str:
+    """The W&B mode of a run: an explicit `logger.wandb.mode` (online, offline, disabled) wins, then an exported
+    WANDB_MODE, then `auto`'s default: online when W&B credentials exist (`has_credentials`), otherwise offline."""
+    if requested in EXPLICIT_MODES:
+        return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if has_credentials() else "offline"
 
 
 def check_wandb_settings(wb) -> None:

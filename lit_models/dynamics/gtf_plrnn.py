@@ -485,6 +485,7 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
             loss = loss + reg
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0],
                  sync_dist=True)
+        # alpha (and alpha* above) come from the estimate reduced over the ranks: the same on every rank, no sync
         self.log("train/alpha", self.alpha, on_step=True, on_epoch=False, batch_size=x.shape[0])
         return loss
 

@@ -248,9 +248,15 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
     def _normal(g: Tensor, normal: Tensor) -> Tensor:
         return torch.gather(g, -1, normal[None, :, None].expand(g.shape[0], -1, 1))[..., 0]
 
-    def _log_train(self, loss: Tensor, parts: dict[str, Tensor], batch_size: int) -> None:
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
-        for k, v in parts.items():
+    def _log_train(self, loss: Tensor, parts: dict[str, Tensor], batch_size: int, synced: bool = False) -> None:
+        """The step's losses, averaged over the DDP ranks in one collective (`synced`: they already are, the L-BFGS
+        steps'). Not `sync_dist`: one all-reduce per value, and the L-BFGS closure logs at every evaluation, where
+        Lightning refuses a key logged with `sync_dist` in one step and without it in another."""
+        values = torch.stack([loss.detach(), *(v.detach() for v in parts.values())])
+        if not synced and self._trainer is not None and self.trainer.world_size > 1:
+            values = self.trainer.strategy.reduce(values, reduce_op="mean")
+        self.log("train/loss", values[0], on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        for k, v in zip(parts, values[1:]):
             self.log(f"train/{k}", v, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
@@ -363,15 +369,21 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         cache = self._rf_cache
         loss, parts = self.rf_objective(cache)
         n = cache["xi"].shape[0]
-        if "start_loss" not in cache:
+        # the logged values: the ranks' means, from the one gather the line search needs anyway (this runs at every
+        # closure evaluation of the L-BFGS step: no further collective here)
+        logged = torch.stack([loss.detach(), *(v.detach() for v in parts.values())])
+        log_start = "start_loss" not in cache
+        if log_start:  # this rank's sample's loss before the solve
             cache["start_loss"] = loss.detach()
-            self.log("train/rf_loss_start", loss.detach(), on_step=True, on_epoch=False, batch_size=n)
-        self._log_train(loss, parts, n)
         if self.trainer.world_size > 1:
+            logged = self.all_gather(logged).mean(0)
             # every rank's line search sees the same (global mean) value; DDP averages the local gradients, and
             # needs a gradient for every parameter
-            loss = loss + (self.all_gather(loss.detach()).mean() - loss.detach())
+            loss = loss + (logged[0] - loss.detach())
             loss = loss + 0.0 * sum(p.sum() for p in self.parameters())
+        if log_start:
+            self.log("train/rf_loss_start", logged[0], on_step=True, on_epoch=False, batch_size=n)
+        self._log_train(logged[0], dict(zip(parts, logged[1:])), n, synced=True)
         return loss
 
     def make_lbfgs(self) -> torch.optim.LBFGS:

@@ -337,7 +337,8 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         lr = opt.optimizer.param_groups[0]["lr"]
         converged = (self.hparams.early_stop and lr <= self.hparams.min_lr
                      and self.plateau_count >= self.hparams.early_stop_plateau)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=1)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=1, sync_dist=True)
+        # the time step follows the rank-reduced loss above: the same on every rank
         self.log("train/time_step", float(self.step_index), on_step=True, on_epoch=False, prog_bar=True,
                  batch_size=1)
         if self.inner_iter >= limit or converged:

@@ -410,7 +410,7 @@ class MMPDEModule(L.LightningModule):
             start = torch.randint(0, T - tw + 1, (B,), device=batch.device)
             u = self._window(batch, start, tw)
             loss = F.mse_loss(self.net.round_trip(u, self.moved_nodes(u[:, -1])), u)
-            self.log("train/loss_itp", loss, on_step=True, on_epoch=False, batch_size=B)
+            self.log("train/loss_itp", loss, on_step=True, on_epoch=False, batch_size=B, sync_dist=True)
         else:
             # pushforward: unroll r steps without gradient, r ~ U{0..min(epoch, unrolling)} (mmpde.train)
             r_max = min(self.current_epoch, hp.unrolling, (T - 2 * tw) // tw)
@@ -422,7 +422,7 @@ class MMPDEModule(L.LightningModule):
                     u = self.step(u, t, T)
                     t = t + tw
             loss = F.mse_loss(self.step(u, t, T), self._window(batch, t, tw))
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=B)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=B, sync_dist=True)
         return loss
 
     @torch.no_grad()

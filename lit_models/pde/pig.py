@@ -444,10 +444,10 @@ class PIGModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
         with no_autocast(self.device.type):
             out = self.losses(batch)
-        self.log("train/loss", out["loss"], on_step=True, on_epoch=False, prog_bar=True, batch_size=1)
+        self.log("train/loss", out["loss"], on_step=True, on_epoch=False, prog_bar=True, batch_size=1, sync_dist=True)
         for name in ("boundary", "residual", "initial"):
             if name in out:
-                self.log(f"train/{name}_loss", out[name], on_step=True, on_epoch=False, batch_size=1)
+                self.log(f"train/{name}_loss", out[name], on_step=True, on_epoch=False, batch_size=1, sync_dist=True)
         return out["loss"]
 
     @torch.no_grad()

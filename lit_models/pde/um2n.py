@@ -411,10 +411,10 @@ class UM2NModule(L.LightningModule):
         if hp.chamfer_weight:
             chamfer = chamfer_distance(pred, data.y.to(pred.dtype), batch_of(data, pred.device))
             loss = loss + hp.chamfer_weight * chamfer
-            self.log("train/chamfer_loss", chamfer, on_step=True, on_epoch=False, batch_size=n)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
-        self.log("train/coord_loss", coord_loss, on_step=True, on_epoch=False, batch_size=n)
-        self.log("train/area_loss", area_loss, on_step=True, on_epoch=False, batch_size=n)
+            self.log("train/chamfer_loss", chamfer, on_step=True, on_epoch=False, batch_size=n, sync_dist=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("train/coord_loss", coord_loss, on_step=True, on_epoch=False, batch_size=n, sync_dist=True)
+        self.log("train/area_loss", area_loss, on_step=True, on_epoch=False, batch_size=n, sync_dist=True)
         return loss
 
     # --------------------------------------------------------------------------------------------- evaluation
