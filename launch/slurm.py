@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import submitit
@@ -94,14 +94,15 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         cfg = OmegaConf.create(self.config)
         check_allocation(cfg)
-        watch = _PreemptionWatch(_finished_marker(cfg))
+        train.FINISHED.clear()
+        watch = _PreemptionWatch(train.FINISHED)
         try:
             result = train.run(cfg)
         except Exception as err:
             rank = int(os.environ.get("SLURM_PROCID") or 0)
             if rank != 0 and watch.signalled and _lost_process_group(err):
-                print(f"rank {rank}: stopped with the job after the preemption signal (rank 0 checkpoints and "
-                      f"requeues it): {one_line(err, 160)}", file=sys.stderr, flush=True)
+                print(f"rank {rank}: stopped with the job after the preemption signal (rank 0 requeues the job, "
+                      f"or ends it past launcher.max_num_timeout): {one_line(err, 160)}", file=sys.stderr, flush=True)
                 raise SystemExit(1) from None
             raise
         watch.done = True
@@ -122,10 +123,11 @@ def _preemption_signal() -> int:
 
 class _PreemptionWatch:
     """Wraps the handler installed for the preemption signal (submitit's): records that the signal came, and ignores
-    it once the run is done (`done`, or `marker` written since this start)."""
+    it once the run is done (`done`: `train.run` returned, or `finished` set: `train._finish` wrote the run's final
+    metrics; an in-process flag, no file system call in the handler)."""
 
-    def __init__(self, marker: Path | None) -> None:
-        self.done, self.signalled, self.marker, self.start = False, False, marker, time.time()
+    def __init__(self, finished: threading.Event) -> None:
+        self.done, self.signalled, self._finished = False, False, finished
         self.signum = _preemption_signal()
         self.previous = None
         if threading.current_thread() is threading.main_thread() and callable(signal.getsignal(self.signum)):
@@ -133,12 +135,7 @@ class _PreemptionWatch:
             signal.signal(self.signum, self._handle)
 
     def finished(self) -> bool:
-        if self.done:
-            return True
-        try:
-            return self.marker is not None and self.marker.stat().st_mtime >= self.start
-        except OSError:
-            return False
+        return self.done or self._finished.is_set()
 
     def _handle(self, signum, frame) -> None:
         self.signalled = True
@@ -147,15 +144,6 @@ class _PreemptionWatch:
                   file=sys.stderr, flush=True)
             return
         self.previous(signum, frame)
-
-
-def _finished_marker(cfg: DictConfig) -> Path | None:
-    """The file a start writes when its run is done (`train._finish`): final_metrics.json, test_metrics.json for
-    `stage=test`."""
-    try:
-        return runs.run_of(cfg).dir / ("test_metrics.json" if cfg.get("stage") == "test" else "final_metrics.json")
-    except Exception:  # noqa: BLE001 - a config without a run (its own error comes from train.run)
-        return None
 
 
 LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
@@ -244,10 +232,15 @@ def _remove_submission_links(folder: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+_LEFTOVER = re.compile(r"(\.submission_file_[0-9a-f]{32}\.sh|[0-9a-f]{32}\.pkl)")
+
+
 def _remove_submission_leftovers(folder: Path, before: set[Path]) -> None:
-    """What a refused submission wrote into `folder`: its script and its pickled call (`<uuid>.pkl`)."""
+    """What a refused submission wrote into `folder`: its script and its pickled call, under submitit's temporary
+    names (`.submission_file_<uuid hex>.sh`, `<uuid hex>.pkl`). A job's own files that appeared meanwhile (a
+    requeue's `<job>_submitted.pkl`, a `<job>_<task>_result.pkl`) are kept."""
     for path in set(folder.iterdir()) - before if folder.is_dir() else ():
-        if path.is_file() and (path.name.startswith(".submission_file_") or path.suffix == ".pkl"):
+        if path.is_file() and _LEFTOVER.fullmatch(path.name):
             path.unlink(missing_ok=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def build_loggers(cfg: DictConfig, run: runs.Run, resume_step: int | None = None
             loggers.append(RunWandbLogger(
                 project=wb.project, entity=wb.entity, id=run.run_id, name=f"{run.experiment}/{run.run_id}",
                 save_dir=str(run.dir), resume="allow", mode=mode, tags=tags(wb.get("tags")), group=wb.group,
-                config=config, log_model=wb.get("log_model") or False))
+                config=config, log_model=wb.get("log_model") or False, resume_step=resume_step))
     if cfg.logger.get("csv"):
         loggers.append(RunCSVLogger(save_dir=str(run.dir), resume_step=resume_step))
     return loggers
@@ -592,6 +593,11 @@ def _with_earlier_metrics(path: Path, metrics: dict[str, float]) -> dict[str, fl
     return merged
 
 
+# set when this process's run has written its final metrics: a SLURM job ignores a preemption signal after that
+# (launch.slurm._PreemptionWatch; cleared by each job's start)
+FINISHED = threading.Event()
+
+
 def _finish(trainer, run: runs.Run, metrics: dict[str, float], stage: str = "fit_test") -> None:
     import json
 
@@ -600,6 +606,7 @@ def _finish(trainer, run: runs.Run, metrics: dict[str, float], stage: str = "fit
     if stage != "test":
         metrics = _with_earlier_metrics(run.dir / name, metrics)
     runs.write_atomic(run.dir / name, json.dumps(metrics, indent=2, sort_keys=True))
+    FINISHED.set()
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in trainer.loggers:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
@@ -33,15 +34,20 @@ class RunWandbLogger(TestedAtStep, WandbLogger):
     module and datamodule hyperparameter again as a flat key, over the config's own keys (pig's `model` block became
     the string "pig"; a datamodule's `seed` replaced the run's)."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, resume_step: int | None = None, **kwargs) -> None:
+        """`resume_step`: the global step of the checkpoint this start resumes from (None or 0: it trains from step 0,
+        and every row it logs goes to W&B)."""
         requested = ((kwargs.get("config") or {}).get("logger") or {}).get("wandb") or {}
         if requested.get("mode") in EXPLICIT_MODES:  # the config's explicit mode wins over WANDB_MODE (resolve_mode)
             kwargs["mode"] = requested["mode"]
         super().__init__(**kwargs)
         self._wandb_init.pop("anonymous", None)  # wandb warns on every run that it has no effect
         self._logged_path = Path(self.save_dir or ".") / "wandb" / LOGGED_FILE
-        self._logged_before = _read_logged(self._logged_path)  # (step, keys at it) of the run's earlier starts
+        # (step, keys at it) of what the run's earlier starts sent; only a start from a checkpoint logs steps again
+        # that W&B has (a start from step 0 trains a new attempt: its rows are sent, as metrics.csv replaces its rows)
+        self._logged_before = _read_logged(self._logged_path) if resume_step else None
         self._logged: tuple[int, set[str]] | None = None
+        self._written_at = float("-inf")
 
     def log_hyperparams(self, params, *args, **kwargs) -> None:  # the config holds them (see above)
         return
@@ -74,14 +80,24 @@ class RunWandbLogger(TestedAtStep, WandbLogger):
         return {**new, "epoch": metrics["epoch"]} if new and "epoch" in metrics else new
 
     def _record(self, metrics: dict, step: int) -> None:
-        """The last step sent to W&B and its keys, in `<run>/wandb/logged_step.json` (the next start of the run reads
-        it): a few bytes, rewritten on each log call (every `log_every_n_steps` steps and at epoch ends)."""
+        """The last step sent to W&B and its keys, kept for the next start of the run in `<run>/wandb/logged_step.json`:
+        written at most every RECORD_EVERY_S seconds, at each checkpoint and when the run ends (a rename costs ~2 ms
+        on a local disk, more on a network one). The file may lag what was sent, never lead it: a start after a kill
+        sends a few rows again rather than dropping any."""
         keys = set(metrics)
         if self._logged is not None and self._logged[0] == step:
             keys |= self._logged[1]
         elif self._logged_before is not None and self._logged_before[0] == step:
             keys |= self._logged_before[1]
         self._logged = (step, keys)
+        if time.monotonic() - self._written_at >= RECORD_EVERY_S:
+            self._write_record()
+
+    def _write_record(self) -> None:
+        if self._logged is None:
+            return
+        step, keys = self._logged
+        self._written_at = time.monotonic()
         try:
             self._logged_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._logged_path.with_name(f".{LOGGED_FILE}.tmp")
@@ -90,8 +106,19 @@ class RunWandbLogger(TestedAtStep, WandbLogger):
         except OSError:  # a full or read-only disk must not stop the training; a later start logs these steps again
             pass
 
+    @rank_zero_only
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self._write_record()
+        super().after_save_checkpoint(checkpoint_callback)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self._write_record()
+        super().finalize(status)
+
 
 LOGGED_FILE = "logged_step.json"
+RECORD_EVERY_S = 5.0
 EXPLICIT_MODES = ("online", "offline", "disabled")
 
 

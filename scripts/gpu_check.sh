@@ -10,7 +10,8 @@
 #                  (PAPERZOO_FAST_TRAINER=gpu, tests/papers/contract.py)
 #   precision.log + precision_speed.json   `zoo bench mixed_precision`: step time at bf16-mixed / 16-mixed vs
 #                  32-true through the trainer (benchmarks/precision_speed.py)
-#   bench.log + itransformer_speed.json   `zoo bench itransformer --device cuda` (its CUDA rows only)
+#   bench.log + itransformer_speed.json   `zoo bench itransformer --device cuda` (its CUDA rows only), then
+#                  `zoo bench <slug> --quick --device cuda` for the other GPU paths while time is left (bench_quick_cuda)
 #   summary.txt    exit status and seconds of each step
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,4 +43,20 @@ step fast_contracts_on_gpu 150 fast_gpu.log env PAPERZOO_FAST_TRAINER=gpu "$PY" 
 # benchmark tables go to a scratch folder and only their .json come back (the device tool returns 8 files at most)
 step bench_mixed_precision 120 precision.log "$PY" -m launch.cli bench mixed_precision --out /tmp/paperzoo_bench
 step bench_itransformer 200 bench.log "$PY" -m launch.cli bench itransformer --device cuda --out /tmp/paperzoo_bench
+# the other benchmarks' --device cuda paths (pairing, synchronisation, peak GPU memory), quick sizes, while the
+# 580 s box has room; appended to bench.log (the device tool returns 8 files at most)
+bench_quick_cuda() {
+  local slug
+  for slug in causal_pinn pig mgno gtf_plrnn data_free_mesh_mover um2n; do
+    if ((SECONDS > 500)); then echo "bench_quick_cuda: no time left for $slug"; continue; fi
+    echo "== zoo bench $slug --quick --device cuda"
+    timeout 60 "$PY" -m launch.cli bench "$slug" --quick --device cuda --out /tmp/paperzoo_bench_quick
+    echo "exit $?"
+  done
+}
+if [[ -z "$ONLY" || " $ONLY " == *" bench_quick_cuda "* ]]; then
+  t0=$SECONDS
+  bench_quick_cuda >> "$OUT/bench.log" 2>&1
+  echo "bench_quick_cuda: done in $((SECONDS - t0)) s (appended to bench.log)" | tee -a "$OUT/summary.txt"
+fi
 cp /tmp/paperzoo_bench/precision_speed.json /tmp/paperzoo_bench/itransformer_speed.json "$OUT"/ 2>/dev/null

@@ -165,8 +165,13 @@ class Probe(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.rec["loss"].append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
         self.rec["logged"].append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+        self.rec.setdefault("unroll", []).append(getattr(pl_module, "last_unroll", None))
 
     def on_train_end(self, trainer, pl_module):
+        h = hashlib.sha1()
+        for value in pl_module.state_dict().values():
+            h.update(value.detach().cpu().numpy().tobytes())
+        self.rec["end_params"] = h.hexdigest()
         Path(sys.argv[1], f"rank{trainer.global_rank}.json").write_text(json.dumps(self.rec))
 
 
@@ -225,3 +230,28 @@ def test_data_free_mesh_mover_under_ddp_logs_the_ranks_mean_in_both_phases(tmp_p
     a, b = rank0["loss"][0], rank1["loss"][0]  # an Adam step: each rank's own loss, the mean logged
     assert rank0["logged"][0]["train/loss"] == pytest.approx((a + b) / 2, rel=1e-5)
     assert "train/rf_loss_start" in rank0["logged"][-1]
+
+
+def test_insr_reinitialised_every_step_keeps_one_model_on_every_rank(tmp_path):
+    """INSR's `model.warm_start=false` baseline re-initialises the field at every time step from the global random
+    state, which differs per rank since `RankSeed`: the ranks trained different fields (review of the RankSeed change;
+    DDP broadcasts weights only when it wraps the model). The re-initialised field is now rank 0's on every rank."""
+    rank0, rank1, _ = _probe_ddp(tmp_path, ["experiment=insr", "model.warm_start=false", "model.ic_max_iters=2",
+                                            "model.max_iters=2", "data.n_steps=2", "data.n_samples=64",
+                                            "model.hidden_features=8"])
+    assert rank0["params"] == rank1["params"]
+    assert rank0["rng"] != rank1["rng"]
+    assert rank0["end_params"] == rank1["end_params"]
+
+
+def test_mm_pde_pushforward_depth_is_the_same_on_every_rank(tmp_path):
+    """MM-PDE's pushforward depth r ~ U{0..min(epoch, unrolling)} is drawn in the training step: one draw per DDP
+    rank gave ranks different numbers of forwards (a hang with SyncBatchNorm). Rank 0's depth is every rank's."""
+    from tests.papers.test_mm_pde import SMALL
+
+    rank0, rank1, _ = _probe_ddp(tmp_path, ["experiment=data_free_mesh_mover/mm_pde", *SMALL, "model.unrolling=3",
+                                            "data.n_frames=11", "data.n_train=8", "trainer.max_epochs=6",
+                                            "trainer.max_steps=-1"])
+    depths = [r for r in rank0["unroll"] if r is not None]
+    assert rank0["unroll"] == rank1["unroll"] and len(depths) >= 6 and max(depths) > 0, (rank0["unroll"],
+                                                                                         rank1["unroll"])

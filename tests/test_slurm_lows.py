@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -33,12 +34,15 @@ def _cfg(root: Path, run_id: str, *overrides: str):
 @pytest.fixture
 def fake_sbatch(tmp_path, monkeypatch):
     """An `sbatch` on PATH that answers as SLURM does (a new job id each call), or refuses with exit 1 when the file
-    `refuse` exists beside it."""
+    `refuse` exists beside it (first touching the file that `refuse` names, if any: a job's file written meanwhile)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "sbatch"
     script.write_text(f"""#!/bin/sh
-if [ -e {bin_dir}/refuse ]; then echo "sbatch: error: invalid partition specified: nope" >&2; exit 1; fi
+if [ -e {bin_dir}/refuse ]; then
+  f=$(cat {bin_dir}/refuse); [ -n "$f" ] && touch "$f"
+  echo "sbatch: error: invalid partition specified: nope" >&2; exit 1
+fi
 n=$(cat {bin_dir}/n 2>/dev/null || echo 100); n=$((n+1)); echo $n > {bin_dir}/n
 echo "Submitted batch job $n"
 """)
@@ -67,6 +71,12 @@ def test_a_submission_leaves_no_submission_file_links(tmp_path, fake_sbatch):
     with pytest.raises(UserError, match="sbatch refused the job"):
         slurm.submit([cfg])
     assert sorted(p.name for p in folder.iterdir()) == names
+    # a refusal while job 102 writes its result (or a requeue its pickle): the job's file stays (review)
+    (fake_sbatch / "refuse").write_text(str(folder / "102_0_result.pkl"))
+    with pytest.raises(UserError, match="sbatch refused the job"):
+        slurm.submit([cfg])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*names, "102_0_result.pkl"])
+    (folder / "102_0_result.pkl").unlink()
     # a sweep (one job array, in the sweep's folder)
     (fake_sbatch / "refuse").unlink()
     sweep = slurm.submit([_cfg(tmp_path, f"s{k}", f"seed={k}") for k in (1, 2)], sweep_id="sw")
@@ -105,7 +115,8 @@ def test_a_preemption_signal_after_the_run_finished_does_not_requeue_it(tmp_path
         _signal_self()  # a preemption while training: submitit's
         stage.append(f"training {len(submitit_handler)}")
         final.parent.mkdir(parents=True, exist_ok=True)
-        final.write_text(json.dumps({"global_step": 7}))
+        train._finish(SimpleNamespace(loggers=[]), runs.run_of(cfg), {"global_step": 7.0}, stage="fit")
+        assert json.loads(final.read_text())["global_step"] == 7.0
         _signal_self()  # after the final metrics (W&B finishing): ignored
         return {"global_step": 7.0}
 

@@ -3,10 +3,12 @@ resumed run logs again. W&B never leaves this machine: the runs are offline or d
 recording stand-in."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from launch import config as zconfig
-from launch import runs, train
+from launch import runs, train, wandb_logger
 from launch.wandb_logger import LOGGED_FILE, RunWandbLogger, resolve_mode
 
 pytestmark = [pytest.mark.wandb]
@@ -54,8 +56,9 @@ class Recorder:
         self.rows.append(dict(row))
 
 
-def _logger(save_dir) -> tuple[RunWandbLogger, Recorder]:
-    logger = RunWandbLogger(project="p", id="r", save_dir=str(save_dir), mode="offline", config={})
+def _logger(save_dir, resume_step: int | None = None) -> tuple[RunWandbLogger, Recorder]:
+    logger = RunWandbLogger(project="p", id="r", save_dir=str(save_dir), mode="offline", config={},
+                            resume_step=resume_step)
     recorder = Recorder()
     logger._experiment = recorder  # nothing reaches wandb
     return logger, recorder
@@ -70,17 +73,18 @@ def _fit_rows(logger: RunWandbLogger, upto: int, start: int = 0) -> None:
             logger.log_metrics({"val/recall": step / 100, "epoch": step // 20}, step)
 
 
-def test_a_resumed_start_does_not_log_the_steps_the_run_already_logged(tmp_path):
+def test_a_resumed_start_does_not_log_the_steps_the_run_already_logged(tmp_path, monkeypatch):
     """Preempted after logging step 49's training row (not its validation row), resumed from a checkpoint at step
     21: the resumed start logged steps 29..49 a second time (W&B kept both rows of each, at the same
     trainer/global_step). It now logs only what W&B does not have: step 59's validation row onwards, and step 49's
     validation row, which the first start never sent."""
+    monkeypatch.setattr(wandb_logger, "RECORD_EVERY_S", 0.0)  # the record written at every row (see the lag test)
     first, sent_first = _logger(tmp_path)
     _fit_rows(first, 48)
     first.log_metrics({"train/loss": 0.02, "epoch": 2}, 49)  # then killed, before step 49's validation row
     assert (tmp_path / "wandb" / LOGGED_FILE).is_file() and sent_first.rows[-1]["trainer/global_step"] == 49
 
-    resumed, sent = _logger(tmp_path)
+    resumed, sent = _logger(tmp_path, resume_step=21)
     for step in range(22, 70):
         if step % 10 == 9:
             resumed.log_metrics({"train/loss": 1.0 / (step + 1), "epoch": step // 20}, step)
@@ -90,10 +94,34 @@ def test_a_resumed_start_does_not_log_the_steps_the_run_already_logged(tmp_path)
     assert steps == [(49, ["epoch", "val/recall"]), (59, ["epoch", "train/loss"]), (69, ["epoch", "train/loss"])]
 
     # a third start resumed at step 60 again: step 69 was logged, only later steps go
-    third, sent_third = _logger(tmp_path)
+    third, sent_third = _logger(tmp_path, resume_step=60)
     third.log_metrics({"train/loss": 0.1, "epoch": 3}, 69)
     third.log_metrics({"train/loss": 0.1, "epoch": 3}, 79)
     assert [r["trainer/global_step"] for r in sent_third.rows] == [79]
+
+
+def test_a_start_from_step_0_sends_every_row_and_the_record_lags_never_leads(tmp_path, monkeypatch):
+    """Review of the record: (1) a run that trains again from step 0 (its checkpoint gone) dropped every new row up to
+    the earlier attempt's last step, while metrics.csv keeps the new attempt's rows: a start without a checkpoint now
+    sends all it logs. (2) The record was rewritten at every row (~2 ms each, a metadata operation on a network
+    disk): it is written at most every RECORD_EVERY_S seconds, at checkpoints and at the end, so it lags what was
+    sent (a start after a kill resends a few rows) and never leads it."""
+    clock = [100.0]
+    monkeypatch.setattr(wandb_logger.time, "monotonic", lambda: clock[0])
+    first, _ = _logger(tmp_path)
+    _fit_rows(first, 49)
+    assert json.loads((tmp_path / "wandb" / LOGGED_FILE).read_text())["step"] == 9  # the first row; no time passed
+    clock[0] += wandb_logger.RECORD_EVERY_S
+    first.log_metrics({"train/loss": 0.5, "epoch": 2}, 59)
+    assert json.loads((tmp_path / "wandb" / LOGGED_FILE).read_text())["step"] == 59
+    first.log_metrics({"train/loss": 0.4, "epoch": 3}, 69)
+    first.finalize("failed")
+    assert json.loads((tmp_path / "wandb" / LOGGED_FILE).read_text())["step"] == 69
+
+    for resume_step in (None, 0):  # no checkpoint: a new attempt from step 0
+        again, sent = _logger(tmp_path, resume_step=resume_step)
+        _fit_rows(again, 29)
+        assert [r["trainer/global_step"] for r in sent.rows] == [9, 19, 19, 29]
 
 
 def test_a_retest_still_logs_at_the_tested_step(tmp_path):

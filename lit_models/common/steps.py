@@ -26,6 +26,21 @@ def computed_once(module: Any, compute: Any) -> Any:
     return trainer.strategy.broadcast(result, src=0)
 
 
+def same_on_every_rank(module: Any, net: Any) -> None:
+    """`net`'s parameters and buffers set to global rank 0's on every DDP rank (a broadcast): for a network that a
+    training step re-initialises from the global random state, which differs per rank (`launch.rank_seed`); DDP
+    broadcasts rank 0's weights only when it wraps the model. Without a trainer or with one process: nothing."""
+    import torch
+    import torch.distributed as dist
+
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None or trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        return
+    with torch.no_grad():
+        for tensor in [*net.parameters(), *net.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
 def attached_datamodule(module: Any) -> Any:
     """The datamodule of the trainer `module` is attached to, or None (a module used on its own, in a test or a
     probe): where a module's `setup` checks its settings against the data."""

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from launch.errors import UserError, check_min, check_positive
 from lit_models.common.pde import grad, no_autocast, reference_colours, relative_l2
-from lit_models.common.steps import EvaluateOnValAndTest, attached_datamodule
+from lit_models.common.steps import EvaluateOnValAndTest, attached_datamodule, same_on_every_rank
 
 EQUATIONS = ("advection", "fluid")
 INTEGRATORS = ("midpoint", "explicit_euler", "implicit_euler")
@@ -215,6 +215,7 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
             self.previous.load_state_dict(self.field.state_dict())  # exact copy of θ^n
             if not hp.warm_start:
                 self.field.reset_parameters()
+                same_on_every_rank(self, self.field)  # each DDP rank draws from its own random stream
         elif stage == "project":
             self.previous.load_state_dict(self.field.state_dict())
         opt = self._stage_optimizer().optimizer

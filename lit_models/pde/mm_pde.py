@@ -40,6 +40,7 @@ from torch_geometric.nn import MessagePassing
 from launch.errors import UserError, one_line
 from lit_models.common.mesh import knn_index
 from lit_models.common.pde import no_autocast
+from lit_models.common.steps import computed_once
 from lightning.pytorch.utilities import rank_zero_info
 
 MOVERS = ("dmm", "identity")
@@ -415,6 +416,9 @@ class MMPDEModule(L.LightningModule):
             # pushforward: unroll r steps without gradient, r ~ U{0..min(epoch, unrolling)} (mmpde.train)
             r_max = min(self.current_epoch, hp.unrolling, (T - 2 * tw) // tw)
             r = int(torch.randint(0, r_max + 1, ()))
+            if r_max > 0:  # one depth for every DDP rank, rank 0's: their random streams differ (launch.rank_seed),
+                r = computed_once(self, lambda: r)  # and SyncBatchNorm would hang on different numbers of forwards
+            self.last_unroll = r
             t = torch.randint(tw, T - tw - tw * r + 1, (B,), device=batch.device)
             u = self._window(batch, t - tw, tw)
             with torch.no_grad():
