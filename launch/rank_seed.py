@@ -20,6 +20,7 @@ rank) when training starts (`on_train_start`), and only when there are several r
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 
@@ -27,6 +28,7 @@ import lightning as L
 import numpy as np
 import torch
 
+log = logging.getLogger("paperzoo")
 _TAG = 0x52414E4B  # keeps the rank streams apart from the seeds `seed_everything(seed + k)` would give
 
 
@@ -63,6 +65,11 @@ class RankSeed(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         resumed_world, self._resumed_world = self._resumed_world, None
+        if resumed_world is not None and resumed_world != trainer.world_size and trainer.is_global_zero:
+            log.warning("resumed on %d process(es) from a checkpoint of %d: a step now trains %d per-process batches "
+                        "(was %d), an interrupted epoch goes on from rank 0's position in it, and the random states "
+                        "are reseeded per rank, so the run does not match an uninterrupted one exactly",
+                        trainer.world_size, resumed_world, trainer.world_size, resumed_world)
         if trainer.world_size <= 1 or resumed_world == trainer.world_size:
             return
         seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", "0"))

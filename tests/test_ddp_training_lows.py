@@ -62,7 +62,7 @@ def test_every_training_metric_is_reduced_over_the_ranks():
 
 
 def _fake_trainer(rank: int, world: int, step: int = 0):
-    return SimpleNamespace(global_rank=rank, world_size=world, global_step=step)
+    return SimpleNamespace(global_rank=rank, world_size=world, global_step=step, is_global_zero=rank == 0)
 
 
 def _draws() -> tuple[float, float, float]:
@@ -93,6 +93,26 @@ def test_rank_seed_gives_each_rank_its_own_stream_and_leaves_one_process_alone()
     assert start(1, 2, resumed_world=2, step=5) == untouched
     moved = start(1, 2, resumed_world=1, step=5)
     assert moved not in (untouched, rank1)
+
+
+def test_a_resume_on_another_number_of_ranks_says_what_changes(caplog):
+    """A checkpoint of 2 ranks resumed on 1 process (or 1 on 2): the step's batch, the interrupted epoch and the
+    random states all differ from an uninterrupted run; rank 0 says so once (before: silently)."""
+    from launch.rank_seed import RankSeed
+
+    for rank, world, saved, said in ((0, 1, 2, True), (0, 2, 1, True), (1, 2, 1, False), (0, 2, 2, False),
+                                     (0, 2, None, False)):
+        caplog.clear()
+        callback = RankSeed(seed=3)
+        callback.setup(_fake_trainer(rank, world), None, "fit")
+        if saved is not None:
+            callback.load_state_dict({"world_size": saved})
+        with caplog.at_level("WARNING", logger="paperzoo"):
+            callback.on_train_start(_fake_trainer(rank, world, 5), None)
+        lines = [r.getMessage() for r in caplog.records if "from a checkpoint of" in r.getMessage()]
+        assert len(lines) == int(said), (rank, world, saved, lines)
+        if said:
+            assert f"resumed on {world} process(es) from a checkpoint of {saved}" in lines[0]
 
 
 def test_fresh_collocation_points_notice():

@@ -133,3 +133,37 @@ def test_a_retest_still_logs_at_the_tested_step(tmp_path):
     retest.tested_at = (39.0, 1.0)
     retest.log_metrics({"test/recall": 0.3}, 0)
     assert sent.rows == [{"test/recall": 0.3, "epoch": 1.0, "trainer/global_step": 39}]
+
+
+def test_a_real_resume_continues_lightnings_step_numbering_and_skips_what_wandb_has(runs_root, monkeypatch):
+    """The record against Lightning's own step numbering (the tests above drive the logger by hand): a fit resumed
+    from its last checkpoint logs W&B rows at steps after the first start's, none twice; with the record claiming
+    more (a start killed after logging past its checkpoint) the resumed start drops the rows up to the claimed step
+    and sends the rest."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from tests.conftest import zoo_in_process
+
+    sent: list[tuple[int, tuple[str, ...]]] = []
+    monkeypatch.setattr(WandbLogger, "log_metrics",
+                        lambda self, metrics, step=None: sent.append((step, tuple(sorted(metrics)))))
+    monkeypatch.setattr(wandb_logger, "RECORD_EVERY_S", 0.0)
+    args = ["experiment=lightgcn", "data=synthetic_graph", "data.batch_size=64", "trainer.max_epochs=null",
+            "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "checkpoint.every_n_train_steps=2",
+            "checkpoint.every_n_epochs=null", "stage=fit", f"runs_root={runs_root}", "run_id=wb", "logger=wandb",
+            "logger.wandb.mode=offline", "progress_bar=false"]
+
+    def train_steps(max_steps: int) -> list[int]:
+        sent.clear()
+        code, _, err = zoo_in_process("train", *args, f"trainer.max_steps={max_steps}")
+        assert code == 0, err
+        return [step for step, keys in sent if "train/loss_step" in keys]
+
+    first = train_steps(3)
+    assert first == [0, 1, 2]
+    resumed = train_steps(6)
+    assert resumed == [3, 4, 5]  # Lightning's numbering goes on from the checkpoint: no row twice, none missing
+    record = runs_root / "lightgcn" / "wb" / "wandb" / LOGGED_FILE
+    assert json.loads(record.read_text())["step"] == 5
+    record.write_text(json.dumps({"step": 7, "keys": ["epoch", "train/loss_step"]}))  # W&B has rows up to step 7
+    assert train_steps(9) == [8]
