@@ -73,15 +73,17 @@ class EvalShardSampler(DistributedSampler):
     """The validation / test samples of one DDP rank, each sample on exactly one rank (strided: rank r takes r, r + W,
     ...). Lightning's default for an evaluation loader is `DistributedSampler`, which pads the set to a multiple of the
     world size W by repeating its first samples, so the metrics, reduced over the ranks, count those twice (471 test
-    windows of iTransformer on 2 ranks: 472). A set smaller than W goes whole to every rank (every rank then needs a
-    batch: its metrics, means or extremes over W identical copies, are the set's own). A subclass of
+    windows of iTransformer on 2 ranks: 472). A set smaller than W goes whole to every rank (`replicated`: every rank
+    needs a batch; means or extremes over W identical copies are the set's own, and the metrics gathered from the
+    ranks' samples take one rank's copy: `lit_models.common.ddp_eval.eval_set_replicated`). A subclass of
     DistributedSampler, so Lightning keeps it."""
 
     def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
         # world size and rank: from torch.distributed unless given
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
         n = len(dataset)
-        self.indices = list(range(self.rank, n, self.num_replicas)) if n >= self.num_replicas else list(range(n))
+        self.replicated = n < self.num_replicas  # the whole set on every rank (`ddp_eval.eval_set_replicated`)
+        self.indices = list(range(n)) if self.replicated else list(range(self.rank, n, self.num_replicas))
         self.num_samples = self.total_size = len(self.indices)
 
     def __iter__(self) -> Iterator[int]:

@@ -7,6 +7,7 @@ by the batch (another batch, other points) and weighed per-rank means of the fie
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,37 @@ def test_combine_weighs_means_by_their_samples():
     assert combine(rows) == {"disp": 0.5, "inverted": 3.0, "min_det": -0.1, "rmse": 2.5}  # no field had a ratio
     with pytest.raises(ValueError, match="unknown reduction"):
         combine([("x", 1.0, 1, "median")])
+
+
+def _replicated_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """One rank of a gloo group: what `gather_lists` returns for a test set of `n` samples, each rank holding the rows
+    of the samples its `EvalShardSampler` gives it (a count of 1 per sample)."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from lit_models.common.ddp_eval import eval_set_replicated, gather_lists
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    out = {}
+    for n in (1, 3):
+        loader = SimpleNamespace(sampler=EvalShardSampler(range(n), num_replicas=world, rank=rank))
+        module = SimpleNamespace(_trainer=SimpleNamespace(world_size=world, testing=True, test_dataloaders=loader))
+        local = {"inverted": [1 for _ in loader.sampler]}
+        out[n] = sum(gather_lists(local, eval_set_replicated(module))["inverted"])
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(out))
+    dist.destroy_process_group()
+
+
+def test_a_test_set_smaller_than_the_ranks_is_counted_once(tmp_path):
+    """A set smaller than the number of ranks goes whole to every rank (each needs a batch): a count summed over the
+    gathered samples (UM2N's and the mesh mover's `inverted`) was multiplied by the ranks (1 mesh on 2 ranks: 2). The
+    gathered metrics now take one rank's copy of a replicated set; a set split across the ranks is gathered as
+    before (3 meshes on 2 ranks: 3)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_replicated_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"1": 1, "3": 3}
+    assert EvalShardSampler(range(1), num_replicas=2, rank=1).replicated
+    assert not EvalShardSampler(range(3), num_replicas=2, rank=1).replicated

@@ -14,11 +14,28 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def gather_lists(local: dict[str, list]) -> dict[str, list]:
+def eval_set_replicated(module) -> bool:
+    """Whether the evaluation set the module's trainer is running (test, else validation) went whole to every DDP rank:
+    `datamodules.samplers.EvalShardSampler` does that for a set smaller than the number of ranks (each rank needs a
+    batch). The same answer on every rank. False without a trainer, for one process, and when not every one of the
+    stage's loaders is so replicated."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None or trainer.world_size == 1:
+        return False
+    loaders = trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    samplers = [getattr(getattr(loader, "batch_sampler", None), "sampler", None) or getattr(loader, "sampler", None)
+                for loader in loaders if loader is not None]
+    return bool(samplers) and all(getattr(sampler, "replicated", False) for sampler in samplers)
+
+
+def gather_lists(local: dict[str, list], replicated: bool = False) -> dict[str, list]:
     """`local` ({name: list of picklable values}) of every rank, concatenated in rank order: the same on every rank.
-    Outside DDP: `local` itself. Collective: every rank calls it at the same point."""
+    Outside DDP, or for a `replicated` set (every rank evaluated all of it: `eval_set_replicated`), `local` itself:
+    gathered, a count summed over the set would count each sample once per rank. Collective unless `replicated`:
+    every rank calls it at the same point."""
     world = _world()
-    if world == 1:
+    if world == 1 or replicated:
         return local
     parts: list = [None] * world
     dist.all_gather_object(parts, local)

@@ -70,7 +70,7 @@ from torch import Tensor
 
 from launch.errors import UserError, check_min
 from lit_models.common import mesh as M
-from lit_models.common.ddp_eval import combine, gather_lists
+from lit_models.common.ddp_eval import combine, eval_set_replicated, gather_lists
 from lit_models.common.lbfgs import LBFGSPhase
 from lit_models.common.pde import no_autocast
 from lit_models.pde.dmm_networks import DMMNet
@@ -491,7 +491,8 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
     def on_test_epoch_end(self) -> None:
         """The test metrics of the whole set, from every rank's batches (`common.ddp_eval`): the same keys and values
         on every rank, whatever share of the fields (and of those with a reference) each rank held."""
-        for k, v in combine(gather_lists({"rows": self._test_rows}).get("rows", [])).items():
+        rows = gather_lists({"rows": self._test_rows}, eval_set_replicated(self)).get("rows", [])
+        for k, v in combine(rows).items():
             self.log(f"test/{k}", v, sync_dist=True)
 
     def _mesh_metrics(self, batch: dict[str, Tensor], grid: Tensor, dets: Tensor

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from launch.errors import UserError, check_min
 from lit_models.common import mesh as M
-from lit_models.common.ddp_eval import gather_lists
+from lit_models.common.ddp_eval import eval_set_replicated, gather_lists
 from lit_models.common.pde import no_autocast
 from lit_models.common.steps import computed_once
 
@@ -482,7 +482,7 @@ class UM2NModule(L.LightningModule):
     def _log_eval(self, split: str) -> None:
         """The epoch's metrics from every rank's meshes (`common.ddp_eval.gather_lists`): the same keys and values on
         every rank, whatever test families and times each rank held."""
-        e = {key: [] for key in self._eval} | gather_lists(self._eval)
+        e = {key: [] for key in self._eval} | gather_lists(self._eval, eval_set_replicated(self))
         if not e["inverted"]:
             return
         rm = e["rmse_f"] + e["rmse_b"] + e["rmse_d"]
