@@ -28,7 +28,7 @@ def test_bench_lightgcn_quick(tmp_path):
         assert row["what"] and row["unit"], row
         for key, value in _numbers(row).items():
             assert math.isfinite(value), (key, row)
-            if row["unit"] == "max abs diff" or key == "grad_diff":
+            if row["unit"] == "max abs diff" or key in ("grad_diff", "out_diff"):
                 assert value >= 0, (key, row)
             else:
                 assert value > 0, (key, row)
@@ -45,6 +45,19 @@ def test_bench_lightgcn_quick(tmp_path):
     assert {r["case"] for r in diffs} == {"prop_ml100k", "prop_gowalla"}
     for row in diffs:
         assert row["ours"] <= 1e-4 and row["grad_diff"] <= 1e-4, row
+
+    # the paired rows (both sides in one process, interleaved rounds): ours vs torch-geometric's propagation on each
+    # graph and UltraGCN vs LightGCN training steps, ratio = the median of the per-round ratios
+    from benchmarks.timing import RATIO_METHOD
+
+    paired = [r for r in rows if "ratio_median" in r]
+    assert sorted(r["case"] for r in paired) == ["ml100k", "prop_gowalla", "prop_ml100k"]
+    for row in paired:
+        assert row["ratio"] == row["ratio_median"] and row["ratio_q1"] <= row["ratio"] <= row["ratio_q3"], row
+        assert row["rounds"] >= 1 and row["ratio_method"] == RATIO_METHOD, row
+    for row in (r for r in paired if r["case"].startswith("prop_")):
+        assert row["out_diff"] <= 1e-4 and row["grad_diff"] <= 1e-4, row
+    assert {r["device"] for r in rows} == {"cpu"} and not [k for r in rows for k in r if "gpu" in k]
 
     # the Gowalla-scale rows say what they are measured against
     gowalla = [r for r in rows if r["case"].startswith("gowalla_")]

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-# modules smoke-tested elsewhere: recsys_speed (tests/test_bench.py), itransformer_speed and gtf_speed
+# modules smoke-tested elsewhere: recsys_speed (tests/test_bench.py end to end; its paired cases below),
+# itransformer_speed and gtf_speed
 # (tests/test_dynamics_bench.py), dysts_runner (tests/papers/test_dysts_benchmark.py), pinn_residuals
 # (tests/papers/test_causal_pinn.py)
 MODULES = ["benchmarks.pig_speed", "benchmarks.mgno_speed", "benchmarks.mesh_mover_speed", "benchmarks.mm_pde_speed",
@@ -105,12 +106,13 @@ def test_all_with_a_device_runs_the_others_on_the_cpu(tmp_path, monkeypatch, cap
 # every benchmark that can time on a GPU (`zoo bench --all --device cuda` passes --device only to these)
 DEVICE_MODULES = ["benchmarks.pig_speed", "benchmarks.mgno_speed", "benchmarks.mesh_mover_speed",
                   "benchmarks.mm_pde_speed", "benchmarks.gtf_speed", "benchmarks.pinn_residuals",
-                  "benchmarks.precision_speed", "benchmarks.itransformer_speed", "benchmarks.dysts_runner"]
+                  "benchmarks.precision_speed", "benchmarks.itransformer_speed", "benchmarks.dysts_runner",
+                  "benchmarks.recsys_speed"]
 
 
 def test_which_benchmarks_take_a_device():
-    """Every registered benchmark but recsys_speed takes --device (its cases are fresh processes per case for their
-    peak RSS, and its Gowalla rows compare with CPU figures; it runs on the CPU under --all --device cuda)."""
+    """Every registered benchmark takes --device (recsys_speed last: its fresh process per case gets it in its
+    argument list; its Gowalla rows, against quoted CPU figures, then have no ratio)."""
     import inspect
 
     from benchmarks import REGISTRY, _modules
@@ -153,3 +155,63 @@ def test_cuda_peak_mib_calls_once_and_measures_only_on_cuda():
 
     calls = []
     assert cuda_peak_mib(lambda: calls.append(1), "cpu") is None and calls == [1]
+
+
+@pytest.mark.filterwarnings("ignore:.*gowalla has .* users", "ignore:You are trying to `self.log")
+def test_recsys_paired_rows_quick(tmp_path):
+    """recsys_speed's paired cases in this process on the quick graphs (seconds; the whole `zoo bench lightgcn
+    --quick`, its fresh processes included, runs in tests/test_bench.py): ours vs torch-geometric's propagation and
+    UltraGCN vs LightGCN training steps, interleaved, on the CPU; their rows carry the paired fields, consistently."""
+    import torch
+
+    from benchmarks import recsys_speed
+    from benchmarks.timing import RATIO_METHOD
+
+    threads = torch.get_num_threads()
+    try:
+        graph = recsys_speed.write_gowalla_like(tmp_path / "gowalla", quick=True)
+        results = {name: {"case": name, **recsys_speed.CASE_FUNCS[name](
+            quick=True, data_dir=str(tmp_path / "gowalla"), out_dir=None, target=None, device="cpu")}
+            for name in ("prop_paired_ml100k", "prop_paired_gowalla", "step_paired_ml100k")}
+    finally:
+        torch.set_num_threads(threads)
+    rows = recsys_speed.build_rows(results, graph, quick=True, device="cpu")
+    paired = [r for r in rows if "ratio_median" in r]
+    assert len(paired) == len(rows) == 3 and {r["case"] for r in rows} == {"prop_ml100k", "prop_gowalla", "ml100k"}
+    for row in paired:
+        assert row["ratio"] == row["ratio_median"] and row["ratio_q1"] <= row["ratio_median"] <= row["ratio_q3"], row
+        assert row["rounds"] >= 1 and row["ratio_method"] == RATIO_METHOD and row["device"] == "cpu", row
+        assert row["ours"] > 0 and row["baseline"] > 0 and row["ratio"] > 0 and row["unit"] == "s", row
+        assert not [k for k in row if "gpu" in k], row  # CUDA peak memory only on a GPU
+    for row in (r for r in paired if r["case"].startswith("prop_")):  # the two propagations agree
+        assert row["out_diff"] <= 1e-4 and row["grad_diff"] <= 1e-4, row
+
+
+def test_recsys_cases_get_the_device_and_cuda_without_a_gpu_is_one_line(tmp_path, monkeypatch):
+    """Each fresh process of recsys_speed gets `--device` in its argument list (its parser takes it); `zoo bench
+    lightgcn --device cuda` where torch sees no GPU: one line, exit 2, no case started."""
+    import subprocess
+
+    import torch
+
+    from benchmarks import recsys_speed
+    from tests.conftest import zoo_in_process
+
+    commands = []
+
+    def fake_run(cmd, **kwargs):
+        commands.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "not run (test)")
+
+    monkeypatch.setattr(recsys_speed.subprocess, "run", fake_run)
+    rows = recsys_speed.run(quick=True, device="cpu")
+    assert len(commands) == len(recsys_speed.QUICK_GROUPS)
+    assert all(cmd[cmd.index("--device") + 1] == "cpu" for cmd in commands), commands
+    assert {r["what"] for r in rows} == {"FAILED"} and all(r["device"] == "cpu" for r in rows)
+    assert {c for group in recsys_speed.QUICK_GROUPS for c in group} == set(recsys_speed.CASES)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    commands.clear()
+    code, _, err = zoo_in_process("bench", "lightgcn", "--quick", "--device", "cuda", "--out", str(tmp_path / "b"))
+    assert code == 2 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1, err
+    assert not commands and not list((tmp_path / "b").glob("*.json"))
