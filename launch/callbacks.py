@@ -279,20 +279,27 @@ class RunCheckpoint(ModelCheckpoint):
     resume, a validation that follows the checkpoint's batch, and with it its early-stopping and best-weights
     bookkeeping and the epoch-end hooks. A run resumed from the second save continues exactly (with
     `launch.fit_loop`'s loop, which `build_trainer` installs); the first is what is left if the run stops during the
-    validation, and resumes with the same weights and batches, skipping that validation."""
+    validation: `launch.fit_loop.ValidationFirstEpochLoop` runs that validation on resume, before the next batch, and
+    the first save's state (`save_again_after`) has the resumed run save again after it, as the uninterrupted run."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._save_again_after: str | None = None  # "epoch_end" | "validation_end"
+        self._after_this_batch: str | None = None  # what follows the batch whose on_train_batch_end saves now
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         saved_before = self._last_global_step_saved
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if 0 < trainer.max_steps <= trainer.global_step:
-            self._save_final(trainer)
+        # before the save, so that its state records it (`state_dict`); the save changes nothing it reads
+        self._after_this_batch = _validation_or_epoch_end_after(trainer)
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            if 0 < trainer.max_steps <= trainer.global_step:
+                self._save_final(trainer)
+        finally:
+            after, self._after_this_batch = self._after_this_batch, None
         # saved at this batch (a later gradient-accumulation batch of the same step does not count)
         if self._last_global_step_saved != saved_before:
-            self._save_again_after = _validation_or_epoch_end_after(trainer)
+            self._save_again_after = after
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -327,11 +334,14 @@ class RunCheckpoint(ModelCheckpoint):
     def state_dict(self) -> dict:
         # the step last saved, so that a resumed run does not save that step again in the middle of a gradient
         # accumulation window (ModelCheckpoint starts from 0 in a new process)
-        return {**super().state_dict(), "last_global_step_saved": self._last_global_step_saved}
+        # and, for a save at a batch's end, what follows that batch: a run resumed from it saves again after it
+        return {**super().state_dict(), "last_global_step_saved": self._last_global_step_saved,
+                "save_again_after": self._after_this_batch}
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self._last_global_step_saved = int(state_dict.get("last_global_step_saved", self._last_global_step_saved))
+        self._save_again_after = state_dict.get("save_again_after")
 
 
 def _validation_or_epoch_end_after(trainer) -> str | None:
