@@ -35,6 +35,10 @@ from lightning.pytorch.loops.loop import _Loop
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 
 
+# the Lightning (2.6) names `ValidationFirstEpochLoop` relies on, besides the progress counters
+_VALIDATION_FIRST_NEEDS = ("update_restart_stage", "_should_check_val_fx", "on_advance_end")
+
+
 class ValidationFirstEpochLoop(_TrainingEpochLoop):
     """`_TrainingEpochLoop` that, restored from a checkpoint saved at the end of a batch that a validation follows,
     runs that validation first (before the next batch), as the uninterrupted run did after that batch.
@@ -53,15 +57,20 @@ class ValidationFirstEpochLoop(_TrainingEpochLoop):
     _validate_first = False  # restored before a validation that this loop runs before any batch
 
     def restored_before_validation(self) -> bool:
-        """The loaded state is a batch's end, saved before the validation due after that batch (or this loop has
-        completed that batch and is about to run the validation)."""
+        """The loaded state is a batch's end, saved before what follows that batch in the uninterrupted run: the
+        validation due after it, or the epoch's end after its last batch (with its validation when due: a run stopped
+        in `on_train_epoch_end` lost those hooks too); or this loop has completed that batch and is about to run
+        them."""
         if self._validate_first:
             return True
         if not self.restarting:
             return False
         total, trainer = self.batch_progress.total, self.trainer
-        saved_at_batch_end = total.ready == total.started == total.processed == total.completed + 1
-        return (saved_at_batch_end and trainer.val_check_batch is not None  # None before the fit loop's setup_data
+        if not total.ready == total.started == total.processed == total.completed + 1:  # not a batch-end save
+            return False
+        if self.batch_progress.is_last_batch:  # the epoch's end (and its validation, when due) still to run
+            return True
+        return (trainer.val_check_batch is not None  # None before the fit loop's setup_data
                 and getattr(trainer, "_val_check_time_interval", None) is None
                 and self._should_check_val_fx(trainer.fit_loop._data_fetcher))
 
@@ -77,7 +86,7 @@ class ValidationFirstEpochLoop(_TrainingEpochLoop):
         if self._validate_first:
             self._validate_first = False
             self.val_loop.restarting = False  # a whole validation, from its first batch
-            return  # `on_advance_end` runs the validation (it is due), then the loop goes on as after that batch
+            return  # `on_advance_end` runs the validation (when due), then the loop goes on as after that batch
         super().advance(data_fetcher)
 
 
@@ -139,6 +148,9 @@ def use_epoch_end_resume_loop(trainer: L.Trainer, stop_setting: Any = None) -> N
     loop = EpochEndResumeFitLoop(trainer, min_epochs=old.min_epochs, max_epochs=old.max_epochs)
     loop.stop_setting = json.dumps(stop_setting, sort_keys=True, default=str)
     old_epoch_loop = old.epoch_loop
-    loop.epoch_loop = ValidationFirstEpochLoop(trainer, min_steps=old_epoch_loop.min_steps,
-                                               max_steps=old_epoch_loop.max_steps)
+    if all(hasattr(_TrainingEpochLoop, name) for name in _VALIDATION_FIRST_NEEDS):
+        loop.epoch_loop = ValidationFirstEpochLoop(trainer, min_steps=old_epoch_loop.min_steps,
+                                                   max_steps=old_epoch_loop.max_steps)
+    else:  # another Lightning: its own epoch loop (a validation stopped by a preemption is then skipped on resume)
+        loop.epoch_loop = old_epoch_loop
     trainer.fit_loop = loop

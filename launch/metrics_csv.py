@@ -76,7 +76,13 @@ class KeptMetricsWriter(ExperimentWriter):
 
     def _replayed(self, row: dict[str, str]) -> bool:
         step = _step(row)
-        return step is not None and step >= self.resume_step and (not _is_test(row) or self.resume_step == 0)
+        if step is None:
+            return False
+        if getattr(self.resume_step, "replays_what_follows", False) and step == self.resume_step - 1 and _is_val(row):
+            # the checkpoint came before its batch's validation, which the resumed run runs (and logs) again: the
+            # row of a run stopped after that validation logged it, before the checkpoint was saved again
+            return True
+        return step >= self.resume_step and (not _is_test(row) or self.resume_step == 0)
 
 
 def _step(row: dict) -> int | None:
@@ -84,6 +90,10 @@ def _step(row: dict) -> int | None:
         return int(float(row.get("step") or ""))
     except (TypeError, ValueError):
         return None
+
+
+def _is_val(row: dict) -> bool:
+    return any(str(key).startswith("val/") and value not in ("", None) for key, value in row.items())
 
 
 def _is_test(row: dict) -> bool:

@@ -68,7 +68,7 @@ class RankSeed(L.Callback):
         if resumed_world is not None and resumed_world != trainer.world_size and trainer.is_global_zero:
             log.warning("resumed on %d process(es) from a checkpoint of %d: a step now trains %d per-process batches "
                         "(was %d), an interrupted epoch goes on from rank 0's position in it, and the random states "
-                        "are reseeded per rank, so the run does not match an uninterrupted one exactly",
+                        "are not each rank's saved ones, so the run does not match an uninterrupted one exactly",
                         trainer.world_size, resumed_world, trainer.world_size, resumed_world)
         if trainer.world_size <= 1 or resumed_world == trainer.world_size:
             return

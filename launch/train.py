@@ -497,6 +497,27 @@ def run_identity(cfg: DictConfig) -> dict[str, str]:
     return {"experiment": str(cfg.get("experiment_name")), "model": str(OmegaConf.select(cfg, "model._target_"))}
 
 
+class ResumeStep(int):
+    """The global step a fit resumes from, and whether its checkpoint was saved at a batch's end before what follows
+    that batch (a validation, the epoch's end: `RunCheckpoint`'s first save), which the resumed run then runs
+    (`fit_loop.ValidationFirstEpochLoop`): metrics.csv drops that validation's earlier row (`metrics_csv`)."""
+
+    def __new__(cls, step: int, replays_what_follows: bool = False) -> ResumeStep:
+        value = super().__new__(cls, step)
+        value.replays_what_follows = replays_what_follows
+        return value
+
+
+def _saved_before_what_follows(ckpt: dict) -> bool:
+    try:
+        total = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
+        at_batch_end = total["ready"] == total["started"] == total["processed"] == total["completed"] + 1
+    except (KeyError, TypeError):
+        return False
+    states = [v for k, v in (ckpt.get("callbacks") or {}).items() if str(k).startswith("RunCheckpoint")]
+    return at_batch_end and any(isinstance(v, dict) and v.get("save_again_after") for v in states)
+
+
 def _guard_checkpoint(run: runs.Run | None, cfg: DictConfig | None = None) -> int | None:
     """A torn or foreign last.ckpt is a clear error, not a stack trace deep inside Lightning, and so is a budget
     (`cfg.trainer`) below what the run has trained; returns its global step (None without one)."""
@@ -513,7 +534,7 @@ def _guard_checkpoint(run: runs.Run | None, cfg: DictConfig | None = None) -> in
             raise UserError(f"checkpoint {run.last_checkpoint} was written by experiment {identity.get('experiment')} "
                             f"({identity.get('model')}), not by this run's {mine['experiment']}; move it away to "
                             "restart the run from scratch")
-    step = int(ckpt.get("global_step", 0))
+    step = ResumeStep(int(ckpt.get("global_step", 0)), _saved_before_what_follows(ckpt))
     trainer_cfg = cfg.get("trainer") or {} if cfg is not None else {}
     check_trainer_integers(trainer_cfg)
     epochs = epochs_trained(ckpt)

@@ -171,6 +171,69 @@ def test_zoo_run_preempted_during_a_validation_resumes_as_the_straight_run(setti
     assert _saved_before(saved) in ("validation_end", "epoch_end")
 
 
+class _PreemptAfter(L.Callback):
+    """Preempts the fit in `on_validation_end` or `on_train_epoch_end` at or after global step `step`: after the
+    validation logged its row, before `RunCheckpoint` saved again (it comes later in the callback list)."""
+
+    def __init__(self, step: int, hook: str) -> None:
+        self.step, self.hook = step, hook
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.hook == "on_validation_end" and trainer.global_step >= self.step and not trainer.sanity_checking:
+            raise _Preempted
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.hook == "on_train_epoch_end" and trainer.global_step >= self.step:
+            raise _Preempted
+
+
+def test_epoch_end_lost_to_a_preemption_runs_on_resume(tmp_path):
+    """Review: a step save at an epoch's last batch with no validation due (`check_val_every_n_epoch=2`), preempted
+    in `on_train_epoch_end` before the epoch's save: the resumed run skipped that epoch's end and the next epoch's
+    start hooks. They now run first, as in the straight run."""
+    from launch.callbacks import ResumeRandomState, RunCheckpoint
+
+    cfg = zconfig.compose(["experiment=lightgcn"])
+    root = tmp_path / "run"
+
+    def fit(ckpt=None, callbacks=()):
+        L.seed_everything(7)
+        saver = RunCheckpoint(dirpath=str(root), filename="last", save_top_k=1, monitor=None,
+                              every_n_train_steps=BATCHES, save_on_train_epoch_end=True, enable_version_counter=False)
+        return _fit_until_preempted(_Recorder(), train.instantiate(cfg)[0], root, ckpt,
+                                    [ResumeRandomState(), *callbacks, saver], check_val_every_n_epoch=2,
+                                    max_steps=3 * BATCHES)
+
+    full = fit()
+    shutil.rmtree(root)
+    first = fit(callbacks=[_PreemptAfter(BATCHES, "on_train_epoch_end")])
+    assert torch.load(root / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == BATCHES
+    rest = fit(ckpt=str(root / "last.ckpt"))
+    assert ("end", 0) in full and ("end", 0) not in first
+    assert first + rest == full
+
+
+@pytest.mark.parametrize("hook", ["on_validation_end", "on_train_epoch_end"])
+def test_a_validation_logged_before_the_preemption_is_one_row(hook, runs_root):
+    """Review: preempted after the validation logged its row but before the second save, the resumed run validates
+    again: metrics.csv kept the first row too (two rows at that step). The resumed run now drops it, as it drops the
+    rows after its checkpoint's step; its validation rows are the straight run's."""
+    settings = (["trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "+trainer.val_check_interval=5",
+                 "checkpoint.every_n_train_steps=5"] if hook == "on_validation_end" else
+                ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", f"checkpoint.every_n_train_steps={EPOCH}"])
+    at = 5 if hook == "on_validation_end" else EPOCH
+    args = [*TINY, *settings, f"runs_root={runs_root}", "run_id=p"]
+    with pytest.raises(_Preempted):
+        train.run(zconfig.compose(args), extra_callbacks=[_PreemptAfter(at, hook)])
+    run = runs_root / "lightgcn" / "p"
+    assert [int(r["step"]) for r in _validation_rows(run)] == [at - 1]  # logged before the preemption
+    code, _, err = zoo_in_process("train", *args)
+    assert code == 0, err
+    train.run(zconfig.compose([*TINY, *settings, f"runs_root={runs_root / 'reference'}", "run_id=s"]))
+    rows, reference = _validation_rows(run), _validation_rows(runs_root / "reference" / "lightgcn" / "s")
+    assert _same_rows(rows, reference), (rows, reference)
+
+
 def test_ddp_resume_runs_the_validation_due_after_the_checkpoint_batch(runs_root):
     """Under DDP (2 gloo ranks): a run whose last.ckpt is a batch's end that a validation follows runs that validation
     on resume, on both ranks, before the next batch. The checkpoint comes from a run with validation off
