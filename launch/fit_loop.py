@@ -34,7 +34,6 @@ from lightning.pytorch.loops.fit_loop import RestartStage, _FitLoop
 from lightning.pytorch.loops.loop import _Loop
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 
-
 # the Lightning (2.6) names `ValidationFirstEpochLoop` relies on, besides the progress counters
 _VALIDATION_FIRST_NEEDS = ("update_restart_stage", "_should_check_val_fx", "on_advance_end")
 
