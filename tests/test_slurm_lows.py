@@ -19,6 +19,7 @@ import pytest
 from launch import config as zconfig
 from launch import runs, slurm
 from launch.errors import UserError
+from tests.test_slurm_train import wait_for
 
 SLURM = ["experiment=lightgcn", "data=synthetic_graph", "launcher=slurm", "trainer=cpu"]
 
@@ -168,15 +169,6 @@ def test_a_rank_that_loses_its_process_group_to_a_preemption_stops_in_one_line(m
 
 # --- on the local cluster ---------------------------------------------------------------------------------------
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("sbatch") is None and not os.environ.get("CI"), reason="no SLURM here (no sbatch)")
@@ -192,10 +184,10 @@ def test_a_preempted_ddp_job_resumes_and_rank_1_says_one_line(runs_root):
                           "logger=csv", check=True)
     (job,) = re.findall(r"submitted job (\S+):", proc.stdout)
     run = runs_root / "lightgcn" / "ddpp"
-    _wait((run / "checkpoints" / "last.ckpt").exists, 240, "the first periodic checkpoint")
+    wait_for((run / "checkpoints" / "last.ckpt").exists, 240, "the first periodic checkpoint")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    _wait((run / "final_metrics.json").exists, 420, "the requeued job to finish")
-    _wait(lambda: (run / "slurm" / f"{job}_1_result.pkl").exists(), 60, "rank 1's result")
+    wait_for((run / "final_metrics.json").exists, 420, "the requeued job to finish")
+    wait_for(lambda: (run / "slurm" / f"{job}_1_result.pkl").exists(), 60, "rank 1's result")
     rank1 = (run / "slurm" / f"{job}_1_log.err").read_text(errors="ignore")
     assert "Caught signal SIGUSR2" in rank1 and "rank 1: stopped with the job after the preemption signal" in rank1
     assert "Traceback" not in rank1, rank1[-3000:]

@@ -58,6 +58,20 @@ def _saved_before(checkpoint: dict) -> str | None:
     return next(v for k, v in checkpoint["callbacks"].items() if k.startswith("RunCheckpoint")).get("save_again_after")
 
 
+def _fit_recorded(root, period: int, ckpt=None, before=(), after=(), **trainer_kw) -> list:
+    """A recorded LightGCN fit (seed 7) with the global random states checkpointed (`ResumeRandomState`) and
+    `RunCheckpoint` saving `root/last.ckpt` every `period` steps; `before` / `after`: callbacks placed before / after
+    the saver (one placed before it acts first at a hook they share)."""
+    from launch.callbacks import ResumeRandomState, RunCheckpoint
+
+    L.seed_everything(7)
+    saver = RunCheckpoint(dirpath=str(root), filename="last", save_top_k=1, monitor=None, every_n_train_steps=period,
+                          save_on_train_epoch_end=True, enable_version_counter=False)
+    model = train.instantiate(zconfig.compose(["experiment=lightgcn"]))[0]
+    return _fit_until_preempted(_Recorder(), model, root, ckpt, [ResumeRandomState(), *before, saver, *after],
+                                **trainer_kw)
+
+
 # (trainer settings, RunCheckpoint's step period, where the first run is preempted)
 CASES = {
     "validation_inside_the_epoch": ({"val_check_interval": 2, "max_steps": 3 * BATCHES}, 2, 2, "in_validation"),
@@ -79,18 +93,11 @@ def test_a_run_preempted_during_a_validation_runs_it_on_resume(case, tmp_path):
     after the second save (the validation done), the resumed run does not validate again. Seen failing before
     `ValidationFirstEpochLoop`: the first 4 cases resumed without the validation (and, after an epoch's last batch,
     without that epoch's end and the next one's start hooks; after the budget's last batch, with nothing at all)."""
-    from launch.callbacks import ResumeRandomState, RunCheckpoint
-
     trainer_kw, period, preempt_at, where = CASES[case]
-    cfg = zconfig.compose(["experiment=lightgcn"])
     root = tmp_path / "run"
 
     def fit(ckpt=None, callbacks=()):
-        L.seed_everything(7)
-        saver = RunCheckpoint(dirpath=str(root), filename="last", save_top_k=1, monitor=None,
-                              every_n_train_steps=period, save_on_train_epoch_end=True, enable_version_counter=False)
-        return _fit_until_preempted(_Recorder(), train.instantiate(cfg)[0], root, ckpt,
-                                    [ResumeRandomState(), saver, *callbacks], **trainer_kw)
+        return _fit_recorded(root, period, ckpt, after=callbacks, **trainer_kw)
 
     full = fit()
     assert sum(1 for r in full if r[0] == "validation") >= 2
@@ -191,18 +198,10 @@ def test_epoch_end_lost_to_a_preemption_runs_on_resume(tmp_path):
     """Review: a step save at an epoch's last batch with no validation due (`check_val_every_n_epoch=2`), preempted
     in `on_train_epoch_end` before the epoch's save: the resumed run skipped that epoch's end and the next epoch's
     start hooks. They now run first, as in the straight run."""
-    from launch.callbacks import ResumeRandomState, RunCheckpoint
-
-    cfg = zconfig.compose(["experiment=lightgcn"])
     root = tmp_path / "run"
 
-    def fit(ckpt=None, callbacks=()):
-        L.seed_everything(7)
-        saver = RunCheckpoint(dirpath=str(root), filename="last", save_top_k=1, monitor=None,
-                              every_n_train_steps=BATCHES, save_on_train_epoch_end=True, enable_version_counter=False)
-        return _fit_until_preempted(_Recorder(), train.instantiate(cfg)[0], root, ckpt,
-                                    [ResumeRandomState(), *callbacks, saver], check_val_every_n_epoch=2,
-                                    max_steps=3 * BATCHES)
+    def fit(ckpt=None, callbacks=()):  # the preemption before the saver: it stops the epoch's end before its save
+        return _fit_recorded(root, BATCHES, ckpt, before=callbacks, check_val_every_n_epoch=2, max_steps=3 * BATCHES)
 
     full = fit()
     shutil.rmtree(root)
