@@ -19,7 +19,7 @@ import pytest
 from launch import config as zconfig
 from launch import runs, slurm
 from launch.errors import UserError
-from tests.test_slurm_train import wait_for
+from tests.test_slurm_train import slurm_logs, wait_for
 
 SLURM = ["experiment=lightgcn", "data=synthetic_graph", "launcher=slurm", "trainer=cpu"]
 
@@ -173,8 +173,10 @@ def test_a_rank_that_loses_its_process_group_to_a_preemption_stops_in_one_line(m
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("sbatch") is None and not os.environ.get("CI"), reason="no SLURM here (no sbatch)")
 def test_a_preempted_ddp_job_resumes_and_rank_1_says_one_line(runs_root):
-    """2 tasks (gloo), USR2 after the first periodic checkpoint: the job requeues and finishes; rank 1's log has the
-    one line and no traceback; the run's slurm/ folder keeps no `.submission_file_*` link."""
+    """2 tasks (gloo), USR2 after the first periodic checkpoint: the job requeues and finishes; rank 1's log has no
+    traceback: either the one line (rank 1 reached a collective after rank 0 stopped: "Connection closed by peer") or
+    nothing (SLURM's requeue stopped rank 1 first, before or after submitit's handler logged the signal); which
+    happens is timing (all three seen here); the line itself is tested without a cluster above. The run's slurm/ folder keeps no `.submission_file_*` link."""
     from tests.conftest import zoo_subprocess
 
     proc = zoo_subprocess("train", *SLURM[:2], "data.batch_size=64", "trainer.accelerator=cpu", "trainer.max_epochs=30",
@@ -189,7 +191,11 @@ def test_a_preempted_ddp_job_resumes_and_rank_1_says_one_line(runs_root):
     wait_for((run / "final_metrics.json").exists, 420, "the requeued job to finish")
     wait_for(lambda: (run / "slurm" / f"{job}_1_result.pkl").exists(), 60, "rank 1's result")
     rank1 = (run / "slurm" / f"{job}_1_log.err").read_text(errors="ignore")
-    assert "Caught signal SIGUSR2" in rank1 and "rank 1: stopped with the job after the preemption signal" in rank1
     assert "Traceback" not in rank1, rank1[-3000:]
-    assert "Requeued job" in (run / "slurm" / f"{job}_0_log.out").read_text(errors="ignore")
+    for line in rank1.splitlines():  # the one line, when rank 1 lost its process group before it was stopped
+        if "stopped with the job" in line:
+            assert line.startswith("rank 1: stopped with the job after the preemption signal (rank 0 requeues"), line
+    logs = slurm_logs(run / "slurm")  # a requeued start may truncate the first start's .out: every log, as in
+    assert re.search(r"requeu", logs, re.IGNORECASE), logs[-3000:]  # test_slurm_train's preemption test
+    assert "Restoring states from the checkpoint" in logs, logs[-3000:]
     assert not list((run / "slurm").glob(".submission_file_*"))
