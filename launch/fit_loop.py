@@ -38,6 +38,12 @@ from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 _VALIDATION_FIRST_NEEDS = ("update_restart_stage", "_should_check_val_fx", "on_advance_end")
 
 
+def saved_at_batch_end(ready: int, started: int, processed: int, completed: int) -> bool:
+    """The epoch loop's batch counters of a checkpoint saved in `on_train_batch_end`: the batch is processed but
+    counted completed only after the hooks."""
+    return ready == started == processed == completed + 1
+
+
 class ValidationFirstEpochLoop(_TrainingEpochLoop):
     """`_TrainingEpochLoop` that, restored from a checkpoint saved at the end of a batch that a validation follows,
     runs that validation first (before the next batch), as the uninterrupted run did after that batch.
@@ -65,7 +71,7 @@ class ValidationFirstEpochLoop(_TrainingEpochLoop):
         if not self.restarting:
             return False
         total, trainer = self.batch_progress.total, self.trainer
-        if not total.ready == total.started == total.processed == total.completed + 1:  # not a batch-end save
+        if not saved_at_batch_end(total.ready, total.started, total.processed, total.completed):
             return False
         if self.batch_progress.is_last_batch:  # the epoch's end (and its validation, when due) still to run
             return True

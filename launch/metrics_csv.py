@@ -52,12 +52,13 @@ class KeptMetricsWriter(ExperimentWriter):
         if torn or len(kept) < len(rows):
             self._kept_rows = kept
         if self.resume_step:
-            self._earlier_test_steps = {_step(row) for row in kept if _is_test(row)}
+            self._earlier_test_steps = {_step(row) for row in kept if _logs(row, "test/")}
 
     def save(self) -> None:
-        repeated = {_step(row) for row in self.metrics if _is_test(row)} & self._earlier_test_steps
+        repeated = {_step(row) for row in self.metrics if _logs(row, "test/")} & self._earlier_test_steps
         if repeated:  # a restart tests the same weights again (it was killed after its test row, a requeue)
-            self._kept_rows = [row for row in self._rows_so_far() if not (_is_test(row) and _step(row) in repeated)]
+            self._kept_rows = [row for row in self._rows_so_far()
+                               if not (_logs(row, "test/") and _step(row) in repeated)]
             self._earlier_test_steps -= repeated
         if self._kept_rows is not None and self.metrics:
             text = io.StringIO(newline="")
@@ -78,11 +79,12 @@ class KeptMetricsWriter(ExperimentWriter):
         step = _step(row)
         if step is None:
             return False
-        if getattr(self.resume_step, "replays_what_follows", False) and step == self.resume_step - 1 and _is_val(row):
+        replays = getattr(self.resume_step, "replays_what_follows", False)
+        if replays and step == self.resume_step - 1 and _logs(row, "val/"):
             # the checkpoint came before its batch's validation, which the resumed run runs (and logs) again: the
             # row of a run stopped after that validation logged it, before the checkpoint was saved again
             return True
-        return step >= self.resume_step and (not _is_test(row) or self.resume_step == 0)
+        return step >= self.resume_step and (not _logs(row, "test/") or self.resume_step == 0)
 
 
 def _step(row: dict) -> int | None:
@@ -92,12 +94,9 @@ def _step(row: dict) -> int | None:
         return None
 
 
-def _is_val(row: dict) -> bool:
-    return any(str(key).startswith("val/") and value not in ("", None) for key, value in row.items())
-
-
-def _is_test(row: dict) -> bool:
-    return any(str(key).startswith("test/") and value not in ("", None) for key, value in row.items())
+def _logs(row: dict, prefix: str) -> bool:
+    """Whether the row holds a value of a `prefix` metric (val/, test/)."""
+    return any(str(key).startswith(prefix) and value not in ("", None) for key, value in row.items())
 
 
 class RunCSVLogger(TestedAtStep, CSVLogger):

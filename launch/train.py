@@ -509,9 +509,11 @@ class ResumeStep(int):
 
 
 def _saved_before_what_follows(ckpt: dict) -> bool:
+    from launch.fit_loop import saved_at_batch_end
+
     try:
         total = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
-        at_batch_end = total["ready"] == total["started"] == total["processed"] == total["completed"] + 1
+        at_batch_end = saved_at_batch_end(total["ready"], total["started"], total["processed"], total["completed"])
     except (KeyError, TypeError):
         return False
     states = [v for k, v in (ckpt.get("callbacks") or {}).items() if str(k).startswith("RunCheckpoint")]
