@@ -18,6 +18,8 @@ Guarantees
   call with another URL than the recorded one downloads that URL's file in place of the cached one.
 * Offline: a failed download says where to put the file by hand (with its checksum when one is pinned).
 * Shared: cached files get the permissions a plain write would (the umask's), so one cache serves a group.
+* Once: a download holds an inter-process lock (an empty ``.<file>.lock`` beside the file, kept), so the
+  tasks of a job array sharing one cache fetch a file once; the others wait for it and say so.
 * Errors (HTTP/URL errors, truncated bodies, checksum mismatches, unsafe archives) raise
   :class:`DownloadError`, a :class:`~launch.errors.UserError`, with a single-line message.
 
@@ -40,8 +42,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+
+from filelock import FileLock, Timeout
 
 from launch.errors import UserError, one_line
 
@@ -328,31 +333,82 @@ def fetch(url: str, *, sha256: str | None = None, md5: str | None = None,
         _check_name(subdir, "subdir")
     folder = cache_dir() / subdir if subdir else cache_dir()
     dest = folder / name
-    sidecar = dest.with_name(dest.name + SIDECAR_SUFFIX)
-    want = _expected(sha256, md5)
-    tofu = not want
-    other_source = False
-    if tofu:
-        recorded, source = _read_sidecar(sidecar)
-        # the cached file was downloaded from another URL (e.g. `data.url=` changed): that file is not this one
-        other_source = bool(recorded) and source is not None and source != url
-        if other_source:
-            log.warning("%s was downloaded from %s: fetching %s in its place", dest, source, url)
-        elif recorded:
-            want = {"sha256": recorded}
-
-    failed_check = None
-    if dest.is_file() and not other_source:
-        got = _digests(dest, tuple(want) or ("sha256",))
-        if not want:  # present, never recorded (placed by hand): trust it now
-            _write_atomic_text(sidecar, _sidecar_text(got["sha256"], dest, None))
-            return dest
-        failed_check = _mismatch(want, got)
-        if failed_check is None:
-            return dest
-        # stale or corrupt copy: fall through and download again (replaced atomically)
-
+    cached = _CachedCopy.of(url, dest, _expected(sha256, md5), warn=True)
+    if cached.verified:
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with _one_download_at_a_time(dest) as waited:
+        if waited:  # another process held the download: its verified file needs no second one
+            cached = _CachedCopy.of(url, dest, _expected(sha256, md5))
+            if cached.verified:
+                return dest
+        return _download_verified(url, dest, cached, timeout)
+
+
+class _CachedCopy(NamedTuple):
+    """What the cache holds for `fetch(url)` at `dest`: the checksums a copy must match (`want`, the pinned ones or
+    the sidecar's), whether they were recorded on first use (`tofu`), whether the copy came from another URL, and
+    whether it is there and verified (a file placed by hand, never recorded, is trusted and its sidecar written)."""
+
+    want: dict[str, str]
+    tofu: bool
+    other_source: bool
+    verified: bool
+    failed_check: str | None
+
+    @classmethod
+    def of(cls, url: str, dest: Path, want: dict[str, str], warn: bool = False) -> _CachedCopy:
+        sidecar = dest.with_name(dest.name + SIDECAR_SUFFIX)
+        tofu, other_source = not want, False
+        if tofu:
+            recorded, source = _read_sidecar(sidecar)
+            # the cached file was downloaded from another URL (e.g. `data.url=` changed): that file is not this one
+            other_source = bool(recorded) and source is not None and source != url
+            if other_source and warn:
+                log.warning("%s was downloaded from %s: fetching %s in its place", dest, source, url)
+            elif recorded:
+                want = {"sha256": recorded}
+        failed_check = None
+        if dest.is_file() and not other_source:
+            got = _digests(dest, tuple(want) or ("sha256",))
+            if not want:  # present, never recorded (placed by hand): trust it now
+                _write_atomic_text(sidecar, _sidecar_text(got["sha256"], dest, None))
+                return cls(want, tofu, other_source, True, None)
+            failed_check = _mismatch(want, got)
+            # a stale or corrupt copy is downloaded again (replaced atomically)
+        return cls(want, tofu, other_source, dest.is_file() and not other_source and failed_check is None,
+                   failed_check)
+
+
+@contextmanager
+def _one_download_at_a_time(dest: Path):
+    """An inter-process lock (`filelock`, an empty `.<name>.lock` beside the file) around the download of `dest`:
+    the tasks of a job array or the nodes of a run sharing one cache download a file once, the others wait for it
+    (and say so). Yields whether this process waited. Where the file system refuses the lock, downloads go on
+    unlocked (each is still atomic)."""
+    lock = FileLock(str(dest.with_name(f".{dest.name}.lock")))
+    try:
+        try:
+            lock.acquire(timeout=0)
+            waited = False
+        except Timeout:
+            log.warning("waiting for another process's download of %s", dest)
+            lock.acquire()
+            waited = True
+    except OSError as err:  # e.g. no lock support on this file system
+        log.warning("no download lock for %s (%s): downloading unlocked", dest, _one_line(err))
+        yield False
+        return
+    try:
+        yield waited
+    finally:
+        lock.release()
+
+
+def _download_verified(url: str, dest: Path, cached: _CachedCopy, timeout: float) -> Path:
+    """Download `url` to `dest` and verify it against what the cache expects (`fetch`'s checks, atomic)."""
+    want, tofu, other_source, failed_check = cached.want, cached.tofu, cached.other_source, cached.failed_check
+    sidecar = dest.with_name(dest.name + SIDECAR_SUFFIX)
     _remove_stale_parts(dest)
     algos = tuple(dict.fromkeys((*want, "sha256")))
     try:

@@ -22,6 +22,10 @@ PAYLOAD = b"paperzoo test payload\n" * 1000
 class _Handler(QuietHandler):
     def do_GET(self):
         self.server.hits.append(self.path)
+        if self.path == "/slow/data.bin":  # a download long enough for a second process to ask meanwhile
+            import time
+
+            time.sleep(0.5)
         if self.path == "/truncated.bin":
             body = b"x" * 100
             self.send_response(200)
@@ -58,7 +62,14 @@ def _sha(b: bytes) -> str:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+    """Files left in the cache, less the empty download locks (`.<name>.lock`, kept as lock files are)."""
+    if not folder.exists():
+        return []
+    names = sorted(p.name for p in folder.rglob("*"))
+    for name in names:
+        if name.endswith(".lock"):
+            assert (folder / name).stat().st_size == 0, name
+    return [name for name in names if not name.endswith(".lock")]
 
 
 # ------------------------------------------------------------------------------------------ fetch
@@ -172,7 +183,7 @@ def test_trust_on_first_use_sidecar(served, cache):
     with pytest.raises(DownloadError, match="checksum mismatch"):
         fetch(f"{base}/data.bin")
     assert not path.exists()
-    assert sorted(p.name for p in cache.iterdir()) == ["data.bin.sha256"]
+    assert _leftovers(cache) == ["data.bin.sha256"]
 
 
 def test_unsafe_filename_rejected(served):
@@ -303,7 +314,7 @@ def test_fetch_then_extract(served, cache):
     arc = fetch(f"{base}/bundle.tar.gz", sha256=_sha((root / "bundle.tar.gz").read_bytes()))
     dest = extract(arc, cache / "bundle")
     assert (dest / "bundle" / "x.txt").read_bytes() == b"X"
-    assert sorted(os.listdir(cache)) == ["bundle", "bundle.tar.gz"]
+    assert [name for name in sorted(os.listdir(cache)) if not name.endswith(".lock")] == ["bundle", "bundle.tar.gz"]
 
 
 # ------------------------------------------------------------------- found by the real-data audit (stop 34)
@@ -373,3 +384,34 @@ def test_parts_of_downloads_killed_long_ago_are_removed(served, cache):
     os.utime(old, (day_ago, day_ago))
     assert fetch(f"{base}/data.bin", subdir="k").read_bytes() == PAYLOAD
     assert not old.exists() and fresh.exists()  # a younger one may be another process's download in progress
+
+
+def test_concurrent_fetches_download_once(served, cache, caplog):
+    """The tasks of a job array sharing one cache each downloaded the same file (every download was atomic, so only
+    time and bandwidth were lost). One download now holds a lock beside the file; the others wait, say so, and
+    then return the verified file without a second request."""
+    import logging
+    import threading
+
+    base, root, server = served
+    (root / "slow").mkdir()
+    (root / "slow" / "data.bin").write_bytes(PAYLOAD)
+    paths, errors = [], []
+
+    def task() -> None:
+        try:
+            paths.append(fetch(f"{base}/slow/data.bin", subdir="arr"))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    with caplog.at_level(logging.WARNING, logger="datamodules.download"):
+        threads = [threading.Thread(target=task) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert not errors, errors
+    assert paths == [cache / "arr" / "data.bin"] * 3 and paths[0].read_bytes() == PAYLOAD
+    assert server.hits == ["/slow/data.bin"]
+    assert "waiting for another process's download" in caplog.text
+    assert _leftovers(cache / "arr") == ["data.bin", "data.bin.sha256"]
