@@ -85,6 +85,16 @@ class TwoLayerQG:
         self.psi_r = np.real(np.fft.ifft(psi_r_hat))[:, None]
         self.u_eq = u_eq
         self.topography = np.zeros((p.ny, p.nx)) if topography is None else np.asarray(topography, float)
+        # constant arrays of the time step, computed once (each is the array the per-step expression built, so the
+        # stepping is bit-for-bit what it was when they were recomputed every step)
+        self._ikx, self._iky = 1j * self.kx, 1j * self.ky
+        self._topo_hat = self.to_spectral(self.topography)
+        self._beta_ikx = p.beta * 1j * self.kx
+        self._friction = p.tau_f * self.lap
+        self._bt_den = np.where(self.lap == 0, 1.0, self.lap)
+        self._bc_den = self.lap - 2.0
+        self._implicit = {1: 1.0 + p.dt * p.nu * self.hyper, 2: 1.0 + 2 * p.dt * p.nu * self.hyper}
+        self._beta_y = self.p.beta * self.y[None, :, None]
 
     # ------------------------------------------------------------------------- spectral helpers
     def to_spectral(self, f: np.ndarray) -> np.ndarray:
@@ -100,35 +110,46 @@ class TwoLayerQG:
 
     def psi_from_pv(self, q_hat: np.ndarray) -> np.ndarray:
         """Invert the PV anomaly: barotropic (q1 + q2) / 2 = lap psi_bt, baroclinic (q1 - q2) / 2 = (lap - 2) psi_bc."""
-        bt_den = np.where(self.lap == 0, 1.0, self.lap)
-        psi_bt = np.where(self.lap == 0, 0.0, 0.5 * (q_hat[0] + q_hat[1]) / bt_den)
-        psi_bc = 0.5 * (q_hat[0] - q_hat[1]) / (self.lap - 2.0)
+        psi_bt = 0.5 * (q_hat[0] + q_hat[1]) / self._bt_den
+        psi_bt[..., 0, 0] = 0.0  # the mean (lap = 0) of the barotropic stream function
+        psi_bc = 0.5 * (q_hat[0] - q_hat[1]) / self._bc_den
         return np.stack([psi_bt + psi_bc, psi_bt - psi_bc])
+
+    def _padded_grids(self, f_hat: np.ndarray) -> np.ndarray:
+        """Grid values on the 3/2-rule grid (3 ny / 2 x 3 nx / 2) of the spectral fields f_hat (..., ny, nx/2+1):
+        np.fft.irfft2 of the zero-padded coefficients, with the meridional (complex) transforms done only on the
+        nx/2+1 columns that are not padding (an inverse transform of zeros is zeros: the same numbers, fewer FFTs)."""
+        ny, nx = self.p.ny, self.p.nx
+        my, mx, half = 3 * ny // 2, 3 * nx // 2, ny // 2
+        cols = np.zeros(f_hat.shape[:-2] + (my, nx // 2 + 1), complex)
+        cols[..., :half, :] = f_hat[..., :half, :]
+        cols[..., my - half:, :] = f_hat[..., half:, :]
+        out = np.zeros(f_hat.shape[:-2] + (my, mx // 2 + 1), complex)
+        out[..., : nx // 2 + 1] = np.fft.ifft(cols, axis=-2)
+        return np.fft.irfft(out, n=mx, axis=-1)
+
+    def _truncated_spectrum(self, grid: np.ndarray) -> np.ndarray:
+        """The retained (ny, nx/2+1) coefficients of np.fft.rfft2 of a 3/2-rule grid, times 9/4 (the padding's
+        normalisation); the meridional transforms only on the nx/2+1 retained columns."""
+        ny, nx = self.p.ny, self.p.nx
+        my, half = 3 * ny // 2, ny // 2
+        cols = np.fft.fft(np.fft.rfft(grid, axis=-1)[..., : nx // 2 + 1], axis=-2) * (9.0 / 4.0)
+        out = np.empty(grid.shape[:-2] + (ny, nx // 2 + 1), complex)
+        out[..., :half, :] = cols[..., :half, :]
+        out[..., half:, :] = cols[..., my - half:, :]
+        return out
 
     def _product(self, a_hat: np.ndarray, b_hat: np.ndarray) -> np.ndarray:
         """Spectral coefficients of the grid product a * b, 3/2-rule de-aliased (zero-padded) when enabled."""
         if not self.p.dealias:
             return self.to_spectral(self.to_grid(a_hat) * self.to_grid(b_hat))
-        ny, nx = self.p.ny, self.p.nx
-        my, mx = 3 * ny // 2, 3 * nx // 2
-        half = ny // 2
-
-        def pad(f):
-            out = np.zeros(f.shape[:-2] + (my, mx // 2 + 1), complex)
-            out[..., :half, : nx // 2 + 1] = f[..., :half, :]
-            out[..., my - half:, : nx // 2 + 1] = f[..., half:, :]
-            return out
-
-        prod = np.fft.rfft2(np.fft.irfft2(pad(a_hat), s=(my, mx), axes=(-2, -1))
-                            * np.fft.irfft2(pad(b_hat), s=(my, mx), axes=(-2, -1)), axes=(-2, -1)) * (9.0 / 4.0)
-        out = np.empty(a_hat.shape[:-2] + (ny, nx // 2 + 1), complex)
-        out[..., :half, :] = prod[..., :half, : nx // 2 + 1]
-        out[..., half:, :] = prod[..., my - half:, : nx // 2 + 1]
-        return out
+        return self._truncated_spectrum(self._padded_grids(a_hat) * self._padded_grids(b_hat))
 
     def jacobian(self, psi_hat: np.ndarray, q_hat: np.ndarray) -> np.ndarray:
-        """J(psi, q) = psi_x q_y - psi_y q_x, spectral."""
-        dx, dy = 1j * self.kx, 1j * self.ky
+        """J(psi, q) = psi_x q_y - psi_y q_x, spectral (the two products transformed separately, then subtracted).
+        One field per FFT call: batching the four derivative fields into one call measured slower (2-3x, larger
+        work arrays) at the paper grid."""
+        dx, dy = self._ikx, self._iky
         return self._product(dx * psi_hat, dy * q_hat) - self._product(dy * psi_hat, dx * q_hat)
 
     # ------------------------------------------------------------------------- dynamics
@@ -136,18 +157,20 @@ class TwoLayerQG:
         """Right-hand side without the (implicit) hyperviscosity."""
         p = self.p
         psi_hat = self.psi_from_pv(q_hat)
-        topo_hat = self.to_spectral(self.topography)
-        advected = np.stack([q_hat[0], q_hat[1] + topo_hat])
-        rhs = -p.jacobian_coefficient * self.jacobian(psi_hat, advected) - p.beta * 1j * self.kx * psi_hat
-        psi = self.to_grid(psi_hat)
+        advected = np.stack([q_hat[0], q_hat[1] + self._topo_hat])
+        rhs = -p.jacobian_coefficient * self.jacobian(psi_hat, advected) - self._beta_ikx * psi_hat
+        if p.sponge:
+            psi, q = self.to_grid(np.stack([psi_hat, q_hat]))
+        else:
+            psi = self.to_grid(psi_hat)
         relax = p.tau_d * (psi[0] - psi[1] - self.psi_r)
         forcing = np.stack([relax, -relax])
         if p.sponge:
-            q = self.to_grid(q_hat) + self.p.beta * self.y[None, :, None]
+            q += self._beta_y
             q[1] += self.topography
             forcing -= self.sponge[None, :, None] * (q - q.mean(axis=-1, keepdims=True))
         rhs += self.to_spectral(forcing)
-        rhs[1] -= p.tau_f * self.lap * psi_hat[1]
+        rhs[1] -= self._friction * psi_hat[1]
         return rhs
 
     def initial_state(self, seed: int = 0, amplitude: float = 1.0) -> QGState:
@@ -172,12 +195,18 @@ class TwoLayerQG:
         p = self.p
         rhs = self.tendency(state.q_now)
         if state.step == 0:  # forward Euler start
-            q_next = (state.q_now + p.dt * rhs) / (1.0 + p.dt * p.nu * self.hyper)
+            q_next = (state.q_now + p.dt * rhs) / self._implicit[1]
             return QGState(state.q_now, q_next, 1)
-        q_next = (state.q_prev + 2 * p.dt * rhs) / (1.0 + 2 * p.dt * p.nu * self.hyper)
+        rhs *= 2 * p.dt
+        rhs += state.q_prev
+        q_next = rhs
+        q_next /= self._implicit[2]
         q_now = state.q_now
         if state.step > 1:  # Robert-Asselin filter from the third step on (official QGfun: `if i > 1`)
-            q_now = q_now + p.robert * (state.q_prev - 2 * state.q_now + q_next)
+            update = state.q_prev - 2 * state.q_now
+            update += q_next
+            update *= p.robert
+            q_now = q_now + update
         return QGState(q_now, q_next, state.step + 1)
 
     def run(self, state: QGState, n_steps: int, save_every: int = 1) -> tuple[np.ndarray, QGState]:
