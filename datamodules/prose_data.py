@@ -126,6 +126,17 @@ def _pad(seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     return out
 
 
+def _encoded(split: dict, tokenizer: SymbolicTokenizer, skeleton: bool) -> list[list[int]]:
+    """Token ids of every expression of a split: the targets (constants, <bos> / <eos>) or the clean input skeletons
+    (no <bos> / <eos>). Encoded once per split and tokenizer and kept in the split (splits are cached per process, so
+    the runs of one process share them); read-only."""
+    cache = split.setdefault("_encoded", {})
+    key = (tokenizer.max_dim, tokenizer.float_precision, tokenizer.max_exponent, skeleton)
+    if key not in cache:
+        cache[key] = [tokenizer.encode(e, skeleton=skeleton, bos_eos=not skeleton) for e in split["exprs"]]
+    return cache[key]
+
+
 def _other_family_sources(family: np.ndarray) -> list[int]:
     """For every sample, the index of a sample of the next family present in the split (cyclically): its input text
     then names the wrong family (a diagnostic of how much the model relies on the text)."""
@@ -153,10 +164,11 @@ class ProseBatches(IterableDataset):
         self.steps = steps if steps is not None else (n // batch_size if train else -(-n // batch_size))
         # targets (clean, with constants) are fixed: encode once; so is the eval input text, a skeleton of the
         # sample's own expression (eval_text="own") or of another family's sample ("other_family")
-        self.targets = [tokenizer.encode(e) for e in split["exprs"]]
+        self.targets = _encoded(split, tokenizer, skeleton=False)
         self.text_source = list(range(n)) if eval_text == "own" else _other_family_sources(split["family"])
         # the text encoder's input has no <bos> / <eos> (official trainer.enc_dec_step); the decoder target has both
-        self.skeletons = [tokenizer.encode(split["exprs"][j], skeleton=True, bos_eos=False) for j in self.text_source]
+        skeletons = _encoded(split, tokenizer, skeleton=True)
+        self.skeletons = [skeletons[j] for j in self.text_source]
 
     def _rank_steps(self, world: int) -> int:
         """Batches per epoch on each of `world` ranks: the same count on every rank (DDP steps together)."""

@@ -211,6 +211,101 @@ class SymbolDecoder(nn.Module):
                          memory_key_padding_mask=memory_pad)
         return F.linear(h, self.token.weight, self.out_bias)
 
+    @staticmethod
+    def _heads(x: Tensor, heads: int) -> Tensor:
+        """B x L x D -> B x heads x L x D / heads (as nn.MultiheadAttention splits them)."""
+        b, n, d = x.shape
+        return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+    @staticmethod
+    def _merge(o: Tensor, attn: nn.MultiheadAttention) -> Tensor:
+        """Attention output B x heads x L x D / heads -> out_proj(B x L x D)."""
+        b, h, n, e = o.shape
+        return attn.out_proj(o.transpose(1, 2).reshape(b, n, h * e))
+
+    def _cached_layer(self, layer: nn.TransformerDecoderLayer, x: Tensor, t: int, cache: tuple[Tensor, Tensor],
+                      self_ok: Tensor, memory: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """One decoder layer (torch's TransformerDecoderLayer, post- or pre-norm) for the token at position t alone
+        (x: B x 1 x D): its self-attention keys / values go into `cache` (each B x heads x max_len x D / heads) at t
+        and it attends to positions <= t where `self_ok`; `memory`: the cross-attention keys, values and key mask."""
+        attn_s, attn_c = layer.self_attn, layer.multihead_attn
+        heads, d = attn_s.num_heads, x.shape[-1]
+        cache_k, cache_v = cache
+        mem_k, mem_v, mem_ok = memory
+
+        def self_block(h: Tensor) -> Tensor:
+            q, k, v = F.linear(h, attn_s.in_proj_weight, attn_s.in_proj_bias).chunk(3, -1)
+            cache_k[:, :, t] = self._heads(k, heads)[:, :, 0]
+            cache_v[:, :, t] = self._heads(v, heads)[:, :, 0]
+            o = F.scaled_dot_product_attention(self._heads(q, heads), cache_k[:, :, :t + 1], cache_v[:, :, :t + 1],
+                                               self_ok[:, None, None, :t + 1])
+            return layer.dropout1(self._merge(o, attn_s))
+
+        def cross_block(h: Tensor) -> Tensor:
+            bias = None if attn_c.in_proj_bias is None else attn_c.in_proj_bias[:d]
+            q = self._heads(F.linear(h, attn_c.in_proj_weight[:d], bias), heads)
+            return layer.dropout2(self._merge(F.scaled_dot_product_attention(q, mem_k, mem_v, mem_ok), attn_c))
+
+        def ff_block(h: Tensor) -> Tensor:
+            return layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(h)))))
+
+        if layer.norm_first:
+            x = x + self_block(layer.norm1(x))
+            x = x + cross_block(layer.norm2(x))
+            return x + ff_block(layer.norm3(x))
+        x = layer.norm1(x + self_block(x))
+        x = layer.norm2(x + cross_block(x))
+        return layer.norm3(x + ff_block(x))
+
+    @torch.no_grad()
+    def greedy(self, memory: Tensor, memory_pad: Tensor, bos_id: int, eos_id: int, max_len: int) -> Tensor:
+        """Greedy decoding with cached keys and values: each step runs the new token alone through the layers (the
+        causal mask makes the earlier positions' states final), attending to the cached self-attention keys / values
+        of the earlier tokens and to the memory's cross-attention keys / values (computed once). The same tokens as
+        re-running the whole prefix each step (`PROSE.generate(..., cache=False)`), up to float rounding; rows that
+        emitted <eos> leave the batch and their later positions are <pad>, as there."""
+        layers = list(self.decoder.layers)
+        batch, d = memory.shape[0], memory.shape[-1]
+        heads = layers[0].self_attn.num_heads
+        for layer in layers:
+            for attn in (layer.self_attn, layer.multihead_attn):
+                if not attn._qkv_same_embed_dim or attn.bias_k is not None or attn.add_zero_attn:
+                    raise NotImplementedError("cached decoding needs plain packed-projection attention")
+
+        def project(attn: nn.MultiheadAttention, part: slice) -> Tensor:
+            bias = None if attn.in_proj_bias is None else attn.in_proj_bias[part]
+            return self._heads(F.linear(memory, attn.in_proj_weight[part], bias), heads)
+
+        mem_k = [project(layer.multihead_attn, slice(d, 2 * d)) for layer in layers]
+        mem_v = [project(layer.multihead_attn, slice(2 * d, 3 * d)) for layer in layers]
+        mem_ok = ~memory_pad[:, None, None, :]  # scaled_dot_product_attention: True = attended
+        cache_k = memory.new_zeros(len(layers), batch, heads, max_len, d // heads)
+        cache_v = torch.zeros_like(cache_k)
+        self_ok = torch.zeros(batch, max_len, dtype=torch.bool, device=memory.device)
+        ids = torch.full((batch, max_len), self.pad_id, dtype=torch.long, device=memory.device)
+        ids[:, 0] = bos_id
+        rows = torch.arange(batch, device=memory.device)  # the rows still decoding
+        tok, length = ids[:, 0], 1
+        for t in range(max_len - 1):
+            self_ok[:, t] = tok != self.pad_id  # a <pad> token is not attended, as tgt_key_padding_mask
+            x = self.embedding_norm(self.token(tok)[:, None] + self.position[t])
+            for i, layer in enumerate(layers):
+                x = self._cached_layer(layer, x, t, (cache_k[i], cache_v[i]), self_ok, (mem_k[i], mem_v[i], mem_ok))
+            if self.decoder.norm is not None:
+                x = self.decoder.norm(x)
+            nxt = F.linear(x[:, 0], self.token.weight, self.out_bias).argmax(-1)
+            ids[rows, t + 1] = nxt
+            length = t + 2
+            live = nxt != eos_id
+            if not bool(live.any()):
+                break
+            if not bool(live.all()):  # finished rows leave the batch (and its caches)
+                rows, nxt, self_ok, mem_ok = rows[live], nxt[live], self_ok[live], mem_ok[live]
+                cache_k, cache_v = cache_k[:, live], cache_v[:, live]
+                mem_k, mem_v = [k[live] for k in mem_k], [v[live] for v in mem_v]
+            tok = nxt
+        return ids[:, :length]
+
 
 class PROSE(nn.Module):
     """Fig. 2 of the paper: data encoder + text encoder -> fusion -> data (operator) decoder and symbol decoder.
@@ -260,17 +355,25 @@ class PROSE(nn.Module):
         return (fused[:, :n_data], pad[:, :n_data]), (fused[:, n_data:], pad[:, n_data:])
 
     def forward(self, data_in: Tensor, t_in: Tensor, t_out: Tensor, text_in: Tensor | None,
-                text_out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """-> (data prediction B x N_out x max_dim, symbol logits for text_out[:, :-1] or None)."""
+                text_out: Tensor | None = None, keep: dict | None = None) -> tuple[Tensor, Tensor | None]:
+        """-> (data prediction B x N_out x max_dim, symbol logits for text_out[:, :-1] or None). `keep`, when given,
+        receives the symbol decoder's memory and its padding mask as "symbol_memory" (for greedy decoding)."""
         (mem_d, pad_d), (mem_s, pad_s) = self.memories(*self.fuse(data_in, t_in, text_in))
+        if keep is not None:
+            keep["symbol_memory"] = (mem_s, pad_s)
         data = self.data_decoder(t_out, mem_d, pad_d)
         logits = None if text_out is None or self.symbol_decoder is None else \
             self.symbol_decoder(text_out[:, :-1], mem_s, pad_s)
         return data, logits
 
     @torch.no_grad()
-    def generate(self, memory: Tensor, pad: Tensor, bos_id: int, eos_id: int, max_len: int) -> Tensor:
-        """Greedy decoding (beam 1) from the symbol-decoder memory: B x <= max_len token ids starting with <bos>."""
+    def generate(self, memory: Tensor, pad: Tensor, bos_id: int, eos_id: int, max_len: int,
+                 cache: bool = True) -> Tensor:
+        """Greedy decoding (beam 1) from the symbol-decoder memory: B x <= max_len token ids starting with <bos>.
+        `cache` (default): keys and values of the decoded prefix are cached (`SymbolDecoder.greedy`); False re-runs the
+        decoder on the whole prefix at every step (the same tokens, up to float rounding, at many times the cost)."""
+        if cache:
+            return self.symbol_decoder.greedy(memory, pad, bos_id, eos_id, max_len)
         ids = torch.full((memory.shape[0], 1), bos_id, dtype=torch.long, device=memory.device)
         done = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
         for _ in range(max_len - 1):
@@ -335,14 +438,15 @@ class ProseModule(L.LightningModule):
         self.text_rel_l2 = nn.ModuleDict({split: MeanMetric(nan_strategy="ignore") for split in ("val", "test")})
         self._sample: dict[str, Any] | None = None
 
-    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+    def forward(self, batch: dict[str, Tensor], keep: dict | None = None) -> tuple[Tensor, Tensor | None]:
         text_in = batch["text_in"] if self.hparams.text_input else None
-        return self.model(batch["data_in"], batch["t_in"], batch["t_out"], text_in, batch.get("text_out"))
+        return self.model(batch["data_in"], batch["t_in"], batch["t_out"], text_in, batch.get("text_out"), keep)
 
-    def _losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def _losses(self, batch: dict[str, Tensor],
+                keep: dict | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(mse, ce, pred, logits, text target, the training data loss: `data_loss`); ce 0 and logits None for the
-        data-only model (no symbol decoder)."""
-        pred, logits = self(batch)  # under the trainer's autocast (bf16-mixed on GPUs)
+        data-only model (no symbol decoder). `keep`: as `PROSE.forward`'s."""
+        pred, logits = self(batch, keep)  # under the trainer's autocast (bf16-mixed on GPUs)
         with torch.autocast(self.device.type, enabled=False):  # the data loss and the symbols' CE in fp32 (card)
             pred = pred.float()
             mask = batch["dim_mask"][:, None, :].expand_as(pred).float()
@@ -378,7 +482,8 @@ class ProseModule(L.LightningModule):
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> None:
-        mse, ce, pred, logits, tgt, data = self._losses(batch)
+        kept: dict = {}
+        mse, ce, pred, logits, tgt, data = self._losses(batch, kept)
         bs = pred.shape[0]
         mask = batch["dim_mask"][:, None, :].float()
         scale = batch["scale"][:, None, :]
@@ -392,7 +497,7 @@ class ProseModule(L.LightningModule):
         ids = None
         if logits is not None:  # the symbol decoder: teacher-forced tokens and greedy decoding of the expression
             log(f"{split}/ce", ce)
-            ids = self._symbolic_metrics(batch, split, batch_idx, logits, tgt)
+            ids = self._symbolic_metrics(batch, split, batch_idx, logits, tgt, *kept["symbol_memory"])
         if batch_idx == 0:
             s = batch["scale"][0].cpu()
             self._sample = {"split": split, "rel_l2": float(err[0].sqrt() / ref[0].sqrt().clamp_min(1e-8)),
@@ -404,13 +509,12 @@ class ProseModule(L.LightningModule):
                             "expr": None if ids is None else self.tokenizer.decode(ids[0])}
 
     def _symbolic_metrics(self, batch: dict[str, Tensor], split: str, batch_idx: int, logits: Tensor,
-                          tgt: Tensor) -> Tensor:
-        """Teacher-forced token accuracy, greedy decodes (valid prefix expressions, exact skeletons, text_rel_l2);
-        returns the decoded ids."""
+                          tgt: Tensor, memory: Tensor, pad: Tensor) -> Tensor:
+        """Teacher-forced token accuracy, greedy decodes from the symbol decoder's memory of the same forward pass
+        (valid prefix expressions, exact skeletons, text_rel_l2); returns the decoded ids."""
         bs = logits.shape[0]
         keep = tgt != self.tokenizer.pad_id
         token_hits = (logits.argmax(-1) == tgt)[keep]
-        _, (memory, pad) = self.model.memories(*self.model.fuse(batch["data_in"], batch["t_in"], batch["text_in"]))
         ids = self.model.generate(memory, pad, self.tokenizer.bos_id, self.tokenizer.eos_id,
                                   self.hparams.max_gen_len).cpu()
         valid, skeleton = torch.zeros(bs, dtype=torch.bool), torch.zeros(bs, dtype=torch.bool)
