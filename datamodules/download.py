@@ -337,11 +337,11 @@ def fetch(url: str, *, sha256: str | None = None, md5: str | None = None,
     if cached.verified:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _one_download_at_a_time(dest) as waited:
-        if waited:  # another process held the download: its verified file needs no second one
-            cached = _CachedCopy.of(url, dest, _expected(sha256, md5))
-            if cached.verified:
-                return dest
+    with _one_download_at_a_time(dest):
+        # another process may have fetched the file since the check above (while this one waited, or just before)
+        cached = _CachedCopy.of(url, dest, _expected(sha256, md5))
+        if cached.verified:
+            return dest
         return _download_verified(url, dest, cached, timeout)
 
 
@@ -364,8 +364,9 @@ class _CachedCopy(NamedTuple):
             recorded, source = _read_sidecar(sidecar)
             # the cached file was downloaded from another URL (e.g. `data.url=` changed): that file is not this one
             other_source = bool(recorded) and source is not None and source != url
-            if other_source and warn:
-                log.warning("%s was downloaded from %s: fetching %s in its place", dest, source, url)
+            if other_source:
+                if warn:
+                    log.warning("%s was downloaded from %s: fetching %s in its place", dest, source, url)
             elif recorded:
                 want = {"sha256": recorded}
         failed_check = None
@@ -382,25 +383,24 @@ class _CachedCopy(NamedTuple):
 
 @contextmanager
 def _one_download_at_a_time(dest: Path):
-    """An inter-process lock (`filelock`, an empty `.<name>.lock` beside the file) around the download of `dest`:
-    the tasks of a job array or the nodes of a run sharing one cache download a file once, the others wait for it
-    (and say so). Yields whether this process waited. Where the file system refuses the lock, downloads go on
-    unlocked (each is still atomic)."""
-    lock = FileLock(str(dest.with_name(f".{dest.name}.lock")))
+    """An inter-process lock (`filelock`'s OS lock on an empty `.<name>.lock` beside the file) around the download of
+    `dest`: the tasks of a job array or the nodes of a run sharing one cache download a file once, the others wait
+    for it (and say so). The OS drops the lock of a process that dies, so a killed download blocks no one; where the
+    file system has no such locks, downloads go on unlocked (each is still atomic), never on a marker-file lock that a
+    process killed on another node would leave held."""
+    lock = FileLock(str(dest.with_name(f".{dest.name}.lock")), fallback_to_soft=False)
     try:
         try:
             lock.acquire(timeout=0)
-            waited = False
         except Timeout:
             log.warning("waiting for another process's download of %s", dest)
             lock.acquire()
-            waited = True
-    except OSError as err:  # e.g. no lock support on this file system
+    except (OSError, NotImplementedError) as err:  # e.g. no lock support on this file system
         log.warning("no download lock for %s (%s): downloading unlocked", dest, _one_line(err))
-        yield False
+        yield
         return
     try:
-        yield waited
+        yield
     finally:
         lock.release()
 

@@ -84,7 +84,8 @@ class TwoLayerQG:
         psi_r_hat[nonzero] = -np.fft.fft(u_eq)[nonzero] / (1j * ky1[nonzero])  # u = -psi_y
         self.psi_r = np.real(np.fft.ifft(psi_r_hat))[:, None]
         self.u_eq = u_eq
-        self.topography = np.zeros((p.ny, p.nx)) if topography is None else np.asarray(topography, float)
+        self.topography = np.zeros((p.ny, p.nx)) if topography is None else np.array(topography, float)
+        self.topography.setflags(write=False)  # its spectrum is computed once below
         # constant arrays of the time step, computed once (each is the array the per-step expression built, so the
         # stepping is bit-for-bit what it was when they were recomputed every step)
         self._ikx, self._iky = 1j * self.kx, 1j * self.ky

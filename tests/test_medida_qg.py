@@ -242,18 +242,15 @@ def test_claim_full_observations():
 def test_claim_spectral_bias_in_the_paper_setting():
     """Claim `spectral_bias` of experiment medida/qg: the paper's grid and sensors (96 x 192, 25% with 0.1% noise,
     4,608 sensors), CPU-scale interpolants (4 x 64 tanh, 1,000 steps of Adam(amsgrad) 0.01). Relative L2 of the
-    interpolated PV, RFF-MLP (sigma 0.3) vs plain MLP, measured at seeds 0 / 1 / 2 (2026-12-07): 0.103 / 0.0946 /
-    0.0914 vs 0.280 / 0.167 / 0.163 (ratio 0.37 / 0.57 / 0.56; threshold 0.7). At larger budgets (seeds 0 / 1,
-    measured with tanh computed as 2 sigmoid(2 x) - 1, which moves single values by up to ~20%): 4 x 64 at 1,500 steps
-    0.0896 / 0.0845 vs 0.197 / 0.162 (0.46 / 0.52), at 2,000 steps 0.0807 / 0.0783 vs 0.201 / 0.135 (0.40 / 0.58);
-    4 x 128 at 2,000 steps (this test's budget until 2026-12-07, ~5x the compute) 0.0847 / 0.0685 vs 0.158 / 0.118
-    (0.54 / 0.58; before the Robert-Asselin filter start was aligned with the official third step: 0.0735 / 0.0711 vs
-    0.147 / 0.130). Sigma was calibrated once, at 4 x 128 and 3,000 steps (seed 0: sigma 0.1 0.076, 0.2 0.070,
-    0.3 0.070, 0.5 0.090, 1 0.50, 3 15.2, the official 10 26.1; plain 0.132; too large a sigma overfits between
-    sensors), and not re-tuned for 4 x 64. At 4 x 128 the two still tie at 1,000 steps (0.147 vs 0.146), and on
-    coarser grids of the same domain (48 x 96, 64 x 128: 1,152 / 2,048 sensors) they tie at 3,000 steps (0.172 vs
-    0.158, 0.115 vs 0.117): the RFF advantage needs sensors dense enough to constrain the small scales (the card's
-    1-D KS check has 32; with 128, RFF 0.90 vs plain 1.12 on u_xxxx there).
+    interpolated PV, RFF-MLP (sigma 0.3) vs plain MLP, measured at seeds 0 / 1 / 2 (2026-12-07): 0.103 / 0.0946 / 0.0914
+    vs 0.280 / 0.167 / 0.163 (ratio 0.37 / 0.57 / 0.56; threshold 0.7); 4 x 128 at 2,000 steps (this test's budget until
+    2026-12-07, ~5x the compute) 0.0847 / 0.0685 vs 0.158 / 0.118 (0.54 / 0.58; before the Robert-Asselin filter start
+    was aligned with the official third step: 0.0735 / 0.0711 vs 0.147 / 0.130). Sigma was calibrated once, at 4 x 128
+    and 3,000 steps (seed 0: sigma 0.1 0.076, 0.2 0.070, 0.3 0.070, 0.5 0.090, 1 0.50, 3 15.2, the official 10 26.1;
+    plain 0.132; too large a sigma overfits between sensors), and not re-tuned for 4 x 64. At 4 x 128 the two still tie
+    at 1,000 steps (0.147 vs 0.146), and on coarser grids of the same domain (48 x 96, 64 x 128: 1,152 / 2,048 sensors)
+    they tie at 3,000 steps (0.172 vs 0.158, 0.115 vs 0.117): the RFF advantage needs sensors dense enough to constrain
+    the small scales (the card's 1-D KS check has 32; with 128, RFF 0.90 vs plain 1.12 on u_xxxx there).
     Swapping the plain MLP in for the RFF-MLP gives ratio 1.0 and fails. ~25 s per training on one thread plus
     ~35 s to generate the paper-grid truth once (then cached under the download cache's medida_qg/)."""
     from launch.check import run_claim

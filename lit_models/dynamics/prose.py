@@ -372,7 +372,7 @@ class PROSE(nn.Module):
         """Greedy decoding (beam 1) from the symbol-decoder memory: B x <= max_len token ids starting with <bos>.
         `cache` (default): keys and values of the decoded prefix are cached (`SymbolDecoder.greedy`); False re-runs the
         decoder on the whole prefix at every step (the same tokens, up to float rounding, at many times the cost)."""
-        if cache:
+        if cache and not self.training:  # the cached steps leave out dropout: training mode decodes the whole prefix
             return self.symbol_decoder.greedy(memory, pad, bos_id, eos_id, max_len)
         ids = torch.full((memory.shape[0], 1), bos_id, dtype=torch.long, device=memory.device)
         done = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
