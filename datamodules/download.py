@@ -333,13 +333,14 @@ def fetch(url: str, *, sha256: str | None = None, md5: str | None = None,
         _check_name(subdir, "subdir")
     folder = cache_dir() / subdir if subdir else cache_dir()
     dest = folder / name
-    cached = _CachedCopy.of(url, dest, _expected(sha256, md5), warn=True)
+    want = _expected(sha256, md5)
+    cached = _CachedCopy.of(url, dest, want, warn=True)
     if cached.verified:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _one_download_at_a_time(dest):
         # another process may have fetched the file since the check above (while this one waited, or just before)
-        cached = _CachedCopy.of(url, dest, _expected(sha256, md5))
+        cached = _CachedCopy.of(url, dest, want)
         if cached.verified:
             return dest
         return _download_verified(url, dest, cached, timeout)

@@ -37,7 +37,8 @@ class RunWandbLogger(TestedAtStep, WandbLogger):
     def __init__(self, resume_step: int | None = None, **kwargs) -> None:
         """`resume_step`: the global step of the checkpoint this start resumes from (None or 0: it trains from step 0,
         and every row it logs goes to W&B)."""
-        super().__init__(**kwargs)  # `mode`: `resolve_mode`'s (build_loggers), an explicit config mode before WANDB_MODE
+        # `mode` comes from `resolve_mode` (build_loggers): an explicit config mode before WANDB_MODE
+        super().__init__(**kwargs)
         self._wandb_init.pop("anonymous", None)  # wandb warns on every run that it has no effect
         self._logged_path = Path(self.save_dir or ".") / "wandb" / LOGGED_FILE
         # (step, keys at it) of what the run's earlier starts sent; only a start from a checkpoint logs steps again

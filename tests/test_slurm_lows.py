@@ -176,7 +176,8 @@ def test_a_preempted_ddp_job_resumes_and_rank_1_says_one_line(runs_root):
     """2 tasks (gloo), USR2 after the first periodic checkpoint: the job requeues and finishes; rank 1's log has no
     traceback: either the one line (rank 1 reached a collective after rank 0 stopped: "Connection closed by peer") or
     nothing (SLURM's requeue stopped rank 1 first, before or after submitit's handler logged the signal); which
-    happens is timing (all three seen here); the line itself is tested without a cluster above. The run's slurm/ folder keeps no `.submission_file_*` link."""
+    happens is timing (all three seen here); the line itself is tested without a cluster above. The run's slurm/
+    folder keeps no `.submission_file_*` link."""
     from tests.conftest import zoo_subprocess
 
     proc = zoo_subprocess("train", *SLURM[:2], "data.batch_size=64", "trainer.accelerator=cpu", "trainer.max_epochs=30",
