@@ -238,6 +238,15 @@ class RankingModule(L.LightningModule):
             total, count = self._epoch_sums.get(name, (0.0, 0))
             self._epoch_sums[name] = (value.detach().to(torch.float64) * batch_size + total, count + batch_size)
 
+    def epoch_running_sums(self) -> dict[str, tuple[Tensor, int]]:
+        """This rank's `log_epoch_means` sums of the epoch so far (CPU copies), for a checkpoint taken inside the
+        epoch (`launch.epoch_metrics.ResumeEpochMetrics`): a resumed run logs the whole epoch's means."""
+        return {name: (torch.as_tensor(total).detach().cpu().clone(), int(count))
+                for name, (total, count) in self._epoch_sums.items()}
+
+    def load_epoch_running_sums(self, sums: dict[str, tuple[Tensor, int]]) -> None:
+        self._epoch_sums = {name: (total.to(self.device), int(count)) for name, (total, count) in sums.items()}
+
     def on_train_epoch_end(self) -> None:
         sums, self._epoch_sums = self._epoch_sums, {}
         for name, (total, count) in sums.items():
