@@ -293,7 +293,8 @@ class RunCheckpoint(ModelCheckpoint):
         self._after_this_batch = _validation_or_epoch_end_after(trainer)
         try:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-            if 0 < trainer.max_steps <= trainer.global_step:
+            # the fit's last step, or a stop that every rank agreed on at this batch (launch.termination: SIGTERM)
+            if 0 < trainer.max_steps <= trainer.global_step or trainer.received_sigterm:
                 self._save_final(trainer)
         finally:
             after, self._after_this_batch = self._after_this_batch, None

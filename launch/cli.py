@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"zoo {command}: interrupted", file=sys.stderr)
             return 130
         if type(stop).__name__ == "SIGTERMException":
-            print(f"zoo {command}: terminated (SIGTERM)", file=sys.stderr)
+            from launch.runs import global_rank
+
+            rank = global_rank()
+            print(f"zoo {command}{f' (rank {rank})' if rank else ''}: terminated (SIGTERM)", file=sys.stderr)
             return 143
         raise
     finally:

@@ -84,7 +84,11 @@ class TrainJob(submitit.helpers.Checkpointable):
       came in the last moments of the job (while submitit pickles the result, or W&B finishes);
     - a rank other than 0 that loses its process group because rank 0 stopped for the signal (gloo: "Connection
       closed by peer"; Lightning's SIGTERM broadcast) ends with one line instead of a traceback. Any other error, or
-      one without the signal, is raised as it is."""
+      one without the signal, is raised as it is.
+
+    SIGTERM (a preemption with a grace time, the time limit, scancel's first signal) stops every rank at the same
+    batch, with last.ckpt saved there (`launch.termination`); each rank then says one line and exits with status 143
+    (Lightning's exit status for it would be 0, a finished-looking task)."""
 
     def __init__(self, config: dict) -> None:
         self.config = config
@@ -98,6 +102,14 @@ class TrainJob(submitit.helpers.Checkpointable):
         watch = _PreemptionWatch(train.FINISHED)
         try:
             result = train.run(cfg)
+        except SystemExit as stop:
+            if type(stop).__name__ != "SIGTERMException":
+                raise
+            # every rank stopped at the same batch (launch.termination); Lightning's exit code is None (status 0)
+            rank = int(os.environ.get("SLURM_PROCID") or 0)
+            print(f"rank {rank}: terminated (SIGTERM), with the other ranks; a job that SLURM requeues resumes from "
+                  f"last.ckpt, as does `zoo train` with the same run_id", file=sys.stderr, flush=True)
+            raise SystemExit(143) from None
         except Exception as err:
             rank = int(os.environ.get("SLURM_PROCID") or 0)
             if rank != 0 and watch.signalled and _lost_process_group(err):

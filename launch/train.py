@@ -96,8 +96,10 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
         RunIdentity,
         resolve_precision,
     )
+    from launch.epoch_metrics import ResumeEpochMetrics
     from launch.fit_loop import use_epoch_end_resume_loop
     from launch.rank_seed import RankSeed
+    from launch.termination import StopTogetherOnSigterm
 
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     check_trainer_integers(kwargs)
@@ -108,7 +110,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
         kwargs["strategy"] = "ddp_find_unused_parameters_true"
     # RankSeed after ResumeRandomState: a resumed fit's restored per-rank states are what it keeps (launch/rank_seed.py)
     callbacks = [FiniteLossGuard(), ResumeRandomState(), RankSeed(_seed(cfg)), ResumeLoaderState(),
-                 RunIdentity(**run_identity(cfg)),
+                 RunIdentity(**run_identity(cfg)), ResumeEpochMetrics(), StopTogetherOnSigterm(),
                  *(extra_callbacks or [])]
     plugins = [AtomicCheckpointIO()]
     ck = cfg.checkpoint
@@ -308,7 +310,24 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
         raise
     except BaseException as err:  # a bug, Ctrl-C, SIGTERM, a preemption: the W&B run does not end as finished
         finish_failed(err)
+        if type(err).__name__ == "SIGTERMException" and run_dir is not None and trainer.is_global_zero:
+            _say_where_it_stopped(trainer, run_dir)
         raise
+
+
+def _say_where_it_stopped(trainer, run_dir: runs.Run) -> None:
+    """After a SIGTERM (launch.termination): the step the run stopped at and how to go on from it."""
+    from launch.callbacks import RunCheckpoint
+
+    saver = next((c for c in trainer.callbacks if isinstance(c, RunCheckpoint)), None)
+    if not (run_dir.checkpoints / "last.ckpt").exists():
+        held = "no checkpoint was saved"
+    elif saver is not None and saver._last_global_step_saved == trainer.global_step:
+        held = f"last.ckpt holds step {trainer.global_step}"
+    else:
+        held = "last.ckpt holds an earlier step"
+    print(f"run {run_dir.run_id} stopped by SIGTERM after step {trainer.global_step}; {held}; the same command "
+          f"(run_id={run_dir.run_id}) resumes it", file=sys.stderr, flush=True)
 
 
 def check_settings(cfg: DictConfig) -> None:
