@@ -87,6 +87,14 @@ class ValidationFirstEpochLoop(_TrainingEpochLoop):
             self._validate_first = True
         super().update_restart_stage()
 
+    def _broadcast_sigterm_tensor(self) -> None:
+        # Lightning's per-batch broadcast of rank 0's SIGTERM flag: with `launch.termination`'s connector the ranks
+        # agree on a stop at batch ends instead (one collective per step either way)
+        from launch.termination import AgreedSigtermConnector
+
+        if not isinstance(self.trainer._signal_connector, AgreedSigtermConnector):
+            super()._broadcast_sigterm_tensor()
+
     def advance(self, data_fetcher) -> None:
         if self._validate_first:
             self._validate_first = False
