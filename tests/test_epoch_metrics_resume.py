@@ -15,37 +15,12 @@ import torch
 from launch import config as zconfig
 from launch import train
 from tests.conftest import zoo_in_process
+from tests.test_validation_resume import _PreemptAtBatchStart, _Preempted, _PreemptInValidation
 
 # A tiny LightGCN run on the generated interaction graph: 13 batches an epoch, two epochs, a validation after each
 TINY = ["experiment=lightgcn", "data=synthetic_graph", "data.batch_size=256", "seed=6", "logger=csv",
         "progress_bar=false", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1"]
 EPOCH = 13
-
-
-class _Preempted(Exception):
-    pass
-
-
-class _PreemptAtBatchStart(L.Callback):
-    """Preempts the fit as the batch after global step `step` starts (the checkpoint before it is last.ckpt)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, *args) -> None:
-        if trainer.global_step >= self.step:
-            raise _Preempted
-
-
-class _PreemptInValidation(L.Callback):
-    """Preempts the fit as the first validation at or after global step `step` starts its first batch."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_validation_batch_start(self, trainer, *args) -> None:
-        if trainer.global_step >= self.step and not trainer.sanity_checking:
-            raise _Preempted
 
 
 def _epoch_rows(run) -> list[dict]:

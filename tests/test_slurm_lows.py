@@ -169,6 +169,22 @@ def test_a_rank_that_loses_its_process_group_to_a_preemption_stops_in_one_line(m
 
 # --- on the local cluster ---------------------------------------------------------------------------------------
 
+def _ddp_job_at_its_first_checkpoint(runs_root: Path, run_id: str) -> tuple[str, Path]:
+    """A 2-task LightGCN job (gloo, a checkpoint every 7 steps) submitted and waited for until its first last.ckpt:
+    (job id, run directory)."""
+    from tests.conftest import zoo_subprocess
+
+    proc = zoo_subprocess("train", *SLURM[:2], "data.batch_size=64", "trainer.accelerator=cpu", "trainer.max_epochs=30",
+                          "trainer.check_val_every_n_epoch=20", "checkpoint.every_n_train_steps=7",
+                          "checkpoint.every_n_epochs=null", "launcher=slurm", "launcher.time_min=30",
+                          "trainer.devices=2", "trainer.strategy=ddp", f"runs_root={runs_root}", f"run_id={run_id}",
+                          "logger=csv", check=True)
+    (job,) = re.findall(r"submitted job (\S+):", proc.stdout)
+    run = runs_root / "lightgcn" / run_id
+    wait_for((run / "checkpoints" / "last.ckpt").exists, 240, "the first periodic checkpoint")
+    return job, run
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("sbatch") is None and not os.environ.get("CI"), reason="no SLURM here (no sbatch)")
@@ -178,16 +194,7 @@ def test_a_preempted_ddp_job_resumes_and_rank_1_says_one_line(runs_root):
     nothing (SLURM's requeue stopped rank 1 first, before or after submitit's handler logged the signal); which
     happens is timing (all three seen here); the line itself is tested without a cluster above. The run's slurm/
     folder keeps no `.submission_file_*` link."""
-    from tests.conftest import zoo_subprocess
-
-    proc = zoo_subprocess("train", *SLURM[:2], "data.batch_size=64", "trainer.accelerator=cpu", "trainer.max_epochs=30",
-                          "trainer.check_val_every_n_epoch=20", "checkpoint.every_n_train_steps=7",
-                          "checkpoint.every_n_epochs=null", "launcher=slurm", "launcher.time_min=30",
-                          "trainer.devices=2", "trainer.strategy=ddp", f"runs_root={runs_root}", "run_id=ddpp",
-                          "logger=csv", check=True)
-    (job,) = re.findall(r"submitted job (\S+):", proc.stdout)
-    run = runs_root / "lightgcn" / "ddpp"
-    wait_for((run / "checkpoints" / "last.ckpt").exists, 240, "the first periodic checkpoint")
+    job, run = _ddp_job_at_its_first_checkpoint(runs_root, "ddpp")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     wait_for((run / "final_metrics.json").exists, 420, "the requeued job to finish")
     wait_for(lambda: (run / "slurm" / f"{job}_1_result.pkl").exists(), 60, "rank 1's result")
@@ -215,16 +222,7 @@ def test_sigterm_stops_both_ranks_of_a_job_at_one_step_with_last_ckpt_there(runs
     tested in tests/test_termination.py)."""
     import torch
 
-    from tests.conftest import zoo_subprocess
-
-    proc = zoo_subprocess("train", *SLURM[:2], "data.batch_size=64", "trainer.accelerator=cpu", "trainer.max_epochs=30",
-                          "trainer.check_val_every_n_epoch=20", "checkpoint.every_n_train_steps=7",
-                          "checkpoint.every_n_epochs=null", "launcher=slurm", "launcher.time_min=30",
-                          "trainer.devices=2", "trainer.strategy=ddp", f"runs_root={runs_root}", "run_id=term",
-                          "logger=csv", check=True)
-    (job,) = re.findall(r"submitted job (\S+):", proc.stdout)
-    run = runs_root / "lightgcn" / "term"
-    wait_for((run / "checkpoints" / "last.ckpt").exists, 240, "the first periodic checkpoint")
+    job, run = _ddp_job_at_its_first_checkpoint(runs_root, "term")
     subprocess.run(["scancel", "--signal=TERM", job], check=True)
     logs = [run / "slurm" / f"{job}_{rank}_log.err" for rank in (0, 1)]
     wait_for(lambda: all("terminated (SIGTERM)" in p.read_text(errors="ignore") for p in logs), 60,
