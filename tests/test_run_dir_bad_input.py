@@ -134,7 +134,8 @@ def test_broken_run_files_are_one_line_errors(runs_root):
 
 def test_interrupted_train_exits_with_the_signals_status(runs_root):
     """Ctrl-C and SIGTERM during a fit: exit 130 / 143 with one line. Lightning turned SIGTERM into exit status 0
-    (a killed run looked finished to a script) and Ctrl-C into 1 without the line."""
+    (a killed run looked finished to a script) and Ctrl-C into 1 without the line. SIGTERM stops the run after the
+    current step with last.ckpt saved at it (before launch.termination: at the last period)."""
     for sig, status, words in ((signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")):
         run = runs_root / "lightgcn" / f"sig{status}"
         # Ctrl-C's default handling back in the child: a pytest-xdist worker ignores SIGINT, and Python leaves a
@@ -153,6 +154,9 @@ def test_interrupted_train_exits_with_the_signals_status(runs_root):
             proc.kill()
         assert proc.returncode == status and f"zoo train: {words}" in err.strip().splitlines()[-1], err[-2000:]
         assert not (run / "final_metrics.json").exists()  # its restart resumes from last.ckpt (tests/test_train.py)
+        if sig == signal.SIGTERM:  # stopped after the current step, saved there (launch.termination)
+            step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+            assert f"stopped by SIGTERM after step {step}; last.ckpt holds step {step}" in err, err[-2000:]
 
 
 def test_a_read_only_run_directory_is_one_line(runs_root):
