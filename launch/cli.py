@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from launch.errors import UserError, one_line
+from launch.errors import UserError, is_sigterm, one_line
 
 USAGE = """zoo <command> [args]
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(stop.__context__, KeyboardInterrupt):
             print(f"zoo {command}: interrupted", file=sys.stderr)
             return 130
-        if type(stop).__name__ == "SIGTERMException":
+        if is_sigterm(stop):
             from launch.runs import global_rank
 
             rank = global_rank()

@@ -49,6 +49,12 @@ def one_line(err: BaseException | str, limit: int = 300) -> str:
     return " ".join(str(err).split())[:limit]
 
 
+def is_sigterm(err: BaseException) -> bool:
+    """Lightning's SIGTERMException (a SystemExit whose code is None), recognised by name: the modules that ask
+    (`zoo`'s exit status, the W&B exit code, a SLURM rank's one line) need not import Lightning for it."""
+    return type(err).__name__ == "SIGTERMException"
+
+
 def merge_options(prefix: str, given, defaults: dict) -> dict:
     """`defaults` updated by `given` (a dict or an OmegaConf mapping, resolved); a one-line UserError naming `prefix`
     for anything else and for keys that `defaults` does not have."""

@@ -12,7 +12,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from launch import runs
-from launch.errors import UserError, check_min, check_positive, one_line
+from launch.errors import UserError, check_min, check_positive, is_sigterm, one_line
 
 
 def resources(cfg: DictConfig) -> dict:
@@ -103,11 +103,10 @@ class TrainJob(submitit.helpers.Checkpointable):
         try:
             result = train.run(cfg)
         except SystemExit as stop:
-            if type(stop).__name__ != "SIGTERMException":
+            if not is_sigterm(stop):
                 raise
             # every rank stopped at the same batch (launch.termination); Lightning's exit code is None (status 0)
-            rank = int(os.environ.get("SLURM_PROCID") or 0)
-            print(f"rank {rank}: terminated (SIGTERM), with the other ranks; a job that SLURM requeues resumes from "
+            print(f"rank {runs.global_rank()}: terminated (SIGTERM), with the other ranks; a job that SLURM requeues resumes from "
                   f"last.ckpt, as does `zoo train` with the same run_id", file=sys.stderr, flush=True)
             raise SystemExit(143) from None
         except Exception as err:
@@ -170,7 +169,7 @@ def _lost_process_group(err: BaseException) -> bool:
     dist_error = getattr(dist, "DistError", ())
     seen = 0
     while err is not None and seen < 10:
-        if (isinstance(err, dist_error) or type(err).__name__ == "SIGTERMException"
+        if (isinstance(err, dist_error) or is_sigterm(err)
                 or (isinstance(err, RuntimeError) and any(text in str(err) for text in LOST_PEER))):
             return True
         err, seen = err.__cause__ or err.__context__, seen + 1

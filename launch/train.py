@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from launch import runs
-from launch.errors import UserError, one_line
+from launch.errors import UserError, is_sigterm, one_line
 
 log = logging.getLogger("paperzoo")
 
@@ -310,7 +310,7 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
         raise
     except BaseException as err:  # a bug, Ctrl-C, SIGTERM, a preemption: the W&B run does not end as finished
         finish_failed(err)
-        if type(err).__name__ == "SIGTERMException" and run_dir is not None and trainer.is_global_zero:
+        if is_sigterm(err) and run_dir is not None and trainer.is_global_zero:
             _say_where_it_stopped(trainer, run_dir)
         raise
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from launch.errors import is_sigterm
+
 WANDB_KEYS = ("project", "entity", "mode", "tags", "group", "log_model")
 MODES = ("auto", "online", "offline", "disabled")
 
@@ -185,7 +187,7 @@ def finish_failed(err: BaseException) -> None:
         return
     if isinstance(err, KeyboardInterrupt) or isinstance(err.__context__, KeyboardInterrupt):
         code = 130  # Lightning turns Ctrl-C into sys.exit(1)
-    elif type(err).__name__ == "SIGTERMException":
+    elif is_sigterm(err):
         code = 143
     elif isinstance(err, SystemExit):
         code = err.code if isinstance(err.code, int) else 0 if err.code is None else 1

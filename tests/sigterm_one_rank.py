@@ -12,6 +12,7 @@ import lightning as L
 
 from launch import config as zconfig
 from launch import train
+from launch.errors import is_sigterm
 
 
 class SigtermAtStep(L.Callback):
@@ -29,6 +30,6 @@ if __name__ == "__main__":
     try:
         train.run(zconfig.compose(sys.argv[1:]), extra_callbacks=[callback])
     except SystemExit as stop:
-        if type(stop).__name__ == "SIGTERMException":
+        if is_sigterm(stop):
             sys.exit(143)
         raise
