@@ -357,6 +357,18 @@ def _validation_or_epoch_end_after(trainer) -> str | None:
     return "validation_end" if epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher) else None
 
 
+def every_ranks(trainer, mine) -> list:
+    """`mine` from every rank, in rank order, for a checkpoint that must hold each rank's own state (only rank 0 writes
+    the file). Call it from a callback's `state_dict`: Lightning builds the checkpoint on every rank (its
+    `dump_checkpoint`), so the gather is collective. One process: `[mine]`."""
+    world = getattr(trainer, "world_size", 1)
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        ranks: list = [None] * world
+        torch.distributed.all_gather_object(ranks, mine)
+        return ranks
+    return [mine]
+
+
 class ResumeRandomState(L.Callback):
     """The global random states (torch on the CPU and on this process's CUDA device, numpy, Python's `random`) go into
     every checkpoint and are put back when a resumed fit starts training, so the layers that draw from them (dropout,
@@ -384,14 +396,7 @@ class ResumeRandomState(L.Callback):
                 "python": random.getstate()}
 
     def state_dict(self) -> dict:
-        # called on every rank while a checkpoint is made (Lightning's dump_checkpoint), so the gather is collective
-        mine = self._local_states()
-        world = getattr(self._trainer, "world_size", 1)
-        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            ranks: list = [None] * world
-            torch.distributed.all_gather_object(ranks, mine)
-            return {"ranks": ranks}
-        return {"ranks": [mine]}
+        return {"ranks": every_ranks(self._trainer, self._local_states())}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._pending = state_dict

@@ -36,6 +36,8 @@ import torch
 from lightning.pytorch.trainer.connectors.logger_connector.result import _Metadata, _ResultMetric, _Sync
 from lightning.pytorch.trainer.states import TrainerFn
 
+from launch.callbacks import every_ranks
+
 # the reductions `self.log(reduce_fx=...)` takes, by a name that a weights-only checkpoint can hold
 _REDUCTIONS = {"torch.mean": torch.mean, "torch.max": torch.max, "torch.min": torch.min, "torch.sum": torch.sum,
                "max": max, "min": min, "sum": sum}
@@ -102,12 +104,7 @@ class ResumeEpochMetrics(L.Callback):
             return {}
         saving = (trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and _inside_epoch(trainer))
         mine = {"results": self._local_entries(), "module": _module_sums(trainer.lightning_module)} if saving else None
-        ranks = [mine]
-        # called on every rank while a checkpoint is made (Lightning's dump_checkpoint), so the gather is collective;
-        # every rank makes the same decision (the loops' progress is the same on all ranks)
-        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            ranks = [None] * trainer.world_size
-            torch.distributed.all_gather_object(ranks, mine)
+        ranks = every_ranks(trainer, mine)  # on every rank, saving or not (the same decision on all of them)
         if not saving:
             return {}
         return {"epoch": trainer.current_epoch, "world_size": trainer.world_size,
