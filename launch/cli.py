@@ -178,14 +178,35 @@ def _show_config(cfg, overrides: list[str]) -> None:
 
     if cfg.run_id:
         runs.check_run_id(cfg.run_id)
+        _refuse_id_of_another_experiment(runs.run_of(cfg))
         if runs.saved_config(runs.run_of(cfg)) is not None:
             given = os.environ.get(runs.RUN_ID_ENV)
-            cfg = _resume_or_new(cfg, overrides, False, check_jobs=False)
+            cfg = _resume_or_new(cfg, overrides, check_jobs=False)
             if given is None:  # the run id goes to DDP children of a run; this command starts none
                 os.environ.pop(runs.RUN_ID_ENV, None)
     print(OmegaConf.to_yaml(cfg, resolve=True), end="")
     if cfg.launcher.name == "slurm":
-        print(f"# sbatch resources (launcher=slurm): {slurm.resources(cfg)}")
+        print(f"# sbatch resources (launcher=slurm; submitit's names): {slurm.resources(cfg)}")
+
+
+def _with_the_runs_experiment(overrides: list[str]) -> list[str]:
+    """`zoo train run_id=X` without experiment=: X's experiment, found under runs_root (one run of that id)."""
+    import glob
+
+    from launch import runs
+
+    given = {o.split("=", 1)[0].lstrip("+"): o.split("=", 1)[1] for o in overrides if "=" in o}
+    run_id = given.get("run_id", "")
+    if "experiment" in given or not run_id or "," in run_id:
+        return overrides
+    runs.check_run_id(run_id)
+    root = Path(given.get("runs_root", "runs")).expanduser()
+    found = sorted(path.parent for path in root.glob(f"*/{glob.escape(run_id)}/config.yaml"))
+    if len(found) > 1:
+        raise UserError(f"run id '{run_id}' is ambiguous: {', '.join(map(str, found))}: add experiment=<one of them>")
+    if not found:
+        raise UserError(f"no run '{run_id}' under {root}/*/ (`zoo runs` lists them); a new run needs experiment=<slug>")
+    return [f"experiment={runs.experiment_option(found[0].parent.name)}", *overrides]
 
 
 def cmd_train(args: list[str]) -> int:
@@ -197,7 +218,7 @@ def cmd_train(args: list[str]) -> int:
         return 0
     args, show = _pop_cfg_flag(args)
     multirun = bool(args) and args[0] in ("-m", "--multirun")
-    overrides = args[1:] if multirun else args
+    overrides = _with_the_runs_experiment(args[1:] if multirun else args)
     combos = zconfig.expand_sweep(overrides)
     if len(combos) > 1 and not multirun:
         raise UserError("overrides with several values (a,b) need `zoo train -m ...` to run as a sweep")
@@ -221,7 +242,18 @@ def cmd_train(args: list[str]) -> int:
                 print(f"# run {i + 1} of {len(cfgs)}: {' '.join(combo)}")
             _show_config(cfg, combo)
         return 0
-    cfgs = [_resume_or_new(cfg, combo, announce_new) for cfg, combo, announce_new in zip(cfgs, combos, named)]
+    fresh = [given_id and runs.saved_config(runs.run_of(cfg)) is None for cfg, given_id in zip(cfgs, named)]
+    cfgs = [_resume_or_new(cfg, combo) for cfg, combo in zip(cfgs, combos)]
+    from launch import train
+
+    for cfg in cfgs:  # every run of a sweep is checked before the first one trains or is submitted
+        train.check_settings(cfg)
+        if len(cfgs) > 1:
+            train.preflight(cfg)
+    for cfg, new_run in zip(cfgs, fresh):
+        if new_run and cfg.stage != "test" and _is_rank_zero():  # a mistyped id: a new run, said in one line
+            run = runs.run_of(cfg)
+            print(f"no run {run.run_id} under {run.dir.parent}: starting a new run with this id", file=sys.stderr)
     if cfgs[0].launcher.name == "slurm":
         return _submit(cfgs, sweep_id)
     if len(cfgs) > 1 and any(_processes(cfg) > 1 for cfg in cfgs):
@@ -229,8 +261,6 @@ def cmd_train(args: list[str]) -> int:
         # from its first run (and a sweep id of its own) while rank 0 is further on
         raise UserError("a local sweep (-m) cannot use several processes per run (trainer.devices / num_nodes > 1): "
                         "submit it with launcher=slurm (one job per run), or run the settings one by one")
-    from launch import train
-
     for cfg in cfgs:
         metrics = train.run(cfg)
         if _is_rank_zero():
@@ -272,11 +302,12 @@ def _processes(cfg) -> int:
     return count * int(cfg.trainer.get("num_nodes", 1) or 1)
 
 
-def _resume_or_new(cfg, overrides: list[str] = (), announce_new: bool = True, check_jobs: bool = True):
+def _resume_or_new(cfg, overrides: list[str] = (), check_jobs: bool = True):
     """An existing run id resumes that run with its saved config, changed by the overrides a resume may change (how
     long and how it trains: `runs.apply_resume_overrides`; its launcher settings stay unless the command names
-    them: a SLURM run resumes as a SLURM job with its partition, time and setup); otherwise a new run is created.
-    A run whose SLURM job is still queued or running is refused (`check_jobs`)."""
+    them: a SLURM run resumes as a SLURM job with its partition, time and setup); otherwise a new run is created,
+    unless another experiment has a run of that id (one W&B run id, and `zoo status <id>` could not tell them
+    apart). A run whose SLURM job is still queued or running is refused (`check_jobs`)."""
     from launch import config as zconfig
     from launch import runs
 
@@ -297,9 +328,21 @@ def _resume_or_new(cfg, overrides: list[str] = (), announce_new: bool = True, ch
             saved.runs_root, saved.run_id = cfg.runs_root, cfg.run_id
             # config.yaml takes the changes once the resumed fit has trained a step (callbacks.SaveResumedConfig)
             return saved
-        if announce_new and _is_rank_zero():  # a mistyped id would otherwise start a new run without a word
-            print(f"no run {cfg.run_id} under {run.dir.parent}: starting a new run with this id", file=sys.stderr)
+        _refuse_id_of_another_experiment(run)
     return runs.assign_run_id(cfg)
+
+
+def _refuse_id_of_another_experiment(run) -> None:
+    """`zoo train experiment=B run_id=<a run of A>`: the id names A's run (resume it with experiment=A; a plain
+    `zoo train run_id=X` composes the default experiment), not a new run of B."""
+    from launch import runs
+
+    elsewhere = runs.same_id_elsewhere(run)
+    if elsewhere:
+        other = runs.experiment_option(elsewhere[0].parent.name)
+        raise UserError(f"run {run.run_id} is a run of experiment {other} ({elsewhere[0]}), not of "
+                        f"{runs.experiment_option(run.experiment)}: add experiment={other} to resume it, or pick "
+                        "another run_id for a new run")
 
 
 def _refuse_while_its_job_runs(run) -> None:
@@ -410,12 +453,16 @@ def cmd_eval(args: list[str]) -> int:
     if out is not None:  # checked before the evaluation, not after it
         writable_file(out, "out=")
     ckpt_path = Path(ckpt).expanduser()
+    if ckpt_path.is_dir() and (ckpt_path / "checkpoints" / "last.ckpt").is_file():
+        last = ckpt_path / "checkpoints" / "last.ckpt"
+        raise UserError(f"ckpt= takes a checkpoint file, not a run directory: ckpt={last}")
     if not ckpt_path.is_file():
         raise UserError(f"no checkpoint at {ckpt_path}")
     run_dir = ckpt_path.absolute().parent.parent
     config_file = run_dir / "config.yaml"
     if not config_file.exists():
-        raise UserError(f"no saved config next to the checkpoint (expected {config_file})")
+        raise UserError(f"no saved config for {ckpt_path}: zoo eval reads a run's checkpoint under "
+                        f"<run>/checkpoints/ with its <run>/config.yaml (looked for {config_file})")
     cfg = runs.saved_config(runs.Run.at(run_dir))
     others = [a for a in args if not a.startswith(("ckpt=", "out="))]
     _check_eval_overrides(cfg, others)

@@ -76,6 +76,17 @@ def run_of(cfg: DictConfig) -> Run:
     return Run(cfg.experiment_name, cfg.run_id, Path(cfg.runs_root).expanduser().absolute())
 
 
+def same_id_elsewhere(run: Run) -> list[Path]:
+    """Run directories of other experiments under the same runs root that have this run's id."""
+    found = run.root.glob(f"*/{glob.escape(run.run_id)}/config.yaml")
+    return sorted(path.parent for path in found if path.parent.parent.name != run.experiment)
+
+
+def experiment_option(experiment_name: str) -> str:
+    """The `experiment=` value of a runs/<experiment_name> folder (a variant's slug-variant is slug/variant)."""
+    return experiment_name.replace("-", "/", 1)
+
+
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")
 
 

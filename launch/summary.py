@@ -19,8 +19,10 @@ from launch.errors import UserError, one_line
 
 # never shown as "what differs": bookkeeping that differs between any two runs, and how a run was watched (a
 # progress bar, waiting for a SLURM job), which changes nothing it computes
-IGNORED_KEYS = ("run_id", "runs_root", "progress_bar", "launcher.wait")
-DESCRIPTIVE = ("claims.", "paper.")  # an experiment's claim texts and paper block describe it; they are no settings
+IGNORED_KEYS = ("run_id", "runs_root", "progress_bar", "launcher.wait", "logger")
+# an experiment's claim texts and paper block describe it, and the loggers watch it (W&B project, group, tags, mode):
+# they are no settings
+DESCRIPTIVE = ("claims.", "paper.", "logger.")
 
 
 @dataclass
@@ -176,14 +178,19 @@ def _created(meta: Path) -> str:
 
 
 def varying_keys(records: list[RunRecord]) -> list[str]:
-    """Config keys whose value differs between the runs (a value that only embeds the run id does not count)."""
+    """Config keys whose value differs between runs of one experiment (a value that only embeds the run id does not
+    count); what differs only between experiments (their models and data) is the experiment column's."""
     def comparable(record: RunRecord, key: str):
         value = record.config.get(key, "<unset>")
         return value.replace(record.run_id, "<run>") if isinstance(value, str) else value
 
+    by_experiment: dict[str, list[RunRecord]] = {}
+    for record in records:
+        by_experiment.setdefault(record.experiment, []).append(record)
     keys = sorted({key for record in records for key in record.config})
     return [key for key in keys if key not in IGNORED_KEYS and not key.startswith(DESCRIPTIVE)
-            and len({json.dumps(comparable(r, key), default=str) for r in records}) > 1]
+            and any(len({json.dumps(comparable(r, key), default=str) for r in group}) > 1
+                    for group in by_experiment.values())]
 
 
 def default_metrics(records: list[RunRecord]) -> list[str]:
@@ -314,17 +321,19 @@ def plot(table: Table, path: Path) -> None:
         raise UserError(problem)
     metrics = table.metrics
     x_key, line_keys = table.settings[0], table.settings[1:]
-    lines: dict[tuple, list[dict]] = {}
+    lines: dict[tuple, list[dict]] = {}  # (experiment, the other settings' values as text): rows
     for row in table.numbers:
-        lines.setdefault((row["experiment"], *(row[k] for k in line_keys)), []).append(row)
-    xs = sorted({row[x_key] for row in table.numbers}, key=lambda v: (not isinstance(v, (int, float)), v))
-    position = {v: i for i, v in enumerate(xs)}
+        lines.setdefault((row["experiment"], *(_fmt(row[k]) for k in line_keys)), []).append(row)
+    # numbers first, in order; then other values (strings, None, lists) by their text
+    xs = sorted({json.dumps(row[x_key], default=str): row[x_key] for row in table.numbers}.values(),
+                key=lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
+    position = {json.dumps(v, default=str): i for i, v in enumerate(xs)}
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for label, rows in lines.items():
-            rows = sorted(rows, key=lambda r: position[r[x_key]])
-            x = [r[x_key] if numeric else position[r[x_key]] for r in rows]
+            rows = sorted(rows, key=lambda r: position[json.dumps(r[x_key], default=str)])
+            x = [r[x_key] if numeric else position[json.dumps(r[x_key], default=str)] for r in rows]
             ax.errorbar(x, [r[f"{metric} mean"] for r in rows],
                         yerr=[0.0 if math.isnan(r[f"{metric} std"]) else r[f"{metric} std"] for r in rows],
                         marker="o", capsize=3, label=", ".join(f"{k}={v}" for k, v in zip(line_keys, label[1:]))

@@ -327,6 +327,12 @@ def test_cli_audit_cases_are_one_line_and_write_nothing(tmp_path):
     code, out, err = zoo_in_process("eval", f"ckpt={ckpt}", f"out={tmp_path}")
     one_line_error(code, err)
     assert "test/recall@20" not in out  # refused before the evaluation
+    code, out, err = zoo_in_process("eval", f"ckpt={ckpt.parent.parent}")  # the run directory: its last.ckpt named
+    assert f"ckpt={ckpt}" in one_line_error(code, err)
+    loose = tmp_path / "loose" / "x.ckpt"  # a checkpoint outside a run: where its config was looked for
+    loose.parent.mkdir()
+    loose.write_bytes(ckpt.read_bytes())
+    assert "<run>/checkpoints/" in one_line_error(*zoo_in_process("eval", f"ckpt={loose}")[::2])
     (tmp_path / "table").mkdir()
     code, out, err = zoo_in_process("runs", "--root", str(tmp_path / "runs"), "--csv", str(tmp_path / "table"))
     one_line_error(code, err)

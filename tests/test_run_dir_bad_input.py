@@ -171,3 +171,35 @@ def test_a_read_only_run_directory_is_one_line(runs_root):
     if proc.returncode == 99 or proc.stderr.startswith("unshare:"):
         pytest.skip(f"no private read-only mount here: {proc.stderr.strip()[:200]}")
     assert proc.returncode == 2 and "not writable" in _error_line(proc.stderr), proc.stderr[-2000:]
+
+
+def test_a_run_id_names_one_run_across_experiments(runs_root):
+    """A run id is the run's W&B id too, so it names one run under the runs root (README audit, stop 38): another
+    experiment with the same id was a second run (exit 0; `zoo status <id>` then ambiguous, one W&B run for both);
+    now one line naming the run. `zoo train run_id=X` alone resumes X in its own experiment (it was an error asking
+    for experiment=; with it, a mistyped experiment would have started a new run); an id no run has is one line.
+    The "starting a new run with this id" line comes after the command's settings are checked (it was printed before
+    an error about them)."""
+    assert _train(runs_root, "mine", "trainer.max_epochs=1")[0] == 0
+    code, out, err = zoo_in_process("train", "experiment=ultragcn", *TINY[1:], f"runs_root={runs_root}", "run_id=mine",
+                                    "trainer.max_epochs=1")
+    line = _error_line(err + out)
+    assert code == 2 and "run mine is a run of experiment lightgcn" in line and "experiment=lightgcn" in line, line
+    assert not (runs_root / "ultragcn").exists()
+    code, out, err = zoo_in_process("train", f"runs_root={runs_root}", "run_id=mine", "trainer.max_epochs=2",
+                                    "progress_bar=false")
+    assert code == 0 and "resuming run mine" in err, (err + out)[-3000:]
+    assert OmegaConf.load(runs_root / "lightgcn" / "mine" / "config.yaml").trainer.max_epochs == 2
+    code, out, err = zoo_in_process("train", f"runs_root={runs_root}", "run_id=typo")
+    assert code == 2 and "no run 'typo' under" in _error_line(err + out)
+    code, out, err = zoo_in_process("train", *TINY, f"runs_root={runs_root}", "run_id=fresh", "stage=bogus")
+    assert code == 2 and "starting a new run" not in err + out and "stage must be one of" in _error_line(err + out)
+
+
+def test_every_run_of_a_local_sweep_is_checked_before_the_first_trains(runs_root):
+    """`zoo train -m ... model.num_layers=1,x`: run 0 trained for its whole budget before run 1 failed on 'x', and no
+    sweep table was written (README audit, stop 38); now one line before anything trains."""
+    code, out, err = zoo_in_process("train", "-m", *TINY, f"runs_root={runs_root}", "trainer.max_epochs=1",
+                                    "model.num_layers=1,x")
+    assert code == 2 and "model.num_layers must be a number" in _error_line(err + out)
+    assert not (runs_root / "lightgcn").exists()

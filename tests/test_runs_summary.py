@@ -227,3 +227,34 @@ def test_status_shows_where_each_jobs_log_is(tmp_path, monkeypatch, capsys):
     assert f"slurm job 77: COMPLETED  logs {single / 'slurm' / '77_0_log.out'}" in out
     assert cli.main(["status", "s-1", "--root", str(root)]) == 0
     assert f"slurm job 78_1: COMPLETED  logs {sweep_logs / '78_1_0_log.out'}" in capsys.readouterr().out
+
+
+def test_across_experiments_only_what_differs_within_one_is_a_column(tmp_path):
+    """Runs of several experiments: their models and data differ by construction (the experiment column says which),
+    and their loggers (W&B group, tags) only watch them; a table of two experiments had ~50 such columns (README
+    audit, stop 38). What differs between runs of one experiment stays."""
+    root = tmp_path / "runs"
+    for i, (experiment, layers) in enumerate((("lightgcn", 1), ("lightgcn", 2), ("ultragcn", 1))):
+        run = fake_run(root, f"r-{i}", 0, layers, 0.3, experiment=experiment)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["data"]["batch_size"] = 64 if experiment == "lightgcn" else 512
+        config["logger"]["wandb"] = {"group": f"sweep-{i}", "tags": [experiment]}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert summary.varying_keys(summary.collect(root)) == ["model.num_layers"]
+    assert summary.varying_keys(summary.collect(root, "ultragcn")) == []
+
+
+def test_plot_of_a_setting_that_is_sometimes_unset(tmp_path):
+    """The x-axis setting holds None in some runs and text in others (e.g. a scheduler given in one sweep only):
+    the plot sorts them by their text (it was a TypeError traceback comparing None with str, exit 1)."""
+    root = tmp_path / "runs"
+    for i, (value, seed) in enumerate(((None, 0), ("cosine", 0), (None, 1), ("cosine", 1), ([1, 2], 0))):
+        run = fake_run(root, f"s-{i}", seed, 1, 0.3 + 0.01 * i)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["model"]["scheduler"] = value
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    table = summary.build(summary.collect(root), over="seed")
+    assert table.settings == ["model.scheduler"]
+    out = tmp_path / "p.png"
+    summary.plot(table, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
