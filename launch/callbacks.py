@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -442,3 +442,22 @@ class FitStarted(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.trained = True
+
+
+class ResumedEpochProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, also set up for the epoch a mid-epoch resume continues: Lightning does not call
+    `on_train_epoch_start` again for it, so the bar showed "Training 0/?" until the next epoch. At the first batch
+    after such a resume it takes the epoch's number, total and the batches already done."""
+
+    _resumed_mid_epoch = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._resumed_mid_epoch = bool(getattr(trainer.fit_loop, "restarted_mid_epoch", False))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._resumed_mid_epoch:
+            self._resumed_mid_epoch = False
+            self.on_train_epoch_start(trainer)
+            self.train_progress_bar.initial = self.train_progress_bar.n = batch_idx
+            self.train_progress_bar.refresh()

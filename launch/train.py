@@ -83,7 +83,7 @@ def build_loggers(cfg: DictConfig, run: runs.Run, resume_step: int | None = None
 def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list | None = None,
                   resume_step: int | None = None, model=None):
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from datamodules.resumable import ResumeLoaderState
     from launch.callbacks import (
@@ -91,6 +91,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
         FiguresCallback,
         FiniteLossGuard,
         RestoreBestWeights,
+        ResumedEpochProgressBar,
         ResumeRandomState,
         RunCheckpoint,
         RunIdentity,
@@ -155,7 +156,7 @@ def build_trainer(cfg: DictConfig, run: runs.Run | None, extra_callbacks: list |
             raise UserError(f"early_stopping: {one_line(err, 200)}") from None
     show_bar = cfg.progress_bar if cfg.progress_bar != "auto" else True
     if show_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 50))
+        callbacks.append(ResumedEpochProgressBar(refresh_rate=1 if sys.stderr.isatty() else 50))
     if "SLURM_JOB_ID" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
         from lightning.pytorch.plugins.environments import SLURMEnvironment
 

@@ -100,3 +100,21 @@ def test_a_checkpoint_without_the_state_resumes_as_before(runs_root):
     code, _, err = zoo_in_process("train", *args)
     assert code == 0, err
     assert [int(r["epoch"]) for r in _epoch_rows(runs_root / "lightgcn" / "old")] == [0, 1]
+
+
+def test_the_progress_bar_of_a_mid_epoch_resume_counts_the_epochs_batches(runs_root):
+    """After a resume in the middle of epoch 1 (saved at step 15: 2 of its 13 batches done) the bar reads
+    "Epoch 1" and 2/13 from its first batch on. Lightning does not call on_train_epoch_start for a resumed epoch, so the
+    bar was "Training 0/?" (no total, counting from 0) until epoch 2 (README audit, stop 38)."""
+    args = [*TINY, "checkpoint.every_n_train_steps=5", f"runs_root={runs_root}", "run_id=bar"]
+    with pytest.raises(_Preempted):
+        train.run(zconfig.compose(args), extra_callbacks=[_PreemptAtBatchStart(EPOCH + 4)])
+    seen = []
+
+    class FirstBar(L.Callback):
+        def on_train_batch_start(self, trainer, *_) -> None:  # the bar as the batch before it left it
+            bar = trainer.progress_bar_callback.train_progress_bar
+            seen.append((bar.desc, bar.n, bar.total))
+
+    train.run(zconfig.compose([*args, "progress_bar=true"]), extra_callbacks=[FirstBar()])
+    assert seen[1] == ("Epoch 1: ", 2, EPOCH), seen[:3]  # 2 of 13 done (the bar then moves every 50 batches)
