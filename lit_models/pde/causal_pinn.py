@@ -62,6 +62,21 @@ KS_COEFFICIENTS = {
 }
 
 
+MAX_SNAPSHOTS = 64  # causal-weight snapshots kept for the figure, however long the run
+
+
+def snapshot_stride(every: int, step: int, keep: int = MAX_SNAPSHOTS) -> int:
+    """The interval between kept snapshots at `step`: `every`, doubled as often as needed for at most `keep` + 1
+    snapshots up to `step` (0: off). A function of the step alone, so the kept snapshots are evenly spaced and
+    thinned by dropping those off the current interval."""
+    if not every:
+        return 0
+    stride = every
+    while step // stride > keep:
+        stride *= 2
+    return stride
+
+
 def causal_weights(slice_losses: Tensor, epsilon: float) -> Tensor:
     """w_i = exp(-eps * sum_{k<i} L_k) for the time-ordered per-slice losses L (shape (N_t,)), detached:
     w_1 = 1 exactly and w is non-increasing (equal to exp(-eps * M @ L), M strictly lower-triangular ones)."""
@@ -383,8 +398,9 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
         self.log("train/min_weight", min_w, on_step=True, on_epoch=False, prog_bar=self.causal, batch_size=1,
                  sync_dist=True)
         self.log("train/epsilon", eps, on_step=True, on_epoch=False, batch_size=1, sync_dist=True)
-        every = self.hparams.weight_snapshot_every
+        every = snapshot_stride(self.hparams.weight_snapshot_every, int(self.global_step))
         if every and self.global_step % every == 0:
+            self.weight_snapshots = [s for s in self.weight_snapshots if s[0] % every == 0]  # at most MAX_SNAPSHOTS
             self.weight_snapshots.append((int(self.global_step), t.detach().cpu().numpy(),
                                           causal_weights(losses, eps).cpu().numpy()))
         if len(self.nets) > 1:
