@@ -242,7 +242,6 @@ def cmd_train(args: list[str]) -> int:
                 print(f"# run {i + 1} of {len(cfgs)}: {' '.join(combo)}")
             _show_config(cfg, combo)
         return 0
-    fresh = [given_id and runs.saved_config(runs.run_of(cfg)) is None for cfg, given_id in zip(cfgs, named)]
     cfgs = [_resume_or_new(cfg, combo) for cfg, combo in zip(cfgs, combos)]
     from launch import train
 
@@ -250,9 +249,9 @@ def cmd_train(args: list[str]) -> int:
         train.check_settings(cfg)
         if len(cfgs) > 1:
             train.preflight(cfg)
-    for cfg, new_run in zip(cfgs, fresh):
-        if new_run and cfg.stage != "test" and _is_rank_zero():  # a mistyped id: a new run, said in one line
-            run = runs.run_of(cfg)
+    for cfg, given_id in zip(cfgs, named):
+        run = runs.run_of(cfg)  # a resumed run has its config.yaml; a new one gets it when it starts
+        if given_id and not run.config_file.exists() and cfg.stage != "test" and _is_rank_zero():
             print(f"no run {run.run_id} under {run.dir.parent}: starting a new run with this id", file=sys.stderr)
     if cfgs[0].launcher.name == "slurm":
         return _submit(cfgs, sweep_id)
