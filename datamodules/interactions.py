@@ -367,6 +367,10 @@ class InteractionDataModule(L.LightningDataModule):
         eval_batch_size: users per validation/test batch.
         seed: drives the per-epoch edge order and the negatives (not the train/test split).
         test_fraction: per-user test share for rating-style data (ignored for train.txt/test.txt).
+        val_fraction: per-user share of the train interactions held out for validation (0: none, the official
+            protocol, whose `val/*` metrics are then computed on the test interactions). With a share, validation
+            ranks the held-out items with the remaining train items masked, the test ranks the test items with
+            train and validation items masked, and training never sees the held-out items.
         url_base: mirror to download from; ``{url_base}/{name}/train.txt`` for the txt datasets,
             ``{url_base}/<zip name>`` for the ``*-raw`` ones (checksums still apply).
         data_dir: local folder to read instead of downloading: ``train.txt``+``test.txt``, ``u.data``
@@ -384,6 +388,7 @@ class InteractionDataModule(L.LightningDataModule):
         seed: int = 0,
         sampling: str = "edge",
         test_fraction: float = 0.2,
+        val_fraction: float = 0.0,
         url_base: str | None = None,
         data_dir: str | None = None,
         synthetic: dict | None = None,
@@ -394,6 +399,8 @@ class InteractionDataModule(L.LightningDataModule):
             raise UserError("data: batch_size, eval_batch_size and num_negatives must be >= 1")
         if not 0.0 <= float(test_fraction) < 1.0:
             raise UserError(f"data.test_fraction must be in [0, 1), got {test_fraction}")
+        if not 0.0 <= float(val_fraction) < 0.5:
+            raise UserError(f"data.val_fraction must be in [0, 0.5), got {val_fraction}")
         self.name = name
         self.batch_size = int(batch_size)
         self.num_negatives = int(num_negatives)
@@ -403,6 +410,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size)
         self.seed = int(seed)
         self.test_fraction = float(test_fraction)
+        self.val_fraction = float(val_fraction)
         self.url_base = url_base.rstrip("/") if url_base else None
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
         self.synthetic = dict(synthetic or {})
@@ -505,6 +513,12 @@ class InteractionDataModule(L.LightningDataModule):
         self.num_users, self.num_items = int(num_users), int(num_items)
         self.train_matrix = matrix(tu, ti)
         self.test_matrix = matrix(eu, ei)
+        self.val_matrix = None  # validation on the test interactions (the official protocol)
+        if self.val_fraction > 0:
+            pairs = self.train_matrix.tocoo()  # deduplicated, sorted by (user, item)
+            is_val, _ = split_per_user(pairs.row, pairs.col, self.val_fraction, split_seed=1)
+            self.val_matrix = matrix(pairs.row[is_val], pairs.col[is_val])
+            self.train_matrix = matrix(pairs.row[~is_val], pairs.col[~is_val])
         coo = self.train_matrix.tocoo()  # canonical csr -> edges sorted by (user, item), deduplicated
         self.train_user = torch.from_numpy(coo.row.astype(np.int64))
         self.train_item = torch.from_numpy(coo.col.astype(np.int64))
@@ -514,6 +528,8 @@ class InteractionDataModule(L.LightningDataModule):
         self.item_degree = torch.from_numpy(deg_i.astype(np.float32))
         test_counts = np.diff(self.test_matrix.indptr)
         self.eval_users = torch.from_numpy(np.flatnonzero(test_counts > 0).astype(np.int64))
+        self.val_users = self.eval_users if self.val_matrix is None else torch.from_numpy(
+            np.flatnonzero(np.diff(self.val_matrix.indptr) > 0).astype(np.int64))
         if self.train_user.numel() == 0:
             raise UserError(f"data {self.name}: no train interactions")
         if self.exclude_positive_negatives and bool((self.user_degree >= self.num_items).all()):
@@ -544,16 +560,18 @@ class InteractionDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(UserBatches(self.eval_users, self.eval_batch_size, self._context), batch_size=None)
+        return DataLoader(UserBatches(self.val_users, self.eval_batch_size, self._context), batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        self.setup()
+        return DataLoader(UserBatches(self.eval_users, self.eval_batch_size, self._context), batch_size=None)
 
     # ---- reporting ---------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
         self.setup()
         n_train, n_test = int(self.train_matrix.nnz), int(self.test_matrix.nnz)
+        n_val = int(self.val_matrix.nnz) if self.val_matrix is not None else 0
         cells = self.num_users * self.num_items
         return {
             "name": self.name,
@@ -561,7 +579,8 @@ class InteractionDataModule(L.LightningDataModule):
             "num_items": self.num_items,
             "num_train": n_train,
             "num_test": n_test,
+            "num_val": n_val,
             "num_eval_users": int(self.eval_users.numel()),
-            "density": (n_train + n_test) / cells if cells else 0.0,
+            "density": (n_train + n_val + n_test) / cells if cells else 0.0,
             "train_batches_per_epoch": math.ceil(n_train / self.batch_size),
         }

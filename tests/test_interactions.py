@@ -363,3 +363,30 @@ def test_negatives_for_nearly_saturated_users(tmp_path):
         neg0 = b["neg_item"][b["user"] == 0]
         assert (neg0 == 199).all()
         assert (b["neg_item"][b["user"] == 2] != 5).all()
+
+
+def test_a_validation_split_is_held_out_of_training():
+    """data.val_fraction: that share of each user's train interactions becomes the validation set (seeded, the same
+    every run), out of the training edges, the item degrees and the negatives' positives; validation iterates the
+    users with validation items, the test the users with test items; the test split is unchanged. Without it the
+    validation loader is the test one (the official protocol)."""
+    plain = InteractionDataModule(name="synthetic")
+    plain.setup()
+    held = InteractionDataModule(name="synthetic", val_fraction=0.1)
+    held.setup()
+    assert plain.val_matrix is None and torch.equal(plain.val_users, plain.eval_users)
+    assert (held.train_matrix.multiply(held.val_matrix)).nnz == 0
+    assert ((held.train_matrix + held.val_matrix) != plain.train_matrix).nnz == 0
+    assert (held.test_matrix != plain.test_matrix).nnz == 0
+    assert 0.08 < held.val_matrix.nnz / plain.train_matrix.nnz < 0.12
+    assert held.train_user.numel() == held.train_matrix.nnz and held.describe()["num_val"] == held.val_matrix.nnz
+    assert float(held.item_degree.sum()) == held.train_matrix.nnz
+    val_users = torch.cat([b["user"] for b in held.val_dataloader()])
+    test_users = torch.cat([b["user"] for b in held.test_dataloader()])
+    assert torch.equal(val_users.sort().values, torch.from_numpy(np.flatnonzero(np.diff(held.val_matrix.indptr))))
+    assert torch.equal(test_users.sort().values, plain.eval_users)
+    again = InteractionDataModule(name="synthetic", val_fraction=0.1, seed=5)  # the batch seed leaves the split
+    again.setup()
+    assert (again.val_matrix != held.val_matrix).nnz == 0
+    with pytest.raises(UserError, match="val_fraction"):
+        InteractionDataModule(name="synthetic", val_fraction=0.5)

@@ -152,12 +152,15 @@ class RankingModule(L.LightningModule):
     """Base LightningModule for full-ranking recommenders.
 
     Subclasses implement `final_embeddings() -> (user_emb (U, d), item_emb (I, d))`; scores are dot
-    products. Needs a datamodule with scipy CSR `train_matrix` / `test_matrix` (users x items); eval
-    batches are dicts with `"user"`: LongTensor of user ids, each user on exactly one rank.
+    products. Needs a datamodule with scipy CSR `train_matrix` / `test_matrix` (users x items) and optionally
+    `val_matrix` (held-out train interactions: validation ranks them with the train items masked, the test masks
+    train and validation items; without it validation ranks the test items); eval batches are dicts with `"user"`:
+    LongTensor of user ids, each user on exactly one rank.
     """
 
     # Buffers built from the data: identical on every rank, never broadcast by DDP, never checkpointed.
-    _data_buffers: tuple[str, ...] = ("_train_crow", "_train_col", "_test_crow", "_test_col", "_user_degree_bin")
+    _data_buffers: tuple[str, ...] = ("_train_crow", "_train_col", "_test_crow", "_test_col", "_val_crow", "_val_col",
+                                      "_seen_crow", "_seen_col", "_user_degree_bin")
 
     def __init__(self, eval_k: int = 20, optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> None:
         super().__init__()
@@ -187,16 +190,20 @@ class RankingModule(L.LightningModule):
             ignore.append(name)
         self._ddp_params_and_buffers_to_ignore = ignore
 
-    def setup_ranking(self, train_matrix: sp.spmatrix, test_matrix: sp.spmatrix) -> None:
-        """Torch CSR copies of the train/test matrices and the user degree quartiles for `figures()`."""
+    def setup_ranking(self, train_matrix: sp.spmatrix, test_matrix: sp.spmatrix,
+                      val_matrix: sp.spmatrix | None = None) -> None:
+        """Torch CSR copies of the train/test (and validation) matrices and the user degree quartiles for
+        `figures()`."""
         device = self.device
         train = scipy_to_torch_csr(train_matrix)
         test = scipy_to_torch_csr(test_matrix)
         self.train_csr, self.test_csr = train, test
-        self._register_data_buffer("_train_crow", train.crow_indices().to(device))
-        self._register_data_buffer("_train_col", train.col_indices().to(device))
-        self._register_data_buffer("_test_crow", test.crow_indices().to(device))
-        self._register_data_buffer("_test_col", test.col_indices().to(device))
+        # validation: (items masked, items to find); test: the same with the validation items masked too
+        val = test if val_matrix is None else scipy_to_torch_csr(val_matrix)
+        seen = train if val_matrix is None else scipy_to_torch_csr((train_matrix + val_matrix).tocsr())
+        for name, matrix in (("_train", train), ("_test", test), ("_val", val), ("_seen", seen)):
+            self._register_data_buffer(f"{name}_crow", matrix.crow_indices().to(device))
+            self._register_data_buffer(f"{name}_col", matrix.col_indices().to(device))
         # degree quartiles over the users that are evaluated (>= 1 test item); same edges on every rank
         train_degree = torch.diff(train.crow_indices()).to(torch.float64)
         has_test = torch.diff(test.crow_indices()) > 0
@@ -211,7 +218,7 @@ class RankingModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
         self.build_for(int(dm.num_users), int(dm.num_items))
-        self.setup_ranking(dm.train_matrix, dm.test_matrix)
+        self.setup_ranking(dm.train_matrix, dm.test_matrix, getattr(dm, "val_matrix", None))
 
     def build_for(self, num_users: int, num_items: int) -> None:
         """Build the subclass's tables (`_build`) for the data's sizes, or check that loaded ones fit them."""
@@ -286,21 +293,24 @@ class RankingModule(L.LightningModule):
                 "users": counts.cpu().long().tolist(),
             }
 
-    def evaluate_batch(self, users: Tensor) -> tuple[Tensor, Tensor]:
-        """(hits (b, k), num_relevant (b,)) for a batch of users with the cached final embeddings."""
+    def evaluate_batch(self, users: Tensor, stage: str = "test") -> tuple[Tensor, Tensor]:
+        """(hits (b, k), num_relevant (b,)) for a batch of users with the cached final embeddings: the test items
+        (train and validation items masked) or, stage "val", the validation items (train items masked)."""
         if self._eval_cache is None:
             self._start_eval()
         user_emb, item_emb = self._eval_cache
         users = users.to(user_emb.device).long()
         # rank in fp32 even under bf16/16-mixed autocast: low-precision scores create spurious ties
         with torch.autocast(device_type=user_emb.device.type, enabled=False):
-            return rank_and_hit(
-                user_emb, item_emb, users, self._train_crow, self._train_col, self._test_crow, self._test_col, self.eval_k
-            )
+            if stage == "val":
+                masked, found = (self._train_crow, self._train_col), (self._val_crow, self._val_col)
+            else:
+                masked, found = (self._seen_crow, self._seen_col), (self._test_crow, self._test_col)
+            return rank_and_hit(user_emb, item_emb, users, *masked, *found, self.eval_k)
 
     def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
         users = batch["user"]
-        hits, num_relevant = self.evaluate_batch(users)
+        hits, num_relevant = self.evaluate_batch(users, stage)
         recall_metric, ndcg_metric = (
             (self.val_recall, self.val_ndcg) if stage == "val" else (self.test_recall, self.test_ndcg)
         )

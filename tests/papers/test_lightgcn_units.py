@@ -312,3 +312,36 @@ def test_trainer_smoke_and_checkpoint_round_trip(tmp_path):
     assert test_after == pytest.approx(test_before)
     assert set(test_after) == {"test/recall@20", "test/ndcg@20"}
     assert set(loaded.figures()) == {"recall_by_user_degree"}
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_a_validation_split_ranks_its_items_and_the_test_masks_them():
+    """With held-out validation interactions (data.val_fraction > 0) validation finds them with the train items
+    masked, and the test finds the test items with train and validation items masked (brute-force references);
+    without them both stages rank the test items as before (README audit, stop 38: val/* was the test set)."""
+    train, test = random_interactions(40, 50, 0.25, seed=6)
+    val, _ = random_interactions(40, 50, 0.1, seed=7)
+    val = (val - val.multiply(train) - val.multiply(test)).tocsr()
+    val.eliminate_zeros()
+    torch.manual_seed(2)
+    module = _TableRanker(torch.randn(40, 8), torch.randn(50, 8))
+    scores = (module.u @ module.i.T).detach().numpy()
+
+    def measured(stage: str) -> tuple[float, float]:
+        recall, ndcg = ((module.val_recall, module.val_ndcg) if stage == "val"
+                        else (module.test_recall, module.test_ndcg))
+        recall.reset(), ndcg.reset()
+        with torch.no_grad():
+            module._start_eval()
+            for block in torch.arange(40).split(6):
+                module._eval_step({"user": block}, stage)
+            return recall.compute().item(), ndcg.compute().item()
+
+    module.setup_ranking(train, test, val)
+    assert measured("val") == pytest.approx(brute_force_metrics(scores, train.toarray(), val.toarray(), 20)[:2])
+    seen = (train + val).toarray()
+    assert measured("test") == pytest.approx(brute_force_metrics(scores, seen, test.toarray(), 20)[:2])
+    assert measured("test") != pytest.approx(brute_force_metrics(scores, train.toarray(), test.toarray(), 20)[:2])
+    module.setup_ranking(train, test)
+    plain = brute_force_metrics(scores, train.toarray(), test.toarray(), 20)[:2]
+    assert measured("val") == pytest.approx(plain) and measured("test") == pytest.approx(plain)
