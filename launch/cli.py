@@ -184,9 +184,10 @@ def _show_config(cfg, overrides: list[str]) -> None:
             cfg = _resume_or_new(cfg, overrides, check_jobs=False)
             if given is None:  # the run id goes to DDP children of a run; this command starts none
                 os.environ.pop(runs.RUN_ID_ENV, None)
+    resources = slurm.resources(cfg) if cfg.launcher.name == "slurm" else None  # refused before anything is printed
     print(OmegaConf.to_yaml(cfg, resolve=True), end="")
-    if cfg.launcher.name == "slurm":
-        print(f"# sbatch resources (launcher=slurm; submitit's names): {slurm.resources(cfg)}")
+    if resources is not None:
+        print(f"# sbatch resources (launcher=slurm; submitit's names): {resources}")
 
 
 def _with_the_runs_experiment(overrides: list[str]) -> list[str]:

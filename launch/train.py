@@ -30,6 +30,10 @@ def _quiet_known_warnings() -> None:
         ".*Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
+    # torch's own forward-mode decompositions still script themselves on the first jvp (MEDIDA, UM2N): nothing a
+    # user or this code can change
+    warnings.filterwarnings("ignore", message=".*`torch.jit.script` is deprecated.*", category=FutureWarning,
+                            module="torch.jit._script")
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if _drop_advert not in rank_zero_log.filters:
         rank_zero_log.addFilter(_drop_advert)

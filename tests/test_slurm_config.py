@@ -32,6 +32,15 @@ def test_a_bad_launcher_value_or_model_option_is_refused_before_submitting(overr
     assert not (tmp_path / "runs").exists()
 
 
+def test_cfg_job_refuses_bad_resources_before_printing_the_config(tmp_path):
+    """`--cfg job` with resources SLURM cannot take: the one error line only (the whole resolved config was printed
+    first; README audit, stop 38); valid resources print the config and then submitit's resource names."""
+    code, out, err = zoo_in_process("train", *SLURM, "launcher.time_min=0", "--cfg", "job")
+    assert "launcher.time_min must be >= 1" in one_line_error(code, err) and out == ""
+    code, out, err = zoo_in_process("train", *SLURM, "--cfg", "job")
+    assert code == 0 and "experiment_name: lightgcn" in out and "'tasks_per_node': 1" in out.splitlines()[-1], out[-500:]
+
+
 def _saved_slurm_run(root, run_id: str, *overrides: str):
     given = os.environ.get(runs.RUN_ID_ENV)
     cfg = runs.assign_run_id(zconfig.compose([*SLURM, f"runs_root={root}", f"run_id={run_id}", *overrides]))

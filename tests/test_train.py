@@ -466,3 +466,21 @@ def test_corrupt_and_incompatible_checkpoints_are_clear_errors(runs_root, tmp_pa
     assert code == 2 and "corrupt" in err and "move it away" in err, err
     code, _, err = zoo_in_process("eval", f"ckpt={tmp_path / 'missing.ckpt'}")
     assert code == 2 and "no checkpoint" in err
+
+
+def _add_one(x: torch.Tensor) -> torch.Tensor:
+    return x + 1
+
+
+def test_torchs_own_jit_deprecation_is_not_shown_to_users():
+    """torch's forward-mode decompositions call torch.jit.script on the first jvp (MEDIDA's derivatives, UM2N): a
+    FutureWarning on every such run that no user can act on (README audit, stop 38). Other FutureWarnings still show."""
+    import warnings
+
+    train._quiet_known_warnings()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        train._quiet_known_warnings()
+        torch.jit.script(_add_one)  # a scripted function, as torch's decompositions are
+        warnings.warn("another deprecation", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["another deprecation"], [str(w.message) for w in caught]
