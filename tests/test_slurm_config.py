@@ -38,7 +38,8 @@ def test_cfg_job_refuses_bad_resources_before_printing_the_config(tmp_path):
     code, out, err = zoo_in_process("train", *SLURM, "launcher.time_min=0", "--cfg", "job")
     assert "launcher.time_min must be >= 1" in one_line_error(code, err) and out == ""
     code, out, err = zoo_in_process("train", *SLURM, "--cfg", "job")
-    assert code == 0 and "experiment_name: lightgcn" in out and "'tasks_per_node': 1" in out.splitlines()[-1], out[-500:]
+    last = out.splitlines()[-1]
+    assert code == 0 and "experiment_name: lightgcn" in out and "'tasks_per_node': 1" in last, out[-500:]
 
 
 def _saved_slurm_run(root, run_id: str, *overrides: str):
