@@ -38,7 +38,10 @@ def test_bench_lightgcn_quick(tmp_path):
         if row["unit"] in ("s", "MiB") and "time to LightGCN's best" not in row["what"]:
             assert row["ours"] is not None, row
         if row["baseline"] is not None and row["ours"] is not None:
-            assert row["ratio"] is not None, row
+            if row["case"].startswith("gowalla_"):  # quick's tiny graph against the quoted Gowalla figures: no
+                assert row["ratio"] is None and row.get("met") is None, row  # ratio (it was "met True" at 1371x)
+            else:
+                assert row["ratio"] is not None, row
 
     # our propagation agrees with torch-geometric's LightGCN on the same graph, K and E0
     diffs = [r for r in rows if r["unit"] == "max abs diff"]
