@@ -28,6 +28,9 @@ def _quiet_known_warnings() -> None:
         # the callbacks are rebuilt from the run's config; the test-only trainer of eval / stage=test needs none of
         # their state, and a resume that adds or drops one says so itself (callbacks.RestoreBestWeights and friends)
         ".*Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided.*",
+        # every IterableDataset here either loads with num_workers=0 or yields each worker's share of one stream
+        # (datamodules.context.worker_share), so its __len__ holds with workers too (PROSE, NODA, recsys runs)
+        ".*Your `IterableDataset` has `__len__` defined.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
     # torch's own forward-mode decompositions still script themselves on the first jvp (MEDIDA, UM2N): nothing a
@@ -433,7 +436,7 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
     if keep is not None:
         keep.update(trainer=trainer, model=model, datamodule=datamodule)
     if run_dir is not None and trainer.is_global_zero:
-        _finish(trainer, run_dir, metrics, cfg.stage)
+        metrics = _finish(trainer, run_dir, metrics, cfg.stage)  # what the run's metrics file now holds
     return metrics
 
 
@@ -645,7 +648,9 @@ def _with_earlier_metrics(path: Path, metrics: dict[str, float]) -> dict[str, fl
 FINISHED = threading.Event()
 
 
-def _finish(trainer, run: runs.Run, metrics: dict[str, float], stage: str = "fit_test") -> None:
+def _finish(trainer, run: runs.Run, metrics: dict[str, float], stage: str = "fit_test") -> dict[str, float]:
+    """Write the run's final (or a re-test's) metrics and end its W&B run; the metrics written: a restart that
+    trains nothing reports the run's train and validation metrics too, not only its test."""
     import json
 
     # stage=test of a trained run adds test_metrics.json: the run's own final metrics (train, val, best epoch) stay
@@ -671,3 +676,4 @@ def _finish(trainer, run: runs.Run, metrics: dict[str, float], stage: str = "fit
                 # the run's history over)
                 print(f"W&B run saved offline; upload it with: wandb sync --id {run.run_id} "
                       f"{run.dir / 'wandb'}/offline-run-*-{run.run_id}", file=sys.stderr)
+    return metrics

@@ -121,3 +121,16 @@ def test_one_cycle_schedule_cannot_be_stretched_on_resume(runs_root):
     code, out, err = zoo_in_process("train", *args, "trainer.max_steps=4")
     assert code == 2 and "OneCycle learning-rate schedule spans 2 steps" in err, err + out
     assert "max_steps: 2" in (runs_root / "mgno" / "oc" / "config.yaml").read_text()
+
+
+def test_a_finished_run_started_again_reports_its_train_and_val_metrics(runs_root):
+    """The same command again after a run finished trains nothing and tests it again: its table showed the epoch and
+    the test metrics only, while final_metrics.json kept train and validation (README audit, stop 38); the table is
+    the file's now."""
+    assert _train(runs_root, "run_id=again", "trainer.max_steps=4", "trainer.check_val_every_n_epoch=1")[0] == 0
+    code, out, err = _train(runs_root, "run_id=again", "trainer.max_steps=4", "trainer.check_val_every_n_epoch=1")
+    assert code == 0, err + out
+    final = json.loads((runs_root / "causal_pinn" / "again" / "final_metrics.json").read_text())
+    assert "train/loss" in final and "val/rel_l2" in final, sorted(final)
+    for key in ("train/loss", "val/rel_l2", "test/rel_l2"):
+        assert re.search(rf"{re.escape(key)}\s*│", out), (key, out[-2000:])
