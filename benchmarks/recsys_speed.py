@@ -879,7 +879,7 @@ def _build_rows(results: dict[str, dict], graph: dict, quick: bool, device: str)
         ref = REFERENCE[model]
         name = {"lightgcn": "LightGCN", "ultragcn": "UltraGCN"}[model]
         cfgtxt = (f"batch {res['batch_size']}, {res['num_negatives']} neg, 2 threads"
-                  + (", quick: tiny graph, ratios vs the Gowalla reference mean nothing" if quick else ""))
+                  + (", quick: tiny graph, no ratio to the Gowalla reference" if quick else ""))
         br = res.get("breakdown", {})
         where = f"per step {res['step_s']:.3f} s: batch sampling {br.get('sample_batch_s', float('nan')):.3f} s"
         if "propagate_fwd_bwd_s" in br:

@@ -370,7 +370,8 @@ class InteractionDataModule(L.LightningDataModule):
         val_fraction: per-user share of the train interactions held out for validation (0: none, the official
             protocol, whose `val/*` metrics are then computed on the test interactions). With a share, validation
             ranks the held-out items with the remaining train items masked, the test ranks the test items with
-            train and validation items masked, and training never sees the held-out items.
+            train and validation items masked, and training never sees the held-out items. Each user's share is
+            rounded (as test_fraction's): users with fewer than about 0.5 / val_fraction train items keep them all.
         url_base: mirror to download from; ``{url_base}/{name}/train.txt`` for the txt datasets,
             ``{url_base}/<zip name>`` for the ``*-raw`` ones (checksums still apply).
         data_dir: local folder to read instead of downloading: ``train.txt``+``test.txt``, ``u.data``
@@ -517,6 +518,10 @@ class InteractionDataModule(L.LightningDataModule):
         if self.val_fraction > 0:
             pairs = self.train_matrix.tocoo()  # deduplicated, sorted by (user, item)
             is_val, _ = split_per_user(pairs.row, pairs.col, self.val_fraction, split_seed=1)
+            if not is_val.any():
+                raise UserError(f"data.val_fraction={self.val_fraction} holds out no interaction of {self.name}: "
+                                f"a user's share is rounded, so users need about {0.5 / self.val_fraction:.0f} train "
+                                "interactions for one (use a larger share)")
             self.val_matrix = matrix(pairs.row[is_val], pairs.col[is_val])
             self.train_matrix = matrix(pairs.row[~is_val], pairs.col[~is_val])
         coo = self.train_matrix.tocoo()  # canonical csr -> edges sorted by (user, item), deduplicated

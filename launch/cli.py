@@ -178,8 +178,9 @@ def _show_config(cfg, overrides: list[str]) -> None:
 
     if cfg.run_id:
         runs.check_run_id(cfg.run_id)
-        _refuse_id_of_another_experiment(runs.run_of(cfg))
-        if runs.saved_config(runs.run_of(cfg)) is not None:
+        if runs.saved_config(runs.run_of(cfg)) is None:
+            _refuse_id_of_another_experiment(runs.run_of(cfg))
+        else:
             given = os.environ.get(runs.RUN_ID_ENV)
             cfg = _resume_or_new(cfg, overrides, check_jobs=False)
             if given is None:  # the run id goes to DDP children of a run; this command starts none
@@ -244,17 +245,20 @@ def cmd_train(args: list[str]) -> int:
             _show_config(cfg, combo)
         return 0
     cfgs = [_resume_or_new(cfg, combo) for cfg, combo in zip(cfgs, combos)]
-    from launch import train
+    from launch import slurm, train
 
-    for cfg in cfgs:  # every run of a sweep is checked before the first one trains or is submitted
+    slurm_job = cfgs[0].launcher.name == "slurm"
+    for cfg in cfgs:  # every run of a sweep (or a job to submit) is checked before the first trains or is submitted
         train.check_settings(cfg)
-        if len(cfgs) > 1:
-            train.preflight(cfg)
+        if len(cfgs) > 1 or slurm_job:
+            if slurm_job:
+                slurm.resources(cfg)  # resources that don't map onto SLURM first
+            train.preflight(cfg)  # bad settings, model or data options: not a failed job
     for cfg, given_id in zip(cfgs, named):
         run = runs.run_of(cfg)  # a resumed run has its config.yaml; a new one gets it when it starts
         if given_id and not run.config_file.exists() and cfg.stage != "test" and _is_rank_zero():
             print(f"no run {run.run_id} under {run.dir.parent}: starting a new run with this id", file=sys.stderr)
-    if cfgs[0].launcher.name == "slurm":
+    if slurm_job:
         return _submit(cfgs, sweep_id)
     if len(cfgs) > 1 and any(_processes(cfg) > 1 for cfg in cfgs):
         # Lightning's local DDP launcher re-runs this command in each child process, which would start the sweep
@@ -360,11 +364,9 @@ def _refuse_while_its_job_runs(run) -> None:
 
 
 def _submit(cfgs, sweep_id) -> int:
-    from launch import runs, slurm, train
+    """Submit checked runs (cmd_train checked each run's resources and settings first)."""
+    from launch import runs, slurm
 
-    for cfg in cfgs:
-        slurm.resources(cfg)  # bad resources fail before anything is written
-        train.preflight(cfg)  # and so do bad settings, model or data options (not a failed job)
     fresh = [runs.run_of(cfg) for cfg in cfgs if not runs.run_of(cfg).config_file.exists()]
     for cfg in cfgs:
         runs.create(cfg)

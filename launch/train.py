@@ -34,7 +34,7 @@ def _quiet_known_warnings() -> None:
     ):
         warnings.filterwarnings("ignore", message=pattern)
     # torch's own forward-mode decompositions still script themselves on the first jvp (MEDIDA, UM2N): nothing a
-    # user or this code can change
+    # user or this code can change (no code here scripts; the filter hides every torch.jit.script deprecation)
     warnings.filterwarnings("ignore", message=".*`torch.jit.script` is deprecated.*", category=FutureWarning,
                             module="torch.jit._script")
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")

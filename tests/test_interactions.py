@@ -390,3 +390,5 @@ def test_a_validation_split_is_held_out_of_training():
     assert (again.val_matrix != held.val_matrix).nnz == 0
     with pytest.raises(UserError, match="val_fraction"):
         InteractionDataModule(name="synthetic", val_fraction=0.5)
+    with pytest.raises(UserError, match="holds out no interaction"):  # every user's rounded share is 0: an error,
+        InteractionDataModule(name="synthetic", val_fraction=0.001).setup()  # not a run that never validates

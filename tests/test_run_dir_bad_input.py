@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -192,6 +193,10 @@ def test_a_run_id_names_one_run_across_experiments(runs_root):
     assert OmegaConf.load(runs_root / "lightgcn" / "mine" / "config.yaml").trainer.max_epochs == 2
     code, out, err = zoo_in_process("train", f"runs_root={runs_root}", "run_id=typo")
     assert code == 2 and "no run 'typo' under" in _error_line(err + out)
+    # an id taken twice before this check: each experiment still resumes (and shows) its own run
+    shutil.copytree(runs_root / "lightgcn" / "mine", runs_root / "ultragcn" / "mine")
+    code, out, err = zoo_in_process("train", *TINY, f"runs_root={runs_root}", "run_id=mine", "--cfg", "job")
+    assert code == 0 and "max_epochs: 2" in out, (err + out)[-2000:]
     code, out, err = zoo_in_process("train", *TINY, f"runs_root={runs_root}", "run_id=fresh", "stage=bogus")
     assert code == 2 and "starting a new run" not in err + out and "stage must be one of" in _error_line(err + out)
 

@@ -173,6 +173,7 @@ class RankingModule(L.LightningModule):
         self.test_recall = RecallAtK(self.eval_k)
         self.test_ndcg = NDCGAtK(self.eval_k)
         self._eval_cache: tuple[Tensor, Tensor] | None = None
+        self._has_val_split = False  # setup_ranking with a val_matrix: validation has items of its own
         self._user_recall_buffer: list[tuple[Tensor, Tensor]] = []
         self._degree_recall: dict[str, Any] | None = None
         self._degree_bin_labels: list[str] = []
@@ -198,10 +199,12 @@ class RankingModule(L.LightningModule):
         train = scipy_to_torch_csr(train_matrix)
         test = scipy_to_torch_csr(test_matrix)
         self.train_csr, self.test_csr = train, test
-        # validation: (items masked, items to find); test: the same with the validation items masked too
-        val = test if val_matrix is None else scipy_to_torch_csr(val_matrix)
-        seen = train if val_matrix is None else scipy_to_torch_csr((train_matrix + val_matrix).tocsr())
-        for name, matrix in (("_train", train), ("_test", test), ("_val", val), ("_seen", seen)):
+        matrices = [("_train", train), ("_test", test)]
+        self._has_val_split = val_matrix is not None
+        if self._has_val_split:  # the validation items, and the items a test masks: train and validation
+            matrices += [("_val", scipy_to_torch_csr(val_matrix)),
+                         ("_seen", scipy_to_torch_csr((train_matrix + val_matrix).tocsr()))]
+        for name, matrix in matrices:
             self._register_data_buffer(f"{name}_crow", matrix.crow_indices().to(device))
             self._register_data_buffer(f"{name}_col", matrix.col_indices().to(device))
         # degree quartiles over the users that are evaluated (>= 1 test item); same edges on every rank
@@ -302,10 +305,12 @@ class RankingModule(L.LightningModule):
         users = users.to(user_emb.device).long()
         # rank in fp32 even under bf16/16-mixed autocast: low-precision scores create spurious ties
         with torch.autocast(device_type=user_emb.device.type, enabled=False):
-            if stage == "val":
-                masked, found = (self._train_crow, self._train_col), (self._val_crow, self._val_col)
-            else:
-                masked, found = (self._seen_crow, self._seen_col), (self._test_crow, self._test_col)
+            masked, found = (self._train_crow, self._train_col), (self._test_crow, self._test_col)
+            if self._has_val_split:  # (without a split, validation ranks the test items)
+                if stage == "val":
+                    found = (self._val_crow, self._val_col)
+                else:
+                    masked = (self._seen_crow, self._seen_col)
             return rank_and_hit(user_emb, item_emb, users, *masked, *found, self.eval_k)
 
     def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:

@@ -400,7 +400,7 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
         self.log("train/epsilon", eps, on_step=True, on_epoch=False, batch_size=1, sync_dist=True)
         every = snapshot_stride(self.hparams.weight_snapshot_every, int(self.global_step))
         if every and self.global_step % every == 0:
-            self.weight_snapshots = [s for s in self.weight_snapshots if s[0] % every == 0]  # at most MAX_SNAPSHOTS
+            self.weight_snapshots = [s for s in self.weight_snapshots if s[0] % every == 0]  # MAX_SNAPSHOTS + 1 at most
             self.weight_snapshots.append((int(self.global_step), t.detach().cpu().numpy(),
                                           causal_weights(losses, eps).cpu().numpy()))
         if len(self.nets) > 1:
@@ -499,7 +499,8 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
 
     def figures(self) -> dict[str, Any]:
         """{"field": prediction vs reference vs error, "causal_weights": w_i over time (snapshots every
-        `weight_snapshot_every` steps, at each eps change, final) and the final slice losses L_i}."""
+        `weight_snapshot_every` steps, that interval doubled as often as a long run needs: `snapshot_stride`) and the
+        final slice losses L_i}."""
         if self._last is None:
             return {}
         import matplotlib.pyplot as plt
