@@ -563,13 +563,16 @@ class InteractionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return ResumableDataLoader(self._train_dataset(), batch_size=None, datamodule=self)
 
-    def val_dataloader(self) -> DataLoader:
+    def _users_loader(self, which: str) -> DataLoader:
         self.setup()
-        return DataLoader(UserBatches(self.val_users, self.eval_batch_size, self._context), batch_size=None)
+        users = getattr(self, which)
+        return DataLoader(UserBatches(users, self.eval_batch_size, self._context), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._users_loader("val_users")
 
     def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(UserBatches(self.eval_users, self.eval_batch_size, self._context), batch_size=None)
+        return self._users_loader("eval_users")
 
     # ---- reporting ---------------------------------------------------------------------------
 

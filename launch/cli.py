@@ -193,8 +193,6 @@ def _show_config(cfg, overrides: list[str]) -> None:
 
 def _with_the_runs_experiment(overrides: list[str]) -> list[str]:
     """`zoo train run_id=X` without experiment=: X's experiment, found under runs_root (one run of that id)."""
-    import glob
-
     from launch import runs
 
     given = {o.split("=", 1)[0].lstrip("+"): o.split("=", 1)[1] for o in overrides if "=" in o}
@@ -203,7 +201,7 @@ def _with_the_runs_experiment(overrides: list[str]) -> list[str]:
         return overrides
     runs.check_run_id(run_id)
     root = Path(given.get("runs_root", "runs")).expanduser()
-    found = sorted(path.parent for path in root.glob(f"*/{glob.escape(run_id)}/config.yaml"))
+    found = runs.dirs_with_id(root, run_id)
     if len(found) > 1:
         raise UserError(f"run id '{run_id}' is ambiguous: {', '.join(map(str, found))}: add experiment=<one of them>")
     if not found:
@@ -249,11 +247,12 @@ def cmd_train(args: list[str]) -> int:
 
     slurm_job = cfgs[0].launcher.name == "slurm"
     for cfg in cfgs:  # every run of a sweep (or a job to submit) is checked before the first trains or is submitted
-        train.check_settings(cfg)
+        if slurm_job:
+            slurm.resources(cfg)  # resources that don't map onto SLURM first
         if len(cfgs) > 1 or slurm_job:
-            if slurm_job:
-                slurm.resources(cfg)  # resources that don't map onto SLURM first
-            train.preflight(cfg)  # bad settings, model or data options: not a failed job
+            train.preflight(cfg)  # settings, model and data options: not a failed job or a sweep stopped midway
+        else:
+            train.check_settings(cfg)  # a single local run builds its experiment itself, first thing
     for cfg, given_id in zip(cfgs, named):
         run = runs.run_of(cfg)  # a resumed run has its config.yaml; a new one gets it when it starts
         if given_id and not run.config_file.exists() and cfg.stage != "test" and _is_rank_zero():

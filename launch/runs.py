@@ -76,10 +76,15 @@ def run_of(cfg: DictConfig) -> Run:
     return Run(cfg.experiment_name, cfg.run_id, Path(cfg.runs_root).expanduser().absolute())
 
 
+def dirs_with_id(runs_root: str | Path, run_id: str) -> list[Path]:
+    """The run directories `<runs_root>/<experiment>/<run_id>/` (with a config.yaml) of every experiment, sorted; the
+    id is taken literally, not as a pattern ('a[2]' is not a2)."""
+    return sorted(path.parent for path in Path(runs_root).glob(f"*/{glob.escape(run_id)}/config.yaml"))
+
+
 def same_id_elsewhere(run: Run) -> list[Path]:
     """Run directories of other experiments under the same runs root that have this run's id."""
-    found = run.root.glob(f"*/{glob.escape(run.run_id)}/config.yaml")
-    return sorted(path.parent for path in found if path.parent.parent.name != run.experiment)
+    return [path for path in dirs_with_id(run.root, run.run_id) if path.parent.name != run.experiment]
 
 
 def experiment_option(experiment_name: str) -> str:
@@ -292,8 +297,7 @@ def find(run: str, runs_root: str = "runs") -> Path:
     path = Path(run).expanduser()
     if (path / "config.yaml").exists():
         return path.absolute()
-    matches = sorted(Path(runs_root).glob(f"*/{glob.escape(run)}"))  # an id, not a pattern ('a[2]' is not a2)
-    matches = [m for m in matches if (m / "config.yaml").exists()]
+    matches = dirs_with_id(runs_root, run)
     if not matches:
         raise UserError(f"no run '{run}' (looked for {path}/config.yaml and {runs_root}/*/{run}/config.yaml)")
     if len(matches) > 1:

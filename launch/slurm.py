@@ -106,8 +106,8 @@ class TrainJob(submitit.helpers.Checkpointable):
             if not is_sigterm(stop):
                 raise
             # every rank stopped at the same batch (launch.termination); Lightning's exit code is None (status 0)
-            print(f"rank {runs.global_rank()}: terminated (SIGTERM), with the other ranks; a job that SLURM requeues resumes from "
-                  f"last.ckpt, as does `zoo train` with the same run_id", file=sys.stderr, flush=True)
+            print(f"rank {runs.global_rank()}: terminated (SIGTERM), with the other ranks; a job that SLURM requeues "
+                  "resumes from last.ckpt, as does `zoo train` with the same run_id", file=sys.stderr, flush=True)
             raise SystemExit(143) from None
         except Exception as err:
             rank = int(os.environ.get("SLURM_PROCID") or 0)

@@ -325,15 +325,18 @@ def plot(table: Table, path: Path) -> None:
     for row in table.numbers:
         lines.setdefault((row["experiment"], *(_fmt(row[k]) for k in line_keys)), []).append(row)
     # numbers first, in order; then other values (strings, None, lists) by their text
-    xs = sorted({json.dumps(row[x_key], default=str): row[x_key] for row in table.numbers}.values(),
+    def text(value) -> str:  # a hashable key for any config value (lists and dicts included)
+        return json.dumps(value, default=str)
+
+    xs = sorted({text(row[x_key]): row[x_key] for row in table.numbers}.values(),
                 key=lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
-    position = {json.dumps(v, default=str): i for i, v in enumerate(xs)}
+    position = {text(v): i for i, v in enumerate(xs)}
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for label, rows in lines.items():
-            rows = sorted(rows, key=lambda r: position[json.dumps(r[x_key], default=str)])
-            x = [r[x_key] if numeric else position[json.dumps(r[x_key], default=str)] for r in rows]
+            rows = sorted(rows, key=lambda r: position[text(r[x_key])])
+            x = [r[x_key] if numeric else position[text(r[x_key])] for r in rows]
             ax.errorbar(x, [r[f"{metric} mean"] for r in rows],
                         yerr=[0.0 if math.isnan(r[f"{metric} std"]) else r[f"{metric} std"] for r in rows],
                         marker="o", capsize=3, label=", ".join(f"{k}={v}" for k, v in zip(line_keys, label[1:]))
