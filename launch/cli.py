@@ -192,21 +192,31 @@ def _show_config(cfg, overrides: list[str]) -> None:
 
 
 def _with_the_runs_experiment(overrides: list[str]) -> list[str]:
-    """`zoo train run_id=X` without experiment=: X's experiment, found under runs_root (one run of that id)."""
+    """`zoo train run_id=X` (or `-m run_id=X,Y`) without experiment=: the runs' experiment, found under runs_root
+    (one run of each id; a sweep's ids must share one experiment)."""
     from launch import runs
 
     given = {o.split("=", 1)[0].lstrip("+"): o.split("=", 1)[1] for o in overrides if "=" in o}
-    run_id = given.get("run_id", "")
-    if "experiment" in given or not run_id or "," in run_id:
+    run_ids = [i.strip() for i in given.get("run_id", "").split(",")]
+    if "experiment" in given or not any(run_ids):
         return overrides
-    runs.check_run_id(run_id)
     root = Path(given.get("runs_root", "runs")).expanduser()
-    found = runs.dirs_with_id(root, run_id)
-    if len(found) > 1:
-        raise UserError(f"run id '{run_id}' is ambiguous: {', '.join(map(str, found))}: add experiment=<one of them>")
-    if not found:
-        raise UserError(f"no run '{run_id}' under {root}/*/ (`zoo runs` lists them); a new run needs experiment=<slug>")
-    return [f"experiment={runs.experiment_option(found[0].parent.name)}", *overrides]
+    experiments = {}
+    for run_id in run_ids:
+        runs.check_run_id(run_id)
+        found = runs.dirs_with_id(root, run_id)
+        if len(found) > 1:
+            raise UserError(f"run id '{run_id}' is ambiguous: {', '.join(map(str, found))}: "
+                            "add experiment=<one of them>")
+        if not found:
+            raise UserError(f"no run '{run_id}' under {root}/*/ (`zoo runs` lists them); "
+                            "a new run needs experiment=<slug>")
+        experiments[run_id] = runs.experiment_option(found[0].parent.name)
+    if len(set(experiments.values())) > 1:
+        listed = ", ".join(f"{i} ({e})" for i, e in experiments.items())
+        raise UserError(f"the runs {listed} belong to different experiments: resume each with its own zoo train, "
+                        "or add experiment=<slug>")
+    return [f"experiment={next(iter(experiments.values()))}", *overrides]
 
 
 def cmd_train(args: list[str]) -> int:
@@ -276,11 +286,15 @@ def cmd_train(args: list[str]) -> int:
 
 
 def _sweep_summary(cfgs, sweep_id: str) -> None:
-    """After a sweep: its runs in one table, averaged over seeds when the seed is one of the swept keys."""
-    from launch import summary
+    """After a sweep: its runs in one table, averaged over seeds when the seed is one of the swept keys. The runs are
+    the sweep's own (`<sweep_id>-<i>`), or the ones the user named (`-m run_id=a,b`: found by those ids)."""
+    from launch import runs, summary
 
     root = Path(cfgs[0].runs_root)
-    records = summary.collect(root, None, sweep_id)
+    dirs = [runs.run_of(cfg).dir for cfg in cfgs]
+    own_ids = all(d.name.startswith(f"{sweep_id}-") for d in dirs)
+    records = summary.collect(root, None, sweep_id) if own_ids else \
+        summary.collect(root, only={(d.parent.name, d.name) for d in dirs})
     over = "seed" if "seed" in summary.varying_keys(records) else None
     table = summary.build(records, over=over)
     summary.print_table(table, f"sweep {sweep_id}" + (", mean ± std over seed" if over else ""))
@@ -290,8 +304,8 @@ def _sweep_summary(cfgs, sweep_id: str) -> None:
     if summary.can_plot(table):  # seeds aggregated, a setting besides the seed, finished runs
         summary.plot(table, out.with_suffix(".png"))
         written.append(out.with_suffix(".png"))
-    print(f"wrote {', '.join(map(str, written))}; the same table later: zoo runs --root {root} --sweep {sweep_id}"
-          + (" --over seed" if over else ""))
+    later = f"; the same table later: zoo runs --root {root} --sweep {sweep_id}" + (" --over seed" if over else "")
+    print(f"wrote {', '.join(map(str, written))}" + (later if own_ids else ""))
 
 
 def _processes(cfg) -> int:

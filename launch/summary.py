@@ -10,6 +10,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,9 +126,11 @@ def _flatten(tree, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def collect(root: Path, experiment: str | None = None, sweep: str | None = None) -> list[RunRecord]:
+def collect(root: Path, experiment: str | None = None, sweep: str | None = None,
+            only: Collection[tuple[str, str]] | None = None) -> list[RunRecord]:
     """Every run under `root` (`<root>/<experiment>/<run_id>/config.yaml`), oldest first; `sweep` keeps the runs of
-    one `zoo train -m` sweep (their ids are `<sweep_id>-<i>`)."""
+    one `zoo train -m` sweep (their ids are `<sweep_id>-<i>`), `only` the runs of these (experiment directory, run id)
+    pairs (a sweep over run ids the user named)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"no runs root at {root}")
@@ -136,6 +139,8 @@ def collect(root: Path, experiment: str | None = None, sweep: str | None = None)
     for config_file in sorted(root.glob(pattern)):
         run_dir = config_file.parent
         if sweep and not re.fullmatch(re.escape(sweep) + r"-\d+", run_dir.name):  # not a longer id's prefix
+            continue
+        if only is not None and (run_dir.parent.name, run_dir.name) not in only:
             continue
         final = run_dir / "final_metrics.json"
         try:

@@ -201,6 +201,29 @@ def test_a_run_id_names_one_run_across_experiments(runs_root):
     assert code == 2 and "starting a new run" not in err + out and "stage must be one of" in _error_line(err + out)
 
 
+def test_a_sweep_of_run_ids_alone_resumes_them_in_their_experiment(runs_root):
+    """`zoo train -m run_id=a,b` without experiment= asked for experiment= though both runs had one (stop 38's
+    `run_id=X` alone did not reach sweeps); now it resumes both in their experiment. With or without experiment=,
+    such a sweep trained both runs and then exited 2 ("no runs ... in sweep <id>": its table looked for the ids
+    `<sweep id>-<i>`); its table now has the named runs. Runs of two experiments, or an id no run has, are one line
+    before anything trains."""
+    for run_id in ("a1", "a2"):
+        assert _train(runs_root, run_id, "trainer.max_epochs=1")[0] == 0
+    code, out, err = zoo_in_process("train", "-m", f"runs_root={runs_root}", "run_id=a1,a2", "trainer.max_epochs=2",
+                                    "progress_bar=false")
+    assert code == 0 and "resuming run a1" in err and "resuming run a2" in err, (err + out)[-3000:]
+    for run_id in ("a1", "a2"):
+        assert OmegaConf.load(runs_root / "lightgcn" / run_id / "config.yaml").trainer.max_epochs == 2
+    [table] = (runs_root / "sweeps").glob("*.csv")
+    assert sorted(row["run"] for row in csv.DictReader(table.open())) == ["a1", "a2"]
+    code, out, err = zoo_in_process("train", "-m", f"runs_root={runs_root}", "run_id=a1,typo")
+    assert code == 2 and "no run 'typo' under" in _error_line(err + out)
+    shutil.copytree(runs_root / "lightgcn" / "a2", runs_root / "ultragcn" / "b1")
+    code, out, err = zoo_in_process("train", "-m", f"runs_root={runs_root}", "run_id=a1,b1")
+    line = _error_line(err + out)
+    assert code == 2 and "belong to different experiments" in line and "b1 (ultragcn)" in line, line
+
+
 def test_every_run_of_a_local_sweep_is_checked_before_the_first_trains(runs_root):
     """`zoo train -m ... model.num_layers=1,x`: run 0 trained for its whole budget before run 1 failed on 'x', and no
     sweep table was written (README audit, stop 38); now one line before anything trains."""
