@@ -23,7 +23,10 @@ one JSON line, so that the peak RSS `ru_maxrss` of a case belongs to that case a
    `prop_paired_{ml100k,gowalla}`: ours vs torch-geometric's propagation as in 2, on the same graph, E0 and output
    gradient (outputs and gradients compared in the process); `step_paired_ml100k`: UltraGCN vs LightGCN training
    steps with the paper-check configs without a Trainer (the model's own batch sampling, training_step, backward,
-   optimiser step), seconds per step x steps per epoch. These are the ratios to quote: the per-case rows of 1 and 2
+   optimiser step), seconds per step x steps per epoch; `score_paired_ml100k`: UltraGCN training steps with its
+   sampled scoring (`sampled_dot`: the positive, negatives and item-item neighbours in one sampled product) vs the
+   same module scoring through autograd's dense matmul and gather (`_unfused_dot`, the code before the sampled
+   product; losses compared in the process). These are the ratios to quote: the per-case rows of 1 and 2
    ran in different processes, one after the other, and keep their peak-memory figures.
 
 `device` (`zoo bench lightgcn --device cuda`; every case's argument list gets `--device`): the propagation cases on
@@ -86,12 +89,12 @@ CASES = (
     "ml100k_lightgcn", "ml100k_ultragcn",
     "prop_ours_ml100k", "prop_pyg_ml100k", "prop_ours_gowalla", "prop_pyg_gowalla",
     "gowalla_lightgcn", "gowalla_ultragcn",
-    "prop_paired_ml100k", "prop_paired_gowalla", "step_paired_ml100k",
+    "prop_paired_ml100k", "prop_paired_gowalla", "step_paired_ml100k", "score_paired_ml100k",
 )
 QUICK_GROUPS = (
     ("ml100k_lightgcn", "ml100k_ultragcn"),
     ("gowalla_lightgcn", "gowalla_ultragcn"),
-    ("prop_ours_ml100k", "prop_ours_gowalla", "step_paired_ml100k"),
+    ("prop_ours_ml100k", "prop_ours_gowalla", "step_paired_ml100k", "score_paired_ml100k"),
     ("prop_pyg_ml100k", "prop_pyg_gowalla", "prop_paired_ml100k", "prop_paired_gowalla"),
 )
 CASE_THREADS = {"gowalla_lightgcn": 2, "gowalla_ultragcn": 2}  # every other case: 1 torch thread
@@ -610,6 +613,55 @@ def case_step_paired(quick: bool, device: str = "cpu", **_) -> dict:
             "ultragcn_peak_gpu_mib": peaks.get("ultragcn"), "lightgcn_peak_gpu_mib": peaks.get("lightgcn")}
 
 
+def case_score_paired(quick: bool, device: str = "cpu", **_) -> dict:
+    """UltraGCN training steps, its sampled scoring (ours) vs the dense matmul + gather through autograd (baseline,
+    `_unfused_dot`), interleaved in one process on the same batches: two modules built alike (same seed), each with
+    its own optimiser, a step = the model's next batch, training_step, backward, optimiser step. The first batch's
+    losses of the two are compared (they agree up to the order of float sums). Off the CPU both sides take the
+    dense path (`sampled_dot` is CPU-only), so the ratio is ~1 there."""
+    import torch
+
+    import lit_models.recsys.ultragcn as ug
+    from benchmarks.timing import device_sync, interleaved_step_times, paired_speed_ratio
+    from launch.config import compose
+
+    torch.set_num_threads(1)
+    cfg = compose(["experiment=ultragcn", "logger=none", "progress_bar=false", "stage=fit", "threads=1",
+                   *(["data.name=synthetic"] if quick else []), *_trainer_overrides(device)])
+    steps, first_loss = {}, {}
+    for side, scorer in (("sampled", ug.sampled_dot), ("dense", ug._unfused_dot)):
+        torch.manual_seed(0)
+        dm, module = _module_on("ultragcn", cfg, device)
+        opt = module.configure_optimizers()
+        train = dm._train_dataset()
+        state = {"epoch": 0, "batches": train.batches(0, 0, 1)}
+
+        def step(i: int, module=module, opt=opt, train=train, state=state, scorer=scorer, side=side) -> None:
+            batch = next(state["batches"], None)
+            if batch is None:
+                state["epoch"] += 1
+                state["batches"] = train.batches(state["epoch"], 0, 1)
+                batch = next(state["batches"])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            saved, ug.sampled_dot = ug.sampled_dot, scorer
+            try:
+                opt.zero_grad(set_to_none=True)
+                loss = module.training_step(batch, i)
+                loss.backward()
+                opt.step()
+            finally:
+                ug.sampled_dot = saved
+            first_loss.setdefault(side, float(loss.detach()))
+
+        steps[side] = step
+    warmup, rounds, block = STEP_PAIRED[quick]
+    times = interleaved_step_times(steps, rounds=rounds, block=block, warmup=warmup, sync=device_sync(device))
+    return {"data": "synthetic" if quick else "ml-100k", "device": device, "warmup": warmup, "block": block,
+            "paired": paired_speed_ratio(times["sampled"], times["dense"]),
+            "first_loss_rel_diff": abs(first_loss["sampled"] - first_loss["dense"]) / abs(first_loss["dense"]),
+            "num_negatives": int(cfg.data.num_negatives), "batch_size": int(cfg.data.batch_size)}
+
+
 CASE_FUNCS = {
     "ml100k_lightgcn": lambda **kw: case_ml100k("lightgcn", **kw),
     "ml100k_ultragcn": lambda **kw: case_ml100k("ultragcn", **kw),
@@ -622,6 +674,7 @@ CASE_FUNCS = {
     "prop_paired_ml100k": lambda **kw: case_prop_paired("ml100k", **kw),
     "prop_paired_gowalla": lambda **kw: case_prop_paired("gowalla", **kw),
     "step_paired_ml100k": lambda **kw: case_step_paired(**kw),
+    "score_paired_ml100k": lambda **kw: case_score_paired(**kw),
 }
 
 
@@ -823,6 +876,16 @@ def _build_rows(results: dict[str, dict], graph: dict, quick: bool, device: str)
             f"batches {sp['ultragcn_batch_size']}x{sp['ultragcn_num_negatives']} neg vs "
             f"{sp['lightgcn_batch_size']}x{sp['lightgcn_num_negatives']} neg), {on}; {sp['paired']['rounds']} "
             f"interleaved rounds of {sp['block']} steps of each after {sp['warmup']} warm-up", **gpu))
+
+    sc = results.get("score_paired_ml100k", {})
+    if "paired" in sc:
+        data = "synthetic (quick)" if quick else "ML-100K"
+        rows.append(_paired_row(
+            "ml100k", "UltraGCN train step, sampled scoring (ours) vs dense matmul + gather (baseline), one process",
+            sc["paired"],
+            f"{data}, the ultragcn config (batch {sc['batch_size']}, {sc['num_negatives']} negatives + item-item "
+            f"neighbours), no Trainer; first-batch losses agree to {sc['first_loss_rel_diff']:.1e} (relative), {on}; "
+            f"{sc['paired']['rounds']} interleaved rounds of {sc['block']} steps of each after {sc['warmup']} warm-up"))
 
     # 2. propagation: ours vs torch-geometric (the interleaved pair first, then the per-process rows)
     for g in ("ml100k", "gowalla"):

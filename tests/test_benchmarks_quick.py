@@ -161,7 +161,8 @@ def test_cuda_peak_mib_calls_once_and_measures_only_on_cuda():
 def test_recsys_paired_rows_quick(tmp_path):
     """recsys_speed's paired cases in this process on the quick graphs (seconds; the whole `zoo bench lightgcn
     --quick`, its fresh processes included, runs in tests/test_bench.py): ours vs torch-geometric's propagation and
-    UltraGCN vs LightGCN training steps, interleaved, on the CPU; their rows carry the paired fields, consistently."""
+    UltraGCN vs LightGCN training steps, UltraGCN's sampled vs dense scoring, interleaved, on the CPU; their rows carry
+    the paired fields, consistently, and the two scorings train on the same first loss."""
     import torch
 
     from benchmarks import recsys_speed
@@ -172,12 +173,13 @@ def test_recsys_paired_rows_quick(tmp_path):
         graph = recsys_speed.write_gowalla_like(tmp_path / "gowalla", quick=True)
         results = {name: {"case": name, **recsys_speed.CASE_FUNCS[name](
             quick=True, data_dir=str(tmp_path / "gowalla"), out_dir=None, target=None, device="cpu")}
-            for name in ("prop_paired_ml100k", "prop_paired_gowalla", "step_paired_ml100k")}
+            for name in ("prop_paired_ml100k", "prop_paired_gowalla", "step_paired_ml100k", "score_paired_ml100k")}
     finally:
         torch.set_num_threads(threads)
     rows = recsys_speed.build_rows(results, graph, quick=True, device="cpu")
     paired = [r for r in rows if "ratio_median" in r]
-    assert len(paired) == len(rows) == 3 and {r["case"] for r in rows} == {"prop_ml100k", "prop_gowalla", "ml100k"}
+    assert len(paired) == len(rows) == 4 and {r["case"] for r in rows} == {"prop_ml100k", "prop_gowalla", "ml100k"}
+    assert results["score_paired_ml100k"]["first_loss_rel_diff"] <= 1e-5
     for row in paired:
         assert row["ratio"] == row["ratio_median"] and row["ratio_q1"] <= row["ratio_median"] <= row["ratio_q3"], row
         assert row["rounds"] >= 1 and row["ratio_method"] == RATIO_METHOD and row["device"] == "cpu", row
