@@ -25,11 +25,15 @@ E_theta = 1x1 conv then the sensor mask; K_theta(u^f) d = sigmoid(conv_k5(u^f)) 
 `gain_channels` channels, d = mask (.) (y - E_theta(u^f)) the masked innovation: a gain that depends on the forecast
 and acts linearly on d, as the paper writes the update (its Eq. 15 gate itself was not verified; the card's gate also
 read d: `gate_input="forecast_innovation"`). The gate in (0, 1) keeps K bounded.
-FFTs run in float32 with autocast disabled.
+The spectral layers (real DFT matrix products in 1D, FFTs in 2D) run in float32 with autocast disabled.
+1D implementation, for speed at these small sizes on a CPU (the same functions up to float rounding; tests compare
+with the direct forms): a filter run builds once what its steps share (`FNO.prepare`: the spectral mixing matrices;
+`GatedGain.operators`: the gate and gain convolutions as circulant matrices, on grids of up to CIRCULANT_MAX_POINTS).
 """
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +50,13 @@ from lit_models.common.steps import attached_datamodule
 class SpectralConv(nn.Module):
     """Fourier layer kernel in 1 or 2 space dimensions: FFT, multiply the lowest `modes` coefficients per axis by
     learned complex matrices (in 2D: both signs of the first axis' modes, as in FNO), inverse FFT.
-    Always float32 (autocast off)."""
+    Always float32 (autocast off).
+
+    1D runs as real matrix products (`forward_nbc`): the kept modes' rfft as one (2 modes x N) DFT matrix product, the
+    per-mode complex channel mixing as one real batched product, the irfft of the kept modes (the others zero, the
+    imaginary parts of the mean and Nyquist modes ignored, as irfft does) as one (N x 2 modes) product. The same map
+    as rfft -> complex mixing -> irfft up to float rounding (tests keep the FFT form as reference), and at FNO-lite
+    sizes on a CPU cheaper than FFTs and a complex einsum, whose per-call overheads dominate there."""
 
     def __init__(self, in_channels: int, out_channels: int, modes: int, dim: int = 1) -> None:
         super().__init__()
@@ -56,18 +66,61 @@ class SpectralConv(nn.Module):
         scale = 1.0 / (in_channels * out_channels)
         shape = (in_channels, out_channels, modes, 2) if dim == 1 else (2, in_channels, out_channels, modes, modes, 2)
         self.weight = nn.Parameter(scale * torch.rand(*shape))
+        self._dft_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def _dft(self, n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(forward (2m x n), inverse (n x 2m)) real DFT matrices of the m = min(modes, n // 2 + 1) kept modes, rows
+        of the forward and columns of the inverse ordered (mode, [Re, Im]); built in float64 once per (n, dtype,
+        device). The inverse is irfft's: modes above m zero, the imaginary parts of the mean and Nyquist modes
+        ignored, the other modes counted twice (their conjugates)."""
+        key = (n, dtype, device)
+        if key not in self._dft_cache:
+            m = min(self.modes, n // 2 + 1)
+            k = torch.arange(m, dtype=torch.int64)[:, None]
+            angle = (k * torch.arange(n, dtype=torch.int64)[None] % n).double() * (2.0 * torch.pi / n)
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            edge = (k == 0) | (2 * k == n)  # the mean and Nyquist modes: real, counted once
+            sin = torch.where(edge, 0.0, sin)
+            fwd = torch.stack([cos, -sin], 1).reshape(2 * m, n)  # rfft: X_k = sum_x v_x (cos - i sin)(2 pi k x / n)
+            weight = (2.0 - edge.double()) / n
+            inv = torch.stack([weight * cos, -weight * sin], 1).reshape(2 * m, n).T
+            self._dft_cache[key] = (fwd.to(dtype=dtype, device=device), inv.contiguous().to(dtype=dtype, device=device))
+        return self._dft_cache[key]
+
+    def mixing_matrix(self, n: int) -> Tensor:
+        """1D on n points: the per-mode complex channel mixing as real matrices [[Re W, Im W], [-Im W, Re W]],
+        m x 2 in_channels x 2 out_channels, so that [Re X, Im X] @ it = [Re XW, Im XW]. A filter run builds it once
+        (`FNO.prepare`) for all its steps."""
+        m = min(self.modes, n // 2 + 1)
+        w = self.weight[:, :, :m]
+        re, im = w[..., 0].permute(2, 0, 1), w[..., 1].permute(2, 0, 1)  # m x in x out
+        return torch.cat([torch.cat([re, im], 2), torch.cat([-im, re], 2)], 1)
+
+    def forward_nbc(self, v: Tensor, mixing: Tensor | None = None) -> Tensor:
+        """1D, space first: N x B x C -> N x B x out_channels (the layout the FNO keeps: no transposes around it).
+        `mixing`: `mixing_matrix(N)` if already built."""
+        with torch.autocast(device_type=v.device.type, enabled=False):
+            v = v.to(self.weight.dtype)  # float32 (also under bf16 autocast), float64 under 64-true
+            n, b, c = v.shape
+            fwd, inv = self._dft(n, v.dtype, v.device)
+            m = fwd.shape[0] // 2
+            mixing = self.mixing_matrix(n) if mixing is None else mixing
+            x = (fwd @ v.reshape(n, b * c)).view(m, 2, b, c).transpose(1, 2).reshape(m, b, 2 * c)  # [Re X, Im X]
+            return self._mix_and_invert(x, mixing, inv)
+
+    @staticmethod
+    def _mix_and_invert(x: Tensor, mixing: Tensor, inv: Tensor) -> Tensor:
+        """x: m x B x [Re, Im] (x in) coefficients -> N x B x out: each mode's complex product X W, then the irfft."""
+        m, b = x.shape[:2]
+        y = torch.bmm(x, mixing)  # m x B x [Re, Im] x out
+        o = y.shape[-1] // 2
+        return (inv @ y.view(m, b, 2, o).transpose(1, 2).reshape(2 * m, b * o)).view(inv.shape[0], b, o)
 
     def forward(self, x: Tensor) -> Tensor:  # B x C x N  or  B x C x H x W
+        if self.dim == 1:
+            return self.forward_nbc(x.permute(2, 0, 1)).permute(1, 2, 0)
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.to(self.weight.dtype)  # float32 (also under bf16 autocast), float64 under 64-true
-            if self.dim == 1:
-                n = x.shape[-1]
-                xh = torch.fft.rfft(x, dim=-1)
-                m = min(self.modes, xh.shape[-1])
-                w = torch.view_as_complex(self.weight[:, :, :m].contiguous())
-                out = torch.zeros(x.shape[0], w.shape[1], xh.shape[-1], dtype=xh.dtype, device=x.device)
-                out[..., :m] = torch.einsum("bim,iom->bom", xh[..., :m], w)
-                return torch.fft.irfft(out, n=n, dim=-1)
             h, w_ = x.shape[-2:]
             xh = torch.fft.rfft2(x)
             m1, m2 = min(self.modes, h // 2), min(self.modes, xh.shape[-1])
@@ -90,13 +143,31 @@ class FNO(nn.Module):
     def __init__(self, modes: int = 12, width: int = 32, n_layers: int = 2, proj_width: int = 128,
                  dim: int = 1) -> None:
         super().__init__()
+        self.dim = dim
         self.lift = nn.Linear(1, width)
         self.spectral = nn.ModuleList(SpectralConv(width, width, modes, dim) for _ in range(n_layers))
         self.pointwise = nn.ModuleList(nn.Linear(width, width) for _ in range(n_layers))
         self.proj1 = nn.Linear(width, proj_width)
         self.proj2 = nn.Linear(proj_width, 1)
 
-    def forward(self, u: Tensor) -> Tensor:
+    def prepare(self, n: int) -> list[Tensor] | None:
+        """1D on n points: the spectral layers' mixing matrices (`SpectralConv.mixing_matrix`), which the calls of one
+        filter run share (`forward(u, prepared)`); None in 2D. Autocast off (the spectral layers' float32)."""
+        if self.dim != 1:
+            return None
+        with torch.autocast(device_type=self.lift.weight.device.type, enabled=False):
+            return [spec.mixing_matrix(n) for spec in self.spectral]
+
+    def forward(self, u: Tensor, prepared: list[Tensor] | None = None) -> Tensor:
+        if self.dim == 1:  # space first (N x B x C): the spectral layers' matrix products need no transposes
+            lead, n = u.shape[:-1], u.shape[-1]
+            mixing = self.prepare(n) if prepared is None else prepared
+            v = self.lift(u.reshape(-1, n).T[..., None])  # N x B x C
+            for i, (spec, pw) in enumerate(zip(self.spectral, self.pointwise)):
+                v = spec.forward_nbc(v, mixing[i]) + pw(v)
+                if i < len(self.spectral) - 1:
+                    v = F.gelu(v)
+            return self.proj2(F.gelu(self.proj1(v)))[..., 0].T.reshape(*lead, n)
         v = self.lift(u[..., None])  # B x (space) x C (channel-last)
         for i, (spec, pw) in enumerate(zip(self.spectral, self.pointwise)):
             v = spec(v.movedim(-1, 1)).movedim(1, -1) + pw(v)
@@ -125,6 +196,31 @@ def _apply_conv(conv: nn.Module, x: Tensor) -> Tensor:
     return out if conv.bias is None else out + conv.bias[:, None]
 
 
+CIRCULANT_MAX_POINTS = 256  # measured faster than the convolutions at 64 points (NODA-lite) on a CPU
+
+
+@functools.lru_cache(maxsize=32)
+def _circulant_index(n: int, padding: int, device: torch.device) -> Tensor:
+    """(n, n) tap index (n_in - n_out + padding) mod n of a circular 'same' convolution on n points."""
+    points = torch.arange(n, device=device)
+    return (points[:, None] - points[None, :] + padding) % n
+
+
+def _circulant(conv: nn.Module, n: int) -> Tensor | None:
+    """The (C_in * n) x (C_out * n) matrix M of a bias-free 1-D convolution of `_conv` on n periodic points, x.reshape(B,
+    C_in * n) @ M = conv(x).reshape(B, C_out * n) (circular 'same' padding with an odd kernel <= n, or a 1x1
+    convolution): one matrix product per call in place of pad + unfold + einsum. None where it does not apply, or on
+    more than CIRCULANT_MAX_POINTS points (its n^2 entries per channel pair outgrow the convolution's k n)."""
+    if n > CIRCULANT_MAX_POINTS or not isinstance(conv, nn.Conv1d) or conv.stride != (1,) or conv.dilation != (1,) or conv.groups != 1:
+        return None
+    c_out, c_in, k = conv.weight.shape
+    p = conv.padding[0]
+    if k > n or 2 * p != k - 1 or (p and conv.padding_mode != "circular"):
+        return None
+    taps = F.pad(conv.weight, (0, n - k))[:, :, _circulant_index(n, p, conv.weight.device)]  # C_out x C_in x n x n
+    return taps.permute(1, 2, 0, 3).reshape(c_in * n, c_out * n)
+
+
 class ResidualPredictor(nn.Module):
     """u^f_k = u^a_{k-1} + W_theta(u^a_{k-1}); `persistence=True` drops W_theta (u^f = u^a, a baseline)."""
 
@@ -133,8 +229,12 @@ class ResidualPredictor(nn.Module):
         super().__init__()
         self.operator = None if persistence else FNO(modes, width, n_layers, dim=dim)
 
-    def forward(self, u: Tensor) -> Tensor:
-        return u if self.operator is None else u + self.operator(u)
+    def prepare(self, n: int) -> list[Tensor] | None:
+        """`FNO.prepare` (None without an FNO or in 2D), shared by the calls of one filter run."""
+        return None if self.operator is None else self.operator.prepare(n)
+
+    def forward(self, u: Tensor, prepared: list[Tensor] | None = None) -> Tensor:
+        return u if self.operator is None else u + self.operator(u, prepared)
 
 
 class ObservationOperator(nn.Module):
@@ -148,6 +248,8 @@ class ObservationOperator(nn.Module):
             self.conv.bias.zero_()
 
     def forward(self, u: Tensor, mask: Tensor) -> Tensor:
+        if isinstance(self.conv, nn.Conv1d):  # 1x1, one channel: a scale and a shift
+            return (u * self.conv.weight.view(()) + self.conv.bias) * mask
         return _apply_conv(self.conv, u[:, None])[:, 0] * mask
 
 
@@ -169,7 +271,28 @@ class GatedGain(nn.Module):
                           bias=False)
         self.mix = _conv(dim, channels, 1, 1, bias=False)
 
+    def operators(self, n: int) -> tuple[Tensor, Tensor, Tensor] | None:
+        """1D on n points: (gate matrix, gate bias per output point, gain matrix with `mix` folded into its channel
+        blocks) for `apply_operators`; None in 2D. Built once per filter run (`NODA.forward`), used at every
+        correction."""
+        gate, gain = _circulant(self.gate, n), _circulant(self.gain, n)
+        if gate is None or gain is None or not isinstance(self.mix, nn.Conv1d):
+            return None
+        c = self.gain.out_channels
+        gain = (gain.view(n, c, n) * self.mix.weight.view(1, c, 1)).reshape(n, c * n)
+        return gate, self.gate.bias.repeat_interleave(n), gain
+
+    def apply_operators(self, operators: tuple[Tensor, Tensor, Tensor], u_f: Tensor, innovation: Tensor) -> Tensor:
+        """K d (1D, B x n) with `operators(n)`: sum_c sigmoid(gate_c) * (mix_c gain_c d), as matrix products."""
+        gate_matrix, gate_bias, gain_matrix = operators
+        g = torch.cat([u_f, innovation], -1) if self.gate_input == "forecast_innovation" else u_f
+        gate = torch.sigmoid(torch.addmm(gate_bias, g, gate_matrix))
+        return (gate * (innovation @ gain_matrix)).view(*u_f.shape[:-1], -1, u_f.shape[-1]).sum(-2)
+
     def forward(self, u_f: Tensor, innovation: Tensor) -> Tensor:
+        operators = self.operators(u_f.shape[-1]) if u_f.dim() == 2 else None
+        if operators is not None:
+            return self.apply_operators(operators, u_f, innovation)
         g = torch.stack([u_f, innovation], dim=1) if self.gate_input == "forecast_innovation" else u_f[:, None]
         gate = torch.sigmoid(_apply_conv(self.gate, g))
         return _apply_conv(self.mix, gate * _apply_conv(self.gain, innovation[:, None]))[:, 0]
@@ -188,10 +311,14 @@ class NODA(nn.Module):
         self.observation = ObservationOperator(dim)
         self.gain = GatedGain(gain_channels, gate_kernel, gain_kernel, dim, gate_input)
 
-    def correct(self, u_f: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """(u^a, E(u^f)): u^a = u^f + K(u^f) [y - E(u^f)], the innovation masked to the sensors."""
+    def correct(self, u_f: Tensor, y: Tensor, mask: Tensor,
+                gain_operators: tuple[Tensor, ...] | None = None) -> tuple[Tensor, Tensor]:
+        """(u^a, E(u^f)): u^a = u^f + K(u^f) [y - E(u^f)], the innovation masked to the sensors. `gain_operators`:
+        `self.gain.operators(n)`, built once per filter run (1D), else the gain builds its own."""
         y_hat = self.observation(u_f, mask)
         innovation = (y - y_hat) * mask
+        if gain_operators is not None:
+            return u_f + self.gain.apply_operators(gain_operators, u_f, innovation), y_hat
         return u_f + self.gain(u_f, innovation), y_hat
 
     def forward(self, y: Tensor, mask: Tensor, frame_mask: Tensor,
@@ -199,10 +326,14 @@ class NODA(nn.Module):
         t = y.shape[1]
         u = torch.zeros_like(y[:, 0]) if u0 is None else u0
         analyses, forecasts, y_hats = [], [], []
+        # 1D states: the gain's circulant matrices and the FNO's derived weights, built once for all the steps
+        gain_operators = getattr(self.gain, "operators", None)
+        gain_operators = gain_operators(y.shape[-1]) if (gain_operators is not None and y.dim() == 3) else None
+        prepared = self.predictor.prepare(y.shape[-1]) if (t > 1 and y.dim() == 3) else None
         for k in range(t):
-            u_f = u if (k == 0 and u0 is None) else self.predictor(u)
+            u_f = u if (k == 0 and u0 is None) else self.predictor(u, prepared)
             if bool(frame_mask[k]):
-                u, y_hat = self.correct(u_f, y[:, k], mask)
+                u, y_hat = self.correct(u_f, y[:, k], mask, gain_operators)
             else:
                 u, y_hat = u_f, self.observation(u_f, mask)
             analyses.append(u)
@@ -347,14 +478,25 @@ class SemilinearOperatorModule(L.LightningModule):
         err = self.relative_l2(u_a, u[:, :t])[:, hp.warmup - 1:]
         return err, u_a
 
+    ONE_STEP_CHUNK_POINTS = 16384  # grid points per predictor call in `one_step` (a 64-point state: 256 states)
+
+    def one_step(self, states: Tensor) -> Tensor:
+        """The predictor alone on a stack of states (S x space), one frame ahead. In chunks of ONE_STEP_CHUNK_POINTS
+        grid points: each state's prediction does not depend on the others, and chunks keep the FNO's 128-channel
+        projection in cache (a test's 4,768 states at once: ~2.5x slower on a CPU)."""
+        chunk = max(1, self.ONE_STEP_CHUNK_POINTS // max(1, math.prod(states.shape[1:])))
+        if len(states) <= chunk:
+            return self.model.predictor(states)
+        prepared = self.model.predictor.prepare(states.shape[-1]) if self.hparams.dim == 1 else None
+        return torch.cat([self.model.predictor(part, prepared) for part in states.split(chunk)])
+
     def _evaluate(self, batch: dict[str, Tensor], split: str, batch_idx: int) -> None:
         hp = self.hparams
         err, u_a = self.rollout_errors(batch)
         u = batch["u"].to(self.dtype)
         window = err[:, hp.error_start: hp.error_end + 1].mean(1)
         space = u.shape[2:]
-        one_step = self.relative_l2(self.model.predictor(u[:, :-1].reshape(-1, *space)),
-                                    u[:, 1:].reshape(-1, *space))
+        one_step = self.relative_l2(self.one_step(u[:, :-1].reshape(-1, *space)), u[:, 1:].reshape(-1, *space))
         for name, value in (("rel_l2", window), ("rel_l2_all", err[:, 1:].mean(1)), ("one_step_rel_l2", one_step)):
             metric = self.metrics[f"{split}_{name}"]
             metric.update(value)
