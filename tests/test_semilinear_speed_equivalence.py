@@ -156,3 +156,18 @@ def test_one_step_in_chunks_equals_all_states_at_once():
     model.ONE_STEP_CHUNK_POINTS = 64 * 128  # 128 states per call: 8 chunks, the last one short
     with torch.no_grad():
         torch.testing.assert_close(model.one_step(states), model.model.predictor(states), rtol=1e-6, atol=1e-7)
+
+
+def test_weights_first_built_under_inference_mode_still_train():
+    """Lightning validates and tests under inference mode. A DFT matrix (or circulant index) first built there was an
+    inference tensor, so a later training step of the same model or a new one failed in backward ("Inference tensors
+    cannot be saved for backward": a model validated before it was fit; review, stop 39)."""
+    torch.manual_seed(0)
+    y, mask, frames = torch.randn(2, 4, 32), torch.ones(32), torch.ones(4, dtype=torch.bool)
+    noda = NODA(modes=8, width=8)
+    with torch.inference_mode():
+        noda(y, mask, frames)
+    for model in (noda, NODA(modes=8, width=8)):
+        u_a, _, _ = model(y, mask, frames)
+        u_a.square().mean().backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
