@@ -25,8 +25,9 @@ one JSON line, so that the peak RSS `ru_maxrss` of a case belongs to that case a
    steps with the paper-check configs without a Trainer (the model's own batch sampling, training_step, backward,
    optimiser step), seconds per step x steps per epoch; `score_paired_ml100k`: UltraGCN training steps with its
    sampled scoring (`sampled_dot`: the positive, negatives and item-item neighbours in one sampled product) vs the
-   same module scoring through autograd's dense matmul and gather (`_unfused_dot`, the code before the sampled
-   product; losses compared in the process). These are the ratios to quote: the per-case rows of 1 and 2
+   same module scoring through autograd's dense matmul and gather (`_unfused_dot`, the path it keeps off the CPU;
+   the code before the sampled product scored the positive elementwise and the neighbours by bmm, so this baseline is
+   close to the old step, not the same; losses compared in the process). These are the ratios to quote: the per-case rows of 1 and 2
    ran in different processes, one after the other, and keep their peak-memory figures.
 
 `device` (`zoo bench lightgcn --device cuda`; every case's argument list gets `--device`): the propagation cases on

@@ -45,6 +45,18 @@ def test_sampled_dot_matches_dense_matmul_and_gather(dtype, shape):
     assert (got[2][unused] == 0).all()
 
 
+def test_an_item_id_off_the_table_is_an_index_error():
+    """The CSR pattern is built unchecked, so an id past the table read memory beyond it (values like 1e-45, no
+    error; the dense gather raised; review, stop 39): now an IndexError, as the other paths give."""
+    user, table = torch.randn(3, 4), torch.randn(5, 4)
+    for bad in (7, -1):
+        index = torch.tensor([[0, bad], [1, 2], [3, 4]])
+        with pytest.raises(IndexError, match="out of range"):
+            sampled_dot(user, table, index)
+        with pytest.raises((IndexError, RuntimeError)):
+            ultragcn._unfused_dot(user, table, index)
+
+
 def test_sampled_dot_fallback_and_one_sided_gradients():
     gen = torch.Generator().manual_seed(0)
     user, table = torch.randn(9, 4, generator=gen, dtype=torch.float64), torch.randn(20, 4, generator=gen, dtype=torch.float64)

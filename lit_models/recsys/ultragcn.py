@@ -128,6 +128,9 @@ class UltraGCN(nn.Module):
         return (u * i).sum(-1)
 
 
+# torch warns (once per process) that sparse CSR tensors are in beta; `_csr_pattern` only carries ids to sampled_addmm
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
 _DENSE_NEGATIVE_RATIO = 50  # off CPU: dense scoring when num_items <= 50 * N (measured cross-over ~100x on 2 CPU cores)
 
 
@@ -141,10 +144,7 @@ def _csr_pattern(index: Tensor, num_columns: int, values: Tensor) -> Tensor:
     repeat or be unsorted: only sampled_addmm's and the transposed sums below read it, entry by entry)."""
     rows, cols = index.shape
     crow = torch.arange(0, rows * cols + 1, cols, device=index.device)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, index.reshape(-1), values, size=(rows, num_columns),
-                                       check_invariants=False)
+    return torch.sparse_csr_tensor(crow, index.reshape(-1), values, size=(rows, num_columns), check_invariants=False)
 
 
 class _SampledDot(torch.autograd.Function):
@@ -204,6 +204,9 @@ def sampled_dot(user_emb: Tensor, table: Tensor, index: Tensor) -> Tensor:
             and user_emb.dtype in (torch.float32, torch.float64) and 0 < index.shape[1] <= table.shape[0]
             and index.shape[0] > 0):
         # (sampled_addmm sizes its output for at most one entry per (row, item): more ids per row than items fail)
+        low, high = int(index.min()), int(index.max())
+        if low < 0 or high >= table.shape[0]:  # the CSR pattern is not checked: an id off the table would read past it
+            raise IndexError(f"item id {low if low < 0 else high} out of range for {table.shape[0]} items")
         return _SampledDot.apply(user_emb.contiguous(), table.contiguous(), index.contiguous())
     return _unfused_dot(user_emb, table, index)
 

@@ -125,9 +125,13 @@ def test_paper_scale_configs_use_the_official_item_item_graph(dataset):
     assert zconfig.compose(["experiment=ultragcn"]).model.omega_variant == "paper"
 
 
-@pytest.mark.parametrize("dense_ratio", [50, 0])  # negatives scored densely / by gathering rows
-def test_loss_matches_hand_written_reference(dense_ratio, monkeypatch):
-    monkeypatch.setattr(ultragcn, "_DENSE_NEGATIVE_RATIO", dense_ratio)
+@pytest.mark.parametrize("path", ["sampled", "dense", "gathered"])
+def test_loss_matches_hand_written_reference(path, monkeypatch):
+    """Every scoring path: the CPU's sampled product, and off the CPU one dense matmul + gather (many ids per row)
+    or gathered rows + bmm."""
+    if path != "sampled":
+        monkeypatch.setattr(ultragcn, "sampled_dot", ultragcn._unfused_dot)
+        monkeypatch.setattr(ultragcn, "_DENSE_NEGATIVE_RATIO", 50 if path == "dense" else 0)
     torch.manual_seed(0)
     dm = FakeInteractions(num_users=10, num_items=12, density=0.3)
     hp = dict(w1=0.3, w2=1.5, w3=0.2, w4=0.7, negative_weight=5.0, gamma=0.01, lambda_=0.4, num_neighbours=3)
