@@ -191,15 +191,19 @@ def _show_config(cfg, overrides: list[str]) -> None:
         print(f"# sbatch resources (launcher=slurm; submitit's names): {resources}")
 
 
-def _with_the_runs_experiment(overrides: list[str]) -> list[str]:
-    """`zoo train run_id=X` (or `-m run_id=X,Y`) without experiment=: the runs' experiment, found under runs_root
-    (one run of each id; a sweep's ids must share one experiment)."""
+def _with_the_runs_experiment(overrides: list[str], multirun: bool = False) -> list[str]:
+    """`zoo train run_id=X` (or `-m run_id=X,Y`, any sweep syntax) without experiment=: the runs' experiment, found
+    under runs_root (one run of each id; a sweep's ids must share one experiment)."""
+    from launch import config as zconfig
     from launch import runs
 
-    given = {o.split("=", 1)[0].lstrip("+"): o.split("=", 1)[1] for o in overrides if "=" in o}
-    run_ids = [i.strip() for i in given.get("run_id", "").split(",")]
-    if "experiment" in given or not any(run_ids):
+    given = {o.split("=", 1)[0].lstrip("+"): o for o in overrides if "=" in o}
+    if "experiment" in given or "run_id" not in given:
         return overrides
+    run_ids = zconfig.sweep_values(given["run_id"])
+    if not any(run_ids) or (len(run_ids) > 1 and not multirun):
+        return overrides  # a new run's own id; several without -m: the sweep's own error
+    given = {key: o.split("=", 1)[1] for key, o in given.items()}
     root = Path(given.get("runs_root", "runs")).expanduser()
     experiments = {}
     for run_id in run_ids:
@@ -228,7 +232,7 @@ def cmd_train(args: list[str]) -> int:
         return 0
     args, show = _pop_cfg_flag(args)
     multirun = bool(args) and args[0] in ("-m", "--multirun")
-    overrides = _with_the_runs_experiment(args[1:] if multirun else args)
+    overrides = _with_the_runs_experiment(args[1:] if multirun else args, multirun)
     combos = zconfig.expand_sweep(overrides)
     if len(combos) > 1 and not multirun:
         raise UserError("overrides with several values (a,b) need `zoo train -m ...` to run as a sweep")

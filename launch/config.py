@@ -192,5 +192,15 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)]
 
 
+def sweep_values(override: str) -> list[str]:
+    """The value(s) of one `key=...` override as compose reads them (quotes removed): one value, or each value of a
+    sweep (`a,b`, `'a','b'`, `choice(a,b)`, ...)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    values = [parser.parse_override(combo[0]).value() for combo in expand_sweep([override])]
+    return ["" if value is None else str(value) for value in values]
+
+
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)

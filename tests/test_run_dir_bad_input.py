@@ -218,6 +218,11 @@ def test_a_sweep_of_run_ids_alone_resumes_them_in_their_experiment(runs_root):
     assert sorted(row["run"] for row in csv.DictReader(table.open())) == ["a1", "a2"]
     code, out, err = zoo_in_process("train", "-m", f"runs_root={runs_root}", "run_id=a1,typo")
     assert code == 2 and "no run 'typo' under" in _error_line(err + out)
+    for ids in ("'a1','a2'", "choice(a1,a2)"):  # Hydra's other sweep syntax (refused as one bad id before)
+        code, out, err = zoo_in_process("train", "-m", f"runs_root={runs_root}", f"run_id={ids}", "--cfg", "job")
+        assert code == 0 and out.count("experiment=lightgcn") + out.count("slug: lightgcn") >= 2, (err + out)[-2000:]
+    code, out, err = zoo_in_process("train", f"runs_root={runs_root}", "run_id=a1,a2")  # several ids need -m
+    assert code == 2 and "need `zoo train -m" in _error_line(err + out)
     shutil.copytree(runs_root / "lightgcn" / "a2", runs_root / "ultragcn" / "b1")
     code, out, err = zoo_in_process("train", "-m", f"runs_root={runs_root}", "run_id=a1,b1")
     line = _error_line(err + out)
