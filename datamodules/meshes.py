@@ -670,6 +670,11 @@ class _List(Dataset):
         return self.items[i]
 
 
+# the separable training graphs of (n_train, train_sizes, mesh, seed): deterministic, never modified (the loaders
+# collate copies), so datamodules of the same setting share them
+_SEPARABLE_TRAIN_SETS: dict[tuple, tuple] = {}
+
+
 class MeshGraphDataModule(CheckpointedShuffle, L.LightningDataModule):
     """Meshes + monitors + exact MA targets as torch_geometric graphs (see the module docstring).
 
@@ -735,8 +740,14 @@ class MeshGraphDataModule(CheckpointedShuffle, L.LightningDataModule):
             if hp.test_family == "default":  # held out as the released sets' test split (15 % beside 75 % for training)
                 self._test_sets["file"] = _List(helmholtz_graphs(max(1, hp.n_train // 5), sizes, self.seed + 5000))
             return
-        self.train_set = _List([separable_graph(sizes[i % len(sizes)], rng, *self._mesh_draw(hp.mesh, rng))
-                                for i in range(hp.n_train)])
+        key = (hp.n_train, tuple(sizes), hp.mesh, self.seed)
+        if key not in _SEPARABLE_TRAIN_SETS:  # built once per process: a claim's baseline runs train on the same set
+            if len(_SEPARABLE_TRAIN_SETS) >= 4:
+                _SEPARABLE_TRAIN_SETS.pop(next(iter(_SEPARABLE_TRAIN_SETS)))
+            _SEPARABLE_TRAIN_SETS[key] = tuple(separable_graph(sizes[i % len(sizes)], rng,
+                                                               *self._mesh_draw(hp.mesh, rng))
+                                               for i in range(hp.n_train))
+        self.train_set = _List(list(_SEPARABLE_TRAIN_SETS[key]))
 
     def _helmholtz_dirs(self) -> list[Path]:
         hp = self.hparams

@@ -188,24 +188,34 @@ def boundary_violation(pos: np.ndarray, ref: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------------------- interpolation error
-def locate(pos: np.ndarray, tri: np.ndarray, points: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def locate(pos: np.ndarray, tri: np.ndarray, points: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Containing triangle (P,) and barycentric coordinates (P, 3) of each point (brute force, chunked). A point
-    covered by no triangle (only possible on a tangled mesh) takes the triangle with the largest min-barycentric."""
+    covered by no triangle (only possible on a tangled mesh) takes the triangle with the largest min-barycentric.
+    Chunks of `chunk` points into preallocated (chunk, T) buffers: the working arrays stay in cache (the values are
+    those of the whole-array expressions, operation for operation)."""
     p0, p1, p2 = pos[tri[:, 0]], pos[tri[:, 1]], pos[tri[:, 2]]
     det = (p1[:, 0] - p0[:, 0]) * (p2[:, 1] - p0[:, 1]) - (p1[:, 1] - p0[:, 1]) * (p2[:, 0] - p0[:, 0])
     det = np.where(np.abs(det) < 1e-300, 1e-300, det)
-    tids, bary = np.empty(len(points), np.int64), np.empty((len(points), 3))
-    for s in range(0, len(points), chunk):
+    e2y, e2x = p2[:, 1] - p0[:, 1], p2[:, 0] - p0[:, 0]
+    e1x, e1y = p1[:, 0] - p0[:, 0], p1[:, 1] - p0[:, 1]
+    n, chunk = len(points), max(1, int(chunk))
+    tids, bary = np.empty(n, np.int64), np.empty((n, 3))
+    dx, dy, l0, l1, l2, tmp = (np.empty((min(chunk, n), len(tri))) for _ in range(6))
+    for s in range(0, n, chunk):
         q = points[s:s + chunk]
-        dx, dy = q[:, None, 0] - p0[None, :, 0], q[:, None, 1] - p0[None, :, 1]
-        l1 = (dx * (p2[:, 1] - p0[:, 1]) - dy * (p2[:, 0] - p0[:, 0])) / det
-        l2 = (dy * (p1[:, 0] - p0[:, 0]) - dx * (p1[:, 1] - p0[:, 1])) / det
-        l0 = 1.0 - l1 - l2
-        score = np.minimum(np.minimum(l0, l1), l2)
-        t = np.argmax(score, axis=1)
-        r = np.arange(len(q))
-        tids[s:s + chunk] = t
-        bary[s:s + chunk] = np.stack([l0[r, t], l1[r, t], l2[r, t]], 1)
+        m = len(q)
+        DX, DY, L0, L1, L2, TMP = dx[:m], dy[:m], l0[:m], l1[:m], l2[:m], tmp[:m]
+        np.subtract(q[:, None, 0], p0[None, :, 0], out=DX)
+        np.subtract(q[:, None, 1], p0[None, :, 1], out=DY)
+        np.multiply(DX, e2y, out=L1)  # l1 = (dx e2y - dy e2x) / det
+        np.divide(np.subtract(L1, np.multiply(DY, e2x, out=TMP), out=L1), det, out=L1)
+        np.multiply(DY, e1x, out=L2)  # l2 = (dy e1x - dx e1y) / det
+        np.divide(np.subtract(L2, np.multiply(DX, e1y, out=TMP), out=L2), det, out=L2)
+        np.subtract(np.subtract(1.0, L1, out=L0), L2, out=L0)  # l0 = 1 - l1 - l2
+        t = np.argmax(np.minimum(np.minimum(L0, L1, out=TMP), L2, out=TMP), axis=1)
+        r = np.arange(m)
+        tids[s:s + m] = t
+        bary[s:s + m] = np.stack([L0[r, t], L1[r, t], L2[r, t]], 1)
     return tids, bary
 
 

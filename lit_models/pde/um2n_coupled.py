@@ -140,6 +140,96 @@ def swirl_velocity_field(alpha: float, T: float) -> Callable[[np.ndarray, float]
     return velocity
 
 
+def _record_steps(n_steps: int, record_every: int) -> list[int]:
+    """The steps i after which the errors are recorded: the first, every `record_every`-th, the last."""
+    return [i for i in range(n_steps) if i == 0 or (i + 1) % record_every == 0 or i == n_steps - 1]
+
+
+def _quadrature_start(n_ref: int) -> np.ndarray:
+    """The transported quadrature's points at t = 0: the cell centres of an n_ref x n_ref grid."""
+    s = (np.arange(n_ref) + 0.5) / n_ref
+    return np.stack(np.meshgrid(s, s), -1).reshape(-1, 2)
+
+
+def _traced_points(y: np.ndarray, steps: list[int], dt: float, alpha: float, T: float):
+    """(t, X(t; y)) after each recorded step: the quadrature points carried by the flow, step to step."""
+    x, t_x = y.copy(), 0.0
+    for i in steps:
+        t_new = (i + 1) * dt
+        x = M.swirl_trace(x, t_x, t_new, alpha, T)
+        t_x = t_new
+        yield t_new, x
+
+
+@dataclass
+class _UniformSolve:
+    """The fixed-mesh half of a coupled swirl solve, which no mover changes: the errors at the recorded times, the
+    final field and its quadrature error, the mass; `points` the traced quadrature points of each recorded time
+    (None where they would take more than _KEEP_POINTS_BYTES: the solve then traces them again)."""
+
+    times: list[float]
+    error: list[float]
+    points: list[np.ndarray] | None
+    u: np.ndarray
+    quad_error: float
+    mass0: float
+    mass_change: float
+
+
+_KEEP_POINTS_BYTES = 256 << 20
+_UNIFORM_SOLVES: dict[tuple, _UniformSolve] = {}  # the last fixed-mesh solve: a moved one and the fixed-mesh
+# baseline (or the Monge-Ampere baseline) share it; the characteristic trace of the quadrature points is the costly
+# part of either
+
+
+def _uniform_solve(n_side: int, dt: float, n_steps: int, record_every: int, mesh: str, mesh_seed: int, n_ref: int,
+                   sw: dict) -> _UniformSolve:
+    """The fixed-mesh solve of `coupled_swirl` (the same steps as there, run once per setting and kept)."""
+    from datamodules.meshes import square_mesh
+
+    key = (n_side, dt, n_steps, record_every, mesh, mesh_seed, n_ref, repr(sorted(sw.items())))
+    if key in _UNIFORM_SOLVES:
+        return _UNIFORM_SOLVES[key]
+    ring = {"centre": sw["centre"], "radius": sw["radius"], "sigma": sw["sigma"]}
+    pos0, tri = square_mesh(n_side, mesh, mesh_seed)
+    uniform = D.DG1Advection(pos0, tri, swirl_velocity_field(sw["alpha"], sw["T"]), D.Facets(tri))
+
+    def u0(p: np.ndarray) -> np.ndarray:
+        return M.swirl_initial(p, **ring)
+
+    u = D.interpolate(pos0, tri, u0)  # the official initial condition: interpolation into DG1
+    mass0 = D.total_mass(pos0, tri, u)
+    y = _quadrature_start(n_ref)
+    exact_y = u0(y)
+    steps = _record_steps(n_steps, record_every)
+    keep = len(steps) * y.nbytes <= _KEEP_POINTS_BYTES
+    trace = _traced_points(y, steps, dt, sw["alpha"], sw["T"])
+    times, error, points = [], [], []
+    recorded = set(steps)
+    for i in range(n_steps):
+        u = uniform.step(u, i * dt, dt)
+        if i in recorded:
+            t_new, x = next(trace)
+            times.append(t_new)
+            error.append(float(np.sqrt(np.mean((D.evaluate(pos0, tri, u, x) - exact_y) ** 2))))
+            if keep:
+                x.flags.writeable = False
+                points.append(x)
+    t_fin = n_steps * dt
+
+    def exact_final(p: np.ndarray) -> np.ndarray:
+        if abs(t_fin - sw["T"]) < 1e-9:  # the swirl has reversed: u(T) = u0 exactly
+            return u0(p)
+        return M.swirl_solution(p, t_fin, alpha=sw["alpha"], T=sw["T"], **ring)
+
+    u.flags.writeable = False
+    out = _UniformSolve(times, error, points if keep else None, u, D.l2_error(pos0, tri, u, exact_final), mass0,
+                        (D.total_mass(pos0, tri, u) - mass0) / abs(mass0))
+    _UNIFORM_SOLVES.clear()
+    _UNIFORM_SOLVES[key] = out
+    return out
+
+
 def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: float | None = None,
                   move_every: int = 1, record_every: int = 5, mesh: str = "structured", mesh_seed: int = 0,
                   n_ref: int = 300, swirl: dict | None = None, ma_baseline: bool = False) -> CoupledSwirlResult:
@@ -147,7 +237,9 @@ def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: fl
     on `datamodules.meshes.square_mesh(n_side, mesh, mesh_seed)`, steps of `dt` up to `t_end` (default: the swirl
     period T), errors recorded after the first step, every `record_every` steps and at the end. With `ma_baseline`
     the same solve with `monge_ampere.CosineMongeAmpere` as the mover goes to `extra["ma"]` (official
-    `error_reduction_MA`; its median equidistribution residual, mean over the moves, to `extra["ma_residual"]`)."""
+    `error_reduction_MA`; its median equidistribution residual, mean over the moves, to `extra["ma_residual"]`).
+    The fixed-mesh solve (`_uniform_solve`) does not depend on the mover: it is run once per setting and shared
+    (the same numbers as solving it beside the moved one)."""
     from datamodules.meshes import square_mesh, swirl_config, swirl_graph_on_mesh
 
     sw = swirl_config(swirl)
@@ -159,21 +251,23 @@ def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: fl
     facets = D.Facets(tri)
     velocity = swirl_velocity_field(sw["alpha"], sw["T"])
     uniform = D.DG1Advection(pos0, tri, velocity, facets)
+    n_steps = max(1, round(t_end / dt))
+    start = time.perf_counter()
+    ref = _uniform_solve(n_side, dt, n_steps, record_every, mesh, mesh_seed, n_ref, sw)
 
     def u0(p: np.ndarray) -> np.ndarray:
         return M.swirl_initial(p, **ring)
 
-    u_uni = D.interpolate(pos0, tri, u0)  # the official initial condition: interpolation into DG1
-    mass0 = D.total_mass(pos0, tri, u_uni)
-    u_mov, pos_mov, moved = u_uni.copy(), pos0.copy(), uniform
-    s = (np.arange(n_ref) + 0.5) / n_ref
-    y = np.stack(np.meshgrid(s, s), -1).reshape(-1, 2)
-    exact_y, x, t_x = u0(y), y.copy(), 0.0
-    n_steps = max(1, round(t_end / dt))
-    times, e_uni, e_mov, move_times, inverted = [], [], [], [], []
+    u_mov = D.interpolate(pos0, tri, u0)  # the official initial condition: interpolation into DG1
+    pos_mov, moved = pos0.copy(), uniform
+    y = _quadrature_start(n_ref)
+    exact_y = u0(y)
+    steps = _record_steps(n_steps, record_every)
+    trace = _traced_points(y, steps, dt, sw["alpha"], sw["T"]) if ref.points is None else None
+    recorded = {i: k for k, i in enumerate(steps)}
+    e_mov, move_times, inverted = [], [], []
     mover_seconds = 0.0
     extra = {"cfl_uniform": dt / uniform.max_dt(0.0, 1.0), "cfl_moved_max": dt / uniform.max_dt(0.0, 1.0)}
-    start = time.perf_counter()
     label = "coupled swirl (Monge-Ampere)" if getattr(mover, "is_ma", False) else "coupled swirl"
     for i in tqdm(range(n_steps), desc=label, leave=False, mininterval=2.0, disable=n_steps < 100):
         t = i * dt
@@ -194,15 +288,11 @@ def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: fl
                 moved = uniform if np.array_equal(new, pos0) else D.DG1Advection(new, tri, velocity, facets)
                 extra["cfl_moved_max"] = max(extra["cfl_moved_max"], dt / moved.max_dt(t, 1.0))
         u_mov = moved.step(u_mov, t, dt)
-        u_uni = uniform.step(u_uni, t, dt)
-        t_new = (i + 1) * dt
-        if i == 0 or (i + 1) % record_every == 0 or i == n_steps - 1:
-            x = M.swirl_trace(x, t_x, t_new, sw["alpha"], sw["T"])
-            t_x = t_new
-            times.append(t_new)
-            e_uni.append(float(np.sqrt(np.mean((D.evaluate(pos0, tri, u_uni, x) - exact_y) ** 2))))
+        if i in recorded:
+            x = ref.points[recorded[i]] if trace is None else next(trace)[1]
             e_mov.append(float(np.sqrt(np.mean((D.evaluate(pos_mov, tri, u_mov, x) - exact_y) ** 2))))
     wall = time.perf_counter() - start
+    u_uni = np.array(ref.u)
     t_fin = n_steps * dt
     bound = 2.0 * float(np.abs(u0(pos0)).max())  # a stable DG1 upwind solve overshoots u0 by far less than 2x
     for name, u, cfl in (("moved", u_mov, extra["cfl_moved_max"]), ("uniform", u_uni, extra["cfl_uniform"])):
@@ -215,11 +305,12 @@ def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: fl
             return u0(p)
         return M.swirl_solution(p, t_fin, alpha=sw["alpha"], T=sw["T"], **ring)
 
-    quad = (D.l2_error(pos0, tri, u_uni, exact_final), D.l2_error(pos_mov, tri, u_mov, exact_final))
+    quad = (ref.quad_error, D.l2_error(pos_mov, tri, u_mov, exact_final))
     # relative change of int u dx over the run: the swirl has no normal velocity on the boundary and the projections
     # between meshes are conservative, so both stay at round-off level while the moved meshes are untangled
-    extra["mass_change_uniform"] = (D.total_mass(pos0, tri, u_uni) - mass0) / abs(mass0)
-    extra["mass_change_moved"] = (D.total_mass(pos_mov, tri, u_mov) - mass0) / abs(mass0)
+    extra["mass_change_uniform"] = ref.mass_change
+    extra["mass_change_moved"] = (D.total_mass(pos_mov, tri, u_mov) - ref.mass0) / abs(ref.mass0)
+    times, e_uni = ref.times, ref.error
     if ma_baseline:
         from lit_models.common.monge_ampere import CosineMongeAmpere
 
