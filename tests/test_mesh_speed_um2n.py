@@ -1,14 +1,91 @@
-"""UM2N's coupled swirl solve (lit_models.pde.um2n_coupled) with its fixed-mesh half computed once and shared
-(`_uniform_solve`) against the interleaved solve it replaces (kept here as the reference): bit for bit."""
+"""The faster code paths of UM2N (lit_models.pde.um2n, um2n_coupled) against the code they replace.
+
+- `gatv2_attention` / `RecurrentGATDeformer.forward` (padded neighbour table, cache-sized chunks, backward by
+  recomputation) against torch_geometric's GATv2Conv (`forward_pyg`): the same moved nodes, hidden states and
+  parameter gradients, to float64 rounding (to float32 rounding in float32), on structured and unstructured meshes,
+  both decoders, batched graphs and chunk sizes that split the nodes.
+- `coupled_swirl` with its fixed-mesh half computed once and shared (`_uniform_solve`) against the interleaved solve
+  it replaces (kept here as the reference): bit for bit.
+"""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from datamodules.meshes import front_graph, separable_graph
 from lit_models.common import dg_advection as D
 from lit_models.common import mesh as M
+from lit_models.pde import um2n as U
 from lit_models.pde import um2n_coupled as UC
+
+
+def _deform(net, g, dtype, loops, fast):
+    x = g.x.to(dtype)
+    feats = net.encoder(x, U.batch_of(g, x.device))
+    hidden = F.selu(net.lin(torch.cat([x[:, 2:3], feats], -1)))
+    ref = g.pos.to(dtype)
+    xf, yf = U.boundary_masks(g, True)
+    coord, table = ref, U.attention_neighbours(g.edge_index, ref.shape[0])
+    for _ in range(loops):
+        if fast:
+            coord, hidden = net.deformer(coord, hidden, g.edge_index, ref, xf, yf, table)
+        else:
+            coord, hidden = net.deformer.forward_pyg(coord, hidden, g.edge_index, ref, xf, yf)
+    loss = (coord**3).sum() + (hidden**2).sum() + (coord * hidden[:, :2]).sum()
+    grads = torch.autograd.grad(loss, [p for p in net.parameters()], allow_unused=True)
+    return coord.detach(), hidden.detach(), grads
+
+
+@pytest.mark.parametrize("decoder,loops,heads", [("average", 3, 6), ("coord", 2, 2), ("average", 1, 3)])
+@pytest.mark.parametrize("mesh", ["structured", "unstructured"])
+def test_gatv2_attention_equals_torch_geometric(decoder, loops, heads, mesh, monkeypatch):
+    from torch_geometric.data import Batch
+
+    graphs = [separable_graph(9, np.random.default_rng(0), mesh=mesh, mesh_seed=1),
+              front_graph(7, 20.0, 0.4, mesh=mesh, mesh_seed=2)]
+    g = Batch.from_data_list(graphs)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        torch.manual_seed(0)
+        net = U.UM2N(hidden=16, gat_heads=heads, num_loop=loops, decoder=decoder).to(dtype)
+        ref = _deform(net, g, dtype, loops, fast=False)
+        for chunk in (None, 7):  # the default chunks, and chunks that split the nodes (and the graphs)
+            if chunk is not None:
+                monkeypatch.setattr(U, "_chunks", lambda n, w, c, s=chunk: [(a, min(n, a + s)) for a in range(0, n, s)])
+            new = _deform(net, g, dtype, loops, fast=True)
+            torch.testing.assert_close(new[0], ref[0], atol=tol, rtol=tol)
+            torch.testing.assert_close(new[1], ref[1], atol=tol, rtol=tol)
+            for a, b in zip(new[2], ref[2]):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    torch.testing.assert_close(a, b, atol=tol * float(b.abs().max() + 1), rtol=tol)
+            monkeypatch.undo()
+
+
+def test_attention_neighbours_table():
+    """Each node's row lists its in-neighbours once and itself once (self loops of the input dropped); the padding
+    repeats the node and is marked invalid; the attention weights sum to one over the valid entries."""
+    ei = torch.tensor([[0, 1, 1, 2, 2, 3, 0], [1, 0, 2, 1, 2, 2, 0]])  # 2 -> 2 and 0 -> 0: self loops
+    nbr, valid = U.attention_neighbours(ei, 4)
+    rows = [sorted(nbr[i][valid[i]].tolist()) for i in range(4)]
+    assert rows == [[0, 1], [0, 1, 2], [1, 2, 3], [3]]
+    assert torch.equal(nbr[~valid], torch.arange(4)[:, None].expand_as(nbr)[~valid])
+    torch.manual_seed(0)
+    deformer = U.RecurrentGATDeformer(8, heads=2)
+    _, alpha = U.gatv2_attention(deformer.gat, torch.randn(4, 10), nbr, valid)
+    torch.testing.assert_close(alpha.sum(1), torch.ones(4, 2))
+    assert float(alpha.detach()[~valid].abs().max()) == 0.0
+
+
+def test_gatv2_fast_path_only_where_it_was_measured():
+    """The CPU in float32 / float64 outside autocast; under autocast (and on a GPU) torch_geometric's layer."""
+    deformer = U.RecurrentGATDeformer(8, heads=2)
+    x = torch.randn(3, 10)
+    assert deformer._fast_path(x) and deformer._fast_path(x.double())
+    assert not deformer._fast_path(x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not deformer._fast_path(x)
 
 
 def _interleaved_coupled_swirl(mover, n_side, dt, t_end, move_every, record_every, n_ref, swirl=None):

@@ -101,10 +101,101 @@ class GraphTransformerEncoder(nn.Module):
         return self.out(h[mask])
 
 
+def attention_neighbours(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
+    """The GAT's receptive fields as a padded table: nbr (V, D) the sources j of each target i's incoming edges
+    (edge_index[0] -> edge_index[1]) with i's self loop (existing self loops dropped, one added per node, as
+    GATv2Conv's add_self_loops), D the largest in-degree; padding repeats i and is marked False in valid (V, D)."""
+    src, dst = edge_index[0], edge_index[1]
+    keep = src != dst
+    nodes = torch.arange(num_nodes, device=edge_index.device)
+    src, dst = torch.cat([src[keep], nodes]), torch.cat([dst[keep], nodes])
+    order = torch.argsort(dst, stable=True)
+    src, dst = src[order], dst[order]
+    count = torch.bincount(dst, minlength=num_nodes)
+    pos = torch.arange(len(dst), device=dst.device) - (torch.cumsum(count, 0) - count)[dst]
+    width = int(count.max()) if num_nodes else 1
+    nbr = nodes[:, None].repeat(1, width)
+    nbr[dst, pos] = src
+    valid = torch.zeros(num_nodes, width, dtype=torch.bool, device=dst.device)
+    valid[dst, pos] = True
+    return nbr, valid
+
+
+def _chunks(n: int, width: int, channels: int) -> list[tuple[int, int]]:
+    """Node ranges whose (nodes, D, heads, C) edge tensors take about 1.5 MB (cache-sized: the per-edge passes
+    of `_GATv2Attention` then read and write cache, not memory)."""
+    step = max(1, (3 << 17) // max(1, width * channels))
+    return [(a, min(n, a + step)) for a in range(0, n, step)]
+
+
+class _GATv2Attention(torch.autograd.Function):
+    """GATv2 attention and head-averaged aggregation over a padded neighbour table (`attention_neighbours`):
+        e_ijh = att_h . leaky_relu(xr_ih + xl_jh),  alpha_ijh = softmax_j(e_ijh),  out_i = mean_h sum_j alpha_ijh xl_jh
+    (torch_geometric's GATv2Conv with concat=False, before its bias). Computed in node chunks whose edge tensors
+    stay in cache; the backward pass recomputes them from xl, xr instead of keeping (E, heads, C) tensors. Returns
+    out (V, C) and alpha (V, D, heads) (0 at padding)."""
+
+    @staticmethod
+    def forward(ctx, xl: Tensor, xr: Tensor, att: Tensor, nbr: Tensor, valid: Tensor, slope: float):
+        ctx.set_materialize_grads(False)
+        V, H, C = xl.shape
+        D = nbr.shape[1]
+        out = xl.new_empty(V, C)
+        alpha = xl.new_empty(V, D, H)
+        pad = ~valid[..., None]
+        for a, b in _chunks(V, D, H * C):
+            xj = xl.index_select(0, nbr[a:b].reshape(-1)).view(b - a, D, H, C)
+            z = F.leaky_relu(xj + xr[a:b, None], slope, inplace=True)
+            w = torch.softmax((z.mul_(att)).sum(-1).masked_fill_(pad[a:b], float("-inf")), 1)
+            alpha[a:b] = w
+            torch.bmm(w.view(b - a, 1, D * H), xj.view(b - a, D * H, C), out=out[a:b, None])
+        out.div_(H)
+        ctx.save_for_backward(xl, xr, att, nbr, alpha)
+        ctx.slope = slope
+        return out, alpha
+
+    @staticmethod
+    def backward(ctx, g_out: Tensor | None, g_alpha: Tensor | None):
+        xl, xr, att, nbr, alpha = ctx.saved_tensors
+        V, H, C = xl.shape
+        D, slope = nbr.shape[1], ctx.slope
+        g_xl, g_xr, g_att = torch.zeros_like(xl), torch.empty_like(xr), torch.zeros_like(att)
+        for a, b in _chunks(V, D, H * C):
+            idx = nbr[a:b].reshape(-1)
+            w = alpha[a:b]
+            xj = xl.index_select(0, idx).view(b - a, D, H, C)
+            g_o = None if g_out is None else (g_out[a:b] / H)[:, None, None]  # (n, 1, 1, C)
+            g_w = xj.new_zeros(b - a, D, H) if g_o is None else (xj * g_o).sum(-1)
+            if g_alpha is not None:
+                g_w = g_w + g_alpha[a:b]
+            g_e = w * (g_w - (w * g_w).sum(1, keepdim=True))  # softmax backward (0 at padding)
+            s = F.leaky_relu(xj.add_(xr[a:b, None]), slope, inplace=True)  # recomputed
+            g_att += (s * g_e[..., None]).sum((0, 1))
+            g_z = torch.ops.aten.leaky_relu_backward(g_e[..., None] * att, s, slope, True)
+            torch.sum(g_z, 1, out=g_xr[a:b])
+            if g_o is not None:
+                g_z.addcmul_(w[..., None], g_o)
+            g_xl.index_add_(0, idx, g_z.view(-1, H, C))
+        return g_xl, g_xr, g_att, None, None, None
+
+
+def gatv2_attention(gat, x: Tensor, nbr: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """`gat(x, edge_index, return_attention_weights=True)` of a torch_geometric GATv2Conv (heads averaged, self
+    loops, no edge features, no dropout) on the neighbour table of `attention_neighbours(edge_index)`: (out (V, C),
+    alpha (V, D, heads), 0 at padding); the same values up to float rounding (`tests/test_mesh_speed_um2n.py`),
+    about 3x faster on CPU (no (E, heads, C) tensors kept for the backward pass)."""
+    H, C = gat.heads, gat.out_channels
+    xl = gat.lin_l(x).view(-1, H, C)
+    xr = gat.lin_r(x).view(-1, H, C)
+    out, alpha = _GATv2Attention.apply(xl, xr, gat.att[0], nbr, valid, float(gat.negative_slope))
+    return (out if gat.bias is None else out + gat.bias), alpha
+
+
 class RecurrentGATDeformer(nn.Module):
     """One deformer step: GATv2 on [coordinates, hidden] -> attention alpha (E, heads) and the new hidden state;
     coordinates become sum_j mean_heads(alpha_ij) x_j (`decoder="average"`, the paper) or Linear(hidden)
-    (`decoder="coord"`, the released code). Boundary projection afterwards."""
+    (`decoder="coord"`, the released code). Boundary projection afterwards. The GATv2Conv module holds the
+    parameters; `gatv2_attention` computes it (the same layer; `forward_pyg` runs torch_geometric's own code)."""
 
     def __init__(self, hidden: int, heads: int = 6, decoder: str = "average", bias: bool = True) -> None:
         super().__init__()
@@ -114,8 +205,32 @@ class RecurrentGATDeformer(nn.Module):
         self.decoder = decoder
         self.to_coord = nn.Linear(hidden, 2) if decoder == "coord" else None
 
+    def _fast_path(self, x: Tensor) -> bool:
+        """`gatv2_attention` for the layer UM2N builds, on the CPU in float32 / float64 outside autocast (it was
+        measured there: ~2x a training step); elsewhere, e.g. on a GPU, torch_geometric's own kernels."""
+        g = self.gat
+        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled("cpu") and not g.concat and g.add_self_loops and g.lin_edge is None
+                and g.res is None and not g.share_weights and (g.dropout == 0 or not g.training))
+
     def forward(self, coord: Tensor, hidden: Tensor, edge_index: Tensor, ref: Tensor, x_fixed: Tensor,
-                y_fixed: Tensor) -> tuple[Tensor, Tensor]:
+                y_fixed: Tensor, neighbours: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """`neighbours`: `attention_neighbours(edge_index, V)`, computed once for all loops (built here if None)."""
+        if not self._fast_path(coord):
+            return self.forward_pyg(coord, hidden, edge_index, ref, x_fixed, y_fixed)
+        nbr, valid = neighbours if neighbours is not None else attention_neighbours(edge_index, coord.shape[0])
+        out, alpha = gatv2_attention(self.gat, torch.cat([coord, hidden], -1), nbr, valid)
+        hidden = F.selu(out)
+        if self.decoder == "average":
+            w = alpha.mean(-1)  # softmax over each target's neighbours: rows sum to 1
+            new = torch.bmm(w[:, None], coord[nbr])[:, 0]
+        else:
+            new = self.to_coord(hidden)
+        return project_to_boundary(new, ref, x_fixed, y_fixed), hidden
+
+    def forward_pyg(self, coord: Tensor, hidden: Tensor, edge_index: Tensor, ref: Tensor, x_fixed: Tensor,
+                    y_fixed: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward` by torch_geometric's GATv2Conv (the reference of `gatv2_attention`)."""
         out, (ei, alpha) = self.gat(torch.cat([coord, hidden], -1), edge_index, return_attention_weights=True)
         hidden = F.selu(out)
         if self.decoder == "average":
@@ -154,8 +269,9 @@ class UM2N(nn.Module):
         ref = data.pos.to(dtype)
         x_fixed, y_fixed = boundary_masks(data, project_boundary)
         coord = ref
+        neighbours = attention_neighbours(data.edge_index, ref.shape[0])  # one table for all loops
         for _ in range(self.num_loop):
-            coord, hidden = self.deformer(coord, hidden, data.edge_index, ref, x_fixed, y_fixed)
+            coord, hidden = self.deformer(coord, hidden, data.edge_index, ref, x_fixed, y_fixed, neighbours)
         return coord
 
 
