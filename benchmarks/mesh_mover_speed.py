@@ -13,7 +13,8 @@ m = 1 + |u_x| / mean|u_x| of u = tanh(20 (x - 0.4)) + 0.3 sin(2 pi y):
   of the potential network) and of UM2N (transformer + recurrent GAT deformer), untrained weights (cost does not
   depend on training), in the CPU-scale experiment sizes (`experiment=data_free_mesh_mover`, `experiment=um2n`)
   and at the paper's sizes (`data_free_mesh_mover/burgers`, `um2n/helmholtz`), each built from its config.
-All on 1 torch thread, float32 networks. Per mesh size every solve and every network takes turns in one process
+A last row (CPU only): UM2N training steps with its CPU GATv2 path vs torch_geometric's GATv2Conv (`torch_geometric_
+gatv2_train_step`; the same layer to float rounding, first losses compared). All on 1 torch thread, float32 networks. Per mesh size every solve and every network takes turns in one process
 (`benchmarks.timing.interleaved_call_times`: one warm-up call of each, then `repeats` rounds of one call of each, the
 order alternated), so a change of machine speed during the measurement hits all of them alike; `ours_s` /
 `baseline_s` are median seconds per call and `ratio` the median over rounds of baseline / ours in the same round.
@@ -121,7 +122,47 @@ def run(quick: bool = True, device: str = "cpu") -> list[dict]:
                              "baseline_steps": taken, "baseline_converged": converged,
                              "baseline_rmse_cells": _rmse_cells(nodes, exact, n), **paired_fields(paired),
                              "device": device, **({"ours_peak_gpu_mib": peak} if peak is not None else {})})
+    if device == "cpu":
+        rows.append(_um2n_gat_step_row(quick))
     return rows
+
+
+def _um2n_gat_step_row(quick: bool) -> dict:
+    """UM2N training steps (forward, loss, backward, Adam) of the CPU-scale experiment on a batch of its training
+    graphs: the deformer's GATv2 by `lit_models.pde.um2n.gatv2_attention` (ours, the CPU path) vs torch_geometric's
+    GATv2Conv (`forward_pyg`, the baseline), interleaved in one process, two modules built alike (same seed)."""
+    from torch_geometric.data import Batch
+
+    from benchmarks.timing import interleaved_step_times
+    from datamodules.meshes import separable_graph
+    from lit_models.pde import um2n as U
+
+    batch = Batch.from_data_list([separable_graph(n, np.random.default_rng(n)) for n in (15, 20, 25)])
+    steps, losses = {}, {}
+    for side in ("ours", "pyg"):
+        torch.manual_seed(0)
+        module = _module("um2n", False).train()
+        opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+        if side == "pyg":
+            module.net.deformer.forward = lambda *a, d=module.net.deformer: d.forward_pyg(*a[:6])
+
+        def step(i: int, module=module, opt=opt, side=side) -> None:
+            opt.zero_grad(set_to_none=True)
+            coord, area = module.loss(batch, module(batch))
+            loss = coord + area
+            loss.backward()
+            opt.step()
+            losses.setdefault(side, float(loss.detach()))
+
+        steps[side] = step
+    rounds, block = (2, 1) if quick else (5, 3)
+    times = interleaved_step_times(steps, rounds=rounds, block=block, warmup=1)
+    paired = paired_speed_ratio(times["ours"], times["pyg"])
+    return {"mover": "um2n", "size": "cpu", "experiment": EXPERIMENTS["um2n"][0], "n_nodes": int(batch.num_nodes),
+            "baseline": "torch_geometric_gatv2_train_step", "ours_s": paired["ours_step_s"],
+            "baseline_s": paired["baseline_step_s"], "ratio": paired["ratio_median"],
+            "first_loss_rel_diff": abs(losses["ours"] - losses["pyg"]) / abs(losses["pyg"]),
+            **paired_fields(paired), "device": "cpu"}
 
 
 if __name__ == "__main__":  # pragma: no cover
