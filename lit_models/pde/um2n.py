@@ -155,6 +155,7 @@ class _GATv2Attention(torch.autograd.Function):
         return out, alpha
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # first order only (UM2N's loss): a clear error for a double backward
     def backward(ctx, g_out: Tensor | None, g_alpha: Tensor | None):
         xl, xr, att, nbr, alpha = ctx.saved_tensors
         V, H, C = xl.shape
@@ -269,7 +270,8 @@ class UM2N(nn.Module):
         ref = data.pos.to(dtype)
         x_fixed, y_fixed = boundary_masks(data, project_boundary)
         coord = ref
-        neighbours = attention_neighbours(data.edge_index, ref.shape[0])  # one table for all loops
+        # one table for all loops, where the deformer takes the CPU path (else torch_geometric's layer needs none)
+        neighbours = attention_neighbours(data.edge_index, ref.shape[0]) if self.deformer._fast_path(ref) else None
         for _ in range(self.num_loop):
             coord, hidden = self.deformer(coord, hidden, data.edge_index, ref, x_fixed, y_fixed, neighbours)
         return coord
