@@ -135,7 +135,6 @@ def _um2n_gat_step_row(quick: bool) -> dict:
 
     from benchmarks.timing import interleaved_step_times
     from datamodules.meshes import separable_graph
-    from lit_models.pde import um2n as U
 
     batch = Batch.from_data_list([separable_graph(n, np.random.default_rng(n)) for n in (15, 20, 25)])
     steps, losses = {}, {}
