@@ -290,15 +290,14 @@ def cmd_train(args: list[str]) -> int:
 
 
 def _sweep_summary(cfgs, sweep_id: str) -> None:
-    """After a sweep: its runs in one table, averaged over seeds when the seed is one of the swept keys. The runs are
-    the sweep's own (`<sweep_id>-<i>`), or the ones the user named (`-m run_id=a,b`: found by those ids)."""
+    """After a sweep: its runs in one table, averaged over seeds when the seed is one of the swept keys. Its runs are
+    its run directories: ids `<sweep_id>-<i>`, or the ones the user named (`-m run_id=a,b`)."""
     from launch import runs, summary
 
     root = Path(cfgs[0].runs_root)
     dirs = [runs.run_of(cfg).dir for cfg in cfgs]
-    own_ids = all(d.name.startswith(f"{sweep_id}-") for d in dirs)
-    records = summary.collect(root, None, sweep_id) if own_ids else \
-        summary.collect(root, only={(d.parent.name, d.name) for d in dirs})
+    own_ids = all(d.name.startswith(f"{sweep_id}-") for d in dirs)  # `zoo runs --sweep` finds these again later
+    records = summary.collect(root, only={(d.parent.name, d.name) for d in dirs})
     over = "seed" if "seed" in summary.varying_keys(records) else None
     table = summary.build(records, over=over)
     summary.print_table(table, f"sweep {sweep_id}" + (", mean ± std over seed" if over else ""))
