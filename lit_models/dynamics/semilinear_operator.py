@@ -332,8 +332,7 @@ class NODA(nn.Module):
         u = torch.zeros_like(y[:, 0]) if u0 is None else u0
         analyses, forecasts, y_hats = [], [], []
         # 1D states: the gain's circulant matrices and the FNO's derived weights, built once for all the steps
-        gain_operators = getattr(self.gain, "operators", None)
-        gain_operators = gain_operators(y.shape[-1]) if (gain_operators is not None and y.dim() == 3) else None
+        gain_operators = self.gain.operators(y.shape[-1]) if y.dim() == 3 else None
         prepared = self.predictor.prepare(y.shape[-1]) if (t > 1 and y.dim() == 3) else None
         for k in range(t):
             u_f = u if (k == 0 and u0 is None) else self.predictor(u, prepared)
