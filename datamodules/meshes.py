@@ -670,9 +670,14 @@ class _List(Dataset):
         return self.items[i]
 
 
-# the separable training graphs of (n_train, train_sizes, mesh, seed): deterministic, never modified (the loaders
-# collate copies), so datamodules of the same setting share them
-_SEPARABLE_TRAIN_SETS: dict[tuple, tuple] = {}
+@functools.lru_cache(maxsize=4)
+def _separable_train_set(n_train: int, sizes: tuple[int, ...], mesh: str, seed: int) -> tuple:
+    """The separable training graphs of one setting, drawn from `default_rng(seed)`: deterministic and never modified
+    (the loaders collate copies), so datamodules of the same setting share them (a claim's baseline runs train on
+    the same set, built once per process)."""
+    rng = np.random.default_rng(seed)
+    return tuple(separable_graph(sizes[i % len(sizes)], rng, *MeshGraphDataModule._mesh_draw(mesh, rng))
+                 for i in range(n_train))
 
 
 class MeshGraphDataModule(CheckpointedShuffle, L.LightningDataModule):
@@ -731,7 +736,6 @@ class MeshGraphDataModule(CheckpointedShuffle, L.LightningDataModule):
             test = [g for r in roots for g in load_graphs(r / (hp.test_subdir or "."))]
             self.train_set, self._test_sets["file"] = _List(train), _List(test)
             return
-        rng = np.random.default_rng(self.seed)
         sizes = list(hp.train_sizes)
         if hp.name == "helmholtz_offline":  # Delaunay meshes, MA targets by the FEM solver (~0.3 s a sample; cached)
             from datamodules.helmholtz_offline import helmholtz_graphs
@@ -740,14 +744,7 @@ class MeshGraphDataModule(CheckpointedShuffle, L.LightningDataModule):
             if hp.test_family == "default":  # held out as the released sets' test split (15 % beside 75 % for training)
                 self._test_sets["file"] = _List(helmholtz_graphs(max(1, hp.n_train // 5), sizes, self.seed + 5000))
             return
-        key = (hp.n_train, tuple(sizes), hp.mesh, self.seed)
-        if key not in _SEPARABLE_TRAIN_SETS:  # built once per process: a claim's baseline runs train on the same set
-            if len(_SEPARABLE_TRAIN_SETS) >= 4:
-                _SEPARABLE_TRAIN_SETS.pop(next(iter(_SEPARABLE_TRAIN_SETS)))
-            _SEPARABLE_TRAIN_SETS[key] = tuple(separable_graph(sizes[i % len(sizes)], rng,
-                                                               *self._mesh_draw(hp.mesh, rng))
-                                               for i in range(hp.n_train))
-        self.train_set = _List(list(_SEPARABLE_TRAIN_SETS[key]))
+        self.train_set = _List(list(_separable_train_set(hp.n_train, tuple(sizes), hp.mesh, self.seed)))
 
     def _helmholtz_dirs(self) -> list[Path]:
         hp = self.hparams

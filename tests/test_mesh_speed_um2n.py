@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.meshes import front_graph, separable_graph
+from datamodules.meshes import front_graph, separable_graph, swirl_config
 from lit_models.common import dg_advection as D
 from lit_models.common import mesh as M
 from lit_models.pde import um2n as U
@@ -157,7 +157,7 @@ def test_coupled_swirl_with_a_shared_fixed_mesh_solve_is_bit_for_bit(keep_points
     and shared by the next solve of the same setting gives the numbers of the interleaved solve, bit for bit."""
     if not keep_points:
         monkeypatch.setattr(UC, "_KEEP_POINTS_BYTES", 0)
-    UC._UNIFORM_SOLVES.clear()
+    UC._uniform_solve.cache_clear()
     cfg = dict(n_side=8, dt=0.01, t_end=0.07, move_every=2, record_every=3, n_ref=40)
     ref = _interleaved_coupled_swirl(_graded, **cfg)
     for mover in (_graded, _graded):  # the second call reuses the kept fixed-mesh solve
@@ -166,8 +166,12 @@ def test_coupled_swirl_with_a_shared_fixed_mesh_solve_is_bit_for_bit(keep_points
             np.testing.assert_array_equal(new, old)
         assert res.final_quadrature_error == ref[4]
         assert (res.extra["mass_change_uniform"], res.extra["mass_change_moved"]) == ref[5]
-    assert len(UC._UNIFORM_SOLVES) == 1
-    [shared] = UC._UNIFORM_SOLVES.values()  # a solve that reused it still counts its time (review: it did not)
+    assert (UC._uniform_solve.cache_info().misses, UC._uniform_solve.cache_info().hits) == (1, 1)
+    sw = swirl_config(None)
+    shared = UC._uniform_solve(8, 0.01, 7, 3, "structured", 0, 40, sw["centre"], sw["radius"], sw["sigma"],
+                               sw["alpha"], sw["T"])  # the kept solve (a third hit, no new solve)
+    assert UC._uniform_solve.cache_info().misses == 1
+    # a solve that reused it still counts its time (review: it did not)
     assert res.wall_seconds >= shared.seconds > 0
     ident = UC.coupled_swirl(lambda g: g.pos, **cfg)  # the fixed-mesh baseline: the moved solve is the uniform one
     np.testing.assert_array_equal(ident.error_moved, ref[0])

@@ -29,6 +29,7 @@ only where it is untangled (here: every recorded time; the inverted count is rep
 """
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -178,23 +179,21 @@ class _UniformSolve:
 
 
 _KEEP_POINTS_BYTES = 256 << 20
-_UNIFORM_SOLVES: dict[tuple, _UniformSolve] = {}  # the last fixed-mesh solve: a moved one and the fixed-mesh
-# baseline (or the Monge-Ampere baseline) share it; the characteristic trace of the quadrature points is the costly
-# part of either
 
 
+@functools.lru_cache(maxsize=1)
 def _uniform_solve(n_side: int, dt: float, n_steps: int, record_every: int, mesh: str, mesh_seed: int, n_ref: int,
-                   sw: dict) -> _UniformSolve:
-    """The fixed-mesh solve of `coupled_swirl` (the same steps as there, run once per setting and kept)."""
+                   centre: tuple[float, float], radius: float, sigma: float, alpha: float, T: float
+                   ) -> _UniformSolve:
+    """The fixed-mesh solve of `coupled_swirl` (the same steps as there), kept for the next solve of the same setting:
+    a moved solve and the fixed-mesh (or Monge-Ampere) baseline share it; the characteristic trace of the quadrature
+    points is the costly part of either. The arrays it returns are read-only."""
     from datamodules.meshes import square_mesh
 
-    key = (n_side, dt, n_steps, record_every, mesh, mesh_seed, n_ref, repr(sorted(sw.items())))
-    if key in _UNIFORM_SOLVES:
-        return _UNIFORM_SOLVES[key]
     start = time.perf_counter()
-    ring = {"centre": sw["centre"], "radius": sw["radius"], "sigma": sw["sigma"]}
+    ring = {"centre": centre, "radius": radius, "sigma": sigma}
     pos0, tri = square_mesh(n_side, mesh, mesh_seed)
-    uniform = D.DG1Advection(pos0, tri, swirl_velocity_field(sw["alpha"], sw["T"]), D.Facets(tri))
+    uniform = D.DG1Advection(pos0, tri, swirl_velocity_field(alpha, T), D.Facets(tri))
 
     def u0(p: np.ndarray) -> np.ndarray:
         return M.swirl_initial(p, **ring)
@@ -205,7 +204,7 @@ def _uniform_solve(n_side: int, dt: float, n_steps: int, record_every: int, mesh
     exact_y = u0(y)
     steps = _record_steps(n_steps, record_every)
     keep = len(steps) * y.nbytes <= _KEEP_POINTS_BYTES
-    trace = _traced_points(y, steps, dt, sw["alpha"], sw["T"])
+    trace = _traced_points(y, steps, dt, alpha, T)
     times, error, points = [], [], []
     recorded = set(steps)
     for i in range(n_steps):
@@ -220,16 +219,13 @@ def _uniform_solve(n_side: int, dt: float, n_steps: int, record_every: int, mesh
     t_fin = n_steps * dt
 
     def exact_final(p: np.ndarray) -> np.ndarray:
-        if abs(t_fin - sw["T"]) < 1e-9:  # the swirl has reversed: u(T) = u0 exactly
+        if abs(t_fin - T) < 1e-9:  # the swirl has reversed: u(T) = u0 exactly
             return u0(p)
-        return M.swirl_solution(p, t_fin, alpha=sw["alpha"], T=sw["T"], **ring)
+        return M.swirl_solution(p, t_fin, alpha=alpha, T=T, **ring)
 
     u.flags.writeable = False
-    out = _UniformSolve(times, error, points if keep else None, u, D.l2_error(pos0, tri, u, exact_final), mass0,
-                        (D.total_mass(pos0, tri, u) - mass0) / abs(mass0), time.perf_counter() - start)
-    _UNIFORM_SOLVES.clear()
-    _UNIFORM_SOLVES[key] = out
-    return out
+    return _UniformSolve(times, error, points if keep else None, u, D.l2_error(pos0, tri, u, exact_final), mass0,
+                         (D.total_mass(pos0, tri, u) - mass0) / abs(mass0), time.perf_counter() - start)
 
 
 def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: float | None = None,
@@ -254,7 +250,8 @@ def coupled_swirl(mover: Callable, n_side: int = 35, dt: float = 1e-3, t_end: fl
     velocity = swirl_velocity_field(sw["alpha"], sw["T"])
     uniform = D.DG1Advection(pos0, tri, velocity, facets)
     n_steps = max(1, round(t_end / dt))
-    ref = _uniform_solve(n_side, dt, n_steps, record_every, mesh, mesh_seed, n_ref, sw)
+    ref = _uniform_solve(n_side, dt, n_steps, record_every, mesh, mesh_seed, n_ref, sw["centre"], sw["radius"],
+                         sw["sigma"], sw["alpha"], sw["T"])
     start = time.perf_counter()  # wall_seconds: this solve + the fixed-mesh one's own time, shared or not
 
     def u0(p: np.ndarray) -> np.ndarray:
