@@ -221,25 +221,23 @@ class RecurrentGATDeformer(nn.Module):
             return self.forward_pyg(coord, hidden, edge_index, ref, x_fixed, y_fixed)
         nbr, valid = neighbours if neighbours is not None else attention_neighbours(edge_index, coord.shape[0])
         out, alpha = gatv2_attention(self.gat, torch.cat([coord, hidden], -1), nbr, valid)
-        hidden = F.selu(out)
-        if self.decoder == "average":
-            w = alpha.mean(-1)  # softmax over each target's neighbours: rows sum to 1
-            new = torch.bmm(w[:, None], coord[nbr])[:, 0]
-        else:
-            new = self.to_coord(hidden)
-        return project_to_boundary(new, ref, x_fixed, y_fixed), hidden
+        return self._decode(out, lambda: torch.bmm(alpha.mean(-1)[:, None], coord[nbr])[:, 0], ref, x_fixed, y_fixed)
 
     def forward_pyg(self, coord: Tensor, hidden: Tensor, edge_index: Tensor, ref: Tensor, x_fixed: Tensor,
                     y_fixed: Tensor) -> tuple[Tensor, Tensor]:
         """`forward` by torch_geometric's GATv2Conv (the reference of `gatv2_attention`)."""
-        out, (ei, alpha) = self.gat(torch.cat([coord, hidden], -1), edge_index, return_attention_weights=True)
+        out, ((src, dst), alpha) = self.gat(torch.cat([coord, hidden], -1), edge_index, return_attention_weights=True)
+        weights = alpha.mean(-1)[:, None]
+        return self._decode(out, lambda: torch.zeros_like(coord).index_add_(0, dst, weights * coord[src]), ref, x_fixed,
+                            y_fixed)
+
+    def _decode(self, out: Tensor, neighbour_average: Callable[[], Tensor], ref: Tensor, x_fixed: Tensor,
+                y_fixed: Tensor) -> tuple[Tensor, Tensor]:
+        """(new coordinates after the boundary projection, new hidden state) from the GAT output `out`; with
+        `decoder="average"` the coordinates are `neighbour_average()`, sum_j mean_heads(alpha_ij) x_j (the attention
+        is a softmax over each node's neighbours, so its weights sum to 1)."""
         hidden = F.selu(out)
-        if self.decoder == "average":
-            src, dst = ei
-            w = alpha.mean(-1)[:, None]  # softmax over each target's incoming edges: rows sum to 1
-            new = torch.zeros_like(coord).index_add_(0, dst, w * coord[src])
-        else:
-            new = self.to_coord(hidden)
+        new = neighbour_average() if self.decoder == "average" else self.to_coord(hidden)
         return project_to_boundary(new, ref, x_fixed, y_fixed), hidden
 
 
