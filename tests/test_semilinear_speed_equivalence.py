@@ -171,3 +171,29 @@ def test_weights_first_built_under_inference_mode_still_train():
         u_a, _, _ = model(y, mask, frames)
         u_a.square().mean().backward()
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_pred_weight_adds_the_chunked_one_step_loss_and_trains_the_predictor():
+    """`pred_weight` > 0 (off in every shipped config) adds pred_weight x the one-frame MSE of the predictor on the
+    window's true states, computed by `one_step` (chunked, as evaluation): the loss rises by exactly that term and the
+    predictor's gradient changes, in chunks as at once."""
+    torch.manual_seed(0)
+    u = torch.randn(3, 6, 32)
+    batch = {"u": u, "y": u + 0.01 * torch.randn_like(u), "mask": (torch.arange(32) % 4 == 0).float().expand(3, 32)}
+    losses, grads = {}, {}
+    for weight, chunk in ((0.0, None), (10.0, None), (10.0, 32 * 4)):
+        torch.manual_seed(1)
+        model = SemilinearOperatorModule(modes=8, width=8, pred_weight=weight)
+        model.log = lambda *args, **kwargs: None
+        if chunk is not None:
+            model.ONE_STEP_CHUNK_POINTS = chunk  # 4 states per predictor call: 4 chunks of the 15 states
+        loss = model.training_step(batch)
+        loss.backward()
+        losses[weight, chunk] = loss.detach()
+        grads[weight, chunk] = torch.cat([p.grad.flatten() for p in model.model.predictor.parameters()])
+    with torch.no_grad():
+        mse = F.mse_loss(model.model.predictor(u[:, :-1].reshape(-1, 32)), u[:, 1:].reshape(-1, 32))
+    torch.testing.assert_close(losses[10.0, None], losses[0.0, None] + 10.0 * mse)
+    torch.testing.assert_close(losses[10.0, 32 * 4], losses[10.0, None])
+    torch.testing.assert_close(grads[10.0, 32 * 4], grads[10.0, None])
+    assert not torch.allclose(grads[10.0, None], grads[0.0, None])

@@ -448,9 +448,10 @@ class SemilinearOperatorModule(L.LightningModule):
         loss = state + self.hparams.obs_weight * obs
         if self.hparams.pred_weight > 0:  # the prediction step alone, one frame ahead from the window's true states
             space = u.shape[2:]
-            one_step = F.mse_loss(self.model.predictor(u[:, :-1].reshape(-1, *space)), u[:, 1:].reshape(-1, *space))
-            loss = loss + self.hparams.pred_weight * one_step
-            self.log("train/one_step_mse", one_step, on_step=False, on_epoch=True, batch_size=len(u), sync_dist=True)
+            one_step_mse = F.mse_loss(self.one_step(u[:, :-1].reshape(-1, *space)), u[:, 1:].reshape(-1, *space))
+            loss = loss + self.hparams.pred_weight * one_step_mse
+            self.log("train/one_step_mse", one_step_mse, on_step=False, on_epoch=True, batch_size=len(u),
+                     sync_dist=True)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(u), sync_dist=True)
         self.log("train/state_mse", state, on_step=False, on_epoch=True, batch_size=len(u), sync_dist=True)
         return loss
