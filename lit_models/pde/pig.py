@@ -69,8 +69,9 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.pig_data import AC_DIFFUSION, AC_REACTION, CAVITY_RE, ND_ALPHA, PROBLEMS
-from launch.errors import check_min
+from launch.errors import UserError, check_min
 from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast, reference_colours
+from lit_models.common.steps import attached_datamodule
 
 MODELS = ("pig", "mlp")
 LAPLACIANS = ("autograd", "analytic")
@@ -439,7 +440,18 @@ class PIGModule(L.LightningModule):
         return out
 
     def setup(self, stage: str | None = None) -> None:
+        """The problem and its constants must be the data's: a residual with other constants than the reference's
+        trains towards another solution and is scored against this one."""
         check_problem_matches_data(self, self.hparams.problem)
+        hp, dm = self.hparams, attached_datamodule(self)
+        if hp.problem == "allen_cahn" and (hp.diffusion, hp.reaction) != (AC_DIFFUSION, AC_REACTION):
+            raise UserError(f"model.diffusion={hp.diffusion}, model.reaction={hp.reaction}: the Allen-Cahn "
+                            f"reference (datamodules.pig_data) is solved with diffusion {AC_DIFFUSION} and reaction "
+                            f"{AC_REACTION}")
+        nd_alpha = getattr(getattr(dm, "hparams", None), "nd_alpha", None)
+        if hp.problem == "nonlinear_diffusion3d" and nd_alpha is not None and hp.nonlinear_diffusivity != nd_alpha:
+            raise UserError(f"model.nonlinear_diffusivity={hp.nonlinear_diffusivity} but data.nd_alpha={nd_alpha}: "
+                            "the residual and the reference need the same alpha (the model config takes data.nd_alpha)")
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
         with no_autocast(self.device.type):

@@ -6,6 +6,7 @@ swapped in) and a short flow-mixing learning check."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -673,6 +674,31 @@ def test_loss_terms_klein_gordon_and_nonlinear_diffusion(problem):
 def test_bad_configs_raise_for_the_new_problems(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_pde_constants_must_be_the_references():
+    """The Allen-Cahn reference has fixed constants and the nonlinear-diffusion reference data.nd_alpha: a model
+    residual with other constants trained towards another solution and was scored against this one, with no error
+    (review, stop 40). The model config takes data.nd_alpha."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    cases = [(PIGModule(problem="allen_cahn", diffusion=1e-3), PigDataModule(name="allen_cahn"), "diffusion"),
+             (PIGModule(problem="allen_cahn", reaction=4.0), PigDataModule(name="allen_cahn"), "reaction"),
+             (PIGModule(problem="nonlinear_diffusion3d", nonlinear_diffusivity=0.05),
+              PigDataModule(name="nonlinear_diffusion3d", nd_alpha=0.1), "nd_alpha")]
+    for module, dm, match in cases:
+        module._trainer = SimpleNamespace(datamodule=dm)
+        with pytest.raises(UserError, match=match):
+            module.setup("fit")
+    for module, dm in ((PIGModule(problem="allen_cahn"), PigDataModule(name="allen_cahn")),
+                       (PIGModule(problem="nonlinear_diffusion3d", nonlinear_diffusivity=0.1),
+                        PigDataModule(name="nonlinear_diffusion3d", nd_alpha=0.1))):
+        module._trainer = SimpleNamespace(datamodule=dm)
+        module.setup("fit")  # the same constants: no error
+    model_config = yaml.safe_load((Path(__file__).parents[2] / "configs/model/pig.yaml").read_text())
+    assert model_config["nonlinear_diffusivity"] == "${data.nd_alpha}"
 
 
 # ------------------------------------------------------------------------------------------------ lid-driven cavity
