@@ -9,7 +9,8 @@ Barron norm by a bounded factor per step ((I - Delta)^{-1} never increases it; t
 power p). We simulate that construction exactly (card experiment, not from the paper): on the torus T^d with
 L = 1/2 |grad u|^2 + 1/2 u^2 + gamma/4 u^4 (p = 3, lambda = 1), DE(u) = (I - Delta) u + gamma u^3 - f, every
 iterate is an explicit sparse Fourier sum = a finite-width 2-layer cosine network (`datamodules.barron_data`):
-- `pgd`: u <- u - eta (I - Delta)^{-1} DE(u) (eta = 1), products pruned at tau after every product, <= max_pairs;
+- `pgd`: u <- u - eta (I - Delta)^{-1} DE(u) (eta = 1, or smaller for large u*: `pgd_step`), products pruned at tau
+  after every product, <= max_pairs;
 - `gd` (baseline): plain L2 gradient descent u <- u - eta DE(u) with its largest stable step
   eta = 1 / (1 + max |k|^2) over the support of f.
 Barron norm convention: sum_k (1 + |k|) |c_k| over the complex exponentials (both ±k).
@@ -64,13 +65,21 @@ def residual(u: SparseFourier, problem: BarronProblem, tau: float, max_pairs: in
     return u.helmholtz() + cube.scale(problem.gamma) - problem.f
 
 
+def pgd_step(problem: BarronProblem) -> float:
+    """PGD's default eta: 1 where 3 gamma A^2 < 1, A = sum |c_k| of u* (>= ||u*||_inf: the cubic term's derivative
+    3 gamma u^2 stays below 1 near u*, so the step eta = 1 contracts); else the card's 1 / (1 + 3 gamma A^2) (with
+    eta = 1 the iteration diverged at A = 3, d = 2)."""
+    bound = 3.0 * problem.gamma * float(np.abs(problem.u_star.coefs).sum()) ** 2
+    return 1.0 if bound < 1.0 else 1.0 / (1.0 + bound)
+
+
 def simulate(problem: BarronProblem, method: str = "pgd", iterations: int = 10, eta: float | None = None,
              tau: float = 1e-6, max_pairs: int = 600) -> SimulationTrace:
     """Run `iterations` steps of PGD (preconditioned by (I - Delta)^{-1}) or plain GD from u_0 = 0."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if eta is None:
-        eta = 1.0 if method == "pgd" else 1.0 / (1.0 + float(problem.f.k2().max()))
+        eta = pgd_step(problem) if method == "pgd" else 1.0 / (1.0 + float(problem.f.k2().max()))
     u = SparseFourier.zeros(problem.d)
     trace = SimulationTrace(eta=eta)
 

@@ -16,7 +16,7 @@ from datamodules.barron_data import (
     unique_rows,
 )
 from launch.check import run_claim
-from lit_models.pde.pde_barron import CosineNetwork, PdeBarronModule, ritz_energy, simulate
+from lit_models.pde.pde_barron import CosineNetwork, PdeBarronModule, pgd_step, ritz_energy, simulate
 from tests.papers.contract import fast_run
 
 SMALL = ["data.dims=[2,16]", "data.seeds=[0]", "data.batch_size=64", "data.n_test=128"]
@@ -104,6 +104,20 @@ def test_pgd_recovers_u_star_and_fails_without_preconditioner_or_with_a_sign_err
     # sign error in DE (f enters with the wrong sign): converges to the wrong function
     flipped = type(p)(p.d, p.seed, p.gamma, p.u_star, p.f.scale(-1.0))
     assert simulate(flipped, "pgd").errors[-1] > 1.0
+
+
+def test_pgd_default_step_contracts_where_eta_one_diverges():
+    """The card's amplitude control: with sum |a_j| = 3 at d = 2, PGD with eta = 1 overflows; the default step
+    (null: `pgd_step`, 1 / (1 + 3 gamma A^2) once 3 gamma A^2 >= 1) contracts. At the default amplitude 0.5 the
+    default stays eta = 1 (review, stop 40: a larger data.amplitude diverged with no message)."""
+    assert pgd_step(manufactured_problem(2, 0)) == 1.0
+    big = manufactured_problem(2, 0, amplitude=3.0)
+    with np.errstate(all="ignore"):
+        unit = simulate(big, "pgd", eta=1.0)
+    assert not np.isfinite(unit.errors[-1])
+    default = simulate(big, "pgd")
+    assert default.eta == pgd_step(big) < 0.05  # sum |c_k| <= A: equal frequencies merge at d = 2
+    assert np.all(np.diff(default.errors) < 0) and default.errors[-1] < 0.5
 
 
 def test_deep_ritz_energy_is_minimised_at_u_star():
