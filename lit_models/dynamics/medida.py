@@ -68,7 +68,11 @@ class Interpolant(nn.Module):
     def __init__(self, n_outputs: int = 1, width: int = 1000, depth: int = 4, rff: bool = True, sigma: float = 10.0,
                  num_features: int | None = None, seed: int = 0, in_dim: int = 1) -> None:
         super().__init__()
-        self.rff = RandomFourierFeatures(in_dim, num_features or width // 2, sigma, seed) if rff else None
+        features = num_features or width // 2
+        if rff and features < 1:
+            raise ValueError(f"model.width={width} gives width // 2 = {features} random Fourier features: use "
+                             "model.width >= 2 or set model.num_features")
+        self.rff = RandomFourierFeatures(in_dim, features, sigma, seed) if rff else None
         in_dim = self.rff.out_dim if rff else in_dim
         layers: list[nn.Module] = []
         for _ in range(depth):
