@@ -89,13 +89,14 @@ class MgIte(nn.Module):
 
 
 class Restrict(nn.Module):
-    """u <- Pi(u), f <- R(f) or R(f - A u) (`use_res`): 3 x 3 stride-2 convolutions."""
+    """u <- Pi(u), f <- R(f) or R(f - A u) (`use_res`): 3 x 3 stride-2 convolutions. As the official MgConv_DC,
+    Pi and R never have a bias and the residual's A (stride 1) has one when the smoothers do (`bias`)."""
 
-    def __init__(self, c_u: int, c_f: int, padding_mode: str, use_res: bool = False) -> None:
+    def __init__(self, c_u: int, c_f: int, padding_mode: str, use_res: bool = False, bias: bool = False) -> None:
         super().__init__()
         self.Pi = _conv3(c_u, c_u, padding_mode, stride=2)
         self.R = _conv3(c_f, c_f, padding_mode, stride=2)
-        self.A = _conv3(c_u, c_f, padding_mode) if use_res else None
+        self.A = _conv3(c_u, c_f, padding_mode, bias=bias) if use_res else None
 
     def forward(self, u: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
         f = self.R(f - self.A(u)) if self.A is not None else self.R(f)
@@ -142,7 +143,7 @@ class MgConv(nn.Module):
                                            for i in range(n_pre)]))
             self.post.append(nn.ModuleList([MgIte(c_u, c_f, padding_mode, bias=conv_bias) for _ in range(n_post)]))
             if l < len(self.levels) - 1:
-                self.restrict.append(Restrict(c_u, c_f, padding_mode, use_res))
+                self.restrict.append(Restrict(c_u, c_f, padding_mode, use_res, bias=conv_bias))
         # R^T: 4 x 4 stride-2 transposed conv (2n nodes, cropped to the finer level). The coarse grid is padded by one
         # cell with the padding mode and the transposed conv crops 3 instead of 1, so that R^T follows the boundary
         # condition too (identical to the official padding=1 for zeros). The official code has no circular R^T: its
@@ -191,7 +192,7 @@ class MgConv(nn.Module):
 class MgNO(nn.Module):
     """Stack of `num_layer` operator layers u <- GELU(MgConv(u) + Conv1x1(u) + B) and a 1 x 1 read-out
     (official `MgNO_DC`; B a bias field when `bias_field`; `pointwise=False` drops the 1 x 1 branch as the official
-    `MgNO_NS`, `conv_bias=True` gives the smoothers S, A a per-channel bias, the NS `--bias`;
+    `MgNO_NS`, `conv_bias=True` gives the smoothers S, A (and `use_res`'s A) a per-channel bias, the NS `--bias`;
     `prolongation_kernel="auto"` the 3 x 3 / 4 x 4 prolongations of `MgNO_DC_smooth`; `prolongation_padding="zeros"`
     the zero-padded R^T of `MgNO_NS` under circular padding, "same": R^T padded as every other convolution).
     `skip=True` adds the NS global skip u_out + u_in."""
@@ -212,6 +213,13 @@ class MgNO(nn.Module):
         lv = parse_levels(levels)
         if resolution < 2 ** (len(lv) - 1):
             raise ValueError(f"{len(lv)} levels need a grid of at least {2 ** (len(lv) - 1)} points, got {resolution}")
+        coarsest = resolution
+        for _ in range(len(lv) - 1):
+            coarsest = (coarsest + 1) // 2  # the stride-2 restrictions: n -> ceil(n / 2)
+        if padding_mode == "reflect" and coarsest < 2:
+            raise ValueError(f"padding_mode=reflect needs a coarsest grid of at least 2 x 2 points (a 1 x 1 grid has "
+                             f"nothing to reflect): {len(lv)} levels on {resolution} points end at {coarsest}; use "
+                             "fewer levels, a finer grid or another padding_mode")
         if skip and in_channels != out_channels:
             raise ValueError("skip=True needs in_channels == out_channels")
         self.levels, self.resolution, self.skip = lv, resolution, skip

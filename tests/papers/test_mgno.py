@@ -166,6 +166,31 @@ def test_padding_mode_is_the_boundary_condition():
     assert convs and all(c.padding_mode == "circular" for c in convs)
 
 
+def test_reflect_padding_needs_a_coarsest_grid_of_two_points():
+    """Reflect padding has nothing to reflect on a 1 x 1 grid (torch raised "Padding size should be less than ..." in
+    the first forward): 5 levels on 16 points (16, 8, 4, 2, 1) are a one-line error at construction; 17 points
+    (coarsest 2 x 2), 4 levels on 16, and the other padding modes on 16 x 16 with 5 levels run."""
+    levels = ["10"] * 5
+    with pytest.raises(ValueError, match="padding_mode=reflect needs a coarsest grid of at least 2 x 2"):
+        MgNOModule(resolution=16, levels=levels, padding_mode="reflect", num_layer=1, num_channel_u=2)
+    for resolution, lv, mode in ((17, levels, "reflect"), (16, levels[:4], "reflect"), (16, levels, "zeros"),
+                                 (16, levels, "circular"), (16, levels, "replicate")):
+        net = MgNO(1, 1, 1, 2, lv, padding_mode=mode, resolution=resolution)
+        with torch.no_grad():
+            assert net(torch.randn(1, 1, resolution, resolution)).shape == (1, 1, resolution, resolution)
+
+
+def test_restriction_residual_has_the_smoothers_bias_as_official():
+    """use_res=True with conv_bias=True: the residual's A of each restriction has a bias, as in the official MgConv /
+    MgConv_DC (A built with bias=bias; Pi and R with bias=False); without conv_bias none of them has one."""
+    for bias in (True, False):
+        conv = MgConv(parse_levels(["10", "10", "10"]), c_u=3, c_f=2, use_res=True, conv_bias=bias)
+        for r in conv.restrict:
+            assert (r.A.bias is not None) == bias and r.Pi.bias is None and r.R.bias is None
+            assert r.A.bias is None or r.A.bias.shape == (2,)
+        assert conv(torch.randn(1, 2, 16, 16)).shape == (1, 3, 16, 16)
+
+
 def test_bias_is_a_field_tied_to_the_resolution():
     net = MgNO(1, 1, 2, 4, ["10", "10"], resolution=16)
     assert net.biases[0].shape == (4, 16, 16)
