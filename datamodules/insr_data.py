@@ -79,6 +79,9 @@ class InsrDataModule(FreshSampleLoaders, L.LightningDataModule):
             raise ValueError(f"boundary_fraction must lie in [0, 1], got {boundary_fraction}")
         check_min("data", 1, eval_points=eval_points)
         check_min("data", 0, min_boundary=min_boundary)  # 0: boundary_fraction alone sets the boundary samples
+        if max(int(n_samples * boundary_fraction), min_boundary) < 1:
+            raise ValueError(f"no boundary samples: n_samples x boundary_fraction = {n_samples * boundary_fraction:g} "
+                             f"and min_boundary = {min_boundary}; raise either (the boundary loss needs >= 1)")
         check_positive("data", length=length, width=width)
         self.save_hyperparameters()
         self.name, self.n_samples, self.dt, self.n_steps = name, n_samples, dt, n_steps

@@ -163,6 +163,9 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         self.done = False
         self.ic_mse = math.nan
         self.snapshots: list[tuple[float, Tensor]] = []
+        # the weights of the last completed field u^n (evaluation between two step ends scores them, not the field
+        # that is being optimised towards u^{n+1}); saved in checkpoints
+        self.completed_field: dict[str, Tensor] | None = None
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._last_eval: dict[str, Any] | None = None
 
@@ -234,6 +237,7 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
             self.ic_mse = float(self.best_loss)
             self._record_snapshot()
             self.step_index = 1
+            self._keep_completed_field()
         else:
             self.stage_index += 1
             if self.stage_index == len(self.stages):
@@ -242,10 +246,19 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
                 n = self.step_index - 1
                 if n % self.hparams.snapshot_every == 0 or n == self.hparams.n_steps:
                     self._record_snapshot()
+                self._keep_completed_field()
         if self.step_index > self.hparams.n_steps:
             self.done = True
             if self._trainer is not None:
                 self.trainer.should_stop = True
+
+    def _keep_completed_field(self) -> None:
+        self.completed_field = {k: v.detach().clone() for k, v in self.field.state_dict().items()}
+
+    @property
+    def between_step_ends(self) -> bool:
+        """True while a time step (or the initial fit) is part-way: the field is then between u^n and u^{n+1}."""
+        return self.inner_iter > 0 or self.stage_index > 0
 
     # ------------------------------------------------------------------------------------------ losses
     def _residual_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -301,12 +314,21 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         return main, torch.mean(un**2) * 2
 
     def setup(self, stage: str | None = None) -> None:
-        """The equation must be the data's: advection1d is the advection equation, taylor_green the fluid case."""
-        name = getattr(attached_datamodule(self), "name", None)
+        """The equation must be the data's (advection1d is the advection equation, taylor_green the fluid case), and
+        the time steps too: the data's exact fields are at k data.dt for k <= data.n_steps."""
+        dm = attached_datamodule(self)
+        name = getattr(dm, "name", None)
         wanted = {"advection1d": "advection", "taylor_green": "fluid"}.get(name)
         if wanted is not None and wanted != self.hparams.equation:
             raise UserError(f"model.equation={self.hparams.equation} but data.name={name}: {name} needs "
                             f"model.equation={wanted} (experiment=insr/{name} sets both)")
+        hp, data_dt, data_steps = self.hparams, getattr(dm, "dt", None), getattr(dm, "n_steps", None)
+        if data_dt is not None and not math.isclose(hp.dt, data_dt, rel_tol=1e-9):
+            raise UserError(f"model.dt={hp.dt} but data.dt={data_dt}: the fields would be scored at other times "
+                            "(the model config takes data.dt)")
+        if data_steps is not None and hp.n_steps > data_steps:
+            raise UserError(f"model.n_steps={hp.n_steps} but the data's exact fields stop at data.n_steps="
+                            f"{data_steps}")
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor | None:
         if self.done:
@@ -364,7 +386,11 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         n = min(self.completed_steps, exact_all.shape[0] - 1)
         exact = exact_all[n]
         with no_autocast(self.device.type):  # metrics of the field in its own dtype, also under bf16-mixed
-            pred = self.field(x)
+            if self.between_step_ends and self.completed_field is not None and self.step_index >= 1:
+                weights = {k: v.to(x.device) for k, v in self.completed_field.items()}
+                pred = torch.func.functional_call(self.field, weights, (x,))  # u^n, scored at t_n
+            else:  # a step end (or the initial fit, scored as it goes against u0)
+                pred = self.field(x)
         rel = relative_l2(pred.reshape(-1), exact.reshape(-1))[0]  # pooled over all points (and components)
         metrics = {"rel_l2": float(rel), "steps_done": float(n)}
         ic_mse = self.ic_mse if math.isfinite(self.ic_mse) else self.best_loss  # best so far while still fitting
@@ -387,7 +413,7 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         checkpoint["insr_state"] = {"step_index": self.step_index, "stage_index": self.stage_index,
                                     "inner_iter": self.inner_iter, "best_loss": self.best_loss,
                                     "plateau_count": self.plateau_count, "done": self.done, "ic_mse": self.ic_mse,
-                                    "snapshots": self.snapshots,
+                                    "snapshots": self.snapshots, "completed_field": self.completed_field,
                                     "plateau": self._plateau.state_dict() if self._plateau else None}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -397,6 +423,7 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         for key in ("step_index", "stage_index", "inner_iter", "best_loss", "plateau_count", "done", "ic_mse",
                     "snapshots"):
             setattr(self, key, state[key])
+        self.completed_field = state.get("completed_field")  # absent in checkpoints before stop 40: the field then
         self._pending_plateau = state.get("plateau")
 
     def on_train_start(self) -> None:

@@ -119,6 +119,43 @@ def test_previous_is_an_exact_frozen_copy_and_the_optimiser_is_fresh_each_step()
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
 
 
+def test_evaluation_between_step_ends_scores_the_completed_field_at_its_time():
+    """A validation that falls inside a time step (an epoch end mid-stage: the paper-scale stages stop early at any
+    iteration) scored the field being optimised towards u^{n+1} against u^n (review, stop 40). It now scores the
+    weights of the completed u^n, kept at each step end and in checkpoints; at a step end the field itself."""
+    torch.manual_seed(0)
+    dm = InsrDataModule(n_samples=64, n_steps=2)
+    model = _module(max_iters=2)
+    _manual_loop(model, dm, 2)  # the IC fit ends: u^0 completed
+    u0 = {k: v.clone() for k, v in model.field.state_dict().items()}
+    _manual_loop(model, dm, 1)  # one iteration into step 1
+    assert model.between_step_ends and model.completed_steps == 0
+    ev = dm.eval_item()
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    model._evaluate(ev, "val")
+    with torch.no_grad():
+        kept = torch.func.functional_call(model.field, u0, (ev["x"],))
+        moving = model.field(ev["x"])
+    assert not torch.equal(kept, moving)
+    torch.testing.assert_close(model._last_eval["pred"], kept)
+    assert logged["val/steps_done"] == 0.0
+    checkpoint = {}
+    model.on_save_checkpoint(checkpoint)
+    resumed = _module(max_iters=2)
+    resumed.load_state_dict(model.state_dict())
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.log = model.log
+    resumed._evaluate(ev, "val")
+    torch.testing.assert_close(resumed._last_eval["pred"], kept)
+    _manual_loop(model, dm, 1)  # step 1 ends: the field is u^1, scored at t_1
+    assert not model.between_step_ends and model.completed_steps == 1
+    model.log = resumed.log
+    model._evaluate(ev, "val")
+    with torch.no_grad():
+        torch.testing.assert_close(model._last_eval["pred"], model.field(ev["x"]))
+
+
 def test_warm_start_false_reinitialises_the_field():
     torch.manual_seed(0)
     dm = InsrDataModule(n_samples=64, n_steps=2)
@@ -144,6 +181,27 @@ def test_bad_configs_raise():
         InsrDataModule(name="burgers")
     with pytest.raises(ValueError, match="taylor_green"):
         InsrDataModule(name="taylor_green", length=4.0)
+    with pytest.raises(ValueError, match="no boundary samples"):  # the boundary loss was the mean of nothing: NaN
+        InsrDataModule(boundary_fraction=0.0, min_boundary=0)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"dt": 0.1}, "model.dt=0.1 but data.dt=0.05"),
+                                          ({"n_steps": 20}, "model.n_steps=20")])
+def test_model_time_steps_must_be_the_datas(kwargs, match):
+    """model.dt or model.n_steps set apart from the data's scored the fields at other times with no error (the
+    evaluation clamped the step index; review, stop 40). The shipped configs interpolate both from data."""
+    from types import SimpleNamespace
+
+    from launch.errors import UserError
+
+    dm = InsrDataModule(n_samples=64, n_steps=10)
+    model = _module(**{"n_steps": 10, "dt": 0.05, **kwargs})
+    model._trainer = SimpleNamespace(datamodule=dm)
+    with pytest.raises(UserError, match=match):
+        model.setup("fit")
+    fine = _module(n_steps=10, dt=0.05)
+    fine._trainer = SimpleNamespace(datamodule=dm)
+    fine.setup("fit")
 
 
 def test_exact_references():
