@@ -19,7 +19,8 @@ forecast in one go from the end of the history.
 ``DystsPrecomputedDataModule`` serves one system as windows of ``lags`` -> ``horizon``:
 
 - train: every window wholly inside the history of the ``test`` file's series (stride 1, shuffled by ``seed``), with
-  ``train_horizon`` targets (default ``horizon``; 1 for the official one-step models);
+  ``train_horizon`` targets (default ``horizon``; 1 for the official one-step models); each epoch has every window,
+  the last batch short (``drop_last=False``, as the training loader of darts' fit in the official benchmark);
 - validation: the paper's tuning task on the ``train`` file's series (other initial condition): the window whose
   targets are its last ``horizon`` points;
 - test: the paper's scored forecast, the window whose inputs end at the split point of the ``test`` series and
@@ -35,6 +36,7 @@ from __future__ import annotations
 import difflib
 import gzip
 import json
+import logging
 import warnings
 import zlib
 from pathlib import Path
@@ -58,6 +60,7 @@ GRANULARITY = {"fine": 100, "coarse": 15}  # points per dominant period
 PERIODS = 12
 SPLIT_FRACTION = 5 / 6                        # dysts: history = first 5/6, forecast = last 1/6
 SUBDIR = "dysts_data"
+log = logging.getLogger(__name__)
 
 
 def dataset_filename(split: str, granularity: str, noise: bool = False, univariate: bool = True) -> str:
@@ -203,6 +206,7 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
         data_dir: str | None = None,   # local folder with the files; None: download
         base_url: str = BASE_URL,
         seed: int = 0,
+        drop_last: bool = False,       # False: every training window each epoch, the last batch short (darts' fit)
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -210,7 +214,7 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
         self.name = system
         self.lags = int(lags) if lags is not None else GRANULARITY[granularity]
         if hyperparameters is not None and hyperparameters != "official":  # the per-system N-BEATS input length
-            self.lags = official_input_lengths(hyperparameters).get(system, GRANULARITY[granularity])
+            self.lags = self._official_lags(hyperparameters)
         self.horizon = int(horizon) if horizon is not None else None
         check_min("data", 1, lags=self.lags, horizon=self.horizon, train_horizon=train_horizon)
         check_min("data", 0, measurement_noise=measurement_noise)
@@ -230,6 +234,15 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
         h = self.hparams
         return official_hyperparameter_file(h.granularity, h.data_dir, h.hyperparameters_url)
 
+    def _official_lags(self, path: str | Path) -> int:
+        """The system's NBEATSModel input_chunk_length in the hyperparameter file, else one period (with a warning)."""
+        system, period = self.hparams.system, GRANULARITY[self.hparams.granularity]
+        lags = official_input_lengths(path).get(system)
+        if lags is None:
+            log.warning("data.hyperparameters: %s has no NBEATSModel input_chunk_length for %s: using one period "
+                        "(%d points) as input length", Path(path).name, system, period)
+        return period if lags is None else lags
+
     def _series(self, split: str) -> tuple[np.ndarray, float]:
         dataset = load_precomputed(self._file(split))
         return system_series(dataset, self.hparams.system, self.hparams.coordinate), dataset[self.hparams.system]["dt"]
@@ -238,8 +251,7 @@ class DystsPrecomputedDataModule(WindowLoaders, L.LightningDataModule):
         if self._loaded:
             return
         if self.hparams.hyperparameters == "official":  # the system's official input length, one period without
-            self.lags = official_input_lengths(self._hyperparameter_file()).get(
-                self.hparams.system, GRANULARITY[self.hparams.granularity])
+            self.lags = self._official_lags(self._hyperparameter_file())
         test_series, dt = self._series("test")
         tune_series, _ = self._series("train")
         if self.hparams.measurement_noise:  # the noisy benchmark: the whole test series, history and scored future

@@ -59,7 +59,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader
 from datamodules.samplers import eval_sampler
-from launch.errors import UserError, check_choice, one_line
+from launch.errors import UserError, check_choice, check_min, one_line
 
 __all__ = [
     "DATASETS",
@@ -440,7 +440,8 @@ class ForecastingDataModule(CheckpointedShuffle, L.LightningDataModule):
         self.url = url
         self.use_time_features, self.freq = bool(time_features), freq
         self.offline = offline_params(name, offline)
-        self.eval_stride = int(eval_stride) if eval_stride else int(self.offline.get("eval_stride", 1))
+        check_min("data", 1, eval_stride=eval_stride)  # null: the dataset's default
+        self.eval_stride = int(eval_stride) if eval_stride is not None else int(self.offline.get("eval_stride", 1))
         self.scale, self.num_workers, self.seed = bool(scale), int(num_workers), int(seed)
         self._loaded = False
 

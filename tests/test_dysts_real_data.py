@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import math
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -210,9 +212,10 @@ def test_one_step_model_rolls_forward_and_trains_on_next_points(tmp_path):
     assert dm.test_set.tensors[1].shape[1] == 30
 
 
-def test_official_hyperparameter_file_sets_the_systems_input_length(tmp_path):
+def test_official_hyperparameter_file_sets_the_systems_input_length(tmp_path, caplog):
     """data.hyperparameters = the official hyperparameters_train_univariate__*.json: lags = the system's NBEATSModel
-    input_chunk_length (one period for a system without an entry); an unreadable file is a one-line error."""
+    input_chunk_length (one period for a system without an entry, with a warning naming it: it fell back silently);
+    an unreadable file is a one-line error."""
     import json
 
     from launch.errors import UserError
@@ -225,9 +228,24 @@ def test_official_hyperparameter_file_sets_the_systems_input_length(tmp_path):
                                     data_dir=str(tmp_path / "d"))
     dm.setup()
     assert dm.lags == 5 and dm.train_set.tensors[0].shape == (150 - 5, 5)
-    other = DystsPrecomputedDataModule(system="Rossler", granularity="coarse", hyperparameters=str(hp),
-                                       data_dir=str(tmp_path / "d"))
+    with caplog.at_level(logging.WARNING, logger="datamodules.dysts_data"):
+        other = DystsPrecomputedDataModule(system="Rossler", granularity="coarse", hyperparameters=str(hp),
+                                           data_dir=str(tmp_path / "d"))
     assert other.lags == 15
+    assert [r.getMessage() for r in caplog.records] == [  # the fallback is said, naming the system
+        "data.hyperparameters: hp.json has no NBEATSModel input_chunk_length for Rossler: using one period "
+        "(15 points) as input length"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="datamodules.dysts_data"):
+        official = DystsPrecomputedDataModule(system="Chua", granularity="coarse", hyperparameters="official",
+                                              data_dir=str(tmp_path / "d"))  # the fixture's file has no Chua
+        official.setup()
+    assert official.lags == 15 and len(caplog.records) == 1 and "for Chua: using one period" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="datamodules.dysts_data"):
+        DystsPrecomputedDataModule(system="Lorenz", granularity="coarse", hyperparameters="official",
+                                   data_dir=str(tmp_path / "d")).setup()
+    assert not caplog.records  # systems with an entry: no warning
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(UserError, match="not a readable JSON"):
         DystsPrecomputedDataModule(system="Lorenz", hyperparameters=str(tmp_path / "bad.json"))
@@ -276,3 +294,88 @@ def test_cli_unknown_system_exits_2(tmp_path):
     assert code == 2, (out, err)
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "unknown dysts system 'Lorenzz'" in lines[0], err
+
+
+def _coarse_one_step(folder, **kw) -> DystsPrecomputedDataModule:
+    """The coarse fixture as the paper-scale config serves it: 15 lags -> one target, 150 - 15 = 135 windows."""
+    write_fixture(folder, granularities=("coarse",), noise_options=(False,))
+    return DystsPrecomputedDataModule(system="Lorenz", granularity="coarse", train_horizon=1, batch_size=32,
+                                      data_dir=str(folder), **kw)
+
+
+def test_paper_scale_epoch_trains_on_every_window(tmp_path):
+    """darts' fit (official compute_benchmarks.py) keeps the last short batch: 135 windows at batch 32 are 5 steps an
+    epoch (4 x 32 + 7), every window once. The loader dropped it (4 steps, 7 windows unseen each epoch); the offline
+    default keeps whole batches (its beats_naive claim was measured so)."""
+    assert zconfig.compose(["experiment=dysts_benchmark/dysts_data_coarse"]).data.drop_last is False
+    dm = _coarse_one_step(tmp_path / "d")
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(loader) == len(batches) == 5 and [len(b["x"]) for b in batches] == [32, 32, 32, 32, 7]
+    seen = [tuple(w.tolist()) for b in batches for w in b["x"]]
+    assert sorted(seen) == sorted(tuple(w.tolist()) for w in dm.train_set.tensors[0])  # each window exactly once
+    whole = _coarse_one_step(tmp_path / "d", drop_last=True)
+    assert len(whole.train_dataloader()) == 4
+
+
+def test_short_last_batch_under_ddp_sampling(tmp_path):
+    """Under DDP Lightning rebuilds the training loader with a DistributedSampler (padded to equal shares): each of 2
+    ranks gets ceil(135 / 2) = 68 windows, 3 batches (32, 32, 4), so the ranks agree on the steps of an epoch."""
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import DistributedSampler
+
+    from datamodules.resumable import ResumableDataLoader
+
+    dm = _coarse_one_step(tmp_path / "d")
+    loader = dm.train_dataloader()
+    indices = set()
+    for rank in range(2):
+        sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        ddp = _update_dataloader(loader, sampler, mode="fit")
+        assert isinstance(ddp, ResumableDataLoader) and ddp.datamodule is dm and not ddp.drop_last
+        batches = list(ddp)
+        assert len(ddp) == len(batches) == 3 and [len(b["x"]) for b in batches] == [32, 32, 4]
+        indices |= set(sampler)
+    assert indices == set(range(135))  # together: every window
+
+
+def test_resume_with_a_short_last_batch(tmp_path):
+    """A run resumed mid-epoch, inside the next epoch or after an epoch's short last batch trains on the uninterrupted
+    run's batches (the loader state counts the short batch as one of the epoch's 5)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tests.test_resumable_data import Recorder
+
+    folder = tmp_path / "d"
+    _coarse_one_step(folder)
+
+    def fit(root, ckpt=None, callbacks=(), **limits):
+        model = Recorder()
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=bool(callbacks),
+                            callbacks=list(callbacks), default_root_dir=str(root), limit_val_batches=0,
+                            num_sanity_val_steps=0, **limits)
+        trainer.fit(model, _coarse_one_step(folder), ckpt_path=ckpt)
+        return model.seen
+
+    full = fit(tmp_path / "full", max_epochs=3)
+    assert len(full) == 3 * 5
+    for stop in (2, 5, 7):  # inside epoch 0, after its short last batch, inside epoch 1
+        root = tmp_path / f"stop{stop}"
+        saver = ModelCheckpoint(dirpath=str(root), filename="at", every_n_train_steps=stop, save_top_k=-1)
+        first = fit(root, callbacks=[saver], max_steps=stop)
+        rest = fit(root, ckpt=str(root / "at.ckpt"), max_epochs=3)
+        assert first + rest == full, stop
+
+
+def test_training_targets_shorter_than_the_output_chunk_are_refused(tmp_path):
+    """model.output_chunk=null (the network forecasts the whole horizon) with data.train_horizon=1: the (B, 30)
+    output was broadcast against the (B, 1) targets by the MSE (only a torch warning); now a one-line error, exit 2."""
+    write_fixture(tmp_path / "d", granularities=("coarse",), noise_options=(False,))
+    code, out, err = zoo_in_process("train", "experiment=dysts_benchmark/dysts_data_coarse", "logger=none",
+                                    "progress_bar=false", f"runs_root={tmp_path / 'runs'}", "data.system=Lorenz",
+                                    f"data.data_dir={tmp_path / 'd'}", "data.hyperparameters=null",
+                                    "model.output_chunk=null", "trainer.max_steps=1", *TINY)
+    assert code == 2, (out, err)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "1 target step(s), fewer than the network's output chunk of 30" in lines[0], err

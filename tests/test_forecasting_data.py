@@ -230,3 +230,13 @@ def test_itransformer_fast_run_on_lorenz96(tmp_path, monkeypatch):
     run.assert_contract()
     assert "test/mse" in run.metrics and "test/mse_follower" not in run.metrics
     assert next((tmp_path / "forecasting").glob("lorenz96_600_20_*.csv")).is_file()
+
+
+def test_eval_stride_must_be_positive():
+    """data.eval_stride=-1 was a RuntimeError traceback in the window dataset and 0 silently meant the default: both
+    are now a one-line error; null keeps the dataset's default (4 for leader_follower)."""
+    for bad in (-1, 0):
+        with pytest.raises(UserError, match=rf"^data.eval_stride must be >= 1, got {bad}$"):
+            ForecastingDataModule(eval_stride=bad)
+    assert ForecastingDataModule(eval_stride=None).eval_stride == 4
+    assert ForecastingDataModule(eval_stride=2).eval_stride == 2

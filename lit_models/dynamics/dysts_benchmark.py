@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from launch.errors import check_min
+from launch.errors import UserError, check_min
 from lit_models.common.forecast_metrics import ValidPredictionTime, smape
 from lit_models.common.steps import attached_datamodule
 
@@ -166,6 +166,19 @@ class DystsForecastModule(L.LightningModule):
                 self.mean.fill_(float(dm.mean))
                 self.std.fill_(float(dm.std))
             self.lyapunov_per_step = getattr(dm, "lyapunov_per_step", None)
+            if stage == "fit" and self.hparams.forecaster == "nbeats":
+                self._check_training_targets(getattr(dm, "train_set", None))
+
+    def _check_training_targets(self, train_set) -> None:
+        """The network learns the first `chunk` steps of each training window: windows with fewer targets were
+        broadcast against its output by the MSE (a torch warning, a silently wrong loss)."""
+        if train_set is None or not len(train_set):
+            return
+        steps = int(train_set[0][1].shape[-1])
+        if steps < self.chunk:
+            raise UserError(f"data: the training windows have {steps} target step(s), fewer than the network's output "
+                            f"chunk of {self.chunk} (model.output_chunk; null: model.horizon): set model.output_chunk "
+                            f"<= {steps}, or more targets per window (data.train_horizon=null: the horizon)")
 
     def _scale(self) -> tuple[Tensor | float, Tensor | float]:
         return (self.mean, self.std) if self.hparams.standardize else (0.0, 1.0)
