@@ -57,6 +57,16 @@ def etdrk4_semilinear(u0: np.ndarray, lin: np.ndarray, nonlinear: Callable[[np.n
     return np.concatenate([u0[None], etdrk4(u0, lin, nonlinear, dt, n_steps, save_every)])
 
 
+def solver_steps(t_end: float, dt: float, n_snapshots: int, name: str = "dt") -> tuple[int, int]:
+    """(steps, save_every) of a fixed-step solve of [0, t_end] saved at `n_snapshots` evenly spaced times; a one-line
+    ValueError unless dt splits t_end into a whole multiple of n_snapshots - 1 steps (`name`: the dt setting)."""
+    steps = int(round(t_end / dt))
+    if steps < 1 or abs(steps * dt - t_end) > 1e-9 * t_end or steps % (n_snapshots - 1):
+        raise ValueError(f"{name}={dt:g} must split [0, {t_end:g}] into a whole multiple of {n_snapshots - 1} steps "
+                         f"(the reference's {n_snapshots} snapshots), got {t_end / dt:g} steps")
+    return steps, steps // (n_snapshots - 1)
+
+
 def _k(n: int, length: float) -> np.ndarray:
     return 2.0 * np.pi / length * np.arange(n // 2 + 1)
 
@@ -67,10 +77,7 @@ def allen_cahn_reference(n: int = 512, dt: float = 1e-4, t_end: float = 1.0, n_s
     """Allen-Cahn u_t = d u_xx + r (u - u^3) on [-1, 1) periodic (d = 1e-4, r = 5), ETDRK4 with `n` modes.
     Returns {"x": (n,), "t": (n_snapshots,), "u": (n_snapshots, n)}."""
     x = -1.0 + 2.0 * np.arange(n) / n
-    steps = int(round(t_end / dt))
-    every = steps // (n_snapshots - 1)
-    if every * (n_snapshots - 1) != steps:
-        raise ValueError(f"t_end/dt = {steps} steps is not divisible into {n_snapshots - 1} intervals")
+    steps, every = solver_steps(t_end, dt, n_snapshots)
     k = _k(n, 2.0)
     lin = (reaction - diffusion * k ** 2).astype(np.complex128)
 
@@ -95,10 +102,7 @@ def ks_causal_reference(n: int = 512, dt: float = 1e-4, t_end: float = 1.0, n_sn
     """u_t + 5 u u_x + 0.5 u_xx + 0.005 u_xxxx = 0 on [-1, 1) periodic, ETDRK4. Default IC: cos(pi x)(1 + sin(pi x))
     (the card's fallback when the official ks_simple.mat is not used)."""
     x = -1.0 + 2.0 * np.arange(n) / n
-    steps = int(round(t_end / dt))
-    every = steps // (n_snapshots - 1)
-    if every * (n_snapshots - 1) != steps:
-        raise ValueError(f"t_end/dt = {steps} steps is not divisible into {n_snapshots - 1} intervals")
+    steps, every = solver_steps(t_end, dt, n_snapshots)
     k = _k(n, 2.0)
     k_odd = k.copy()
     k_odd[-1] = 0.0
@@ -119,10 +123,7 @@ def burgers_reference(nu: float = 0.01, n: int = 512, dt: float = 1e-3, t_end: f
     """Viscous Burgers v_t + v v_x = nu v_xx on [0, 2 pi) periodic: pseudo-spectral, 2/3-rule dealiasing, ETDRK4.
     Default v0 = sin x. Returns {"x": (n,), "t": (n_snapshots,), "u": (n_snapshots, n)}."""
     x = 2.0 * np.pi * np.arange(n) / n
-    steps = int(round(t_end / dt))
-    every = steps // (n_snapshots - 1)
-    if every * (n_snapshots - 1) != steps:
-        raise ValueError(f"t_end/dt = {steps} steps is not divisible into {n_snapshots - 1} intervals")
+    steps, every = solver_steps(t_end, dt, n_snapshots)
     k = _k(n, 2.0 * np.pi)
     k_odd = k.copy()
     k_odd[-1] = 0.0
@@ -304,6 +305,8 @@ class CausalPINNDataModule(L.LightningDataModule):
         check_min("data", 1, steps_per_epoch=steps_per_epoch, n_modes=n_modes)
         check_min("data", 2, n_snapshots=n_snapshots)
         check_positive("data", t_end=t_end, dt=dt)
+        if name in ("allen_cahn", "ks"):  # the ETDRK4 reference on [0, 1] (setup), saved at n_snapshots times
+            solver_steps(1.0, dt, n_snapshots, "data.dt")
         self.save_hyperparameters()
         self.name, self.n_t, self.n_x, self.sampling, self.seed = name, n_t, n_x, sampling, seed
         default_end, self.x_low, self.x_high = CAUSAL_DOMAINS[name]
@@ -402,12 +405,15 @@ class CausalPINNDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
 
+BURGERS_SNAPSHOTS = 101  # solver snapshots of the Burgers reference (interpolated in time to the evaluation grid)
+
+
 class LagrangianPINNDataModule(L.LightningDataModule):
     """Full-grid collocation on [0, 2 pi) x [0, t_end] (card `lagrangian_pinn`) and the Eulerian reference.
 
     name=convection: u_t + c u_x = nu u_xx, u0 = sin x, exact reference exp(-nu t) sin(x - c t).
     name=burgers: u_t + u u_x = nu u_xx, u0 = sin x + shift (moving shock), reference C + v(x - C t, t) with v the
-    512-mode spectral solution for v0 = sin x.
+    512-mode spectral solution for v0 = sin x, saved at 101 times and linear in time between them (in v's frame).
     """
 
     same_batch_on_every_rank = True  # one fixed grid is every step's batch, on every DDP rank
@@ -424,8 +430,12 @@ class LagrangianPINNDataModule(L.LightningDataModule):
             raise ValueError("the Burgers reference solver needs nu > 0")
         if min(n_x, n_t, eval_n_x, eval_n_t) < 2:
             raise ValueError("grid sizes must be >= 2")
+        if eval_n_x < 5:  # the spectral error (lagrangian_pinn) drops 2 points at each x-end
+            raise ValueError(f"eval_n_x must be >= 5, got {eval_n_x}")
         check_min("data", 1, steps_per_epoch=steps_per_epoch, solver_modes=solver_modes)
         check_positive("data", t_end=t_end, solver_dt=solver_dt)
+        if name == "burgers":
+            solver_steps(t_end, solver_dt, BURGERS_SNAPSHOTS, "data.solver_dt")
         self.save_hyperparameters()
         self.name, self.c, self.nu, self.shift, self.t_end = name, c, nu, shift, t_end
         self.steps_per_epoch = steps_per_epoch
@@ -445,16 +455,15 @@ class LagrangianPINNDataModule(L.LightningDataModule):
         if self.name == "convection":
             u = convection_exact(x[None, :], t[:, None], self.c, self.nu)
         else:
-            n_snap = 101
-            ref = burgers_reference(self.nu, hp.solver_modes, hp.solver_dt, self.t_end, n_snap)
-            v = galilean_shift(ref["u"], ref["t"], self.shift)
-            # spectral interpolation onto the evaluation grid (x) and linear in time (t)
-            vh = np.fft.rfft(v - self.shift, axis=-1) / v.shape[-1]
+            ref = burgers_reference(self.nu, hp.solver_modes, hp.solver_dt, self.t_end, BURGERS_SNAPSHOTS)
+            # linear in time in the frame moving with the shift, where the shock stays put (interpolating after the
+            # shift smeared it: 5.6e-2 error at shift 50, against 1.1e-5 now), then shifted at the evaluation times
+            v = np.stack([np.interp(t, ref["t"], col) for col in ref["u"].T], -1)  # (T, solver_modes)
+            vh = np.fft.rfft(galilean_shift(v, t, self.shift) - self.shift, axis=-1) / v.shape[-1]
+            # spectral interpolation onto the evaluation grid x
             m = np.arange(vh.shape[-1])
             w = np.where((m == 0) | ((v.shape[-1] % 2 == 0) & (m == vh.shape[-1] - 1)), 1.0, 2.0)
-            basis = np.exp(1j * np.outer(m, x))  # (modes, X)
-            on_x = self.shift + np.real((vh * w) @ basis)  # (n_snap, X)
-            u = np.stack([np.interp(t, ref["t"], on_x[:, j]) for j in range(x.size)], -1)
+            u = self.shift + np.real((vh * w) @ np.exp(1j * np.outer(m, x)))  # (T, X)
         self.reference = {"x": x, "t": t, "u": u}
 
     def u0(self, x: np.ndarray) -> np.ndarray:

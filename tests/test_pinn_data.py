@@ -184,17 +184,55 @@ def test_lagrangian_datamodule_grid_and_references():
     np.testing.assert_allclose(bg.reference["u"][5], exact, atol=1e-6)
 
 
+@pytest.mark.parametrize("shift", [20.0, 50.0])
+def test_burgers_reference_at_a_large_shift_matches_the_exact_solution(shift):
+    """u = C + v(x - C t, t) with v the exact Cole-Hopf solution, at evaluation times between the solver's 101
+    snapshots (the default 256 x 100 grid, nu = 0.01; C = 50 is the official --C default, 20 in the documented sweep).
+    Interpolating in time after the shift smeared the moving shock (relative error 1.1e-2 at C = 20, 5.6e-2 at
+    C = 50); in the co-moving frame it is 1.1e-5, as at C = 0."""
+    dm = LagrangianPINNDataModule(name="burgers", nu=0.01, shift=shift)
+    dm.setup()
+    x, t, u = dm.reference["x"], dm.reference["t"], dm.reference["u"]
+    rows = list(range(30, len(t), 7))  # t in [0.30, 1.0), none on a solver snapshot
+    assert all(abs(t[i] * 100 - round(t[i] * 100)) > 0.05 for i in rows)
+    exact = np.stack([shift + burgers_cole_hopf(x - shift * t[i], t[i], 0.01) for i in rows])
+    assert np.linalg.norm(u[rows] - exact) / np.linalg.norm(exact - shift) < 3e-5
+
+
 @pytest.mark.parametrize("kwargs", [{"name": "heat"}, {"sampling": "sobol"}, {"n_t": 1}, {"name": "oscillator",
-                                                                                         "n_x": 4}])
+                                                                                         "n_x": 4},
+                                    # the ETDRK4 reference on [0, 1]: dt must split it into n_snapshots - 1 intervals
+                                    {"name": "allen_cahn", "n_snapshots": 7}, {"name": "ks", "dt": 0.3}])
 def test_causal_datamodule_rejects_bad_config(kwargs):
     with pytest.raises(ValueError):
         CausalPINNDataModule(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{"name": "kdv"}, {"nu": -1.0}, {"name": "burgers", "nu": 0.0}, {"n_x": 1}])
+@pytest.mark.parametrize("kwargs", [{"name": "kdv"}, {"nu": -1.0}, {"name": "burgers", "nu": 0.0}, {"n_x": 1},
+                                    {"eval_n_x": 4},  # the spectral error cuts 2 points at each x-end: NaN
+                                    # the Burgers solve needs a multiple of 100 steps of solver_dt on [0, t_end]
+                                    {"name": "burgers", "nu": 0.01, "solver_dt": 0.3},
+                                    {"name": "burgers", "nu": 0.01, "t_end": 0.333}])
 def test_lagrangian_datamodule_rejects_bad_config(kwargs):
     with pytest.raises(ValueError):
         LagrangianPINNDataModule(**kwargs)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["experiment=causal_pinn", "data.name=allen_cahn", "model.problem=allen_cahn", "model.fourier_modes=1",
+     "data.n_snapshots=7"],
+    ["experiment=causal_pinn", "data.name=ks", "model.problem=ks", "model.fourier_modes=1", "data.dt=0.3"],
+    ["experiment=lagrangian_pinn", "data.name=burgers", "model.problem=burgers", "data.nu=0.01", "data.t_end=0.333"],
+])
+def test_bad_solver_steps_through_zoo_exit_2_with_one_line(tmp_path, overrides):
+    """They passed the constructor and failed with a traceback (exit 1) at the first setup."""
+    from tests.conftest import zoo_in_process
+
+    code, _, err = zoo_in_process("train", *overrides, f"runs_root={tmp_path}", "logger=none", "progress_bar=false",
+                                  "threads=1", "trainer.max_steps=1")
+    assert code == 2 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "must split [0, " in errors[0], err
 
 
 def _ks_chaotic_fixture(folder, n_t: int = 26, t_end: float = 1.0):

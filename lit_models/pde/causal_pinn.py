@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from launch.errors import UserError, check_min, check_positive
 from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast, partial, reference_colours
-from lit_models.common.steps import EvaluateOnValAndTest
+from lit_models.common.steps import EvaluateOnValAndTest, attached_datamodule
 
 PROBLEMS = ("oscillator", "lorenz", "allen_cahn", "ks", "ks_chaotic")
 ODES = {"oscillator": 2, "lorenz": 3}  # ODE problems and their number of fields
@@ -359,6 +359,13 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
 
     def setup(self, stage: str | None = None) -> None:
         check_problem_matches_data(self, self.hparams.problem, "_mat")
+        dm = attached_datamodule(self)
+        low, high = getattr(dm, "x_low", None), getattr(dm, "x_high", None)
+        length = self.hparams.length
+        if self.problem not in ODES and low is not None and high is not None and \
+                not math.isclose(length, high - low, rel_tol=1e-6):
+            raise UserError(f"model.length={length:g} is not the period of data.name={dm.name}'s x in [{low:g}, "
+                            f"{high:g}]: set model.length={high - low!r}")
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
         t, x = batch["t"], batch["x"]

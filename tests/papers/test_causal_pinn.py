@@ -257,6 +257,26 @@ def test_bad_config_raises(kwargs):
         CausalPINNModule(**kwargs)
 
 
+def test_fourier_period_must_match_the_datas_x_range(tmp_path):
+    """model.length (the period of the Fourier features) was never compared with the data's x-range: ks_chaotic_mat on
+    [0, 2 pi] with L = 2 trained a network that is not 2 pi-periodic, silently. `zoo train` now exits 2 with one
+    line at setup (ODE problems, which have no x, and every shipped variant pass: the fast contracts)."""
+    import numpy as np
+    from scipy.io import savemat
+
+    from tests.conftest import zoo_in_process
+
+    x, t = 2 * np.pi * np.arange(16) / 16, np.linspace(0.0, 1.0, 26)
+    savemat(tmp_path / "ks_chaotic.mat", {"t": t[None], "x": x[None], "usol": np.outer(np.cos(x), np.exp(-t))})
+    code, _, err = zoo_in_process("train", "experiment=causal_pinn/ks_chaotic", "model.length=2.0", "model.width=8",
+                                  "model.depth=1", f"data.data_dir={tmp_path}", f"runs_root={tmp_path / 'runs'}",
+                                  "logger=none", "progress_bar=false", "threads=1", "trainer.max_steps=1")
+    assert code == 2 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "model.length=2 is not the period" in errors[0], err
+    assert "set model.length=6.283185307179586" in errors[0], err
+
+
 @pytest.mark.slow
 def test_claim_causality_and_fails_with_vanilla():
     """Card check 2 (oscillator on [0, 2], MLP 1-64-64-64-2 tanh, input t/T, 128 uniform slices, residual / 2 pi,
