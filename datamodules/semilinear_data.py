@@ -177,8 +177,8 @@ class SemilinearDataModule(L.LightningDataModule):
         if not 0.0 < obs_fraction <= 1.0:
             raise UserError(f"data.obs_fraction must be in (0, 1], got {obs_fraction}")
         check_min("data", 1, grid=grid, save_every=save_every, n_frames=n_frames, n_train=n_train, n_test=n_test,
-                  unroll=unroll, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                  steps_per_epoch=steps_per_epoch)
+                  batch_size=batch_size, eval_batch_size=eval_batch_size, steps_per_epoch=steps_per_epoch)
+        check_min("data", 2, unroll=unroll)  # one frame is only the first correction: the predictor never trains
         check_min("data", 0, burn_in_time=burn_in_time, noise=noise, num_workers=num_workers, viscosity=viscosity)
         check_positive("data", domain_length=domain_length, solver_dt=solver_dt)
         if unroll > n_frames:

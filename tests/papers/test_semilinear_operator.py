@@ -98,6 +98,29 @@ def test_bad_loss_weights_raise():
             SemilinearOperatorModule(**kwargs)
     with pytest.raises(ValueError, match="train_init"):
         SemilinearOperatorModule(train_init="warm")
+    for kernels in ({"gain_kernel": 4}, {"gate_kernel": 6}):  # 'same' circular padding: a size mismatch at the first step
+        with pytest.raises(ValueError, match="must be odd"):
+            SemilinearOperatorModule(**kernels)
+
+
+def test_bad_settings_against_the_data_are_one_line_errors():
+    """model.dim against the data's states (a 2-D model on 1-D KS failed in conv2d at the first step) and
+    data.unroll=1 (one frame is only the first correction: the predictor got no gradient, silently); review, stop 40."""
+    from types import SimpleNamespace
+
+    from launch.errors import UserError
+    from lit_models.dynamics.semilinear_operator import SemilinearOperatorModule
+
+    with pytest.raises(UserError, match="unroll"):
+        SemilinearDataModule(unroll=1)
+    dm = SimpleNamespace(u_test=torch.zeros(2, 120, 64))  # n x T x N: 1-D states
+    model = SemilinearOperatorModule(dim=2)
+    model._trainer = SimpleNamespace(datamodule=dm)
+    with pytest.raises(UserError, match="model.dim=2 but the data's states are 1-D"):
+        model.setup("fit")
+    model = SemilinearOperatorModule(dim=1)
+    model._trainer = SimpleNamespace(datamodule=dm)
+    model.setup("fit")
 
 
 def test_gain_linear_in_the_innovation_only_when_the_gate_reads_the_forecast():
