@@ -17,10 +17,14 @@ discrete map ``dysts.maps.<Name>`` (``name="Henon"``, ``"Logistic"``, ...):
   Names resolve to flows first: ``Duffing`` is the flow, the map of the same name is ``maps.Duffing``
   (``flows.<Name>`` / ``maps.<Name>`` are always accepted); an unknown name is a one-line error with close matches.
 - Split by time: the first ``train_points`` samples of every training trajectory are train, the next
-  ``val_points`` are validation and the rest is test. ``val_points = 0`` (the default, as the paper's code)
-  validates on the test segment. Split by trajectory: the last ``heldout_trajectories`` trajectories are
-  never trained on and are test data in full (validation uses only the training trajectories' validation
-  segments, or the test segments when ``val_points = 0``).
+  ``val_points`` are validation and the rest is test. ``val_points = 0`` (the default) validates on the test
+  segment: a choice for the CPU-scale runs, which select nothing on validation (the GTF paper's code has no
+  validation split: its in-training monitor free-runs from the training data's first point and scores against
+  the training data, and the test file is used only after training, on the latest checkpoint, by
+  ``evaluate_experiment``). The GTF module refuses a val/ metric as checkpoint.monitor or early-stopping monitor
+  then. Split by trajectory: the last ``heldout_trajectories`` trajectories are never trained on and are test data
+  in full (validation uses only the training trajectories' validation segments, or the test segments when
+  ``val_points = 0``).
 - Standardisation (z-score per dimension) is fitted on the clean train segments only and applied to all.
 - Observation noise: ``noise`` standard deviations (in z-units, 0.05 = the paper's 5 %) of Gaussian noise
   added to the train segments only (card), drawn with a fixed seed.
@@ -38,7 +42,8 @@ file, each one T x N float array (the official `Dataset`, `npzread`), from the o
 ``datamodules.download.fetch`` (checksums not verified upstream: trust on first use), or from ``data_dir``. Used as
 is, as the official code (``standardize=true`` z-scores both with the train file's statistics). Batches and
 evaluation items as above: random train subsequences, the whole test file for free-running evaluation
-(validation = test, as the paper's code).
+(validation = test here, as for dysts with ``val_points = 0``; the official code has no validation split and
+scores the test file only after training).
 """
 from __future__ import annotations
 
@@ -247,7 +252,7 @@ class DystsDataModule(_SegmentLoaders, L.LightningDataModule):
         name: str = "Lorenz",
         n_points: int = 30000,           # card: 30,000 samples, train on the first 20,000, test on the last 10,000
         train_points: int = 20000,
-        val_points: int = 0,             # 0: validate on the test segment (as the paper's code)
+        val_points: int = 0,             # 0: validate on the test segment (nothing selects on it; see the docstring)
         pts_per_period: int = 150,       # dt ~ 0.01 for Lorenz-63 (dysts overrides `dt`)
         method: str = "RK45",
         rtol: float = 1e-9,
@@ -303,6 +308,7 @@ class DystsDataModule(_SegmentLoaders, L.LightningDataModule):
             rng = np.random.default_rng([int(h.seed), 0xA015E])
             train = [s + float(h.noise) * rng.standard_normal(s.shape) for s in train]
         test = [z[k, t1:] for k in range(n_train_traj)] + [z[k] for k in range(n_train_traj, z.shape[0])]
+        # val_points = 0: validation is the test segment (not the official monitor, which scores the train data)
         val = [z[k, t0:t1] for k in range(n_train_traj)] if h.val_points > 0 else test
         as_t = lambda segs: [torch.as_tensor(np.ascontiguousarray(s), dtype=torch.float32) for s in segs]
         self.train_segments, self.val_segments, self.test_segments = as_t(train), as_t(val), as_t(test)
@@ -402,6 +408,6 @@ class TrajectoryFileDataModule(_SegmentLoaders, L.LightningDataModule):
             self.mean, self.std = np.zeros(train.shape[1]), np.ones(train.shape[1])
         as_t = lambda x: torch.as_tensor(np.ascontiguousarray((x - self.mean) / self.std), dtype=torch.float32)
         self.train_segments, self.test_segments = [as_t(train)], [as_t(test)]
-        self.val_segments = self.test_segments
+        self.val_segments = self.test_segments  # no validation file: validation = test (model selection refused)
         self.dim = int(train.shape[1])
         self._loaded = True

@@ -138,3 +138,65 @@ def test_configs_official_protocol_only_in_paper_scale_variants():
         v = zconfig.compose([f"experiment=gtf_plrnn/{variant}"])
         assert v.model.eval_transient_fraction == 0.25 and v.model.pe_n == 20, variant
         assert v.data.seq_len == seq_len and v.data.seq_len_plus_one is True, variant
+
+
+def _set_up(module: GTFPLRNNModule, dm, stage: str = "fit", callbacks=()) -> None:
+    """module.setup(stage) as the trainer calls it (a stand-in trainer with the datamodule and callbacks)."""
+    from types import SimpleNamespace
+
+    dm.setup(stage)
+    module._trainer = SimpleNamespace(datamodule=dm, callbacks=list(callbacks))
+    module.setup(stage)
+
+
+def test_pe_n_longer_than_an_evaluation_segment_is_a_setup_error(tmp_path):
+    """pe_n must be below the validation / test segments' length: one line in setup, not a traceback in the first
+    validation (the ECG test file here has 100 points)."""
+    from launch.errors import UserError
+
+    _write_ecg(tmp_path)
+    dm = TrajectoryFileDataModule("ECG", data_dir=str(tmp_path), seq_len=20)
+    for stage in ("fit", "test"):
+        with pytest.raises(UserError, match=r"model.pe_n=100 needs .* more than 100 points, the shortest has 100"):
+            _set_up(_module(latent_dim=5, obs_dim=None, pe_n=100), dm, stage)
+    _set_up(_module(latent_dim=5, obs_dim=None, pe_n=99), dm)
+    _set_up(_module(latent_dim=5, obs_dim=None, pe_n=0), dm)
+
+
+def test_model_selection_on_the_test_segment_is_refused(tmp_path):
+    """Validation = the test segment (dysts val_points=0, the trajectory files): a val/ metric as checkpoint monitor
+    (test_on=best, the best checkpoint) or early-stopping monitor would select the model on test data, so setup
+    refuses it; a separate validation segment (val_points > 0), a train/ monitor, or no monitor pass."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from launch.callbacks import ConfiguredEarlyStopping, RestoreBestWeights
+    from launch.errors import UserError
+
+    _write_ecg(tmp_path)
+    ecg = TrajectoryFileDataModule("ECG", data_dir=str(tmp_path), seq_len=20)
+    dysts_same = DystsDataModule(n_points=3000, train_points=2000, seq_len=20)
+    dysts_split = DystsDataModule(n_points=3000, train_points=2000, val_points=500, seq_len=20)
+    selecting = [RestoreBestWeights("val/d_stsp", "min"), ConfiguredEarlyStopping(monitor="val/d_h", mode="min"),
+                 ModelCheckpoint(monitor="val/d_stsp", mode="min")]
+    for dm, latent, hint in ((ecg, 5, "no validation split"), (dysts_same, 3, "data.val_points > 0")):
+        for cb in selecting:
+            with pytest.raises(UserError, match=f"{cb.monitor} is monitored .* selected on test data .*{hint}"):
+                _set_up(_module(latent_dim=latent, obs_dim=None), dm, callbacks=[cb])
+        _set_up(_module(latent_dim=latent, obs_dim=None), dm, callbacks=[ModelCheckpoint(monitor=None)])
+        _set_up(_module(latent_dim=latent, obs_dim=None), dm, callbacks=[RestoreBestWeights("train/loss", "min")])
+        _set_up(_module(latent_dim=latent, obs_dim=None), dm, "test", callbacks=selecting)  # selection is in fit
+    for cb in selecting:
+        _set_up(_module(obs_dim=None), dysts_split, callbacks=[cb])
+
+
+def test_model_selection_on_the_test_segment_fails_the_run():
+    """End to end: `checkpoint.monitor=val/d_stsp checkpoint.test_on=best` with the default val_points=0 stops with
+    the one-line error before training; with a validation segment it runs."""
+    from launch.errors import UserError
+    from tests.papers.contract import fast_run
+
+    small = ["data.n_points=3000", "data.train_points=2000", "checkpoint.monitor=val/d_stsp", "checkpoint.mode=min",
+             "checkpoint.test_on=best"]
+    with pytest.raises(UserError, match="val/d_stsp is monitored"):
+        fast_run("gtf_plrnn", *small)
+    fast_run("gtf_plrnn", *small, "data.val_points=500").assert_contract()

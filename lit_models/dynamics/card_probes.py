@@ -3,7 +3,7 @@ experiment's `claims:`). Each probe trains nothing and returns a dict of metrics
 same functions, so `zoo check <slug>` and pytest measure the same thing.
 
 - GTF-shPLRNN (card checks 1-2): gradient norm of the GTF loss on the exact chaotic shPLRNN (the tent map), with
-  alpha set by hand or by the product-upper-bound estimator alpha* = 1 - 1/G.
+  alpha set by hand or by an alpha* = 1 - 1/G estimator (default the product upper bound).
 - iTransformer (card check 2): permutation equivariance over variates, against the temporal-token Transformer.
 - dysts benchmark (card checks 1 and 3): timescale alignment (periodogram peak in samples = points per period) and
   bitwise determinism of the generated trajectories.
@@ -47,21 +47,27 @@ def tent_sequences(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
-def tent_alpha_star(orbit_length: int = 200) -> dict[str, float]:
-    """Card check 2: the product upper bound G along a 200-step tent orbit and alpha* = 1 - 1/G (expected 2, 0.5)."""
-    from lit_models.dynamics.gtf_plrnn import alpha_star, product_upper_bound
+def tent_alpha_star(orbit_length: int = 200, estimator: str = "product_upper_bound") -> dict[str, float]:
+    """Card check 2: the estimate G of `estimator` (a key of gtf_plrnn.ALPHA_ESTIMATORS) along a 200-step tent orbit
+    and alpha* = 1 - 1/G: product upper bound 2, 0.5 (card); the parameter bound jacobian_upper_bound
+    max|A| + ||W1|| ||W2|| = 2 + 4 = 6, 0.833."""
+    from lit_models.dynamics.gtf_plrnn import ALPHA_ESTIMATORS, alpha_star
 
-    bound = product_upper_bound(tent_model(2.0), tent_sequences(1, orbit_length)[0])
+    if estimator not in ALPHA_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {', '.join(ALPHA_ESTIMATORS)}, got {estimator!r}")
+    bound = ALPHA_ESTIMATORS[estimator](tent_model(2.0), tent_sequences(1, orbit_length)[0])
     return {"bound": bound, "alpha_star": alpha_star(bound)}
 
 
-def tent_map_gradient_norm(alpha: float | str, length: int = 40, batch: int = 64, a: float = 1.99) -> dict[str, float]:
+def tent_map_gradient_norm(alpha: float | str, length: int = 40, batch: int = 64, a: float = 1.99,
+                           estimator: str = "product_upper_bound") -> dict[str, float]:
     """Card check 1: ||grad of the GTF loss|| on the tent-map shPLRNN perturbed to A = `a`, over `batch` true orbits of
-    `length` steps. `alpha="estimated"` uses alpha* from `tent_alpha_star` (card: 0.5)."""
+    `length` steps. `alpha="estimated"` uses alpha* from `tent_alpha_star` with `estimator` (card: product upper
+    bound, 0.5)."""
     from lit_models.dynamics.gtf_plrnn import gtf_loss
 
     if alpha == "estimated":
-        alpha = tent_alpha_star()["alpha_star"]
+        alpha = tent_alpha_star(estimator=estimator)["alpha_star"]
     model = tent_model(a)
     loss = gtf_loss(model, tent_sequences(batch, length), float(alpha))
     grads = torch.autograd.grad(loss, list(model.parameters()))

@@ -20,9 +20,11 @@ arXiv 2306.04406). Official code: DurstewitzLab/GTF-shPLRNN (Julia/Flux).
   `gtf_loss_reference` is the same loss through autograd), ~4-5x faster on a CPU at Lorenz sizes (M 3, L 50),
   ~1.2x at L 250-512 (ECG, EEG), where the matmuls dominate.
 - alpha* = max(0, 1 - 1/G), G = max over sequences of the geometric mean of ||J_t||_2 along the sequence
-  ("product upper bound"), computed without gradients on the data-inferred states of the batch. Adaptive GTF
-  (aGTF, official `train_!`): alpha_0 = 1; every `alpha_update_every` batches alpha <- alpha* if alpha* > alpha,
-  else gamma alpha + (1 - gamma) alpha* (gamma = `alpha_decay`).
+  ("product upper bound"), computed without gradients on the data-inferred states of the batch; the other official
+  estimators (alpha_estimation.jl, `alpha_estimator`): arithmetic_mean ||mean_t J_t||_2, jacobian_upper_bound
+  max|A| + ||W1||_2 ||W2||_2, batch_maximum max ||J_t||_2 over the batch, explog_approx ||exp(mean_t log J_t)||_2.
+  Adaptive GTF (aGTF, official `train_!`): alpha_0 = 1; every `alpha_update_every` batches alpha <- alpha* if
+  alpha* > alpha, else gamma alpha + (1 - gamma) alpha* (gamma = `alpha_decay`, in [0, 1]).
 - Optimiser (official `initialize_optimizer`): RAdam, lr decayed exponentially once per epoch from `lr` to `end_lr`
   over the training run (defaults.json: 1e-3 -> 1e-6).
 - Evaluation by free-running from the first point of a held-out segment: D_stsp (binned KL, 30 bins/dim, Laplace
@@ -331,7 +333,38 @@ def arithmetic_mean_norm(model: ShallowPLRNN, states: Tensor) -> float:
     return float(torch.linalg.matrix_norm(model.jacobian(states).mean(dim=1), ord=2).max())
 
 
-ALPHA_ESTIMATORS = {"product_upper_bound": product_upper_bound, "arithmetic_mean": arithmetic_mean_norm}
+@torch.no_grad()
+def jacobian_upper_bound(model: ShallowPLRNN, states: Tensor | None = None) -> float:
+    """G = max_i |A_i| + ||W1||_2 ||W2||_2, a bound on ||J(z)||_2 from the parameters alone (the states are not used;
+    official `norm_upper_bound` of shallow_plrnn.jl, used by `compute_alpha_jacobian_upper_bound`)."""
+    w = torch.linalg.matrix_norm(model.W1, ord=2) * torch.linalg.matrix_norm(model.W2, ord=2)
+    return float(model.A.abs().max() + w)
+
+
+@torch.no_grad()
+def batch_maximum(model: ShallowPLRNN, states: Tensor) -> float:
+    """G = the largest ||J(z)||_2 over all states (B, T, M) of the batch (official `compute_alpha_batch_maximum`)."""
+    return float(torch.linalg.matrix_norm(model.jacobian(states), ord=2).max())
+
+
+@torch.no_grad()
+def explog_approx(model: ShallowPLRNN, states: Tensor) -> float:
+    """G = max over sequences of ||exp(mean_t log J_t)||_2 (official `compute_alpha_explog_approx`:
+    opnorm(geomean(Js)), StatsBase's geomean(a) = exp(mean(log, a)) on matrices, i.e. the principal matrix logarithm
+    and the matrix exponential). The logarithm is taken through the eigendecomposition, log J = V diag(log lambda) V^-1
+    (complex where J has negative eigenvalues, as Julia's), batched; it assumes diagonalisable Jacobians (a
+    defective or singular J_t makes the estimate inaccurate or non-finite)."""
+    if states.dim() == 2:
+        states = states.unsqueeze(0)
+    lam, vec = torch.linalg.eig(model.jacobian(states).double())
+    logs = vec @ torch.diag_embed(torch.log(lam)) @ torch.linalg.inv(vec)     # (B, T, M, M), complex
+    return float(torch.linalg.matrix_norm(torch.linalg.matrix_exp(logs.mean(dim=1)), ord=2).max())
+
+
+# the official alpha_estimation.jl methods (its "constant" is alpha_method=constant here)
+ALPHA_ESTIMATORS = {"product_upper_bound": product_upper_bound, "arithmetic_mean": arithmetic_mean_norm,
+                    "jacobian_upper_bound": jacobian_upper_bound, "batch_maximum": batch_maximum,
+                    "explog_approx": explog_approx}
 
 
 def alpha_star(norm_estimate: float) -> float:
@@ -368,7 +401,12 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
     eval_transient_fraction: f; validation / test free-run T + floor(f T) steps from the segment's first point
     and drop the first floor(f T) states before D_stsp / D_H (official `evaluate_run`: f = 0.25; 0: the free run
     of T steps compared as is, the official in-training monitor).
-    pe_n: n > 0 also logs <stage>/pe, the official n-step prediction error PE_n (official evaluation: n = 20).
+    pe_n: n > 0 also logs <stage>/pe, the official n-step prediction error PE_n (official evaluation: n = 20); it
+    must be below every validation / test segment's length (checked in setup).
+    alpha_estimator: G of alpha* = 1 - 1/G, one of `ALPHA_ESTIMATORS` (the official alpha_estimation.jl methods).
+    Model selection: validation runs on the test segment when the data have no validation split (dysts with
+    val_points = 0, the trajectory files), so setup refuses a val/ metric as checkpoint.monitor or early-stopping
+    monitor there (the official code selects nothing: `evaluate_run` tests the latest checkpoint after training).
     """
 
     def __init__(
@@ -402,6 +440,8 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
             raise ValueError(f"alpha_estimator {alpha_estimator!r} is not implemented ({', '.join(ALPHA_ESTIMATORS)})")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if not 0.0 <= alpha_decay <= 1.0:  # aGTF's gamma alpha + (1 - gamma) alpha* stays in [0, 1] only then
+            raise ValueError(f"alpha_decay must be in [0, 1] (official gtf_alpha_decay 0.999), got {alpha_decay}")
         if end_lr is not None and not end_lr > 0:
             raise ValueError(f"end_lr must be > 0 (or null: constant lr), got {end_lr}")
         if observation_model not in ("identity", "affine"):
@@ -450,9 +490,34 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and self.hparams.obs_dim is None:
-            dm.setup(stage)
+        if dm is None:
+            return
+        if self.hparams.obs_dim is None or not hasattr(dm, "test_segments"):
+            dm.setup(stage)  # loads once (the trainer has set it up already)
+        if self.hparams.obs_dim is None:
             self._build_obs(int(dm.dim))
+        self._check_evaluation_data(dm, stage)
+
+    def _check_evaluation_data(self, dm: Any, stage: str) -> None:
+        """One-line errors before training for what would otherwise fail or mislead later: a `pe_n` that the
+        validation / test segments are too short for (a traceback at the first evaluation), and a val/ metric
+        monitored for checkpoint selection or early stopping while validation runs on the test segment (dysts with
+        val_points=0, the trajectory files): the model would be selected on test data."""
+        val, test = list(getattr(dm, "val_segments", None) or []), list(getattr(dm, "test_segments", None) or [])
+        pe_n = int(self.hparams.get("pe_n", 0))
+        shortest = min((int(s.shape[0]) for s in val + test), default=None)
+        if pe_n > 0 and shortest is not None and pe_n >= shortest:
+            raise UserError(f"model.pe_n={pe_n} needs validation / test segments of more than {pe_n} points, the "
+                            f"shortest has {shortest} (lower model.pe_n)")
+        monitored = sorted({cb.monitor for cb in getattr(self.trainer, "callbacks", None) or []
+                            if isinstance(getattr(cb, "monitor", None), str) and cb.monitor.startswith("val/")})
+        if stage != "fit" or not monitored or not val:
+            return
+        if len(val) == len(test) and all(v.shape == t.shape and torch.equal(v, t) for v, t in zip(val, test)):
+            fix = ("set data.val_points > 0 for a separate validation segment" if "val_points" in
+                   getattr(dm, "hparams", {}) else "these data have no validation split")
+            raise UserError(f"{', '.join(monitored)} is monitored (checkpoint.monitor / early_stopping), but the "
+                            f"validation data are the test segment: the model would be selected on test data ({fix})")
 
     @property
     def alpha(self) -> float:

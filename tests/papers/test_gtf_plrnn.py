@@ -13,7 +13,8 @@ Broken variants fail check 1 (tested below): forcing applied after the loss (the
 at alpha = 0.7 and 0.04 at alpha = 0; a detached forced state passes the card's criterion but gives 0.45 instead
 of 5.8e3 at alpha = 0.3 (asserted > 1 below). A loss taken on the forced state passes check 1 (gradients only scale
 by 1 - alpha) and is caught by test_loss_uses_prediction_before_forcing.
-Check 2: the product-upper-bound estimator on a 200-step tent orbit returns G = 2, alpha* = 0.5.
+Check 2: the product-upper-bound estimator on a 200-step tent orbit returns G = 2, alpha* = 0.5 (the official
+parameter bound jacobian_upper_bound, the claim's baseline, gives 6 and 0.833).
 """
 from __future__ import annotations
 
@@ -134,6 +135,79 @@ def test_check2_alpha_star_estimator():
     assert arithmetic_mean_norm(model, orbit) == pytest.approx(expected, rel=1e-12) and expected < g
     assert alpha_star(g) == pytest.approx(0.5, abs=1e-5)
     assert alpha_star(0.8) == 0.0  # contracting model: no forcing needed
+
+
+class _FixedJacobians:
+    """A stand-in model whose Jacobians along the states are given (B, T, M, M)."""
+
+    def __init__(self, jacobians: torch.Tensor) -> None:
+        self.jacobians = jacobians
+
+    def jacobian(self, states: torch.Tensor) -> torch.Tensor:
+        return self.jacobians
+
+
+def test_official_alpha_estimators_known_values():
+    """The official alpha_estimation.jl methods (jacobian_upper_bound, batch_maximum, explog_approx) on cases with
+    known values: the tent map (|J| = 2 everywhere, slopes +-2; parameters |A| = 2, |W1| = 4, |W2| = 1), and fixed
+    Jacobians where the estimators differ."""
+    from lit_models.dynamics.gtf_plrnn import (
+        ALPHA_ESTIMATORS,
+        batch_maximum,
+        explog_approx,
+        jacobian_upper_bound,
+    )
+
+    tent, orbit = tent_model(2.0), tent_sequences(1, 200)[0]
+    assert jacobian_upper_bound(tent, orbit) == pytest.approx(6.0, rel=1e-12)   # 2 + 4 * 1
+    assert batch_maximum(tent, orbit) == pytest.approx(2.0, rel=1e-12)
+    # the slopes -2 have a complex principal log, log 2 + i pi: exp of the mean is 2 e^{i pi f}, norm 2
+    assert explog_approx(tent, orbit) == pytest.approx(2.0, rel=1e-9)
+    # diag(2, 1/2) and diag(1/2, 2): every ||J_t|| = 2, but the log-mean is 0, so exp(mean log J) = I
+    swap = torch.tensor([[[[2.0, 0.0], [0.0, 0.5]], [[0.5, 0.0], [0.0, 2.0]]]], dtype=torch.float64)
+    assert explog_approx(_FixedJacobians(swap), torch.zeros(1, 2, 2)) == pytest.approx(1.0, abs=1e-12)
+    assert product_upper_bound(_FixedJacobians(swap), torch.zeros(1, 2, 2)) == pytest.approx(2.0, rel=1e-12)
+    # norms 3 and 1/3 along one sequence, 1 and 1 along another: batch maximum 3, product upper bound max(1, 1) = 1
+    scal = torch.tensor([[3.0, 1 / 3], [1.0, 1.0]], dtype=torch.float64).reshape(2, 2, 1, 1)
+    assert batch_maximum(_FixedJacobians(scal), torch.zeros(2, 2, 1)) == pytest.approx(3.0, rel=1e-12)
+    assert product_upper_bound(_FixedJacobians(scal), torch.zeros(2, 2, 1)) == pytest.approx(1.0, rel=1e-12)
+    # a trained-size clipped shPLRNN along random states: explog equals the definition with scipy's logm / expm
+    from scipy.linalg import expm, logm
+
+    torch.manual_seed(0)
+    model = ShallowPLRNN(3, 20, clipped=True).double()
+    states = torch.randn(4, 30, 3, dtype=torch.float64)
+    js = model.jacobian(states).detach().numpy()
+    expected = max(np.linalg.norm(expm(np.mean([logm(j) for j in seq], axis=0)), 2) for seq in js)
+    assert explog_approx(model, states) == pytest.approx(expected, rel=1e-8)
+    assert set(ALPHA_ESTIMATORS) == {"product_upper_bound", "arithmetic_mean", "jacobian_upper_bound",
+                                     "batch_maximum", "explog_approx"}
+
+
+def test_alpha_star_claim_fails_with_the_parameter_bound():
+    """The alpha_star claim's baseline is the official parameter bound in place of the product upper bound: G = 6,
+    alpha* = 5/6 on the tent map (the probe's estimator argument), which misses 0.5 +- 1e-5."""
+    from lit_models.dynamics.card_probes import tent_alpha_star, tent_map_gradient_norm
+
+    bound = tent_alpha_star(estimator="jacobian_upper_bound")
+    assert bound["bound"] == pytest.approx(6.0) and bound["alpha_star"] == pytest.approx(5 / 6)
+    assert tent_map_gradient_norm("estimated", estimator="jacobian_upper_bound")["alpha"] == pytest.approx(5 / 6)
+    with pytest.raises(ValueError, match="estimator"):
+        tent_alpha_star(estimator="spectral")
+    swapped = run_claim("gtf_plrnn", "alpha_star", swap_baseline=True)
+    assert not swapped.passed and swapped.measured["estimated"] == pytest.approx(5 / 6), swapped.report()
+    assert run_claim("gtf_plrnn", "alpha_star").passed
+
+
+def test_alpha_decay_must_keep_alpha_in_unit_interval():
+    """aGTF's alpha <- gamma alpha + (1 - gamma) alpha* leaves [0, 1] for gamma outside [0, 1]."""
+    from lit_models.dynamics.gtf_plrnn import GTFPLRNNModule
+
+    for gamma in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="alpha_decay"):
+            GTFPLRNNModule(obs_dim=3, alpha_decay=gamma)
+    for gamma in (0.0, 0.999, 1.0):
+        GTFPLRNNModule(obs_dim=3, alpha_decay=gamma)
 
 
 def test_jacobian_matches_autograd():
