@@ -184,7 +184,10 @@ def load_burgers_192(path: str | Path) -> np.ndarray:
         a = a[:, None]
     if a.ndim != 4 or a.shape[-2:] != (192, 192):
         raise UserError(f"{path}: expected an array (n_traj, T, 192, 192), got shape {a.shape}")
-    return np.asarray(a, np.float32)
+    a = np.asarray(a, np.float32)
+    if not np.all(np.isfinite(a)):
+        raise UserError(f"{path}: the Burgers array has non-finite values")
+    return a
 
 
 def burgers_fields(u192: np.ndarray, sub: int, monitor_scale: float, monitor_derivative: str,
@@ -278,6 +281,9 @@ class FrontFieldDataModule(CheckpointedShuffle, L.LightningDataModule):
             raise UserError("data.with_gradient (the pulled-back monitor's gradient) needs monitor_derivative=grad")
         if name not in ("fronts", "burgers"):
             raise ValueError(f"unknown mesh-mover dataset {name!r}; available: 'fronts' (offline), 'burgers'")
+        if name == "burgers" and monitor_derivative != "grad":
+            raise UserError(f"data.name=burgers needs data.monitor_derivative=grad (Burgers fields have no front "
+                            f"normal), got {monitor_derivative!r}")
         if monitor_derivative not in ("grad", "normal"):
             raise ValueError(f"monitor_derivative must be 'grad' or 'normal', got {monitor_derivative!r}")
         if monitor_scale <= 0:
@@ -305,6 +311,9 @@ class FrontFieldDataModule(CheckpointedShuffle, L.LightningDataModule):
         if self.name == "burgers":
             src = Path(hp.path) if hp.path else Path(hp.data_dir or ".") / "burgers_192.npy"
             a = load_burgers_192(src)
+            if len(a) <= hp.n_burgers_train:
+                raise UserError(f"{src}: {len(a)} trajectories cannot be split at data.n_burgers_train="
+                                f"{hp.n_burgers_train}: the test split needs at least one")
             args = (hp.sub, hp.monitor_scale, hp.monitor_derivative, hp.burgers_monitor, hp.with_gradient)
             tr, te = burgers_fields(a[:hp.n_burgers_train], *args), burgers_fields(a[hp.n_burgers_train:], *args)
             self.train_set, self.test_set = _Fields(tr), _Fields(te)

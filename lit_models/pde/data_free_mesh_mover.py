@@ -73,6 +73,7 @@ from lit_models.common import mesh as M
 from lit_models.common.ddp_eval import combine, eval_set_replicated, gather_lists
 from lit_models.common.lbfgs import LBFGSPhase
 from lit_models.common.pde import no_autocast
+from lit_models.common.steps import attached_datamodule
 from lit_models.pde.dmm_networks import DMMNet
 from lit_models.pde.dmm_sampling import (
     boundary_points,
@@ -103,6 +104,12 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
     only (see the module docstring); each takes its first `rf_fields` fields of the training batch. Logged:
     `train/rf_loss_start` (the loss on the epoch's sample before BFGS) and `train/loss` (the same loss, last
     evaluation of the solve). Nothing to refine for `mover="identity"` (the phase is skipped).
+
+    Evaluation memory: the test and validation loaders give the whole test set as one batch, and the derivative graph
+    of the Hessian on the 100 x 100 grid takes ~0.22 GB a field at the paper's network size (measured on CPU);
+    `eval_chunk_fields` fields at a time (null: all at once) go through the map (`_eval_map`, `forward`,
+    `_eval_residual`). Every metric is a per-field value computed as before, so chunks change nothing beyond float
+    rounding (the default, 32, is above the CPU-scale test sets: their results are bit-for-bit those of one pass).
     """
 
     def __init__(self, branch_channels: list[int] = (8, 16, 8, 1), branch_fc: list[int] = (1024,), grid: int = 48,
@@ -116,6 +123,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                  gnn_knn: int = 35, gnn_decoder: list[int] = (128,), gnn_readout: list[int] = (512, 256),
                  w_hole: float = 0.0, ma_reference: bool = False, monitor_gradient: str = "physical",
                  gradient_interp: str = "kernel", collocation: str = "jitter", candidates_per_point: int = 40,
+                 eval_chunk_fields: int | None = 32,
                  optimizer: Callable[..., torch.optim.Optimizer] = DEFAULT_OPTIMIZER,
                  scheduler: Callable[..., Any] | None = DEFAULT_SCHEDULER) -> None:
         super().__init__()
@@ -135,7 +143,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         if collocation not in ("jitter", "candidates"):
             raise ValueError(f"collocation must be 'jitter' (grid nodes ~ m + jitter) or 'candidates' (official), got "
                              f"{collocation!r}")
-        check_min("model", 1, candidates_per_point=candidates_per_point)
+        check_min("model", 1, candidates_per_point=candidates_per_point, eval_chunk_fields=eval_chunk_fields)
         if gradient_interp not in ("kernel", "bilinear"):
             raise ValueError(f"gradient_interp must be 'kernel' (official softmax kernel) or 'bilinear', got "
                              f"{gradient_interp!r}")
@@ -165,6 +173,15 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                               # torchmin.minimize(tol=0): gtol 0; its default xtol / gtd_tol 1e-9
                               "tolerance_grad": 0.0, "tolerance_change": 1e-9}
         self._rf_cache: dict[str, Any] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """The random-feature epochs take `rf_fields` fields of a training batch: a smaller data.batch_size is a
+        one-line error before training, not after all the Adam steps."""
+        batch_size = getattr(attached_datamodule(self), "batch_size", None)
+        if stage == "fit" and self.lbfgs_steps and isinstance(batch_size, int) and batch_size < self.hparams.rf_fields:
+            raise UserError(f"model.rf_fields={self.hparams.rf_fields} but data.batch_size={batch_size}: the "
+                            f"random-feature BFGS epochs take rf_fields fields of a training batch (lower "
+                            f"model.rf_fields, raise data.batch_size or set model.rf_epochs=0)")
 
     # ------------------------------------------------------------------------------------------ the mesh map
     @property
@@ -204,8 +221,8 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         return importance_points(monitor, n)
 
     def forward(self, u: Tensor, xi: Tensor) -> Tensor:
-        """Moved points x(xi) (B, P, 2)."""
-        return self.mesh_map(u, xi, create_graph=False)[0].detach()
+        """Moved points x(xi) (B, P, 2), `eval_chunk_fields` fields at a time (`_eval_map`)."""
+        return self._eval_map(u, xi)[0]
 
     @staticmethod
     def det(hess: Tensor) -> Tensor:
@@ -415,12 +432,28 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         index = batch["index"].tolist() if "index" in batch else range(batch["u"].shape[0])
         return [torch.Generator().manual_seed(seed + 100_003 * int(i)) for i in index]
 
+    def _eval_chunks(self, n_fields: int) -> list[slice]:
+        """The fields of an evaluation batch in chunks of `eval_chunk_fields` (null: one chunk)."""
+        size = self.hparams.eval_chunk_fields or n_fields
+        return [slice(i, i + size) for i in range(0, n_fields, size)]
+
+    def _eval_map(self, u: Tensor, xi: Tensor) -> tuple[Tensor, ...]:
+        """`mesh_map(u, xi, create_graph=False)`, detached, one chunk of fields at a time (`eval_chunk_fields`): only
+        one chunk's derivative graph is alive at once."""
+        parts = [[t.detach() for t in self.mesh_map(u[s], xi[s], create_graph=False)]
+                 for s in self._eval_chunks(len(u))]
+        return tuple(torch.cat(p) for p in zip(*parts))
+
     def _eval_residual(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per field: the median |MA residual| at its `n_eval_points` held-out points ~ m (chunks of fields)."""
         monitor = self._cast(batch["monitor"]).cpu()
         xi = torch.cat([importance_points(monitor[b:b + 1], self.hparams.n_eval_points, g)
                         for b, g in enumerate(self._sample_generators(batch, 12345))]).to(self.device)
-        r, _ = self.residual(batch, xi, create_graph=False)
-        return r.detach().abs().median(dim=1).values
+        B, out = len(xi), []
+        for s in self._eval_chunks(B):
+            sub = {k: v[s] for k, v in batch.items() if torch.is_tensor(v) and v.ndim and len(v) == B}
+            out.append(self.residual(sub, xi[s], create_graph=False)[0].detach().abs().median(dim=1).values)
+        return torch.cat(out)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
         self.log("val/ma_residual", self._eval_residual(batch).mean(), batch_size=batch["u"].shape[0],
@@ -432,13 +465,12 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         res = self._eval_residual(batch)
         s = torch.linspace(0, 1, 100, device=self.device, dtype=self.net_dtype)
         grid = torch.stack(torch.meshgrid(s, s, indexing="xy"), -1).reshape(1, -1, 2).expand(B, -1, -1)
-        _, hess, _ = self.mesh_map(batch["u"], grid, create_graph=False)
-        dets = self.det(hess.detach())
+        dets = self.det(self._eval_map(batch["u"], grid)[1])
         min_det = dets.min()
         edges = [boundary_points(1, 100, self.device, self.net_dtype, g) for g in self._sample_generators(batch, 1)]
         pb, normal = torch.cat([p for p, _ in edges]), edges[0][1]
-        _, _, gb = self.mesh_map(batch["u"], pb, create_graph=False)
-        bdisp = torch.gather(gb.detach(), -1, normal[None, :, None].expand(B, -1, 1)).abs().max()
+        gb = self._eval_map(batch["u"], pb)[2]
+        bdisp = torch.gather(gb, -1, normal[None, :, None].expand(B, -1, 1)).abs().max()
         if "tri" in batch:  # solutions on a mesh with a hole (the cylinder case)
             mesh_metrics, counts = self._mesh_metrics(batch, grid[0], dets)
             self._last["residual"] = res.cpu().numpy()

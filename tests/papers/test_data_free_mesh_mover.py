@@ -324,6 +324,30 @@ def test_burgers_loader_reads_the_paper_file_format(tmp_path):
         load_burgers_192(tmp_path / "junk.npy")
 
 
+def test_burgers_bad_settings_and_files_are_one_line_errors(tmp_path):
+    """Burgers fields have no front normal: monitor_derivative=normal (the offline experiment's) is refused when the
+    datamodule is built (was a ValueError traceback at setup); a file with no trajectory left for the test split (was
+    "not enough values to unpack") or with non-finite values (was accepted) is a UserError (exit 2)."""
+    with pytest.raises(UserError, match="data.monitor_derivative=grad"):
+        FrontFieldDataModule(name="burgers", monitor_derivative="normal")
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3, 2, 192, 192)).astype(np.float32)
+    np.save(tmp_path / "burgers_192.npy", a)
+    for n_train in (3, 80):
+        dm = FrontFieldDataModule(name="burgers", data_dir=str(tmp_path), n_burgers_train=n_train, batch_size=2,
+                                  steps_per_epoch=1)
+        with pytest.raises(UserError, match=f"3 trajectories cannot be split at data.n_burgers_train={n_train}"):
+            dm.setup()
+    a[2, 1, 100, 7] = np.nan
+    np.save(tmp_path / "nan.npy", a)
+    with pytest.raises(UserError, match="non-finite"):
+        load_burgers_192(tmp_path / "nan.npy")
+    dm = FrontFieldDataModule(name="burgers", path=str(tmp_path / "nan.npy"), n_burgers_train=2, batch_size=2,
+                              steps_per_epoch=1)
+    with pytest.raises(UserError, match="non-finite"):
+        dm.setup()
+
+
 def test_paper_epoch_length_and_lr_milestones(tmp_path):
     """Official dmm_utils.train_MA_res: int(5000 N / (120 x 160)) Adam steps per epoch (5000/120 passes over the N
     training frames at 160 per batch) and MultiStepLR milestones [100, 150] x 0.2 (one decay in 150 epochs)."""
@@ -485,6 +509,61 @@ def test_random_feature_method_is_off_at_cpu_scale_and_on_at_paper_scale():
     paper = compose(["experiment=data_free_mesh_mover/burgers"]).model
     assert (paper.rf_epochs, paper.rf_max_iter, paper.rf_fields, paper.rf_points, paper.rf_convex_rel) == (
         5, 300, 20, 16, 0.0)
+
+
+def test_rf_fields_above_the_batch_size_is_a_one_line_error_before_training(runs_root, monkeypatch):
+    """A random-feature epoch takes rf_fields fields of a training batch: a smaller data.batch_size was a ValueError
+    traceback when the BFGS phase began, after all the Adam steps; now exit 2 at setup, no run directory left."""
+    from tests.conftest import zoo_in_process
+
+    monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
+    small = [o for o in SMALL if not o.startswith("data.batch_size=")]
+    code, out, err = zoo_in_process("train", "experiment=data_free_mesh_mover", *small, "model.rf_epochs=1",
+                                    "model.rf_fields=8", "data.batch_size=4", "trainer.max_steps=3",
+                                    f"runs_root={runs_root}", "progress_bar=false", "logger=csv")
+    assert code == 2 and "model.rf_fields=8 but data.batch_size=4" in err, err + out
+    assert [line for line in err.splitlines() if "error" in line.lower()] == [err.strip().splitlines()[-1]], err
+    assert not list(runs_root.iterdir()), list(runs_root.rglob("*"))
+
+
+def test_evaluation_in_chunks_of_fields_gives_the_same_metrics():
+    """eval_chunk_fields (the test set comes as one batch; the 100 x 100 grid's Hessian graph grows with the fields)
+    maps at most that many fields at a time and leaves every test metric and the validation residual as one pass
+    gives them (per-field values, reduced as before)."""
+    torch.manual_seed(0)
+    dm = FrontFieldDataModule(n_train=2, n_test=4, n_test_aligned=3, grid=12, eval_nodes=6, monitor_scale=1.0,
+                              monitor_derivative="normal", batch_size=2)
+    dm.setup()
+    batch = next(iter(dm.test_dataloader()))
+    assert len(batch["u"]) == 7
+    m = DataFreeMeshMoverModule(**TINY_NET, trunk_init_scale=3.0, eval_nodes=6, n_eval_points=64,
+                                n_interp_points=500, eval_chunk_fields=None)
+    seen: list[int] = []
+    mesh_map = m.mesh_map
+
+    def counting(u, xi, create_graph=True):
+        seen.append(len(u))
+        return mesh_map(u, xi, create_graph)
+
+    m.mesh_map = counting
+    results = {}
+    for chunk in (None, 3):
+        m.hparams.eval_chunk_fields = chunk
+        seen.clear()
+        m.on_test_epoch_start()
+        m.test_step(batch)
+        results[chunk] = ({k: (v, w, red) for k, v, w, red in m._test_rows}, m._eval_residual(batch), list(seen))
+    (one, res_one, seen_one), (chunked, res_chunked, seen_chunked) = results[None], results[3]
+    assert set(seen_one) == {7} and set(seen_chunked) == {3, 1}, (seen_one, seen_chunked)
+    assert {"ma_residual", "min_det", "boundary_disp", "inverted", "interp_ratio", "node_rmse_cells"} <= set(one)
+    assert one["interp_ratio"][1] == int(batch["aligned"].sum()) >= 3  # weighted by the fields with a target
+    assert abs(one["min_det"][0] - 1) > 0.1  # an untrained map that moves the nodes
+    for key, (value, weight, reduction) in one.items():
+        assert chunked[key][1:] == (weight, reduction), key
+        assert chunked[key][0] == pytest.approx(value, rel=1e-5, abs=1e-7), (key, value, chunked[key][0])
+    torch.testing.assert_close(res_chunked, res_one, rtol=1e-5, atol=1e-7)
+    with pytest.raises(UserError, match="eval_chunk_fields"):
+        DataFreeMeshMoverModule(**TINY_NET, eval_chunk_fields=0)
 
 
 CLAIMS = ["ma_residual", "valid_mesh", "boundary", "interpolation_ratio", "node_rmse"]
