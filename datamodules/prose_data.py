@@ -84,6 +84,9 @@ def make_split(name: str, n: int, seed: int, param_range: float, t_end: float, d
     split = int(n_steps * input_fraction)
     if not 0 < split < n_steps:
         raise UserError(f"data: input_fraction {input_fraction} leaves no input or no query time on [0, {t_end}]")
+    if n_input > split + 1 or n_output > n_steps - split:
+        raise UserError(f"data: n_input={n_input} / n_output={n_output} exceed the {split + 1} / {n_steps - split} RK4 "
+                        f"grid points of the input / query window (t_end={t_end}, dt={dt}): time points would repeat")
     idx_in = np.round(np.linspace(0, split, n_input)).astype(int)
     idx_out = np.round(np.linspace(split, n_steps, n_output + 1)[1:]).astype(int)
     data_in, data_out, exprs, fam_ids, dims = [], [], [], [], []
@@ -284,6 +287,9 @@ class ProseDataModule(L.LightningDataModule):
         check_positive("data", t_end=t_end, dt=dt)
         if not 0.0 < input_fraction < 1.0:
             raise UserError(f"data.input_fraction must lie in (0, 1), got {input_fraction}")
+        if not 1 <= float_precision <= 4:  # 9 x 10^(p-1) mantissa tokens: p = 7 would need a 9-million-token vocabulary
+            raise UserError(f"data.float_precision (significant digits of a constant) must be 1..4, "
+                            f"got {float_precision}")
         self.save_hyperparameters()
         self.tokenizer = SymbolicTokenizer(max_dim=max_dim, float_precision=float_precision)
         self.splits: dict[str, dict] = {}

@@ -422,6 +422,8 @@ class ProseModule(L.LightningModule):
                              "text_input)")
         if not 1 <= max_dim <= 3:
             raise ValueError(f"prose: max_dim must be 1..3, got {max_dim}")
+        if not 1 <= float_precision <= 4:  # the vocabulary holds 9 x 10^(float_precision - 1) mantissa tokens
+            raise ValueError(f"prose: float_precision must be 1..4, got {float_precision}")
         if not layer_norm_eps > 0:
             raise ValueError(f"prose: layer_norm_eps must be > 0, got {layer_norm_eps}")
         if data_loss_weight < 0 or text_loss_weight < 0 or warmup_steps < 0:

@@ -5,6 +5,9 @@ a term is (coefficient, monomial) where the monomial is a product tree over `x_i
 constant term). Prefix form of one component: `add T1 add T2 T3` (right-nested), a term `mul C M` (or `C` alone), and
 components are separated by `|`. Numbers follow the paper/`symbolicregression` float encoding: sign token (`+`/`-`),
 mantissa token `N<m>` with `float_precision` significant digits and exponent token `E<e>`, value = sign * m * 10^e.
+The lowest exponent token, `E<-max_exponent - float_precision>`, stands for zero (the official encoder writes zero and
+underflow as an all-zero mantissa, a token this vocabulary lacks): magnitudes that round below 10^-max_exponent encode
+as zero; above the largest representable, (10^p - 1) 10^max_exponent, encoding raises ValueError.
 A *skeleton* replaces every number by the placeholder `<c>` (the default text input of the paper).
 """
 from __future__ import annotations
@@ -46,23 +49,36 @@ class SymbolicTokenizer:
     def round_float(self, x: float) -> float:
         return self.parse_float(self.float_tokens(x))
 
+    @property
+    def zero_exponent(self) -> int:
+        """The exponent token that encodes zero (the lowest one)."""
+        return -self.max_exponent - self.float_precision
+
     def float_tokens(self, x: float) -> list[str]:
+        if not math.isfinite(x):
+            raise ValueError(f"cannot encode the non-finite constant {x}")
         sign = "-" if x < 0 else "+"
         a = abs(float(x))
         p = self.float_precision
+        zero = [sign, f"N{10 ** (p - 1)}", f"E{self.zero_exponent}"]
         if a == 0.0:
-            return [sign, f"N{10 ** (p - 1)}", f"E{-self.max_exponent - p}"]  # smallest representable ~ 0
+            return zero
         e = math.floor(math.log10(a)) - (p - 1)
         m = round(a / 10.0 ** e)
         if m >= 10 ** p:  # rounding carried into one more digit
             m //= 10
             e += 1
-        e = min(max(e, -self.max_exponent - p), self.max_exponent)
+        if e <= self.zero_exponent:  # underflow: written as zero, as the official encoder does
+            return zero
+        if e > self.max_exponent:
+            raise ValueError(f"constant {x} exceeds the largest encodable magnitude "
+                             f"{(10 ** p - 1) * 10.0 ** self.max_exponent:.{p}g}")
         return [sign, f"N{m}", f"E{e}"]
 
-    @staticmethod
-    def parse_float(tokens: list[str]) -> float:
+    def parse_float(self, tokens: list[str]) -> float:
         sign, m, e = tokens
+        if int(e[1:]) == self.zero_exponent:
+            return 0.0
         value = int(m[1:]) * 10.0 ** int(e[1:])
         return float(f"{(-value if sign == '-' else value):.12g}")
 

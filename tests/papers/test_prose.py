@@ -510,6 +510,52 @@ def test_bad_config_raises_value_error():
         ProseModule(max_dim=5, dim_emb=16, n_heads=2)
 
 
+def test_float_precision_is_bounded():
+    """The vocabulary holds 9 x 10^(p-1) mantissa tokens: float_precision 7 built a 9-million-token vocabulary and died
+    allocating 45 GB, 0 failed inside range(); both constructors now reject anything outside 1..4."""
+    from datamodules.prose_data import ProseDataModule
+    from launch.errors import UserError
+    from lit_models.dynamics.prose import ProseModule
+
+    for bad in (0, 5, 7):
+        with pytest.raises(UserError, match="float_precision"):
+            ProseDataModule(float_precision=bad)
+        with pytest.raises(ValueError, match="float_precision"):
+            ProseModule(float_precision=bad, dim_emb=16, n_heads=2)
+    assert len(ProseDataModule(float_precision=4).tokenizer) > 9000
+
+
+def test_more_time_points_than_the_window_has_grid_points_is_an_error():
+    """n_input (n_output) beyond the RK4 grid points of the input (query) window repeated time points silently
+    (data.n_input=500 on a 201-point window trained); it is a UserError, the default grids still build."""
+    from datamodules.prose_data import ProseDataModule, make_split
+    from launch.errors import UserError
+
+    for kw in ({"n_input": 500}, {"n_output": 201}, {"n_input": 202}):
+        dm = ProseDataModule(num_train=8, num_val=8, num_test=8, **kw)
+        with pytest.raises(UserError, match="time points would repeat"):
+            dm.setup("fit")
+    split = make_split("ode4", 8, 0, 0.3, 4.0, 0.01, 201, 200, 3)  # every grid point of both windows: still fine
+    assert len(set(split["t_in"].tolist())) == 201 and len(set(split["t_out"].tolist())) == 200
+
+
+def test_float_encoding_writes_underflow_as_zero_and_rejects_overflow():
+    """The exponent was clamped without fixing the mantissa: 3e-12 encoded as 3e-11, 0.0 as 1e-11, 2.5e14 as 2.5e12.
+    As the official encoder, magnitudes below the smallest representable (10^-max_exponent) are written as zero (the
+    lowest exponent token); beyond the largest, encoding raises ValueError."""
+    tok = SymbolicTokenizer(max_dim=3, float_precision=3)
+    for tiny in (3e-12, -5e-11, 0.0, 9.9e-11):
+        assert tok.round_float(tiny) == 0.0, tiny
+    assert tok.float_tokens(0.0) == tok.float_tokens(3e-12) == ["+", "N100", "E-13"]
+    assert tok.round_float(1e-10) == 1e-10 and tok.round_float(9.996e-11) == 1e-10  # rounds up: representable
+    assert tok.round_float(-1.234e-10) == -1.23e-10 and tok.round_float(9.99e12) == 9.99e12
+    for huge in (2.5e14, 9.996e12, -1e13, float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            tok.float_tokens(huge)
+    expr = [[(0.0, "x_0"), (2e-13, None)], [(-0.5, "x_1")]]
+    assert tok.decode(tok.encode(expr)) == [[(0.0, "x_0"), (0.0, None)], [(-0.5, "x_1")]]
+
+
 # ---- the card's learning claims (configs/experiment/prose.yaml `claims:`) -------------------------------------
 # The claim tests share runs through launch.check's per-process cache (the fused run trains once for all three
 # claims), and `make test` (`pytest -n 2 --dist loadfile`) runs a file's tests in one worker.
@@ -544,7 +590,10 @@ def test_claim_fusion_helps_and_fails_with_baseline():
 def test_claims_symbol_decoder_valid_and_skeleton_exact_and_fail_untrained():
     """Card check 2 at the card's model (width 64, FFN 256, layers 1/1/2/2/2, batch 64) and trimmed budget (1,500 Adam
     steps; ~0.2 s a step, ~5 min for this training on one thread): greedy decodes are valid prefix expressions for
-    >= 95% of the test samples and the decoded skeleton is exactly right for >= 90% (uncorrupted input text).
+    >= 95% of the test samples and the decoded skeleton is exactly right for >= 90% (uncorrupted input text: the
+    input is the true skeleton, so the claims show that the decoder reproduces it, not that it infers it from the data;
+    not asserted: at seed 0 the paper's test-time corruption, eval_p_add = eval_p_delete = 0.15, 58.8% of the input
+    skeletons wrong, gives skeleton 0.986 and valid 1.000, another family's skeleton as input 0.006 and 1.000).
     MEASURED (500 test samples, 2026-12-07, one machine): valid 1.000 / 1.000 / 0.970 / 0.984 and skeleton 1.000 /
     0.924 / 0.918 / 0.984 at seeds 0-3 (all pass). Earlier checkpoints of the same runs (the inverse-sqrt schedule does
     not depend on max_steps): at 1,000 steps valid 0.976 / 1.000 / 1.000 / 0.962 and skeleton 0.962 / 0.930 / 0.976 /
