@@ -13,8 +13,9 @@ Offline default (`name="offline"`, no network):
 
 Real data (`name="piececonst_smooth"`): the FNO Darcy files `piececonst_r421_N1024_smooth1.mat` (train) and
 `..._smooth2.mat` (test), keys `coeff` and `sol` (N x 421 x 421, vertex grid including the boundary), fetched through
-`datamodules.download.fetch` (checksum not verified: trust on first use) and subsampled by `sampling_rate`
-(2 -> 211 x 211, as MgNO's `--sample_x`).
+`datamodules.download.fetch` (checksum not verified: trust on first use; the default `FNO_DARCY_URL`, NAS-Bench-360's
+S3 mirror, may be dead, see there: `data_dir` then) and subsampled by `sampling_rate` (2 -> 211 x 211, as MgNO's
+`--sample_x`). NaN or infinite values in the subsampled samples are refused (`require_finite`).
 
 Both, `normalizer_type=null` (default): inputs z-scored with the training mean/std of a, outputs divided by the
 training std of u. The official normalisers (`official_normalizers`): `normalizer_type` "GN" (utilities3
@@ -38,7 +39,11 @@ from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader
 from datamodules.samplers import eval_sampler
 from launch.errors import UserError, check_min, one_line
 
-FNO_DARCY_URL = "https://pde-xd.s3.amazonaws.com/{file}"  # NAS-Bench-360 mirror of the FNO Google-Drive files
+# NAS-Bench-360's S3 mirror of the FNO Google-Drive files; possibly dead: the NAS-Bench-360 README
+# (rtu715/NAS-Bench-360, Oct 2022) lists these as "old links, use the shared drive" (a Google-Drive folder, no direct
+# file URL) while its AWS resources move to the Open Data Sponsorship program. If the fetch fails, download the two
+# files from that drive (or the FNO authors' Drive) and pass data.data_dir.
+FNO_DARCY_URL = "https://pde-xd.s3.amazonaws.com/{file}"
 FNO_DARCY_FILES = {"train": "piececonst_r421_N1024_smooth1.mat", "test": "piececonst_r421_N1024_smooth2.mat"}
 DATASETS = ("offline", "piececonst_smooth")
 
@@ -145,10 +150,33 @@ def cached_darcy(n_samples: int, n: int, seed: int, cache_dir: str | os.PathLike
     return z["coeff"], z["sol"]
 
 
-# ------------------------------------------------------------------------------------------- FNO .mat files
+# ------------------------------------------------------------------------- data files (.mat, .npy): shared
 class DataFileError(UserError, ValueError):
     """A data file that cannot be used (unreadable, missing keys, wrong shapes or sizes): a UserError (one line, exit
     2 through the CLI), and a ValueError as these checks raised before, for callers that catch that."""
+
+
+def require_finite(path: str | os.PathLike, name: str, arr: np.ndarray) -> None:
+    """A DataFileError naming `path` and the variable `name` when `arr` (the part of it that is used) holds NaN or
+    infinite values (as the MM-PDE, UM2N and cylinder-flow readers refuse them)."""
+    if not np.all(np.isfinite(arr)):
+        raise DataFileError(f"{path}: NaN or infinite values in {name}")
+
+
+def load_npy(path: str | os.PathLike) -> np.ndarray:
+    """A real numeric array from an ``.npy`` file, memory-mapped; a one-line DataFileError naming the file when it is
+    not one (empty, corrupt, truncated, pickled objects, an .npz archive, strings, booleans, complex numbers)."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DataFileError(f"cannot read {path} as a numpy .npy array: {one_line(err, 160)}") from None
+    if not isinstance(arr, np.ndarray):
+        if hasattr(arr, "close"):
+            arr.close()
+        raise DataFileError(f"{path}: expected a numpy .npy array, got {type(arr).__name__}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise DataFileError(f"{path}: expected a real numeric array, got dtype {arr.dtype}")
+    return arr
 
 
 def mat_read_errors() -> tuple[type[BaseException], ...]:
@@ -194,7 +222,8 @@ def read_mat_arrays(path: str | os.PathLike, keys: tuple[str, ...], what: str) -
 
 def load_fno_mat(path: str | os.PathLike, n_samples: int, sampling_rate: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """(coeff, sol) of the first n_samples of an FNO Darcy .mat file, subsampled by `sampling_rate`
-    (MATLAB v5 through scipy.io.loadmat; v7.3 (HDF5) through h5py when installed)."""
+    (MATLAB v5 through scipy.io.loadmat; v7.3 (HDF5) through h5py when installed); a DataFileError when these
+    values hold NaN or infinities."""
     coeff, sol = read_mat_arrays(path, ("coeff", "sol"), "an FNO Darcy file holds coeff and sol, N x s x s")
     if coeff.ndim != 3 or coeff.shape != sol.shape or not (np.issubdtype(coeff.dtype, np.number)
                                                             and np.issubdtype(sol.dtype, np.number)):
@@ -203,8 +232,10 @@ def load_fno_mat(path: str | os.PathLike, n_samples: int, sampling_rate: int = 2
     if n_samples > coeff.shape[0]:
         raise DataFileError(f"{path}: asked for {n_samples} samples, the file has {coeff.shape[0]}")
     r = sampling_rate
-    return (np.asarray(coeff[:n_samples, ::r, ::r], dtype=np.float64),
-            np.asarray(sol[:n_samples, ::r, ::r], dtype=np.float64))
+    coeff, sol = (np.asarray(v[:n_samples, ::r, ::r], dtype=np.float64) for v in (coeff, sol))
+    require_finite(path, "coeff", coeff)
+    require_finite(path, "sol", sol)
+    return coeff, sol
 
 
 def check_grid(path: str | os.PathLike, a: np.ndarray, resolution: int, sampling_rate: int) -> None:

@@ -58,8 +58,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.context import sampling_context
+from datamodules.darcy import load_npy, require_finite
 from datamodules.resumable import ResumableDataLoader
-from launch.errors import UserError, check_choice, check_min, one_line
+from launch.errors import UserError, check_choice, check_min
 
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 warnings.filterwarnings("ignore", message=r"Numba not installed")
@@ -317,17 +318,15 @@ class DystsDataModule(_SegmentLoaders, L.LightningDataModule):
 
 
 def load_npy_series(path) -> np.ndarray:
-    """A T x N float array from an ``.npy`` file (the official `Dataset`: 2-d, time first)."""
-    path = Path(path)
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {one_line(e, 200)}") from None
-    if x.ndim != 2:
-        raise UserError(f"{path}: expected a T x N array, got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise UserError(f"{path}: contains non-finite values")
-    return np.asarray(x, dtype=np.float64)
+    """A T x N float array (T >= 2, N >= 1) from an ``.npy`` file (the official `Dataset`: 2-d, time first); a
+    one-line UserError naming the file when it is not a real numeric .npy array (`datamodules.darcy.load_npy`) or
+    holds NaN or infinite values."""
+    x = load_npy(path)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
+        raise UserError(f"{path}: expected a T x N array with T >= 2 time steps, got shape {x.shape}")
+    x = np.array(x, dtype=np.float64)  # a copy: the memory map is released
+    require_finite(path, "the series", x)
+    return x
 
 
 class TrajectoryFileDataModule(_SegmentLoaders, L.LightningDataModule):

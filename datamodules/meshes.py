@@ -184,6 +184,8 @@ def load_burgers_192(path: str | Path) -> np.ndarray:
         a = a[:, None]
     if a.ndim != 4 or a.shape[-2:] != (192, 192):
         raise UserError(f"{path}: expected an array (n_traj, T, 192, 192), got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise UserError(f"{path}: expected a real numeric Burgers array, got dtype {a.dtype}")
     a = np.asarray(a, np.float32)
     if not np.all(np.isfinite(a)):
         raise UserError(f"{path}: the Burgers array has non-finite values")

@@ -45,9 +45,11 @@ from datamodules.darcy import (
     check_val_split,
     encode_splits,
     load_fno_mat,
+    load_npy,
     official_normalizers,
+    require_finite,
 )
-from launch.errors import UserError, one_line
+from launch.errors import UserError
 
 DATASETS = {
     "darcy_rough": {"train": "darcy_alpha2_tau5_512_train.mat", "test": "darcy_alpha2_tau5_512_test.mat"},
@@ -61,22 +63,6 @@ IN_CHANNELS = {"darcy_rough": 1, "darcy_multiscale": 1, "helmholtz": 1, "pipe": 
 
 
 # --------------------------------------------------------------------------------------------- raw loaders
-def load_npy(path: str | os.PathLike) -> np.ndarray:
-    """A numeric array from an ``.npy`` file, memory-mapped; a one-line UserError naming the file when it is not one
-    (corrupt, truncated, pickled objects, an .npz archive)."""
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"cannot read {path} as a numpy .npy array: {one_line(err, 160)}") from None
-    if not isinstance(arr, np.ndarray):
-        if hasattr(arr, "close"):
-            arr.close()
-        raise UserError(f"{path}: expected a numpy .npy array, got {type(arr).__name__}")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise UserError(f"{path}: expected a numeric array, got dtype {arr.dtype}")
-    return arr
-
-
 def load_helmholtz(x_path: str | os.PathLike, y_path: str | os.PathLike, train_rows: tuple[int, int],
                    test_rows: tuple[int, int]) -> tuple[np.ndarray, ...]:
     """(a_train, u_train, a_test, u_test) from Huang et al.'s arrays (s, s, N): sample axis moved first."""
@@ -89,10 +75,13 @@ def load_helmholtz(x_path: str | os.PathLike, y_path: str | os.PathLike, train_r
         if not 0 <= lo < hi <= n:
             raise UserError(f"helmholtz: rows {lo}..{hi - 1} outside the file's {n} samples")
 
-    def take(arr: np.ndarray, rows: tuple[int, int]) -> np.ndarray:
-        return np.ascontiguousarray(np.moveaxis(arr[..., rows[0]:rows[1]], -1, 0), dtype=np.float64)
+    def take(arr: np.ndarray, rows: tuple[int, int], path: str | os.PathLike) -> np.ndarray:
+        out = np.ascontiguousarray(np.moveaxis(arr[..., rows[0]:rows[1]], -1, 0), dtype=np.float64)
+        require_finite(path, f"samples {rows[0]}..{rows[1] - 1}", out)
+        return out
 
-    return take(xs, train_rows), take(ys, train_rows), take(xs, test_rows), take(ys, test_rows)
+    return (take(xs, train_rows, x_path), take(ys, train_rows, y_path), take(xs, test_rows, x_path),
+            take(ys, test_rows, y_path))
 
 
 def load_pipe(x_path: str | os.PathLike, y_path: str | os.PathLike, q_path: str | os.PathLike, n_train: int,
@@ -108,6 +97,8 @@ def load_pipe(x_path: str | os.PathLike, y_path: str | os.PathLike, q_path: str 
                          f" of {n_total}")
     a = np.stack([px[:n_total, :crop, :crop], py[:n_total, :crop, :crop]], axis=1).astype(np.float64)
     u = np.asarray(q[:n_total, 0, :crop, :crop], dtype=np.float64)
+    for path, name, arr in ((x_path, "X", a[:, 0]), (y_path, "Y", a[:, 1]), (q_path, "Q[:, 0]", u)):
+        require_finite(path, name, arr)
     return a[:n_train], u[:n_train], a[n_total - n_test:], u[n_total - n_test:]
 
 

@@ -221,10 +221,11 @@ MAT_KEYS = {
 
 def load_mat_reference(path: str | Path, name: str) -> dict[str, np.ndarray]:
     """{"x": (X,), "t": (T,), "u": (T, X)} from AC.mat (`tt`, `x`, `uu`), ks_simple.mat or ks_chaotic.mat (`t`, `x`,
-    `usol`); the layouts are in MAT_KEYS."""
+    `usol`); the layouts are in MAT_KEYS. An unreadable or misshapen file, or NaN / infinite values, is a one-line
+    DataFileError naming it."""
     from scipy.io import loadmat
 
-    from datamodules.darcy import DataFileError, mat_read_errors
+    from datamodules.darcy import DataFileError, mat_read_errors, require_finite
 
     if name not in MAT_KEYS:
         raise ValueError(f"no .mat layout for {name!r}")
@@ -247,6 +248,8 @@ def load_mat_reference(path: str | Path, name: str) -> dict[str, np.ndarray]:
     if t.size == 0 or x.size == 0 or u.shape != (x.size, t.size):
         raise DataFileError(f"{path}: {keys[2]} has shape {u.shape}, expected ({x.size}, {t.size}) with non-empty "
                             f"{keys[1]} and {keys[0]}")
+    for key, arr in zip(keys, (t, x, u)):
+        require_finite(path, key, arr)
     return {"x": x, "t": t, "u": u.T}
 
 

@@ -2,6 +2,8 @@
 the .npz cache, and the FNO .mat loader on a tiny local fixture (never the network)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import scipy.io
@@ -219,6 +221,29 @@ def test_load_fno_mat_subsamples(tmp_path):
     np.testing.assert_array_equal(sol, arrays["train"][1][:, ::20, ::20])
     with pytest.raises(ValueError, match="asked for 5"):
         load_fno_mat(tmp_path / darcy.FNO_DARCY_FILES["train"], 5)
+
+
+@pytest.mark.parametrize("key,bad", [("coeff", np.nan), ("sol", np.inf)])
+def test_non_finite_values_in_the_used_samples_are_refused(tmp_path, key, bad):
+    """NaN / inf at a grid point that is kept (sampling_rate 20: index 40) is a one-line error naming the file and
+    the variable; at a point that the subsampling drops (index 41) the file loads as before."""
+    arrays = _write_fixture(tmp_path, n=3)
+    path = tmp_path / darcy.FNO_DARCY_FILES["train"]
+    arr = {"coeff": arrays["train"][0], "sol": arrays["train"][1]}
+    arr[key][1, 41, 41] = bad
+    scipy.io.savemat(path, arr)
+    kw = dict(name="piececonst_smooth", resolution=22, sampling_rate=20, n_train=2, n_test=2, batch_size=1,
+              data_dir=str(tmp_path))
+    dm = DarcyDataModule(**kw)
+    dm.setup()
+    assert all(torch.isfinite(t).all() for t in dm.tensors.values())
+    arr[key][1, 40, 40] = bad
+    scipy.io.savemat(path, arr)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: NaN or infinite values in {key}$"):
+        DarcyDataModule(**kw).setup()
+    with pytest.raises(UserError, match=key):  # the same check on the reader alone
+        load_fno_mat(path, 2, sampling_rate=20)
+    assert load_fno_mat(path, 1, sampling_rate=20)[0].shape == (1, 22, 22)  # sample 1 not read: loads
 
 
 def test_fno_datamodule_from_data_dir_and_through_download(tmp_path, monkeypatch):

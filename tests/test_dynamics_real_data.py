@@ -191,6 +191,34 @@ def test_gtf_npy_errors(tmp_path):
         TrajectoryFileDataModule("Lorenz63", data_dir=str(tmp_path)).setup()
 
 
+def _npz_named_npy(path) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, a=np.zeros((10, 3)))
+
+
+GTF_BAD_NPY = {  # file content -> what the one-line error says (before: tracebacks, or silently loaded)
+    "empty": (lambda p: p.write_bytes(b""), "cannot read"),  # was EOFError
+    "npz": (_npz_named_npy, "expected a numpy .npy array, got NpzFile"),  # was AttributeError
+    "strings": (lambda p: np.save(p, np.full((10, 3), "a")), "expected a real numeric array"),  # was TypeError
+    "complex": (lambda p: np.save(p, np.ones((10, 3)) + 1j), "expected a real numeric array"),  # lost its .imag
+    "bool": (lambda p: np.save(p, np.ones((10, 3), bool)), "expected a real numeric array"),  # read as 0 / 1
+    "no_rows": (lambda p: np.save(p, np.zeros((0, 3))), "T >= 2"),  # was accepted
+    "one_row": (lambda p: np.save(p, np.zeros((1, 3))), "T >= 2"),
+    "nan": (lambda p: np.save(p, np.where(np.eye(10, 3) > 0, np.nan, 1.0)), "NaN or infinite values in the series"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GTF_BAD_NPY))
+def test_gtf_bad_npy_file_is_a_one_line_error_naming_it(tmp_path, case):
+    write, match = GTF_BAD_NPY[case]
+    _write_npy(tmp_path, "Lorenz63")
+    bad = tmp_path / "Lorenz63" / "lorenz63_test.npy"
+    write(bad)
+    with pytest.raises(UserError, match=match) as err:
+        TrajectoryFileDataModule("Lorenz63", data_dir=str(tmp_path)).setup()
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_gtf_npy_download_through_fetch(tmp_path, monkeypatch):
     """URLs go through download.fetch (file:// here: tests never reach the network), cached under gtf_plrnn/."""
     src = tmp_path / "src"

@@ -4,6 +4,8 @@ contract run of each paper-scale variant configs/experiment/mgno/<dataset>.yaml 
 network)."""
 from __future__ import annotations
 
+import re
+
 import h5py
 import numpy as np
 import pytest
@@ -173,6 +175,51 @@ def test_navier_stokes_one_step_pairs_and_rollout_targets(tmp_path, v73):
     np.testing.assert_allclose(t["y_test"][1, 2].numpy(), u[5, :, :, 3], rtol=1e-6)
     with pytest.raises(UserError, match="T >= 6"):
         navier_stokes_pairs(np.zeros((4, 5, 8, 8)), 2, 1, t_steps=5)
+
+
+def _poison(name, folder, bad):
+    """The fixture of `name` with one used value set to `bad`: (kwargs of MgNODataModule, the poisoned file, the
+    variable the error names)."""
+    if name in ("darcy_rough", "darcy_rough_v73"):
+        arrays = write_darcy(folder, "darcy_rough", n=(5, 3))
+        coeff, sol = arrays["test"]
+        sol[2, 6, 4] = bad  # kept by the x2 subsampling
+        path = folder / mgno_data.DATASETS["darcy_rough"]["test"]
+        (save_mat73 if name.endswith("v73") else scipy.io.savemat)(path, {"coeff": coeff, "sol": sol})
+        return dict(name="darcy_rough", resolution=16, n_train=5, n_test=3), path, "sol"
+    if name == "helmholtz":
+        x, _ = write_helmholtz(folder)
+        x[3, 5, 9] = bad  # test sample 9 (rows 8..10)
+        np.save(folder / "Helmholtz_inputs.npy", x)
+        kw = dict(name="helmholtz", resolution=16, n_train=4, n_test=3, test_offset=8)
+        return kw, folder / "Helmholtz_inputs.npy", "samples 8..10"
+    if name == "pipe":
+        q = write_pipe(folder)[2]
+        q[1, 0, 2, 3] = bad
+        np.save(folder / "Pipe_Q.npy", q)
+        return dict(name="pipe", resolution=16, n_train=6, n_test=3, n_total=10), folder / "Pipe_Q.npy", r"Q\[:, 0\]"
+    u = write_ns(folder)
+    u[5, 1, 2, 3] = bad
+    scipy.io.savemat(folder / mgno_data.DATASETS["navier_stokes"]["u"], {"u": u})
+    kw = dict(name="navier_stokes", resolution=16, n_train=3, n_test=2, n_total=6, t_steps=3, normalize=False)
+    return kw, folder / mgno_data.DATASETS["navier_stokes"]["u"], "u"
+
+
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+@pytest.mark.parametrize("name", ["darcy_rough", "darcy_rough_v73", "helmholtz", "pipe", "navier_stokes"])
+def test_non_finite_values_are_a_one_line_error_naming_file_and_variable(tmp_path, name, bad):
+    kw, path, what = _poison(name, tmp_path, bad)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: NaN or infinite values in {what}$"):
+        MgNODataModule(data_dir=str(tmp_path), **kw).setup()
+
+
+def test_non_finite_values_outside_the_used_samples_are_ignored(tmp_path):
+    x, _ = write_helmholtz(tmp_path)
+    x[0, 0, 6] = np.nan  # sample 6: neither train (0..3) nor test (8..10)
+    np.save(tmp_path / "Helmholtz_inputs.npy", x)
+    dm = MgNODataModule(name="helmholtz", resolution=16, n_train=4, n_test=3, test_offset=8, data_dir=str(tmp_path))
+    dm.setup()
+    assert all(torch.isfinite(t).all() for t in dm.tensors.values())
 
 
 def test_rollout_feeds_predictions_back():

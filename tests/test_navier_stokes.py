@@ -2,6 +2,8 @@
 the FNO-benchmark file loader (MATLAB v5 and v7.3/HDF5) on tiny local fixtures."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import scipy.io
@@ -69,6 +71,39 @@ def test_fno_file_loader_reads_both_mat_versions(tmp_path, version):
     loaded = load_fno_navier_stokes(path, 4)
     assert loaded.shape == (4, 12, 8, 8)
     np.testing.assert_allclose(loaded, u[:4].transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("version", ["v5", "v7.3"])
+def test_fno_file_with_non_finite_values_is_a_one_line_error(tmp_path, version):
+    """NaN / inf in a trajectory that is read: a one-line error naming the file and `u`; in one past the n read
+    trajectories: ignored."""
+    u = np.random.default_rng(2).standard_normal((6, 8, 8, 12)).astype(np.float32)
+    u[5, 0, 0, 0] = np.inf  # not read (n <= 5)
+    u[3, 2, 1, 7] = np.nan
+    path = tmp_path / "NavierStokes_V1e-5_N1200_T20.mat"
+    if version == "v5":
+        scipy.io.savemat(path, {"u": u})
+    else:
+        _write_v73(path, u)
+    assert load_fno_navier_stokes(path, 3).shape == (3, 12, 8, 8)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: NaN or infinite values in u$"):
+        load_fno_navier_stokes(path, 5)
+    with pytest.raises(UserError, match="NaN or infinite values in u"):
+        SemilinearDataModule(name="ns_fno", data_dir=str(tmp_path), n_train=3, n_test=2, n_frames=10).setup()
+
+
+def test_mm_pde_burgers_file_of_strings_is_a_one_line_error(tmp_path):
+    """datamodules.meshes.load_burgers_192 (MM-PDE's burgers_192.npy; here as the PDE-file reader tests are): an
+    array of the right shape but not of real numbers is refused in one line (before: a ValueError traceback)."""
+    from datamodules.meshes import load_burgers_192
+
+    path = tmp_path / "burgers_192.npy"
+    for values in (np.full((1, 2, 192, 192), "a"), np.ones((1, 2, 192, 192), dtype=np.complex64)):
+        np.save(path, values)
+        with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: expected a real numeric Burgers array"):
+            load_burgers_192(path)
+    np.save(path, np.ones((1, 2, 192, 192), dtype=np.float16))
+    assert load_burgers_192(path).dtype == np.float32
 
 
 def test_fno_datamodule_from_data_dir_and_url(tmp_path, monkeypatch):

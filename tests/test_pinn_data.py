@@ -3,6 +3,8 @@ the exact spatially uniform solution and its energy law, the KS form of the caus
 KS solver after rescaling, Burgers against the exact Cole-Hopf solution and Galilean invariance, the datamodules."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -134,6 +136,25 @@ def test_paper_mat_files_load_from_a_local_folder(tmp_path):
     savemat(tmp_path / "bad.mat", {"t": t[None], "x": x[None], "u": uu})
     with pytest.raises(ValueError, match="missing keys"):
         load_mat_reference(tmp_path / "bad.mat", "ks_mat")
+
+
+@pytest.mark.parametrize("key", ["tt", "x", "uu"])
+def test_paper_mat_file_with_non_finite_values_is_a_one_line_error(tmp_path, key):
+    """NaN / inf in AC.mat's time grid, space grid or solution: a one-line error naming the file and the variable
+    (before: loaded, and the NaN reached the reference and the initial condition)."""
+    from scipy.io import savemat
+
+    from launch.errors import UserError
+
+    x, t = np.linspace(-1, 1, 8), np.linspace(0, 1, 5)
+    arrays = {"tt": t[None], "x": x[:, None], "uu": np.outer(x ** 2, np.ones(5))}
+    arrays[key].flat[3] = np.nan if key != "uu" else np.inf
+    savemat(tmp_path / "AC.mat", arrays)
+    msg = rf"^{re.escape(str(tmp_path / 'AC.mat'))}: NaN or infinite values in {key}$"
+    with pytest.raises(UserError, match=msg):
+        load_mat_reference(tmp_path / "AC.mat", "allen_cahn_mat")
+    with pytest.raises(UserError, match=msg):
+        CausalPINNDataModule(name="allen_cahn_mat", n_t=4, n_x=4, data_dir=str(tmp_path)).setup()
 
 
 def test_paper_mat_files_download_through_fetch_from_a_local_server(tmp_path, monkeypatch):
