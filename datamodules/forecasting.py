@@ -32,8 +32,14 @@ dataset by ``name``; all of them, including the offline default, go through the 
 - ``PEMS03``/``PEMS04``/``PEMS07``/``PEMS08`` (``PEMSxx.npz``, array ``data`` of shape T x N x C; channel 0 (flow)
   is used, thuml ``Dataset_PEMS``): train [0, int(0.6 T)), val [int(0.6 T), int(0.8 T)), test [int(0.8 T), T),
   without the L-row overlap of the other datasets; missing values are forward- then backward-filled within each
-  split after scaling (the scaler ignores them). The other datasets have no gaps: a missing or non-finite value
-  there (a damaged or truncated file) is an error naming the file, row and column.
+  split after scaling (the scaler ignores them); an infinite value, or a sensor with no value in a split, is an
+  error. The other datasets have no gaps: a missing or non-finite value there (a damaged or truncated file) is an
+  error naming the file, row and column.
+
+The borders follow the file's length, and only the ETT files are checksummed, so the other standard files must
+have their standard number of time steps (``DatasetSpec.num_steps``: weather 52696, electricity 26304, traffic
+17544, exchange_rate 7588, national_illness 966, solar 52560, PEMS03/04/07/08 26208/16992/28224/17856); a file
+with under a quarter of them is read as a deliberately reduced copy (test fixtures), with a logged warning.
 
 The scaler (per-variate mean / std, numpy std with ddof=0 as sklearn's StandardScaler) is fitted on the train
 rows only and applied to the whole series; losses and metrics are in these z-scored units (card: "Report
@@ -47,6 +53,7 @@ first), returned as ``x_mark`` (B x L x 4); iTransformer turns them into extra t
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +67,8 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader
 from datamodules.samplers import eval_sampler
 from launch.errors import UserError, check_choice, check_min, one_line
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DATASETS",
@@ -81,19 +90,30 @@ ETT_BASE = "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small
 class DatasetSpec:
     file: str
     split: str  # "ett_hour" | "ett_minute" | "ratio" | "solar" | "pems" | "offline"
-    url: str | None  # None: only through data_dir (or url=); no stable direct link known
+    url: str | None  # None: no pinned (checksummed) URL, only through data_dir or url= (see the note below DATASETS)
     num_variates: int | None  # expected, checked when set
     target: str = "OT"
     fmt: str = "csv"  # "csv" (date, v1, ...) | "solar_txt" (no header, no dates) | "pems_npz" (npz "data" T x N x C)
     generated: bool = False  # written offline by a generator (OFFLINE_DEFAULTS) instead of downloaded
     sha256: str | None = None  # of the file at `url`, verified on download and on every later use of the cache
+    num_steps: int | None = None  # time steps (rows) of the standard file, checked by check_num_steps when set
 
 
 # name -> spec. URLs without checksum: trust on first use (download.fetch records the sha256 in a sidecar).
 # ETT sha256: the files at these raw-GitHub addresses as recorded in the tsdm package's ETT loader (the same four
 # digests across its releases; not re-downloaded here, the machine has no route to GitHub).
-# The Weather/ECL/Traffic/Exchange/ILI csv files come from the Autoformer / Time-Series-Library Google-Drive
-# bundle linked in the thuml/iTransformer README (no direct URL): download it and pass data.data_dir (or data.url).
+# The Weather/ECL/Traffic/Exchange/ILI/Solar/PEMS files come from the thuml dataset bundle. The Time-Series-Library
+# README links it on Google Drive, Baidu Drive and an official Hugging Face mirror (huggingface.co/datasets/thuml/
+# Time-Series-Library); public download scripts fetch single files from .../resolve/main/<folder>/<file> (e.g.
+# weather/weather.csv, electricity/electricity.csv, illness/national_illness.csv). None of those files was
+# downloaded here (no route from this machine), so the table pins no URL or checksum for them: pass
+# data.data_dir=<folder with the file>, or data.url=<that address> (trust on first use).
+# num_steps (no checksum guards these files' length): weather, electricity, traffic, exchange_rate and solar
+# reproduce the (train, val, test) sample counts of the iTransformer paper's dataset table (Table 4) through the
+# borders below (L = 96; solar 52560 = 365 days of 10-minute steps, the table also allows 52561);
+# national_illness the TimesNet table's (617, 74, 170) (L = 36, S = 24); PEMS03/04/07/08 the published
+# ASTGNN/STSGCN array shapes, 91/59/98/62 days of 5-minute steps (the iTransformer table's PEMS counts do not pin
+# the length: their offset from the split sizes differs between datasets and splits).
 DATASETS: dict[str, DatasetSpec] = {
     "leader_follower": DatasetSpec("leader_follower.csv", "offline", None, 8, generated=True),
     "lorenz96": DatasetSpec("lorenz96.csv", "ratio", None, None, generated=True),  # N = offline.num_variates
@@ -105,17 +125,23 @@ DATASETS: dict[str, DatasetSpec] = {
                          sha256="6ce1759b1a18e3328421d5d75fadcb316c449fcd7cec32820c8dafda71986c9e"),
     "ETTm2": DatasetSpec("ETTm2.csv", "ett_minute", f"{ETT_BASE}/ETTm2.csv", 7,
                          sha256="db973ca252c6410a30d0469b13d696cf919648d0f3fd588c60f03fdbdbadd1fd"),
-    "weather": DatasetSpec("weather.csv", "ratio", None, 21),
-    "electricity": DatasetSpec("electricity.csv", "ratio", None, 321),
-    "traffic": DatasetSpec("traffic.csv", "ratio", None, 862),
-    "exchange_rate": DatasetSpec("exchange_rate.csv", "ratio", None, 8),
-    "national_illness": DatasetSpec("national_illness.csv", "ratio", None, 7),
-    "solar": DatasetSpec("solar_AL.txt", "solar", None, 137, fmt="solar_txt"),
-    "PEMS03": DatasetSpec("PEMS03.npz", "pems", None, 358, fmt="pems_npz"),
-    "PEMS04": DatasetSpec("PEMS04.npz", "pems", None, 307, fmt="pems_npz"),
-    "PEMS07": DatasetSpec("PEMS07.npz", "pems", None, 883, fmt="pems_npz"),
-    "PEMS08": DatasetSpec("PEMS08.npz", "pems", None, 170, fmt="pems_npz"),
+    "weather": DatasetSpec("weather.csv", "ratio", None, 21, num_steps=52696),
+    "electricity": DatasetSpec("electricity.csv", "ratio", None, 321, num_steps=26304),
+    "traffic": DatasetSpec("traffic.csv", "ratio", None, 862, num_steps=17544),
+    "exchange_rate": DatasetSpec("exchange_rate.csv", "ratio", None, 8, num_steps=7588),
+    "national_illness": DatasetSpec("national_illness.csv", "ratio", None, 7, num_steps=966),
+    "solar": DatasetSpec("solar_AL.txt", "solar", None, 137, fmt="solar_txt", num_steps=52560),
+    "PEMS03": DatasetSpec("PEMS03.npz", "pems", None, 358, fmt="pems_npz", num_steps=26208),
+    "PEMS04": DatasetSpec("PEMS04.npz", "pems", None, 307, fmt="pems_npz", num_steps=16992),
+    "PEMS07": DatasetSpec("PEMS07.npz", "pems", None, 883, fmt="pems_npz", num_steps=28224),
+    "PEMS08": DatasetSpec("PEMS08.npz", "pems", None, 170, fmt="pems_npz", num_steps=17856),
 }
+
+# A file with fewer than this fraction of its dataset's num_steps is taken as a deliberately reduced copy (the
+# test fixtures, quick smoke runs; their split borders follow their own length, a warning says so); from this
+# fraction on, any length other than num_steps (a copy cut at a line boundary, two files joined, a header line
+# read as data) is refused. The largest reduced copy in the tests is 1000 of exchange_rate's 7588 rows (13 %).
+REDUCED_COPY_FRACTION = 0.25
 
 LEADER_FOLLOWER_DEFAULTS: dict[str, Any] = {
     "length": 8000,  # T
@@ -202,6 +228,39 @@ def check_finite(values: np.ndarray, path: Path, names: list[str], dates: np.nda
                         f"({int(bad.sum())} in all); only PEMS gaps are filled: repair or download the file again")
 
 
+def check_num_steps(values: np.ndarray, path: Path, name: str, num_steps: int | None) -> None:
+    """A one-line UserError when the file of a standard dataset has another number of time steps than the
+    standard file (``DatasetSpec.num_steps``): the 70/10/20 and 60/20/20 borders follow the length, so a file cut
+    at a line boundary would silently shift them. Copies with fewer than ``REDUCED_COPY_FRACTION`` of the rows
+    are taken as deliberately reduced (test fixtures, smoke runs) and only logged."""
+    found = len(values)
+    if num_steps is None or found == num_steps:
+        return
+    if found < REDUCED_COPY_FRACTION * num_steps:
+        log.warning("%s: %d time steps, the standard %s file has %d: read as a reduced copy (split borders follow "
+                    "its length)", path, found, name, num_steps)
+        return
+    raise UserError(f"{path}: expected {num_steps} time steps (rows) for {name}, found {found}: a truncated or "
+                    "otherwise altered file; download it again")
+
+
+def check_pems_values(values: np.ndarray, path: Path, borders: list[tuple[int, int]]) -> None:
+    """PEMS gaps are NaN and get filled within each split (``Dataset_PEMS``); a one-line UserError naming the
+    file, row and column for what cannot be filled: an infinite value, or a sensor column with no value at all
+    within a split (it would stay NaN after the forward / backward fill)."""
+    inf = np.isinf(values)
+    if inf.any():
+        row, col = (int(i) for i in np.argwhere(inf)[0])
+        raise UserError(f"{path}: infinite value in data row {row + 1}, sensor column {col} ({int(inf.sum())} in "
+                        "all); PEMS gaps must be NaN: repair or download the file again")
+    for split, (a, b) in zip(("train", "val", "test"), borders):
+        empty = np.flatnonzero(np.isnan(values[a:b]).all(axis=0))
+        if empty.size:
+            raise UserError(f"{path}: sensor column {int(empty[0])} has no value in the {split} split (data rows "
+                            f"{a + 1}-{b}; {empty.size} column(s) in all), so its gaps cannot be filled: repair "
+                            "or download the file again")
+
+
 def read_solar_txt(path: Path) -> tuple[np.ndarray, None, list[str]]:
     """(values T x N float32, no dates, column numbers) from Solar-Energy's ``solar_AL.txt`` (comma-separated,
     no header)."""
@@ -213,13 +272,24 @@ def read_solar_txt(path: Path) -> tuple[np.ndarray, None, list[str]]:
 
 
 def read_pems_npz(path: Path) -> tuple[np.ndarray, None, list[str]]:
-    """(values T x N float32 = data[:, :, 0] (traffic flow), no dates, sensor numbers) from a ``PEMSxx.npz``."""
+    """(values T x N float32 = data[:, :, 0] (traffic flow), no dates, sensor numbers) from a ``PEMSxx.npz``.
+
+    A damaged file (truncated or empty archive, a bare ``.npy`` array under the ``.npz`` name, a non-numeric
+    ``data`` array) is a one-line UserError naming the file."""
+    import zipfile
+    import zlib
+
+    expected = "expected an npz with a numeric array 'data' of shape T x N x C"
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise UserError(f"cannot read {path} ({expected}): it is a bare .npy array, not an npz archive")
+        with loaded as f:
             data = np.asarray(f["data"])
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"cannot read {path} (expected an npz with an array 'data' of shape T x N x C): "
-                        f"{one_line(e, 160)}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise UserError(f"cannot read {path} ({expected}): {type(e).__name__}: {one_line(e, 160)}") from None
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise UserError(f"cannot read {path} ({expected}): 'data' has dtype {data.dtype}")
     if data.ndim == 3:
         data = data[:, :, 0]
     if data.ndim != 2:
@@ -459,9 +529,10 @@ class ForecastingDataModule(CheckpointedShuffle, L.LightningDataModule):
             return path
         url = self.url or self.spec.url
         if url is None:
-            raise UserError(f"dataset {self.name!r} has no direct download link: get {self.spec.file} from the "
-                            "Autoformer/Time-Series-Library bundle (thuml/iTransformer README) and pass "
-                            "data.data_dir=<folder>, or data.url=<url>")
+            raise UserError(f"dataset {self.name!r} has no pinned download link: get {self.spec.file} from the "
+                            "thuml Time-Series-Library bundle (Google Drive, or the Hugging Face mirror "
+                            "huggingface.co/datasets/thuml/Time-Series-Library) and pass data.data_dir=<folder>, "
+                            "or data.url=<url>")
         from datamodules.download import DownloadError, fetch
 
         try:
@@ -493,7 +564,10 @@ class ForecastingDataModule(CheckpointedShuffle, L.LightningDataModule):
             raise UserError(f"{self.name}: expected {expected} variates, the file has {values.shape[1]}")
         if self.spec.fmt != "pems_npz":
             check_finite(values, path, names, dates)
+        check_num_steps(values, path, self.name, self.spec.num_steps)
         self.borders = split_borders(self.spec.split, len(values), self.seq_len, self.offline.get("train_end"))
+        if self.spec.fmt == "pems_npz":
+            check_pems_values(values, path, self.borders)
         b0, b1 = self.borders[0]
         train = values[b0:b1]
         # PEMS may have gaps (the other formats were checked above): the scaler ignores them (as sklearn's)

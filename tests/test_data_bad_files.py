@@ -341,3 +341,75 @@ def test_mgno_navier_stokes_truncated_v73_is_one_line_error(tmp_path):
     dm = MgNODataModule(name="navier_stokes", resolution=8, n_train=3, n_test=2, n_total=6, t_steps=3,
                         normalize=False, data_dir=str(tmp_path))
     raises_naming(bad, dm.setup, "cannot read")
+
+
+# ------------------------------------------------------------------- PEMS .npz files (iTransformer real data)
+def _pems08(**arrays):
+    def write(path):
+        np.savez(path, **arrays)
+    return write
+
+
+def _pems08_truncated(path) -> None:
+    np.savez(path, data=RNG.random((100, 170, 3)).astype(np.float32))
+    truncate(path)
+
+
+def _npy_named_npz(path) -> None:
+    with open(path, "wb") as f:  # np.save(path) would append .npy to the name
+        np.save(f, RNG.random((100, 170, 3)).astype(np.float32))
+
+
+PEMS_BAD = {  # case -> (writer, a word of the message); before: BadZipFile / EOFError / TypeError / ValueError
+    "truncated": (_pems08_truncated, "BadZipFile"),
+    "empty": (lambda p: p.write_bytes(b""), "EOFError"),
+    "npy_under_npz_name": (_npy_named_npz, "bare .npy array"),
+    "strings": (_pems08(data=np.full((100, 170, 3), "a")), "dtype <U1"),
+    "complex": (_pems08(data=np.ones((100, 170, 3), np.complex64)), "dtype complex64"),  # lost its .imag
+}
+
+
+@pytest.mark.parametrize("case", sorted(PEMS_BAD))
+def test_pems_bad_npz_is_one_line_error(tmp_path, case):
+    write, match = PEMS_BAD[case]
+    path = tmp_path / "PEMS08.npz"
+    write(path)
+    dm = ForecastingDataModule("PEMS08", seq_len=8, pred_len=8, batch_size=2, data_dir=str(tmp_path))
+    raises_naming(path, dm.setup, match)
+
+
+def test_pems08_truncated_through_zoo_exits_2(tmp_path, cache):
+    (tmp_path / "dd").mkdir()
+    path = tmp_path / "dd" / "PEMS08.npz"
+    _pems08_truncated(path)
+    zoo_fails_naming(path, tmp_path / "runs", "experiment=itransformer/pems08", f"data.data_dir={path.parent}",
+                     "data.seq_len=8", "data.pred_len=8", "data.batch_size=2")
+
+
+def _pems_setup(tmp_path, data):
+    path = tmp_path / "PEMS08.npz"
+    np.savez(path, data=data)
+    return path, ForecastingDataModule("PEMS08", seq_len=8, pred_len=8, batch_size=2, data_dir=str(tmp_path)).setup
+
+
+def test_pems_infinite_value_is_refused_naming_row_and_column(tmp_path):
+    """Before: loaded, with a non-finite scaler mean / std and non-finite windows."""
+    data = RNG.random((100, 170, 3)).astype(np.float32)
+    data[5, 3, 0] = np.inf
+    data[7, 9, 1] = np.inf  # another channel: not read
+    path, setup = _pems_setup(tmp_path, data)
+    msg = raises_naming(path, setup, "infinite value in data row 6, sensor column 3")
+    assert "(1 in all)" in msg
+
+
+@pytest.mark.parametrize("split,rows", [("train", slice(0, 60)), ("val", slice(60, 80)), ("test", slice(80, 100))])
+def test_pems_sensor_without_values_in_a_split_is_refused(tmp_path, split, rows):
+    """A sensor all-NaN within a split stays NaN after Dataset_PEMS's forward / backward fill (before: loaded)."""
+    data = RNG.random((100, 170, 3)).astype(np.float32)
+    data[rows, 4, 0] = np.nan
+    data[rows.start + 1:rows.stop, 11, 0] = np.nan  # one value left in the split: filled, not refused
+    path, setup = _pems_setup(tmp_path, data)
+    msg = raises_naming(path, setup, f"sensor column 4 has no value in the {split} split")
+    assert f"data rows {rows.start + 1}-{rows.stop}" in msg and "1 column(s) in all" in msg
+    data[rows, 4, 0] = 1.0
+    _pems_setup(tmp_path, data)[1]()  # the partly empty sensor 11 alone is filled

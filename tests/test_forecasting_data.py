@@ -240,3 +240,56 @@ def test_eval_stride_must_be_positive():
             ForecastingDataModule(eval_stride=bad)
     assert ForecastingDataModule(eval_stride=None).eval_stride == 4
     assert ForecastingDataModule(eval_stride=2).eval_stride == 2
+
+
+def test_standard_lengths_match_the_papers_split_sizes():
+    """num_steps reproduces the (train, val, test) sample counts of the iTransformer paper's Table 4 through our
+    borders (L = 96; the table counts rows - L + 1 for weather / ECL / traffic, rows - L - S + 1 with S = 96 for
+    exchange and solar) and the TimesNet table's ILI counts (L = 36, S = 24); PEMS: days x 288 five-minute
+    steps of the published arrays."""
+    counts = {  # name -> (train, val, test) samples in the table, L, rows - samples
+        "weather": ((36792, 5271, 10540), 96, 95), "electricity": ((18317, 2633, 5261), 96, 95),
+        "traffic": ((12185, 1757, 3509), 96, 95), "exchange_rate": ((5120, 665, 1422), 96, 191),
+        "solar": ((36601, 5161, 10417), 96, 191), "national_illness": ((617, 74, 170), 36, 59)}
+    for name, (expected, seq_len, k) in counts.items():
+        spec = DATASETS[name]
+        assert tuple(b - a - k for a, b in split_borders(spec.split, spec.num_steps, seq_len)) == expected, name
+    assert {n: DATASETS[n].num_steps / 288 for n in ("PEMS03", "PEMS04", "PEMS07", "PEMS08")} == {
+        "PEMS03": 91, "PEMS04": 59, "PEMS07": 98, "PEMS08": 62}
+
+
+def _exchange(path, rows: int) -> None:
+    _write(path / "exchange_rate.csv", rows, 8, freq="D", names=[f"c{i}" for i in range(7)] + ["OT"])
+
+
+def test_standard_file_with_another_length_is_refused(tmp_path, caplog):
+    """Only the ETT files are checksummed: a standard file cut at a line boundary (before: loaded, the 70/10/20
+    borders shifted) or with rows added is refused, naming the file and both lengths."""
+    _exchange(tmp_path, 7588)
+    dm = ForecastingDataModule("exchange_rate", seq_len=96, pred_len=96, data_dir=str(tmp_path))
+    dm.setup()
+    assert dm.borders == [(0, 5311), (5311 - 96, 5311 + 760), (7588 - 1517 - 96, 7588)]
+    path = tmp_path / "exchange_rate.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    for rows in (6000, 1897, 7589):  # a cut copy, one just above a quarter of the rows, one row too many
+        path.write_text("".join(lines[:rows + 1]) if rows < 7588 else "".join(lines) + lines[-1])
+        dm = ForecastingDataModule("exchange_rate", seq_len=96, pred_len=96, data_dir=str(tmp_path))
+        with pytest.raises(UserError, match=f"expected 7588 time steps .* found {rows}") as err:
+            dm.setup()
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+    # a reduced copy (under a quarter of the rows: the test fixtures) is read, with a warning naming it
+    path.write_text("".join(lines[:1896 + 1]))
+    with caplog.at_level("WARNING", logger="datamodules.forecasting"):
+        ForecastingDataModule("exchange_rate", seq_len=96, pred_len=96, data_dir=str(tmp_path)).setup()
+    assert "1896 time steps" in caplog.text and "reduced copy" in caplog.text
+
+
+def test_pems_standard_length_is_checked(tmp_path):
+    np.savez(tmp_path / "PEMS08.npz", data=np.ones((17000, 170), np.float32))
+    with pytest.raises(UserError, match="expected 17856 time steps .* found 17000"):
+        ForecastingDataModule("PEMS08", seq_len=96, pred_len=12, data_dir=str(tmp_path)).setup()
+
+
+def test_no_pinned_link_points_to_the_official_mirror():
+    with pytest.raises(UserError, match="huggingface.co/datasets/thuml/Time-Series-Library"):
+        ForecastingDataModule("weather").setup()
