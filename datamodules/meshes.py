@@ -176,19 +176,15 @@ def load_burgers_192(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{path} not found: download burgers_192.npy from the Google Drive link in the "
                         "Peiyannn/MM-PDE README (mesh/data/) and pass data.data_dir")
-    try:
-        a = np.load(path, mmap_mode="r")
-    except Exception as err:  # noqa: BLE001 - not a numpy array file
-        raise UserError(f"{path}: cannot read the Burgers array ({type(err).__name__})") from None
+    from datamodules.darcy import load_npy, require_finite
+
+    a = load_npy(path)  # a one-line error for what is not a real numeric .npy array (archives, strings, complex)
     if a.ndim == 3:
         a = a[:, None]
     if a.ndim != 4 or a.shape[-2:] != (192, 192):
         raise UserError(f"{path}: expected an array (n_traj, T, 192, 192), got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
-        raise UserError(f"{path}: expected a real numeric Burgers array, got dtype {a.dtype}")
     a = np.asarray(a, np.float32)
-    if not np.all(np.isfinite(a)):
-        raise UserError(f"{path}: the Burgers array has non-finite values")
+    require_finite(path, "the Burgers array", a)
     return a
 
 

@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datamodules.darcy import require_finite
 from launch.errors import UserError
 from lit_models.common import mesh as M
 
@@ -151,8 +152,7 @@ def sample_to_graph(d: dict, path: str | Path = "<sample>"):
             raise UserError(f"{path}: key {key!r} has node indices outside [0, {n})")
     monitor = _node_column(path, d, "monitor_val", n).astype(np.float64)
     for key, a in (("coord", coord), ("y", target), ("monitor_val", monitor)):
-        if not np.all(np.isfinite(a)):
-            raise UserError(f"{path}: key {key!r} has non-finite values")
+        require_finite(path, f"key {key!r}", a)
     if monitor.max() <= 0:
         raise UserError(f"{path}: key 'monitor_val' must have a positive maximum (monitor m >= 1 in the paper)")
     bd = _mask(path, d, "bd_mask", n)

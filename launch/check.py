@@ -336,7 +336,8 @@ def write_results(slug: str, results: list[ClaimResult], out_dir: Path, extra: l
     for c in rows:
         measured = ", ".join(f"{k}={v:.4g}" for k, v in c["measured"].items())
         steps = ", ".join(f"{k}={v}" for k, v in c.get("steps", {}).items())
-        lines.append(f"| {c['claim']} | {measured} | {'; '.join(c['expect'])} | {c['verdict']} "
+        expected = "; ".join(c["expect"] + [f"floor {f}" for f in c.get("floor", [])])
+        lines.append(f"| {c['claim']} | {measured} | {expected} | {c['verdict']} "
                      f"| {c['seconds']:.1f} | {steps} | {c.get('when', '')[:16]} |")
     if global_rank() == 0:  # under DDP every rank measured the same (synced) values: rank zero writes them
         _write_results_files({out_dir / f"{slug}.json": json.dumps(payload, indent=2),

@@ -131,7 +131,7 @@ def test_a_known_gap_excuses_a_miss_not_a_broken_method():
         "demo", "c", "text", "test/m", {"m": 1.0, "b": float("inf")}, ["m >= 0.95"], [True], 1.0).passed
 
 
-def test_every_known_gap_claim_has_a_floor_that_its_recorded_value_meets():
+def test_every_known_gap_claim_has_a_floor_over_its_own_runs():
     """Every claim that carries a `known_gap` names `floor` bounds (else a broken method would xfail), and they are
     expressions over the claim's own runs."""
     import yaml

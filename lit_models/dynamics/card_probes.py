@@ -51,10 +51,10 @@ def tent_alpha_star(orbit_length: int = 200, estimator: str = "product_upper_bou
     """Card check 2: the estimate G of `estimator` (a key of gtf_plrnn.ALPHA_ESTIMATORS) along a 200-step tent orbit
     and alpha* = 1 - 1/G: product upper bound 2, 0.5 (card); the parameter bound jacobian_upper_bound
     max|A| + ||W1|| ||W2|| = 2 + 4 = 6, 0.833."""
+    from launch.errors import check_choice
     from lit_models.dynamics.gtf_plrnn import ALPHA_ESTIMATORS, alpha_star
 
-    if estimator not in ALPHA_ESTIMATORS:
-        raise ValueError(f"estimator must be one of {', '.join(ALPHA_ESTIMATORS)}, got {estimator!r}")
+    check_choice("args.estimator", "alpha estimator", estimator, ALPHA_ESTIMATORS)  # a one-line error in zoo check
     bound = ALPHA_ESTIMATORS[estimator](tent_model(2.0), tent_sequences(1, orbit_length)[0])
     return {"bound": bound, "alpha_star": alpha_star(bound)}
 

@@ -39,6 +39,7 @@ arXiv 2306.04406). Official code: DurstewitzLab/GTF-shPLRNN (Julia/Flux).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +61,8 @@ from lit_models.common.dynamics_metrics import (  # noqa: F401
     state_space_divergence_gmm,
 )
 from lit_models.common.steps import EvaluateOnValAndTest
+
+log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------
 # model
@@ -546,6 +549,10 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
         if self._trainer is not None and self.trainer.world_size > 1:  # over every rank's sequences (DDP audit: rank
             estimate = float(self.trainer.strategy.reduce(  # 0's half of the batch decided alone)
                 torch.tensor(estimate, dtype=torch.float64, device=x.device), reduce_op="max"))
+        if not math.isfinite(estimate):  # e.g. explog_approx on a singular Jacobian: alpha_star(nan) would read 0
+            log.warning("aGTF: the %s estimate is not finite at step %d; alpha stays %.4g", h.alpha_estimator,
+                        self.global_step, self.alpha)
+            return False
         star = alpha_star(estimate)
         gamma, alpha = float(h.alpha_decay), self.alpha
         self.alpha_current.fill_(star if star > alpha else gamma * alpha + (1.0 - gamma) * star)

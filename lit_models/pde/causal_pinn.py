@@ -362,8 +362,7 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
         dm = attached_datamodule(self)
         low, high = getattr(dm, "x_low", None), getattr(dm, "x_high", None)
         length = self.hparams.length
-        if self.problem not in ODES and low is not None and high is not None and \
-                not math.isclose(length, high - low, rel_tol=1e-6):
+        if low is not None and high is not None and not math.isclose(length, high - low, rel_tol=1e-6):  # ODEs: no x
             raise UserError(f"model.length={length:g} is not the period of data.name={dm.name}'s x in [{low:g}, "
                             f"{high:g}]: set model.length={high - low!r}")
 

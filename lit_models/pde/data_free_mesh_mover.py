@@ -83,6 +83,7 @@ from lit_models.pde.dmm_sampling import (
     sample_monitor,
 )
 
+PER_FIELD_KEYS = ("u", "monitor", "c", "grad", "monitor_norm")  # a batch's tensors with one row per field
 DEFAULT_OPTIMIZER = functools.partial(torch.optim.Adam, lr=2e-4, weight_decay=1e-5)  # dmm.py
 DEFAULT_SCHEDULER = functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[100, 150], gamma=0.2)
 
@@ -342,7 +343,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         if B < hp.rf_fields:
             raise ValueError(f"the random-feature BFGS epochs take rf_fields={hp.rf_fields} fields from the training "
                              f"batch, which has {B}: lower model.rf_fields or raise data.batch_size")
-        sub = {k: batch[k][: hp.rf_fields] for k in ("u", "monitor", "c", "grad", "monitor_norm") if k in batch}
+        sub = {k: batch[k][: hp.rf_fields] for k in PER_FIELD_KEYS if k in batch}
         xi = self.collocation_points(self._cast(sub["monitor"]), hp.rf_points)
         mp, jac = self.random_features(sub["u"], xi)
         cache = {"batch": sub, "xi": self._cast(xi), "map": mp, "jac": jac}
@@ -451,7 +452,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
                         for b, g in enumerate(self._sample_generators(batch, 12345))]).to(self.device)
         B, out = len(xi), []
         for s in self._eval_chunks(B):
-            sub = {k: v[s] for k, v in batch.items() if torch.is_tensor(v) and v.ndim and len(v) == B}
+            sub = {k: batch[k][s] for k in PER_FIELD_KEYS if k in batch}
             out.append(self.residual(sub, xi[s], create_graph=False)[0].detach().abs().median(dim=1).values)
         return torch.cat(out)
 

@@ -423,7 +423,7 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
         for key in ("step_index", "stage_index", "inner_iter", "best_loss", "plateau_count", "done", "ic_mse",
                     "snapshots"):
             setattr(self, key, state[key])
-        self.completed_field = state.get("completed_field")  # absent in checkpoints before stop 40: the field then
+        self.completed_field = state.get("completed_field")  # absent before stop 40: evaluation then takes the field
         self._pending_plateau = state.get("plateau")
 
     def on_train_start(self) -> None:

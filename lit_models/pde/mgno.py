@@ -213,9 +213,7 @@ class MgNO(nn.Module):
         lv = parse_levels(levels)
         if resolution < 2 ** (len(lv) - 1):
             raise ValueError(f"{len(lv)} levels need a grid of at least {2 ** (len(lv) - 1)} points, got {resolution}")
-        coarsest = resolution
-        for _ in range(len(lv) - 1):
-            coarsest = (coarsest + 1) // 2  # the stride-2 restrictions: n -> ceil(n / 2)
+        coarsest = -(-resolution // 2 ** (len(lv) - 1))  # the stride-2 restrictions: n -> ceil(n / 2) each
         if padding_mode == "reflect" and coarsest < 2:
             raise ValueError(f"padding_mode=reflect needs a coarsest grid of at least 2 x 2 points (a 1 x 1 grid has "
                              f"nothing to reflect): {len(lv)} levels on {resolution} points end at {coarsest}; use "

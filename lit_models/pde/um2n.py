@@ -227,9 +227,11 @@ class RecurrentGATDeformer(nn.Module):
                     y_fixed: Tensor) -> tuple[Tensor, Tensor]:
         """`forward` by torch_geometric's GATv2Conv (the reference of `gatv2_attention`)."""
         out, ((src, dst), alpha) = self.gat(torch.cat([coord, hidden], -1), edge_index, return_attention_weights=True)
-        weights = alpha.mean(-1)[:, None]
-        return self._decode(out, lambda: torch.zeros_like(coord).index_add_(0, dst, weights * coord[src]), ref, x_fixed,
-                            y_fixed)
+
+        def neighbour_average() -> Tensor:
+            return torch.zeros_like(coord).index_add_(0, dst, alpha.mean(-1)[:, None] * coord[src])
+
+        return self._decode(out, neighbour_average, ref, x_fixed, y_fixed)
 
     def _decode(self, out: Tensor, neighbour_average: Callable[[], Tensor], ref: Tensor, x_fixed: Tensor,
                 y_fixed: Tensor) -> tuple[Tensor, Tensor]:

@@ -340,11 +340,11 @@ def test_burgers_bad_settings_and_files_are_one_line_errors(tmp_path):
             dm.setup()
     a[2, 1, 100, 7] = np.nan
     np.save(tmp_path / "nan.npy", a)
-    with pytest.raises(UserError, match="non-finite"):
+    with pytest.raises(UserError, match="NaN or infinite values in the Burgers array"):
         load_burgers_192(tmp_path / "nan.npy")
     dm = FrontFieldDataModule(name="burgers", path=str(tmp_path / "nan.npy"), n_burgers_train=2, batch_size=2,
                               steps_per_epoch=1)
-    with pytest.raises(UserError, match="non-finite"):
+    with pytest.raises(UserError, match="NaN or infinite values in the Burgers array"):
         dm.setup()
 
 

@@ -34,6 +34,7 @@ from lit_models.dynamics.gtf_plrnn import (
     state_space_divergence_binned,
 )
 from launch.check import run_claim
+from launch.errors import UserError
 from lit_models.dynamics.card_probes import tent_model, tent_sequences
 from tests.papers.contract import fast_run
 
@@ -192,7 +193,7 @@ def test_alpha_star_claim_fails_with_the_parameter_bound():
     bound = tent_alpha_star(estimator="jacobian_upper_bound")
     assert bound["bound"] == pytest.approx(6.0) and bound["alpha_star"] == pytest.approx(5 / 6)
     assert tent_map_gradient_norm("estimated", estimator="jacobian_upper_bound")["alpha"] == pytest.approx(5 / 6)
-    with pytest.raises(ValueError, match="estimator"):
+    with pytest.raises(UserError, match="args.estimator"):  # a one-line error in zoo check (a ValueError was not)
         tent_alpha_star(estimator="spectral")
     swapped = run_claim("gtf_plrnn", "alpha_star", swap_baseline=True)
     assert not swapped.passed and swapped.measured["estimated"] == pytest.approx(5 / 6), swapped.report()
@@ -330,3 +331,16 @@ def test_adaptive_alpha_takes_the_largest_estimate_over_the_ddp_ranks(monkeypatc
     model.alpha_current.fill_(0.0)
     model._update_alpha(x.to(model.dtype))
     assert ops == ["max"] and model.alpha == pytest.approx(0.75)  # alpha* = 1 - 1/4 from the reduced estimate
+
+
+def test_a_non_finite_alpha_estimate_leaves_alpha_unchanged(monkeypatch):
+    """explog_approx on a singular Jacobian returns NaN, and alpha_star(nan) reads 0 (nan > 0 is False): aGTF would
+    have decayed alpha towards 0 without a message; the update is skipped with a warning instead (read of stop 40)."""
+    import lit_models.dynamics.gtf_plrnn as G
+
+    torch.manual_seed(0)
+    module = G.GTFPLRNNModule(obs_dim=3, alpha_method="adaptive", alpha_update_every=1)
+    before = module.alpha
+    monkeypatch.setitem(G.ALPHA_ESTIMATORS, module.hparams.alpha_estimator, lambda model, states: float("nan"))
+    assert module._update_alpha(torch.randn(2, 20, 3)) is False
+    assert module.alpha == before
