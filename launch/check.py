@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import json
 import logging
 import math
@@ -77,6 +78,7 @@ class ClaimResult:
     steps: dict[str, int] = field(default_factory=dict)  # optimiser steps each trained run took (probes: none)
     floor: list[str] = field(default_factory=list)  # sanity bounds that hold even where the claim is a known gap
     floor_outcomes: list[bool] = field(default_factory=list)
+    kept_own: dict[str, list[str]] = field(default_factory=dict)  # per run: command-line overrides its own replaced
 
     @property
     def sane(self) -> bool:
@@ -93,7 +95,8 @@ class ClaimResult:
         checks = "; ".join(f"{e} [{'ok' if ok else 'FAIL'}]" for e, ok in zip(self.expect, self.outcomes))
         floors = "".join(f"; floor {e} [{'ok' if ok else 'FAIL'}]" for e, ok in zip(self.floor, self.floor_outcomes))
         gap = f" [known gap: {self.known_gap}]" if self.verdict == "KNOWN GAP" else ""
-        return f"{self.slug}/{self.claim}: {self.verdict} ({values}) {checks}{floors}{gap}"
+        kept = kept_own_text(self.kept_own)
+        return f"{self.slug}/{self.claim}: {self.verdict} ({values}) {checks}{floors}{gap}{kept}"
 
     @property
     def verdict(self) -> str:
@@ -102,6 +105,11 @@ class ClaimResult:
         if self.passed:
             return "PASS"
         return "KNOWN GAP" if self.known_gap and self.sane else "FAIL"
+
+
+def kept_own_text(kept_own: dict[str, list[str]]) -> str:
+    """" [run X kept its own a=1 (given a=2)]" for the runs that did not take all of the command line's overrides."""
+    return "".join(f" [run {run} kept its own {', '.join(items)}]" for run, items in kept_own.items())
 
 
 def claims_of(slug: str) -> DictConfig:
@@ -153,6 +161,22 @@ def _hparam_updates(eval_overrides: list[str], targets: dict) -> dict[str, dict]
     return updates
 
 
+def _check_eval_settings(objects: dict, updates: dict[str, dict], eval_overrides: list[str]) -> None:
+    """Build the module / datamodule anew from its hyperparameters with the eval overrides applied and drop it: the
+    constructor's checks (ranges, choices, shapes) then hold for the evaluated setting too, which is set on the
+    trained objects' hparams directly. A failed check is a one-line error naming the eval overrides."""
+    for group, ups in updates.items():
+        if not ups:
+            continue
+        obj = objects[group]
+        try:
+            type(obj)(**{**dict(obj.hparams), **ups})
+        except UserError as err:
+            raise UserError(f"eval override {' '.join(eval_overrides)}: {err}") from None
+        except (ValueError, TypeError) as err:
+            raise UserError(f"eval override {' '.join(eval_overrides)}: {type(obj).__name__} refuses it: {err}") from None
+
+
 def eval_once(slug: str, train_overrides: list[str], eval_overrides: list[str],
               extra: list[str] = ()) -> dict[str, float]:
     """Test metrics of the model trained with `train_overrides` (cached) after setting `eval_overrides` on its
@@ -168,6 +192,7 @@ def eval_once(slug: str, train_overrides: list[str], eval_overrides: list[str],
         model, trainer, datamodule = kept["model"], kept["trainer"], kept["datamodule"]
         targets = {"model": model.hparams, "data": datamodule.hparams}
         updates = _hparam_updates(list(eval_overrides), targets)
+        _check_eval_settings({"model": model, "data": datamodule}, updates, list(eval_overrides))
         saved = {group: {k: targets[group][k] for k in ups} for group, ups in updates.items()}
         for group, ups in updates.items():
             targets[group].update(ups)
@@ -196,10 +221,11 @@ def probe_once(target: str, args: dict) -> dict[str, float]:
             func = getattr(importlib.import_module(module_name), func_name)
         except (ImportError, AttributeError) as err:
             raise UserError(f"probe '{target}' not found: {err}") from None
-        try:
-            metrics = func(**args)
+        try:  # bound first: a TypeError raised inside the probe is the probe's own, not a bad argument
+            inspect.signature(func).bind(**args)
         except TypeError as err:
             raise UserError(f"probe '{target}' rejected its args {args}: {err}") from None
+        metrics = func(**args)
         _PROBE_CACHE[key] = {k: float(v) for k, v in metrics.items()}
     return _PROBE_CACHE[key]
 
@@ -211,13 +237,55 @@ def measure(slug: str, spec, extra: list[str] = ()) -> dict[str, float]:
             unknown = set(spec) - {"probe", "args"}
             if unknown:
                 raise UserError(f"claim run {dict(spec)} has unknown keys {sorted(unknown)} (allowed: probe, args)")
-            return probe_once(str(spec["probe"]), dict(spec.get("args") or {}))
+            target, args = str(spec["probe"]), dict(spec.get("args") or {})
+            seed = given_seed(extra)
+            if seed is not None and "seed" not in args and probe_takes_seed(target):
+                args["seed"] = seed
+            return probe_once(target, args)
         unknown = set(spec) - {"train", "eval"}
         if unknown:
             raise UserError(f"claim run {dict(spec)} has unknown keys {sorted(unknown)} (allowed: train, eval, or "
                             f"probe, args)")
         return eval_once(slug, list(spec.get("train", [])), list(spec.get("eval", [])), extra)
     return train_once(slug, list(spec), extra)
+
+
+def given_seed(extra: list[str]) -> int | None:
+    """The seed of `seed=<k>` among the command line's overrides (`zoo check --seeds` adds one per seed); None when
+    none is given (probes then keep their own default seed)."""
+    values = [o.split("=", 1)[1] for o in extra if override_key(o) == "seed" and "=" in o]
+    try:
+        return int(values[-1]) if values else None
+    except ValueError:
+        raise UserError(f"seed={values[-1]!r}: the seed is an integer") from None
+
+
+def probe_takes_seed(target: str) -> bool:
+    """Whether the probe `<module>:<function>` has a `seed` argument: `zoo check --seeds` passes each seed to such a
+    probe; one without is deterministic and measures the same at every seed."""
+    module_name, _, func_name = target.partition(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError, ValueError):
+        return False  # probe_once reports it
+    return "seed" in inspect.signature(func).parameters
+
+
+def kept_own_settings(runs: dict, extra: list[str]) -> dict[str, list[str]]:
+    """Per run of a claim, the command line's overrides (`extra`) that the run's own overrides replace (see
+    `_run_key`: the run's own win), as "<own> (given <extra>)": such a run did not run under the setting the
+    results' header names, e.g. a baseline's `trainer.max_steps=1`, or a claim that fixes its own budget."""
+    kept: dict[str, list[str]] = {}
+    for name, spec in runs.items():
+        if isinstance(spec, dict) and "probe" in spec:  # the overrides do not reach a probe (only a seed)
+            continue
+        own = spec.get("train", []) if isinstance(spec, dict) else spec
+        own_by_key = {override_key(o): o for o in own}
+        replaced = [f"{own_by_key[override_key(o)]} (given {o})" for o in extra
+                    if override_key(o) in own_by_key and own_by_key[override_key(o)] != o]
+        if replaced:
+            kept[name] = replaced
+    return kept
 
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -287,7 +355,7 @@ def run_claim(slug: str, name: str, *, swap_baseline: bool = False, extra: list[
     outcomes = [bool(evaluate(e, measured)) for e in expect]
     return ClaimResult(slug, name, claim.get("text", name), claim.metric, measured, expect, outcomes,
                        time.perf_counter() - start, swapped, claim.get("known_gap"), steps, floor,
-                       [bool(evaluate(e, measured)) for e in floor])
+                       [bool(evaluate(e, measured)) for e in floor], kept_own_settings(runs, list(extra)))
 
 
 def _plain(spec):
@@ -339,6 +407,9 @@ def write_results(slug: str, results: list[ClaimResult], out_dir: Path, extra: l
         expected = "; ".join(c["expect"] + [f"floor {f}" for f in c.get("floor", [])])
         lines.append(f"| {c['claim']} | {measured} | {expected} | {c['verdict']} "
                      f"| {c['seconds']:.1f} | {steps} | {c.get('when', '')[:16]} |")
+    kept = [f"- {c['claim']}:{kept_own_text(c['kept_own'])}" for c in rows if c.get("kept_own")]
+    if kept:  # the header's overrides did not reach these runs
+        lines += ["", "Runs that kept their own setting over the overrides above:", *kept]
     if global_rank() == 0:  # under DDP every rank measured the same (synced) values: rank zero writes them
         _write_results_files({out_dir / f"{slug}.json": json.dumps(payload, indent=2),
                               out_dir / f"{slug}.md": "\n".join(lines) + "\n"})

@@ -150,3 +150,66 @@ def test_every_known_gap_claim_has_a_floor_over_its_own_runs():
             for expression in claim["floor"]:
                 evaluate(expression, names)  # a one-line UserError for a run the claim does not have
     assert gaps >= 10
+
+
+def test_eval_override_outside_the_constructors_range_is_refused():
+    """An eval override goes through the module's own checks (NODA: alpha in [0, 1]); before, alpha=2 was set on the
+    trained model's hparams unchecked and tested."""
+    with pytest.raises(UserError, match=r"model\.alpha=2\.0.*alpha and train_alpha must be in \[0, 1\]"):
+        check.measure("semilinear_operator", {"train": [], "eval": ["model.alpha=2.0"]}, TINY)
+    model = check._TRAINED[check._run_key("semilinear_operator", [], TINY)]["model"]
+    assert model.hparams.alpha == 1.0  # untouched
+
+
+def _broken_probe(n: int = 1) -> dict[str, float]:
+    return {"value": len(n)}  # a bug inside the probe: TypeError (len of an int)
+
+
+def _seeded_probe(seed: int = 0) -> dict[str, float]:
+    return {"value": float(seed)}
+
+
+def test_a_probes_own_type_error_is_not_read_as_bad_args(monkeypatch):
+    from lit_models.dynamics import card_probes
+
+    monkeypatch.setattr(card_probes, "broken_probe", _broken_probe, raising=False)
+    spec = {"probe": "lit_models.dynamics.card_probes:broken_probe", "args": {"n": 3}}
+    with pytest.raises(TypeError, match="len"):  # the probe's traceback, not "rejected its args"
+        check.measure("gtf_plrnn", spec)
+    with pytest.raises(UserError, match="rejected its args"):  # a bad argument still is one
+        check.measure("gtf_plrnn", {"probe": spec["probe"], "args": {"m": 3}})
+
+
+def test_seeds_reach_probes_that_take_a_seed(monkeypatch):
+    """`zoo check --seeds` adds seed=<k> to the overrides: a probe with a seed argument gets it (before, every seed
+    measured the probe's default seed, so "5/5 seeds" was one measurement repeated); an explicit args seed wins; a
+    probe without one is deterministic and runs as it is."""
+    from lit_models.dynamics import card_probes
+
+    monkeypatch.setattr(card_probes, "seeded_probe", _seeded_probe, raising=False)
+    target = "lit_models.dynamics.card_probes:seeded_probe"
+    assert check.measure("gtf_plrnn", {"probe": target}, ["seed=3"]) == {"value": 3.0}
+    assert check.measure("gtf_plrnn", {"probe": target}, ["seed=4"]) == {"value": 4.0}
+    assert check.measure("gtf_plrnn", {"probe": target}) == {"value": 0.0}
+    assert check.measure("gtf_plrnn", {"probe": target, "args": {"seed": 7}}, ["seed=3"]) == {"value": 7.0}
+    assert check.probe_takes_seed("lit_models.dynamics.card_probes:tokenizer_round_trip")
+    assert not check.probe_takes_seed("lit_models.dynamics.card_probes:tent_alpha_star")
+
+
+def test_runs_that_keep_their_own_setting_over_the_command_line_are_reported(tmp_path):
+    """`zoo check prose trainer.max_steps=3000`: a claim run that sets its own trainer.max_steps keeps it (a baseline's
+    max_steps=1 must stay 1); the report and the results' .md now say so instead of a header that names 3000 alone."""
+    runs = {"fused": ["model.dim_emb=64", "trainer.max_steps=1500"], "data_only": ["model.text_input=false"],
+            "probe": {"probe": "x:y"}, "variant": {"train": ["trainer.max_steps=10"], "eval": ["model.alpha=0"]}}
+    extra = ["trainer.max_steps=3000", "seed=1"]
+    kept = check.kept_own_settings(runs, extra)
+    assert kept == {"fused": ["trainer.max_steps=1500 (given trainer.max_steps=3000)"],
+                    "variant": ["trainer.max_steps=10 (given trainer.max_steps=3000)"]}
+    assert check.kept_own_settings({"fused": runs["fused"]}, ["trainer.max_steps=1500"]) == {}  # the same value
+    result = check.ClaimResult("prose", "symbols_valid", "t", "test/valid_frac", {"fused": 1.0}, ["fused >= 0.95"],
+                               [True], 1.0, kept_own={"fused": kept["fused"]})
+    assert "[run fused kept its own trainer.max_steps=1500 (given trainer.max_steps=3000)]" in result.report()
+    check.write_results("prose", [result], tmp_path, extra)
+    md = (tmp_path / "prose.md").read_text()
+    assert md.startswith("# zoo check prose trainer.max_steps=3000 seed=1")
+    assert "- symbols_valid: [run fused kept its own trainer.max_steps=1500 (given trainer.max_steps=3000)]" in md
