@@ -350,16 +350,22 @@ def batch_maximum(model: ShallowPLRNN, states: Tensor) -> float:
     return float(torch.linalg.matrix_norm(model.jacobian(states), ord=2).max())
 
 
+EXPLOG_TINY = 1e-300  # explog_approx: eigenvalues below this modulus are taken as it (log 0 = -inf)
+
+
 @torch.no_grad()
 def explog_approx(model: ShallowPLRNN, states: Tensor) -> float:
     """G = max over sequences of ||exp(mean_t log J_t)||_2 (official `compute_alpha_explog_approx`:
     opnorm(geomean(Js)), StatsBase's geomean(a) = exp(mean(log, a)) on matrices, i.e. the principal matrix logarithm
     and the matrix exponential). The logarithm is taken through the eigendecomposition, log J = V diag(log lambda) V^-1
-    (complex where J has negative eigenvalues, as Julia's), batched; it assumes diagonalisable Jacobians (a
-    defective or singular J_t makes the estimate inaccurate or non-finite)."""
+    (complex where J has negative eigenvalues, as Julia's), batched; it assumes diagonalisable Jacobians (a defective
+    J_t makes the estimate inaccurate). A zero eigenvalue (a singular J_t, e.g. every ReLU of a unit off) is taken as
+    `EXPLOG_TINY`, whose log is finite: the geometric mean along that direction is then ~0, its limit (log 0 = -inf
+    made the estimate NaN, and the norm's SVD failed)."""
     if states.dim() == 2:
         states = states.unsqueeze(0)
     lam, vec = torch.linalg.eig(model.jacobian(states).double())
+    lam = torch.where(lam.abs() < EXPLOG_TINY, torch.full_like(lam, EXPLOG_TINY), lam)
     logs = vec @ torch.diag_embed(torch.log(lam)) @ torch.linalg.inv(vec)     # (B, T, M, M), complex
     return float(torch.linalg.matrix_norm(torch.linalg.matrix_exp(logs.mean(dim=1)), ord=2).max())
 
@@ -371,7 +377,10 @@ ALPHA_ESTIMATORS = {"product_upper_bound": product_upper_bound, "arithmetic_mean
 
 
 def alpha_star(norm_estimate: float) -> float:
-    """alpha* = max(0, 1 - 1/G)."""
+    """alpha* = max(0, 1 - 1/G). A NaN estimate (explog_approx on a singular Jacobian) is an error: read as 0 it would
+    silently turn teacher forcing off."""
+    if math.isnan(norm_estimate):
+        raise ValueError("alpha*: the norm estimate G is NaN (explog_approx on a singular Jacobian?)")
     return max(0.0, 1.0 - 1.0 / norm_estimate) if norm_estimate > 0 else 0.0
 
 
@@ -549,7 +558,7 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
         if self._trainer is not None and self.trainer.world_size > 1:  # over every rank's sequences (DDP audit: rank
             estimate = float(self.trainer.strategy.reduce(  # 0's half of the batch decided alone)
                 torch.tensor(estimate, dtype=torch.float64, device=x.device), reduce_op="max"))
-        if not math.isfinite(estimate):  # e.g. explog_approx on a singular Jacobian: alpha_star(nan) would read 0
+        if not math.isfinite(estimate):  # e.g. explog_approx on a defective Jacobian (alpha_star refuses NaN)
             log.warning("aGTF: the %s estimate is not finite at step %d; alpha stays %.4g", h.alpha_estimator,
                         self.global_step, self.alpha)
             return False

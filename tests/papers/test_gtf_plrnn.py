@@ -334,8 +334,9 @@ def test_adaptive_alpha_takes_the_largest_estimate_over_the_ddp_ranks(monkeypatc
 
 
 def test_a_non_finite_alpha_estimate_leaves_alpha_unchanged(monkeypatch):
-    """explog_approx on a singular Jacobian returns NaN, and alpha_star(nan) reads 0 (nan > 0 is False): aGTF would
-    have decayed alpha towards 0 without a message; the update is skipped with a warning instead (read of stop 40)."""
+    """A non-finite estimate (explog_approx on a defective Jacobian can give one) made alpha_star read 0 (nan > 0 is
+    False): aGTF would have decayed alpha towards 0 without a message; the update is skipped with a warning instead
+    (read of stop 40)."""
     import lit_models.dynamics.gtf_plrnn as G
 
     torch.manual_seed(0)
@@ -344,3 +345,20 @@ def test_a_non_finite_alpha_estimate_leaves_alpha_unchanged(monkeypatch):
     monkeypatch.setitem(G.ALPHA_ESTIMATORS, module.hparams.alpha_estimator, lambda model, states: float("nan"))
     assert module._update_alpha(torch.randn(2, 20, 3)) is False
     assert module.alpha == before
+
+
+def test_explog_of_singular_jacobians_is_the_limit_and_alpha_star_refuses_nan():
+    """explog_approx of a singular J_t failed (log 0 = -inf: NaN, then the norm's SVD raised, which would stop an aGTF
+    run using it); now a zero eigenvalue contributes its limit, 0, to the geometric mean. And alpha_star(nan) read 0
+    (nan > 0 is False) without a message."""
+    from lit_models.dynamics.gtf_plrnn import alpha_star, explog_approx
+
+    # J_1 = diag(4, 0), J_2 = diag(1, 3): geometric mean diag(2, 0), norm 2
+    singular = torch.tensor([[[[4.0, 0.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 3.0]]]], dtype=torch.float64)
+    assert explog_approx(_FixedJacobians(singular), torch.zeros(1, 2, 2)) == pytest.approx(2.0, rel=1e-12)
+    # a rotated (non-diagonal) singular J: [[1, 1], [0, 0]] has eigenvalues 1, 0; its "geometric mean" is itself
+    rotated = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]], dtype=torch.float64)
+    assert explog_approx(_FixedJacobians(rotated), torch.zeros(1, 1, 2)) == pytest.approx(2 ** 0.5, rel=1e-9)
+    with pytest.raises(ValueError, match="NaN"):
+        alpha_star(float("nan"))
+    assert alpha_star(float("inf")) == 1.0 and alpha_star(2.0) == 0.5 and alpha_star(0.5) == 0.0
