@@ -179,8 +179,18 @@ class ProseBatches(IterableDataset):
             return self.steps
         return min(self.steps, (len(self.split["exprs"]) // world) // self.batch_size)
 
+    def _eval_batches(self, rank: int, world: int) -> range:
+        """The evaluation batches of DDP rank `rank` of `world`: batch b on rank b % world, each batch on one rank. A
+        set of fewer batches than ranks goes whole to every rank, as `datamodules.samplers.EvalShardSampler` does
+        (each rank needs a batch to log the keys the others log; the epoch metrics are means, which W identical
+        copies leave as they are)."""
+        if world == 1 or self.steps < world:
+            return range(self.steps)
+        return range(rank, self.steps, world)
+
     def __len__(self) -> int:
-        return self._rank_steps(sampling_context(self.datamodule)[2])
+        _, rank, world = sampling_context(self.datamodule)
+        return self._rank_steps(world) if self.train else len(self._eval_batches(rank, world))
 
     def __iter__(self) -> Iterator[dict]:
         s = self.split
@@ -199,17 +209,24 @@ class ProseBatches(IterableDataset):
                 steps = self._rank_steps(world)
                 rng = rng if rank == 0 else np.random.default_rng([self.seed, epoch, rank, 11])
             text_rng = rng
+            mine = range(steps)
         else:
             rng = np.random.default_rng([self.seed, 99])
             text_rng = np.random.default_rng([self.seed, 98])  # eval: corrupting the text leaves the data noise as is
             order = np.arange(n)
-        worker, workers = worker_share()  # each worker makes every batch (one random stream) and yields its share
-        for b in range(steps):
+            _, rank, world = sampling_context(self.datamodule)
+            mine = self._eval_batches(rank, world)  # under DDP this rank's share of the set
+        # each rank and worker makes every batch up to its last (one random stream: the single-process batches) and
+        # yields its share: the rank's k-th batch from worker k % workers
+        worker, workers = worker_share()
+        for b in range(mine[-1] + 1 if mine else 0):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             if len(idx) == 0:
                 return
             batch = self._batch(idx, rng, text_rng)
-            if b % workers == worker:
+            if b in mine and mine.index(b) % workers == worker:
+                if not self.train:  # the batch's place in the set (seeds its text_rel_l2 points), one per sample
+                    batch["batch_index"] = torch.full((len(idx),), b, dtype=torch.long)
                 yield batch
 
     def _batch(self, idx: np.ndarray, rng: np.random.Generator, text_rng: np.random.Generator) -> dict:

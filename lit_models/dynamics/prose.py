@@ -399,7 +399,8 @@ class ProseModule(L.LightningModule):
     skeleton == true skeleton), `val|test/symbol_token_acc` (teacher-forced next-token accuracy), `val|test/text_rel_l2`
     (official evaluate.py `text_loss`: relative L2 of the decoded right-hand side against the true one at 50 points
     uniform in [-5, 5]^d, mean over the decodes that evaluate, not logged when none does; the points are seeded by batch
-    here, unseeded there)."""
+    here, unseeded there). Under DDP each rank evaluates its share of the batches (`ProseBatches`); the epoch values
+    are the whole set's: the logged means are weighted by batch size across the ranks, the metrics' states summed."""
 
     def __init__(self, max_dim: int = 3, float_precision: int = 3, dim_emb: int = 512, n_heads: int = 8,
                  dim_ffn: int = 2048, n_text_enc_layers: int = 4, n_data_enc_layers: int = 2,
@@ -520,7 +521,8 @@ class ProseModule(L.LightningModule):
         ids = self.model.generate(memory, pad, self.tokenizer.bos_id, self.tokenizer.eos_id,
                                   self.hparams.max_gen_len).cpu()
         valid, skeleton = torch.zeros(bs, dtype=torch.bool), torch.zeros(bs, dtype=torch.bool)
-        rng = np.random.default_rng(batch_idx)
+        # seeded by the batch's index in the whole set (`batch_index`: under DDP a rank's batch_idx counts its share)
+        rng = np.random.default_rng(int(batch["batch_index"][0]) if "batch_index" in batch else batch_idx)
         for i in range(bs):
             expr = self.tokenizer.decode(ids[i])
             true = self.tokenizer.decode(batch["text_out"][i].cpu())
