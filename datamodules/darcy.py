@@ -15,7 +15,8 @@ Real data (`name="piececonst_smooth"`): the FNO Darcy files `piececonst_r421_N10
 `..._smooth2.mat` (test), keys `coeff` and `sol` (N x 421 x 421, vertex grid including the boundary), fetched through
 `datamodules.download.fetch` (checksum not verified: trust on first use; the default `FNO_DARCY_URL`, NAS-Bench-360's
 S3 mirror, may be dead, see there: `data_dir` then) and subsampled by `sampling_rate` (2 -> 211 x 211, as MgNO's
-`--sample_x`). NaN or infinite values in the subsampled samples are refused (`require_finite`).
+`--sample_x`). Complex or non-numeric arrays, and NaN or infinite values in the subsampled samples, are refused
+(`datamodules.data_files.require_real`, `require_finite`).
 
 Both, `normalizer_type=null` (default): inputs z-scored with the training mean/std of a, outputs divided by the
 training std of u. The official normalisers (`official_normalizers`): `normalizer_type` "GN" (utilities3
@@ -35,9 +36,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from datamodules.data_files import DataFileError, read_mat_arrays, require_finite, require_real
+from datamodules.data_files import load_npy, mat_read_errors  # noqa: F401 (re-exported: they lived here)
 from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader
 from datamodules.samplers import eval_sampler
-from launch.errors import UserError, check_min, one_line
+from launch.errors import UserError, check_min
 
 # NAS-Bench-360's S3 mirror of the FNO Google-Drive files; possibly dead: the NAS-Bench-360 README
 # (rtu715/NAS-Bench-360, Oct 2022) lists these as "old links, use the shared drive" (a Google-Drive folder, no direct
@@ -150,85 +153,17 @@ def cached_darcy(n_samples: int, n: int, seed: int, cache_dir: str | os.PathLike
     return z["coeff"], z["sol"]
 
 
-# ------------------------------------------------------------------------- data files (.mat, .npy): shared
-class DataFileError(UserError, ValueError):
-    """A data file that cannot be used (unreadable, missing keys, wrong shapes or sizes): a UserError (one line, exit
-    2 through the CLI), and a ValueError as these checks raised before, for callers that catch that."""
-
-
-def require_finite(path: str | os.PathLike, name: str, arr: np.ndarray) -> None:
-    """A DataFileError naming `path` and the variable `name` when `arr` (the part of it that is used) holds NaN or
-    infinite values (as the MM-PDE, UM2N and cylinder-flow readers refuse them)."""
-    if not np.all(np.isfinite(arr)):
-        raise DataFileError(f"{path}: NaN or infinite values in {name}")
-
-
-def load_npy(path: str | os.PathLike) -> np.ndarray:
-    """A real numeric array from an ``.npy`` file, memory-mapped; a one-line DataFileError naming the file when it is
-    not one (empty, corrupt, truncated, pickled objects, an .npz archive, strings, booleans, complex numbers)."""
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise DataFileError(f"cannot read {path} as a numpy .npy array: {one_line(err, 160)}") from None
-    if not isinstance(arr, np.ndarray):
-        if hasattr(arr, "close"):
-            arr.close()
-        raise DataFileError(f"{path}: expected a numpy .npy array, got {type(arr).__name__}")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise DataFileError(f"{path}: expected a real numeric array, got dtype {arr.dtype}")
-    return arr
-
-
-def mat_read_errors() -> tuple[type[BaseException], ...]:
-    """What scipy.io.loadmat and h5py raise on a damaged, truncated or foreign file."""
-    import zlib
-
-    from scipy.io.matlab import MatReadError
-
-    return OSError, ValueError, EOFError, KeyError, TypeError, IndexError, MatReadError, zlib.error
-
-
-def read_mat_arrays(path: str | os.PathLike, keys: tuple[str, ...], what: str) -> list[np.ndarray]:
-    """The arrays `keys` of a MATLAB file, v5 through scipy.io.loadmat or v7.3 (HDF5) through h5py (axes reversed
-    back to MATLAB's order); a DataFileError naming the file when it cannot be read or lacks a key (`what`: the
-    expected content, for the message)."""
-    import scipy.io
-
-    errors = mat_read_errors()
-    try:
-        data = scipy.io.loadmat(path, variable_names=list(keys))
-        held = [k for k in data if not k.startswith("__")]
-        if set(keys) - set(held):
-            held = [name for name, _, _ in scipy.io.whosmat(path)]
-    except NotImplementedError:  # v7.3
-        try:
-            import h5py
-        except ImportError:
-            raise DataFileError(f"{path} is a MATLAB v7.3 (HDF5) file: install h5py to read it") from None
-        try:
-            with h5py.File(path, "r") as f:
-                held = list(f.keys())
-                data = {k: np.asarray(f[k]).T for k in keys if isinstance(f.get(k), h5py.Dataset)}
-        except errors as err:
-            raise DataFileError(f"cannot read {path} as a MATLAB v7.3 (HDF5) file: {one_line(err, 160)}") from None
-    except errors as err:
-        raise DataFileError(f"cannot read {path} as a MATLAB .mat file: {one_line(err, 160)}") from None
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise DataFileError(f"{path}: no variable {', '.join(missing)} ({what}; the file holds "
-                            f"{', '.join(sorted(held)[:8]) or 'nothing'})")
-    return [data[k] for k in keys]
-
-
+# ------------------------------------------------------------------------------------- FNO Darcy files
 def load_fno_mat(path: str | os.PathLike, n_samples: int, sampling_rate: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """(coeff, sol) of the first n_samples of an FNO Darcy .mat file, subsampled by `sampling_rate`
-    (MATLAB v5 through scipy.io.loadmat; v7.3 (HDF5) through h5py when installed); a DataFileError when these
-    values hold NaN or infinities."""
+    (MATLAB v5 through scipy.io.loadmat; v7.3 (HDF5) through h5py when installed); a DataFileError when coeff or
+    sol is not real numbers (complex included) or these values hold NaN or infinities."""
     coeff, sol = read_mat_arrays(path, ("coeff", "sol"), "an FNO Darcy file holds coeff and sol, N x s x s")
-    if coeff.ndim != 3 or coeff.shape != sol.shape or not (np.issubdtype(coeff.dtype, np.number)
-                                                            and np.issubdtype(sol.dtype, np.number)):
-        raise DataFileError(f"{path}: expected numeric coeff and sol of the same shape (N, s, s), got "
-                            f"{coeff.shape} {coeff.dtype}, {sol.shape} {sol.dtype}")
+    require_real(path, "coeff", coeff)
+    require_real(path, "sol", sol)
+    if coeff.ndim != 3 or coeff.shape != sol.shape:
+        raise DataFileError(f"{path}: expected coeff and sol of the same shape (N, s, s), got {coeff.shape}, "
+                            f"{sol.shape}")
     if n_samples > coeff.shape[0]:
         raise DataFileError(f"{path}: asked for {n_samples} samples, the file has {coeff.shape[0]}")
     r = sampling_rate

@@ -58,7 +58,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.context import sampling_context
-from datamodules.darcy import load_npy, require_finite
+from datamodules.data_files import load_npy, require_finite
 from datamodules.resumable import ResumableDataLoader
 from launch.errors import UserError, check_choice, check_min
 
@@ -319,7 +319,7 @@ class DystsDataModule(_SegmentLoaders, L.LightningDataModule):
 
 def load_npy_series(path) -> np.ndarray:
     """A T x N float array (T >= 2, N >= 1) from an ``.npy`` file (the official `Dataset`: 2-d, time first); a
-    one-line UserError naming the file when it is not a real numeric .npy array (`datamodules.darcy.load_npy`) or
+    one-line UserError naming the file when it is not a real numeric .npy array (`datamodules.data_files.load_npy`) or
     holds NaN or infinite values."""
     x = load_npy(path)
     if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:

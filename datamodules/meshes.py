@@ -176,7 +176,7 @@ def load_burgers_192(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{path} not found: download burgers_192.npy from the Google Drive link in the "
                         "Peiyannn/MM-PDE README (mesh/data/) and pass data.data_dir")
-    from datamodules.darcy import load_npy, require_finite
+    from datamodules.data_files import load_npy, require_finite
 
     a = load_npy(path)  # a one-line error for what is not a real numeric .npy array (archives, strings, complex)
     if a.ndim == 3:

@@ -39,16 +39,14 @@ import numpy as np
 import torch
 
 from datamodules.darcy import (
-    DataFileError,
     PairLoaders,
     check_normalizer_type,
     check_val_split,
     encode_splits,
     load_fno_mat,
-    load_npy,
     official_normalizers,
-    require_finite,
 )
+from datamodules.data_files import DataFileError, load_npy, require_finite
 from launch.errors import UserError
 
 DATASETS = {

@@ -221,11 +221,11 @@ MAT_KEYS = {
 
 def load_mat_reference(path: str | Path, name: str) -> dict[str, np.ndarray]:
     """{"x": (X,), "t": (T,), "u": (T, X)} from AC.mat (`tt`, `x`, `uu`), ks_simple.mat or ks_chaotic.mat (`t`, `x`,
-    `usol`); the layouts are in MAT_KEYS. An unreadable or misshapen file, or NaN / infinite values, is a one-line
-    DataFileError naming it."""
+    `usol`); the layouts are in MAT_KEYS. An unreadable or misshapen file, variables that are not real numbers
+    (complex included), or NaN / infinite values, is a one-line DataFileError naming it."""
     from scipy.io import loadmat
 
-    from datamodules.darcy import DataFileError, mat_read_errors, require_finite
+    from datamodules.data_files import DataFileError, mat_read_errors, require_finite, require_real
 
     if name not in MAT_KEYS:
         raise ValueError(f"no .mat layout for {name!r}")
@@ -240,10 +240,9 @@ def load_mat_reference(path: str | Path, name: str) -> dict[str, np.ndarray]:
     missing = [k for k in keys if k not in d]
     if missing:
         raise DataFileError(f"{path}: missing keys {missing} for {name} (has {sorted(k for k in d if k[0] != '_')})")
-    try:
-        t, x, u = (np.asarray(d[k], dtype=np.float64) for k in keys)
-    except (TypeError, ValueError) as err:
-        raise DataFileError(f"{path}: {', '.join(keys)} must be numeric arrays ({one_line(err, 120)})") from None
+    for key in keys:
+        require_real(path, key, np.asarray(d[key]))
+    t, x, u = (np.asarray(d[k], dtype=np.float64) for k in keys)
     t, x = t.reshape(-1), x.reshape(-1)
     if t.size == 0 or x.size == 0 or u.shape != (x.size, t.size):
         raise DataFileError(f"{path}: {keys[2]} has shape {u.shape}, expected ({x.size}, {t.size}) with non-empty "

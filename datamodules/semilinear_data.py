@@ -57,10 +57,11 @@ FNO_NS_DEFAULT_FILE = "NavierStokes_V1e-5_N1200_T20.mat"
 def load_fno_navier_stokes(path, n: int) -> np.ndarray:
     """The first n trajectories of an FNO-benchmark Navier-Stokes file as (n, T, H, W) float32. MATLAB stores `u` as
     (N, H, W, T); v7.3 files are HDF5, where h5py sees the axes reversed. A missing, unreadable (corrupt, truncated)
-    or misshapen file, or one whose n trajectories hold NaN or infinite values, is a one-line UserError naming it."""
+    or misshapen file, one whose u is not real numbers (complex included), or one whose n trajectories hold NaN or
+    infinite values, is a one-line UserError naming it."""
     from scipy.io import loadmat
 
-    from datamodules.darcy import mat_read_errors, require_finite
+    from datamodules.data_files import mat_read_errors, require_finite, require_real
 
     errors = mat_read_errors()
     try:
@@ -75,8 +76,7 @@ def load_fno_navier_stokes(path, n: int) -> np.ndarray:
         u = np.asarray(u[:n])
     if u.ndim != 4:
         raise UserError(f"data: {path}: u has shape {u.shape}, expected N x H x W x T")
-    if not np.issubdtype(u.dtype, np.number):
-        raise UserError(f"data: {path}: u has dtype {u.dtype}, expected numbers")
+    require_real(path, "u", u)  # (complex: a float cast would drop the imaginary part with only a warning)
     u = np.ascontiguousarray(u.transpose(0, 3, 1, 2), dtype=np.float32)
     require_finite(path, "u", u)
     return u

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamodules.darcy import require_finite
+from datamodules.data_files import require_finite
 from launch.errors import UserError
 from lit_models.common import mesh as M
 
@@ -105,8 +105,9 @@ def _array(path: Path, d: dict, key: str, *, integer: bool = False) -> np.ndarra
         raise UserError(f"{path}: key {key!r} is not an array") from None
     if integer and not np.issubdtype(a.dtype, np.integer):
         raise UserError(f"{path}: key {key!r} must hold integers, got dtype {a.dtype}")
-    if not integer and not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise UserError(f"{path}: key {key!r} must be numeric, got dtype {a.dtype}")
+    if not integer and (np.iscomplexobj(a) or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool)):
+        raise UserError(f"{path}: key {key!r} must be real numbers, got dtype {a.dtype}")  # complex: a float cast
+        # would drop the imaginary part with only a warning
     return a
 
 

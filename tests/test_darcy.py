@@ -246,6 +246,34 @@ def test_non_finite_values_in_the_used_samples_are_refused(tmp_path, key, bad):
     assert load_fno_mat(path, 1, sampling_rate=20)[0].shape == (1, 22, 22)  # sample 1 not read: loads
 
 
+@pytest.mark.filterwarnings("error::numpy.exceptions.ComplexWarning")
+@pytest.mark.parametrize("key", ["coeff", "sol"])
+def test_complex_values_are_refused_naming_file_and_variable(tmp_path, key):
+    """A complex coeff or sol is a one-line DataFileError naming the file and the variable, worded as load_npy's
+    check on .npy files (before: numpy warned and the imaginary part was dropped)."""
+    from datamodules.data_files import DataFileError, load_npy
+
+    arrays = _write_fixture(tmp_path, n=2, s=41)
+    path = tmp_path / darcy.FNO_DARCY_FILES["train"]
+    arr = {"coeff": arrays["train"][0], "sol": arrays["train"][1]}
+    arr[key] = arr[key] * (1 + 0.5j)
+    scipy.io.savemat(path, arr)
+    with pytest.raises(DataFileError, match=rf"^{re.escape(str(path))}: expected a real numeric array for {key}, "
+                                            rf"got dtype complex64$"):
+        load_fno_mat(path, 2, sampling_rate=20)
+    np.save(tmp_path / "c.npy", arr[key])  # the same helper's check on an .npy file, without a variable name
+    with pytest.raises(DataFileError, match=r"c\.npy: expected a real numeric array, got dtype complex64$"):
+        load_npy(tmp_path / "c.npy")
+
+
+def test_data_file_helpers_are_still_importable_from_darcy():
+    """The shared helpers moved to datamodules.data_files; the old import path re-exports the same objects."""
+    from datamodules import data_files
+
+    for name in ("DataFileError", "require_finite", "load_npy", "mat_read_errors", "read_mat_arrays"):
+        assert getattr(darcy, name) is getattr(data_files, name)
+
+
 def test_fno_datamodule_from_data_dir_and_through_download(tmp_path, monkeypatch):
     www = tmp_path / "www"
     arrays = _write_fixture(www)

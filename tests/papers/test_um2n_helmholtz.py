@@ -153,6 +153,12 @@ def test_wrong_shapes_are_user_errors(tmp_path):
                                      lambda d: d.update(edge_index_bi=d["edge_index_bi"].T.astype(float)))
 
 
+def test_complex_values_are_a_user_error(tmp_path):
+    """A complex array passed the numeric check and lost its imaginary part in the float cast (numpy warned)."""
+    message = _bad(tmp_path, "data_0005.npy", lambda d: d.update(monitor_val=d["monitor_val"] + 1j))
+    assert "'monitor_val' must be real numbers" in message and "complex" in message
+
+
 def test_not_a_pickled_dict_or_corrupt_file_is_a_user_error(tmp_path):
     np.save(tmp_path / "data_0.npy", np.zeros((5, 2)))
     with pytest.raises(UserError, match=r"data_0\.npy: expected a pickled dict"):
