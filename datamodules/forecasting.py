@@ -33,13 +33,14 @@ dataset by ``name``; all of them, including the offline default, go through the 
   is used, thuml ``Dataset_PEMS``): train [0, int(0.6 T)), val [int(0.6 T), int(0.8 T)), test [int(0.8 T), T),
   without the L-row overlap of the other datasets; missing values are forward- then backward-filled within each
   split after scaling (the scaler ignores them); an infinite value, or a sensor with no value in a split, is an
-  error. The other datasets have no gaps: a missing or non-finite value there (a damaged or truncated file) is an
-  error naming the file, row and column.
+  error naming the file, row and column. The other datasets have no gaps: a missing or non-finite value there (a
+  damaged or truncated file) is such an error too.
 
 The borders follow the file's length, and only the ETT files are checksummed, so the other standard files must
 have their standard number of time steps (``DatasetSpec.num_steps``: weather 52696, electricity 26304, traffic
 17544, exchange_rate 7588, national_illness 966, solar 52560, PEMS03/04/07/08 26208/16992/28224/17856); a file
-with under a quarter of them is read as a deliberately reduced copy (test fixtures), with a logged warning.
+of another length is an error, unless ``reduced_copy=true`` says it is a deliberately shortened copy (test
+fixtures, smoke runs): then it is read, its borders follow its length, and a warning is logged.
 
 The scaler (per-variate mean / std, numpy std with ddof=0 as sklearn's StandardScaler) is fitted on the train
 rows only and applied to the whole series; losses and metrics are in these z-scored units (card: "Report
@@ -137,12 +138,6 @@ DATASETS: dict[str, DatasetSpec] = {
     "PEMS08": DatasetSpec("PEMS08.npz", "pems", None, 170, fmt="pems_npz", num_steps=17856),
 }
 
-# A file with fewer than this fraction of its dataset's num_steps is taken as a deliberately reduced copy (the
-# test fixtures, quick smoke runs; their split borders follow their own length, a warning says so); from this
-# fraction on, any length other than num_steps (a copy cut at a line boundary, two files joined, a header line
-# read as data) is refused. The largest reduced copy in the tests is 1000 of exchange_rate's 7588 rows (13 %).
-REDUCED_COPY_FRACTION = 0.25
-
 LEADER_FOLLOWER_DEFAULTS: dict[str, Any] = {
     "length": 8000,  # T
     "num_leaders": 4,  # N = 2 * num_leaders
@@ -216,43 +211,44 @@ def read_csv(path: Path, target: str | None = None) -> tuple[np.ndarray, np.ndar
     return values, dates, cols
 
 
-def check_finite(values: np.ndarray, path: Path, names: list[str], dates: np.ndarray | None) -> None:
-    """A one-line UserError naming the file, the first data row and the column of a missing (NaN) or infinite
-    value. Only PEMS gaps are filled (thuml ``Dataset_PEMS``); the other official datasets (``Dataset_ETT_*``,
+def check_finite(values: np.ndarray, path: Path, names: list[str], dates: np.ndarray | None,
+                 gaps: bool = False) -> None:
+    """A one-line UserError naming the file, the first data row (and its date) and the column of a missing (NaN)
+    or infinite value; with ``gaps`` (PEMS) of an infinite value only. Only PEMS gaps are NaN and filled (thuml
+    ``Dataset_PEMS``, see ``check_pems_gaps``); the other official datasets (``Dataset_ETT_*``,
     ``Dataset_Custom``, ``Dataset_Solar``) are complete, so a gap there is a damaged or truncated file."""
-    bad = ~np.isfinite(values)
+    bad = np.isinf(values) if gaps else ~np.isfinite(values)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
         when = f" ({np.datetime_as_string(dates[row], unit='s').replace('T', ' ')})" if dates is not None else ""
-        raise UserError(f"{path}: missing or non-finite value in data row {row + 1}{when}, column {names[col]!r} "
-                        f"({int(bad.sum())} in all); only PEMS gaps are filled: repair or download the file again")
+        what, rule = ("infinite", "PEMS gaps must be NaN") if gaps else ("missing or non-finite",
+                                                                          "only PEMS gaps are filled")
+        raise UserError(f"{path}: {what} value in data row {row + 1}{when}, column {names[col]!r} "
+                        f"({int(bad.sum())} in all); {rule}: repair or download the file again")
 
 
-def check_num_steps(values: np.ndarray, path: Path, name: str, num_steps: int | None) -> None:
+def check_num_steps(values: np.ndarray, path: Path, name: str, num_steps: int | None,
+                    reduced_copy: bool = False) -> None:
     """A one-line UserError when the file of a standard dataset has another number of time steps than the
     standard file (``DatasetSpec.num_steps``): the 70/10/20 and 60/20/20 borders follow the length, so a file cut
-    at a line boundary would silently shift them. Copies with fewer than ``REDUCED_COPY_FRACTION`` of the rows
-    are taken as deliberately reduced (test fixtures, smoke runs) and only logged."""
+    at a line boundary would silently shift them. With ``reduced_copy`` (a deliberately shortened copy: test
+    fixtures, smoke runs) any length is read, with a logged warning."""
     found = len(values)
     if num_steps is None or found == num_steps:
         return
-    if found < REDUCED_COPY_FRACTION * num_steps:
-        log.warning("%s: %d time steps, the standard %s file has %d: read as a reduced copy (split borders follow "
-                    "its length)", path, found, name, num_steps)
+    if reduced_copy:
+        log.warning("%s: %d time steps, the standard %s file has %d: read as a reduced copy (data.reduced_copy=true; "
+                    "split borders follow its length)", path, found, name, num_steps)
         return
     raise UserError(f"{path}: expected {num_steps} time steps (rows) for {name}, found {found}: a truncated or "
-                    "otherwise altered file; download it again")
+                    "otherwise altered file, download it again (for a deliberately shortened copy set "
+                    "data.reduced_copy=true)")
 
 
-def check_pems_values(values: np.ndarray, path: Path, borders: list[tuple[int, int]]) -> None:
-    """PEMS gaps are NaN and get filled within each split (``Dataset_PEMS``); a one-line UserError naming the
-    file, row and column for what cannot be filled: an infinite value, or a sensor column with no value at all
+def check_pems_gaps(values: np.ndarray, path: Path, borders: list[tuple[int, int]]) -> None:
+    """PEMS gaps are NaN and get filled within each split (``Dataset_PEMS``; infinite values are refused by
+    ``check_finite``); a one-line UserError naming the file, rows and column of a sensor with no value at all
     within a split (it would stay NaN after the forward / backward fill)."""
-    inf = np.isinf(values)
-    if inf.any():
-        row, col = (int(i) for i in np.argwhere(inf)[0])
-        raise UserError(f"{path}: infinite value in data row {row + 1}, sensor column {col} ({int(inf.sum())} in "
-                        "all); PEMS gaps must be NaN: repair or download the file again")
     for split, (a, b) in zip(("train", "val", "test"), borders):
         empty = np.flatnonzero(np.isnan(values[a:b]).all(axis=0))
         if empty.size:
@@ -480,6 +476,8 @@ class ForecastingDataModule(CheckpointedShuffle, L.LightningDataModule):
         scale: z-score with train statistics (always on in the papers).
         offline: overrides of the generated dataset's parameters (``OFFLINE_DEFAULTS[name]``:
             ``LEADER_FOLLOWER_DEFAULTS`` or ``LORENZ96_DEFAULTS``); ignored for real data.
+        reduced_copy: read a standard file (``DatasetSpec.num_steps``) of another length, with a warning (a
+            deliberately shortened copy: test fixtures, smoke runs); without it that length is an error.
     """
 
     def __init__(
@@ -498,6 +496,7 @@ class ForecastingDataModule(CheckpointedShuffle, L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         offline: dict | None = None,
+        reduced_copy: bool = False,
     ) -> None:
         super().__init__()
         check_choice("data.name", "dataset", name, DATASETS)
@@ -513,6 +512,7 @@ class ForecastingDataModule(CheckpointedShuffle, L.LightningDataModule):
         check_min("data", 1, eval_stride=eval_stride)  # null: the dataset's default
         self.eval_stride = int(eval_stride) if eval_stride is not None else int(self.offline.get("eval_stride", 1))
         self.scale, self.num_workers, self.seed = bool(scale), int(num_workers), int(seed)
+        self.reduced_copy = bool(reduced_copy)
         self._loaded = False
 
     # ---- where the file comes from ------------------------------------------------------------
@@ -562,12 +562,11 @@ class ForecastingDataModule(CheckpointedShuffle, L.LightningDataModule):
         expected = self.offline.get("num_variates", self.spec.num_variates)
         if expected is not None and values.shape[1] != expected:
             raise UserError(f"{self.name}: expected {expected} variates, the file has {values.shape[1]}")
-        if self.spec.fmt != "pems_npz":
-            check_finite(values, path, names, dates)
-        check_num_steps(values, path, self.name, self.spec.num_steps)
+        check_finite(values, path, names, dates, gaps=self.spec.fmt == "pems_npz")
+        check_num_steps(values, path, self.name, self.spec.num_steps, self.reduced_copy)
         self.borders = split_borders(self.spec.split, len(values), self.seq_len, self.offline.get("train_end"))
         if self.spec.fmt == "pems_npz":
-            check_pems_values(values, path, self.borders)
+            check_pems_gaps(values, path, self.borders)
         b0, b1 = self.borders[0]
         train = values[b0:b1]
         # PEMS may have gaps (the other formats were checked above): the scaler ignores them (as sklearn's)

@@ -3,6 +3,8 @@ exit status 2 through `zoo`, never a traceback; non-PEMS forecasting files with 
 still filled (thuml Dataset_PEMS); Darcy's prepare_data only fetches the files, without reading them."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ import torch
 
 from datamodules import darcy
 from datamodules.darcy import FNO_DARCY_FILES, DarcyDataModule
+from datamodules.data_files import DataFileError
 from datamodules.forecasting import ForecastingDataModule
 from datamodules.mgno_data import DATASETS as MGNO_FILES
 from datamodules.mgno_data import MgNODataModule
@@ -236,6 +239,20 @@ def test_truncated_weather_csv_is_refused(tmp_path):
     raises_naming(path, dm.setup, f"data row {len(df)}")
 
 
+def test_short_weather_through_zoo_exits_2_unless_reduced_copy(tmp_path, cache):
+    """A standard file far shorter than the standard one (a broken download; before: read as a "reduced copy" when
+    under a quarter of its rows) is refused through `zoo`, naming the file, both lengths and data.reduced_copy."""
+    (tmp_path / "dd").mkdir()
+    path, _ = _weather(tmp_path / "dd", _weather_frame())
+    line = zoo_fails_naming(path, tmp_path / "runs", "experiment=itransformer/weather", f"data.data_dir={path.parent}",
+                            "data.seq_len=8", "data.pred_len=8", "data.batch_size=2")
+    assert "expected 52696 time steps (rows) for weather, found 120" in line and "data.reduced_copy=true" in line
+    dm = ForecastingDataModule("weather", seq_len=8, pred_len=8, batch_size=2, data_dir=str(path.parent),
+                               reduced_copy=True)
+    dm.setup()
+    assert dm.borders[2][1] == 120
+
+
 def test_solar_with_a_gap_is_refused(tmp_path):
     values = RNG.random((60, 137)).round(3)
     values[12, 100] = np.nan
@@ -250,7 +267,8 @@ def test_pems_gaps_are_still_filled(tmp_path):
     data = RNG.random((100, 170, 3)).astype(np.float32)
     data[3, 7, 0] = data[70, 9, 0] = np.nan
     np.savez(tmp_path / "PEMS08.npz", data=data)
-    dm = ForecastingDataModule("PEMS08", seq_len=8, pred_len=8, batch_size=2, data_dir=str(tmp_path))
+    dm = ForecastingDataModule("PEMS08", seq_len=8, pred_len=8, batch_size=2, data_dir=str(tmp_path),
+                               reduced_copy=True)
     dm.setup()
     for ds in dm.datasets.values():
         assert bool(torch.isfinite(ds.data).all())
@@ -343,6 +361,84 @@ def test_mgno_navier_stokes_truncated_v73_is_one_line_error(tmp_path):
     raises_naming(bad, dm.setup, "cannot read")
 
 
+# ----------------------------------------------------- complex .mat variables (before: imaginary part dropped)
+def _cplx(arr: np.ndarray) -> np.ndarray:
+    return arr + 1j * arr
+
+
+def _complex_darcy(folder, v73: bool):
+    """FNO Darcy train / test files (421 x 421, loaded at sampling_rate 84 -> 6 x 6) with a complex train `sol`."""
+    save = save_mat73 if v73 else scipy.io.savemat
+    save(folder / FNO_DARCY_FILES["train"], {"coeff": _darcy_field(2, 421), "sol": _cplx(_darcy_field(2, 421))})
+    scipy.io.savemat(folder / FNO_DARCY_FILES["test"], {"coeff": _darcy_field(1, 421), "sol": _darcy_field(1, 421)})
+    dm = DarcyDataModule(name="piececonst_smooth", resolution=6, sampling_rate=84, n_train=2, n_test=1, batch_size=1,
+                         data_dir=str(folder))
+    return folder / FNO_DARCY_FILES["train"], "sol", dm
+
+
+def _complex_mgno_darcy(folder, v73: bool):
+    coeff = _cplx(_darcy_field(5, 32))  # a complex coefficient this time
+    path = folder / MGNO_FILES["darcy_rough"]["train"]
+    (save_mat73 if v73 else scipy.io.savemat)(path, {"coeff": coeff, "sol": _darcy_field(5, 32)})
+    scipy.io.savemat(folder / MGNO_FILES["darcy_rough"]["test"], {"coeff": _darcy_field(3, 32),
+                                                                  "sol": _darcy_field(3, 32)})
+    dm = MgNODataModule(name="darcy_rough", resolution=16, n_train=4, n_test=2, data_dir=str(folder))
+    return path, "coeff", dm
+
+
+def _complex_ns(folder, v73: bool):
+    path = folder / FNO_NS_DEFAULT_FILE
+    (save_mat73 if v73 else scipy.io.savemat)(path, {"u": _cplx(_ns_u())})
+    dm = SemilinearDataModule(name="ns_fno", data_dir=str(folder), n_train=3, n_test=2, n_frames=10, unroll=4)
+    return path, "u", dm
+
+
+def _complex_mgno_ns(folder, v73: bool):
+    path = folder / MGNO_FILES["navier_stokes"]["u"]
+    (save_mat73 if v73 else scipy.io.savemat)(path, {"u": _cplx(_ns_u())})
+    dm = MgNODataModule(name="navier_stokes", resolution=8, n_train=3, n_test=2, n_total=6, t_steps=3,
+                        normalize=False, data_dir=str(folder))
+    return path, "u", dm
+
+
+def _complex_pinn(folder, v73: bool):
+    t, x = np.linspace(0, 1, 11)[None], np.linspace(0, 2 * np.pi, 8)[None]
+    path = folder / "ks_chaotic.mat"
+    scipy.io.savemat(path, {"t": t, "x": x, "usol": _cplx(RNG.random((8, 11)))})  # (official files are v5 only)
+    return path, "usol", CausalPINNDataModule(name="ks_chaotic_mat", n_t=4, n_x=4, data_dir=str(folder))
+
+
+COMPLEX_MAT = {"darcy": _complex_darcy, "mgno_darcy_rough": _complex_mgno_darcy, "ns_fno": _complex_ns,
+               "mgno_navier_stokes": _complex_mgno_ns, "causal_pinn": _complex_pinn}
+
+
+@pytest.mark.filterwarnings("error::numpy.exceptions.ComplexWarning")
+@pytest.mark.parametrize("v73", [False, True], ids=["v5", "v73"])
+@pytest.mark.parametrize("case", sorted(COMPLEX_MAT))
+def test_complex_mat_variable_is_refused_naming_file_and_variable(tmp_path, case, v73):
+    """A complex variable in a .mat file is a one-line DataFileError naming the file and the variable (before: numpy
+    warned and the real part was used)."""
+    if v73 and case == "causal_pinn":
+        pytest.skip("the causal-PINN reader refuses v7.3 files altogether")
+    path, var, dm = COMPLEX_MAT[case](tmp_path, v73)
+    with pytest.raises(DataFileError) as info:
+        dm.setup()
+    assert re.fullmatch(rf"{re.escape(str(path))}: expected a real numeric array for {var}, got dtype complex\d+",
+                        str(info.value)), info.value
+
+
+def test_complex_darcy_mat_through_zoo_exits_2(tmp_path, cache):
+    bad = tmp_path / "dd" / FNO_DARCY_FILES["train"]
+    bad.parent.mkdir()
+    scipy.io.savemat(bad, {"coeff": _cplx(_darcy_field(2, 9)), "sol": _darcy_field(2, 9)})
+    scipy.io.savemat(bad.parent / FNO_DARCY_FILES["test"], {"coeff": _darcy_field(2, 9), "sol": _darcy_field(2, 9)})
+    line = zoo_fails_naming(bad, tmp_path / "runs", "experiment=mgno/darcy_smooth", f"data.data_dir={bad.parent}",
+                            "data.n_train=2", "data.n_test=2", "data.n_val=1",
+                            "data.val_offset=2", "data.batch_size=1", "data.eval_batch_size=1",
+                            "model.num_channel_u=4", "model.num_layer=1")
+    assert line.endswith(f"{bad}: expected a real numeric array for coeff, got dtype complex64"), line
+
+
 # ------------------------------------------------------------------- PEMS .npz files (iTransformer real data)
 def _pems08(**arrays):
     def write(path):
@@ -389,7 +485,8 @@ def test_pems08_truncated_through_zoo_exits_2(tmp_path, cache):
 def _pems_setup(tmp_path, data):
     path = tmp_path / "PEMS08.npz"
     np.savez(path, data=data)
-    return path, ForecastingDataModule("PEMS08", seq_len=8, pred_len=8, batch_size=2, data_dir=str(tmp_path)).setup
+    return path, ForecastingDataModule("PEMS08", seq_len=8, pred_len=8, batch_size=2, data_dir=str(tmp_path),
+                                       reduced_copy=True).setup
 
 
 def test_pems_infinite_value_is_refused_naming_row_and_column(tmp_path):
@@ -398,7 +495,7 @@ def test_pems_infinite_value_is_refused_naming_row_and_column(tmp_path):
     data[5, 3, 0] = np.inf
     data[7, 9, 1] = np.inf  # another channel: not read
     path, setup = _pems_setup(tmp_path, data)
-    msg = raises_naming(path, setup, "infinite value in data row 6, sensor column 3")
+    msg = raises_naming(path, setup, "infinite value in data row 6, column '3'")
     assert "(1 in all)" in msg
 
 

@@ -64,7 +64,8 @@ def write_fixture(folder, name: str, rows: int, seed: int = 0) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ iTransformer
 @pytest.mark.parametrize("variant", sorted(ITRANSFORMER_VARIANTS))
 def test_itransformer_variant_reads_its_real_format(variant, tmp_path):
-    cfg = zconfig.compose([f"experiment=itransformer/{variant}", f"data.data_dir={tmp_path}", "logger=none"])
+    cfg = zconfig.compose([f"experiment=itransformer/{variant}", f"data.data_dir={tmp_path}", "logger=none",
+                           "data.reduced_copy=true"])  # the fixtures are shorter than the standard files
     name = cfg.data.name
     raw = write_fixture(tmp_path, name, ITRANSFORMER_VARIANTS[variant])
     # the paper's schedule (official run.py): 10 epochs, early stopping patience 3, lr halved every epoch
@@ -92,7 +93,7 @@ def test_solar_txt_borders_scaler_and_no_timestamps(tmp_path):
     raw = write_fixture(tmp_path, "solar", 1000)
     values, dates, names = read_solar_txt(tmp_path / "solar_AL.txt")
     assert values.shape == (1000, 137) and dates is None and len(names) == 137
-    dm = ForecastingDataModule("solar", seq_len=96, pred_len=96, data_dir=str(tmp_path))
+    dm = ForecastingDataModule("solar", seq_len=96, pred_len=96, data_dir=str(tmp_path), reduced_copy=True)
     dm.setup()
     # Dataset_Solar: n_train = 700, n_test = 200, n_val = int(0.1 T) = 100
     assert dm.borders == [(0, 700), (700 - 96, 800), (1000 - 200 - 96, 1000)]
@@ -100,7 +101,7 @@ def test_solar_txt_borders_scaler_and_no_timestamps(tmp_path):
     item = dm.datasets["test"][0]
     torch.testing.assert_close(item["y"], torch.from_numpy((raw[800:896] - dm.mean) / dm.std), atol=1e-5, rtol=1e-5)
     with pytest.raises(UserError, match="no timestamps"):
-        ForecastingDataModule("solar", data_dir=str(tmp_path), time_features=True).setup()
+        ForecastingDataModule("solar", data_dir=str(tmp_path), time_features=True, reduced_copy=True).setup()
 
 
 def test_pems_npz_flow_channel_borders_and_gap_filling(tmp_path):
@@ -112,7 +113,7 @@ def test_pems_npz_flow_channel_borders_and_gap_filling(tmp_path):
     data[400:403, 5, 0] = np.nan
     data[10, 7, 0] = np.nan  # a gap in train: the scaler ignores it
     np.savez(tmp_path / "PEMS08.npz", data=data)
-    dm = ForecastingDataModule("PEMS08", seq_len=96, pred_len=12, data_dir=str(tmp_path))
+    dm = ForecastingDataModule("PEMS08", seq_len=96, pred_len=12, data_dir=str(tmp_path), reduced_copy=True)
     dm.setup()
     assert dm.borders == [(0, 360), (360, 480), (480, 600)]  # 60/20/20, no lookback overlap
     assert math.isclose(float(dm.mean[7]), float(np.nanmean(data[:360, 7, 0])), rel_tol=1e-5)

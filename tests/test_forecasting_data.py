@@ -59,7 +59,8 @@ def test_ett_minute_borders_are_four_times_hourly():
 
 def test_custom_ratio_borders_and_target_last(tmp_path):
     _write(tmp_path / "weather.csv", 1000, 21, freq="10min", names=["OT"] + [f"c{i}" for i in range(20)])
-    dm = ForecastingDataModule("weather", seq_len=48, pred_len=12, data_dir=str(tmp_path), time_features=True)
+    dm = ForecastingDataModule("weather", seq_len=48, pred_len=12, data_dir=str(tmp_path), time_features=True,
+                               reduced_copy=True)
     dm.setup()
     n_train, n_test = 700, 200
     assert dm.borders == [(0, n_train), (n_train - 48, n_train + 100), (1000 - n_test - 48, 1000)]
@@ -264,30 +265,50 @@ def _exchange(path, rows: int) -> None:
 
 def test_standard_file_with_another_length_is_refused(tmp_path, caplog):
     """Only the ETT files are checksummed: a standard file cut at a line boundary (before: loaded, the 70/10/20
-    borders shifted) or with rows added is refused, naming the file and both lengths."""
+    borders shifted) or with rows added is refused, naming the file, both lengths and data.reduced_copy; with
+    reduced_copy=true (a deliberately shortened copy) any length is read, with a warning."""
     _exchange(tmp_path, 7588)
     dm = ForecastingDataModule("exchange_rate", seq_len=96, pred_len=96, data_dir=str(tmp_path))
     dm.setup()
     assert dm.borders == [(0, 5311), (5311 - 96, 5311 + 760), (7588 - 1517 - 96, 7588)]
     path = tmp_path / "exchange_rate.csv"
     lines = path.read_text().splitlines(keepends=True)
-    for rows in (6000, 1897, 7589):  # a cut copy, one just above a quarter of the rows, one row too many
+    # a cut copy, one just above a quarter of the rows, one below (before: read as a reduced copy), one row too many
+    for rows in (6000, 1897, 1000, 7589):
         path.write_text("".join(lines[:rows + 1]) if rows < 7588 else "".join(lines) + lines[-1])
         dm = ForecastingDataModule("exchange_rate", seq_len=96, pred_len=96, data_dir=str(tmp_path))
         with pytest.raises(UserError, match=f"expected 7588 time steps .* found {rows}") as err:
             dm.setup()
-        assert str(path) in str(err.value) and "\n" not in str(err.value)
-    # a reduced copy (under a quarter of the rows: the test fixtures) is read, with a warning naming it
-    path.write_text("".join(lines[:1896 + 1]))
-    with caplog.at_level("WARNING", logger="datamodules.forecasting"):
-        ForecastingDataModule("exchange_rate", seq_len=96, pred_len=96, data_dir=str(tmp_path)).setup()
-    assert "1896 time steps" in caplog.text and "reduced copy" in caplog.text
+        msg = str(err.value)
+        assert str(path) in msg and "data.reduced_copy=true" in msg and "\n" not in msg
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="datamodules.forecasting"):
+            dm = ForecastingDataModule("exchange_rate", seq_len=96, pred_len=96, data_dir=str(tmp_path),
+                                       reduced_copy=True)
+            dm.setup()
+        assert f"{rows} time steps" in caplog.text and "reduced copy" in caplog.text and str(path) in caplog.text
+        assert dm.borders[2][1] == rows  # the borders follow the copy's length
+
+
+def test_truncated_file_under_a_quarter_is_refused_without_reduced_copy(tmp_path):
+    """A real file cut below a quarter of its rows (a broken download) loaded silently as a "reduced copy"
+    before; now only data.reduced_copy=true reads it."""
+    _write(tmp_path / "weather.csv", 1000, 21, freq="10min")
+    with pytest.raises(UserError, match=r"weather.csv: expected 52696 time steps \(rows\) for weather, found 1000"):
+        ForecastingDataModule("weather", seq_len=48, pred_len=12, data_dir=str(tmp_path)).setup()
+    dm = ForecastingDataModule("weather", seq_len=48, pred_len=12, data_dir=str(tmp_path), reduced_copy=True)
+    dm.setup()
+    assert dm.borders[0] == (0, 700) and dm.num_variates == 21
 
 
 def test_pems_standard_length_is_checked(tmp_path):
     np.savez(tmp_path / "PEMS08.npz", data=np.ones((17000, 170), np.float32))
-    with pytest.raises(UserError, match="expected 17856 time steps .* found 17000"):
+    with pytest.raises(UserError, match="expected 17856 time steps .* found 17000.*data.reduced_copy=true"):
         ForecastingDataModule("PEMS08", seq_len=96, pred_len=12, data_dir=str(tmp_path)).setup()
+    np.savez(tmp_path / "PEMS08.npz", data=np.ones((600, 170), np.float32))  # under a quarter: refused too
+    with pytest.raises(UserError, match="expected 17856 time steps .* found 600"):
+        ForecastingDataModule("PEMS08", seq_len=96, pred_len=12, data_dir=str(tmp_path)).setup()
+    ForecastingDataModule("PEMS08", seq_len=96, pred_len=12, data_dir=str(tmp_path), reduced_copy=True).setup()
 
 
 def test_no_pinned_link_points_to_the_official_mirror():
