@@ -24,6 +24,11 @@ equivariance error, a tokenizer round trip):
 
         runs: {bptt: {probe: "lit_models.dynamics.gtf_plrnn:tent_map_gradient_norm", args: {alpha: 0.0}}}
 
+A probe with a `seed` argument gets the seed of a `seed=<k>` override (`zoo check --seeds` sets one per seed) unless
+its args give one; a probe without is deterministic. An eval run's settings pass the module's / datamodule's
+constructor checks first (`_check_eval_settings`). The command line's overrides go under every run, whose own
+overrides win where both set a key; the report and the results' .md name each run that kept its own setting.
+
 A claim the implementation does not reproduce carries `known_gap: "<why>"`: its miss is then reported as KNOWN GAP,
 not FAIL, but only with every measured value finite and every `floor:` expression met, sanity bounds (looser than
 `expect`, calibrated on the recorded seeds) that a broken method would miss:
@@ -165,15 +170,28 @@ def _check_eval_settings(objects: dict, updates: dict[str, dict], eval_overrides
     """Build the module / datamodule anew from its hyperparameters with the eval overrides applied and drop it: the
     constructor's checks (ranges, choices, shapes) then hold for the evaluated setting too, which is set on the
     trained objects' hparams directly. A failed check is a one-line error naming the eval overrides."""
+    import numpy as np
+    import torch
+
     for group, ups in updates.items():
         if not ups:
             continue
-        obj = objects[group]
+        obj, kwargs = objects[group], {**dict(objects[group].hparams), **ups}
         try:
-            type(obj)(**{**dict(obj.hparams), **ups})
+            inspect.signature(type(obj)).bind(**kwargs)
+        except TypeError as err:
+            raise UserError(f"eval override {' '.join(eval_overrides)}: {type(obj).__name__} takes no such "
+                            f"arguments: {err}") from None
+        try:
+            with torch.random.fork_rng(devices=[]):  # the rebuild draws initial weights: the test's stream stays as is
+                numpy_state = np.random.get_state()
+                try:
+                    type(obj)(**kwargs)
+                finally:
+                    np.random.set_state(numpy_state)
         except UserError as err:
             raise UserError(f"eval override {' '.join(eval_overrides)}: {err}") from None
-        except (ValueError, TypeError) as err:
+        except ValueError as err:
             raise UserError(f"eval override {' '.join(eval_overrides)}: {type(obj).__name__} refuses it: {err}") from None
 
 
@@ -208,19 +226,25 @@ def eval_once(slug: str, train_overrides: list[str], eval_overrides: list[str],
     return _EVAL_CACHE[ekey]
 
 
+def resolve_probe(target: str):
+    """The probe function `<module>:<function>`, the module in one of PROBE_PACKAGES (checked before it is imported);
+    a one-line error otherwise."""
+    module_name, sep, func_name = target.partition(":")
+    if not sep or not module_name.startswith(PROBE_PACKAGES) or not func_name:
+        raise UserError(f"probe '{target}' must look like <module>:<function> with the module in one of "
+                        f"{', '.join(p.rstrip('.') for p in PROBE_PACKAGES)}")
+    try:
+        return getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"probe '{target}' not found: {err}") from None
+
+
 def probe_once(target: str, args: dict) -> dict[str, float]:
     """Metrics returned by the probe function `<module>:<function>` (a module of this project) called with `args`
     (cached)."""
     key = (target, json.dumps(args, sort_keys=True))
     if key not in _PROBE_CACHE:
-        module_name, sep, func_name = target.partition(":")
-        if not sep or not module_name.startswith(PROBE_PACKAGES) or not func_name:
-            raise UserError(f"probe '{target}' must look like <module>:<function> with the module in one of "
-                            f"{', '.join(p.rstrip('.') for p in PROBE_PACKAGES)}")
-        try:
-            func = getattr(importlib.import_module(module_name), func_name)
-        except (ImportError, AttributeError) as err:
-            raise UserError(f"probe '{target}' not found: {err}") from None
+        func = resolve_probe(target)
         try:  # bound first: a TypeError raised inside the probe is the probe's own, not a bad argument
             inspect.signature(func).bind(**args)
         except TypeError as err:
@@ -238,9 +262,10 @@ def measure(slug: str, spec, extra: list[str] = ()) -> dict[str, float]:
             if unknown:
                 raise UserError(f"claim run {dict(spec)} has unknown keys {sorted(unknown)} (allowed: probe, args)")
             target, args = str(spec["probe"]), dict(spec.get("args") or {})
-            seed = given_seed(extra)
-            if seed is not None and "seed" not in args and probe_takes_seed(target):
-                args["seed"] = seed
+            if "seed" not in args and "seed" in inspect.signature(resolve_probe(target)).parameters:
+                seed = given_seed(extra)
+                if seed is not None:
+                    args["seed"] = seed
             return probe_once(target, args)
         unknown = set(spec) - {"train", "eval"}
         if unknown:
@@ -251,24 +276,14 @@ def measure(slug: str, spec, extra: list[str] = ()) -> dict[str, float]:
 
 
 def given_seed(extra: list[str]) -> int | None:
-    """The seed of `seed=<k>` among the command line's overrides (`zoo check --seeds` adds one per seed); None when
-    none is given (probes then keep their own default seed)."""
-    values = [o.split("=", 1)[1] for o in extra if override_key(o) == "seed" and "=" in o]
-    try:
-        return int(values[-1]) if values else None
-    except ValueError:
-        raise UserError(f"seed={values[-1]!r}: the seed is an integer") from None
+    """The seed the command line's overrides set (`seed=<k>`, which `zoo check --seeds` adds per seed), read as a run
+    reads it (`launch.train._seed`: `seed=3.0` is 3); None when none is given or it is null: a probe with a `seed`
+    argument then keeps its own default (0, the configs' seed)."""
+    if not any(override_key(o) == "seed" for o in extra):
+        return None
+    from launch import train
 
-
-def probe_takes_seed(target: str) -> bool:
-    """Whether the probe `<module>:<function>` has a `seed` argument: `zoo check --seeds` passes each seed to such a
-    probe; one without is deterministic and measures the same at every seed."""
-    module_name, _, func_name = target.partition(":")
-    try:
-        func = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError, ValueError):
-        return False  # probe_once reports it
-    return "seed" in inspect.signature(func).parameters
+    return train._seed(OmegaConf.from_dotlist([o.lstrip("+~") for o in extra if override_key(o) == "seed"]))
 
 
 def kept_own_settings(runs: dict, extra: list[str]) -> dict[str, list[str]]:
@@ -279,7 +294,7 @@ def kept_own_settings(runs: dict, extra: list[str]) -> dict[str, list[str]]:
     for name, spec in runs.items():
         if isinstance(spec, dict) and "probe" in spec:  # the overrides do not reach a probe (only a seed)
             continue
-        own = spec.get("train", []) if isinstance(spec, dict) else spec
+        own = [*spec.get("train", []), *spec.get("eval", [])] if isinstance(spec, dict) else spec
         own_by_key = {override_key(o): o for o in own}
         replaced = [f"{own_by_key[override_key(o)]} (given {o})" for o in extra
                     if override_key(o) in own_by_key and own_by_key[override_key(o)] != o]

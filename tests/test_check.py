@@ -161,6 +161,25 @@ def test_eval_override_outside_the_constructors_range_is_refused():
     assert model.hparams.alpha == 1.0  # untouched
 
 
+def test_the_eval_rebuild_leaves_the_random_streams_and_reports_unknown_arguments():
+    """The rebuild that runs the constructor's checks draws initial weights: it must not move the global torch / numpy
+    streams a test reads after it; and an hparam the constructor does not take is named as such."""
+    import numpy as np
+    import torch
+
+    check.measure("semilinear_operator", [], TINY)
+    model = check._TRAINED[check._run_key("semilinear_operator", [], TINY)]["model"]
+    torch.manual_seed(7)
+    np.random.seed(7)
+    check._check_eval_settings({"model": model}, {"model": {"alpha": 0.5}}, ["model.alpha=0.5"])
+    after = torch.rand(1), np.random.rand()
+    torch.manual_seed(7)
+    np.random.seed(7)
+    assert (torch.rand(1), np.random.rand()) == after
+    with pytest.raises(UserError, match="takes no such arguments"):
+        check._check_eval_settings({"model": model}, {"model": {"no_such": 1}}, ["model.no_such=1"])
+
+
 def _broken_probe(n: int = 1) -> dict[str, float]:
     return {"value": len(n)}  # a bug inside the probe: TypeError (len of an int)
 
@@ -192,8 +211,23 @@ def test_seeds_reach_probes_that_take_a_seed(monkeypatch):
     assert check.measure("gtf_plrnn", {"probe": target}, ["seed=4"]) == {"value": 4.0}
     assert check.measure("gtf_plrnn", {"probe": target}) == {"value": 0.0}
     assert check.measure("gtf_plrnn", {"probe": target, "args": {"seed": 7}}, ["seed=3"]) == {"value": 7.0}
-    assert check.probe_takes_seed("lit_models.dynamics.card_probes:tokenizer_round_trip")
-    assert not check.probe_takes_seed("lit_models.dynamics.card_probes:tent_alpha_star")
+    # the seed read as a run reads it (`seed=3.0` is 3, `+seed=5` too, null keeps the default), and only for probes
+    # that take one: a probe without a seed runs whatever the seed override says (review of stop 41)
+    assert check.measure("gtf_plrnn", {"probe": target}, ["seed=3.0"]) == {"value": 3.0}
+    assert check.measure("gtf_plrnn", {"probe": target}, ["+seed=5"]) == {"value": 5.0}
+    assert check.measure("gtf_plrnn", {"probe": target}, ["seed=null"]) == {"value": 0.0}
+    unseeded = {"probe": "lit_models.dynamics.card_probes:tent_alpha_star"}
+    assert check.measure("gtf_plrnn", unseeded, ["seed=null"]) == check.measure("gtf_plrnn", unseeded)
+    with pytest.raises(UserError, match="seed must be an integer"):
+        check.measure("gtf_plrnn", {"probe": target}, ["seed=abc"])
+
+
+def test_a_probe_outside_the_project_is_refused_before_it_is_imported(monkeypatch):
+    imported = []
+    monkeypatch.setattr(check.importlib, "import_module", lambda name: imported.append(name))
+    with pytest.raises(UserError, match="must look like"):
+        check.measure("gtf_plrnn", {"probe": "os:getcwd"}, ["seed=1"])
+    assert imported == []
 
 
 def test_runs_that_keep_their_own_setting_over_the_command_line_are_reported(tmp_path):
@@ -201,10 +235,11 @@ def test_runs_that_keep_their_own_setting_over_the_command_line_are_reported(tmp
     max_steps=1 must stay 1); the report and the results' .md now say so instead of a header that names 3000 alone."""
     runs = {"fused": ["model.dim_emb=64", "trainer.max_steps=1500"], "data_only": ["model.text_input=false"],
             "probe": {"probe": "x:y"}, "variant": {"train": ["trainer.max_steps=10"], "eval": ["model.alpha=0"]}}
-    extra = ["trainer.max_steps=3000", "seed=1"]
+    extra = ["trainer.max_steps=3000", "seed=1", "model.alpha=0.3"]
     kept = check.kept_own_settings(runs, extra)
     assert kept == {"fused": ["trainer.max_steps=1500 (given trainer.max_steps=3000)"],
-                    "variant": ["trainer.max_steps=10 (given trainer.max_steps=3000)"]}
+                    "variant": ["trainer.max_steps=10 (given trainer.max_steps=3000)",
+                                "model.alpha=0 (given model.alpha=0.3)"]}
     assert check.kept_own_settings({"fused": runs["fused"]}, ["trainer.max_steps=1500"]) == {}  # the same value
     result = check.ClaimResult("prose", "symbols_valid", "t", "test/valid_frac", {"fused": 1.0}, ["fused >= 0.95"],
                                [True], 1.0, kept_own={"fused": kept["fused"]})

@@ -350,7 +350,7 @@ def batch_maximum(model: ShallowPLRNN, states: Tensor) -> float:
     return float(torch.linalg.matrix_norm(model.jacobian(states), ord=2).max())
 
 
-EXPLOG_TINY = 1e-300  # explog_approx: eigenvalues below this modulus are taken as it (log 0 = -inf)
+EXPLOG_FLOORS = (1e-300, 1e-150)  # explog_approx: moduli a zero eigenvalue is taken as (log 0 = -inf)
 
 
 @torch.no_grad()
@@ -359,15 +359,29 @@ def explog_approx(model: ShallowPLRNN, states: Tensor) -> float:
     opnorm(geomean(Js)), StatsBase's geomean(a) = exp(mean(log, a)) on matrices, i.e. the principal matrix logarithm
     and the matrix exponential). The logarithm is taken through the eigendecomposition, log J = V diag(log lambda) V^-1
     (complex where J has negative eigenvalues, as Julia's), batched; it assumes diagonalisable Jacobians (a defective
-    J_t makes the estimate inaccurate). A zero eigenvalue (a singular J_t, e.g. every ReLU of a unit off) is taken as
-    `EXPLOG_TINY`, whose log is finite: the geometric mean along that direction is then ~0, its limit (log 0 = -inf
-    made the estimate NaN, and the norm's SVD failed)."""
+    J_t makes the estimate inaccurate).
+
+    A singular J_t (e.g. every ReLU of a unit off) has no logarithm (log 0 = -inf made the estimate NaN, and the
+    norm's SVD raised). Its zero eigenvalues are taken as a tiny modulus, at two floors (`EXPLOG_FLOORS`): where the
+    singular J_t share their null directions the geometric mean has a limit (~0 along them) and both floors give it;
+    where they do not, the value grows without bound as the floor shrinks, and the estimate is infinite (aGTF then
+    keeps alpha, with a warning)."""
     if states.dim() == 2:
         states = states.unsqueeze(0)
     lam, vec = torch.linalg.eig(model.jacobian(states).double())
-    lam = torch.where(lam.abs() < EXPLOG_TINY, torch.full_like(lam, EXPLOG_TINY), lam)
-    logs = vec @ torch.diag_embed(torch.log(lam)) @ torch.linalg.inv(vec)     # (B, T, M, M), complex
-    return float(torch.linalg.matrix_norm(torch.linalg.matrix_exp(logs.mean(dim=1)), ord=2).max())
+    inv_vec = torch.linalg.inv(vec)
+
+    def norm_with_floor(floor: float) -> float:
+        floored = torch.where(lam.abs() < floor, torch.full_like(lam, floor), lam)
+        logs = vec @ torch.diag_embed(torch.log(floored)) @ inv_vec     # (B, T, M, M), complex
+        return float(torch.linalg.matrix_norm(torch.linalg.matrix_exp(logs.mean(dim=1)), ord=2).max())
+
+    low, high = EXPLOG_FLOORS
+    estimate = norm_with_floor(low)
+    if bool((lam.abs() < high).any()) and not math.isclose(estimate, norm_with_floor(high), rel_tol=1e-6,
+                                                           abs_tol=1e-12):
+        return math.inf  # no limit: the estimate depends on the floor
+    return estimate
 
 
 # the official alpha_estimation.jl methods (its "constant" is alpha_method=constant here)

@@ -359,6 +359,10 @@ def test_explog_of_singular_jacobians_is_the_limit_and_alpha_star_refuses_nan():
     # a rotated (non-diagonal) singular J: [[1, 1], [0, 0]] has eigenvalues 1, 0; its "geometric mean" is itself
     rotated = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]], dtype=torch.float64)
     assert explog_approx(_FixedJacobians(rotated), torch.zeros(1, 1, 2)) == pytest.approx(2 ** 0.5, rel=1e-9)
+    # singular J_t with different null directions: no limit (the value grows as the floor shrinks): infinite, which
+    # aGTF answers by keeping alpha with a warning (a floor-set 1e62 would have jumped alpha to 1; review of stop 41)
+    crossed = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]], [[1.0, 0.0], [1.0, 0.0]]]], dtype=torch.float64)
+    assert explog_approx(_FixedJacobians(crossed), torch.zeros(1, 2, 2)) == float("inf")
     with pytest.raises(ValueError, match="NaN"):
         alpha_star(float("nan"))
     assert alpha_star(float("inf")) == 1.0 and alpha_star(2.0) == 0.5 and alpha_star(0.5) == 0.0
