@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.collocation import generated_train_loader, own_draw
-from launch.errors import check_min
+from launch.errors import check_min, check_positive
 
 _HASH_WEIGHTS: dict[tuple[int, int], np.ndarray] = {}
 
@@ -260,8 +260,8 @@ class BarronDataModule(L.LightningDataModule):
             raise ValueError("dims and seeds must be non-empty, dims >= 1")
         if not 0 <= ritz_problem < len(dims) * len(seeds):
             raise ValueError(f"ritz_problem must index one of the {len(dims) * len(seeds)} problems")
-        if amplitude <= 0 or gamma < 0:
-            raise ValueError("amplitude > 0 and gamma >= 0 required")
+        check_positive("data", amplitude=amplitude)  # NaN too (a NaN loss at the first step)
+        check_min("data", 0, gamma=gamma)
         check_min("data", 1, m=m, s=s, batch_size=batch_size, steps_per_epoch=steps_per_epoch, n_test=n_test)
         self.save_hyperparameters()
         self.problems: list[BarronProblem] = []

@@ -137,6 +137,9 @@ def _trajectory(system, n: int, map_: bool, pts_per_period: int, method: str, rt
                                       atol=atol)
 
 
+# the string methods of scipy's solve_ivp, which dysts' make_trajectory integrates flows with
+INTEGRATORS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+
 MAP_IC_DRAWS = 100  # perturbed map starts drawn (in order, from the same generator) until one stays finite
 
 
@@ -281,6 +284,8 @@ class DystsDataModule(_SegmentLoaders, L.LightningDataModule):
         check_min("data", 1, pts_per_period=pts_per_period, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
         check_min("data", 2, seq_len=seq_len)  # as TrajectoryFileDataModule
         check_min("data", 0, burn_in=burn_in, noise=noise, rtol=rtol, atol=atol)  # 0: no burn-in, no noise
+        check_min("data", 0, ic_scale=ic_scale)  # 0: every trajectory starts at the system's default ic
+        check_choice("data.method", "integrator", method, INTEGRATORS)
         self.name = name
         self.kind = "map" if is_map(name) else "flow"  # maps ignore pts_per_period, method, rtol, atol
         self._loaded = False

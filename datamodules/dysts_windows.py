@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from datamodules.dynamics import is_map, make_trajectories
+from datamodules.dynamics import INTEGRATORS, is_map, make_trajectories
 from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader
 from datamodules.samplers import eval_sampler
-from launch.errors import UserError, check_min
+from launch.errors import UserError, check_choice, check_min
 
 __all__ = ["DystsWindowsDataModule", "load_series", "lyapunov_per_step", "sliding_windows"]
 
@@ -119,6 +119,7 @@ class DystsWindowsDataModule(WindowLoaders, L.LightningDataModule):
                   batch_size=batch_size, eval_batch_size=eval_batch_size)
         check_min("data", 0, coordinate=coordinate)  # the upper bound (the system's dimension) is checked in setup
         check_min("data", 0, rtol=rtol, atol=atol)
+        check_choice("data.method", "integrator", method, INTEGRATORS)
         self.name = name
         self._loaded = False
 

@@ -88,7 +88,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader, resumable_geometric_loader
 from datamodules.samplers import EpochSampler, eval_sampler
-from launch.errors import UserError, check_min
+from launch.errors import UserError, check_min, check_positive
 from lit_models.common import mesh as M
 
 __all__ = ["FrontFieldDataModule", "MeshGraphDataModule", "front_fields", "separable_graph", "front_graph",
@@ -284,7 +284,7 @@ class FrontFieldDataModule(CheckpointedShuffle, L.LightningDataModule):
                             f"normal), got {monitor_derivative!r}")
         if monitor_derivative not in ("grad", "normal"):
             raise ValueError(f"monitor_derivative must be 'grad' or 'normal', got {monitor_derivative!r}")
-        if monitor_scale <= 0:
+        if not monitor_scale > 0:  # NaN too (a traceback from the point sampler)
             raise ValueError(f"monitor_scale must be > 0, got {monitor_scale}")
         if grid < 8 or eval_nodes < 2 or batch_size < 1:
             raise ValueError("grid must be >= 8, eval_nodes >= 2, batch_size >= 1")
@@ -296,6 +296,12 @@ class FrontFieldDataModule(CheckpointedShuffle, L.LightningDataModule):
             raise ValueError(f"passes_per_epoch must be > 0, got {passes_per_epoch}")
         check_min("data", 1, n_train=n_train, n_test=n_test, n_test_aligned=n_test_aligned,
                   steps_per_epoch=steps_per_epoch, sub=sub, n_burgers_train=n_burgers_train)
+        check_min("data", 2, monitor_res=monitor_res)  # null: 4 (grid - 1) + 1 (0 was read as null)
+        check_positive("data", test_k=test_k)  # the held-out fronts' steepness; 0: no front (a flat field)
+        check_min("data", 0, aligned_fraction=aligned_fraction)
+        if not aligned_fraction <= 1:
+            raise UserError(f"data.aligned_fraction is the share of axis-aligned training fronts: it must lie in "
+                            f"[0, 1], got {aligned_fraction!r}")
         self.save_hyperparameters()
         self.name, self.batch_size, self.steps_per_epoch, self.seed = name, batch_size, steps_per_epoch, seed
         self.monitor_res = monitor_res or 4 * (grid - 1) + 1
@@ -710,10 +716,15 @@ class MeshGraphDataModule(CheckpointedShuffle, L.LightningDataModule):
         if name not in ("separable", "um2n_helmholtz", "helmholtz_offline"):
             raise ValueError(f"unknown UM2N dataset {name!r}; available: 'separable' (offline), 'um2n_helmholtz', "
                              "'helmholtz_offline'")
-        if not train_sizes or min(train_sizes) < 3 or test_size < 3:
-            raise ValueError("mesh sizes must be >= 3 nodes per side")
+        if not train_sizes or min(train_sizes) < 3:
+            raise ValueError(f"data.train_sizes: mesh sizes must be >= 3 nodes per side, got {train_sizes!r}")
+        check_min("data", 3, test_size=test_size)
         check_min("data", 1, n_train=n_train, batch_size=batch_size)
         check_min("data", 0, n_test_fronts=n_test_fronts, n_test_bumps=n_test_bumps)  # 0: no test graphs of that kind
+        if name == "separable" and test_family == "default" and n_test_fronts + n_test_bumps == 0:
+            raise UserError("data.n_test_fronts = data.n_test_bumps = 0 leaves no test meshes: the run would report "
+                            "no test metrics")
+        check_positive("data", test_k=test_k)  # the front test meshes' steepness; 0: NaN metrics
         check_min("data", 3, bump_test_size=bump_test_size)
         for key, kind in (("mesh", mesh), ("test_mesh", test_mesh)):
             if kind not in MESH_KINDS and not (key == "test_mesh" and kind is None):

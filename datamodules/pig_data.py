@@ -277,6 +277,10 @@ class PigDataModule(FreshSampleLoaders, L.LightningDataModule):
         if not reynolds > 0 or lid_velocity == 0 or cavity_grid < 5 or cavity_grid % 2 == 0:
             raise ValueError(f"need reynolds > 0, lid_velocity != 0 and an odd cavity_grid >= 5; got {reynolds}, "
                              f"{lid_velocity}, {cavity_grid}")
+        for key, a in (("a1", a1), ("a2", a2)) if name == "helmholtz2d" else ():
+            if isinstance(a, bool) or not isinstance(a, (int, float)) or a == 0 or not math.isfinite(a):
+                raise UserError(f"data.{key} must be a finite non-zero number (with 0 the exact solution sin(a1 pi x) "
+                                f"sin(a2 pi y) is 0 and its relative error meaningless), got {a!r}")
         check_min("data", 1, ac_modes=ac_modes)
         check_min("data", 2, ac_snapshots=ac_snapshots)
         check_positive("data", ac_dt=ac_dt)

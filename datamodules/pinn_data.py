@@ -302,8 +302,8 @@ class CausalPINNDataModule(L.LightningDataModule):
             raise ValueError(f"need n_t >= 2 and n_x >= 1, got n_t={n_t}, n_x={n_x}")
         if name in ("oscillator", "lorenz") and n_x != 1:
             raise ValueError(f"the {name} problem is an ODE: n_x must be 1")
-        if t_overshoot < 0:
-            raise ValueError(f"t_overshoot must be >= 0, got {t_overshoot}")
+        if not t_overshoot >= 0:  # NaN too (the slice times came out unsorted: a traceback at the first step)
+            raise ValueError(f"data.t_overshoot must be >= 0, got {t_overshoot}")
         check_min("data", 1, steps_per_epoch=steps_per_epoch, n_modes=n_modes)
         check_min("data", 2, n_snapshots=n_snapshots)
         check_positive("data", t_end=t_end, dt=dt)
@@ -426,12 +426,11 @@ class LagrangianPINNDataModule(L.LightningDataModule):
         super().__init__()
         if name not in ("convection", "burgers"):
             raise ValueError(f"unknown Lagrangian-PINN dataset {name!r}; available: convection, burgers")
-        if nu < 0:
-            raise ValueError(f"viscosity nu must be >= 0, got {nu}")
+        if not nu >= 0:  # NaN too (the reference solver's SVD failed: a traceback)
+            raise ValueError(f"data.nu (viscosity) must be >= 0, got {nu}")
         if name == "burgers" and nu <= 0:
             raise ValueError("the Burgers reference solver needs nu > 0")
-        if min(n_x, n_t, eval_n_x, eval_n_t) < 2:
-            raise ValueError("grid sizes must be >= 2")
+        check_min("data", 2, n_x=n_x, n_t=n_t, eval_n_x=eval_n_x, eval_n_t=eval_n_t)
         if eval_n_x < 5:  # the spectral error (lagrangian_pinn) drops 2 points at each x-end
             raise ValueError(f"eval_n_x must be >= 5, got {eval_n_x}")
         check_min("data", 1, steps_per_epoch=steps_per_epoch, solver_modes=solver_modes)

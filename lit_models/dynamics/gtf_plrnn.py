@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 # D_stsp / D_H live in lit_models/common/dynamics_metrics.py (shared, with DDP-correct torchmetrics versions);
 # re-exported here for existing imports
-from launch.errors import UserError, check_min
+from launch.errors import UserError, check_min, check_positive
 from lit_models.common.dynamics_metrics import (  # noqa: F401
     PowerSpectrumDistance,
     StateSpaceDivergence,
@@ -472,8 +472,8 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
             raise ValueError(f"end_lr must be > 0 (or null: constant lr), got {end_lr}")
         if observation_model not in ("identity", "affine"):
             raise ValueError(f"observation_model must be 'identity' or 'affine', got {observation_model!r}")
-        if obs_model_regularization < 0 or lat_model_regularization < 0:
-            raise ValueError("obs_model_regularization and lat_model_regularization must be >= 0")
+        check_min("model", 0, obs_model_regularization=obs_model_regularization,
+                  lat_model_regularization=lat_model_regularization)
         if obs_model_regularization > 0 and observation_model != "affine":
             raise ValueError("obs_model_regularization is the affine model's condition-number term: needs "
                              "observation_model=affine")
@@ -485,7 +485,8 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
         if int(pe_n) != pe_n or pe_n < 0:
             raise ValueError(f"pe_n must be an integer >= 0 (official PE_n = 20; 0: off), got {pe_n}")
         check_min("model", 1, latent_dim=latent_dim, hidden_dim=hidden_dim, obs_dim=obs_dim,
-                  alpha_update_every=alpha_update_every)
+                  alpha_update_every=alpha_update_every, d_stsp_bins=d_stsp_bins)
+        check_positive("model", pse_smoothing=pse_smoothing)
         self.model = ShallowPLRNN(latent_dim, hidden_dim, clipped)
         self.z0_rest: nn.Parameter | None = None
         self.obs: AffineObservation | None = None

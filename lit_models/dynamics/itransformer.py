@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
-from launch.errors import check_min
+from launch.errors import UserError, check_min
 
 
 class InvertedEmbedding(nn.Module):
@@ -180,6 +180,12 @@ class ITransformerModule(L.LightningModule):
         super().__init__()
         check_min("model", 1, seq_len=seq_len, pred_len=pred_len, d_model=d_model, n_heads=n_heads, d_ff=d_ff)
         check_min("model", 0, e_layers=e_layers)  # 0: embedding + projection only
+        check_min("model", 0, dropout=dropout)
+        if not dropout < 1:
+            raise UserError(f"model.dropout is a probability: it must lie in [0, 1), got {dropout!r}")
+        if scheduler is not None and not callable(scheduler):
+            raise UserError(f"model.scheduler must be null (constant lr) or a scheduler factory (a config with "
+                            f"_target_ and _partial_: true), got {scheduler!r}")
         # optimizer/scheduler factories stay out of the checkpoint (weights_only loading)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory = optimizer

@@ -72,6 +72,8 @@ class Interpolant(nn.Module):
         if rff and features < 1:
             raise ValueError(f"model.width={width} gives width // 2 = {features} random Fourier features: use "
                              "model.width >= 2 or set model.num_features")
+        if rff:  # sigma 0: every feature constant (the interpolant a constant); the sign of sigma changes nothing
+            check_positive("model", sigma=sigma)
         self.rff = RandomFourierFeatures(in_dim, features, sigma, seed) if rff else None
         in_dim = self.rff.out_dim if rff else in_dim
         layers: list[nn.Module] = []
@@ -182,6 +184,7 @@ class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
         super().__init__()
         check_min("model", 1, n_outputs=n_outputs, width=width, num_features=num_features)
         check_min("model", 0, depth=depth, cut=cut)  # depth 0: features -> linear; cut 0: keep every point
+        check_min("model", 0, select_tol=select_tol)  # 0: every non-zero coefficient counts as a term
         check_positive("model", length=length)
         if increments not in ("observed", "exact"):
             raise ValueError(f"model.increments must be 'observed' or 'exact', got {increments!r}")
@@ -382,7 +385,7 @@ class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
             raise UserError(f"model.true_coefficients needs 2 x {len(QG_LIBRARY_TERMS)} values (per layer, one per "
                             f"library term: {', '.join(QG_LIBRARY_TERMS)}), got {np.size(true_coefficients)}")
         check_min("model", 1, width=width, num_features=num_features)
-        check_min("model", 0, depth=depth)
+        check_min("model", 0, depth=depth, select_tol=select_tol)
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.nets = nn.ModuleList(Interpolant(2, width, depth, rff, sigma, num_features,

@@ -418,7 +418,7 @@ class SemilinearOperatorModule(L.LightningModule):
             raise ValueError(f"dim must be 1 (e.g. KS, KdV) or 2 (e.g. Navier-Stokes), got {dim}")
         if train_init not in ("zero", "truth"):
             raise ValueError(f"train_init must be 'zero' or 'truth', got {train_init!r}")
-        if obs_weight < 0 or pred_weight < 0:
+        if not (obs_weight >= 0 and pred_weight >= 0):  # NaN too (pred_weight NaN silently dropped the term)
             raise ValueError(f"obs_weight and pred_weight must be >= 0, got {obs_weight}, {pred_weight}")
         check_min("model", 1, modes=modes, width=width, gain_channels=gain_channels, gate_kernel=gate_kernel,
                   gain_kernel=gain_kernel, warmup=warmup)

@@ -289,6 +289,9 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
         self.problem, self.causal, self.epsilons = problem, causal, epsilons
         out_dim = ODES.get(problem, 1)
         if time_features is not None:
+            if isinstance(time_features, (str, bytes)) or not isinstance(time_features, Sequence):
+                raise UserError(f"model.time_features must be null or a list of numbers (the scales k_t of the time "
+                                f"inputs), got {time_features!r}")
             time_features = [float(c) for c in time_features]
         first = CausalPINN(arch, width, depth, fourier_modes, length, t_scale, out_dim, hard_ic, time_features)
         # one network per time window, all with the same initial weights (the script's fixed PRNG key)

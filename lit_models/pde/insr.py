@@ -144,7 +144,13 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
                   snapshot_points=snapshot_points)
         check_min("model", 0, num_hidden_layers=num_hidden_layers, plateau_patience=plateau_patience,
                   early_stop_plateau=early_stop_plateau, boundary_weight=boundary_weight)
-        check_positive("model", length=length)
+        check_positive("model", length=length, ic_lr=ic_lr)  # ic_lr null: the optimizer's lr
+        check_min("model", 1, in_features=in_features, out_features=out_features)
+        check_min("model", 0, min_lr=min_lr)
+        check_positive("model", plateau_factor=plateau_factor)
+        if not plateau_factor < 1:  # torch's ReduceLROnPlateau refused it once training had started
+            raise UserError(f"model.plateau_factor multiplies the lr on a plateau: it must lie in (0, 1), got "
+                            f"{plateau_factor!r}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.automatic_optimization = False
         self.optimizer_factory = optimizer

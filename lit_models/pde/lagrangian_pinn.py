@@ -192,12 +192,12 @@ class LagrangianPINNModule(EvaluateOnValAndTest, LBFGSPhase, L.LightningModule):
             raise ValueError(f"problem must be 'convection' or 'burgers', got {problem!r}")
         if loss_norm not in ("l2", "mse"):
             raise ValueError(f"loss_norm must be 'l2' (paper) or 'mse', got {loss_norm!r}")
-        if nu < 0:
+        if not nu >= 0:  # NaN too
             raise ValueError(f"nu must be >= 0, got {nu}")
         if diffusion_derivative not in ("label", "chain"):
             raise ValueError(f"diffusion_derivative must be 'label' (official) or 'chain', "
                              f"got {diffusion_derivative!r}")
-        if lbfgs_steps < 0 or lbfgs_lr <= 0:
+        if lbfgs_steps < 0 or not lbfgs_lr > 0:  # NaN too
             raise ValueError(f"need lbfgs_steps >= 0 and lbfgs_lr > 0, got {lbfgs_steps}, {lbfgs_lr}")
         check_min("model", 1, width=width)
         check_min("model", 0, depth_u=depth_u, depth_x=depth_x, g_rx=g_rx, g_ru=g_ru, g_ic=g_ic)  # depth 0: linear

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from launch.errors import UserError
+from launch.errors import UserError, check_positive
 from lit_models.common.pde import RelativeL2, relative_l2
 from lit_models.pde.mgno_helm import MgNOHelm, fd_h1_error
 
@@ -341,6 +341,12 @@ class MgNOModule(L.LightningModule):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch' (official), got {scheduler_interval!r}")
         if h1_truncation is not None and h1_truncation < 1:
             raise ValueError(f"h1_truncation must be >= 1 or null, got {h1_truncation}")
+        # OneCycle: lr from max_lr / div_factor up to max_lr over the first pct_start of the run, then down to
+        # max_lr / (div_factor x final_div_factor); torch refused these only when training started
+        check_positive("model", div_factor=div_factor, final_div_factor=final_div_factor, pct_start=pct_start)
+        if not pct_start < 1:
+            raise UserError(f"model.pct_start is the warm-up's share of the OneCycle schedule: it must lie in (0, 1), "
+                            f"got {pct_start!r}")
         if isinstance(levels, (list, tuple)):
             levels = [list(p) if isinstance(p, (list, tuple)) else p for p in levels]
         self.save_hyperparameters(ignore=["optimizer"])

@@ -174,8 +174,8 @@ class PdeBarronModule(EvaluateOnValAndTest, L.LightningModule):
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if ritz_init not in ("simulator", "random"):
             raise ValueError(f"ritz_init must be 'simulator' or 'random', got {ritz_init!r}")
-        if iterations < 1 or tau < 0 or max_pairs < 1:
-            raise ValueError("iterations >= 1, tau >= 0, max_pairs >= 1 required")
+        check_min("model", 1, iterations=iterations, max_pairs=max_pairs)
+        check_min("model", 0, tau=tau)  # NaN was taken silently (every comparison with it false)
         check_min("model", 1, ritz_width=ritz_width)
         check_positive("model", eta=eta)  # null: the method's default step
         self.save_hyperparameters(ignore=["optimizer"])

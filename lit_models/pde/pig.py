@@ -69,7 +69,7 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.pig_data import AC_DIFFUSION, AC_REACTION, CAVITY_RE, ND_ALPHA, PROBLEMS
-from launch.errors import UserError, check_min
+from launch.errors import UserError, check_min, check_positive
 from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast, reference_colours
 from lit_models.common.steps import attached_datamodule
 
@@ -297,13 +297,14 @@ class PIGModule(L.LightningModule):
             grid_side(num_gaussians, spec.dim)  # a clear error before building anything
         if laplacian not in LAPLACIANS:
             raise ValueError(f"unknown laplacian {laplacian!r}; choose from {', '.join(LAPLACIANS)}")
-        if channels < 1 or num_gaussians < 1 or sigma_init <= 0 or num_layers < 1:
+        if channels < 1 or num_gaussians < 1 or not sigma_init > 0 or num_layers < 1:
             raise ValueError(f"need channels, num_gaussians, num_layers >= 1 and sigma_init > 0; got {channels}, "
                              f"{num_gaussians}, {num_layers}, {sigma_init}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 or null, got {chunk_size}")
         check_min("model", 1, hidden_dim=hidden_dim, mlp_width=mlp_width)
         check_min("model", 0, mlp_depth=mlp_depth)  # 0: a linear model
+        check_positive("model", min_sigma=min_sigma)  # the clamp of |sigma| that keeps 1 / sigma finite
         if nonlinear_diffusivity <= 0:
             raise ValueError(f"nonlinear_diffusivity must be > 0, got {nonlinear_diffusivity}")
         if not reynolds > 0:

@@ -77,7 +77,7 @@ class GraphTransformerEncoder(nn.Module):
                  num_layers: int = 1, layout: str = "torch") -> None:
         super().__init__()
         if layout not in ("official", "torch"):
-            raise ValueError(f"encoder layout must be 'official' or 'torch', got {layout!r}")
+            raise ValueError(f"model.encoder_layout must be 'official' or 'torch', got {layout!r}")
         self.layout = layout
         if layout == "official":
             from lit_models.pde.um2n_transformer import TransformerModel
@@ -87,7 +87,8 @@ class GraphTransformerEncoder(nn.Module):
         self.embed = nn.Linear(in_dim, embed_dim)
         layer = nn.TransformerEncoderLayer(embed_dim, num_heads, dim_feedforward=embed_dim * 4, dropout=0.0,
                                            batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        # num_layers 0: no transformer layer (torch's TransformerEncoder of 0 layers fails in forward)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False) if num_layers else None
         self.out = nn.Linear(embed_dim, out_dim)
 
     def forward(self, x: Tensor, batch: Tensor) -> Tensor:
@@ -97,7 +98,7 @@ class GraphTransformerEncoder(nn.Module):
             dense, mask = to_dense_batch(x, batch)
             return self.model(dense, ~mask)[mask]
         dense, mask = to_dense_batch(self.embed(x), batch)
-        h = self.encoder(dense, src_key_padding_mask=~mask)
+        h = self.encoder(dense, src_key_padding_mask=~mask) if self.encoder is not None else dense
         return self.out(h[mask])
 
 
@@ -461,8 +462,10 @@ class UM2NModule(L.LightningModule):
             raise ValueError(f"num_loop must be >= 1, got {num_loop}")
         if coord_loss not in ("l1", "mse"):
             raise ValueError(f"coord_loss must be 'l1' (released code) or 'mse' (card), got {coord_loss!r}")
-        if min(coord_weight, area_weight, chamfer_weight) < 0 or coord_weight + area_weight + chamfer_weight == 0:
-            raise ValueError("loss weights must be >= 0 and not all 0")
+        weights = (coord_weight, area_weight, chamfer_weight)
+        if not all(w >= 0 for w in weights) or sum(weights) == 0:  # NaN too (a NaN loss at the first step)
+            raise ValueError(f"loss weights model.coord_weight, model.area_weight, model.chamfer_weight must be >= 0 "
+                             f"and not all 0, got {coord_weight}, {area_weight}, {chamfer_weight}")
         if architecture not in ("mrt", "m2n_t"):
             raise ValueError(f"architecture must be 'mrt' (MRTransformer, the card's) or 'm2n_t' (the released "
                              f"checkpoint's), got {architecture!r}")

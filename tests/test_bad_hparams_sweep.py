@@ -1,0 +1,81 @@
+"""Bad hyperparameters of the issue-3/4 papers are one-line errors (exit 2) before training, leaving no run directory.
+Each case was found by a bad-input sweep over the experiments' scalar model.* / data.* keys and was a traceback, a
+silent run (NaN taken, a negative value read as something else, NaN or no test metrics) or a one-line error that did
+not name the setting."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import zoo_in_process
+
+CASES = {
+    # tracebacks (scipy / torch refused the value once the data were made or training had started)
+    "dysts_method": (["experiment=gtf_plrnn", "data.method=RK54"], "data.method: unknown integrator 'RK54'"),
+    "dysts_windows_method": (["experiment=dysts_benchmark", "data.method=rk45"],
+                             "data.method: unknown integrator 'rk45'"),
+    "itransformer_dropout_nan": (["experiment=itransformer", "model.dropout=nan"], "model.dropout must be >= 0"),
+    "itransformer_scheduler": (["experiment=itransformer", "model.scheduler=0"], "model.scheduler must be null"),
+    "causal_pinn_t_overshoot_nan": (["experiment=causal_pinn", "data.t_overshoot=nan"],
+                                    "data.t_overshoot must be >= 0"),
+    "causal_pinn_time_features": (["experiment=causal_pinn", "model.time_features=3"],
+                                  "model.time_features must be null or a list of numbers"),
+    "lagrangian_pinn_nu_nan": (["experiment=lagrangian_pinn", "data.nu=nan"], "data.nu (viscosity) must be >= 0"),
+    "insr_plateau_factor": (["experiment=insr", "model.plateau_factor=1"], "model.plateau_factor multiplies the lr"),
+    "mgno_div_factor": (["experiment=mgno", "model.div_factor=0"], "model.div_factor must be > 0"),
+    "mgno_pct_start": (["experiment=mgno", "model.pct_start=1.5"], "model.pct_start is the warm-up's share"),
+    "dmm_monitor_res": (["experiment=data_free_mesh_mover", "data.monitor_res=-1"], "data.monitor_res must be >= 2"),
+    "dmm_monitor_scale_nan": (["experiment=data_free_mesh_mover", "data.monitor_scale=nan"],
+                              "monitor_scale must be > 0"),
+    # silent runs
+    "dysts_ic_scale": (["experiment=gtf_plrnn", "data.ic_scale=-1"], "data.ic_scale must be >= 0"),
+    "gtf_regularization_nan": (["experiment=gtf_plrnn", "model.lat_model_regularization=nan"],
+                               "model.lat_model_regularization must be >= 0"),
+    "noda_pred_weight_nan": (["experiment=semilinear_operator", "model.pred_weight=nan"],
+                             "obs_weight and pred_weight must be >= 0"),
+    "medida_sigma": (["experiment=medida", "model.sigma=0"], "model.sigma must be > 0"),
+    "medida_select_tol": (["experiment=medida", "model.select_tol=-1"], "model.select_tol must be >= 0"),
+    "pde_barron_tau_nan": (["experiment=pde_barron", "model.tau=nan"], "model.tau must be >= 0"),
+    "insr_ic_lr": (["experiment=insr", "model.ic_lr=-1"], "model.ic_lr must be > 0"),
+    "insr_min_lr": (["experiment=insr", "model.min_lr=-1"], "model.min_lr must be >= 0"),
+    "pig_min_sigma": (["experiment=pig", "model.min_sigma=0"], "model.min_sigma must be > 0"),
+    "pig_helmholtz_a1": (["experiment=pig", "data.a1=0"], "data.a1 must be a finite non-zero number"),
+    "dmm_aligned_fraction": (["experiment=data_free_mesh_mover", "data.aligned_fraction=1.5"],
+                             "data.aligned_fraction is the share of axis-aligned training fronts"),
+    "dmm_test_k": (["experiment=data_free_mesh_mover", "data.test_k=0"], "data.test_k must be > 0"),
+    "um2n_test_k": (["experiment=um2n", "data.test_k=0"], "data.test_k must be > 0"),  # NaN test metrics
+    "um2n_no_test_meshes": (["experiment=um2n", "data.n_test_fronts=0", "data.n_test_bumps=0"],
+                            "leaves no test meshes"),
+    # NaN loss at the first step, reported as a learning-rate problem
+    "pde_barron_amplitude_nan": (["experiment=pde_barron", "data.amplitude=nan"], "data.amplitude must be > 0"),
+    "um2n_loss_weight_nan": (["experiment=um2n", "model.area_weight=nan"],
+                             "model.coord_weight, model.area_weight, model.chamfer_weight must be >= 0"),
+    # one-line errors that did not name the setting ("n_bins must be >= 1", "grid sizes must be >= 2", "float
+    # division by zero", "mesh sizes must be >= 3 nodes per side", "encoder layout must be ...")
+    "gtf_d_stsp_bins": (["experiment=gtf_plrnn", "model.d_stsp_bins=0"], "model.d_stsp_bins must be >= 1"),
+    "gtf_pse_smoothing": (["experiment=gtf_plrnn", "model.pse_smoothing=0"], "model.pse_smoothing must be > 0"),
+    "lagrangian_pinn_grid": (["experiment=lagrangian_pinn", "data.n_t=1"], "data.n_t must be >= 2"),
+    "insr_in_features": (["experiment=insr", "model.in_features=0"], "model.in_features must be >= 1"),
+    "um2n_test_size": (["experiment=um2n", "data.test_size=2"], "data.test_size must be >= 3"),
+    "um2n_encoder_layout": (["experiment=um2n", "model.encoder_layout=offical"],
+                            "model.encoder_layout must be 'official' or 'torch'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_hparam_is_a_one_line_error_before_training(case, runs_root, monkeypatch):
+    monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
+    overrides, words = CASES[case]
+    code, out, err = zoo_in_process("train", *overrides, "trainer.max_steps=2", f"runs_root={runs_root}",
+                                    "progress_bar=false", "logger=csv")
+    assert code == 2 and words in err, err + out
+    assert [line for line in err.splitlines() if "error" in line] == [err.strip().splitlines()[-1]], err
+    assert not list(runs_root.iterdir()), list(runs_root.rglob("*"))
+
+
+def test_um2n_without_transformer_layers_trains(runs_root, monkeypatch):
+    """model.num_layers=0 ("no transformer layer", allowed by the module) was an IndexError inside torch's
+    TransformerEncoder at the first step."""
+    monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
+    code, out, err = zoo_in_process("train", "experiment=um2n", "model.num_layers=0", "trainer.max_steps=1",
+                                    f"runs_root={runs_root}", "progress_bar=false", "logger=csv")
+    assert code == 0, err + out
