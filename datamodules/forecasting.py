@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -408,6 +409,9 @@ def offline_params(name: str, overrides: dict | None) -> dict[str, Any]:
     if name not in OFFLINE_DEFAULTS:
         return {}
     defaults = OFFLINE_DEFAULTS[name]
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise UserError(f"data.offline takes a mapping of the generated data's parameters ({', '.join(defaults)}) or "
+                        f"null, got {overrides!r}")
     unknown = sorted(set(overrides or {}) - set(defaults))
     if unknown:
         raise UserError(f"data.offline: unknown key(s) {', '.join(unknown)} for {name}; known: {', '.join(defaults)}")

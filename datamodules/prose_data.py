@@ -23,6 +23,7 @@ model relies on the text). `test_param_range: [lo, hi]` draws the test split's p
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Iterator
 
 import lightning as L
@@ -283,8 +284,9 @@ class ProseDataModule(L.LightningDataModule):
             if value not in allowed:
                 raise UserError(f"data.{key} must be one of {', '.join(allowed)}, got {value!r}")
         if test_param_range is not None:
-            bounds = list(test_param_range)
-            if len(bounds) != 2 or not 0.0 <= bounds[0] < bounds[1] < 1.0:
+            bounds = list(test_param_range) if isinstance(test_param_range, Sequence) else []
+            if len(bounds) != 2 or not all(isinstance(b, (int, float)) for b in bounds) or \
+                    not 0.0 <= bounds[0] < bounds[1] < 1.0:
                 raise UserError(f"data.test_param_range must be [lo, hi] with 0 <= lo < hi < 1 (test parameters "
                                 f"nominal x (1 +- U(lo, hi))), got {test_param_range}")
         if eval_text not in ("own", "other_family"):
@@ -297,10 +299,9 @@ class ProseDataModule(L.LightningDataModule):
             raise UserError("data: text_corruption=per_sample draws one mode per sample, so p_add + p_delete (and "
                             f"eval_p_add + eval_p_delete) must be <= 1, got {p_add} + {p_delete}, "
                             f"{eval_p_add} + {eval_p_delete}")
-        check_min("data", 1, num_train=num_train, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                  n_input=n_input, n_output=n_output)
-        check_min("data", 0, num_val=num_val, num_test=num_test, param_range=param_range, noise=noise,
-                  num_workers=num_workers)
+        check_min("data", 1, num_train=num_train, num_val=num_val, num_test=num_test, batch_size=batch_size,
+                  eval_batch_size=eval_batch_size, n_input=n_input, n_output=n_output)  # an empty split: IndexError
+        check_min("data", 0, param_range=param_range, noise=noise, num_workers=num_workers)
         check_positive("data", t_end=t_end, dt=dt)
         if not 0.0 < input_fraction < 1.0:
             raise UserError(f"data.input_fraction must lie in (0, 1), got {input_fraction}")

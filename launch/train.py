@@ -202,6 +202,7 @@ def instantiate(cfg: DictConfig):
 
     for group in ("data", "model"):
         check_flags(cfg[group], group)
+        check_numbers(cfg[group], group)
     try:
         datamodule = hydra_instantiate(cfg.data, _convert_="partial")
         model = hydra_instantiate(cfg.model, _convert_="partial")
@@ -216,21 +217,7 @@ def check_flags(node: DictConfig, group: str) -> None:
     """An on/off option (a constructor argument annotated `bool`) takes true or false only: a typo such as
     `model.rff=flase` is a non-empty string, which Python reads as true, and would silently train the method in
     place of its baseline."""
-    import inspect
-
-    from hydra.utils import get_class
-
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
-    if not target:
-        return
-    try:
-        params = inspect.signature(get_class(target)).parameters
-    except Exception:  # noqa: BLE001 - an unknown target is reported when the experiment is built
-        return
-    for name, param in params.items():
-        annotation = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation,
-                                                                                        "__name__", "")
-        kinds = {part.strip() for part in annotation.split("|")}
+    for name, kinds in _annotated_kinds(node).items():
         if "bool" not in kinds or not kinds <= {"bool", "None"} or name not in node:
             continue
         value = node[name]
@@ -238,6 +225,47 @@ def check_flags(node: DictConfig, group: str) -> None:
             continue
         allowed = "true, false or null" if "None" in kinds else "true or false"
         raise UserError(f"{group}.{name} is an on/off option ({allowed}), got {value!r}")
+
+
+def _annotated_kinds(node: DictConfig) -> dict:
+    """{argument: set of the type names it is annotated with} of the constructor `node._target_` names ({} when it
+    cannot be imported: reported when the experiment is built)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        return {}
+    try:
+        params = inspect.signature(get_class(target)).parameters
+    except Exception:  # noqa: BLE001 - an unknown target is reported when the experiment is built
+        return {}
+    kinds = {}
+    for name, param in params.items():
+        annotation = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation,
+                                                                                        "__name__", "")
+        kinds[name] = {part.strip() for part in annotation.split("|")}
+    return kinds
+
+
+def check_numbers(node: DictConfig, group: str) -> None:
+    """A number (a constructor argument annotated `int` or `float`, optionally `| None`) takes a number only: text
+    (`data.batch_size=abc`) was a traceback, a fraction for an integer (`data.batch_size=2.5`) was silently cut to 2
+    and NaN (`model.dropout=nan`) passed every `< 0` check."""
+    import math
+
+    for name, kinds in _annotated_kinds(node).items():
+        numbers = kinds - {"None"}
+        if not numbers or not numbers <= {"int", "float"} or name not in node:
+            continue
+        value = node[name]
+        if value is None and "None" in kinds:
+            continue
+        whole = numbers == {"int"}
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or (
+                whole and isinstance(value, float)):
+            raise UserError(f"{group}.{name} must be {'a whole number' if whole else 'a number'}, got {value!r}")
 
 
 def _probe_optimizer(cfg: DictConfig) -> None:

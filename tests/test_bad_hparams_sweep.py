@@ -13,28 +13,28 @@ CASES = {
     "dysts_method": (["experiment=gtf_plrnn", "data.method=RK54"], "data.method: unknown integrator 'RK54'"),
     "dysts_windows_method": (["experiment=dysts_benchmark", "data.method=rk45"],
                              "data.method: unknown integrator 'rk45'"),
-    "itransformer_dropout_nan": (["experiment=itransformer", "model.dropout=nan"], "model.dropout must be >= 0"),
+    "itransformer_dropout_nan": (["experiment=itransformer", "model.dropout=nan"], "model.dropout must be a number, got nan"),
     "itransformer_scheduler": (["experiment=itransformer", "model.scheduler=0"], "model.scheduler must be null"),
     "causal_pinn_t_overshoot_nan": (["experiment=causal_pinn", "data.t_overshoot=nan"],
-                                    "data.t_overshoot must be >= 0"),
+                                    "data.t_overshoot must be a number, got nan"),
     "causal_pinn_time_features": (["experiment=causal_pinn", "model.time_features=3"],
                                   "model.time_features must be null or a list of numbers"),
-    "lagrangian_pinn_nu_nan": (["experiment=lagrangian_pinn", "data.nu=nan"], "data.nu (viscosity) must be >= 0"),
+    "lagrangian_pinn_nu_nan": (["experiment=lagrangian_pinn", "data.nu=nan"], "data.nu must be a number, got nan"),
     "insr_plateau_factor": (["experiment=insr", "model.plateau_factor=1"], "model.plateau_factor multiplies the lr"),
     "mgno_div_factor": (["experiment=mgno", "model.div_factor=0"], "model.div_factor must be > 0"),
     "mgno_pct_start": (["experiment=mgno", "model.pct_start=1.5"], "model.pct_start is the warm-up's share"),
     "dmm_monitor_res": (["experiment=data_free_mesh_mover", "data.monitor_res=-1"], "data.monitor_res must be >= 2"),
     "dmm_monitor_scale_nan": (["experiment=data_free_mesh_mover", "data.monitor_scale=nan"],
-                              "monitor_scale must be > 0"),
+                              "data.monitor_scale must be a number, got nan"),
     # silent runs
     "dysts_ic_scale": (["experiment=gtf_plrnn", "data.ic_scale=-1"], "data.ic_scale must be >= 0"),
     "gtf_regularization_nan": (["experiment=gtf_plrnn", "model.lat_model_regularization=nan"],
-                               "model.lat_model_regularization must be >= 0"),
+                               "model.lat_model_regularization must be a number, got nan"),
     "noda_pred_weight_nan": (["experiment=semilinear_operator", "model.pred_weight=nan"],
-                             "obs_weight and pred_weight must be >= 0"),
+                             "model.pred_weight must be a number, got nan"),
     "medida_sigma": (["experiment=medida", "model.sigma=0"], "model.sigma must be > 0"),
     "medida_select_tol": (["experiment=medida", "model.select_tol=-1"], "model.select_tol must be >= 0"),
-    "pde_barron_tau_nan": (["experiment=pde_barron", "model.tau=nan"], "model.tau must be >= 0"),
+    "pde_barron_tau_nan": (["experiment=pde_barron", "model.tau=nan"], "model.tau must be a number, got nan"),
     "insr_ic_lr": (["experiment=insr", "model.ic_lr=-1"], "model.ic_lr must be > 0"),
     "insr_min_lr": (["experiment=insr", "model.min_lr=-1"], "model.min_lr must be >= 0"),
     "pig_min_sigma": (["experiment=pig", "model.min_sigma=0"], "model.min_sigma must be > 0"),
@@ -46,9 +46,9 @@ CASES = {
     "um2n_no_test_meshes": (["experiment=um2n", "data.n_test_fronts=0", "data.n_test_bumps=0"],
                             "leaves no test meshes"),
     # NaN loss at the first step, reported as a learning-rate problem
-    "pde_barron_amplitude_nan": (["experiment=pde_barron", "data.amplitude=nan"], "data.amplitude must be > 0"),
+    "pde_barron_amplitude_nan": (["experiment=pde_barron", "data.amplitude=nan"], "data.amplitude must be a number, got nan"),
     "um2n_loss_weight_nan": (["experiment=um2n", "model.area_weight=nan"],
-                             "model.coord_weight, model.area_weight, model.chamfer_weight must be >= 0"),
+                             "model.area_weight must be a number, got nan"),
     # one-line errors that did not name the setting ("n_bins must be >= 1", "grid sizes must be >= 2", "float
     # division by zero", "mesh sizes must be >= 3 nodes per side", "encoder layout must be ...")
     "gtf_d_stsp_bins": (["experiment=gtf_plrnn", "model.d_stsp_bins=0"], "model.d_stsp_bins must be >= 1"),
@@ -58,6 +58,18 @@ CASES = {
     "um2n_test_size": (["experiment=um2n", "data.test_size=2"], "data.test_size must be >= 3"),
     "um2n_encoder_layout": (["experiment=um2n", "model.encoder_layout=offical"],
                             "model.encoder_layout must be 'official' or 'torch'"),
+    "prose_no_val": (["experiment=prose", "data.num_val=0"], "data.num_val must be >= 1"),  # IndexError
+    "prose_no_test": (["experiment=prose", "data.num_test=0"], "data.num_test must be >= 1"),
+    "prose_test_param_range": (["experiment=prose", "data.test_param_range=0"],
+                               "data.test_param_range must be [lo, hi]"),  # "'int' object is not iterable"
+    "forecasting_offline": (["experiment=itransformer", "data.offline=-1"], "data.offline takes a mapping"),
+    # any constructor argument annotated int / float (launch.train.check_numbers): text was a traceback, a fraction
+    # for an integer was cut silently (batch_size=2.5 trained with 2), NaN passed every `< 0` check (the NaN cases above)
+    "number_as_text": (["experiment=itransformer", "model.d_model=abc"],
+                       "model.d_model must be a whole number, got 'abc'"),
+    "fraction_for_integer": (["experiment=gtf_plrnn", "data.batch_size=2.5"],
+                             "data.batch_size must be a whole number, got 2.5"),
+    "float_as_text": (["experiment=pig", "model.sigma_init=wide"], "model.sigma_init must be a number, got 'wide'"),
 }
 
 
