@@ -119,15 +119,22 @@ def test_determinism():
 def test_ridge_reference_matches_card():
     """The runner's ridge AR(30) reproduces the card's reference (Rossler 50 vs naive 135, Chua 29 vs 58).
 
-    Measured with scipy 1.17.1, numpy 2.4.6, dysts 0.96: ridge 50.96 / 28.80, naive 134.65 / 57.85 (within 0.3 % of
-    the card's naive references, so a 5 % band for both systems)."""
+    Measured with scipy 1.17.1, numpy 2.4.6, dysts 0.96: Rossler ridge 50.96, naive 134.65 on every machine so far
+    (within 0.3 % of the card: a 10 % / 5 % band). Chua is chaotic over the 3,000 points, so its test third depends on
+    the CPU's floating-point path (the integrator's BLAS kernels): ridge / naive 28.80 / 57.85 on an Intel Xeon,
+    30.65 / 50.88 on an AMD EPYC (2026-12-07). For Chua the test keeps what holds on both: ridge within 10 % of the
+    card's 29 and at most 0.7 x naive (0.50 / 0.60 measured); a broken window or sMAPE would miss Rossler's bands."""
     from benchmarks.dysts_runner import _ridge_ar, _smape
 
-    for name, ridge_ref, naive_ref in (("Rossler", 50, 135), ("Chua", 29, 58)):
+    def smapes(name: str) -> tuple[float, float]:
         series = load_series(name, 3000, 50)
         xte, yte = sliding_windows(series[2000:], 30, 25, 20)
-        assert _smape(_ridge_ar(series[:2000], xte), yte) == pytest.approx(ridge_ref, rel=0.1)
-        assert _smape(np.repeat(xte[:, -1:], 25, 1), yte) == pytest.approx(naive_ref, rel=0.05)
+        return _smape(_ridge_ar(series[:2000], xte), yte), _smape(np.repeat(xte[:, -1:], 25, 1), yte)
+
+    ridge, naive = smapes("Rossler")
+    assert ridge == pytest.approx(50, rel=0.1) and naive == pytest.approx(135, rel=0.05)
+    ridge, naive = smapes("Chua")
+    assert ridge == pytest.approx(29, rel=0.1) and ridge <= 0.7 * naive
 
 
 @pytest.mark.slow
