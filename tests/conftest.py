@@ -75,6 +75,15 @@ def zoo_in_process(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def assert_refused_before_training(overrides: list[str], words: str, runs_root: Path) -> None:
+    """`zoo train <overrides>` exits 2 with one error line holding `words`, and leaves no run directory."""
+    code, out, err = zoo_in_process("train", *overrides, "trainer.max_steps=2", f"runs_root={runs_root}",
+                                    "progress_bar=false", "logger=csv")
+    assert code == 2 and words in err, err + out
+    assert [line for line in err.splitlines() if "error" in line] == [err.strip().splitlines()[-1]], err
+    assert not list(runs_root.iterdir()), list(runs_root.rglob("*"))
+
+
 def zoo_subprocess(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None,
                    check: bool = False) -> subprocess.CompletedProcess:
     """Run the installed `zoo` console script, as a user would."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import zoo_in_process
+from tests.conftest import assert_refused_before_training, zoo_in_process
 
 CASES = {
     # tracebacks (scipy / torch refused the value once the data were made or training had started)
@@ -76,12 +76,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_hparam_is_a_one_line_error_before_training(case, runs_root, monkeypatch):
     monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
-    overrides, words = CASES[case]
-    code, out, err = zoo_in_process("train", *overrides, "trainer.max_steps=2", f"runs_root={runs_root}",
-                                    "progress_bar=false", "logger=csv")
-    assert code == 2 and words in err, err + out
-    assert [line for line in err.splitlines() if "error" in line] == [err.strip().splitlines()[-1]], err
-    assert not list(runs_root.iterdir()), list(runs_root.rglob("*"))
+    assert_refused_before_training(*CASES[case], runs_root)
 
 
 def test_um2n_without_transformer_layers_trains(runs_root, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import zoo_in_process
+from tests.conftest import assert_refused_before_training, zoo_in_process
 
 QG = ["experiment=medida/qg", "data.nx=32", "data.ny=64", "data.spinup=200", "data.n_snapshots=2", "model.width=16",
       "data.steps_per_epoch=3"]
@@ -40,12 +40,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_setting_is_a_one_line_error_before_training(case, runs_root, monkeypatch):
     monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
-    overrides, words = CASES[case]
-    code, out, err = zoo_in_process("train", *overrides, "trainer.max_steps=2", f"runs_root={runs_root}",
-                                    "progress_bar=false", "logger=csv")
-    assert code == 2 and words in err, err + out
-    assert [line for line in err.splitlines() if "error" in line] == [err.strip().splitlines()[-1]], err
-    assert not list(runs_root.iterdir()), list(runs_root.rglob("*"))
+    assert_refused_before_training(*CASES[case], runs_root)
 
 
 @pytest.mark.parametrize("variant", ["darcy_smooth", "pipe"])
