@@ -234,5 +234,5 @@ def test_every_run_of_a_local_sweep_is_checked_before_the_first_trains(runs_root
     sweep table was written (README audit, stop 38); now one line before anything trains."""
     code, out, err = zoo_in_process("train", "-m", *TINY, f"runs_root={runs_root}", "trainer.max_epochs=1",
                                     "model.num_layers=1,x")
-    assert code == 2 and "model.num_layers must be a number" in _error_line(err + out)
+    assert code == 2 and "model.num_layers must be a whole number" in _error_line(err + out)
     assert not (runs_root / "lightgcn").exists()
