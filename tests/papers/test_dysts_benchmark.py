@@ -121,8 +121,8 @@ def test_ridge_reference_matches_card():
 
     Measured with scipy 1.17.1, numpy 2.4.6, dysts 0.96: Rossler ridge 50.96, naive 134.65 on every machine so far
     (within 0.3 % of the card: a 10 % / 5 % band). Chua is chaotic over the 3,000 points, so its test third depends on
-    the CPU's floating-point path (the integrator's BLAS kernels): ridge / naive 28.80 / 57.85 on an Intel Xeon,
-    30.65 / 50.88 on an AMD EPYC (2026-12-07). For Chua the test keeps what holds on both: ridge within 10 % of the
+    the CPU's floating-point path: ridge / naive 28.80 / 57.85 on the machines of the earlier measurements, 30.65 /
+    50.88 on a 2-core AMD EPYC (2026-12-07). For Chua the test keeps what holds on both: ridge within 10 % of the
     card's 29 and at most 0.7 x naive (0.50 / 0.60 measured); a broken window or sMAPE would miss Rossler's bands."""
     from benchmarks.dysts_runner import _ridge_ar, _smape
 
