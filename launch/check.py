@@ -239,14 +239,18 @@ def resolve_probe(target: str):
         raise UserError(f"probe '{target}' not found: {err}") from None
 
 
-def probe_once(target: str, args: dict) -> dict[str, float]:
+def probe_once(target: str, args: dict, extra: list[str] = ()) -> dict[str, float]:
     """Metrics returned by the probe function `<module>:<function>` (a module of this project) called with `args`
-    (cached)."""
+    (cached); a probe with a `seed` argument that `args` leave out gets the seed of the command line's overrides
+    `extra` (`given_seed`), if they set one."""
+    func = resolve_probe(target)
+    signature = inspect.signature(func)
+    if "seed" in signature.parameters and "seed" not in args and (seed := given_seed(list(extra))) is not None:
+        args = {**args, "seed": seed}
     key = (target, json.dumps(args, sort_keys=True))
     if key not in _PROBE_CACHE:
-        func = resolve_probe(target)
         try:  # bound first: a TypeError raised inside the probe is the probe's own, not a bad argument
-            inspect.signature(func).bind(**args)
+            signature.bind(**args)
         except TypeError as err:
             raise UserError(f"probe '{target}' rejected its args {args}: {err}") from None
         metrics = func(**args)
@@ -261,12 +265,7 @@ def measure(slug: str, spec, extra: list[str] = ()) -> dict[str, float]:
             unknown = set(spec) - {"probe", "args"}
             if unknown:
                 raise UserError(f"claim run {dict(spec)} has unknown keys {sorted(unknown)} (allowed: probe, args)")
-            target, args = str(spec["probe"]), dict(spec.get("args") or {})
-            if "seed" not in args and "seed" in inspect.signature(resolve_probe(target)).parameters:
-                seed = given_seed(extra)
-                if seed is not None:
-                    args["seed"] = seed
-            return probe_once(target, args)
+            return probe_once(str(spec["probe"]), dict(spec.get("args") or {}), extra)
         unknown = set(spec) - {"train", "eval"}
         if unknown:
             raise UserError(f"claim run {dict(spec)} has unknown keys {sorted(unknown)} (allowed: train, eval, or "
