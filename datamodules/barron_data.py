@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.collocation import generated_train_loader, own_draw
 from launch.errors import check_min, check_positive
+from lit_models.common.checks import whole_list
 
 _HASH_WEIGHTS: dict[tuple[int, int], np.ndarray] = {}
 
@@ -255,9 +256,7 @@ class BarronDataModule(L.LightningDataModule):
         super().__init__()
         if name != "sparse_fourier":
             raise ValueError(f"unknown pde_barron dataset {name!r}; available: 'sparse_fourier' (no real data exists)")
-        dims, seeds = list(dims), list(seeds)
-        if not dims or not seeds or min(dims) < 1:
-            raise ValueError("dims and seeds must be non-empty, dims >= 1")
+        dims, seeds = whole_list("data.dims", dims), whole_list("data.seeds", seeds, low=0)  # numpy seeds are >= 0
         if not 0 <= ritz_problem < len(dims) * len(seeds):
             raise ValueError(f"ritz_problem must index one of the {len(dims) * len(seeds)} problems")
         check_positive("data", amplitude=amplitude)  # NaN too (a NaN loss at the first step)

@@ -69,6 +69,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader
 from datamodules.samplers import eval_sampler
 from launch.errors import UserError, check_choice, check_min, one_line
+from lit_models.common.checks import check_option_kinds
 
 log = logging.getLogger(__name__)
 
@@ -415,7 +416,16 @@ def offline_params(name: str, overrides: dict | None) -> dict[str, Any]:
     unknown = sorted(set(overrides or {}) - set(defaults))
     if unknown:
         raise UserError(f"data.offline: unknown key(s) {', '.join(unknown)} for {name}; known: {', '.join(defaults)}")
-    return {**defaults, **dict(overrides or {})}
+    params = {**defaults, **dict(overrides or {})}
+    check_option_kinds("data.offline", params, defaults)  # text, NaN or 2.5 for a length were tracebacks
+    check_min("data.offline", 1, **{key: params.get(key) for key in ("length", "num_leaders", "eval_stride")})
+    check_min("data.offline", 0, **{key: params.get(key) for key in ("lag", "sigma", "seed")})
+    if "train_end" in params and not 0 < params["train_end"] < params["length"]:
+        raise UserError(f"data.offline.train_end splits the series: it must lie in (0, length = {params['length']}), "
+                        f"got {params['train_end']}")
+    if "phi" in params and not abs(params["phi"]) < 1:
+        raise UserError(f"data.offline.phi is the leaders' AR(1) coefficient: |phi| must be < 1, got {params['phi']}")
+    return params
 
 
 # leader_follower's cache-file tag (kept as before: existing caches stay valid); other generators tag every parameter

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,7 +37,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.context import sampling_context
 from datamodules.resumable import ResumableDataLoader
-from launch.errors import UserError, check_choice
+from launch.errors import UserError, check_choice, check_min
+from lit_models.common.checks import check_option_kinds
 
 # Lightning warns about any IterableDataset with __len__ because of multi-worker loading; these
 # loaders always use num_workers=0, so the length is exact.
@@ -201,17 +203,30 @@ def _dedupe_first(user: np.ndarray, item: np.ndarray, num_items: int) -> tuple[n
     return user[keep], item[keep]
 
 
-def generate_synthetic(cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Deterministic latent-factor interaction graph with power-law item popularity."""
-    unknown = set(cfg) - set(SYNTHETIC_DEFAULTS)
+def synthetic_params(cfg) -> dict[str, Any]:
+    """SYNTHETIC_DEFAULTS updated by `cfg` (`data.synthetic`: a mapping or null), checked: one-line UserErrors."""
+    if cfg is not None and not isinstance(cfg, Mapping):
+        raise UserError(f"data.synthetic takes a mapping of {', '.join(SYNTHETIC_DEFAULTS)} (or null), got {cfg!r}")
+    unknown = set(cfg or {}) - set(SYNTHETIC_DEFAULTS)
     if unknown:
         raise UserError(
             f"data.synthetic: unknown keys {sorted(unknown)}; known: {sorted(SYNTHETIC_DEFAULTS)}"
         )
-    c = {**SYNTHETIC_DEFAULTS, **cfg}
+    c = {**SYNTHETIC_DEFAULTS, **(cfg or {})}
+    check_option_kinds("data.synthetic", c, SYNTHETIC_DEFAULTS)  # text, a list, NaN or 2.5 users
+    if c["num_users"] < 1 or c["num_items"] < 2:
+        raise UserError(f"data.synthetic: need num_users >= 1 and num_items >= 2, got {c['num_users']}, "
+                        f"{c['num_items']}")
+    check_min("data.synthetic", 1, dim=c["dim"])  # 0: NaN affinities
+    check_min("data.synthetic", 0, interactions_per_user=c["interactions_per_user"],
+              min_interactions=c["min_interactions"], seed=c["seed"])
+    return c
+
+
+def generate_synthetic(cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Deterministic latent-factor interaction graph with power-law item popularity."""
+    c = synthetic_params(cfg)
     n_u, n_i = int(c["num_users"]), int(c["num_items"])
-    if n_u < 1 or n_i < 2:
-        raise UserError(f"data.synthetic: need num_users >= 1 and num_items >= 2, got {n_u}, {n_i}")
     rng = np.random.default_rng(int(c["seed"]))
     d = int(c["dim"])
     U = rng.standard_normal((n_u, d))
@@ -414,6 +429,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.val_fraction = float(val_fraction)
         self.url_base = url_base.rstrip("/") if url_base else None
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
+        synthetic_params(synthetic)  # fail before any data is read
         self.synthetic = dict(synthetic or {})
         self._loaded = False
 

@@ -90,6 +90,7 @@ from datamodules.resumable import CheckpointedShuffle, ResumableDataLoader, resu
 from datamodules.samplers import EpochSampler, eval_sampler
 from launch.errors import UserError, check_min, check_positive
 from lit_models.common import mesh as M
+from lit_models.common.checks import number_list, whole_list
 
 __all__ = ["FrontFieldDataModule", "MeshGraphDataModule", "front_fields", "separable_graph", "front_graph",
            "swirl_graph", "swirl_graph_on_mesh", "square_mesh", "load_burgers_192", "KIND_SWIRL", "SWIRL_DEFAULTS",
@@ -299,6 +300,9 @@ class FrontFieldDataModule(CheckpointedShuffle, L.LightningDataModule):
         check_min("data", 2, monitor_res=monitor_res)  # null: 4 (grid - 1) + 1 (0 was read as null)
         check_positive("data", test_k=test_k)  # the held-out fronts' steepness; 0: no front (a flat field)
         check_min("data", 0, aligned_fraction=aligned_fraction)
+        number_list("data.ks", ks, low=0)  # the training fronts' steepness, as test_k
+        if len(number_list("data.c_range", c_range)) != 2 or c_range[0] > c_range[1]:
+            raise UserError(f"data.c_range is the [low, high] range of the fronts' positions, got {c_range!r}")
         if not aligned_fraction <= 1:
             raise UserError(f"data.aligned_fraction is the share of axis-aligned training fronts: it must lie in "
                             f"[0, 1], got {aligned_fraction!r}")
@@ -419,10 +423,17 @@ def swirl_config(swirl: dict | None) -> dict:
     if unknown:
         raise ValueError(f"unknown swirl keys {unknown}; available: {', '.join(SWIRL_DEFAULTS)}")
     cfg = {**SWIRL_DEFAULTS, **given}
-    cfg["times"] = tuple(float(t) for t in cfg["times"])
-    cfg["centre"] = tuple(float(c) for c in cfg["centre"])
-    for key in ("radius", "sigma", "alpha", "T", "n_monitor_smooth", "grad_weight", "hessian_weight"):
-        cfg[key] = float(cfg[key])
+    scalars = ("radius", "sigma", "alpha", "T", "n_monitor_smooth", "grad_weight", "hessian_weight")
+    try:
+        cfg["times"] = tuple(float(t) for t in cfg["times"])
+        cfg["centre"] = tuple(float(c) for c in cfg["centre"])
+        for key in scalars:
+            cfg[key] = float(cfg[key])
+    except (TypeError, ValueError):
+        raise ValueError(f"swirl times and centre take lists of numbers, {', '.join(scalars)} numbers; got "
+                         f"{given}") from None
+    if not np.isfinite([*cfg["times"], *cfg["centre"], *(cfg[key] for key in scalars)]).all():
+        raise ValueError(f"swirl options must be finite numbers, got {given}")
     if not cfg["times"] or min(cfg["times"]) < 0 or max(cfg["times"]) > cfg["T"]:
         raise ValueError(f"swirl times must be a non-empty list in [0, T = {cfg['T']}], got {list(cfg['times'])}")
     if len(cfg["centre"]) != 2:
@@ -716,8 +727,7 @@ class MeshGraphDataModule(CheckpointedShuffle, L.LightningDataModule):
         if name not in ("separable", "um2n_helmholtz", "helmholtz_offline"):
             raise ValueError(f"unknown UM2N dataset {name!r}; available: 'separable' (offline), 'um2n_helmholtz', "
                              "'helmholtz_offline'")
-        if not train_sizes or min(train_sizes) < 3:
-            raise ValueError(f"data.train_sizes: mesh sizes must be >= 3 nodes per side, got {train_sizes!r}")
+        whole_list("data.train_sizes", train_sizes, low=3)  # nodes per side of the training meshes
         check_min("data", 3, test_size=test_size)
         check_min("data", 1, n_train=n_train, batch_size=batch_size)
         check_min("data", 0, n_test_fronts=n_test_fronts, n_test_bumps=n_test_bumps)  # 0: no test graphs of that kind

@@ -252,10 +252,17 @@ def _annotated_kinds(node: DictConfig) -> dict:
 def check_numbers(node: DictConfig, group: str) -> None:
     """A number (a constructor argument annotated `int` or `float`, optionally `| None`) takes a number only: text
     (`data.batch_size=abc`) was a traceback, a fraction for an integer (`data.batch_size=2.5`) was silently cut to 2
-    and NaN (`model.dropout=nan`) passed every `< 0` check."""
+    and NaN (`model.dropout=nan`) passed every `< 0` check. A factory (an argument annotated `Callable`, such as
+    `model.optimizer`) takes a mapping with `_target_`: `model.optimizer=5` was a traceback once training started."""
     import math
 
     for name, kinds in _annotated_kinds(node).items():
+        if any(kind.startswith("Callable") for kind in kinds) and name in node:
+            value = node[name]
+            if not (value is None and "None" in kinds) and not (isinstance(value, DictConfig) and "_target_" in value):
+                raise UserError(f"{group}.{name} must be {'null or ' if 'None' in kinds else ''}a mapping with "
+                                f"_target_ (and _partial_: true), got {value!r}")
+            continue
         numbers = kinds - {"None"}
         if not numbers or not numbers <= {"int", "float"} or name not in node:
             continue

@@ -470,6 +470,10 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
             raise ValueError(f"alpha_decay must be in [0, 1] (official gtf_alpha_decay 0.999), got {alpha_decay}")
         if end_lr is not None and not end_lr > 0:
             raise ValueError(f"end_lr must be > 0 (or null: constant lr), got {end_lr}")
+        start_lr = optimizer.keywords.get("lr") if isinstance(optimizer, functools.partial) else None
+        if end_lr is not None and isinstance(start_lr, (int, float)) and not start_lr > 0:  # 0: a ZeroDivisionError
+            raise UserError(f"model.end_lr decays the lr geometrically from model.optimizer.lr: that needs "
+                            f"model.optimizer.lr > 0, got {start_lr}")
         if observation_model not in ("identity", "affine"):
             raise ValueError(f"observation_model must be 'identity' or 'affine', got {observation_model!r}")
         check_min("model", 0, obs_model_regularization=obs_model_regularization,

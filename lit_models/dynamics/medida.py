@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from datamodules.medida_data import QG_LIBRARY_TERMS
 from launch.errors import UserError, check_min, check_positive
+from lit_models.common.checks import number_list
 from lit_models.common.pde import no_autocast, reference_colours
 from lit_models.common.steps import EvaluateOnValAndTest, attached_datamodule
 
@@ -193,6 +194,8 @@ class MedidaModule(_EvaluateAndOptimize, L.LightningModule):
         self.interpolant = Interpolant(n_outputs, width, depth, rff, sigma, num_features, rff_seed)
         self.interpolant_next = (Interpolant(n_outputs, width, depth, rff, sigma, num_features, rff_seed + 1)
                                  if increments == "observed" else None)  # built second: the first's init unchanged
+        if true_coefficients is not None:  # NaN: NaN coefficient errors
+            true_coefficients = number_list("model.true_coefficients", true_coefficients, min_len=0)
         self.true_coefficients = np.asarray(true_coefficients if true_coefficients is not None
                                             else [0, 0, -0.2, 0, 0, 0, 0, 0], dtype=np.float64)
         if self.true_coefficients.shape != (len(LIBRARY_TERMS),):

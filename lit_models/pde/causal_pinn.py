@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from launch.errors import UserError, check_min, check_positive
+from lit_models.common.checks import check_scheduler, number_list
 from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast, partial, reference_colours
 from lit_models.common.steps import EvaluateOnValAndTest, attached_datamodule
 
@@ -257,7 +258,7 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
             raise ValueError(f"unknown problem {problem!r}; available: {', '.join(PROBLEMS)}")
         if arch not in ("mlp", "modified_mlp"):
             raise ValueError(f"arch must be 'mlp' or 'modified_mlp', got {arch!r}")
-        epsilons = [float(e) for e in epsilons]
+        epsilons = number_list("model.epsilons", epsilons, min_len=0)  # NaN: a NaN loss at the first step
         if not epsilons or any(e <= 0 for e in epsilons):
             raise ValueError(f"epsilons must be a non-empty list of positive values, got {epsilons}")
         if not 0 < tol < 1:
@@ -284,6 +285,7 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
         check_min("model", 1 if arch == "modified_mlp" else 0, depth=depth)  # mlp with depth 0: linear in features
         check_min("model", 0, ic_weight=ic_weight, weight_snapshot_every=weight_snapshot_every)  # every 0: off
         check_positive("model", length=length, t_scale=t_scale, residual_scale=residual_scale)
+        check_scheduler(scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.problem, self.causal, self.epsilons = problem, causal, epsilons
@@ -292,7 +294,7 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
             if isinstance(time_features, (str, bytes)) or not isinstance(time_features, Sequence):
                 raise UserError(f"model.time_features must be null or a list of numbers (the scales k_t of the time "
                                 f"inputs), got {time_features!r}")
-            time_features = [float(c) for c in time_features]
+            time_features = number_list("model.time_features", time_features)
         first = CausalPINN(arch, width, depth, fourier_modes, length, t_scale, out_dim, hard_ic, time_features)
         # one network per time window, all with the same initial weights (the script's fixed PRNG key)
         self.nets = nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(time_windows - 1)])

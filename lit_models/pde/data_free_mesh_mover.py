@@ -70,6 +70,7 @@ from torch import Tensor
 
 from launch.errors import UserError, check_min
 from lit_models.common import mesh as M
+from lit_models.common.checks import check_scheduler, whole_list
 from lit_models.common.ddp_eval import combine, eval_set_replicated, gather_lists
 from lit_models.common.lbfgs import LBFGSPhase
 from lit_models.common.pde import no_autocast
@@ -157,14 +158,18 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         check_min("model", 2, eval_nodes=eval_nodes)
         check_min("model", 0, gnn_layers=gnn_layers, w_interior=w_interior, w_boundary=w_boundary,
                   w_convex=w_convex, w_hole=w_hole)
+        layers = {key: whole_list(f"model.{key}", value, min_len=need) for key, value, need in (
+            ("branch_channels", branch_channels, 1), ("branch_fc", branch_fc, 0), ("trunk_layers", trunk_layers, 2),
+            ("head_layers", head_layers, 2), ("gnn_decoder", gnn_decoder, 0), ("gnn_readout", gnn_readout, 0))}
+        check_scheduler(scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         if grid < 4:
             raise ValueError(f"grid (branch input side) must be >= 4, got {grid}")
-        self.net = DMMNet(list(branch_channels), list(trunk_layers), list(head_layers), boundary, trunk_init_scale,
-                          grid, list(branch_fc), out_dim=2 if mover == "direct" else 1, branch=branch,
-                          gnn_hidden=gnn_hidden, gnn_layers=gnn_layers, gnn_knn=gnn_knn,
-                          gnn_decoder=list(gnn_decoder), gnn_readout=list(gnn_readout))
+        self.net = DMMNet(layers["branch_channels"], layers["trunk_layers"], layers["head_layers"], boundary,
+                          trunk_init_scale, grid, layers["branch_fc"], out_dim=2 if mover == "direct" else 1,
+                          branch=branch, gnn_hidden=gnn_hidden, gnn_layers=gnn_layers, gnn_knn=gnn_knn,
+                          gnn_decoder=layers["gnn_decoder"], gnn_readout=layers["gnn_readout"])
         self._last: dict[str, Any] | None = None
         self._test_rows: list[tuple[str, float, float, str]] = []  # (metric, value, weight, reduction) per batch
         # the random-feature BFGS epochs: LBFGSPhase switches to `make_lbfgs` for the last rf_epochs steps

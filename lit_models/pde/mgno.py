@@ -58,15 +58,16 @@ def parse_levels(levels: Sequence[Any] | str) -> list[list[int]]:
         else:
             s = str(tok)
             if len(s) != 2 or not s.isdigit():
-                raise ValueError(f"level token {tok!r} must be two digits 'pq' (p pre-, q post-smoothings), e.g. '10'")
+                raise ValueError(f"model.levels: level token {tok!r} must be two digits 'pq' (p pre-, q "
+                                 f"post-smoothings), e.g. '10'")
             pair = [int(s[0]), int(s[1])]
         if len(pair) != 2 or min(pair) < 0:
-            raise ValueError(f"level {tok!r} must be a [pre, post] pair of non-negative counts")
+            raise ValueError(f"model.levels: level {tok!r} must be a [pre, post] pair of non-negative counts")
         out.append(pair)
     if not out:
-        raise ValueError("at least one level is required")
+        raise ValueError("model.levels: at least one level is required")
     if out[0][0] < 1:
-        raise ValueError("the finest level needs at least one pre-smoothing (u = S(f) starts the cycle)")
+        raise ValueError("model.levels: the finest level needs at least one pre-smoothing (u = S(f) starts the cycle)")
     return out
 
 

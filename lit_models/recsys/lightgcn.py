@@ -145,7 +145,7 @@ class LightGCNModule(RankingModule):
     ) -> None:
         super().__init__(eval_k=eval_k, optimizer=optimizer)
         check_min("model", 1, embedding_dim=embedding_dim, num_users=num_users, num_items=num_items)
-        check_min("model", 0, num_layers=num_layers)  # 0: MF-BPR
+        check_min("model", 0, num_layers=num_layers, l2_weight=l2_weight)  # num_layers 0: MF-BPR
         self.save_hyperparameters(ignore=["optimizer"])
         self.model: LightGCN | None = None
         self.register_buffer("a_hat", None, persistent=False)  # set in setup(); data, not state

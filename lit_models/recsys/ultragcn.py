@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from launch.errors import check_min
+from launch.errors import check_min, check_positive
 from lit_models.common.ranking import RankingModule
 
 
@@ -271,6 +271,9 @@ class UltraGCNModule(RankingModule):
             raise ValueError(f"omega_variant must be 'paper' or 'code', got {omega_variant!r}")
         check_min("model", 1, embedding_dim=embedding_dim, num_users=num_users, num_items=num_items)
         check_min("model", 0, num_neighbours=num_neighbours)  # 0: no item-item constraint
+        check_min("model", 0, w1=w1, w2=w2, w3=w3, w4=w4, negative_weight=negative_weight, gamma=gamma,
+                  lambda_=lambda_)  # loss weights: 0 switches a term off (the beta-free baseline)
+        check_positive("model", init_std=init_std)  # 0: all-zero embeddings, whose dot products never learn
         self.save_hyperparameters(ignore=["optimizer"])
         self.model: UltraGCN | None = None
         for name in ("user_degree", "item_degree", "ii_neighbours", "ii_omega"):
