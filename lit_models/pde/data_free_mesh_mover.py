@@ -672,9 +672,12 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         return [*aligned[:2], *oblique[:2], *aligned[2:], *oblique[2:], *rest][:n]
 
     def figures(self) -> dict[str, Any]:
-        """{"moved_meshes": the moved eval meshes of test fields over their monitor (exact MA mesh dashed where it
-        exists; on cylinder meshes with `ma_reference`, the converged FEM MA mesh); on front fields two axis-aligned
-        fronts and two oblique ones (`_figure_fields`), each titled with its kind and its MA residual}."""
+        """{"moved_meshes": the moved eval meshes of test fields over their monitor, white, with inverted triangles
+        filled red, the unit square outlined and the view widened to nodes moved outside it (on a grey ground); on
+        front fields two axis-aligned fronts and two oblique ones (`_figure_fields`), each titled with its kind, its
+        MA residual and its counts of inverted triangles and of nodes outside the square. Where a shown field has an
+        exact MA mesh (on cylinder meshes with `ma_reference`, the converged FEM MA mesh), a second row draws it the
+        same way (overlaid, the two meshes could not be told apart: figures audit, stop 42)}."""
         if self._last is None:
             return {}
         import matplotlib.pyplot as plt
@@ -682,31 +685,57 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         d = self._last
         fields = self._figure_fields(d)
         res, aligned, params = d.get("residual"), d.get("aligned"), d.get("params")
-        fig, axes = plt.subplots(1, len(fields), figsize=(3.2 * len(fields), 3.5), squeeze=False)
-        for ax, b in zip(axes[0], fields):
-            ax.imshow(d["monitor"][b], origin="lower", extent=(0, 1, 0, 1), cmap="viridis")
-            ax.triplot(d["moved"][b][:, 0], d["moved"][b][:, 1], d["tri"], color="w", lw=0.5)
-            target = d["target"] is not None and np.all(np.isfinite(d["target"][b]))
-            if target:
-                ax.triplot(d["target"][b][:, 0], d["target"][b][:, 1], d["tri"], color="r", lw=0.4, ls="--")
-            hole = d.get("rim") is not None and len(d["rim"]) > 0
-            if hole:  # the cylinder: nodes moved into it show (figures audit)
-                from matplotlib.collections import LineCollection
-
-                ax.add_collection(LineCollection(d["rim"], colors="k", linewidths=1.2))
+        targets = [d["target"][b] if d["target"] is not None and np.all(np.isfinite(d["target"][b])) else None
+                   for b in fields]
+        shown = [d["moved"][b] for b in fields] + [t for t in targets if t is not None]
+        lo = np.minimum(0.0, np.min([p.min(0) for p in shown], 0))
+        hi = np.maximum(1.0, np.max([p.max(0) for p in shown], 0))
+        pad = 0.03 * (hi - lo)
+        rows = 2 if any(t is not None for t in targets) else 1
+        fig, axes = plt.subplots(rows, len(fields), figsize=(3.2 * len(fields), 3.5 * rows), squeeze=False)
+        ma_name = ("exact" if params is not None else "FEM") + " MA mesh"
+        for col, (b, target) in enumerate(zip(fields, targets)):
             kind = f"field {b}"
             if aligned is not None and aligned[b]:
                 kind = f"field {b}: axis-aligned front"
             elif params is not None and np.isfinite(params[b, 2]):
                 kind = f"field {b}: oblique front ({np.degrees(params[b, 2]):.0f} deg), no exact MA mesh"
             notes = [self.hparams.mover] + ([f"MA residual {res[b]:.3f}"] if res is not None else [])
-            notes += ([("exact" if params is not None else "FEM") + " MA mesh red"] if target else [])
-            notes += ["cylinder black"] if hole else []
-            ax.set_title(kind + "\n" + ", ".join(notes), fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            self._draw_mesh(axes[0, col], d, b, d["moved"][b], kind + "\n" + ", ".join(notes), lo, hi, pad)
+            if rows == 2 and target is not None:
+                self._draw_mesh(axes[1, col], d, b, target, f"{ma_name} of field {b}", lo, hi, pad)
+            elif rows == 2:
+                axes[1, col].set_axis_off()
+                axes[1, col].set_title(f"field {b}: no {ma_name}", fontsize=7)
         if res is not None:
-            fig.suptitle(f"test set, {self.hparams.mover} mover: moved meshes over the monitor; MA residual "
-                         f"{res.mean():.3f} (mean of {len(res)} fields)", fontsize=9)
-        fig.tight_layout(rect=(0, 0, 1, 0.93))
+            fig.suptitle(f"test set, {self.hparams.mover} mover: moved meshes over the monitor (inverted triangles "
+                         f"red)\nMA residual {res.mean():.3f} (mean of {len(res)} fields)", fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 0.9 if rows == 1 else 0.94))
         return {"moved_meshes": fig}
+
+    @staticmethod
+    def _draw_mesh(ax, d: dict[str, Any], b: int, pos: np.ndarray, title: str, lo: np.ndarray, hi: np.ndarray,
+                   pad: np.ndarray) -> None:
+        """One mesh of figures(): field b's monitor on [0, 1]^2, the mesh `pos` in white, its inverted (or
+        degenerate) triangles filled red, the square outlined in black, the cylinder's rim (when there is one) in
+        black; the title gets the counts of inverted triangles and of nodes outside the square."""
+        from matplotlib.collections import LineCollection, PolyCollection
+        from matplotlib.patches import Rectangle
+
+        tri = d["tri"]
+        ax.set_facecolor("0.6")  # white mesh lines stay visible outside the monitor image
+        ax.imshow(d["monitor"][b], origin="lower", extent=(0, 1, 0, 1), cmap="viridis")
+        ax.triplot(pos[:, 0], pos[:, 1], tri, color="w", lw=0.5)
+        inverted = M.signed_areas(pos, tri) <= 0
+        if inverted.any():
+            ax.add_collection(PolyCollection(pos[tri[inverted]], facecolors="r", edgecolors="r", lw=0.6, zorder=3))
+        ax.add_patch(Rectangle((0, 0), 1, 1, fill=False, ec="k", lw=1.0, zorder=4))
+        if d.get("rim") is not None and len(d["rim"]) > 0:  # the cylinder: nodes moved into it show
+            ax.add_collection(LineCollection(d["rim"], colors="k", linewidths=1.2, zorder=4))
+        outside = int(np.any((pos < -1e-9) | (pos > 1 + 1e-9), axis=1).sum())
+        ax.set_title(f"{title}\n{int(inverted.sum())} inverted, {outside} nodes outside the square", fontsize=7)
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])

@@ -243,9 +243,9 @@ def test_front_fields_and_exact_targets():
 
 
 def test_figure_shows_oblique_fronts_beside_the_aligned_ones():
-    """The moved-mesh figure shows two axis-aligned test fronts (exact MA mesh drawn dashed) and two oblique ones,
-    titled as having no exact MA mesh, although the aligned fronts come first in the test set; the figure's title
-    names the split and the mean MA residual."""
+    """The moved-mesh figure shows two axis-aligned test fronts (their exact MA meshes in a second row) and two
+    oblique ones, titled as having no exact MA mesh, although the aligned fronts come first in the test set; the
+    figure's title names the split and the mean MA residual."""
     import matplotlib.pyplot as plt
 
     dm = FrontFieldDataModule(n_train=2, n_test=6, n_test_aligned=4, grid=12, eval_nodes=8, aligned_fraction=0.0,
@@ -259,9 +259,35 @@ def test_figure_shows_oblique_fronts_beside_the_aligned_ones():
     aligned = [ax for ax, t in zip(fig.axes, titles) if "axis-aligned front" in t]
     oblique = [ax for ax, t in zip(fig.axes, titles) if "oblique front" in t and "no exact MA mesh" in t]
     assert len(aligned) == 2 and len(oblique) == 2, titles
-    assert all(len(ax.lines) == 4 for ax in aligned) and all(len(ax.lines) == 2 for ax in oblique)  # + the MA mesh
+    exact = [ax for ax, t in zip(fig.axes, titles) if t.startswith("exact MA mesh of field")]
+    assert len(exact) == 2 and all(len(ax.lines) == 2 for ax in aligned + oblique + exact), titles
     title = fig._suptitle.get_text()
     assert title.startswith("test set") and f"MA residual {m._last['residual'].mean():.3f}" in title
+    plt.close(fig)
+
+
+def test_figure_marks_inverted_triangles_and_nodes_outside_the_square():
+    """Figures audit (stop 42): the moved mesh was drawn in white on a white ground outside the monitor, so nodes
+    moved out of the unit square could not be seen, and inverted triangles were not marked. Now the view holds every
+    node, the square is outlined, inverted triangles are filled red and the title counts both."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    pos, tri = M.unit_square_mesh(4)
+    moved = pos.copy()
+    moved[5] = [0.9, 0.9]  # an interior node pushed across its neighbours: folds the triangles around it
+    moved[0] = [-0.1, -0.05]  # a corner moved out of the square
+    m = DataFreeMeshMoverModule(**TINY_NET, eval_nodes=4)
+    m._last = {"moved": moved[None], "tri": tri, "monitor": np.ones((1, 8, 8)), "target": None,
+               "residual": np.array([0.5])}
+    n_inverted = M.count_inverted(moved, tri)
+    assert n_inverted > 0
+    fig = m.figures()["moved_meshes"]
+    ax = fig.axes[0]
+    assert ax.get_xlim()[0] < -0.1 and ax.get_ylim()[0] < -0.05  # the node outside is in view
+    red = [c for c in ax.collections if isinstance(c, PolyCollection) and len(c.get_paths()) == n_inverted]
+    assert red, "inverted triangles are filled"
+    assert f"{n_inverted} inverted, 1 nodes outside the square" in ax.get_title()
     plt.close(fig)
 
 
