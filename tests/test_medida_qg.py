@@ -43,6 +43,14 @@ def test_fast_contract_qg(rff, tmp_path):
     assert run.model(torch.rand(5, 2, dtype=run.model.dtype)).shape == (2, 5, 2)  # 1 snapshot x 2 times, (psi1, psi2)
     figs = run.model.figures()
     assert set(figs) == {"fields", "coefficients"}
+    # figures audit (stop 42): an error panel and the true increment beside the discovered one, on one symmetric
+    # scale (zero white), and titles with the split and the errors
+    titles = [ax.get_title() for ax in figs["fields"].axes]
+    assert "analysis - truth psi (layer 1)" in titles and "dq/dt true (layer 2)" in titles, titles
+    dq = [ax.images[0].get_clim() for ax in figs["fields"].axes if ax.get_title().startswith("dq/dt")]
+    assert len(dq) == 4 and dq[0] == dq[1] and dq[0][0] == -dq[0][1], dq
+    assert "q_rel_l2" in figs["fields"]._suptitle.get_text()
+    assert "coef_error" in figs["coefficients"]._suptitle.get_text()
     import matplotlib.pyplot as plt
 
     for fig in figs.values():

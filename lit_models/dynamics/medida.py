@@ -485,38 +485,54 @@ class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
         for k, v in metrics.items():
             self.log(f"{split}/{k}", v, on_step=False, on_epoch=True, batch_size=1, sync_dist=True,
                      prog_bar=k == "coef_error")
-        self._last = {"psi": truth_psi[0, 0], "psi_a": psi_a[0, 0], "dq": dq[0], "coef": coef, "true": true,
+        self._last = {"psi": truth_psi[0, 0], "psi_a": psi_a[0, 0], "dq": dq[0], "dq_true": dq_true[0],
+                      "coef": coef, "true": true, "split": split, "metrics": metrics,
                       "terms": getattr(dm, "library_terms", tuple(str(i) for i in range(lib.shape[-3])))}
 
 
     def figures(self) -> dict[str, Any]:
-        """{"fields": truth vs analysis psi1, psi2 at t and the increments dq1, dq2 (first snapshot),
-        "coefficients": discovered vs true coefficients, both layers}."""
+        """{"fields": per layer (rows), at the first snapshot: truth psi, analysis psi (one colour scale, the
+        truth's), analysis - truth (its own symmetric scale), and the analysis increment dq/dt beside the true one
+        (one symmetric scale, zero white), titled with the split and the errors; "coefficients": discovered vs true
+        coefficients per layer, titled with the coefficient errors (a layer's axis is symmetric-log when the
+        discovered coefficients dwarf the true ones, and its label says so)}."""
         if self._last is None:
             return {}
         import matplotlib.pyplot as plt
 
-        last = self._last
-        fig, axes = plt.subplots(2, 3, figsize=(9, 6))
+        last, m = self._last, self._last.get("metrics", {})
+        split = last.get("split", "test")
+        fig, axes = plt.subplots(2, 5, figsize=(15, 6))
         for layer in range(2):
-            for ax, f, title in zip(axes[layer], (last["psi"][layer], last["psi_a"][layer], last["dq"][layer]),
-                                    ("truth psi", "analysis psi", "dq/dt")):
-                # truth and analysis on the truth's colour range (one colour, one value); each with its colourbar
-                colours = reference_colours(last["psi"][layer]) if title != "dq/dt" else {}
+            truth, analysis = last["psi"][layer], last["psi_a"][layer]
+            error, dq_true = analysis - truth, last.get("dq_true", last["dq"])[layer]
+            err_max = float(np.abs(error).max()) or 1.0
+            dq_max = float(np.abs(dq_true).max()) or float(np.abs(last["dq"][layer]).max()) or 1.0
+            panels = ((truth, "truth psi", reference_colours(truth)),
+                      (analysis, "analysis psi", reference_colours(truth)),
+                      (error, "analysis - truth psi", {"vmin": -err_max, "vmax": err_max}),
+                      (last["dq"][layer], "dq/dt from the analysis", {"vmin": -dq_max, "vmax": dq_max}),
+                      (dq_true, "dq/dt true", {"vmin": -dq_max, "vmax": dq_max}))
+            for ax, (f, title, colours) in zip(axes[layer], panels):
                 im = ax.imshow(f, origin="lower", cmap="RdBu_r", **colours)
-                fig.colorbar(im, ax=ax, shrink=0.8)
-                ax.set_title(f"{title}{layer + 1}", fontsize=8)
+                fig.colorbar(im, ax=ax, shrink=0.8, extend="both" if title.startswith("dq/dt from") else "neither")
+                ax.set_title(f"{title} (layer {layer + 1})", fontsize=8)
                 ax.set_xticks([])
                 ax.set_yticks([])
-        fig.tight_layout()
+        summary = ", ".join(f"{k} {m[k]:.3g}" for k in ("psi_rel_l2", "q_rel_l2", "dq_rel_l2") if k in m)
+        fig.suptitle(f"MEDIDA QG {split}, first snapshot" + (f": {summary}" if summary else ""), fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
         fig2, axes2 = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
         idx = np.arange(last["coef"].shape[1])
         for layer, ax in enumerate(axes2):
             ax.bar(idx - 0.2, last["true"][layer], 0.4, color="k", label="true")
             ax.bar(idx + 0.2, last["coef"][layer], 0.4, color="C3", label="discovered")
-            ax.set_ylabel(f"layer {layer + 1}")
             _scale_for_true_coefficients(ax, last["true"][layer], last["coef"][layer])
+            scale = " (symlog)" if ax.get_yscale() == "symlog" else ""
+            ax.set_ylabel(f"layer {layer + 1} coefficient{scale}", fontsize=8)
         axes2[0].legend(fontsize=7)
         axes2[-1].set_xticks(idx, last["terms"], rotation=30, fontsize=7)
+        errors = ", ".join(f"{k} {m[k]:.3g}" for k in ("coef_error", "max_coef_error", "n_wrong_terms") if k in m)
+        fig2.suptitle(f"MEDIDA QG {split}: discovered model error" + (f" ({errors})" if errors else ""), fontsize=10)
         fig2.tight_layout()
         return {"fields": fig, "coefficients": fig2}
