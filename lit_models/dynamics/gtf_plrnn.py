@@ -684,8 +684,10 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
             self.log(f"{stage}/pe", self.prediction_error(x, pe_n), on_epoch=True, batch_size=1, sync_dist=True)
 
     def figures(self) -> dict[str, Any]:
-        """{"attractor": ground truth and free run (the last evaluation's), projected on pairs of dimensions; the title
-        names the split, the logged D_stsp and D_H, and how many non-finite free-run points were left out}."""
+        """{"attractor": ground truth (top row) next to the free run (bottom row; the last evaluation's), projected on
+        pairs of dimensions, each projection on the same axes limits in both rows (drawn over the truth, a free run on
+        the attractor hid it: figures audit, stop 42); the title names the split, the logged D_stsp and D_H, and how
+        many non-finite free-run points were left out}."""
         if self._last_eval is None:
             return {}
         import matplotlib.pyplot as plt
@@ -693,14 +695,20 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
         truth, gen = self._last_eval
         n = truth.shape[1]
         pairs = [(0, 1), (0, 2), (1, 2)] if n >= 3 else [(0, min(1, n - 1))]
-        fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 4.3), squeeze=False)
+        fig, axes = plt.subplots(2, len(pairs), figsize=(4 * len(pairs), 8), squeeze=False)
         g = gen[np.all(np.isfinite(gen), axis=1)]
-        for ax, (i, j) in zip(axes[0], pairs):
-            ax.plot(truth[:, i], truth[:, j], lw=0.8, color="0.5", label="ground truth")
-            ax.plot(g[:, i], g[:, j], lw=0.8, color="C3", alpha=0.8, label="free run")
-            ax.set_xlabel(f"x{i + 1}")
-            ax.set_ylabel(f"x{j + 1}")
-        axes[0][0].legend(loc="upper right", fontsize=8)
+        both = np.concatenate([truth, g]) if len(g) else truth
+        lo, hi = both.min(0), both.max(0)
+        pad = 0.05 * np.where(hi > lo, hi - lo, 1.0)
+        for col, (i, j) in enumerate(pairs):
+            for row, (series, colour, name) in enumerate(((truth, "0.3", "ground truth"), (g, "C3", "free run"))):
+                ax = axes[row][col]
+                ax.plot(series[:, i], series[:, j], lw=0.8, color=colour)
+                ax.set_xlim(lo[i] - pad[i], hi[i] + pad[i])
+                ax.set_ylim(lo[j] - pad[j], hi[j] + pad[j])
+                ax.set_title(name, fontsize=9)
+                ax.set_xlabel(f"x{i + 1}")
+                ax.set_ylabel(f"x{j + 1}")
         stage = self._last_stage
         logged = self._trainer.callback_metrics if self._trainer is not None else {}
         title = f"shPLRNN free run vs ground truth, {stage} ({len(truth)} steps)" + "".join(

@@ -56,6 +56,12 @@ def test_fast_contract(overrides):
     fig = figs["attractor"]
     assert all(line.get_linewidth() >= 0.8 for ax in fig.axes for line in ax.lines)  # visible (was 0.3)
     assert "test (" in fig._suptitle.get_text() and "D_stsp = " in fig._suptitle.get_text()
+    # the free run beside the truth, not over it (figures audit, stop 42), on the same limits per projection
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles.count("ground truth") == titles.count("free run") == len(fig.axes) // 2 >= 1, titles
+    assert all(len(ax.lines) == 1 for ax in fig.axes)
+    half = len(fig.axes) // 2
+    assert [ax.get_xlim() for ax in fig.axes[:half]] == [ax.get_xlim() for ax in fig.axes[half:]]
     assert "non-finite" not in fig._suptitle.get_text()
     plt.close(fig)
     truth, gen = run.model._last_eval
