@@ -500,7 +500,8 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
                      prog_bar=k == "rel_l2")
         self._last = {"t": t_ref.cpu().numpy(), "x": batch["x"].cpu().numpy(), "pred": pred.cpu().numpy(),
                       "ref": ref.cpu().numpy(), "t_col": t_col.cpu().numpy(), "losses": losses.cpu().numpy(),
-                      "weights": w.cpu().numpy(), "epsilon": self.epsilon}
+                      "weights": w.cpu().numpy(), "epsilon": self.epsilon, "split": split,
+                      "rel_l2": float(metrics["rel_l2"])}
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.parameters())
@@ -526,7 +527,7 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
                 axes[c].plot(t, pred[:, 0, c], "C3--", lw=1.2, label="causal PINN" if self.causal else "PINN")
                 axes[c].set_ylabel(name)
             axes[-1].plot(t, np.abs(pred - ref)[:, 0].max(-1), "C0")
-            axes[-1].set_ylabel("|error|")
+            axes[-1].set_ylabel(f"max |error| over {', '.join(names)}", fontsize=8)
             axes[0].legend(fontsize=7)
             axes[-1].set_xlabel("t")
         else:
@@ -540,12 +541,19 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
                 ax.set_title(title)
                 ax.set_xlabel("t")
             axes[0].set_ylabel("x")
+        model = "causal PINN" if self.causal else "PINN"
+        fig.suptitle(f"{model}, {self.problem}, {d.get('split', 'test')}: rel. L2 {d.get('rel_l2', float('nan')):.3g}",
+                     fontsize=10)
         fig.tight_layout()
         fig2, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
         cmap = plt.get_cmap("viridis")
         n_snap = max(1, len(self.weight_snapshots) - 1)
         for j, (step, tw, w) in enumerate(self.weight_snapshots):
             ax1.plot(tw, w, color=cmap(j / n_snap), lw=0.9, label=f"step {step}" if j in (0, n_snap) else None)
+        if len(self.weight_snapshots) > 2:  # the colour runs from the first snapshot's step to the last's
+            steps = [step for step, _, _ in self.weight_snapshots]
+            sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(steps[0], steps[-1]))
+            fig2.colorbar(sm, ax=ax1, label="training step", pad=0.01)
         for eps, tw, w in self.weight_history:
             ax1.plot(tw, w, "--", lw=1, label=f"eps={eps:g} done")
         ax1.plot(d["t_col"], d["weights"], "k", lw=1.5, label=f"final, eps={d['epsilon']:g}")
@@ -554,7 +562,10 @@ class CausalPINNModule(EvaluateOnValAndTest, L.LightningModule):
         ax1.set_ylabel("causal weight w_i")
         ax1.set_ylim(-0.05, 1.05)
         ax1.legend(fontsize=7)
-        ax2.semilogy(d["t_col"], d["losses"], "C3")
+        losses = np.asarray(d["losses"], dtype=float)
+        spread = losses.max() / max(losses.min(), 1e-300) if losses.size and losses.min() > 0 else np.inf
+        # a log axis across decades; within one decade its ticks read "1.05x10^0": linear then
+        (ax2.semilogy if spread > 10 else ax2.plot)(d["t_col"], losses, "C3")
         ax2.set_ylabel("slice residual L_i")
         ax2.set_xlabel("t")
         fig2.tight_layout()

@@ -40,6 +40,10 @@ def test_fast_contract_oscillator(causal):
     assert run.model(torch.rand(5, dtype=dtype), torch.zeros(5, dtype=dtype)).shape == (5, 2)
     figs = run.model.figures()
     assert set(figs) == {"field", "causal_weights"}
+    # figures audit (stop 42): the field figure names the split and the rel. L2; the error panel says it is the
+    # largest component error
+    assert "PINN, oscillator, test: rel. L2 " in figs["field"]._suptitle.get_text()
+    assert figs["field"].axes[-1].get_ylabel() == "max |error| over x, y"
     _close_figures(figs)
 
 
