@@ -431,7 +431,7 @@ class MgNOModule(L.LightningModule):
                  batch_size=n)
         if batch_idx == 0:
             self._last = {"x": batch["x"][0, 0].detach().cpu(), "pred": pred[0, -1].detach().cpu(),
-                          "y": y[0, -1].detach().cpu()}
+                          "y": y[0, -1].detach().cpu(), "split": split}
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
         self._evaluate(batch, "val", batch_idx)
@@ -479,7 +479,8 @@ class MgNOModule(L.LightningModule):
                             "for the longer one")
 
     def figures(self) -> dict[str, Any]:
-        """{"fields": coefficient | prediction | reference | error for the first test sample}."""
+        """{"fields": coefficient | prediction | reference | error for the first sample of the last evaluated split
+        (titled with it)}."""
         if self._last is None:
             return {}
         import matplotlib.pyplot as plt
@@ -501,5 +502,6 @@ class MgNOModule(L.LightningModule):
             ax.set_xticks([])
             ax.set_yticks([])
             fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.suptitle(f"MgNO, {d.get('split', 'test')} set, its first sample", fontsize=10)
         fig.tight_layout()
         return {"fields": fig}

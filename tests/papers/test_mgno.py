@@ -22,6 +22,7 @@ def test_fast_contract(tmp_path):
     assert run.model(torch.zeros(2, 1, 16, 16, dtype=run.model.dtype)).shape == (2, 1, 16, 16)
     figs = run.model.figures()
     assert set(figs) == {"fields"}
+    assert figs["fields"]._suptitle.get_text() == "MgNO, test set, its first sample"  # figures audit, stop 42
     import matplotlib.pyplot as plt
 
     plt.close(figs["fields"])
