@@ -287,11 +287,15 @@ def _probe_optimizer(cfg: DictConfig) -> None:
         return
     try:
         factory = hydra_instantiate(spec, _convert_="partial")
-        if callable(factory):
-            factory([torch.nn.Parameter(torch.zeros(1))])
+        optimizer = factory([torch.nn.Parameter(torch.zeros(1))]) if callable(factory) else None
     except (InstantiationException, ValueError, TypeError) as err:
         cause = (err.__cause__ or err) if isinstance(err, InstantiationException) else err
         raise UserError(f"model.optimizer: {one_line(cause)}") from None
+    lrs = [group.get("lr") for group in getattr(optimizer, "param_groups", [])]
+    if cfg.get("stage", "fit_test") != "test" and any(isinstance(lr, (int, float)) and lr == 0 for lr in lrs):
+        # torch accepts it, and the run trains for its whole budget without moving a weight (bad-config sweep)
+        raise UserError("model.optimizer.lr=0 trains nothing: training needs model.optimizer.lr > 0 (an untrained "
+                        "model's test metrics: trainer.max_steps=1, or zoo eval of a checkpoint)")
 
 
 STAGES = ("fit", "test", "fit_test")  # test: a trained run's last.ckpt (zoo train run_id=X stage=test) or zoo eval's

@@ -72,6 +72,73 @@ CASES = {
     "float_as_text": (["experiment=pig", "model.sigma_init=wide"], "model.sigma_init must be a number, got 'wide'"),
 }
 
+# The second sweep: list- and mapping-valued keys (layer sizes, ranges, optimizer / scheduler factories, the
+# generated data's options) and the recommendation papers' keys; tracebacks, silent runs and unclear messages.
+CASES.update({
+    # tracebacks
+    "optimizer_not_a_mapping": (["experiment=lightgcn", "model.optimizer=5"],
+                                "model.optimizer must be a mapping with _target_"),  # 'int' object is not callable
+    "scheduler_step_size": (["experiment=causal_pinn", "model.scheduler.step_size=0"],
+                            "model.scheduler.step_size must be >= 1"),  # integer modulo by zero
+    "scheduler_unknown_keyword": (["experiment=pig", "+model.scheduler.bogus=1"],
+                                  "model.scheduler: ExponentialLR.__init__() got an unexpected keyword argument"),
+    "scheduler_milestones": (["experiment=data_free_mesh_mover", "model.scheduler.milestones=100"],
+                             "model.scheduler.milestones must be a list of whole numbers >= 1"),
+    "gtf_end_lr_from_zero": (["experiment=gtf_plrnn", "model.optimizer.lr=0"], "needs model.optimizer.lr > 0"),
+    "optimizer_lr_zero": (["experiment=mgno", "model.optimizer.lr=0"], "model.optimizer.lr=0 trains nothing"),
+    "dmm_branch_channels": (["experiment=data_free_mesh_mover", "model.branch_channels=[8,16,8,0]"],
+                            "model.branch_channels must be a list of whole numbers >= 1"),
+    "dmm_ks_empty": (["experiment=data_free_mesh_mover", "data.ks=[]"], "data.ks must be a list of finite numbers > 0"),
+    "dmm_c_range_reversed": (["experiment=data_free_mesh_mover", "data.c_range=[0.3,0]"],
+                             "data.c_range is the [low, high] range"),
+    "pde_barron_seeds": (["experiment=pde_barron", "data.seeds=[0,-1]"],
+                         "data.seeds must be a list of whole numbers >= 0"),
+    "pde_barron_dims_nan": (["experiment=pde_barron", "data.dims=[2,16,nan]"],
+                            "data.dims must be a list of whole numbers >= 1"),
+    "um2n_train_sizes_nan": (["experiment=um2n", "data.train_sizes=[15,nan]"],
+                             "data.train_sizes must be a list of whole numbers >= 3"),
+    "um2n_swirl_times_nan": (["experiment=um2n", "data.test_family=swirl", "data.swirl={times:[nan]}"],
+                             "swirl options must be finite numbers"),
+    "forecasting_offline_lag": (["experiment=itransformer", "data.offline={lag:-1}"],
+                                "data.offline.lag must be >= 0"),
+    "forecasting_offline_text": (["experiment=itransformer", "data.offline={phi:abc}"],
+                                 "data.offline.phi must be a finite number, got 'abc'"),
+    "synthetic_dim_negative": (["experiment=lightgcn", "data.name=synthetic", "data.synthetic={dim:-1}"],
+                               "data.synthetic.dim must be >= 1"),
+    "synthetic_seed_text": (["experiment=ultragcn", "data.name=synthetic", "data.synthetic={seed:abc}"],
+                            "data.synthetic.seed must be a whole number, got 'abc'"),
+    "ultragcn_init_std": (["experiment=ultragcn", "model.init_std=-1"], "model.init_std must be > 0"),
+    # silent runs
+    "scheduler_gamma": (["experiment=pig", "model.scheduler.gamma=-1"], "model.scheduler.gamma must be > 0"),
+    "dmm_zero_width_layer": (["experiment=data_free_mesh_mover", "model.trunk_layers=[2,32,0]"],
+                             "model.trunk_layers must be a list of at least 2 whole numbers >= 1"),
+    "dmm_c_range_one_value": (["experiment=data_free_mesh_mover", "data.c_range=[0.3]"],
+                              "data.c_range is the [low, high] range"),  # drawn in [0.3, 1)
+    "um2n_swirl_radius_nan": (["experiment=um2n", "data.test_family=swirl", "data.swirl={radius:nan}"],
+                              "swirl options must be finite numbers"),
+    "forecasting_offline_sigma": (["experiment=itransformer", "data.offline={sigma:-1}"],
+                                  "data.offline.sigma must be >= 0"),
+    "medida_true_coefficients_nan": (["experiment=medida", "model.true_coefficients=[nan,0,-0.2,0,0,0,0,0]"],
+                                     "model.true_coefficients must be a list of finite numbers"),
+    "synthetic_dim_zero": (["experiment=ultragcn", "data.name=synthetic", "data.synthetic={dim:0}"],
+                           "data.synthetic.dim must be >= 1"),  # NaN affinities
+    "synthetic_fraction_of_users": (["experiment=lightgcn", "data.name=synthetic", "data.synthetic={num_users:2.5}"],
+                                    "data.synthetic.num_users must be a whole number, got 2.5"),
+    "synthetic_not_a_mapping": (["experiment=lightgcn", "data.name=synthetic", "data.synthetic=0"],
+                                "data.synthetic takes a mapping"),  # read as {}
+    "ultragcn_negative_loss_weight": (["experiment=ultragcn", "model.w1=-1"], "model.w1 must be >= 0"),
+    "lightgcn_negative_l2_weight": (["experiment=lightgcn", "model.l2_weight=-1"], "model.l2_weight must be >= 0"),
+    # one-line errors that did not name the setting ("loss became nan at step 1", "could not convert string to
+    # float", "'int' object is not iterable", "level token 'abc' must be two digits")
+    "causal_pinn_epsilons_nan": (["experiment=causal_pinn", "model.epsilons=[nan]"],
+                                 "model.epsilons must be a list of finite numbers"),
+    "causal_pinn_time_features_text": (["experiment=causal_pinn", "model.time_features=[1.0,abc]"],
+                                       "model.time_features must be a list of finite numbers"),
+    "um2n_deformer_widths_scalar": (["experiment=um2n", "model.deformer_widths=508"],
+                                    "model.deformer_widths must be a list of whole numbers"),
+    "mgno_levels": (["experiment=mgno", "model.levels=[abc,'10']"], "model.levels: level token 'abc'"),
+})
+
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_hparam_is_a_one_line_error_before_training(case, runs_root, monkeypatch):

@@ -243,7 +243,7 @@ class DystsForecastModule(L.LightningModule):
         return self.optimizer_factory(self.parameters())
 
     def figures(self) -> dict[str, Any]:
-        """{"forecast": lookback, truth and forecast of the first held-out window}."""
+        """{"forecast": lookback, truth and forecast of the first held-out window of the forecast coordinate}."""
         if self._sample is None:
             return {}
         import matplotlib.pyplot as plt
@@ -257,7 +257,9 @@ class DystsForecastModule(L.LightningModule):
         ax.set_xlabel("sample (0 = forecast start)")
         ax.legend(loc="upper left", fontsize=7, ncol=3)
         smape = float(200 * torch.mean(torch.abs(y - pred) / (torch.abs(y) + torch.abs(pred)).clamp_min(1e-12)))
-        system = getattr(attached_datamodule(self), "hparams", {}).get("name", "")
+        data = getattr(attached_datamodule(self), "hparams", {})
+        system, coordinate = data.get("name", ""), data.get("coordinate")
+        ax.set_ylabel(f"{system} x_{coordinate} (raw units)".strip() if coordinate is not None else "value")
         ax.set_title(f"{system} {self.hparams.forecaster} forecast, first held-out window: sMAPE {smape:.1f}".strip(),
                      fontsize=8)
         fig.tight_layout()

@@ -196,13 +196,21 @@ class ITransformerModule(L.LightningModule):
         self.test_mse, self.test_mae = MeanSquaredError(), MeanAbsoluteError()
         self.group_metrics = nn.ModuleDict()
         self.variate_groups: dict[str, list[int]] = {}
-        self._sample: dict[str, Tensor] | None = None
+        # for the figure: the datamodule's variate names, its target column's index, whether values are z-scored
+        self.variate_names: list[str] = []
+        self.target_variate: int | None = None
+        self.values_scaled = True
+        self._sample: dict[str, Any] | None = None
 
     def setup(self, stage: str) -> None:
         # variate groups with their own MSE (offline default: leaders / followers); Lightning sets the
         # datamodule up before the module
         dm = self.trainer.datamodule if self._trainer is not None else None
         self.variate_groups = {g: list(idx) for g, idx in (getattr(dm, "variate_groups", None) or {}).items()}
+        self.variate_names = [str(n) for n in (getattr(dm, "variate_names", None) or [])]
+        target = getattr(getattr(dm, "spec", None), "target", None)
+        self.target_variate = self.variate_names.index(target) if target in self.variate_names else None
+        self.values_scaled = bool(getattr(dm, "scale", True))
         for g in self.variate_groups:
             for split in ("val", "test"):
                 key = f"{split}_mse_{g}"
@@ -232,7 +240,7 @@ class ITransformerModule(L.LightningModule):
             self.log(f"{split}/mse_{g}", metric, on_step=False, on_epoch=True)
         if batch_idx == 0:  # the figure shows the first window of the latest val/test pass
             self._sample = {"x": batch["x"][:1].detach().float().cpu(), "y": y[:1].detach().cpu(),
-                            "pred": pred[:1].detach().cpu()}
+                            "pred": pred[:1].detach().cpu(), "split": split}
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> None:
         self._evaluate(batch, "val", batch_idx)
@@ -249,30 +257,39 @@ class ITransformerModule(L.LightningModule):
                                                          "interval": "epoch"}}
 
     def figures(self) -> dict[str, Any]:
-        """{"forecast": lookback + truth vs forecast for up to 4 variates of one held-out window}."""
+        """{"forecast": lookback + truth vs forecast for up to 4 variates of one held-out window (a leader/follower
+        pair first where the data has them, the target column, e.g. ETT's OT, where it has one), named as in the data,
+        with the split's MSE when it was logged}."""
         if self._sample is None:
             return {}
         import matplotlib.pyplot as plt
 
+        from lit_models.common.plotting import logged_metric
+
         x, y, pred = self._sample["x"][0], self._sample["y"][0], self._sample["pred"][0]
+        split = self._sample.get("split", "val")
         n = x.shape[-1]
-        names = list(range(n))
-        picks = []
-        for g in ("leader", "follower"):  # one leader/follower pair first when the data has them
-            if self.variate_groups.get(g):
-                picks.append(self.variate_groups[g][0])
-        picks += [i for i in names if i not in picks]
-        picks = picks[: min(4, n)]
-        fig, axes = plt.subplots(len(picks), 1, figsize=(8, 1.8 * len(picks)), sharex=True, squeeze=False)
+        names = self.variate_names if len(self.variate_names) == n else [f"var {i}" for i in range(n)]
+        pair = [self.variate_groups[g][0] for g in ("leader", "follower") if self.variate_groups.get(g)]
+        target = [self.target_variate] if self.target_variate is not None and self.target_variate < n else []
+        rest = [i for i in range(n) if i not in pair + target][: max(0, 4 - len(pair) - len(target))]
+        picks = (pair + sorted(rest) + target)[:4]  # a leader/follower pair on top, the target column at the bottom
+        fig, axes = plt.subplots(len(picks), 1, figsize=(8, 1.2 + 1.8 * len(picks)), sharex=True, squeeze=False)
         L_, S = x.shape[0], y.shape[0]
         t_in, t_out = torch.arange(-L_, 0), torch.arange(0, S)
+        unit = "scaled" if self.values_scaled else "raw"
         for ax, i in zip(axes[:, 0], picks):
             ax.plot(t_in, x[:, i], color="0.5", lw=1, label="lookback")
             ax.plot(t_out, y[:, i], color="k", lw=1.2, label="truth")
             ax.plot(t_out, pred[:, i], color="C3", lw=1.2, label="iTransformer")
-            group = next((g for g, idx in self.variate_groups.items() if i in idx), None)
-            ax.set_ylabel(f"var {i}" + (f"\n({group})" if group else ""))
+            group = next((g for g, idx in self.variate_groups.items() if i in idx and not names[i].startswith(g)), None)
+            role = " (target)" if i == self.target_variate else ""
+            ax.set_ylabel(f"{names[i]}{role}\n({unit})" + (f"\n{group}" if group else ""), fontsize=8)
         axes[0, 0].legend(loc="upper left", fontsize=7, ncol=3)
         axes[-1, 0].set_xlabel("time step (0 = forecast start)")
+        mse = logged_metric(self, f"{split}/mse")
+        scores = f"; {split} MSE {mse:.3g}" if mse is not None else ""
+        fig.suptitle(f"iTransformer, first {split} window: {len(picks)} of {n} variates shown ({unit} values){scores}",
+                     fontsize=9)
         fig.tight_layout()
         return {"forecast": fig}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import textwrap
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -607,7 +608,7 @@ class ProseModule(L.LightningModule):
             if sym is not None:
                 ax.plot(s["t_out"], sym[:, i], "--", color="C0", lw=1, label="generated expression")
             ax.set_ylabel(f"x_{i}")
-        axes[0, 0].legend(loc="upper left", fontsize=7, ncol=2)
+        axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)  # outside: not over the data
         from lit_models.dynamics.prose_symbolic import format_expression
 
         # per component: the true right-hand side above the decoded one (format_expression: "dx_i/dt = ...; ...")
@@ -617,11 +618,14 @@ class ProseModule(L.LightningModule):
             lines = [f"true: {true[i]}" if i < len(true) else "true: (not decodable)"]
             if i < len(gen):
                 lines.append(f"generated: {gen[i]}")
-            elif s["expr"] is None and s["generated"] and i == 0:
-                lines.append(f"generated (not a valid expression): {s['generated'][:90]}")
+            elif s["expr"] is None and s["generated"] and i == 0:  # its raw tokens
+                lines.append(f"generated, invalid expression: {s['generated']}")
             elif s["expr"] is not None:
                 lines.append("generated: (no such component)")
-            ax.set_title("\n".join(line[:110] for line in lines), fontsize=7, loc="left")
+            # long lines wrap at spaces (between tokens), not cut inside one
+            wrapped = [textwrap.fill(line, 110, break_long_words=False, max_lines=3, placeholder=" ...",
+                                     subsequent_indent="    ") for line in lines]
+            ax.set_title("\n".join(wrapped), fontsize=7, loc="left")
         fig.suptitle(f"PROSE {s['split']} sample 0: data decoder rel L2 = {s['rel_l2']:.3g}", fontsize=9)
         axes[-1, 0].set_xlabel("t")
         fig.tight_layout()

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from launch.errors import UserError, check_min
+from lit_models.common.plotting import colorbar_extend
 from lit_models.common.steps import attached_datamodule
 
 
@@ -535,8 +536,9 @@ class SemilinearOperatorModule(L.LightningModule):
     def figures(self) -> dict[str, Any]:
         """Of the first held-out trajectory, at the configured alpha and (when alpha > 0) at alpha = 0, the same model
         without corrections after the warm-up. Each error panel on its own symmetric range (max |error|).
-        1D: {"space_time": truth | assimilated | error (x vs frame), and per-frame rel. L2};
-        2D: {"snapshots": truth, assimilated and error fields at four rollout frames}."""
+        1D: {"space_time": truth | assimilated | error (x vs t in the data's units, else grid point vs frame), and
+        per-frame rel. L2}; 2D: {"snapshots": truth, assimilated and error fields at four rollout frames}. Estimates
+        share the truth's colour range, with colour-bar arrows where they leave it."""
         if self._sample is None:
             return {}
         import matplotlib.pyplot as plt
@@ -550,14 +552,19 @@ class SemilinearOperatorModule(L.LightningModule):
         if hp.dim == 2:
             return {"snapshots": self._snapshot_figure(truth, rows, title)}
         vmax = float(truth.abs().max())
+        dm = attached_datamodule(self)  # KS / KdV: x in [0, domain_length), a frame every frame_dt time units
+        units = getattr(dm, "hparams", {}).get("domain_length") is not None and hasattr(dm, "frame_dt")
+        dx, dt = (float(dm.hparams.domain_length) / truth.shape[-1], float(dm.frame_dt)) if units else (1.0, 1.0)
+        extent = (-0.5 * dx, (truth.shape[-1] - 0.5) * dx, -0.5 * dt, (truth.shape[0] - 0.5) * dt)
 
         def panel(ax, field: Tensor, name: str, vm: float) -> None:
-            im = ax.imshow(field.numpy(), aspect="auto", origin="lower", cmap="RdBu_r", vmin=-vm, vmax=vm)
-            ax.axhline(hp.warmup - 0.5, color="k", lw=0.8, ls="--")
+            im = ax.imshow(field.numpy(), aspect="auto", origin="lower", cmap="RdBu_r", vmin=-vm, vmax=vm,
+                           extent=extent)
+            ax.axhline((hp.warmup - 0.5) * dt, color="k", lw=0.8, ls="--")
             ax.set_title(name, fontsize=9)
-            ax.set_xlabel("grid point")
-            ax.set_ylabel("frame (dashed: end of warm-up)", fontsize=8)
-            fig.colorbar(im, ax=ax, fraction=0.046)
+            ax.set_xlabel("x" if units else "grid point")
+            ax.set_ylabel(f"{'t' if units else 'frame'} (dashed: end of warm-up)", fontsize=8)
+            fig.colorbar(im, ax=ax, fraction=0.046, extend=colorbar_extend(field, -vm, vm))
 
         fig, axes = plt.subplots(len(rows), 3, figsize=(12, 4 * len(rows)), squeeze=False)
         panel(axes[0, 0], truth, "truth", vmax)
@@ -596,6 +603,7 @@ class SemilinearOperatorModule(L.LightningModule):
                 im = axes[i, j].imshow(field[k].numpy(), origin="lower", cmap="RdBu_r", vmin=-vm, vmax=vm)
                 axes[i, j].set_title(f"{name}, frame {k}", fontsize=9)
                 axes[i, j].axis("off")
-            fig.colorbar(im, ax=axes[i, :].tolist(), shrink=0.8)  # one range per row: each error row its own
+            fig.colorbar(im, ax=axes[i, :].tolist(), shrink=0.8,  # one range per row: each error row its own
+                         extend=colorbar_extend(field[frames], -vm, vm))
         fig.suptitle(title, fontsize=10)
         return fig

@@ -483,8 +483,9 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
                     ax.set_title(f"u {title}, t={ev['t']:.2f}", fontsize=9)
                 axes[2].plot(xs, np.abs(pred - exact), "C1", lw=1.2)
                 axes[2].set_title(f"|error|, t={ev['t']:.2f}", fontsize=9)
-                for ax in axes:
+                for ax, label in zip(axes, ("u", "u", "|u - u*|")):
                     ax.set_xlabel("x")
+                    ax.set_ylabel(label)
             else:
                 m = round(math.sqrt(ev["x"].shape[0]))
                 mags = [ev["exact"].norm(dim=1).reshape(m, m).numpy(), ev["pred"].norm(dim=1).reshape(m, m).numpy()]
@@ -496,6 +497,8 @@ class InsrModule(EvaluateOnValAndTest, L.LightningModule):
                                    **({"cmap": "viridis", "vmin": 0.0, "vmax": float(err.max()) or 1.0}
                                       if title == "|u - u*|" else reference_colours(mags[0])))
                     ax.set_title(f"{title}, t={ev['t']:.2f}", fontsize=9)
+                    ax.set_xlabel("x")
+                    ax.set_ylabel("y")
                     fig.colorbar(im, ax=ax, shrink=0.8)
             fig.suptitle(f"{ev['split']} set, t={ev['t']:.2f}: rel L2 {ev['rel_l2']:.3g}", fontsize=9)
             fig.tight_layout()

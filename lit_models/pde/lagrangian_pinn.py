@@ -335,8 +335,11 @@ class LagrangianPINNModule(EvaluateOnValAndTest, LBFGSPhase, L.LightningModule):
             else:
                 exact = exact_characteristics(x0, t, x, d["ref"])
             for j in range(len(x0)):
-                ax.plot(d["x_L"][:, j * stride], t, "C0", lw=0.8, label="learned x_L" if j == 0 else None)
-                ax.plot(exact[:, j], t, "k--", lw=0.8, gid="exact", label="exact" if j == 0 else None)
+                # the learned lines above the exact ones: where they agree the exact ones covered them entirely
+                ax.plot(exact[:, j], t, color="0.35", ls=(0, (4, 3)), lw=1.6, alpha=0.6, zorder=2, gid="exact",
+                        label="exact" if j == 0 else None)
+                ax.plot(d["x_L"][:, j * stride], t, "C3", lw=0.9, zorder=3, gid="learned",
+                        label="learned x_L" if j == 0 else None)
             ax.set_xlabel("x_L(x0, t)")
             ax.set_ylabel("t")
             ax.set_title(f"characteristics from {len(x0)} x0; {metric}", fontsize=9)

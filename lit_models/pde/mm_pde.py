@@ -40,6 +40,7 @@ from torch_geometric.nn import MessagePassing
 from launch.errors import UserError, one_line
 from lit_models.common.mesh import knn_index
 from lit_models.common.pde import no_autocast
+from lit_models.common.plotting import colorbar_extend
 from lit_models.common.steps import computed_once
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -484,8 +485,9 @@ class MMPDEModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}}
 
     def figures(self) -> dict[str, Any]:
-        """{"rollout": truth / prediction / error of the first test trajectory at three rollout steps,
-        "moved_mesh": the DMM mesh of its first frame over the field (dmm only)}."""
+        """{"rollout": truth / prediction / error of the first test trajectory at three rollout steps (the prediction
+        on the truth's colour range, colour-bar arrows where it leaves it), "moved_mesh": the DMM mesh of its first
+        frame over the field, with its colour bar (dmm only)}."""
         if self._last is None:
             return {}
         import matplotlib.pyplot as plt
@@ -505,15 +507,20 @@ class MMPDEModule(L.LightningModule):
                 ax.set_title(f"{name}, step {s + 1}", fontsize=8)
                 ax.set_xticks([])
                 ax.set_yticks([])
-                fig.colorbar(im, ax=ax, fraction=0.046)
+                fig.colorbar(im, ax=ax, fraction=0.046, extend=colorbar_extend(img, -v, v))
         fig.suptitle(f"MM-PDE rollout ({self.hparams.mesh_mover} mover)", fontsize=9)
         fig.tight_layout()
         figs["rollout"] = fig
         if d["moved"] is not None:
             G = self.hparams.grid
             m = d["moved"].reshape(G, G, 2)
-            fig2, ax = plt.subplots(figsize=(4, 4))
-            ax.imshow(d["u0"], origin="lower", extent=(0, 1, 0, 1), cmap="RdBu_r")
+            fig2, ax = plt.subplots(figsize=(4.6, 4))
+            u0 = d["u0"]
+            signed = float(np.nanmin(u0)) < 0 < float(np.nanmax(u0))
+            v = float(np.nanmax(np.abs(u0))) or 1.0
+            im = ax.imshow(u0, origin="lower", extent=(0, 1, 0, 1), cmap="RdBu_r",
+                           **({"vmin": -v, "vmax": v} if signed else {}))
+            fig2.colorbar(im, ax=ax, fraction=0.046, label="u, first input frame")
             for j in range(G):
                 ax.plot(m[j, :, 0], m[j, :, 1], "k-", lw=0.3)
                 ax.plot(m[:, j, 0], m[:, j, 1], "k-", lw=0.3)

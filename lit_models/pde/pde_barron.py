@@ -185,6 +185,7 @@ class PdeBarronModule(EvaluateOnValAndTest, L.LightningModule):
         self.sim_metrics: dict[str, float] = {}
         self.traces: list[SimulationTrace] = []
         self.problems: list[BarronProblem] = []
+        self.ritz_problem: BarronProblem | None = None  # the Deep Ritz network's problem (for the figure)
         self.ritz_metric = RelativeL2()
         self._last: dict[str, np.ndarray] | None = None
 
@@ -229,6 +230,7 @@ class PdeBarronModule(EvaluateOnValAndTest, L.LightningModule):
         self.gamma = float(dm.hparams.gamma)
         self.run_simulation(dm.problems)
         k = dm.hparams.ritz_problem
+        self.ritz_problem = dm.problems[k]
         self.net = self.build_network(dm.problems[k], self.traces[k])
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -249,14 +251,16 @@ class PdeBarronModule(EvaluateOnValAndTest, L.LightningModule):
         self.log(f"{split}/ritz_rel_l2", self.ritz_metric, on_step=False, on_epoch=True, batch_size=1)
         for key, value in self.sim_metrics.items():
             self.log(f"{split}/{key}", float(value), on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
-        self._last = {"x": batch["x"].cpu().numpy(), "pred": u.cpu().numpy(), "true": batch["u"].cpu().numpy()}
+        self._last = {"x": batch["x"].cpu().numpy(), "pred": u.cpu().numpy(), "true": batch["u"].cpu().numpy(),
+                      "split": split}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
 
     def figures(self) -> dict[str, Any]:
         """{"convergence": rel. L2 error per iteration (log scale) for every problem, "width": iterate width and
-        Barron norm per iteration, "ritz": Deep Ritz prediction vs u* on test samples}."""
+        Barron norm per iteration, "ritz": Deep Ritz prediction | u* | |error| on the (x_1, x_2) torus (d > 2: the
+        slice x_3 = ... = x_d = 0) and u vs u* at the held-out points, titled with d and the held-out rel. L2}."""
         if not self.traces:
             return {}
         import matplotlib.pyplot as plt
@@ -275,21 +279,60 @@ class PdeBarronModule(EvaluateOnValAndTest, L.LightningModule):
         for p, t in zip(self.problems, self.traces):
             axes[0].plot(t.widths, marker="o", ms=3, label=f"d={p.d}, seed {p.seed}")
             axes[1].plot(t.barron, marker="o", ms=3)
-            axes[1].axhline(p.u_star.barron_norm(), color="k", lw=0.5, ls=":")
+            axes[1].axhline(p.u_star.barron_norm(), color="k", lw=0.5, ls=":",
+                            label="u* Barron norm" if p is self.problems[0] else None)
         axes[0].set_ylabel("width (±k pairs)")
         axes[1].set_ylabel("Barron norm  sum (1+|k|)|c_k|")
         for ax in axes:
             ax.set_xlabel("iteration")
         axes[0].legend(fontsize=7)
+        axes[1].legend(fontsize=7)
         fig.tight_layout()
         figs["width"] = fig
         if self._last is not None:
-            fig, ax = plt.subplots(figsize=(4, 4))
-            ax.scatter(self._last["true"], self._last["pred"], s=3, alpha=0.5)
-            lim = float(np.abs(self._last["true"]).max())
-            ax.plot([-lim, lim], [-lim, lim], "k", lw=0.5)
-            ax.set_xlabel("u*(x)")
-            ax.set_ylabel("Deep Ritz u(x)")
-            fig.tight_layout()
-            figs["ritz"] = fig
+            figs["ritz"] = self._ritz_figure()
         return figs
+
+    def _ritz_figure(self):
+        """Deep Ritz prediction | u* | |error| on a 128^2 grid of the first two torus coordinates (prediction and u*
+        on one colour scale), then u vs u* at the held-out points."""
+        import matplotlib.pyplot as plt
+
+        from lit_models.common.plotting import colorbar_extend
+
+        last = self._last
+        d = last["x"].shape[1]
+        g = np.linspace(0.0, 2 * math.pi, 128)
+        grid = np.zeros((g.size**2, d))
+        grid[:, 0] = np.repeat(g, g.size)  # rows x_1, columns x_2 (d = 1: constant along x_2)
+        if d > 1:
+            grid[:, 1] = np.tile(g, g.size)
+        with torch.no_grad():
+            pred = self.net(torch.from_numpy(grid)).cpu().numpy().reshape(g.size, g.size)
+        problem = self.ritz_problem or next(p for p in self.problems if p.d == d)
+        ref = problem.u_star(grid).reshape(g.size, g.size)
+        lo, hi = float(ref.min()), float(ref.max())
+        extent = (0.0, 2 * math.pi, 0.0, 2 * math.pi)
+        fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+        for ax, img, title in ((axes[0], pred, "Deep Ritz u"), (axes[1], ref, "u*"), (axes[2], np.abs(pred - ref),
+                                                                                   "|u - u*| (own scale)")):
+            err = ax is axes[2]
+            im = ax.imshow(img.T, origin="lower", extent=extent, cmap="magma" if err else "RdBu_r",
+                           **({} if err else {"vmin": lo, "vmax": hi}))
+            fig.colorbar(im, ax=ax, shrink=0.85, extend="neither" if err else colorbar_extend(img, lo, hi))
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("x_1")
+            ax.set_ylabel("x_2")
+        ax = axes[3]
+        ax.scatter(last["true"], last["pred"], s=3, alpha=0.5)
+        lim = float(np.abs(last["true"]).max())
+        ax.plot([-lim, lim], [-lim, lim], "k", lw=0.5)
+        ax.set_xlabel("u*(x)")
+        ax.set_ylabel("Deep Ritz u(x)")
+        ax.set_title(f"{len(last['true'])} held-out points", fontsize=9)
+        rel = float(np.linalg.norm(last["pred"] - last["true"]) / max(np.linalg.norm(last["true"]), 1e-300))
+        where = "" if d == 2 else f" (maps: slice x_3 = ... = x_{d} = 0)"
+        fig.suptitle(f"Deep Ritz on the torus, d={d}{where}: {last.get('split', 'test')} rel. L2 {rel:.3g}",
+                     fontsize=10)
+        fig.tight_layout()
+        return fig

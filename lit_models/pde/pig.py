@@ -70,6 +70,7 @@ from torch import Tensor, nn
 
 from datamodules.pig_data import AC_DIFFUSION, AC_REACTION, CAVITY_RE, ND_ALPHA, PROBLEMS
 from launch.errors import UserError, check_min, check_positive
+from lit_models.common.checks import check_scheduler
 from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast, reference_colours
 from lit_models.common.steps import attached_datamodule
 
@@ -315,6 +316,7 @@ class PIGModule(L.LightningModule):
             raise ValueError(f"loss weights must be >= 0, got f_scale, initial_weight, boundary_weight = {weights}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.f_scale, self.initial_weight, self.boundary_weight = weights
+        check_scheduler(scheduler)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         in_dim, out_dim = spec.dim, OUT_DIMS.get(problem, 1)
         low = torch.tensor([lo for lo, _ in spec.domain])
@@ -474,7 +476,7 @@ class PIGModule(L.LightningModule):
         if self.hparams.model == "pig":
             self.log(f"{split}/mean_sigma", self.net.features.sigma.abs().mean(), on_step=False, on_epoch=True,
                      batch_size=1, sync_dist=True)
-        self._last = {"x": batch["x"].cpu(), "pred": pred.cpu(), "exact": batch["u"].cpu()}
+        self._last = {"x": batch["x"].cpu(), "pred": pred.cpu(), "exact": batch["u"].cpu(), "split": split}
         for key in ("shape", "p"):
             if key in batch:
                 self._last[key] = batch[key].cpu()
@@ -555,13 +557,14 @@ class PIGModule(L.LightningModule):
         return fig, ref_s
 
     def figures(self) -> dict[str, Any]:
-        """{"field": exact | prediction | |error| side by side (3-D problems: at the final time), "gaussians": PIG
-        Gaussian centres (and 1-σ ellipses of the largest-weight ones) per channel over the exact field, in the
-        problem's coordinates}."""
+        """{"field": exact | prediction | |error| side by side (3-D problems: at the final time), titled with the
+        pooled rel. L2 of the evaluated grid, "gaussians": PIG Gaussian centres (dot size ~ |weight|; 1-σ ellipses of
+        the 20 largest |weight|) per channel over the exact field, in the problem's coordinates, the domain outlined
+        and the view widened to Gaussians outside it}."""
         if self._last is None:
             return {}
         import matplotlib.pyplot as plt
-        from matplotlib.patches import Ellipse
+        from matplotlib.patches import Ellipse, Rectangle
 
         problem = self.hparams.problem
         spec = PROBLEMS[problem]
@@ -584,7 +587,12 @@ class PIGModule(L.LightningModule):
                 ax.set_xlabel(spec.coords[h_ax])
                 ax.set_ylabel(spec.coords[v_ax])
                 fig.colorbar(im, ax=ax, shrink=0.8)
-            fig.tight_layout()
+        exact = self._last["exact"].double()
+        pred = self._last["pred"][:, : exact.shape[1]].double()
+        rel = float((pred - exact).norm() / exact.norm().clamp_min(1e-12))
+        fig.suptitle(f"{name}, {problem}: {self._last.get('split', 'test')} rel. L2 {rel:.3g}"
+                     + (" (velocity u, v)" if problem == "lid_driven_cavity" else ""), fontsize=10)
+        fig.tight_layout()
         figs = {"field": fig}
         if self.hparams.model == "pig":
             feats = self.net.features
@@ -596,16 +604,28 @@ class PIGModule(L.LightningModule):
             fig2, axes2 = plt.subplots(1, k, figsize=(3.2 * k, 3.2), squeeze=False)
             for c, ax in enumerate(axes2[0]):
                 ax.imshow(background, origin="lower", extent=extent, aspect="auto", cmap="RdBu_r", alpha=0.35)
+                ax.add_patch(Rectangle((extent[0], extent[2]), extent[1] - extent[0], extent[3] - extent[2],
+                                       fill=False, ec="0.3", lw=0.8, ls="--", label="domain"))
                 size = 4 + 40 * w[c] / max(float(w[c].max()), 1e-12)
-                ax.scatter(mu[c, :, h_ax], mu[c, :, v_ax], s=size, c="k", alpha=0.6, lw=0)
-                for i in w[c].argsort()[::-1][:20].tolist():
+                ax.scatter(mu[c, :, h_ax], mu[c, :, v_ax], s=size, c="k", alpha=0.6, lw=0,
+                           label="centre (size ~ |weight|)")
+                top = w[c].argsort()[::-1][:20].tolist()
+                for j, i in enumerate(top):
                     ax.add_patch(Ellipse((float(mu[c, i, h_ax]), float(mu[c, i, v_ax])), 2 * float(sig[c, i, h_ax]),
-                                         2 * float(sig[c, i, v_ax]), fill=False, ec="C3", lw=0.7))
-                pad_h = 0.05 * (extent[1] - extent[0])
-                pad_v = 0.05 * (extent[3] - extent[2])
-                ax.set_xlim(extent[0] - pad_h, extent[1] + pad_h)
-                ax.set_ylim(extent[2] - pad_v, extent[3] + pad_v)
+                                         2 * float(sig[c, i, v_ax]), fill=False, ec="C3", lw=0.7,
+                                         label=f"1σ, top {len(top)} |weight|" if j == 0 else None))
+                # the view holds the domain and every centre (Gaussians that left the domain stay visible)
+                lo_h = min(extent[0], float(mu[c, :, h_ax].min()))
+                hi_h = max(extent[1], float(mu[c, :, h_ax].max()))
+                lo_v = min(extent[2], float(mu[c, :, v_ax].min()))
+                hi_v = max(extent[3], float(mu[c, :, v_ax].max()))
+                pad_h, pad_v = 0.05 * (hi_h - lo_h), 0.05 * (hi_v - lo_v)
+                ax.set_xlim(lo_h - pad_h, hi_h + pad_h)
+                ax.set_ylim(lo_v - pad_v, hi_v + pad_v)
+                ax.set_xlabel(spec.coords[h_ax])
+                ax.set_ylabel(spec.coords[v_ax])
                 ax.set_title(f"channel {c}: Gaussian centres", fontsize=9)
+            axes2[0, -1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
             fig2.tight_layout()
             figs["gaussians"] = fig2
         return figs

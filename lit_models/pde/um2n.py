@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from launch.errors import UserError, check_min
+from lit_models.common.checks import whole_list
 from lit_models.common import mesh as M
 from lit_models.common.ddp_eval import eval_set_replicated, gather_lists
 from lit_models.common.pde import no_autocast
@@ -471,10 +472,7 @@ class UM2NModule(L.LightningModule):
                              f"checkpoint's), got {architecture!r}")
         if architecture == "m2n_t" and decoder != "average":
             raise ValueError("architecture=m2n_t averages neighbour positions: decoder must be 'average'")
-        if not deformer_widths or any(isinstance(w, (bool, str)) or not isinstance(w, (int, float))
-                                      for w in deformer_widths):
-            raise UserError(f"model.deformer_widths must be a non-empty list of numbers, got {deformer_widths!r}")
-        deformer_widths = tuple(int(w) for w in deformer_widths)
+        deformer_widths = tuple(whole_list("model.deformer_widths", deformer_widths, low=None))  # >= 1: below
         check_min("model", 1, deformer_lin=deformer_lin, deformer_widths=min(deformer_widths))
         check_min("model", 1, embed_dim=embed_dim, transformer_out=transformer_out, num_heads=num_heads, hidden=hidden,
                   gat_heads=gat_heads, n_interp_points=n_interp_points)
@@ -591,8 +589,10 @@ class UM2NModule(L.LightningModule):
         else:  # kind 0: separable bumps; kind 2: a target mesh read from a dataset file (UM2N Helmholtz)
             self._eval["rmse_b" if kind == 0 else "rmse_d"].append(rmse)
         if len(self._last) < 6 and sum(d["kind"] == kind for d in self._last) < 2:  # two of each test family
+            t = data.swirl if kind == KIND_SWIRL else data.cylinder if kind == KIND_CYLINDER else None  # (t, ...)
             self._last.append({"pred": pred, "tri": tri, "target": tgt, "monitor": data.x[:, 3].cpu().numpy(),
-                               "ref": ref, "kind": kind, "rmse_cells": rmse})
+                               "ref": ref, "kind": kind, "rmse_cells": rmse,
+                               "t": None if t is None else float(t.reshape(-1)[0])})
 
     def validation_step(self, data, batch_idx: int = 0) -> None:
         self._evaluate(data)
@@ -668,8 +668,9 @@ class UM2NModule(L.LightningModule):
         return self.optimizer_factory(self.parameters())
 
     def figures(self) -> dict[str, Any]:
-        """{"moved_meshes": moved test meshes (white) over their monitor, exact MA mesh dashed red} and, after a
-        coupled swirl solve, `um2n_coupled.coupled_figures` (error over time, final solutions), after a coupled
+        """{"moved_meshes": moved test meshes (white) over their monitor, the exact MA meshes in a second row when
+        any test mesh has one (swirl and cylinder snapshots have none: one row, titled with the snapshot time)} and,
+        after a coupled swirl solve, `um2n_coupled.coupled_figures` (error over time, final solutions), after a coupled
         cylinder run `um2n_coupled_ns.coupled_cylinder_figures` (C_D, C_L over time, the final moved mesh)."""
         figs: dict[str, Any] = {}
         if self._coupled is not None:
@@ -685,12 +686,15 @@ class UM2NModule(L.LightningModule):
         import matplotlib.pyplot as plt
 
         n = len(self._last)
+        targets = [bool(np.all(np.isfinite(d["target"]))) for d in self._last]  # swirl, cylinder: no target mesh
+        rows = 2 if any(targets) else 1
         # the UM2N mesh above, the exact MA mesh below (overlaid, the two were unreadable on a 35 x 35 mesh)
-        fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 6.2), squeeze=False)
-        for k, d in enumerate(self._last):
-            has_target = np.all(np.isfinite(d["target"]))  # swirl and cylinder snapshots have no target mesh
+        fig, axes = plt.subplots(rows, n, figsize=(3.2 * n, 3.1 * rows + 0.1), squeeze=False)
+        for k, (d, has_target) in enumerate(zip(self._last, targets)):
             rmse = f", node RMSE {d['rmse_cells']:.2f} cells" if has_target else ""
-            for row, (mesh, name) in enumerate(((d["pred"], f"UM2N{rmse}"), (d["target"], "exact MA mesh"))):
+            when = f", t = {d['t']:.3g}" if d.get("t") is not None else ""
+            for row, (mesh, name) in enumerate(((d["pred"], f"UM2N{when}{rmse}"),
+                                                (d["target"], "exact MA mesh"))[:rows]):
                 ax = axes[row, k]
                 ax.set_aspect("equal")
                 ax.set_xticks([])

@@ -36,6 +36,7 @@ def test_fast_contract():
     assert run.model(torch.randn(4, 30, dtype=run.model.dtype)).shape == (4, 25)
     figs = run.model.figures()
     assert set(figs) == {"forecast"}
+    assert figs["forecast"].axes[0].get_ylabel() == "Rossler x_0 (raw units)"  # the forecast coordinate
     import matplotlib.pyplot as plt
 
     plt.close(figs["forecast"])

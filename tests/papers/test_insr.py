@@ -326,6 +326,7 @@ def test_field_figure_shows_prediction_reference_and_error():
     axes = figs["field"].axes
     assert len(axes) == 3
     assert [ax.get_title().split(",")[0] for ax in axes] == ["u INSR", "u exact", "|error|"]
+    assert [ax.get_ylabel() for ax in axes] == ["u", "u", "|u - u*|"]
     xs, err = axes[2].lines[0].get_data()
     assert np.all(np.diff(xs) >= 0)
     pred = model.field(x).detach()[:, 0]

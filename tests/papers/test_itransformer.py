@@ -21,9 +21,35 @@ def test_fast_contract(use_attention):
     assert run.model(x).shape == (2, 24, 8)
     figs = run.model.figures()
     assert set(figs) == {"forecast"}
+    # the data's variate names (leader_0 / follower_0 first), how many of N are shown, the split's MSE, scaled values
+    fig, names = figs["forecast"], run.datamodule.variate_names
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels[0].startswith("leader_0") and labels[1].startswith("follower_0"), labels
+    assert all(label.split("\n")[0] in names and "(scaled)" in label for label in labels), labels
+    title = fig._suptitle.get_text()
+    assert f"{len(labels)} of {len(names)} variates" in title and "test MSE" in title, title
     import matplotlib.pyplot as plt
 
-    plt.close(figs["forecast"])
+    plt.close(fig)
+
+
+def test_forecast_figure_names_variates_and_shows_the_target_column():
+    """Real data (ETT: HUFL .. OT, OT the target, last): the panels carry the column names and OT is among them."""
+    from lit_models.dynamics.itransformer import ITransformerModule
+
+    module = ITransformerModule(seq_len=8, pred_len=4, d_model=8, n_heads=2, d_ff=16)
+    module.variate_names = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+    module.target_variate = 6
+    module._sample = {"x": torch.randn(1, 8, 7), "y": torch.randn(1, 4, 7), "pred": torch.randn(1, 4, 7),
+                      "split": "test"}
+    fig = module.figures()["forecast"]
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert len(labels) == 4 and labels[-1].startswith("OT (target)"), labels
+    assert [label.split("\n")[0] for label in labels[:3]] == ["HUFL", "HULL", "MUFL"], labels
+    assert "4 of 7 variates" in fig._suptitle.get_text()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def test_fast_contract_with_time_feature_tokens(tmp_path):

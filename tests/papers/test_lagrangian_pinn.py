@@ -62,6 +62,9 @@ def test_fast_contract(overrides):
             if "data.name=burgers" not in overrides:
                 np.testing.assert_allclose(xs, xs[0] + run.model.c * t, rtol=1e-6)
         assert {line.get_data()[0][0] for line in exact} <= set(x.tolist())
+        learned = [line for line in ax.lines if line.get_gid() == "learned"]  # drawn above the exact ones: visible
+        assert len(learned) == len(exact)
+        assert min(line.get_zorder() for line in learned) > max(line.get_zorder() for line in exact)
     assert figs["field"]._suptitle.get_text().startswith("test set: ")
     _close_figures(figs)
 

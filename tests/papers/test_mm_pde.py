@@ -78,8 +78,18 @@ def test_fast_contract_two_branch_with_a_fitted_dmm():
     assert m.rollout(traj).shape == (2, 5, 12, 12)
     moved = m.moved_nodes(traj[:, 0])
     assert moved.shape == (2, 144, 2) and torch.isfinite(moved).all()
+    m._last["pred"] = 3 * m._last["true"]  # out of the truth's range: the colour bars' arrows say so
     figs = m.figures()
     assert set(figs) == {"rollout", "moved_mesh"}
+    bars = {ax.get_title().split(",")[0]: [] for ax in figs["rollout"].axes if ax.images}
+    for ax in figs["rollout"].axes:
+        if ax.images:
+            bars[ax.get_title().split(",")[0]].append(ax.images[0].colorbar.extend)
+    assert set(bars["truth"]) == {"neither"} and set(bars["prediction"]) == {"both"}
+    background = figs["moved_mesh"].axes[0].images[0]  # the field under the mesh has a colour bar, symmetric if signed
+    assert background.colorbar is not None
+    low, high = background.get_clim()
+    assert low == -high or low >= 0
     import matplotlib.pyplot as plt
 
     for f in figs.values():

@@ -31,6 +31,14 @@ def test_fast_contract():
     assert run.model(torch.rand(5, 2)).shape == (5,)
     figs = run.model.figures()
     assert set(figs) == {"convergence", "width", "ritz"}
+    # the 2-D Ritz problem as maps: prediction | u* on one colour scale | error on its own, titled with d and rel. L2
+    ritz = figs["ritz"]
+    maps = [ax.images[0] for ax in ritz.axes if ax.images]
+    assert len(maps) == 3 and all(im.colorbar is not None for im in maps)
+    assert maps[0].get_clim() == maps[1].get_clim() != maps[2].get_clim()
+    assert "d=2" in ritz._suptitle.get_text() and "rel. L2" in ritz._suptitle.get_text()
+    legend = figs["width"].axes[1].get_legend()  # the dotted u* Barron-norm lines are named
+    assert legend is not None and "u* Barron norm" in [t.get_text() for t in legend.get_texts()]
     import matplotlib.pyplot as plt
 
     for fig in figs.values():

@@ -47,7 +47,28 @@ def test_fast_contract_pig(laplacian):
     assert run.model(torch.rand(5, 2)).shape == (5, 1)
     figs = run.model.figures()
     assert set(figs) == {"field", "gaussians"}
+    assert "rel. L2" in figs["field"]._suptitle.get_text()
     _close(figs)
+    assert_gaussians_figure_labelled_and_unclipped(run.model)
+
+
+def assert_gaussians_figure_labelled_and_unclipped(model):
+    """Axes named, a legend explaining dot size and ellipses, the domain outlined, and a Gaussian moved 1 outside the
+    domain still in view."""
+    with torch.no_grad():
+        model.net.features.mu[0, 0, 0] = 2.0 * model.in_scale[0]  # x = centre + 2 = 1 beyond the domain's edge
+    x_out = float(model.in_centre[0]) + 2.0
+    fig = model.figures()["gaussians"]
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "x" and ax.get_ylabel() == "y"
+        assert any(type(patch).__name__ == "Rectangle" and patch.get_label() == "domain" for patch in ax.patches)
+    assert fig.axes[0].get_xlim()[1] > x_out
+    legend = fig.axes[-1].get_legend()
+    texts = " ".join(t.get_text() for t in legend.get_texts())
+    assert "|weight|" in texts and "1σ" in texts and "top" in texts, texts
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def test_fast_contract_mlp_pinn_and_frozen_gaussians():

@@ -60,9 +60,21 @@ def test_fast_contract(text_input):
     for ax, component in zip(fig.axes, format_expression(true).split("; "), strict=True):  # true beside decoded
         assert f"true: {component}\ngenerated: {component}" in ax.get_title(loc="left"), ax.get_title(loc="left")
     assert "test sample 0" in fig._suptitle.get_text() and "rel L2" in fig._suptitle.get_text()
+    fig.canvas.draw()  # the legend sits beside the x_0 panel, not over its input points
+    legend, panel = fig.axes[0].get_legend(), fig.axes[0]
+    assert legend.get_window_extent().x0 >= panel.get_window_extent().x1
     import matplotlib.pyplot as plt
 
     plt.close(figs["trajectory"])
+    # an invalid generated sequence: said so, its raw tokens wrapped between tokens, not cut inside one
+    tokens = ["add", "mul", "x_0", "+", "1.2345", "10^", "-3", "sin", "x_1"] * 12
+    model._sample.update(expr=None, generated=" ".join(tokens))
+    fig = model.figures()["trajectory"]
+    title = fig.axes[0].get_title(loc="left")
+    assert "invalid expression: add mul" in title, title
+    shown = title.split("invalid expression:")[1].split()
+    assert shown[-1] == "..." and set(shown[:-1]) <= set(tokens) and len(shown) > 30, shown
+    plt.close(fig)
 
 
 def test_round_trip_probe_checks_the_precision_not_only_its_own_rounding():

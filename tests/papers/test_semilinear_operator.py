@@ -55,6 +55,15 @@ def test_fast_contract():
     import matplotlib.pyplot as plt
 
     plt.close(figs["space_time"])
+    # physical axes (KS: x in [0, 22), a frame every 2 time units); a diverged estimate shows past the truth's range
+    run.model._sample["assimilated"] = 3 * run.model._sample["truth"]
+    fig = run.model.figures()["space_time"]
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.images}
+    truth, est = panels["truth"], next(ax for title, ax in panels.items() if title.startswith("NODA (alpha=1"))
+    assert truth.get_xlabel() == "x" and truth.get_ylabel().startswith("t ")
+    assert truth.images[0].get_extent()[1] == pytest.approx(22.0 * 63.5 / 64)
+    assert truth.images[0].colorbar.extend == "neither" and est.images[0].colorbar.extend == "both"
+    plt.close(fig)
 
 
 def test_fast_contract_partial_training_measurements():
@@ -248,9 +257,13 @@ def test_fast_contract_two_dimensional_navier_stokes():
     dtype = run.model.dtype
     assert run.model(torch.zeros(2, 5, 16, 16, dtype=dtype), torch.ones(16, 16, dtype=dtype),
                      torch.ones(5, dtype=torch.bool)).shape == (2, 5, 16, 16)
+    run.model._sample["assimilated"] = 3 * run.model._sample["truth"]  # out of the truth's range: arrows
     figs = run.model.figures()
     assert set(figs) == {"snapshots"}
     assert_error_panels_on_their_own_range(figs["snapshots"])
+    bars = {ax.get_title().split(",")[0]: ax.images[0].colorbar for ax in figs["snapshots"].axes
+            if ax.images and ax.images[0].colorbar is not None}  # one colour bar per row
+    assert bars["truth"].extend == "neither" and bars["NODA (alpha=1)"].extend == "both"
     import matplotlib.pyplot as plt
 
     plt.close(figs["snapshots"])

@@ -25,6 +25,7 @@ def test_fast_contract():
     assert run.model(g).shape == (49, 2)
     figs = run.model.figures()
     assert set(figs) == {"moved_meshes"}
+    assert len(figs["moved_meshes"].axes) == 2 * len(run.model._last)  # the exact MA meshes in a second row
     import matplotlib.pyplot as plt
 
     plt.close(figs["moved_meshes"])

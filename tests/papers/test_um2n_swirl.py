@@ -87,10 +87,13 @@ def test_fast_swirl_variant():
         assert np.isfinite(run.metrics[f"test/{key}"]), key
     assert "test/node_rmse_cells" not in run.metrics and "test/interp_ratio" not in run.metrics
     assert run.metrics["test/boundary_violation_swirl"] < 1e-6
-    figs = run.model.figures()  # swirl meshes have no target mesh to draw
+    figs = run.model.figures()  # swirl meshes have no target mesh to draw: one row, titled with the time
     import matplotlib.pyplot as plt
 
     assert set(figs) == {"moved_meshes"}
+    axes = figs["moved_meshes"].axes
+    assert len(axes) == len(run.model._last) and all(ax.axison for ax in axes)
+    assert all(" t = " in ax.get_title() for ax in axes), [ax.get_title() for ax in axes]
     plt.close(figs["moved_meshes"])
     ident = fast_run("um2n/swirl", *SMALL, "model.mover=identity", steps=1)
     assert ident.metrics["test/interp_ratio_swirl"] == pytest.approx(1.0)
