@@ -75,7 +75,7 @@ NAMES = ("ml-100k", "synthetic", *_RAW_DATASETS, *_TXT_DATASETS)
 SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "num_users": 200,
     "num_items": 300,
-    "interactions_per_user": 20,  # Poisson mean, clipped to [min_interactions, num_items]
+    "interactions_per_user": 20.0,  # Poisson mean (any number >= 0), clipped to [min_interactions, num_items]
     "min_interactions": 5,
     "dim": 8,  # latent factor dimension
     "popularity_exponent": 0.8,  # item popularity ~ rank^-exponent

@@ -292,7 +292,10 @@ def _probe_optimizer(cfg: DictConfig) -> None:
         cause = (err.__cause__ or err) if isinstance(err, InstantiationException) else err
         raise UserError(f"model.optimizer: {one_line(cause)}") from None
     lrs = [group.get("lr") for group in getattr(optimizer, "param_groups", [])]
-    if cfg.get("stage", "fit_test") != "test" and any(isinstance(lr, (int, float)) and lr == 0 for lr in lrs):
+    lbfgs_steps, max_steps = cfg.model.get("lbfgs_steps") or 0, cfg.get("trainer", {}).get("max_steps", -1)
+    only_lbfgs = isinstance(max_steps, int) and 0 <= max_steps <= lbfgs_steps  # L-BFGS never reads this lr
+    if (cfg.get("stage", "fit_test") != "test" and not only_lbfgs
+            and any(isinstance(lr, (int, float)) and lr == 0 for lr in lrs)):
         # torch accepts it, and the run trains for its whole budget without moving a weight (bad-config sweep)
         raise UserError("model.optimizer.lr=0 trains nothing: training needs model.optimizer.lr > 0 (an untrained "
                         "model's test metrics: trainer.max_steps=1, or zoo eval of a checkpoint)")

@@ -38,7 +38,10 @@ def number_list(name: str, value, low: float | None = None, min_len: int = 1) ->
 
 
 def _whole(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    """An integer, or a float with a whole value (64.0: accepted before these checks, cast with int())."""
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, numbers.Integral) or (isinstance(v, float) and math.isfinite(v) and v.is_integer())
 
 
 def _finite(v) -> bool:
@@ -47,13 +50,16 @@ def _finite(v) -> bool:
 
 def check_option_kinds(prefix: str, options: dict[str, Any], defaults: dict[str, Any]) -> None:
     """Each option of a mapping (`data.synthetic`, `data.offline`) has its default's kind: a whole number where the
-    default is an int, a finite number where it is a float (text, a list or NaN was a traceback or a NaN run)."""
+    default is an int (a whole-valued float is made an int in `options`), a finite number where it is a float (text,
+    a list or NaN was a traceback or a NaN run)."""
     for key, value in options.items():
         default = defaults.get(key)
         if isinstance(default, bool) or value is None:
             continue
         if isinstance(default, int) and not _whole(value):
             raise UserError(f"{prefix}.{key} must be a whole number, got {value!r}")
+        if isinstance(default, int):
+            options[key] = int(value)  # 2.0 users: 2
         if isinstance(default, float) and not _finite(value):
             raise UserError(f"{prefix}.{key} must be a finite number, got {value!r}")
 

@@ -258,7 +258,7 @@ class DystsForecastModule(L.LightningModule):
         ax.legend(loc="upper left", fontsize=7, ncol=3)
         smape = float(200 * torch.mean(torch.abs(y - pred) / (torch.abs(y) + torch.abs(pred)).clamp_min(1e-12)))
         data = getattr(attached_datamodule(self), "hparams", {})
-        system, coordinate = data.get("name", ""), data.get("coordinate")
+        system, coordinate = data.get("name") or data.get("system") or "", data.get("coordinate")
         ax.set_ylabel(f"{system} x_{coordinate} (raw units)".strip() if coordinate is not None else "value")
         ax.set_title(f"{system} {self.hparams.forecaster} forecast, first held-out window: sMAPE {smape:.1f}".strip(),
                      fontsize=8)

@@ -687,9 +687,10 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         res, aligned, params = d.get("residual"), d.get("aligned"), d.get("params")
         targets = [d["target"][b] if d["target"] is not None and np.all(np.isfinite(d["target"][b])) else None
                    for b in fields]
-        shown = [d["moved"][b] for b in fields] + [t for t in targets if t is not None]
-        lo = np.minimum(0.0, np.min([p.min(0) for p in shown], 0))
-        hi = np.maximum(1.0, np.max([p.max(0) for p in shown], 0))
+        shown = np.concatenate([d["moved"][b] for b in fields] + [t for t in targets if t is not None])
+        shown = shown[np.all(np.isfinite(shown), axis=1)]  # a non-finite node sets no limit
+        lo = np.minimum(0.0, shown.min(0)) if len(shown) else np.zeros(2)
+        hi = np.maximum(1.0, shown.max(0)) if len(shown) else np.ones(2)
         pad = 0.03 * (hi - lo)
         rows = 2 if any(t is not None for t in targets) else 1
         fig, axes = plt.subplots(rows, len(fields), figsize=(3.2 * len(fields), 3.5 * rows), squeeze=False)

@@ -308,7 +308,9 @@ class PdeBarronModule(EvaluateOnValAndTest, L.LightningModule):
         if d > 1:
             grid[:, 1] = np.tile(g, g.size)
         with torch.no_grad():
-            pred = self.net(torch.from_numpy(grid)).cpu().numpy().reshape(g.size, g.size)
+            weight = next(self.net.parameters())  # the figure is drawn after the test: the net may be on a GPU
+            pred = self.net(torch.as_tensor(grid, dtype=weight.dtype, device=weight.device))
+            pred = pred.double().cpu().numpy().reshape(g.size, g.size)
         problem = self.ritz_problem or next(p for p in self.problems if p.d == d)
         ref = problem.u_star(grid).reshape(g.size, g.size)
         lo, hi = float(ref.min()), float(ref.max())
@@ -331,7 +333,8 @@ class PdeBarronModule(EvaluateOnValAndTest, L.LightningModule):
         ax.set_ylabel("Deep Ritz u(x)")
         ax.set_title(f"{len(last['true'])} held-out points", fontsize=9)
         rel = float(np.linalg.norm(last["pred"] - last["true"]) / max(np.linalg.norm(last["true"]), 1e-300))
-        where = "" if d == 2 else f" (maps: slice x_3 = ... = x_{d} = 0)"
+        where = {1: " (maps: constant along x_2)", 2: "", 3: " (maps: slice x_3 = 0)"}.get(
+            d, f" (maps: slice x_3 = ... = x_{d} = 0)")
         fig.suptitle(f"Deep Ritz on the torus, d={d}{where}: {last.get('split', 'test')} rel. L2 {rel:.3g}",
                      fontsize=10)
         fig.tight_layout()

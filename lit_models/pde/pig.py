@@ -564,6 +564,7 @@ class PIGModule(L.LightningModule):
         if self._last is None:
             return {}
         import matplotlib.pyplot as plt
+        import numpy as np
         from matplotlib.patches import Ellipse, Rectangle
 
         problem = self.hparams.problem
@@ -615,10 +616,12 @@ class PIGModule(L.LightningModule):
                                          2 * float(sig[c, i, v_ax]), fill=False, ec="C3", lw=0.7,
                                          label=f"1σ, top {len(top)} |weight|" if j == 0 else None))
                 # the view holds the domain and every centre (Gaussians that left the domain stay visible)
-                lo_h = min(extent[0], float(mu[c, :, h_ax].min()))
-                hi_h = max(extent[1], float(mu[c, :, h_ax].max()))
-                lo_v = min(extent[2], float(mu[c, :, v_ax].min()))
-                hi_v = max(extent[3], float(mu[c, :, v_ax].max()))
+                h_all, v_all = mu[c, :, h_ax], mu[c, :, v_ax]
+                h_fin, v_fin = h_all[np.isfinite(h_all)], v_all[np.isfinite(v_all)]  # a NaN centre: no limit
+                lo_h = min(extent[0], float(h_fin.min())) if h_fin.size else extent[0]
+                hi_h = max(extent[1], float(h_fin.max())) if h_fin.size else extent[1]
+                lo_v = min(extent[2], float(v_fin.min())) if v_fin.size else extent[2]
+                hi_v = max(extent[3], float(v_fin.max())) if v_fin.size else extent[3]
                 pad_h, pad_v = 0.05 * (hi_h - lo_h), 0.05 * (hi_v - lo_v)
                 ax.set_xlim(lo_h - pad_h, hi_h + pad_h)
                 ax.set_ylim(lo_v - pad_v, hi_v + pad_v)

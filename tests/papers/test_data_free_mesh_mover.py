@@ -289,6 +289,10 @@ def test_figure_marks_inverted_triangles_and_nodes_outside_the_square():
     assert red, "inverted triangles are filled"
     assert f"{n_inverted} inverted, 1 nodes outside the square" in ax.get_title()
     plt.close(fig)
+    moved[7] = np.nan  # a non-finite node sets no axis limit (review, stop 42: set_xlim raised on NaN)
+    fig = m.figures()["moved_meshes"]
+    assert np.isfinite(fig.axes[0].get_xlim()).all() and fig.axes[0].get_xlim()[0] < -0.1
+    plt.close(fig)
 
 
 def test_exact_map_zeroes_the_ma_residual():

@@ -43,6 +43,14 @@ def test_fast_contract():
 
     for fig in figs.values():
         plt.close(fig)
+    # the figure is drawn after the test, with the network still where it trained (a GPU): its grid goes to the
+    # network's device (review, stop 42: a CPU grid into a GPU network failed the run); a device other than the CPU
+    # stands for the GPU here: the meta device, the network's output replaced by zeros on the CPU
+    seen = []
+    net = run.model.net.to("meta")
+    net.forward = lambda x: seen.append(x.device) or torch.zeros(len(x), dtype=torch.float64)
+    plt.close(run.model.figures()["ritz"])
+    assert seen == [torch.device("meta")]
 
 
 def test_bad_config_raises():

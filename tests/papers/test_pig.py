@@ -69,6 +69,11 @@ def assert_gaussians_figure_labelled_and_unclipped(model):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+    with torch.no_grad():  # a non-finite centre sets no axis limit (review, stop 42: set_xlim raised on NaN)
+        model.net.features.mu[0, 1, 0] = float("nan")
+    fig = model.figures()["gaussians"]
+    assert math.isfinite(fig.axes[0].get_xlim()[0]) and fig.axes[0].get_xlim()[1] > x_out
+    plt.close(fig)
 
 
 def test_fast_contract_mlp_pinn_and_frozen_gaussians():
