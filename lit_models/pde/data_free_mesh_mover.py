@@ -656,9 +656,9 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
 
     @staticmethod
     def _figure_fields(d: dict[str, Any], n: int = 4) -> list[int]:
-        """The fields figures() shows: on front fields up to two axis-aligned ones (which have an exact MA mesh), then
-        oblique ones (which have none), those whose front crosses the square first, the most oblique first; otherwise
-        the first n."""
+        """The fields figures() shows: on front fields up to two axis-aligned ones (which have an exact MA mesh; the
+        fronts nearest to either side), then oblique ones (which have none), those whose front crosses the square first,
+        the most oblique first; otherwise the first n."""
         everything = list(range(len(d["moved"])))
         if d.get("params") is None:
             return everything[:n]
@@ -669,6 +669,9 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         oblique = sorted(np.flatnonzero(~d["aligned"] & np.isfinite(angle)).tolist(),
                          key=lambda i: (not crossing[i], -abs(np.sin(2 * angle[i]))))
         rest = [i for i in everything if i not in aligned and i not in oblique]
+        if len(aligned) > 2:  # the two most distant front positions (the first two were often near-duplicates)
+            by_c = sorted(aligned, key=lambda i: c[i])
+            aligned = [by_c[0], by_c[-1], *by_c[1:-1]]
         return [*aligned[:2], *oblique[:2], *aligned[2:], *oblique[2:], *rest][:n]
 
     def figures(self) -> dict[str, Any]:
@@ -725,7 +728,15 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
 
         tri = d["tri"]
         ax.set_facecolor("0.6")  # white mesh lines stay visible outside the monitor image
-        ax.imshow(d["monitor"][b], origin="lower", extent=(0, 1, 0, 1), cmap="viridis")
+        monitor = d["monitor"][b]
+        if d.get("rim") is not None and len(d["rim"]) > 0:  # no monitor inside the cylinder (its rim: a circle)
+            points = d["rim"].reshape(-1, 2)
+            centre = points.mean(0)
+            radius = float(np.linalg.norm(points - centre, axis=1).mean())
+            cy, cx = ((np.arange(n) + 0.5) / n for n in monitor.shape)
+            inside = (cx[None, :] - centre[0]) ** 2 + (cy[:, None] - centre[1]) ** 2 < radius**2
+            monitor = np.ma.masked_where(inside, monitor)
+        ax.imshow(monitor, origin="lower", extent=(0, 1, 0, 1), cmap="viridis")
         ax.triplot(pos[:, 0], pos[:, 1], tri, color="w", lw=0.5)
         inverted = M.signed_areas(pos, tri) <= 0
         if inverted.any():

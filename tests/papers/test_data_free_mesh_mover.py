@@ -295,6 +295,26 @@ def test_figure_marks_inverted_triangles_and_nodes_outside_the_square():
     plt.close(fig)
 
 
+def test_figure_picks_distinct_aligned_fronts_and_masks_the_cylinder():
+    """Figures audit (stop 42, low): the first two aligned test fronts shown were often near-duplicates (c = 0.53 /
+    0.56): now the two nearest to either side; on cylinder meshes the monitor is not drawn inside the hole."""
+    import matplotlib.pyplot as plt
+
+    params = np.array([[20, c, 0.0, 0.3] for c in (0.53, 0.56, 0.31, 0.72)])
+    d = {"moved": np.zeros((4, 3, 2)), "params": params, "aligned": np.ones(4, bool)}
+    assert DataFreeMeshMoverModule._figure_fields(d)[:2] == [2, 3]
+    pos, tri = M.unit_square_mesh(4)
+    angle = np.linspace(0, 2 * np.pi, 17)
+    ring = np.stack([0.5 + 0.2 * np.cos(angle), 0.5 + 0.2 * np.sin(angle)], 1)
+    m = DataFreeMeshMoverModule(**TINY_NET, eval_nodes=4)
+    m._last = {"moved": pos[None], "tri": tri, "monitor": np.ones((1, 20, 20)), "target": None,
+               "residual": np.array([0.1]), "rim": np.stack([ring[:-1], ring[1:]], 1)}
+    fig = m.figures()["moved_meshes"]
+    image = fig.axes[0].images[0].get_array()
+    assert np.ma.is_masked(image[10, 10]) and not np.ma.is_masked(image[1, 1])  # centre hidden, corner drawn
+    plt.close(fig)
+
+
 def test_exact_map_zeroes_the_ma_residual():
     """The exact 1-D equidistribution map of an aligned front satisfies m(x) x'(xi) = c (the MA residual the DMM
     minimises), and the identity does not (card: the identity map's residual is large near the front)."""
