@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from launch.check import run_claim
+from launch.errors import UserError
 from lit_models.pde.causal_pinn import (
     CausalPINN,
     CausalPINNModule,
@@ -437,6 +438,27 @@ def test_lorenz_reference_solves_the_ode_and_stays_on_the_attractor():
     du = (u[2:] - u[:-2]) / (2 * (t[1] - t[0]))  # central differences, O(dt^2)
     assert np.max(np.abs(du - rhs[1:-1])) / np.max(np.abs(rhs)) < 1e-3
     assert np.abs(u).max() < 60 and u[2000:, 2].min() > 0  # the butterfly: bounded, z > 0 after the transient
+
+
+def test_lorenz_reference_of_the_script_is_odeint():
+    """Config audit (stop 42): the Lorenz script measures its errors against scipy's odeint at default tolerances;
+    `data.lorenz_solver=odeint` (the paper-scale variant's) is that trajectory, the card's DOP853 the more accurate
+    one. They agree early and differ by O(1) after t ~ 21 (chaos)."""
+    import numpy as np
+    from scipy.integrate import odeint
+
+    from datamodules.pinn_data import CausalPINNDataModule, lorenz_reference
+    from launch import config as zconfig
+
+    t = np.arange(0.0, 30.0 + 1e-9, 0.01)
+    script = odeint(lambda u, _t: [10 * (u[1] - u[0]), u[0] * (28 - u[2]) - u[1], u[0] * u[1] - 8 / 3 * u[2]],
+                    [1.0, 1.0, 1.0], t)
+    np.testing.assert_allclose(lorenz_reference(t, "odeint"), script, atol=1e-9)
+    gap = np.abs(lorenz_reference(t) - script).max(1)
+    assert gap[t <= 10].max() < 1e-3 and gap[t >= 25].max() > 1.0
+    assert zconfig.compose(["experiment=causal_pinn/lorenz"]).data.lorenz_solver == "odeint"
+    with pytest.raises(UserError, match="data.lorenz_solver"):
+        CausalPINNDataModule(name="lorenz", n_t=4, lorenz_solver="rk4")
 
 
 def test_lorenz_residual_and_hard_initial_condition():
