@@ -16,6 +16,19 @@ def colorbar_extend(values: Any, vmin: float, vmax: float) -> str:
     return {(True, True): "both", (True, False): "min", (False, True): "max"}.get((below, above), "neither")
 
 
+def view_limits(points: Any, low: Any, high: Any, pad: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) per coordinate of a view that holds the box [low, high] and every finite coordinate of `points`
+    (N, D), each side widened by `pad` x the span (a point moved out of the domain stays in view; NaN sets no limit)."""
+    pts = np.asarray(points, dtype=float).reshape(-1, len(low))
+    lo, hi = np.array(low, dtype=float), np.array(high, dtype=float)
+    for k in range(len(lo)):
+        column = pts[:, k][np.isfinite(pts[:, k])]
+        if column.size:
+            lo[k], hi[k] = min(lo[k], float(column.min())), max(hi[k], float(column.max()))
+    margin = pad * (hi - lo)
+    return lo - margin, hi + margin
+
+
 def logged_metric(module: Any, key: str) -> float | None:
     """The value of `key` (e.g. "test/mse") the module's trainer logged last, or None (no trainer, or not logged)."""
     trainer = getattr(module, "_trainer", None)

@@ -60,6 +60,7 @@ from lit_models.common.dynamics_metrics import (  # noqa: F401
     state_space_divergence_binned,
     state_space_divergence_gmm,
 )
+from lit_models.common.plotting import logged_metric
 from lit_models.common.steps import EvaluateOnValAndTest
 
 log = logging.getLogger(__name__)
@@ -710,10 +711,9 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
                 ax.set_xlabel(f"x{i + 1}")
                 ax.set_ylabel(f"x{j + 1}")
         stage = self._last_stage
-        logged = self._trainer.callback_metrics if self._trainer is not None else {}
+        logged = {name: logged_metric(self, f"{stage}/{key}") for key, name in (("d_stsp", "D_stsp"), ("d_h", "D_H"))}
         title = f"shPLRNN free run vs ground truth, {stage} ({len(truth)} steps)" + "".join(
-            f", {name} = {float(logged[f'{stage}/{key}']):.3g}" for key, name in (("d_stsp", "D_stsp"), ("d_h", "D_H"))
-            if f"{stage}/{key}" in logged)
+            f", {name} = {value:.3g}" for name, value in logged.items() if value is not None)
         if len(g) < len(gen):
             title += f"\n{len(gen) - len(g)} of {len(gen)} free-run points non-finite (not drawn)"
         fig.suptitle(title, fontsize=10)

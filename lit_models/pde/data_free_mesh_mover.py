@@ -74,6 +74,7 @@ from lit_models.common.checks import check_scheduler, whole_list
 from lit_models.common.ddp_eval import combine, eval_set_replicated, gather_lists
 from lit_models.common.lbfgs import LBFGSPhase
 from lit_models.common.pde import no_autocast
+from lit_models.common.plotting import view_limits
 from lit_models.common.steps import attached_datamodule
 from lit_models.pde.dmm_networks import DMMNet
 from lit_models.pde.dmm_sampling import (
@@ -691,10 +692,7 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         targets = [d["target"][b] if d["target"] is not None and np.all(np.isfinite(d["target"][b])) else None
                    for b in fields]
         shown = np.concatenate([d["moved"][b] for b in fields] + [t for t in targets if t is not None])
-        shown = shown[np.all(np.isfinite(shown), axis=1)]  # a non-finite node sets no limit
-        lo = np.minimum(0.0, shown.min(0)) if len(shown) else np.zeros(2)
-        hi = np.maximum(1.0, shown.max(0)) if len(shown) else np.ones(2)
-        pad = 0.03 * (hi - lo)
+        lo, hi = view_limits(shown, (0.0, 0.0), (1.0, 1.0), pad=0.03)  # the square and every node moved out of it
         rows = 2 if any(t is not None for t in targets) else 1
         fig, axes = plt.subplots(rows, len(fields), figsize=(3.2 * len(fields), 3.5 * rows), squeeze=False)
         ma_name = ("exact" if params is not None else "FEM") + " MA mesh"
@@ -705,9 +703,9 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             elif params is not None and np.isfinite(params[b, 2]):
                 kind = f"field {b}: oblique front ({np.degrees(params[b, 2]):.0f} deg), no exact MA mesh"
             notes = [self.hparams.mover] + ([f"MA residual {res[b]:.3f}"] if res is not None else [])
-            self._draw_mesh(axes[0, col], d, b, d["moved"][b], kind + "\n" + ", ".join(notes), lo, hi, pad)
+            self._draw_mesh(axes[0, col], d, b, d["moved"][b], kind + "\n" + ", ".join(notes), lo, hi)
             if rows == 2 and target is not None:
-                self._draw_mesh(axes[1, col], d, b, target, f"{ma_name} of field {b}", lo, hi, pad)
+                self._draw_mesh(axes[1, col], d, b, target, f"{ma_name} of field {b}", lo, hi)
             elif rows == 2:
                 axes[1, col].set_axis_off()
                 axes[1, col].set_title(f"field {b}: no {ma_name}", fontsize=7)
@@ -718,8 +716,8 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
         return {"moved_meshes": fig}
 
     @staticmethod
-    def _draw_mesh(ax, d: dict[str, Any], b: int, pos: np.ndarray, title: str, lo: np.ndarray, hi: np.ndarray,
-                   pad: np.ndarray) -> None:
+    def _draw_mesh(ax, d: dict[str, Any], b: int, pos: np.ndarray, title: str, lo: np.ndarray,
+                   hi: np.ndarray) -> None:
         """One mesh of figures(): field b's monitor on [0, 1]^2, the mesh `pos` in white, its inverted (or
         degenerate) triangles filled red, the square outlined in black, the cylinder's rim (when there is one) in
         black; the title gets the counts of inverted triangles and of nodes outside the square."""
@@ -746,8 +744,8 @@ class DataFreeMeshMoverModule(LBFGSPhase, L.LightningModule):
             ax.add_collection(LineCollection(d["rim"], colors="k", linewidths=1.2, zorder=4))
         outside = int(np.any((pos < -1e-9) | (pos > 1 + 1e-9), axis=1).sum())
         ax.set_title(f"{title}\n{int(inverted.sum())} inverted, {outside} nodes outside the square", fontsize=7)
-        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])

@@ -564,8 +564,9 @@ class PIGModule(L.LightningModule):
         if self._last is None:
             return {}
         import matplotlib.pyplot as plt
-        import numpy as np
         from matplotlib.patches import Ellipse, Rectangle
+
+        from lit_models.common.plotting import view_limits
 
         problem = self.hparams.problem
         spec = PROBLEMS[problem]
@@ -616,15 +617,9 @@ class PIGModule(L.LightningModule):
                                          2 * float(sig[c, i, v_ax]), fill=False, ec="C3", lw=0.7,
                                          label=f"1σ, top {len(top)} |weight|" if j == 0 else None))
                 # the view holds the domain and every centre (Gaussians that left the domain stay visible)
-                h_all, v_all = mu[c, :, h_ax], mu[c, :, v_ax]
-                h_fin, v_fin = h_all[np.isfinite(h_all)], v_all[np.isfinite(v_all)]  # a NaN centre: no limit
-                lo_h = min(extent[0], float(h_fin.min())) if h_fin.size else extent[0]
-                hi_h = max(extent[1], float(h_fin.max())) if h_fin.size else extent[1]
-                lo_v = min(extent[2], float(v_fin.min())) if v_fin.size else extent[2]
-                hi_v = max(extent[3], float(v_fin.max())) if v_fin.size else extent[3]
-                pad_h, pad_v = 0.05 * (hi_h - lo_h), 0.05 * (hi_v - lo_v)
-                ax.set_xlim(lo_h - pad_h, hi_h + pad_h)
-                ax.set_ylim(lo_v - pad_v, hi_v + pad_v)
+                lo, hi = view_limits(mu[c][:, [h_ax, v_ax]], (extent[0], extent[2]), (extent[1], extent[3]))
+                ax.set_xlim(lo[0], hi[0])
+                ax.set_ylim(lo[1], hi[1])
                 ax.set_xlabel(spec.coords[h_ax])
                 ax.set_ylabel(spec.coords[v_ax])
                 ax.set_title(f"channel {c}: Gaussian centres", fontsize=9)
