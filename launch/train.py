@@ -301,6 +301,29 @@ def _probe_optimizer(cfg: DictConfig) -> None:
                         "model's test metrics: trainer.max_steps=1, or zoo eval of a checkpoint)")
 
 
+_RELEASE_REGISTERED = threading.Event()
+
+
+def release_process_group_at_exit() -> None:
+    """Destroy the default process group while the interpreter is still whole, once, at exit. Lightning does so for
+    NCCL only: a gloo group left to interpreter finalization can abort the process (SIGABRT, "terminate called without
+    an active exception": gloo's worker threads may still hold tensors; once in CI, a rank of a two-process CPU run
+    that had finished its work). A group the process destroyed itself is left alone."""
+    if _RELEASE_REGISTERED.is_set():
+        return
+    _RELEASE_REGISTERED.set()
+    import atexit
+
+    atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 STAGES = ("fit", "test", "fit_test")  # test: a trained run's last.ckpt (zoo train run_id=X stage=test) or zoo eval's
 
 
@@ -321,6 +344,7 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
     from launch.wandb_logger import finish_failed
 
     _quiet_known_warnings()
+    release_process_group_at_exit()  # a DDP run's process group (made in fit / test) ends before Python does
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     check_settings(cfg)
