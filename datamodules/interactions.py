@@ -557,6 +557,14 @@ class InteractionDataModule(L.LightningDataModule):
             raise UserError(f"data {self.name}: every user has every item, no negatives to sample")
         self._loaded = True
 
+    def check_stage(self, stage: str) -> None:
+        """Called by `zoo` before anything is built or written: a run that tests (stage=test / fit_test) needs a test
+        split. With data.test_fraction=0 the test set was empty and the run ended without a test metric (validation,
+        on the test interactions unless data.val_fraction > 0, was empty too)."""
+        if stage != "fit" and self.test_fraction == 0 and self.name not in _TXT_DATASETS:
+            raise UserError(f"data.test_fraction=0 holds out no test interaction of {self.name}: nothing to test "
+                            "(train only with stage=fit, or hold out a share: data.test_fraction > 0)")
+
     # ---- loaders -----------------------------------------------------------------------------
 
     def _context(self) -> tuple[int, int, int]:
@@ -588,6 +596,11 @@ class InteractionDataModule(L.LightningDataModule):
         return self._users_loader("val_users")
 
     def test_dataloader(self) -> DataLoader:
+        self.setup()
+        if self.eval_users.numel() == 0:
+            raise UserError(f"data.test_fraction={self.test_fraction} holds out no test interaction of {self.name}: "
+                            "a user's share is rounded, so users need about "
+                            f"{0.5 / max(self.test_fraction, 1e-12):.0f} interactions for one (use a larger share)")
         return self._users_loader("eval_users")
 
     # ---- reporting ---------------------------------------------------------------------------

@@ -210,6 +210,9 @@ def instantiate(cfg: DictConfig):
         cause = err.__cause__ or err
         raise UserError(f"cannot build the experiment: {one_line(cause)}") from None
     _probe_optimizer(cfg)
+    check_stage = getattr(datamodule, "check_stage", None)
+    if callable(check_stage):  # the data can serve the run's stage (a run that tests needs a test split)
+        check_stage(cfg.get("stage", "fit_test"))
     return datamodule, model
 
 

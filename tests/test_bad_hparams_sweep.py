@@ -155,6 +155,22 @@ def test_um2n_without_transformer_layers_trains(runs_root, monkeypatch):
     assert code == 0, err + out
 
 
+def test_recsys_without_a_test_split_tests_nothing(runs_root, monkeypatch):
+    """data.test_fraction=0 (recsys, in its documented range [0, 1)) trained and ended with no test metric, and no
+    validation metric either (validation runs on the test interactions unless data.val_fraction > 0): a run that tests
+    is now refused before anything is written, a fit-only run still trains on every interaction, and a share so small
+    that every user's rounds to 0 is one line at the test."""
+    monkeypatch.delenv("PAPERZOO_RUN_ID", raising=False)
+    base = ["experiment=lightgcn", "data=synthetic_graph"]
+    assert_refused_before_training([*base, "data.test_fraction=0"], "data.test_fraction=0 holds out no test", runs_root)
+    code, out, err = zoo_in_process("train", *base, "data.test_fraction=0", "stage=fit", "trainer.max_steps=1",
+                                    f"runs_root={runs_root}", "progress_bar=false", "logger=csv")
+    assert code == 0, err + out
+    code, out, err = zoo_in_process("train", *base, "data.test_fraction=0.001", "trainer.max_steps=1",
+                                    f"runs_root={runs_root}", "progress_bar=false", "logger=csv")
+    assert code == 2 and "data.test_fraction=0.001 holds out no test interaction" in err, err + out
+
+
 def test_values_the_new_checks_still_accept():
     """Review of the sweep's checks (stop 42): valid values they refused. A Poisson mean of interactions per user is
     any number >= 0 (12.5 was refused as 'not a whole number'); a whole-valued float in a size list (64.0) or a
