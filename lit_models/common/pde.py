@@ -99,13 +99,3 @@ def check_problem_matches_data(module, problem: str, strip_suffix: str = "") -> 
     if data_problem != problem:
         raise UserError(f"model.problem={problem} but data.name={name}: set both to the same problem (e.g. "
                         f"model.problem={data_problem} data.name={name})")
-
-
-def reference_colours(reference) -> dict[str, float]:
-    """imshow's `vmin` / `vmax` of a field figure: the reference's range, for the reference and the prediction beside
-    it alike, so that one colour is one value in both (each panel scaled itself: an untrained prediction near 0 showed
-    in the colour of the reference's +1)."""
-    import numpy as np
-
-    values = np.asarray(reference, dtype=float)
-    return {"vmin": float(np.nanmin(values)), "vmax": float(np.nanmax(values))}

@@ -34,3 +34,11 @@ def logged_metric(module: Any, key: str) -> float | None:
     trainer = getattr(module, "_trainer", None)
     value = getattr(trainer, "callback_metrics", {}).get(key) if trainer is not None else None
     return None if value is None else float(value)
+
+
+def reference_colours(reference) -> dict[str, float]:
+    """imshow's `vmin` / `vmax` of a field figure: the reference's range, for the reference and the prediction beside
+    it alike, so that one colour is one value in both (each panel scaled itself: an untrained prediction near 0 showed
+    in the colour of the reference's +1)."""
+    values = np.asarray(reference, dtype=float)
+    return {"vmin": float(np.nanmin(values)), "vmax": float(np.nanmax(values))}

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from datamodules.medida_data import QG_LIBRARY_TERMS
 from launch.errors import UserError, check_min, check_positive
 from lit_models.common.checks import number_list
-from lit_models.common.pde import no_autocast, reference_colours
+from lit_models.common.pde import no_autocast
+from lit_models.common.plotting import reference_colours
 from lit_models.common.steps import EvaluateOnValAndTest, attached_datamodule
 
 LIBRARY_TERMS = ("u", "u_x", "u_xx", "u_xxx", "u_xxxx", "u*u_x", "u^2", "u^3")

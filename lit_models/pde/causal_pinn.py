@@ -50,7 +50,8 @@ from torch import Tensor, nn
 
 from launch.errors import UserError, check_min, check_positive
 from lit_models.common.checks import check_scheduler, number_list
-from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast, partial, reference_colours
+from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast, partial
+from lit_models.common.plotting import reference_colours
 from lit_models.common.steps import EvaluateOnValAndTest, attached_datamodule
 
 PROBLEMS = ("oscillator", "lorenz", "allen_cahn", "ks", "ks_chaotic")

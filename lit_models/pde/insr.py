@@ -45,7 +45,8 @@ import torch
 from torch import Tensor, nn
 
 from launch.errors import UserError, check_min, check_positive
-from lit_models.common.pde import grad, no_autocast, reference_colours, relative_l2
+from lit_models.common.pde import grad, no_autocast, relative_l2
+from lit_models.common.plotting import reference_colours
 from lit_models.common.steps import EvaluateOnValAndTest, attached_datamodule, same_on_every_rank
 
 EQUATIONS = ("advection", "fluid")

@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 from launch.errors import check_min
 from lit_models.common.lbfgs import LBFGSPhase
-from lit_models.common.pde import check_problem_matches_data, grad, no_autocast, reference_colours, relative_l2
+from lit_models.common.pde import check_problem_matches_data, grad, no_autocast, relative_l2
+from lit_models.common.plotting import reference_colours
 from lit_models.common.steps import EvaluateOnValAndTest
 
 TWO_PI = 2 * math.pi

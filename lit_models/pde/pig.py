@@ -71,7 +71,8 @@ from torch import Tensor, nn
 from datamodules.pig_data import AC_DIFFUSION, AC_REACTION, CAVITY_RE, ND_ALPHA, PROBLEMS
 from launch.errors import UserError, check_min, check_positive
 from lit_models.common.checks import check_scheduler
-from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast, reference_colours
+from lit_models.common.pde import RelativeL2, check_problem_matches_data, no_autocast
+from lit_models.common.plotting import reference_colours
 from lit_models.common.steps import attached_datamodule
 
 MODELS = ("pig", "mlp")
