@@ -36,7 +36,7 @@ from datamodules.medida_data import QG_LIBRARY_TERMS
 from launch.errors import UserError, check_min, check_positive
 from lit_models.common.checks import number_list
 from lit_models.common.pde import no_autocast
-from lit_models.common.plotting import reference_colours
+from lit_models.common.plotting import colorbar_extend, reference_colours
 from lit_models.common.steps import EvaluateOnValAndTest, attached_datamodule
 
 LIBRARY_TERMS = ("u", "u_x", "u_xx", "u_xxx", "u_xxxx", "u*u_x", "u^2", "u^3")
@@ -516,7 +516,7 @@ class MedidaQGModule(_EvaluateAndOptimize, L.LightningModule):
                       (dq_true, "dq/dt true", {"vmin": -dq_max, "vmax": dq_max}))
             for ax, (f, title, colours) in zip(axes[layer], panels):
                 im = ax.imshow(f, origin="lower", cmap="RdBu_r", **colours)
-                fig.colorbar(im, ax=ax, shrink=0.8, extend="both" if title.startswith("dq/dt from") else "neither")
+                fig.colorbar(im, ax=ax, shrink=0.8, extend=colorbar_extend(f, colours["vmin"], colours["vmax"]))
                 ax.set_title(f"{title} (layer {layer + 1})", fontsize=8)
                 ax.set_xticks([])
                 ax.set_yticks([])
