@@ -18,14 +18,15 @@ def colorbar_extend(values: Any, vmin: float, vmax: float) -> str:
 
 def view_limits(points: Any, low: Any, high: Any, pad: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) per coordinate of a view that holds the box [low, high] and every finite coordinate of `points`
-    (N, D), each side widened by `pad` x the span (a point moved out of the domain stays in view; NaN sets no limit)."""
+    (N, D), each side widened by `pad` x the span, or by `pad` where the span is 0 (a point moved out of the domain
+    stays in view; NaN sets no limit)."""
     pts = np.asarray(points, dtype=float).reshape(-1, len(low))
     lo, hi = np.array(low, dtype=float), np.array(high, dtype=float)
     for k in range(len(lo)):
         column = pts[:, k][np.isfinite(pts[:, k])]
         if column.size:
             lo[k], hi[k] = min(lo[k], float(column.min())), max(hi[k], float(column.max()))
-    margin = pad * (hi - lo)
+    margin = pad * np.where(hi > lo, hi - lo, 1.0)
     return lo - margin, hi + margin
 
 

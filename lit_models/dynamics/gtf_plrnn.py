@@ -60,7 +60,7 @@ from lit_models.common.dynamics_metrics import (  # noqa: F401
     state_space_divergence_binned,
     state_space_divergence_gmm,
 )
-from lit_models.common.plotting import logged_metric
+from lit_models.common.plotting import logged_metric, view_limits
 from lit_models.common.steps import EvaluateOnValAndTest
 
 log = logging.getLogger(__name__)
@@ -698,15 +698,13 @@ class GTFPLRNNModule(EvaluateOnValAndTest, L.LightningModule):
         pairs = [(0, 1), (0, 2), (1, 2)] if n >= 3 else [(0, min(1, n - 1))]
         fig, axes = plt.subplots(2, len(pairs), figsize=(4 * len(pairs), 8), squeeze=False)
         g = gen[np.all(np.isfinite(gen), axis=1)]
-        both = np.concatenate([truth, g]) if len(g) else truth
-        lo, hi = both.min(0), both.max(0)
-        pad = 0.05 * np.where(hi > lo, hi - lo, 1.0)
+        lo, hi = view_limits(g, truth.min(0), truth.max(0))  # the truth and the free run's finite points
         for col, (i, j) in enumerate(pairs):
             for row, (series, colour, name) in enumerate(((truth, "0.3", "ground truth"), (g, "C3", "free run"))):
                 ax = axes[row][col]
                 ax.plot(series[:, i], series[:, j], lw=0.8, color=colour)
-                ax.set_xlim(lo[i] - pad[i], hi[i] + pad[i])
-                ax.set_ylim(lo[j] - pad[j], hi[j] + pad[j])
+                ax.set_xlim(lo[i], hi[i])
+                ax.set_ylim(lo[j], hi[j])
                 ax.set_title(name, fontsize=9)
                 ax.set_xlabel(f"x{i + 1}")
                 ax.set_ylabel(f"x{j + 1}")
