@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from launch.errors import UserError, check_min
-from lit_models.common.checks import whole_list
 from lit_models.common import mesh as M
+from lit_models.common.checks import whole_list
 from lit_models.common.ddp_eval import eval_set_replicated, gather_lists
 from lit_models.common.pde import no_autocast
 from lit_models.common.steps import computed_once
