@@ -1,6 +1,7 @@
 """compose -> instantiate -> fit/test: the one code path for local runs, SLURM jobs, checks and tests."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -233,13 +234,18 @@ def check_flags(node: DictConfig, group: str) -> None:
 def _annotated_kinds(node: DictConfig) -> dict:
     """{argument: set of the type names it is annotated with} of the constructor `node._target_` names ({} when it
     cannot be imported: reported when the experiment is built)."""
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    return {name: set(kinds) for name, kinds in _kinds_of(target).items()} if target else {}
+
+
+@functools.lru_cache(maxsize=None)
+def _kinds_of(target: str) -> dict:
+    """{argument: frozenset of annotation names} of one constructor, read once per process (check_flags and
+    check_numbers both ask)."""
     import inspect
 
     from hydra.utils import get_class
 
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
-    if not target:
-        return {}
     try:
         params = inspect.signature(get_class(target)).parameters
     except Exception:  # noqa: BLE001 - an unknown target is reported when the experiment is built
@@ -248,14 +254,14 @@ def _annotated_kinds(node: DictConfig) -> dict:
     for name, param in params.items():
         annotation = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation,
                                                                                         "__name__", "")
-        kinds[name] = {part.strip() for part in annotation.split("|")}
+        kinds[name] = frozenset(part.strip() for part in annotation.split("|"))
     return kinds
 
 
 def check_numbers(node: DictConfig, group: str) -> None:
     """A number (a constructor argument annotated `int` or `float`, optionally `| None`) takes a number only: text
     (`data.batch_size=abc`) was a traceback, a fraction for an integer (`data.batch_size=2.5`) was silently cut to 2
-    and NaN (`model.dropout=nan`) passed every `< 0` check. A factory (an argument annotated `Callable`, such as
+    (a whole-valued float, `data.batch_size=64.0`, is taken as 64) and NaN (`model.dropout=nan`) passed every `< 0` check. A factory (an argument annotated `Callable`, such as
     `model.optimizer`) takes a mapping with `_target_`: `model.optimizer=5` was a traceback once training started."""
     import math
 
@@ -274,8 +280,10 @@ def check_numbers(node: DictConfig, group: str) -> None:
             continue
         whole = numbers == {"int"}
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or (
-                whole and isinstance(value, float)):
+                whole and isinstance(value, float) and not value.is_integer()):
             raise UserError(f"{group}.{name} must be {'a whole number' if whole else 'a number'}, got {value!r}")
+        if whole and isinstance(value, float):
+            node[name] = int(value)  # 64.0 is 64, as in the list and mapping options (common/checks.py)
 
 
 def _probe_optimizer(cfg: DictConfig) -> None:

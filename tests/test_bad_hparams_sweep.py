@@ -173,18 +173,21 @@ def test_recsys_without_a_test_split_tests_nothing(runs_root, monkeypatch):
 
 def test_values_the_new_checks_still_accept():
     """Review of the sweep's checks (stop 42): valid values they refused. A Poisson mean of interactions per user is
-    any number >= 0 (12.5 was refused as 'not a whole number'); a whole-valued float in a size list (64.0) or a
-    mapping's integer option (30.0 users) is taken as the integer, as before the checks; an all-L-BFGS run
+    any number >= 0 (12.5 was refused as 'not a whole number'); a whole-valued float in a size list (64.0), a
+    mapping's integer option (30.0 users) or an integer argument (data.batch_size=64.0, refused until stop 44) is taken as the integer, as before the checks; an all-L-BFGS run
     (trainer.max_steps <= lbfgs_steps) never reads the Adam learning rate, so lr=0 is not refused there."""
     from datamodules.interactions import synthetic_params
     from launch import config as zconfig
-    from launch.train import _probe_optimizer
+    from launch.train import _probe_optimizer, check_numbers
     from lit_models.common.checks import whole_list
 
     assert synthetic_params({"interactions_per_user": 12.5})["interactions_per_user"] == 12.5
     users = synthetic_params({"num_users": 30.0})["num_users"]
     assert users == 30 and isinstance(users, int)
     assert whole_list("model.deformer_widths", [64.0, 20]) == [64, 20]
+    scalar = zconfig.compose(["experiment=itransformer", "data.batch_size=64.0"])
+    check_numbers(scalar.data, "data")  # a whole-valued float for an int argument, as in the lists above
+    assert scalar.data.batch_size == 64 and isinstance(scalar.data.batch_size, int)
     only_lbfgs = zconfig.compose(["experiment=lagrangian_pinn", "model.lbfgs_steps=100", "trainer.max_steps=100",
                                   "model.optimizer.lr=0"])
     _probe_optimizer(only_lbfgs)  # no error
