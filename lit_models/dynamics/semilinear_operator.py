@@ -309,6 +309,9 @@ class GatedGain(nn.Module):
         return _apply_conv(self.mix, gate * _apply_conv(self.gain, innovation[:, None]))[:, 0]
 
 
+CORRECTIONS = ("learned", "direct_insertion")
+
+
 class NODA(nn.Module):
     """The recursive filter. `forward(y, mask, frame_mask)` runs from a zero state and returns (u^a, u^f, E(u^f)),
     each B x T x (space); frames with frame_mask[k] = False get no correction (pure prediction). `dim` = 1 (B x T x N
@@ -316,24 +319,31 @@ class NODA(nn.Module):
 
     def __init__(self, modes: int = 12, width: int = 32, n_layers: int = 2, gain_channels: int = 8,
                  gate_kernel: int = 5, gain_kernel: int = 9, persistence: bool = False, dim: int = 1,
-                 gate_input: str = "forecast") -> None:
+                 gate_input: str = "forecast", correction: str = "learned") -> None:
         super().__init__()
+        if correction not in CORRECTIONS:
+            raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
         self.predictor = ResidualPredictor(modes, width, n_layers, persistence, dim)
         self.observation = ObservationOperator(dim)
         self.gain = GatedGain(gain_channels, gate_kernel, gain_kernel, dim, gate_input)
+        self.correction = correction
 
-    def correct(self, u_f: Tensor, y: Tensor, mask: Tensor,
-                gain_operators: tuple[Tensor, ...] | None = None) -> tuple[Tensor, Tensor]:
+    def correct(self, u_f: Tensor, y: Tensor, mask: Tensor, gain_operators: tuple[Tensor, ...] | None = None,
+                correction: str | None = None) -> tuple[Tensor, Tensor]:
         """(u^a, E(u^f)): u^a = u^f + K(u^f) [y - E(u^f)], the innovation masked to the sensors. `gain_operators`:
-        `self.gain.operators(n)`, built once per filter run (1D), else the gain builds its own."""
+        `self.gain.operators(n)`, built once per filter run (1D), else the gain builds its own. With
+        correction="direct_insertion" (baseline, no learned E or K): u^a = u^f + mask (.) (y - u^f), the measurement
+        replaces the forecast at the sensors (`correction`: this call's, else the filter's own)."""
         y_hat = self.observation(u_f, mask)
+        if (correction or self.correction) == "direct_insertion":
+            return u_f + (y - u_f) * mask, y_hat
         innovation = (y - y_hat) * mask
         if gain_operators is not None:
             return u_f + self.gain.apply_operators(gain_operators, u_f, innovation), y_hat
         return u_f + self.gain(u_f, innovation), y_hat
 
-    def forward(self, y: Tensor, mask: Tensor, frame_mask: Tensor,
-                u0: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, y: Tensor, mask: Tensor, frame_mask: Tensor, u0: Tensor | None = None,
+                correction: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
         t = y.shape[1]
         u = torch.zeros_like(y[:, 0]) if u0 is None else u0
         analyses, forecasts, y_hats = [], [], []
@@ -343,7 +353,7 @@ class NODA(nn.Module):
         for k in range(t):
             u_f = u if (k == 0 and u0 is None) else self.predictor(u, prepared)
             if bool(frame_mask[k]):
-                u, y_hat = self.correct(u_f, y[:, k], mask, gain_operators)
+                u, y_hat = self.correct(u_f, y[:, k], mask, gain_operators, correction)
             else:
                 u, y_hat = u_f, self.observation(u_f, mask)
             analyses.append(u)
@@ -378,6 +388,9 @@ class SemilinearOperatorModule(L.LightningModule):
     addition to the paper's loss, off in every shipped config).
     `train_init`: "zero" (default: each training window's recursion starts from a zero state, as the evaluation's
     warm-up does) or "truth" (from the window's true first state u_0; not in the card, off in every shipped config).
+    `correction`: "learned" (NODA's E_theta and K_theta) or "direct_insertion" (a baseline, not NODA: the classical
+    direct-insertion assimilation, u^a = u^f + mask (.) (y - u^f); with measurements on the whole grid the analysis is
+    the noisy y itself, so a filter must beat it to show that it learned anything from the dynamics).
 
     Metrics: `train/loss`, `val/rel_l2` and `test/rel_l2`: relative
     L2 error ||u^a - u|| / ||u|| of the full state, per frame, averaged over rollout frames error_start..error_end
@@ -394,6 +407,7 @@ class SemilinearOperatorModule(L.LightningModule):
         gate_kernel: int = 5,
         gain_kernel: int = 9,
         gate_input: str = "forecast",
+        correction: str = "learned",
         predictor: str = "fno",
         obs_weight: float = 1.0,
         pred_weight: float = 0.0,
@@ -427,13 +441,14 @@ class SemilinearOperatorModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.model = NODA(modes, width, n_layers, gain_channels, gate_kernel, gain_kernel,
-                          persistence=predictor == "persistence", dim=dim, gate_input=gate_input)
+                          persistence=predictor == "persistence", dim=dim, gate_input=gate_input,
+                          correction=correction)
         self.metrics = nn.ModuleDict({f"{s}_{m}": MeanMetric() for s in ("val", "test")
                                       for m in ("rel_l2", "rel_l2_all", "one_step_rel_l2")})
         self._sample: dict[str, Tensor] | None = None
 
     def forward(self, y: Tensor, mask: Tensor, frame_mask: Tensor) -> Tensor:
-        return self.model(y, mask, frame_mask)[0]
+        return self.model(y, mask, frame_mask, correction=self.hparams.correction)[0]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
         u, y = batch["u"].to(self.dtype), batch["y"].to(self.dtype)  # float32, or float64 under 64-true
@@ -445,9 +460,10 @@ class SemilinearOperatorModule(L.LightningModule):
             frame_mask[0] = True
         if self.hparams.train_init == "truth":  # the recursion starts from the window's true first state
             u, y, frame_mask, t = u[:, 1:], y[:, 1:], frame_mask[1:], t - 1
-            u_a, _, y_hat = self.model(y, mask, frame_mask, u0=batch["u"][:, 0].to(self.dtype))
+            u_a, _, y_hat = self.model(y, mask, frame_mask, u0=batch["u"][:, 0].to(self.dtype),
+                                       correction=self.hparams.correction)
         else:
-            u_a, _, y_hat = self.model(y, mask, frame_mask)
+            u_a, _, y_hat = self.model(y, mask, frame_mask, correction=self.hparams.correction)
         state = F.mse_loss(u_a, u)
         fm = frame_mask.to(u.device, u.dtype).view(1, t, *([1] * self.hparams.dim))
         sensors = mask[:, None] * fm

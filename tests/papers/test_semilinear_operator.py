@@ -215,6 +215,36 @@ def test_claim_assimilation_bounds_error_and_fails_with_baseline():
 
 
 @pytest.mark.slow
+def test_claim_beats_direct_insertion_and_fails_with_it():
+    """Not a card check (stop 44's review): with measurements on the whole grid, check 1's 0.3 is met by the
+    measurements alone (their noise is 0.1 std(u)), so check 1 would pass a filter that copies y. The same trained
+    model with the learned correction replaced by direct insertion (u^a = u^f + mask (.) (y - u^f): the noisy y at
+    every sensor) must do clearly worse. Measured (2026-12-08): NODA 0.0449 / 0.0502 / 0.0452 vs direct insertion
+    0.1022 / 0.1022 / 0.1025 (seeds 0 / 1 / 2; ratio 0.44-0.49); with the card's 25 % sensors and gate on [u^f, d]
+    (seed 0) 0.130 vs 0.801. Threshold 0.7x, between the two with a margin; the swap (direct insertion for NODA)
+    compares it with itself and must fail."""
+    torch.set_num_threads(1)
+    result = run_claim("semilinear_operator", "beats_direct_insertion")
+    assert result.passed, result.report()
+    swapped = run_claim("semilinear_operator", "beats_direct_insertion", swap_baseline=True)
+    assert not swapped.passed, swapped.report()
+
+
+def test_direct_insertion_puts_the_measurement_at_the_sensors_and_the_forecast_elsewhere():
+    """The direct-insertion baseline (model.correction=direct_insertion): the analysis equals y at measured points
+    and the forecast elsewhere, whatever the learned E and K; an unknown correction is refused."""
+    filt = NODA(correction="direct_insertion")
+    y, mask = torch.randn(2, 4, 64), (torch.rand(64) < 0.25).float()
+    u_a, u_f, _ = filt(y, mask, torch.ones(4, dtype=torch.bool))
+    torch.testing.assert_close(u_a * mask, y * mask)
+    torch.testing.assert_close(u_a * (1 - mask), u_f * (1 - mask))
+    learned, _, _ = filt(y, mask, torch.ones(4, dtype=torch.bool), correction="learned")
+    assert not torch.allclose(learned * mask, y * mask)
+    with pytest.raises(ValueError, match="correction must be one of learned, direct_insertion"):
+        NODA(correction="insert")
+
+
+@pytest.mark.slow
 def test_claim_monotone_in_alpha_and_fails_with_baseline():
     """Card check 2: error(alpha=1) < error(alpha=0.5) < error(alpha=0), one trained model evaluated three ways.
     Measured: 0.045 < 0.058 < 1.394 (seed 0; seeds 1 / 2: 0.050 < 0.058 < 1.377, 0.045 < 0.057 < 1.364); with the
