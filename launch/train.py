@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -394,7 +395,13 @@ def run(cfg: DictConfig, *, make_run_dir: bool = True, extra_callbacks: list | N
             finish_failed(err)
         raise
     except BaseException as err:  # a bug, Ctrl-C, SIGTERM, a preemption: the W&B run does not end as finished
-        finish_failed(err)
+        if fresh and not started.started and not is_sigterm(err):
+            # a failure in the data's setup (a value read from a file that no check caught) or a Ctrl-C before the
+            # first step: nothing was trained, so the run directory this call made does not stay half-made (the
+            # traceback still shows); a SIGTERM keeps it, a SLURM requeue resumes that run
+            _discard_unstarted(trainer, run_dir)
+        else:
+            finish_failed(err)
         if is_sigterm(err) and run_dir is not None and trainer.is_global_zero:
             _say_where_it_stopped(trainer, run_dir)
         raise
@@ -676,7 +683,49 @@ def _load_checkpoint(path, hint: str = "") -> dict:
         raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}){hint}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"checkpoint {path} is not a Lightning checkpoint{hint}")
+    problem = _checkpoint_problem(ckpt)
+    if problem:
+        raise UserError(f"checkpoint {path} is damaged: {problem}{hint}")
     return ckpt
+
+
+def _checkpoint_problem(ckpt: dict) -> str | None:
+    """What makes a loaded checkpoint unusable before Lightning restores it (a traceback deep inside Lightning or
+    torch, or a silent NaN evaluation, otherwise): a missing Lightning version (a hand-saved dict), a state dict that
+    is not a mapping of tensors, NaN in the weights or the optimizer's state, or loop / step / optimizer / scheduler
+    entries of the wrong kind. None when it looks whole."""
+    import torch
+
+    if "pytorch-lightning_version" not in ckpt:
+        return "no pytorch-lightning_version (a hand-saved dict, not one written by Lightning)"
+    weights = ckpt["state_dict"]
+    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return "its state_dict is not a mapping of tensors"
+    nan = next((k for k, v in weights.items() if v.is_floating_point() and bool(torch.isnan(v).any())), None)
+    if nan is not None:
+        return f"NaN in the weights ({nan})"
+    step = ckpt.get("global_step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"global_step is {step!r}, not a step count"
+    loops = ckpt.get("loops")
+    if loops is not None and not (isinstance(loops, Mapping) and all(isinstance(v, Mapping) for v in loops.values())):
+        return "its loops entry is not a mapping of loop states"
+    optimizers = ckpt.get("optimizer_states")
+    if optimizers is not None:
+        if not isinstance(optimizers, list) or not all(
+                isinstance(o, Mapping) and isinstance(o.get("param_groups"), list) and o["param_groups"]
+                for o in optimizers):
+            return "its optimizer_states are not optimizer state dicts"
+        for state in (o.get("state") or {} for o in optimizers):
+            values = state.values() if isinstance(state, Mapping) else []
+            if any(isinstance(t, torch.Tensor) and t.is_floating_point() and bool(torch.isnan(t).any())
+                   for per_param in values if isinstance(per_param, Mapping) for t in per_param.values()):
+                return "NaN in the optimizer's state"
+    schedulers = ckpt.get("lr_schedulers")
+    if schedulers is not None and not (isinstance(schedulers, list) and all(isinstance(s, Mapping) and s
+                                                                            for s in schedulers)):
+        return "its lr_schedulers are not scheduler state dicts"
+    return None
 
 
 def _floats(metrics) -> dict[str, float]:

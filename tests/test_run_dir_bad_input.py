@@ -236,3 +236,67 @@ def test_every_run_of_a_local_sweep_is_checked_before_the_first_trains(runs_root
                                     "model.num_layers=1,x")
     assert code == 2 and "model.num_layers must be a whole number" in _error_line(err + out)
     assert not (runs_root / "lightgcn").exists()
+
+
+DAMAGE = {  # stop 44's bad-checkpoint audit: each was a traceback (exit 1) or a silent NaN evaluation / test
+    "no_lightning_version": (lambda c: c.pop("pytorch-lightning_version"), "no pytorch-lightning_version"),
+    "nan_weights": (lambda c: next(iter(v for v in c["state_dict"].values() if v.is_floating_point())).fill_(
+        float("nan")), "NaN in the weights"),
+    "state_dict_list": (lambda c: c.update(state_dict=list(c["state_dict"].values())), "not a mapping of tensors"),
+    "loops": (lambda c: c.update(loops={"fit_loop": 5}), "loops entry is not a mapping"),
+    "global_step": (lambda c: c.update(global_step="x"), "global_step is 'x'"),
+    "optimizer_groups": (lambda c: c["optimizer_states"][0].update(param_groups=[]), "optimizer_states are not"),
+    "optimizer_nan": (lambda c: next(iter(next(iter(c["optimizer_states"][0]["state"].values())).values())).fill_(
+        float("nan")), "NaN in the optimizer's state"),
+}
+
+
+def test_a_damaged_checkpoint_is_one_line_in_eval_test_and_resume(runs_root):
+    """A checkpoint that opens but whose contents are damaged (a hand-saved dict without Lightning's version, NaN
+    weights or optimizer moments, a state_dict or loops of the wrong kind, a text global_step, optimizer states
+    without parameter groups): was a KeyError / TypeError / ValueError / LinAlgError traceback from Lightning's
+    restore, or NaN test metrics written into the run (`stage=test`: test_metrics.json, metrics.csv rows and figures).
+    Now one line naming the checkpoint and what is wrong, for `zoo eval`, `stage=test` and a resume, with the run as
+    it was."""
+    assert _train(runs_root, "whole", "trainer.max_epochs=1")[0] == 0
+    run = runs_root / "lightgcn" / "whole"
+    last = run / "checkpoints" / "last.ckpt"
+    good = last.read_bytes()
+    for name, (damage, message) in DAMAGE.items():
+        ckpt = torch.load(last, weights_only=False)
+        damage(ckpt)
+        torch.save(ckpt, last)
+        before = _snapshot(run)
+        for command in (["eval", f"ckpt={last}"],
+                        ["train", *TINY, f"runs_root={runs_root}", "run_id=whole", "stage=test"],
+                        ["train", *TINY, f"runs_root={runs_root}", "run_id=whole", "trainer.max_epochs=2"]):
+            code, out, err = zoo_in_process(*command)
+            assert code == 2, (name, command, err + out)
+            line = _error_line(err + out)
+            assert message in line and str(last) in line, (name, line)
+            assert _snapshot(run) == before, (name, command)
+        last.write_bytes(good)
+    assert _train(runs_root, "whole", "trainer.max_epochs=2")[0] == 0  # the whole checkpoint resumes
+
+
+def test_a_crash_in_the_data_setup_of_a_new_run_leaves_no_run_directory(runs_root, monkeypatch):
+    """An exception other than a one-line input error, raised in the datamodule's setup before the first step (a
+    value read from a data file that no check caught: stop 44's audit found a dysts file's `dt: null` and a damaged
+    generated-data cache), left the new run's config.yaml and meta.json behind, a run that never trained. The
+    traceback still shows (it is a bug to report), but the new run's directory goes; a run that has trained keeps
+    its evidence."""
+    from datamodules.interactions import InteractionDataModule
+
+    def crash(self, stage=None):
+        raise RuntimeError("boom in setup")
+
+    monkeypatch.setattr(InteractionDataModule, "setup", crash)
+    with pytest.raises(RuntimeError, match="boom in setup"):
+        _train(runs_root, "crashed", "trainer.max_epochs=1")
+    assert not (runs_root / "lightgcn" / "crashed").exists()
+    monkeypatch.undo()
+    assert _train(runs_root, "kept", "trainer.max_epochs=1")[0] == 0
+    monkeypatch.setattr(InteractionDataModule, "setup", crash)
+    with pytest.raises(RuntimeError, match="boom in setup"):  # a resume: the run is not new, nothing is removed
+        _train(runs_root, "kept", "trainer.max_epochs=2")
+    assert (runs_root / "lightgcn" / "kept" / "checkpoints" / "last.ckpt").is_file()

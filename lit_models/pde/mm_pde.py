@@ -264,6 +264,10 @@ def load_mover(path: str | Path) -> nn.Module:
     except Exception as err:
         raise UserError(f"model.mover_ckpt: {path} is not a DataFreeMeshMoverModule checkpoint "
                         f"({type(err).__name__}: {one_line(err, 160)})") from None
+    nan = next((name for name, value in mover.state_dict().items()
+                if value.is_floating_point() and bool(torch.isnan(value).any())), None)
+    if nan is not None:  # a diverged or damaged mover: every moved mesh would be NaN
+        raise UserError(f"model.mover_ckpt: {path} holds NaN weights ({nan}): a diverged or damaged checkpoint")
     if mover.hparams.get("branch", "cnn") != "cnn":
         raise UserError(f"model.mover_ckpt: {path} is a {mover.hparams.branch}-branch DMM (a mesh with its own node "
                         "set, e.g. the cylinder); MM-PDE moves a square grid and needs a cnn-branch DMM (e.g. "

@@ -186,6 +186,12 @@ def test_bad_inputs_raise_one_line_user_errors(tmp_path):
     (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a DataFreeMeshMoverModule checkpoint"):
         MMPDEModule(mover_ckpt=str(tmp_path / "garbage.ckpt"))
+    diverged = torch.load(_mover_ckpt(tmp_path), weights_only=False)  # stop 44's audit: trained to a NaN loss
+    diverged["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                              for k, v in diverged["state_dict"].items()}
+    torch.save(diverged, tmp_path / "nan.ckpt")
+    with pytest.raises(UserError, match="holds NaN weights"):
+        MMPDEModule(mover_ckpt=str(tmp_path / "nan.ckpt"))
     m = MMPDEModule(grid=8, hidden=8, layers=1, neighbors=3, output_head="mlp", itp_neighbors=4)
     with pytest.raises(UserError, match="mover_ckpt"):
         m.on_fit_start()  # dmm without a checkpoint and without a fit budget
