@@ -73,10 +73,27 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "paperzoo"
 
 
+CACHE_DIGEST = "__sha256__"  # the entry of a cached_npz file that holds the digest of its other arrays
+
+
+def _arrays_digest(arrays: dict) -> str:
+    """sha256 over the arrays' names, dtypes, shapes and bytes, in name order."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
 def cached_npz(folder: str | os.PathLike | None, prefix: str, key: dict, make) -> dict:
     """Arrays cached as `<folder>/<prefix>_<first 16 hex digits of sha256(key as sorted JSON)>.npz` (folder None:
-    `cache_dir()`): read if the file is there and readable, else `make()` (a dict of arrays) is written there
-    (temporary name, then renamed, so a killed run leaves no half-written file; an unreadable file is replaced)."""
+    `cache_dir()`): read if the file is there, readable and whole, else `make()` (a dict of arrays) is written there
+    (temporary name, then renamed, so a killed run leaves no half-written file). The file carries the sha256 of its
+    arrays (names, dtypes, shapes and bytes): an unreadable file, or one whose arrays were changed, cut or removed since
+    it was written (or written before the digest), is regenerated and replaced, not trained on."""
     import json
 
     import numpy as np
@@ -87,7 +104,12 @@ def cached_npz(folder: str | os.PathLike | None, prefix: str, key: dict, make) -
     if path.is_file():
         try:
             with np.load(path) as z:
-                return {k: np.array(z[k]) for k in z.files}
+                arrays = {k: np.array(z[k]) for k in z.files}
+            stored = str(arrays.pop(CACHE_DIGEST, ""))
+            if stored == _arrays_digest(arrays):
+                return arrays
+            log.warning("cache file %s does not match its digest (changed since written, or older than the "
+                        "digest): regenerating it", path)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # regenerated and replaced
             log.warning("cache file %s is unreadable (%s): regenerating it", path, one_line(err, 120))
     out = make()
@@ -95,7 +117,7 @@ def cached_npz(folder: str | os.PathLike | None, prefix: str, key: dict, make) -
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part.npz")  # never shared by two
     try:  # writers (a pid alone is, across containers)
         with os.fdopen(fd, "wb") as file:
-            np.savez(file, **out)
+            np.savez(file, **out, **{CACHE_DIGEST: np.array(_arrays_digest(out))})
         _shareable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:

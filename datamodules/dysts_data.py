@@ -37,6 +37,7 @@ import difflib
 import gzip
 import json
 import logging
+import math
 import warnings
 import zlib
 from pathlib import Path
@@ -110,7 +111,11 @@ def _parse_entry(filename: str, name: str, entry) -> dict:
         raise UserError(f"data: {filename}: system {name!r} has non-numeric or ragged 'values'") from None
     if values.ndim not in (1, 2) or len(values) < 2 or not np.isfinite(values).all():
         raise UserError(f"data: {filename}: system {name!r} 'values' must be a finite (T,) or (T, D) array")
-    return {"dt": float(entry.get("dt", float("nan"))), "values": values}
+    dt = entry.get("dt", float("nan"))  # absent: NaN, no Lyapunov time for this system
+    if "dt" in entry and (isinstance(dt, bool) or not isinstance(dt, (int, float)) or not math.isfinite(dt)
+                          or dt <= 0):
+        raise UserError(f"data: {filename}: system {name!r} has 'dt' {dt!r}, not a positive number")
+    return {"dt": float(dt), "values": values}
 
 
 def system_series(dataset: dict[str, dict], name: str, coordinate: int = 0) -> np.ndarray:
@@ -178,8 +183,13 @@ def official_input_lengths(path: str | Path) -> dict[str, int]:
     out = {}
     for name, models in table.items():
         spec = models.get("NBEATSModel") if isinstance(models, dict) else None
-        if isinstance(spec, dict) and isinstance(spec.get("input_chunk_length"), int):
-            out[name] = spec["input_chunk_length"]
+        if isinstance(spec, dict) and "input_chunk_length" in spec:
+            lags = spec["input_chunk_length"]
+            if (isinstance(lags, bool) or not isinstance(lags, (int, float)) or not math.isfinite(lags)
+                    or lags != int(lags) or lags < 1):
+                raise UserError(f"hyperparameters {path}: {name}'s NBEATSModel input_chunk_length is {lags!r}, not a "
+                                "whole number >= 1")
+            out[name] = int(lags)
     return out
 
 

@@ -274,6 +274,24 @@ CAUSAL_DOMAINS = {  # (t_end, x_low, x_high); x range None for ODEs
 }
 
 
+def check_reference_grid(ref: dict[str, np.ndarray], name: str, path) -> None:
+    """A paper file's grids fit the problem: t starts at 0 (the initial condition is the first snapshot) and
+    increases, and x increases over the problem's domain (CAUSAL_DOMAINS; a periodic grid may stop one spacing
+    short of its end). A file on another time origin or x range trained without a word otherwise."""
+    t, x = ref["t"], ref["x"]
+    if abs(float(t[0])) > 1e-9 or (t.size > 1 and not (np.diff(t) > 0).all()):
+        raise UserError(f"data.name={name}: {path}'s t must start at 0 and increase (t[0] = {float(t[0]):g}): the "
+                        "first snapshot is the initial condition")
+    _, low, high = CAUSAL_DOMAINS[name]
+    if low is None:
+        return
+    spacing = (high - low) / max(x.size - 1, 1)
+    if (x.size > 1 and not (np.diff(x) > 0).all()) or float(x[0]) < low - 1e-6 or float(x[-1]) > high + 1e-6 \
+            or float(x[0]) > low + 1.5 * spacing or float(x[-1]) < high - 1.5 * spacing:
+        raise UserError(f"data.name={name}: {path}'s x runs from {float(x[0]):g} to {float(x[-1]):g}; the problem's "
+                        f"domain is [{low:g}, {high:g}] (x increasing over it)")
+
+
 def check_reference_horizon(t: np.ndarray, horizon: float, name: str) -> None:
     """A paper file must reach the horizon time_windows x t_end to within one snapshot spacing (the KS scripts score
     the first 10 x 25 snapshots only, so the file may end one spacing short)."""
@@ -361,6 +379,7 @@ class CausalPINNDataModule(L.LightningDataModule):
                                 f"data.data_dir unset to download it from {url})")
             path = Path(hp.data_dir).expanduser() / fname if hp.data_dir else fetch(url, sha256=sha)
             ref = load_mat_reference(path, self.name)
+            check_reference_grid(ref, self.name, path)
             check_reference_horizon(ref["t"], self.horizon, self.name)
         elif self.name == "allen_cahn":
             ref = allen_cahn_reference(hp.n_modes, hp.dt, 1.0, hp.n_snapshots)

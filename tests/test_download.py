@@ -415,3 +415,35 @@ def test_concurrent_fetches_download_once(served, cache, caplog):
     assert server.hits == ["/slow/data.bin"]
     assert "waiting for another process's download" in caplog.text
     assert _leftovers(cache / "arr") == ["data.bin", "data.bin.sha256"]
+
+
+def test_cached_arrays_changed_after_writing_are_regenerated(tmp_path, caplog):
+    """A cache file that still opens but whose arrays were changed (a key removed, rows cut, NaN written into it: the
+    real-data audit of stop 44 overwrote a QG cache) was read as it was: a KeyError, a reshape error or a NaN run
+    followed. Each file carries the sha256 of its arrays; a file that does not match (or has none: written by hand or
+    before the digest) is regenerated and replaced."""
+    import numpy as np
+
+    calls = []
+
+    def make():
+        calls.append(1)
+        return {"psi": np.arange(12.0).reshape(3, 4), "psi_next": np.ones((3, 4))}
+
+    first = download.cached_npz(tmp_path, "qg", {"n": 3}, make)
+    (path,) = tmp_path.glob("qg_*.npz")
+    again = download.cached_npz(tmp_path, "qg", {"n": 3}, make)
+    assert len(calls) == 1 and set(again) == {"psi", "psi_next"} and np.array_equal(again["psi"], first["psi"])
+    damaged = [{"psi": first["psi"]},  # a key removed (and no digest: as a hand-written file)
+               {"psi": first["psi"][:2], "psi_next": first["psi_next"],
+                download.CACHE_DIGEST: np.array(download._arrays_digest(first))},  # rows cut, the old digest kept
+               {"psi": np.full((3, 4), np.nan), "psi_next": first["psi_next"],
+                download.CACHE_DIGEST: np.array(download._arrays_digest(first))}]  # NaN written in
+    for n, arrays in enumerate(damaged, start=2):
+        with open(path, "wb") as file:
+            np.savez(file, **arrays)
+        with caplog.at_level("WARNING"):
+            out = download.cached_npz(tmp_path, "qg", {"n": 3}, make)
+        assert len(calls) == n and np.array_equal(out["psi"], first["psi"]), n
+        assert "does not match its digest" in caplog.text
+        assert download.cached_npz(tmp_path, "qg", {"n": 3}, make)["psi_next"].shape == (3, 4) and len(calls) == n

@@ -151,6 +151,10 @@ def test_unknown_system_missing_and_corrupt_files(tmp_path):
         load_precomputed(bad)
     with pytest.raises(UserError, match="coordinate"):
         system_series({"Lorenz": {"values": np.zeros(10)}}, "Lorenz", coordinate=1)
+    for dt in ("null", '"0.1"', "0", "-1"):  # was a TypeError traceback (null, text) or a negative Lyapunov time
+        bad.write_bytes(b'{"Lorenz": {"dt": %s, "values": [1.0, 2.0, 3.0]}}' % dt.encode())
+        with pytest.raises(UserError, match="'dt' .* not a positive number"):
+            load_precomputed(bad)
 
 
 def test_download_failure_is_one_line(tmp_path, monkeypatch):
@@ -249,6 +253,11 @@ def test_official_hyperparameter_file_sets_the_systems_input_length(tmp_path, ca
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(UserError, match="not a readable JSON"):
         DystsPrecomputedDataModule(system="Lorenz", hyperparameters=str(tmp_path / "bad.json"))
+    for lags in (0, -3, True, 2.5, "25"):  # 0 trained 3 steps then a shape traceback; -3 a traceback; true was 1
+        hp.write_text(json.dumps({"Lorenz": {"NBEATSModel": {"input_chunk_length": lags}}}))
+        with pytest.raises(UserError, match="input_chunk_length is .* not a whole number >= 1"):
+            DystsPrecomputedDataModule(system="Lorenz", granularity="coarse", hyperparameters=str(hp),
+                                       data_dir=str(tmp_path / "d"))
 
 
 TINY = ["model.width=16", "model.num_layers=1", "model.num_blocks=2", "data.batch_size=8",

@@ -317,3 +317,26 @@ def test_paper_file_short_of_the_horizon_is_a_one_line_error(tmp_path):
     empty = CausalPINNDataModule(name="ks_chaotic_mat", t_end=0.1, time_windows=5, data_dir=str(tmp_path / "none"))
     with pytest.raises(UserError, match="ks_chaotic.mat is not in data.data_dir"):
         empty.setup()
+
+
+@pytest.mark.parametrize("grids", ["late_start", "x_outside", "x_short", "t_unsorted"])
+def test_paper_mat_file_on_other_grids_is_a_one_line_error(tmp_path, grids):
+    """AC.mat with t from 0.5 (the initial condition would be the t = 0.5 snapshot) or x outside or short of the
+    problem's [-1, 1] trained without a word (bad-data audit, stop 44); only the horizon was checked."""
+    from scipy.io import savemat
+
+    from launch.errors import UserError
+
+    t, x = np.linspace(0.0, 1.0, 5), np.linspace(-1.0, 1.0, 8)
+    if grids == "late_start":
+        t = t + 0.5
+    elif grids == "x_outside":
+        x = np.linspace(0.0, 4.0, 8)
+    elif grids == "x_short":
+        x = np.linspace(-0.5, 0.5, 8)
+    else:
+        t = t[[0, 2, 1, 3, 4]]
+    savemat(tmp_path / "AC.mat", {"tt": t[None], "x": x[:, None], "uu": np.zeros((8, 5))})
+    with pytest.raises(UserError, match="must start at 0 and increase" if grids in ("late_start", "t_unsorted")
+                       else r"the problem's domain is \[-1, 1\]"):
+        CausalPINNDataModule(name="allen_cahn_mat", n_t=4, n_x=4, data_dir=str(tmp_path)).setup()
