@@ -32,6 +32,31 @@ REGISTRY: dict[str, str | tuple[str, ...]] = {
 }
 
 
+# which side of 1 is good, written on every row with a ratio that does not say it itself (`better_if`): the
+# directions differ between benchmarks (itransformer's rows carry their own), and a reader of runs/bench/*.json
+# across benchmarks could otherwise invert a result
+BETTER_IF = {
+    "benchmarks.recsys_speed": "> 1 (ours faster / smaller)",
+    "benchmarks.pinn_residuals": "> 1 (torch.func faster than autograd)",
+    "benchmarks.pig_speed": "> 1 (the PIG step cheaper)",
+    "benchmarks.mgno_speed": "> 1 (MgNO faster / more accurate than the FNO)",
+    "benchmarks.gtf_speed": "> 1 (GTF more steps/s than BPTT)",
+    "benchmarks.mesh_mover_speed": "> 1 (the learned mover faster than the solve)",
+    "benchmarks.mm_pde_speed": "> 1 (MM-PDE faster than the fixed-mesh GNN; < 1: it costs more)",
+    "benchmarks.precision_speed": "< 1 (step_ratio: that precision faster than 32-true)",
+}
+
+
+def with_direction(name: str, rows: list[dict]) -> list[dict]:
+    """Each row with a ratio (`ratio`, `*_ratio`) and no `better_if` of its own gets its benchmark's BETTER_IF."""
+    direction = BETTER_IF.get(name)
+    for row in rows:
+        has_ratio = any((k == "ratio" or k.endswith("_ratio")) and row[k] is not None for k in row)
+        if direction and has_ratio and "better_if" not in row:
+            row["better_if"] = direction
+    return rows
+
+
 def _modules(entry: str | tuple[str, ...]) -> tuple[str, ...]:
     """The benchmark modules registered for one slug (one module name or several)."""
     return (entry,) if isinstance(entry, str) else tuple(entry)
@@ -80,13 +105,15 @@ def run_benchmarks(slug: str | None, *, quick: bool, out_dir: Path,
         threads = torch.get_num_threads()
         try:
             rows = module.run(quick=quick, **kwargs[name])
-        finally:  # a benchmark sets its own threads: the next one starts from the same count
+            ran_with = torch.get_num_threads()  # a benchmark sets its own (most: 1): record those, not the caller's
+        finally:  # the next benchmark starts from the same count
             torch.set_num_threads(threads)
+        rows = with_direction(name, rows)
         results[name] = rows
         short = name.rsplit(".", 1)[-1]
         payload = {"benchmark": short, "quick": quick, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                    "options": {k: v for k, v in kwargs[name].items() if k != "out_dir"},
-                   "machine": machine(threads), "summary": getattr(module, "SUMMARY", ""), "rows": rows}
+                   "machine": machine(ran_with), "summary": getattr(module, "SUMMARY", ""), "rows": rows}
         name_of = getattr(module, "result_name", None)  # e.g. one file per shard of the dysts runner
         stem = name_of(quick=quick, **kwargs[name]) if name_of else short
         write_atomic(out_dir / f"{stem}.json", json.dumps(_finite(payload), indent=2))
@@ -118,6 +145,8 @@ def machine(threads: int) -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    # torch_threads: the benchmark process's count when its run ended (a case run in a child process of its own, as
+    # itransformer's, states its threads in its rows)
     return {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": threads,
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

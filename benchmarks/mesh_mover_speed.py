@@ -65,6 +65,15 @@ def _module(name: str, paper: bool):
 
 
 def run(quick: bool = True, device: str = "cpu") -> list[dict]:
+    """The rows below, with 1 torch thread and 1 BLAS / OpenMP thread for numpy and scipy too (the cosine-series and
+    FEM Monge-Ampere solves run numpy / scipy code, which would otherwise use every core while the networks use one)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _run(quick, device)
+
+
+def _run(quick: bool, device: str) -> list[dict]:
     device = check_device(device)
     torch.set_num_threads(1)
     from datamodules.meshes import front_fields, front_graph

@@ -75,3 +75,48 @@ def test_an_option_some_benchmark_refuses_fails_before_any_runs(tmp_path):
     code, _, err = zoo_in_process("bench", "--all", "--quick", "--systems", "lorenz", "--out", str(tmp_path / "b"))
     assert code == 2 and "does not take --systems" in err and len(err.strip().splitlines()) == 1, err
     assert not list((tmp_path / "b").glob("*.json"))
+
+
+def test_the_result_records_the_threads_the_benchmark_ran_with(tmp_path, monkeypatch):
+    """Most benchmarks pin 1 torch thread; the JSON's machine.torch_threads recorded the caller's count (2 on a
+    2-core machine) read before the run (benchmark audit, stop 44). It records the count the benchmark ran with, and
+    the caller's count is restored afterwards."""
+    import json
+    import sys
+    import types
+
+    import torch
+
+    from benchmarks import REGISTRY, run_benchmarks
+
+    fake = types.ModuleType("benchmarks.fake_one_thread")
+
+    def run(quick: bool):
+        torch.set_num_threads(1)
+        return [{"case": "x", "ratio": 1.0}]
+
+    fake.run, fake.SUMMARY = run, "fake"
+    monkeypatch.setitem(sys.modules, "benchmarks.fake_one_thread", fake)
+    monkeypatch.setitem(REGISTRY, "fake", "benchmarks.fake_one_thread")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_benchmarks("fake", quick=True, out_dir=tmp_path)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((tmp_path / "fake_one_thread.json").read_text())["machine"]["torch_threads"] == 1
+
+
+def test_every_ratio_row_says_which_side_of_one_is_good():
+    """Ratios point different ways across benchmarks (itransformer: ours / baseline seconds, < 1 good; the PINN,
+    PIG and mesh-mover rows: baseline / ours seconds, > 1 good) and only itransformer's rows said so (benchmark audit,
+    stop 44): every registered benchmark module has a direction, written on each row with a ratio that lacks one."""
+    from benchmarks import BETTER_IF, REGISTRY, _modules, with_direction
+
+    modules = {m for entry in REGISTRY.values() for m in _modules(entry)}
+    assert modules - {"benchmarks.itransformer_speed", "benchmarks.dysts_runner"} <= set(BETTER_IF), modules
+    rows = with_direction("benchmarks.pinn_residuals", [{"ratio": 2.0}, {"ratio": None}, {"ratio": 0.5,
+                                                         "better_if": "< 1"}, {"time_ratio": 1.2}])
+    assert [r.get("better_if") for r in rows] == [BETTER_IF["benchmarks.pinn_residuals"], None, "< 1",
+                                                  BETTER_IF["benchmarks.pinn_residuals"]]
