@@ -17,6 +17,17 @@ metadata (`maximum_lyapunov_estimated`, in the system's time units) and the expo
 the Spearman rank correlation across systems between its sMAPE (and NRMSE) and each chaos measure. The table is
 written as CSV and markdown to ``out_dir`` (``zoo bench dysts_benchmark --out DIR``; default ``runs/bench``).
 
+Cost (wall-clock seconds, one reading each, not paired or repeated; on ``cuda`` synchronised before each clock read):
+``data_seconds``, the system's data step (its trajectory or published series and its dysts metadata), once per system,
+on the system's first row only; ``fit_seconds`` on each forecaster's row, its own training and forecast (data
+normalisation and windowing included). Each column therefore sums to the run's cost. Each summary row adds
+``fit_seconds_median`` / ``fit_seconds_total`` of its forecaster over the systems it ran on; the first summary row
+also ``data_seconds_median`` / ``_total`` and ``system_seconds_median`` / ``_total`` (data + every forecaster of a
+system) over every system of the table, a skipped one with the cost of its failed data step. Before the first timed
+system (of each shard) one untimed warm-up runs the forecasters on a short series (a 200-point trajectory, or the first
+system's published series), so that imports, dysts' metadata and torch's (CUDA's) first calls are not charged to the
+first system; it changes no result (every forecaster seeds itself; the short trajectory is not the cached one).
+
 Protocol (``--protocol``): ``direct`` (default) as above; ``official`` (needs ``--dataset``) runs the N-BEATS row as the
 official benchmarks/compute_benchmarks.py: darts' NBEATSModel defaults (generic, 30 blocks of 4 x 256 ReLU layers,
 expansion coefficients theta of dimension 5, Adam 1e-3, batch 32, 100 epochs; ``--quick``: 2 epochs of a 3-block lite
@@ -59,7 +70,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.timing import check_device
+from benchmarks.timing import check_device, device_sync
 from datamodules.dysts_data import official_input_lengths
 from launch.errors import UserError
 
@@ -235,11 +246,63 @@ def _precomputed_loader(dataset: str, data_dir: str | None, base_url: str | None
     return task, sorted(table)
 
 
-# Not a paired speed measurement: the runner times each system's whole set of forecasters once (`seconds`, for the
-# record), its results are forecast errors, not ratios of timings, so nothing here is interleaved.
+def _forecasters(name: str, train: np.ndarray, xte: np.ndarray, horizon: int, steps: int, device: str,
+                 official: dict | None) -> dict:
+    """Forecaster name -> a call that fits it on `train` and forecasts `xte` ((windows, horizon)), in row order."""
+    forecasters = {"naive": lambda: np.repeat(xte[:, -1:], horizon, 1),
+                   f"ridge_ar{xte.shape[1]}": lambda: _ridge_ar(train, xte, horizon=horizon)}
+    if official is None:
+        forecasters["nbeats_lite"] = lambda: _nbeats(train, xte, steps, horizon=horizon, device=device)
+    else:
+        lags = official["lags"].get(name, xte.shape[1])
+        forecasters["nbeats_official"] = lambda: _nbeats_one_step(train, lags, horizon, official["epochs"],
+                                                                   official["size"], device=device)
+    return forecasters
+
+
+def _timed(call, sync) -> tuple[object, float]:
+    """(result, wall-clock seconds) of one call; `sync` before each clock read (device_sync)."""
+    sync()
+    start = time.perf_counter()
+    out = call()
+    sync()
+    return out, time.perf_counter() - start
+
+
+WARM_UP_POINTS = 200  # warm-up trajectory: shorter than N_POINTS, so make_trajectories' cache serves no timed system
+
+
+def _warm_up(name: str, task, device: str, official: dict | None) -> None:
+    """Untimed, once before the first timed system: every forecaster once (2 N-BEATS steps, 1 official epoch of a
+    one-block net) on a short series of `name`, with its dysts metadata, so that the one-time costs (imports, dysts'
+    metadata file, torch's and CUDA's first calls) are not charged to the first timed system. Best effort: a failure
+    here is left to the timed run to report."""
+    try:
+        _system(name)
+        if task is _integrated_task:
+            from datamodules.dysts_windows import load_series, sliding_windows
+
+            series = load_series(name, WARM_UP_POINTS, PPP)
+            train = series[:WARM_UP_POINTS - LAGS - HORIZON]
+            xte, _ = sliding_windows(series[len(train) - LAGS:], LAGS, HORIZON, STRIDE)
+            horizon = HORIZON
+        else:  # the published series: a lookup in the loaded file, nothing cached
+            train, xte, _, horizon = task(name)
+        tiny = None if official is None else {"epochs": 1, "size": (1, 1, 8), "lags": {}}
+        for call in _forecasters(name, train, xte, horizon, 2, device, tiny).values():
+            call()
+        device_sync(device)()
+    except Exception:  # a system that fails to integrate becomes the timed run's 'skipped' row (or its UserError)
+        pass
+
+
+# Not a paired speed measurement: each system's data step and each forecaster's fit + forecast are timed once
+# (`data_seconds`, `fit_seconds`: costs, not ratios of timings), so nothing here is interleaved.
 def _system_rows(name: str, task, steps: int, device: str, official: dict | None = None) -> list[dict]:
-    """The three forecasters' rows for one system (or one 'skipped' row when its data cannot be made). `official`
-    (protocol official): {"epochs", "size", "lags": per-system input lengths} for the one-step N-BEATS row."""
+    """The three forecasters' rows for one system (or one 'skipped' row when its data cannot be made), with the
+    system's `data_seconds` on its first row and each forecaster's `fit_seconds` on its own. `official` (protocol
+    official): {"epochs", "size", "lags": per-system input lengths} for the one-step N-BEATS row."""
+    sync = device_sync(device)
     start = time.perf_counter()
     try:
         train, xte, yte, horizon = task(name)
@@ -247,30 +310,28 @@ def _system_rows(name: str, task, steps: int, device: str, official: dict | None
     except UserError:
         raise
     except Exception as err:  # a system that fails to integrate is skipped, not fatal
-        return [{"system": name, "forecaster": "skipped", "note": str(err)[:80]}]
+        return [{"system": name, "forecaster": "skipped", "note": str(err)[:80],
+                 "data_seconds": time.perf_counter() - start}]
     lyap = float(meta.maximum_lyapunov_estimated or float("nan"))
     period = float(meta.period or float("nan"))
+    data_seconds = time.perf_counter() - start
     sd = train.std() or 1.0
-    preds = {"naive": np.repeat(xte[:, -1:], horizon, 1),
-             f"ridge_ar{xte.shape[1]}": _ridge_ar(train, xte, horizon=horizon)}
-    scored = {}
-    if official is None:
-        preds["nbeats_lite"] = _nbeats(train, xte, steps, horizon=horizon, device=device)
-    else:  # compute_benchmarks.py: darts scores the rolled forecast against y_val[:-1]
-        lags = official["lags"].get(name, xte.shape[1])
-        preds["nbeats_official"] = _nbeats_one_step(train, lags, horizon, official["epochs"], official["size"],
-                                                    device=device)
-        scored["nbeats_official"] = horizon - 1
-    seconds = time.perf_counter() - start
+    forecasters = _forecasters(name, train, xte, horizon, steps, device, official)
+    # compute_benchmarks.py: darts scores the rolled official forecast against y_val[:-1]
+    scored = {"nbeats_official": horizon - 1}
     rows = []
-    for forecaster, pred in preds.items():
+    for forecaster, call in forecasters.items():
+        pred, fit_seconds = _timed(call, sync)
         n = scored.get(forecaster, horizon)
         p, y = pred[:, :n], yte[:, :n]
         rows.append({"system": name, "forecaster": forecaster, "smape": _smape(p, y),
                      "nrmse": float(np.sqrt(np.mean((p - y) ** 2)) / sd), "max_lyapunov": lyap,
-                     "lyapunov_per_period": lyap * period, "windows": len(xte), "seconds": seconds})
+                     "lyapunov_per_period": lyap * period, "windows": len(xte)})
+        if len(rows) == 1:  # the system's data step, once per system
+            rows[-1]["data_seconds"] = data_seconds
+        rows[-1]["fit_seconds"] = fit_seconds
         if forecaster == "nbeats_official":
-            rows[-1]["lags"] = lags
+            rows[-1]["lags"] = official["lags"].get(name, xte.shape[1])
     return rows
 
 
@@ -284,7 +345,9 @@ def _spearman(a: list[float], b: list[float]) -> float:
 
 
 def summary_rows(rows: list[dict]) -> list[dict]:
-    """One row per forecaster: mean sMAPE and Spearman rho of sMAPE / NRMSE against each chaos measure."""
+    """One row per forecaster: mean sMAPE and Spearman rho of sMAPE / NRMSE against each chaos measure, and the
+    forecaster's cost over systems (`fit_seconds_median` / `_total`); the first row also the per-system cost
+    (`data_seconds_*`, `system_seconds_*`: data + every forecaster)."""
     done = [r for r in rows if r["forecaster"] != "skipped"]
     out = []
     for forecaster in dict.fromkeys(r["forecaster"] for r in done):
@@ -298,7 +361,26 @@ def summary_rows(rows: list[dict]) -> list[dict]:
                     # sMAPE depends on the series' offset from zero (card pitfall): the scale-free NRMSE too
                     "rho_nrmse_lyapunov": _spearman(nrmse, lyap),
                     "rho_nrmse_lyapunov_per_period": _spearman(nrmse, per_period)})
+        out[-1].update(_cost("fit_seconds", [r.get("fit_seconds") for r in done if r["forecaster"] == forecaster]))
+    if out:  # per system: over every system of the table (a skipped one: its failed data step)
+        data, whole = {}, {}
+        for r in rows:
+            for column in ("data_seconds", "fit_seconds"):
+                if column in r:
+                    whole[r["system"]] = whole.get(r["system"], 0.0) + r[column]
+            if "data_seconds" in r:
+                data[r["system"]] = r["data_seconds"]
+        out[0].update(_cost("data_seconds", list(data.values())))
+        out[0].update(_cost("system_seconds", list(whole.values())))
     return out
+
+
+def _cost(column: str, seconds: list) -> dict:
+    """{column_median, column_total} over the timed values (none for tables from before the cost columns)."""
+    seconds = [s for s in seconds if s is not None]
+    if not seconds:
+        return {}
+    return {f"{column}_median": float(np.median(seconds)), f"{column}_total": float(np.sum(seconds))}
 
 
 # -------------------------------------------------------------------------------------------------- entry
@@ -338,6 +420,8 @@ def run(quick: bool = False, out_dir: Path | None = None, systems: list[str] | s
     torch.set_num_threads(1)
     rows: list[dict] = []
     try:
+        if names:
+            _warm_up(names[0], task, device, official)
         for name in names:
             rows += _system_rows(name, task, steps, device, official)
     finally:

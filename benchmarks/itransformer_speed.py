@@ -2,16 +2,21 @@
 implementation's speed anchor (issue 3), as ratios in the same run.
 
 Cases (full mode: on the CPU each in a fresh subprocess, `python -m benchmarks.itransformer_speed --case NAME`,
-printing one JSON line, so that a case's peak RSS (`ru_maxrss`) is its own; on CUDA all cases in one subprocess,
-peak memory from torch.cuda, reset per case; 2 torch threads, as the anchor's 2-core machine,
+printing one JSON line, so that a case's peak RSS (`ru_maxrss`) is its own; on CUDA all cases but the `step_*` ones
+(which exist for their peak RSS) in one subprocess; 2 torch threads, as the anchor's 2-core machine,
 or `PAPERZOO_BENCH_THREADS`, e.g. 1 on a machine shared with other jobs):
 
-1. `step_{itr,tmp}_h{96,336}`: bare training steps (forward, MSE, backward, Adam) on fixed random batches of the
-   ETTh1 shape: batch 32, 7 variates, lookback 96; horizon 96 with d_model = d_ff = 256, horizon 336 with
-   d_model = d_ff = 512; 2 layers, 8 heads, dropout 0.1 (the official ETTh1 script). `itr` =
-   `lit_models.dynamics.itransformer.ITransformer` (7 variate tokens), `tmp` =
+1. `pair_tmp_h{96,336}`: THE iTransformer vs temporal-token Transformer comparison: bare training steps (forward,
+   MSE, backward, Adam) on fixed random batches of the ETTh1 shape: batch 32, 7 variates, lookback 96; horizon 96
+   with d_model = d_ff = 256, horizon 336 with d_model = d_ff = 512; 2 layers, 8 heads, dropout 0.1 (the official
+   ETTh1 script). `itr` = `lit_models.dynamics.itransformer.ITransformer` (7 variate tokens), `tmp` =
    `lit_models.dynamics.temporal_transformer.TemporalTransformer` (96 time tokens, the same encoder layers,
-   widths and instance normalisation). No timestamp covariates in this pair (pure model comparison).
+   widths and instance normalisation). No timestamp covariates in this pair (pure model comparison). The two take
+   turns in one process, the same data and threads (benchmarks/timing.py: untimed warm-up, then 12 rounds of 5 steps
+   of each, the order alternated); the ratio is the median of the per-round speed ratios (timed one after the other
+   a drift of the machine would scale the ratio, however far from 1 it is).
+   `step_{itr,tmp}_h{96,336}` (CPU only): the same steps of one model in a fresh process of its own, for its peak
+   RSS; the step times they print are unpaired and give no speed ratio (the `pair_tmp` row does).
 2. `pair_ref_h{96,336}`: the same bare steps with the 4 timeF covariate tokens of the official ETTh1 run, for
    ours (`itm`: Adam `fused`, as configs/model/itransformer.yaml) and `ref` = benchmarks/itransformer_reference.py,
    the official implementation's operation sequence rewritten (Conv1d FFN, einsum attention, for-loop Adam): the
@@ -30,7 +35,10 @@ settings: ~24 steps/s (39 ms/step), ~11 s/epoch, peak memory 0.86 GiB; ~10 steps
 
 Memory: on CPU the peak RSS of the case's process (tracemalloc does not see torch's allocator, so it cannot measure
 tensors); the increase over the RSS right after imports is also given. On a GPU (`--device cuda`, added
-automatically in full mode when CUDA is available) `torch.cuda.max_memory_allocated`.
+automatically in full mode when CUDA is available) `*_peak_gpu_mib` of one training step of each model of a pair
+(benchmarks.timing.cuda_peak_mib: `torch.cuda.max_memory_allocated` above what was allocated before the step, so
+parameters, batches and Adam state are not counted), as docs/checks.md defines it. The anchor rows get no ratio on
+CUDA: the anchor is a CPU figure.
 
 `--quick` (the smoke test): tiny sizes, a few steps, all cases in this process; its numbers mean nothing.
 """
@@ -47,7 +55,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.timing import RATIO_METHOD, check_device, device_sync
+from benchmarks.timing import check_device, cuda_peak_mib, device_sync, paired_fields
 
 MARK = "@@ITRANSFORMER_BENCH@@ "
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,18 +80,31 @@ FULL = {"batch": 32, "variates": 7, "seq_len": 96, "n_heads": 8, "e_layers": 2, 
         "fit_warmup": 5, "fit_timed": 40, "pair_rounds": 12, "pair_block": 5,
         "threads": int(os.environ.get("PAPERZOO_BENCH_THREADS", "2"))}
 QUICK = {"batch": 4, "variates": 3, "seq_len": 16, "n_heads": 2, "e_layers": 1, "warmup": 1, "timed": 2,
-         "fit_warmup": 1, "fit_timed": 2, "pair_rounds": 2, "pair_block": 1, "threads": 1, "d_model": 16, "d_ff": 16}
+         "fit_warmup": 1, "fit_timed": 2, "pair_rounds": 8, "pair_block": 1, "threads": 1, "d_model": 16, "d_ff": 16}
 
-CASES = ("step_itr_h96", "step_tmp_h96", "pair_ref_h96", "fit_itr_h96",
-         "step_itr_h336", "pair_ref_h336", "fit_itr_h336", "step_tmp_h336")
+# pair_<baseline>_h*: (ours, baseline) taking turns in one process. tmp: the model comparison (no timestamp tokens);
+# ref: ours with the 4 timeF tokens (`itm`) vs the official-structure reference
+PAIRS = {"tmp": ("itr", "tmp"), "ref": ("itm", "ref")}
+
+CASES = ("pair_tmp_h96", "step_itr_h96", "step_tmp_h96", "pair_ref_h96", "fit_itr_h96",
+         "pair_tmp_h336", "step_itr_h336", "pair_ref_h336", "fit_itr_h336", "step_tmp_h336")
+
+
+def cases_for(device: str) -> tuple[str, ...]:
+    """The cases run on `device`: the `step_*` cases exist for their process's peak RSS, so on CUDA (peak GPU memory
+    from the pairs) they are left out."""
+    return CASES if device == "cpu" else tuple(c for c in CASES if not c.startswith("step_"))
 
 SUMMARY = (
     "How to read: `ratio` = ours / baseline for the unit of the row; `better_if` says which side of 1 is good "
     "(steps/s: > 1; ms/step, s/epoch and memory: < 1). Model rows compare our iTransformer (variate tokens) with a "
     "temporal-token Transformer of the same width/depth on the same ETTh1-shaped batches (bare training steps; "
-    "torch threads in the note: 2 by default, PAPERZOO_BENCH_THREADS overrides). Anchor rows compare the full `zoo train experiment=itransformer/etth1` loop on an ETTh1-shaped CSV "
-    "with the official implementation's figures on a 2-core machine (quoted, not re-run). Peak memory is the "
-    "case process's peak RSS (fresh process per case; imports of torch + lightning are part of it, see `note`). "
+    "torch threads in the note: 2 by default, PAPERZOO_BENCH_THREADS overrides); their steps/s row is paired: the "
+    "two take turns in one process and `ratio` is the median of the per-round ratios (`ratio_q1`-`ratio_q3` its "
+    "quartiles). Anchor rows compare the full `zoo train experiment=itransformer/etth1` loop on an ETTh1-shaped CSV "
+    "with the official implementation's figures on a 2-core CPU machine (quoted, not re-run; no ratio on CUDA). "
+    "Peak memory on the CPU is the case process's peak RSS (fresh process per case; imports of torch + lightning are "
+    "part of it, see `note`); on CUDA the peak GPU memory of one step above what was allocated before it. "
     "Wall-clock numbers depend on machine load (the 1-min load average is in each note): on a shared machine "
     "compare ratios, not absolute values. --quick rows are a smoke test on tiny sizes; their ratios mean nothing."
 )
@@ -177,16 +198,12 @@ def case_step(model_name: str, horizon: int, quick: bool, device: str = "cpu") -
     import torch
 
     cfg = QUICK if quick else FULL
-    left_over = 0
-    if device == "cuda":  # the cases share one process on the GPU: count none of an earlier case's tensors
+    if device == "cuda":  # the cases share one process on the GPU: free an earlier case's tensors
         import gc
 
         gc.collect()
         torch.cuda.empty_cache()
-        left_over = torch.cuda.memory_allocated()
     step, info = _training_step(model_name, horizon, quick, device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     rss_before = _maxrss_mib()
     sync = device_sync(device)
     for i in range(cfg["warmup"]):
@@ -204,27 +221,36 @@ def case_step(model_name: str, horizon: int, quick: bool, device: str = "cpu") -
     median = times[len(times) // 2]
     out = {**info, "step_s": median, "mean_step_s": wall / len(times), "best_step_s": times[0],
            "timed_steps": len(times), "cores_used": (_cpu_s() - cpu0) / wall, "rss_before_mib": rss_before}
-    if device == "cuda":
-        out["peak_gpu_mib"] = (torch.cuda.max_memory_allocated() - left_over) / 2**20
+    if device == "cuda":  # one more step: its peak above the parameters, batches and Adam state (docs/checks.md)
+        out["peak_gpu_mib"] = cuda_peak_mib(lambda: step(cfg["warmup"] + cfg["timed"]), device)
     return out
 
 
-def case_pair(horizon: int, quick: bool, device: str = "cpu") -> dict:
-    """Ours (`itm`) and the official-structure reference (`ref`) taking turns in one process
-    (benchmarks/timing.py): their speed ratio is close to 1, where timing them one after the other is too noisy."""
+def case_pair(horizon: int, quick: bool, device: str = "cpu", baseline: str = "ref") -> dict:
+    """Ours and `baseline` taking turns in one process (benchmarks/timing.py: untimed warm-up, then rounds of a block
+    of steps of each, the order alternated), the same data shape and threads; the speed ratio is the median of the
+    per-round ratios, so a drift of the machine during the run scales both sides of a round alike. `baseline`: `tmp`
+    (the temporal-token Transformer, vs our `itr`) or `ref` (the official-structure reference, vs our `itm`, with
+    timestamp tokens). On CUDA also the peak GPU memory of one step of each (cuda_peak_mib)."""
     from benchmarks.timing import interleaved_step_times, paired_speed_ratio
 
     cfg = QUICK if quick else FULL
-    ours, info = _training_step("itm", horizon, quick, device)
-    ref, ref_info = _training_step("ref", horizon, quick, device)
+    ours_name = PAIRS[baseline][0]
+    ours, info = _training_step(ours_name, horizon, quick, device)
+    base, base_info = _training_step(baseline, horizon, quick, device)
     cpu0, t_start = _cpu_s(), time.perf_counter()
-    times = interleaved_step_times({"itm": ours, "ref": ref}, rounds=cfg["pair_rounds"], block=cfg["pair_block"],
-                                   warmup=cfg["warmup"], sync=device_sync(device))
+    times = interleaved_step_times({ours_name: ours, baseline: base}, rounds=cfg["pair_rounds"],
+                                   block=cfg["pair_block"], warmup=cfg["warmup"], sync=device_sync(device))
     wall = time.perf_counter() - t_start
-    summary = paired_speed_ratio(times["itm"], times["ref"])
-    return {**info, **summary, "step_s": summary["ours_step_s"], "ref_step_s": summary["baseline_step_s"],
-            "ref_params": ref_info["params"], "pair_block": cfg["pair_block"],
-            "cores_used": (_cpu_s() - cpu0) / wall}
+    summary = paired_speed_ratio(times[ours_name], times[baseline])
+    out = {**info, **summary, "baseline": baseline, "step_s": summary["ours_step_s"],
+           "baseline_params": base_info["params"], "baseline_tokens": base_info["tokens"],
+           "pair_block": cfg["pair_block"], "pair_warmup": cfg["warmup"],
+           "cores_used": (_cpu_s() - cpu0) / wall if wall > 0 else float("nan")}
+    if device == "cuda":
+        out["ours_peak_gpu_mib"] = cuda_peak_mib(lambda: ours(0), device)
+        out["baseline_peak_gpu_mib"] = cuda_peak_mib(lambda: base(0), device)
+    return out
 
 
 def _recorder():
@@ -295,7 +321,7 @@ def run_case(name: str, quick: bool, data_dir: str, device: str = "cpu") -> dict
     if kind == "step":
         res = case_step(model, horizon, quick, device)
     elif kind == "pair":
-        res = case_pair(horizon, quick, device)
+        res = case_pair(horizon, quick, device, baseline=model)
     else:
         res = case_fit(horizon, quick, data_dir, device)
     res.update(case=name if device == "cpu" else f"{name}_cuda", threads=cfg["threads"], load1=load,
@@ -359,9 +385,10 @@ def run(quick: bool, device: str | None = None) -> list[dict]:
         data_dir = Path(tmp) / "etth1"
         write_etth1_like(data_dir / "ETTh1.csv")
         if quick:
-            for case in CASES:
+            dev = devices[0] if devices else "cpu"
+            for case in cases_for(dev):
                 try:
-                    res = run_case(case, True, str(data_dir), devices[0] if devices else "cpu")
+                    res = run_case(case, True, str(data_dir), dev)
                     res["rss_after_imports_mib"] = float("nan")
                 except Exception as err:  # noqa: BLE001 - a failing case becomes a FAILED row
                     res = {"case": case, "error": f"{type(err).__name__}: {err}"[:400]}
@@ -373,22 +400,26 @@ def run(quick: bool, device: str | None = None) -> list[dict]:
                 devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
             for dev in devices:
                 # CPU: a fresh process per case (its peak RSS is the case's own); CUDA: one process for all cases
-                # (peak memory from torch.cuda, reset per case; one CUDA start-up instead of eight)
-                for cases in ([[c] for c in CASES] if dev == "cpu" else [list(CASES)]):
+                # (peak GPU memory of one step, cuda_peak_mib; one CUDA start-up instead of six)
+                for cases in ([[c] for c in CASES] if dev == "cpu" else [list(cases_for(dev))]):
                     for res in _spawn(cases, data_dir, dev):
                         results[res["case"]] = res
     return build_rows(results, quick)
 
 
 # ------------------------------------------------------------------------------------------------ rows
-def _row(case: str, what: str, ours, baseline, unit: str, better_if: str, note: str = "", **extra) -> dict:
+def _row(case: str, what: str, ours, baseline, unit: str, better_if: str, note: str = "", *,
+         comparable: bool = True, **extra) -> dict:
     """A table row; `ratio` = ours / baseline, except for a paired row (`ratio_median` given: the two took turns in
-    one process), whose ratio is the median of the per-round ratios (benchmarks.timing.RATIO_METHOD)."""
+    one process), whose ratio is the median of the per-round ratios (benchmarks.timing.RATIO_METHOD), and a row whose
+    two sides are not comparable (`comparable=False`, e.g. a GPU time vs a quoted CPU figure): no ratio."""
     ratio = None
     if ours is not None and baseline is not None and baseline > 0 and math.isfinite(ours):
         ratio = float(ours) / float(baseline)
     if extra.get("ratio_median") is not None:
         ratio = float(extra["ratio_median"])
+    if not comparable:
+        ratio = None
     row = {"case": case, "what": what, "ours": None if ours is None else float(ours),
            "baseline": None if baseline is None else float(baseline), "ratio": ratio, "unit": unit,
            "better_if": better_if}
@@ -405,6 +436,61 @@ def _load(res: dict) -> str:
             f"{1e3 * cores * res.get('step_s', float('nan')):.0f} ms/step")
 
 
+def _pair_note(pair: dict) -> str:
+    return (f"the two take turns in one process ({pair['rounds']} rounds of {pair['pair_block']} steps of each after "
+            f"{pair['pair_warmup']} untimed warm-up steps, order alternated): per-round speed ratio median "
+            f"{pair['ratio_median']:.3f}, quartiles {pair['ratio_q1']:.3f}-{pair['ratio_q3']:.3f}")
+
+
+def _model_rows(h: int, suffix: str, results: dict[str, dict], quick: bool, tag: str) -> list[dict]:
+    """iTransformer vs the temporal-token Transformer at horizon `h`: the paired speed row (pair_tmp, THE ratio),
+    the memory row (CPU: peak RSS of the fresh-process step cases; CUDA: peak GPU memory of one step, from the pair)."""
+    rows: list[dict] = []
+    case = f"model_h{h}{suffix}"
+    pair = results.get(f"pair_tmp_h{h}{suffix}", {})
+    lookback = (QUICK if quick else FULL)["seq_len"]
+    speed_what = "train steps/s, iTransformer vs temporal-token Transformer (paired: interleaved in one process)"
+    if "step_s" in pair:
+        shape = (f"batch {pair['batch']}, {pair['variates']} variates, L={lookback}, S={pair['horizon']}, "
+                 f"d_model={pair['d_model']}, {pair['device']}, {pair.get('threads', '?')} threads{tag}")
+        rows.append(_row(case, speed_what, 1 / pair["step_s"], 1 / pair["baseline_step_s"], "steps/s", "ratio > 1",
+                         f"{shape}; bare steps (fwd+MSE+bwd+Adam) on the same batches; {_pair_note(pair)}; median "
+                         f"{1e3 * pair['step_s']:.1f} vs {1e3 * pair['baseline_step_s']:.1f} ms/step; tokens "
+                         f"{pair['tokens']} vs {pair['baseline_tokens']}; params {pair['params']} vs "
+                         f"{pair['baseline_params']}; load {pair.get('load1', float('nan')):.1f}, "
+                         f"{pair.get('cores_used', float('nan')):.2f} cores used",
+                         **paired_fields(pair)))
+        if suffix and pair.get("ours_peak_gpu_mib") is not None:
+            rows.append(_row(case, "peak GPU memory of one train step above what was allocated before it, "
+                             "iTransformer vs temporal", pair["ours_peak_gpu_mib"], pair["baseline_peak_gpu_mib"],
+                             "MiB", "ratio < 1", "benchmarks.timing.cuda_peak_mib: torch.cuda.max_memory_allocated "
+                             "above the memory allocated before the step (parameters, batches and Adam state not "
+                             "counted)", ours_peak_gpu_mib=pair["ours_peak_gpu_mib"],
+                             baseline_peak_gpu_mib=pair["baseline_peak_gpu_mib"]))
+    itr, tmp = results.get(f"step_itr_h{h}{suffix}", {}), results.get(f"step_tmp_h{h}{suffix}", {})
+    if "step_s" in itr and "step_s" in tmp and not suffix:
+        inc_i = max(itr["peak_rss_mib"] - itr["rss_after_imports_mib"], 1e-3) \
+            if math.isfinite(itr.get("rss_after_imports_mib", float("nan"))) else itr["peak_rss_mib"]
+        inc_t = max(tmp["peak_rss_mib"] - tmp["rss_after_imports_mib"], 1e-3) \
+            if math.isfinite(tmp.get("rss_after_imports_mib", float("nan"))) else tmp["peak_rss_mib"]
+        # the step times of these cases ran in two processes one after the other: a drift of the machine between
+        # them scales their ratio, so they are given for information only, not as a ratio
+        rows.append(_row(case, "peak RSS increase over imports, iTransformer vs temporal", inc_i, inc_t,
+                         "MiB", "ratio < 1", f"peak RSS {itr['peak_rss_mib']:.0f} vs {tmp['peak_rss_mib']:.0f} "
+                         f"MiB (fresh process per case)" + (" (quick: one shared process)" if quick else "")
+                         + f"; unpaired step times of these processes, {1e3 * itr['step_s']:.1f} vs "
+                         f"{1e3 * tmp['step_s']:.1f} ms/step, are no speed comparison: see the paired row "
+                         f"'{speed_what}' of {case}",
+                         unpaired_ours_step_s=itr["step_s"], unpaired_baseline_step_s=tmp["step_s"]))
+    elif suffix and "step_s" in itr and "peak_gpu_mib" in itr and "step_s" in tmp and "peak_gpu_mib" in tmp:
+        # only when the step cases were asked for on CUDA by name (`--case`); run() leaves them out there
+        rows.append(_row(case, "peak GPU memory of one train step above what was allocated before it, iTransformer "
+                         "vs temporal (separate cases)", itr["peak_gpu_mib"], tmp["peak_gpu_mib"], "MiB", "ratio < 1",
+                         "benchmarks.timing.cuda_peak_mib", ours_peak_gpu_mib=itr["peak_gpu_mib"],
+                         baseline_peak_gpu_mib=tmp["peak_gpu_mib"]))
+    return rows
+
+
 def build_rows(results: dict[str, dict], quick: bool) -> list[dict]:
     rows: list[dict] = []
     for res in results.values():
@@ -413,55 +499,31 @@ def build_rows(results: dict[str, dict], quick: bool) -> list[dict]:
                          "unit": "", "better_if": "", "error": res["error"], "note": res["error"]})
     tag = " (quick: tiny sizes)" if quick else ""
     for suffix in ("", "_cuda"):
-        # not interleaved: the two models' step cases ran one after the other, each (on the CPU) in a fresh process
-        # of its own, so that each case's peak RSS is its own; their speeds differ several-fold, more than the
-        # machine's drift. The close pair (ours vs the official structure, ~1x) takes turns: pair_ref below.
         for h in (96, 336):
-            itr, tmp = results.get(f"step_itr_h{h}{suffix}", {}), results.get(f"step_tmp_h{h}{suffix}", {})
-            if "step_s" not in itr or "step_s" not in tmp:
-                continue
-            case = f"model_h{h}{suffix}"
-            lookback = (QUICK if quick else FULL)["seq_len"]
-            shape = (f"batch {itr['batch']}, {itr['variates']} variates, L={lookback}, "
-                     f"S={itr['horizon']}, d_model={itr['d_model']}, {itr['device']}, {itr['threads']} threads{tag}")
-            rows.append(_row(case, "train steps/s, iTransformer vs temporal-token Transformer", 1 / itr["step_s"],
-                             1 / tmp["step_s"], "steps/s", "ratio > 1",
-                             f"{shape}; median of {itr['timed_steps']} bare steps (fwd+MSE+bwd+Adam); tokens "
-                             f"{itr['tokens']} vs {tmp['tokens']}; params {itr['params']} vs {tmp['params']}; "
-                             f"{_load(itr)} / {_load(tmp)}"))
-            rows.append(_row(case, "ms per train step, iTransformer vs temporal-token Transformer",
-                             1e3 * itr["step_s"], 1e3 * tmp["step_s"], "ms", "ratio < 1",
-                             f"fastest step {1e3 * itr['best_step_s']:.1f} vs {1e3 * tmp['best_step_s']:.1f} ms"))
-            if suffix:
-                rows.append(_row(case, "peak GPU memory allocated, iTransformer vs temporal", itr["peak_gpu_mib"],
-                                 tmp["peak_gpu_mib"], "MiB", "ratio < 1", "torch.cuda.max_memory_allocated"))
-            else:
-                inc_i = max(itr["peak_rss_mib"] - itr["rss_after_imports_mib"], 1e-3) \
-                    if math.isfinite(itr.get("rss_after_imports_mib", float("nan"))) else itr["peak_rss_mib"]
-                inc_t = max(tmp["peak_rss_mib"] - tmp["rss_after_imports_mib"], 1e-3) \
-                    if math.isfinite(tmp.get("rss_after_imports_mib", float("nan"))) else tmp["peak_rss_mib"]
-                rows.append(_row(case, "peak RSS increase over imports, iTransformer vs temporal", inc_i, inc_t,
-                                 "MiB", "ratio < 1", f"peak RSS {itr['peak_rss_mib']:.0f} vs {tmp['peak_rss_mib']:.0f} "
-                                 f"MiB (fresh process per case)" + (" (quick: one shared process)" if quick else "")))
+            rows += _model_rows(h, suffix, results, quick, tag)
         for h in (96, 336):
             fit = results.get(f"fit_itr_h{h}{suffix}", {})
             if "step_s" not in fit:
                 continue
             case = f"anchor_h{h}{suffix}"
             anchor = ANCHOR[h]
-            note = (f"zoo train experiment=itransformer/etth1 (S={fit['horizon']}, d_model={fit['d_model']}, batch "
-                    f"{fit['batch']}, 4 timeF tokens) on an ETTh1-shaped CSV, {fit['timed_steps']} steps timed after "
-                    f"{fit['warmup_steps']}, {fit['device']}, {fit['threads']} threads; fastest {fit['window_steps']}"
-                    f"-step window {1e3 * fit['best_window_step_s']:.1f} ms/step; {_load(fit)}; anchor: official "
-                    f"code, 2-core CPU (quoted){tag}")
+            # the anchor is the official code on a 2-core CPU: a GPU time is not comparable with it (no ratio)
+            on_cpu = fit.get("device", "cpu") == "cpu" and not suffix
+            no_ratio = "" if on_cpu else "no ratio: a GPU time vs the anchor's CPU figure; "
+            note = (f"{no_ratio}zoo train experiment=itransformer/etth1 (S={fit['horizon']}, d_model={fit['d_model']}, "
+                    f"batch {fit['batch']}, 4 timeF tokens) on an ETTh1-shaped CSV, {fit['timed_steps']} steps timed "
+                    f"after {fit['warmup_steps']}, {fit['device']}, {fit['threads']} threads; fastest "
+                    f"{fit['window_steps']}-step window {1e3 * fit['best_window_step_s']:.1f} ms/step; {_load(fit)}; "
+                    f"anchor: official code, 2-core CPU (quoted){tag}")
             rows.append(_row(case, "train steps/s, ours vs official (anchor)", 1 / fit["step_s"],
-                             anchor["steps_per_s"], "steps/s", "ratio > 1", note))
+                             anchor["steps_per_s"], "steps/s", "ratio > 1", note, comparable=on_cpu))
             if "ms_per_step" in anchor:
                 rows.append(_row(case, "ms per train step, ours vs official (anchor)", 1e3 * fit["step_s"],
-                                 anchor["ms_per_step"], "ms", "ratio < 1", ""))
+                                 anchor["ms_per_step"], "ms", "ratio < 1", no_ratio.rstrip("; "), comparable=on_cpu))
                 rows.append(_row(case, "s per ETTh1 epoch (264 steps, extrapolated), ours vs official (anchor)",
-                                 fit["epoch_s"], anchor["epoch_s"], "s", "ratio < 1", "validation excluded"))
-                if not suffix:
+                                 fit["epoch_s"], anchor["epoch_s"], "s", "ratio < 1",
+                                 f"{no_ratio}validation excluded", comparable=on_cpu))
+                if on_cpu:
                     rows.append(_row(case, "peak memory, ours (process peak RSS) vs official (anchor)",
                                      fit["peak_rss_mib"], anchor["peak_mib"], "MiB", "ratio < 1",
                                      f"includes importing torch + lightning "
@@ -473,20 +535,17 @@ def build_rows(results: dict[str, dict], quick: bool) -> list[dict]:
                 continue
             case = f"official_structure_h{h}{suffix}"
             rows.append(_row(case, "train steps/s, ours vs official-structure reference (bare steps, same process)",
-                             1 / pair["step_s"], 1 / pair["ref_step_s"], "steps/s", "ratio > 1",
+                             1 / pair["step_s"], 1 / pair["baseline_step_s"], "steps/s", "ratio > 1",
                              f"both with the 4 timeF tokens ({pair['tokens']} tokens), S={pair['horizon']}, d_model="
                              f"{pair['d_model']}; reference = benchmarks/itransformer_reference.py (the official op "
                              f"sequence: Conv1d FFN, einsum attention, for-loop Adam), params {pair['params']} vs "
-                             f"{pair['ref_params']}; the two take turns in one process ({pair['rounds']} rounds of "
-                             f"{pair['pair_block']} steps each, order alternated): per-round speed ratio median "
-                             f"{pair['ratio_median']:.3f}, quartiles {pair['ratio_q1']:.3f}-{pair['ratio_q3']:.3f}; "
+                             f"{pair['baseline_params']}; {_pair_note(pair)}; "
                              f"load {pair.get('load1', float('nan')):.1f}{tag}",
-                             ratio_median=pair["ratio_median"], ratio_q1=pair["ratio_q1"], ratio_q3=pair["ratio_q3"],
-                             rounds=pair["rounds"], ratio_method=RATIO_METHOD))
+                             **paired_fields(pair)))
             fit = results.get(f"fit_itr_h{h}{suffix}", {})
             if "step_s" in fit:
                 rows.append(_row(case, "train steps/s, our full `zoo train` loop vs the reference's bare step",
-                                 1 / fit["step_s"], 1 / pair["ref_step_s"], "steps/s", "ratio > 1",
+                                 1 / fit["step_s"], 1 / pair["baseline_step_s"], "steps/s", "ratio > 1",
                                  "ours includes data loading and the Lightning loop, the reference does not: the "
                                  "same-machine stand-in for the quoted anchor (separate processes, so less exact than "
                                  "the paired row above)" + tag))

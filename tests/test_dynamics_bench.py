@@ -32,10 +32,118 @@ def test_itransformer_speed_quick():
     assert {r["baseline"] for r in anchors if r["unit"] == "steps/s"} == {24.0, 10.0}  # the issue's anchor
     for row in rows:  # ratio = ours / baseline; of a paired row the median of its per-round ratios
         if "ratio_median" in row:
-            assert row["ratio"] == row["ratio_median"] and row["case"].startswith("official_structure_"), row
+            assert row["ratio"] == row["ratio_median"], row
+            assert row["case"].startswith(("official_structure_", "model_")), row
+            assert row["ratio_q1"] <= row["ratio"] <= row["ratio_q3"], row
         else:
             assert row["ratio"] == pytest.approx(row["ours"] / row["baseline"])
+    for h in (96, 336):  # THE iTransformer vs temporal speed ratio is the paired row; no unpaired speed ratio beside it
+        speed = [r for r in rows if r["case"] == f"model_h{h}" and r["unit"] in ("steps/s", "ms")]
+        assert len(speed) == 1 and speed[0]["rounds"] == itransformer_speed.QUICK["pair_rounds"], speed
+        assert speed[0]["better_if"] == "ratio > 1" and "interleaved" in speed[0]["what"]
     assert itransformer_speed.SUMMARY
+
+
+class _Steps:
+    """Fake training steps for itransformer_speed's `_training_step`: each step of a model advances `machine`'s clock
+    by that model's cost; `calls` records the order."""
+
+    def __init__(self, machine, costs: dict[str, float]) -> None:
+        self.machine, self.costs, self.calls, self.built = machine, costs, [], []
+
+    def __call__(self, model_name: str, horizon: int, quick: bool, device: str = "cpu"):
+        self.built.append((model_name, horizon))
+
+        def step(i: int) -> None:
+            self.calls.append(model_name)
+            self.machine.work(self.costs[model_name])
+
+        info = {"model": model_name, "horizon": horizon, "device": device, "params": 100, "d_model": 8, "batch": 2,
+                "variates": 7, "tokens": 96 if model_name == "tmp" else 7}
+        return step, info
+
+
+@pytest.mark.parametrize("horizon", [96, 336])
+def test_itransformer_vs_temporal_ratio_comes_from_interleaved_rounds(monkeypatch, horizon):
+    """Each horizon has a paired case (pair_tmp_h*) in which iTransformer and the temporal-token Transformer take turns
+    in one process (full-mode rounds, >= 8, after untimed warm-up), and its ratio is the model row's ratio: with fake
+    steps of known cost (temporal 3x iTransformer's) and the machine 3x slower from halfway on, the ratio is 3 (timed
+    one after the other it would not be), and the rows give it with its quartiles and `better_if`."""
+    from benchmarks import itransformer_speed as bench
+
+    assert f"pair_tmp_h{horizon}" in bench.CASES and f"pair_tmp_h{horizon}" in bench.cases_for("cuda")
+    full = bench.FULL
+    assert full["pair_rounds"] >= 8
+    timed = 2 * full["pair_rounds"] * full["pair_block"]
+    machine = _DriftingMachine(slow_after=2 * full["warmup"] + timed // 2 + 1)  # mid-block
+    steps = _Steps(machine, {"itr": 1.0, "tmp": 3.0})
+    monkeypatch.setattr(bench, "_training_step", steps)
+    _fake_clock(monkeypatch, machine)
+    res = bench.case_pair(horizon, quick=False, baseline="tmp")
+    assert steps.built == [("itr", horizon), ("tmp", horizon)]
+    assert steps.calls[:2 * full["warmup"]] == ["itr"] * full["warmup"] + ["tmp"] * full["warmup"]  # untimed
+    block = full["pair_block"]
+    assert steps.calls[2 * full["warmup"]:][:4 * block] == ["itr"] * block + ["tmp"] * 2 * block + ["itr"] * block
+    assert res["rounds"] == full["pair_rounds"] and res["ratio_median"] == pytest.approx(3.0)
+    assert res["ratio_q1"] <= res["ratio_median"] <= res["ratio_q3"]
+
+    res.update(case=f"pair_tmp_h{horizon}", threads=2, load1=0.0)
+    rows = [r for r in bench.build_rows({res["case"]: res}, quick=False) if r["case"] == f"model_h{horizon}"]
+    assert len(rows) == 1, rows
+    row = rows[0]
+    assert row["unit"] == "steps/s" and row["better_if"] == "ratio > 1"
+    assert row["ratio"] == row["ratio_median"] == pytest.approx(3.0)
+    assert row["ours"] == pytest.approx(1 / res["step_s"])
+    assert row["baseline"] == pytest.approx(1 / res["baseline_step_s"])
+    assert {"ratio_q1", "ratio_q3", "rounds", "ratio_method"} <= row.keys()
+
+
+def _fit(device: str, step_s: float = 0.05) -> dict:
+    return {"case": "fit_itr_h96" + ("_cuda" if device == "cuda" else ""), "model": "itr", "horizon": 96,
+            "device": device, "step_s": step_s, "timed_steps": 40, "warmup_steps": 5, "epoch_s": step_s * 264,
+            "best_window_step_s": step_s, "window_steps": 10, "cores_used": 1.0, "wall_s": 3.0, "d_model": 256,
+            "batch": 32, "time_features": True, "threads": 2, "load1": 0.0, "peak_rss_mib": 900.0,
+            "rss_after_imports_mib": 500.0}
+
+
+def _step(model: str, step_s: float, rss: float) -> dict:
+    return {"case": f"step_{model}_h96", "model": model, "horizon": 96, "device": "cpu", "step_s": step_s,
+            "best_step_s": step_s, "timed_steps": 20, "params": 100, "tokens": 7, "d_model": 256, "batch": 32,
+            "variates": 7, "threads": 2, "load1": 0.0, "cores_used": 1.0, "peak_rss_mib": rss,
+            "rss_after_imports_mib": 500.0}
+
+
+def test_itransformer_rows_cuda_anchor_has_no_ratio_and_unpaired_steps_give_none():
+    """build_rows on fake numbers (no GPU): the anchor rows of a CUDA run keep their numbers but get no ratio (the
+    anchor is a CPU figure) while the CPU anchor rows keep theirs; the fresh-process step cases give a peak-RSS row
+    and no speed ratio of their own; the CUDA memory row is the peak of one step above what was allocated before it."""
+    from benchmarks import itransformer_speed as bench
+
+    pair = {"case": "pair_tmp_h96_cuda", "model": "itr", "horizon": 96, "device": "cuda", "params": 100,
+            "d_model": 256, "batch": 32, "variates": 7, "tokens": 7, "baseline_tokens": 96, "baseline_params": 110,
+            "step_s": 0.01, "baseline_step_s": 0.02, "ours_step_s": 0.01, "ratio_median": 2.0, "ratio_q1": 1.9,
+            "ratio_q3": 2.1, "rounds": 12, "pair_block": 5, "pair_warmup": 3, "threads": 2, "load1": 0.0,
+            "cores_used": 1.0, "ours_peak_gpu_mib": 30.0, "baseline_peak_gpu_mib": 120.0}
+    results = {"fit_itr_h96": _fit("cpu"), "fit_itr_h96_cuda": {**_fit("cuda", 0.01), "case": "fit_itr_h96_cuda"},
+               "step_itr_h96": _step("itr", 0.05, 600.0), "step_tmp_h96": _step("tmp", 0.5, 800.0),
+               "pair_tmp_h96_cuda": pair}
+    rows = bench.build_rows(results, quick=False)
+    cuda_anchor = [r for r in rows if r["case"] == "anchor_h96_cuda"]
+    cpu_anchor = [r for r in rows if r["case"] == "anchor_h96"]
+    assert cuda_anchor and all(r["ratio"] is None for r in cuda_anchor), cuda_anchor
+    assert all(r["ours"] is not None and r["baseline"] is not None for r in cuda_anchor)
+    assert "CPU figure" in cuda_anchor[0]["note"]
+    assert not any("peak memory" in r["what"] for r in cuda_anchor)  # a GPU run has no process RSS to compare
+    assert cpu_anchor and all(r["ratio"] is not None for r in cpu_anchor), cpu_anchor
+    assert cpu_anchor[0]["ratio"] == pytest.approx((1 / 0.05) / 24.0)
+
+    cpu_model = [r for r in rows if r["case"] == "model_h96"]
+    assert [r["unit"] for r in cpu_model] == ["MiB"], cpu_model  # only the peak RSS row: no unpaired speed ratio
+    assert cpu_model[0]["ratio"] == pytest.approx(100.0 / 300.0) and "unpaired" in cpu_model[0]["note"]
+    gpu_model = [r for r in rows if r["case"] == "model_h96_cuda"]
+    assert [r["unit"] for r in gpu_model] == ["steps/s", "MiB"], gpu_model
+    assert gpu_model[0]["ratio"] == 2.0 and gpu_model[1]["ratio"] == pytest.approx(0.25)
+    assert gpu_model[1]["ours_peak_gpu_mib"] == 30.0 and "allocated before" in gpu_model[1]["what"]
 
 
 def test_itransformer_speed_rejects_a_bad_device():
@@ -270,7 +378,12 @@ def test_mgno_time_ratio_survives_a_slowdown(monkeypatch):
 
     machine = _DriftingMachine(slow_after=12)  # quick: 12 steps per model, the last 8 timed
     monkeypatch.setattr(lit_models.pde.mgno, "MgNO", lambda *a, **k: _FakeOperator(machine, 1.0))
-    monkeypatch.setattr(mgno_speed, "matched_fno", lambda target, modes: _FakeOperator(machine, 2.0))
+    def fake_fno(target, modes):
+        fno = _FakeOperator(machine, 2.0)
+        fno.modes, fno.width, fno.padding = modes, 1, 0  # what the rows report of the FNO's setup
+        return fno
+
+    monkeypatch.setattr(mgno_speed, "matched_fno", fake_fno)
     monkeypatch.setattr(datamodules.darcy, "DarcyDataModule", _FakeDarcy)
     _fake_clock(monkeypatch, machine)
     ratio_row = mgno_speed.run(quick=True)[-1]
@@ -387,6 +500,85 @@ def test_shards_merge_into_the_unsharded_table(tmp_path, monkeypatch):
     assert forecasters == {"naive", "ridge_ar15", "nbeats_lite"}  # coarse: one period (15 points) of lags
     per_system = [r for r in whole if not r["system"].startswith("spearman")]
     assert all(r["windows"] == 1 for r in per_system)  # the paper's single forecast of the last sixth
+    # the cost columns survive the shard files: each row its own fit, each system's data step on one row, and the
+    # merged summary sums the shards' rows (timings differ from the whole run's, so not compared with it)
+    merged_systems = [r for r in merged if not r["system"].startswith("spearman")]
+    assert all(r["fit_seconds"] >= 0 for r in merged_systems)
+    assert sorted(r["system"] for r in merged_systems if "data_seconds" in r) == ["Chua", "Lorenz", "Rossler"]
+    shard_rows = shard0 + shard1
+    summary = {r["forecaster"]: r for r in merged if r["system"].startswith("spearman")}
+    for forecaster, row in summary.items():
+        fits = [r["fit_seconds"] for r in shard_rows if r["forecaster"] == forecaster]
+        assert row["fit_seconds_total"] == pytest.approx(sum(fits), rel=1e-9)
+    assert summary["naive"]["system_seconds_total"] == pytest.approx(
+        sum(r["fit_seconds"] + r.get("data_seconds", 0.0) for r in shard_rows), rel=1e-9)
+
+
+def test_dysts_runner_times_each_step_once_after_an_untimed_warm_up(tmp_path, monkeypatch):
+    """Issue 3 (the runner's cost per system): each system's data step is timed once (`data_seconds`, on its first
+    row only) and each forecaster's fit + forecast on its own row (`fit_seconds`), not one whole-system figure copied
+    onto every row; the summary rows give median and total per forecaster and per system; an untimed warm-up runs
+    before the first timed system and changes no error. Structure only, no wall-clock thresholds."""
+    from benchmarks import dysts_runner
+    from tests.test_dysts_real_data import write_fixture
+
+    write_fixture(tmp_path / "d", granularities=("coarse",), noise_options=(False,))
+    common = dict(quick=True, dataset="coarse", systems="Lorenz,Rossler", data_dir=str(tmp_path / "d"))
+    real_warm_up, real_rows, calls = dysts_runner._warm_up, dysts_runner._system_rows, []
+
+    def warm_up(name, *args):
+        calls.append(("warm-up", name))
+        return real_warm_up(name, *args)
+
+    def system_rows(name, *args):
+        calls.append(("timed", name))
+        return real_rows(name, *args)
+
+    monkeypatch.setattr(dysts_runner, "_warm_up", warm_up)
+    monkeypatch.setattr(dysts_runner, "_system_rows", system_rows)
+    rows = dysts_runner.run(out_dir=tmp_path / "warm", **common)
+    assert calls == [("warm-up", "Lorenz"), ("timed", "Lorenz"), ("timed", "Rossler")]
+    assert not any("seconds" in r for r in rows)  # the whole-system figure is gone
+    per_system = [r for r in rows if not r["system"].startswith("spearman")]
+    for name in ("Lorenz", "Rossler"):
+        mine = [r for r in per_system if r["system"] == name]
+        assert [r["forecaster"] for r in mine] == ["naive", "ridge_ar15", "nbeats_lite"]
+        assert [("data_seconds" in r) for r in mine] == [True, False, False]
+        assert all(math.isfinite(r["fit_seconds"]) and r["fit_seconds"] >= 0 for r in mine)
+    summary = [r for r in rows if r["system"].startswith("spearman")]
+    assert [r["forecaster"] for r in summary] == ["naive", "ridge_ar15", "nbeats_lite"]
+    for row in summary:
+        fits = [r["fit_seconds"] for r in per_system if r["forecaster"] == row["forecaster"]]
+        assert row["fit_seconds_total"] == pytest.approx(sum(fits))
+        assert row["fit_seconds_median"] == pytest.approx(float(np.median(fits)))
+    data = [r["data_seconds"] for r in per_system if "data_seconds" in r]
+    whole = [sum(r["fit_seconds"] + r.get("data_seconds", 0.0) for r in per_system if r["system"] == name)
+             for name in ("Lorenz", "Rossler")]
+    assert summary[0]["data_seconds_total"] == pytest.approx(sum(data))
+    assert summary[0]["data_seconds_median"] == pytest.approx(float(np.median(data)))
+    assert summary[0]["system_seconds_total"] == pytest.approx(sum(whole))
+    assert summary[0]["system_seconds_median"] == pytest.approx(float(np.median(whole)))
+    assert not any("data_seconds_total" in r for r in summary[1:])  # per-system figures once
+    markdown = (tmp_path / "warm" / "dysts_runner_coarse_quick.md").read_text()
+    assert "fit_seconds_median" in markdown and "system_seconds_total" in markdown
+    # without the warm-up: the same errors to the last bit (every forecaster seeds itself)
+    monkeypatch.setattr(dysts_runner, "_warm_up", lambda *args: None)
+    cold = dysts_runner.run(out_dir=tmp_path / "cold", **common)
+    errors = lambda table: [(r["system"], r["forecaster"], r.get("smape"), r.get("nrmse")) for r in table]
+    assert errors(cold) == errors(rows)
+
+
+def test_dysts_warm_up_integrates_a_shorter_trajectory_than_the_timed_one(monkeypatch):
+    """The offline default's warm-up must not fill make_trajectories' per-process cache with the trajectory the
+    first timed system then reads (its data step would time a cache hit)."""
+    from benchmarks import dysts_runner
+    from datamodules import dysts_windows
+
+    lengths, real = [], dysts_windows.load_series
+    monkeypatch.setattr(dysts_windows, "load_series",
+                        lambda name, n, *a, **k: lengths.append(n) or real(name, n, *a, **k))
+    dysts_runner._warm_up("Chua", dysts_runner._integrated_task, "cpu", None)
+    assert lengths == [dysts_runner.WARM_UP_POINTS] and dysts_runner.WARM_UP_POINTS < dysts_runner.N_POINTS
 
 
 def test_runner_rejects_bad_device_and_dataset(tmp_path):
@@ -470,7 +662,9 @@ def test_official_protocol_one_step_nbeats_with_per_system_input_lengths(tmp_pat
                             data_dir=str(tmp_path / "d"), protocol="official", hyperparameters=str(hp))
     nb = {r["system"]: r for r in rows if r["forecaster"] == "nbeats_official"}
     assert nb["Lorenz"]["lags"] == 5 and nb["Rossler"]["lags"] == 15  # from the file / one period
-    assert sorted(calls.values()) == [(5, 30, 2, (3, 2, 32)), (15, 30, 2, (3, 2, 32))]
+    # the untimed warm-up's one epoch of a one-block net first (on Lorenz: no file length there, one period)
+    assert calls[0] == (15, 30, 1, (1, 1, 8))
+    assert sorted(list(calls.values())[1:]) == [(5, 30, 2, (3, 2, 32)), (15, 30, 2, (3, 2, 32))]
     assert all(math.isfinite(r["smape"]) for r in nb.values())
     assert (tmp_path / "out" / "dysts_runner_coarse_official_quick.md").is_file()
     # --hyperparameters official: compute_benchmarks.py's file for the granularity (the fixture's: Lorenz 5, Rossler 10)
