@@ -262,8 +262,9 @@ def _kinds_of(target: str) -> dict:
 def check_numbers(node: DictConfig, group: str) -> None:
     """A number (a constructor argument annotated `int` or `float`, optionally `| None`) takes a number only: text
     (`data.batch_size=abc`) was a traceback, a fraction for an integer (`data.batch_size=2.5`) was silently cut to 2
-    (a whole-valued float, `data.batch_size=64.0`, is taken as 64) and NaN (`model.dropout=nan`) passed every `< 0` check. A factory (an argument annotated `Callable`, such as
-    `model.optimizer`) takes a mapping with `_target_`: `model.optimizer=5` was a traceback once training started."""
+    (a whole-valued float, `data.batch_size=64.0`, is taken as 64) and NaN (`model.dropout=nan`) passed every `< 0`
+    check. A factory (an argument annotated `Callable`, such as `model.optimizer`) takes a mapping with `_target_`:
+    `model.optimizer=5` was a traceback once training started."""
     import math
 
     for name, kinds in _annotated_kinds(node).items():
