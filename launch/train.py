@@ -486,6 +486,12 @@ def _fit_and_test(cfg, trainer, model, datamodule, run_dir, test_ckpt, keep) -> 
                 raise
             raise UserError(f"checkpoint {run_dir.last_checkpoint if run_dir else ckpt} does not fit this model: "
                             f"{str(err).splitlines()[0][:200]}; move it away to restart the run from scratch") from None
+        except ValueError as err:  # torch's Optimizer.load_state_dict: the saved groups are not this optimizer's
+            if trained() or "parameter group" not in str(err):
+                raise
+            raise UserError(f"checkpoint {run_dir.last_checkpoint if run_dir else ckpt} does not fit this model's "
+                            f"optimizer: {str(err).splitlines()[0][:200]}; move it away to restart the run from "
+                            "scratch") from None
         metrics.update(_floats(trainer.callback_metrics))
         best = next((c for c in trainer.callbacks if isinstance(c, RestoreBestWeights)), None)
         if best is not None and best.best_epoch is not None:

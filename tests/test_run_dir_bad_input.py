@@ -276,6 +276,17 @@ def test_a_damaged_checkpoint_is_one_line_in_eval_test_and_resume(runs_root):
             assert message in line and str(last) in line, (name, line)
             assert _snapshot(run) == before, (name, command)
         last.write_bytes(good)
+    # optimizer states of another optimizer (two parameter groups for this model's one): only a resume reads them,
+    # and torch's load_state_dict refused them with a ValueError traceback
+    ckpt = torch.load(last, weights_only=False)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    ckpt["optimizer_states"][0]["param_groups"] = [groups[0], {**groups[0], "params": []}]
+    torch.save(ckpt, last)
+    before = _snapshot(run)
+    code, text = _train(runs_root, "whole", "trainer.max_epochs=2")
+    assert code == 2 and "does not fit this model's optimizer" in _error_line(text), text[-3000:]
+    assert _snapshot(run) == before
+    last.write_bytes(good)
     assert _train(runs_root, "whole", "trainer.max_epochs=2")[0] == 0  # the whole checkpoint resumes
 
 
